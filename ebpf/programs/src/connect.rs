@@ -1,0 +1,231 @@
+//! The redirect: agents' TCP connects go to the proxy, their UDP only to DNS.
+
+use aya_ebpf::{
+    bindings::{bpf_sock_addr, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
+    },
+    macros::{cgroup_sock_addr, map, sock_ops},
+    maps::{HashMap, LruHashMap},
+    programs::{SockAddrContext, SockOpsContext},
+};
+use aya_log_ebpf::debug;
+use blastgate_common::{
+    counter, setting, ConnRecord, SockKey, AF_INET, AF_INET6, COMM_LEN, LOOPBACK4_BE, MAX_DNS,
+    MAX_INFLIGHT, SOCK_DGRAM, SOCK_STREAM,
+};
+
+use crate::agent::{count, current_agent, setting};
+
+/// Allowed UDP destinations of agents (the configured DNS resolvers).
+#[map]
+pub static BG_DNS: HashMap<SockKey, u32> = HashMap::pinned(MAX_DNS, 0);
+
+/// Socket cookie -> record, from `connect()` until `sockops` sees the local port.
+#[map]
+pub static BG_BY_COOKIE: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(MAX_INFLIGHT, 0);
+
+/// Client local (address, port) -> record, consumed by the proxy at accept.
+#[map]
+pub static BG_BY_PEER: LruHashMap<SockKey, ConnRecord> = LruHashMap::pinned(MAX_INFLIGHT, 0);
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+/// `::ffff:0:0/96` as the kernel stores the third 32-bit word.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+const LOOPBACK6_LAST_WORD: u32 = u32::from_ne_bytes([0, 0, 0, 1]);
+
+#[cgroup_sock_addr(connect4)]
+pub fn blastgate_connect4(ctx: SockAddrContext) -> i32 {
+    let Some(agent) = current_agent() else {
+        return ALLOW;
+    };
+    let sa = ctx.sock_addr;
+    let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    let orig = SockKey::v4_mapped(ip.to_ne_bytes(), port_host(port));
+    match unsafe { (*sa).type_ } {
+        SOCK_DGRAM => udp_verdict(&orig),
+        SOCK_STREAM => {
+            let proxy_port = setting(setting::PROXY_PORT);
+            if setting(setting::READY) == 0 {
+                return REFUSE;
+            }
+            if ip == LOOPBACK4_BE && orig.port == proxy_port {
+                // Already pointed at the proxy (by an earlier copy of this
+                // program during an upgrade, or by the agent itself, which
+                // then has no record and is refused by the proxy).
+                return ALLOW;
+            }
+            if save_record(&ctx, sa, agent, orig, AF_INET).is_err() {
+                return REFUSE;
+            }
+            unsafe {
+                (*sa).user_ip4 = LOOPBACK4_BE;
+                (*sa).user_port = port_net(proxy_port);
+            }
+            count(counter::REDIRECTED);
+            debug!(&ctx, "redirect agent {} to proxy port {}", agent, proxy_port);
+            ALLOW
+        }
+        _ => REFUSE,
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn blastgate_connect6(ctx: SockAddrContext) -> i32 {
+    let Some(agent) = current_agent() else {
+        return ALLOW;
+    };
+    let sa = ctx.sock_addr;
+    let (w, port) = unsafe { ((*sa).user_ip6, (*sa).user_port) };
+    let orig = key6(w, port_host(port));
+    let mapped = w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED_WORD;
+    match unsafe { (*sa).type_ } {
+        SOCK_DGRAM => udp_verdict(&orig),
+        SOCK_STREAM => {
+            let proxy_port = setting(setting::PROXY_PORT);
+            if setting(setting::READY) == 0 {
+                return REFUSE;
+            }
+            let at_proxy = orig.port == proxy_port
+                && w[0] == 0
+                && w[1] == 0
+                && ((w[2] == 0 && w[3] == LOOPBACK6_LAST_WORD)
+                    || (w[2] == V4_MAPPED_WORD && w[3] == LOOPBACK4_BE));
+            if at_proxy {
+                return ALLOW;
+            }
+            if save_record(&ctx, sa, agent, orig, AF_INET6).is_err() {
+                return REFUSE;
+            }
+            // A v4-mapped destination stays v4-mapped (the socket may be
+            // dual-stack only); native IPv6 goes to the proxy on ::1.
+            let last = if mapped {
+                LOOPBACK4_BE
+            } else {
+                LOOPBACK6_LAST_WORD
+            };
+            unsafe {
+                (*sa).user_ip6[0] = 0;
+                (*sa).user_ip6[1] = 0;
+                (*sa).user_ip6[2] = if mapped { V4_MAPPED_WORD } else { 0 };
+                (*sa).user_ip6[3] = last;
+                (*sa).user_port = port_net(proxy_port);
+            }
+            count(counter::REDIRECTED);
+            debug!(&ctx, "redirect agent {} (ipv6) to proxy port {}", agent, proxy_port);
+            ALLOW
+        }
+        _ => REFUSE,
+    }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn blastgate_sendmsg4(ctx: SockAddrContext) -> i32 {
+    if current_agent().is_none() {
+        return ALLOW;
+    }
+    let sa = ctx.sock_addr;
+    let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    udp_verdict(&SockKey::v4_mapped(ip.to_ne_bytes(), port_host(port)))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn blastgate_sendmsg6(ctx: SockAddrContext) -> i32 {
+    if current_agent().is_none() {
+        return ALLOW;
+    }
+    let sa = ctx.sock_addr;
+    let (w, port) = unsafe { ((*sa).user_ip6, (*sa).user_port) };
+    udp_verdict(&key6(w, port_host(port)))
+}
+
+/// Moves the record from the socket cookie to the client's local address,
+/// which the kernel has chosen by the time the SYN is about to leave.
+#[sock_ops]
+pub fn blastgate_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
+        return 1;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let Some(rec) = BG_BY_COOKIE.get_ptr(cookie) else {
+        return 1;
+    };
+    let rec = unsafe { *rec };
+    // local_port is host order in sockops; local_ip4 is network order.
+    let port = ctx.local_port();
+    let key = match ctx.family() {
+        AF_INET => SockKey::v4_mapped(ctx.local_ip4().to_ne_bytes(), port),
+        AF_INET6 => key6(ctx.local_ip6(), port),
+        _ => return 1,
+    };
+    let _ = BG_BY_PEER.insert(key, rec, 0);
+    let _ = BG_BY_COOKIE.remove(cookie);
+    1
+}
+
+#[inline(always)]
+fn udp_verdict(dst: &SockKey) -> i32 {
+    if BG_DNS.get_ptr(dst).is_some() {
+        ALLOW
+    } else {
+        count(counter::UDP_DENIED);
+        REFUSE
+    }
+}
+
+#[inline(always)]
+fn save_record(
+    ctx: &SockAddrContext,
+    sa: *mut bpf_sock_addr,
+    agent_id: u32,
+    orig: SockKey,
+    family: u32,
+) -> Result<(), i32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+    let rec = ConnRecord {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        orig,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        agent_id,
+        family,
+        comm,
+        _pad: 0,
+    };
+    let _ = ctx;
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    BG_BY_COOKIE.insert(cookie, rec, 0).map_err(|e| e as i32)
+}
+
+#[inline(always)]
+fn key6(w: [u32; 4], port: u32) -> SockKey {
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        addr[i * 4] = b[0];
+        addr[i * 4 + 1] = b[1];
+        addr[i * 4 + 2] = b[2];
+        addr[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    SockKey { addr, port }
+}
+
+/// `user_port` holds the port in network order in its low 16 bits.
+#[inline(always)]
+fn port_host(user_port: u32) -> u32 {
+    u16::from_be(user_port as u16) as u32
+}
+
+#[inline(always)]
+fn port_net(port: u32) -> u32 {
+    (port as u16).to_be() as u32
+}

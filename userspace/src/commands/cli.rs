@@ -1,0 +1,88 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// blastgate: intercept, police and record what AI coding agents do over the
+/// network from this host.
+///
+/// eBPF programs redirect every TCP connection of an agent process into the
+/// blastgate proxy, which identifies the caller, routes the connection to a
+/// configured target (unknown destinations are refused) and records every
+/// session in a durable local spool.
+#[derive(Debug, Parser)]
+#[command(name = "blastgate", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach the kernel programs, serve the proxy and the
+    /// control socket. Needs root.
+    Daemon {
+        /// TOML configuration file.
+        #[arg(long, short, default_value = crate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Detach the kernel programs and remove the pins on exit. Without
+        /// it they stay pinned, so agents are refused while the daemon is
+        /// down (fail closed).
+        #[arg(long)]
+        detach_on_exit: bool,
+        /// Stop after this many seconds, as if sent SIGTERM (test safety net).
+        #[arg(long, value_name = "SECONDS")]
+        deadline: Option<u64>,
+    },
+    /// Run CMD as agent NAME: the daemon labels this process, then it drops
+    /// to USER (if given) and execs CMD. CMD and every process it starts are
+    /// the agent; if the daemon cannot be reached, CMD is not started.
+    Run {
+        /// Agent name, as it appears in records and policies.
+        #[arg(long)]
+        agent: String,
+        /// Drop to this user (name or uid) before exec.
+        #[arg(long)]
+        user: Option<String>,
+        /// Config file, to find the control socket.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The command and its arguments.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Show what is attached and pinned, labelled processes and degraded
+    /// features. Exits 3 if the daemon is not running.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print recorded events: the last ones from the spool, or a live
+    /// stream from the daemon with --follow.
+    Events {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Stream events as the daemon records them.
+        #[arg(long, short)]
+        follow: bool,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Without --follow: how many of the latest spooled events to print.
+        #[arg(long, default_value_t = 50)]
+        last: usize,
+    },
+    /// Detach every kernel program and remove the pinned state. Agents are
+    /// unguarded (connect directly) afterwards.
+    Uninstall {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and exit non-zero with file:line: problem if it is invalid.
+    CheckConfig {
+        #[arg(default_value = crate::config::DEFAULT_CONFIG)]
+        file: PathBuf,
+    },
+}

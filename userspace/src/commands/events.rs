@@ -1,0 +1,84 @@
+//! `blastgate events`.
+
+use std::{collections::VecDeque, io::BufRead};
+
+use crate::{
+    config::Config,
+    control::{
+        client::Client,
+        proto::{Request, Response},
+    },
+    records::{spool, Event},
+};
+
+pub fn run(config: &Config, follow: bool, json: bool, last: usize) -> anyhow::Result<()> {
+    if !follow {
+        for e in tail(&config.records.spool_dir, last)? {
+            print(&e, json)?;
+        }
+        return Ok(());
+    }
+    let mut c = Client::connect(&config.control.socket)?;
+    c.send(&Request::Follow)?;
+    while let Some(r) = c.recv()? {
+        match r {
+            Response::Event(e) => print(&e, json)?,
+            Response::Lagged { missed } => {
+                eprintln!("blastgate: fell behind, {missed} events not shown (they are in the spool)")
+            }
+            Response::Error { message } => anyhow::bail!(message),
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// The last `n` events across the spool segments still on disk.
+fn tail(dir: &std::path::Path, n: usize) -> anyhow::Result<VecDeque<Event>> {
+    let mut out = VecDeque::with_capacity(n);
+    for (_, path) in spool::segments(dir)? {
+        let f = std::fs::File::open(&path)?;
+        for line in std::io::BufReader::new(f).lines() {
+            let line = line?;
+            // A torn last line (crash mid-write) is skipped, not fatal.
+            if let Ok(e) = serde_json::from_str::<Event>(&line) {
+                if out.len() == n {
+                    out.pop_front();
+                }
+                out.push_back(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn print(e: &Event, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(e)?);
+        return Ok(());
+    }
+    let mut line = format!(
+        "{} {:?} {:?}",
+        humantime::format_rfc3339_micros(e.ts),
+        e.kind,
+        e.verdict
+    )
+    .to_lowercase();
+    if let Some(c) = &e.caller {
+        line += &format!(" agent={} pid={} uid={} comm={}", c.agent, c.pid, c.uid, c.comm);
+    }
+    if let Some(d) = e.orig_dst {
+        line += &format!(" dst={d}");
+    }
+    if let Some(t) = &e.target {
+        line += &format!(" target={t}");
+    }
+    if let (Some(a), Some(b)) = (e.bytes_from_agent, e.bytes_to_agent) {
+        line += &format!(" bytes={a}/{b}");
+    }
+    if let Some(r) = &e.reason {
+        line += &format!(" reason={r:?}");
+    }
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! The daemon's TOML configuration: types, defaults, and validation whose
+//! errors name the file, the line and the problem.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/blastgate/blastgate.toml";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/blastgate/control.sock";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/blastgate";
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/blastgate/spool";
+pub const DEFAULT_PROXY_PORT: u16 = 15001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub bpf: BpfConfig,
+    #[serde(default)]
+    pub records: RecordsConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub enrol: EnrolConfig,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where the proxy listens. The kernel redirects agents' IPv4 and
+    /// v4-mapped connects to the 127.0.0.1 entry and native IPv6 connects to
+    /// the ::1 entry, on the same port.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<SocketAddr>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// How long in-flight sessions may run on after SIGTERM before they are cut.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_PROXY_PORT),
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), DEFAULT_PROXY_PORT),
+    ]
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+fn default_shutdown_grace_ms() -> u64 {
+    5000
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: default_listen(),
+            max_connections: default_max_connections(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    #[serde(default = "default_control_socket")]
+    pub socket: PathBuf,
+}
+
+fn default_control_socket() -> PathBuf {
+    DEFAULT_CONTROL_SOCKET.into()
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: default_control_socket(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BpfConfig {
+    /// bpffs directory holding the pinned links and maps.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// The cgroup v2 root the hooks attach to; found in /proc/self/mountinfo
+    /// when unset.
+    #[serde(default)]
+    pub cgroup_root: Option<PathBuf>,
+}
+
+fn default_pin_dir() -> PathBuf {
+    DEFAULT_PIN_DIR.into()
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        BpfConfig {
+            pin_dir: default_pin_dir(),
+            cgroup_root: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsConfig {
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: PathBuf,
+    /// A spool segment is closed and a new one started past this size.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+fn default_spool_dir() -> PathBuf {
+    DEFAULT_SPOOL_DIR.into()
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        RecordsConfig {
+            spool_dir: default_spool_dir(),
+            segment_bytes: default_segment_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The only UDP destinations agents may send to.
+    #[serde(default)]
+    pub resolvers: Vec<SocketAddr>,
+}
+
+/// Rules that make processes agents without `blastgate run`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolConfig {
+    #[serde(default)]
+    pub uids: Vec<Rule<u32>>,
+    #[serde(default)]
+    pub cgroups: Vec<Rule<PathBuf>>,
+    #[serde(default)]
+    pub exes: Vec<Rule<PathBuf>>,
+}
+
+/// An enrolment rule: a bare value (`1001`) or a table naming the agent
+/// (`{ uid = 1001, agent = "ci" }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Rule<T> {
+    Bare(T),
+    Named {
+        #[serde(alias = "uid", alias = "path")]
+        value: T,
+        agent: String,
+    },
+}
+
+impl<T: Clone> Rule<T> {
+    pub fn value(&self) -> T {
+        match self {
+            Rule::Bare(v) | Rule::Named { value: v, .. } => v.clone(),
+        }
+    }
+
+    pub fn agent(&self, default: impl FnOnce(&T) -> String) -> String {
+        match self {
+            Rule::Bare(v) => default(v),
+            Rule::Named { agent, .. } => agent.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    /// `ip:port` or `host:port` (resolved once at start).
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Where blastgate itself connects; defaults to the address the agent dialled.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Name of the credential this target's handler injects (used by the
+    /// protocol gateways; the tcp handler holds none).
+    #[serde(default)]
+    pub credentials: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let v4 = self.proxy_port()?;
+        if let Some(v6) = self
+            .proxy
+            .listen
+            .iter()
+            .find(|a| a.ip() == IpAddr::V6(Ipv6Addr::LOCALHOST))
+        {
+            if v6.port() != v4 {
+                return Err(format!(
+                    "proxy.listen: the [::1] listener must use the same port as 127.0.0.1 ({v4}), not {}",
+                    v6.port()
+                ));
+            }
+        }
+        if self.proxy.max_connections == 0 {
+            return Err("proxy.max_connections must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            if t.name.is_empty() {
+                return Err(format!("targets[{i}]: name is empty"));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("targets[{i}]: duplicate target name {:?}", t.name));
+            }
+            if t.address.is_none() && t.addresses.is_empty() {
+                return Err(format!(
+                    "targets[{i}] ({}): needs `address` or `addresses`",
+                    t.name
+                ));
+            }
+        }
+        for r in &self.enrol.uids {
+            if r.value() == 0 {
+                return Err(
+                    "enrol.uids: uid 0 cannot be enrolled: the daemon runs as root and its own \
+                     upstream connections would be redirected into itself"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The port the kernel redirects agents to: that of the 127.0.0.1 listener.
+    pub fn proxy_port(&self) -> Result<u16, String> {
+        self.proxy
+            .listen
+            .iter()
+            .find(|a| a.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .map(|a| a.port())
+            .ok_or_else(|| {
+                "proxy.listen: needs a 127.0.0.1:PORT listener (the kernel redirects agents to it)"
+                    .to_string()
+            })
+    }
+}
+
+impl TargetConfig {
+    /// Every address this target answers on, resolved.
+    pub fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
+        let mut out = Vec::new();
+        for a in self.address.iter().chain(self.addresses.iter()) {
+            let resolved = a
+                .to_socket_addrs()
+                .map_err(|e| format!("target {}: address {a:?}: {e}", self.name))?;
+            out.extend(resolved);
+        }
+        Ok(out)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.proxy.listen.len(), 2);
+        assert_eq!(c.proxy_port().unwrap(), DEFAULT_PROXY_PORT);
+        assert_eq!(c.control.socket, Path::new(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.records.spool_dir, Path::new(DEFAULT_SPOOL_DIR));
+        assert_eq!(c.bpf.pin_dir, Path::new(DEFAULT_PIN_DIR));
+    }
+
+    #[test]
+    fn parse_error_names_file_line_and_key() {
+        let text = "[proxy]\nlisten = [\"127.0.0.1:1\"]\n\n[[targets]]\nname = \"a\"\nprotocol = \"tcp\"\naddres = \"127.0.0.2:1\"\n";
+        let e = Config::parse(text, Path::new("/etc/bg.toml")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("/etc/bg.toml:7:"), "{s}");
+        assert!(s.contains("addres"), "{s}");
+    }
+
+    #[test]
+    fn enrolment_rules_accept_bare_and_named_forms() {
+        let c = Config::parse(
+            "[enrol]\nuids = [1001, { uid = 1002, agent = \"ci\" }]\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.enrol.uids[0].value(), 1001);
+        assert_eq!(c.enrol.uids[1].agent(|_| "d".into()), "ci");
+    }
+
+    #[test]
+    fn root_cannot_be_enrolled() {
+        let e = Config::parse("[enrol]\nuids = [0]\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("uid 0"));
+    }
+
+    #[test]
+    fn target_needs_an_address() {
+        let e = Config::parse(
+            "[[targets]]\nname = \"a\"\nprotocol = \"tcp\"\n",
+            Path::new("x"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("needs `address`"), "{e}");
+    }
+}

@@ -1,0 +1,50 @@
+//! Control socket messages.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{intercept::Attached, records::Event};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Label the connecting process (identified by SO_PEERCRED, never by a
+    /// pid in the request) as agent `agent`.
+    Label { agent: String },
+    Status,
+    /// Stream every event as it becomes durable.
+    Follow,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Labelled {
+        pid: u32,
+        agent: String,
+        agent_id: u32,
+    },
+    Status(Box<Status>),
+    Event(Box<Event>),
+    /// A follower fell behind and missed this many events (they are in the spool).
+    Lagged { missed: u64 },
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub daemon_pid: u32,
+    pub version: String,
+    pub pin_dir: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub attached: Vec<Attached>,
+    /// Protections the kernel refused, e.g. "lsm unavailable".
+    pub degraded: Vec<String>,
+    pub labelled_processes: usize,
+    pub agents: Vec<String>,
+    pub listen: Vec<SocketAddr>,
+    pub targets: usize,
+    pub spool_dir: PathBuf,
+    pub counters: Vec<(String, u64)>,
+}

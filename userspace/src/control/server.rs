@@ -1,0 +1,199 @@
+//! The daemon side of the control socket.
+
+use std::{
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::Path,
+    sync::Arc,
+    time::SystemTime,
+};
+
+use blastgate_common::origin;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::broadcast::error::RecvError,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    proto::{Request, Response, Status},
+    MAX_LINE,
+};
+use crate::{
+    identity::{procfs, Caller},
+    intercept::{AgentRegistry, KernelMaps},
+    records::{Event, EventKind, Recorder, Verdict},
+    Error,
+};
+
+pub struct ControlContext {
+    pub maps: Arc<KernelMaps>,
+    pub agents: Arc<AgentRegistry>,
+    pub recorder: Recorder,
+    /// The parts of the status that do not change while the daemon runs.
+    pub status: Status,
+}
+
+/// Binds the socket with root-only permissions, replacing a stale one.
+pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::Control(format!(
+                "{} is in use: another blastgate daemon is running",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, ctx: Arc<ControlContext>, stop: CancellationToken) {
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = stop.cancelled() => return,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let ctx = ctx.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, &ctx, stop).await {
+                        tracing::debug!(error = %e, "control connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, ctx: &ControlContext, stop: CancellationToken) -> Result<(), Error> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| Error::Control(format!("peer credentials: {e}")))?;
+    let (r, mut w) = stream.into_split();
+    // The socket is 0600 root; this is defence in depth against a loosened mode.
+    if cred.uid() != 0 {
+        return reply(&mut w, &Response::Error { message: "the control socket is root-only".into() }).await;
+    }
+    let mut reader = BufReader::new(r.take(MAX_LINE as u64));
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.map_err(|e| Error::Control(e.to_string()))? == 0 {
+        return Ok(());
+    }
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            return reply(&mut w, &Response::Error { message: format!("bad request: {e}") }).await;
+        }
+    };
+    match req {
+        Request::Label { agent } => {
+            let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else {
+                return reply(&mut w, &Response::Error { message: "no peer pid".into() }).await;
+            };
+            let resp = match label(ctx, pid, &agent) {
+                Ok(id) => {
+                    record_label(ctx, pid, &agent, id).await;
+                    Response::Labelled { pid, agent, agent_id: id }
+                }
+                Err(e) => Response::Error { message: e.to_string() },
+            };
+            reply(&mut w, &resp).await
+        }
+        Request::Status => {
+            let mut status = ctx.status.clone();
+            let labels = ctx.maps.labelled();
+            status.labelled_processes = labels.len();
+            let mut agents: Vec<String> = labels
+                .iter()
+                .map(|(_, l)| ctx.agents.name_of(l.agent_id))
+                .collect();
+            agents.sort();
+            agents.dedup();
+            status.agents = agents;
+            status.counters = ctx
+                .maps
+                .counters()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect();
+            reply(&mut w, &Response::Status(Box::new(status))).await
+        }
+        Request::Follow => {
+            let mut events = ctx.recorder.subscribe();
+            loop {
+                let next = tokio::select! {
+                    e = events.recv() => e,
+                    _ = stop.cancelled() => return Ok(()),
+                };
+                let resp = match next {
+                    Ok(e) => Response::Event(Box::new(e)),
+                    Err(RecvError::Lagged(n)) => Response::Lagged { missed: n },
+                    Err(RecvError::Closed) => return Ok(()),
+                };
+                reply(&mut w, &resp).await?;
+            }
+        }
+    }
+}
+
+fn label(ctx: &ControlContext, pid: u32, agent: &str) -> Result<u32, Error> {
+    if pid == std::process::id() {
+        return Err(Error::Invalid("the daemon cannot be an agent".into()));
+    }
+    let id = ctx.agents.id_for(agent)?;
+    ctx.maps.label(
+        pid,
+        blastgate_common::Label {
+            agent_id: id,
+            origin: origin::RUN,
+            root_tgid: pid,
+            _pad: 0,
+        },
+    )?;
+    tracing::info!(pid, agent, "labelled a process as an agent");
+    Ok(id)
+}
+
+async fn record_label(ctx: &ControlContext, pid: u32, agent: &str, agent_id: u32) {
+    let mut e = Event::daemon(EventKind::AgentLabelled, Verdict::Allow, format!("blastgate run labelled pid {pid}"));
+    e.ts = SystemTime::now();
+    e.caller = Some(Caller {
+        agent: agent.to_string(),
+        agent_id,
+        pid,
+        tid: pid,
+        uid: procfs::uid_of(pid).unwrap_or(u32::MAX),
+        gid: u32::MAX,
+        comm: procfs::comm_of(pid).unwrap_or_default(),
+        exe: procfs::exe_of(pid),
+        cgroup_id: 0,
+        lineage: Vec::new(),
+    });
+    if let Err(err) = ctx.recorder.record(e).await {
+        tracing::error!(error = %err, "label event not recorded");
+    }
+}
+
+async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> Result<(), Error> {
+    let mut line = serde_json::to_vec(resp).map_err(|e| Error::Control(e.to_string()))?;
+    line.push(b'\n');
+    w.write_all(&line).await.map_err(|e| Error::Control(e.to_string()))
+}

@@ -1,0 +1,203 @@
+//! `blastgate daemon`: wires interception, proxy, control socket and spool
+//! together, and owns the shutdown order.
+//!
+//! Start-up binds every socket before touching the kernel, so a daemon that
+//! cannot serve never installs a redirect. Shutdown stops accepting, lets
+//! sessions finish within the grace period, cuts the rest, records, flushes
+//! the spool, and — only with `--detach-on-exit` — removes the redirect.
+//! Without it the pinned programs keep redirecting agents to the closed
+//! port, so a stopped or crashed daemon leaves agents refused, never
+//! unguarded.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Config,
+    control::{self, proto::Status, server::ControlContext},
+    intercept::{self, Interceptor},
+    proxy::{self, ProxyContext, Routes},
+    records::{spool, Event, EventKind, Verdict},
+    Error,
+};
+
+pub struct Options {
+    pub config_path: PathBuf,
+    /// Remove the programs and pins on exit (tests, trials).
+    pub detach_on_exit: bool,
+    /// Exit (as on SIGTERM) after this long: a safety net for tests.
+    pub deadline: Option<Duration>,
+}
+
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let config = Config::load(&opts.config_path)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::Invalid(
+            "blastgate daemon must run as root (it loads eBPF programs)".into(),
+        )
+        .into());
+    }
+    let routes = Routes::build(&config.targets).map_err(Error::Invalid)?;
+    let recorder = spool::open(&config.records)?;
+    let listeners = proxy::bind(&config.proxy.listen).await?;
+    let control_listener = control::server::bind(&config.control.socket)?;
+
+    let log_level = if tracing::level_filters::LevelFilter::current()
+        >= tracing::level_filters::LevelFilter::DEBUG
+    {
+        aya_log::Level::Debug
+    } else {
+        aya_log::Level::Info
+    } as u8;
+    let mut interceptor = Interceptor::start(&config, log_level)?;
+    spawn_kernel_logs(&mut interceptor);
+    for d in &interceptor.degraded {
+        tracing::warn!("degraded: {d}");
+    }
+
+    let stop = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let proxy_ctx = Arc::new(ProxyContext {
+        maps: interceptor.maps.clone(),
+        agents: interceptor.agents.clone(),
+        routes,
+        recorder: recorder.clone(),
+        listen: config.proxy.listen.clone(),
+        connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
+        hard_stop: hard_stop.clone(),
+    });
+    let control_ctx = Arc::new(ControlContext {
+        maps: interceptor.maps.clone(),
+        agents: interceptor.agents.clone(),
+        recorder: recorder.clone(),
+        status: Status {
+            daemon_pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pin_dir: interceptor.pin_dir.clone(),
+            cgroup_root: interceptor.cgroup_root.clone(),
+            attached: interceptor.attached.clone(),
+            degraded: interceptor.degraded.clone(),
+            labelled_processes: 0,
+            agents: Vec::new(),
+            listen: config.proxy.listen.clone(),
+            targets: config.targets.len(),
+            spool_dir: config.records.spool_dir.clone(),
+            counters: Vec::new(),
+        },
+    });
+    tokio::spawn(control::server::serve(control_listener, control_ctx, stop.clone()));
+    proxy::serve(listeners, proxy_ctx, config.proxy.max_connections, stop.clone(), tracker.clone());
+
+    let pin_dir = interceptor.pin_dir.clone();
+    let attached = interceptor.attached.len();
+    let degraded = interceptor.degraded.join(", ");
+    let interceptor = Arc::new(std::sync::Mutex::new(interceptor));
+    {
+        let interceptor = interceptor.clone();
+        let config = config.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RESCAN_EVERY) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let i = interceptor.clone();
+                let c = config.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    i.lock().unwrap_or_else(|p| p.into_inner()).rescan(&c)
+                })
+                .await;
+            }
+        });
+    }
+
+    let started = format!(
+        "daemon started: {attached} programs attached, proxy on {:?}{}",
+        config.proxy.listen,
+        if degraded.is_empty() { String::new() } else { format!(", degraded: {degraded}") }
+    );
+    tracing::info!("{started}");
+    recorder.record(Event::daemon(EventKind::DaemonStarted, Verdict::Allow, started)).await?;
+
+    wait_for_stop(opts.deadline).await?;
+    tracing::info!("stopping: no new connections; in-flight sessions have {} ms", config.proxy.shutdown_grace_ms);
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(Duration::from_millis(config.proxy.shutdown_grace_ms), tracker.wait())
+        .await
+        .is_err()
+    {
+        hard_stop.cancel();
+        tracker.wait().await;
+    }
+
+    let how = if opts.detach_on_exit {
+        match intercept::uninstall(&pin_dir) {
+            Ok(_) => "daemon stopped; programs detached (--detach-on-exit)".to_string(),
+            Err(e) => format!("daemon stopped; detaching failed: {e}"),
+        }
+    } else {
+        "daemon stopped; redirect stays pinned: agent connections are refused until it restarts"
+            .to_string()
+    };
+    tracing::info!("{how}");
+    recorder.record(Event::daemon(EventKind::DaemonStopped, Verdict::Allow, how)).await?;
+    recorder.flush().await?;
+    drop(interceptor);
+    Ok(())
+}
+
+async fn wait_for_stop(deadline: Option<Duration>) -> Result<(), Error> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = deadline => tracing::warn!("deadline reached"),
+    }
+    Ok(())
+}
+
+/// Forwards aya-log records from the kernel programs into tracing.
+fn spawn_kernel_logs(interceptor: &mut Interceptor) {
+    let logger = match aya_log::EbpfLogger::init(interceptor.ebpf_mut()) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel program logs unavailable");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer fd and keeps it open for as
+    // long as the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel program logs unavailable");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else { return };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}

@@ -1,0 +1,7 @@
+//! Who is calling: the kernel's record of the connecting process, enriched
+//! from /proc while the process is (probably) still there.
+
+mod caller;
+pub mod procfs;
+
+pub use caller::{Ancestor, Caller};

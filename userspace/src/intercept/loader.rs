@@ -1,0 +1,393 @@
+//! Loads the embedded kernel object, attaches every program and pins the
+//! links, replacing those of a previous daemon without a gap.
+//!
+//! Cgroup programs attached through BPF links run side by side, so a new
+//! link is attached before the old one is unpinned: during the swap both
+//! copies run (they are idempotent on the same maps) and at no instant is an
+//! agent's connect unredirected.
+
+use std::{
+    fs::File,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Lsm, SockOps,
+    },
+    Ebpf, EbpfLoader,
+};
+use blastgate_common::{offsets, program};
+use serde::Serialize;
+
+use super::{btf::Btf, object};
+use crate::Error;
+
+/// Where and how a program attaches.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    CgroupSockAddr,
+    CgroupSock,
+    SockOps,
+    TpBtf(&'static str),
+    KProbe(&'static str),
+    Lsm(&'static str),
+}
+
+struct Spec {
+    name: &'static str,
+    hook: Hook,
+    /// Without it blastgate is not safe to run: a failure aborts start-up.
+    required: bool,
+    /// What is lost when an optional program cannot be loaded.
+    feature: &'static str,
+}
+
+const fn spec(name: &'static str, hook: Hook, required: bool, feature: &'static str) -> Spec {
+    Spec {
+        name,
+        hook,
+        required,
+        feature,
+    }
+}
+
+const PROGRAMS: &[Spec] = &[
+    spec(program::CONNECT4, Hook::CgroupSockAddr, true, "ipv4 redirect"),
+    spec(program::CONNECT6, Hook::CgroupSockAddr, true, "ipv6 redirect"),
+    spec(program::SENDMSG4, Hook::CgroupSockAddr, true, "udp guard"),
+    spec(program::SENDMSG6, Hook::CgroupSockAddr, true, "udp guard"),
+    spec(program::SOCKOPS, Hook::SockOps, true, "caller identity"),
+    spec(program::SOCK_CREATE, Hook::CgroupSock, true, "socket guard"),
+    spec(program::FORK, Hook::TpBtf("sched_process_fork"), true, "lineage"),
+    spec(program::EXIT_GROUP, Hook::TpBtf("sched_process_exit"), true, "lineage"),
+    spec(program::EXIT_LEADER, Hook::TpBtf("sched_process_exit"), true, "lineage"),
+    spec(program::EXEC, Hook::TpBtf("sched_process_exec"), false, "enrolment by executable"),
+    spec(program::PACKET_CREATE, Hook::KProbe("packet_create"), false, "packet socket guard"),
+    spec(program::LSM_BPF, Hook::Lsm("bpf"), false, "lsm"),
+    spec(program::LSM_PTRACE, Hook::Lsm("ptrace_access_check"), false, "lsm"),
+    spec(program::LSM_KILL, Hook::Lsm("task_kill"), false, "lsm"),
+];
+
+/// One attached program, as `blastgate status` reports it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Attached {
+    pub program: String,
+    pub attach_point: String,
+    pub pin: PathBuf,
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub attached: Vec<Attached>,
+    /// Features the kernel refused, e.g. "lsm unavailable".
+    pub degraded: Vec<String>,
+}
+
+/// Pin directory layout: maps in `maps/`, links in `links/`.
+pub fn maps_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("maps")
+}
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo.
+pub fn find_cgroup2_root() -> Result<PathBuf, Error> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("reading /proc/self/mountinfo", e))?;
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .ok_or_else(|| Error::Kernel("no cgroup v2 hierarchy is mounted".into()))
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("reading /proc/self/mountinfo", e))?;
+    let mounted = info.lines().any(|l| {
+        l.split_once(" - ")
+            .is_some_and(|(_, r)| r.split_whitespace().next() == Some("bpf"))
+    });
+    if !mounted {
+        let target = c"/sys/fs/bpf";
+        // SAFETY: plain mount(2) with static, NUL-terminated arguments.
+        let rc = unsafe {
+            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        };
+        if rc != 0 {
+            return Err(Error::io("mounting bpffs at /sys/fs/bpf", std::io::Error::last_os_error()));
+        }
+    }
+    for dir in [maps_dir(pin_dir), links_dir(pin_dir)] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Loads the object with its maps reused from (or pinned to) `pin_dir`.
+pub fn load(pin_dir: &Path, btf: &Btf, log_level: u8) -> Result<(Ebpf, bool), Error> {
+    if object::BYTES.is_empty() {
+        return Err(Error::Kernel(
+            "this blastgate was built with BLASTGATE_SKIP_EBPF and has no kernel programs".into(),
+        ));
+    }
+    let off = |s: &str, m: &str| {
+        btf.member_offset(s, m)
+            .map_err(|e| Error::Kernel(format!("kernel BTF: {e}")))
+    };
+    let task_pid = off("task_struct", "pid")?;
+    let task_tgid = off("task_struct", "tgid")?;
+    // Exec enrolment is optional: missing offsets only disable it.
+    let exec_offsets = (|| {
+        Ok::<_, Error>([
+            off("linux_binprm", "file")?,
+            off("file", "f_inode")?,
+            off("inode", "i_ino")?,
+            off("inode", "i_sb")?,
+            off("super_block", "s_dev")?,
+        ])
+    })();
+    let exec_ok = exec_offsets.is_ok();
+    let [bprm_file, file_inode, inode_ino, inode_sb, sb_dev] = exec_offsets.unwrap_or([0; 5]);
+
+    let maps = maps_dir(pin_dir);
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&maps)
+        .override_global(offsets::TASK_PID, &task_pid, true)
+        .override_global(offsets::TASK_TGID, &task_tgid, true)
+        .override_global(offsets::BPRM_FILE, &bprm_file, true)
+        .override_global(offsets::FILE_INODE, &file_inode, true)
+        .override_global(offsets::INODE_INO, &inode_ino, true)
+        .override_global(offsets::INODE_SB, &inode_sb, true)
+        .override_global(offsets::SB_DEV, &sb_dev, true)
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .load(object::BYTES)
+        .map_err(|e| {
+            Error::Kernel(format!(
+                "loading the kernel object: {e} (if an older blastgate left incompatible maps \
+                 in {}, run `blastgate uninstall`)",
+                maps.display()
+            ))
+        })?;
+    Ok((ebpf, exec_ok))
+}
+
+/// Attaches every program and pins its link, replacing older links.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    cgroup_root: &Path,
+    btf: &Btf,
+    exec_ok: bool,
+) -> Result<(Vec<Attached>, Vec<String>), Error> {
+    let kernel_btf =
+        aya::Btf::from_sys_fs().map_err(|e| Error::Kernel(format!("kernel BTF: {e}")))?;
+    let cgroup = File::open(cgroup_root)
+        .map_err(|e| Error::io(format!("opening cgroup root {}", cgroup_root.display()), e))?;
+    let group_dead = btf.tracepoint_args("sched_process_exit").unwrap_or(1) >= 2;
+    let links = links_dir(pin_dir);
+    let mut attached = Vec::new();
+    let mut degraded = Vec::new();
+
+    for s in PROGRAMS {
+        let skip = match s.name {
+            program::EXIT_GROUP => !group_dead,
+            program::EXIT_LEADER => group_dead,
+            program::EXEC => !exec_ok,
+            _ => false,
+        };
+        if skip {
+            if s.name == program::EXEC {
+                note_degraded(&mut degraded, "enrolment by executable unavailable: kernel BTF lacks the exec offsets");
+            }
+            continue;
+        }
+        match attach_one(ebpf, s, &cgroup, &kernel_btf) {
+            Ok((link, point)) => {
+                let pin = links.join(s.name);
+                install_link(&pin, link)?;
+                attached.push(Attached {
+                    program: s.name.to_string(),
+                    attach_point: point,
+                    pin,
+                });
+            }
+            Err(e) if s.required => {
+                return Err(Error::Kernel(format!(
+                    "attaching {} ({}): {e}",
+                    s.name, s.feature
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(program = s.name, error = %e, "optional program unavailable: {}", s.feature);
+                note_degraded(&mut degraded, &format!("{} unavailable", s.feature));
+            }
+        }
+    }
+    remove_stale_links(&links, &attached);
+    Ok((attached, degraded))
+}
+
+fn note_degraded(list: &mut Vec<String>, what: &str) {
+    if !list.iter().any(|d| d == what) {
+        list.push(what.to_string());
+    }
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    s: &Spec,
+    cgroup: &File,
+    btf: &aya::Btf,
+) -> Result<(FdLink, String), String> {
+    let prog = ebpf
+        .program_mut(s.name)
+        .ok_or_else(|| "missing from the kernel object".to_string())?;
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let root = "cgroup v2 root".to_string();
+    Ok(match s.hook {
+        Hook::CgroupSockAddr => {
+            let p: &mut CgroupSockAddr = prog.try_into().map_err(|x| e(&x))?;
+            p.load().map_err(|x| e(&x))?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|x| e(&x))?;
+            let link = p.take_link(id).map_err(|x| e(&x))?;
+            (link.try_into().map_err(|x| e(&x))?, root)
+        }
+        Hook::CgroupSock => {
+            let p: &mut CgroupSock = prog.try_into().map_err(|x| e(&x))?;
+            p.load().map_err(|x| e(&x))?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|x| e(&x))?;
+            let link = p.take_link(id).map_err(|x| e(&x))?;
+            (link.try_into().map_err(|x| e(&x))?, root)
+        }
+        Hook::SockOps => {
+            let p: &mut SockOps = prog.try_into().map_err(|x| e(&x))?;
+            p.load().map_err(|x| e(&x))?;
+            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|x| e(&x))?;
+            let link = p.take_link(id).map_err(|x| e(&x))?;
+            (link.try_into().map_err(|x| e(&x))?, root)
+        }
+        Hook::TpBtf(tp) => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(|x| e(&x))?;
+            p.load(tp, btf).map_err(|x| e(&x))?;
+            let id = p.attach().map_err(|x| e(&x))?;
+            let link = p.take_link(id).map_err(|x| e(&x))?;
+            (link.into(), format!("tp_btf/{tp}"))
+        }
+        Hook::KProbe(f) => {
+            let p: &mut KProbe = prog.try_into().map_err(|x| e(&x))?;
+            p.load().map_err(|x| e(&x))?;
+            let id = p.attach(f, 0).map_err(|x| e(&x))?;
+            let link = p.take_link(id).map_err(|x| e(&x))?;
+            (link.try_into().map_err(|x| e(&x))?, format!("kprobe/{f}"))
+        }
+        Hook::Lsm(hook) => {
+            let p: &mut Lsm = prog.try_into().map_err(|x| e(&x))?;
+            p.load(hook, btf).map_err(|x| e(&x))?;
+            let id = p.attach().map_err(|x| e(&x))?;
+            let link = p.take_link(id).map_err(|x| e(&x))?;
+            (link.into(), format!("lsm/{hook}"))
+        }
+    })
+}
+
+/// Pins `link` at `pin`, after unpinning whatever a previous daemon left
+/// there. The new link is already attached, so there is no gap.
+fn install_link(pin: &Path, link: FdLink) -> Result<(), Error> {
+    if pin.exists() {
+        match PinnedLink::from_pin(pin) {
+            Ok(old) => {
+                // Dropping the returned fd detaches the old link.
+                drop(old.unpin().map_err(|e| Error::io(format!("unpinning {}", pin.display()), e))?);
+            }
+            Err(_) => {
+                std::fs::remove_file(pin)
+                    .map_err(|e| Error::io(format!("removing {}", pin.display()), e))?;
+            }
+        }
+    }
+    // The pin keeps the link; our fd can go.
+    drop(
+        link.pin(pin)
+            .map_err(|e| Error::Kernel(format!("pinning {}: {e}", pin.display())))?,
+    );
+    Ok(())
+}
+
+/// Links pinned by an older daemon for programs this one did not attach
+/// (an exit handler variant, an LSM the kernel now refuses) are removed.
+fn remove_stale_links(links: &Path, attached: &[Attached]) {
+    let Ok(dir) = std::fs::read_dir(links) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if !attached.iter().any(|a| a.pin == path) {
+            tracing::info!(pin = %path.display(), "removing a stale pinned link");
+            unpin_link(&path);
+        }
+    }
+}
+
+fn unpin_link(path: &Path) {
+    match PinnedLink::from_pin(path) {
+        Ok(l) => drop(l.unpin()),
+        Err(_) => drop(std::fs::remove_file(path)),
+    }
+}
+
+/// Detaches everything and removes the pin directory: what `blastgate
+/// uninstall` and `daemon --detach-on-exit` do. Returns what was removed.
+pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut removed = Vec::new();
+    if !pin_dir.exists() {
+        return Ok(removed);
+    }
+    let links = links_dir(pin_dir);
+    if let Ok(dir) = std::fs::read_dir(&links) {
+        for entry in dir.flatten() {
+            unpin_link(&entry.path());
+            removed.push(entry.path());
+        }
+    }
+    let maps = maps_dir(pin_dir);
+    if let Ok(dir) = std::fs::read_dir(&maps) {
+        for entry in dir.flatten() {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| Error::io(format!("removing {}", entry.path().display()), e))?;
+            removed.push(entry.path());
+        }
+    }
+    for dir in [links, maps, pin_dir.to_path_buf()] {
+        if dir.exists() {
+            std::fs::remove_dir(&dir)
+                .map_err(|e| Error::io(format!("removing {}", dir.display()), e))?;
+        }
+    }
+    Ok(removed)
+}
+
+/// What is pinned under `pin_dir` right now (for status when the daemon is down).
+pub fn pinned_links(pin_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(links_dir(pin_dir))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}

@@ -1,0 +1,272 @@
+//! Typed access to the kernel programs' maps.
+//!
+//! Each map sits behind its own mutex: lookups are single syscalls, so the
+//! lock is held for microseconds, and the proxy's per-connection lookup
+//! never waits on the control socket's label writes.
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Mutex,
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use blastgate_common::{
+    counter, map, setting, AgentName, ConnRecord, ExeKey, Label, SockKey, AGENT_NAME_LEN,
+};
+
+use crate::Error;
+
+pub struct KernelMaps {
+    labels: Mutex<HashMap<MapData, u32, Label>>,
+    names: Mutex<HashMap<MapData, u32, AgentName>>,
+    by_peer: Mutex<HashMap<MapData, SockKey, ConnRecord>>,
+    settings: Mutex<Array<MapData, u32>>,
+    dns: Mutex<HashMap<MapData, SockKey, u32>>,
+    uids: Mutex<HashMap<MapData, u32, u32>>,
+    cgroups: Mutex<HashMap<MapData, u64, u32>>,
+    exes: Mutex<HashMap<MapData, ExeKey, u32>>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn map_err(name: &str, e: impl std::fmt::Display) -> Error {
+    Error::Kernel(format!("map {name}: {e}"))
+}
+
+/// Converts a socket address to the key the kernel programs use.
+pub fn sock_key(addr: SocketAddr) -> SockKey {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    SockKey {
+        addr: ip.octets(),
+        port: u32::from(addr.port()),
+    }
+}
+
+/// Converts a kernel key back, turning `::ffff:a.b.c.d` into plain IPv4.
+pub fn sock_addr(key: &SockKey) -> SocketAddr {
+    let v6 = std::net::Ipv6Addr::from(key.addr);
+    let ip = v6
+        .to_ipv4_mapped()
+        .map_or(IpAddr::V6(v6), IpAddr::V4);
+    SocketAddr::new(ip, key.port as u16)
+}
+
+fn take<T>(maps: &mut StdHashMap<String, Map>, name: &str) -> Result<T, Error>
+where
+    T: TryFrom<Map>,
+    <T as TryFrom<Map>>::Error: std::fmt::Display,
+{
+    let m = maps
+        .remove(name)
+        .ok_or_else(|| map_err(name, "missing from the kernel object"))?;
+    T::try_from(m).map_err(|e| map_err(name, e))
+}
+
+impl KernelMaps {
+    /// Takes the maps out of a loaded object.
+    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<KernelMaps, Error> {
+        let mut maps = StdHashMap::new();
+        for name in [
+            map::LABELS,
+            map::AGENT_NAMES,
+            map::BY_PEER,
+            map::SETTINGS,
+            map::DNS_RESOLVERS,
+            map::ENROL_UIDS,
+            map::ENROL_CGROUPS,
+            map::ENROL_EXES,
+            map::COUNTERS,
+        ] {
+            if let Some(m) = ebpf.take_map(name) {
+                maps.insert(name.to_string(), m);
+            }
+        }
+        Self::from_maps(maps)
+    }
+
+    /// Opens the maps pinned by a (possibly dead) daemon, for `status`.
+    pub fn from_pins(maps_dir: &Path) -> Result<KernelMaps, Error> {
+        let mut maps = StdHashMap::new();
+        for (name, wrap) in [
+            (map::LABELS, Map::HashMap as fn(MapData) -> Map),
+            (map::AGENT_NAMES, Map::HashMap),
+            (map::BY_PEER, Map::LruHashMap),
+            (map::SETTINGS, Map::Array),
+            (map::DNS_RESOLVERS, Map::HashMap),
+            (map::ENROL_UIDS, Map::HashMap),
+            (map::ENROL_CGROUPS, Map::HashMap),
+            (map::ENROL_EXES, Map::HashMap),
+            (map::COUNTERS, Map::PerCpuArray),
+        ] {
+            let data = MapData::from_pin(maps_dir.join(name)).map_err(|e| map_err(name, e))?;
+            maps.insert(name.to_string(), wrap(data));
+        }
+        Self::from_maps(maps)
+    }
+
+    fn from_maps(mut maps: StdHashMap<String, Map>) -> Result<KernelMaps, Error> {
+        Ok(KernelMaps {
+            labels: Mutex::new(take(&mut maps, map::LABELS)?),
+            names: Mutex::new(take(&mut maps, map::AGENT_NAMES)?),
+            by_peer: Mutex::new(take(&mut maps, map::BY_PEER)?),
+            settings: Mutex::new(take(&mut maps, map::SETTINGS)?),
+            dns: Mutex::new(take(&mut maps, map::DNS_RESOLVERS)?),
+            uids: Mutex::new(take(&mut maps, map::ENROL_UIDS)?),
+            cgroups: Mutex::new(take(&mut maps, map::ENROL_CGROUPS)?),
+            exes: Mutex::new(take(&mut maps, map::ENROL_EXES)?),
+            counters: take(&mut maps, map::COUNTERS)?,
+        })
+    }
+
+    /// Takes the record of the agent connection whose client end is `peer`.
+    pub fn take_conn(&self, peer: SocketAddr) -> Option<ConnRecord> {
+        let key = sock_key(peer);
+        let mut m = lock(&self.by_peer);
+        let rec = m.get(&key, 0).ok()?;
+        // Removal failing only means the LRU already evicted it.
+        let _ = m.remove(&key);
+        Some(rec)
+    }
+
+    pub fn label(&self, tgid: u32, label: Label) -> Result<(), Error> {
+        lock(&self.labels)
+            .insert(tgid, label, 0)
+            .map_err(|e| map_err(map::LABELS, e))
+    }
+
+    pub fn label_of(&self, tgid: u32) -> Option<Label> {
+        lock(&self.labels).get(&tgid, 0).ok()
+    }
+
+    pub fn unlabel(&self, tgid: u32) {
+        let _ = lock(&self.labels).remove(&tgid);
+    }
+
+    pub fn labelled(&self) -> Vec<(u32, Label)> {
+        lock(&self.labels)
+            .iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    pub fn set_agent_name(&self, id: u32, name: &str) -> Result<(), Error> {
+        let mut bytes = [0u8; AGENT_NAME_LEN];
+        let n = name.len().min(AGENT_NAME_LEN);
+        bytes[..n].copy_from_slice(&name.as_bytes()[..n]);
+        lock(&self.names)
+            .insert(id, AgentName { bytes }, 0)
+            .map_err(|e| map_err(map::AGENT_NAMES, e))
+    }
+
+    pub fn agent_names(&self) -> StdHashMap<u32, String> {
+        lock(&self.names)
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, n)| {
+                let end = n.bytes.iter().position(|&b| b == 0).unwrap_or(AGENT_NAME_LEN);
+                (id, String::from_utf8_lossy(&n.bytes[..end]).into_owned())
+            })
+            .collect()
+    }
+
+    pub fn write_setting(&self, index: u32, value: u32) -> Result<(), Error> {
+        lock(&self.settings)
+            .set(index, value, 0)
+            .map_err(|e| map_err(map::SETTINGS, e))
+    }
+
+    pub fn read_setting(&self, index: u32) -> u32 {
+        lock(&self.settings).get(&index, 0).unwrap_or(0)
+    }
+
+    /// Makes the map hold exactly `entries`: stale keys from an earlier
+    /// config are removed, so a rule deleted from the config stops applying.
+    fn replace_all<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+        m: &mut HashMap<MapData, K, V>,
+        name: &str,
+        entries: &[(K, V)],
+    ) -> Result<(), Error> {
+        let wanted: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<K> = m.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+        for k in stale {
+            let _ = m.remove(&k);
+        }
+        for (k, v) in entries {
+            m.insert(*k, *v, 0).map_err(|e| map_err(name, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_dns(&self, resolvers: &[SocketAddr]) -> Result<(), Error> {
+        let entries: Vec<_> = resolvers.iter().map(|a| (sock_key(*a), 1u32)).collect();
+        Self::replace_all(&mut lock(&self.dns), map::DNS_RESOLVERS, &entries)
+    }
+
+    pub fn set_enrolment(
+        &self,
+        uids: &[(u32, u32)],
+        cgroups: &[(u64, u32)],
+        exes: &[(ExeKey, u32)],
+    ) -> Result<(), Error> {
+        Self::replace_all(&mut lock(&self.uids), map::ENROL_UIDS, uids)?;
+        Self::replace_all(&mut lock(&self.cgroups), map::ENROL_CGROUPS, cgroups)?;
+        Self::replace_all(&mut lock(&self.exes), map::ENROL_EXES, exes)
+    }
+
+    /// Sums a per-CPU counter.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("redirected", counter::REDIRECTED),
+            ("udp_denied", counter::UDP_DENIED),
+            ("sockets_denied", counter::SOCK_DENIED),
+            ("labels_inherited", counter::LABELS_INHERITED),
+            ("packet_sockets_killed", counter::PACKET_KILLED),
+            ("labels_dropped", counter::LABELS_DROPPED),
+        ]
+        .into_iter()
+        .map(|(n, i)| (n, self.counter(i)))
+        .collect()
+    }
+
+    /// The daemon pid recorded in the kernel settings (0 if none).
+    pub fn daemon_tgid(&self) -> u32 {
+        self.read_setting(setting::DAEMON_TGID)
+    }
+}
+
+/// Locks a mutex, recovering the data if a previous holder panicked: the
+/// maps themselves live in the kernel and stay consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_normalise_v4_mapped() {
+        let v4: SocketAddr = "127.0.0.2:5432".parse().unwrap();
+        assert_eq!(sock_addr(&sock_key(v4)), v4);
+        let mapped: SocketAddr = "[::ffff:127.0.0.2]:5432".parse().unwrap();
+        assert_eq!(sock_key(mapped), sock_key(v4));
+        let v6: SocketAddr = "[::1]:22".parse().unwrap();
+        assert_eq!(sock_addr(&sock_key(v6)), v6);
+        assert_eq!(
+            sock_key(v4),
+            SockKey::v4_mapped([127, 0, 0, 2], 5432),
+            "userspace and kernel agree on the key layout"
+        );
+    }
+}

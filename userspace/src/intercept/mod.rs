@@ -1,0 +1,119 @@
+//! The kernel side of interception, seen from userspace: load and attach
+//! the eBPF programs, keep their pinned state, label agents, and hand the
+//! proxy the identity of each redirected connection.
+
+pub mod agents;
+pub mod btf;
+pub mod enrol;
+pub mod loader;
+pub mod maps;
+mod object;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use aya::Ebpf;
+use blastgate_common::setting;
+
+pub use self::{agents::AgentRegistry, loader::Attached, maps::KernelMaps};
+use crate::{config::Config, Error};
+
+/// The running interception: programs attached, maps open.
+pub struct Interceptor {
+    /// Keeps the programs loaded and feeds aya-log.
+    ebpf: Ebpf,
+    pub maps: Arc<KernelMaps>,
+    pub agents: Arc<AgentRegistry>,
+    pub attached: Vec<Attached>,
+    pub degraded: Vec<String>,
+    pub pin_dir: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub enrolment: enrol::Resolved,
+}
+
+impl Interceptor {
+    /// Loads, configures and attaches everything. Maps pinned by an earlier
+    /// daemon (labels above all) are reused; its links are replaced.
+    pub fn start(config: &Config, log_level: u8) -> Result<Interceptor, Error> {
+        let pin_dir = config.bpf.pin_dir.clone();
+        let cgroup_root = match &config.bpf.cgroup_root {
+            Some(p) => p.clone(),
+            None => loader::find_cgroup2_root()?,
+        };
+        loader::ensure_bpffs(&pin_dir)?;
+        let btf = btf::Btf::from_sys_fs()?;
+        let (mut ebpf, exec_ok) = loader::load(&pin_dir, &btf, log_level)?;
+        let maps = Arc::new(KernelMaps::from_ebpf(&mut ebpf)?);
+        let agents = Arc::new(AgentRegistry::new(maps.clone()));
+
+        // Settings first: until READY is set the hooks refuse agents, so a
+        // half-configured redirect can never send them anywhere else.
+        let daemon = std::process::id();
+        maps.unlabel(daemon);
+        let port = config.proxy_port().map_err(Error::Invalid)?;
+        maps.write_setting(setting::PROXY_IP4, u32::from_ne_bytes([127, 0, 0, 1]))?;
+        maps.write_setting(setting::PROXY_PORT, u32::from(port))?;
+        maps.write_setting(setting::DAEMON_TGID, daemon)?;
+        maps.set_dns(&config.dns.resolvers)?;
+        let enrolment = enrol::resolve(&config.enrol, &cgroup_root, &agents)?;
+        maps.set_enrolment(&enrolment.uids, &enrolment.cgroups, &enrolment.exes)?;
+        maps.write_setting(setting::READY, 1)?;
+
+        let (attached, degraded) =
+            loader::attach_all(&mut ebpf, &pin_dir, &cgroup_root, &btf, exec_ok)?;
+        let found = enrol::scan(&enrolment, &agents, daemon);
+        if found > 0 {
+            tracing::info!(processes = found, "labelled running processes matching enrolment rules");
+        }
+        Ok(Interceptor {
+            ebpf,
+            maps,
+            agents,
+            attached,
+            degraded,
+            pin_dir,
+            cgroup_root,
+            enrolment,
+        })
+    }
+
+    /// The object, for aya-log.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Re-applies enrolment to running processes and forgets dead ones.
+    pub fn rescan(&mut self, config: &Config) {
+        match enrol::resolve(&config.enrol, &self.cgroup_root, &self.agents) {
+            Ok(r) => {
+                if let Err(e) = self.maps.set_enrolment(&r.uids, &r.cgroups, &r.exes) {
+                    tracing::error!(error = %e, "updating enrolment maps");
+                }
+                self.enrolment = r;
+            }
+            Err(e) => tracing::error!(error = %e, "resolving enrolment rules"),
+        }
+        enrol::scan(&self.enrolment, &self.agents, std::process::id());
+        enrol::sweep(&self.agents);
+    }
+}
+
+/// Is `addr` one of the proxy's own listeners (a loop)?
+pub fn is_proxy_addr(listen: &[SocketAddr], addr: SocketAddr) -> bool {
+    let norm = |a: SocketAddr| match a.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(a, |v4| SocketAddr::new(IpAddr::V4(v4), a.port())),
+        IpAddr::V4(_) => a,
+    };
+    let addr = norm(addr);
+    listen.iter().any(|l| norm(*l) == addr)
+}
+
+/// Removes all pinned state (links first, so the redirect stops at once).
+pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    loader::uninstall(pin_dir)
+}

@@ -1,0 +1,32 @@
+//! blastgate: shrinks the blast radius of AI coding agents on the host.
+//!
+//! Layout, one job per module, in the order a connection meets them:
+//!
+//! - [`intercept`]: loads the eBPF programs (`ebpf/programs`) that redirect
+//!   enrolled agents' connects to the proxy, keeps their pinned state in
+//!   bpffs, labels agents, and reads back who made each connection.
+//! - [`proxy`]: accepts redirected connections; `proxy::session` drives each
+//!   one (identify → route → handle → record) and `proxy::targets` maps an
+//!   original destination to a configured target.
+//! - [`protocols`]: one handler per protocol; today TCP passthrough.
+//! - [`identity`]: the caller (pid, uid, comm, exe, lineage) from the kernel
+//!   record and /proc.
+//! - [`records`]: the audit event and the durable JSON-lines spool.
+//! - [`control`]: the daemon's root-only unix socket (label, status, follow).
+//! - [`daemon`]: wires the above together and owns shutdown.
+//! - [`commands`]: the CLI subcommands; [`config`]: the TOML config.
+
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod daemon;
+mod error;
+pub mod identity;
+pub mod intercept;
+pub mod protocols;
+pub mod proxy;
+pub mod records;
+#[doc(hidden)]
+pub mod testing;
+
+pub use error::Error;

@@ -1,0 +1,60 @@
+use std::{process::ExitCode, time::Duration};
+
+use blastgate::{
+    commands::{self, cli::Cli, cli::Command},
+    config::Config,
+    daemon,
+};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BLASTGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("blastgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Daemon { config, detach_on_exit, deadline } => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(daemon::run(daemon::Options {
+                config_path: config,
+                detach_on_exit,
+                deadline: deadline.map(Duration::from_secs),
+            }))?;
+        }
+        Command::Run { agent, user, config, command } => {
+            let config = commands::client_config(config.as_deref())?;
+            commands::run::run(&config.control.socket, &agent, user.as_deref(), &command)?;
+        }
+        Command::Status { config, json } => {
+            let config = commands::client_config(config.as_deref())?;
+            return commands::status::run(&config, json);
+        }
+        Command::Events { config, follow, json, last } => {
+            let config = commands::client_config(config.as_deref())?;
+            commands::events::run(&config, follow, json, last)?;
+        }
+        Command::Uninstall { config } => {
+            let config = commands::client_config(config.as_deref())?;
+            commands::uninstall::run(&config)?;
+        }
+        Command::CheckConfig { file } => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

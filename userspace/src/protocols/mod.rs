@@ -1,0 +1,7 @@
+//! Protocol handlers: what happens to a connection once the proxy knows who
+//! is calling and which target they want. Each handler speaks its protocol
+//! to the agent and to the upstream; the session driver in `proxy::session`
+//! owns the lifecycle and always writes the record.
+
+pub mod relay;
+pub mod tcp;

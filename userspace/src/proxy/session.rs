@@ -1,0 +1,168 @@
+//! One accepted connection, from identification to its closing record.
+//!
+//! The driver owns the order of things: identify the caller from the kernel
+//! record, route the original destination to a target, deny or hand the
+//! connection to the target's protocol handler, and — on every way out —
+//! write the record.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    time::{Instant, SystemTime},
+};
+
+use tokio::net::TcpStream;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::ProxyContext;
+use crate::{
+    config::Protocol,
+    identity::Caller,
+    intercept::{is_proxy_addr, maps::sock_addr},
+    protocols::{relay::Counters, tcp},
+    records::{Event, EventKind, Verdict},
+};
+
+/// Where a session failed, for the record and the logs.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("upstream: {0}")]
+    Upstream(String),
+    #[error("relay: {0}")]
+    Relay(String),
+    #[error("cancelled: {0}")]
+    Cancelled(&'static str),
+}
+
+/// The identity and addressing of one session, stamped on its events.
+struct Session {
+    id: Uuid,
+    seq: AtomicU32,
+    caller: Option<Caller>,
+    orig_dst: Option<SocketAddr>,
+    target: Option<String>,
+    protocol: Option<&'static str>,
+}
+
+impl Session {
+    fn event(&self, kind: EventKind, verdict: Verdict, reason: Option<String>) -> Event {
+        Event {
+            id: Uuid::now_v7(),
+            session_id: self.id,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            ts: SystemTime::now(),
+            kind,
+            verdict,
+            reason,
+            caller: self.caller.clone(),
+            target: self.target.clone(),
+            protocol: self.protocol.map(str::to_string),
+            orig_dst: self.orig_dst,
+            bytes_from_agent: None,
+            bytes_to_agent: None,
+            duration_us: None,
+        }
+    }
+}
+
+pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
+    let started = Instant::now();
+    let mut session = Session {
+        id: Uuid::now_v7(),
+        seq: AtomicU32::new(0),
+        caller: None,
+        orig_dst: None,
+        target: None,
+        protocol: None,
+    };
+
+    let Some(rec) = ctx.maps.take_conn(peer) else {
+        // Not redirected by our hooks: something dialled the proxy port
+        // directly. Nothing to attribute, nothing to serve.
+        drop(conn);
+        let reason = format!(
+            "no kernel record for the connection from {peer}: only redirected agent connections are served"
+        );
+        tracing::warn!(%peer, "{reason}");
+        record(&ctx, session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason))).await;
+        return;
+    };
+    let caller = Caller::from_kernel(&rec, ctx.agents.name_of(rec.agent_id), |pid| {
+        ctx.maps.label_of(pid).is_some()
+    });
+    let orig = sock_addr(&rec.orig);
+    let span = tracing::info_span!(
+        "session",
+        id = %session.id,
+        agent = %caller.agent,
+        pid = caller.pid,
+        comm = %caller.comm,
+        dst = %orig,
+    );
+    session.caller = Some(caller);
+    session.orig_dst = Some(orig);
+    drive(conn, session, orig, started, ctx).instrument(span).await
+}
+
+async fn drive(
+    conn: TcpStream,
+    mut session: Session,
+    orig: SocketAddr,
+    started: Instant,
+    ctx: Arc<ProxyContext>,
+) {
+    if is_proxy_addr(&ctx.listen, orig) {
+        drop(conn);
+        let reason = "destination is the blastgate proxy itself".to_string();
+        record(&ctx, session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason))).await;
+        return;
+    }
+    let Some(target) = ctx.routes.lookup(orig) else {
+        drop(conn);
+        let reason = format!("no target is configured for {orig}: denied by default");
+        tracing::info!("{reason}");
+        record(&ctx, session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason))).await;
+        return;
+    };
+    session.target = Some(target.name.clone());
+    session.protocol = Some(target.protocol.as_str());
+    record(&ctx, session.event(EventKind::SessionOpened, Verdict::Allow, None)).await;
+    tracing::debug!(target = %target.name, "session opened");
+
+    let counters = Counters::default();
+    let upstream = target.upstream.unwrap_or(orig);
+    let work = async {
+        match target.protocol {
+            Protocol::Tcp => tcp::serve(conn, upstream, ctx.connect_timeout, &counters).await,
+        }
+    };
+    let result = tokio::select! {
+        r = work => r,
+        _ = ctx.hard_stop.cancelled() => Err(SessionError::Cancelled("daemon shutting down")),
+    };
+
+    let (from_agent, to_agent) = counters.snapshot();
+    let (verdict, reason) = match &result {
+        Ok(()) => (Verdict::Allow, None),
+        Err(e) => {
+            tracing::info!(error = %e, "session ended with an error");
+            (Verdict::Error, Some(e.to_string()))
+        }
+    };
+    let mut closed = session.event(EventKind::SessionClosed, verdict, reason);
+    closed.bytes_from_agent = Some(from_agent);
+    closed.bytes_to_agent = Some(to_agent);
+    closed.duration_us = Some(started.elapsed().as_micros() as u64);
+    record(&ctx, closed).await;
+}
+
+async fn record(ctx: &ProxyContext, event: Event) {
+    if let Err(e) = ctx.recorder.record(event).await {
+        // Only possible when the writer thread died; the daemon is going down.
+        tracing::error!(error = %e, "event not recorded");
+    }
+}

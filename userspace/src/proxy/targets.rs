@@ -1,0 +1,106 @@
+//! Which configured target lives at an original destination.
+
+use std::{collections::HashMap, net::{IpAddr, SocketAddr}, sync::Arc};
+
+use crate::config::{Protocol, TargetConfig};
+
+#[derive(Debug)]
+pub struct Target {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Where blastgate connects; `None` means "the address the agent dialled".
+    pub upstream: Option<SocketAddr>,
+}
+
+/// Original destination -> target. Unknown destinations have no entry and
+/// are denied.
+#[derive(Debug, Default)]
+pub struct Routes {
+    by_addr: HashMap<SocketAddr, Arc<Target>>,
+}
+
+/// `::ffff:a.b.c.d` and `a.b.c.d` are the same destination.
+pub fn normalise(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(a, |v4| SocketAddr::new(IpAddr::V4(v4), a.port())),
+        IpAddr::V4(_) => a,
+    }
+}
+
+impl Routes {
+    pub fn build(targets: &[TargetConfig]) -> Result<Routes, String> {
+        let mut by_addr = HashMap::new();
+        for t in targets {
+            let upstream = match &t.upstream {
+                Some(u) => Some(
+                    std::net::ToSocketAddrs::to_socket_addrs(u)
+                        .map_err(|e| format!("target {}: upstream {u:?}: {e}", t.name))?
+                        .next()
+                        .ok_or_else(|| format!("target {}: upstream {u:?} resolves to nothing", t.name))?,
+                ),
+                None => None,
+            };
+            let target = Arc::new(Target {
+                name: t.name.clone(),
+                protocol: t.protocol,
+                upstream,
+            });
+            for addr in t.resolve()? {
+                let addr = normalise(addr);
+                if let Some(other) = by_addr.insert(addr, target.clone()) {
+                    return Err(format!(
+                        "targets {} and {} both claim {addr}",
+                        other.name, t.name
+                    ));
+                }
+            }
+        }
+        Ok(Routes { by_addr })
+    }
+
+    pub fn lookup(&self, orig: SocketAddr) -> Option<Arc<Target>> {
+        self.by_addr.get(&normalise(orig)).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str, addrs: &[&str]) -> TargetConfig {
+        TargetConfig {
+            name: name.into(),
+            protocol: Protocol::Tcp,
+            address: None,
+            addresses: addrs.iter().map(|s| s.to_string()).collect(),
+            upstream: None,
+            credentials: None,
+        }
+    }
+
+    #[test]
+    fn v4_mapped_destinations_find_v4_targets() {
+        let r = Routes::build(&[target("db", &["127.0.0.2:5432", "[::1]:5432"])]).unwrap();
+        assert_eq!(r.lookup("127.0.0.2:5432".parse().unwrap()).unwrap().name, "db");
+        assert_eq!(r.lookup("[::ffff:127.0.0.2]:5432".parse().unwrap()).unwrap().name, "db");
+        assert_eq!(r.lookup("[::1]:5432".parse().unwrap()).unwrap().name, "db");
+        assert!(r.lookup("127.0.0.2:5433".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn two_targets_cannot_share_an_address() {
+        let e = Routes::build(&[target("a", &["127.0.0.2:1"]), target("b", &["127.0.0.2:1"])])
+            .unwrap_err();
+        assert!(e.contains("both claim"), "{e}");
+    }
+}

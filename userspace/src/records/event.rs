@@ -1,0 +1,121 @@
+//! The audit event: one line in the spool, one row in ClickHouse later.
+//!
+//! Every event has a unique, time-ordered id (UUIDv7) and a sequence number
+//! within its session, so a shipper that re-sends a batch after a crash can
+//! be deduplicated downstream and a session can be replayed in order.
+
+use std::{net::SocketAddr, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::identity::Caller;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A connection was accepted and handed to a protocol handler.
+    SessionOpened,
+    /// The session ended; carries bytes each way and duration.
+    SessionClosed,
+    /// The connection was refused before any byte reached an upstream.
+    SessionDenied,
+    /// A process was labelled as an agent over the control socket.
+    AgentLabelled,
+    DaemonStarted,
+    DaemonStopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Something failed inside blastgate; the caller was refused.
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: Uuid,
+    /// Nil for daemon-level events.
+    pub session_id: Uuid,
+    pub seq: u32,
+    #[serde(with = "rfc3339_micros")]
+    pub ts: SystemTime,
+    pub kind: EventKind,
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<Caller>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Where the agent was trying to go before the kernel redirected it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orig_dst: Option<SocketAddr>,
+    /// Bytes the agent sent (toward the upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_from_agent: Option<u64>,
+    /// Bytes the agent received (from the upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_to_agent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+}
+
+impl Event {
+    /// A daemon-level event outside any session.
+    pub fn daemon(kind: EventKind, verdict: Verdict, reason: impl Into<String>) -> Event {
+        Event {
+            id: Uuid::now_v7(),
+            session_id: Uuid::nil(),
+            seq: 0,
+            ts: SystemTime::now(),
+            kind,
+            verdict,
+            reason: Some(reason.into()),
+            caller: None,
+            target: None,
+            protocol: None,
+            orig_dst: None,
+            bytes_from_agent: None,
+            bytes_to_agent: None,
+            duration_us: None,
+        }
+    }
+}
+
+mod rfc3339_micros {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let e = Event::daemon(EventKind::DaemonStarted, Verdict::Allow, "hello");
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.contains("\"kind\":\"daemon_started\""), "{line}");
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.id, e.id);
+        // Microsecond precision survives the round trip.
+        let d = back.ts.duration_since(e.ts).unwrap_or_else(|e| e.duration());
+        assert!(d.as_micros() < 1, "{d:?}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Audit records: the event type and the durable local spool it goes to.
+
+pub mod event;
+pub mod spool;
+
+pub use event::{Event, EventKind, Verdict};
+pub use spool::Recorder;
