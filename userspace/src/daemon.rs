@@ -54,7 +54,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     } else {
         aya_log::Level::Info
     } as u8;
-    let mut interceptor = Interceptor::start(&config, log_level)?;
+    let mut interceptor = match Interceptor::start(&config, log_level) {
+        Ok(i) => i,
+        Err(e) => {
+            // A partial attach already redirects agents to a port nobody
+            // serves (fail closed). Tests ask for a clean slate instead.
+            if opts.detach_on_exit {
+                let _ = intercept::uninstall(&config.bpf.pin_dir);
+            }
+            return Err(e.into());
+        }
+    };
     spawn_kernel_logs(&mut interceptor);
     for d in &interceptor.degraded {
         tracing::warn!("degraded: {d}");

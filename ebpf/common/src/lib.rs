@@ -50,6 +50,12 @@ pub const MAX_ENROL: u32 = 1_024;
 pub const MAX_DNS: u32 = 64;
 pub const COMM_LEN: usize = 16;
 
+/// Offset of the first argument in a `syscalls/sys_enter_*` tracepoint
+/// record (after the 8-byte common header and the syscall number, padded):
+/// every argument is an 8-byte slot from here. The daemon's tests check it
+/// against the running kernel's tracefs format file.
+pub const SYS_ENTER_ARG0_OFFSET: usize = 16;
+
 /// Address families, as the kernel numbers them.
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;

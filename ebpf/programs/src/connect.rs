@@ -1,5 +1,7 @@
 //! The redirect: agents' TCP connects go to the proxy, their UDP only to DNS.
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     bindings::{bpf_sock_addr, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{
@@ -154,11 +156,27 @@ pub fn blastgate_sockops(ctx: SockOpsContext) -> u32 {
         return 1;
     };
     let rec = unsafe { *rec };
-    // local_port is host order in sockops; local_ip4 is network order.
-    let port = ctx.local_port();
-    let key = match ctx.family() {
-        AF_INET => SockKey::v4_mapped(ctx.local_ip4().to_ne_bytes(), port),
-        AF_INET6 => key6(ctx.local_ip6(), port),
+    // Every context field is read up front with volatile loads: LLVM would
+    // otherwise fold the field offset into the ctx pointer, and the
+    // verifier rejects dereferencing a modified ctx pointer.
+    let ops = ctx.ops;
+    let (family, ip4, ip6, port) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).local_ip4),
+            [
+                read_volatile(&(*ops).local_ip6[0]),
+                read_volatile(&(*ops).local_ip6[1]),
+                read_volatile(&(*ops).local_ip6[2]),
+                read_volatile(&(*ops).local_ip6[3]),
+            ],
+            // Host order in sockops (unlike local_ip4).
+            read_volatile(&(*ops).local_port),
+        )
+    };
+    let key = match family {
+        AF_INET => SockKey::v4_mapped(ip4.to_ne_bytes(), port),
+        AF_INET6 => key6(ip6, port),
         _ => return 1,
     };
     let _ = BG_BY_PEER.insert(key, rec, 0);

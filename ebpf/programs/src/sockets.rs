@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     helpers::generated::bpf_send_signal,
-    macros::{cgroup_sock, kprobe},
-    programs::{ProbeContext, SockContext},
+    macros::{cgroup_sock, tracepoint},
+    programs::{SockContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
-use blastgate_common::{counter, SOCK_DGRAM, SOCK_STREAM};
+use blastgate_common::{counter, AF_PACKET, SOCK_DGRAM, SOCK_STREAM, SYS_ENTER_ARG0_OFFSET};
 
 use crate::agent::{count, current_agent};
 
@@ -38,13 +38,21 @@ pub fn blastgate_sock_create(ctx: SockContext) -> i32 {
 }
 
 /// Packet sockets are created outside inet_create, so no cgroup hook sees
-/// them and a kprobe cannot refuse them. An agent that gets this far has
-/// CAP_NET_RAW and is trying to bypass the redirect: kill it before it can
-/// use the socket. The BPF LSM `socket_create` hook would refuse it cleanly
-/// but is unavailable on many kernels.
-#[kprobe(function = "packet_create")]
-pub fn blastgate_packet_create(ctx: ProbeContext) -> u32 {
-    if let Some(agent) = current_agent() {
+/// them, and neither a tracepoint nor a kprobe can refuse a syscall. An
+/// agent that gets this far has CAP_NET_RAW and is trying to get around the
+/// redirect: it is killed before the socket() call returns to it. The BPF
+/// LSM `socket_create` hook would refuse it cleanly but is unavailable on
+/// many kernels (including this project's CI).
+#[tracepoint(category = "syscalls", name = "sys_enter_socket")]
+pub fn blastgate_packet_create(ctx: TracePointContext) -> u32 {
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let family: u64 = match unsafe { ctx.read_at(SYS_ENTER_ARG0_OFFSET) } {
+        Ok(f) => f,
+        Err(_) => return 0,
+    };
+    if family as u32 == AF_PACKET {
         unsafe { bpf_send_signal(SIGKILL) };
         count(counter::PACKET_KILLED);
         warn!(&ctx, "agent {} opened a packet socket: killed", agent);

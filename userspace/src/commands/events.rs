@@ -57,13 +57,13 @@ fn print(e: &Event, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(e)?);
         return Ok(());
     }
+    let name = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_default();
     let mut line = format!(
-        "{} {:?} {:?}",
+        "{} {} {}",
         humantime::format_rfc3339_micros(e.ts),
-        e.kind,
-        e.verdict
-    )
-    .to_lowercase();
+        name(serde_json::to_value(e.kind)?),
+        name(serde_json::to_value(e.verdict)?),
+    );
     if let Some(c) = &e.caller {
         line += &format!(" agent={} pid={} uid={} comm={}", c.agent, c.pid, c.uid, c.comm);
     }

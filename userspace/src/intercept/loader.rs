@@ -15,7 +15,7 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Lsm, SockOps,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, SockOps, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -32,7 +32,7 @@ enum Hook {
     CgroupSock,
     SockOps,
     TpBtf(&'static str),
-    KProbe(&'static str),
+    TracePoint(&'static str, &'static str),
     Lsm(&'static str),
 }
 
@@ -65,7 +65,7 @@ const PROGRAMS: &[Spec] = &[
     spec(program::EXIT_GROUP, Hook::TpBtf("sched_process_exit"), true, "lineage"),
     spec(program::EXIT_LEADER, Hook::TpBtf("sched_process_exit"), true, "lineage"),
     spec(program::EXEC, Hook::TpBtf("sched_process_exec"), false, "enrolment by executable"),
-    spec(program::PACKET_CREATE, Hook::KProbe("packet_create"), false, "packet socket guard"),
+    spec(program::PACKET_CREATE, Hook::TracePoint("syscalls", "sys_enter_socket"), false, "packet socket guard"),
     spec(program::LSM_BPF, Hook::Lsm("bpf"), false, "lsm"),
     spec(program::LSM_PTRACE, Hook::Lsm("ptrace_access_check"), false, "lsm"),
     spec(program::LSM_KILL, Hook::Lsm("task_kill"), false, "lsm"),
@@ -286,12 +286,12 @@ fn attach_one(
             let link = p.take_link(id).map_err(|x| e(&x))?;
             (link.into(), format!("tp_btf/{tp}"))
         }
-        Hook::KProbe(f) => {
-            let p: &mut KProbe = prog.try_into().map_err(|x| e(&x))?;
+        Hook::TracePoint(category, name) => {
+            let p: &mut TracePoint = prog.try_into().map_err(|x| e(&x))?;
             p.load().map_err(|x| e(&x))?;
-            let id = p.attach(f, 0).map_err(|x| e(&x))?;
+            let id = p.attach(category, name).map_err(|x| e(&x))?;
             let link = p.take_link(id).map_err(|x| e(&x))?;
-            (link.try_into().map_err(|x| e(&x))?, format!("kprobe/{f}"))
+            (link.try_into().map_err(|x| e(&x))?, format!("tracepoint/{category}/{name}"))
         }
         Hook::Lsm(hook) => {
             let p: &mut Lsm = prog.try_into().map_err(|x| e(&x))?;
