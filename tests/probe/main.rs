@@ -1,0 +1,379 @@
+//! blastgate-probe: an agent-style program for tests and the demo.
+//!
+//! Each subcommand tries one kind of network access an agent might attempt
+//! (including the escape routes blastgate must close) and prints one JSON
+//! object per attempt: `{"op", "ok", "errno", "error", "local", "peer",
+//! "response"}`. It exits 0 whatever the outcome; the caller judges.
+
+use std::{
+    io::{BufRead, Read, Write},
+    mem::size_of,
+    net::{SocketAddr, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    op: Op,
+}
+
+#[derive(Subcommand)]
+enum Op {
+    /// TCP connect, send an HTTP/1.0 request, read the reply.
+    Connect { addr: SocketAddr },
+    /// TCP Fast Open: sendto(MSG_FASTOPEN) without connect().
+    Tfo { addr: SocketAddr },
+    /// connect() submitted through io_uring.
+    Uring { addr: SocketAddr },
+    /// One unconnected UDP datagram.
+    Udp { addr: SocketAddr },
+    /// UDP connect() then send().
+    UdpConnected { addr: SocketAddr },
+    /// Open a raw ICMP socket.
+    Raw,
+    /// Open an AF_PACKET socket.
+    Packet,
+    /// Move this process to another cgroup (write to its cgroup.procs), then connect.
+    Escape { cgroup: PathBuf, addr: SocketAddr },
+    /// clone3(CLONE_INTO_CGROUP) a child into CGROUP; the child connects.
+    Clone3 { cgroup: PathBuf, addr: SocketAddr },
+    /// Fork a child and a grandchild; each connects.
+    Tree { addr: SocketAddr },
+    /// N concurrent connections, all at once.
+    Many { n: usize, addr: SocketAddr },
+    /// setuid(UID) (needs root), then connect.
+    AsUid { uid: u32, addr: SocketAddr },
+    /// Read lines from stdin; for each, connect to ADDR and report.
+    Interactive { addr: SocketAddr },
+}
+
+fn main() {
+    let args = Args::parse();
+    match args.op {
+        Op::Connect { addr } => emit(connect("connect", addr)),
+        Op::Tfo { addr } => emit(tfo(addr)),
+        Op::Uring { addr } => emit(uring(addr)),
+        Op::Udp { addr } => emit(udp(addr, false)),
+        Op::UdpConnected { addr } => emit(udp(addr, true)),
+        Op::Raw => emit(open_socket("raw", libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)),
+        Op::Packet => emit(open_socket("packet", libc::AF_PACKET, libc::SOCK_RAW, 0)),
+        Op::Escape { cgroup, addr } => {
+            let moved = std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string());
+            let mut v = connect("escape", addr);
+            v["moved"] = json!(moved.is_ok());
+            v["cgroup"] = json!(std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+            emit(v);
+        }
+        Op::Clone3 { cgroup, addr } => emit(clone3_into(&cgroup, addr)),
+        Op::Tree { addr } => tree(addr),
+        Op::Many { n, addr } => many(n, addr),
+        Op::AsUid { uid, addr } => {
+            // SAFETY: plain syscall; result checked.
+            if unsafe { libc::setuid(uid) } != 0 {
+                emit(failure("as-uid", std::io::Error::last_os_error()));
+                return;
+            }
+            emit(connect("as-uid", addr));
+        }
+        Op::Interactive { addr } => {
+            let stdin = std::io::stdin();
+            for line in stdin.lock().lines() {
+                if line.is_err() {
+                    break;
+                }
+                emit(connect("connect", addr));
+            }
+        }
+    }
+}
+
+fn emit(v: Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn failure(op: &str, e: std::io::Error) -> Value {
+    json!({"op": op, "ok": false, "errno": e.raw_os_error(), "error": e.to_string(), "pid": std::process::id()})
+}
+
+fn request(mut s: TcpStream, op: &str) -> Value {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    if let Err(e) = s.write_all(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n") {
+        return failure(op, e);
+    }
+    let mut body = Vec::new();
+    match s.take(1 << 20).read_to_end(&mut body) {
+        Ok(_) if !body.is_empty() => json!({
+            "op": op, "ok": true, "local": local, "peer": peer, "pid": std::process::id(),
+            "response": String::from_utf8_lossy(&body),
+        }),
+        Ok(_) => json!({"op": op, "ok": false, "error": "connection closed without a reply",
+                        "local": local, "pid": std::process::id()}),
+        Err(e) => failure(op, e),
+    }
+}
+
+fn connect(op: &str, addr: SocketAddr) -> Value {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+        Ok(s) => request(s, op),
+        Err(e) => failure(op, e),
+    }
+}
+
+/// A socket address in the C layout, for the raw syscalls below.
+fn raw_addr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is valid; we fill the variant we use.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn family(addr: SocketAddr) -> i32 {
+    if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    }
+}
+
+fn new_socket(domain: i32, ty: i32, proto: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2) returns a fresh fd or -1.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, owned descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn tfo(addr: SocketAddr) -> Value {
+    let fd = match new_socket(family(addr), libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return failure("tfo", e),
+    };
+    let (ss, len) = raw_addr(addr);
+    let req = b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n";
+    // SAFETY: valid buffer and address for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            libc::MSG_FASTOPEN,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if n < 0 {
+        return failure("tfo", std::io::Error::last_os_error());
+    }
+    let mut s = TcpStream::from(fd);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut body = Vec::new();
+    match (&mut s).take(1 << 20).read_to_end(&mut body) {
+        Ok(_) if !body.is_empty() => json!({"op": "tfo", "ok": true, "local": local,
+            "pid": std::process::id(), "response": String::from_utf8_lossy(&body)}),
+        Ok(_) => json!({"op": "tfo", "ok": false, "error": "closed without a reply"}),
+        Err(e) => failure("tfo", e),
+    }
+}
+
+fn uring(addr: SocketAddr) -> Value {
+    let fd = match new_socket(family(addr), libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return failure("uring", e),
+    };
+    let (ss, len) = raw_addr(addr);
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => return failure("uring", e),
+    };
+    let op = io_uring::opcode::Connect::new(
+        io_uring::types::Fd(fd.as_raw_fd()),
+        (&ss as *const libc::sockaddr_storage).cast(),
+        len,
+    )
+    .build()
+    .user_data(1);
+    // SAFETY: `ss` and `fd` outlive the submission, which we wait for.
+    if unsafe { ring.submission().push(&op) }.is_err() {
+        return json!({"op": "uring", "ok": false, "error": "submission queue full"});
+    }
+    if let Err(e) = ring.submit_and_wait(1) {
+        return failure("uring", e);
+    }
+    let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
+    if res < 0 {
+        return failure("uring", std::io::Error::from_raw_os_error(-res));
+    }
+    request(TcpStream::from(fd), "uring")
+}
+
+fn udp(addr: SocketAddr, connected: bool) -> Value {
+    let op = if connected { "udp-connected" } else { "udp" };
+    let fd = match new_socket(family(addr), libc::SOCK_DGRAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return failure(op, e),
+    };
+    let (ss, len) = raw_addr(addr);
+    let sa = (&ss as *const libc::sockaddr_storage).cast();
+    // SAFETY: valid fd, buffer and address.
+    let n = unsafe {
+        if connected {
+            if libc::connect(fd.as_raw_fd(), sa, len) != 0 {
+                return failure(op, std::io::Error::last_os_error());
+            }
+            libc::send(fd.as_raw_fd(), b"x".as_ptr().cast(), 1, 0)
+        } else {
+            libc::sendto(fd.as_raw_fd(), b"x".as_ptr().cast(), 1, 0, sa, len)
+        }
+    };
+    if n < 0 {
+        return failure(op, std::io::Error::last_os_error());
+    }
+    json!({"op": op, "ok": true, "pid": std::process::id()})
+}
+
+fn open_socket(op: &str, domain: i32, ty: i32, proto: i32) -> Value {
+    match new_socket(domain, ty, proto) {
+        Ok(_) => json!({"op": op, "ok": true, "pid": std::process::id()}),
+        Err(e) => failure(op, e),
+    }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+fn clone3_into(cgroup: &std::path::Path, addr: SocketAddr) -> Value {
+    let dir = match std::fs::File::open(cgroup) {
+        Ok(d) => d,
+        Err(e) => return failure("clone3", e),
+    };
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // Report through a pipe: the child's stdout is shared, but its verdict
+    // must reach the parent's single JSON line.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two fds.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return failure("clone3", std::io::Error::last_os_error());
+    }
+    // SAFETY: clone3 without CLONE_VM behaves like fork; this program is
+    // single-threaded here, and the child only connects and exits.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
+    if pid < 0 {
+        return failure("clone3", std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let mut v = connect("clone3-child", addr);
+        v["cgroup"] = json!(std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+        let line = v.to_string();
+        // SAFETY: writing a valid buffer to our pipe end, then exiting.
+        unsafe {
+            libc::write(fds[1], line.as_ptr().cast(), line.len());
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the write end; reading the read end.
+    unsafe { libc::close(fds[1]) };
+    let mut out = String::new();
+    // SAFETY: fds[0] is ours and open.
+    let mut reader = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    let _ = reader.read_to_string(&mut out);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    let mut v: Value = serde_json::from_str(&out).unwrap_or(json!({"op": "clone3", "ok": false, "error": out}));
+    v["op"] = json!("clone3");
+    v["child_pid"] = json!(pid);
+    v
+}
+
+fn tree(addr: SocketAddr) {
+    emit(connect("tree-0", addr));
+    // SAFETY: single-threaded; children only connect, print and exit.
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            emit(connect("tree-1", addr));
+            let grandchild = libc::fork();
+            if grandchild == 0 {
+                emit(connect("tree-2", addr));
+                libc::_exit(0);
+            }
+            libc::waitpid(grandchild, std::ptr::null_mut(), 0);
+            libc::_exit(0);
+        }
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+}
+
+fn many(n: usize, addr: SocketAddr) {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                connect("many", addr)
+            })
+        })
+        .collect();
+    let results: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap_or(json!({"ok": false}))).collect();
+    let ok = results.iter().filter(|v| v["ok"] == json!(true)).count();
+    let errors: Vec<&Value> = results.iter().filter(|v| v["ok"] != json!(true)).take(5).collect();
+    emit(json!({"op": "many", "ok": ok == n, "succeeded": ok, "attempted": n, "pid": std::process::id(), "errors": errors}));
+}
