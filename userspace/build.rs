@@ -10,13 +10,13 @@
 //! - `BLASTGATE_BPF_CARGO`, `BLASTGATE_BPF_RUSTC`: the toolchain to use
 //!   (default `/usr/bin/cargo`, `/usr/bin/rustc`);
 //! - `BLASTGATE_BPF_LINKER_DIR`: where bpf-linker lives (default: searched in
-//!   `/opt/blastgate-tools/bin`, `~/.cargo/bin`, then `PATH`).
+//!   `/opt/blastgate-tools/bin`, `~/.cargo/bin`, then `PATH`);
+//! - `BLASTGATE_BPF_TOOLCHAIN=debian|nightly`: force a toolchain route.
 
-use std::{
-    env, fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+#[path = "ebpf_build.rs"]
+mod ebpf_build;
+
+use std::{env, fs, path::PathBuf};
 
 const KNOBS: &[&str] = &[
     "BLASTGATE_EBPF_OBJECT",
@@ -24,6 +24,7 @@ const KNOBS: &[&str] = &[
     "BLASTGATE_BPF_CARGO",
     "BLASTGATE_BPF_RUSTC",
     "BLASTGATE_BPF_LINKER_DIR",
+    "BLASTGATE_BPF_TOOLCHAIN",
 ];
 
 fn main() {
@@ -48,6 +49,7 @@ fn run() -> Result<(), String> {
         "programs/.cargo/config.toml",
         "common/src",
         "common/Cargo.toml",
+        "../userspace/ebpf_build.rs",
     ] {
         println!("cargo:rerun-if-changed={}", ebpf.join(p).display());
     }
@@ -62,60 +64,7 @@ fn run() -> Result<(), String> {
         return Ok(());
     }
 
-    let cargo = env::var("BLASTGATE_BPF_CARGO").unwrap_or_else(|_| "/usr/bin/cargo".into());
-    let rustc = env::var("BLASTGATE_BPF_RUSTC").unwrap_or_else(|_| "/usr/bin/rustc".into());
-    let linker_dir = find_linker().ok_or_else(|| {
-        "bpf-linker not found. Run `cargo xtask setup` (installs Debian's rustc-web and \
-         bpf-linker 0.13), or set BLASTGATE_SKIP_EBPF=1 to build without kernel programs"
-            .to_string()
-    })?;
-    for tool in [&cargo, &rustc] {
-        if !Path::new(tool).exists() {
-            return Err(format!(
-                "{tool} not found: the kernel programs build with Debian's rustc-web toolchain; \
-                 run `cargo xtask setup`"
-            ));
-        }
-    }
-
-    // A clean environment: the host build's RUSTC, RUSTFLAGS and rustup
-    // proxies must not leak into the BPF build.
-    let programs = ebpf.join("programs");
-    let path = format!("{}:/usr/bin:/bin", linker_dir.display());
-    let mut cmd = Command::new(&cargo);
-    cmd.env_clear()
-        .current_dir(&programs)
-        .env("PATH", path)
-        .env("RUSTC", &rustc)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["build", "--release", "--target", "bpfel-unknown-none"]);
-    for keep in ["HOME", "CARGO_HOME", "TMPDIR"] {
-        if let Some(v) = env::var_os(keep) {
-            cmd.env(keep, v);
-        }
-    }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("running {cargo}: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the kernel programs failed ({status})"));
-    }
-    let object = programs.join("target/bpfel-unknown-none/release/blastgate");
+    let object = ebpf_build::build(&ebpf.join("programs"))?;
     fs::copy(&object, &dest).map_err(|e| format!("copying {}: {e}", object.display()))?;
     Ok(())
-}
-
-fn find_linker() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Some(d) = env::var_os("BLASTGATE_BPF_LINKER_DIR") {
-        dirs.push(d.into());
-    }
-    dirs.push("/opt/blastgate-tools/bin".into());
-    if let Some(home) = env::var_os("HOME") {
-        dirs.push(PathBuf::from(home).join(".cargo/bin"));
-    }
-    if let Some(path) = env::var_os("PATH") {
-        dirs.extend(env::split_paths(&path));
-    }
-    dirs.into_iter().find(|d| d.join("bpf-linker").is_file())
 }

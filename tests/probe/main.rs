@@ -51,6 +51,12 @@ enum Op {
     AsUid { uid: u32, addr: SocketAddr },
     /// Read lines from stdin; for each, connect to ADDR and report.
     Interactive { addr: SocketAddr },
+    /// Benchmark: N times connect, send 1 byte, read 1 byte back, close;
+    /// prints latency percentiles in microseconds.
+    BenchRtt { addr: SocketAddr, n: usize },
+    /// Benchmark: send BYTES over one connection, half-close, read the
+    /// server's 8-byte count; prints throughput.
+    BenchBulk { addr: SocketAddr, bytes: u64 },
 }
 
 fn main() {
@@ -81,6 +87,8 @@ fn main() {
             }
             emit(connect("as-uid", addr));
         }
+        Op::BenchRtt { addr, n } => emit(bench_rtt(addr, n)),
+        Op::BenchBulk { addr, bytes } => emit(bench_bulk(addr, bytes)),
         Op::Interactive { addr } => {
             let stdin = std::io::stdin();
             for line in stdin.lock().lines() {
@@ -376,4 +384,59 @@ fn many(n: usize, addr: SocketAddr) {
     let ok = results.iter().filter(|v| v["ok"] == json!(true)).count();
     let errors: Vec<&Value> = results.iter().filter(|v| v["ok"] != json!(true)).take(5).collect();
     emit(json!({"op": "many", "ok": ok == n, "succeeded": ok, "attempted": n, "pid": std::process::id(), "errors": errors}));
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn bench_rtt(addr: SocketAddr, n: usize) -> Value {
+    let mut lat = Vec::with_capacity(n);
+    let mut failures = 0;
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let ok = (|| -> std::io::Result<()> {
+            let mut s = TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            s.write_all(b"x")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            Ok(())
+        })();
+        match ok {
+            Ok(()) => lat.push(t.elapsed().as_secs_f64() * 1e6),
+            Err(_) => failures += 1,
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    json!({"op": "bench-rtt", "ok": failures == 0, "n": n, "failures": failures,
+           "p50_us": percentile(&lat, 0.50), "p99_us": percentile(&lat, 0.99),
+           "mean_us": lat.iter().sum::<f64>() / lat.len().max(1) as f64})
+}
+
+fn bench_bulk(addr: SocketAddr, bytes: u64) -> Value {
+    let run = || -> std::io::Result<(u64, f64)> {
+        let buf = vec![0x5au8; 256 * 1024];
+        let t = std::time::Instant::now();
+        let mut s = TcpStream::connect(addr)?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            s.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut count = [0u8; 8];
+        s.read_exact(&mut count)?;
+        Ok((u64::from_be_bytes(count), t.elapsed().as_secs_f64()))
+    };
+    match run() {
+        Ok((received, secs)) => json!({"op": "bench-bulk", "ok": received == bytes, "bytes": bytes,
+            "received": received, "seconds": secs, "gbit_per_s": bytes as f64 * 8.0 / secs / 1e9}),
+        Err(e) => failure("bench-bulk", e),
+    }
 }

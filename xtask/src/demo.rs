@@ -1,0 +1,293 @@
+//! `cargo xtask demo`: an agent-style process intercepted against real
+//! local servers.
+//!
+//! Starts a real PostgreSQL on 127.0.0.2 and a real HTTP server on
+//! 127.0.0.2, the blastgate daemon with both as `tcp` targets, then runs
+//! psql, curl and blastgate-probe once as ordinary processes and once as an
+//! agent, and prints what blastgate recorded. Everything it starts is
+//! stopped on the way out, and the daemon detaches its programs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::sh;
+
+/// Kills and reaps a child process on drop.
+pub struct Guard {
+    child: Option<Child>,
+}
+
+impl Guard {
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> Result<Guard> {
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Guard { child: Some(child) })
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} did not become ready within {timeout:?}")
+}
+
+fn postgres_bin() -> Result<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (run `cargo xtask setup`)")?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().context("no PostgreSQL server binaries under /usr/lib/postgresql")
+}
+
+/// A throwaway PostgreSQL cluster owned by the `postgres` user.
+struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+}
+
+impl Postgres {
+    fn start(dir: &Path, host: &str, port: u16) -> Result<Postgres> {
+        let bin = postgres_bin()?;
+        let data = dir.join("pgdata");
+        std::fs::create_dir_all(&data)?;
+        sh::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
+        let as_pg = |program: &Path| {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        };
+        sh::run(
+            as_pg(&bin.join("initdb"))
+                .args(["-D"])
+                .arg(&data)
+                .args(["--auth=trust", "-U", "postgres"])
+                .stdout(Stdio::null()),
+        )?;
+        let opts = format!("-c listen_addresses={host} -c port={port} -k {}", dir.display());
+        sh::run(
+            as_pg(&bin.join("pg_ctl"))
+                .args(["-D"])
+                .arg(&data)
+                .args(["-o", &opts, "-l"])
+                .arg(dir.join("postgres.log"))
+                .args(["-w", "start"])
+                .stdout(Stdio::null()),
+        )?;
+        Ok(Postgres { bin, data })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn free_port(ip: &str) -> Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+fn banner(text: &str) {
+    println!("\n\x1b[1m== {text}\x1b[0m");
+}
+
+/// Runs a command, shows it and its output, returns whether it succeeded.
+fn show(cmd: &mut Command) -> bool {
+    println!("$ {}", sh::describe(cmd));
+    match cmd.output() {
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            print!("{stdout}");
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            // blastgate-probe reports the outcome in JSON and exits 0 either way.
+            let refused_lines = stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["ok"] == false)
+                .count();
+            let ok = out.status.success() && refused_lines == 0;
+            println!("  -> {}", if ok { "ok" } else { "refused / failed" });
+            ok
+        }
+        Err(e) => {
+            println!("  -> could not run: {e}");
+            false
+        }
+    }
+}
+
+pub fn run(root: &Path) -> Result<()> {
+    if !sh::is_root() {
+        bail!("the demo loads eBPF programs: run it as root");
+    }
+    sh::run(sh::cargo(root).args(["build", "--release", "-p", "blastgate"]))?;
+    let bin = root.join("target/release/blastgate");
+    let probe = root.join("target/release/blastgate-probe");
+    let dir = std::env::temp_dir().join(format!("blastgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+
+    banner("starting real servers on 127.0.0.2: PostgreSQL and an HTTP API");
+    let pg_port = free_port("127.0.0.2")?;
+    let _pg = Postgres::start(&dir.join("pg"), "127.0.0.2", pg_port)?;
+    println!("PostgreSQL on 127.0.0.2:{pg_port}");
+    let api_port = free_port("127.0.0.2")?;
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("index.html"), "internal API says hello\n")?;
+    let _api = Guard::spawn(
+        "http server",
+        Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.2", &api_port.to_string(), "--directory"])
+            .arg(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    wait_for("http server", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.2", api_port)).is_ok()
+    })?;
+    println!("HTTP API on 127.0.0.2:{api_port}");
+
+    banner("starting the blastgate daemon");
+    let proxy_port = free_port("127.0.0.1")?;
+    let config = dir.join("blastgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[proxy]
+listen = ["127.0.0.1:{proxy_port}", "[::1]:{proxy_port}"]
+
+[control]
+socket = "{dir}/control.sock"
+
+[bpf]
+pin_dir = "/sys/fs/bpf/blastgate-demo"
+
+[records]
+spool_dir = "{dir}/spool"
+
+[dns]
+resolvers = ["127.0.0.53:53"]
+
+[[targets]]
+name = "orders-db"
+protocol = "tcp"
+address = "127.0.0.2:{pg_port}"
+
+[[targets]]
+name = "internal-api"
+protocol = "tcp"
+address = "127.0.0.2:{api_port}"
+"#,
+            dir = dir.display()
+        ),
+    )?;
+    println!("{}", std::fs::read_to_string(&config)?);
+    let log = std::fs::File::create(dir.join("daemon.log"))?;
+    let mut daemon = Guard::spawn(
+        "blastgate daemon",
+        Command::new(&bin)
+            .args(["daemon", "--detach-on-exit", "--deadline", "600", "--config"])
+            .arg(&config)
+            .stdout(log.try_clone()?)
+            .stderr(log),
+    )?;
+    let status_ok = || {
+        Command::new(&bin)
+            .args(["status", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if let Err(e) = wait_for("blastgate daemon", Duration::from_secs(20), status_ok) {
+        println!("{}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+        return Err(e);
+    }
+    show(Command::new(&bin).args(["status", "--config"]).arg(&config));
+
+    let psql = |label: &str| {
+        let mut c = Command::new("psql");
+        c.args(["-X", "-h", "127.0.0.2", "-p", &pg_port.to_string(), "-U", "postgres", "-At", "-c"])
+            .arg(format!("select '{label}: connected as ' || current_user || ' from ' || coalesce(inet_client_addr()::text, 'unix')"));
+        c
+    };
+    let agent = |cmd: &mut Command| {
+        let mut c = Command::new(&bin);
+        c.args(["run", "--agent", "demo-agent", "--config"]).arg(&config).arg("--");
+        c.arg(cmd.get_program()).args(cmd.get_args());
+        c
+    };
+
+    banner("an ordinary process connects directly (not intercepted, not recorded)");
+    show(&mut psql("ordinary psql"));
+
+    banner("the same psql as agent `demo-agent`: redirected through blastgate to the configured target");
+    show(&mut agent(&mut psql("agent psql")));
+    show(&mut agent(Command::new("curl").args(["-sS", &format!("http://127.0.0.2:{api_port}/")])));
+
+    banner("the agent tries a destination no target covers: refused (default deny)");
+    show(&mut agent(Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://127.0.0.3:{api_port}/")])));
+
+    banner("the agent tries to route around the proxy: UDP and raw sockets are refused (EPERM)");
+    show(&mut agent(Command::new(&probe).args(["udp", "127.0.0.1:9"])));
+    show(&mut agent(Command::new(&probe).arg("raw")));
+
+    banner("children and grandchildren of an agent are agents too");
+    show(&mut agent(Command::new(&probe).args(["tree", &format!("127.0.0.2:{api_port}")])));
+
+    banner("what blastgate recorded (blastgate events)");
+    std::thread::sleep(Duration::from_millis(300));
+    show(Command::new(&bin).args(["events", "--last", "30", "--config"]).arg(&config));
+
+    banner("stopping: the daemon detaches (--detach-on-exit); without it agents would stay refused");
+    daemon.stop();
+    let leftover = Path::new("/sys/fs/bpf/blastgate-demo").exists();
+    println!("pinned state left behind: {}", if leftover { "YES (bug)" } else { "none" });
+    println!("spool kept at {}/spool", dir.display());
+    if leftover {
+        bail!("the demo daemon left pinned state behind");
+    }
+    Ok(())
+}

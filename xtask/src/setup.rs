@@ -1,0 +1,198 @@
+//! `cargo xtask setup`: everything a fresh Debian or Ubuntu machine needs.
+//!
+//! Idempotent: packages already installed are not touched and apt is not
+//! even updated when nothing is missing; bpf-linker is rebuilt only if the
+//! pinned version is absent.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{ebpf_build, sh};
+
+/// Installed under /opt so no user's PATH or rustup setup can shadow it.
+pub const TOOLS_ROOT: &str = "/opt/blastgate-tools";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_MAJOR_DEBIAN: &str = "22";
+
+/// Needed on every route: building, the demo's and tests' real servers and clients.
+const COMMON: &[&str] = &[
+    "build-essential",
+    "pkg-config",
+    "ca-certificates",
+    "curl",
+    "iproute2",
+    "procps",
+    "util-linux",
+    "python3",
+    "libclang-dev",
+    "postgresql",
+    "postgresql-client",
+    "openssh-server",
+    "openssh-client",
+];
+
+/// Debian bookworm's route to a BPF `core` without nightly (see README).
+const DEBIAN_BPF: &[&str] = &[
+    "rustc-web",
+    "rust-web-src",
+    "libstd-rust-web-dev-bpf",
+    "cargo-web",
+    "llvm-22-dev",
+];
+
+pub fn run() -> Result<()> {
+    let mut apt = Apt::default();
+    let mut missing: Vec<&str> = COMMON.iter().copied().filter(|p| !apt.installed(p)).collect();
+    let debian_route = if DEBIAN_BPF.iter().all(|p| apt.installed(p)) {
+        true
+    } else {
+        apt.update_if(true)?;
+        apt.available("libstd-rust-web-dev-bpf")
+    };
+    if debian_route {
+        missing.extend(DEBIAN_BPF.iter().copied().filter(|p| !apt.installed(p)));
+    }
+    apt.install(&missing)?;
+    mount_filesystems()?;
+    if debian_route {
+        bpf_linker(&format!("/usr/lib/llvm-{LLVM_MAJOR_DEBIAN}/bin"), LLVM_MAJOR_DEBIAN, "/usr/bin/cargo")?;
+    } else {
+        nightly_route(&mut apt)?;
+    }
+    eprintln!(
+        "setup: ok (kernel programs build with the {:?} toolchain route)",
+        ebpf_build::toolchain()
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn installed(&self, pkg: &str) -> bool {
+        sh::stdout(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+            .is_ok_and(|s| s.contains("install ok installed"))
+    }
+
+    fn available(&self, pkg: &str) -> bool {
+        sh::stdout(Command::new("apt-cache").args(["show", pkg])).is_ok_and(|s| !s.trim().is_empty())
+    }
+
+    fn update_if(&mut self, needed: bool) -> Result<()> {
+        if needed && !self.updated {
+            need_root("apt-get update")?;
+            sh::run(Command::new("apt-get").args(["update", "-q"]))?;
+            self.updated = true;
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, pkgs: &[&str]) -> Result<()> {
+        if pkgs.is_empty() {
+            return Ok(());
+        }
+        self.update_if(true)?;
+        sh::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(pkgs),
+        )
+    }
+}
+
+fn need_root(what: &str) -> Result<()> {
+    if !sh::is_root() {
+        bail!("{what} needs root: run this command as root (sudo)");
+    }
+    Ok(())
+}
+
+fn mounted(fstype: &str, at: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut parts = l.split(" - ");
+            let left = parts.next().unwrap_or_default();
+            let right = parts.next().unwrap_or_default();
+            left.split_whitespace().nth(4) == Some(at) && right.split_whitespace().next() == Some(fstype)
+        })
+    })
+}
+
+fn mount_filesystems() -> Result<()> {
+    for (fstype, at) in [("bpf", "/sys/fs/bpf"), ("tracefs", "/sys/kernel/tracing")] {
+        if !mounted(fstype, at) && Path::new(at).exists() {
+            need_root("mounting bpffs/tracefs")?;
+            sh::run(Command::new("mount").args(["-t", fstype, fstype, at]))?;
+        }
+    }
+    Ok(())
+}
+
+fn bpf_linker(llvm_bin: &str, llvm_major: &str, cargo: &str) -> Result<()> {
+    let bin = format!("{TOOLS_ROOT}/bin/bpf-linker");
+    if sh::stdout(Command::new(&bin).arg("--version")).is_ok_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    need_root(&format!("installing bpf-linker into {TOOLS_ROOT}"))?;
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm_major} (about 2 minutes)");
+    let path = format!(
+        "{llvm_bin}:{}:/usr/bin:/bin",
+        Path::new(cargo).parent().map(|p| p.display().to_string()).unwrap_or_default()
+    );
+    sh::run(
+        Command::new(cargo)
+            .env("PATH", path)
+            .env_remove("RUSTC")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO_TARGET_DIR")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+            .args(["--root", TOOLS_ROOT]),
+    )
+}
+
+/// Ubuntu and others: rustup's nightly with rust-src, and bpf-linker
+/// against the LLVM major version that nightly uses.
+fn nightly_route(apt: &mut Apt) -> Result<()> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let rustup = format!("{home}/.cargo/bin/rustup");
+    if !Path::new(&rustup).exists() {
+        bail!(
+            "neither Debian's BPF Rust packages (libstd-rust-web-dev-bpf) nor rustup were found; \
+             install rustup (https://rustup.rs) and re-run"
+        );
+    }
+    sh::run(Command::new(&rustup).args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))?;
+    let version = sh::stdout(Command::new(&rustup).args(["run", "nightly", "rustc", "-vV"]))?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("cannot tell nightly's LLVM version")?
+        .to_string();
+    let pkg = format!("llvm-{major}-dev");
+    if !apt.installed(&pkg) {
+        apt.update_if(true)?;
+        if !apt.available(&pkg) {
+            bail!(
+                "nightly rustc uses LLVM {major} but {pkg} is not in your apt sources; add \
+                 https://apt.llvm.org for your release and re-run"
+            );
+        }
+        apt.install(&[&pkg])?;
+    }
+    bpf_linker(&format!("/usr/lib/llvm-{major}/bin"), &major, &format!("{home}/.cargo/bin/cargo"))
+}
