@@ -57,6 +57,10 @@ enum Op {
     /// Benchmark: send BYTES over one connection, half-close, read the
     /// server's 8-byte count; prints throughput.
     BenchBulk { addr: SocketAddr, bytes: u64 },
+    /// Benchmark reference: a bare TCP forwarder (tokio, one thread,
+    /// copy_bidirectional) from LISTEN to UPSTREAM with no identification,
+    /// policy or records: the floor any userspace proxy pays on this host.
+    Forward { listen: SocketAddr, upstream: SocketAddr },
 }
 
 fn main() {
@@ -89,6 +93,7 @@ fn main() {
         }
         Op::BenchRtt { addr, n } => emit(bench_rtt(addr, n)),
         Op::BenchBulk { addr, bytes } => emit(bench_bulk(addr, bytes)),
+        Op::Forward { listen, upstream } => forward(listen, upstream),
         Op::Interactive { addr } => {
             let stdin = std::io::stdin();
             for line in stdin.lock().lines() {
@@ -439,4 +444,28 @@ fn bench_bulk(addr: SocketAddr, bytes: u64) -> Value {
             "received": received, "seconds": secs, "gbit_per_s": bytes as f64 * 8.0 / secs / 1e9}),
         Err(e) => failure("bench-bulk", e),
     }
+}
+
+fn forward(listen: SocketAddr, upstream: SocketAddr) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return emit(failure("forward", e)),
+    };
+    rt.block_on(async move {
+        let l = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => return emit(failure("forward", e)),
+        };
+        emit(json!({"op": "forward", "ok": true, "listen": listen.to_string()}));
+        loop {
+            let Ok((mut a, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                if let Ok(mut b) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = a.set_nodelay(true);
+                    let _ = b.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+    });
 }

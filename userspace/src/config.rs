@@ -147,6 +147,10 @@ pub struct RecordsConfig {
     /// A spool segment is closed and a new one started past this size.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// While events keep arriving, they are written and fsync'd as one batch
+    /// this often: the most a crash can lose, and the bound on fsyncs/s.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
 }
 
 fn default_spool_dir() -> PathBuf {
@@ -155,12 +159,16 @@ fn default_spool_dir() -> PathBuf {
 fn default_segment_bytes() -> u64 {
     64 << 20
 }
+fn default_flush_interval_ms() -> u64 {
+    10
+}
 
 impl Default for RecordsConfig {
     fn default() -> Self {
         RecordsConfig {
             spool_dir: default_spool_dir(),
             segment_bytes: default_segment_bytes(),
+            flush_interval_ms: default_flush_interval_ms(),
         }
     }
 }

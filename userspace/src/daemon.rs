@@ -82,6 +82,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         listen: config.proxy.listen.clone(),
         connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
         hard_stop: hard_stop.clone(),
+        processes: Default::default(),
     });
     let control_ctx = Arc::new(ControlContext {
         maps: interceptor.maps.clone(),

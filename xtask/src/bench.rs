@@ -65,6 +65,10 @@ fn sink_server() -> Result<SocketAddr> {
     Ok(addr)
 }
 
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -123,10 +127,11 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
             d = dir.display()
         ),
     )?;
+    let daemon_cpus = std::env::var("BLASTGATE_BENCH_PROXY_CPUS").unwrap_or_else(|_| "1".into());
     let mut daemon = Guard::spawn(
         "blastgate daemon",
         Command::new("taskset")
-            .args(["-c", "1"])
+            .args(["-c", &daemon_cpus])
             .arg(&bin)
             .args(["daemon", "--detach-on-exit", "--deadline", "3600", "--config"])
             .arg(&config)
@@ -143,46 +148,89 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
             .is_ok_and(|s| s.success())
     })?;
     let r = Runner { bin: &bin, probe: &probe, config: &config };
+    // Reference: a bare forwarder (no identity, no records) in front of
+    // each server, pinned like the daemon.
+    let fwd_echo = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let fwd_sink = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut forwarders = Vec::new();
+    for (listen, upstream) in [(fwd_echo, echo), (fwd_sink, sink)] {
+        forwarders.push(Guard::spawn(
+            "bare forwarder",
+            Command::new("taskset")
+                .args(["-c", &daemon_cpus])
+                .arg(&probe)
+                .args(["forward", &listen.to_string(), &upstream.to_string()])
+                .stdout(Stdio::null()),
+        )?);
+        wait_for("bare forwarder", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(listen).is_ok()
+        })?;
+    }
 
     // Warm-up: page cache, proxy caches, CPU frequency.
     for proxied in [false, true] {
         r.probe(proxied, &["bench-rtt".into(), echo.to_string(), "200".into()])?;
     }
-    let mut rtt = [(vec![], vec![]), (vec![], vec![])];
-    let mut bulk = [vec![], vec![]];
+    // Paths, in the order each repetition runs them: direct, the bare
+    // forwarder, blastgate.
+    let paths = [
+        ("direct", false, echo, sink),
+        ("bare forwarder", false, fwd_echo, fwd_sink),
+        ("through blastgate", true, echo, sink),
+    ];
+    let mut p50s = vec![Vec::new(); paths.len()];
+    let mut p99s = vec![Vec::new(); paths.len()];
+    let mut gbits = vec![Vec::new(); paths.len()];
     for rep in 0..reps {
-        for (i, proxied) in [false, true].into_iter().enumerate() {
-            let v = r.probe(proxied, &["bench-rtt".into(), echo.to_string(), connections.to_string()])?;
-            rtt[i].0.push(v["p50_us"].as_f64().unwrap_or(f64::NAN));
-            rtt[i].1.push(v["p99_us"].as_f64().unwrap_or(f64::NAN));
-            let v = r.probe(proxied, &["bench-bulk".into(), sink.to_string(), bytes.to_string()])?;
-            bulk[i].push(v["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
+        for (i, (_, proxied, e, s)) in paths.iter().enumerate() {
+            let v = r.probe(*proxied, &["bench-rtt".into(), e.to_string(), connections.to_string()])?;
+            p50s[i].push(v["p50_us"].as_f64().unwrap_or(f64::NAN));
+            p99s[i].push(v["p99_us"].as_f64().unwrap_or(f64::NAN));
+            let v = r.probe(*proxied, &["bench-bulk".into(), s.to_string(), bytes.to_string()])?;
+            gbits[i].push(v["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
         }
         eprintln!("bench: repetition {}/{reps} done", rep + 1);
     }
     daemon.stop();
+    drop(forwarders);
 
-    let [(d50, d99), (p50, p99)] = rtt;
-    let (d50, d99, p50, p99) = (median(d50), median(d99), median(p50), median(p99));
-    let [dbulk, pbulk] = bulk;
-    let (dbulk, pbulk) = (median(dbulk), median(pbulk));
-    println!("\nblastgate bench: medians of {reps} alternating repetitions (client on CPU 0, daemon on CPU 1)");
-    println!("connect + 1-byte echo, {connections} connections per repetition:");
-    println!("  {:<22} {:>10} {:>10}", "", "p50 µs", "p99 µs");
-    println!("  {:<22} {:>10.1} {:>10.1}", "direct", d50, d99);
-    println!("  {:<22} {:>10.1} {:>10.1}", "through blastgate", p50, p99);
-    println!("  {:<22} {:>10.1} {:>10.1}", "added", p50 - d50, p99 - d99);
-    println!("  {:<22} {:>10.2} {:>10.2}", "ratio (proxied/direct)", p50 / d50, p99 / d99);
-    println!("bulk TCP, {} MiB per repetition:", bytes >> 20);
-    println!("  direct              {dbulk:>8.2} Gbit/s");
-    println!("  through blastgate   {pbulk:>8.2} Gbit/s");
-    println!("  ratio               {:>8.2}", pbulk / dbulk);
+    let p50: Vec<f64> = p50s.into_iter().map(median).collect();
+    let p99: Vec<f64> = p99s.into_iter().map(median).collect();
+    let gbit: Vec<f64> = gbits.into_iter().map(median).collect();
+    println!(
+        "\nblastgate bench: medians of {reps} alternating repetitions \
+         (client on CPU 0, proxy and forwarder on CPU {daemon_cpus})"
+    );
+    println!("connect + 1-byte echo + close, {connections} connections per repetition;");
+    println!("bulk: {} MiB over one connection.", bytes >> 20);
+    println!(
+        "  {:<20} {:>9} {:>9} {:>11} {:>11} {:>10} {:>11}",
+        "path", "p50 µs", "p99 µs", "added p50", "p50 ratio", "Gbit/s", "bulk ratio"
+    );
+    for (i, (name, ..)) in paths.iter().enumerate() {
+        println!(
+            "  {:<20} {:>9.1} {:>9.1} {:>11.1} {:>11.2} {:>10.2} {:>11.2}",
+            name,
+            p50[i],
+            p99[i],
+            p50[i] - p50[0],
+            p50[i] / p50[0],
+            gbit[i],
+            gbit[i] / gbit[0]
+        );
+    }
+    println!(
+        "  blastgate vs bare forwarder: +{:.1} µs p50, bulk {:.2}x",
+        p50[2] - p50[1],
+        gbit[2] / gbit[1]
+    );
 
+    let row = |i: usize| json!({"p50_us": p50[i], "p99_us": p99[i], "gbit_per_s": gbit[i]});
     let report = json!({
-        "reps": reps, "connections": connections, "bytes": bytes,
-        "rtt_us": {"direct": {"p50": d50, "p99": d99}, "proxied": {"p50": p50, "p99": p99},
-                   "added_p50": p50 - d50, "ratio_p50": p50 / d50, "ratio_p99": p99 / d99},
-        "bulk_gbit_per_s": {"direct": dbulk, "proxied": pbulk, "ratio": pbulk / dbulk},
+        "reps": reps, "connections": connections, "bytes": bytes, "proxy_cpus": daemon_cpus,
+        "direct": row(0), "bare_forwarder": row(1), "blastgate": row(2),
+        "added_p50_us": p50[2] - p50[0], "ratio_p50": p50[2] / p50[0],
+        "bulk_ratio": gbit[2] / gbit[0], "bulk_ratio_vs_forwarder": gbit[2] / gbit[1],
     });
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;

@@ -1,3 +1,9 @@
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
 use serde::{Deserialize, Serialize};
 
 use super::procfs;
@@ -35,6 +41,17 @@ pub struct Ancestor {
 
 /// How far up the process tree a caller's lineage is followed.
 const MAX_LINEAGE: usize = 16;
+/// How long a process's exe and lineage are reused for its next connections.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+const CACHE_MAX: usize = 4096;
+
+/// exe and lineage per process, keyed by (pid, start time) so a reused pid
+/// never inherits another process's identity. Agents open connections in
+/// bursts; this saves the lineage walk on all but the first.
+#[derive(Default)]
+pub struct ProcessCache {
+    entries: Mutex<HashMap<(u32, u64), (Instant, Option<String>, Vec<Ancestor>)>>,
+}
 
 impl Caller {
     /// Builds a caller from the kernel record; `is_agent` says whether a pid
@@ -42,25 +59,11 @@ impl Caller {
     pub fn from_kernel(
         rec: &blastgate_common::ConnRecord,
         agent: String,
+        cache: &ProcessCache,
         is_agent: impl Fn(u32) -> bool,
     ) -> Caller {
         let comm_len = rec.comm.iter().position(|&b| b == 0).unwrap_or(rec.comm.len());
-        let mut lineage = Vec::new();
-        let mut pid = rec.tgid;
-        while lineage.len() < MAX_LINEAGE {
-            let Some(ppid) = procfs::parent_of(pid) else { break };
-            if ppid == 0 {
-                break;
-            }
-            lineage.push(Ancestor {
-                pid: ppid,
-                comm: procfs::comm_of(ppid).unwrap_or_default(),
-            });
-            if !is_agent(ppid) {
-                break;
-            }
-            pid = ppid;
-        }
+        let (exe, lineage) = cache.exe_and_lineage(rec.tgid, is_agent);
         Caller {
             agent,
             agent_id: rec.agent_id,
@@ -69,9 +72,50 @@ impl Caller {
             uid: rec.uid,
             gid: rec.gid,
             comm: String::from_utf8_lossy(&rec.comm[..comm_len]).into_owned(),
-            exe: procfs::exe_of(rec.tgid),
+            exe,
             cgroup_id: rec.cgroup_id,
             lineage,
         }
+    }
+}
+
+impl ProcessCache {
+    fn exe_and_lineage(&self, tgid: u32, is_agent: impl Fn(u32) -> bool) -> (Option<String>, Vec<Ancestor>) {
+        let Some(me) = procfs::stat_of(tgid) else {
+            return (None, Vec::new());
+        };
+        let key = (tgid, me.start_time);
+        let now = Instant::now();
+        {
+            let cache = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, exe, lineage)) = cache.get(&key) {
+                if now.duration_since(*at) < CACHE_TTL {
+                    return (exe.clone(), lineage.clone());
+                }
+            }
+        }
+        let exe = procfs::exe_of(tgid);
+        let mut lineage = Vec::new();
+        let mut ppid = me.ppid;
+        while lineage.len() < MAX_LINEAGE && ppid != 0 {
+            let Some(parent) = procfs::stat_of(ppid) else { break };
+            lineage.push(Ancestor {
+                pid: ppid,
+                comm: parent.comm,
+            });
+            if !is_agent(ppid) {
+                break;
+            }
+            ppid = parent.ppid;
+        }
+        let mut cache = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, (at, _, _)| now.duration_since(*at) < CACHE_TTL);
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (now, exe.clone(), lineage.clone()));
+        (exe, lineage)
     }
 }

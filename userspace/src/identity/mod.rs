@@ -4,4 +4,4 @@
 mod caller;
 pub mod procfs;
 
-pub use caller::{Ancestor, Caller};
+pub use caller::{Ancestor, Caller, ProcessCache};

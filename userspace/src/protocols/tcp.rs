@@ -19,7 +19,7 @@ pub async fn serve(
         .map_err(|e| SessionError::Upstream(format!("connecting to {upstream}: {e}")))?;
     let _ = up.set_nodelay(true);
     let _ = agent.set_nodelay(true);
-    relay(agent, up, counters)
+    relay(&agent, &up, counters)
         .await
         .map_err(|e| SessionError::Relay(e.to_string()))
 }

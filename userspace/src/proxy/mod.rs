@@ -10,6 +10,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    identity::ProcessCache,
     intercept::{AgentRegistry, KernelMaps},
     records::Recorder,
     Error,
@@ -27,6 +28,7 @@ pub struct ProxyContext {
     pub connect_timeout: Duration,
     /// Cancelled when in-flight sessions must be cut (after the grace period).
     pub hard_stop: CancellationToken,
+    pub processes: ProcessCache,
 }
 
 /// Binds every listener; fails if any cannot be bound (the kernel would

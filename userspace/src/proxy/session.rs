@@ -91,7 +91,7 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         record(&ctx, session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason))).await;
         return;
     };
-    let caller = Caller::from_kernel(&rec, ctx.agents.name_of(rec.agent_id), |pid| {
+    let caller = Caller::from_kernel(&rec, ctx.agents.name_of(rec.agent_id), &ctx.processes, |pid| {
         ctx.maps.label_of(pid).is_some()
     });
     let orig = sock_addr(&rec.orig);

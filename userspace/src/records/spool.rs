@@ -2,7 +2,8 @@
 //!
 //! Producers (sessions, the control server) hand events to a bounded channel
 //! and wait when it is full, so a slow disk slows sessions down instead of
-//! losing records. One writer thread drains the channel, writes whatever has
+//! losing records. One writer thread drains the channel every
+//! `records.flush_interval_ms` while events keep coming, writes what has
 //! accumulated as one batch, `fdatasync`s it, and only then publishes the
 //! events to live followers (`blastgate events --follow`), so a follower
 //! never sees an event that a crash could still lose.
@@ -99,6 +100,7 @@ pub fn open(config: &RecordsConfig) -> Result<Recorder, SpoolError> {
         next_segment: next,
         current: None,
         follow: follow.clone(),
+        interval: Duration::from_millis(config.flush_interval_ms),
     };
     thread::Builder::new()
         .name("blastgate-spool".into())
@@ -144,30 +146,50 @@ struct Writer {
     next_segment: u64,
     current: Option<Segment>,
     follow: broadcast::Sender<Event>,
+    interval: Duration,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch: Vec<Event> = Vec::with_capacity(MAX_BATCH);
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+        // Park until the first message after an idle spell (one wake-up),
+        // then let a batch gather for one interval while nobody is parked:
+        // producers' sends then wake no thread, which matters on the
+        // connection path far more than the batching delay does.
         while let Some(first) = rx.blocking_recv() {
-            let mut msg = Some(first);
-            while let Some(m) = msg.take() {
-                match m {
-                    Msg::Event(e) => batch.push(*e),
-                    Msg::Flush(ack) => flushes.push(ack),
+            let mut closed = false;
+            let mut next = Some(first);
+            loop {
+                while let Some(m) = next.take() {
+                    match m {
+                        Msg::Event(e) => batch.push(*e),
+                        Msg::Flush(ack) => flushes.push(ack),
+                    }
+                    if batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(m) => next = Some(m),
+                            Err(mpsc::error::TryRecvError::Empty) => {}
+                            Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+                        }
+                    }
                 }
-                if batch.len() < MAX_BATCH {
-                    msg = rx.try_recv().ok();
+                self.write_durably(&batch);
+                for e in batch.drain(..) {
+                    // No follower is fine; a lagging one is told it lagged.
+                    let _ = self.follow.send(e);
                 }
-            }
-            self.write_durably(&batch);
-            for e in batch.drain(..) {
-                // No follower is fine; a lagging one is told it lagged.
-                let _ = self.follow.send(e);
-            }
-            for ack in flushes.drain(..) {
-                let _ = ack.send(());
+                for ack in flushes.drain(..) {
+                    let _ = ack.send(());
+                }
+                if closed {
+                    break;
+                }
+                thread::sleep(self.interval);
+                match rx.try_recv() {
+                    Ok(m) => next = Some(m),
+                    Err(_) => break,
+                }
             }
         }
         if let Some(seg) = self.current.take() {
