@@ -40,7 +40,9 @@ pub fn build(programs: &Path) -> Result<PathBuf, String> {
          bpf-linker 0.13), or set BLASTGATE_SKIP_EBPF=1 to build without kernel programs"
             .to_string()
     })?;
-    let home = env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    let home = env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
     let mut cmd = match toolchain() {
         Toolchain::Debian => {
             let cargo = env::var("BLASTGATE_BPF_CARGO").unwrap_or_else(|_| "/usr/bin/cargo".into());
@@ -69,7 +71,11 @@ pub fn build(programs: &Path) -> Result<PathBuf, String> {
             c.env_clear()
                 .env(
                     "PATH",
-                    format!("{}:{}:/usr/bin:/bin", linker_dir.display(), cargo_bin.display()),
+                    format!(
+                        "{}:{}:/usr/bin:/bin",
+                        linker_dir.display(),
+                        cargo_bin.display()
+                    ),
                 )
                 .args([
                     "+nightly",
@@ -84,7 +90,9 @@ pub fn build(programs: &Path) -> Result<PathBuf, String> {
         }
     };
     // aya-ebpf uses `asm_experimental_arch`, a nightly feature.
-    cmd.current_dir(programs).env("RUSTC_BOOTSTRAP", "1").env("HOME", &home);
+    cmd.current_dir(programs)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("HOME", &home);
     for keep in ["CARGO_HOME", "RUSTUP_HOME", "TMPDIR"] {
         if let Some(v) = env::var_os(keep) {
             cmd.env(keep, v);

@@ -35,7 +35,10 @@ fn agent_connection_goes_through_the_proxy_and_is_recorded() {
     let direct = run_json(Command::new(PROBE).args(["connect", &dst]));
     assert_eq!(direct[0]["ok"], true, "{direct:?}");
     let local = direct[0]["local"].as_str().unwrap_or_default();
-    assert!(server.saw_peer(local), "a non-agent's connection must reach the server directly");
+    assert!(
+        server.saw_peer(local),
+        "a non-agent's connection must reach the server directly"
+    );
     assert_eq!(direct[0]["peer"], dst.as_str());
     let direct_pid = pid_of(&direct[0]);
 
@@ -43,12 +46,23 @@ fn agent_connection_goes_through_the_proxy_and_is_recorded() {
     let agent = run_json(&mut env.agent("a", &[PROBE, "connect", &dst]));
     let v = &agent[0];
     assert_eq!(v["ok"], true, "{v}");
-    assert!(v["response"].as_str().unwrap_or_default().contains("hello from"), "{v}");
+    assert!(
+        v["response"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hello from"),
+        "{v}"
+    );
     let local = v["local"].as_str().unwrap_or_default();
-    assert!(!server.saw_peer(local), "an agent's connection must not reach the server directly");
+    assert!(
+        !server.saw_peer(local),
+        "an agent's connection must not reach the server directly"
+    );
     let pid = pid_of(v);
 
-    let closed = env.wait_event("session_closed for the agent", |e| is_session(e, "session_closed", pid));
+    let closed = env.wait_event("session_closed for the agent", |e| {
+        is_session(e, "session_closed", pid)
+    });
     let c = &closed["caller"];
     assert_eq!(c["agent"], "a");
     assert_eq!(c["comm"], "blastgate-probe");
@@ -81,13 +95,19 @@ fn unknown_destination_is_refused_and_recorded() {
     let dst = other.addr(0).to_string();
 
     let v = &run_json(&mut env.agent("a", &[PROBE, "connect", &dst]))[0];
-    assert_eq!(v["ok"], false, "an unknown destination must be refused: {v}");
+    assert_eq!(
+        v["ok"], false,
+        "an unknown destination must be refused: {v}"
+    );
     assert_eq!(other.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
     let pid = pid_of(v);
     let denied = env.wait_event("session_denied", |e| is_session(e, "session_denied", pid));
     assert_eq!(denied["verdict"], "deny");
     assert_eq!(denied["orig_dst"], dst.as_str());
-    assert!(denied["reason"].as_str().unwrap_or_default().contains("denied by default"));
+    assert!(denied["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("denied by default"));
 
     // A non-agent still reaches it.
     assert!(direct_get(other.addr(0)).contains("hello from"));
@@ -107,20 +127,35 @@ fn ipv6_and_v4_mapped_destinations_are_intercepted_with_curl() {
     let port = server.addr(0).port();
 
     for (url, orig) in [
-        (format!("http://[::1]:{}/", v6.port()), format!("[::1]:{}", v6.port())),
-        (format!("http://[::ffff:127.0.0.2]:{port}/"), format!("127.0.0.2:{port}")),
+        (
+            format!("http://[::1]:{}/", v6.port()),
+            format!("[::1]:{}", v6.port()),
+        ),
+        (
+            format!("http://[::ffff:127.0.0.2]:{port}/"),
+            format!("127.0.0.2:{port}"),
+        ),
     ] {
         let out = env
-            .agent("curl-agent", &["curl", "-sS", "-g", "--max-time", "10", &url])
+            .agent(
+                "curl-agent",
+                &["curl", "-sS", "-g", "--max-time", "10", &url],
+            )
             .output()
             .expect("curl");
         let body = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(body.contains("hello from"), "{body}");
         // The server saw the daemon, not curl: curl's source port is not
         // what the server reports, but every connection is recorded.
         let ev = env.wait_event(&format!("session for {url}"), |e| {
-            e["kind"] == "session_closed" && e["orig_dst"] == orig.as_str() && e["caller"]["comm"] == "curl"
+            e["kind"] == "session_closed"
+                && e["orig_dst"] == orig.as_str()
+                && e["caller"]["comm"] == "curl"
         });
         assert_eq!(ev["caller"]["agent"], "curl-agent");
     }
@@ -131,14 +166,18 @@ fn ipv6_and_v4_mapped_destinations_are_intercepted_with_curl() {
         format!("http://[::ffff:127.0.0.3]:{port}/"),
     ] {
         let out = env
-            .agent("curl-agent", &["curl", "-sS", "-g", "--max-time", "10", &url])
+            .agent(
+                "curl-agent",
+                &["curl", "-sS", "-g", "--max-time", "10", &url],
+            )
             .output()
             .expect("curl");
         assert!(!out.status.success(), "curl {url} should have been refused");
     }
     assert_eq!(stray.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
     env.wait_event("ipv6 denial", |e| {
-        e["kind"] == "session_denied" && e["orig_dst"] == format!("[::1]:{}", stray.addr(0).port()).as_str()
+        e["kind"] == "session_denied"
+            && e["orig_dst"] == format!("[::1]:{}", stray.addr(0).port()).as_str()
     });
 }
 
@@ -177,22 +216,30 @@ fn leaving_the_cgroup_does_not_escape_interception() {
     assert_eq!(v["ok"], true, "{v}");
     assert!(!server.saw_peer(v["local"].as_str().unwrap_or_default()));
     let pid = pid_of(v);
-    env.wait_event("escaped agent session", |e| is_session(e, "session_closed", pid));
+    env.wait_event("escaped agent session", |e| {
+        is_session(e, "session_closed", pid)
+    });
 
     // clone3(CLONE_INTO_CGROUP) straight into another cgroup.
-    let v = &run_json(&mut env.agent("a", &[PROBE, "clone3", &other.path.to_string_lossy(), &dst]))[0];
+    let v =
+        &run_json(&mut env.agent("a", &[PROBE, "clone3", &other.path.to_string_lossy(), &dst]))[0];
     assert_eq!(v["ok"], true, "{v}");
     assert!(v2_line(v).contains("blastgate-test"), "{v}");
     assert!(!server.saw_peer(v["local"].as_str().unwrap_or_default()));
     let child = v["child_pid"].as_u64().unwrap_or(0);
-    env.wait_event("clone3 child session", |e| is_session(e, "session_closed", child));
+    env.wait_event("clone3 child session", |e| {
+        is_session(e, "session_closed", child)
+    });
 
     // Children and grandchildren.
     let lines = run_json(&mut env.agent("a", &[PROBE, "tree", &dst]));
     assert_eq!(lines.len(), 3, "{lines:?}");
     for v in &lines {
         assert_eq!(v["ok"], true, "{v}");
-        assert!(!server.saw_peer(v["local"].as_str().unwrap_or_default()), "{v}");
+        assert!(
+            !server.saw_peer(v["local"].as_str().unwrap_or_default()),
+            "{v}"
+        );
         let pid = pid_of(v);
         env.wait_event("tree session", |e| is_session(e, "session_closed", pid));
     }
@@ -250,7 +297,10 @@ fn tcp_fast_open_and_io_uring_connects_are_intercepted() {
     for op in ["tfo", "uring"] {
         let v = &run_json(&mut env.agent("a", &[PROBE, op, &dst]))[0];
         assert_eq!(v["ok"], true, "{op}: {v}");
-        assert!(!server.saw_peer(v["local"].as_str().unwrap_or_default()), "{op} went direct");
+        assert!(
+            !server.saw_peer(v["local"].as_str().unwrap_or_default()),
+            "{op} went direct"
+        );
         let pid = pid_of(v);
         env.wait_event(op, |e| is_session(e, "session_closed", pid));
     }
@@ -273,27 +323,43 @@ fn a_killed_daemon_leaves_agents_refused_and_a_restart_resumes() {
 
     d.kill9();
     let v = agent.poke();
-    assert_eq!(v["ok"], false, "with the daemon dead, the agent must be refused: {v}");
+    assert_eq!(
+        v["ok"], false,
+        "with the daemon dead, the agent must be refused: {v}"
+    );
     assert_eq!(v["errno"].as_i64(), Some(libc::ECONNREFUSED as i64), "{v}");
     assert!(!server.saw_peer(v["local"].as_str().unwrap_or_default()));
     let out = env.blastgate(&["status"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("fail closed"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("fail closed"),
+        "{out:?}"
+    );
     // Non-agents are unaffected.
     assert!(direct_get(server.addr(0)).contains("hello from"));
 
     let _d2 = Daemon::start(&env);
     let v = agent.poke();
-    assert_eq!(v["ok"], true, "after a restart the same agent works again: {v}");
+    assert_eq!(
+        v["ok"], true,
+        "after a restart the same agent works again: {v}"
+    );
     // `blastgate run` execs the probe, so the agent's pid is the child's.
     let pid = u64::from(agent.pid());
     let sessions = harness::wait_until(Duration::from_secs(10), || {
-        let n = env.count_events(|e| is_session(e, "session_closed", pid) && e["verdict"] == "allow");
+        let n =
+            env.count_events(|e| is_session(e, "session_closed", pid) && e["verdict"] == "allow");
         (n == 2).then_some(n)
     });
-    assert_eq!(sessions, Some(2), "one session before the kill, one after the restart: {:#?}", env.events());
+    assert_eq!(
+        sessions,
+        Some(2),
+        "one session before the kill, one after the restart: {:#?}",
+        env.events()
+    );
     assert!(
-        env.events().iter().any(|e| e["kind"] == "daemon_started" && e["reason"].as_str().is_some_and(|r| r.contains("attached"))),
+        env.events().iter().any(|e| e["kind"] == "daemon_started"
+            && e["reason"].as_str().is_some_and(|r| r.contains("attached"))),
         "the restart is recorded"
     );
 }
@@ -319,10 +385,17 @@ fn invalid_config_is_refused_with_file_line_and_problem() {
     assert!(err.contains("adress"), "{err}");
 
     std::fs::write(&path, "[proxy]\nlisten = [\"127.0.0.1:15001\"]\n[[targets]]\nname = \"db\"\nprotocol = \"carrier-pigeon\"\naddress = \"127.0.0.2:1\"\n").expect("write");
-    let out = Command::new(BIN).args(["check-config"]).arg(&path).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:5:", path.display())) && err.contains("carrier-pigeon"), "{err}");
+    assert!(
+        err.contains(&format!("{}:5:", path.display())) && err.contains("carrier-pigeon"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -340,7 +413,8 @@ fn two_hundred_concurrent_agent_connections_all_succeed_and_are_recorded() {
     assert_eq!(v["succeeded"], 200, "{v}");
     let pid = pid_of(v);
     let all = harness::wait_until(Duration::from_secs(20), || {
-        let n = env.count_events(|e| is_session(e, "session_closed", pid) && e["verdict"] == "allow");
+        let n =
+            env.count_events(|e| is_session(e, "session_closed", pid) && e["verdict"] == "allow");
         (n == 200).then_some(n)
     });
     assert_eq!(
@@ -377,13 +451,18 @@ fn enrolled_uid_is_an_agent_however_it_was_started() {
     assert_eq!(v["ok"], true, "{v}");
     assert!(!server.saw_peer(v["local"].as_str().unwrap_or_default()));
     let pid = pid_of(v);
-    let ev = env.wait_event("uid-enrolled session", |e| is_session(e, "session_closed", pid));
+    let ev = env.wait_event("uid-enrolled session", |e| {
+        is_session(e, "session_closed", pid)
+    });
     assert_eq!(ev["caller"]["agent"], "ci-runner");
     assert_eq!(ev["caller"]["uid"], 4242);
 
     // Another uid is not.
     let v = &run_json(Command::new(PROBE).args(["as-uid", "4343", &dst]))[0];
-    assert!(server.saw_peer(v["local"].as_str().unwrap_or_default()), "{v}");
+    assert!(
+        server.saw_peer(v["local"].as_str().unwrap_or_default()),
+        "{v}"
+    );
 }
 
 #[test]
@@ -394,7 +473,8 @@ fn status_reports_programs_pins_and_degraded_features() {
     }
     let env = Env::new("");
     let d = Daemon::start(&env);
-    let _agent = Interactive::spawn(env.agent("status-agent", &[PROBE, "interactive", "127.0.0.2:1"]));
+    let _agent =
+        Interactive::spawn(env.agent("status-agent", &[PROBE, "interactive", "127.0.0.2:1"]));
     let got = harness::wait_until(Duration::from_secs(5), || {
         let out = env.blastgate(&["status", "--json"]);
         let s: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -409,12 +489,25 @@ fn status_reports_programs_pins_and_degraded_features() {
         .iter()
         .filter_map(|a| a["program"].as_str())
         .collect();
-    for p in ["blastgate_connect4", "blastgate_connect6", "blastgate_sockops", "blastgate_fork"] {
+    for p in [
+        "blastgate_connect4",
+        "blastgate_connect6",
+        "blastgate_sockops",
+        "blastgate_fork",
+    ] {
         assert!(attached.contains(&p), "{p} not attached: {attached:?}");
         assert!(env.pin_dir.join("links").join(p).exists(), "{p} not pinned");
     }
-    assert!(got["agents"].as_array().expect("agents").iter().any(|a| a == "status-agent"));
+    assert!(got["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .any(|a| a == "status-agent"));
     let text = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
     let lsm_loaded = attached.iter().any(|p| p.starts_with("blastgate_lsm"));
-    assert_eq!(text.contains("degraded: lsm unavailable"), !lsm_loaded, "{text}");
+    assert_eq!(
+        text.contains("degraded: lsm unavailable"),
+        !lsm_loaded,
+        "{text}"
+    );
 }

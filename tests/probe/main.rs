@@ -60,7 +60,10 @@ enum Op {
     /// Benchmark reference: a bare TCP forwarder (tokio, one thread,
     /// copy_bidirectional) from LISTEN to UPSTREAM with no identification,
     /// policy or records: the floor any userspace proxy pays on this host.
-    Forward { listen: SocketAddr, upstream: SocketAddr },
+    Forward {
+        listen: SocketAddr,
+        upstream: SocketAddr,
+    },
 }
 
 fn main() {
@@ -71,7 +74,12 @@ fn main() {
         Op::Uring { addr } => emit(uring(addr)),
         Op::Udp { addr } => emit(udp(addr, false)),
         Op::UdpConnected { addr } => emit(udp(addr, true)),
-        Op::Raw => emit(open_socket("raw", libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)),
+        Op::Raw => emit(open_socket(
+            "raw",
+            libc::AF_INET,
+            libc::SOCK_RAW,
+            libc::IPPROTO_ICMP,
+        )),
         Op::Packet => emit(open_socket("packet", libc::AF_PACKET, libc::SOCK_RAW, 0)),
         Op::Escape { cgroup, addr } => {
             let moved = std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string());
@@ -151,7 +159,9 @@ fn raw_addr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
@@ -163,7 +173,9 @@ fn raw_addr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as u16,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: 0,
             };
             // SAFETY: as above.
@@ -326,7 +338,13 @@ fn clone3_into(cgroup: &std::path::Path, addr: SocketAddr) -> Value {
     }
     // SAFETY: clone3 without CLONE_VM behaves like fork; this program is
     // single-threaded here, and the child only connects and exits.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            size_of::<CloneArgs>(),
+        )
+    };
     if pid < 0 {
         return failure("clone3", std::io::Error::last_os_error());
     }
@@ -349,7 +367,8 @@ fn clone3_into(cgroup: &std::path::Path, addr: SocketAddr) -> Value {
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-    let mut v: Value = serde_json::from_str(&out).unwrap_or(json!({"op": "clone3", "ok": false, "error": out}));
+    let mut v: Value =
+        serde_json::from_str(&out).unwrap_or(json!({"op": "clone3", "ok": false, "error": out}));
     v["op"] = json!("clone3");
     v["child_pid"] = json!(pid);
     v
@@ -385,10 +404,19 @@ fn many(n: usize, addr: SocketAddr) {
             })
         })
         .collect();
-    let results: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap_or(json!({"ok": false}))).collect();
+    let results: Vec<Value> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or(json!({"ok": false})))
+        .collect();
     let ok = results.iter().filter(|v| v["ok"] == json!(true)).count();
-    let errors: Vec<&Value> = results.iter().filter(|v| v["ok"] != json!(true)).take(5).collect();
-    emit(json!({"op": "many", "ok": ok == n, "succeeded": ok, "attempted": n, "pid": std::process::id(), "errors": errors}));
+    let errors: Vec<&Value> = results
+        .iter()
+        .filter(|v| v["ok"] != json!(true))
+        .take(5)
+        .collect();
+    emit(
+        json!({"op": "many", "ok": ok == n, "succeeded": ok, "attempted": n, "pid": std::process::id(), "errors": errors}),
+    );
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -447,7 +475,10 @@ fn bench_bulk(addr: SocketAddr, bytes: u64) -> Value {
 }
 
 fn forward(listen: SocketAddr, upstream: SocketAddr) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return emit(failure("forward", e)),
     };
@@ -458,7 +489,9 @@ fn forward(listen: SocketAddr, upstream: SocketAddr) {
         };
         emit(json!({"op": "forward", "ok": true, "listen": listen.to_string()}));
         loop {
-            let Ok((mut a, _)) = l.accept().await else { continue };
+            let Ok((mut a, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 if let Ok(mut b) = tokio::net::TcpStream::connect(upstream).await {
                     let _ = a.set_nodelay(true);

@@ -266,10 +266,7 @@ impl Config {
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((0, 0));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
@@ -412,5 +409,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("needs `address`"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example shipped beside the binary is valid and documents every section.
+    #[test]
+    fn shipped_example_config_parses() {
+        let text = include_str!("../config/blastgate.example.toml");
+        let c = Config::parse(text, Path::new("blastgate.example.toml")).unwrap();
+        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.enrol.uids.len(), 1);
+        assert_eq!(c.records.flush_interval_ms, 10);
     }
 }

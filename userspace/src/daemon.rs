@@ -103,8 +103,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             counters: Vec::new(),
         },
     });
-    tokio::spawn(control::server::serve(control_listener, control_ctx, stop.clone()));
-    proxy::serve(listeners, proxy_ctx, config.proxy.max_connections, stop.clone(), tracker.clone());
+    tokio::spawn(control::server::serve(
+        control_listener,
+        control_ctx,
+        stop.clone(),
+    ));
+    proxy::serve(
+        listeners,
+        proxy_ctx,
+        config.proxy.max_connections,
+        stop.clone(),
+        tracker.clone(),
+    );
 
     let pin_dir = interceptor.pin_dir.clone();
     let attached = interceptor.attached.len();
@@ -133,18 +143,34 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = format!(
         "daemon started: {attached} programs attached, proxy on {:?}{}",
         config.proxy.listen,
-        if degraded.is_empty() { String::new() } else { format!(", degraded: {degraded}") }
+        if degraded.is_empty() {
+            String::new()
+        } else {
+            format!(", degraded: {degraded}")
+        }
     );
     tracing::info!("{started}");
-    recorder.record(Event::daemon(EventKind::DaemonStarted, Verdict::Allow, started)).await?;
+    recorder
+        .record(Event::daemon(
+            EventKind::DaemonStarted,
+            Verdict::Allow,
+            started,
+        ))
+        .await?;
 
     wait_for_stop(opts.deadline).await?;
-    tracing::info!("stopping: no new connections; in-flight sessions have {} ms", config.proxy.shutdown_grace_ms);
+    tracing::info!(
+        "stopping: no new connections; in-flight sessions have {} ms",
+        config.proxy.shutdown_grace_ms
+    );
     stop.cancel();
     tracker.close();
-    if tokio::time::timeout(Duration::from_millis(config.proxy.shutdown_grace_ms), tracker.wait())
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        Duration::from_millis(config.proxy.shutdown_grace_ms),
+        tracker.wait(),
+    )
+    .await
+    .is_err()
     {
         hard_stop.cancel();
         tracker.wait().await;
@@ -160,7 +186,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .to_string()
     };
     tracing::info!("{how}");
-    recorder.record(Event::daemon(EventKind::DaemonStopped, Verdict::Allow, how)).await?;
+    recorder
+        .record(Event::daemon(EventKind::DaemonStopped, Verdict::Allow, how))
+        .await?;
     recorder.flush().await?;
     drop(interceptor);
     Ok(())
@@ -206,7 +234,9 @@ fn spawn_kernel_logs(interceptor: &mut Interceptor) {
     };
     tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else { return };
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }

@@ -27,7 +27,11 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Daemon { config, detach_on_exit, deadline } => {
+        Command::Daemon {
+            config,
+            detach_on_exit,
+            deadline,
+        } => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(daemon::run(daemon::Options {
                 config_path: config,
@@ -35,7 +39,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 deadline: deadline.map(Duration::from_secs),
             }))?;
         }
-        Command::Run { agent, user, config, command } => {
+        Command::Run {
+            agent,
+            user,
+            config,
+            command,
+        } => {
             let config = commands::client_config(config.as_deref())?;
             commands::run::run(&config.control.socket, &agent, user.as_deref(), &command)?;
         }
@@ -43,7 +52,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = commands::client_config(config.as_deref())?;
             return commands::status::run(&config, json);
         }
-        Command::Events { config, follow, json, last } => {
+        Command::Events {
+            config,
+            follow,
+            json,
+            last,
+        } => {
             let config = commands::client_config(config.as_deref())?;
             commands::events::run(&config, follow, json, last)?;
         }

@@ -95,7 +95,8 @@ impl Runner<'_> {
         }
         c.arg(self.probe).args(args);
         let out = sh::stdout(&mut c)?;
-        let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("probe said {out:?}"))?;
+        let v: Value =
+            serde_json::from_str(out.trim()).with_context(|| format!("probe said {out:?}"))?;
         if v["ok"] != true {
             bail!("benchmark run failed: {v}");
         }
@@ -115,7 +116,9 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
 
     let dir = std::env::temp_dir().join(format!("blastgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = dir.join("blastgate.toml");
     std::fs::write(
         &config,
@@ -133,7 +136,13 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
         Command::new("taskset")
             .args(["-c", &daemon_cpus])
             .arg(&bin)
-            .args(["daemon", "--detach-on-exit", "--deadline", "3600", "--config"])
+            .args([
+                "daemon",
+                "--detach-on-exit",
+                "--deadline",
+                "3600",
+                "--config",
+            ])
             .arg(&config)
             .env("BLASTGATE_LOG", "warn")
             .stdout(Stdio::null())
@@ -147,7 +156,11 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
             .status()
             .is_ok_and(|s| s.success())
     })?;
-    let r = Runner { bin: &bin, probe: &probe, config: &config };
+    let r = Runner {
+        bin: &bin,
+        probe: &probe,
+        config: &config,
+    };
     // Reference: a bare forwarder (no identity, no records) in front of
     // each server, pinned like the daemon.
     let fwd_echo = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -169,7 +182,10 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
 
     // Warm-up: page cache, proxy caches, CPU frequency.
     for proxied in [false, true] {
-        r.probe(proxied, &["bench-rtt".into(), echo.to_string(), "200".into()])?;
+        r.probe(
+            proxied,
+            &["bench-rtt".into(), echo.to_string(), "200".into()],
+        )?;
     }
     // Paths, in the order each repetition runs them: direct, the bare
     // forwarder, blastgate.
@@ -183,10 +199,16 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     let mut gbits = vec![Vec::new(); paths.len()];
     for rep in 0..reps {
         for (i, (_, proxied, e, s)) in paths.iter().enumerate() {
-            let v = r.probe(*proxied, &["bench-rtt".into(), e.to_string(), connections.to_string()])?;
+            let v = r.probe(
+                *proxied,
+                &["bench-rtt".into(), e.to_string(), connections.to_string()],
+            )?;
             p50s[i].push(v["p50_us"].as_f64().unwrap_or(f64::NAN));
             p99s[i].push(v["p99_us"].as_f64().unwrap_or(f64::NAN));
-            let v = r.probe(*proxied, &["bench-bulk".into(), s.to_string(), bytes.to_string()])?;
+            let v = r.probe(
+                *proxied,
+                &["bench-bulk".into(), s.to_string(), bytes.to_string()],
+            )?;
             gbits[i].push(v["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
         }
         eprintln!("bench: repetition {}/{reps} done", rep + 1);
@@ -234,7 +256,10 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     });
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("intercept.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(
+        out.join("intercept.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
     println!("(also written to target/bench/intercept.json)");
     Ok(())
 }

@@ -71,7 +71,9 @@ fn postgres_bin() -> Result<PathBuf> {
         .filter(|p| p.join("initdb").exists())
         .collect();
     versions.sort();
-    versions.pop().context("no PostgreSQL server binaries under /usr/lib/postgresql")
+    versions
+        .pop()
+        .context("no PostgreSQL server binaries under /usr/lib/postgresql")
 }
 
 /// A throwaway PostgreSQL cluster owned by the `postgres` user.
@@ -85,7 +87,11 @@ impl Postgres {
         let bin = postgres_bin()?;
         let data = dir.join("pgdata");
         std::fs::create_dir_all(&data)?;
-        sh::run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir))?;
+        sh::run(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir),
+        )?;
         let as_pg = |program: &Path| {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(program);
@@ -98,7 +104,10 @@ impl Postgres {
                 .args(["--auth=trust", "-U", "postgres"])
                 .stdout(Stdio::null()),
         )?;
-        let opts = format!("-c listen_addresses={host} -c port={port} -k {}", dir.display());
+        let opts = format!(
+            "-c listen_addresses={host} -c port={port} -k {}",
+            dir.display()
+        );
         sh::run(
             as_pg(&bin.join("pg_ctl"))
                 .args(["-D"])
@@ -179,7 +188,14 @@ pub fn run(root: &Path) -> Result<()> {
     let _api = Guard::spawn(
         "http server",
         Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.2", &api_port.to_string(), "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.2",
+                &api_port.to_string(),
+                "--directory",
+            ])
             .arg(&www)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -228,7 +244,13 @@ address = "127.0.0.2:{api_port}"
     let mut daemon = Guard::spawn(
         "blastgate daemon",
         Command::new(&bin)
-            .args(["daemon", "--detach-on-exit", "--deadline", "600", "--config"])
+            .args([
+                "daemon",
+                "--detach-on-exit",
+                "--deadline",
+                "600",
+                "--config",
+            ])
             .arg(&config)
             .stdout(log.try_clone()?)
             .stderr(log),
@@ -242,7 +264,10 @@ address = "127.0.0.2:{api_port}"
             .is_ok_and(|s| s.success())
     };
     if let Err(e) = wait_for("blastgate daemon", Duration::from_secs(20), status_ok) {
-        println!("{}", std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
+        println!(
+            "{}",
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        );
         return Err(e);
     }
     show(Command::new(&bin).args(["status", "--config"]).arg(&config));
@@ -255,7 +280,9 @@ address = "127.0.0.2:{api_port}"
     };
     let agent = |cmd: &mut Command| {
         let mut c = Command::new(&bin);
-        c.args(["run", "--agent", "demo-agent", "--config"]).arg(&config).arg("--");
+        c.args(["run", "--agent", "demo-agent", "--config"])
+            .arg(&config)
+            .arg("--");
         c.arg(cmd.get_program()).args(cmd.get_args());
         c
     };
@@ -265,26 +292,46 @@ address = "127.0.0.2:{api_port}"
 
     banner("the same psql as agent `demo-agent`: redirected through blastgate to the configured target");
     show(&mut agent(&mut psql("agent psql")));
-    show(&mut agent(Command::new("curl").args(["-sS", &format!("http://127.0.0.2:{api_port}/")])));
+    show(&mut agent(
+        Command::new("curl").args(["-sS", &format!("http://127.0.0.2:{api_port}/")]),
+    ));
 
     banner("the agent tries a destination no target covers: refused (default deny)");
-    show(&mut agent(Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://127.0.0.3:{api_port}/")])));
+    show(&mut agent(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://127.0.0.3:{api_port}/"),
+    ])));
 
     banner("the agent tries to route around the proxy: UDP and raw sockets are refused (EPERM)");
-    show(&mut agent(Command::new(&probe).args(["udp", "127.0.0.1:9"])));
+    show(&mut agent(
+        Command::new(&probe).args(["udp", "127.0.0.1:9"]),
+    ));
     show(&mut agent(Command::new(&probe).arg("raw")));
 
     banner("children and grandchildren of an agent are agents too");
-    show(&mut agent(Command::new(&probe).args(["tree", &format!("127.0.0.2:{api_port}")])));
+    show(&mut agent(
+        Command::new(&probe).args(["tree", &format!("127.0.0.2:{api_port}")]),
+    ));
 
     banner("what blastgate recorded (blastgate events)");
     std::thread::sleep(Duration::from_millis(300));
-    show(Command::new(&bin).args(["events", "--last", "30", "--config"]).arg(&config));
+    show(
+        Command::new(&bin)
+            .args(["events", "--last", "30", "--config"])
+            .arg(&config),
+    );
 
-    banner("stopping: the daemon detaches (--detach-on-exit); without it agents would stay refused");
+    banner(
+        "stopping: the daemon detaches (--detach-on-exit); without it agents would stay refused",
+    );
     daemon.stop();
     let leftover = Path::new("/sys/fs/bpf/blastgate-demo").exists();
-    println!("pinned state left behind: {}", if leftover { "YES (bug)" } else { "none" });
+    println!(
+        "pinned state left behind: {}",
+        if leftover { "YES (bug)" } else { "none" }
+    );
     println!("spool kept at {}/spool", dir.display());
     if leftover {
         bail!("the demo daemon left pinned state behind");

@@ -16,7 +16,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "blastgate's build, set-up, demo, test and bench tasks")]
+#[command(
+    name = "xtask",
+    about = "blastgate's build, set-up, demo, test and bench tasks"
+)]
 struct Args {
     #[command(subcommand)]
     task: Task,
@@ -55,7 +58,8 @@ fn main() -> Result<()> {
     match args.task {
         Task::Setup => setup::run(),
         Task::BuildEbpf => {
-            let object = ebpf_build::build(&root.join("ebpf/programs")).map_err(anyhow::Error::msg)?;
+            let object =
+                ebpf_build::build(&root.join("ebpf/programs")).map_err(anyhow::Error::msg)?;
             println!("{}", object.display());
             Ok(())
         }
@@ -67,7 +71,11 @@ fn main() -> Result<()> {
             setup::run()?;
             test(&root)
         }
-        Task::Bench { reps, connections, bytes } => {
+        Task::Bench {
+            reps,
+            connections,
+            bytes,
+        } => {
             setup::run()?;
             bench::run(&root, reps, connections, bytes)
         }
@@ -108,7 +116,10 @@ fn leftovers() -> Vec<PathBuf> {
     for dir in dirs {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("blastgate-test-") {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with("blastgate-test-")
+                {
                     out.push(e.path());
                 }
             }

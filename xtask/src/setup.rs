@@ -43,7 +43,11 @@ const DEBIAN_BPF: &[&str] = &[
 
 pub fn run() -> Result<()> {
     let mut apt = Apt::default();
-    let mut missing: Vec<&str> = COMMON.iter().copied().filter(|p| !apt.installed(p)).collect();
+    let mut missing: Vec<&str> = COMMON
+        .iter()
+        .copied()
+        .filter(|p| !apt.installed(p))
+        .collect();
     let debian_route = if DEBIAN_BPF.iter().all(|p| apt.installed(p)) {
         true
     } else {
@@ -56,7 +60,11 @@ pub fn run() -> Result<()> {
     apt.install(&missing)?;
     mount_filesystems()?;
     if debian_route {
-        bpf_linker(&format!("/usr/lib/llvm-{LLVM_MAJOR_DEBIAN}/bin"), LLVM_MAJOR_DEBIAN, "/usr/bin/cargo")?;
+        bpf_linker(
+            &format!("/usr/lib/llvm-{LLVM_MAJOR_DEBIAN}/bin"),
+            LLVM_MAJOR_DEBIAN,
+            "/usr/bin/cargo",
+        )?;
     } else {
         nightly_route(&mut apt)?;
     }
@@ -79,7 +87,8 @@ impl Apt {
     }
 
     fn available(&self, pkg: &str) -> bool {
-        sh::stdout(Command::new("apt-cache").args(["show", pkg])).is_ok_and(|s| !s.trim().is_empty())
+        sh::stdout(Command::new("apt-cache").args(["show", pkg]))
+            .is_ok_and(|s| !s.trim().is_empty())
     }
 
     fn update_if(&mut self, needed: bool) -> Result<()> {
@@ -118,7 +127,8 @@ fn mounted(fstype: &str, at: &str) -> bool {
             let mut parts = l.split(" - ");
             let left = parts.next().unwrap_or_default();
             let right = parts.next().unwrap_or_default();
-            left.split_whitespace().nth(4) == Some(at) && right.split_whitespace().next() == Some(fstype)
+            left.split_whitespace().nth(4) == Some(at)
+                && right.split_whitespace().next() == Some(fstype)
         })
     })
 }
@@ -135,14 +145,18 @@ fn mount_filesystems() -> Result<()> {
 
 fn bpf_linker(llvm_bin: &str, llvm_major: &str, cargo: &str) -> Result<()> {
     let bin = format!("{TOOLS_ROOT}/bin/bpf-linker");
-    if sh::stdout(Command::new(&bin).arg("--version")).is_ok_and(|v| v.contains(BPF_LINKER_VERSION)) {
+    if sh::stdout(Command::new(&bin).arg("--version")).is_ok_and(|v| v.contains(BPF_LINKER_VERSION))
+    {
         return Ok(());
     }
     need_root(&format!("installing bpf-linker into {TOOLS_ROOT}"))?;
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm_major} (about 2 minutes)");
     let path = format!(
         "{llvm_bin}:{}:/usr/bin:/bin",
-        Path::new(cargo).parent().map(|p| p.display().to_string()).unwrap_or_default()
+        Path::new(cargo)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
     );
     sh::run(
         Command::new(cargo)
@@ -150,8 +164,18 @@ fn bpf_linker(llvm_bin: &str, llvm_major: &str, cargo: &str) -> Result<()> {
             .env_remove("RUSTC")
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO_TARGET_DIR")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
-            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
             .args(["--root", TOOLS_ROOT]),
     )
 }
@@ -194,5 +218,9 @@ fn nightly_route(apt: &mut Apt) -> Result<()> {
         }
         apt.install(&[&pkg])?;
     }
-    bpf_linker(&format!("/usr/lib/llvm-{major}/bin"), &major, &format!("{home}/.cargo/bin/cargo"))
+    bpf_linker(
+        &format!("/usr/lib/llvm-{major}/bin"),
+        &major,
+        &format!("{home}/.cargo/bin/cargo"),
+    )
 }

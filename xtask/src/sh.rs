@@ -13,7 +13,9 @@ pub fn cargo(root: &Path) -> Command {
 
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", describe(cmd));
-    let status = cmd.status().with_context(|| format!("starting {}", describe(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
     if !status.success() {
         bail!("{} failed ({status})", describe(cmd));
     }
@@ -21,7 +23,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 pub fn stdout(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("starting {}", describe(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
     if !out.status.success() {
         bail!(
             "{} failed ({}): {}",

@@ -64,8 +64,12 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 /// A port free on both 127.0.0.1 and ::1.
 pub fn free_port() -> u16 {
     for _ in 0..100 {
-        let Ok(l4) = TcpListener::bind("127.0.0.1:0") else { continue };
-        let Ok(port) = l4.local_addr().map(|a| a.port()) else { continue };
+        let Ok(l4) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(port) = l4.local_addr().map(|a| a.port()) else {
+            continue;
+        };
         if TcpListener::bind(("::1", port)).is_ok() {
             return port;
         }
@@ -89,7 +93,8 @@ impl TestServer {
         let mut addrs = Vec::new();
         let port = free_port_on(ips);
         for ip in ips {
-            let l = TcpListener::bind((*ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"));
+            let l =
+                TcpListener::bind((*ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"));
             let addr = l.local_addr().expect("local addr");
             addrs.push(addr);
             let peers = peers.clone();
@@ -126,7 +131,11 @@ impl TestServer {
                 }
             });
         }
-        TestServer { addrs, peers, accepted }
+        TestServer {
+            addrs,
+            peers,
+            accepted,
+        }
     }
 
     pub fn addr(&self, i: usize) -> SocketAddr {
@@ -134,8 +143,13 @@ impl TestServer {
     }
 
     pub fn saw_peer(&self, peer: &str) -> bool {
-        let Ok(p) = peer.parse::<SocketAddr>() else { return false };
-        self.peers.lock().unwrap_or_else(|p| p.into_inner()).contains(&p)
+        let Ok(p) = peer.parse::<SocketAddr>() else {
+            return false;
+        };
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&p)
     }
 }
 
@@ -167,10 +181,16 @@ pub struct Env {
 impl Env {
     /// `extra` is appended to the generated config (targets, enrolment).
     pub fn new(extra: &str) -> Env {
-        let dir = tempfile::Builder::new().prefix("blastgate-e2e").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("blastgate-e2e")
+            .tempdir()
+            .expect("tempdir");
         let port = free_port();
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/blastgate-test-{}-{n}", std::process::id()));
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/blastgate-test-{}-{n}",
+            std::process::id()
+        ));
         let spool = dir.path().join("spool");
         let control = dir.path().join("control.sock");
         let config = dir.path().join("blastgate.toml");
@@ -183,7 +203,14 @@ impl Env {
             spool.display()
         );
         std::fs::write(&config, text).expect("write config");
-        Env { dir, config, port, pin_dir, spool, control }
+        Env {
+            dir,
+            config,
+            port,
+            pin_dir,
+            spool,
+            control,
+        }
     }
 
     /// Every event in the spool, in order.
@@ -193,7 +220,9 @@ impl Env {
             return out;
         };
         for (_, path) in segments {
-            let Ok(text) = std::fs::read_to_string(path) else { continue };
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
             out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
         }
         out
@@ -201,8 +230,10 @@ impl Env {
 
     /// Waits for an event matching `pred`.
     pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_until(Duration::from_secs(10), || self.events().into_iter().find(|e| pred(e)))
-            .unwrap_or_else(|| panic!("no event {what} in the spool; events: {:#?}", self.events()))
+        wait_until(Duration::from_secs(10), || {
+            self.events().into_iter().find(|e| pred(e))
+        })
+        .unwrap_or_else(|| panic!("no event {what} in the spool; events: {:#?}", self.events()))
     }
 
     pub fn count_events(&self, pred: impl Fn(&Value) -> bool) -> usize {
@@ -237,15 +268,24 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(env: &Env) -> Daemon {
-        let log = env.dir.path().join(format!("daemon-{}.log", INSTANCE.fetch_add(1, Ordering::SeqCst)));
+        let log = env.dir.path().join(format!(
+            "daemon-{}.log",
+            INSTANCE.fetch_add(1, Ordering::SeqCst)
+        ));
         let out = std::fs::File::create(&log).expect("daemon log");
         let err = out.try_clone().expect("daemon log");
         let mut cmd = Command::new(BIN);
-        cmd.args(["daemon", "--detach-on-exit", "--deadline", "300", "--config"])
-            .arg(&env.config)
-            .env("BLASTGATE_LOG", "info,blastgate=debug")
-            .stdout(out)
-            .stderr(err);
+        cmd.args([
+            "daemon",
+            "--detach-on-exit",
+            "--deadline",
+            "300",
+            "--config",
+        ])
+        .arg(&env.config)
+        .env("BLASTGATE_LOG", "info,blastgate=debug")
+        .stdout(out)
+        .stderr(err);
         // SAFETY: prctl in the child before exec; async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
@@ -264,7 +304,10 @@ impl Daemon {
         let ready = wait_until(Duration::from_secs(20), || {
             if let Some(c) = d.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("daemon exited during start-up ({status}):\n{}", d.log_text());
+                    panic!(
+                        "daemon exited during start-up ({status}):\n{}",
+                        d.log_text()
+                    );
                 }
             }
             status_answered(&d.control).then_some(())
@@ -328,7 +371,10 @@ impl Drop for Daemon {
             .arg(&self.config)
             .output();
         if self.pin_dir.exists() {
-            eprintln!("warning: {} still exists after uninstall", self.pin_dir.display());
+            eprintln!(
+                "warning: {} still exists after uninstall",
+                self.pin_dir.display()
+            );
         }
     }
 }

@@ -24,7 +24,9 @@ pub fn run(config: &Config, follow: bool, json: bool, last: usize) -> anyhow::Re
         match r {
             Response::Event(e) => print(&e, json)?,
             Response::Lagged { missed } => {
-                eprintln!("blastgate: fell behind, {missed} events not shown (they are in the spool)")
+                eprintln!(
+                    "blastgate: fell behind, {missed} events not shown (they are in the spool)"
+                )
             }
             Response::Error { message } => anyhow::bail!(message),
             other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
@@ -65,7 +67,10 @@ fn print(e: &Event, json: bool) -> anyhow::Result<()> {
         name(serde_json::to_value(e.verdict)?),
     );
     if let Some(c) = &e.caller {
-        line += &format!(" agent={} pid={} uid={} comm={}", c.agent, c.pid, c.uid, c.comm);
+        line += &format!(
+            " agent={} pid={} uid={} comm={}",
+            c.agent, c.pid, c.uid, c.comm
+        );
     }
     if let Some(d) = e.orig_dst {
         line += &format!(" dst={d}");

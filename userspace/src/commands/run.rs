@@ -9,12 +9,22 @@ use crate::control::{
     proto::{Request, Response},
 };
 
-pub fn run(socket: &Path, agent: &str, user: Option<&str>, command: &[String]) -> anyhow::Result<()> {
+pub fn run(
+    socket: &Path,
+    agent: &str,
+    user: Option<&str>,
+    command: &[String],
+) -> anyhow::Result<()> {
     let Some((program, args)) = command.split_first() else {
         bail!("no command given");
     };
     let resolved = user.map(lookup_user).transpose()?;
-    match Client::call(socket, &Request::Label { agent: agent.to_string() }) {
+    match Client::call(
+        socket,
+        &Request::Label {
+            agent: agent.to_string(),
+        },
+    ) {
         Ok(Response::Labelled { pid, agent_id, .. }) => {
             tracing::debug!(pid, agent_id, "labelled");
         }
@@ -25,7 +35,9 @@ pub fn run(socket: &Path, agent: &str, user: Option<&str>, command: &[String]) -
     cmd.args(args);
     if let Some(u) = &resolved {
         drop_to(u)?;
-        cmd.env("HOME", &u.home).env("USER", &u.name).env("LOGNAME", &u.name);
+        cmd.env("HOME", &u.home)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name);
     }
     let err = cmd.exec();
     Err(err).with_context(|| format!("exec {program}"))
@@ -44,12 +56,26 @@ fn lookup_user(spec: &str) -> anyhow::Result<User> {
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     let rc = if let Ok(uid) = spec.parse::<u32>() {
         // SAFETY: buffers are valid for the sizes passed; result is checked.
-        unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) }
+        unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        }
     } else {
         let name = CString::new(spec).context("user name contains NUL")?;
         // SAFETY: as above.
         unsafe {
-            libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result)
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
         }
     };
     if rc != 0 || result.is_null() {
@@ -58,11 +84,20 @@ fn lookup_user(spec: &str) -> anyhow::Result<User> {
     // SAFETY: getpwnam_r succeeded, so the strings point into `buf`.
     let (name, home) = unsafe {
         (
-            std::ffi::CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
-            std::ffi::CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned(),
+            std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+            std::ffi::CStr::from_ptr(pwd.pw_dir)
+                .to_string_lossy()
+                .into_owned(),
         )
     };
-    Ok(User { name, uid: pwd.pw_uid, gid: pwd.pw_gid, home })
+    Ok(User {
+        name,
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+        home,
+    })
 }
 
 /// Supplementary groups, gid, then uid: the order that leaves no way back.
@@ -71,7 +106,11 @@ fn drop_to(u: &User) -> anyhow::Result<()> {
     // SAFETY: plain syscalls on valid arguments; each result is checked.
     unsafe {
         if libc::initgroups(name.as_ptr(), u.gid as libc::gid_t) != 0 {
-            bail!("initgroups({}): {}", u.name, std::io::Error::last_os_error());
+            bail!(
+                "initgroups({}): {}",
+                u.name,
+                std::io::Error::last_os_error()
+            );
         }
         if libc::setgid(u.gid) != 0 {
             bail!("setgid({}): {}", u.gid, std::io::Error::last_os_error());

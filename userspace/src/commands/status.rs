@@ -18,7 +18,10 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("daemon: running (pid {}, version {})", s.daemon_pid, s.version);
+            println!(
+                "daemon: running (pid {}, version {})",
+                s.daemon_pid, s.version
+            );
             println!("pinned: {}", s.pin_dir.display());
             println!("cgroup root: {}", s.cgroup_root.display());
             println!("attached programs:");
@@ -33,7 +36,14 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 }
             }
             println!("labelled processes: {}", s.labelled_processes);
-            println!("agents: {}", if s.agents.is_empty() { "-".into() } else { s.agents.join(", ") });
+            println!(
+                "agents: {}",
+                if s.agents.is_empty() {
+                    "-".into()
+                } else {
+                    s.agents.join(", ")
+                }
+            );
             println!("proxy: {:?}, {} targets", s.listen, s.targets);
             println!("spool: {}", s.spool_dir.display());
             for (name, v) in &s.counters {
@@ -57,7 +67,10 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             } else {
                 println!("daemon: not running ({e})");
                 if pins.is_empty() {
-                    println!("pinned: nothing under {}: agents are not intercepted", config.bpf.pin_dir.display());
+                    println!(
+                        "pinned: nothing under {}: agents are not intercepted",
+                        config.bpf.pin_dir.display()
+                    );
                 } else {
                     println!(
                         "pinned: {} links under {}: agent connections are refused until the daemon restarts (fail closed)",

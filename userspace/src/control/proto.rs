@@ -11,7 +11,9 @@ use crate::{intercept::Attached, records::Event};
 pub enum Request {
     /// Label the connecting process (identified by SO_PEERCRED, never by a
     /// pid in the request) as agent `agent`.
-    Label { agent: String },
+    Label {
+        agent: String,
+    },
     Status,
     /// Stream every event as it becomes durable.
     Follow,
@@ -28,8 +30,12 @@ pub enum Response {
     Status(Box<Status>),
     Event(Box<Event>),
     /// A follower fell behind and missed this many events (they are in the spool).
-    Lagged { missed: u64 },
-    Error { message: String },
+    Lagged {
+        missed: u64,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

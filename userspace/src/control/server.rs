@@ -50,10 +50,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, Error> {
                 path.display()
             )));
         }
-        std::fs::remove_file(path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
     }
-    let listener =
-        UnixListener::bind(path).map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
     Ok(listener)
@@ -83,37 +84,70 @@ pub async fn serve(listener: UnixListener, ctx: Arc<ControlContext>, stop: Cance
     }
 }
 
-async fn handle(stream: UnixStream, ctx: &ControlContext, stop: CancellationToken) -> Result<(), Error> {
+async fn handle(
+    stream: UnixStream,
+    ctx: &ControlContext,
+    stop: CancellationToken,
+) -> Result<(), Error> {
     let cred = stream
         .peer_cred()
         .map_err(|e| Error::Control(format!("peer credentials: {e}")))?;
     let (r, mut w) = stream.into_split();
     // The socket is 0600 root; this is defence in depth against a loosened mode.
     if cred.uid() != 0 {
-        return reply(&mut w, &Response::Error { message: "the control socket is root-only".into() }).await;
+        return reply(
+            &mut w,
+            &Response::Error {
+                message: "the control socket is root-only".into(),
+            },
+        )
+        .await;
     }
     let mut reader = BufReader::new(r.take(MAX_LINE as u64));
     let mut line = String::new();
-    if reader.read_line(&mut line).await.map_err(|e| Error::Control(e.to_string()))? == 0 {
+    if reader
+        .read_line(&mut line)
+        .await
+        .map_err(|e| Error::Control(e.to_string()))?
+        == 0
+    {
         return Ok(());
     }
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => {
-            return reply(&mut w, &Response::Error { message: format!("bad request: {e}") }).await;
+            return reply(
+                &mut w,
+                &Response::Error {
+                    message: format!("bad request: {e}"),
+                },
+            )
+            .await;
         }
     };
     match req {
         Request::Label { agent } => {
             let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else {
-                return reply(&mut w, &Response::Error { message: "no peer pid".into() }).await;
+                return reply(
+                    &mut w,
+                    &Response::Error {
+                        message: "no peer pid".into(),
+                    },
+                )
+                .await;
             };
             let resp = match label(ctx, pid, &agent) {
                 Ok(id) => {
                     record_label(ctx, pid, &agent, id).await;
-                    Response::Labelled { pid, agent, agent_id: id }
+                    Response::Labelled {
+                        pid,
+                        agent,
+                        agent_id: id,
+                    }
                 }
-                Err(e) => Response::Error { message: e.to_string() },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
             };
             reply(&mut w, &resp).await
         }
@@ -173,7 +207,11 @@ fn label(ctx: &ControlContext, pid: u32, agent: &str) -> Result<u32, Error> {
 }
 
 async fn record_label(ctx: &ControlContext, pid: u32, agent: &str, agent_id: u32) {
-    let mut e = Event::daemon(EventKind::AgentLabelled, Verdict::Allow, format!("blastgate run labelled pid {pid}"));
+    let mut e = Event::daemon(
+        EventKind::AgentLabelled,
+        Verdict::Allow,
+        format!("blastgate run labelled pid {pid}"),
+    );
     e.ts = SystemTime::now();
     e.caller = Some(Caller {
         agent: agent.to_string(),
@@ -195,5 +233,7 @@ async fn record_label(ctx: &ControlContext, pid: u32, agent: &str, agent_id: u32
 async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, resp: &Response) -> Result<(), Error> {
     let mut line = serde_json::to_vec(resp).map_err(|e| Error::Control(e.to_string()))?;
     line.push(b'\n');
-    w.write_all(&line).await.map_err(|e| Error::Control(e.to_string()))
+    w.write_all(&line)
+        .await
+        .map_err(|e| Error::Control(e.to_string()))
 }

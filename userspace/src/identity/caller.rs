@@ -50,8 +50,11 @@ const CACHE_MAX: usize = 4096;
 /// bursts; this saves the lineage walk on all but the first.
 #[derive(Default)]
 pub struct ProcessCache {
-    entries: Mutex<HashMap<(u32, u64), (Instant, Option<String>, Vec<Ancestor>)>>,
+    entries: Mutex<HashMap<(u32, u64), Cached>>,
 }
+
+/// When it was read, the exe, the lineage.
+type Cached = (Instant, Option<String>, Vec<Ancestor>);
 
 impl Caller {
     /// Builds a caller from the kernel record; `is_agent` says whether a pid
@@ -62,7 +65,11 @@ impl Caller {
         cache: &ProcessCache,
         is_agent: impl Fn(u32) -> bool,
     ) -> Caller {
-        let comm_len = rec.comm.iter().position(|&b| b == 0).unwrap_or(rec.comm.len());
+        let comm_len = rec
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(rec.comm.len());
         let (exe, lineage) = cache.exe_and_lineage(rec.tgid, is_agent);
         Caller {
             agent,
@@ -80,7 +87,11 @@ impl Caller {
 }
 
 impl ProcessCache {
-    fn exe_and_lineage(&self, tgid: u32, is_agent: impl Fn(u32) -> bool) -> (Option<String>, Vec<Ancestor>) {
+    fn exe_and_lineage(
+        &self,
+        tgid: u32,
+        is_agent: impl Fn(u32) -> bool,
+    ) -> (Option<String>, Vec<Ancestor>) {
         let Some(me) = procfs::stat_of(tgid) else {
             return (None, Vec::new());
         };
@@ -98,7 +109,9 @@ impl ProcessCache {
         let mut lineage = Vec::new();
         let mut ppid = me.ppid;
         while lineage.len() < MAX_LINEAGE && ppid != 0 {
-            let Some(parent) = procfs::stat_of(ppid) else { break };
+            let Some(parent) = procfs::stat_of(ppid) else {
+                break;
+            };
             lineage.push(Ancestor {
                 pid: ppid,
                 comm: parent.comm,

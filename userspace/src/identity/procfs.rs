@@ -44,7 +44,11 @@ fn parse_stat(stat: &str) -> Option<Stat> {
     let ppid = fields.next()?.parse().ok()?;
     // Field 22 overall; we are at field 5 after state (3) and ppid (4).
     let start_time = fields.nth(17)?.parse().ok()?;
-    Some(Stat { comm, ppid, start_time })
+    Some(Stat {
+        comm,
+        ppid,
+        start_time,
+    })
 }
 
 pub fn parent_of(pid: u32) -> Option<u32> {

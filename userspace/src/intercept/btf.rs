@@ -79,7 +79,9 @@ impl Btf {
             .map(|m| u16::from_le_bytes([m[0], m[1]]))
             .ok_or(BtfError::Malformed("no header"))?;
         if magic != MAGIC {
-            return Err(BtfError::Malformed("bad magic (big-endian BTF is not supported)"));
+            return Err(BtfError::Malformed(
+                "bad magic (big-endian BTF is not supported)",
+            ));
         }
         let hdr_len = u32_at(data, 4)? as usize;
         let type_off = u32_at(data, 8)? as usize;
@@ -175,13 +177,19 @@ impl Btf {
             let m_name = u32_at(&self.type_data, m)?;
             let m_type = u32_at(&self.type_data, m + 4)?;
             let m_off = u32_at(&self.type_data, m + 8)?;
-            let bit_off = if t.kind_flag { m_off & 0xff_ffff } else { m_off };
+            let bit_off = if t.kind_flag {
+                m_off & 0xff_ffff
+            } else {
+                m_off
+            };
             let n = self.string(m_name);
             if n == member {
                 return Ok(Some(bit_off));
             }
             if n.is_empty() {
-                if let Some(inner) = self.find_member(self.skip_modifiers(m_type), member, depth + 1)? {
+                if let Some(inner) =
+                    self.find_member(self.skip_modifiers(m_type), member, depth + 1)?
+                {
                     return Ok(Some(bit_off + inner));
                 }
             }
@@ -206,7 +214,9 @@ impl Btf {
         let id = *self
             .by_name
             .get(&(format!("btf_trace_{tracepoint}"), kind::TYPEDEF))?;
-        let ptr = self.types.get(self.types.get(id as usize)?.size_or_type as usize)?;
+        let ptr = self
+            .types
+            .get(self.types.get(id as usize)?.size_or_type as usize)?;
         if ptr.kind != kind::PTR {
             return None;
         }
@@ -267,8 +277,14 @@ mod tests {
         let btf = Btf::parse(&fixture()).unwrap();
         assert_eq!(btf.member_offset("s", "a").unwrap(), 0);
         assert_eq!(btf.member_offset("s", "c").unwrap(), 4);
-        assert!(matches!(btf.member_offset("s", "zz"), Err(BtfError::NoMember(..))));
-        assert!(matches!(btf.member_offset("t", "a"), Err(BtfError::NoStruct(..))));
+        assert!(matches!(
+            btf.member_offset("s", "zz"),
+            Err(BtfError::NoMember(..))
+        ));
+        assert!(matches!(
+            btf.member_offset("t", "a"),
+            Err(BtfError::NoStruct(..))
+        ));
     }
 
     #[test]

@@ -84,7 +84,9 @@ pub fn resolve(
         let id = agents.id_for(&r.agent(|p| format!("exe:{}", p.display())))?;
         match exe_key(&path) {
             Ok(key) => out.exes.push((key, id)),
-            Err(e) => tracing::warn!(exe = %path.display(), error = %e, "enrolled executable not found"),
+            Err(e) => {
+                tracing::warn!(exe = %path.display(), error = %e, "enrolled executable not found")
+            }
         }
     }
     Ok(out)
@@ -138,7 +140,9 @@ pub fn scan(rules: &Resolved, agents: &AgentRegistry, daemon: u32) -> usize {
         }
         let mut p = pid;
         for _ in 0..64 {
-            let Some(pp) = procfs::parent_of(p) else { break };
+            let Some(pp) = procfs::parent_of(p) else {
+                break;
+            };
             if pp <= 1 {
                 break;
             }

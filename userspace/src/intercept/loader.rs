@@ -55,19 +55,59 @@ const fn spec(name: &'static str, hook: Hook, required: bool, feature: &'static 
 }
 
 const PROGRAMS: &[Spec] = &[
-    spec(program::CONNECT4, Hook::CgroupSockAddr, true, "ipv4 redirect"),
-    spec(program::CONNECT6, Hook::CgroupSockAddr, true, "ipv6 redirect"),
+    spec(
+        program::CONNECT4,
+        Hook::CgroupSockAddr,
+        true,
+        "ipv4 redirect",
+    ),
+    spec(
+        program::CONNECT6,
+        Hook::CgroupSockAddr,
+        true,
+        "ipv6 redirect",
+    ),
     spec(program::SENDMSG4, Hook::CgroupSockAddr, true, "udp guard"),
     spec(program::SENDMSG6, Hook::CgroupSockAddr, true, "udp guard"),
     spec(program::SOCKOPS, Hook::SockOps, true, "caller identity"),
     spec(program::SOCK_CREATE, Hook::CgroupSock, true, "socket guard"),
-    spec(program::FORK, Hook::TpBtf("sched_process_fork"), true, "lineage"),
-    spec(program::EXIT_GROUP, Hook::TpBtf("sched_process_exit"), true, "lineage"),
-    spec(program::EXIT_LEADER, Hook::TpBtf("sched_process_exit"), true, "lineage"),
-    spec(program::EXEC, Hook::TpBtf("sched_process_exec"), false, "enrolment by executable"),
-    spec(program::PACKET_CREATE, Hook::TracePoint("syscalls", "sys_enter_socket"), false, "packet socket guard"),
+    spec(
+        program::FORK,
+        Hook::TpBtf("sched_process_fork"),
+        true,
+        "lineage",
+    ),
+    spec(
+        program::EXIT_GROUP,
+        Hook::TpBtf("sched_process_exit"),
+        true,
+        "lineage",
+    ),
+    spec(
+        program::EXIT_LEADER,
+        Hook::TpBtf("sched_process_exit"),
+        true,
+        "lineage",
+    ),
+    spec(
+        program::EXEC,
+        Hook::TpBtf("sched_process_exec"),
+        false,
+        "enrolment by executable",
+    ),
+    spec(
+        program::PACKET_CREATE,
+        Hook::TracePoint("syscalls", "sys_enter_socket"),
+        false,
+        "packet socket guard",
+    ),
     spec(program::LSM_BPF, Hook::Lsm("bpf"), false, "lsm"),
-    spec(program::LSM_PTRACE, Hook::Lsm("ptrace_access_check"), false, "lsm"),
+    spec(
+        program::LSM_PTRACE,
+        Hook::Lsm("ptrace_access_check"),
+        false,
+        "lsm",
+    ),
     spec(program::LSM_KILL, Hook::Lsm("task_kill"), false, "lsm"),
 ];
 
@@ -120,10 +160,19 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
         let target = c"/sys/fs/bpf";
         // SAFETY: plain mount(2) with static, NUL-terminated arguments.
         let rc = unsafe {
-            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
-            return Err(Error::io("mounting bpffs at /sys/fs/bpf", std::io::Error::last_os_error()));
+            return Err(Error::io(
+                "mounting bpffs at /sys/fs/bpf",
+                std::io::Error::last_os_error(),
+            ));
         }
     }
     for dir in [maps_dir(pin_dir), links_dir(pin_dir)] {
@@ -210,7 +259,10 @@ pub fn attach_all(
         };
         if skip {
             if s.name == program::EXEC {
-                note_degraded(&mut degraded, "enrolment by executable unavailable: kernel BTF lacks the exec offsets");
+                note_degraded(
+                    &mut degraded,
+                    "enrolment by executable unavailable: kernel BTF lacks the exec offsets",
+                );
             }
             continue;
         }
@@ -261,21 +313,27 @@ fn attach_one(
         Hook::CgroupSockAddr => {
             let p: &mut CgroupSockAddr = prog.try_into().map_err(|x| e(&x))?;
             p.load().map_err(|x| e(&x))?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|x| e(&x))?;
+            let id = p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(|x| e(&x))?;
             let link = p.take_link(id).map_err(|x| e(&x))?;
             (link.try_into().map_err(|x| e(&x))?, root)
         }
         Hook::CgroupSock => {
             let p: &mut CgroupSock = prog.try_into().map_err(|x| e(&x))?;
             p.load().map_err(|x| e(&x))?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|x| e(&x))?;
+            let id = p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(|x| e(&x))?;
             let link = p.take_link(id).map_err(|x| e(&x))?;
             (link.try_into().map_err(|x| e(&x))?, root)
         }
         Hook::SockOps => {
             let p: &mut SockOps = prog.try_into().map_err(|x| e(&x))?;
             p.load().map_err(|x| e(&x))?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(|x| e(&x))?;
+            let id = p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(|x| e(&x))?;
             let link = p.take_link(id).map_err(|x| e(&x))?;
             (link.try_into().map_err(|x| e(&x))?, root)
         }
@@ -291,7 +349,10 @@ fn attach_one(
             p.load().map_err(|x| e(&x))?;
             let id = p.attach(category, name).map_err(|x| e(&x))?;
             let link = p.take_link(id).map_err(|x| e(&x))?;
-            (link.try_into().map_err(|x| e(&x))?, format!("tracepoint/{category}/{name}"))
+            (
+                link.try_into().map_err(|x| e(&x))?,
+                format!("tracepoint/{category}/{name}"),
+            )
         }
         Hook::Lsm(hook) => {
             let p: &mut Lsm = prog.try_into().map_err(|x| e(&x))?;
@@ -310,7 +371,10 @@ fn install_link(pin: &Path, link: FdLink) -> Result<(), Error> {
         match PinnedLink::from_pin(pin) {
             Ok(old) => {
                 // Dropping the returned fd detaches the old link.
-                drop(old.unpin().map_err(|e| Error::io(format!("unpinning {}", pin.display()), e))?);
+                drop(
+                    old.unpin()
+                        .map_err(|e| Error::io(format!("unpinning {}", pin.display()), e))?,
+                );
             }
             Err(_) => {
                 std::fs::remove_file(pin)

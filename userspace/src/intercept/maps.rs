@@ -49,9 +49,7 @@ pub fn sock_key(addr: SocketAddr) -> SockKey {
 /// Converts a kernel key back, turning `::ffff:a.b.c.d` into plain IPv4.
 pub fn sock_addr(key: &SockKey) -> SocketAddr {
     let v6 = std::net::Ipv6Addr::from(key.addr);
-    let ip = v6
-        .to_ipv4_mapped()
-        .map_or(IpAddr::V6(v6), IpAddr::V4);
+    let ip = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
     SocketAddr::new(ip, key.port as u16)
 }
 
@@ -147,10 +145,7 @@ impl KernelMaps {
     }
 
     pub fn labelled(&self) -> Vec<(u32, Label)> {
-        lock(&self.labels)
-            .iter()
-            .filter_map(Result::ok)
-            .collect()
+        lock(&self.labels).iter().filter_map(Result::ok).collect()
     }
 
     pub fn set_agent_name(&self, id: u32, name: &str) -> Result<(), Error> {
@@ -167,7 +162,11 @@ impl KernelMaps {
             .iter()
             .filter_map(Result::ok)
             .map(|(id, n)| {
-                let end = n.bytes.iter().position(|&b| b == 0).unwrap_or(AGENT_NAME_LEN);
+                let end = n
+                    .bytes
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or(AGENT_NAME_LEN);
                 (id, String::from_utf8_lossy(&n.bytes[..end]).into_owned())
             })
             .collect()
@@ -191,7 +190,11 @@ impl KernelMaps {
         entries: &[(K, V)],
     ) -> Result<(), Error> {
         let wanted: HashSet<K> = entries.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<K> = m.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+        let stale: Vec<K> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
         for k in stale {
             let _ = m.remove(&k);
         }

@@ -66,7 +66,10 @@ impl Interceptor {
             loader::attach_all(&mut ebpf, &pin_dir, &cgroup_root, &btf, exec_ok)?;
         let found = enrol::scan(&enrolment, &agents, daemon);
         if found > 0 {
-            tracing::info!(processes = found, "labelled running processes matching enrolment rules");
+            tracing::info!(
+                processes = found,
+                "labelled running processes matching enrolment rules"
+            );
         }
         Ok(Interceptor {
             ebpf,

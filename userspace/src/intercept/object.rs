@@ -67,7 +67,10 @@ mod tests {
             aya_log::LEVEL,
         ];
         let missing: Vec<_> = names.iter().filter(|n| !has_symbol(n)).collect();
-        assert!(missing.is_empty(), "missing from the kernel object: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "missing from the kernel object: {missing:?}"
+        );
     }
 
     /// The packet-socket guard reads socket()'s first argument at a fixed
@@ -76,7 +79,9 @@ mod tests {
     fn syscall_tracepoint_layout_matches_the_running_kernel() {
         let path = "/sys/kernel/tracing/events/syscalls/sys_enter_socket/format";
         let Ok(format) = std::fs::read_to_string(path) else {
-            crate::testing::skip(&format!("{path} is not readable (tracefs not mounted or not root)"));
+            crate::testing::skip(&format!(
+                "{path} is not readable (tracefs not mounted or not root)"
+            ));
             return;
         };
         let family = format

@@ -142,12 +142,19 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-async fn splice_loop(from: &TcpStream, to: &TcpStream, pipe: &Pipe, count: &AtomicU64) -> io::Result<()> {
+async fn splice_loop(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &Pipe,
+    count: &AtomicU64,
+) -> io::Result<()> {
     let chunk = PIPE_SIZE as usize;
     loop {
         let n = loop {
             from.readable().await?;
-            match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), chunk)) {
+            match from.try_io(Interest::READABLE, || {
+                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), chunk)
+            }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -160,7 +167,9 @@ async fn splice_loop(from: &TcpStream, to: &TcpStream, pipe: &Pipe, count: &Atom
         let mut left = n;
         while left > 0 {
             to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)) {
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+            }) {
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),

@@ -88,12 +88,19 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             "no kernel record for the connection from {peer}: only redirected agent connections are served"
         );
         tracing::warn!(%peer, "{reason}");
-        record(&ctx, session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason))).await;
+        record(
+            &ctx,
+            session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason)),
+        )
+        .await;
         return;
     };
-    let caller = Caller::from_kernel(&rec, ctx.agents.name_of(rec.agent_id), &ctx.processes, |pid| {
-        ctx.maps.label_of(pid).is_some()
-    });
+    let caller = Caller::from_kernel(
+        &rec,
+        ctx.agents.name_of(rec.agent_id),
+        &ctx.processes,
+        |pid| ctx.maps.label_of(pid).is_some(),
+    );
     let orig = sock_addr(&rec.orig);
     let span = tracing::info_span!(
         "session",
@@ -105,7 +112,9 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
     );
     session.caller = Some(caller);
     session.orig_dst = Some(orig);
-    drive(conn, session, orig, started, ctx).instrument(span).await
+    drive(conn, session, orig, started, ctx)
+        .instrument(span)
+        .await
 }
 
 async fn drive(
@@ -118,19 +127,31 @@ async fn drive(
     if is_proxy_addr(&ctx.listen, orig) {
         drop(conn);
         let reason = "destination is the blastgate proxy itself".to_string();
-        record(&ctx, session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason))).await;
+        record(
+            &ctx,
+            session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason)),
+        )
+        .await;
         return;
     }
     let Some(target) = ctx.routes.lookup(orig) else {
         drop(conn);
         let reason = format!("no target is configured for {orig}: denied by default");
         tracing::info!("{reason}");
-        record(&ctx, session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason))).await;
+        record(
+            &ctx,
+            session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason)),
+        )
+        .await;
         return;
     };
     session.target = Some(target.name.clone());
     session.protocol = Some(target.protocol.as_str());
-    record(&ctx, session.event(EventKind::SessionOpened, Verdict::Allow, None)).await;
+    record(
+        &ctx,
+        session.event(EventKind::SessionOpened, Verdict::Allow, None),
+    )
+    .await;
     tracing::debug!(target = %target.name, "session opened");
 
     let counters = Counters::default();

@@ -1,6 +1,10 @@
 //! Which configured target lives at an original destination.
 
-use std::{collections::HashMap, net::{IpAddr, SocketAddr}, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use crate::config::{Protocol, TargetConfig};
 
@@ -38,7 +42,9 @@ impl Routes {
                     std::net::ToSocketAddrs::to_socket_addrs(u)
                         .map_err(|e| format!("target {}: upstream {u:?}: {e}", t.name))?
                         .next()
-                        .ok_or_else(|| format!("target {}: upstream {u:?} resolves to nothing", t.name))?,
+                        .ok_or_else(|| {
+                            format!("target {}: upstream {u:?} resolves to nothing", t.name)
+                        })?,
                 ),
                 None => None,
             };
@@ -91,8 +97,16 @@ mod tests {
     #[test]
     fn v4_mapped_destinations_find_v4_targets() {
         let r = Routes::build(&[target("db", &["127.0.0.2:5432", "[::1]:5432"])]).unwrap();
-        assert_eq!(r.lookup("127.0.0.2:5432".parse().unwrap()).unwrap().name, "db");
-        assert_eq!(r.lookup("[::ffff:127.0.0.2]:5432".parse().unwrap()).unwrap().name, "db");
+        assert_eq!(
+            r.lookup("127.0.0.2:5432".parse().unwrap()).unwrap().name,
+            "db"
+        );
+        assert_eq!(
+            r.lookup("[::ffff:127.0.0.2]:5432".parse().unwrap())
+                .unwrap()
+                .name,
+            "db"
+        );
         assert_eq!(r.lookup("[::1]:5432".parse().unwrap()).unwrap().name, "db");
         assert!(r.lookup("127.0.0.2:5433".parse().unwrap()).is_none());
     }

@@ -115,7 +115,10 @@ mod tests {
         let back: Event = serde_json::from_str(&line).unwrap();
         assert_eq!(back.id, e.id);
         // Microsecond precision survives the round trip.
-        let d = back.ts.duration_since(e.ts).unwrap_or_else(|e| e.duration());
+        let d = back
+            .ts
+            .duration_since(e.ts)
+            .unwrap_or_else(|e| e.duration());
         assert!(d.as_micros() < 1, "{d:?}");
     }
 }

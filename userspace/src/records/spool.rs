@@ -306,9 +306,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let rec = open(&config(tmp.path(), 2000)).unwrap();
         for i in 0..50 {
-            rec.record(Event::daemon(EventKind::DaemonStarted, Verdict::Allow, format!("{i}")))
-                .await
-                .unwrap();
+            rec.record(Event::daemon(
+                EventKind::DaemonStarted,
+                Verdict::Allow,
+                format!("{i}"),
+            ))
+            .await
+            .unwrap();
             rec.flush().await.unwrap();
         }
         let before = segments(tmp.path()).unwrap();
