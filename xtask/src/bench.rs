@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::{
-    demo::{wait_for, Guard},
+    demo::{wait_for, wait_for_daemon, Guard},
     sh,
 };
 
@@ -148,14 +148,7 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )?;
-    wait_for("daemon", Duration::from_secs(20), || {
-        Command::new(&bin)
-            .args(["status", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })?;
+    wait_for_daemon(&bin, &config)?;
     let r = Runner {
         bin: &bin,
         probe: &probe,

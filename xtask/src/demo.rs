@@ -63,6 +63,18 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
     bail!("{what} did not become ready within {timeout:?}")
 }
 
+/// Waits until `blastgate status` answers (programs attached, proxy up).
+pub fn wait_for_daemon(bin: &Path, config: &Path) -> Result<()> {
+    wait_for("blastgate daemon", Duration::from_secs(20), || {
+        Command::new(bin)
+            .args(["status", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 fn postgres_bin() -> Result<PathBuf> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .context("PostgreSQL is not installed (run `cargo xtask setup`)")?
@@ -255,15 +267,7 @@ address = "127.0.0.2:{api_port}"
             .stdout(log.try_clone()?)
             .stderr(log),
     )?;
-    let status_ok = || {
-        Command::new(&bin)
-            .args(["status", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if let Err(e) = wait_for("blastgate daemon", Duration::from_secs(20), status_ok) {
+    if let Err(e) = wait_for_daemon(&bin, &config) {
         println!(
             "{}",
             std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()

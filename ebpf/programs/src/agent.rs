@@ -6,9 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use blastgate_common::{
-    counter, origin, setting, AgentName, ExeKey, Label, MAX_ENROL, MAX_LABELS,
-};
+use blastgate_common::{counter, origin, setting, AgentName, ExeKey, Label, MAX_ENROL, MAX_LABELS};
 
 // Map statics are named exactly as `blastgate_common::map::*`; the daemon's
 // tests check every shared name against the built object.

@@ -47,32 +47,17 @@ pub fn blastgate_connect4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
     let orig = SockKey::v4_mapped(ip.to_ne_bytes(), port_host(port));
-    match unsafe { (*sa).type_ } {
-        SOCK_DGRAM => udp_verdict(&orig),
-        SOCK_STREAM => {
-            let proxy_port = setting(setting::PROXY_PORT);
-            if setting(setting::READY) == 0 {
-                return REFUSE;
-            }
-            if ip == LOOPBACK4_BE && orig.port == proxy_port {
-                // Already pointed at the proxy (by an earlier copy of this
-                // program during an upgrade, or by the agent itself, which
-                // then has no record and is refused by the proxy).
-                return ALLOW;
-            }
-            if save_record(&ctx, sa, agent, orig, AF_INET).is_err() {
-                return REFUSE;
-            }
-            unsafe {
-                (*sa).user_ip4 = LOOPBACK4_BE;
-                (*sa).user_port = port_net(proxy_port);
-            }
-            count(counter::REDIRECTED);
-            debug!(&ctx, "redirect agent {} to proxy port {}", agent, proxy_port);
-            ALLOW
-        }
-        _ => REFUSE,
-    }
+    on_connect(
+        &ctx,
+        agent,
+        orig,
+        AF_INET,
+        |proxy_port| ip == LOOPBACK4_BE && orig.port == proxy_port,
+        |proxy_port| unsafe {
+            (*sa).user_ip4 = LOOPBACK4_BE;
+            (*sa).user_port = port_net(proxy_port);
+        },
+    )
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -84,40 +69,68 @@ pub fn blastgate_connect6(ctx: SockAddrContext) -> i32 {
     let (w, port) = unsafe { ((*sa).user_ip6, (*sa).user_port) };
     let orig = key6(w, port_host(port));
     let mapped = w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED_WORD;
-    match unsafe { (*sa).type_ } {
-        SOCK_DGRAM => udp_verdict(&orig),
-        SOCK_STREAM => {
-            let proxy_port = setting(setting::PROXY_PORT);
-            if setting(setting::READY) == 0 {
-                return REFUSE;
-            }
-            let at_proxy = orig.port == proxy_port
+    on_connect(
+        &ctx,
+        agent,
+        orig,
+        AF_INET6,
+        |proxy_port| {
+            orig.port == proxy_port
                 && w[0] == 0
                 && w[1] == 0
                 && ((w[2] == 0 && w[3] == LOOPBACK6_LAST_WORD)
-                    || (w[2] == V4_MAPPED_WORD && w[3] == LOOPBACK4_BE));
-            if at_proxy {
-                return ALLOW;
-            }
-            if save_record(&ctx, sa, agent, orig, AF_INET6).is_err() {
-                return REFUSE;
-            }
-            // A v4-mapped destination stays v4-mapped (the socket may be
-            // dual-stack only); native IPv6 goes to the proxy on ::1.
-            let last = if mapped {
+                    || (w[2] == V4_MAPPED_WORD && w[3] == LOOPBACK4_BE))
+        },
+        // A v4-mapped destination stays v4-mapped (the socket may be
+        // dual-stack only); native IPv6 goes to the proxy on ::1.
+        |proxy_port| unsafe {
+            (*sa).user_ip6[0] = 0;
+            (*sa).user_ip6[1] = 0;
+            (*sa).user_ip6[2] = if mapped { V4_MAPPED_WORD } else { 0 };
+            (*sa).user_ip6[3] = if mapped {
                 LOOPBACK4_BE
             } else {
                 LOOPBACK6_LAST_WORD
             };
-            unsafe {
-                (*sa).user_ip6[0] = 0;
-                (*sa).user_ip6[1] = 0;
-                (*sa).user_ip6[2] = if mapped { V4_MAPPED_WORD } else { 0 };
-                (*sa).user_ip6[3] = last;
-                (*sa).user_port = port_net(proxy_port);
+            (*sa).user_port = port_net(proxy_port);
+        },
+    )
+}
+
+/// What connect4 and connect6 share: UDP may only reach DNS; TCP has its
+/// caller saved and its destination rewritten to the proxy.
+#[inline(always)]
+fn on_connect(
+    ctx: &SockAddrContext,
+    agent: u32,
+    orig: SockKey,
+    family: u32,
+    at_proxy: impl Fn(u32) -> bool,
+    rewrite: impl FnOnce(u32),
+) -> i32 {
+    let sa = ctx.sock_addr;
+    match unsafe { (*sa).type_ } {
+        SOCK_DGRAM => udp_verdict(&orig),
+        SOCK_STREAM => {
+            if setting(setting::READY) == 0 {
+                return REFUSE;
             }
+            let proxy_port = setting(setting::PROXY_PORT);
+            if at_proxy(proxy_port) {
+                // Already pointed at the proxy (by an earlier copy of this
+                // program during an upgrade, or by the agent itself, which
+                // then has no record and is refused by the proxy).
+                return ALLOW;
+            }
+            if save_record(sa, agent, orig, family).is_err() {
+                return REFUSE;
+            }
+            rewrite(proxy_port);
             count(counter::REDIRECTED);
-            debug!(&ctx, "redirect agent {} (ipv6) to proxy port {}", agent, proxy_port);
+            debug!(
+                ctx,
+                "redirect agent {} (family {}) to proxy port {}", agent, family, proxy_port
+            );
             ALLOW
         }
         _ => REFUSE,
@@ -196,7 +209,6 @@ fn udp_verdict(dst: &SockKey) -> i32 {
 
 #[inline(always)]
 fn save_record(
-    ctx: &SockAddrContext,
     sa: *mut bpf_sock_addr,
     agent_id: u32,
     orig: SockKey,
@@ -217,7 +229,6 @@ fn save_record(
         comm,
         _pad: 0,
     };
-    let _ = ctx;
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
     BG_BY_COOKIE.insert(cookie, rec, 0).map_err(|e| e as i32)
 }

@@ -4,10 +4,7 @@
 //! read by the daemon and patched into the globals below before load.
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
-    Global,
+    helpers::bpf_probe_read_kernel, macros::btf_tracepoint, programs::BtfTracePointContext, Global,
 };
 use blastgate_common::{counter, origin, ExeKey};
 
@@ -83,7 +80,8 @@ pub fn blastgate_exit_group(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn blastgate_exit_leader(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    if pid_tgid as u32 == (pid_tgid >> 32) as u32 && BG_LABELS.remove((pid_tgid >> 32) as u32).is_ok()
+    if pid_tgid as u32 == (pid_tgid >> 32) as u32
+        && BG_LABELS.remove((pid_tgid >> 32) as u32).is_ok()
     {
         count(counter::LABELS_DROPPED);
     }

@@ -308,35 +308,25 @@ fn attach_one(
         .program_mut(s.name)
         .ok_or_else(|| "missing from the kernel object".to_string())?;
     let e = |e: &dyn std::fmt::Display| e.to_string();
-    let root = "cgroup v2 root".to_string();
+    // Every cgroup program type attaches the same way, at the root.
+    macro_rules! attach_cgroup {
+        ($ty:ty) => {{
+            let p: &mut $ty = prog.try_into().map_err(|x| e(&x))?;
+            p.load().map_err(|x| e(&x))?;
+            let id = p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(|x| e(&x))?;
+            let link = p.take_link(id).map_err(|x| e(&x))?;
+            (
+                link.try_into().map_err(|x| e(&x))?,
+                "cgroup v2 root".to_string(),
+            )
+        }};
+    }
     Ok(match s.hook {
-        Hook::CgroupSockAddr => {
-            let p: &mut CgroupSockAddr = prog.try_into().map_err(|x| e(&x))?;
-            p.load().map_err(|x| e(&x))?;
-            let id = p
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(|x| e(&x))?;
-            let link = p.take_link(id).map_err(|x| e(&x))?;
-            (link.try_into().map_err(|x| e(&x))?, root)
-        }
-        Hook::CgroupSock => {
-            let p: &mut CgroupSock = prog.try_into().map_err(|x| e(&x))?;
-            p.load().map_err(|x| e(&x))?;
-            let id = p
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(|x| e(&x))?;
-            let link = p.take_link(id).map_err(|x| e(&x))?;
-            (link.try_into().map_err(|x| e(&x))?, root)
-        }
-        Hook::SockOps => {
-            let p: &mut SockOps = prog.try_into().map_err(|x| e(&x))?;
-            p.load().map_err(|x| e(&x))?;
-            let id = p
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(|x| e(&x))?;
-            let link = p.take_link(id).map_err(|x| e(&x))?;
-            (link.try_into().map_err(|x| e(&x))?, root)
-        }
+        Hook::CgroupSockAddr => attach_cgroup!(CgroupSockAddr),
+        Hook::CgroupSock => attach_cgroup!(CgroupSock),
+        Hook::SockOps => attach_cgroup!(SockOps),
         Hook::TpBtf(tp) => {
             let p: &mut BtfTracePoint = prog.try_into().map_err(|x| e(&x))?;
             p.load(tp, btf).map_err(|x| e(&x))?;

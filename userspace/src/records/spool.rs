@@ -1,35 +1,45 @@
-//! The durable local spool: JSON lines segment files, fsync'd in batches.
+//! The durable local spool: JSON lines segment files.
 //!
-//! Producers (sessions, the control server) hand events to a bounded channel
-//! and wait when it is full, so a slow disk slows sessions down instead of
-//! losing records. One writer thread drains the channel every
-//! `records.flush_interval_ms` while events keep coming, writes what has
-//! accumulated as one batch, `fdatasync`s it, and only then publishes the
-//! events to live followers (`blastgate events --follow`), so a follower
-//! never sees an event that a crash could still lose.
+//! Each event is appended to the current segment file by the task that
+//! records it (one `write(2)` under a short lock, no thread hand-off), so a
+//! crash or SIGKILL of the daemon cannot lose an event that was recorded:
+//! it is already in the kernel's page cache. A flusher thread `fdatasync`s
+//! the segment at most every `records.flush_interval_ms` while events keep
+//! coming, which bounds what a power loss or kernel crash can take.
+//!
+//! If the disk refuses a write (full, read-only), events queue in a bounded
+//! backlog that the flusher retries, and once that is full, recording waits:
+//! a sick disk slows sessions down instead of losing their records.
+//! Followers (`blastgate events --follow`) see each event once it is in the
+//! file.
 //!
 //! Segments are `segment-<n>.jsonl`, `n` increasing; a restarted daemon
 //! always opens a new segment and never appends to an old one, so a line
-//! torn by a crash can only be the last line of a closed segment. The
-//! shipper (ClickHouse) reads closed segments in order and deletes them once
-//! acknowledged.
+//! torn by a failed write can only be the last line of a closed segment.
+//! The shipper (ClickHouse) reads closed segments in order and deletes them
+//! once acknowledged.
 
 use std::{
+    collections::VecDeque,
     fs::{self, File, OpenOptions},
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
     thread,
     time::Duration,
 };
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, Notify};
 
 use super::event::Event;
 use crate::config::RecordsConfig;
 
-const CHANNEL_CAPACITY: usize = 8192;
-const MAX_BATCH: usize = 4096;
+/// Events held in memory while the disk refuses writes.
+const MAX_BACKLOG: usize = 65_536;
 const FOLLOW_CAPACITY: usize = 4096;
 pub const SEGMENT_PREFIX: &str = "segment-";
 pub const SEGMENT_SUFFIX: &str = ".jsonl";
@@ -38,48 +48,83 @@ pub const SEGMENT_SUFFIX: &str = ".jsonl";
 pub enum SpoolError {
     #[error("spool directory {path}: {source}")]
     Dir { path: PathBuf, source: io::Error },
-    #[error("the spool writer has stopped; the event was not recorded")]
-    Closed,
-}
-
-enum Msg {
-    Event(Box<Event>),
-    Flush(oneshot::Sender<()>),
+    #[error("event not serialisable: {0}")]
+    Encode(String),
+    #[error("syncing the spool: {0}")]
+    Sync(io::Error),
 }
 
 /// A cheap, cloneable handle for appending events.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Set by a write, cleared by the flusher's fdatasync.
+    dirty: AtomicBool,
+    /// Wakes the flusher when the spool turns dirty or a backlog appears.
+    wake: Condvar,
+    /// Signalled when backlog space frees up.
+    space: Notify,
     follow: broadcast::Sender<Event>,
+    interval: Duration,
+}
+
+struct State {
+    dir: PathBuf,
+    segment_bytes: u64,
+    next_segment: u64,
+    current: Option<Segment>,
+    /// Closed segments not yet synced.
+    retired: Vec<Arc<File>>,
+    /// Lines (and their events) the disk refused, oldest first.
+    backlog: VecDeque<(Vec<u8>, Event)>,
+}
+
+struct Segment {
+    file: Arc<File>,
+    bytes: u64,
 }
 
 impl Recorder {
-    /// Appends an event; waits while the spool is backed up.
+    /// Appends an event. Returns once it is in the segment file (or, while
+    /// the disk refuses writes, in the bounded backlog); waits when the
+    /// backlog is full.
     pub async fn record(&self, event: Event) -> Result<(), SpoolError> {
-        self.tx
-            .send(Msg::Event(Box::new(event)))
-            .await
-            .map_err(|_| SpoolError::Closed)
+        let mut line = serde_json::to_vec(&event).map_err(|e| SpoolError::Encode(e.to_string()))?;
+        line.push(b'\n');
+        let mut item = Some(Box::new((line, event)));
+        loop {
+            let space = self.shared.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            if let Some(pending) = item.take() {
+                match self.shared.try_append(pending) {
+                    Ok(()) => return Ok(()),
+                    Err(back) => item = Some(back),
+                }
+            }
+            space.await;
+        }
     }
 
-    /// Returns once every event recorded before the call is on disk.
+    /// Returns once every event recorded before the call is on stable storage.
     pub async fn flush(&self) -> Result<(), SpoolError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(tx))
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.sync())
             .await
-            .map_err(|_| SpoolError::Closed)?;
-        rx.await.map_err(|_| SpoolError::Closed)
+            .map_err(|e| SpoolError::Sync(io::Error::other(e)))?
     }
 
-    /// Live feed of events as they become durable.
+    /// Live feed of events as they reach the spool file.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.follow.subscribe()
+        self.shared.follow.subscribe()
     }
 }
 
-/// Opens the spool directory and starts the writer thread.
+/// Opens the spool directory and starts the flusher thread.
 pub fn open(config: &RecordsConfig) -> Result<Recorder, SpoolError> {
     let dir = config.spool_dir.clone();
     let dir_err = |source| SpoolError::Dir {
@@ -92,24 +137,192 @@ pub fn open(config: &RecordsConfig) -> Result<Recorder, SpoolError> {
         .create(&dir)
         .map_err(dir_err)?;
     let next = last_segment_number(&dir).map_err(dir_err)? + 1;
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let (follow, _) = broadcast::channel(FOLLOW_CAPACITY);
-    let writer = Writer {
-        dir,
-        segment_bytes: config.segment_bytes.max(1),
-        next_segment: next,
-        current: None,
-        follow: follow.clone(),
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            dir,
+            segment_bytes: config.segment_bytes.max(1),
+            next_segment: next,
+            current: None,
+            retired: Vec::new(),
+            backlog: VecDeque::new(),
+        }),
+        dirty: AtomicBool::new(false),
+        wake: Condvar::new(),
+        space: Notify::new(),
+        follow,
         interval: Duration::from_millis(config.flush_interval_ms),
-    };
+    });
+    let flusher = Arc::downgrade(&shared);
     thread::Builder::new()
         .name("blastgate-spool".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || flush_loop(flusher))
         .map_err(|source| SpoolError::Dir {
             path: config.spool_dir.clone(),
             source,
         })?;
-    Ok(Recorder { tx, follow })
+    Ok(Recorder { shared })
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the line now, or queues it behind a backlog; hands it back
+    /// when the backlog is full.
+    fn try_append(&self, pending: Box<(Vec<u8>, Event)>) -> Result<(), Box<(Vec<u8>, Event)>> {
+        let mut st = self.lock();
+        if !st.backlog.is_empty() && st.backlog.len() >= MAX_BACKLOG {
+            return Err(pending);
+        }
+        let (line, event) = *pending;
+        if !st.backlog.is_empty() {
+            st.backlog.push_back((line, event));
+            return Ok(());
+        }
+        match st.append(&line) {
+            Ok(()) => {
+                drop(st);
+                // No follower is fine; a lagging one is told it lagged.
+                let _ = self.follow.send(event);
+                self.mark_dirty();
+            }
+            Err(e) => {
+                tracing::error!(
+                    dir = %st.dir.display(),
+                    error = %e,
+                    "cannot write the event spool; holding events in memory and retrying"
+                );
+                st.backlog.push_back((line, event));
+                drop(st);
+                self.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_dirty(&self) {
+        // Only the clean -> dirty transition wakes the flusher: under load
+        // that is once per interval, not once per event.
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Retries the backlog in order; true if it is now empty.
+    fn drain_backlog(&self) -> bool {
+        let mut st = self.lock();
+        let mut written = Vec::new();
+        while let Some((line, _)) = st.backlog.front() {
+            let line = line.clone();
+            if st.append(&line).is_err() {
+                break;
+            }
+            if let Some((_, e)) = st.backlog.pop_front() {
+                written.push(e);
+            }
+        }
+        let empty = st.backlog.is_empty();
+        drop(st);
+        if !written.is_empty() {
+            for e in written {
+                let _ = self.follow.send(e);
+            }
+            self.dirty.store(true, Ordering::Release);
+            self.space.notify_waiters();
+        }
+        empty
+    }
+
+    /// fdatasync of everything written so far, outside the lock.
+    fn sync(&self) -> Result<(), SpoolError> {
+        self.dirty.store(false, Ordering::Release);
+        let (current, retired) = {
+            let mut st = self.lock();
+            let current = st.current.as_ref().map(|s| s.file.clone());
+            (current, std::mem::take(&mut st.retired))
+        };
+        for f in retired.iter().chain(current.iter()) {
+            if let Err(e) = f.sync_data() {
+                self.dirty.store(true, Ordering::Release);
+                return Err(SpoolError::Sync(e));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn flush_loop(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        {
+            // Sleep until there is something to do (or recheck every second
+            // so the thread notices the daemon dropping the spool).
+            let st = s.lock();
+            let idle = !s.dirty.load(Ordering::Acquire) && st.backlog.is_empty();
+            if idle {
+                let _ = s.wake.wait_timeout(st, Duration::from_secs(1));
+            }
+        }
+        // Let a batch gather: producers' writes meanwhile wake nobody.
+        thread::sleep(s.interval);
+        let backlog_clear = s.drain_backlog();
+        if s.dirty.load(Ordering::Acquire) {
+            if let Err(e) = s.sync() {
+                tracing::error!(error = %e, "fdatasync of the event spool failed; retrying");
+            }
+        }
+        if !backlog_clear {
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl State {
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        if self
+            .current
+            .as_ref()
+            .is_none_or(|s| s.bytes >= self.segment_bytes)
+        {
+            self.rotate()?;
+        }
+        let Some(seg) = self.current.as_mut() else {
+            return Err(io::Error::other("no open segment"));
+        };
+        if let Err(e) = (&*seg.file).write_all(line) {
+            // A partial line may be in the file: never append after it.
+            if let Some(old) = self.current.take() {
+                self.retired.push(old.file);
+            }
+            return Err(e);
+        }
+        seg.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let path = self.dir.join(format!(
+            "{SEGMENT_PREFIX}{:012}{SEGMENT_SUFFIX}",
+            self.next_segment
+        ));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
+        // Make the new directory entry itself durable.
+        File::open(&self.dir)?.sync_all()?;
+        self.next_segment += 1;
+        if let Some(old) = self.current.replace(Segment {
+            file: Arc::new(file),
+            bytes: 0,
+        }) {
+            self.retired.push(old.file);
+        }
+        Ok(())
+    }
 }
 
 /// Segment files in `dir`, oldest first.
@@ -133,134 +346,6 @@ pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 fn last_segment_number(dir: &Path) -> io::Result<u64> {
     Ok(segments(dir)?.last().map_or(0, |(n, _)| *n))
-}
-
-struct Segment {
-    file: File,
-    bytes: u64,
-}
-
-struct Writer {
-    dir: PathBuf,
-    segment_bytes: u64,
-    next_segment: u64,
-    current: Option<Segment>,
-    follow: broadcast::Sender<Event>,
-    interval: Duration,
-}
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        let mut batch: Vec<Event> = Vec::with_capacity(MAX_BATCH);
-        let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
-        // Park until the first message after an idle spell (one wake-up),
-        // then let a batch gather for one interval while nobody is parked:
-        // producers' sends then wake no thread, which matters on the
-        // connection path far more than the batching delay does.
-        while let Some(first) = rx.blocking_recv() {
-            let mut closed = false;
-            let mut next = Some(first);
-            loop {
-                while let Some(m) = next.take() {
-                    match m {
-                        Msg::Event(e) => batch.push(*e),
-                        Msg::Flush(ack) => flushes.push(ack),
-                    }
-                    if batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(m) => next = Some(m),
-                            Err(mpsc::error::TryRecvError::Empty) => {}
-                            Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
-                        }
-                    }
-                }
-                self.write_durably(&batch);
-                for e in batch.drain(..) {
-                    // No follower is fine; a lagging one is told it lagged.
-                    let _ = self.follow.send(e);
-                }
-                for ack in flushes.drain(..) {
-                    let _ = ack.send(());
-                }
-                if closed {
-                    break;
-                }
-                thread::sleep(self.interval);
-                match rx.try_recv() {
-                    Ok(m) => next = Some(m),
-                    Err(_) => break,
-                }
-            }
-        }
-        if let Some(seg) = self.current.take() {
-            let _ = seg.file.sync_all();
-        }
-    }
-
-    /// Writes and syncs a batch, retrying until the disk takes it: the
-    /// senders wait meanwhile, which is the point.
-    fn write_durably(&mut self, batch: &[Event]) {
-        if batch.is_empty() {
-            return;
-        }
-        let mut buf = Vec::with_capacity(batch.len() * 512);
-        for e in batch {
-            // Serialising our own struct cannot fail; skip defensively if it does.
-            if serde_json::to_writer(&mut buf, e).is_ok() {
-                buf.push(b'\n');
-            }
-        }
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.append(&buf) {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::error!(
-                        dir = %self.dir.display(),
-                        error = %e,
-                        "cannot write the event spool; sessions are held until it can"
-                    );
-                    // A failed write may have left a partial line: start a
-                    // fresh segment so every segment stays line-aligned.
-                    self.current = None;
-                    thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self
-            .current
-            .as_ref()
-            .is_none_or(|s| s.bytes >= self.segment_bytes)
-        {
-            if let Some(old) = self.current.take() {
-                old.file.sync_all()?;
-            }
-            let path = self.dir.join(format!(
-                "{SEGMENT_PREFIX}{:012}{SEGMENT_SUFFIX}",
-                self.next_segment
-            ));
-            let file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .mode(0o600)
-                .open(&path)?;
-            // Make the new directory entry itself durable.
-            File::open(&self.dir)?.sync_all()?;
-            self.next_segment += 1;
-            self.current = Some(Segment { file, bytes: 0 });
-        }
-        let Some(seg) = self.current.as_mut() else {
-            return Err(io::Error::other("no open segment"));
-        };
-        seg.file.write_all(buf)?;
-        seg.file.sync_data()?;
-        seg.bytes += buf.len() as u64;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -329,7 +414,68 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn followers_see_events_after_they_are_durable() {
+    async fn a_recorded_event_is_in_the_file_before_any_flush() {
+        // What makes a SIGKILLed daemon lose nothing: record() returns only
+        // once the line is in the file (page cache), not at the next fsync.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path(), 1 << 20);
+        cfg.flush_interval_ms = 60_000;
+        let rec = open(&cfg).unwrap();
+        let e = Event::daemon(EventKind::DaemonStarted, Verdict::Allow, "x");
+        rec.record(e.clone()).await.unwrap();
+        let got = read_all(tmp.path());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, e.id);
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_is_held_and_retried_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = open(&config(tmp.path(), 1 << 20)).unwrap();
+        let first = Event::daemon(EventKind::DaemonStarted, Verdict::Allow, "before");
+        rec.record(first.clone()).await.unwrap();
+        // The next write must open a new segment in a directory that does
+        // not exist: a real I/O error, whoever runs the test.
+        let gone = tmp.path().join("gone");
+        {
+            let mut st = rec.shared.lock();
+            st.segment_bytes = 1;
+            st.dir = gone.clone();
+        }
+        let held: Vec<Event> = (0..3)
+            .map(|i| {
+                Event::daemon(
+                    EventKind::DaemonStarted,
+                    Verdict::Allow,
+                    format!("held {i}"),
+                )
+            })
+            .collect();
+        for e in &held {
+            rec.record(e.clone()).await.unwrap();
+        }
+        assert_eq!(
+            rec.shared.lock().backlog.len(),
+            3,
+            "refused events are held, not dropped"
+        );
+        fs::create_dir(&gone).unwrap();
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while !rec.shared.lock().backlog.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "backlog never drained");
+        let mut ids: Vec<_> = read_all(tmp.path()).into_iter().map(|e| e.id).collect();
+        ids.extend(read_all(&gone).into_iter().map(|e| e.id));
+        let mut want = vec![first.id];
+        want.extend(held.iter().map(|e| e.id));
+        assert_eq!(ids, want, "nothing lost, nothing reordered");
+    }
+
+    #[tokio::test]
+    async fn followers_see_events_after_they_are_written() {
         let tmp = tempfile::tempdir().unwrap();
         let rec = open(&config(tmp.path(), 1 << 20)).unwrap();
         let mut sub = rec.subscribe();
