@@ -511,3 +511,149 @@ fn status_reports_programs_pins_and_degraded_features() {
         "{text}"
     );
 }
+
+#[test]
+fn enrolment_by_executable_and_cgroup_and_of_processes_already_running() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let server = TestServer::start(&["127.0.0.2"]);
+    let dst = server.addr(0).to_string();
+    let enrolled = TestCgroup::new("enrolled");
+    // A copy of the probe, so that enrolling its executable does not make
+    // every other test's probe an agent.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = dir.path().join("agent-cli");
+    std::fs::copy(PROBE, &exe).expect("copy probe");
+
+    // Started before the daemon, never labelled: the start-up scan must
+    // find it by its executable.
+    let mut early = Interactive::spawn({
+        let mut c = Command::new(&exe);
+        c.args(["interactive", &dst]);
+        c
+    });
+    let v = early.poke();
+    assert!(
+        server.saw_peer(v["local"].as_str().unwrap_or_default()),
+        "direct before the daemon: {v}"
+    );
+
+    let env = Env::new(&format!(
+        "[enrol]\nexes = [{{ path = \"{}\", agent = \"agent-cli\" }}]\ncgroups = [{{ path = \"{}\", agent = \"slice-agent\" }}]\n\n{}",
+        exe.display(),
+        enrolled.path.display(),
+        tcp_target(&server)
+    ));
+    let _d = Daemon::start(&env);
+
+    let v = early.poke();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        !server.saw_peer(v["local"].as_str().unwrap_or_default()),
+        "a running process matching a rule is labelled at start: {v}"
+    );
+    let ev = env.wait_event("scanned process session", |e| {
+        is_session(e, "session_closed", u64::from(early.pid()))
+    });
+    assert_eq!(ev["caller"]["agent"], "agent-cli");
+
+    // Executed after the daemon started: labelled at exec.
+    let v = &run_json(Command::new(&exe).args(["connect", &dst]))[0];
+    assert!(
+        !server.saw_peer(v["local"].as_str().unwrap_or_default()),
+        "exec of an enrolled file: {v}"
+    );
+    let pid = pid_of(v);
+    let ev = env.wait_event("exe-enrolled session", |e| {
+        is_session(e, "session_closed", pid)
+    });
+    assert_eq!(ev["caller"]["agent"], "agent-cli");
+
+    // Any process placed in the enrolled cgroup.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec {PROBE} connect {dst}",
+        enrolled.path.display()
+    );
+    let v = &run_json(Command::new("sh").args(["-c", &script]))[0];
+    assert!(
+        !server.saw_peer(v["local"].as_str().unwrap_or_default()),
+        "process in an enrolled cgroup: {v}"
+    );
+    let pid = pid_of(v);
+    let ev = env.wait_event("cgroup-enrolled session", |e| {
+        is_session(e, "session_closed", pid)
+    });
+    assert_eq!(ev["caller"]["agent"], "slice-agent");
+
+    // Everything else is untouched.
+    let v = &run_json(Command::new(PROBE).args(["connect", &dst]))[0];
+    assert!(
+        server.saw_peer(v["local"].as_str().unwrap_or_default()),
+        "{v}"
+    );
+}
+
+#[test]
+fn events_follow_streams_decisions_and_kernel_logs_reach_the_daemon_log() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let server = TestServer::start(&["127.0.0.2"]);
+    let env = Env::new(&tcp_target(&server));
+    let d = Daemon::start(&env);
+    let mut follow = Command::new(BIN)
+        .args(["events", "--follow", "--json", "--config"])
+        .arg(&env.config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("events --follow");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the follower time to subscribe before the agent connects.
+    std::thread::sleep(Duration::from_millis(300));
+    let unknown = "127.0.0.9:9";
+    let v = &run_json(&mut env.agent("followed", &[PROBE, "connect", unknown]))[0];
+    let pid = pid_of(v);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = None;
+    while std::time::Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let Ok(resp) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if resp["kind"] == "session_denied" && resp["caller"]["pid"] == pid {
+            seen = Some(resp);
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let seen = seen.expect("the denial was streamed to `blastgate events --follow`");
+    assert_eq!(seen["orig_dst"], unknown);
+    // The kernel program's aya-log line made it into the daemon's tracing output.
+    let log = harness::wait_until(Duration::from_secs(5), || {
+        let t = d.log_text();
+        t.contains("redirect agent").then_some(t)
+    });
+    assert!(
+        log.is_some(),
+        "no kernel log line in the daemon log:\n{}",
+        d.log_text()
+    );
+}
