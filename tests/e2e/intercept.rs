@@ -80,6 +80,27 @@ fn agent_connection_goes_through_the_proxy_and_is_recorded() {
 
     // The agent's events are in; the earlier direct connection left none.
     assert_eq!(env.count_events(|e| e["caller"]["pid"] == direct_pid), 0);
+
+    // --user drops privileges after labelling: still an agent.
+    let v = &run_json(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--agent",
+                "unprivileged",
+                "--user",
+                "nobody",
+                "--config",
+            ])
+            .arg(&env.config)
+            .args(["--", PROBE, "connect", &dst]),
+    )[0];
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(!server.saw_peer(v["local"].as_str().unwrap_or_default()));
+    let pid = pid_of(v);
+    let ev = env.wait_event("--user session", |e| is_session(e, "session_closed", pid));
+    assert_eq!(ev["caller"]["uid"], 65534);
+    assert_eq!(ev["caller"]["agent"], "unprivileged");
 }
 
 #[test]

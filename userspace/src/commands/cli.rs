@@ -35,7 +35,9 @@ pub enum Command {
     },
     /// Run CMD as agent NAME: the daemon labels this process, then it drops
     /// to USER (if given) and execs CMD. CMD and every process it starts are
-    /// the agent; if the daemon cannot be reached, CMD is not started.
+    /// the agent; if the daemon cannot be reached, CMD is not started. Needs
+    /// root (the control socket is root-only); use --user to run the agent
+    /// unprivileged.
     Run {
         /// Agent name, as it appears in records and policies.
         #[arg(long)]
@@ -51,7 +53,7 @@ pub enum Command {
         command: Vec<String>,
     },
     /// Show what is attached and pinned, labelled processes and degraded
-    /// features. Exits 3 if the daemon is not running.
+    /// features. Exits 3 if the daemon is not running. Needs root.
     Status {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -60,7 +62,8 @@ pub enum Command {
         json: bool,
     },
     /// Print recorded events: the last ones from the spool, or a live
-    /// stream from the daemon with --follow.
+    /// stream from the daemon with --follow. Needs root (the spool and the
+    /// control socket are root-only).
     Events {
         #[arg(long, short)]
         config: Option<PathBuf>,
