@@ -19,7 +19,7 @@ use crate::{
     control::{self, proto::Status, server::ControlContext},
     intercept::{self, Interceptor},
     proxy::{self, ProxyContext, Routes},
-    records::{spool, Event, EventKind, Verdict},
+    records::{recovery, spool, Event, EventKind, Verdict},
     Error,
 };
 
@@ -43,7 +43,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .into());
     }
     let routes = Routes::build(&config.targets).map_err(Error::Invalid)?;
+    let unclosed = recovery::unclosed_sessions(&config.records.spool_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not read the previous run's spool");
+        Vec::new()
+    });
     let recorder = spool::open(&config.records)?;
+    for opened in &unclosed {
+        tracing::warn!(session = %opened.session_id, "closing a session the previous daemon left open");
+        recorder.record(recovery::interrupted_close(opened)).await?;
+    }
     let listeners = proxy::bind(&config.proxy.listen).await?;
     let control_listener = control::server::bind(&config.control.socket)?;
 

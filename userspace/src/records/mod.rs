@@ -1,6 +1,7 @@
 //! Audit records: the event type and the durable local spool it goes to.
 
 pub mod event;
+pub mod recovery;
 pub mod spool;
 
 pub use event::{Event, EventKind, Verdict};
