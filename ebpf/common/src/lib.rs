@@ -15,6 +15,8 @@ pub mod program {
     pub const SOCKOPS: &str = "blastgate_sockops";
     pub const SENDMSG4: &str = "blastgate_sendmsg4";
     pub const SENDMSG6: &str = "blastgate_sendmsg6";
+    pub const GETPEERNAME4: &str = "blastgate_getpeername4";
+    pub const GETPEERNAME6: &str = "blastgate_getpeername6";
     pub const SOCK_CREATE: &str = "blastgate_sock_create";
     pub const FORK: &str = "blastgate_fork";
     /// Exit handler for kernels whose `sched_process_exit` carries `group_dead`.
@@ -38,6 +40,7 @@ pub mod map {
     pub const SETTINGS: &str = "BG_SETTINGS";
     pub const BY_COOKIE: &str = "BG_BY_COOKIE";
     pub const BY_PEER: &str = "BG_BY_PEER";
+    pub const ORIG_BY_COOKIE: &str = "BG_ORIG";
     pub const COUNTERS: &str = "BG_COUNTERS";
     pub const AGENT_NAMES: &str = "BG_AGENT_NAMES";
 }

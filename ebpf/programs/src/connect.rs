@@ -28,6 +28,11 @@ pub static BG_DNS: HashMap<SockKey, u32> = HashMap::pinned(MAX_DNS, 0);
 #[map]
 pub static BG_BY_COOKIE: LruHashMap<u64, ConnRecord> = LruHashMap::pinned(MAX_INFLIGHT, 0);
 
+/// Socket cookie -> original destination, for as long as the socket lives,
+/// so getpeername() on a redirected socket answers what the agent dialled.
+#[map]
+pub static BG_ORIG: LruHashMap<u64, SockKey> = LruHashMap::pinned(MAX_INFLIGHT, 0);
+
 /// Client local (address, port) -> record, consumed by the proxy at accept.
 #[map]
 pub static BG_BY_PEER: LruHashMap<SockKey, ConnRecord> = LruHashMap::pinned(MAX_INFLIGHT, 0);
@@ -157,6 +162,42 @@ pub fn blastgate_sendmsg6(ctx: SockAddrContext) -> i32 {
     udp_verdict(&key6(w, port_host(port)))
 }
 
+/// getpeername() on an agent's redirected socket reports the destination
+/// it dialled, not the proxy: clients that print or check their peer
+/// (curl, ssh) see what they expect. Cannot refuse; only rewrites.
+#[cgroup_sock_addr(getpeername4)]
+pub fn blastgate_getpeername4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    if let Some(orig) = BG_ORIG.get_ptr(cookie) {
+        let orig = unsafe { *orig };
+        let a = orig.addr;
+        unsafe {
+            (*sa).user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+            (*sa).user_port = port_net(orig.port);
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn blastgate_getpeername6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    if let Some(orig) = BG_ORIG.get_ptr(cookie) {
+        let orig = unsafe { *orig };
+        let a = orig.addr;
+        unsafe {
+            (*sa).user_ip6[0] = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+            (*sa).user_ip6[1] = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
+            (*sa).user_ip6[2] = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
+            (*sa).user_ip6[3] = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+            (*sa).user_port = port_net(orig.port);
+        }
+    }
+    ALLOW
+}
+
 /// Moves the record from the socket cookie to the client's local address,
 /// which the kernel has chosen by the time the SYN is about to leave.
 #[sock_ops]
@@ -230,7 +271,10 @@ fn save_record(
         _pad: 0,
     };
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    BG_BY_COOKIE.insert(cookie, rec, 0).map_err(|e| e as i32)
+    BG_BY_COOKIE.insert(cookie, rec, 0).map_err(|e| e as i32)?;
+    // Transparency only: without it getpeername() shows the proxy.
+    let _ = BG_ORIG.insert(cookie, orig, 0);
+    Ok(())
 }
 
 #[inline(always)]

@@ -69,6 +69,18 @@ const PROGRAMS: &[Spec] = &[
     ),
     spec(program::SENDMSG4, Hook::CgroupSockAddr, true, "udp guard"),
     spec(program::SENDMSG6, Hook::CgroupSockAddr, true, "udp guard"),
+    spec(
+        program::GETPEERNAME4,
+        Hook::CgroupSockAddr,
+        false,
+        "transparent peer address",
+    ),
+    spec(
+        program::GETPEERNAME6,
+        Hook::CgroupSockAddr,
+        false,
+        "transparent peer address",
+    ),
     spec(program::SOCKOPS, Hook::SockOps, true, "caller identity"),
     spec(program::SOCK_CREATE, Hook::CgroupSock, true, "socket guard"),
     spec(
