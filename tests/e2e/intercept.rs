@@ -338,10 +338,19 @@ fn a_killed_daemon_leaves_agents_refused_and_a_restart_resumes() {
     let mut d = Daemon::start(&env);
     let dst = server.addr(0).to_string();
     let mut agent = Interactive::spawn(env.agent("a", &[PROBE, "interactive", &dst]));
+    // A second agent, labelled now, that will later hunt for the daemon's pid.
+    let script = format!("read pid; exec {PROBE} pid-reuse $pid {dst}");
+    let mut hunter = env
+        .agent("a", &["sh", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn hunter");
 
     let v = agent.poke();
     assert_eq!(v["ok"], true, "{v}");
 
+    let dead_pid = d.pid();
     d.kill9();
     let v = agent.poke();
     assert_eq!(
@@ -358,6 +367,21 @@ fn a_killed_daemon_leaves_agents_refused_and_a_restart_resumes() {
     );
     // Non-agents are unaffected.
     assert!(direct_get(server.addr(0)).contains("hello from"));
+    // An agent that gets the dead daemon's pid is still an agent (the
+    // daemon is named by pid and start time): refused, not direct.
+    {
+        use std::io::Write;
+        let mut stdin = hunter.stdin.take().expect("stdin");
+        writeln!(stdin, "{dead_pid}").expect("send pid");
+    }
+    let out = hunter.wait_with_output().expect("hunter");
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["reached"], true, "could not obtain pid {dead_pid}: {v}");
+    assert_eq!(
+        v["ok"], false,
+        "an agent reusing the dead daemon's pid went direct: {v}"
+    );
+    assert_eq!(v["errno"].as_i64(), Some(libc::ECONNREFUSED as i64), "{v}");
 
     let _d2 = Daemon::start(&env);
     let v = agent.poke();

@@ -49,6 +49,10 @@ enum Op {
     Many { n: usize, addr: SocketAddr },
     /// setuid(UID) (needs root), then connect.
     AsUid { uid: u32, addr: SocketAddr },
+    /// Fork until a child gets pid PID (the pid of a dead daemon), then have
+    /// that child connect to ADDR. Reports `reached: false` if the pid
+    /// never came round within a few wraps of pid_max.
+    PidReuse { pid: i32, addr: SocketAddr },
     /// Read lines from stdin; for each, connect to ADDR and report.
     Interactive { addr: SocketAddr },
     /// Benchmark: N times connect, send 1 byte, read 1 byte back, close;
@@ -102,6 +106,7 @@ fn main() {
         Op::BenchRtt { addr, n } => emit(bench_rtt(addr, n)),
         Op::BenchBulk { addr, bytes } => emit(bench_bulk(addr, bytes)),
         Op::Forward { listen, upstream } => forward(listen, upstream),
+        Op::PidReuse { pid, addr } => emit(pid_reuse(pid, addr)),
         Op::Interactive { addr } => {
             let stdin = std::io::stdin();
             for line in stdin.lock().lines() {
@@ -501,4 +506,51 @@ fn forward(listen: SocketAddr, upstream: SocketAddr) {
             });
         }
     });
+}
+
+fn pid_reuse(target: i32, addr: SocketAddr) -> Value {
+    let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304);
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two fds.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return failure("pid-reuse", std::io::Error::last_os_error());
+    }
+    for attempt in 0..pid_max * 3 {
+        // SAFETY: single-threaded; the child only checks its pid, maybe
+        // connects and reports through the pipe, then exits.
+        let child = unsafe { libc::fork() };
+        if child < 0 {
+            return failure("pid-reuse", std::io::Error::last_os_error());
+        }
+        if child == 0 {
+            // SAFETY: getpid/_exit in the child.
+            unsafe {
+                if libc::getpid() != target {
+                    libc::_exit(0);
+                }
+                let mut v = connect("pid-reuse", addr);
+                v["attempts"] = json!(attempt);
+                let line = v.to_string();
+                libc::write(fds[1], line.as_ptr().cast(), line.len());
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        if child == target {
+            // SAFETY: closing our write end, then reading what the child wrote.
+            unsafe { libc::close(fds[1]) };
+            let mut out = String::new();
+            let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+            let _ = r.read_to_string(&mut out);
+            let mut v: Value =
+                serde_json::from_str(&out).unwrap_or(json!({"ok": false, "error": out}));
+            v["reached"] = json!(true);
+            return v;
+        }
+    }
+    json!({"op": "pid-reuse", "ok": false, "reached": false})
 }

@@ -139,6 +139,14 @@ pub mod setting {
     /// Non-zero once the daemon has written the settings; until then the
     /// hooks refuse agents outright instead of redirecting to port 0.
     pub const READY: u32 = 3;
+    /// The daemon's start time in clock ticks since boot (as in
+    /// /proc/PID/stat), low and high halves. With DAEMON_TGID it names the
+    /// daemon process itself, not whatever later reuses its pid: a dead
+    /// daemon's pid must never exempt an agent.
+    pub const DAEMON_START_LO: u32 = 4;
+    pub const DAEMON_START_HI: u32 = 5;
+    /// Nanoseconds per clock tick (10_000_000 for USER_HZ = 100).
+    pub const NSEC_PER_TICK: u32 = 6;
     pub const COUNT: u32 = 8;
 }
 
@@ -160,6 +168,8 @@ pub mod counter {
 pub mod offsets {
     pub const TASK_PID: &str = "BG_OFF_TASK_PID";
     pub const TASK_TGID: &str = "BG_OFF_TASK_TGID";
+    pub const TASK_GROUP_LEADER: &str = "BG_OFF_TASK_GROUP_LEADER";
+    pub const TASK_START_BOOTTIME: &str = "BG_OFF_TASK_START_BOOTTIME";
     pub const BPRM_FILE: &str = "BG_OFF_BPRM_FILE";
     pub const FILE_INODE: &str = "BG_OFF_FILE_INODE";
     pub const INODE_INO: &str = "BG_OFF_INODE_INO";

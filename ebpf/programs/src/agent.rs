@@ -2,9 +2,13 @@
 //! every hook calls first.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel,
+    },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
+    Global,
 };
 use blastgate_common::{counter, origin, setting, AgentName, ExeKey, Label, MAX_ENROL, MAX_LABELS};
 
@@ -51,6 +55,39 @@ pub fn count(index: u32) {
     }
 }
 
+/// Is the caller (whose tgid matched DAEMON_TGID) really the daemon, and
+/// not a later process that reused a dead daemon's pid? Compares the
+/// thread group leader's start time with the one the daemon recorded.
+#[inline(always)]
+fn is_daemon() -> bool {
+    let want =
+        (setting(setting::DAEMON_START_HI) as u64) << 32 | setting(setting::DAEMON_START_LO) as u64;
+    let per_tick = setting(setting::NSEC_PER_TICK) as u64;
+    if per_tick == 0 {
+        return false;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(leader) = (unsafe { read_at::<*const u8>(task, BG_OFF_TASK_GROUP_LEADER.load()) })
+    else {
+        return false;
+    };
+    let Ok(start) = (unsafe { read_at::<u64>(leader, BG_OFF_TASK_START_BOOTTIME.load()) }) else {
+        return false;
+    };
+    start / per_tick == want
+}
+
+#[unsafe(no_mangle)]
+static BG_OFF_TASK_GROUP_LEADER: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static BG_OFF_TASK_START_BOOTTIME: Global<u32> = Global::new(0);
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+pub unsafe fn read_at<T>(base: *const u8, off: u32) -> Result<T, i32> {
+    unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()).map_err(|e| e as i32) }
+}
+
 #[inline(always)]
 pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
@@ -78,7 +115,7 @@ pub fn label(tgid: u32, agent_id: u32, how: u32, root_tgid: u32) {
 #[inline(always)]
 pub fn current_agent() -> Option<u32> {
     let tgid = current_tgid();
-    if tgid == setting(setting::DAEMON_TGID) {
+    if tgid == setting(setting::DAEMON_TGID) && is_daemon() {
         // The daemon is never an agent: its upstream connections are the
         // ones agents are redirected to. It refuses to be labelled and the
         // config refuses rules that would match it.

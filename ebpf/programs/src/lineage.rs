@@ -3,12 +3,10 @@
 //! Offsets into `task_struct` and friends come from the running kernel's BTF,
 //! read by the daemon and patched into the globals below before load.
 
-use aya_ebpf::{
-    helpers::bpf_probe_read_kernel, macros::btf_tracepoint, programs::BtfTracePointContext, Global,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext, Global};
 use blastgate_common::{counter, origin, ExeKey};
 
-use crate::agent::{count, current_agent, current_tgid, label, BG_ENROL_EXES, BG_LABELS};
+use crate::agent::{count, current_agent, current_tgid, label, read_at, BG_ENROL_EXES, BG_LABELS};
 
 #[unsafe(no_mangle)]
 static BG_OFF_TASK_PID: Global<u32> = Global::new(0);
@@ -24,12 +22,6 @@ static BG_OFF_INODE_INO: Global<u32> = Global::new(0);
 static BG_OFF_INODE_SB: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static BG_OFF_SB_DEV: Global<u32> = Global::new(0);
-
-/// Reads a `T` at `base + off` in kernel memory.
-#[inline(always)]
-unsafe fn read_at<T>(base: *const u8, off: u32) -> Result<T, i32> {
-    unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()).map_err(|e| e as i32) }
-}
 
 /// Thread-group id of a task (not the caller's).
 #[inline(always)]

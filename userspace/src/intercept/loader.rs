@@ -210,6 +210,8 @@ pub fn load(pin_dir: &Path, btf: &Btf, log_level: u8) -> Result<(Ebpf, bool), Er
     };
     let task_pid = off("task_struct", "pid")?;
     let task_tgid = off("task_struct", "tgid")?;
+    let task_leader = off("task_struct", "group_leader")?;
+    let task_start = off("task_struct", "start_boottime")?;
     // Exec enrolment is optional: missing offsets only disable it.
     let exec_offsets = (|| {
         Ok::<_, Error>([
@@ -228,6 +230,8 @@ pub fn load(pin_dir: &Path, btf: &Btf, log_level: u8) -> Result<(Ebpf, bool), Er
         .default_map_pin_directory(&maps)
         .override_global(offsets::TASK_PID, &task_pid, true)
         .override_global(offsets::TASK_TGID, &task_tgid, true)
+        .override_global(offsets::TASK_GROUP_LEADER, &task_leader, true)
+        .override_global(offsets::TASK_START_BOOTTIME, &task_start, true)
         .override_global(offsets::BPRM_FILE, &bprm_file, true)
         .override_global(offsets::FILE_INODE, &file_inode, true)
         .override_global(offsets::INODE_INO, &inode_ino, true)

@@ -19,7 +19,7 @@ use aya::Ebpf;
 use blastgate_common::setting;
 
 pub use self::{agents::AgentRegistry, loader::Attached, maps::KernelMaps};
-use crate::{config::Config, Error};
+use crate::{config::Config, identity::procfs, Error};
 
 /// The running interception: programs attached, maps open.
 pub struct Interceptor {
@@ -56,6 +56,22 @@ impl Interceptor {
         let port = config.proxy_port().map_err(Error::Invalid)?;
         maps.write_setting(setting::PROXY_IP4, u32::from_ne_bytes([127, 0, 0, 1]))?;
         maps.write_setting(setting::PROXY_PORT, u32::from(port))?;
+        // The daemon is named by pid *and* start time, so a process that
+        // later reuses the pid of a dead daemon is not exempt.
+        let start = procfs::stat_of(daemon)
+            .ok_or_else(|| Error::Kernel("cannot read /proc/self/stat".into()))?
+            .start_time;
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if ticks_per_sec <= 0 {
+            return Err(Error::Kernel("sysconf(_SC_CLK_TCK) failed".into()));
+        }
+        maps.write_setting(
+            setting::NSEC_PER_TICK,
+            (1_000_000_000 / ticks_per_sec) as u32,
+        )?;
+        maps.write_setting(setting::DAEMON_START_LO, start as u32)?;
+        maps.write_setting(setting::DAEMON_START_HI, (start >> 32) as u32)?;
         maps.write_setting(setting::DAEMON_TGID, daemon)?;
         maps.set_dns(&config.dns.resolvers)?;
         let enrolment = enrol::resolve(&config.enrol, &cgroup_root, &agents)?;

@@ -62,6 +62,8 @@ mod tests {
             map::AGENT_NAMES,
             offsets::TASK_PID,
             offsets::TASK_TGID,
+            offsets::TASK_GROUP_LEADER,
+            offsets::TASK_START_BOOTTIME,
             offsets::BPRM_FILE,
             offsets::FILE_INODE,
             offsets::INODE_INO,
