@@ -338,8 +338,12 @@ fn a_killed_daemon_leaves_agents_refused_and_a_restart_resumes() {
     let mut d = Daemon::start(&env);
     let dst = server.addr(0).to_string();
     let mut agent = Interactive::spawn(env.agent("a", &[PROBE, "interactive", &dst]));
-    // A second agent, labelled now, that will later hunt for the daemon's pid.
-    let script = format!("read pid; exec {PROBE} pid-reuse $pid {dst}");
+    // A second agent, labelled now, that acts once the daemon is dead: it
+    // tries to take over the proxy port, then hunts for the daemon's pid.
+    let script = format!(
+        "read pid; {PROBE} bind 127.0.0.1:{port}; {PROBE} bind '[::1]:{port}'; exec {PROBE} pid-reuse $pid {dst}",
+        port = env.port
+    );
     let mut hunter = env
         .agent("a", &["sh", "-c", &script])
         .stdin(std::process::Stdio::piped())
@@ -375,7 +379,19 @@ fn a_killed_daemon_leaves_agents_refused_and_a_restart_resumes() {
         writeln!(stdin, "{dead_pid}").expect("send pid");
     }
     let out = hunter.wait_with_output().expect("hunter");
-    let v = &json_lines(&out)[0];
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for bind in &lines[..2] {
+        assert_eq!(
+            bind["ok"], false,
+            "an agent took over the dead daemon's port: {bind}"
+        );
+        assert_eq!(bind["errno"].as_i64(), Some(libc::EPERM as i64), "{bind}");
+    }
+    // A non-agent may (nothing to do with agents).
+    let v = &run_json(Command::new(PROBE).args(["bind", &format!("127.0.0.1:{}", env.port)]))[0];
+    assert_eq!(v["ok"], true, "{v}");
+    let v = &lines[2];
     assert_eq!(v["reached"], true, "could not obtain pid {dead_pid}: {v}");
     assert_eq!(
         v["ok"], false,

@@ -35,6 +35,8 @@ enum Op {
     Udp { addr: SocketAddr },
     /// UDP connect() then send().
     UdpConnected { addr: SocketAddr },
+    /// bind() a TCP socket to ADDR and listen.
+    Bind { addr: SocketAddr },
     /// Open a raw ICMP socket.
     Raw,
     /// Open an AF_PACKET socket.
@@ -78,6 +80,10 @@ fn main() {
         Op::Uring { addr } => emit(uring(addr)),
         Op::Udp { addr } => emit(udp(addr, false)),
         Op::UdpConnected { addr } => emit(udp(addr, true)),
+        Op::Bind { addr } => emit(match std::net::TcpListener::bind(addr) {
+            Ok(_) => json!({"op": "bind", "ok": true, "pid": std::process::id()}),
+            Err(e) => failure("bind", e),
+        }),
         Op::Raw => emit(open_socket(
             "raw",
             libc::AF_INET,

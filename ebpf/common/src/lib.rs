@@ -15,6 +15,8 @@ pub mod program {
     pub const SOCKOPS: &str = "blastgate_sockops";
     pub const SENDMSG4: &str = "blastgate_sendmsg4";
     pub const SENDMSG6: &str = "blastgate_sendmsg6";
+    pub const BIND4: &str = "blastgate_bind4";
+    pub const BIND6: &str = "blastgate_bind6";
     pub const GETPEERNAME4: &str = "blastgate_getpeername4";
     pub const GETPEERNAME6: &str = "blastgate_getpeername6";
     pub const SOCK_CREATE: &str = "blastgate_sock_create";
@@ -158,6 +160,7 @@ pub mod counter {
     pub const LABELS_INHERITED: u32 = 3;
     pub const PACKET_KILLED: u32 = 4;
     pub const LABELS_DROPPED: u32 = 5;
+    pub const BIND_DENIED: u32 = 6;
     pub const COUNT: u32 = 8;
 }
 

@@ -162,6 +162,28 @@ pub fn blastgate_sendmsg6(ctx: SockAddrContext) -> i32 {
     udp_verdict(&key6(w, port_host(port)))
 }
 
+/// Agents may not bind the proxy port (any address, TCP or UDP): while the
+/// daemon is down, an agent listening there would receive every other
+/// agent's redirected connections.
+#[cgroup_sock_addr(bind4)]
+pub fn blastgate_bind4(ctx: SockAddrContext) -> i32 {
+    bind_verdict(unsafe { (*ctx.sock_addr).user_port })
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn blastgate_bind6(ctx: SockAddrContext) -> i32 {
+    bind_verdict(unsafe { (*ctx.sock_addr).user_port })
+}
+
+#[inline(always)]
+fn bind_verdict(user_port: u32) -> i32 {
+    if port_host(user_port) != setting(setting::PROXY_PORT) || current_agent().is_none() {
+        return ALLOW;
+    }
+    count(counter::BIND_DENIED);
+    REFUSE
+}
+
 /// getpeername() on an agent's redirected socket reports the destination
 /// it dialled, not the proxy: clients that print or check their peer
 /// (curl, ssh) see what they expect. Cannot refuse; only rewrites.

@@ -92,6 +92,31 @@ pub fn resolve(
     Ok(out)
 }
 
+/// The daemon must never be an agent (its upstream connections would be
+/// redirected into itself), so a rule that matches it is a config error.
+pub fn refuse_rules_matching_daemon(rules: &Resolved, cgroup_root: &Path) -> Result<(), Error> {
+    let me = std::process::id();
+    if let Some(cg) = procfs::cgroup_of(me) {
+        let dir = cgroup_root.join(cg.trim_start_matches('/'));
+        if let Ok(md) = std::fs::metadata(&dir) {
+            if rules.cgroups.iter().any(|(id, _)| *id == md.ino()) {
+                return Err(Error::Invalid(format!(
+                    "enrol.cgroups: {} holds the blastgate daemon itself; run the daemon outside the agents' cgroup",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    if let Ok(key) = exe_key(Path::new("/proc/self/exe")) {
+        if rules.exes.iter().any(|(k, _)| *k == key) {
+            return Err(Error::Invalid(
+                "enrol.exes: lists the blastgate binary itself".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Labels running processes that match a rule, then their descendants.
 /// Returns how many processes were newly labelled.
 pub fn scan(rules: &Resolved, agents: &AgentRegistry, daemon: u32) -> usize {

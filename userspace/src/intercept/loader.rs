@@ -70,6 +70,18 @@ const PROGRAMS: &[Spec] = &[
     spec(program::SENDMSG4, Hook::CgroupSockAddr, true, "udp guard"),
     spec(program::SENDMSG6, Hook::CgroupSockAddr, true, "udp guard"),
     spec(
+        program::BIND4,
+        Hook::CgroupSockAddr,
+        true,
+        "proxy port guard",
+    ),
+    spec(
+        program::BIND6,
+        Hook::CgroupSockAddr,
+        true,
+        "proxy port guard",
+    ),
+    spec(
         program::GETPEERNAME4,
         Hook::CgroupSockAddr,
         false,

@@ -236,6 +236,7 @@ impl KernelMaps {
             ("labels_inherited", counter::LABELS_INHERITED),
             ("packet_sockets_killed", counter::PACKET_KILLED),
             ("labels_dropped", counter::LABELS_DROPPED),
+            ("proxy_port_binds_denied", counter::BIND_DENIED),
         ]
         .into_iter()
         .map(|(n, i)| (n, self.counter(i)))

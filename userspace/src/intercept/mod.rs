@@ -75,6 +75,7 @@ impl Interceptor {
         maps.write_setting(setting::DAEMON_TGID, daemon)?;
         maps.set_dns(&config.dns.resolvers)?;
         let enrolment = enrol::resolve(&config.enrol, &cgroup_root, &agents)?;
+        enrol::refuse_rules_matching_daemon(&enrolment, &cgroup_root)?;
         maps.set_enrolment(&enrolment.uids, &enrolment.cgroups, &enrolment.exes)?;
         maps.write_setting(setting::READY, 1)?;
 

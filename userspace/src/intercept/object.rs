@@ -38,6 +38,8 @@ mod tests {
             program::SOCKOPS,
             program::SENDMSG4,
             program::SENDMSG6,
+            program::BIND4,
+            program::BIND6,
             program::GETPEERNAME4,
             program::GETPEERNAME6,
             program::SOCK_CREATE,
