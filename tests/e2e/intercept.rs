@@ -721,3 +721,27 @@ fn events_follow_streams_decisions_and_kernel_logs_reach_the_daemon_log() {
         d.log_text()
     );
 }
+
+#[test]
+fn rules_that_would_make_the_daemon_an_agent_are_refused() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let env = Env::new(&format!("[enrol]\nexes = [\"{BIN}\"]\n"));
+    let out = Command::new(BIN)
+        .args(["daemon", "--detach-on-exit", "--deadline", "60", "--config"])
+        .arg(&env.config)
+        .output()
+        .expect("run daemon");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("enrol.exes") && err.contains("blastgate binary"),
+        "{err}"
+    );
+    assert!(
+        !env.pin_dir.exists(),
+        "a refused start leaves nothing pinned"
+    );
+}
