@@ -33,8 +33,9 @@ pub fn toolchain() -> Toolchain {
     }
 }
 
-/// Builds `programs` (the kernel crate directory); returns the object path.
-pub fn build(programs: &Path) -> Result<PathBuf, String> {
+/// A cargo command for the kernel crate in `programs`, with the toolchain
+/// route's environment: `subcommand` (build, check, clippy) then `args`.
+pub fn cargo(programs: &Path, subcommand: &str, args: &[&str]) -> Result<Command, String> {
     let linker_dir = find_linker().ok_or_else(|| {
         "bpf-linker not found. Run `cargo xtask setup` (installs the BPF toolchain and \
          bpf-linker 0.13), or set BLASTGATE_SKIP_EBPF=1 to build without kernel programs"
@@ -59,7 +60,7 @@ pub fn build(programs: &Path) -> Result<PathBuf, String> {
             c.env_clear()
                 .env("PATH", format!("{}:/usr/bin:/bin", linker_dir.display()))
                 .env("RUSTC", &rustc)
-                .args(["build", "--release", "--target", "bpfel-unknown-none"]);
+                .arg(subcommand);
             c
         }
         Toolchain::Nightly => {
@@ -77,18 +78,12 @@ pub fn build(programs: &Path) -> Result<PathBuf, String> {
                         cargo_bin.display()
                     ),
                 )
-                .args([
-                    "+nightly",
-                    "build",
-                    "-Z",
-                    "build-std=core",
-                    "--release",
-                    "--target",
-                    "bpfel-unknown-none",
-                ]);
+                .args(["+nightly", subcommand, "-Z", "build-std=core"]);
             c
         }
     };
+    cmd.args(["--release", "--target", "bpfel-unknown-none"])
+        .args(args);
     // aya-ebpf uses `asm_experimental_arch`, a nightly feature.
     cmd.current_dir(programs)
         .env("RUSTC_BOOTSTRAP", "1")
@@ -98,6 +93,12 @@ pub fn build(programs: &Path) -> Result<PathBuf, String> {
             cmd.env(keep, v);
         }
     }
+    Ok(cmd)
+}
+
+/// Builds `programs` (the kernel crate directory); returns the object path.
+pub fn build(programs: &Path) -> Result<PathBuf, String> {
+    let mut cmd = cargo(programs, "build", &[])?;
     let status = cmd.status().map_err(|e| format!("running {cmd:?}: {e}"))?;
     if !status.success() {
         return Err(format!("building the kernel programs failed ({status})"));

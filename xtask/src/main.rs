@@ -94,6 +94,13 @@ fn workspace_root() -> Result<PathBuf> {
 fn test(root: &Path) -> Result<()> {
     sh::run(sh::cargo(root).args(["fmt", "--all", "--check"]))?;
     sh::run(sh::cargo(root).args([
+        "fmt",
+        "--check",
+        "--manifest-path",
+        "ebpf/programs/Cargo.toml",
+    ]))?;
+    lint_kernel_crate(root)?;
+    sh::run(sh::cargo(root).args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -107,6 +114,26 @@ fn test(root: &Path) -> Result<()> {
         bail!("tests left state behind: {leftovers:?}");
     }
     result
+}
+
+/// Clippy on the kernel crate, built for the BPF target on its own (in the
+/// host workspace, feature unification would turn on the common crate's
+/// userspace feature).
+fn lint_kernel_crate(root: &Path) -> Result<()> {
+    let programs = root.join("ebpf/programs");
+    let mut cmd = match ebpf_build::toolchain() {
+        ebpf_build::Toolchain::Debian => {
+            let mut c = ebpf_build::cargo(&programs, "check", &[]).map_err(anyhow::Error::msg)?;
+            c.env("RUSTC_WORKSPACE_WRAPPER", "/usr/bin/clippy-driver")
+                .env("RUSTFLAGS", "-D warnings");
+            c
+        }
+        ebpf_build::Toolchain::Nightly => {
+            ebpf_build::cargo(&programs, "clippy", &["--", "-D", "warnings"])
+                .map_err(anyhow::Error::msg)?
+        }
+    };
+    sh::run(&mut cmd)
 }
 
 /// Pins and cgroups the tests create; none may survive a run.

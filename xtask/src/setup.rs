@@ -35,6 +35,7 @@ const COMMON: &[&str] = &[
 /// Debian bookworm's route to a BPF `core` without nightly (see README).
 const DEBIAN_BPF: &[&str] = &[
     "rustc-web",
+    "rust-web-clippy",
     "rust-web-src",
     "libstd-rust-web-dev-bpf",
     "cargo-web",

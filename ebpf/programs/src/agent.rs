@@ -85,7 +85,7 @@ static BG_OFF_TASK_START_BOOTTIME: Global<u32> = Global::new(0);
 /// Reads a `T` at `base + off` in kernel memory.
 #[inline(always)]
 pub unsafe fn read_at<T>(base: *const u8, off: u32) -> Result<T, i32> {
-    unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()).map_err(|e| e as i32) }
+    unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()) }
 }
 
 #[inline(always)]

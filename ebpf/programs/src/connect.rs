@@ -293,7 +293,7 @@ fn save_record(
         _pad: 0,
     };
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    BG_BY_COOKIE.insert(cookie, rec, 0).map_err(|e| e as i32)?;
+    BG_BY_COOKIE.insert(cookie, rec, 0)?;
     // Transparency only: without it getpeername() shows the proxy.
     let _ = BG_ORIG.insert(cookie, orig, 0);
     Ok(())
