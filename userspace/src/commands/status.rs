@@ -52,6 +52,7 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(other) => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        Err(e) if e.to_string().contains("permission denied") => Err(e.into()),
         Err(e) => {
             let pins = loader::pinned_links(&config.bpf.pin_dir);
             if json {

@@ -22,10 +22,17 @@ pub struct Client {
 impl Client {
     pub fn connect(path: &Path) -> Result<Client, Error> {
         let s = UnixStream::connect(path).map_err(|e| {
-            Error::Control(format!(
-                "cannot reach the blastgate daemon at {}: {e}",
-                path.display()
-            ))
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                Error::Control(format!(
+                    "{}: permission denied: the control socket is root-only; run this command as root",
+                    path.display()
+                ))
+            } else {
+                Error::Control(format!(
+                    "cannot reach the blastgate daemon at {}: {e}",
+                    path.display()
+                ))
+            }
         })?;
         let writer = s
             .try_clone()
