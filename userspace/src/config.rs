@@ -48,6 +48,8 @@ pub struct Config {
     #[serde(default)]
     pub enrol: EnrolConfig,
     #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
     pub targets: Vec<TargetConfig>,
 }
 
@@ -181,6 +183,16 @@ pub struct DnsConfig {
     pub resolvers: Vec<SocketAddr>,
 }
 
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory with `blastgate.cedarschema` and `*.cedar` files, watched
+    /// and hot-reloaded. Unset: no policy engine, and every agent may reach
+    /// every configured target (a warning says so at start).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
 /// Rules that make processes agents without `blastgate run`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -252,6 +264,17 @@ pub struct TargetConfig {
     /// protocol gateways; the tcp handler holds none).
     #[serde(default)]
     pub credentials: Option<String>,
+    /// Labels policies can test: `env` as `resource.env`, every label as a
+    /// tag (`resource.getTag("team")`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `false` = shadow mode: decide and record, but do not block.
+    #[serde(default = "default_true")]
+    pub enforce: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Config {
@@ -341,6 +364,15 @@ impl Config {
 }
 
 impl TargetConfig {
+    /// The target as a policy resource.
+    pub fn attrs(&self) -> crate::policy::TargetAttrs {
+        crate::policy::TargetAttrs {
+            name: self.name.clone(),
+            protocol: self.protocol.as_str().to_string(),
+            labels: self.labels.clone(),
+        }
+    }
+
     /// Every address this target answers on, resolved.
     pub fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
         let mut out = Vec::new();

@@ -11,6 +11,8 @@
 //! - [`protocols`]: one handler per protocol; today TCP passthrough.
 //! - [`identity`]: the caller (pid, uid, comm, exe, lineage) from the kernel
 //!   record and /proc.
+//! - [`policy`]: the Cedar decision engine every handler asks, with
+//!   validation, golden tests and hot reload.
 //! - [`records`]: the audit event and the durable JSON-lines spool.
 //! - [`control`]: the daemon's root-only unix socket (label, status, follow).
 //! - [`daemon`]: wires the above together and owns shutdown.
@@ -23,6 +25,7 @@ pub mod daemon;
 mod error;
 pub mod identity;
 pub mod intercept;
+pub mod policy;
 pub mod protocols;
 pub mod proxy;
 pub mod records;

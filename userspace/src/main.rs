@@ -65,6 +65,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = commands::client_config(config.as_deref())?;
             commands::uninstall::run(&config)?;
         }
+        Command::Policy(cmd) => return commands::policy::run(cmd),
         Command::CheckConfig { file } => {
             Config::load(&file)?;
             println!("{}: ok", file.display());

@@ -83,9 +83,67 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Policy administration: check, test and explain Cedar policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Check a config file and exit non-zero with file:line: problem if it is invalid.
     CheckConfig {
         #[arg(default_value = crate::config::DEFAULT_CONFIG)]
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Parse, schema-validate and lint a policy directory. Problems are
+    /// printed as file:line:column; exits 1 if there is any error.
+    Check {
+        /// Policy directory (default: `policy.dir` from the config, else ./policies).
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the golden fixtures in DIR/tests/*.toml and print
+    /// "N passed, N failed"; exits 1 on any failure or uncovered policy.
+    Test {
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Decide one request and show which policies matched and why.
+    Explain {
+        /// Agent name.
+        #[arg(long)]
+        agent: String,
+        /// Target name; its protocol and labels come from the config when
+        /// it is configured there.
+        #[arg(long)]
+        target: String,
+        /// Action, e.g. connect, sql:delete, ssh:exec, http:DELETE.
+        #[arg(long)]
+        action: String,
+        /// Context as a JSON object, e.g. '{"has_where": false}'.
+        #[arg(long)]
+        context: Option<String>,
+        /// Target protocol when the target is not in the config.
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// Target label KEY=VALUE (repeatable) when the target is not in the config.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        uid: Option<u32>,
+        #[arg(long)]
+        exe: Option<String>,
+        #[arg(long)]
+        comm: Option<String>,
+        /// Policy directory (default: `policy.dir` from the config, else ./policies).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }

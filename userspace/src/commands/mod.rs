@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod events;
+pub mod policy;
 pub mod run;
 pub mod status;
 pub mod uninstall;

@@ -91,6 +91,8 @@ mod tests {
             addresses: addrs.iter().map(|s| s.to_string()).collect(),
             upstream: None,
             credentials: None,
+            labels: Default::default(),
+            enforce: true,
         }
     }
 

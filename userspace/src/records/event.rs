@@ -24,6 +24,10 @@ pub enum EventKind {
     AgentLabelled,
     DaemonStarted,
     DaemonStopped,
+    /// A policy change validated and is now in force.
+    PolicyReloaded,
+    /// A policy change failed validation; the previous set stays in force.
+    PolicyRejected,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

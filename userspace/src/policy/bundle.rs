@@ -1,0 +1,256 @@
+//! A policy directory, loaded and validated as one unit.
+//!
+//! A bundle is only ever built whole: schema parsed, every `*.cedar` file
+//! parsed, ids assigned from `@id`, the set validated in strict mode and
+//! linted. Any error and there is no bundle, so the daemon keeps the one it
+//! has and no request is evaluated against a half-loaded set.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use cedar_policy::{
+    Authorizer, Effect, Entities, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+};
+
+use super::diagnostic::{from_miette, line_col, Diagnostic, Severity};
+
+pub const SCHEMA_FILE: &str = "blastgate.cedarschema";
+
+/// What blastgate knows about one policy beyond Cedar's view of it.
+#[derive(Debug, Clone)]
+pub struct PolicyMeta {
+    pub id: String,
+    pub effect: Effect,
+    pub reason: Option<String>,
+    /// `@approval("group")` on a forbid: hold instead of deny.
+    pub approval: Option<String>,
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub schema: Schema,
+    /// Every policy.
+    pub all: PolicySet,
+    /// Every policy but the `forbid`s that carry `@approval`: what would
+    /// decide if the approvers said yes.
+    pub relaxed: PolicySet,
+    pub meta: HashMap<String, PolicyMeta>,
+    /// Action entities (with their groups) from the schema.
+    pub actions: Entities,
+    pub authorizer: Authorizer,
+    /// Lint findings that did not stop the load.
+    pub warnings: Vec<Diagnostic>,
+}
+
+fn err(file: &Path, message: impl Into<String>) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        message: message.into(),
+    }
+}
+
+impl Bundle {
+    /// Loads `dir`; on failure returns every problem found (errors first).
+    pub fn load(dir: &Path) -> Result<Bundle, Vec<Diagnostic>> {
+        let mut problems = Vec::new();
+        let schema_path = dir.join(SCHEMA_FILE);
+        let schema = match std::fs::read_to_string(&schema_path) {
+            Ok(text) => match Schema::from_cedarschema_str(&text) {
+                Ok((schema, _warnings)) => Some(schema),
+                Err(e) => {
+                    problems.push(from_miette(
+                        Severity::Error,
+                        schema_path.clone(),
+                        &text,
+                        &e,
+                        e.to_string(),
+                    ));
+                    None
+                }
+            },
+            Err(e) => {
+                problems.push(err(&schema_path, format!("cannot read the schema: {e}")));
+                None
+            }
+        };
+
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(d) => d
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+                .collect(),
+            Err(e) => {
+                problems.push(err(dir, format!("cannot read the policy directory: {e}")));
+                return Err(problems);
+            }
+        };
+        files.sort();
+        if files.is_empty() {
+            problems.push(err(dir, "no *.cedar policy files"));
+        }
+
+        let mut all = PolicySet::new();
+        let mut meta: HashMap<String, PolicyMeta> = HashMap::new();
+        let mut texts: HashMap<PathBuf, String> = HashMap::new();
+        for file in &files {
+            let text = match std::fs::read_to_string(file) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(err(file, format!("cannot read: {e}")));
+                    continue;
+                }
+            };
+            let parsed = match PolicySet::from_str(&text) {
+                Ok(p) => p,
+                Err(errors) => {
+                    for e in errors.iter() {
+                        problems.push(from_miette(
+                            Severity::Error,
+                            file.clone(),
+                            &text,
+                            e,
+                            e.to_string(),
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let mut search_from = 0;
+            for policy in parsed.policies() {
+                // Position: the policy's own text, found in the file.
+                let src = policy.to_string();
+                let offset = text
+                    .get(search_from..)
+                    .and_then(|rest| rest.find(src.trim()))
+                    .map_or(0, |o| o + search_from);
+                search_from = offset + 1;
+                let (line, column) = line_col(&text, offset);
+                let at = |message: String| Diagnostic {
+                    severity: Severity::Error,
+                    file: file.clone(),
+                    line,
+                    column,
+                    message,
+                };
+                let Some(id) = policy.annotation("id").map(str::to_string) else {
+                    problems.push(at("policy has no @id(\"...\") annotation".into()));
+                    continue;
+                };
+                if let Some(other) = meta.get(&id) {
+                    problems.push(at(format!(
+                        "duplicate policy id {id:?} (also at {}:{})",
+                        other.file.display(),
+                        other.line
+                    )));
+                    continue;
+                }
+                let approval = policy.annotation("approval").map(str::to_string);
+                if approval.is_some() && policy.effect() == Effect::Permit {
+                    problems.push(at(format!(
+                        "policy {id:?}: @approval only makes sense on a forbid"
+                    )));
+                }
+                let reason = policy.annotation("reason").map(str::to_string);
+                if reason.is_none() {
+                    let mut w = at(format!(
+                        "policy {id:?} has no @reason(\"...\"): denials will only show its id"
+                    ));
+                    w.severity = Severity::Warning;
+                    problems.push(w);
+                }
+                let renamed = policy.new_id(PolicyId::new(&id));
+                if let Err(e) = all.add(renamed) {
+                    problems.push(at(format!("policy {id:?}: {e}")));
+                    continue;
+                }
+                meta.insert(
+                    id.clone(),
+                    PolicyMeta {
+                        id,
+                        effect: policy.effect(),
+                        reason,
+                        approval,
+                        file: file.clone(),
+                        line,
+                    },
+                );
+            }
+            texts.insert(file.clone(), text);
+        }
+
+        if let Some(schema) = &schema {
+            let result = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
+            for e in result.validation_errors() {
+                let id = e.policy_id().to_string();
+                let (file, text) = meta
+                    .get(&id)
+                    .and_then(|m| texts.get(&m.file).map(|t| (m.file.clone(), t.as_str())))
+                    .unwrap_or((dir.to_path_buf(), ""));
+                problems.push(from_miette(
+                    Severity::Error,
+                    file,
+                    text,
+                    e,
+                    format!("policy {id:?}: {e}"),
+                ));
+            }
+            for w in result.validation_warnings() {
+                problems.push(Diagnostic {
+                    severity: Severity::Warning,
+                    file: dir.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: w.to_string(),
+                });
+            }
+        }
+
+        problems.sort_by(|a, b| {
+            (a.severity, &a.file, a.line, a.column).cmp(&(b.severity, &b.file, b.line, b.column))
+        });
+        let (warnings, errors): (Vec<_>, Vec<_>) = problems
+            .into_iter()
+            .partition(|d| d.severity == Severity::Warning);
+        let schema = match schema {
+            Some(s) if errors.is_empty() => s,
+            _ => {
+                let mut all_problems = errors;
+                all_problems.extend(warnings);
+                return Err(all_problems);
+            }
+        };
+        let actions = schema
+            .action_entities()
+            .map_err(|e| vec![err(&schema_path, format!("schema actions: {e}"))])?;
+        let mut relaxed = PolicySet::new();
+        for p in all.policies() {
+            let held = meta
+                .get(&p.id().to_string())
+                .is_some_and(|m| m.approval.is_some() && m.effect == Effect::Forbid);
+            if !held {
+                relaxed
+                    .add(p.clone())
+                    .map_err(|e| vec![err(dir, format!("policy {}: {e}", p.id()))])?;
+            }
+        }
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            schema,
+            all,
+            relaxed,
+            meta,
+            actions,
+            authorizer: Authorizer::new(),
+            warnings,
+        })
+    }
+}

@@ -1,0 +1,333 @@
+//! One question, asked by every protocol handler: may this agent do this
+//! action on this target, given what was parsed?
+//!
+//! Semantics on top of Cedar:
+//! - allow: Cedar allows;
+//! - deny: Cedar denies and at least one determining policy is a plain
+//!   `forbid`, or no policy permits (default deny);
+//! - hold: every determining policy is a `forbid` with `@approval("group")`
+//!   and the set without those forbids would allow: approvers can release it;
+//! - error: evaluation itself failed for some policy; refused (fail closed).
+
+use std::{collections::BTreeMap, str::FromStr};
+
+use cedar_policy::{
+    Context, Decision as CedarDecision, Entity, EntityUid, Request, RestrictedExpression,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::bundle::Bundle;
+
+/// The principal: attributes of the calling agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAttrs {
+    pub name: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub exe: String,
+    #[serde(default)]
+    pub comm: String,
+    #[serde(default)]
+    pub lineage: Vec<String>,
+    #[serde(default)]
+    pub oidc: Option<OidcClaims>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcClaims {
+    pub sub: String,
+    pub iss: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// The resource: a configured target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetAttrs {
+    pub name: String,
+    pub protocol: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    Hold,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The deciding policy (for deny and hold, the forbid; for allow, the first permit).
+    pub policy_id: Option<String>,
+    pub reason: String,
+    /// Approver group, for holds.
+    pub approval: Option<String>,
+    /// Every policy that determined Cedar's answer.
+    pub matched: Vec<String>,
+    /// For holds: the permits that allow it once approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub if_approved: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("unknown action {0:?}")]
+    UnknownAction(String),
+    #[error("context: {0}")]
+    Context(String),
+    #[error("request does not match the schema: {0}")]
+    Schema(String),
+    #[error("entities: {0}")]
+    Entities(String),
+}
+
+/// Every context attribute an action family has, with its empty default,
+/// so handlers and fixtures name only what they know.
+fn context_defaults(action: &str) -> Option<Vec<(&'static str, Value)>> {
+    let family = action.split(':').next().unwrap_or(action);
+    let s = || Value::String(String::new());
+    let set = || Value::Array(Vec::new());
+    Some(match (family, action) {
+        (_, "connect") => vec![],
+        ("sql", _) => vec![
+            ("statement", s()),
+            ("command", s()),
+            ("tables_read", set()),
+            ("tables_written", set()),
+            ("has_where", Value::Bool(false)),
+            ("functions", set()),
+            ("copy_program", Value::Bool(false)),
+        ],
+        ("ssh", _) => vec![
+            ("command", s()),
+            ("forward_host", s()),
+            ("forward_port", Value::from(0)),
+        ],
+        ("http", _) => vec![
+            ("method", s()),
+            ("host", s()),
+            ("path", s()),
+            ("query", s()),
+            ("k8s_resource", s()),
+            ("k8s_namespace", s()),
+        ],
+        _ => return None,
+    })
+}
+
+fn to_expr(v: &Value) -> Result<RestrictedExpression, RequestError> {
+    Ok(match v {
+        Value::String(s) => RestrictedExpression::new_string(s.clone()),
+        Value::Bool(b) => RestrictedExpression::new_bool(*b),
+        Value::Number(n) => RestrictedExpression::new_long(
+            n.as_i64()
+                .ok_or_else(|| RequestError::Context(format!("{n} is not a 64-bit integer")))?,
+        ),
+        Value::Array(items) => {
+            RestrictedExpression::new_set(items.iter().map(to_expr).collect::<Result<Vec<_>, _>>()?)
+        }
+        Value::Object(map) => RestrictedExpression::new_record(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), to_expr(v)?)))
+                .collect::<Result<Vec<_>, RequestError>>()?,
+        )
+        .map_err(|e| RequestError::Context(e.to_string()))?,
+        Value::Null => return Err(RequestError::Context("null is not a Cedar value".into())),
+    })
+}
+
+fn strings(items: &[String]) -> RestrictedExpression {
+    RestrictedExpression::new_set(items.iter().map(|s| RestrictedExpression::new_string(s.clone())))
+}
+
+fn uid(ty: &str, id: &str) -> Result<EntityUid, RequestError> {
+    let quoted = serde_json::to_string(id).map_err(|e| RequestError::Entities(e.to_string()))?;
+    EntityUid::from_str(&format!("{ty}::{quoted}")).map_err(|e| RequestError::Entities(e.to_string()))
+}
+
+impl Bundle {
+    /// Evaluates one request. `context` is a JSON object of what the
+    /// protocol handler parsed; missing attributes take their defaults and
+    /// unknown ones are an error.
+    pub fn decide(
+        &self,
+        agent: &AgentAttrs,
+        target: &TargetAttrs,
+        action: &str,
+        context: &Value,
+    ) -> Result<Decision, RequestError> {
+        let defaults =
+            context_defaults(action).ok_or_else(|| RequestError::UnknownAction(action.into()))?;
+        let given = match context {
+            Value::Null => serde_json::Map::new(),
+            Value::Object(m) => m.clone(),
+            other => return Err(RequestError::Context(format!("must be an object, not {other}"))),
+        };
+        if let Some(unknown) = given.keys().find(|k| !defaults.iter().any(|(d, _)| d == k)) {
+            return Err(RequestError::Context(format!(
+                "unknown attribute {unknown:?} for action {action:?}"
+            )));
+        }
+        let mut pairs = Vec::with_capacity(defaults.len());
+        for (k, default) in defaults {
+            let v = given.get(k).unwrap_or(&default);
+            pairs.push((k.to_string(), to_expr(v)?));
+        }
+        let context = Context::from_pairs(pairs).map_err(|e| RequestError::Context(e.to_string()))?;
+
+        let principal = uid("Agent", &agent.name)?;
+        let resource = uid("Target", &target.name)?;
+        let action_uid = uid("Action", action)?;
+        let mut agent_attrs = vec![
+            ("name".to_string(), RestrictedExpression::new_string(agent.name.clone())),
+            ("uid".to_string(), RestrictedExpression::new_long(i64::from(agent.uid))),
+            ("exe".to_string(), RestrictedExpression::new_string(agent.exe.clone())),
+            ("comm".to_string(), RestrictedExpression::new_string(agent.comm.clone())),
+            ("lineage".to_string(), strings(&agent.lineage)),
+        ];
+        if let Some(o) = &agent.oidc {
+            agent_attrs.push((
+                "oidc".to_string(),
+                RestrictedExpression::new_record([
+                    ("sub".to_string(), RestrictedExpression::new_string(o.sub.clone())),
+                    ("iss".to_string(), RestrictedExpression::new_string(o.iss.clone())),
+                    ("groups".to_string(), strings(&o.groups)),
+                ])
+                .map_err(|e| RequestError::Entities(e.to_string()))?,
+            ));
+        }
+        let principal_entity = Entity::new(principal.clone(), agent_attrs.into_iter().collect(), [].into_iter().collect())
+            .map_err(|e| RequestError::Entities(e.to_string()))?;
+        let target_entity = Entity::new_with_tags(
+            resource.clone(),
+            [
+                ("name".to_string(), RestrictedExpression::new_string(target.name.clone())),
+                ("protocol".to_string(), RestrictedExpression::new_string(target.protocol.clone())),
+                (
+                    "env".to_string(),
+                    RestrictedExpression::new_string(
+                        target.labels.get("env").cloned().unwrap_or_default(),
+                    ),
+                ),
+            ],
+            [],
+            target
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
+        )
+        .map_err(|e| RequestError::Entities(e.to_string()))?;
+        let entities = self
+            .actions
+            .clone()
+            .add_entities([principal_entity, target_entity], None)
+            .map_err(|e| RequestError::Entities(e.to_string()))?;
+        let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
+            .map_err(|e| RequestError::Schema(e.to_string()))?;
+
+        let response = self.authorizer.is_authorized(&request, &self.all, &entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        let matched: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| id.to_string())
+            .collect();
+        if !errors.is_empty() {
+            return Ok(Decision {
+                verdict: Verdict::Error,
+                policy_id: None,
+                reason: format!("policy evaluation failed, refused: {}", errors.join("; ")),
+                approval: None,
+                matched,
+                if_approved: Vec::new(),
+            });
+        }
+        if response.decision() == CedarDecision::Allow {
+            let first = matched.first().cloned();
+            let reason = first
+                .as_ref()
+                .and_then(|id| self.meta.get(id))
+                .and_then(|m| m.reason.clone())
+                .unwrap_or_else(|| "allowed".into());
+            return Ok(Decision {
+                verdict: Verdict::Allow,
+                policy_id: first,
+                reason,
+                approval: None,
+                matched,
+                if_approved: Vec::new(),
+            });
+        }
+        if matched.is_empty() {
+            return Ok(Decision {
+                verdict: Verdict::Deny,
+                policy_id: None,
+                reason: format!(
+                    "no policy permits {action} by agent {:?} on target {:?} (default deny)",
+                    agent.name, target.name
+                ),
+                approval: None,
+                matched,
+                if_approved: Vec::new(),
+            });
+        }
+        let meta_of = |id: &String| self.meta.get(id);
+        if let Some(hard) = matched
+            .iter()
+            .find(|id| meta_of(id).is_none_or(|m| m.approval.is_none()))
+        {
+            return Ok(Decision {
+                verdict: Verdict::Deny,
+                policy_id: Some(hard.clone()),
+                reason: meta_of(hard)
+                    .and_then(|m| m.reason.clone())
+                    .unwrap_or_else(|| format!("denied by policy {hard}")),
+                approval: None,
+                matched,
+                if_approved: Vec::new(),
+            });
+        }
+        // Only approval forbids stand in the way: would it pass without them?
+        let relaxed = self.authorizer.is_authorized(&request, &self.relaxed, &entities);
+        let first = matched.first().cloned();
+        let m = first.as_ref().and_then(meta_of);
+        if relaxed.decision() == CedarDecision::Allow && relaxed.diagnostics().errors().next().is_none() {
+            Ok(Decision {
+                verdict: Verdict::Hold,
+                policy_id: first.clone(),
+                reason: m
+                    .and_then(|m| m.reason.clone())
+                    .unwrap_or_else(|| "held for approval".into()),
+                approval: m.and_then(|m| m.approval.clone()),
+                matched,
+                if_approved: relaxed.diagnostics().reason().map(|id| id.to_string()).collect(),
+            })
+        } else {
+            Ok(Decision {
+                verdict: Verdict::Deny,
+                policy_id: first,
+                reason: format!(
+                    "no policy permits {action} by agent {:?} on target {:?} even if approved (default deny)",
+                    agent.name, target.name
+                ),
+                approval: None,
+                matched,
+                if_approved: Vec::new(),
+            })
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The policy engine: one question for every protocol handler — may this
+//! agent do this action on this target, given what was parsed?
+//!
+//! - [`bundle`]: a policy directory (Cedar schema + `*.cedar` files) loaded
+//!   and validated as one unit;
+//! - [`decide`]: the request and the allow / deny / hold / error decision;
+//! - [`fixtures`]: golden tests for `blastgate policy test`;
+//! - [`Engine`]: the daemon's current bundle, swapped whole on reload.
+
+pub mod bundle;
+pub mod decide;
+pub mod diagnostic;
+pub mod fixtures;
+mod reload;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+pub use bundle::Bundle;
+pub use decide::{AgentAttrs, Decision, TargetAttrs, Verdict};
+pub use diagnostic::Diagnostic;
+pub use reload::watch;
+
+/// The bundle in force. Readers take an `Arc` of it for the whole request,
+/// so a reload never changes the policies under a request in flight.
+pub struct Engine {
+    dir: PathBuf,
+    current: RwLock<Arc<Bundle>>,
+}
+
+impl Engine {
+    pub fn load(dir: &Path) -> Result<Engine, Vec<Diagnostic>> {
+        let bundle = Bundle::load(dir)?;
+        Ok(Engine {
+            dir: dir.to_path_buf(),
+            current: RwLock::new(Arc::new(bundle)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn current(&self) -> Arc<Bundle> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads the directory again; swaps only if the whole set is valid.
+    pub fn reload(&self) -> Result<usize, Vec<Diagnostic>> {
+        let bundle = Bundle::load(&self.dir)?;
+        let n = bundle.meta.len();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(bundle);
+        Ok(n)
+    }
+}

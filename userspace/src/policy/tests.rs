@@ -1,0 +1,101 @@
+//! The shipped policy set and the ways a broken copy must fail.
+
+use std::path::{Path, PathBuf};
+
+use super::{Bundle, Diagnostic};
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// A copy of the shipped directory with `file` replaced by `text`.
+fn broken(file: &str, text: &str) -> (tempfile::TempDir, Vec<Diagnostic>) {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(shipped()).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::write(tmp.path().join(file), text).unwrap();
+    let problems = match Bundle::load(tmp.path()) {
+        Ok(_) => Vec::new(),
+        Err(p) => p,
+    };
+    (tmp, problems)
+}
+
+fn assert_error_at(problems: &[Diagnostic], file: &str, line: usize, needle: &str) {
+    let hit = problems.iter().find(|d| {
+        d.file.ends_with(file) && d.line == line && d.to_string().contains(needle)
+    });
+    assert!(
+        hit.is_some(),
+        "expected an error at {file}:{line} mentioning {needle:?}, got:\n{}",
+        problems.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn the_shipped_set_loads_and_its_fixtures_pass_and_cover_every_policy() {
+    let bundle = Bundle::load(&shipped()).unwrap_or_else(|p| {
+        panic!("{}", p.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+    });
+    assert!(bundle.warnings.is_empty(), "{:?}", bundle.warnings);
+    let report = super::fixtures::run(&bundle, &shipped());
+    assert!(report.ok(), "{report:?}");
+    assert!(report.passed >= 16);
+}
+
+#[test]
+fn syntax_errors_name_file_line_and_column() {
+    let (_t, p) = broken("extra.cedar", "\n\n@id(\"x\")\npermit (principal, action, resource\n");
+    assert_error_at(&p, "extra.cedar", 4, "");
+    assert!(p[0].column > 0);
+}
+
+#[test]
+fn unknown_attributes_are_reported_at_the_policy() {
+    let (_t, p) = broken(
+        "extra.cedar",
+        "// comment\n@id(\"bad-attr\")\n@reason(\"r\")\nforbid (principal, action == Action::\"connect\", resource)\nwhen { principal.shoe_size > 3 };\n",
+    );
+    assert_error_at(&p, "extra.cedar", 5, "shoe_size");
+}
+
+#[test]
+fn unknown_actions_are_reported() {
+    let (_t, p) = broken(
+        "extra.cedar",
+        "@id(\"bad-action\")\n@reason(\"r\")\npermit (principal, action == Action::\"sql:yolo\", resource);\n",
+    );
+    assert_error_at(&p, "extra.cedar", 3, "sql:yolo");
+}
+
+#[test]
+fn type_errors_are_reported() {
+    let (_t, p) = broken(
+        "extra.cedar",
+        "\n@id(\"bad-type\")\n@reason(\"r\")\nforbid (principal, action == Action::\"sql:delete\", resource)\nwhen { context.has_where == \"yes\" };\n",
+    );
+    assert!(
+        p.iter().any(|d| d.file.ends_with("extra.cedar") && d.line >= 4 && d.message.contains("bad-type")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn ids_are_required_unique_and_approval_only_on_forbid() {
+    let (_t, p) = broken("extra.cedar", "permit (principal, action, resource);\n");
+    assert_error_at(&p, "extra.cedar", 1, "@id");
+    let (_t, p) = broken(
+        "extra.cedar",
+        "@id(\"sql-read\")\n@reason(\"dup\")\npermit (principal, action, resource);\n",
+    );
+    // Files load in name order: the copy in sql.cedar is the duplicate.
+    assert_error_at(&p, "sql.cedar", 4, "duplicate policy id \"sql-read\"");
+    let (_t, p) = broken(
+        "extra.cedar",
+        "@id(\"p\")\n@reason(\"r\")\n@approval(\"dba\")\npermit (principal, action, resource);\n",
+    );
+    assert_error_at(&p, "extra.cedar", 1, "@approval");
+}
