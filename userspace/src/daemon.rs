@@ -18,6 +18,7 @@ use crate::{
     config::Config,
     control::{self, proto::Status, server::ControlContext},
     intercept::{self, Interceptor},
+    policy::Engine,
     proxy::{self, ProxyContext, Routes},
     records::{recovery, spool, Event, EventKind, Verdict},
     Error,
@@ -43,6 +44,33 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .into());
     }
     let routes = Routes::build(&config.targets).map_err(Error::Invalid)?;
+    let policy = match &config.policy.dir {
+        Some(dir) => match Engine::load(dir) {
+            Ok(engine) => {
+                let b = engine.current();
+                for w in &b.warnings {
+                    tracing::warn!("{w}");
+                }
+                tracing::info!(policies = b.meta.len(), dir = %dir.display(), "policies loaded");
+                Some(Arc::new(engine))
+            }
+            Err(problems) => {
+                let text: Vec<String> = problems.iter().map(|d| d.to_string()).collect();
+                return Err(Error::Invalid(format!(
+                    "policy directory {} is invalid:\n{}",
+                    dir.display(),
+                    text.join("\n")
+                ))
+                .into());
+            }
+        },
+        None => {
+            tracing::warn!(
+                "no [policy] dir configured: every agent may reach every configured target"
+            );
+            None
+        }
+    };
     let unclosed = recovery::unclosed_sessions(&config.records.spool_dir).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "could not read the previous run's spool");
         Vec::new()
@@ -91,7 +119,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
         hard_stop: hard_stop.clone(),
         processes: Default::default(),
+        policy: policy.clone(),
     });
+    if let Some(engine) = &policy {
+        if let Err(e) = crate::policy::watch(engine.clone(), recorder.clone(), stop.clone()) {
+            tracing::error!(error = %e, dir = %engine.dir().display(), "cannot watch the policy directory; changes need a restart");
+        }
+    }
     let control_ctx = Arc::new(ControlContext {
         maps: interceptor.maps.clone(),
         agents: interceptor.agents.clone(),

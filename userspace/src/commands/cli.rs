@@ -111,39 +111,42 @@ pub enum PolicyCommand {
         config: Option<PathBuf>,
     },
     /// Decide one request and show which policies matched and why.
-    Explain {
-        /// Agent name.
-        #[arg(long)]
-        agent: String,
-        /// Target name; its protocol and labels come from the config when
-        /// it is configured there.
-        #[arg(long)]
-        target: String,
-        /// Action, e.g. connect, sql:delete, ssh:exec, http:DELETE.
-        #[arg(long)]
-        action: String,
-        /// Context as a JSON object, e.g. '{"has_where": false}'.
-        #[arg(long)]
-        context: Option<String>,
-        /// Target protocol when the target is not in the config.
-        #[arg(long, default_value = "tcp")]
-        protocol: String,
-        /// Target label KEY=VALUE (repeatable) when the target is not in the config.
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        #[arg(long)]
-        uid: Option<u32>,
-        #[arg(long)]
-        exe: Option<String>,
-        #[arg(long)]
-        comm: Option<String>,
-        /// Policy directory (default: `policy.dir` from the config, else ./policies).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Explain(Box<ExplainArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Agent name.
+    #[arg(long)]
+    pub agent: String,
+    /// Target name; its protocol and labels come from the config when
+    /// it is configured there.
+    #[arg(long)]
+    pub target: String,
+    /// Action, e.g. connect, sql:delete, ssh:exec, http:DELETE.
+    #[arg(long)]
+    pub action: String,
+    /// Context as a JSON object, e.g. '{"has_where": false}'.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Target protocol when the target is not in the config.
+    #[arg(long, default_value = "tcp")]
+    pub protocol: String,
+    /// Target label KEY=VALUE (repeatable) when the target is not in the config.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    #[arg(long)]
+    pub uid: Option<u32>,
+    #[arg(long)]
+    pub exe: Option<String>,
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Policy directory (default: `policy.dir` from the config, else ./policies).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -3,8 +3,8 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
+    commands::cli::{ExplainArgs, PolicyCommand},
     commands::client_config,
-    commands::cli::PolicyCommand,
     config::Config,
     policy::{diagnostic::Severity, fixtures, AgentAttrs, Bundle, TargetAttrs},
 };
@@ -30,7 +30,10 @@ fn load(dir: &std::path::Path) -> Option<Bundle> {
             for p in &problems {
                 eprintln!("{p}");
             }
-            let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+            let errors = problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count();
             eprintln!("{}: {errors} error(s)", dir.display());
             None
         }
@@ -65,24 +68,31 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 println!("UNCOVERED policy {u}: no fixture is decided by it");
             }
             println!("{} passed, {} failed", report.passed, report.failed.len());
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        PolicyCommand::Explain {
-            agent,
-            target,
-            action,
-            context,
-            protocol,
-            labels,
-            uid,
-            exe,
-            comm,
-            dir,
-            config,
-            json,
-        } => {
+        PolicyCommand::Explain(args) => {
+            let ExplainArgs {
+                agent,
+                target,
+                action,
+                context,
+                protocol,
+                labels,
+                uid,
+                exe,
+                comm,
+                dir,
+                config,
+                json,
+            } = *args;
             let cfg: Config = client_config(config.as_deref())?;
-            let dir = dir.or(cfg.policy.dir.clone()).unwrap_or_else(|| PathBuf::from("policies"));
+            let dir = dir
+                .or(cfg.policy.dir.clone())
+                .unwrap_or_else(|| PathBuf::from("policies"));
             let Some(bundle) = load(&dir) else {
                 return Ok(ExitCode::FAILURE);
             };
@@ -110,7 +120,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 oidc: None,
             };
             let context: serde_json::Value = match context {
-                Some(c) => serde_json::from_str(&c).map_err(|e| anyhow::anyhow!("--context: {e}"))?,
+                Some(c) => {
+                    serde_json::from_str(&c).map_err(|e| anyhow::anyhow!("--context: {e}"))?
+                }
                 None => serde_json::Value::Null,
             };
             let d = bundle.decide(&agent, &target, &action, &context)?;
@@ -136,7 +148,10 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                         m.effect,
                         m.file.display(),
                         m.line,
-                        m.approval.as_ref().map(|g| format!(", approval by {g}")).unwrap_or_default()
+                        m.approval
+                            .as_ref()
+                            .map(|g| format!(", approval by {g}"))
+                            .unwrap_or_default()
                     );
                 }
             }

@@ -147,12 +147,17 @@ fn to_expr(v: &Value) -> Result<RestrictedExpression, RequestError> {
 }
 
 fn strings(items: &[String]) -> RestrictedExpression {
-    RestrictedExpression::new_set(items.iter().map(|s| RestrictedExpression::new_string(s.clone())))
+    RestrictedExpression::new_set(
+        items
+            .iter()
+            .map(|s| RestrictedExpression::new_string(s.clone())),
+    )
 }
 
 fn uid(ty: &str, id: &str) -> Result<EntityUid, RequestError> {
     let quoted = serde_json::to_string(id).map_err(|e| RequestError::Entities(e.to_string()))?;
-    EntityUid::from_str(&format!("{ty}::{quoted}")).map_err(|e| RequestError::Entities(e.to_string()))
+    EntityUid::from_str(&format!("{ty}::{quoted}"))
+        .map_err(|e| RequestError::Entities(e.to_string()))
 }
 
 impl Bundle {
@@ -171,7 +176,11 @@ impl Bundle {
         let given = match context {
             Value::Null => serde_json::Map::new(),
             Value::Object(m) => m.clone(),
-            other => return Err(RequestError::Context(format!("must be an object, not {other}"))),
+            other => {
+                return Err(RequestError::Context(format!(
+                    "must be an object, not {other}"
+                )))
+            }
         };
         if let Some(unknown) = given.keys().find(|k| !defaults.iter().any(|(d, _)| d == k)) {
             return Err(RequestError::Context(format!(
@@ -183,36 +192,65 @@ impl Bundle {
             let v = given.get(k).unwrap_or(&default);
             pairs.push((k.to_string(), to_expr(v)?));
         }
-        let context = Context::from_pairs(pairs).map_err(|e| RequestError::Context(e.to_string()))?;
+        let context =
+            Context::from_pairs(pairs).map_err(|e| RequestError::Context(e.to_string()))?;
 
         let principal = uid("Agent", &agent.name)?;
         let resource = uid("Target", &target.name)?;
         let action_uid = uid("Action", action)?;
         let mut agent_attrs = vec![
-            ("name".to_string(), RestrictedExpression::new_string(agent.name.clone())),
-            ("uid".to_string(), RestrictedExpression::new_long(i64::from(agent.uid))),
-            ("exe".to_string(), RestrictedExpression::new_string(agent.exe.clone())),
-            ("comm".to_string(), RestrictedExpression::new_string(agent.comm.clone())),
+            (
+                "name".to_string(),
+                RestrictedExpression::new_string(agent.name.clone()),
+            ),
+            (
+                "uid".to_string(),
+                RestrictedExpression::new_long(i64::from(agent.uid)),
+            ),
+            (
+                "exe".to_string(),
+                RestrictedExpression::new_string(agent.exe.clone()),
+            ),
+            (
+                "comm".to_string(),
+                RestrictedExpression::new_string(agent.comm.clone()),
+            ),
             ("lineage".to_string(), strings(&agent.lineage)),
         ];
         if let Some(o) = &agent.oidc {
             agent_attrs.push((
                 "oidc".to_string(),
                 RestrictedExpression::new_record([
-                    ("sub".to_string(), RestrictedExpression::new_string(o.sub.clone())),
-                    ("iss".to_string(), RestrictedExpression::new_string(o.iss.clone())),
+                    (
+                        "sub".to_string(),
+                        RestrictedExpression::new_string(o.sub.clone()),
+                    ),
+                    (
+                        "iss".to_string(),
+                        RestrictedExpression::new_string(o.iss.clone()),
+                    ),
                     ("groups".to_string(), strings(&o.groups)),
                 ])
                 .map_err(|e| RequestError::Entities(e.to_string()))?,
             ));
         }
-        let principal_entity = Entity::new(principal.clone(), agent_attrs.into_iter().collect(), [].into_iter().collect())
-            .map_err(|e| RequestError::Entities(e.to_string()))?;
+        let principal_entity = Entity::new(
+            principal.clone(),
+            agent_attrs.into_iter().collect(),
+            [].into_iter().collect(),
+        )
+        .map_err(|e| RequestError::Entities(e.to_string()))?;
         let target_entity = Entity::new_with_tags(
             resource.clone(),
             [
-                ("name".to_string(), RestrictedExpression::new_string(target.name.clone())),
-                ("protocol".to_string(), RestrictedExpression::new_string(target.protocol.clone())),
+                (
+                    "name".to_string(),
+                    RestrictedExpression::new_string(target.name.clone()),
+                ),
+                (
+                    "protocol".to_string(),
+                    RestrictedExpression::new_string(target.protocol.clone()),
+                ),
                 (
                     "env".to_string(),
                     RestrictedExpression::new_string(
@@ -235,7 +273,9 @@ impl Bundle {
         let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
             .map_err(|e| RequestError::Schema(e.to_string()))?;
 
-        let response = self.authorizer.is_authorized(&request, &self.all, &entities);
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.all, &entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -302,10 +342,14 @@ impl Bundle {
             });
         }
         // Only approval forbids stand in the way: would it pass without them?
-        let relaxed = self.authorizer.is_authorized(&request, &self.relaxed, &entities);
+        let relaxed = self
+            .authorizer
+            .is_authorized(&request, &self.relaxed, &entities);
         let first = matched.first().cloned();
         let m = first.as_ref().and_then(meta_of);
-        if relaxed.decision() == CedarDecision::Allow && relaxed.diagnostics().errors().next().is_none() {
+        if relaxed.decision() == CedarDecision::Allow
+            && relaxed.diagnostics().errors().next().is_none()
+        {
             Ok(Decision {
                 verdict: Verdict::Hold,
                 policy_id: first.clone(),
@@ -314,7 +358,11 @@ impl Bundle {
                     .unwrap_or_else(|| "held for approval".into()),
                 approval: m.and_then(|m| m.approval.clone()),
                 matched,
-                if_approved: relaxed.diagnostics().reason().map(|id| id.to_string()).collect(),
+                if_approved: relaxed
+                    .diagnostics()
+                    .reason()
+                    .map(|id| id.to_string())
+                    .collect(),
             })
         } else {
             Ok(Decision {

@@ -101,7 +101,9 @@ pub fn run(bundle: &Bundle, dir: &Path) -> Report {
                 case.agent.as_ref().or(fixtures.defaults.agent.as_ref()),
                 case.target.as_ref().or(fixtures.defaults.target.as_ref()),
             ) else {
-                report.failed.push(format!("{label}: no agent or target (and no defaults)"));
+                report
+                    .failed
+                    .push(format!("{label}: no agent or target (and no defaults)"));
                 continue;
             };
             let context = case

@@ -15,7 +15,11 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 /// Watches `engine.dir()` until `stop`; every settled change is a reload
 /// attempt, recorded as `policy_reloaded` or `policy_rejected`.
-pub fn watch(engine: Arc<Engine>, recorder: Recorder, stop: CancellationToken) -> notify::Result<()> {
+pub fn watch(
+    engine: Arc<Engine>,
+    recorder: Recorder,
+    stop: CancellationToken,
+) -> notify::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(e) = res {

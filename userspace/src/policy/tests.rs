@@ -25,20 +25,30 @@ fn broken(file: &str, text: &str) -> (tempfile::TempDir, Vec<Diagnostic>) {
 }
 
 fn assert_error_at(problems: &[Diagnostic], file: &str, line: usize, needle: &str) {
-    let hit = problems.iter().find(|d| {
-        d.file.ends_with(file) && d.line == line && d.to_string().contains(needle)
-    });
+    let hit = problems
+        .iter()
+        .find(|d| d.file.ends_with(file) && d.line == line && d.to_string().contains(needle));
     assert!(
         hit.is_some(),
         "expected an error at {file}:{line} mentioning {needle:?}, got:\n{}",
-        problems.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+        problems
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
 #[test]
 fn the_shipped_set_loads_and_its_fixtures_pass_and_cover_every_policy() {
     let bundle = Bundle::load(&shipped()).unwrap_or_else(|p| {
-        panic!("{}", p.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+        panic!(
+            "{}",
+            p.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     });
     assert!(bundle.warnings.is_empty(), "{:?}", bundle.warnings);
     let report = super::fixtures::run(&bundle, &shipped());
@@ -48,7 +58,10 @@ fn the_shipped_set_loads_and_its_fixtures_pass_and_cover_every_policy() {
 
 #[test]
 fn syntax_errors_name_file_line_and_column() {
-    let (_t, p) = broken("extra.cedar", "\n\n@id(\"x\")\npermit (principal, action, resource\n");
+    let (_t, p) = broken(
+        "extra.cedar",
+        "\n\n@id(\"x\")\npermit (principal, action, resource\n",
+    );
     assert_error_at(&p, "extra.cedar", 4, "");
     assert!(p[0].column > 0);
 }
@@ -78,7 +91,9 @@ fn type_errors_are_reported() {
         "\n@id(\"bad-type\")\n@reason(\"r\")\nforbid (principal, action == Action::\"sql:delete\", resource)\nwhen { context.has_where == \"yes\" };\n",
     );
     assert!(
-        p.iter().any(|d| d.file.ends_with("extra.cedar") && d.line >= 4 && d.message.contains("bad-type")),
+        p.iter().any(|d| d.file.ends_with("extra.cedar")
+            && d.line >= 4
+            && d.message.contains("bad-type")),
         "{p:?}"
     );
 }

@@ -12,6 +12,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     identity::ProcessCache,
     intercept::{AgentRegistry, KernelMaps},
+    policy::Engine,
     records::Recorder,
     Error,
 };
@@ -29,6 +30,9 @@ pub struct ProxyContext {
     /// Cancelled when in-flight sessions must be cut (after the grace period).
     pub hard_stop: CancellationToken,
     pub processes: ProcessCache,
+    /// `None` when no policy directory is configured: every configured
+    /// target is open to every agent.
+    pub policy: Option<Arc<Engine>>,
 }
 
 /// Binds every listener; fails if any cannot be bound (the kernel would

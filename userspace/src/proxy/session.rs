@@ -23,6 +23,7 @@ use crate::{
     config::Protocol,
     identity::Caller,
     intercept::{is_proxy_addr, maps::sock_addr},
+    policy::{AgentAttrs, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict},
     protocols::{relay::Counters, tcp},
     records::{Event, EventKind, Verdict},
 };
@@ -61,6 +62,9 @@ impl Session {
             caller: self.caller.clone(),
             target: self.target.clone(),
             protocol: self.protocol.map(str::to_string),
+            action: None,
+            policy_id: None,
+            shadow: false,
             orig_dst: self.orig_dst,
             bytes_from_agent: None,
             bytes_to_agent: None,
@@ -147,11 +151,44 @@ async fn drive(
     };
     session.target = Some(target.name.clone());
     session.protocol = Some(target.protocol.as_str());
-    record(
-        &ctx,
-        session.event(EventKind::SessionOpened, Verdict::Allow, None),
-    )
-    .await;
+    let mut opened = session.event(EventKind::SessionOpened, Verdict::Allow, None);
+    if let Some(engine) = &ctx.policy {
+        let decision = connect_decision(engine, session.caller.as_ref(), &target.attrs);
+        opened.action = Some("connect".into());
+        opened.policy_id = decision.policy_id.clone();
+        opened.reason = Some(decision.reason.clone());
+        if decision.verdict != PolicyVerdict::Allow {
+            if target.enforce {
+                drop(conn);
+                let mut denied = opened;
+                denied.kind = EventKind::SessionDenied;
+                denied.verdict = if decision.verdict == PolicyVerdict::Error {
+                    Verdict::Error
+                } else {
+                    Verdict::Deny
+                };
+                if decision.verdict == PolicyVerdict::Hold {
+                    denied.reason = Some(format!(
+                        "{} (held for approval by {:?}; connections cannot wait for approval)",
+                        decision.reason,
+                        decision.approval.unwrap_or_default()
+                    ));
+                }
+                tracing::info!(policy = ?denied.policy_id, "connection denied by policy");
+                record(&ctx, denied).await;
+                return;
+            }
+            // Shadow mode: record what would have happened, let it through.
+            opened.shadow = true;
+            opened.reason = Some(format!(
+                "shadow: would be {:?} by {}: {}",
+                decision.verdict,
+                decision.policy_id.as_deref().unwrap_or("default deny"),
+                decision.reason
+            ));
+        }
+    }
+    record(&ctx, opened).await;
     tracing::debug!(target = %target.name, "session opened");
 
     let counters = Counters::default();
@@ -179,6 +216,35 @@ async fn drive(
     closed.bytes_to_agent = Some(to_agent);
     closed.duration_us = Some(started.elapsed().as_micros() as u64);
     record(&ctx, closed).await;
+}
+
+/// Asks the policy engine whether this caller may connect to this target.
+/// A request the engine cannot even build is refused (fail closed).
+fn connect_decision(engine: &Engine, caller: Option<&Caller>, target: &TargetAttrs) -> Decision {
+    let agent = caller.map(agent_attrs).unwrap_or_default();
+    engine
+        .current()
+        .decide(&agent, target, "connect", &serde_json::Value::Null)
+        .unwrap_or_else(|e| Decision {
+            verdict: PolicyVerdict::Error,
+            policy_id: None,
+            reason: format!("policy request failed, refused: {e}"),
+            approval: None,
+            matched: Vec::new(),
+            if_approved: Vec::new(),
+        })
+}
+
+/// The caller as a policy principal.
+pub fn agent_attrs(c: &Caller) -> AgentAttrs {
+    AgentAttrs {
+        name: c.agent.clone(),
+        uid: c.uid,
+        exe: c.exe.clone().unwrap_or_default(),
+        comm: c.comm.clone(),
+        lineage: c.lineage.iter().map(|a| a.comm.clone()).collect(),
+        oidc: None,
+    }
 }
 
 async fn record(ctx: &ProxyContext, event: Event) {

@@ -14,6 +14,10 @@ pub struct Target {
     pub protocol: Protocol,
     /// Where blastgate connects; `None` means "the address the agent dialled".
     pub upstream: Option<SocketAddr>,
+    /// The target as policies see it.
+    pub attrs: crate::policy::TargetAttrs,
+    /// `false`: shadow mode, decisions are recorded but not enforced.
+    pub enforce: bool,
 }
 
 /// Original destination -> target. Unknown destinations have no entry and
@@ -52,6 +56,8 @@ impl Routes {
                 name: t.name.clone(),
                 protocol: t.protocol,
                 upstream,
+                attrs: t.attrs(),
+                enforce: t.enforce,
             });
             for addr in t.resolve()? {
                 let addr = normalise(addr);

@@ -57,6 +57,15 @@ pub struct Event {
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    /// The policy action asked about (`connect`, `sql:delete`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The policy that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<String>,
+    /// Shadow mode: the verdict was recorded, not enforced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     /// Where the agent was trying to go before the kernel redirected it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orig_dst: Option<SocketAddr>,
@@ -84,6 +93,9 @@ impl Event {
             caller: None,
             target: None,
             protocol: None,
+            action: None,
+            policy_id: None,
+            shadow: false,
             orig_dst: None,
             bytes_from_agent: None,
             bytes_to_agent: None,
