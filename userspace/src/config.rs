@@ -50,6 +50,8 @@ pub struct Config {
     #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default)]
+    pub approvals: ApprovalsConfig,
+    #[serde(default)]
     pub targets: Vec<TargetConfig>,
 }
 
@@ -191,6 +193,31 @@ pub struct PolicyConfig {
     /// every configured target (a warning says so at start).
     #[serde(default)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long a held action waits for a decision before it is denied.
+    #[serde(default = "default_approval_timeout_ms")]
+    pub timeout_ms: u64,
+    /// URLs that get a JSON POST (Slack incoming-webhook compatible) when a
+    /// request opens and when it is decided.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+}
+
+fn default_approval_timeout_ms() -> u64 {
+    300_000
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            timeout_ms: default_approval_timeout_ms(),
+            webhooks: Vec::new(),
+        }
+    }
 }
 
 /// Rules that make processes agents without `blastgate run`.

@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    approvals::{Broker, Notifier},
     config::Config,
     control::{self, proto::Status, server::ControlContext},
     intercept::{self, Interceptor},
@@ -110,7 +111,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let hard_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    let approvals = Broker::new(
+        Duration::from_millis(config.approvals.timeout_ms),
+        recorder.clone(),
+        Notifier::start(config.approvals.webhooks.clone()),
+    );
     let proxy_ctx = Arc::new(ProxyContext {
+        approvals: approvals.clone(),
         maps: interceptor.maps.clone(),
         agents: interceptor.agents.clone(),
         routes,
@@ -127,6 +134,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     let control_ctx = Arc::new(ControlContext {
+        approvals: approvals.clone(),
         maps: interceptor.maps.clone(),
         agents: interceptor.agents.clone(),
         recorder: recorder.clone(),

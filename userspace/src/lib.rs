@@ -13,11 +13,14 @@
 //!   record and /proc.
 //! - [`policy`]: the Cedar decision engine every handler asks, with
 //!   validation, golden tests and hot reload.
+//! - [`approvals`]: the broker that holds actions for a human decision,
+//!   and the webhook notifier.
 //! - [`records`]: the audit event and the durable JSON-lines spool.
 //! - [`control`]: the daemon's root-only unix socket (label, status, follow).
 //! - [`daemon`]: wires the above together and owns shutdown.
 //! - [`commands`]: the CLI subcommands; [`config`]: the TOML config.
 
+pub mod approvals;
 pub mod commands;
 pub mod config;
 pub mod control;

@@ -66,6 +66,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             commands::uninstall::run(&config)?;
         }
         Command::Policy(cmd) => return commands::policy::run(cmd),
+        Command::Approvals(cmd) => commands::approvals::run(cmd)?,
         Command::CheckConfig { file } => {
             Config::load(&file)?;
             println!("{}: ok", file.display());

@@ -83,6 +83,11 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Pending approval requests, and the decisions on them. Needs root
+    /// (the control socket is root-only); the approver recorded is the
+    /// local user (and SUDO_USER when run through sudo).
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
     /// Policy administration: check, test and explain Cedar policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -149,4 +154,31 @@ pub struct ExplainArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// List pending requests.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a held action.
+    Approve {
+        id: uuid::Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Refuse a held action.
+    Deny {
+        id: uuid::Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }

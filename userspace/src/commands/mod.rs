@@ -1,5 +1,6 @@
 //! The CLI: argument definitions and one module per subcommand.
 
+pub mod approvals;
 pub mod cli;
 pub mod events;
 pub mod policy;

@@ -2,6 +2,8 @@
 
 use std::{ffi::CString, os::unix::process::CommandExt, path::Path};
 
+use crate::identity::users::{self, User};
+
 use anyhow::{bail, Context};
 
 use crate::control::{
@@ -43,61 +45,8 @@ pub fn run(
     Err(err).with_context(|| format!("exec {program}"))
 }
 
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: String,
-}
-
 fn lookup_user(spec: &str) -> anyhow::Result<User> {
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    let rc = if let Ok(uid) = spec.parse::<u32>() {
-        // SAFETY: buffers are valid for the sizes passed; result is checked.
-        unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        }
-    } else {
-        let name = CString::new(spec).context("user name contains NUL")?;
-        // SAFETY: as above.
-        unsafe {
-            libc::getpwnam_r(
-                name.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        }
-    };
-    if rc != 0 || result.is_null() {
-        bail!("no such user: {spec}");
-    }
-    // SAFETY: getpwnam_r succeeded, so the strings point into `buf`.
-    let (name, home) = unsafe {
-        (
-            std::ffi::CStr::from_ptr(pwd.pw_name)
-                .to_string_lossy()
-                .into_owned(),
-            std::ffi::CStr::from_ptr(pwd.pw_dir)
-                .to_string_lossy()
-                .into_owned(),
-        )
-    };
-    Ok(User {
-        name,
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
-        home,
-    })
+    users::lookup(spec).ok_or_else(|| anyhow::anyhow!("no such user: {spec}"))
 }
 
 /// Supplementary groups, gid, then uid: the order that leaves no way back.

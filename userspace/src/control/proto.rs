@@ -17,6 +17,17 @@ pub enum Request {
     Status,
     /// Stream every event as it becomes durable.
     Follow,
+    /// Pending approval requests.
+    Approvals,
+    /// An approver's decision on one request.
+    Decide {
+        id: uuid::Uuid,
+        approve: bool,
+        reason: Option<String>,
+        /// The human behind the root-only socket (SUDO_USER), recorded
+        /// next to the peer's own identity.
+        on_behalf_of: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +43,13 @@ pub enum Response {
     /// A follower fell behind and missed this many events (they are in the spool).
     Lagged {
         missed: u64,
+    },
+    Approvals {
+        pending: Vec<crate::approvals::ApprovalRequest>,
+    },
+    Decided {
+        id: uuid::Uuid,
+        by: String,
     },
     Error {
         message: String,

@@ -20,6 +20,7 @@ use super::{
     MAX_LINE,
 };
 use crate::{
+    approvals::Broker,
     identity::{procfs, Caller},
     intercept::{AgentRegistry, KernelMaps},
     records::{Event, EventKind, Recorder, Verdict},
@@ -27,6 +28,7 @@ use crate::{
 };
 
 pub struct ControlContext {
+    pub approvals: Arc<Broker>,
     pub maps: Arc<KernelMaps>,
     pub agents: Arc<AgentRegistry>,
     pub recorder: Recorder,
@@ -169,6 +171,35 @@ async fn handle(
                 .map(|(n, v)| (n.to_string(), v))
                 .collect();
             reply(&mut w, &Response::Status(Box::new(status))).await
+        }
+        Request::Approvals => {
+            reply(
+                &mut w,
+                &Response::Approvals {
+                    pending: ctx.approvals.list(),
+                },
+            )
+            .await
+        }
+        Request::Decide {
+            id,
+            approve,
+            reason,
+            on_behalf_of,
+        } => {
+            let me = crate::identity::users::name_of(cred.uid())
+                .unwrap_or_else(|| format!("uid {}", cred.uid()));
+            let by = match on_behalf_of {
+                Some(human) if human != me => format!("{me} (sudo from {human})"),
+                _ => me,
+            };
+            let resp = match ctx.approvals.decide(id, approve, by.clone(), reason) {
+                Ok(()) => Response::Decided { id, by },
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            };
+            reply(&mut w, &resp).await
         }
         Request::Follow => {
             let mut events = ctx.recorder.subscribe();

@@ -3,5 +3,6 @@
 
 mod caller;
 pub mod procfs;
+pub mod users;
 
 pub use caller::{Ancestor, Caller, ProcessCache};

@@ -10,6 +10,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    approvals::Broker,
     identity::ProcessCache,
     intercept::{AgentRegistry, KernelMaps},
     policy::Engine,
@@ -21,6 +22,7 @@ pub use targets::Routes;
 
 /// Everything a session needs, shared by all of them.
 pub struct ProxyContext {
+    pub approvals: Arc<Broker>,
     pub maps: Arc<KernelMaps>,
     pub agents: Arc<AgentRegistry>,
     pub routes: Routes,

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::ProxyContext;
 use crate::{
+    approvals::ApprovalRequest,
     config::Protocol,
     identity::Caller,
     intercept::{is_proxy_addr, maps::sock_addr},
@@ -65,6 +66,9 @@ impl Session {
             action: None,
             policy_id: None,
             shadow: false,
+            approval_id: None,
+            approver: None,
+            text: None,
             orig_dst: self.orig_dst,
             bytes_from_agent: None,
             bytes_to_agent: None,
@@ -157,7 +161,43 @@ async fn drive(
         opened.action = Some("connect".into());
         opened.policy_id = decision.policy_id.clone();
         opened.reason = Some(decision.reason.clone());
-        if decision.verdict != PolicyVerdict::Allow {
+        if decision.verdict == PolicyVerdict::Hold && target.enforce {
+            let request = ApprovalRequest {
+                id: Uuid::now_v7(),
+                created: SystemTime::now(),
+                session_id: session.id,
+                agent: session
+                    .caller
+                    .as_ref()
+                    .map(|c| c.agent.clone())
+                    .unwrap_or_default(),
+                pid: session.caller.as_ref().map_or(0, |c| c.pid),
+                target: target.name.clone(),
+                action: "connect".into(),
+                text: format!("connect to {orig}"),
+                policy_id: decision.policy_id.clone(),
+                group: decision.approval.clone().unwrap_or_default(),
+                reason: decision.reason.clone(),
+            };
+            // The agent's connect() has completed; it waits for data while
+            // a human decides. Cut short by shutdown like any session.
+            let outcome = tokio::select! {
+                o = ctx.approvals.hold(request) => o,
+                _ = ctx.hard_stop.cancelled() => crate::approvals::Outcome::Withdrawn,
+            };
+            let said = outcome.describe(ctx.approvals.timeout());
+            if outcome.approved() {
+                opened.reason = Some(format!("{}; {said}", decision.reason));
+            } else {
+                drop(conn);
+                let mut denied = opened;
+                denied.kind = EventKind::SessionDenied;
+                denied.verdict = Verdict::Deny;
+                denied.reason = Some(format!("held for approval: {said}"));
+                record(&ctx, denied).await;
+                return;
+            }
+        } else if decision.verdict != PolicyVerdict::Allow {
             if target.enforce {
                 drop(conn);
                 let mut denied = opened;
@@ -167,13 +207,6 @@ async fn drive(
                 } else {
                     Verdict::Deny
                 };
-                if decision.verdict == PolicyVerdict::Hold {
-                    denied.reason = Some(format!(
-                        "{} (held for approval by {:?}; connections cannot wait for approval)",
-                        decision.reason,
-                        decision.approval.unwrap_or_default()
-                    ));
-                }
                 tracing::info!(policy = ?denied.policy_id, "connection denied by policy");
                 record(&ctx, denied).await;
                 return;

@@ -28,6 +28,10 @@ pub enum EventKind {
     PolicyReloaded,
     /// A policy change failed validation; the previous set stays in force.
     PolicyRejected,
+    /// A held action is waiting for a human.
+    ApprovalRequested,
+    /// Approved, denied, timed out or withdrawn; `duration_us` is the wait.
+    ApprovalDecided,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +70,14 @@ pub struct Event {
     /// Shadow mode: the verdict was recorded, not enforced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<Uuid>,
+    /// Who approved or denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    /// The statement, command or request (after masking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
     /// Where the agent was trying to go before the kernel redirected it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orig_dst: Option<SocketAddr>,
@@ -96,6 +108,9 @@ impl Event {
             action: None,
             policy_id: None,
             shadow: false,
+            approval_id: None,
+            approver: None,
+            text: None,
             orig_dst: None,
             bytes_from_agent: None,
             bytes_to_agent: None,
