@@ -47,7 +47,9 @@ fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
                         sink.lock().unwrap_or_else(|p| p.into_inner()).push(v);
                     }
                 }
-                let _ = r.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+                let _ = r.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
             });
         }
     });
@@ -93,7 +95,12 @@ fn held_connections_wait_for_a_human_decision() {
     let dir = scratch.path().join("policies");
     std::fs::create_dir(&dir).expect("mkdir");
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    for f in ["blastgate.cedarschema", "sql.cedar", "ssh.cedar", "http.cedar"] {
+    for f in [
+        "blastgate.cedarschema",
+        "sql.cedar",
+        "ssh.cedar",
+        "http.cedar",
+    ] {
         std::fs::copy(shipped.join(f), dir.join(f)).expect("copy");
     }
     std::fs::write(dir.join("connect.cedar"), HELD_CONNECT).expect("write");
@@ -114,14 +121,29 @@ fn held_connections_wait_for_a_human_decision() {
     // Approve: the waiting agent gets through.
     let waiting = spawn("held-approve");
     let id = wait_pending(&env, "held-approve");
-    assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the server while held");
+    assert_eq!(
+        server.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the server while held"
+    );
     let out = Command::new(BIN)
-        .args(["approvals", "approve", &id, "--reason", "looks fine", "--config"])
+        .args([
+            "approvals",
+            "approve",
+            &id,
+            "--reason",
+            "looks fine",
+            "--config",
+        ])
         .arg(&env.config)
         .env("SUDO_USER", "alice")
         .output()
         .expect("approve");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = &json_lines(&waiting.wait_with_output().expect("agent"))[0];
     assert_eq!(v["ok"], true, "approved connection goes through: {v}");
     let decided = env.wait_event("approval_decided (approve)", |e| {
@@ -136,31 +158,64 @@ fn held_connections_wait_for_a_human_decision() {
     let waiting = spawn("held-deny");
     let id = wait_pending(&env, "held-deny");
     let out = env.blastgate(&["approvals", "deny", &id, "--reason", "not today"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = &json_lines(&waiting.wait_with_output().expect("agent"))[0];
     assert_eq!(v["ok"], false, "denied connection is refused: {v}");
     let pid = v["pid"].as_u64().unwrap_or(0);
     let ev = env.wait_event("denied session", |e| is_session(e, "session_denied", pid));
-    assert!(ev["reason"].as_str().unwrap_or_default().contains("denied by root"), "{ev}");
+    assert!(
+        ev["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("denied by root"),
+        "{ev}"
+    );
 
     // Timeout: refused after approvals.timeout_ms.
     let waiting = spawn("held-timeout");
     wait_pending(&env, "held-timeout");
     let v = &json_lines(&waiting.wait_with_output().expect("agent"))[0];
-    assert_eq!(v["ok"], false, "an undecided request times out as a denial: {v}");
+    assert_eq!(
+        v["ok"], false,
+        "an undecided request times out as a denial: {v}"
+    );
     env.wait_event("approval timeout", |e| {
-        e["kind"] == "approval_decided" && e["reason"].as_str().is_some_and(|r| r.contains("no decision within"))
+        e["kind"] == "approval_decided"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no decision within"))
     });
     assert!(pending(&env).is_empty());
 
     // The webhook got a request and a decision for each.
     let got = wait_until(Duration::from_secs(10), || {
-        let n = notifications.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let n = notifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         (n.len() >= 6).then_some(n)
     })
     .unwrap_or_else(|| panic!("webhook got {:?}", notifications.lock().map(|n| n.clone())));
-    let kinds: Vec<&str> = got.iter().filter_map(|v| v["blastgate"]["event"].as_str()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "approval_requested").count(), 3, "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| **k == "approval_decided").count(), 3, "{kinds:?}");
-    assert!(got.iter().all(|v| v["text"].is_string()), "Slack-compatible text field");
+    let kinds: Vec<&str> = got
+        .iter()
+        .filter_map(|v| v["blastgate"]["event"].as_str())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "approval_requested").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "approval_decided").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert!(
+        got.iter().all(|v| v["text"].is_string()),
+        "Slack-compatible text field"
+    );
 }

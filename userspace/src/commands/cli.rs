@@ -117,6 +117,17 @@ pub enum PolicyCommand {
     },
     /// Decide one request and show which policies matched and why.
     Explain(Box<ExplainArgs>),
+    /// Measure decision latency (p50/p99, uncached and cached) on a copy of
+    /// DIR with GENERATED extra policies.
+    Bench {
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 200)]
+        generated: usize,
+        #[arg(long, default_value_t = 20_000)]
+        iterations: usize,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -74,6 +74,16 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        PolicyCommand::Bench {
+            dir,
+            generated,
+            iterations,
+            config,
+        } => {
+            let dir = policy_dir(dir, config.as_deref())?;
+            bench(&dir, generated, iterations)?;
+            Ok(ExitCode::SUCCESS)
+        }
         PolicyCommand::Explain(args) => {
             let ExplainArgs {
                 agent,
@@ -158,4 +168,116 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Typical requests, one per protocol family.
+fn bench_requests() -> Vec<(AgentAttrs, TargetAttrs, &'static str, serde_json::Value)> {
+    let agent = AgentAttrs {
+        name: "claude".into(),
+        uid: 1001,
+        exe: "/usr/bin/psql".into(),
+        comm: "psql".into(),
+        lineage: vec!["bash".into(), "claude".into()],
+        oidc: None,
+    };
+    let target = |name: &str, protocol: &str, env: &str| TargetAttrs {
+        name: name.into(),
+        protocol: protocol.into(),
+        labels: [("env".to_string(), env.to_string())].into_iter().collect(),
+    };
+    vec![
+        (
+            agent.clone(),
+            target("orders-db", "postgres", "production"),
+            "connect",
+            serde_json::Value::Null,
+        ),
+        (
+            agent.clone(),
+            target("orders-db", "postgres", "production"),
+            "sql:select",
+            serde_json::json!({"command": "SELECT", "tables_read": ["public.orders"], "has_where": true}),
+        ),
+        (
+            agent.clone(),
+            target("orders-db", "postgres", "production"),
+            "sql:delete",
+            serde_json::json!({"command": "DELETE", "tables_written": ["public.orders"]}),
+        ),
+        (
+            agent.clone(),
+            target("deploy", "ssh", "staging"),
+            "ssh:exec",
+            serde_json::json!({"command": "systemctl restart app"}),
+        ),
+        (
+            agent,
+            target("k8s", "https", "production"),
+            "http:DELETE",
+            serde_json::json!({"method": "DELETE", "path": "/api/v1/namespaces/shop", "k8s_resource": "namespaces"}),
+        ),
+    ]
+}
+
+fn bench(dir: &std::path::Path, generated: usize, iterations: usize) -> anyhow::Result<()> {
+    let tmp = tempfile_dir()?;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), tmp.join(e.file_name()))?;
+        }
+    }
+    let mut extra = String::new();
+    // Realistic extra rules: per-agent and per-target restrictions, the
+    // kind an admin adds as agents and targets multiply.
+    for i in 0..generated {
+        let scope = if i % 2 == 0 {
+            format!("principal == Agent::\"agent-{i}\", action in Action::\"sql\", resource")
+        } else {
+            format!("principal, action in [Action::\"sql:delete\", Action::\"sql:update\"], resource == Target::\"db-{i}\"")
+        };
+        extra += &format!(
+            "@id(\"generated-{i}\")\n@reason(\"generated for the benchmark\")\nforbid ({scope})\nwhen {{ context.tables_written.contains(\"t{i}\") }};\n\n"
+        );
+    }
+    std::fs::write(tmp.join("zz-generated.cedar"), extra)?;
+    let Some(bundle) = load(&tmp) else {
+        anyhow::bail!("the benchmark policy set does not load");
+    };
+    let requests = bench_requests();
+    let measure = |cached: bool| -> anyhow::Result<(f64, f64)> {
+        let mut lat = Vec::with_capacity(iterations);
+        for i in 0..iterations {
+            let (a, t, action, ctx) = &requests[i % requests.len()];
+            let start = std::time::Instant::now();
+            let d = if cached {
+                bundle.decide_cached(a, t, action, ctx)?
+            } else {
+                bundle.decide(a, t, action, ctx)?
+            };
+            lat.push(start.elapsed().as_secs_f64() * 1e6);
+            std::hint::black_box(d);
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+        Ok((pct(0.5), pct(0.99)))
+    };
+    measure(false)?; // warm-up
+    let (u50, u99) = measure(false)?;
+    let (c50, c99) = measure(true)?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "{} policies ({} shipped + {generated} generated), {} request kinds, {iterations} decisions each:",
+        bundle.meta.len(),
+        bundle.meta.len() - generated,
+        requests.len()
+    );
+    println!("  uncached  p50 {u50:>7.2} µs  p99 {u99:>7.2} µs");
+    println!("  cached    p50 {c50:>7.2} µs  p99 {c99:>7.2} µs");
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("blastgate-policy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

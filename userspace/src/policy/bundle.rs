@@ -45,6 +45,12 @@ pub struct Bundle {
     pub authorizer: Authorizer,
     /// Lint findings that did not stop the load.
     pub warnings: Vec<Diagnostic>,
+    /// Decisions of this bundle by request; a reload builds a new bundle,
+    /// so a stale decision cannot outlive the policies that made it.
+    pub cache: super::decide::DecisionCache,
+    pub entities: super::decide::EntitiesCache,
+    /// Per-request subsets of `all` and `relaxed` by scope.
+    pub scopes: super::scope::ScopeIndex,
 }
 
 fn err(file: &Path, message: impl Into<String>) -> Diagnostic {
@@ -242,7 +248,13 @@ impl Bundle {
                     .map_err(|e| vec![err(dir, format!("policy {}: {e}", p.id()))])?;
             }
         }
+        let held = |p: &cedar_policy::Policy| {
+            meta.get(&p.id().to_string())
+                .is_some_and(|m| m.approval.is_some() && m.effect == Effect::Forbid)
+        };
+        let scopes = super::scope::ScopeIndex::new(&all, &held, &schema, &actions);
         Ok(Bundle {
+            scopes,
             dir: dir.to_path_buf(),
             schema,
             all,
@@ -251,6 +263,8 @@ impl Bundle {
             actions,
             authorizer: Authorizer::new(),
             warnings,
+            cache: Default::default(),
+            entities: Default::default(),
         })
     }
 }

@@ -160,44 +160,73 @@ fn uid(ty: &str, id: &str) -> Result<EntityUid, RequestError> {
         .map_err(|e| RequestError::Entities(e.to_string()))
 }
 
+/// Cached decisions, keyed by the whole request (principal, action,
+/// resource and the canonical context JSON), never by a hash of it: a
+/// collision must not hand one request another's decision.
+#[derive(Default)]
+pub struct DecisionCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Decision>>,
+}
+
+/// Beyond this many entries the cache starts over (statements with literal
+/// values rarely repeat; connects and parameterised statements do).
+const CACHE_MAX: usize = 16_384;
+
+impl DecisionCache {
+    fn key(agent: &AgentAttrs, target: &TargetAttrs, action: &str, context: &Value) -> String {
+        // serde_json maps are ordered, so equal contexts print equally.
+        format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}",
+            serde_json::to_string(agent).unwrap_or_default(),
+            action,
+            serde_json::to_string(target).unwrap_or_default(),
+            context
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The entity store (actions + this principal + this target) per
+/// (agent, target): building it computes the action hierarchy's closure,
+/// the most expensive part of a request, and a session asks many times
+/// with the same pair.
+#[derive(Default)]
+pub struct EntitiesCache {
+    entries:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<cedar_policy::Entities>>>,
+}
+
+const ENTITIES_MAX: usize = 1024;
+
 impl Bundle {
-    /// Evaluates one request. `context` is a JSON object of what the
-    /// protocol handler parsed; missing attributes take their defaults and
-    /// unknown ones are an error.
-    pub fn decide(
+    fn entities_for(
         &self,
         agent: &AgentAttrs,
         target: &TargetAttrs,
-        action: &str,
-        context: &Value,
-    ) -> Result<Decision, RequestError> {
-        let defaults =
-            context_defaults(action).ok_or_else(|| RequestError::UnknownAction(action.into()))?;
-        let given = match context {
-            Value::Null => serde_json::Map::new(),
-            Value::Object(m) => m.clone(),
-            other => {
-                return Err(RequestError::Context(format!(
-                    "must be an object, not {other}"
-                )))
-            }
-        };
-        if let Some(unknown) = given.keys().find(|k| !defaults.iter().any(|(d, _)| d == k)) {
-            return Err(RequestError::Context(format!(
-                "unknown attribute {unknown:?} for action {action:?}"
-            )));
+        principal: &EntityUid,
+        resource: &EntityUid,
+    ) -> Result<std::sync::Arc<cedar_policy::Entities>, RequestError> {
+        let key = format!(
+            "{}\u{0}{}",
+            serde_json::to_string(agent).unwrap_or_default(),
+            serde_json::to_string(target).unwrap_or_default()
+        );
+        if let Some(e) = self
+            .entities
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(e.clone());
         }
-        let mut pairs = Vec::with_capacity(defaults.len());
-        for (k, default) in defaults {
-            let v = given.get(k).unwrap_or(&default);
-            pairs.push((k.to_string(), to_expr(v)?));
-        }
-        let context =
-            Context::from_pairs(pairs).map_err(|e| RequestError::Context(e.to_string()))?;
-
-        let principal = uid("Agent", &agent.name)?;
-        let resource = uid("Target", &target.name)?;
-        let action_uid = uid("Action", action)?;
         let mut agent_attrs = vec![
             (
                 "name".to_string(),
@@ -265,17 +294,100 @@ impl Bundle {
                 .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
         )
         .map_err(|e| RequestError::Entities(e.to_string()))?;
-        let entities = self
-            .actions
-            .clone()
-            .add_entities([principal_entity, target_entity], None)
-            .map_err(|e| RequestError::Entities(e.to_string()))?;
+        let entities = std::sync::Arc::new(
+            self.actions
+                .clone()
+                .add_entities([principal_entity, target_entity], None)
+                .map_err(|e| RequestError::Entities(e.to_string()))?,
+        );
+        let mut cache = self
+            .entities
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= ENTITIES_MAX {
+            cache.clear();
+        }
+        cache.insert(key, entities.clone());
+        Ok(entities)
+    }
+
+    /// [`Bundle::decide`] through the bundle's decision cache. Errors are
+    /// not cached.
+    pub fn decide_cached(
+        &self,
+        agent: &AgentAttrs,
+        target: &TargetAttrs,
+        action: &str,
+        context: &Value,
+    ) -> Result<Decision, RequestError> {
+        let key = DecisionCache::key(agent, target, action, context);
+        if let Some(d) = self
+            .cache
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(d.clone());
+        }
+        let d = self.decide(agent, target, action, context)?;
+        if d.verdict != Verdict::Error {
+            let mut entries = self.cache.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if entries.len() >= CACHE_MAX {
+                entries.clear();
+            }
+            entries.insert(key, d.clone());
+        }
+        Ok(d)
+    }
+
+    /// Evaluates one request. `context` is a JSON object of what the
+    /// protocol handler parsed; missing attributes take their defaults and
+    /// unknown ones are an error.
+    pub fn decide(
+        &self,
+        agent: &AgentAttrs,
+        target: &TargetAttrs,
+        action: &str,
+        context: &Value,
+    ) -> Result<Decision, RequestError> {
+        let defaults =
+            context_defaults(action).ok_or_else(|| RequestError::UnknownAction(action.into()))?;
+        let given = match context {
+            Value::Null => serde_json::Map::new(),
+            Value::Object(m) => m.clone(),
+            other => {
+                return Err(RequestError::Context(format!(
+                    "must be an object, not {other}"
+                )))
+            }
+        };
+        if let Some(unknown) = given.keys().find(|k| !defaults.iter().any(|(d, _)| d == k)) {
+            return Err(RequestError::Context(format!(
+                "unknown attribute {unknown:?} for action {action:?}"
+            )));
+        }
+        let mut pairs = Vec::with_capacity(defaults.len());
+        for (k, default) in defaults {
+            let v = given.get(k).unwrap_or(&default);
+            pairs.push((k.to_string(), to_expr(v)?));
+        }
+        let context =
+            Context::from_pairs(pairs).map_err(|e| RequestError::Context(e.to_string()))?;
+
+        let principal = uid("Agent", &agent.name)?;
+        let resource = uid("Target", &target.name)?;
+        let action_uid = uid("Action", action)?;
+        let entities = self.entities_for(agent, target, &principal, &resource)?;
         let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
             .map_err(|e| RequestError::Schema(e.to_string()))?;
 
+        // Only the policies whose scope can match this request.
+        let scoped = self.scopes.get(action, &agent.name, &target.name);
         let response = self
             .authorizer
-            .is_authorized(&request, &self.all, &entities);
+            .is_authorized(&request, &scoped.all, &entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -344,7 +456,7 @@ impl Bundle {
         // Only approval forbids stand in the way: would it pass without them?
         let relaxed = self
             .authorizer
-            .is_authorized(&request, &self.relaxed, &entities);
+            .is_authorized(&request, &scoped.relaxed, &entities);
         let first = matched.first().cloned();
         let m = first.as_ref().and_then(meta_of);
         if relaxed.decision() == CedarDecision::Allow

@@ -12,6 +12,7 @@ pub mod decide;
 pub mod diagnostic;
 pub mod fixtures;
 mod reload;
+mod scope;
 #[cfg(test)]
 mod tests;
 

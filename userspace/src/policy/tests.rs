@@ -114,3 +114,71 @@ fn ids_are_required_unique_and_approval_only_on_forbid() {
     );
     assert_error_at(&p, "extra.cedar", 1, "@approval");
 }
+
+#[test]
+fn the_scope_index_leaves_out_policies_for_other_actions_principals_and_resources() {
+    let bundle = Bundle::load(&shipped()).unwrap();
+    let connect = bundle.scopes.get("connect", "claude", "orders-db");
+    let ids: Vec<String> = connect.all.policies().map(|p| p.id().to_string()).collect();
+    assert_eq!(ids, vec!["connect-any-target".to_string()], "{ids:?}");
+    let del = bundle.scopes.get("sql:delete", "claude", "orders-db");
+    let n = del.all.policies().count();
+    assert!(n == 4 && n < bundle.meta.len(), "{n}");
+    assert!(
+        del.relaxed.policies().count() < n,
+        "approval forbids are out of the relaxed set"
+    );
+}
+
+#[test]
+#[ignore = "diagnostic timing, run by hand"]
+fn timing_breakdown() {
+    use std::time::Instant;
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(shipped()).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+    }
+    let mut extra = String::new();
+    for i in 0..200 {
+        extra += &format!("@id(\"g{i}\")\n@reason(\"r\")\nforbid (principal == Agent::\"agent-{i}\", action in Action::\"sql\", resource);\n");
+    }
+    std::fs::write(tmp.path().join("zz.cedar"), extra).unwrap();
+    let bundle = Bundle::load(tmp.path()).unwrap();
+    eprintln!(
+        "scoped connect: {}",
+        bundle
+            .scopes
+            .get("connect", "claude", "orders-db")
+            .all
+            .policies()
+            .count()
+    );
+    let agent = super::AgentAttrs {
+        name: "claude".into(),
+        ..Default::default()
+    };
+    let target = super::TargetAttrs {
+        name: "orders-db".into(),
+        protocol: "postgres".into(),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    for _ in 0..2000 {
+        let _ = bundle.scopes.get("connect", "claude", "orders-db");
+    }
+    eprintln!("scopes.get {:?}", t.elapsed() / 2000);
+    let t = Instant::now();
+    for _ in 0..2000 {
+        let _ = bundle.actions.clone();
+    }
+    eprintln!("actions.clone {:?}", t.elapsed() / 2000);
+    let t = Instant::now();
+    for _ in 0..2000 {
+        let _ = bundle
+            .decide(&agent, &target, "connect", &serde_json::Value::Null)
+            .unwrap();
+    }
+    eprintln!("decide {:?}", t.elapsed() / 2000);
+}

@@ -257,7 +257,7 @@ fn connect_decision(engine: &Engine, caller: Option<&Caller>, target: &TargetAtt
     let agent = caller.map(agent_attrs).unwrap_or_default();
     engine
         .current()
-        .decide(&agent, target, "connect", &serde_json::Value::Null)
+        .decide_cached(&agent, target, "connect", &serde_json::Value::Null)
         .unwrap_or_else(|e| Decision {
             verdict: PolicyVerdict::Error,
             policy_id: None,
