@@ -46,7 +46,12 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             let dir = policy_dir(dir, config.as_deref())?;
             Ok(match load(&dir) {
                 Some(b) => {
-                    println!("{}: ok ({} policies)", dir.display(), b.meta.len());
+                    println!(
+                        "{}: ok ({} policies, {} masking rules)",
+                        dir.display(),
+                        b.meta.len(),
+                        b.masking.rule_count()
+                    );
                     ExitCode::SUCCESS
                 }
                 None => ExitCode::FAILURE,

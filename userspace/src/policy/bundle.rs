@@ -51,6 +51,8 @@ pub struct Bundle {
     pub entities: super::decide::EntitiesCache,
     /// Per-request subsets of `all` and `relaxed` by scope.
     pub scopes: super::scope::ScopeIndex,
+    /// Masking rules from `masking.toml` (empty when there is none).
+    pub masking: super::masking::Masking,
 }
 
 fn err(file: &Path, message: impl Into<String>) -> Diagnostic {
@@ -220,14 +222,21 @@ impl Bundle {
             }
         }
 
+        let masking = match super::masking::Masking::load(dir) {
+            Ok(m) => Some(m),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        };
         problems.sort_by(|a, b| {
             (a.severity, &a.file, a.line, a.column).cmp(&(b.severity, &b.file, b.line, b.column))
         });
         let (warnings, errors): (Vec<_>, Vec<_>) = problems
             .into_iter()
             .partition(|d| d.severity == Severity::Warning);
-        let schema = match schema {
-            Some(s) if errors.is_empty() => s,
+        let (schema, masking) = match (schema, masking) {
+            (Some(s), Some(m)) if errors.is_empty() => (s, m),
             _ => {
                 let mut all_problems = errors;
                 all_problems.extend(warnings);
@@ -254,6 +263,7 @@ impl Bundle {
         };
         let scopes = super::scope::ScopeIndex::new(&all, &held, &schema, &actions);
         Ok(Bundle {
+            masking,
             scopes,
             dir: dir.to_path_buf(),
             schema,

@@ -5,12 +5,15 @@
 //!   and validated as one unit;
 //! - [`decide`]: the request and the allow / deny / hold / error decision;
 //! - [`fixtures`]: golden tests for `blastgate policy test`;
+//! - [`masking`]: field rules and value detectors, compiled to the plan
+//!   handlers apply to responses;
 //! - [`Engine`]: the daemon's current bundle, swapped whole on reload.
 
 pub mod bundle;
 pub mod decide;
 pub mod diagnostic;
 pub mod fixtures;
+pub mod masking;
 mod reload;
 mod scope;
 #[cfg(test)]

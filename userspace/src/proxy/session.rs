@@ -44,6 +44,8 @@ pub enum SessionError {
 struct Session {
     id: Uuid,
     seq: AtomicU32,
+    /// Values masked in responses to the agent, for the closing record.
+    masked: std::sync::atomic::AtomicU64,
     caller: Option<Caller>,
     orig_dst: Option<SocketAddr>,
     target: Option<String>,
@@ -73,6 +75,7 @@ impl Session {
             bytes_from_agent: None,
             bytes_to_agent: None,
             duration_us: None,
+            masked_fields: None,
         }
     }
 }
@@ -82,6 +85,7 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
     let mut session = Session {
         id: Uuid::now_v7(),
         seq: AtomicU32::new(0),
+        masked: Default::default(),
         caller: None,
         orig_dst: None,
         target: None,
@@ -248,6 +252,8 @@ async fn drive(
     closed.bytes_from_agent = Some(from_agent);
     closed.bytes_to_agent = Some(to_agent);
     closed.duration_us = Some(started.elapsed().as_micros() as u64);
+    // TCP passthrough cannot see into the stream; protocol handlers count.
+    closed.masked_fields = Some(session.masked.load(Ordering::Relaxed));
     record(&ctx, closed).await;
 }
 

@@ -89,6 +89,9 @@ pub struct Event {
     pub bytes_to_agent: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_us: Option<u64>,
+    /// Values masked in what the session returned to the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked_fields: Option<u64>,
 }
 
 impl Event {
@@ -115,6 +118,7 @@ impl Event {
             bytes_from_agent: None,
             bytes_to_agent: None,
             duration_us: None,
+            masked_fields: None,
         }
     }
 }

@@ -1,0 +1,771 @@
+//! Masking rules (`masking.toml` beside the policies), compiled into the
+//! plan a protocol handler applies to what flows back to the agent.
+//!
+//! ```toml
+//! hash_key_file = "/etc/blastgate/mask.key"   # optional key for style "hash"
+//!
+//! [[field]]                 # mask named fields
+//! id = "customer-pii"
+//! targets = ["orders-*"]    # target name globs (default: all)
+//! agents = ["*"]            # agent name globs (default: all)
+//! columns = ["public.customers.email", "*.*.ssn"]   # schema.table.column globs
+//! json_paths = ["$.items[*].email", "$..password"]  # HTTP JSON bodies
+//! style = "last4"           # fixed | last4 | hash
+//!
+//! [[detector]]              # mask values that look sensitive, wherever they are
+//! kind = "card"             # email card iban aws_key jwt private_key bearer phone
+//! style = "fixed"
+//! targets = ["*"]
+//! ```
+//!
+//! Masking never widens what the agent sees: a field matched by a rule is
+//! replaced whole; a detector replaces only the matching span.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use hmac::{Hmac, Mac};
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::diagnostic::{line_col, Diagnostic, Severity};
+
+pub const MASKING_FILE: &str = "masking.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Style {
+    /// `****`
+    Fixed,
+    /// `****1234`: enough to tell values apart in a conversation.
+    Last4,
+    /// `hash:1a2b3c4d5e6f`: equal values mask equally (joins, grouping),
+    /// keyed by `hash_key_file` when set.
+    Hash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    Email,
+    Card,
+    Iban,
+    AwsKey,
+    Jwt,
+    PrivateKey,
+    Bearer,
+    Phone,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldRule {
+    id: String,
+    #[serde(default)]
+    targets: Vec<String>,
+    #[serde(default)]
+    agents: Vec<String>,
+    #[serde(default)]
+    columns: Vec<String>,
+    #[serde(default)]
+    json_paths: Vec<String>,
+    style: Style,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectorRule {
+    kind: DetectorKind,
+    style: Style,
+    #[serde(default)]
+    targets: Vec<String>,
+    #[serde(default)]
+    agents: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MaskingFile {
+    hash_key_file: Option<PathBuf>,
+    #[serde(default)]
+    field: Vec<FieldRule>,
+    #[serde(default)]
+    detector: Vec<DetectorRule>,
+}
+
+fn globs(patterns: &[String]) -> Result<GlobSet, globset::Error> {
+    let mut b = GlobSetBuilder::new();
+    if patterns.is_empty() {
+        b.add(Glob::new("*")?);
+    }
+    for p in patterns {
+        b.add(Glob::new(p)?);
+    }
+    b.build()
+}
+
+/// A JSON path step: `.key`, `[*]`, `[n]`, or `..key` (any depth).
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Key(String),
+    AnyIndex,
+    Index(usize),
+    Descend(String),
+}
+
+fn parse_path(p: &str) -> Result<Vec<Step>, String> {
+    let rest = p.strip_prefix('$').ok_or("a JSON path starts with $")?;
+    let mut steps = Vec::new();
+    let mut chars = rest.chars().peekable();
+    let ident = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+        let mut s = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '.' || c == '[' {
+                break;
+            }
+            s.push(c);
+            chars.next();
+        }
+        s
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '.' if chars.peek() == Some(&'.') => {
+                chars.next();
+                let k = ident(&mut chars);
+                if k.is_empty() {
+                    return Err("`..` needs a key".into());
+                }
+                steps.push(Step::Descend(k));
+            }
+            '.' => {
+                let k = ident(&mut chars);
+                if k.is_empty() {
+                    return Err("empty key".into());
+                }
+                steps.push(Step::Key(k));
+            }
+            '[' => {
+                let mut inner = String::new();
+                for c in chars.by_ref() {
+                    if c == ']' {
+                        break;
+                    }
+                    inner.push(c);
+                }
+                steps.push(match inner.as_str() {
+                    "*" => Step::AnyIndex,
+                    n => Step::Index(n.parse().map_err(|_| format!("bad index [{n}]"))?),
+                });
+            }
+            other => return Err(format!("unexpected {other:?}")),
+        }
+    }
+    if steps.is_empty() {
+        return Err("the path names nothing".into());
+    }
+    Ok(steps)
+}
+
+struct CompiledField {
+    id: String,
+    targets: GlobSet,
+    agents: GlobSet,
+    columns: GlobSet,
+    json_paths: Vec<Vec<Step>>,
+    style: Style,
+}
+
+struct CompiledDetector {
+    kind: DetectorKind,
+    regex: Regex,
+    style: Style,
+    targets: GlobSet,
+    agents: GlobSet,
+}
+
+/// Every rule of a bundle, compiled.
+#[derive(Default)]
+pub struct Masking {
+    fields: Vec<CompiledField>,
+    detectors: Vec<CompiledDetector>,
+    key: Option<Arc<Vec<u8>>>,
+}
+
+fn detector_regex(kind: DetectorKind) -> &'static str {
+    match kind {
+        DetectorKind::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+        DetectorKind::Card => r"\b\d(?:[ -]?\d){12,18}\b",
+        DetectorKind::Iban => r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
+        DetectorKind::AwsKey => r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
+        DetectorKind::Jwt => r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+",
+        DetectorKind::PrivateKey => {
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+        }
+        DetectorKind::Bearer => r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
+        DetectorKind::Phone => r"\+?\(?\d[\d ().-]{7,}\d",
+    }
+}
+
+/// Checksums and lengths that keep detectors from masking every number.
+fn plausible(kind: DetectorKind, m: &str) -> bool {
+    let digits: Vec<u32> = m.chars().filter_map(|c| c.to_digit(10)).collect();
+    match kind {
+        DetectorKind::Card => (13..=19).contains(&digits.len()) && luhn(&digits),
+        DetectorKind::Phone => (9..=15).contains(&digits.len()),
+        DetectorKind::Iban => iban_ok(m),
+        _ => true,
+    }
+}
+
+/// Numbers inside identifiers (an account code, a hash) are not phone
+/// numbers: phone matches must stand alone.
+fn standalone(kind: DetectorKind, text: &str, start: usize, end: usize) -> bool {
+    if kind != DetectorKind::Phone {
+        return true;
+    }
+    let before = text[..start].chars().next_back();
+    let after = text[end..].chars().next();
+    !before.is_some_and(|c| c.is_alphanumeric()) && !after.is_some_and(|c| c.is_alphanumeric())
+}
+
+fn luhn(digits: &[u32]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+fn iban_ok(m: &str) -> bool {
+    let s: String = m.chars().filter(|c| !c.is_whitespace()).collect();
+    if s.len() < 15 || s.len() > 34 {
+        return false;
+    }
+    let rotated = format!("{}{}", &s[4..], &s[..4]);
+    let mut rem: u64 = 0;
+    for c in rotated.chars() {
+        let v = match c {
+            '0'..='9' => u64::from(c as u8 - b'0'),
+            'A'..='Z' => u64::from(c as u8 - b'A') + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+impl Masking {
+    /// Loads `dir/masking.toml`; no file means no masking.
+    pub fn load(dir: &Path) -> Result<Masking, Vec<Diagnostic>> {
+        let path = dir.join(MASKING_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Masking::default()),
+            Err(e) => return Err(vec![problem(&path, 0, 0, format!("cannot read: {e}"))]),
+        };
+        let file: MaskingFile = toml::from_str(&text).map_err(|e| {
+            let (l, c) = e.span().map_or((1, 1), |s| line_col(&text, s.start));
+            vec![problem(&path, l, c, e.message().to_string())]
+        })?;
+        let mut problems = Vec::new();
+        // Positions for errors found after parsing: the rule's id line.
+        let at = |needle: &str| text.find(needle).map_or((1, 1), |o| line_col(&text, o));
+        let mut fields = Vec::new();
+        for f in file.field {
+            let (l, c) = at(&format!("\"{}\"", f.id));
+            let mut paths = Vec::new();
+            for p in &f.json_paths {
+                match parse_path(p) {
+                    Ok(s) => paths.push(s),
+                    Err(e) => problems.push(problem(
+                        &path,
+                        l,
+                        c,
+                        format!("field {:?}: json path {p:?}: {e}", f.id),
+                    )),
+                }
+            }
+            match (globs(&f.targets), globs(&f.agents), globs(&f.columns)) {
+                (Ok(targets), Ok(agents), Ok(columns)) => {
+                    if f.columns.is_empty() && f.json_paths.is_empty() {
+                        problems.push(problem(
+                            &path,
+                            l,
+                            c,
+                            format!("field {:?} names no columns and no json_paths", f.id),
+                        ));
+                    }
+                    fields.push(CompiledField {
+                        id: f.id,
+                        targets,
+                        agents,
+                        columns,
+                        json_paths: paths,
+                        style: f.style,
+                    });
+                }
+                (t, a, c2) => {
+                    let e = t
+                        .err()
+                        .or(a.err())
+                        .or(c2.err())
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    problems.push(problem(&path, l, c, format!("field {:?}: {e}", f.id)));
+                }
+            }
+        }
+        let mut detectors = Vec::new();
+        for d in file.detector {
+            let regex = Regex::new(detector_regex(d.kind))
+                .map_err(|e| vec![problem(&path, 0, 0, e.to_string())])?;
+            match (globs(&d.targets), globs(&d.agents)) {
+                (Ok(targets), Ok(agents)) => detectors.push(CompiledDetector {
+                    kind: d.kind,
+                    regex,
+                    style: d.style,
+                    targets,
+                    agents,
+                }),
+                (t, a) => {
+                    let e = t
+                        .err()
+                        .or(a.err())
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    problems.push(problem(&path, 0, 0, format!("detector {:?}: {e}", d.kind)));
+                }
+            }
+        }
+        let key = match &file.hash_key_file {
+            Some(k) => match std::fs::read(k) {
+                Ok(bytes) if !bytes.is_empty() => Some(Arc::new(bytes)),
+                Ok(_) => {
+                    problems.push(problem(
+                        &path,
+                        0,
+                        0,
+                        format!("hash_key_file {} is empty", k.display()),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(problem(
+                        &path,
+                        0,
+                        0,
+                        format!("hash_key_file {}: {e}", k.display()),
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Masking {
+            fields,
+            detectors,
+            key,
+        })
+    }
+
+    /// The plan for one session (agent on target).
+    pub fn plan(&self, agent: &str, target: &str) -> MaskPlan<'_> {
+        MaskPlan {
+            fields: self
+                .fields
+                .iter()
+                .filter(|f| f.targets.is_match(target) && f.agents.is_match(agent))
+                .collect(),
+            detectors: self
+                .detectors
+                .iter()
+                .filter(|d| d.targets.is_match(target) && d.agents.is_match(agent))
+                .collect(),
+            key: self.key.clone(),
+        }
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.fields.len() + self.detectors.len()
+    }
+}
+
+fn problem(path: &Path, line: usize, column: usize, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        file: path.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// What to mask in one session; handlers keep it for the session's life.
+pub struct MaskPlan<'a> {
+    fields: Vec<&'a CompiledField>,
+    detectors: Vec<&'a CompiledDetector>,
+    key: Option<Arc<Vec<u8>>>,
+}
+
+impl MaskPlan<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.detectors.is_empty()
+    }
+
+    /// The style for a column, if a field rule names it
+    /// (`schema.table.column`), with the rule's id.
+    pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<(Style, &str)> {
+        let name = format!("{schema}.{table}.{column}");
+        self.fields
+            .iter()
+            .find(|f| f.columns.is_match(&name))
+            .map(|f| (f.style, f.id.as_str()))
+    }
+
+    /// Applies the style to a whole value.
+    pub fn apply(&self, style: Style, value: &str) -> String {
+        match style {
+            Style::Fixed => "****".into(),
+            Style::Last4 => {
+                let chars: Vec<char> = value.chars().collect();
+                if chars.len() <= 4 {
+                    "****".into()
+                } else {
+                    let tail: String = chars[chars.len() - 4..].iter().collect();
+                    format!("****{tail}")
+                }
+            }
+            Style::Hash => {
+                let digest: Vec<u8> = match &self.key {
+                    Some(k) => match Hmac::<Sha256>::new_from_slice(k) {
+                        Ok(mut m) => {
+                            m.update(value.as_bytes());
+                            m.finalize().into_bytes().to_vec()
+                        }
+                        Err(_) => Sha256::digest(value.as_bytes()).to_vec(),
+                    },
+                    None => Sha256::digest(value.as_bytes()).to_vec(),
+                };
+                let mut s = String::from("hash:");
+                for b in &digest[..6] {
+                    let _ = write!(s, "{b:02x}");
+                }
+                s
+            }
+        }
+    }
+
+    /// Runs every detector over free text; returns the masked text and how
+    /// many values were masked.
+    pub fn scan(&self, text: &str) -> (String, u64) {
+        let mut out = text.to_string();
+        let mut count = 0;
+        for d in &self.detectors {
+            let mut next = String::with_capacity(out.len());
+            let mut last = 0;
+            for m in d.regex.find_iter(&out) {
+                if !plausible(d.kind, m.as_str()) || !standalone(d.kind, &out, m.start(), m.end()) {
+                    continue;
+                }
+                next.push_str(&out[last..m.start()]);
+                next.push_str(&self.apply(d.style, m.as_str()));
+                last = m.end();
+                count += 1;
+            }
+            next.push_str(&out[last..]);
+            out = next;
+        }
+        (out, count)
+    }
+
+    /// Masks a JSON document in place: field rules' paths first (whole
+    /// values), then detectors over every remaining string. Returns the
+    /// number of masked values.
+    pub fn mask_json(&self, doc: &mut Value) -> u64 {
+        let mut count = 0;
+        for f in &self.fields {
+            for path in &f.json_paths {
+                visit(doc, path, &mut |v| {
+                    let text = match &*v {
+                        Value::String(s) => s.clone(),
+                        Value::Null => return,
+                        other => other.to_string(),
+                    };
+                    *v = Value::String(self.apply(f.style, &text));
+                    count += 1;
+                });
+            }
+        }
+        if !self.detectors.is_empty() {
+            count += self.scan_json(doc);
+        }
+        count
+    }
+
+    fn scan_json(&self, v: &mut Value) -> u64 {
+        match v {
+            Value::String(s) => {
+                let (masked, n) = self.scan(s);
+                if n > 0 {
+                    *s = masked;
+                }
+                n
+            }
+            Value::Array(items) => items.iter_mut().map(|i| self.scan_json(i)).sum(),
+            Value::Object(map) => map.values_mut().map(|i| self.scan_json(i)).sum(),
+            _ => 0,
+        }
+    }
+}
+
+fn visit(v: &mut Value, path: &[Step], f: &mut dyn FnMut(&mut Value)) {
+    let Some((step, rest)) = path.split_first() else {
+        f(v);
+        return;
+    };
+    match step {
+        Step::Key(k) => {
+            if let Some(child) = v.as_object_mut().and_then(|m| m.get_mut(k)) {
+                visit(child, rest, f);
+            }
+        }
+        Step::Index(i) => {
+            if let Some(child) = v.as_array_mut().and_then(|a| a.get_mut(*i)) {
+                visit(child, rest, f);
+            }
+        }
+        Step::AnyIndex => {
+            if let Some(items) = v.as_array_mut() {
+                for child in items {
+                    visit(child, rest, f);
+                }
+            }
+        }
+        Step::Descend(k) => match v {
+            Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    if key == k {
+                        visit(child, rest, f);
+                    } else {
+                        visit(child, path, f);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for child in items {
+                    visit(child, path, f);
+                }
+            }
+            _ => {}
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn masking(toml_text: &str) -> Masking {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(MASKING_FILE), toml_text).unwrap();
+        Masking::load(tmp.path()).unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    const ALL_DETECTORS: &str = r#"
+[[detector]]
+kind = "email"
+style = "fixed"
+[[detector]]
+kind = "card"
+style = "last4"
+[[detector]]
+kind = "iban"
+style = "fixed"
+[[detector]]
+kind = "aws_key"
+style = "fixed"
+[[detector]]
+kind = "jwt"
+style = "fixed"
+[[detector]]
+kind = "private_key"
+style = "fixed"
+[[detector]]
+kind = "bearer"
+style = "fixed"
+[[detector]]
+kind = "phone"
+style = "fixed"
+"#;
+
+    #[test]
+    fn detectors_find_what_they_should_and_leave_the_rest() {
+        let m = masking(ALL_DETECTORS);
+        let plan = m.plan("a", "t");
+        let cases = [
+            ("mail ann@example.com now", "mail **** now", 1),
+            ("card 4111 1111 1111 1111.", "card ****1111.", 1),
+            (
+                "card 4111 1111 1111 1112 fails luhn",
+                "card 4111 1111 1111 1112 fails luhn",
+                0,
+            ),
+            ("iban GB82WEST12345698765432", "iban ****", 1),
+            (
+                "iban GB00WEST12345698765432 bad",
+                "iban GB00WEST12345698765432 bad",
+                0,
+            ),
+            ("key AKIAIOSFODNN7EXAMPLE", "key ****", 1),
+            (
+                "t eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+                "t ****",
+                1,
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
+                "****",
+                1,
+            ),
+            (
+                "Authorization: Bearer abcdefgh12345678",
+                "Authorization: ****",
+                1,
+            ),
+            ("call +44 20 7946 0958", "call ****", 1),
+            ("order 12345 shipped", "order 12345 shipped", 0),
+        ];
+        for (input, want, n) in cases {
+            let (got, count) = plan.scan(input);
+            assert_eq!(got, want, "{input}");
+            assert_eq!(count, n, "{input}");
+        }
+    }
+
+    #[test]
+    fn styles() {
+        let m = masking("");
+        let p = m.plan("a", "t");
+        assert_eq!(p.apply(Style::Fixed, "secret"), "****");
+        assert_eq!(p.apply(Style::Last4, "4111111111111111"), "****1111");
+        assert_eq!(p.apply(Style::Last4, "abc"), "****");
+        let h1 = p.apply(Style::Hash, "x@y.z");
+        assert_eq!(
+            h1,
+            p.apply(Style::Hash, "x@y.z"),
+            "equal values hash equally"
+        );
+        assert_ne!(h1, p.apply(Style::Hash, "y@y.z"));
+        assert!(h1.starts_with("hash:") && h1.len() == 17);
+    }
+
+    #[test]
+    fn field_rules_select_by_target_agent_and_column_glob() {
+        let m = masking(
+            r#"
+[[field]]
+id = "pii"
+targets = ["orders-*"]
+agents = ["claude", "ci-*"]
+columns = ["public.customers.email", "*.*.ssn"]
+style = "hash"
+"#,
+        );
+        let p = m.plan("ci-runner", "orders-db");
+        assert_eq!(
+            p.column("public", "customers", "email").map(|c| c.1),
+            Some("pii")
+        );
+        assert!(p.column("hr", "people", "ssn").is_some());
+        assert!(p.column("public", "customers", "name").is_none());
+        assert!(m.plan("someone", "orders-db").is_empty());
+        assert!(m.plan("claude", "billing").is_empty());
+    }
+
+    #[test]
+    fn json_paths_mask_whole_values_and_count_them() {
+        let m = masking(
+            r#"
+[[field]]
+id = "api"
+json_paths = ["$.items[*].email", "$..password", "$.user.card"]
+style = "last4"
+[[detector]]
+kind = "aws_key"
+style = "fixed"
+"#,
+        );
+        let p = m.plan("a", "t");
+        let mut doc = json!({
+            "items": [{"email": "a@b.example"}, {"email": "c@d.example"}, {"name": "x"}],
+            "deep": {"auth": {"password": "hunter22"}},
+            "user": {"card": 4111111111111111u64},
+            "note": "key AKIAIOSFODNN7EXAMPLE leaked"
+        });
+        let n = p.mask_json(&mut doc);
+        assert_eq!(n, 5);
+        assert_eq!(doc["items"][0]["email"], "****mple");
+        assert_eq!(doc["deep"]["auth"]["password"], "****er22");
+        assert_eq!(doc["user"]["card"], "****1111");
+        assert_eq!(doc["note"], "key **** leaked");
+        assert_eq!(doc["items"][2]["name"], "x");
+    }
+
+    #[test]
+    fn bad_rules_are_reported_with_positions() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join(MASKING_FILE),
+            "[[detector]]\nkind = \"ssn\"\nstyle = \"fixed\"\n",
+        )
+        .unwrap();
+        let p = Masking::load(tmp.path()).err().unwrap();
+        assert_eq!((p[0].line, p[0].column), (2, 8), "{p:?}");
+        std::fs::write(
+            tmp.path().join(MASKING_FILE),
+            "[[field]]\nid = \"x\"\njson_paths = [\"items.email\"]\nstyle = \"fixed\"\n",
+        )
+        .unwrap();
+        let p = Masking::load(tmp.path()).err().unwrap();
+        assert!(
+            p[0].message.contains("json path") && p[0].line == 2,
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn luhn_and_iban_checks() {
+        assert!(luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]));
+        assert!(!luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2]));
+        assert!(iban_ok("DE89370400440532013000"));
+        assert!(!iban_ok("DE89370400440532013001"));
+    }
+}
