@@ -247,6 +247,10 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
         "added_p50_us": p50[2] - p50[0], "ratio_p50": p50[2] / p50[0],
         "bulk_ratio": gbit[2] / gbit[0], "bulk_ratio_vs_forwarder": gbit[2] / gbit[1],
     });
+    // Policy decision latency, same binary.
+    println!();
+    sh::run(Command::new(&bin).args(["policy", "bench"]).arg(root.join("policies")))?;
+
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
     std::fs::write(
