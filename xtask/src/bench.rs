@@ -249,7 +249,11 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     });
     // Policy decision latency, same binary.
     println!();
-    sh::run(Command::new(&bin).args(["policy", "bench"]).arg(root.join("policies")))?;
+    sh::run(
+        Command::new(&bin)
+            .args(["policy", "bench"])
+            .arg(root.join("policies")),
+    )?;
 
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;

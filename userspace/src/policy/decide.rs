@@ -383,11 +383,14 @@ impl Bundle {
         let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
             .map_err(|e| RequestError::Schema(e.to_string()))?;
 
-        // Only the policies whose scope can match this request.
+        // Only the policies whose scope can match this request. First the
+        // set without the approval forbids: its answer is final unless it
+        // allows; then, only if some approval forbid is in scope, whether
+        // one of them matches (hold).
         let scoped = self.scopes.get(action, &agent.name, &target.name);
         let response = self
             .authorizer
-            .is_authorized(&request, &scoped.all, &entities);
+            .is_authorized(&request, &scoped.relaxed, &entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -398,96 +401,89 @@ impl Bundle {
             .reason()
             .map(|id| id.to_string())
             .collect();
+        let error = |errors: Vec<String>, matched: Vec<String>| Decision {
+            verdict: Verdict::Error,
+            policy_id: None,
+            reason: format!("policy evaluation failed, refused: {}", errors.join("; ")),
+            approval: None,
+            matched,
+            if_approved: Vec::new(),
+        };
         if !errors.is_empty() {
-            return Ok(Decision {
-                verdict: Verdict::Error,
-                policy_id: None,
-                reason: format!("policy evaluation failed, refused: {}", errors.join("; ")),
-                approval: None,
-                matched,
-                if_approved: Vec::new(),
+            return Ok(error(errors, matched));
+        }
+        if response.decision() != CedarDecision::Allow {
+            let meta_of = |id: &String| self.meta.get(id);
+            return Ok(match matched.first() {
+                None => Decision {
+                    verdict: Verdict::Deny,
+                    policy_id: None,
+                    reason: format!(
+                        "no policy permits {action} by agent {:?} on target {:?} (default deny)",
+                        agent.name, target.name
+                    ),
+                    approval: None,
+                    matched,
+                    if_approved: Vec::new(),
+                },
+                Some(hard) => Decision {
+                    verdict: Verdict::Deny,
+                    policy_id: Some(hard.clone()),
+                    reason: meta_of(hard)
+                        .and_then(|m| m.reason.clone())
+                        .unwrap_or_else(|| format!("denied by policy {hard}")),
+                    approval: None,
+                    matched: matched.clone(),
+                    if_approved: Vec::new(),
+                },
             });
         }
-        if response.decision() == CedarDecision::Allow {
-            let first = matched.first().cloned();
-            let reason = first
-                .as_ref()
-                .and_then(|id| self.meta.get(id))
-                .and_then(|m| m.reason.clone())
-                .unwrap_or_else(|| "allowed".into());
-            return Ok(Decision {
-                verdict: Verdict::Allow,
-                policy_id: first,
-                reason,
-                approval: None,
-                matched,
-                if_approved: Vec::new(),
-            });
+        if scoped.held.is_empty() {
+            return Ok(self.allowed(matched));
         }
-        if matched.is_empty() {
-            return Ok(Decision {
-                verdict: Verdict::Deny,
-                policy_id: None,
-                reason: format!(
-                    "no policy permits {action} by agent {:?} on target {:?} (default deny)",
-                    agent.name, target.name
-                ),
-                approval: None,
-                matched,
-                if_approved: Vec::new(),
-            });
-        }
-        let meta_of = |id: &String| self.meta.get(id);
-        if let Some(hard) = matched
-            .iter()
-            .find(|id| meta_of(id).is_none_or(|m| m.approval.is_none()))
-        {
-            return Ok(Decision {
-                verdict: Verdict::Deny,
-                policy_id: Some(hard.clone()),
-                reason: meta_of(hard)
-                    .and_then(|m| m.reason.clone())
-                    .unwrap_or_else(|| format!("denied by policy {hard}")),
-                approval: None,
-                matched,
-                if_approved: Vec::new(),
-            });
-        }
-        // Only approval forbids stand in the way: would it pass without them?
-        let relaxed = self
+        // A set of forbids only: the reasons are the ones that match.
+        let held = self
             .authorizer
-            .is_authorized(&request, &scoped.relaxed, &entities);
+            .is_authorized(&request, &scoped.held, &entities);
+        let held_errors: Vec<String> = held.diagnostics().errors().map(|e| e.to_string()).collect();
+        if !held_errors.is_empty() {
+            return Ok(error(held_errors, matched));
+        }
+        let holding: Vec<String> = held
+            .diagnostics()
+            .reason()
+            .map(|id| id.to_string())
+            .collect();
+        let Some(first) = holding.first().cloned() else {
+            return Ok(self.allowed(matched));
+        };
+        let m = self.meta.get(&first);
+        Ok(Decision {
+            verdict: Verdict::Hold,
+            policy_id: Some(first),
+            reason: m
+                .and_then(|m| m.reason.clone())
+                .unwrap_or_else(|| "held for approval".into()),
+            approval: m.and_then(|m| m.approval.clone()),
+            matched: holding,
+            if_approved: matched,
+        })
+    }
+
+    fn allowed(&self, matched: Vec<String>) -> Decision {
         let first = matched.first().cloned();
-        let m = first.as_ref().and_then(meta_of);
-        if relaxed.decision() == CedarDecision::Allow
-            && relaxed.diagnostics().errors().next().is_none()
-        {
-            Ok(Decision {
-                verdict: Verdict::Hold,
-                policy_id: first.clone(),
-                reason: m
-                    .and_then(|m| m.reason.clone())
-                    .unwrap_or_else(|| "held for approval".into()),
-                approval: m.and_then(|m| m.approval.clone()),
-                matched,
-                if_approved: relaxed
-                    .diagnostics()
-                    .reason()
-                    .map(|id| id.to_string())
-                    .collect(),
-            })
-        } else {
-            Ok(Decision {
-                verdict: Verdict::Deny,
-                policy_id: first,
-                reason: format!(
-                    "no policy permits {action} by agent {:?} on target {:?} even if approved (default deny)",
-                    agent.name, target.name
-                ),
-                approval: None,
-                matched,
-                if_approved: Vec::new(),
-            })
+        let reason = first
+            .as_ref()
+            .and_then(|id| self.meta.get(id))
+            .and_then(|m| m.reason.clone())
+            .unwrap_or_else(|| "allowed".into());
+        Decision {
+            verdict: Verdict::Allow,
+            policy_id: first,
+            reason,
+            approval: None,
+            matched,
+            if_approved: Vec::new(),
         }
     }
 }

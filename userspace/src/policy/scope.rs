@@ -31,7 +31,10 @@ struct Indexed {
 /// The sets to evaluate one request against.
 pub struct Scoped {
     pub all: PolicySet,
+    /// Without the approval forbids.
     pub relaxed: PolicySet,
+    /// Only the approval forbids.
+    pub held: PolicySet,
 }
 
 type Key = (String, Option<String>, Option<String>);
@@ -136,6 +139,7 @@ impl ScopeIndex {
         }
         let mut all = PolicySet::new();
         let mut relaxed = PolicySet::new();
+        let mut held = PolicySet::new();
         for e in &self.entries {
             let applies = e.actions.as_ref().is_none_or(|a| a.contains(action))
                 && e.principal
@@ -147,12 +151,14 @@ impl ScopeIndex {
             if applies {
                 // Ids are unique in the full set, so adding cannot fail.
                 let _ = all.add(e.policy.clone());
-                if !e.held {
-                    let _ = relaxed.add(e.policy.clone());
-                }
+                let _ = if e.held {
+                    held.add(e.policy.clone())
+                } else {
+                    relaxed.add(e.policy.clone())
+                };
             }
         }
-        let scoped = Arc::new(Scoped { all, relaxed });
+        let scoped = Arc::new(Scoped { all, relaxed, held });
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
         if built.len() >= MAX_SCOPES {
             built.clear();
