@@ -6,6 +6,7 @@
 mod ebpf_build;
 
 mod bench;
+mod clickhouse;
 mod demo;
 mod setup;
 mod sh;
@@ -37,6 +38,9 @@ enum Task {
     Demo,
     /// Set up, then run fmt, clippy and every test (kernel tests included).
     Test,
+    /// A real local ClickHouse 26.7 for the demo and the tests.
+    #[command(subcommand)]
+    Clickhouse(ClickhouseTask),
     /// Direct vs through-blastgate: connect+1-byte echo latency and bulk
     /// TCP throughput, measured side by side in one run.
     Bench {
@@ -49,6 +53,30 @@ enum Task {
         /// Bytes per throughput repetition.
         #[arg(long, default_value_t = 1 << 30)]
         bytes: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClickhouseTask {
+    /// Install (npm, pinned) and start the server; prints its URL once /ping answers.
+    Start {
+        #[arg(long, default_value_t = clickhouse::DEFAULT_PORT)]
+        port: u16,
+        #[arg(long, default_value = clickhouse::DEFAULT_DATA)]
+        data: PathBuf,
+    },
+    /// Stop the server started from DATA.
+    Stop {
+        #[arg(long, default_value = clickhouse::DEFAULT_DATA)]
+        data: PathBuf,
+    },
+    /// Run the server in the foreground (what `start` runs in the background).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        data: PathBuf,
     },
 }
 
@@ -71,6 +99,11 @@ fn main() -> Result<()> {
             setup::run()?;
             test(&root)
         }
+        Task::Clickhouse(ClickhouseTask::Start { port, data }) => {
+            clickhouse::start(port, &data).map(drop)
+        }
+        Task::Clickhouse(ClickhouseTask::Stop { data }) => clickhouse::stop(&data),
+        Task::Clickhouse(ClickhouseTask::Serve { port, data }) => clickhouse::serve(port, &data),
         Task::Bench {
             reps,
             connections,
