@@ -51,6 +51,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// Where the spool is shipped. Unset: events stay in the spool.
+    #[serde(default)]
+    pub clickhouse: Option<ClickhouseConfig>,
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
 }
@@ -155,6 +158,13 @@ pub struct RecordsConfig {
     /// this often: the most a crash can lose, and the bound on fsyncs/s.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
+    /// Warn when the spool not yet shipped to ClickHouse grows past this.
+    #[serde(default = "default_max_spool_bytes")]
+    pub max_spool_bytes: u64,
+}
+
+fn default_max_spool_bytes() -> u64 {
+    10 << 30
 }
 
 fn default_spool_dir() -> PathBuf {
@@ -173,6 +183,7 @@ impl Default for RecordsConfig {
             spool_dir: default_spool_dir(),
             segment_bytes: default_segment_bytes(),
             flush_interval_ms: default_flush_interval_ms(),
+            max_spool_bytes: default_max_spool_bytes(),
         }
     }
 }
@@ -193,6 +204,36 @@ pub struct PolicyConfig {
     /// every configured target (a warning says so at start).
     #[serde(default)]
     pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickhouseConfig {
+    #[serde(default = "default_ch_url")]
+    pub url: String,
+    #[serde(default = "default_ch_database")]
+    pub database: String,
+    #[serde(default = "default_ch_user")]
+    pub user: String,
+    /// File holding the password (first line); empty or unset: none.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Events per INSERT.
+    #[serde(default = "default_ch_batch")]
+    pub batch: usize,
+}
+
+fn default_ch_url() -> String {
+    "http://127.0.0.1:8123".into()
+}
+fn default_ch_database() -> String {
+    "blastgate".into()
+}
+fn default_ch_user() -> String {
+    "default".into()
+}
+fn default_ch_batch() -> usize {
+    50_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

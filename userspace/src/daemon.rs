@@ -128,6 +128,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         processes: Default::default(),
         policy: policy.clone(),
     });
+    if let Some(ch) = &config.clickhouse {
+        let shipper = crate::records::clickhouse::shipper::Shipper {
+            cfg: ch.clone(),
+            spool_dir: config.records.spool_dir.clone(),
+            batch: ch.batch.max(1),
+            warn_bytes: config.records.max_spool_bytes,
+        };
+        tokio::spawn(shipper.run(stop.clone()));
+    } else {
+        tracing::warn!("no [clickhouse] configured: events stay in the local spool");
+    }
     if let Some(engine) = &policy {
         if let Err(e) = crate::policy::watch(engine.clone(), recorder.clone(), stop.clone()) {
             tracing::error!(error = %e, dir = %engine.dir().display(), "cannot watch the policy directory; changes need a restart");

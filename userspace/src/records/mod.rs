@@ -1,5 +1,6 @@
 //! Audit records: the event type and the durable local spool it goes to.
 
+pub mod clickhouse;
 pub mod event;
 pub mod recovery;
 pub mod spool;

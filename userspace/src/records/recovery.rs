@@ -23,8 +23,14 @@ pub const INTERRUPTED: &str = "interrupted: the daemon stopped before the sessio
 pub fn unclosed_sessions(dir: &Path) -> io::Result<Vec<Event>> {
     let mut open: HashMap<Uuid, Event> = HashMap::new();
     let mut closed: std::collections::HashSet<Uuid> = Default::default();
+    let segments = match spool::segments(dir) {
+        Ok(s) => s,
+        // A first start: no spool yet, nothing left open.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     // Newest segment first, back to the one where the previous run started.
-    for (_, path) in spool::segments(dir)?.into_iter().rev() {
+    for (_, path) in segments.into_iter().rev() {
         let mut run_started_here = false;
         let file = std::fs::File::open(&path)?;
         for line in io::BufReader::new(file).lines() {

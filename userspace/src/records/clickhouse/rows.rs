@@ -1,0 +1,161 @@
+//! Spool events as ClickHouse rows.
+
+use clickhouse::Row;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::records::{Event, EventKind};
+
+fn micros(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Row, Serialize)]
+pub struct EventRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub id: Uuid,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub session_id: Uuid,
+    pub seq: u32,
+    /// DateTime64(6): microseconds since the epoch.
+    pub ts: i64,
+    pub kind: String,
+    pub verdict: String,
+    pub reason: String,
+    pub agent: String,
+    pub pid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub lineage: Vec<String>,
+    pub target: String,
+    pub protocol: String,
+    pub orig_dst: String,
+    pub action: String,
+    pub policy_id: String,
+    pub shadow: bool,
+    #[serde(with = "clickhouse::serde::uuid::option")]
+    pub approval_id: Option<Uuid>,
+    pub approver: String,
+    pub text: String,
+    pub bytes_from_agent: u64,
+    pub bytes_to_agent: u64,
+    pub duration_us: u64,
+    pub masked_fields: u64,
+}
+
+#[derive(Debug, Row, Serialize)]
+pub struct SessionRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub session_id: Uuid,
+    /// 1 opened, 2 closed or denied: the highest wins.
+    pub version: u8,
+    pub agent: String,
+    pub pid: u32,
+    pub uid: u32,
+    pub exe: String,
+    pub comm: String,
+    pub lineage: Vec<String>,
+    pub oidc_sub: String,
+    pub oidc_iss: String,
+    pub target: String,
+    pub protocol: String,
+    pub orig_dst: String,
+    pub start: i64,
+    pub end: Option<i64>,
+    pub bytes_from_agent: u64,
+    pub bytes_to_agent: u64,
+    pub verdict: String,
+}
+
+impl From<&Event> for EventRow {
+    fn from(e: &Event) -> EventRow {
+        let c = e.caller.as_ref();
+        EventRow {
+            id: e.id,
+            session_id: e.session_id,
+            seq: e.seq,
+            ts: micros(e.ts),
+            kind: name(&e.kind),
+            verdict: name(&e.verdict),
+            reason: e.reason.clone().unwrap_or_default(),
+            agent: c.map(|c| c.agent.clone()).unwrap_or_default(),
+            pid: c.map_or(0, |c| c.pid),
+            uid: c.map_or(0, |c| c.uid),
+            comm: c.map(|c| c.comm.clone()).unwrap_or_default(),
+            exe: c.and_then(|c| c.exe.clone()).unwrap_or_default(),
+            lineage: c
+                .map(|c| {
+                    c.lineage
+                        .iter()
+                        .map(|a| format!("{}:{}", a.pid, a.comm))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            target: e.target.clone().unwrap_or_default(),
+            protocol: e.protocol.clone().unwrap_or_default(),
+            orig_dst: e.orig_dst.map(|a| a.to_string()).unwrap_or_default(),
+            action: e.action.clone().unwrap_or_default(),
+            policy_id: e.policy_id.clone().unwrap_or_default(),
+            shadow: e.shadow,
+            approval_id: e.approval_id,
+            approver: e.approver.clone().unwrap_or_default(),
+            text: e.text.clone().unwrap_or_default(),
+            bytes_from_agent: e.bytes_from_agent.unwrap_or(0),
+            bytes_to_agent: e.bytes_to_agent.unwrap_or(0),
+            duration_us: e.duration_us.unwrap_or(0),
+            masked_fields: e.masked_fields.unwrap_or(0),
+        }
+    }
+}
+
+/// The session row an event implies, if it opens or ends a session.
+pub fn session_row(e: &Event) -> Option<SessionRow> {
+    let (version, end) = match e.kind {
+        EventKind::SessionOpened => (1, None),
+        EventKind::SessionClosed | EventKind::SessionDenied => (2, Some(micros(e.ts))),
+        _ => return None,
+    };
+    let c = e.caller.as_ref();
+    let ts = micros(e.ts);
+    let start = match (e.kind, e.duration_us) {
+        (EventKind::SessionClosed, Some(d)) => ts - d as i64,
+        _ => ts,
+    };
+    Some(SessionRow {
+        session_id: e.session_id,
+        version,
+        agent: c.map(|c| c.agent.clone()).unwrap_or_default(),
+        pid: c.map_or(0, |c| c.pid),
+        uid: c.map_or(0, |c| c.uid),
+        exe: c.and_then(|c| c.exe.clone()).unwrap_or_default(),
+        comm: c.map(|c| c.comm.clone()).unwrap_or_default(),
+        lineage: c
+            .map(|c| {
+                c.lineage
+                    .iter()
+                    .map(|a| format!("{}:{}", a.pid, a.comm))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        oidc_sub: String::new(),
+        oidc_iss: String::new(),
+        target: e.target.clone().unwrap_or_default(),
+        protocol: e.protocol.clone().unwrap_or_default(),
+        orig_dst: e.orig_dst.map(|a| a.to_string()).unwrap_or_default(),
+        start,
+        end,
+        bytes_from_agent: e.bytes_from_agent.unwrap_or(0),
+        bytes_to_agent: e.bytes_to_agent.unwrap_or(0),
+        verdict: name(&e.verdict),
+    })
+}

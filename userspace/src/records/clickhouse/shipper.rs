@@ -1,0 +1,296 @@
+//! Ships the spool to ClickHouse, in order, and deletes a segment only
+//! after ClickHouse has acknowledged every line of it.
+//!
+//! Progress is a cursor file in the spool directory (segment, line, byte
+//! offset), written atomically after each acknowledged batch. After a crash
+//! the batch since the last cursor is sent again: with the same boundaries
+//! it carries the same `insert_deduplication_token` and is dropped by the
+//! server; with different ones (more lines had arrived), the duplicated
+//! rows share their whole sort key and collapse in the ReplacingMergeTree,
+//! and every shipped view reads `FINAL`. An outage only makes the shipper
+//! wait and retry with backoff; the proxy never waits on it.
+
+use std::{
+    io::{BufRead, BufReader, Read, Seek, SeekFrom},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::{rows, wrap, ChError};
+use crate::{
+    config::ClickhouseConfig,
+    records::{spool, Event},
+};
+
+const CURSOR_FILE: &str = "shipped.cursor";
+const POLL: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub segment: u64,
+    /// Lines of `segment` already acknowledged.
+    pub line: u64,
+    /// Byte offset just after them.
+    pub offset: u64,
+}
+
+fn cursor_path(dir: &Path) -> PathBuf {
+    dir.join(CURSOR_FILE)
+}
+
+pub fn load_cursor(dir: &Path) -> Cursor {
+    std::fs::read(cursor_path(dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Writes the cursor durably: temp file, fsync, rename.
+fn save_cursor(dir: &Path, c: &Cursor) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{CURSOR_FILE}.tmp"));
+    let bytes = serde_json::to_vec(c).map_err(std::io::Error::other)?;
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, cursor_path(dir))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// One batch read from the spool.
+struct Batch {
+    segment: u64,
+    first_line: u64,
+    events: Vec<Event>,
+    lines: u64,
+    end_offset: u64,
+    /// A newer segment exists, so this one will not grow any more.
+    closed: bool,
+}
+
+pub struct Shipper {
+    pub cfg: ClickhouseConfig,
+    pub spool_dir: PathBuf,
+    pub batch: usize,
+    /// Warn when the unshipped spool grows past this.
+    pub warn_bytes: u64,
+}
+
+impl Shipper {
+    pub async fn run(self, stop: CancellationToken) {
+        let client = match super::client(&self.cfg) {
+            Ok(c) => c.with_database(self.cfg.database.clone()),
+            Err(e) => {
+                tracing::error!(error = %e, "clickhouse shipping disabled");
+                return;
+            }
+        };
+        let mut migrated = false;
+        let mut backoff = Duration::from_millis(500);
+        let mut warned = false;
+        loop {
+            if !migrated {
+                match super::schema::migrate(&self.cfg).await {
+                    Ok(v) => {
+                        tracing::info!(version = v, url = %self.cfg.url, "clickhouse schema ready");
+                        migrated = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "clickhouse not ready; events stay in the spool");
+                        if sleep_or_stop(backoff, &stop).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+            let dir = self.spool_dir.clone();
+            let batch = self.batch;
+            let read = tokio::task::spawn_blocking(move || read_batch(&dir, batch)).await;
+            let next = match read {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reading the spool for shipping");
+                    if sleep_or_stop(backoff, &stop).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "spool reader crashed");
+                    return;
+                }
+            };
+            let Some(batch) = next else {
+                let pending = spool_bytes(&self.spool_dir);
+                if pending > self.warn_bytes && !warned {
+                    tracing::warn!(
+                        bytes = pending,
+                        "the unshipped spool is over records.max_spool_bytes"
+                    );
+                    warned = true;
+                } else if pending <= self.warn_bytes {
+                    warned = false;
+                }
+                if sleep_or_stop(POLL, &stop).await {
+                    return;
+                }
+                continue;
+            };
+            match self.send(&client, &batch).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(500);
+                    let cursor = Cursor {
+                        segment: batch.segment,
+                        line: batch.first_line + batch.lines,
+                        offset: batch.end_offset,
+                    };
+                    if let Err(e) = save_cursor(&self.spool_dir, &cursor) {
+                        tracing::error!(error = %e, "saving the shipping cursor");
+                    }
+                    if batch.lines == 0 && batch.closed {
+                        finish_segment(&self.spool_dir, batch.segment);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "shipping to clickhouse failed; retrying");
+                    if sleep_or_stop(backoff, &stop).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    async fn send(&self, client: &clickhouse::Client, b: &Batch) -> Result<(), ChError> {
+        if b.events.is_empty() {
+            return Ok(());
+        }
+        let err = wrap(&self.cfg);
+        let token = format!(
+            "blastgate-{}-{}-{}",
+            b.segment,
+            b.first_line,
+            b.first_line + b.lines
+        );
+        let mut insert = client
+            .insert::<rows::EventRow>("events")
+            .await
+            .map_err(&err)?
+            .with_setting("insert_deduplication_token", format!("{token}-events"));
+        for e in &b.events {
+            insert.write(&rows::EventRow::from(e)).await.map_err(&err)?;
+        }
+        insert.end().await.map_err(&err)?;
+        let sessions: Vec<rows::SessionRow> =
+            b.events.iter().filter_map(rows::session_row).collect();
+        if !sessions.is_empty() {
+            let mut insert = client
+                .insert::<rows::SessionRow>("sessions")
+                .await
+                .map_err(&err)?
+                .with_setting("insert_deduplication_token", format!("{token}-sessions"));
+            for s in &sessions {
+                insert.write(s).await.map_err(&err)?;
+            }
+            insert.end().await.map_err(&err)?;
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.cancelled() => true,
+    }
+}
+
+fn spool_bytes(dir: &Path) -> u64 {
+    spool::segments(dir)
+        .map(|s| {
+            s.iter()
+                .filter_map(|(_, p)| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A closed segment whose every line is acknowledged: delete it.
+fn finish_segment(dir: &Path, segment: u64) {
+    if let Ok(segs) = spool::segments(dir) {
+        if let Some((_, path)) = segs.iter().find(|(n, _)| *n == segment) {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::error!(error = %e, path = %path.display(), "deleting a shipped segment");
+            }
+        }
+    }
+}
+
+/// The next batch after the cursor: complete lines only (a line still
+/// being written is left for the next round). `None` when there is nothing
+/// to do.
+fn read_batch(dir: &Path, max: usize) -> std::io::Result<Option<Batch>> {
+    let segments = spool::segments(dir)?;
+    let mut cursor = load_cursor(dir);
+    for (i, (n, path)) in segments.iter().enumerate() {
+        if *n < cursor.segment {
+            // Acknowledged before a crash stopped its deletion.
+            let _ = std::fs::remove_file(path);
+            continue;
+        }
+        if *n > cursor.segment {
+            cursor = Cursor {
+                segment: *n,
+                line: 0,
+                offset: 0,
+            };
+        }
+        let closed = i + 1 < segments.len();
+        let mut f = std::fs::File::open(path)?;
+        f.seek(SeekFrom::Start(cursor.offset))?;
+        let mut reader = BufReader::new(f.take(u64::MAX));
+        let mut events = Vec::new();
+        let mut lines = 0u64;
+        let mut offset = cursor.offset;
+        let mut line = String::new();
+        while events.len() < max {
+            line.clear();
+            let n = reader.read_line(&mut line)?;
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            offset += n as u64;
+            lines += 1;
+            match serde_json::from_str::<Event>(&line) {
+                Ok(e) => events.push(e),
+                // A line torn by a failed write; its event was re-written
+                // whole into a later segment by the spool's retry.
+                Err(e) => tracing::warn!(segment = n, error = %e, "skipping a torn spool line"),
+            }
+        }
+        if lines == 0 && !closed {
+            return Ok(None);
+        }
+        return Ok(Some(Batch {
+            segment: *n,
+            first_line: cursor.line,
+            events,
+            lines,
+            end_offset: offset,
+            closed,
+        }));
+    }
+    Ok(None)
+}
