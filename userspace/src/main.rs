@@ -67,6 +67,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(cmd) => return commands::policy::run(cmd),
         Command::Approvals(cmd) => commands::approvals::run(cmd)?,
+        Command::Sessions(cmd) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(commands::sessions::run(cmd))?;
+        }
         Command::CheckConfig { file } => {
             Config::load(&file)?;
             println!("{}: ok", file.display());

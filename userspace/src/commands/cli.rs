@@ -88,6 +88,9 @@ pub enum Command {
     /// local user (and SUDO_USER when run through sudo).
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// Recorded sessions, read from ClickHouse (`[clickhouse]` in the config).
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
     /// Policy administration: check, test and explain Cedar policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -189,6 +192,34 @@ pub enum ApprovalsCommand {
         id: uuid::Uuid,
         #[arg(long)]
         reason: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// Sessions, newest first.
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Only sessions that started within this long, e.g. 1h, 30m, 7d.
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Every event of one session, in order.
+    Show {
+        id: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
         #[arg(long, short)]
         config: Option<PathBuf>,
     },

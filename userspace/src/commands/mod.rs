@@ -5,6 +5,7 @@ pub mod cli;
 pub mod events;
 pub mod policy;
 pub mod run;
+pub mod sessions;
 pub mod status;
 pub mod uninstall;
 
