@@ -24,6 +24,8 @@ use crate::sh;
 pub const NPM_PACKAGE: &str = "@chdb/lib-linux-x64-gnu@26.7.3-stable.1";
 const INSTALL_DIR: &str = "/opt/blastgate-tools/chdb";
 pub const DEFAULT_PORT: u16 = 18123;
+/// The tests' own server, apart from one a developer may have running.
+pub const TEST_PORT: u16 = 18124;
 pub const DEFAULT_DATA: &str = "/var/lib/blastgate/clickhouse";
 
 fn library() -> PathBuf {
@@ -36,6 +38,15 @@ pub fn install() -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(INSTALL_DIR)?;
+    if Command::new("npm").arg("--version").output().is_err() {
+        // Only when there is no npm at all: a NodeSource node would
+        // conflict with Debian's npm package.
+        sh::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "nodejs", "npm"]),
+        )?;
+    }
     eprintln!("clickhouse: installing {NPM_PACKAGE} (about 550 MB)");
     sh::run(Command::new("npm").current_dir(INSTALL_DIR).args([
         "install",

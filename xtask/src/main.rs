@@ -141,7 +141,19 @@ fn test(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    let result = sh::run(sh::cargo(root).args(["test", "--workspace", "--", "--nocapture"]));
+    // A real ClickHouse for the records tests, stopped whatever happens.
+    let ch_data = std::env::temp_dir().join("blastgate-test-clickhouse");
+    let _ = std::fs::remove_dir_all(&ch_data);
+    let url = clickhouse::start(clickhouse::TEST_PORT, &ch_data)?;
+    let result = sh::run(
+        sh::cargo(root)
+            .env("BLASTGATE_TEST_CLICKHOUSE", &url)
+            .args(["test", "--workspace", "--", "--nocapture"]),
+    );
+    if let Err(e) = clickhouse::stop(&ch_data) {
+        eprintln!("warning: stopping the test ClickHouse: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&ch_data);
     let leftovers = leftovers();
     if !leftovers.is_empty() {
         bail!("tests left state behind: {leftovers:?}");

@@ -480,3 +480,75 @@ pub fn direct_get(addr: SocketAddr) -> String {
     let _ = s.read_to_string(&mut out);
     out
 }
+
+/// The real ClickHouse `cargo xtask test` starts (BLASTGATE_TEST_CLICKHOUSE);
+/// without it the records tests skip loudly (and fail in CI).
+pub fn clickhouse_url() -> Option<String> {
+    match std::env::var("BLASTGATE_TEST_CLICKHOUSE") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            blastgate::testing::skip(
+                "BLASTGATE_TEST_CLICKHOUSE is not set (cargo xtask test starts a real ClickHouse)",
+            );
+            None
+        }
+    }
+}
+
+/// Runs SQL with curl; returns the TabSeparated output.
+pub fn ch_query(url: &str, sql: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--data-binary", sql, url])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "clickhouse query failed: {sql}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A database for one test, dropped when the test ends.
+pub struct TestDatabase {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDatabase {
+    pub fn new(url: &str) -> TestDatabase {
+        let name = format!(
+            "blastgate_test_{}_{}",
+            std::process::id(),
+            INSTANCE.fetch_add(1, Ordering::SeqCst)
+        );
+        TestDatabase {
+            url: url.to_string(),
+            name,
+        }
+    }
+
+    pub fn config(&self) -> String {
+        format!(
+            "[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n",
+            self.url, self.name
+        )
+    }
+
+    pub fn query(&self, sql: &str) -> String {
+        ch_query(&self.url, &sql.replace("{db}", &self.name))
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("curl")
+            .args([
+                "-sS",
+                "--data-binary",
+                &format!("DROP DATABASE IF EXISTS {}", self.name),
+                &self.url,
+            ])
+            .output();
+    }
+}
