@@ -29,9 +29,9 @@ fn an_agent_session_reaches_clickhouse_within_five_seconds() {
     let pid = v["pid"].as_u64().unwrap_or(0);
     let closed_at = std::time::Instant::now();
     let session = wait_until(Duration::from_secs(5), || {
-        let out = db.query(&format!(
+        let out = db.try_query(&format!(
             "SELECT toString(session_id), agent, target, verdict, isNotNull(end) FROM {{db}}.sessions FINAL WHERE pid = {pid}"
-        ));
+        ))?;
         (!out.is_empty() && out.ends_with("\t1")).then_some(out)
     })
     .unwrap_or_else(|| panic!("session not in ClickHouse after 5 s; spool: {:#?}", env.events()));

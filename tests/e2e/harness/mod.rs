@@ -495,6 +495,18 @@ pub fn clickhouse_url() -> Option<String> {
     }
 }
 
+/// Runs SQL with curl; `None` if the server refused it (e.g. the daemon
+/// has not created the tables yet).
+pub fn ch_try(url: &str, sql: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--data-binary", sql, url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Runs SQL with curl; returns the TabSeparated output.
 pub fn ch_query(url: &str, sql: &str) -> String {
     let out = Command::new("curl")
@@ -537,6 +549,10 @@ impl TestDatabase {
 
     pub fn query(&self, sql: &str) -> String {
         ch_query(&self.url, &sql.replace("{db}", &self.name))
+    }
+
+    pub fn try_query(&self, sql: &str) -> Option<String> {
+        ch_try(&self.url, &sql.replace("{db}", &self.name))
     }
 }
 
