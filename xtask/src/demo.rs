@@ -63,6 +63,15 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
     bail!("{what} did not become ready within {timeout:?}")
 }
 
+/// Stops the demo's ClickHouse on the way out.
+struct ClickhouseGuard(PathBuf);
+
+impl Drop for ClickhouseGuard {
+    fn drop(&mut self) {
+        let _ = crate::clickhouse::stop(&self.0);
+    }
+}
+
 /// Waits until `blastgate status` answers (programs attached, proxy up).
 pub fn wait_for_daemon(bin: &Path, config: &Path) -> Result<()> {
     wait_for("blastgate daemon", Duration::from_secs(20), || {
@@ -217,6 +226,12 @@ pub fn run(root: &Path) -> Result<()> {
     })?;
     println!("HTTP API on 127.0.0.2:{api_port}");
 
+    banner("starting a local ClickHouse 26.7 for the session records");
+    let ch_data = dir.join("clickhouse");
+    let ch_port = free_port("127.0.0.1")?;
+    let ch_url = crate::clickhouse::start(ch_port, &ch_data)?;
+    let _clickhouse = ClickhouseGuard(ch_data.clone());
+
     banner("starting the blastgate daemon");
     let proxy_port = free_port("127.0.0.1")?;
     let config = dir.join("blastgate.toml");
@@ -237,6 +252,10 @@ spool_dir = "{dir}/spool"
 
 [dns]
 resolvers = ["127.0.0.53:53"]
+
+[clickhouse]
+url = "{ch_url}"
+database = "blastgate_demo"
 
 [[targets]]
 name = "orders-db"
@@ -324,6 +343,14 @@ address = "127.0.0.2:{api_port}"
     show(
         Command::new(&bin)
             .args(["events", "--last", "30", "--config"])
+            .arg(&config),
+    );
+
+    banner("the same sessions in ClickHouse (blastgate sessions list)");
+    std::thread::sleep(Duration::from_millis(1500));
+    show(
+        Command::new(&bin)
+            .args(["sessions", "list", "--config"])
             .arg(&config),
     );
 
