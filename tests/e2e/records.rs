@@ -89,3 +89,91 @@ fn an_agent_session_reaches_clickhouse_within_five_seconds() {
         "{text}"
     );
 }
+
+/// Spooled events, by id (the spool may have been trimmed by the shipper,
+/// so this counts what the daemon recorded through its spool segments plus
+/// what ClickHouse already holds is checked separately).
+fn count_denied(db: &TestDatabase) -> usize {
+    db.try_query("SELECT count() FROM {db}.events FINAL WHERE kind = 'session_denied'")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_outage_and_a_killed_daemon_lose_nothing_and_double_nothing() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    if clickhouse_url().is_none() {
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let Some(mut ch) = OwnClickhouse::start(&scratch.path().join("clickhouse")) else {
+        return;
+    };
+    let db = TestDatabase::new(&ch.url());
+    let env = Env::new(&db.config());
+    let mut d = Daemon::start(&env);
+    // Wait for the schema, then take ClickHouse away.
+    wait_until(Duration::from_secs(20), || {
+        db.try_query("SELECT count() FROM {db}.events").map(|_| ())
+    })
+    .expect("schema never created");
+    ch.stop();
+
+    // 10,000 refused connections = 10,000 session_denied events, spooled
+    // while ClickHouse is down.
+    const N: usize = 10_000;
+    let unknown = "127.0.0.9:9";
+    let v = &run_json(&mut env.agent("outage", &[PROBE, "bench-rtt", unknown, &N.to_string()]))[0];
+    assert_eq!(
+        v["failures"].as_u64(),
+        Some(N as u64),
+        "every connection is refused: {v}"
+    );
+    let spooled = wait_until(Duration::from_secs(30), || {
+        let n = env.count_events(|e| e["kind"] == "session_denied");
+        (n >= N).then_some(n)
+    })
+    .expect("10,000 denials spooled");
+    assert_eq!(spooled, N);
+
+    // ClickHouse back: everything arrives, once.
+    ch.restart();
+    let arrived = wait_until(Duration::from_secs(120), || {
+        let n = count_denied(&db);
+        (n >= N).then_some(n)
+    });
+    assert_eq!(
+        arrived,
+        Some(N),
+        "after the outage: {} of {N}",
+        count_denied(&db)
+    );
+
+    // Now kill the daemon while it ships a second burst.
+    let v = &run_json(&mut env.agent("outage", &[PROBE, "bench-rtt", unknown, &N.to_string()]))[0];
+    assert_eq!(v["failures"].as_u64(), Some(N as u64));
+    d.kill9();
+    let _d2 = Daemon::start(&env);
+    let arrived = wait_until(Duration::from_secs(120), || {
+        let n = count_denied(&db);
+        (n >= 2 * N).then_some(n)
+    });
+    assert_eq!(
+        arrived,
+        Some(2 * N),
+        "after the kill: {} of {}",
+        count_denied(&db),
+        2 * N
+    );
+    // Exactly once: the rows the views see are the distinct event ids.
+    let distinct: usize = db
+        .query("SELECT uniqExact(id) FROM {db}.events WHERE kind = 'session_denied'")
+        .parse()
+        .unwrap_or(0);
+    assert_eq!(distinct, 2 * N);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count_denied(&db), 2 * N, "no duplicates appear later");
+}

@@ -568,3 +568,95 @@ impl Drop for TestDatabase {
             .output();
     }
 }
+
+/// A ClickHouse server of the test's own (so it can be stopped and
+/// restarted), run by the xtask binary `cargo xtask test` has built; killed
+/// on drop.
+pub struct OwnClickhouse {
+    child: Option<Child>,
+    pub port: u16,
+    pub data: PathBuf,
+}
+
+impl OwnClickhouse {
+    pub fn start(data: &Path) -> Option<OwnClickhouse> {
+        let exe = std::env::current_exe().ok()?;
+        // target/debug/deps/records-… -> target/debug/xtask
+        let xtask = exe.parent()?.parent()?.join("xtask");
+        if !xtask.exists() {
+            blastgate::testing::skip(&format!(
+                "{} not built (cargo xtask test builds it)",
+                xtask.display()
+            ));
+            return None;
+        }
+        let port = free_port();
+        let mut ch = OwnClickhouse {
+            child: None,
+            port,
+            data: data.to_path_buf(),
+        };
+        ch.resume(&xtask);
+        Some(ch)
+    }
+
+    fn xtask() -> PathBuf {
+        let exe = std::env::current_exe().expect("current exe");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join("xtask")
+    }
+
+    fn resume(&mut self, xtask: &Path) {
+        let log = std::fs::File::create(self.data.with_extension("log")).expect("log");
+        std::fs::create_dir_all(&self.data).expect("data dir");
+        let child = Command::new(xtask)
+            .args([
+                "clickhouse",
+                "serve",
+                "--port",
+                &self.port.to_string(),
+                "--data",
+            ])
+            .arg(&self.data)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start clickhouse");
+        self.child = Some(child);
+        let url = self.url();
+        wait_until(Duration::from_secs(60), || {
+            ch_try(&url, "SELECT 1").map(|_| ())
+        })
+        .expect("own clickhouse did not come up");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM and wait: an outage.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            if wait_until(Duration::from_secs(30), || c.try_wait().ok().flatten()).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Start again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.resume(&Self::xtask());
+    }
+}
+
+impl Drop for OwnClickhouse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -95,13 +95,13 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
     let Some(rec) = ctx.maps.take_conn(peer) else {
         // Not redirected by our hooks: something dialled the proxy port
         // directly. Nothing to attribute, nothing to serve.
-        drop(conn);
         let reason = format!(
             "no kernel record for the connection from {peer}: only redirected agent connections are served"
         );
         tracing::warn!(%peer, "{reason}");
-        record(
+        deny(
             &ctx,
+            conn,
             session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason)),
         )
         .await;
@@ -137,21 +137,21 @@ async fn drive(
     ctx: Arc<ProxyContext>,
 ) {
     if is_proxy_addr(&ctx.listen, orig) {
-        drop(conn);
         let reason = "destination is the blastgate proxy itself".to_string();
-        record(
+        deny(
             &ctx,
+            conn,
             session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason)),
         )
         .await;
         return;
     }
     let Some(target) = ctx.routes.lookup(orig) else {
-        drop(conn);
         let reason = format!("no target is configured for {orig}: denied by default");
         tracing::info!("{reason}");
-        record(
+        deny(
             &ctx,
+            conn,
             session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason)),
         )
         .await;
@@ -193,17 +193,15 @@ async fn drive(
             if outcome.approved() {
                 opened.reason = Some(format!("{}; {said}", decision.reason));
             } else {
-                drop(conn);
                 let mut denied = opened;
                 denied.kind = EventKind::SessionDenied;
                 denied.verdict = Verdict::Deny;
                 denied.reason = Some(format!("held for approval: {said}"));
-                record(&ctx, denied).await;
+                deny(&ctx, conn, denied).await;
                 return;
             }
         } else if decision.verdict != PolicyVerdict::Allow {
             if target.enforce {
-                drop(conn);
                 let mut denied = opened;
                 denied.kind = EventKind::SessionDenied;
                 denied.verdict = if decision.verdict == PolicyVerdict::Error {
@@ -212,7 +210,7 @@ async fn drive(
                     Verdict::Deny
                 };
                 tracing::info!(policy = ?denied.policy_id, "connection denied by policy");
-                record(&ctx, denied).await;
+                deny(&ctx, conn, denied).await;
                 return;
             }
             // Shadow mode: record what would have happened, let it through.
@@ -284,6 +282,14 @@ pub fn agent_attrs(c: &Caller) -> AgentAttrs {
         lineage: c.lineage.iter().map(|a| a.comm.clone()).collect(),
         oidc: None,
     }
+}
+
+/// Records a denial, then closes the agent's connection: the agent sees
+/// the close only once the record is written, so a daemon killed at any
+/// point cannot lose a denial the agent observed.
+async fn deny(ctx: &ProxyContext, conn: TcpStream, event: Event) {
+    record(ctx, event).await;
+    drop(conn);
 }
 
 async fn record(ctx: &ProxyContext, event: Event) {
