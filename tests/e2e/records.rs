@@ -177,3 +177,150 @@ fn an_outage_and_a_killed_daemon_lose_nothing_and_double_nothing() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(count_denied(&db), 2 * N, "no duplicates appear later");
 }
+
+/// A fixture spool with known figures, shipped by the real shipper, read
+/// through every shipped view.
+#[test]
+fn shipped_views_return_the_right_figures() {
+    use blastgate::{
+        config::ClickhouseConfig,
+        identity::Caller,
+        records::{clickhouse::shipper::Shipper, Event, EventKind, Verdict},
+    };
+    use std::time::{Duration as D, SystemTime, UNIX_EPOCH};
+
+    let _g = serial();
+    let Some(url) = clickhouse_url() else { return };
+    let db = TestDatabase::new(&url);
+    let spool = tempfile::tempdir().expect("tempdir");
+    let base = UNIX_EPOCH + D::from_secs(1_795_000_000); // within one hour
+    let mut events = Vec::new();
+    let caller = |agent: &str| Caller {
+        agent: agent.into(),
+        agent_id: 1,
+        pid: 42,
+        tid: 42,
+        uid: 1001,
+        gid: 1001,
+        comm: "psql".into(),
+        exe: None,
+        cgroup_id: 0,
+        lineage: Vec::new(),
+    };
+    let mut ev = |kind, verdict, agent: &str, target: &str, at: u64, f: &dyn Fn(&mut Event)| {
+        let mut e = Event::daemon(kind, verdict, "fixture");
+        e.ts = base + D::from_secs(at);
+        e.caller = Some(caller(agent));
+        e.target = Some(target.into());
+        e.session_id = uuid::Uuid::now_v7();
+        f(&mut e);
+        events.push(e);
+    };
+    let sessions = [("a", "db", 2u64, 3u64), ("a", "api", 30, 0)];
+    for (agent, target, secs, masked) in sessions {
+        let sid = uuid::Uuid::now_v7();
+        ev(
+            EventKind::SessionOpened,
+            Verdict::Allow,
+            agent,
+            target,
+            0,
+            &|e| e.session_id = sid,
+        );
+        ev(
+            EventKind::SessionClosed,
+            Verdict::Allow,
+            agent,
+            target,
+            secs,
+            &|e| {
+                e.session_id = sid;
+                e.seq = 1;
+                e.duration_us = Some(secs * 1_000_000);
+                e.masked_fields = Some(masked);
+            },
+        );
+    }
+    for (agent, target, policy) in [
+        ("b", "db", "p-deny"),
+        ("a", "api", "p-deny"),
+        ("b", "api", "p-other"),
+    ] {
+        ev(
+            EventKind::SessionDenied,
+            Verdict::Deny,
+            agent,
+            target,
+            5,
+            &|e| e.policy_id = Some(policy.into()),
+        );
+    }
+    for (group, secs, verdict) in [
+        ("dba", 2u64, Verdict::Allow),
+        ("dba", 4, Verdict::Deny),
+        ("dba", 6, Verdict::Deny),
+        ("ops", 10, Verdict::Deny),
+    ] {
+        ev(EventKind::ApprovalDecided, verdict, "a", "db", 7, &|e| {
+            e.approval_group = Some(group.into());
+            e.duration_us = Some(secs * 1_000_000);
+        });
+    }
+    // A line shipped twice (as after a crash) must not count twice.
+    let mut text = String::new();
+    for e in events.iter().chain(events.first()) {
+        text += &serde_json::to_string(e).expect("json");
+        text.push('\n');
+    }
+    std::fs::write(spool.path().join("segment-000000000001.jsonl"), text).expect("spool");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shipper = Shipper {
+        cfg: ClickhouseConfig {
+            url: url.clone(),
+            database: db.name.clone(),
+            user: "default".into(),
+            password_file: None,
+            batch: 5,
+        },
+        spool_dir: spool.path().to_path_buf(),
+        batch: 5,
+        warn_bytes: u64::MAX,
+    };
+    let handle = rt.spawn(shipper.run(stop.clone()));
+    let shipped = wait_until(Duration::from_secs(30), || {
+        let n: usize = db
+            .try_query("SELECT count() FROM {db}.events FINAL")?
+            .parse()
+            .ok()?;
+        (n == events.len()).then_some(n)
+    });
+    stop.cancel();
+    let _ = rt.block_on(handle);
+    assert_eq!(shipped, Some(events.len()));
+    let _ = SystemTime::now();
+
+    let q = |sql: &str| db.query(sql);
+    assert_eq!(q("SELECT count() FROM {db}.who_ran_what_where"), "5");
+    assert_eq!(
+        q("SELECT decisions, rejected, rate FROM {db}.rejection_rate"),
+        "5\t3\t0.6"
+    );
+    assert_eq!(
+        q("SELECT approval_group, decided, approved, p50_s, p95_s FROM {db}.approval_latency"),
+        "dba\t3\t1\t4\t6\nops\t1\t0\t10\t10"
+    );
+    assert_eq!(
+        q("SELECT target, masked_fields FROM {db}.masked_fields_per_session ORDER BY target"),
+        "api\t0\ndb\t3"
+    );
+    assert_eq!(
+        q("SELECT target, bucket, sessions FROM {db}.session_durations"),
+        "api\t10-60s\t1\ndb\t1-10s\t1"
+    );
+    assert_eq!(
+        q("SELECT policy_id, denials, agents FROM {db}.top_denied_policies"),
+        "p-deny\t2\t2\np-other\t1\t1"
+    );
+}

@@ -241,6 +241,7 @@ impl Broker {
         e.action = Some(r.action.clone());
         e.policy_id = r.policy_id.clone();
         e.approval_id = Some(r.id);
+        e.approval_group = Some(r.group.clone());
         e.text = Some(r.text.clone());
         e.approver = match outcome {
             Some(Outcome::Approved { by, .. } | Outcome::Denied { by, .. }) => Some(by.clone()),

@@ -70,6 +70,7 @@ impl Session {
             shadow: false,
             approval_id: None,
             approver: None,
+            approval_group: None,
             text: None,
             orig_dst: self.orig_dst,
             bytes_from_agent: None,

@@ -75,6 +75,9 @@ pub struct Event {
     /// Who approved or denied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver: Option<String>,
+    /// The approver group the policy named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_group: Option<String>,
     /// The statement, command or request (after masking).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -113,6 +116,7 @@ impl Event {
             shadow: false,
             approval_id: None,
             approver: None,
+            approval_group: None,
             text: None,
             orig_dst: None,
             bytes_from_agent: None,

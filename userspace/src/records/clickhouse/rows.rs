@@ -51,6 +51,7 @@ pub struct EventRow {
     pub bytes_to_agent: u64,
     pub duration_us: u64,
     pub masked_fields: u64,
+    pub approval_group: String,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -114,6 +115,7 @@ impl From<&Event> for EventRow {
             bytes_to_agent: e.bytes_to_agent.unwrap_or(0),
             duration_us: e.duration_us.unwrap_or(0),
             masked_fields: e.masked_fields.unwrap_or(0),
+            approval_group: e.approval_group.clone().unwrap_or_default(),
         }
     }
 }

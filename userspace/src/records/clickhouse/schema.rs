@@ -11,10 +11,11 @@ use super::{wrap, ChError};
 use crate::config::ClickhouseConfig;
 
 /// (version, statements). Append only: never edit a shipped migration.
-pub const MIGRATIONS: &[(u32, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE IF NOT EXISTS {db}.events (
+pub const MIGRATIONS: &[(u32, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE IF NOT EXISTS {db}.events (
             id UUID,
             session_id UUID,
             seq UInt32,
@@ -45,7 +46,7 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[(
         PARTITION BY toYYYYMM(ts)
         ORDER BY (target, agent, ts, id)
         SETTINGS non_replicated_deduplication_window = 1000",
-        "CREATE TABLE IF NOT EXISTS {db}.sessions (
+            "CREATE TABLE IF NOT EXISTS {db}.sessions (
             session_id UUID,
             version UInt8,
             agent LowCardinality(String),
@@ -68,8 +69,62 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[(
         PARTITION BY toYYYYMM(start)
         ORDER BY session_id
         SETTINGS non_replicated_deduplication_window = 1000",
-    ],
-)];
+        ],
+    ),
+    (2, VIEWS),
+];
+
+/// The questions security teams ask, as views. Every view reads `FINAL`,
+/// so a re-sent batch is never counted twice.
+const VIEWS: &[&str] = &[
+    "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS approval_group LowCardinality(String) DEFAULT ''",
+    // Who ran what where: every decision about an agent's action.
+    "CREATE OR REPLACE VIEW {db}.who_ran_what_where AS
+     SELECT ts, agent, uid, comm, exe, target, protocol, orig_dst, kind, action, text, verdict,
+            policy_id, reason, shadow, session_id
+     FROM {db}.events FINAL
+     WHERE kind IN ('session_opened', 'session_denied', 'statement', 'command', 'request')",
+    // Share of refused decisions, per hour.
+    "CREATE OR REPLACE VIEW {db}.rejection_rate AS
+     SELECT toStartOfHour(ts) AS hour,
+            count() AS decisions,
+            countIf(verdict IN ('deny', 'error')) AS rejected,
+            round(rejected / decisions, 4) AS rate
+     FROM {db}.events FINAL
+     WHERE kind IN ('session_opened', 'session_denied', 'statement', 'command', 'request')
+     GROUP BY hour ORDER BY hour",
+    // How long humans take to decide, per approver group.
+    "CREATE OR REPLACE VIEW {db}.approval_latency AS
+     SELECT approval_group,
+            count() AS decided,
+            countIf(verdict = 'allow') AS approved,
+            round(quantileExact(0.5)(duration_us) / 1e6, 3) AS p50_s,
+            round(quantileExact(0.95)(duration_us) / 1e6, 3) AS p95_s
+     FROM {db}.events FINAL
+     WHERE kind = 'approval_decided'
+     GROUP BY approval_group ORDER BY approval_group",
+    // Values masked in what each session returned to the agent.
+    "CREATE OR REPLACE VIEW {db}.masked_fields_per_session AS
+     SELECT session_id, any(agent) AS agent, any(target) AS target,
+            sum(masked_fields) AS masked_fields
+     FROM {db}.events FINAL
+     WHERE kind = 'session_closed'
+     GROUP BY session_id",
+    // Session durations in buckets, per target.
+    "CREATE OR REPLACE VIEW {db}.session_durations AS
+     SELECT target,
+            multiIf(d < 1, '<1s', d < 10, '1-10s', d < 60, '10-60s', d < 600, '1-10m', '>=10m') AS bucket,
+            count() AS sessions
+     FROM (SELECT target, dateDiff('millisecond', start, end) / 1000 AS d
+           FROM {db}.sessions FINAL WHERE end IS NOT NULL AND verdict != 'deny')
+     GROUP BY target, bucket ORDER BY target, bucket",
+    // Which policies refuse the most.
+    "CREATE OR REPLACE VIEW {db}.top_denied_policies AS
+     SELECT policy_id, count() AS denials, uniqExact(agent) AS agents
+     FROM {db}.events FINAL
+     WHERE verdict = 'deny' AND policy_id != ''
+     GROUP BY policy_id ORDER BY denials DESC, policy_id",
+];
 
 /// Creates the database and applies missing migrations in order.
 pub async fn migrate(cfg: &ClickhouseConfig) -> Result<u32, ChError> {
