@@ -54,30 +54,15 @@ struct Session {
 
 impl Session {
     fn event(&self, kind: EventKind, verdict: Verdict, reason: Option<String>) -> Event {
-        Event {
-            id: Uuid::now_v7(),
-            session_id: self.id,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
-            ts: SystemTime::now(),
-            kind,
-            verdict,
-            reason,
-            caller: self.caller.clone(),
-            target: self.target.clone(),
-            protocol: self.protocol.map(str::to_string),
-            action: None,
-            policy_id: None,
-            shadow: false,
-            approval_id: None,
-            approver: None,
-            approval_group: None,
-            text: None,
-            orig_dst: self.orig_dst,
-            bytes_from_agent: None,
-            bytes_to_agent: None,
-            duration_us: None,
-            masked_fields: None,
-        }
+        let mut e = Event::daemon(kind, verdict, String::new());
+        e.session_id = self.id;
+        e.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        e.reason = reason;
+        e.caller = self.caller.clone();
+        e.target = self.target.clone();
+        e.protocol = self.protocol.map(str::to_string);
+        e.orig_dst = self.orig_dst;
+        e
     }
 }
 

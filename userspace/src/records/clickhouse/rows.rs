@@ -78,9 +78,45 @@ pub struct SessionRow {
     pub verdict: String,
 }
 
+/// The caller columns both tables carry.
+struct CallerCols {
+    agent: String,
+    pid: u32,
+    uid: u32,
+    comm: String,
+    exe: String,
+    lineage: Vec<String>,
+}
+
+fn caller_cols(e: &Event) -> CallerCols {
+    let c = e.caller.as_ref();
+    CallerCols {
+        agent: c.map(|c| c.agent.clone()).unwrap_or_default(),
+        pid: c.map_or(0, |c| c.pid),
+        uid: c.map_or(0, |c| c.uid),
+        comm: c.map(|c| c.comm.clone()).unwrap_or_default(),
+        exe: c.and_then(|c| c.exe.clone()).unwrap_or_default(),
+        lineage: c
+            .map(|c| {
+                c.lineage
+                    .iter()
+                    .map(|a| format!("{}:{}", a.pid, a.comm))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 impl From<&Event> for EventRow {
     fn from(e: &Event) -> EventRow {
-        let c = e.caller.as_ref();
+        let CallerCols {
+            agent,
+            pid,
+            uid,
+            comm,
+            exe,
+            lineage,
+        } = caller_cols(e);
         EventRow {
             id: e.id,
             session_id: e.session_id,
@@ -89,19 +125,12 @@ impl From<&Event> for EventRow {
             kind: name(&e.kind),
             verdict: name(&e.verdict),
             reason: e.reason.clone().unwrap_or_default(),
-            agent: c.map(|c| c.agent.clone()).unwrap_or_default(),
-            pid: c.map_or(0, |c| c.pid),
-            uid: c.map_or(0, |c| c.uid),
-            comm: c.map(|c| c.comm.clone()).unwrap_or_default(),
-            exe: c.and_then(|c| c.exe.clone()).unwrap_or_default(),
-            lineage: c
-                .map(|c| {
-                    c.lineage
-                        .iter()
-                        .map(|a| format!("{}:{}", a.pid, a.comm))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            agent,
+            pid,
+            uid,
+            comm,
+            exe,
+            lineage,
             target: e.target.clone().unwrap_or_default(),
             protocol: e.protocol.clone().unwrap_or_default(),
             orig_dst: e.orig_dst.map(|a| a.to_string()).unwrap_or_default(),
@@ -127,7 +156,14 @@ pub fn session_row(e: &Event) -> Option<SessionRow> {
         EventKind::SessionClosed | EventKind::SessionDenied => (2, Some(micros(e.ts))),
         _ => return None,
     };
-    let c = e.caller.as_ref();
+    let CallerCols {
+        agent,
+        pid,
+        uid,
+        comm,
+        exe,
+        lineage,
+    } = caller_cols(e);
     let ts = micros(e.ts);
     let start = match (e.kind, e.duration_us) {
         (EventKind::SessionClosed, Some(d)) => ts - d as i64,
@@ -136,19 +172,12 @@ pub fn session_row(e: &Event) -> Option<SessionRow> {
     Some(SessionRow {
         session_id: e.session_id,
         version,
-        agent: c.map(|c| c.agent.clone()).unwrap_or_default(),
-        pid: c.map_or(0, |c| c.pid),
-        uid: c.map_or(0, |c| c.uid),
-        exe: c.and_then(|c| c.exe.clone()).unwrap_or_default(),
-        comm: c.map(|c| c.comm.clone()).unwrap_or_default(),
-        lineage: c
-            .map(|c| {
-                c.lineage
-                    .iter()
-                    .map(|a| format!("{}:{}", a.pid, a.comm))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        agent,
+        pid,
+        uid,
+        exe,
+        comm,
+        lineage,
         oidc_sub: String::new(),
         oidc_iss: String::new(),
         target: e.target.clone().unwrap_or_default(),
