@@ -190,13 +190,10 @@ fn bind_verdict(user_port: u32) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn blastgate_getpeername4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    if let Some(orig) = BG_ORIG.get_ptr(cookie) {
-        let orig = unsafe { *orig };
-        let a = orig.addr;
+    if let Some((words, port)) = dialled(sa) {
         unsafe {
-            (*sa).user_ip4 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-            (*sa).user_port = port_net(orig.port);
+            (*sa).user_ip4 = words[3];
+            (*sa).user_port = port;
         }
     }
     ALLOW
@@ -205,19 +202,28 @@ pub fn blastgate_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn blastgate_getpeername6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    if let Some(orig) = BG_ORIG.get_ptr(cookie) {
-        let orig = unsafe { *orig };
-        let a = orig.addr;
+    if let Some((words, port)) = dialled(sa) {
         unsafe {
-            (*sa).user_ip6[0] = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
-            (*sa).user_ip6[1] = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
-            (*sa).user_ip6[2] = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
-            (*sa).user_ip6[3] = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-            (*sa).user_port = port_net(orig.port);
+            (*sa).user_ip6[0] = words[0];
+            (*sa).user_ip6[1] = words[1];
+            (*sa).user_ip6[2] = words[2];
+            (*sa).user_ip6[3] = words[3];
+            (*sa).user_port = port;
         }
     }
     ALLOW
+}
+
+/// What a redirected socket's agent dialled, as the four address words
+/// (the last one is the IPv4 address of a v4-mapped key) and the port, in
+/// the layout `bpf_sock_addr` uses.
+#[inline(always)]
+fn dialled(sa: *mut bpf_sock_addr) -> Option<([u32; 4], u32)> {
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    let orig = unsafe { *BG_ORIG.get_ptr(cookie)? };
+    let a = orig.addr;
+    let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    Some(([word(0), word(4), word(8), word(12)], port_net(orig.port)))
 }
 
 /// Moves the record from the socket cookie to the client's local address,

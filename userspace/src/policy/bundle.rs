@@ -36,9 +36,6 @@ pub struct Bundle {
     pub schema: Schema,
     /// Every policy.
     pub all: PolicySet,
-    /// Every policy but the `forbid`s that carry `@approval`: what would
-    /// decide if the approvers said yes.
-    pub relaxed: PolicySet,
     pub meta: HashMap<String, PolicyMeta>,
     /// Action entities (with their groups) from the schema.
     pub actions: Entities,
@@ -49,7 +46,8 @@ pub struct Bundle {
     /// so a stale decision cannot outlive the policies that made it.
     pub cache: super::decide::DecisionCache,
     pub entities: super::decide::EntitiesCache,
-    /// Per-request subsets of `all` and `relaxed` by scope.
+    /// Per-request subsets of `all` by scope, split into the approval
+    /// forbids and the rest.
     pub scopes: super::scope::ScopeIndex,
     /// Masking rules from `masking.toml` (empty when there is none).
     pub masking: super::masking::Masking,
@@ -246,17 +244,6 @@ impl Bundle {
         let actions = schema
             .action_entities()
             .map_err(|e| vec![err(&schema_path, format!("schema actions: {e}"))])?;
-        let mut relaxed = PolicySet::new();
-        for p in all.policies() {
-            let held = meta
-                .get(&p.id().to_string())
-                .is_some_and(|m| m.approval.is_some() && m.effect == Effect::Forbid);
-            if !held {
-                relaxed
-                    .add(p.clone())
-                    .map_err(|e| vec![err(dir, format!("policy {}: {e}", p.id()))])?;
-            }
-        }
         let held = |p: &cedar_policy::Policy| {
             meta.get(&p.id().to_string())
                 .is_some_and(|m| m.approval.is_some() && m.effect == Effect::Forbid)
@@ -268,7 +255,6 @@ impl Bundle {
             dir: dir.to_path_buf(),
             schema,
             all,
-            relaxed,
             meta,
             actions,
             authorizer: Authorizer::new(),

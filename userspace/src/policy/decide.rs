@@ -17,7 +17,9 @@ use cedar_policy::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::bundle::Bundle;
+use super::{bundle::Bundle, cache::Bounded};
+use cedar_policy::Entities;
+use std::sync::Arc;
 
 /// The principal: attributes of the calling agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -163,14 +165,17 @@ fn uid(ty: &str, id: &str) -> Result<EntityUid, RequestError> {
 /// Cached decisions, keyed by the whole request (principal, action,
 /// resource and the canonical context JSON), never by a hash of it: a
 /// collision must not hand one request another's decision.
-#[derive(Default)]
-pub struct DecisionCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, Decision>>,
-}
+pub struct DecisionCache(Bounded<String, Decision>);
 
 /// Beyond this many entries the cache starts over (statements with literal
 /// values rarely repeat; connects and parameterised statements do).
 const CACHE_MAX: usize = 16_384;
+
+impl Default for DecisionCache {
+    fn default() -> Self {
+        DecisionCache(Bounded::new(CACHE_MAX))
+    }
+}
 
 impl DecisionCache {
     fn key(agent: &AgentAttrs, target: &TargetAttrs, action: &str, context: &Value) -> String {
@@ -185,7 +190,7 @@ impl DecisionCache {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -197,13 +202,15 @@ impl DecisionCache {
 /// (agent, target): building it computes the action hierarchy's closure,
 /// the most expensive part of a request, and a session asks many times
 /// with the same pair.
-#[derive(Default)]
-pub struct EntitiesCache {
-    entries:
-        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<cedar_policy::Entities>>>,
-}
+pub struct EntitiesCache(Bounded<String, Arc<Entities>>);
 
 const ENTITIES_MAX: usize = 1024;
+
+impl Default for EntitiesCache {
+    fn default() -> Self {
+        EntitiesCache(Bounded::new(ENTITIES_MAX))
+    }
+}
 
 impl Bundle {
     fn entities_for(
@@ -212,20 +219,14 @@ impl Bundle {
         target: &TargetAttrs,
         principal: &EntityUid,
         resource: &EntityUid,
-    ) -> Result<std::sync::Arc<cedar_policy::Entities>, RequestError> {
+    ) -> Result<Arc<Entities>, RequestError> {
         let key = format!(
             "{}\u{0}{}",
             serde_json::to_string(agent).unwrap_or_default(),
             serde_json::to_string(target).unwrap_or_default()
         );
-        if let Some(e) = self
-            .entities
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(e.clone());
+        if let Some(e) = self.entities.0.get(&key) {
+            return Ok(e);
         }
         let mut agent_attrs = vec![
             (
@@ -294,21 +295,13 @@ impl Bundle {
                 .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
         )
         .map_err(|e| RequestError::Entities(e.to_string()))?;
-        let entities = std::sync::Arc::new(
+        let entities = Arc::new(
             self.actions
                 .clone()
                 .add_entities([principal_entity, target_entity], None)
                 .map_err(|e| RequestError::Entities(e.to_string()))?,
         );
-        let mut cache = self
-            .entities
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= ENTITIES_MAX {
-            cache.clear();
-        }
-        cache.insert(key, entities.clone());
+        self.entities.0.insert(key, entities.clone());
         Ok(entities)
     }
 
@@ -322,22 +315,12 @@ impl Bundle {
         context: &Value,
     ) -> Result<Decision, RequestError> {
         let key = DecisionCache::key(agent, target, action, context);
-        if let Some(d) = self
-            .cache
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(d.clone());
+        if let Some(d) = self.cache.0.get(&key) {
+            return Ok(d);
         }
         let d = self.decide(agent, target, action, context)?;
         if d.verdict != Verdict::Error {
-            let mut entries = self.cache.entries.lock().unwrap_or_else(|p| p.into_inner());
-            if entries.len() >= CACHE_MAX {
-                entries.clear();
-            }
-            entries.insert(key, d.clone());
+            self.cache.0.insert(key, d.clone());
         }
         Ok(d)
     }

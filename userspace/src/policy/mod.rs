@@ -10,6 +10,7 @@
 //! - [`Engine`]: the daemon's current bundle, swapped whole on reload.
 
 pub mod bundle;
+mod cache;
 pub mod decide;
 pub mod diagnostic;
 pub mod fixtures;

@@ -8,10 +8,9 @@
 //! (action, principal, resource), the sub-sets that can apply, built on
 //! first use and reused after.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashSet, sync::Arc};
+
+use super::cache::Bounded;
 
 use cedar_policy::{
     ActionConstraint, Entities, EntityUid, Policy, PolicySet, PrincipalConstraint,
@@ -30,7 +29,6 @@ struct Indexed {
 
 /// The sets to evaluate one request against.
 pub struct Scoped {
-    pub all: PolicySet,
     /// Without the approval forbids.
     pub relaxed: PolicySet,
     /// Only the approval forbids.
@@ -44,7 +42,7 @@ pub struct ScopeIndex {
     /// Principals / resources that some policy names exactly.
     named_principals: HashSet<String>,
     named_resources: HashSet<String>,
-    built: Mutex<HashMap<Key, Arc<Scoped>>>,
+    built: Bounded<Key, Arc<Scoped>>,
 }
 
 /// Bound on distinct cached scopes; beyond it, start over.
@@ -113,7 +111,7 @@ impl ScopeIndex {
             entries,
             named_principals,
             named_resources,
-            built: Mutex::new(HashMap::new()),
+            built: Bounded::new(MAX_SCOPES),
         }
     }
 
@@ -129,15 +127,9 @@ impl ScopeIndex {
                 .contains(resource)
                 .then(|| resource.to_string()),
         );
-        if let Some(s) = self
-            .built
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return s.clone();
+        if let Some(s) = self.built.get(&key) {
+            return s;
         }
-        let mut all = PolicySet::new();
         let mut relaxed = PolicySet::new();
         let mut held = PolicySet::new();
         for e in &self.entries {
@@ -150,7 +142,6 @@ impl ScopeIndex {
                     .is_none_or(|r| Some(r) == key.2.as_ref());
             if applies {
                 // Ids are unique in the full set, so adding cannot fail.
-                let _ = all.add(e.policy.clone());
                 let _ = if e.held {
                     held.add(e.policy.clone())
                 } else {
@@ -158,12 +149,8 @@ impl ScopeIndex {
                 };
             }
         }
-        let scoped = Arc::new(Scoped { all, relaxed, held });
-        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
-        if built.len() >= MAX_SCOPES {
-            built.clear();
-        }
-        built.insert(key, scoped.clone());
+        let scoped = Arc::new(Scoped { relaxed, held });
+        self.built.insert(key, scoped.clone());
         scoped
     }
 }

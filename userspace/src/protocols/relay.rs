@@ -60,14 +60,9 @@ async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result
             }
         }
         buf.clear();
-        let n = loop {
-            from.readable().await?;
-            match from.try_read_buf(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
+        let n = from
+            .async_io(Interest::READABLE, || from.try_read_buf(&mut buf))
+            .await?;
         if n == 0 {
             shutdown_write(to);
             return Ok(());
@@ -80,12 +75,10 @@ async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result
 
 async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
+        let n = to
+            .async_io(Interest::WRITABLE, || to.try_write(data))
+            .await?;
+        data = &data[n..];
     }
     Ok(())
 }
@@ -150,30 +143,22 @@ async fn splice_loop(
 ) -> io::Result<()> {
     let chunk = PIPE_SIZE as usize;
     loop {
-        let n = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
+        let n = from
+            .async_io(Interest::READABLE, || {
                 splice(from.as_raw_fd(), pipe.write.as_raw_fd(), chunk)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
+            })
+            .await?;
         if n == 0 {
             shutdown_write(to);
             return Ok(());
         }
         let mut left = n;
         while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
-            }) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+            left -= to
+                .async_io(Interest::WRITABLE, || {
+                    splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+                })
+                .await?;
         }
         count.fetch_add(n as u64, Ordering::Relaxed);
     }
