@@ -183,16 +183,14 @@ fn an_outage_and_a_killed_daemon_lose_nothing_and_double_nothing() {
 #[test]
 fn shipped_views_return_the_right_figures() {
     use blastgate::{
-        config::ClickhouseConfig,
         identity::Caller,
-        records::{clickhouse::shipper::Shipper, Event, EventKind, Verdict},
+        records::{Event, EventKind, Verdict},
     };
-    use std::time::{Duration as D, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration as D, UNIX_EPOCH};
 
     let _g = serial();
     let Some(url) = clickhouse_url() else { return };
     let db = TestDatabase::new(&url);
-    let spool = tempfile::tempdir().expect("tempdir");
     let base = UNIX_EPOCH + D::from_secs(1_795_000_000); // within one hour
     let mut events = Vec::new();
     let caller = |agent: &str| Caller {
@@ -267,39 +265,9 @@ fn shipped_views_return_the_right_figures() {
         });
     }
     // A line shipped twice (as after a crash) must not count twice.
-    let mut text = String::new();
-    for e in events.iter().chain(events.first()) {
-        text += &serde_json::to_string(e).expect("json");
-        text.push('\n');
-    }
-    std::fs::write(spool.path().join("segment-000000000001.jsonl"), text).expect("spool");
-
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let shipper = Shipper {
-        cfg: ClickhouseConfig {
-            url: url.clone(),
-            database: db.name.clone(),
-            user: "default".into(),
-            password_file: None,
-            batch: 5,
-        },
-        spool_dir: spool.path().to_path_buf(),
-        batch: 5,
-        warn_bytes: u64::MAX,
-    };
-    let handle = rt.spawn(shipper.run(stop.clone()));
-    let shipped = wait_until(Duration::from_secs(30), || {
-        let n: usize = db
-            .try_query("SELECT count() FROM {db}.events FINAL")?
-            .parse()
-            .ok()?;
-        (n == events.len()).then_some(n)
-    });
-    stop.cancel();
-    let _ = rt.block_on(handle);
-    assert_eq!(shipped, Some(events.len()));
-    let _ = SystemTime::now();
+    let mut lines = events.clone();
+    lines.extend(events.first().cloned());
+    ship_fixture(&db, &url, &lines, events.len());
 
     let q = |sql: &str| db.query(sql);
     assert_eq!(q("SELECT count() FROM {db}.who_ran_what_where"), "5");
@@ -323,4 +291,155 @@ fn shipped_views_return_the_right_figures() {
         q("SELECT policy_id, denials, agents FROM {db}.top_denied_policies"),
         "p-deny\t2\t2\np-other\t1\t1"
     );
+}
+
+/// Writes `events` as a spool segment, runs the real shipper on it until
+/// `events` and `io` together hold `expect` rows, and stops it.
+fn ship_fixture(db: &TestDatabase, url: &str, events: &[blastgate::records::Event], expect: usize) {
+    use blastgate::{config::ClickhouseConfig, records::clickhouse::shipper::Shipper};
+
+    let spool = tempfile::tempdir().expect("tempdir");
+    let mut text = String::new();
+    for e in events {
+        text += &serde_json::to_string(e).expect("json");
+        text.push('\n');
+    }
+    std::fs::write(spool.path().join("segment-000000000001.jsonl"), text).expect("spool");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shipper = Shipper {
+        cfg: ClickhouseConfig {
+            url: url.to_string(),
+            database: db.name.clone(),
+            user: "default".into(),
+            password_file: None,
+            batch: 5,
+            io_ttl_days: 7,
+        },
+        spool_dir: spool.path().to_path_buf(),
+        batch: 5,
+        warn_bytes: u64::MAX,
+    };
+    let handle = rt.spawn(shipper.run(stop.clone()));
+    let shipped = wait_until(Duration::from_secs(30), || {
+        let n: usize = db
+            .try_query(
+                "SELECT (SELECT count() FROM {db}.events FINAL) + (SELECT count() FROM {db}.io FINAL)",
+            )?
+            .parse()
+            .ok()?;
+        (n == expect).then_some(n)
+    });
+    stop.cancel();
+    let _ = rt.block_on(handle);
+    assert_eq!(shipped, Some(expect), "the shipper delivered the fixture");
+}
+
+/// A recorded session with replay data, shipped by the real shipper, played
+/// back by the CLI: output in order on stdout, decisions on stderr, and the
+/// recorded pauses scaled by --speed.
+#[test]
+fn replay_plays_a_session_back_with_its_timing() {
+    use blastgate::records::{Event, EventKind, IoChunk, IoStream, Verdict};
+    use std::time::{Duration as D, SystemTime};
+
+    let _g = serial();
+    let Some(url) = clickhouse_url() else { return };
+    let db = TestDatabase::new(&url);
+    assert!(
+        db.query("SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'io'")
+            .is_empty(),
+        "no io table before the shipper migrates"
+    );
+    let sid = uuid::Uuid::now_v7();
+    let start = SystemTime::now() - D::from_secs(60);
+    let mut events = Vec::new();
+    let mut seq = 0;
+    let mut push = |mut e: Event, at_ms: u64| {
+        e.session_id = sid;
+        e.seq = seq;
+        seq += 1;
+        e.ts = start + D::from_millis(at_ms);
+        events.push(e);
+    };
+    let mut opened = Event::daemon(EventKind::SessionOpened, Verdict::Allow, "fixture");
+    opened.target = Some("deploy-host".into());
+    push(opened, 0);
+    for (at, stream, data) in [
+        (100, IoStream::Output, "$ "),
+        (200, IoStream::Input, "ls\r"),
+        (250, IoStream::Resize, "120x40"),
+        (400, IoStream::Output, "ls\r\nREADME.md\r\n"),
+        (1000, IoStream::Output, "$ exit\r\n"),
+    ] {
+        let chunk = IoChunk {
+            stream,
+            offset_us: at * 1000,
+            data: data.into(),
+        };
+        // The wall-clock ts is deliberately off: replay times io by offset.
+        push(Event::io(sid, 0, chunk), at + 5000);
+    }
+    let mut closed = Event::daemon(EventKind::SessionClosed, Verdict::Allow, "fixture");
+    closed.duration_us = Some(1_100_000);
+    push(closed, 1100);
+    let n = events.len();
+    ship_fixture(&db, &url, &events, n);
+    assert_eq!(db.query("SELECT count() FROM {db}.io FINAL"), "5");
+    let engine =
+        db.query("SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'io'");
+    assert!(
+        engine.contains("toIntervalDay(7)"),
+        "configured io TTL: {engine}"
+    );
+
+    let config = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(config.path(), db.config()).expect("write config");
+    let replay = |speed: &str| {
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_blastgate"))
+            .args([
+                "sessions",
+                "replay",
+                &sid.to_string(),
+                "--speed",
+                speed,
+                "-c",
+            ])
+            .arg(config.path())
+            .output()
+            .expect("blastgate sessions replay");
+        assert!(
+            out.status.success(),
+            "replay: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out, t.elapsed())
+    };
+    let (out, took) = replay("2");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "$ ls\r\nREADME.md\r\n$ exit\r\n",
+        "terminal output in order, without input or resizes"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains("0.000s] session_opened allow"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("1.100s] session_closed allow"),
+        "{stderr}"
+    );
+    // 1.1 s recorded at speed 2: at least 0.55 s of pauses were played.
+    assert!(took >= D::from_millis(550), "pauses were played: {took:?}");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_blastgate"))
+        .args(["sessions", "replay", &sid.to_string(), "--speed", "0", "-c"])
+        .arg(config.path())
+        .output()
+        .expect("blastgate");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--speed must be a positive number"));
 }

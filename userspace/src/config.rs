@@ -221,6 +221,14 @@ pub struct ClickhouseConfig {
     /// Events per INSERT.
     #[serde(default = "default_ch_batch")]
     pub batch: usize,
+    /// Days replay data (`io`: terminal recordings, response summaries)
+    /// is kept; the audit tables keep everything.
+    #[serde(default = "default_io_ttl_days")]
+    pub io_ttl_days: u32,
+}
+
+fn default_io_ttl_days() -> u32 {
+    30
 }
 
 fn default_ch_url() -> String {

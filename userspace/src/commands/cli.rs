@@ -223,4 +223,15 @@ pub enum SessionsCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Plays a session back as it happened: decisions on stderr, what the
+    /// agent saw (terminal output, response summaries) on stdout, with the
+    /// recorded pauses.
+    Replay {
+        id: uuid::Uuid,
+        /// Playback speed: 2 plays twice as fast, 0.5 half as fast.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }

@@ -1,4 +1,4 @@
-//! `blastgate sessions list|show`: the ClickHouse record, for humans.
+//! `blastgate sessions list|show|replay`: the ClickHouse record, for humans.
 
 use ::clickhouse::Row;
 
@@ -36,6 +36,103 @@ struct EventLine {
     text: String,
 }
 
+/// A row of the replay: an audit event or a chunk of replay data.
+#[derive(Debug, Row, Deserialize)]
+struct ReplayRow {
+    at_us: i64,
+    seq: u32,
+    io: bool,
+    kind: String,
+    verdict: String,
+    action: String,
+    policy_id: String,
+    text: String,
+    offset_us: u64,
+    stream: String,
+    data: String,
+}
+
+fn clickhouse_client(config: Option<&std::path::Path>) -> anyhow::Result<::clickhouse::Client> {
+    let cfg = client_config(config)?;
+    let ch = cfg
+        .clickhouse
+        .ok_or_else(|| anyhow::anyhow!("no [clickhouse] section in the config"))?;
+    Ok(records_ch::client(&ch)?.with_database(ch.database.clone()))
+}
+
+async fn replay(
+    id: uuid::Uuid,
+    speed: f64,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if !(speed.is_finite() && speed > 0.0) {
+        anyhow::bail!("--speed must be a positive number, got {speed}");
+    }
+    let client = clickhouse_client(config)?;
+    let mut rows: Vec<ReplayRow> = client
+        .query(
+            "SELECT toUnixTimestamp64Micro(ts) AS at_us, seq, false AS io, kind, verdict, action, \
+                    policy_id, text, toUInt64(0) AS offset_us, '' AS stream, '' AS data \
+             FROM events FINAL WHERE session_id = toUUID(?) \
+             UNION ALL \
+             SELECT toUnixTimestamp64Micro(ts), seq, true, 'io', '', '', '', '', offset_us, stream, data \
+             FROM io FINAL WHERE session_id = toUUID(?)",
+        )
+        .bind(id.to_string())
+        .bind(id.to_string())
+        .fetch_all()
+        .await?;
+    if rows.is_empty() {
+        anyhow::bail!("no session {id} in ClickHouse (it may still be in the spool)");
+    }
+    // Replay data is timed from the session start, not by wall clock, so a
+    // clock step mid-session does not distort the pauses.
+    let start = rows
+        .iter()
+        .filter(|r| r.kind == "session_opened")
+        .map(|r| r.at_us)
+        .min()
+        .unwrap_or_else(|| rows.iter().map(|r| r.at_us).min().unwrap_or(0));
+    for r in rows.iter_mut().filter(|r| r.io) {
+        r.at_us = start.saturating_add(i64::try_from(r.offset_us).unwrap_or(i64::MAX));
+    }
+    rows.sort_by_key(|r| (r.at_us, r.seq));
+    let mut clock = start;
+    let mut out = std::io::stdout().lock();
+    for r in &rows {
+        let wait_us = (r.at_us - clock).max(0) as f64 / speed;
+        if wait_us >= 1.0 {
+            out.flush()?;
+            tokio::time::sleep(std::time::Duration::from_micros(wait_us as u64)).await;
+        }
+        clock = clock.max(r.at_us);
+        let at = (r.at_us - start) as f64 / 1e6;
+        if r.io {
+            // Only what the agent saw goes to stdout; input and resizes
+            // are part of the recording, not of the picture.
+            if r.stream == "o" {
+                out.write_all(r.data.as_bytes())?;
+            }
+            continue;
+        }
+        let mut line = format!("[{at:>9.3}s] {} {}", r.kind, r.verdict);
+        for (k, v) in [
+            ("action", &r.action),
+            ("policy", &r.policy_id),
+            ("text", &r.text),
+        ] {
+            if !v.is_empty() {
+                line += &format!(" {k}={v:?}");
+            }
+        }
+        out.flush()?;
+        eprintln!("{line}");
+    }
+    out.flush()?;
+    Ok(())
+}
+
 pub async fn run(cmd: SessionsCommand) -> anyhow::Result<()> {
     match cmd {
         SessionsCommand::List {
@@ -46,11 +143,7 @@ pub async fn run(cmd: SessionsCommand) -> anyhow::Result<()> {
             json,
             config,
         } => {
-            let cfg = client_config(config.as_deref())?;
-            let ch = cfg
-                .clickhouse
-                .ok_or_else(|| anyhow::anyhow!("no [clickhouse] section in the config"))?;
-            let client = records_ch::client(&ch)?.with_database(ch.database.clone());
+            let client = clickhouse_client(config.as_deref())?;
             let mut q = String::from(
                 "SELECT toString(session_id) AS id, agent, pid, uid, comm, target, protocol, orig_dst, \
                  toString(start) AS started, ifNull(toString(end), '') AS ended, bytes_from_agent, \
@@ -103,12 +196,9 @@ pub async fn run(cmd: SessionsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        SessionsCommand::Replay { id, speed, config } => replay(id, speed, config.as_deref()).await,
         SessionsCommand::Show { id, json, config } => {
-            let cfg = client_config(config.as_deref())?;
-            let ch = cfg
-                .clickhouse
-                .ok_or_else(|| anyhow::anyhow!("no [clickhouse] section in the config"))?;
-            let client = records_ch::client(&ch)?.with_database(ch.database.clone());
+            let client = clickhouse_client(config.as_deref())?;
             let rows: Vec<EventLine> = client
                 .query(
                     "SELECT seq, toString(ts) AS at, kind, verdict, action, policy_id, reason, text \

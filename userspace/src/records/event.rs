@@ -32,6 +32,44 @@ pub enum EventKind {
     ApprovalRequested,
     /// Approved, denied, timed out or withdrawn; `duration_us` is the wait.
     ApprovalDecided,
+    /// Replay data (terminal output, response summaries): shipped to the
+    /// `io` table, not `events`, so the audit tables stay small.
+    Io,
+}
+
+/// Which way an [`IoChunk`] went. The names are asciicast v2's event codes,
+/// so a recording exports without translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoStream {
+    /// To the agent (terminal output, a response summary).
+    #[serde(rename = "o")]
+    Output,
+    /// From the agent (keystrokes).
+    #[serde(rename = "i")]
+    Input,
+    /// Terminal resized; `data` is `COLSxROWS`.
+    #[serde(rename = "r")]
+    Resize,
+}
+
+impl IoStream {
+    pub fn code(self) -> &'static str {
+        match self {
+            IoStream::Output => "o",
+            IoStream::Input => "i",
+            IoStream::Resize => "r",
+        }
+    }
+}
+
+/// One chunk of replay data, already masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoChunk {
+    pub stream: IoStream,
+    /// Microseconds since the session started: replay timing survives clock
+    /// steps between chunks.
+    pub offset_us: u64,
+    pub data: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +133,9 @@ pub struct Event {
     /// Values masked in what the session returned to the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked_fields: Option<u64>,
+    /// Replay data, for [`EventKind::Io`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoChunk>,
 }
 
 impl Event {
@@ -123,6 +164,18 @@ impl Event {
             bytes_to_agent: None,
             duration_us: None,
             masked_fields: None,
+            io: None,
+        }
+    }
+
+    /// A chunk of replay data for a session.
+    pub fn io(session_id: Uuid, seq: u32, chunk: IoChunk) -> Event {
+        Event {
+            session_id,
+            seq,
+            reason: None,
+            io: Some(chunk),
+            ..Event::daemon(EventKind::Io, Verdict::Allow, "")
         }
     }
 }

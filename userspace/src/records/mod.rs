@@ -5,5 +5,5 @@ pub mod event;
 pub mod recovery;
 pub mod spool;
 
-pub use event::{Event, EventKind, Verdict};
+pub use event::{Event, EventKind, IoChunk, IoStream, Verdict};
 pub use spool::Recorder;

@@ -78,6 +78,33 @@ pub struct SessionRow {
     pub verdict: String,
 }
 
+#[derive(Debug, Row, Serialize)]
+pub struct IoRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub id: Uuid,
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub session_id: Uuid,
+    pub seq: u32,
+    pub ts: i64,
+    pub offset_us: u64,
+    pub stream: String,
+    pub data: String,
+}
+
+/// The `io` row of a replay event; `None` for audit events.
+pub fn io_row(e: &Event) -> Option<IoRow> {
+    let chunk = e.io.as_ref()?;
+    Some(IoRow {
+        id: e.id,
+        session_id: e.session_id,
+        seq: e.seq,
+        ts: micros(e.ts),
+        offset_us: chunk.offset_us,
+        stream: chunk.stream.code().to_string(),
+        data: chunk.data.clone(),
+    })
+}
+
 /// The caller columns both tables carry.
 struct CallerCols {
     agent: String,

@@ -72,6 +72,28 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
         ],
     ),
     (2, VIEWS),
+    (
+        3,
+        &[
+            // Replay data, apart from the audit tables: bulky, compressed
+            // harder, and expired by TTL (`clickhouse.io_ttl_days`, applied
+            // by `apply_io_ttl` at every start). Ordered for reading one
+            // session back in order.
+            "CREATE TABLE IF NOT EXISTS {db}.io (
+            id UUID,
+            session_id UUID,
+            seq UInt32,
+            ts DateTime64(6, 'UTC'),
+            offset_us UInt64,
+            stream LowCardinality(String),
+            data String CODEC(ZSTD(6))
+        ) ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMMDD(ts)
+        ORDER BY (session_id, seq, id)
+        TTL toDateTime(ts) + toIntervalDay(30)
+        SETTINGS non_replicated_deduplication_window = 1000, ttl_only_drop_parts = 1",
+        ],
+    ),
 ];
 
 /// The questions security teams ask, as views. Every view reads `FINAL`,
@@ -169,5 +191,31 @@ pub async fn migrate(cfg: &ClickhouseConfig) -> Result<u32, ChError> {
         tracing::info!(version, "clickhouse schema migrated");
         latest = *version;
     }
+    apply_io_ttl(&root, cfg).await?;
     Ok(latest)
+}
+
+/// Brings the `io` TTL to the configured number of days. Only when it
+/// differs: `MODIFY TTL` rewrites parts, which a restart should not cost.
+async fn apply_io_ttl(root: &clickhouse::Client, cfg: &ClickhouseConfig) -> Result<(), ChError> {
+    let err = wrap(cfg);
+    let want = format!("toIntervalDay({})", cfg.io_ttl_days);
+    let engine: Vec<String> = root
+        .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = 'io'")
+        .bind(cfg.database.as_str())
+        .fetch_all()
+        .await
+        .map_err(&err)?;
+    if engine.iter().any(|e| e.contains(&want)) {
+        return Ok(());
+    }
+    root.query(&format!(
+        "ALTER TABLE `{}`.io MODIFY TTL toDateTime(ts) + {want}",
+        cfg.database
+    ))
+    .execute()
+    .await
+    .map_err(&err)?;
+    tracing::info!(days = cfg.io_ttl_days, "clickhouse io retention set");
+    Ok(())
 }

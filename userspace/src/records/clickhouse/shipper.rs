@@ -173,39 +173,47 @@ impl Shipper {
     }
 
     async fn send(&self, client: &clickhouse::Client, b: &Batch) -> Result<(), ChError> {
-        if b.events.is_empty() {
-            return Ok(());
-        }
-        let err = wrap(&self.cfg);
         let token = format!(
             "blastgate-{}-{}-{}",
             b.segment,
             b.first_line,
             b.first_line + b.lines
         );
+        let (io, audit): (Vec<&Event>, Vec<&Event>) = b.events.iter().partition(|e| e.io.is_some());
+        let events: Vec<rows::EventRow> = audit.iter().map(|e| rows::EventRow::from(*e)).collect();
+        self.insert(client, "events", &token, &events).await?;
+        let sessions: Vec<rows::SessionRow> =
+            audit.iter().filter_map(|e| rows::session_row(e)).collect();
+        self.insert(client, "sessions", &token, &sessions).await?;
+        let io: Vec<rows::IoRow> = io.iter().filter_map(|e| rows::io_row(e)).collect();
+        self.insert(client, "io", &token, &io).await
+    }
+
+    /// One INSERT per table per batch. The token is the batch's place in the
+    /// spool, so a batch re-sent after a crash is dropped by the server.
+    async fn insert<T>(
+        &self,
+        client: &clickhouse::Client,
+        table: &str,
+        token: &str,
+        rows: &[T],
+    ) -> Result<(), ChError>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let err = wrap(&self.cfg);
         let mut insert = client
-            .insert::<rows::EventRow>("events")
+            .insert::<T>(table)
             .await
             .map_err(&err)?
-            .with_setting("insert_deduplication_token", format!("{token}-events"));
-        for e in &b.events {
-            insert.write(&rows::EventRow::from(e)).await.map_err(&err)?;
+            .with_setting("insert_deduplication_token", format!("{token}-{table}"));
+        for r in rows {
+            insert.write(r).await.map_err(&err)?;
         }
-        insert.end().await.map_err(&err)?;
-        let sessions: Vec<rows::SessionRow> =
-            b.events.iter().filter_map(rows::session_row).collect();
-        if !sessions.is_empty() {
-            let mut insert = client
-                .insert::<rows::SessionRow>("sessions")
-                .await
-                .map_err(&err)?
-                .with_setting("insert_deduplication_token", format!("{token}-sessions"));
-            for s in &sessions {
-                insert.write(s).await.map_err(&err)?;
-            }
-            insert.end().await.map_err(&err)?;
-        }
-        Ok(())
+        insert.end().await.map_err(&err)
     }
 }
 
