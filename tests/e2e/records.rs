@@ -16,8 +16,9 @@ fn an_agent_session_reaches_clickhouse_within_five_seconds() {
     let Some(url) = clickhouse_url() else { return };
     let db = TestDatabase::new(&url);
     let server = TestServer::start(&["127.0.0.2"]);
+    let metrics = format!("127.0.0.1:{}", free_port());
     let env = Env::new(&format!(
-        "{}\n[[targets]]\nname = \"orders-db\"\nprotocol = \"tcp\"\naddress = \"{}\"\n",
+        "[metrics]\nlisten = \"{metrics}\"\n{}\n[[targets]]\nname = \"orders-db\"\nprotocol = \"tcp\"\naddress = \"{}\"\n",
         db.config(),
         server.addr(0)
     ));
@@ -88,6 +89,49 @@ fn an_agent_session_reaches_clickhouse_within_five_seconds() {
         text.contains("session_opened") && text.contains("session_closed"),
         "{text}"
     );
+
+    // Prometheus sees the same figures.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{metrics}/metrics"),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl /metrics: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        _d.log_text()
+    );
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    };
+    assert_eq!(
+        value("blastgate_events_shipped_total"),
+        spooled as f64,
+        "{text}"
+    );
+    assert!(
+        value("blastgate_events_recorded_total") >= spooled as f64,
+        "{text}"
+    );
+    assert!(
+        value("blastgate_decisions_total{verdict=\"allow\"}") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(value("blastgate_sessions_open"), 0.0, "{text}");
+    assert_eq!(
+        value("blastgate_clickhouse_insert_errors_total"),
+        0.0,
+        "{text}"
+    );
+    assert!(value("blastgate_spool_bytes") > 0.0, "{text}");
 }
 
 /// Spooled events, by id (the spool may have been trimmed by the shipper,

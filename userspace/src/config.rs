@@ -55,7 +55,18 @@ pub struct Config {
     #[serde(default)]
     pub clickhouse: Option<ClickhouseConfig>,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub targets: Vec<TargetConfig>,
+}
+
+/// Prometheus metrics; off unless an address is given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// e.g. `127.0.0.1:9464`; serves `GET /metrics`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -81,8 +81,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::warn!(session = %opened.session_id, "closing a session the previous daemon left open");
         recorder.record(recovery::interrupted_close(opened)).await?;
     }
+    let stop = CancellationToken::new();
     let listeners = proxy::bind(&config.proxy.listen).await?;
     let control_listener = control::server::bind(&config.control.socket)?;
+    if let Some(addr) = config.metrics.listen {
+        crate::metrics::serve(addr, stop.clone()).await?;
+    }
 
     let log_level = if tracing::level_filters::LevelFilter::current()
         >= tracing::level_filters::LevelFilter::DEBUG
@@ -107,7 +111,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::warn!("degraded: {d}");
     }
 
-    let stop = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
 

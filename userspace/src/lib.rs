@@ -15,7 +15,9 @@
 //!   validation, golden tests and hot reload.
 //! - [`approvals`]: the broker that holds actions for a human decision,
 //!   and the webhook notifier.
-//! - [`records`]: the audit event and the durable JSON-lines spool.
+//! - [`records`]: the audit event, the durable JSON-lines spool, and the
+//!   shipper that makes ClickHouse the record of truth.
+//! - [`metrics`]: Prometheus figures on an opt-in address.
 //! - [`control`]: the daemon's root-only unix socket (label, status, follow).
 //! - [`daemon`]: wires the above together and owns shutdown.
 //! - [`commands`]: the CLI subcommands; [`config`]: the TOML config.
@@ -28,6 +30,7 @@ pub mod daemon;
 mod error;
 pub mod identity;
 pub mod intercept;
+pub mod metrics;
 pub mod policy;
 pub mod protocols;
 pub mod proxy;

@@ -82,8 +82,11 @@ pub fn serve(
                     Ok((conn, peer)) => {
                         backoff = Duration::from_millis(5);
                         let ctx = ctx.clone();
+                        let open = &crate::metrics::get().sessions_open;
+                        open.inc();
                         sessions.spawn(async move {
                             session::handle(conn, peer, ctx).await;
+                            open.dec();
                             drop(permit);
                         });
                     }

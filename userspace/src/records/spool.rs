@@ -35,7 +35,7 @@ use std::{
 
 use tokio::sync::{broadcast, Notify};
 
-use super::event::Event;
+use super::event::{Event, EventKind};
 use crate::config::RecordsConfig;
 
 /// Events held in memory while the disk refuses writes.
@@ -93,6 +93,7 @@ impl Recorder {
     /// the disk refuses writes, in the bounded backlog); waits when the
     /// backlog is full.
     pub async fn record(&self, event: Event) -> Result<(), SpoolError> {
+        count(&event);
         let mut line = serde_json::to_vec(&event).map_err(|e| SpoolError::Encode(e.to_string()))?;
         line.push(b'\n');
         let mut item = Some(Box::new((line, event)));
@@ -125,6 +126,18 @@ impl Recorder {
 }
 
 /// Opens the spool directory and starts the flusher thread.
+/// Every recorded event counts; decisions count by verdict.
+fn count(event: &Event) {
+    let m = crate::metrics::get();
+    m.events_recorded.inc();
+    let verdict = match (event.kind, event.verdict) {
+        (EventKind::ApprovalRequested, _) => "hold",
+        (EventKind::SessionOpened | EventKind::SessionDenied, v) => v.name(),
+        _ => return,
+    };
+    m.decision(verdict);
+}
+
 pub fn open(config: &RecordsConfig) -> Result<Recorder, SpoolError> {
     let dir = config.spool_dir.clone();
     let dir_err = |source| SpoolError::Dir {

@@ -209,6 +209,12 @@ async fn apply_io_ttl(root: &clickhouse::Client, cfg: &ClickhouseConfig) -> Resu
     if engine.iter().any(|e| e.contains(&want)) {
         return Ok(());
     }
+    // A cluster's `io` is a Distributed table over replicated local ones
+    // (README): retention belongs to those, which their admins own.
+    if !engine.iter().any(|e| e.contains("MergeTree")) {
+        tracing::info!("clickhouse io is not a MergeTree table; its TTL is left to its admins");
+        return Ok(());
+    }
     root.query(&format!(
         "ALTER TABLE `{}`.io MODIFY TTL toDateTime(ts) + {want}",
         cfg.database

@@ -127,8 +127,17 @@ impl Shipper {
                     return;
                 }
             };
+            let metrics = crate::metrics::get();
+            let (segments, pending) = spool_size(&self.spool_dir);
+            metrics.spool_segments.set(segments as i64);
+            metrics.spool_bytes.set(pending as i64);
+            metrics.shipping_lag_seconds.set(
+                next.as_ref()
+                    .and_then(|b| b.events.first())
+                    .and_then(|e| e.ts.elapsed().ok())
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            );
             let Some(batch) = next else {
-                let pending = spool_bytes(&self.spool_dir);
                 if pending > self.warn_bytes && !warned {
                     tracing::warn!(
                         bytes = pending,
@@ -145,6 +154,7 @@ impl Shipper {
             };
             match self.send(&client, &batch).await {
                 Ok(()) => {
+                    metrics.events_shipped.inc_by(batch.events.len() as u64);
                     backoff = Duration::from_millis(500);
                     let cursor = Cursor {
                         segment: batch.segment,
@@ -159,6 +169,7 @@ impl Shipper {
                     }
                 }
                 Err(e) => {
+                    metrics.insert_errors.inc();
                     tracing::warn!(error = %e, retry_in = ?backoff, "shipping to clickhouse failed; retrying");
                     if sleep_or_stop(backoff, &stop).await {
                         return;
@@ -224,15 +235,18 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-fn spool_bytes(dir: &Path) -> u64 {
+/// Segment files and their bytes.
+fn spool_size(dir: &Path) -> (usize, u64) {
     spool::segments(dir)
         .map(|s| {
-            s.iter()
+            let bytes = s
+                .iter()
                 .filter_map(|(_, p)| std::fs::metadata(p).ok())
                 .map(|m| m.len())
-                .sum()
+                .sum();
+            (s.len(), bytes)
         })
-        .unwrap_or(0)
+        .unwrap_or((0, 0))
 }
 
 /// A closed segment whose every line is acknowledged: delete it.

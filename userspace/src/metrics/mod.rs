@@ -1,0 +1,138 @@
+//! Prometheus metrics: how far behind the record of truth is, and what the
+//! proxy is deciding. Served on an opt-in address ([`serve`]).
+//!
+//! One process-wide set ([`get`]): the spool, the shipper and the proxy
+//! each update their own figures without being handed a registry.
+
+mod server;
+
+use std::sync::{atomic::AtomicU64, OnceLock};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+pub use server::serve;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Bytes of spool segments on disk, shipped or not.
+    pub spool_bytes: Gauge,
+    pub spool_segments: Gauge,
+    /// Age of the oldest event ClickHouse has not acknowledged; 0 when caught up.
+    pub shipping_lag_seconds: Gauge<f64, AtomicU64>,
+    pub events_recorded: Counter,
+    pub events_shipped: Counter,
+    pub insert_errors: Counter,
+    pub sessions_open: Gauge,
+    pub decisions: Family<VerdictLabel, Counter>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("blastgate");
+        let m = Metrics {
+            registry: Registry::default(),
+            spool_bytes: Gauge::default(),
+            spool_segments: Gauge::default(),
+            shipping_lag_seconds: Gauge::default(),
+            events_recorded: Counter::default(),
+            events_shipped: Counter::default(),
+            insert_errors: Counter::default(),
+            sessions_open: Gauge::default(),
+            decisions: Family::default(),
+        };
+        registry.register(
+            "spool_bytes",
+            "Bytes of spool segments on disk",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_segments",
+            "Spool segment files on disk",
+            m.spool_segments.clone(),
+        );
+        registry.register(
+            "shipping_lag_seconds",
+            "Age of the oldest event ClickHouse has not acknowledged (0 when caught up)",
+            m.shipping_lag_seconds.clone(),
+        );
+        registry.register(
+            "events_recorded",
+            "Events written to the spool",
+            m.events_recorded.clone(),
+        );
+        registry.register(
+            "events_shipped",
+            "Events ClickHouse acknowledged",
+            m.events_shipped.clone(),
+        );
+        registry.register(
+            "clickhouse_insert_errors",
+            "Failed INSERTs to ClickHouse (each is retried)",
+            m.insert_errors.clone(),
+        );
+        registry.register(
+            "sessions_open",
+            "Agent connections being handled",
+            m.sessions_open.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Policy decisions by verdict (allow, deny, hold, error)",
+            m.decisions.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn decision(&self, verdict: &'static str) {
+        self.decisions
+            .get_or_create(&VerdictLabel { verdict })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exposed_with_the_prefix() {
+        let m = get();
+        m.decision("deny");
+        m.events_shipped.inc_by(3);
+        let text = m.encode();
+        for name in [
+            "blastgate_spool_bytes",
+            "blastgate_shipping_lag_seconds",
+            "blastgate_events_shipped_total",
+            "blastgate_clickhouse_insert_errors_total",
+            "blastgate_sessions_open",
+            "blastgate_decisions_total{verdict=\"deny\"}",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
