@@ -264,3 +264,44 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     println!("(also written to target/bench/intercept.json)");
     Ok(())
 }
+
+/// Recording: `Recorder::record` against an encode + write(2) floor, and
+/// the shipper against a bare INSERT of the same rows, in one run against
+/// a ClickHouse of its own (`userspace/benches/records.rs`).
+pub fn records(root: &Path, events: usize) -> Result<()> {
+    let data = std::env::temp_dir().join(format!("blastgate-bench-ch-{}", std::process::id()));
+    let port = free_port()?;
+    let url = crate::clickhouse::start(port, &data)?;
+    let result = (|| -> Result<Value> {
+        let out = sh::cargo(root)
+            .args(["bench", "-p", "blastgate", "--bench", "records", "--"])
+            .args(["--events", &events.to_string(), "--clickhouse", &url])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running the records benchmark")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        print!(
+            "{}",
+            text.lines()
+                .filter(|l| !l.starts_with('{'))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        );
+        if !out.status.success() {
+            bail!("the records benchmark failed");
+        }
+        let last = text.lines().last().unwrap_or_default();
+        serde_json::from_str(last).with_context(|| format!("records benchmark output: {last}"))
+    })();
+    let _ = crate::clickhouse::stop(&data);
+    let _ = std::fs::remove_dir_all(&data);
+    let report = result?;
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("records.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("(also written to target/bench/records.json)");
+    Ok(())
+}

@@ -41,9 +41,17 @@ enum Task {
     /// A real local ClickHouse 26.7 for the demo and the tests.
     #[command(subcommand)]
     Clickhouse(ClickhouseTask),
-    /// Direct vs through-blastgate: connect+1-byte echo latency and bulk
-    /// TCP throughput, measured side by side in one run.
+    /// Measured side by side with the direct path in one run: interception
+    /// (connect+1-byte echo latency, bulk TCP throughput, direct vs through
+    /// blastgate) and recording (hot-path cost per event, spool to
+    /// ClickHouse throughput).
     Bench {
+        /// Only one part: `intercept` or `records`.
+        #[arg(long)]
+        only: Option<String>,
+        /// Events for the recording benchmark.
+        #[arg(long, default_value_t = 500_000)]
+        events: usize,
         /// Repetitions of each measurement (alternating direct/proxied).
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -105,12 +113,22 @@ fn main() -> Result<()> {
         Task::Clickhouse(ClickhouseTask::Stop { data }) => clickhouse::stop(&data),
         Task::Clickhouse(ClickhouseTask::Serve { port, data }) => clickhouse::serve(port, &data),
         Task::Bench {
+            only,
+            events,
             reps,
             connections,
             bytes,
         } => {
             setup::run()?;
-            bench::run(&root, reps, connections, bytes)
+            match only.as_deref() {
+                None => {
+                    bench::run(&root, reps, connections, bytes)?;
+                    bench::records(&root, events)
+                }
+                Some("intercept") => bench::run(&root, reps, connections, bytes),
+                Some("records") => bench::records(&root, events),
+                Some(other) => anyhow::bail!("--only takes intercept or records, not {other:?}"),
+            }
         }
     }
 }

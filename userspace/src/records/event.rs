@@ -32,9 +32,38 @@ pub enum EventKind {
     ApprovalRequested,
     /// Approved, denied, timed out or withdrawn; `duration_us` is the wait.
     ApprovalDecided,
+    /// A SQL statement decided (and, if allowed, run): action, text after
+    /// masking, policy, rows in `rows`, duration.
+    Statement,
+    /// An SSH exec, shell or forwarding request decided.
+    Command,
+    /// An HTTP request decided.
+    Request,
     /// Replay data (terminal output, response summaries): shipped to the
     /// `io` table, not `events`, so the audit tables stay small.
     Io,
+}
+
+impl EventKind {
+    /// The serialized name (the `kind` column).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::SessionOpened => "session_opened",
+            EventKind::SessionClosed => "session_closed",
+            EventKind::SessionDenied => "session_denied",
+            EventKind::AgentLabelled => "agent_labelled",
+            EventKind::DaemonStarted => "daemon_started",
+            EventKind::DaemonStopped => "daemon_stopped",
+            EventKind::PolicyReloaded => "policy_reloaded",
+            EventKind::PolicyRejected => "policy_rejected",
+            EventKind::ApprovalRequested => "approval_requested",
+            EventKind::ApprovalDecided => "approval_decided",
+            EventKind::Statement => "statement",
+            EventKind::Command => "command",
+            EventKind::Request => "request",
+            EventKind::Io => "io",
+        }
+    }
 }
 
 /// Which way an [`IoChunk`] went. The names are asciicast v2's event codes,
@@ -208,6 +237,31 @@ mod rfc3339_micros {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_and_verdict_names_are_their_json_names() {
+        for kind in [
+            EventKind::SessionOpened,
+            EventKind::SessionClosed,
+            EventKind::SessionDenied,
+            EventKind::AgentLabelled,
+            EventKind::DaemonStarted,
+            EventKind::DaemonStopped,
+            EventKind::PolicyReloaded,
+            EventKind::PolicyRejected,
+            EventKind::ApprovalRequested,
+            EventKind::ApprovalDecided,
+            EventKind::Statement,
+            EventKind::Command,
+            EventKind::Request,
+            EventKind::Io,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
+        for v in [Verdict::Allow, Verdict::Deny, Verdict::Error] {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.name());
+        }
+    }
 
     #[test]
     fn events_round_trip_through_json() {

@@ -132,7 +132,14 @@ fn count(event: &Event) {
     m.events_recorded.inc();
     let verdict = match (event.kind, event.verdict) {
         (EventKind::ApprovalRequested, _) => "hold",
-        (EventKind::SessionOpened | EventKind::SessionDenied, v) => v.name(),
+        (
+            EventKind::SessionOpened
+            | EventKind::SessionDenied
+            | EventKind::Statement
+            | EventKind::Command
+            | EventKind::Request,
+            v,
+        ) => v.name(),
         _ => return,
     };
     m.decision(verdict);

@@ -12,13 +12,6 @@ fn micros(t: std::time::SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn name<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 #[derive(Debug, Row, Serialize)]
 pub struct EventRow {
     #[serde(with = "clickhouse::serde::uuid")]
@@ -149,8 +142,8 @@ impl From<&Event> for EventRow {
             session_id: e.session_id,
             seq: e.seq,
             ts: micros(e.ts),
-            kind: name(&e.kind),
-            verdict: name(&e.verdict),
+            kind: e.kind.name().to_string(),
+            verdict: e.verdict.name().to_string(),
             reason: e.reason.clone().unwrap_or_default(),
             agent,
             pid,
@@ -214,6 +207,6 @@ pub fn session_row(e: &Event) -> Option<SessionRow> {
         end,
         bytes_from_agent: e.bytes_from_agent.unwrap_or(0),
         bytes_to_agent: e.bytes_to_agent.unwrap_or(0),
-        verdict: name(&e.verdict),
+        verdict: e.verdict.name().to_string(),
     })
 }

@@ -11,7 +11,7 @@
 //! wait and retry with backoff; the proxy never waits on it.
 
 use std::{
-    io::{BufRead, BufReader, Read, Seek, SeekFrom},
+    io::{BufRead, BufReader, Seek, SeekFrom},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -68,10 +68,13 @@ struct Batch {
     first_line: u64,
     events: Vec<Event>,
     lines: u64,
-    end_offset: u64,
+    /// Where the spool is acknowledged up to once this batch is.
+    next: Cursor,
     /// A newer segment exists, so this one will not grow any more.
     closed: bool,
 }
+
+type Read = tokio::task::JoinHandle<std::io::Result<Option<Batch>>>;
 
 pub struct Shipper {
     pub cfg: ClickhouseConfig,
@@ -82,6 +85,15 @@ pub struct Shipper {
 }
 
 impl Shipper {
+    fn read(&self, from: Cursor) -> Read {
+        let dir = self.spool_dir.clone();
+        let max = self.batch;
+        tokio::task::spawn_blocking(move || read_batch(&dir, from, max))
+    }
+
+    /// Ships until `stop`. The next batch is read from the spool while the
+    /// current one is in flight; batches are still acknowledged, and the
+    /// cursor moved, strictly in spool order.
     pub async fn run(self, stop: CancellationToken) {
         let client = match super::client(&self.cfg) {
             Ok(c) => c.with_database(self.cfg.database.clone()),
@@ -93,6 +105,11 @@ impl Shipper {
         let mut migrated = false;
         let mut backoff = Duration::from_millis(500);
         let mut warned = false;
+        let mut acked = load_cursor(&self.spool_dir);
+        remove_segments_before(&self.spool_dir, acked.segment);
+        // A batch sent but not acknowledged: sent again as is.
+        let mut unacked: Option<Batch> = None;
+        let mut prefetch: Option<Read> = None;
         loop {
             if !migrated {
                 match super::schema::migrate(&self.cfg).await {
@@ -110,21 +127,27 @@ impl Shipper {
                     }
                 }
             }
-            let dir = self.spool_dir.clone();
-            let batch = self.batch;
-            let read = tokio::task::spawn_blocking(move || read_batch(&dir, batch)).await;
-            let next = match read {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
+            let next = match unacked.take() {
+                Some(b) => Ok(Some(b)),
+                None => {
+                    let read = prefetch.take().unwrap_or_else(|| self.read(acked));
+                    match read.await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "spool reader crashed");
+                            return;
+                        }
+                    }
+                }
+            };
+            let next = match next {
+                Ok(b) => b,
+                Err(e) => {
                     tracing::error!(error = %e, "reading the spool for shipping");
                     if sleep_or_stop(backoff, &stop).await {
                         return;
                     }
                     continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "spool reader crashed");
-                    return;
                 }
             };
             let metrics = crate::metrics::get();
@@ -152,25 +175,25 @@ impl Shipper {
                 }
                 continue;
             };
+            if batch.lines > 0 && prefetch.is_none() {
+                prefetch = Some(self.read(batch.next));
+            }
             match self.send(&client, &batch).await {
                 Ok(()) => {
                     metrics.events_shipped.inc_by(batch.events.len() as u64);
                     backoff = Duration::from_millis(500);
-                    let cursor = Cursor {
-                        segment: batch.segment,
-                        line: batch.first_line + batch.lines,
-                        offset: batch.end_offset,
-                    };
-                    if let Err(e) = save_cursor(&self.spool_dir, &cursor) {
+                    acked = batch.next;
+                    if let Err(e) = save_cursor(&self.spool_dir, &acked) {
                         tracing::error!(error = %e, "saving the shipping cursor");
                     }
                     if batch.lines == 0 && batch.closed {
-                        finish_segment(&self.spool_dir, batch.segment);
+                        remove_segments_before(&self.spool_dir, acked.segment);
                     }
                 }
                 Err(e) => {
                     metrics.insert_errors.inc();
                     tracing::warn!(error = %e, retry_in = ?backoff, "shipping to clickhouse failed; retrying");
+                    unacked = Some(batch);
                     if sleep_or_stop(backoff, &stop).await {
                         return;
                     }
@@ -249,43 +272,44 @@ fn spool_size(dir: &Path) -> (usize, u64) {
         .unwrap_or((0, 0))
 }
 
-/// A closed segment whose every line is acknowledged: delete it.
-fn finish_segment(dir: &Path, segment: u64) {
-    if let Ok(segs) = spool::segments(dir) {
-        if let Some((_, path)) = segs.iter().find(|(n, _)| *n == segment) {
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::error!(error = %e, path = %path.display(), "deleting a shipped segment");
-            }
+/// Segments wholly acknowledged (every one before the cursor's): deleted.
+/// Also after a crash that came between the cursor and the deletion.
+fn remove_segments_before(dir: &Path, segment: u64) {
+    let Ok(segs) = spool::segments(dir) else {
+        return;
+    };
+    for (_, path) in segs.iter().filter(|(n, _)| *n < segment) {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::error!(error = %e, path = %path.display(), "deleting a shipped segment");
         }
     }
 }
 
-/// The next batch after the cursor: complete lines only (a line still
-/// being written is left for the next round). `None` when there is nothing
-/// to do.
-fn read_batch(dir: &Path, max: usize) -> std::io::Result<Option<Batch>> {
+/// The next batch from `from`: complete lines only (a line still being
+/// written is left for the next round). `None` when there is nothing to do.
+/// Reads only: what is deleted is decided by acknowledgements.
+fn read_batch(dir: &Path, from: Cursor, max: usize) -> std::io::Result<Option<Batch>> {
     let segments = spool::segments(dir)?;
-    let mut cursor = load_cursor(dir);
     for (i, (n, path)) in segments.iter().enumerate() {
-        if *n < cursor.segment {
-            // Acknowledged before a crash stopped its deletion.
-            let _ = std::fs::remove_file(path);
+        if *n < from.segment {
             continue;
         }
-        if *n > cursor.segment {
-            cursor = Cursor {
+        let start = if *n > from.segment {
+            Cursor {
                 segment: *n,
                 line: 0,
                 offset: 0,
-            };
-        }
+            }
+        } else {
+            from
+        };
         let closed = i + 1 < segments.len();
         let mut f = std::fs::File::open(path)?;
-        f.seek(SeekFrom::Start(cursor.offset))?;
-        let mut reader = BufReader::new(f.take(u64::MAX));
+        f.seek(SeekFrom::Start(start.offset))?;
+        let mut reader = BufReader::with_capacity(1 << 20, f);
         let mut events = Vec::new();
         let mut lines = 0u64;
-        let mut offset = cursor.offset;
+        let mut offset = start.offset;
         let mut line = String::new();
         while events.len() < max {
             line.clear();
@@ -305,12 +329,26 @@ fn read_batch(dir: &Path, max: usize) -> std::io::Result<Option<Batch>> {
         if lines == 0 && !closed {
             return Ok(None);
         }
+        let next = if lines == 0 {
+            // Closed and fully read: acknowledged, it moves the cursor on.
+            Cursor {
+                segment: *n + 1,
+                line: 0,
+                offset: 0,
+            }
+        } else {
+            Cursor {
+                segment: *n,
+                line: start.line + lines,
+                offset,
+            }
+        };
         return Ok(Some(Batch {
             segment: *n,
-            first_line: cursor.line,
+            first_line: start.line,
             events,
             lines,
-            end_offset: offset,
+            next,
             closed,
         }));
     }
