@@ -57,7 +57,57 @@ pub struct Config {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
     pub targets: Vec<TargetConfig>,
+}
+
+/// blastgate's local certificate authority, which issues the certificates
+/// gateways present to agents (`blastgate ca export` prints it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Holds `ca.pem` and `ca.key` (0600); created on first use.
+    #[serde(default = "default_ca_dir")]
+    pub ca_dir: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> TlsConfig {
+        TlsConfig {
+            ca_dir: default_ca_dir(),
+        }
+    }
+}
+
+fn default_ca_dir() -> PathBuf {
+    "/var/lib/blastgate/ca".into()
+}
+
+/// A secret blastgate holds for a target: read from a file (first line)
+/// or an environment variable of the daemon, at each use, so rotation
+/// needs no restart. Never logged, never sent to an agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+impl Secret {
+    pub fn read(&self) -> Result<String, String> {
+        match (&self.file, &self.env) {
+            (Some(f), None) => std::fs::read_to_string(f)
+                .map(|s| s.lines().next().unwrap_or_default().to_string())
+                .map_err(|e| format!("secret file {}: {e}", f.display())),
+            (None, Some(v)) => {
+                std::env::var(v).map_err(|_| format!("secret environment variable {v} is not set"))
+            }
+            _ => Err("a secret needs exactly one of `file` or `env`".into()),
+        }
+    }
 }
 
 /// Prometheus metrics; off unless an address is given.
@@ -324,12 +374,14 @@ impl<T: Clone> Rule<T> {
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
+    Postgres,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
         }
     }
 }
@@ -358,6 +410,9 @@ pub struct TargetConfig {
     /// `false` = shadow mode: decide and record, but do not block.
     #[serde(default = "default_true")]
     pub enforce: bool,
+    /// Required for `protocol = "postgres"`.
+    #[serde(default)]
+    pub postgres: Option<crate::protocols::postgres::PostgresTarget>,
 }
 
 fn default_true() -> bool {
@@ -422,6 +477,23 @@ impl Config {
                     "targets[{i}] ({}): needs `address` or `addresses`",
                     t.name
                 ));
+            }
+            match (t.protocol, &t.postgres) {
+                (Protocol::Postgres, None) => return Err(format!(
+                    "targets[{i}] ({}): protocol \"postgres\" needs a [targets.postgres] section",
+                    t.name
+                )),
+                (Protocol::Postgres, Some(pg)) => pg
+                    .validate()
+                    .map_err(|e| format!("targets[{i}] ({}): {e}", t.name))?,
+                (_, Some(_)) => {
+                    return Err(format!(
+                        "targets[{i}] ({}): [targets.postgres] given for protocol {:?}",
+                        t.name,
+                        t.protocol.as_str()
+                    ))
+                }
+                (_, None) => {}
             }
         }
         for r in &self.enrol.uids {

@@ -81,6 +81,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::warn!(session = %opened.session_id, "closing a session the previous daemon left open");
         recorder.record(recovery::interrupted_close(opened)).await?;
     }
+    let tls = local_ca(&config)?;
     let stop = CancellationToken::new();
     let listeners = proxy::bind(&config.proxy.listen).await?;
     let control_listener = control::server::bind(&config.control.socket)?;
@@ -130,6 +131,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         hard_stop: hard_stop.clone(),
         processes: Default::default(),
         policy: policy.clone(),
+        tls,
     });
     if let Some(ch) = &config.clickhouse {
         let shipper = crate::records::clickhouse::shipper::Shipper {
@@ -305,4 +307,23 @@ fn spawn_kernel_logs(interceptor: &mut Interceptor) {
             guard.clear_ready();
         }
     });
+}
+
+/// The local CA, when a target's gateway can terminate TLS. A CA that
+/// exists but cannot be loaded is an error: hosts may already trust it,
+/// and a new one would silently break them.
+fn local_ca(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::LeafCache>>> {
+    let needed = config
+        .targets
+        .iter()
+        .any(|t| t.protocol == crate::config::Protocol::Postgres);
+    if !needed {
+        return Ok(None);
+    }
+    let ca = crate::tls::LocalCa::load_or_create(&config.tls.ca_dir)
+        .map_err(|e| anyhow::anyhow!("local CA in {}: {e}", config.tls.ca_dir.display()))?;
+    Ok(Some(Arc::new(crate::tls::LeafCache::new(
+        Arc::new(ca),
+        Vec::new(),
+    ))))
 }

@@ -9,6 +9,7 @@
 //!   one (identify → route → handle → record) and `proxy::targets` maps an
 //!   original destination to a configured target.
 //! - [`protocols`]: one handler per protocol; today TCP passthrough.
+//! - [`tls`]: the local CA agents are shown, upstream TLS configs.
 //! - [`identity`]: the caller (pid, uid, comm, exe, lineage) from the kernel
 //!   record and /proc.
 //! - [`policy`]: the Cedar decision engine every handler asks, with
@@ -37,5 +38,6 @@ pub mod proxy;
 pub mod records;
 #[doc(hidden)]
 pub mod testing;
+pub mod tls;
 
 pub use error::Error;

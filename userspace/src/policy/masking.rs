@@ -193,8 +193,8 @@ struct CompiledDetector {
 /// Every rule of a bundle, compiled.
 #[derive(Default)]
 pub struct Masking {
-    fields: Vec<CompiledField>,
-    detectors: Vec<CompiledDetector>,
+    fields: Vec<Arc<CompiledField>>,
+    detectors: Vec<Arc<CompiledDetector>>,
     key: Option<Arc<Vec<u8>>>,
 }
 
@@ -319,14 +319,14 @@ impl Masking {
                             format!("field {:?} names no columns and no json_paths", f.id),
                         ));
                     }
-                    fields.push(CompiledField {
+                    fields.push(Arc::new(CompiledField {
                         id: f.id,
                         targets,
                         agents,
                         columns,
                         json_paths: paths,
                         style: f.style,
-                    });
+                    }));
                 }
                 (t, a, c2) => {
                     let e = t
@@ -344,13 +344,13 @@ impl Masking {
             let regex = Regex::new(detector_regex(d.kind))
                 .map_err(|e| vec![problem(&path, 0, 0, e.to_string())])?;
             match (globs(&d.targets), globs(&d.agents)) {
-                (Ok(targets), Ok(agents)) => detectors.push(CompiledDetector {
+                (Ok(targets), Ok(agents)) => detectors.push(Arc::new(CompiledDetector {
                     kind: d.kind,
                     regex,
                     style: d.style,
                     targets,
                     agents,
-                }),
+                })),
                 (t, a) => {
                     let e = t
                         .err()
@@ -396,17 +396,19 @@ impl Masking {
     }
 
     /// The plan for one session (agent on target).
-    pub fn plan(&self, agent: &str, target: &str) -> MaskPlan<'_> {
+    pub fn plan(&self, agent: &str, target: &str) -> MaskPlan {
         MaskPlan {
             fields: self
                 .fields
                 .iter()
                 .filter(|f| f.targets.is_match(target) && f.agents.is_match(agent))
+                .cloned()
                 .collect(),
             detectors: self
                 .detectors
                 .iter()
                 .filter(|d| d.targets.is_match(target) && d.agents.is_match(agent))
+                .cloned()
                 .collect(),
             key: self.key.clone(),
         }
@@ -427,16 +429,27 @@ fn problem(path: &Path, line: usize, column: usize, message: String) -> Diagnost
     }
 }
 
-/// What to mask in one session; handlers keep it for the session's life.
-pub struct MaskPlan<'a> {
-    fields: Vec<&'a CompiledField>,
-    detectors: Vec<&'a CompiledDetector>,
+/// What to mask in one session; handlers keep it for the session's life
+/// (it shares the compiled rules, so a reload does not change it midway).
+#[derive(Clone)]
+pub struct MaskPlan {
+    fields: Vec<Arc<CompiledField>>,
+    detectors: Vec<Arc<CompiledDetector>>,
     key: Option<Arc<Vec<u8>>>,
 }
 
-impl MaskPlan<'_> {
+impl MaskPlan {
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty() && self.detectors.is_empty()
+    }
+
+    /// Whether any rule masks named columns or JSON paths.
+    pub fn has_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
+    pub fn has_detectors(&self) -> bool {
+        !self.detectors.is_empty()
     }
 
     /// The style for a column, if a field rule names it

@@ -3,5 +3,8 @@
 //! to the agent and to the upstream; the session driver in `proxy::session`
 //! owns the lifecycle and always writes the record.
 
+pub mod gateway;
+pub mod postgres;
 pub mod relay;
+pub mod stream;
 pub mod tcp;

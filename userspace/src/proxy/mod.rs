@@ -35,6 +35,9 @@ pub struct ProxyContext {
     /// `None` when no policy directory is configured: every configured
     /// target is open to every agent.
     pub policy: Option<Arc<Engine>>,
+    /// Certificates for agents that ask gateways for TLS; `None` when no
+    /// target needs them.
+    pub tls: Option<Arc<crate::tls::LeafCache>>,
 }
 
 /// Binds every listener; fails if any cannot be bound (the kernel would

@@ -25,7 +25,7 @@ use crate::{
     identity::Caller,
     intercept::{is_proxy_addr, maps::sock_addr},
     policy::{AgentAttrs, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict},
-    protocols::{relay::Counters, tcp},
+    protocols::{gateway::Gateway, postgres, relay::Counters, tcp},
     records::{Event, EventKind, Verdict},
 };
 
@@ -41,19 +41,19 @@ pub enum SessionError {
 }
 
 /// The identity and addressing of one session, stamped on its events.
-struct Session {
-    id: Uuid,
+pub struct Session {
+    pub id: Uuid,
     seq: AtomicU32,
     /// Values masked in responses to the agent, for the closing record.
-    masked: std::sync::atomic::AtomicU64,
-    caller: Option<Caller>,
-    orig_dst: Option<SocketAddr>,
-    target: Option<String>,
+    pub masked: std::sync::atomic::AtomicU64,
+    pub caller: Option<Caller>,
+    pub orig_dst: Option<SocketAddr>,
+    pub target: Option<String>,
     protocol: Option<&'static str>,
 }
 
 impl Session {
-    fn event(&self, kind: EventKind, verdict: Verdict, reason: Option<String>) -> Event {
+    pub fn event(&self, kind: EventKind, verdict: Verdict, reason: Option<String>) -> Event {
         let mut e = Event::daemon(kind, verdict, String::new());
         e.session_id = self.id;
         e.seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -214,9 +214,17 @@ async fn drive(
 
     let counters = Counters::default();
     let upstream = target.upstream.unwrap_or(orig);
+    let gateway = Gateway {
+        ctx: &ctx,
+        session: &session,
+        target: &target,
+        upstream,
+        counters: &counters,
+    };
     let work = async {
         match target.protocol {
             Protocol::Tcp => tcp::serve(conn, upstream, ctx.connect_timeout, &counters).await,
+            Protocol::Postgres => postgres::serve(conn, &gateway).await,
         }
     };
     let result = tokio::select! {

@@ -18,6 +18,10 @@ pub struct Target {
     pub attrs: crate::policy::TargetAttrs,
     /// `false`: shadow mode, decisions are recorded but not enforced.
     pub enforce: bool,
+    /// Names on certificates presented to agents: configured host names,
+    /// else the target's addresses.
+    pub names: Vec<String>,
+    pub postgres: Option<crate::protocols::postgres::PostgresTarget>,
 }
 
 /// Original destination -> target. Unknown destinations have no entry and
@@ -52,14 +56,27 @@ impl Routes {
                 ),
                 None => None,
             };
+            let resolved = t.resolve()?;
+            let hostnames = t.postgres.as_ref().map(|p| p.hostnames.clone());
+            let names = match hostnames {
+                Some(h) if !h.is_empty() => h,
+                _ => {
+                    let mut ips: Vec<String> =
+                        resolved.iter().map(|a| a.ip().to_string()).collect();
+                    ips.dedup();
+                    ips
+                }
+            };
             let target = Arc::new(Target {
                 name: t.name.clone(),
                 protocol: t.protocol,
                 upstream,
                 attrs: t.attrs(),
                 enforce: t.enforce,
+                names,
+                postgres: t.postgres.clone(),
             });
-            for addr in t.resolve()? {
+            for addr in resolved {
                 let addr = normalise(addr);
                 if let Some(other) = by_addr.insert(addr, target.clone()) {
                     return Err(format!(
@@ -99,6 +116,7 @@ mod tests {
             credentials: None,
             labels: Default::default(),
             enforce: true,
+            postgres: None,
         }
     }
 

@@ -45,6 +45,7 @@ pub struct EventRow {
     pub duration_us: u64,
     pub masked_fields: u64,
     pub approval_group: String,
+    pub rows: u64,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -165,6 +166,7 @@ impl From<&Event> for EventRow {
             duration_us: e.duration_us.unwrap_or(0),
             masked_fields: e.masked_fields.unwrap_or(0),
             approval_group: e.approval_group.clone().unwrap_or_default(),
+            rows: e.rows.unwrap_or(0),
         }
     }
 }

@@ -94,6 +94,13 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
         SETTINGS non_replicated_deduplication_window = 1000, ttl_only_drop_parts = 1",
         ],
     ),
+    (
+        4,
+        &[
+            // Rows a statement returned or changed.
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS rows UInt64 DEFAULT 0",
+        ],
+    ),
 ];
 
 /// The questions security teams ask, as views. Every view reads `FINAL`,

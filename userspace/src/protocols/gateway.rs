@@ -1,0 +1,213 @@
+//! What a protocol gateway gets from the session driver: who is calling,
+//! which target, and the three things every gateway does per action —
+//! decide, hold for a human, record.
+//!
+//! The driver (`proxy::session`) still owns the session's lifecycle and
+//! writes its opening and closing records; a gateway records the actions
+//! inside it (statements, commands, requests) through [`Gateway::record`].
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::SystemTime,
+};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::relay::Counters;
+use crate::{
+    approvals::{ApprovalRequest, Outcome},
+    policy::{Decision, Verdict as PolicyVerdict},
+    proxy::{
+        session::{agent_attrs, Session},
+        targets::Target,
+        ProxyContext,
+    },
+    records::{Event, EventKind, Verdict},
+};
+
+pub struct Gateway<'a> {
+    pub ctx: &'a ProxyContext,
+    pub session: &'a Session,
+    pub target: &'a Target,
+    /// Where blastgate connects.
+    pub upstream: SocketAddr,
+    pub counters: &'a Counters,
+}
+
+/// What became of one action after policy and, if held, a human.
+#[derive(Debug, Clone)]
+pub struct Ruling {
+    pub allowed: bool,
+    /// Recorded but not enforced (target in shadow mode).
+    pub shadow: bool,
+    pub policy_id: Option<String>,
+    /// For the agent and the record.
+    pub reason: String,
+    pub approval_id: Option<Uuid>,
+    pub approver: Option<String>,
+    pub approval_group: Option<String>,
+    /// Time spent waiting for a human.
+    pub waited_us: Option<u64>,
+}
+
+impl Gateway<'_> {
+    /// An event of this session, stamped with its identity and next seq.
+    pub fn event(&self, kind: EventKind, verdict: Verdict) -> Event {
+        self.session.event(kind, verdict, None)
+    }
+
+    pub async fn record(&self, event: Event) {
+        if let Err(e) = self.ctx.recorder.record(event).await {
+            tracing::error!(error = %e, "event not recorded");
+        }
+    }
+
+    /// Counts values masked in what the agent received.
+    pub fn masked(&self, n: u64) {
+        self.session.masked.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn agent_name(&self) -> &str {
+        self.session
+            .caller
+            .as_ref()
+            .map_or("", |c| c.agent.as_str())
+    }
+
+    /// Policy for one action. Without a policy engine everything is
+    /// allowed (the daemon warned at start); a request the engine cannot
+    /// evaluate is refused.
+    pub fn decide(&self, action: &str, context: &Value) -> Decision {
+        let Some(engine) = &self.ctx.policy else {
+            return Decision {
+                verdict: PolicyVerdict::Allow,
+                policy_id: None,
+                reason: "no policy engine configured".into(),
+                approval: None,
+                matched: Vec::new(),
+                if_approved: Vec::new(),
+            };
+        };
+        let agent = self
+            .session
+            .caller
+            .as_ref()
+            .map(agent_attrs)
+            .unwrap_or_default();
+        engine
+            .current()
+            .decide_cached(&agent, &self.target.attrs, action, context)
+            .unwrap_or_else(|e| Decision {
+                verdict: PolicyVerdict::Error,
+                policy_id: None,
+                reason: format!("policy request failed, refused: {e}"),
+                approval: None,
+                matched: Vec::new(),
+                if_approved: Vec::new(),
+            })
+    }
+
+    /// The policy generation in force: a gateway that decided under one
+    /// re-decides when it changed (prepared statements, long sessions).
+    pub fn policy_generation(&self) -> usize {
+        self.ctx
+            .policy
+            .as_ref()
+            .map_or(0, |e| std::sync::Arc::as_ptr(&e.current()) as usize)
+    }
+
+    /// Applies a decision: allow, refuse, or hold for a human first.
+    /// `waiting` is called with the approval id before the wait starts, so
+    /// the gateway can tell the agent in its own protocol.
+    pub async fn rule(
+        &self,
+        decision: Decision,
+        action: &str,
+        text: &str,
+        waiting: impl FnOnce(Uuid),
+    ) -> Ruling {
+        let mut ruling = Ruling {
+            allowed: decision.verdict == PolicyVerdict::Allow,
+            shadow: false,
+            policy_id: decision.policy_id.clone(),
+            reason: decision.reason.clone(),
+            approval_id: None,
+            approver: None,
+            approval_group: None,
+            waited_us: None,
+        };
+        if ruling.allowed {
+            return ruling;
+        }
+        if !self.target.enforce {
+            ruling.allowed = true;
+            ruling.shadow = true;
+            ruling.reason = format!(
+                "shadow: would be {:?} by {}: {}",
+                decision.verdict,
+                decision.policy_id.as_deref().unwrap_or("default deny"),
+                decision.reason
+            );
+            return ruling;
+        }
+        if decision.verdict != PolicyVerdict::Hold {
+            return ruling;
+        }
+        let caller = self.session.caller.as_ref();
+        let request = ApprovalRequest {
+            id: Uuid::now_v7(),
+            created: SystemTime::now(),
+            session_id: self.session.id,
+            agent: caller.map(|c| c.agent.clone()).unwrap_or_default(),
+            pid: caller.map_or(0, |c| c.pid),
+            target: self.target.name.clone(),
+            action: action.to_string(),
+            text: text.to_string(),
+            policy_id: decision.policy_id.clone(),
+            group: decision.approval.clone().unwrap_or_default(),
+            reason: decision.reason.clone(),
+        };
+        ruling.approval_id = Some(request.id);
+        ruling.approval_group = Some(request.group.clone());
+        waiting(request.id);
+        let started = std::time::Instant::now();
+        let outcome = tokio::select! {
+            o = self.ctx.approvals.hold(request) => o,
+            _ = self.ctx.hard_stop.cancelled() => Outcome::Withdrawn,
+        };
+        ruling.waited_us = Some(started.elapsed().as_micros() as u64);
+        let said = outcome.describe(self.ctx.approvals.timeout());
+        if let Outcome::Approved { by, .. } | Outcome::Denied { by, .. } = &outcome {
+            ruling.approver = Some(by.clone());
+        }
+        ruling.allowed = outcome.approved();
+        ruling.reason = format!("{}; {said}", decision.reason);
+        ruling
+    }
+
+    /// Stamps a ruling on an action event.
+    pub fn ruled(&self, kind: EventKind, action: &str, text: String, r: &Ruling) -> Event {
+        let mut e = self.event(
+            kind,
+            if r.allowed {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            },
+        );
+        e.action = Some(action.to_string());
+        e.text = Some(text);
+        e.policy_id = r.policy_id.clone();
+        e.reason = Some(r.reason.clone());
+        e.shadow = r.shadow;
+        e.approval_id = r.approval_id;
+        e.approver = r.approver.clone();
+        e.approval_group = r.approval_group.clone();
+        e
+    }
+}
+
+/// A count shared by a gateway's halves.
+pub type Tally = AtomicU64;

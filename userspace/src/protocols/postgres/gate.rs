@@ -1,0 +1,125 @@
+//! Statements before they reach the server: classified by the real
+//! Postgres parser, decided by policy, held for a human where the policy
+//! says so.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::classify::Statement;
+use crate::{
+    protocols::gateway::{Gateway, Ruling},
+    records::{Event, EventKind},
+};
+
+/// A statement allowed to run, with the record to complete once the
+/// server has answered.
+pub struct Admitted {
+    pub event: Event,
+}
+
+pub enum Verdict {
+    /// Every statement may run; one record each, in order.
+    Run(Vec<Admitted>),
+    /// Nothing runs. The message goes to the agent as a 42501 error.
+    Refuse(String),
+}
+
+/// Decides every statement of one Query or Parse. One refusal refuses the
+/// whole string: Postgres runs a multi-statement string as one implicit
+/// transaction, so running its allowed part would be a different query.
+pub async fn check(
+    gw: &Gateway<'_>,
+    statements: &Arc<Vec<Statement>>,
+    notify: &(dyn Fn(Uuid) + Sync),
+) -> Verdict {
+    let mut ruled: Vec<(Ruling, String)> = Vec::with_capacity(statements.len());
+    let mut refusal: Option<String> = None;
+    for st in statements.iter() {
+        let text = masked_text(gw, &st.text);
+        let context = json!({
+            "statement": text,
+            "command": st.command,
+            "tables_read": st.tables_read,
+            "tables_written": st.tables_written,
+            "has_where": st.has_where,
+            "functions": st.functions,
+            "copy_program": st.copy_program,
+        });
+        let decision = gw.decide(st.action, &context);
+        let ruling = gw.rule(decision, st.action, &text, notify).await;
+        if !ruling.allowed && refusal.is_none() {
+            refusal = Some(format!(
+                "blastgate: {} denied by policy {}: {}",
+                st.command,
+                ruling.policy_id.as_deref().unwrap_or("(default deny)"),
+                ruling.reason
+            ));
+        }
+        ruled.push((ruling, text));
+    }
+    let mut admitted = Vec::with_capacity(ruled.len());
+    for ((mut ruling, text), st) in ruled.into_iter().zip(statements.iter()) {
+        if let Some(why) = &refusal {
+            if ruling.allowed {
+                ruling.allowed = false;
+                ruling.reason =
+                    format!("not run: another statement of the query was refused ({why})");
+            }
+            let event = gw.ruled(EventKind::Statement, st.action, text, &ruling);
+            gw.record(event).await;
+            continue;
+        }
+        let mut event = gw.ruled(EventKind::Statement, st.action, text, &ruling);
+        event.duration_us = None;
+        admitted.push(Admitted { event });
+    }
+    match refusal {
+        Some(message) => Verdict::Refuse(message),
+        None => Verdict::Run(admitted),
+    }
+}
+
+/// The statement as recorded and shown to policies and approvers: values
+/// the masking detectors recognise (emails, card numbers, keys) replaced.
+fn masked_text(gw: &Gateway<'_>, text: &str) -> String {
+    let Some(engine) = &gw.ctx.policy else {
+        return text.to_string();
+    };
+    let bundle = engine.current();
+    let plan = bundle.masking.plan(gw.agent_name(), &gw.target.name);
+    if plan.is_empty() {
+        return text.to_string();
+    }
+    plan.scan(text).0
+}
+
+/// A statement that makes the server itself raise the refusal, so the
+/// error reaches the agent in order with every other response and the
+/// server's transaction state becomes what the agent expects: a refused
+/// statement inside a transaction block leaves it failed, as a real error
+/// would. Needs PL/pgSQL (installed by default).
+pub fn raise(message: &str) -> String {
+    let literal = message.replace('\'', "''").replace("$blastgate$", "");
+    format!(
+        "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{literal}'; END $blastgate$"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_raise_statement_quotes_the_message() {
+        let sql = raise("it's $blastgate$ denied");
+        assert_eq!(
+            sql,
+            "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'it''s  denied'; END $blastgate$"
+        );
+        let parsed = super::super::classify::classify(&sql);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].command, "DO");
+    }
+}

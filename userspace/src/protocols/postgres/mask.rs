@@ -1,0 +1,240 @@
+//! Masking result rows on the wire: which columns of a RowDescription are
+//! masked (field rules by `schema.table.column`, resolved through the
+//! upstream catalog) or scanned (detectors, on text values), and DataRow
+//! messages rewritten accordingly with correct lengths.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::data::RowDescription;
+
+use super::frame::{decode, Frame, PgError};
+use crate::policy::masking::{MaskPlan, Style};
+
+/// Types whose binary format is their text: masking them in binary is the
+/// same as in text. (text, varchar, bpchar, name, "char", unknown, json)
+const TEXT_LIKE: &[u32] = &[25, 1043, 1042, 19, 18, 705, 114];
+
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub table_oid: u32,
+    pub column: i16,
+    pub type_oid: u32,
+    pub format: i16,
+}
+
+pub fn fields(frame: &Frame) -> Result<Vec<Field>, PgError> {
+    let rd: RowDescription = decode(frame, "RowDescription")?;
+    Ok(rd
+        .fields
+        .into_iter()
+        .map(|f| Field {
+            name: f.name,
+            table_oid: f.table_id as u32,
+            column: f.column_id,
+            type_oid: f.type_id,
+            format: f.format_code,
+        })
+        .collect())
+}
+
+/// The formats Bind asked for, applied to described fields (a statement's
+/// Describe reports text for every column; the portal's Bind decides).
+pub fn with_formats(fields: &[Field], formats: &[i16]) -> Vec<Field> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Field {
+            format: match formats.len() {
+                0 => 0,
+                1 => formats[0],
+                _ => formats.get(i).copied().unwrap_or(0),
+            },
+            ..f.clone()
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    Pass,
+    /// Replace the whole value with this style (NULL if it cannot be
+    /// written in the column's binary format).
+    Rule(Style),
+    /// Text: run the detectors over it.
+    Scan,
+}
+
+/// What to do with each column of the current result.
+#[derive(Debug, Clone, Default)]
+pub struct RowPlan {
+    columns: Vec<(Column, bool)>,
+}
+
+impl RowPlan {
+    /// Nothing to do: rows are forwarded untouched.
+    pub fn is_noop(&self) -> bool {
+        self.columns.iter().all(|(c, _)| *c == Column::Pass)
+    }
+}
+
+/// `schema.table.column` names of table columns, from the upstream catalog.
+pub type Names = HashMap<(u32, i16), String>;
+
+/// Builds the plan. A column from a table whose name could not be
+/// resolved is masked whole when field rules exist (fail closed).
+pub fn plan(fields: &[Field], names: Option<&Names>, mask: &MaskPlan) -> RowPlan {
+    let columns = fields
+        .iter()
+        .map(|f| {
+            let text = f.format == 0 || TEXT_LIKE.contains(&f.type_oid);
+            let rule = if mask.has_fields() {
+                if f.table_oid == 0 {
+                    mask.column("", "", &f.name).map(|(s, _)| s)
+                } else {
+                    match names.and_then(|n| n.get(&(f.table_oid, f.column))) {
+                        Some(full) => {
+                            let mut parts = full.splitn(3, '.');
+                            let (s, t, c) = (
+                                parts.next().unwrap_or_default(),
+                                parts.next().unwrap_or_default(),
+                                parts.next().unwrap_or_default(),
+                            );
+                            mask.column(s, t, c).map(|(s, _)| s)
+                        }
+                        None => Some(Style::Fixed),
+                    }
+                }
+            } else {
+                None
+            };
+            let col = match rule {
+                Some(style) => Column::Rule(style),
+                None if text && mask.has_detectors() => Column::Scan,
+                None => Column::Pass,
+            };
+            (col, text)
+        })
+        .collect();
+    RowPlan { columns }
+}
+
+/// Rewrites one DataRow into `out`; returns how many values were masked.
+/// A row whose values are all unchanged is copied as it came.
+pub fn rewrite(
+    frame: &Frame,
+    plan: &RowPlan,
+    mask: &MaskPlan,
+    out: &mut BytesMut,
+) -> Result<u64, PgError> {
+    let bad = || PgError::Malformed { what: "DataRow" };
+    let body = frame.body();
+    if body.len() < 2 {
+        return Err(bad());
+    }
+    let count = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
+    let mut at = 2;
+    let mut values: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::with_capacity(count);
+    let mut masked = 0u64;
+    for i in 0..count {
+        let len_bytes = body.get(at..at + 4).ok_or_else(bad)?;
+        let len = i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        at += 4;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let value = body.get(at..at + len as usize).ok_or_else(bad)?;
+        at += len as usize;
+        let (col, text) = plan
+            .columns
+            .get(i)
+            .copied()
+            .unwrap_or((Column::Pass, false));
+        let replaced = match col {
+            Column::Pass => None,
+            Column::Rule(style) => {
+                masked += 1;
+                if text {
+                    let s = String::from_utf8_lossy(value);
+                    Some(Some(mask.apply(style, &s).into_bytes()))
+                } else {
+                    // A binary number or date cannot hold "****": NULL.
+                    Some(None)
+                }
+            }
+            Column::Scan => match std::str::from_utf8(value) {
+                Ok(s) => {
+                    let (scanned, n) = mask.scan(s);
+                    if n > 0 {
+                        masked += n;
+                        Some(Some(scanned.into_bytes()))
+                    } else {
+                        None
+                    }
+                }
+                Err(_) => None,
+            },
+        };
+        values.push(match replaced {
+            None => Some(std::borrow::Cow::Borrowed(value)),
+            Some(v) => v.map(std::borrow::Cow::Owned),
+        });
+    }
+    if masked == 0 {
+        out.extend_from_slice(&frame.bytes);
+        return Ok(0);
+    }
+    let start = out.len();
+    out.put_u8(b'D');
+    out.put_i32(0);
+    out.put_i16(count as i16);
+    for v in &values {
+        match v {
+            None => out.put_i32(-1),
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v);
+            }
+        }
+    }
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    Ok(masked)
+}
+
+/// Runs the detectors over COPY OUT data (text format lines).
+pub fn scan_copy(frame: &Frame, mask: &MaskPlan, out: &mut BytesMut) -> u64 {
+    let body = frame.body();
+    match std::str::from_utf8(body) {
+        Ok(s) if mask.has_detectors() => {
+            let (scanned, n) = mask.scan(s);
+            if n == 0 {
+                out.extend_from_slice(&frame.bytes);
+                return 0;
+            }
+            out.put_u8(b'd');
+            out.put_i32(4 + scanned.len() as i32);
+            out.put_slice(scanned.as_bytes());
+            n
+        }
+        _ => {
+            out.extend_from_slice(&frame.bytes);
+            0
+        }
+    }
+}
+
+/// The catalog query that names table columns.
+pub fn catalog_query(oids: &[u32]) -> String {
+    let list: Vec<String> = oids.iter().map(u32::to_string).collect();
+    format!(
+        "SELECT a.attrelid::int8, a.attnum::int4, n.nspname || '.' || c.relname || '.' || a.attname \
+         FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE a.attnum > 0 AND a.attrelid IN ({})",
+        list.join(",")
+    )
+}

@@ -1,0 +1,264 @@
+//! The PostgreSQL gateway: blastgate speaks the server side to the agent
+//! and the client side to the real server, message by message, so every
+//! client and protocol feature keeps working while each statement is
+//! classified, decided, recorded, and its results masked.
+//!
+//! - [`agent`]: the agent's opening (TLS from the local CA, cancel or
+//!   session, who it says it is);
+//! - [`upstream`]: blastgate's own login with the held credentials;
+//! - [`classify`]: statements through the real Postgres parser;
+//! - [`gate`]: policy and approval per statement;
+//! - [`relay`]: the two directions, tied together by what the server will
+//!   answer next;
+//! - [`mask`]: result rows rewritten on the wire;
+//! - [`cancel`]: the agent's backend keys mapped to the real ones.
+
+pub mod agent;
+mod cancel;
+pub mod classify;
+pub mod frame;
+pub mod gate;
+pub mod mask;
+mod relay;
+mod settings;
+pub mod upstream;
+
+use std::sync::OnceLock;
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::{
+    response::{ErrorResponse, ReadyForQuery, TransactionStatus},
+    startup::{Authentication, NegotiateProtocolVersion, Password},
+};
+use tokio::{
+    io::{AsyncWriteExt, WriteHalf},
+    net::TcpStream,
+};
+
+pub use settings::{PostgresTarget, UpstreamTls};
+
+use self::{
+    agent::Opening,
+    classify::Classifier,
+    frame::{decode, encode, PgError, Reader},
+};
+use crate::{
+    protocols::{gateway::Gateway, stream::BoxIo},
+    proxy::session::SessionError,
+    records::{EventKind, Verdict},
+};
+
+/// Startup parameters passed on to the server. Others are dropped:
+/// `options` can carry `-c role=…` and other settings that would bypass
+/// statement policy; `replication` is refused outright.
+const FORWARDED: &[&str] = &[
+    "database",
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+    "search_path",
+];
+
+/// Classification is pure: one cache for every session.
+fn classifier() -> &'static Classifier {
+    static C: OnceLock<Classifier> = OnceLock::new();
+    C.get_or_init(|| Classifier::new(8192))
+}
+
+pub async fn serve(conn: TcpStream, gw: &Gateway<'_>) -> Result<(), SessionError> {
+    let cfg =
+        gw.target.postgres.as_ref().ok_or_else(|| {
+            SessionError::Upstream("target has no [targets.postgres] section".into())
+        })?;
+    let _ = conn.set_nodelay(true);
+    let tls = gw
+        .ctx
+        .tls
+        .as_ref()
+        .and_then(|c| match c.config_for(&gw.target.names) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no certificate for this target: TLS not offered");
+                None
+            }
+        });
+    let relay_err = |e: PgError| SessionError::Relay(e.to_string());
+    let (io, params, minor) = match agent::open(conn, tls).await.map_err(relay_err)? {
+        Opening::Cancel { pid, secret } => return forward_cancel(gw, pid, &secret).await,
+        Opening::Session {
+            io,
+            params,
+            minor_version,
+            ..
+        } => (io, params, minor_version),
+    };
+    let (read, mut writer) = tokio::io::split(io);
+    let mut reader = Reader::new(read, cfg.max_message_bytes);
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+
+    let user = param("user").unwrap_or_default();
+    if user != cfg.agent_user() {
+        let msg = format!(
+            "role \"{user}\" is not available through blastgate; agents connect to this target as \"{}\"",
+            cfg.agent_user()
+        );
+        return refuse(&mut writer, "28000", &msg).await;
+    }
+    if param("replication").is_some_and(|v| v != "false" && v != "0") {
+        return refuse(
+            &mut writer,
+            "42501",
+            "replication connections are not allowed through blastgate",
+        )
+        .await;
+    }
+    if let Some(file) = &cfg.agent_password_file {
+        if let Err(msg) = check_agent_password(&mut reader, &mut writer, file).await {
+            return refuse(&mut writer, "28P01", &msg).await;
+        }
+    }
+    let mut forwarded: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| FORWARDED.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if param("database").is_none() {
+        forwarded.push(("database".into(), user.to_string()));
+    }
+
+    let upstream =
+        match upstream::connect(gw.upstream, cfg, &forwarded, gw.ctx.connect_timeout).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream login failed");
+                let msg = format!("blastgate could not log in to the server for this target: {e}");
+                return refuse(&mut writer, "08006", &msg).await;
+            }
+        };
+
+    let mut hello = BytesMut::new();
+    let mut greet = || -> Result<(), PgError> {
+        if minor > 0 {
+            encode(&NegotiateProtocolVersion::new(0, Vec::new()), &mut hello)?;
+        }
+        encode(&Authentication::Ok, &mut hello)?;
+        for p in &upstream.parameters {
+            hello.extend_from_slice(&p.bytes);
+        }
+        Ok(())
+    };
+    greet().map_err(relay_err)?;
+    let registration = upstream
+        .key
+        .clone()
+        .map(|(pid, secret)| cancel::register(gw.upstream, pid, secret));
+    if let Some(r) = &registration {
+        hello.put_u8(b'K');
+        hello.put_i32(12);
+        hello.put_i32(r.pid);
+        hello.put_slice(&r.secret);
+    }
+    encode(&ReadyForQuery::new(TransactionStatus::Idle), &mut hello).map_err(relay_err)?;
+    writer
+        .write_all(&hello)
+        .await
+        .map_err(|e| relay_err(e.into()))?;
+
+    let mask = gw.ctx.policy.as_ref().and_then(|engine| {
+        let plan = engine
+            .current()
+            .masking
+            .plan(gw.agent_name(), &gw.target.name);
+        (!plan.is_empty()).then_some(plan)
+    });
+    let catalog = relay::Catalog {
+        addr: gw.upstream,
+        cfg,
+        params: forwarded,
+        timeout: gw.ctx.connect_timeout,
+        conn: None,
+        names: Default::default(),
+    };
+    let halves = relay::Halves {
+        agent_reader: reader,
+        agent_writer: writer,
+        upstream,
+    };
+    let result = relay::run(gw, halves, classifier(), mask, catalog).await;
+    drop(registration);
+    result.map_err(relay_err)
+}
+
+/// Asks for a cleartext password and compares it with the configured one.
+async fn check_agent_password(
+    reader: &mut Reader<tokio::io::ReadHalf<BoxIo>>,
+    writer: &mut WriteHalf<BoxIo>,
+    file: &std::path::Path,
+) -> Result<(), String> {
+    let expected = crate::config::Secret {
+        file: Some(file.to_path_buf()),
+        env: None,
+    }
+    .read()?;
+    let mut out = BytesMut::new();
+    encode(&Authentication::CleartextPassword, &mut out).map_err(|e| e.to_string())?;
+    writer.write_all(&out).await.map_err(|e| e.to_string())?;
+    let frame = reader.next().await.map_err(|e| e.to_string())?;
+    if frame.tag != b'p' {
+        return Err("expected a password message".into());
+    }
+    let given: Password = decode(&frame, "PasswordMessage").map_err(|e| e.to_string())?;
+    let (a, b) = (given.password.as_bytes(), expected.as_bytes());
+    // Constant time in the length of the expected password.
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err("password authentication failed".into())
+    }
+}
+
+/// A FATAL error to the agent, then the session ends (recorded as an
+/// error with the same message).
+async fn refuse(
+    writer: &mut WriteHalf<BoxIo>,
+    code: &str,
+    message: &str,
+) -> Result<(), SessionError> {
+    let mut out = BytesMut::new();
+    let error = ErrorResponse::new(vec![
+        (b'S', "FATAL".into()),
+        (b'V', "FATAL".into()),
+        (b'C', code.into()),
+        (b'M', message.into()),
+    ]);
+    if encode(&error, &mut out).is_ok() {
+        let _ = writer.write_all(&out).await;
+        let _ = writer.shutdown().await;
+    }
+    Err(SessionError::Upstream(message.to_string()))
+}
+
+async fn forward_cancel(gw: &Gateway<'_>, pid: i32, secret: &[u8]) -> Result<(), SessionError> {
+    let mut event = gw.event(EventKind::Statement, Verdict::Allow);
+    event.action = Some("sql:cancel".into());
+    event.text = Some("CancelRequest".into());
+    match cancel::lookup(pid, secret) {
+        Some((addr, real_pid, real_secret)) => {
+            let sent = upstream::cancel(addr, real_pid, &real_secret).await;
+            if let Err(e) = &sent {
+                event.verdict = Verdict::Error;
+                event.reason = Some(e.to_string());
+            }
+        }
+        None => {
+            event.verdict = Verdict::Deny;
+            event.reason = Some("no live session issued this cancel key".into());
+        }
+    }
+    gw.record(event).await;
+    Ok(())
+}

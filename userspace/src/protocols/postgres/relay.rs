@@ -1,0 +1,856 @@
+//! The message-level relay. The agent's messages are read whole, checked
+//! (statements) and forwarded; the server's answers come back in order,
+//! with result rows masked and each statement's record completed when its
+//! answer arrives.
+//!
+//! Both halves share one queue of what the server will answer next
+//! ([`Expect`]), pushed as messages are forwarded and popped as answers
+//! arrive. It is how an answer is tied to its statement (rows, duration,
+//! errors), and how the answers to messages blastgate injected itself (a
+//! refusal raised by the server) are kept from the agent.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::Instant,
+};
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::{
+    extendedquery::{Bind, Close, Describe, Execute, Parse},
+    response::NoticeResponse,
+    simplequery::Query,
+};
+use tokio::{
+    io::{AsyncWriteExt, ReadHalf, WriteHalf},
+    sync::mpsc,
+};
+
+use super::{
+    classify::{Classifier, CopyDirection, Statement},
+    frame::{decode, encode, Frame, PgError, Reader},
+    gate::{self, Verdict},
+    mask::{self, Field, Names, RowPlan},
+    upstream::{self, Upstream},
+};
+use crate::{
+    policy::masking::MaskPlan,
+    protocols::{gateway::Gateway, stream::BoxIo},
+    records::{Event, EventKind, Verdict as RecVerdict},
+};
+
+/// Which columns a statement's DataRows have.
+enum Columns {
+    /// A RowDescription will come in the stream (simple Query).
+    Inline,
+    /// Described earlier: a portal's (formats known) or a statement's
+    /// (formats from Bind).
+    Portal {
+        portal: String,
+        statement: String,
+        formats: Vec<i16>,
+    },
+}
+
+struct Pending {
+    /// `None` for a refusal blastgate injected (already recorded).
+    event: Option<Event>,
+    started: Instant,
+    columns: Columns,
+    masked: u64,
+}
+
+enum Expect {
+    /// ParseComplete, BindComplete, CloseComplete; `forward: false` for
+    /// the answers to blastgate's own injected messages.
+    Ack { forward: bool },
+    /// RowDescription or NoData answering a Describe.
+    Describe {
+        statement: Option<String>,
+        portal: Option<String>,
+    },
+    /// CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
+    Statement(Box<Pending>),
+    /// ReadyForQuery.
+    Ready,
+}
+
+type Queue = Arc<Mutex<VecDeque<Expect>>>;
+
+fn lock(q: &Queue) -> std::sync::MutexGuard<'_, VecDeque<Expect>> {
+    q.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the agent prepared: decided at Parse, re-decided at Execute when
+/// the policy changed since.
+struct Prepared {
+    statements: Arc<Vec<Statement>>,
+    generation: usize,
+    events: Vec<Event>,
+}
+
+pub struct Halves {
+    pub agent_reader: Reader<ReadHalf<BoxIo>>,
+    pub agent_writer: WriteHalf<BoxIo>,
+    pub upstream: Upstream,
+}
+
+pub async fn run(
+    gw: &Gateway<'_>,
+    halves: Halves,
+    classifier: &Classifier,
+    mask: Option<MaskPlan>,
+    catalog: Catalog<'_>,
+) -> Result<(), PgError> {
+    let Halves {
+        agent_reader,
+        agent_writer,
+        upstream,
+    } = halves;
+    let queue: Queue = Arc::default();
+    let (notices, notices_rx) = mpsc::unbounded_channel();
+    let field_rules = mask.as_ref().is_some_and(MaskPlan::has_fields);
+    let mut from_agent = FromAgent {
+        gw,
+        reader: agent_reader,
+        writer: upstream.writer,
+        queue: queue.clone(),
+        classifier,
+        out: BytesMut::with_capacity(16 << 10),
+        prepared: HashMap::new(),
+        portals: HashMap::new(),
+        refusing: None,
+        notices,
+        field_rules,
+    };
+    let mut to_agent = ToAgent {
+        gw,
+        reader: upstream.reader,
+        writer: agent_writer,
+        queue,
+        out: BytesMut::with_capacity(64 << 10),
+        mask,
+        catalog,
+        statement_fields: HashMap::new(),
+        portal_fields: HashMap::new(),
+        plan: None,
+    };
+    let result = tokio::select! {
+        r = from_agent.run() => r,
+        r = to_agent.run(notices_rx) => r,
+    };
+    // Statements the server never answered (the connection went away).
+    let left: Vec<Expect> = lock(&to_agent.queue).drain(..).collect();
+    for e in left {
+        if let Expect::Statement(p) = e {
+            to_agent.finish(*p, Outcome::Interrupted).await;
+        }
+    }
+    match result {
+        Err(PgError::Closed) => Ok(()),
+        other => other,
+    }
+}
+
+struct FromAgent<'g, 'a> {
+    gw: &'g Gateway<'a>,
+    reader: Reader<ReadHalf<BoxIo>>,
+    writer: WriteHalf<BoxIo>,
+    queue: Queue,
+    classifier: &'g Classifier,
+    out: BytesMut,
+    prepared: HashMap<String, Prepared>,
+    /// portal -> (statement, result formats)
+    portals: HashMap<String, (String, Vec<i16>)>,
+    /// An extended-protocol message was refused: the rest up to Sync is
+    /// dropped, as the server itself does after an error.
+    refusing: Option<String>,
+    notices: mpsc::UnboundedSender<BytesMut>,
+    /// Column masking rules apply to this session.
+    field_rules: bool,
+}
+
+impl FromAgent<'_, '_> {
+    async fn run(&mut self) -> Result<(), PgError> {
+        loop {
+            let frame = self.reader.next().await?;
+            self.gw
+                .counters
+                .from_agent
+                .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+            let last = self.handle(frame).await?;
+            if !self.reader.has_frame() || last {
+                self.flush().await?;
+            }
+            if last {
+                return Err(PgError::Closed);
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), PgError> {
+        if !self.out.is_empty() {
+            self.writer.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn expect(&self, e: Expect) {
+        lock(&self.queue).push_back(e);
+    }
+
+    /// Checks statements, telling the agent when one waits for a human.
+    async fn check(&mut self, statements: &Arc<Vec<Statement>>) -> Result<Verdict, PgError> {
+        if let Some(refused) = self.copy_out_refusal(statements) {
+            for st in statements.iter() {
+                let mut e = self.gw.event(EventKind::Statement, RecVerdict::Deny);
+                e.action = Some(st.action.into());
+                e.text = Some(st.text.clone());
+                e.reason = Some(refused.clone());
+                self.gw.record(e).await;
+            }
+            return Ok(Verdict::Refuse(refused));
+        }
+        // Whatever is buffered goes out first: a held statement must not
+        // hold up the ones before it.
+        self.flush().await?;
+        let notices = self.notices.clone();
+        let notify = move |id: uuid::Uuid| {
+            let mut buf = BytesMut::new();
+            let notice = NoticeResponse::new(vec![
+                (b'S', "NOTICE".into()),
+                (b'V', "NOTICE".into()),
+                (b'C', "00000".into()),
+                (b'M', format!("waiting for approval {id}")),
+            ]);
+            if encode(&notice, &mut buf).is_ok() {
+                let _ = notices.send(buf);
+            }
+        };
+        Ok(gate::check(self.gw, statements, &notify).await)
+    }
+
+    /// COPY ... TO cannot be masked by column: refused while column rules
+    /// apply to this session, rather than let masked columns out.
+    fn copy_out_refusal(&self, statements: &[Statement]) -> Option<String> {
+        let copy_out = statements
+            .iter()
+            .any(|s| s.copy_direction == Some(CopyDirection::To));
+        (self.field_rules && copy_out).then(|| {
+            "blastgate: COPY ... TO is refused while column masking rules apply to this session; \
+             use SELECT (its results are masked)"
+                .to_string()
+        })
+    }
+
+    /// Returns true after Terminate.
+    async fn handle(&mut self, frame: Frame) -> Result<bool, PgError> {
+        if self.refusing.is_some() && frame.tag != b'S' && frame.tag != b'X' {
+            return Ok(false);
+        }
+        match frame.tag {
+            b'Q' => {
+                let q: Query = decode(&frame, "Query")?;
+                let statements = self.classifier.classify(&q.query);
+                match self.check(&statements).await? {
+                    Verdict::Run(admitted) => {
+                        {
+                            let mut queue = lock(&self.queue);
+                            for a in admitted {
+                                queue.push_back(Expect::Statement(Box::new(Pending {
+                                    event: Some(a.event),
+                                    started: Instant::now(),
+                                    columns: Columns::Inline,
+                                    masked: 0,
+                                })));
+                            }
+                            queue.push_back(Expect::Ready);
+                        }
+                        self.out.extend_from_slice(&frame.bytes);
+                    }
+                    Verdict::Refuse(message) => {
+                        encode(&Query::new(gate::raise(&message)), &mut self.out)?;
+                        self.expect(Expect::Statement(Box::new(Pending {
+                            event: None,
+                            started: Instant::now(),
+                            columns: Columns::Inline,
+                            masked: 0,
+                        })));
+                        self.expect(Expect::Ready);
+                    }
+                }
+            }
+            b'P' => {
+                let p: Parse = decode(&frame, "Parse")?;
+                let name = p.name.clone().unwrap_or_default();
+                let statements = self.classifier.classify(&p.query);
+                match self.check(&statements).await? {
+                    Verdict::Run(admitted) => {
+                        self.prepared.insert(
+                            name,
+                            Prepared {
+                                statements,
+                                generation: self.gw.policy_generation(),
+                                events: admitted.into_iter().map(|a| a.event).collect(),
+                            },
+                        );
+                        self.expect(Expect::Ack { forward: true });
+                        self.out.extend_from_slice(&frame.bytes);
+                    }
+                    Verdict::Refuse(message) => self.refusing = Some(message),
+                }
+            }
+            b'B' => {
+                let b: Bind = decode(&frame, "Bind")?;
+                self.portals.insert(
+                    b.portal_name.unwrap_or_default(),
+                    (
+                        b.statement_name.unwrap_or_default(),
+                        b.result_column_format_codes,
+                    ),
+                );
+                self.expect(Expect::Ack { forward: true });
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'D' => {
+                let d: Describe = decode(&frame, "Describe")?;
+                let name = d.name.unwrap_or_default();
+                self.expect(if d.target_type == b'S' {
+                    Expect::Describe {
+                        statement: Some(name),
+                        portal: None,
+                    }
+                } else {
+                    Expect::Describe {
+                        statement: None,
+                        portal: Some(name),
+                    }
+                });
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'E' => {
+                let ex: Execute = decode(&frame, "Execute")?;
+                let portal = ex.name.unwrap_or_default();
+                let (statement, formats) = self.portals.get(&portal).cloned().unwrap_or_default();
+                let events = match self.prepared.get(&statement) {
+                    Some(p) if p.generation != self.gw.policy_generation() => {
+                        // Prepared under other policies: decided again.
+                        let statements = p.statements.clone();
+                        match self.check(&statements).await? {
+                            Verdict::Run(admitted) => {
+                                let events: Vec<Event> =
+                                    admitted.into_iter().map(|a| a.event).collect();
+                                if let Some(p) = self.prepared.get_mut(&statement) {
+                                    p.generation = self.gw.policy_generation();
+                                    p.events = events.clone();
+                                }
+                                events
+                            }
+                            Verdict::Refuse(message) => {
+                                self.refusing = Some(message);
+                                return Ok(false);
+                            }
+                        }
+                    }
+                    Some(p) => p.events.clone(),
+                    None => Vec::new(),
+                };
+                let event = events.into_iter().next().map(|mut e| {
+                    // Each execution is its own record.
+                    let fresh = self.gw.event(EventKind::Statement, e.verdict);
+                    e.id = fresh.id;
+                    e.seq = fresh.seq;
+                    e.ts = fresh.ts;
+                    e
+                });
+                self.expect(Expect::Statement(Box::new(Pending {
+                    event,
+                    started: Instant::now(),
+                    columns: Columns::Portal {
+                        portal,
+                        statement,
+                        formats,
+                    },
+                    masked: 0,
+                })));
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'C' => {
+                let c: Close = decode(&frame, "Close")?;
+                let name = c.name.unwrap_or_default();
+                if c.target_type == b'S' {
+                    self.prepared.remove(&name);
+                } else {
+                    self.portals.remove(&name);
+                }
+                self.expect(Expect::Ack { forward: true });
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'S' => {
+                if let Some(message) = self.refusing.take() {
+                    // The server raises the refusal itself, so the agent
+                    // gets it in order and the transaction state is real.
+                    encode(
+                        &Parse::new(None, gate::raise(&message), Vec::new()),
+                        &mut self.out,
+                    )?;
+                    encode(
+                        &Bind::new(None, None, Vec::new(), Vec::new(), Vec::new()),
+                        &mut self.out,
+                    )?;
+                    encode(&Execute::new(None, 0), &mut self.out)?;
+                    let mut queue = lock(&self.queue);
+                    queue.push_back(Expect::Ack { forward: false });
+                    queue.push_back(Expect::Ack { forward: false });
+                    queue.push_back(Expect::Statement(Box::new(Pending {
+                        event: None,
+                        started: Instant::now(),
+                        columns: Columns::Inline,
+                        masked: 0,
+                    })));
+                }
+                self.expect(Expect::Ready);
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'F' => {
+                // Fast-path function calls name a function by OID: nothing
+                // to see, so they are opaque statements.
+                let statements = Arc::new(vec![Statement {
+                    action: super::classify::ACTION_OPAQUE,
+                    command: "FUNCTION CALL".into(),
+                    text: "(fast-path function call)".into(),
+                    tables_read: Vec::new(),
+                    tables_written: Vec::new(),
+                    has_where: false,
+                    functions: Vec::new(),
+                    copy_program: false,
+                    copy_direction: None,
+                }]);
+                match self.check(&statements).await? {
+                    Verdict::Run(admitted) => {
+                        for a in admitted {
+                            self.expect(Expect::Statement(Box::new(Pending {
+                                event: Some(a.event),
+                                started: Instant::now(),
+                                columns: Columns::Inline,
+                                masked: 0,
+                            })));
+                        }
+                        self.expect(Expect::Ready);
+                        self.out.extend_from_slice(&frame.bytes);
+                    }
+                    Verdict::Refuse(message) => {
+                        encode(&Query::new(gate::raise(&message)), &mut self.out)?;
+                        self.expect(Expect::Statement(Box::new(Pending {
+                            event: None,
+                            started: Instant::now(),
+                            columns: Columns::Inline,
+                            masked: 0,
+                        })));
+                        self.expect(Expect::Ready);
+                    }
+                }
+            }
+            // Flush, COPY data / done / fail: forwarded as they are.
+            b'H' | b'd' | b'c' | b'f' => self.out.extend_from_slice(&frame.bytes),
+            b'X' => {
+                self.out.extend_from_slice(&frame.bytes);
+                return Ok(true);
+            }
+            other => {
+                return Err(PgError::Protocol(format!(
+                    "unexpected message {:?} from the agent",
+                    other as char
+                )))
+            }
+        }
+        Ok(false)
+    }
+}
+
+enum Outcome {
+    Done {
+        tag: String,
+    },
+    Failed {
+        error: String,
+    },
+    /// Skipped by the server after an earlier error in the same batch.
+    NotRun,
+    Interrupted,
+}
+
+/// Names table columns for masking, through a second upstream connection
+/// opened on first need (the session's own connection is busy relaying).
+pub struct Catalog<'c> {
+    pub addr: std::net::SocketAddr,
+    pub cfg: &'c super::PostgresTarget,
+    pub params: Vec<(String, String)>,
+    pub timeout: std::time::Duration,
+    pub conn: Option<Upstream>,
+    pub names: Names,
+}
+
+impl Catalog<'_> {
+    /// Resolves the tables of `fields` not yet known. Errors leave them
+    /// unknown, and the plan masks unknown columns whole.
+    async fn resolve(&mut self, fields: &[Field]) {
+        let mut missing: Vec<u32> = fields
+            .iter()
+            .filter(|f| f.table_oid != 0 && !self.names.contains_key(&(f.table_oid, f.column)))
+            .map(|f| f.table_oid)
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return;
+        }
+        if let Err(e) = self.query(&missing).await {
+            tracing::warn!(error = %e, "naming columns for masking failed; masking them whole");
+            self.conn = None;
+        }
+    }
+
+    async fn query(&mut self, oids: &[u32]) -> Result<(), PgError> {
+        if self.conn.is_none() {
+            self.conn =
+                Some(upstream::connect(self.addr, self.cfg, &self.params, self.timeout).await?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let mut out = BytesMut::new();
+        encode(&Query::new(mask::catalog_query(oids)), &mut out)?;
+        conn.writer.write_all(&out).await?;
+        loop {
+            let f = conn.reader.next().await?;
+            match f.tag {
+                b'D' => {
+                    if let Some((oid, attnum, name)) = catalog_row(&f) {
+                        self.names.insert((oid, attnum), name);
+                    }
+                }
+                b'E' => return Err(PgError::Upstream(upstream::error_text(&f))),
+                b'Z' => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn catalog_row(f: &Frame) -> Option<(u32, i16, String)> {
+    let body = f.body();
+    let mut at = 2;
+    let mut cols = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            return None;
+        }
+        cols.push(std::str::from_utf8(body.get(at..at + len as usize)?).ok()?);
+        at += len as usize;
+    }
+    Some((
+        cols[0].parse().ok()?,
+        cols[1].parse().ok()?,
+        cols[2].to_string(),
+    ))
+}
+
+struct ToAgent<'g, 'a, 'c> {
+    gw: &'g Gateway<'a>,
+    reader: Reader<ReadHalf<BoxIo>>,
+    writer: WriteHalf<BoxIo>,
+    queue: Queue,
+    out: BytesMut,
+    mask: Option<MaskPlan>,
+    catalog: Catalog<'c>,
+    statement_fields: HashMap<String, Vec<Field>>,
+    portal_fields: HashMap<String, Vec<Field>>,
+    /// Masking for the rows now flowing; `None` until known.
+    plan: Option<RowPlan>,
+}
+
+impl ToAgent<'_, '_, '_> {
+    async fn run(&mut self, mut notices: mpsc::UnboundedReceiver<BytesMut>) -> Result<(), PgError> {
+        loop {
+            let frame = tokio::select! {
+                f = self.reader.next() => f?,
+                Some(n) = notices.recv() => {
+                    self.out.extend_from_slice(&n);
+                    self.flush().await?;
+                    continue;
+                }
+            };
+            self.handle(frame).await?;
+            if !self.reader.has_frame() {
+                self.flush().await?;
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), PgError> {
+        if !self.out.is_empty() {
+            self.gw
+                .counters
+                .to_agent
+                .fetch_add(self.out.len() as u64, Ordering::Relaxed);
+            self.writer.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn pop(&self) -> Option<Expect> {
+        lock(&self.queue).pop_front()
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), PgError> {
+        match frame.tag {
+            b'1' | b'2' | b'3' => {
+                let forward = !matches!(self.pop(), Some(Expect::Ack { forward: false }));
+                if forward {
+                    self.out.extend_from_slice(&frame.bytes);
+                }
+            }
+            b'n' => {
+                self.pop();
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'T' => {
+                let head_is_describe =
+                    matches!(lock(&self.queue).front(), Some(Expect::Describe { .. }));
+                if head_is_describe {
+                    if let Some(Expect::Describe { statement, portal }) = self.pop() {
+                        if self.mask.is_some() {
+                            let fields = mask::fields(&frame)?;
+                            match (statement, portal) {
+                                (Some(s), _) => {
+                                    self.statement_fields.insert(s, fields);
+                                }
+                                (_, Some(p)) => {
+                                    self.portal_fields.insert(p, fields);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                } else if let Some(m) = self.mask.clone() {
+                    let fields = mask::fields(&frame)?;
+                    self.set_plan(&fields, &m).await;
+                }
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'D' => self.data_row(frame).await?,
+            b'd' => match &self.mask {
+                Some(m) if m.has_detectors() => {
+                    let n = mask::scan_copy(&frame, m, &mut self.out);
+                    self.count_masked(n);
+                }
+                _ => self.out.extend_from_slice(&frame.bytes),
+            },
+            b'C' | b'I' | b's' => {
+                let tag = if frame.tag == b'C' {
+                    upstream_tag(&frame)
+                } else {
+                    String::new()
+                };
+                self.plan = None;
+                if let Some(Expect::Statement(p)) = self.pop() {
+                    self.out.extend_from_slice(&frame.bytes);
+                    self.finish(*p, Outcome::Done { tag }).await;
+                    return Ok(());
+                }
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'E' => {
+                self.plan = None;
+                let error = upstream::error_text(&frame);
+                self.out.extend_from_slice(&frame.bytes);
+                // The failed message's statement, then everything the server
+                // now skips up to the next ReadyForQuery.
+                let mut failed = true;
+                loop {
+                    let head = lock(&self.queue)
+                        .front()
+                        .map(|e| matches!(e, Expect::Ready));
+                    match head {
+                        None | Some(true) => break,
+                        Some(false) => {}
+                    }
+                    if let Some(Expect::Statement(p)) = self.pop() {
+                        let outcome = if failed {
+                            Outcome::Failed {
+                                error: error.clone(),
+                            }
+                        } else {
+                            Outcome::NotRun
+                        };
+                        failed = false;
+                        self.finish(*p, outcome).await;
+                    }
+                }
+            }
+            b'Z' => {
+                self.plan = None;
+                while let Some(e) = self.pop() {
+                    match e {
+                        Expect::Ready => break,
+                        Expect::Statement(p) => self.finish(*p, Outcome::NotRun).await,
+                        _ => {}
+                    }
+                }
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            _ => self.out.extend_from_slice(&frame.bytes),
+        }
+        Ok(())
+    }
+
+    async fn set_plan(&mut self, fields: &[Field], m: &MaskPlan) {
+        if m.has_fields() {
+            self.catalog.resolve(fields).await;
+        }
+        self.plan = Some(mask::plan(fields, Some(&self.catalog.names), m));
+    }
+
+    async fn data_row(&mut self, frame: Frame) -> Result<(), PgError> {
+        let Some(m) = self.mask.clone() else {
+            self.out.extend_from_slice(&frame.bytes);
+            return Ok(());
+        };
+        if self.plan.is_none() {
+            // Rows of an Execute: the portal's or statement's description.
+            let fields = {
+                let queue = lock(&self.queue);
+                match queue.front() {
+                    Some(Expect::Statement(p)) => match &p.columns {
+                        Columns::Portal {
+                            portal,
+                            statement,
+                            formats,
+                        } => self.portal_fields.get(portal).cloned().or_else(|| {
+                            self.statement_fields
+                                .get(statement)
+                                .map(|f| mask::with_formats(f, formats))
+                        }),
+                        Columns::Inline => None,
+                    },
+                    _ => None,
+                }
+            };
+            match fields {
+                Some(f) => self.set_plan(&f, &m).await,
+                // Rows nobody described: every value is treated as text
+                // of unknown origin, masked whole when column rules exist.
+                None => {
+                    self.plan = Some(RowPlan::default());
+                    if m.has_fields() {
+                        let n = blank_row(&frame, &mut self.out)?;
+                        self.count_masked(n);
+                        self.plan = None;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let plan = self.plan.clone().unwrap_or_default();
+        if plan.is_noop() {
+            self.out.extend_from_slice(&frame.bytes);
+            return Ok(());
+        }
+        let n = mask::rewrite(&frame, &plan, &m, &mut self.out)?;
+        self.count_masked(n);
+        Ok(())
+    }
+
+    fn count_masked(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.gw.masked(n);
+        if let Some(Expect::Statement(p)) = lock(&self.queue).front_mut() {
+            p.masked += n;
+        }
+    }
+
+    async fn finish(&self, p: Pending, outcome: Outcome) {
+        let Some(mut event) = p.event else { return };
+        event.duration_us = Some(p.started.elapsed().as_micros() as u64);
+        event.masked_fields = (p.masked > 0).then_some(p.masked);
+        match outcome {
+            Outcome::Done { tag } => {
+                event.rows = tag.rsplit(' ').next().and_then(|n| n.parse().ok());
+            }
+            Outcome::Failed { error } => {
+                event.verdict = RecVerdict::Error;
+                event.reason = Some(format!(
+                    "{}; failed upstream: {error}",
+                    event.reason.unwrap_or_default()
+                ));
+            }
+            Outcome::NotRun => {
+                event.verdict = RecVerdict::Error;
+                event.reason = Some(format!(
+                    "{}; not run: an earlier statement of the batch failed",
+                    event.reason.unwrap_or_default()
+                ));
+            }
+            Outcome::Interrupted => {
+                event.verdict = RecVerdict::Error;
+                event.reason = Some(format!(
+                    "{}; interrupted: the connection ended before the server answered",
+                    event.reason.unwrap_or_default()
+                ));
+            }
+        }
+        self.gw.record(event).await;
+    }
+}
+
+/// CommandComplete's tag ("SELECT 3", "INSERT 0 1").
+fn upstream_tag(frame: &Frame) -> String {
+    let body = frame.body();
+    let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
+    String::from_utf8_lossy(&body[..end]).into_owned()
+}
+
+/// A row with every non-NULL value replaced by `****` (text): for rows
+/// whose columns are unknown while column rules apply.
+fn blank_row(frame: &Frame, out: &mut BytesMut) -> Result<u64, PgError> {
+    let body = frame.body();
+    let count = i16::from_be_bytes(
+        body.get(0..2)
+            .ok_or(PgError::Malformed { what: "DataRow" })?
+            .try_into()
+            .map_err(|_| PgError::Malformed { what: "DataRow" })?,
+    );
+    let mut at = 2;
+    let start = out.len();
+    out.put_u8(b'D');
+    out.put_i32(0);
+    out.put_i16(count);
+    let mut n = 0;
+    for _ in 0..count.max(0) {
+        let len = i32::from_be_bytes(
+            body.get(at..at + 4)
+                .ok_or(PgError::Malformed { what: "DataRow" })?
+                .try_into()
+                .map_err(|_| PgError::Malformed { what: "DataRow" })?,
+        );
+        at += 4;
+        if len < 0 {
+            out.put_i32(-1);
+            continue;
+        }
+        at += len as usize;
+        out.put_i32(4);
+        out.put_slice(b"****");
+        n += 1;
+    }
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    Ok(n)
+}

@@ -1,0 +1,239 @@
+//! blastgate's own login to the real server, with the credentials it
+//! holds: the agent never takes part, so it never sees them.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pgwire::messages::{
+    response::ErrorResponse,
+    startup::{Authentication, Password, SASLInitialResponse, SASLResponse, Startup},
+};
+use postgres_protocol::authentication::{
+    md5_hash,
+    sasl::{ChannelBinding, ScramSha256},
+};
+use rustls::pki_types::ServerName;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf},
+    net::TcpStream,
+};
+
+use super::{
+    frame::{decode, encode, Frame, PgError, Reader},
+    settings::{PostgresTarget, UpstreamTls},
+};
+use crate::protocols::stream::BoxIo;
+
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+/// Backend messages can be large (DataRow up to 1 GiB); the upstream is
+/// trusted not to be hostile, but a bound keeps a runaway one from taking
+/// the daemon's memory.
+pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+
+pub struct Upstream {
+    pub reader: Reader<ReadHalf<BoxIo>>,
+    pub writer: WriteHalf<BoxIo>,
+    /// ParameterStatus messages, as received, for the agent.
+    pub parameters: Vec<Frame>,
+    /// BackendKeyData: (pid, secret).
+    pub key: Option<(i32, Vec<u8>)>,
+}
+
+/// The text of an ErrorResponse, for errors and logs.
+pub fn error_text(frame: &Frame) -> String {
+    match decode::<ErrorResponse>(frame, "ErrorResponse") {
+        Ok(e) => {
+            let field = |c: u8| {
+                e.fields
+                    .iter()
+                    .find(|(k, _)| *k == c)
+                    .map(|(_, v)| v.as_str())
+            };
+            format!(
+                "{} ({})",
+                field(b'M').unwrap_or("unknown error"),
+                field(b'C').unwrap_or("?")
+            )
+        }
+        Err(_) => "unreadable error".into(),
+    }
+}
+
+/// Connects, negotiates TLS as configured, starts up with `params` as
+/// `cfg.user`, authenticates, and reads up to the first ReadyForQuery.
+pub async fn connect(
+    addr: SocketAddr,
+    cfg: &PostgresTarget,
+    params: &[(String, String)],
+    timeout: Duration,
+) -> Result<Upstream, PgError> {
+    tokio::time::timeout(timeout, login(addr, cfg, params))
+        .await
+        .map_err(|_| PgError::Upstream(format!("{addr}: no ReadyForQuery within {timeout:?}")))?
+}
+
+async fn login(
+    addr: SocketAddr,
+    cfg: &PostgresTarget,
+    params: &[(String, String)],
+) -> Result<Upstream, PgError> {
+    let up = |e: String| PgError::Upstream(format!("{addr}: {e}"));
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| up(format!("connect: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let io: BoxIo = match cfg.tls {
+        UpstreamTls::Disable => Box::new(tcp),
+        mode => {
+            tcp.write_all(&SSL_REQUEST).await?;
+            let mut answer = [0u8; 1];
+            tcp.read_exact(&mut answer).await?;
+            if answer[0] != b'S' {
+                return Err(up(
+                    "the server does not accept TLS (tls is required for this target)".into(),
+                ));
+            }
+            let config = match mode {
+                UpstreamTls::Require => crate::tls::client::encrypt_only(),
+                _ => crate::tls::client::verifying(cfg.ca_file.as_deref()),
+            }
+            .map_err(up)?;
+            let name = cfg
+                .server_name
+                .clone()
+                .unwrap_or_else(|| addr.ip().to_string());
+            let name = ServerName::try_from(name.clone())
+                .map_err(|_| up(format!("server_name {name:?} is not a valid name")))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| up(format!("TLS: {e}")))?;
+            Box::new(stream)
+        }
+    };
+    let (read, mut writer) = tokio::io::split(io);
+    let mut reader = Reader::new(read, MAX_BACKEND_MESSAGE);
+
+    let mut startup_params: std::collections::BTreeMap<String, String> =
+        params.iter().cloned().collect();
+    startup_params.insert("user".into(), cfg.user.clone());
+    let mut startup = Startup::new();
+    startup.parameters = startup_params;
+    let mut out = BytesMut::new();
+    encode(&startup, &mut out)?;
+    writer.write_all(&out).await?;
+
+    let password = cfg.password().map_err(up)?;
+    let need = |what: &str| {
+        password.clone().ok_or_else(|| {
+            up(format!(
+                "the server asks for a {what} password and none is configured (password_file / password_env)"
+            ))
+        })
+    };
+    let mut scram: Option<ScramSha256> = None;
+    let mut parameters = Vec::new();
+    let mut key = None;
+    loop {
+        let frame = reader.next().await.map_err(|e| match e {
+            PgError::Closed => up("closed the connection during login".into()),
+            other => other,
+        })?;
+        out.clear();
+        match frame.tag {
+            b'R' => match decode::<Authentication>(&frame, "Authentication")? {
+                Authentication::Ok => {}
+                Authentication::CleartextPassword => {
+                    encode(&Password::new(need("cleartext")?), &mut out)?;
+                }
+                Authentication::MD5Password(salt) => {
+                    let salt: [u8; 4] = salt
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| up("md5 salt is not 4 bytes".into()))?;
+                    let hash = md5_hash(cfg.user.as_bytes(), need("md5")?.as_bytes(), salt);
+                    encode(&Password::new(hash), &mut out)?;
+                }
+                Authentication::SASL(mechanisms) => {
+                    if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                        return Err(up(format!("unsupported SASL mechanisms {mechanisms:?}")));
+                    }
+                    let s =
+                        ScramSha256::new(need("SCRAM")?.as_bytes(), ChannelBinding::unsupported());
+                    encode(
+                        &SASLInitialResponse::new(
+                            "SCRAM-SHA-256".into(),
+                            Some(Bytes::copy_from_slice(s.message())),
+                        ),
+                        &mut out,
+                    )?;
+                    scram = Some(s);
+                }
+                Authentication::SASLContinue(data) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| up("SASL continue without a SASL start".into()))?;
+                    s.update(&data).map_err(|e| up(format!("SCRAM: {e}")))?;
+                    encode(
+                        &SASLResponse::new(Bytes::copy_from_slice(s.message())),
+                        &mut out,
+                    )?;
+                }
+                Authentication::SASLFinal(data) => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| up("SASL final without a SASL start".into()))?;
+                    // Proves the server knew the password too.
+                    s.finish(&data)
+                        .map_err(|e| up(format!("SCRAM server signature: {e}")))?;
+                }
+                other => {
+                    return Err(up(format!("unsupported authentication request {other:?}")));
+                }
+            },
+            b'S' => parameters.push(frame),
+            b'K' => {
+                let body = frame.body();
+                if body.len() >= 8 {
+                    let pid = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    key = Some((pid, body[4..].to_vec()));
+                }
+            }
+            b'N' | b'v' => {}
+            b'E' => return Err(up(format!("login refused: {}", error_text(&frame)))),
+            b'Z' => {
+                return Ok(Upstream {
+                    reader,
+                    writer,
+                    parameters,
+                    key,
+                })
+            }
+            other => {
+                return Err(up(format!(
+                    "unexpected message {:?} during login",
+                    other as char
+                )))
+            }
+        }
+        if !out.is_empty() {
+            writer.write_all(&out).await?;
+        }
+    }
+}
+
+/// A CancelRequest for the real backend, sent over a fresh connection (as
+/// libpq does); the server answers nothing.
+pub async fn cancel(addr: SocketAddr, pid: i32, secret: &[u8]) -> Result<(), PgError> {
+    let mut packet = BytesMut::with_capacity(12 + secret.len());
+    packet.put_i32(12 + secret.len() as i32);
+    packet.put_i32(80877102);
+    packet.put_i32(pid);
+    packet.put_slice(secret);
+    let mut tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| PgError::Upstream(format!("{addr}: connect timed out")))??;
+    tcp.write_all(&packet).await?;
+    tcp.shutdown().await?;
+    Ok(())
+}
