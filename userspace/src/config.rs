@@ -479,10 +479,12 @@ impl Config {
                 ));
             }
             match (t.protocol, &t.postgres) {
-                (Protocol::Postgres, None) => return Err(format!(
+                (Protocol::Postgres, None) => {
+                    return Err(format!(
                     "targets[{i}] ({}): protocol \"postgres\" needs a [targets.postgres] section",
                     t.name
-                )),
+                ))
+                }
                 (Protocol::Postgres, Some(pg)) => pg
                     .validate()
                     .map_err(|e| format!("targets[{i}] ({}): {e}", t.name))?,

@@ -67,6 +67,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(cmd) => return commands::policy::run(cmd),
         Command::Approvals(cmd) => commands::approvals::run(cmd)?,
+        Command::Ca(cmd) => commands::ca::run(cmd)?,
         Command::Sessions(cmd) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

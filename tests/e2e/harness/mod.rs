@@ -8,6 +8,7 @@
 //! killed outright cannot leave a redirect behind for long.
 #![allow(dead_code)]
 
+pub mod postgres;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -197,10 +198,11 @@ impl Env {
         let text = format!(
             "[proxy]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nshutdown_grace_ms = 1000\n\n\
              [control]\nsocket = \"{}\"\n\n[bpf]\npin_dir = \"{}\"\n\n[records]\nspool_dir = \"{}\"\n\n\
-             [dns]\nresolvers = [\"127.0.0.53:53\"]\n\n{extra}\n",
+             [dns]\nresolvers = [\"127.0.0.53:53\"]\n\n[tls]\nca_dir = \"{}\"\n\n{extra}\n",
             control.display(),
             pin_dir.display(),
-            spool.display()
+            spool.display(),
+            dir.path().join("ca").display()
         );
         std::fs::write(&config, text).expect("write config");
         Env {

@@ -91,6 +91,10 @@ pub enum Command {
     /// Recorded sessions, read from ClickHouse (`[clickhouse]` in the config).
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// blastgate's local certificate authority (`tls.ca_dir`), which issues
+    /// the certificates gateways show agents that ask for TLS.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Policy administration: check, test and explain Cedar policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -192,6 +196,17 @@ pub enum ApprovalsCommand {
         id: uuid::Uuid,
         #[arg(long)]
         reason: Option<String>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM), creating the CA if there is none
+    /// yet. Hosts that trust it accept the gateways' certificates
+    /// (`sslrootcert=` for libpq with sslmode=verify-full).
+    Export {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },

@@ -1,6 +1,7 @@
 //! The CLI: argument definitions and one module per subcommand.
 
 pub mod approvals;
+pub mod ca;
 pub mod cli;
 pub mod events;
 pub mod policy;

@@ -15,8 +15,11 @@ struct Real {
     secret: Vec<u8>,
 }
 
-fn keys() -> &'static Mutex<HashMap<(i32, [u8; 4]), Real>> {
-    static KEYS: OnceLock<Mutex<HashMap<(i32, [u8; 4]), Real>>> = OnceLock::new();
+/// (pid, secret) as the agent knows them.
+type Keys = Mutex<HashMap<(i32, [u8; 4]), Real>>;
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(Default::default)
 }
 

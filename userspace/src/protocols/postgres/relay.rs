@@ -202,16 +202,6 @@ impl FromAgent<'_, '_> {
 
     /// Checks statements, telling the agent when one waits for a human.
     async fn check(&mut self, statements: &Arc<Vec<Statement>>) -> Result<Verdict, PgError> {
-        if let Some(refused) = self.copy_out_refusal(statements) {
-            for st in statements.iter() {
-                let mut e = self.gw.event(EventKind::Statement, RecVerdict::Deny);
-                e.action = Some(st.action.into());
-                e.text = Some(st.text.clone());
-                e.reason = Some(refused.clone());
-                self.gw.record(e).await;
-            }
-            return Ok(Verdict::Refuse(refused));
-        }
         // Whatever is buffered goes out first: a held statement must not
         // hold up the ones before it.
         self.flush().await?;
@@ -228,7 +218,20 @@ impl FromAgent<'_, '_> {
                 let _ = notices.send(buf);
             }
         };
-        Ok(gate::check(self.gw, statements, &notify).await)
+        let verdict = gate::check(self.gw, statements, &notify).await;
+        let Verdict::Run(admitted) = verdict else {
+            return Ok(verdict);
+        };
+        let Some(refused) = self.copy_out_refusal(statements) else {
+            return Ok(Verdict::Run(admitted));
+        };
+        for a in admitted {
+            let mut e = a.event;
+            e.verdict = RecVerdict::Deny;
+            e.reason = Some(refused.clone());
+            self.gw.record(e).await;
+        }
+        Ok(Verdict::Refuse(refused))
     }
 
     /// COPY ... TO cannot be masked by column: refused while column rules
@@ -236,7 +239,7 @@ impl FromAgent<'_, '_> {
     fn copy_out_refusal(&self, statements: &[Statement]) -> Option<String> {
         let copy_out = statements
             .iter()
-            .any(|s| s.copy_direction == Some(CopyDirection::To));
+            .any(|s| s.copy_direction == Some(CopyDirection::To) && !s.copy_program);
         (self.field_rules && copy_out).then(|| {
             "blastgate: COPY ... TO is refused while column masking rules apply to this session; \
              use SELECT (its results are masked)"
