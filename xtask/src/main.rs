@@ -6,6 +6,7 @@
 mod ebpf_build;
 
 mod bench;
+mod bench_postgres;
 mod clickhouse;
 mod demo;
 mod setup;
@@ -43,10 +44,11 @@ enum Task {
     Clickhouse(ClickhouseTask),
     /// Measured side by side with the direct path in one run: interception
     /// (connect+1-byte echo latency, bulk TCP throughput, direct vs through
-    /// blastgate) and recording (hot-path cost per event, spool to
-    /// ClickHouse throughput).
+    /// blastgate), recording (hot-path cost per event, spool to ClickHouse
+    /// throughput) and PostgreSQL (pgbench direct, through PgBouncer and
+    /// through blastgate's gateway).
     Bench {
-        /// Only one part: `intercept` or `records`.
+        /// Only one part: `intercept`, `records` or `postgres`.
         #[arg(long)]
         only: Option<String>,
         /// Events for the recording benchmark.
@@ -61,6 +63,20 @@ enum Task {
         /// Bytes per throughput repetition.
         #[arg(long, default_value_t = 1 << 30)]
         bytes: u64,
+        /// PostgreSQL: seconds per pgbench run.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// PostgreSQL: pgbench scale factor.
+        #[arg(long, default_value_t = 10)]
+        scale: u32,
+        /// PostgreSQL: paths to measure, comma-separated, direct included:
+        /// direct, pgbouncer, blastgate.
+        #[arg(long, default_value = "direct,pgbouncer,blastgate")]
+        paths: String,
+        /// PostgreSQL: also measure the result-heavy cell with a masking
+        /// rule (the daemon restarted with it).
+        #[arg(long)]
+        masking: bool,
     },
 }
 
@@ -118,16 +134,31 @@ fn main() -> Result<()> {
             reps,
             connections,
             bytes,
+            secs,
+            scale,
+            paths,
+            masking,
         } => {
+            let postgres = bench_postgres::Opts {
+                reps,
+                secs,
+                scale,
+                routes: bench_postgres::Route::parse_list(&paths)?,
+                masking,
+            };
             setup::run()?;
             match only.as_deref() {
                 None => {
                     bench::run(&root, reps, connections, bytes)?;
-                    bench::records(&root, events)
+                    bench::records(&root, events)?;
+                    bench_postgres::run(&root, &postgres)
                 }
                 Some("intercept") => bench::run(&root, reps, connections, bytes),
                 Some("records") => bench::records(&root, events),
-                Some(other) => anyhow::bail!("--only takes intercept or records, not {other:?}"),
+                Some("postgres") => bench_postgres::run(&root, &postgres),
+                Some(other) => {
+                    anyhow::bail!("--only takes intercept, records or postgres, not {other:?}")
+                }
             }
         }
     }

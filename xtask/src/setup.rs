@@ -2,7 +2,8 @@
 //!
 //! Idempotent: packages already installed are not touched and apt is not
 //! even updated when nothing is missing; bpf-linker is rebuilt only if the
-//! pinned version is absent.
+//! pinned version is absent; pip runs only if the tools venv cannot import
+//! psycopg.
 
 use std::{path::Path, process::Command};
 
@@ -28,9 +29,16 @@ const COMMON: &[&str] = &[
     "libclang-dev",
     "postgresql",
     "postgresql-client",
+    "pgbouncer",
+    "python3-venv",
     "openssh-server",
     "openssh-client",
 ];
+
+/// psycopg 3 for the Postgres tests, in a venv of apt's python3 (not
+/// whatever python3 comes first on PATH).
+const TOOLS_VENV: &str = "/opt/blastgate-tools/venv";
+const PSYCOPG: &str = "psycopg[binary]==3.3.9";
 
 /// Debian bookworm's route to a BPF `core` without nightly (see README).
 const DEBIAN_BPF: &[&str] = &[
@@ -59,6 +67,7 @@ pub fn run() -> Result<()> {
         missing.extend(DEBIAN_BPF.iter().copied().filter(|p| !apt.installed(p)));
     }
     apt.install(&missing)?;
+    python_venv()?;
     mount_filesystems()?;
     if debian_route {
         bpf_linker(
@@ -113,6 +122,38 @@ impl Apt {
                 .args(pkgs),
         )
     }
+}
+
+/// A venv with psycopg 3 from PyPI; pip runs only when the import fails.
+fn python_venv() -> Result<()> {
+    let python = format!("{TOOLS_VENV}/bin/python");
+    let imports = || {
+        Command::new(&python)
+            .args(["-c", "import psycopg"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if imports() {
+        return Ok(());
+    }
+    need_root(&format!("creating the Python venv {TOOLS_VENV}"))?;
+    if !Path::new(&python).exists() {
+        sh::run(Command::new("/usr/bin/python3").args(["-m", "venv", TOOLS_VENV]))?;
+    }
+    sh::run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        PSYCOPG,
+    ]))?;
+    if !imports() {
+        bail!("{python} still cannot import psycopg after pip install {PSYCOPG}");
+    }
+    Ok(())
 }
 
 fn need_root(what: &str) -> Result<()> {
