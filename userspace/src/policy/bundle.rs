@@ -45,6 +45,10 @@ pub struct Bundle {
     /// Decisions of this bundle by request; a reload builds a new bundle,
     /// so a stale decision cannot outlive the policies that made it.
     pub cache: super::decide::DecisionCache,
+    /// Whether any policy reads `context.statement`. When none does,
+    /// gateways leave the text out of the request, so statements that
+    /// differ only in literal values share one cached decision.
+    pub reads_statement: bool,
     pub entities: super::decide::EntitiesCache,
     /// Per-request subsets of `all` by scope, split into the approval
     /// forbids and the rest.
@@ -249,7 +253,16 @@ impl Bundle {
                 .is_some_and(|m| m.approval.is_some() && m.effect == Effect::Forbid)
         };
         let scopes = super::scope::ScopeIndex::new(&all, &held, &schema, &actions);
+        let reads_statement = all.policies().any(|p| {
+            let src: String = p
+                .to_string()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            src.contains(".statement") || src.contains("[\"statement\"]")
+        });
         Ok(Bundle {
+            reads_statement,
             masking,
             scopes,
             dir: dir.to_path_buf(),

@@ -53,6 +53,16 @@ pub struct Session {
 }
 
 impl Session {
+    /// Stamps a copy of an earlier event of this session as a new one
+    /// (its own id, seq and time): cheaper than building it again.
+    pub fn restamp(&self, template: &Event) -> Event {
+        let mut e = template.clone();
+        e.id = Uuid::now_v7();
+        e.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        e.ts = SystemTime::now();
+        e
+    }
+
     pub fn event(&self, kind: EventKind, verdict: Verdict, reason: Option<String>) -> Event {
         let mut e = Event::daemon(kind, verdict, String::new());
         e.session_id = self.id;

@@ -148,6 +148,27 @@ pub struct Classifier {
 struct Cache {
     entries: HashMap<String, Arc<Vec<Statement>>>,
     order: VecDeque<String>,
+    /// Single statements by their normalized form (literals replaced by
+    /// `$n`): classification does not depend on literal values, and
+    /// normalizing costs a fraction of a full parse and tree walk, so
+    /// `... WHERE id = 1` and `... WHERE id = 2` share one classification.
+    shapes: HashMap<String, Arc<Vec<Statement>>>,
+}
+
+/// The text a single statement gets from [`classify`], for the forms the
+/// shape cache serves: no leading comment, one statement.
+fn single_text(sql: &str) -> Option<String> {
+    let t = sql.trim();
+    if t.starts_with("/*") || t.starts_with("--") || t.contains(';') && !t.ends_with(';') {
+        return None;
+    }
+    Some(t.trim_end_matches(';').trim_end().to_string())
+}
+
+fn normalized(sql: &str) -> Option<String> {
+    std::panic::catch_unwind(|| pg_query::normalize(sql).ok())
+        .ok()
+        .flatten()
 }
 
 impl Classifier {
@@ -167,12 +188,38 @@ impl Classifier {
                 return Arc::clone(hit);
             }
         }
+        let shape = if cacheable {
+            single_text(sql).and_then(|text| Some((normalized(sql)?, text)))
+        } else {
+            None
+        };
+        if let Some((key, text)) = &shape {
+            let hit = self.lock().shapes.get(key).cloned();
+            if let Some(hit) = hit {
+                if let [one] = hit.as_slice() {
+                    let mut st = one.clone();
+                    st.text = text.clone();
+                    return Arc::new(vec![st]);
+                }
+            }
+        }
         // Parse outside the lock so one slow query does not stall every connection.
         let fresh = Arc::new(classify(sql));
         if !cacheable {
             return fresh;
         }
         let mut cache = self.lock();
+        if let Some((key, text)) = shape {
+            if let [one] = fresh.as_slice() {
+                // Only shapes whose text the fast path reproduces exactly.
+                if one.text == text && one.action != ACTION_OPAQUE {
+                    if cache.shapes.len() >= self.capacity {
+                        cache.shapes.clear();
+                    }
+                    cache.shapes.insert(key, Arc::clone(&fresh));
+                }
+            }
+        }
         if let Some(raced) = cache.entries.get(sql) {
             return Arc::clone(raced);
         }
@@ -938,6 +985,30 @@ mod tests {
     }
 
     #[test]
+    fn statements_differing_in_literals_share_a_shape_and_keep_their_text() {
+        let c = Classifier::new(16);
+        let a = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1;");
+        let b = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 2;");
+        assert_eq!(c.lock().shapes.len(), 1);
+        assert_eq!(
+            b[0].text,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 2"
+        );
+        assert_eq!(a[0].tables_read, b[0].tables_read);
+        // The fast path gives exactly what a full classification gives.
+        for q in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 3;",
+            "  UPDATE t SET x = 'a;b' WHERE id = 4  ",
+            "DELETE FROM t WHERE id = 5",
+            "SELECT pg_read_file('/etc/passwd')",
+            "COPY t TO PROGRAM 'cat'",
+        ] {
+            assert_eq!(*c.classify(q), classify(q), "{q}");
+            assert_eq!(*c.classify(q), classify(q), "{q} (cached)");
+        }
+    }
+
+    #[test]
     fn plain_select() {
         let s = one("SELECT id, name FROM users WHERE id = 1");
         assert_eq!(s.action, ACTION_SELECT);
@@ -1522,8 +1593,9 @@ mod tests {
         let other = c.classify("SELECT * FROM t WHERE id = 2");
         assert!(!Arc::ptr_eq(&a, &other));
         assert_eq!(other[0].text, "SELECT * FROM t WHERE id = 2");
-        // A third entry evicts the oldest.
+        // Further entries evict the oldest.
         let _ = c.classify("SELECT 3");
+        let _ = c.classify("SELECT a FROM u");
         assert!(!Arc::ptr_eq(
             &a,
             &c.classify("SELECT * FROM t WHERE id = 1")

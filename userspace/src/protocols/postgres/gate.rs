@@ -8,6 +8,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::classify::Statement;
+use crate::policy::masking::MaskPlan;
 use crate::{
     protocols::gateway::{Gateway, Ruling},
     records::{Event, EventKind},
@@ -32,14 +33,23 @@ pub enum Verdict {
 pub async fn check(
     gw: &Gateway<'_>,
     statements: &Arc<Vec<Statement>>,
+    mask: Option<&MaskPlan>,
     notify: &(dyn Fn(Uuid) + Sync),
 ) -> Verdict {
     let mut ruled: Vec<(Ruling, String)> = Vec::with_capacity(statements.len());
     let mut refusal: Option<String> = None;
+    let reads_statement = gw
+        .ctx
+        .policy
+        .as_ref()
+        .is_some_and(|e| e.current().reads_statement);
     for st in statements.iter() {
-        let text = masked_text(gw, &st.text);
+        let text = match mask {
+            Some(m) if m.has_detectors() => m.scan(&st.text).0,
+            _ => st.text.clone(),
+        };
         let context = json!({
-            "statement": text,
+            "statement": if reads_statement { text.as_str() } else { "" },
             "command": st.command,
             "tables_read": st.tables_read,
             "tables_written": st.tables_written,
@@ -79,20 +89,6 @@ pub async fn check(
         Some(message) => Verdict::Refuse(message),
         None => Verdict::Run(admitted),
     }
-}
-
-/// The statement as recorded and shown to policies and approvers: values
-/// the masking detectors recognise (emails, card numbers, keys) replaced.
-fn masked_text(gw: &Gateway<'_>, text: &str) -> String {
-    let Some(engine) = &gw.ctx.policy else {
-        return text.to_string();
-    };
-    let bundle = engine.current();
-    let plan = bundle.masking.plan(gw.agent_name(), &gw.target.name);
-    if plan.is_empty() {
-        return text.to_string();
-    }
-    plan.scan(text).0
 }
 
 /// A statement that makes the server itself raise the refusal, so the

@@ -36,7 +36,7 @@ use super::{
 use crate::{
     policy::masking::MaskPlan,
     protocols::{gateway::Gateway, stream::BoxIo},
-    records::{Event, EventKind, Verdict as RecVerdict},
+    records::{Event, Verdict as RecVerdict},
 };
 
 /// Which columns a statement's DataRows have.
@@ -122,6 +122,7 @@ pub async fn run(
         refusing: None,
         notices,
         field_rules,
+        mask: mask.clone(),
     };
     let mut to_agent = ToAgent {
         gw,
@@ -168,6 +169,8 @@ struct FromAgent<'g, 'a> {
     notices: mpsc::UnboundedSender<BytesMut>,
     /// Column masking rules apply to this session.
     field_rules: bool,
+    /// Detectors mask literal values in recorded statement text.
+    mask: Option<MaskPlan>,
 }
 
 impl FromAgent<'_, '_> {
@@ -218,7 +221,7 @@ impl FromAgent<'_, '_> {
                 let _ = notices.send(buf);
             }
         };
-        let verdict = gate::check(self.gw, statements, &notify).await;
+        let verdict = gate::check(self.gw, statements, self.mask.as_ref(), &notify).await;
         let Verdict::Run(admitted) = verdict else {
             return Ok(verdict);
         };
@@ -336,19 +339,21 @@ impl FromAgent<'_, '_> {
                 let ex: Execute = decode(&frame, "Execute")?;
                 let portal = ex.name.unwrap_or_default();
                 let (statement, formats) = self.portals.get(&portal).cloned().unwrap_or_default();
-                let events = match self.prepared.get(&statement) {
-                    Some(p) if p.generation != self.gw.policy_generation() => {
-                        // Prepared under other policies: decided again.
-                        let statements = p.statements.clone();
+                let stale = self
+                    .prepared
+                    .get(&statement)
+                    .is_some_and(|p| p.generation != self.gw.policy_generation());
+                if stale {
+                    // Prepared under other policies: decided again.
+                    let statements = self.prepared.get(&statement).map(|p| p.statements.clone());
+                    if let Some(statements) = statements {
                         match self.check(&statements).await? {
                             Verdict::Run(admitted) => {
-                                let events: Vec<Event> =
-                                    admitted.into_iter().map(|a| a.event).collect();
+                                let generation = self.gw.policy_generation();
                                 if let Some(p) = self.prepared.get_mut(&statement) {
-                                    p.generation = self.gw.policy_generation();
-                                    p.events = events.clone();
+                                    p.generation = generation;
+                                    p.events = admitted.into_iter().map(|a| a.event).collect();
                                 }
-                                events
                             }
                             Verdict::Refuse(message) => {
                                 self.refusing = Some(message);
@@ -356,17 +361,13 @@ impl FromAgent<'_, '_> {
                             }
                         }
                     }
-                    Some(p) => p.events.clone(),
-                    None => Vec::new(),
-                };
-                let event = events.into_iter().next().map(|mut e| {
-                    // Each execution is its own record.
-                    let fresh = self.gw.event(EventKind::Statement, e.verdict);
-                    e.id = fresh.id;
-                    e.seq = fresh.seq;
-                    e.ts = fresh.ts;
-                    e
-                });
+                }
+                // Each execution is its own record.
+                let event = self
+                    .prepared
+                    .get(&statement)
+                    .and_then(|p| p.events.first())
+                    .map(|template| self.gw.session.restamp(template));
                 self.expect(Expect::Statement(Box::new(Pending {
                     event,
                     started: Instant::now(),
