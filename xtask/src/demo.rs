@@ -2,7 +2,7 @@
 //! local servers.
 //!
 //! Starts a real PostgreSQL on 127.0.0.2 and a real HTTP server on
-//! 127.0.0.2, the blastgate daemon with both as `tcp` targets, then runs
+//! 127.0.0.2, the blastgate daemon with PostgreSQL behind its gateway and the API as a `tcp` target, then runs
 //! psql, curl and blastgate-probe once as ordinary processes and once as an
 //! agent, and prints what blastgate recorded. Everything it starts is
 //! stopped on the way out, and the daemon detaches its programs.
@@ -122,7 +122,7 @@ impl Postgres {
             as_pg(&bin.join("initdb"))
                 .args(["-D"])
                 .arg(&data)
-                .args(["--auth=trust", "-U", "postgres"])
+                .args(["--auth-local=trust", "--auth-host=scram-sha-256", "-U", "postgres"])
                 .stdout(Stdio::null()),
         )?;
         let opts = format!(
@@ -138,9 +138,42 @@ impl Postgres {
                 .args(["-w", "start"])
                 .stdout(Stdio::null()),
         )?;
-        Ok(Postgres { bin, data })
+        let pg = Postgres { bin, data };
+        // The application role and data the agent is after. Set up over
+        // the unix socket (trust), as an administrator would.
+        sh::run(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"])
+                .arg("-h")
+                .arg(dir)
+                .args(["-p", &port.to_string(), "-c"])
+                .arg(format!(
+                    "CREATE ROLE app LOGIN PASSWORD '{DEMO_SECRET}'; CREATE DATABASE orders OWNER app;"
+                )),
+        )?;
+        sh::run(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"])
+                .arg("-h")
+                .arg(dir)
+                .args(["-p", &port.to_string(), "-d", "orders", "-c"])
+                .arg(
+                    "SET ROLE app; \
+                     CREATE TABLE customers (id serial PRIMARY KEY, name text, email text, card text); \
+                     INSERT INTO customers (name, email, card) VALUES \
+                       ('Alice Archer', 'alice@example.com', '4111111111111111'), \
+                       ('Bob Baker', 'bob@example.com', '5555555555554444'); \
+                     CREATE TABLE orders (id serial PRIMARY KEY, customer_id int, total numeric); \
+                     INSERT INTO orders (customer_id, total) SELECT 1 + i % 2, i * 10 FROM generate_series(1, 6) i;",
+                ),
+        )?;
+        Ok(pg)
     }
 }
+
+/// The database password blastgate holds for the agent; the agent types
+/// anything.
+const DEMO_SECRET: &str = "demo-upstream-password";
 
 impl Drop for Postgres {
     fn drop(&mut self) {
@@ -257,19 +290,35 @@ resolvers = ["127.0.0.53:53"]
 url = "{ch_url}"
 database = "blastgate_demo"
 
+[policy]
+dir = "{policies}"
+
+[approvals]
+timeout_ms = 30000
+
+[tls]
+ca_dir = "{dir}/ca"
+
 [[targets]]
 name = "orders-db"
-protocol = "tcp"
+protocol = "postgres"
 address = "127.0.0.2:{pg_port}"
+labels = {{ env = "production" }}
+
+[targets.postgres]
+user = "app"
+password_file = "{dir}/orders-db.secret"
 
 [[targets]]
 name = "internal-api"
 protocol = "tcp"
 address = "127.0.0.2:{api_port}"
 "#,
-            dir = dir.display()
+            dir = dir.display(),
+            policies = root.join("policies").display(),
         ),
     )?;
+    std::fs::write(dir.join("orders-db.secret"), format!("{DEMO_SECRET}\n"))?;
     println!("{}", std::fs::read_to_string(&config)?);
     let log = std::fs::File::create(dir.join("daemon.log"))?;
     let mut daemon = Guard::spawn(
@@ -295,10 +344,12 @@ address = "127.0.0.2:{api_port}"
     }
     show(Command::new(&bin).args(["status", "--config"]).arg(&config));
 
-    let psql = |label: &str| {
+    let psql = |sql: &str, password: &str| {
         let mut c = Command::new("psql");
-        c.args(["-X", "-h", "127.0.0.2", "-p", &pg_port.to_string(), "-U", "postgres", "-At", "-c"])
-            .arg(format!("select '{label}: connected as ' || current_user || ' from ' || coalesce(inet_client_addr()::text, 'unix')"));
+        c.args(["-X", "-h", "127.0.0.2", "-p", &pg_port.to_string(), "-U", "app", "-d", "orders"])
+            .args(["-v", "ON_ERROR_STOP=0", "-c", sql])
+            .env("PGPASSWORD", password)
+            .env("PGSSLMODE", "disable");
         c
     };
     let agent = |cmd: &mut Command| {
@@ -307,14 +358,64 @@ address = "127.0.0.2:{api_port}"
             .arg(&config)
             .arg("--");
         c.arg(cmd.get_program()).args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
         c
     };
+    let pick = "SELECT name, email, card FROM customers ORDER BY id";
 
-    banner("an ordinary process connects directly (not intercepted, not recorded)");
-    show(&mut psql("ordinary psql"));
+    banner("an ordinary process connects directly, with the real password (not intercepted, not recorded)");
+    show(&mut psql(pick, DEMO_SECRET));
 
-    banner("the same psql as agent `demo-agent`: redirected through blastgate to the configured target");
-    show(&mut agent(&mut psql("agent psql")));
+    banner("the same psql as agent `demo-agent`, any password: redirected into blastgate's PostgreSQL gateway, which logs in with the password it holds and masks what policy says");
+    show(&mut agent(&mut psql(pick, "the-agent-does-not-know-it")));
+
+    banner("the agent drops a production table: refused with SQLSTATE 42501, the session goes on");
+    show(&mut agent(&mut psql("DROP TABLE customers", "x")));
+
+    banner("the agent deletes every row: held for a human; approved with `blastgate approvals approve`");
+    let mut held = agent(&mut psql("DELETE FROM orders", "x"));
+    held.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let held = held.spawn()?;
+    let mut approved = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let out = Command::new(&bin)
+            .args(["approvals", "list", "--json", "--config"])
+            .arg(&config)
+            .output()?;
+        let list: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if let Some(id) = list
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|r| r["id"].as_str())
+        {
+            show(
+                Command::new(&bin)
+                    .args(["approvals", "list", "--config"])
+                    .arg(&config),
+            );
+            show(
+                Command::new(&bin)
+                    .args(["approvals", "approve", id, "--reason", "demo", "--config"])
+                    .arg(&config),
+            );
+            approved = true;
+            break;
+        }
+    }
+    let out = held.wait_with_output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    print!("{}", String::from_utf8_lossy(&out.stderr));
+    if !approved {
+        bail!("the DELETE was never held for approval");
+    }
+
+    banner("other protocols without a gateway yet pass through as TCP where a target allows it");
     show(&mut agent(
         Command::new("curl").args(["-sS", &format!("http://127.0.0.2:{api_port}/")]),
     ));
@@ -350,9 +451,17 @@ address = "127.0.0.2:{api_port}"
     std::thread::sleep(Duration::from_millis(1500));
     show(
         Command::new(&bin)
-            .args(["sessions", "list", "--config"])
+            .args(["sessions", "list", "--agent", "demo-agent", "--config"])
             .arg(&config),
     );
+    banner("every statement, its verdict and policy, in ClickHouse (the who_ran_what_where view)");
+    show(Command::new("curl").args([
+        "-sS",
+        "--data-binary",
+        "SELECT agent, target, action, verdict, policy_id, text FROM blastgate_demo.who_ran_what_where \
+         WHERE kind = 'statement' ORDER BY ts FORMAT PrettyCompactMonoBlock",
+        &ch_url,
+    ]));
 
     banner(
         "stopping: the daemon detaches (--detach-on-exit); without it agents would stay refused",
