@@ -122,7 +122,12 @@ impl Postgres {
             as_pg(&bin.join("initdb"))
                 .args(["-D"])
                 .arg(&data)
-                .args(["--auth-local=trust", "--auth-host=scram-sha-256", "-U", "postgres"])
+                .args([
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-U",
+                    "postgres",
+                ])
                 .stdout(Stdio::null()),
         )?;
         let opts = format!(
@@ -346,10 +351,20 @@ address = "127.0.0.2:{api_port}"
 
     let psql = |sql: &str, password: &str| {
         let mut c = Command::new("psql");
-        c.args(["-X", "-h", "127.0.0.2", "-p", &pg_port.to_string(), "-U", "app", "-d", "orders"])
-            .args(["-v", "ON_ERROR_STOP=0", "-c", sql])
-            .env("PGPASSWORD", password)
-            .env("PGSSLMODE", "disable");
+        c.args([
+            "-X",
+            "-h",
+            "127.0.0.2",
+            "-p",
+            &pg_port.to_string(),
+            "-U",
+            "app",
+            "-d",
+            "orders",
+        ])
+        .args(["-v", "ON_ERROR_STOP=0", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable");
         c
     };
     let agent = |cmd: &mut Command| {
