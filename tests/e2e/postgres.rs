@@ -463,6 +463,7 @@ fn policy_denies_holds_and_sees_through_disguises() {
     assert_eq!(rec["verdict"], "allow");
     assert_eq!(rec["rows"], 10);
     assert_eq!(rec["policy_id"], "sql-unbounded-write");
+    assert!(rec["approval_wait_us"].as_u64().is_some_and(|w| w > 0), "{rec}");
 
     // The same denied by a human.
     s.pg.sql(
@@ -779,4 +780,158 @@ fn binary_results_child() {
         let email: String = rows[0].get(1);
         println!("email={email}");
     });
+}
+
+/// Upstream TLS: `verify-full` against the server's CA and name, `require`
+/// encrypted without checking, and a name mismatch refused.
+#[test]
+fn upstream_tls_is_verified_as_configured() {
+    let _g = serial();
+    if !kernel_ready() || !TestPostgres::available() {
+        return;
+    }
+    let pg = TestPostgres::start("127.0.0.2");
+    pg.create_role("app", SECRET, true);
+    pg.create_db("orders", "app");
+    // A CA and a server certificate for db.internal, made with openssl.
+    let certs = pg.socket_dir().to_path_buf();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&certs)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-subj",
+        "/CN=e2e db CA",
+        "-days",
+        "2",
+    ]);
+    openssl(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=db.internal",
+    ]);
+    openssl(&csr);
+    std::fs::write(certs.join("san.ext"), "subjectAltName=DNS:db.internal\n").expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let chown = Command::new("chown")
+        .args(["postgres:postgres", "server.key", "server.crt"])
+        .current_dir(&certs)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let key = certs.join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    pg.sql(
+        "postgres",
+        &format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+            certs.join("server.crt").display()
+        ),
+    );
+    pg.sql(
+        "postgres",
+        &format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+    );
+    pg.sql("postgres", "ALTER SYSTEM SET ssl = on");
+    pg.reload();
+    let secrets = tempfile::tempdir().expect("secrets");
+    let secret_file = secrets.path().join("db");
+    std::fs::write(&secret_file, SECRET).expect("secret");
+
+    let try_mode = |tls: &str| -> Output {
+        let env = Env::new(&format!(
+            "[[targets]]\nname = \"tls-db\"\nprotocol = \"postgres\"\naddress = \"{}\"\n\n\
+             [targets.postgres]\nuser = \"app\"\npassword_file = \"{}\"\n{tls}\n",
+            pg.addr(),
+            secret_file.display()
+        ));
+        let _d = Daemon::start(&env);
+        let conn = format!(
+            "host=127.0.0.2 port={} user=app dbname=orders sslmode=disable",
+            pg.port()
+        );
+        env.agent(
+            "claude",
+            &[
+                "psql",
+                "-X",
+                "-At",
+                &conn,
+                "-c",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            ],
+        )
+        .env("PGPASSWORD", AGENT_PASSWORD)
+        .output()
+        .expect("psql")
+    };
+    let ca_file = certs.join("ca.crt");
+    let out = try_mode(&format!(
+        "tls = \"verify-full\"\nca_file = \"{}\"\nserver_name = \"db.internal\"",
+        ca_file.display()
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t",
+        "{}",
+        text(&out)
+    );
+    let out = try_mode("tls = \"require\"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t",
+        "{}",
+        text(&out)
+    );
+    let out = try_mode(&format!(
+        "tls = \"verify-full\"\nca_file = \"{}\"\nserver_name = \"other.internal\"",
+        ca_file.display()
+    ));
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("could not log in to the server for this target"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains(SECRET));
 }

@@ -205,6 +205,7 @@ impl Gateway<'_> {
         e.approval_id = r.approval_id;
         e.approver = r.approver.clone();
         e.approval_group = r.approval_group.clone();
+        e.approval_wait_us = r.waited_us;
         e
     }
 }

@@ -172,6 +172,9 @@ pub struct Event {
     /// Values masked in what the session returned to the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked_fields: Option<u64>,
+    /// How long the action waited for a human before it was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_wait_us: Option<u64>,
     /// Rows a statement returned or changed (from the server's command tag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
@@ -206,6 +209,7 @@ impl Event {
             bytes_to_agent: None,
             duration_us: None,
             masked_fields: None,
+            approval_wait_us: None,
             rows: None,
             io: None,
         }

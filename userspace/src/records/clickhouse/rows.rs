@@ -46,6 +46,7 @@ pub struct EventRow {
     pub masked_fields: u64,
     pub approval_group: String,
     pub rows: u64,
+    pub approval_wait_us: u64,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -167,6 +168,7 @@ impl From<&Event> for EventRow {
             masked_fields: e.masked_fields.unwrap_or(0),
             approval_group: e.approval_group.clone().unwrap_or_default(),
             rows: e.rows.unwrap_or(0),
+            approval_wait_us: e.approval_wait_us.unwrap_or(0),
         }
     }
 }

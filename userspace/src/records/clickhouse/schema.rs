@@ -99,6 +99,8 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
         &[
             // Rows a statement returned or changed.
             "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS rows UInt64 DEFAULT 0",
+            // How long an action waited for a human.
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS approval_wait_us UInt64 DEFAULT 0",
         ],
     ),
 ];
