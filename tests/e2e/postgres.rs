@@ -463,7 +463,10 @@ fn policy_denies_holds_and_sees_through_disguises() {
     assert_eq!(rec["verdict"], "allow");
     assert_eq!(rec["rows"], 10);
     assert_eq!(rec["policy_id"], "sql-unbounded-write");
-    assert!(rec["approval_wait_us"].as_u64().is_some_and(|w| w > 0), "{rec}");
+    assert!(
+        rec["approval_wait_us"].as_u64().is_some_and(|w| w > 0),
+        "{rec}"
+    );
 
     // The same denied by a human.
     s.pg.sql(

@@ -148,13 +148,21 @@ impl Postgres {
         // the unix socket (trust), as an administrator would.
         sh::run(
             Command::new("runuser")
-                .args(["-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"])
+                .args([
+                    "-u",
+                    "postgres",
+                    "--",
+                    "psql",
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                ])
                 .arg("-h")
                 .arg(dir)
                 .args(["-p", &port.to_string(), "-c"])
-                .arg(format!(
-                    "CREATE ROLE app LOGIN PASSWORD '{DEMO_SECRET}'; CREATE DATABASE orders OWNER app;"
-                )),
+                .arg(format!("CREATE ROLE app LOGIN PASSWORD '{DEMO_SECRET}'"))
+                .args(["-c", "CREATE DATABASE orders OWNER app"]),
         )?;
         sh::run(
             Command::new("runuser")
