@@ -881,16 +881,18 @@ fn upstream_tls_is_verified_as_configured() {
     let secret_file = secrets.path().join("db");
     std::fs::write(&secret_file, SECRET).expect("secret");
 
-    let try_mode = |tls: &str| -> Output {
+    pg.create_role("legacy", SECRET, false);
+    pg.sql("orders", "GRANT CONNECT ON DATABASE orders TO legacy");
+    let try_as = |user: &str, tls: &str| -> Output {
         let env = Env::new(&format!(
             "[[targets]]\nname = \"tls-db\"\nprotocol = \"postgres\"\naddress = \"{}\"\n\n\
-             [targets.postgres]\nuser = \"app\"\npassword_file = \"{}\"\n{tls}\n",
+             [targets.postgres]\nuser = \"{user}\"\npassword_file = \"{}\"\n{tls}\n",
             pg.addr(),
             secret_file.display()
         ));
         let _d = Daemon::start(&env);
         let conn = format!(
-            "host=127.0.0.2 port={} user=app dbname=orders sslmode=disable",
+            "host=127.0.0.2 port={} user={user} dbname=orders sslmode=disable",
             pg.port()
         );
         env.agent(
@@ -908,6 +910,15 @@ fn upstream_tls_is_verified_as_configured() {
         .output()
         .expect("psql")
     };
+    let try_mode = |tls: &str| try_as("app", tls);
+    // An md5 role (the hba line for it says md5): blastgate answers md5.
+    let out = try_as("legacy", "tls = \"require\"");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "t",
+        "{}",
+        text(&out)
+    );
     let ca_file = certs.join("ca.crt");
     let out = try_mode(&format!(
         "tls = \"verify-full\"\nca_file = \"{}\"\nserver_name = \"db.internal\"",
@@ -937,4 +948,92 @@ fn upstream_tls_is_verified_as_configured() {
         text(&out)
     );
     assert!(!text(&out).contains(SECRET));
+}
+
+/// A statement prepared under one policy set is decided again at Execute
+/// once the policies changed.
+#[test]
+fn prepared_statements_are_decided_again_after_a_policy_reload() {
+    let _g = serial();
+    let policies = tempfile::tempdir().expect("policies");
+    for f in ["blastgate.cedarschema", "connect.cedar", "sql.cedar"] {
+        std::fs::copy(policies_dir().join(f), policies.path().join(f)).expect("copy policy");
+    }
+    let dir = policies.path().to_path_buf();
+    let Some(s) = setup("app-db", "staging", Some(policies)) else {
+        return;
+    };
+    let flag = tempfile::tempdir().expect("flag dir");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = s
+        .env
+        .agent(
+            "claude",
+            &[
+                exe.to_str().unwrap_or_default(),
+                "--exact",
+                "prepared_child",
+                "--nocapture",
+            ],
+        )
+        .env("BLASTGATE_PG_CHILD", s.conninfo("disable"))
+        .env("BLASTGATE_PG_FLAG", flag.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("child");
+    wait_until(Duration::from_secs(20), || {
+        flag.path().join("prepared").exists().then_some(())
+    })
+    .expect("the child prepared its statement");
+    std::fs::write(
+        dir.join("zz-no-orders.cedar"),
+        "@id(\"no-orders-reads\")\n@reason(\"orders are off limits now\")\n\
+         forbid (principal, action == Action::\"sql:select\", resource)\n\
+         when { context.tables_read.contains(\"orders\") };\n",
+    )
+    .expect("new policy");
+    s.env
+        .wait_event("policy_reloaded", |e| e["kind"] == "policy_reloaded");
+    std::fs::write(flag.path().join("go"), "").expect("go");
+    let status = wait_until(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    let out = child.wait_with_output().expect("child output");
+    let t = text(&out);
+    assert!(status.is_some_and(|s| s.success()), "{t}");
+    assert!(t.contains("before reload: 10"), "{t}");
+    assert!(
+        t.contains("after reload: refused") && t.contains("no-orders-reads"),
+        "{t}"
+    );
+}
+
+/// Prepares, executes, waits for the parent to change the policies,
+/// executes the same prepared statement again.
+#[test]
+fn prepared_child() {
+    let (Some(conninfo), Ok(flag)) = (child_conninfo(), std::env::var("BLASTGATE_PG_FLAG")) else {
+        return;
+    };
+    let flag = PathBuf::from(flag);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let stmt = client
+            .prepare("SELECT count(*) FROM orders")
+            .await
+            .expect("prepare");
+        let n: i64 = client.query_one(&stmt, &[]).await.expect("first").get(0);
+        println!("before reload: {n}");
+        std::fs::write(flag.join("prepared"), "").expect("flag");
+        while !flag.join("go").exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        match client.query_one(&stmt, &[]).await {
+            Ok(row) => println!("after reload: ran ({})", row.get::<_, i64>(0)),
+            Err(e) => println!("after reload: refused: {e:?}"),
+        }
+    });
 }
