@@ -199,7 +199,8 @@ impl FromAgent<'_, '_> {
         Ok(())
     }
 
-    fn expect(&self, e: Expect) {
+    /// Notes what the server will answer to a message being forwarded.
+    fn await_answer(&self, e: Expect) {
         lock(&self.queue).push_back(e);
     }
 
@@ -277,13 +278,13 @@ impl FromAgent<'_, '_> {
                     }
                     Verdict::Refuse(message) => {
                         encode(&Query::new(gate::raise(&message)), &mut self.out)?;
-                        self.expect(Expect::Statement(Box::new(Pending {
+                        self.await_answer(Expect::Statement(Box::new(Pending {
                             event: None,
                             started: Instant::now(),
                             columns: Columns::Inline,
                             masked: 0,
                         })));
-                        self.expect(Expect::Ready);
+                        self.await_answer(Expect::Ready);
                     }
                 }
             }
@@ -301,7 +302,7 @@ impl FromAgent<'_, '_> {
                                 events: admitted.into_iter().map(|a| a.event).collect(),
                             },
                         );
-                        self.expect(Expect::Ack { forward: true });
+                        self.await_answer(Expect::Ack { forward: true });
                         self.out.extend_from_slice(&frame.bytes);
                     }
                     Verdict::Refuse(message) => self.refusing = Some(message),
@@ -316,13 +317,13 @@ impl FromAgent<'_, '_> {
                         b.result_column_format_codes,
                     ),
                 );
-                self.expect(Expect::Ack { forward: true });
+                self.await_answer(Expect::Ack { forward: true });
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'D' => {
                 let d: Describe = decode(&frame, "Describe")?;
                 let name = d.name.unwrap_or_default();
-                self.expect(if d.target_type == b'S' {
+                self.await_answer(if d.target_type == b'S' {
                     Expect::Describe {
                         statement: Some(name),
                         portal: None,
@@ -368,7 +369,7 @@ impl FromAgent<'_, '_> {
                     .get(&statement)
                     .and_then(|p| p.events.first())
                     .map(|template| self.gw.session.restamp(template));
-                self.expect(Expect::Statement(Box::new(Pending {
+                self.await_answer(Expect::Statement(Box::new(Pending {
                     event,
                     started: Instant::now(),
                     columns: Columns::Portal {
@@ -388,7 +389,7 @@ impl FromAgent<'_, '_> {
                 } else {
                     self.portals.remove(&name);
                 }
-                self.expect(Expect::Ack { forward: true });
+                self.await_answer(Expect::Ack { forward: true });
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'S' => {
@@ -414,7 +415,7 @@ impl FromAgent<'_, '_> {
                         masked: 0,
                     })));
                 }
-                self.expect(Expect::Ready);
+                self.await_answer(Expect::Ready);
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'F' => {
@@ -434,25 +435,25 @@ impl FromAgent<'_, '_> {
                 match self.check(&statements).await? {
                     Verdict::Run(admitted) => {
                         for a in admitted {
-                            self.expect(Expect::Statement(Box::new(Pending {
+                            self.await_answer(Expect::Statement(Box::new(Pending {
                                 event: Some(a.event),
                                 started: Instant::now(),
                                 columns: Columns::Inline,
                                 masked: 0,
                             })));
                         }
-                        self.expect(Expect::Ready);
+                        self.await_answer(Expect::Ready);
                         self.out.extend_from_slice(&frame.bytes);
                     }
                     Verdict::Refuse(message) => {
                         encode(&Query::new(gate::raise(&message)), &mut self.out)?;
-                        self.expect(Expect::Statement(Box::new(Pending {
+                        self.await_answer(Expect::Statement(Box::new(Pending {
                             event: None,
                             started: Instant::now(),
                             columns: Columns::Inline,
                             masked: 0,
                         })));
-                        self.expect(Expect::Ready);
+                        self.await_answer(Expect::Ready);
                     }
                 }
             }
