@@ -112,6 +112,9 @@ fn context_defaults(action: &str) -> Option<Vec<(&'static str, Value)>> {
         ],
         ("ssh", _) => vec![
             ("command", s()),
+            ("program", s()),
+            ("args", set()),
+            ("shell_features", Value::Bool(false)),
             ("forward_host", s()),
             ("forward_port", Value::from(0)),
         ],

@@ -6,5 +6,6 @@
 pub mod gateway;
 pub mod postgres;
 pub mod relay;
+pub mod ssh;
 pub mod stream;
 pub mod tcp;
