@@ -410,6 +410,10 @@ pub struct TargetConfig {
     /// `false` = shadow mode: decide and record, but do not block.
     #[serde(default = "default_true")]
     pub enforce: bool,
+    /// Names agents use for this target, put on the certificates gateways
+    /// present (default: the target's addresses).
+    #[serde(default)]
+    pub hostnames: Vec<String>,
     /// Required for `protocol = "postgres"`.
     #[serde(default)]
     pub postgres: Option<crate::protocols::postgres::PostgresTarget>,

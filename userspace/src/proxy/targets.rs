@@ -57,15 +57,12 @@ impl Routes {
                 None => None,
             };
             let resolved = t.resolve()?;
-            let hostnames = t.postgres.as_ref().map(|p| p.hostnames.clone());
-            let names = match hostnames {
-                Some(h) if !h.is_empty() => h,
-                _ => {
-                    let mut ips: Vec<String> =
-                        resolved.iter().map(|a| a.ip().to_string()).collect();
-                    ips.dedup();
-                    ips
-                }
+            let names = if t.hostnames.is_empty() {
+                let mut ips: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+                ips.dedup();
+                ips
+            } else {
+                t.hostnames.clone()
             };
             let target = Arc::new(Target {
                 name: t.name.clone(),
@@ -116,6 +113,7 @@ mod tests {
             credentials: None,
             labels: Default::default(),
             enforce: true,
+            hostnames: Vec::new(),
             postgres: None,
         }
     }

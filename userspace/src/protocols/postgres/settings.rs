@@ -47,10 +47,6 @@ pub struct PostgresTarget {
     /// caller is).
     #[serde(default)]
     pub agent_password_file: Option<PathBuf>,
-    /// Names on the certificate presented to agents that ask for TLS
-    /// (default: the target's addresses).
-    #[serde(default)]
-    pub hostnames: Vec<String>,
     /// Largest message accepted from an agent (COPY data chunks, huge
     /// queries). Default 64 MiB.
     #[serde(default = "default_max_message")]
