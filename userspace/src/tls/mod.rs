@@ -1,9 +1,11 @@
-//! TLS for the gateways: the local CA whose certificates agents are shown
-//! ([`ca`]), and the client configurations blastgate uses upstream
-//! ([`client`]). ring only, passed explicitly: nothing depends on a
-//! process-wide crypto provider.
+//! Key material for the gateways: the local CA whose certificates agents
+//! are shown ([`ca`]), the client configurations blastgate uses upstream
+//! ([`client`]), and the SSH certificate authority that signs the host
+//! certificates the SSH gateway will present ([`ssh_ca`]). ring only,
+//! passed explicitly: nothing depends on a process-wide crypto provider.
 
 pub mod ca;
 pub mod client;
+pub mod ssh_ca;
 
 pub use ca::{CaError, LeafCache, LocalCa};
