@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder, File, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -316,8 +316,8 @@ impl LocalCa {
 
         // Key first: a certificate on disk must never be without its key,
         // since the certificate is what operators copy into trust stores.
-        write_atomically(&provider, &key_path, key_pem.as_bytes(), 0o600)?;
-        write_atomically(&provider, &ca.cert_path, ca.cert_pem.as_bytes(), 0o644)?;
+        write_atomically(&key_path, key_pem.as_bytes(), 0o600)?;
+        write_atomically(&ca.cert_path, ca.cert_pem.as_bytes(), 0o644)?;
         // Make the renames themselves durable, or a crash could leave
         // neither file even though agents were already given certificates.
         File::open(dir)
@@ -415,48 +415,8 @@ fn io_error(action: &'static str, path: &Path, source: io::Error) -> CaError {
     }
 }
 
-/// Writes through a temporary file in the same directory and renames it into
-/// place, so a crash never leaves a truncated file that would later fail to
-/// parse. The temporary file is created with `mode` already applied, so the
-/// key is never readable by others, not even for an instant.
-fn write_atomically(
-    provider: &CryptoProvider,
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-) -> Result<(), CaError> {
-    let mut suffix = [0u8; 8];
-    provider
-        .secure_random
-        .fill(&mut suffix)
-        .map_err(|_| CaError::Random)?;
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A random rather than pid-based suffix: in containers the daemon is
-    // often pid 1 every time, and a stale temp file from a crash would
-    // otherwise block creation forever.
-    let tmp = path.with_file_name(format!(".{file_name}.{suffix}.tmp"));
-
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask can only remove bits from `mode`; set it exactly so the
-        // result does not depend on the caller's environment.
-        file.set_permissions(Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_error("write", path, e)
-    })
+fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    super::keyfile::write_atomically(path, contents, mode).map_err(|e| io_error("write", path, e))
 }
 
 /// Hands out server configurations per SNI name, minting each leaf once.

@@ -6,6 +6,7 @@
 
 pub mod ca;
 pub mod client;
+mod keyfile;
 pub mod ssh_ca;
 
 pub use ca::{CaError, LeafCache, LocalCa};

@@ -16,9 +16,9 @@
 //! certificate. [`HostIdentity::install`] does exactly that.
 
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -345,13 +345,8 @@ impl SshCa {
 
         // Private key first: a public key on disk must never be without its
         // private half, since the public key is what hosts are told to trust.
-        write_atomically(&mut rng, &ca.key_path, key_text.as_bytes(), 0o600)?;
-        write_atomically(
-            &mut rng,
-            &pub_path,
-            format!("{}\n", ca.public_line).as_bytes(),
-            0o644,
-        )?;
+        write_atomically(&ca.key_path, key_text.as_bytes(), 0o600)?;
+        write_atomically(&pub_path, format!("{}\n", ca.public_line).as_bytes(), 0o644)?;
         // Make the renames durable, or a crash could lose a CA that agents'
         // hosts were already told to trust.
         File::open(dir)
@@ -420,42 +415,8 @@ fn io_error(action: &'static str, path: &Path, source: io::Error) -> SshCaError 
     }
 }
 
-/// Writes through a temporary file in the same directory and renames it into
-/// place, so a crash never leaves a truncated file that would later fail to
-/// parse. The temporary file is created with `mode` already applied, so the
-/// private key is never readable by others, not even for an instant.
-fn write_atomically(
-    rng: &mut impl Rng,
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-) -> Result<(), SshCaError> {
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A random rather than pid-based suffix: in containers the daemon is
-    // often pid 1 every time, and a stale temp file from a crash would
-    // otherwise block creation forever.
-    let tmp = path.with_file_name(format!(".{file_name}.{:016x}.tmp", rng.next_u64()));
-
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask can only remove bits from `mode`; set it exactly so the
-        // result does not depend on the caller's environment.
-        file.set_permissions(Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    written.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_error("write", path, e)
-    })
+fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), SshCaError> {
+    super::keyfile::write_atomically(path, contents, mode).map_err(|e| io_error("write", path, e))
 }
 
 #[cfg(test)]
@@ -577,7 +538,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         SshCa::load_or_create(dir.path()).unwrap();
         let key_path = dir.path().join(KEY_FILE);
-        fs::set_permissions(&key_path, Permissions::from_mode(0o640)).unwrap();
+        fs::set_permissions(&key_path, fs::Permissions::from_mode(0o640)).unwrap();
         let err = SshCa::load_or_create(dir.path()).unwrap_err();
         assert!(
             matches!(err, SshCaError::KeyPermissions { mode: 0o640, .. }),
