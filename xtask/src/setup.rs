@@ -33,6 +33,8 @@ const COMMON: &[&str] = &[
     "python3-venv",
     "openssh-server",
     "openssh-client",
+    "git",
+    "rsync",
 ];
 
 /// psycopg 3 for the Postgres tests, in a venv of apt's python3 (not

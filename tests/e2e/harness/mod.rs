@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod sshd;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
