@@ -8,7 +8,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::SystemTime,
 };
 
@@ -27,13 +30,16 @@ use crate::{
     records::{Event, EventKind, Verdict},
 };
 
-pub struct Gateway<'a> {
-    pub ctx: &'a ProxyContext,
-    pub session: &'a Session,
-    pub target: &'a Target,
+/// Owned (shared pointers only), so a gateway can hand it to tasks and
+/// protocol libraries that need `'static` handlers (russh).
+#[derive(Clone)]
+pub struct Gateway {
+    pub ctx: Arc<ProxyContext>,
+    pub session: Arc<Session>,
+    pub target: Arc<Target>,
     /// Where blastgate connects.
     pub upstream: SocketAddr,
-    pub counters: &'a Counters,
+    pub counters: Arc<Counters>,
 }
 
 /// What became of one action after policy and, if held, a human.
@@ -52,7 +58,7 @@ pub struct Ruling {
     pub waited_us: Option<u64>,
 }
 
-impl Gateway<'_> {
+impl Gateway {
     /// An event of this session, stamped with its identity and next seq.
     pub fn event(&self, kind: EventKind, verdict: Verdict) -> Event {
         self.session.event(kind, verdict, None)
@@ -115,7 +121,7 @@ impl Gateway<'_> {
         self.ctx
             .policy
             .as_ref()
-            .map_or(0, |e| std::sync::Arc::as_ptr(&e.current()) as usize)
+            .map_or(0, |e| Arc::as_ptr(&e.current()) as usize)
     }
 
     /// Applies a decision: allow, refuse, or hold for a human first.

@@ -222,14 +222,15 @@ async fn drive(
     record(&ctx, opened).await;
     tracing::debug!(target = %target.name, "session opened");
 
-    let counters = Counters::default();
+    let counters = Arc::new(Counters::default());
     let upstream = target.upstream.unwrap_or(orig);
+    let session = Arc::new(session);
     let gateway = Gateway {
-        ctx: &ctx,
-        session: &session,
-        target: &target,
+        ctx: ctx.clone(),
+        session: session.clone(),
+        target: target.clone(),
         upstream,
-        counters: &counters,
+        counters: counters.clone(),
     };
     let work = async {
         match target.protocol {

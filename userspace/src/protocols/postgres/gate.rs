@@ -31,7 +31,7 @@ pub enum Verdict {
 /// whole string: Postgres runs a multi-statement string as one implicit
 /// transaction, so running its allowed part would be a different query.
 pub async fn check(
-    gw: &Gateway<'_>,
+    gw: &Gateway,
     statements: &Arc<Vec<Statement>>,
     mask: Option<&MaskPlan>,
     notify: &(dyn Fn(Uuid) + Sync),

@@ -68,7 +68,7 @@ fn classifier() -> &'static Classifier {
     C.get_or_init(|| Classifier::new(8192))
 }
 
-pub async fn serve(conn: TcpStream, gw: &Gateway<'_>) -> Result<(), SessionError> {
+pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
     let cfg =
         gw.target.postgres.as_ref().ok_or_else(|| {
             SessionError::Upstream("target has no [targets.postgres] section".into())
@@ -242,7 +242,7 @@ async fn refuse(
     Err(SessionError::Upstream(message.to_string()))
 }
 
-async fn forward_cancel(gw: &Gateway<'_>, pid: i32, secret: &[u8]) -> Result<(), SessionError> {
+async fn forward_cancel(gw: &Gateway, pid: i32, secret: &[u8]) -> Result<(), SessionError> {
     let mut event = gw.event(EventKind::Statement, Verdict::Allow);
     event.action = Some("sql:cancel".into());
     event.text = Some("CancelRequest".into());

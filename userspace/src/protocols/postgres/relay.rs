@@ -96,7 +96,7 @@ pub struct Halves {
 }
 
 pub async fn run(
-    gw: &Gateway<'_>,
+    gw: &Gateway,
     halves: Halves,
     classifier: &Classifier,
     mask: Option<MaskPlan>,
@@ -153,8 +153,8 @@ pub async fn run(
     }
 }
 
-struct FromAgent<'g, 'a> {
-    gw: &'g Gateway<'a>,
+struct FromAgent<'g> {
+    gw: &'g Gateway,
     reader: Reader<ReadHalf<BoxIo>>,
     writer: WriteHalf<BoxIo>,
     queue: Queue,
@@ -173,7 +173,7 @@ struct FromAgent<'g, 'a> {
     mask: Option<MaskPlan>,
 }
 
-impl FromAgent<'_, '_> {
+impl FromAgent<'_> {
     async fn run(&mut self) -> Result<(), PgError> {
         loop {
             let frame = self.reader.next().await?;
@@ -564,8 +564,8 @@ fn catalog_row(f: &Frame) -> Option<(u32, i16, String)> {
     ))
 }
 
-struct ToAgent<'g, 'a, 'c> {
-    gw: &'g Gateway<'a>,
+struct ToAgent<'g, 'c> {
+    gw: &'g Gateway,
     reader: Reader<ReadHalf<BoxIo>>,
     writer: WriteHalf<BoxIo>,
     queue: Queue,
@@ -578,7 +578,7 @@ struct ToAgent<'g, 'a, 'c> {
     plan: Option<RowPlan>,
 }
 
-impl ToAgent<'_, '_, '_> {
+impl ToAgent<'_, '_> {
     async fn run(&mut self, mut notices: mpsc::UnboundedReceiver<BytesMut>) -> Result<(), PgError> {
         loop {
             let frame = tokio::select! {
