@@ -375,6 +375,7 @@ impl<T: Clone> Rule<T> {
 pub enum Protocol {
     Tcp,
     Postgres,
+    Ssh,
 }
 
 impl Protocol {
@@ -382,6 +383,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Postgres => "postgres",
+            Protocol::Ssh => "ssh",
         }
     }
 }
@@ -417,6 +419,9 @@ pub struct TargetConfig {
     /// Required for `protocol = "postgres"`.
     #[serde(default)]
     pub postgres: Option<crate::protocols::postgres::PostgresTarget>,
+    /// Required for `protocol = "ssh"`.
+    #[serde(default)]
+    pub ssh: Option<crate::protocols::ssh::SshTarget>,
 }
 
 fn default_true() -> bool {
@@ -482,25 +487,11 @@ impl Config {
                     t.name
                 ));
             }
-            match (t.protocol, &t.postgres) {
-                (Protocol::Postgres, None) => {
-                    return Err(format!(
-                    "targets[{i}] ({}): protocol \"postgres\" needs a [targets.postgres] section",
-                    t.name
-                ))
-                }
-                (Protocol::Postgres, Some(pg)) => pg
-                    .validate()
-                    .map_err(|e| format!("targets[{i}] ({}): {e}", t.name))?,
-                (_, Some(_)) => {
-                    return Err(format!(
-                        "targets[{i}] ({}): [targets.postgres] given for protocol {:?}",
-                        t.name,
-                        t.protocol.as_str()
-                    ))
-                }
-                (_, None) => {}
-            }
+            let at = format!("targets[{i}] ({})", t.name);
+            protocol_section(&at, t.protocol, Protocol::Postgres, &t.postgres, |p| {
+                p.validate()
+            })?;
+            protocol_section(&at, t.protocol, Protocol::Ssh, &t.ssh, |s| s.validate())?;
         }
         for r in &self.enrol.uids {
             if r.value() == 0 {
@@ -525,6 +516,29 @@ impl Config {
                 "proxy.listen: needs a 127.0.0.1:PORT listener (the kernel redirects agents to it)"
                     .to_string()
             })
+    }
+}
+
+/// A protocol's own section (`[targets.postgres]`, `[targets.ssh]`): required
+/// for that protocol, refused for any other, validated when present.
+fn protocol_section<T>(
+    at: &str,
+    protocol: Protocol,
+    owner: Protocol,
+    section: &Option<T>,
+    validate: impl Fn(&T) -> Result<(), String>,
+) -> Result<(), String> {
+    let name = owner.as_str();
+    match (protocol == owner, section) {
+        (true, None) => Err(format!(
+            "{at}: protocol \"{name}\" needs a [targets.{name}] section"
+        )),
+        (true, Some(s)) => validate(s).map_err(|e| format!("{at}: {e}")),
+        (false, Some(_)) => Err(format!(
+            "{at}: [targets.{name}] given for protocol {:?}",
+            protocol.as_str()
+        )),
+        (false, None) => Ok(()),
     }
 }
 
@@ -579,6 +593,28 @@ mod tests {
         let s = e.to_string();
         assert!(s.starts_with("/etc/bg.toml:7:"), "{s}");
         assert!(s.contains("addres"), "{s}");
+    }
+
+    #[test]
+    fn gateway_sections_are_required_by_their_protocol_only() {
+        let target = |protocol: &str, section: &str| {
+            format!(
+                "[[targets]]\nname = \"t\"\nprotocol = \"{protocol}\"\naddress = \"127.0.0.2:1\"\n{section}"
+            )
+        };
+        let err = |text: String| {
+            Config::parse(&text, Path::new("x"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(target("ssh", "")).contains("protocol \"ssh\" needs a [targets.ssh] section"));
+        assert!(err(target("postgres", ""))
+            .contains("protocol \"postgres\" needs a [targets.postgres] section"));
+        let ssh = "[targets.ssh]\nuser = \"deploy\"\nkey_file = \"/k\"\nhost_key = \"ssh-ed25519 AAAA\"\n";
+        assert!(err(target("tcp", ssh)).contains("[targets.ssh] given for protocol \"tcp\""));
+        assert!(Config::parse(&target("ssh", ssh), Path::new("x")).is_ok());
+        let both = format!("{ssh}known_hosts = \"/kh\"\n");
+        assert!(err(target("ssh", &both)).contains("exactly one of known_hosts or host_key"));
     }
 
     #[test]

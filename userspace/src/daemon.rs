@@ -82,6 +82,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         recorder.record(recovery::interrupted_close(opened)).await?;
     }
     let tls = local_ca(&config)?;
+    let ssh_ca = ssh_ca(&config)?;
     let stop = CancellationToken::new();
     let listeners = proxy::bind(&config.proxy.listen).await?;
     let control_listener = control::server::bind(&config.control.socket)?;
@@ -132,6 +133,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         processes: Default::default(),
         policy: policy.clone(),
         tls,
+        ssh_ca,
     });
     if let Some(ch) = &config.clickhouse {
         let shipper = crate::records::clickhouse::shipper::Shipper {
@@ -313,11 +315,7 @@ fn spawn_kernel_logs(interceptor: &mut Interceptor) {
 /// exists but cannot be loaded is an error: hosts may already trust it,
 /// and a new one would silently break them.
 fn local_ca(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::LeafCache>>> {
-    let needed = config
-        .targets
-        .iter()
-        .any(|t| t.protocol == crate::config::Protocol::Postgres);
-    if !needed {
+    if !serves(config, crate::config::Protocol::Postgres) {
         return Ok(None);
     }
     let ca = crate::tls::LocalCa::load_or_create(&config.tls.ca_dir)
@@ -326,4 +324,19 @@ fn local_ca(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::LeafCache>
         Arc::new(ca),
         Vec::new(),
     ))))
+}
+
+/// The SSH CA, when a target is an SSH one. Like the local CA, an existing
+/// one that cannot be loaded stops the daemon.
+fn ssh_ca(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::ssh_ca::SshCa>>> {
+    if !serves(config, crate::config::Protocol::Ssh) {
+        return Ok(None);
+    }
+    let ca = crate::tls::ssh_ca::SshCa::load_or_create(&config.tls.ca_dir)
+        .map_err(|e| anyhow::anyhow!("SSH CA in {}: {e}", config.tls.ca_dir.display()))?;
+    Ok(Some(Arc::new(ca)))
+}
+
+fn serves(config: &Config, protocol: crate::config::Protocol) -> bool {
+    config.targets.iter().any(|t| t.protocol == protocol)
 }

@@ -38,6 +38,9 @@ pub struct ProxyContext {
     /// Certificates for agents that ask gateways for TLS; `None` when no
     /// target needs them.
     pub tls: Option<Arc<crate::tls::LeafCache>>,
+    /// Signs the host certificates the SSH gateway presents; `None` when
+    /// no target is an SSH one.
+    pub ssh_ca: Option<Arc<crate::tls::ssh_ca::SshCa>>,
 }
 
 /// Binds every listener; fails if any cannot be bound (the kernel would

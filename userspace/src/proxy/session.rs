@@ -25,7 +25,7 @@ use crate::{
     identity::Caller,
     intercept::{is_proxy_addr, maps::sock_addr},
     policy::{AgentAttrs, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict},
-    protocols::{gateway::Gateway, postgres, relay::Counters, tcp},
+    protocols::{gateway::Gateway, postgres, relay::Counters, ssh, tcp},
     records::{Event, EventKind, Verdict},
 };
 
@@ -236,6 +236,7 @@ async fn drive(
         match target.protocol {
             Protocol::Tcp => tcp::serve(conn, upstream, ctx.connect_timeout, &counters).await,
             Protocol::Postgres => postgres::serve(conn, &gateway).await,
+            Protocol::Ssh => ssh::serve(conn, gateway.clone()).await,
         }
     };
     let result = tokio::select! {

@@ -22,6 +22,7 @@ pub struct Target {
     /// else the target's addresses.
     pub names: Vec<String>,
     pub postgres: Option<crate::protocols::postgres::PostgresTarget>,
+    pub ssh: Option<crate::protocols::ssh::SshTarget>,
 }
 
 /// Original destination -> target. Unknown destinations have no entry and
@@ -72,6 +73,7 @@ impl Routes {
                 enforce: t.enforce,
                 names,
                 postgres: t.postgres.clone(),
+                ssh: t.ssh.clone(),
             });
             for addr in resolved {
                 let addr = normalise(addr);
@@ -115,6 +117,7 @@ mod tests {
             enforce: true,
             hostnames: Vec::new(),
             postgres: None,
+            ssh: None,
         }
     }
 

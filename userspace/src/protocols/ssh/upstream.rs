@@ -1,0 +1,82 @@
+//! blastgate's own SSH login to the real server, with the key it holds.
+
+use std::sync::Arc;
+
+use russh::{
+    client,
+    keys::{PrivateKeyWithHashAlg, PublicKey},
+};
+use tokio::net::TcpStream;
+
+use super::SshTarget;
+use crate::protocols::gateway::Gateway;
+
+/// Accepts only the server the config names: pinned key or known_hosts.
+pub struct ServerCheck {
+    host: String,
+    port: u16,
+    cfg: Arc<SshTarget>,
+}
+
+impl client::Handler for ServerCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        // A certificate from the real server is not trusted by its CA here:
+        // only the configured key.
+        let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Ok(false);
+        };
+        if let Some(pinned) = &self.cfg.host_key {
+            return Ok(
+                PublicKey::from_openssh(pinned).is_ok_and(|p| p.key_data() == key.key_data())
+            );
+        }
+        let Some(path) = &self.cfg.known_hosts else {
+            return Ok(false);
+        };
+        Ok(russh::keys::check_known_hosts_path(&self.host, self.port, key, path).unwrap_or(false))
+    }
+}
+
+pub async fn connect(gw: &Gateway, cfg: &SshTarget) -> Result<client::Handle<ServerCheck>, String> {
+    let addr = gw.upstream;
+    let key = russh::keys::load_secret_key(&cfg.key_file, None)
+        .map_err(|e| format!("key_file {}: {e}", cfg.key_file.display()))?;
+    let tcp = tokio::time::timeout(gw.ctx.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("{addr}: connect timed out"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let check = ServerCheck {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        cfg: Arc::new(cfg.clone()),
+    };
+    let config = Arc::new(client::Config::default());
+    let mut handle = client::connect_stream(config, tcp, check)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .map_err(|e| e.to_string())?
+        .flatten();
+    let auth = handle
+        .authenticate_publickey(
+            cfg.user.clone(),
+            PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+        )
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    if !auth.success() {
+        return Err(format!(
+            "{addr}: the server refused blastgate's key for {}",
+            cfg.user
+        ));
+    }
+    Ok(handle)
+}
