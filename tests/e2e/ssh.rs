@@ -43,18 +43,20 @@ fn setup() -> Option<Setup> {
         upstream_known.display()
     ));
     let daemon = Daemon::start(&env);
-    // What an administrator installs: one @cert-authority line.
-    let ca = blastgate::tls::ssh_ca::SshCa::load_or_create(&env.dir.path().join("ca"))
-        .expect("the daemon's SSH CA");
+    // What an administrator installs: `blastgate ca ssh-known-hosts`.
+    let out = env.blastgate(&["ca", "ssh-known-hosts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        lines.starts_with("@cert-authority ") && lines.contains("[deploy.internal]:"),
+        "{lines}"
+    );
     let known_hosts = dir.path().join("known_hosts");
-    std::fs::write(
-        &known_hosts,
-        format!(
-            "{}\n",
-            ca.known_hosts_line(&["127.0.0.2".to_string()], Some(sshd.port()))
-        ),
-    )
-    .expect("known_hosts");
+    std::fs::write(&known_hosts, lines).expect("known_hosts");
     Some(Setup {
         sshd,
         env,
@@ -178,4 +180,62 @@ fn scp_legacy_mode_copies_a_file_through_the_gateway() {
     assert!(out.status.success(), "{}", text(&out));
     let copied = std::fs::read(dir.path().join("copied")).expect("the copied file");
     assert!(copied == data, "the copy differs ({} bytes)", copied.len());
+}
+
+/// Tunnels are refused and recorded while the session's command completes.
+#[test]
+fn forwarding_is_refused_and_the_command_still_runs() {
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    let port = s.sshd.port().to_string();
+    let target = format!("{}@127.0.0.2", s.user);
+    let ssh = ssh_command(
+        &s.known_hosts,
+        &[
+            "-o",
+            "ExitOnForwardFailure=no",
+            "-R",
+            "0:127.0.0.1:9",
+            "-p",
+            &port,
+            &target,
+            "git-upload-pack --version",
+        ],
+    );
+    let mut c = s.env.agent("claude", &[]);
+    c.arg(ssh.get_program()).args(ssh.get_args());
+    let out = output_within(&mut c, Duration::from_secs(60));
+    let t = text(&out);
+    assert!(t.contains("remote port forwarding failed"), "{t}");
+    assert_ne!(out.status.code(), Some(126), "{t}");
+    assert_ne!(out.status.code(), Some(255), "the command ran: {t}");
+    // A stdio forward (-W) opens a direct-tcpip channel: refused.
+    let ssh = ssh_command(
+        &s.known_hosts,
+        &["-W", "127.0.0.2:22", "-p", &port, &target],
+    );
+    let mut c = s.env.agent("claude", &[]);
+    c.arg(ssh.get_program()).args(ssh.get_args());
+    let out = output_within(&mut c, Duration::from_secs(60));
+    assert!(!out.status.success(), "{}", text(&out));
+    let forwards: Vec<serde_json::Value> = s
+        .env
+        .events()
+        .into_iter()
+        .filter(|e| e["action"] == "ssh:forward")
+        .collect();
+    assert!(
+        forwards.iter().any(|e| e["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("tcpip-forward"))
+            && e["verdict"] == "deny"
+            && e["policy_id"] == "ssh-no-forwarding"),
+        "{forwards:#?}"
+    );
+    assert!(
+        forwards
+            .iter()
+            .any(|e| e["text"] == "direct-tcpip 127.0.0.2:22" && e["verdict"] == "deny"),
+        "{forwards:#?}"
+    );
 }

@@ -212,6 +212,13 @@ pub enum CaCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print the `@cert-authority` lines for /etc/ssh/ssh_known_hosts that
+    /// make OpenSSH accept the SSH gateway for the configured ssh targets
+    /// (creating the SSH CA if there is none yet).
+    SshKnownHosts {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

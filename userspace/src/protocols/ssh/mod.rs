@@ -161,6 +161,82 @@ impl server::Handler for AgentSide {
         }
         Ok(())
     }
+
+    // Tunnels would carry traffic past every policy: each request is
+    // decided and recorded, and refused; the session goes on.
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_forward("direct-tcpip", host, port).await;
+        drop(reply);
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_forward("tcpip-forward", address, *port).await;
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_forward("streamlocal-forward", socket_path, 0)
+            .await;
+        Ok(false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_forward("auth-agent", "", 0).await;
+        Ok(false)
+    }
+}
+
+impl AgentSide {
+    async fn refuse_forward(&self, kind: &str, host: &str, port: u32) {
+        let text = if port == 0 {
+            format!("{kind} {host}")
+        } else {
+            format!("{kind} {host}:{port}")
+        };
+        let context = json!({
+            "command": text,
+            "forward_host": host,
+            "forward_port": port,
+        });
+        let decision = self.gw.decide("ssh:forward", &context);
+        let mut event = self
+            .gw
+            .event(EventKind::Command, crate::records::Verdict::Deny);
+        event.action = Some("ssh:forward".into());
+        event.text = Some(text);
+        event.policy_id = decision.policy_id.clone();
+        event.reason = Some(match decision.verdict {
+            crate::policy::Verdict::Allow => {
+                "forwarding is not supported by the gateway; refused".to_string()
+            }
+            _ => decision.reason,
+        });
+        self.gw.record(event).await;
+    }
 }
 
 async fn exec(
