@@ -128,25 +128,13 @@ pub fn rewrite(
     mask: &MaskPlan,
     out: &mut BytesMut,
 ) -> Result<u64, PgError> {
-    let bad = || PgError::Malformed { what: "DataRow" };
-    let body = frame.body();
-    if body.len() < 2 {
-        return Err(bad());
-    }
-    let count = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
-    let mut at = 2;
-    let mut values: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::with_capacity(count);
     let mut masked = 0u64;
-    for i in 0..count {
-        let len_bytes = body.get(at..at + 4).ok_or_else(bad)?;
-        let len = i32::from_be_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
-        at += 4;
-        if len < 0 {
+    let mut values: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::new();
+    for (i, value) in row_values(frame)?.into_iter().enumerate() {
+        let Some(value) = value else {
             values.push(None);
             continue;
-        }
-        let value = body.get(at..at + len as usize).ok_or_else(bad)?;
-        at += len as usize;
+        };
         let (col, text) = plan
             .columns
             .get(i)
@@ -186,11 +174,48 @@ pub fn rewrite(
         out.extend_from_slice(&frame.bytes);
         return Ok(0);
     }
+    write_row(values.iter().map(|v| v.as_deref()), out);
+    Ok(masked)
+}
+
+/// The values of a DataRow, `None` for NULL; bounds-checked, so a
+/// malformed row is an error, never a panic.
+pub fn row_values(frame: &Frame) -> Result<Vec<Option<&[u8]>>, PgError> {
+    let bad = || PgError::Malformed { what: "DataRow" };
+    let body = frame.body();
+    let count = i16::from_be_bytes(
+        body.get(0..2)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    let mut at = 2;
+    let mut values = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count.max(0) {
+        let len = i32::from_be_bytes(
+            body.get(at..at + 4)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        at += 4;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        values.push(Some(body.get(at..at + len as usize).ok_or_else(bad)?));
+        at += len as usize;
+    }
+    Ok(values)
+}
+
+/// Appends a DataRow of these values, lengths computed.
+pub fn write_row<'v>(values: impl ExactSizeIterator<Item = Option<&'v [u8]>>, out: &mut BytesMut) {
     let start = out.len();
     out.put_u8(b'D');
     out.put_i32(0);
-    out.put_i16(count as i16);
-    for v in &values {
+    out.put_i16(values.len() as i16);
+    for v in values {
         match v {
             None => out.put_i32(-1),
             Some(v) => {
@@ -201,7 +226,6 @@ pub fn rewrite(
     }
     let len = (out.len() - start - 1) as i32;
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
-    Ok(masked)
 }
 
 /// Runs the detectors over COPY OUT data (text format lines).
@@ -237,4 +261,27 @@ pub fn catalog_query(oids: &[u32]) -> String {
          WHERE a.attnum > 0 AND a.attrelid IN ({})",
         list.join(",")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(bytes: BytesMut) -> Frame {
+        Frame { tag: b'D', bytes }
+    }
+
+    #[test]
+    fn rows_round_trip_and_malformed_rows_are_errors() {
+        let mut out = BytesMut::new();
+        let values: [Option<&[u8]>; 3] = [Some(b"alice"), None, Some(b"")];
+        write_row(values.iter().copied(), &mut out);
+        let f = frame(out.clone());
+        assert_eq!(row_values(&f).unwrap(), values.to_vec());
+        // Cut short: the last value's length points past the end.
+        let mut short = out.clone();
+        short.truncate(out.len() - 1);
+        assert!(row_values(&frame(short)).is_err());
+        assert!(row_values(&frame(BytesMut::from(&b"D\0\0\0\x04"[..]))).is_err());
+    }
 }

@@ -15,7 +15,7 @@ use std::{
     time::Instant,
 };
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use pgwire::messages::{
     extendedquery::{Bind, Close, Describe, Execute, Parse},
     response::NoticeResponse,
@@ -58,6 +58,17 @@ struct Pending {
     started: Instant,
     columns: Columns,
     masked: u64,
+}
+
+impl Pending {
+    fn new(event: Option<Event>, columns: Columns) -> Box<Pending> {
+        Box::new(Pending {
+            event,
+            started: Instant::now(),
+            columns,
+            masked: 0,
+        })
+    }
 }
 
 enum Expect {
@@ -110,6 +121,8 @@ pub async fn run(
     let queue: Queue = Arc::default();
     let (notices, notices_rx) = mpsc::unbounded_channel();
     let field_rules = mask.as_ref().is_some_and(MaskPlan::has_fields);
+    // Shared by both halves and cloned per result row: a pointer, not the rules.
+    let mask = mask.map(Arc::new);
     let mut from_agent = FromAgent {
         gw,
         reader: agent_reader,
@@ -170,7 +183,7 @@ struct FromAgent<'g> {
     /// Column masking rules apply to this session.
     field_rules: bool,
     /// Detectors mask literal values in recorded statement text.
-    mask: Option<MaskPlan>,
+    mask: Option<Arc<MaskPlan>>,
 }
 
 impl FromAgent<'_> {
@@ -222,7 +235,7 @@ impl FromAgent<'_> {
                 let _ = notices.send(buf);
             }
         };
-        let verdict = gate::check(self.gw, statements, self.mask.as_ref(), &notify).await;
+        let verdict = gate::check(self.gw, statements, self.mask.as_deref(), &notify).await;
         let Verdict::Run(admitted) = verdict else {
             return Ok(verdict);
         };
@@ -251,6 +264,36 @@ impl FromAgent<'_> {
         })
     }
 
+    /// A Query or a fast-path call: one unit the server ends with
+    /// ReadyForQuery. Forwarded if every statement may run; otherwise the
+    /// server is asked to raise the refusal in its place.
+    async fn simple_unit(
+        &mut self,
+        frame: &Frame,
+        statements: &Arc<Vec<Statement>>,
+    ) -> Result<(), PgError> {
+        match self.check(statements).await? {
+            Verdict::Run(admitted) => {
+                let mut queue = lock(&self.queue);
+                for a in admitted {
+                    queue.push_back(Expect::Statement(Pending::new(
+                        Some(a.event),
+                        Columns::Inline,
+                    )));
+                }
+                queue.push_back(Expect::Ready);
+                drop(queue);
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            Verdict::Refuse(message) => {
+                encode(&Query::new(gate::raise(&message)), &mut self.out)?;
+                self.await_answer(Expect::Statement(Pending::new(None, Columns::Inline)));
+                self.await_answer(Expect::Ready);
+            }
+        }
+        Ok(())
+    }
+
     /// Returns true after Terminate.
     async fn handle(&mut self, frame: Frame) -> Result<bool, PgError> {
         if self.refusing.is_some() && frame.tag != b'S' && frame.tag != b'X' {
@@ -260,33 +303,7 @@ impl FromAgent<'_> {
             b'Q' => {
                 let q: Query = decode(&frame, "Query")?;
                 let statements = self.classifier.classify(&q.query);
-                match self.check(&statements).await? {
-                    Verdict::Run(admitted) => {
-                        {
-                            let mut queue = lock(&self.queue);
-                            for a in admitted {
-                                queue.push_back(Expect::Statement(Box::new(Pending {
-                                    event: Some(a.event),
-                                    started: Instant::now(),
-                                    columns: Columns::Inline,
-                                    masked: 0,
-                                })));
-                            }
-                            queue.push_back(Expect::Ready);
-                        }
-                        self.out.extend_from_slice(&frame.bytes);
-                    }
-                    Verdict::Refuse(message) => {
-                        encode(&Query::new(gate::raise(&message)), &mut self.out)?;
-                        self.await_answer(Expect::Statement(Box::new(Pending {
-                            event: None,
-                            started: Instant::now(),
-                            columns: Columns::Inline,
-                            masked: 0,
-                        })));
-                        self.await_answer(Expect::Ready);
-                    }
-                }
+                self.simple_unit(&frame, &statements).await?;
             }
             b'P' => {
                 let p: Parse = decode(&frame, "Parse")?;
@@ -369,16 +386,14 @@ impl FromAgent<'_> {
                     .get(&statement)
                     .and_then(|p| p.events.first())
                     .map(|template| self.gw.session.restamp(template));
-                self.await_answer(Expect::Statement(Box::new(Pending {
+                self.await_answer(Expect::Statement(Pending::new(
                     event,
-                    started: Instant::now(),
-                    columns: Columns::Portal {
+                    Columns::Portal {
                         portal,
                         statement,
                         formats,
                     },
-                    masked: 0,
-                })));
+                )));
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'C' => {
@@ -408,12 +423,7 @@ impl FromAgent<'_> {
                     let mut queue = lock(&self.queue);
                     queue.push_back(Expect::Ack { forward: false });
                     queue.push_back(Expect::Ack { forward: false });
-                    queue.push_back(Expect::Statement(Box::new(Pending {
-                        event: None,
-                        started: Instant::now(),
-                        columns: Columns::Inline,
-                        masked: 0,
-                    })));
+                    queue.push_back(Expect::Statement(Pending::new(None, Columns::Inline)));
                 }
                 self.await_answer(Expect::Ready);
                 self.out.extend_from_slice(&frame.bytes);
@@ -432,30 +442,7 @@ impl FromAgent<'_> {
                     copy_program: false,
                     copy_direction: None,
                 }]);
-                match self.check(&statements).await? {
-                    Verdict::Run(admitted) => {
-                        for a in admitted {
-                            self.await_answer(Expect::Statement(Box::new(Pending {
-                                event: Some(a.event),
-                                started: Instant::now(),
-                                columns: Columns::Inline,
-                                masked: 0,
-                            })));
-                        }
-                        self.await_answer(Expect::Ready);
-                        self.out.extend_from_slice(&frame.bytes);
-                    }
-                    Verdict::Refuse(message) => {
-                        encode(&Query::new(gate::raise(&message)), &mut self.out)?;
-                        self.await_answer(Expect::Statement(Box::new(Pending {
-                            event: None,
-                            started: Instant::now(),
-                            columns: Columns::Inline,
-                            masked: 0,
-                        })));
-                        self.await_answer(Expect::Ready);
-                    }
-                }
+                self.simple_unit(&frame, &statements).await?;
             }
             // Flush, COPY data / done / fail: forwarded as they are.
             b'H' | b'd' | b'c' | b'f' => self.out.extend_from_slice(&frame.bytes),
@@ -545,22 +532,12 @@ impl Catalog<'_> {
 }
 
 fn catalog_row(f: &Frame) -> Option<(u32, i16, String)> {
-    let body = f.body();
-    let mut at = 2;
-    let mut cols = Vec::with_capacity(3);
-    for _ in 0..3 {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            return None;
-        }
-        cols.push(std::str::from_utf8(body.get(at..at + len as usize)?).ok()?);
-        at += len as usize;
-    }
+    let values = mask::row_values(f).ok()?;
+    let text = |i: usize| std::str::from_utf8(values.get(i).copied().flatten()?).ok();
     Some((
-        cols[0].parse().ok()?,
-        cols[1].parse().ok()?,
-        cols[2].to_string(),
+        text(0)?.parse().ok()?,
+        text(1)?.parse().ok()?,
+        text(2)?.to_string(),
     ))
 }
 
@@ -570,7 +547,7 @@ struct ToAgent<'g, 'c> {
     writer: WriteHalf<BoxIo>,
     queue: Queue,
     out: BytesMut,
-    mask: Option<MaskPlan>,
+    mask: Option<Arc<MaskPlan>>,
     catalog: Catalog<'c>,
     statement_fields: HashMap<String, Vec<Field>>,
     portal_fields: HashMap<String, Vec<Field>>,
@@ -761,12 +738,12 @@ impl ToAgent<'_, '_> {
                 }
             }
         }
-        let plan = self.plan.clone().unwrap_or_default();
+        let plan = self.plan.get_or_insert_with(RowPlan::default);
         if plan.is_noop() {
             self.out.extend_from_slice(&frame.bytes);
             return Ok(());
         }
-        let n = mask::rewrite(&frame, &plan, &m, &mut self.out)?;
+        let n = mask::rewrite(&frame, plan, &m, &mut self.out)?;
         self.count_masked(n);
         Ok(())
     }
@@ -825,37 +802,8 @@ fn upstream_tag(frame: &Frame) -> String {
 /// A row with every non-NULL value replaced by `****` (text): for rows
 /// whose columns are unknown while column rules apply.
 fn blank_row(frame: &Frame, out: &mut BytesMut) -> Result<u64, PgError> {
-    let body = frame.body();
-    let count = i16::from_be_bytes(
-        body.get(0..2)
-            .ok_or(PgError::Malformed { what: "DataRow" })?
-            .try_into()
-            .map_err(|_| PgError::Malformed { what: "DataRow" })?,
-    );
-    let mut at = 2;
-    let start = out.len();
-    out.put_u8(b'D');
-    out.put_i32(0);
-    out.put_i16(count);
-    let mut n = 0;
-    for _ in 0..count.max(0) {
-        let len = i32::from_be_bytes(
-            body.get(at..at + 4)
-                .ok_or(PgError::Malformed { what: "DataRow" })?
-                .try_into()
-                .map_err(|_| PgError::Malformed { what: "DataRow" })?,
-        );
-        at += 4;
-        if len < 0 {
-            out.put_i32(-1);
-            continue;
-        }
-        at += len as usize;
-        out.put_i32(4);
-        out.put_slice(b"****");
-        n += 1;
-    }
-    let len = (out.len() - start - 1) as i32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    let values = mask::row_values(frame)?;
+    let n = values.iter().flatten().count() as u64;
+    mask::write_row(values.iter().map(|v| v.map(|_| b"****".as_slice())), out);
     Ok(n)
 }
