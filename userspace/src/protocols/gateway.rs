@@ -21,7 +21,8 @@ use uuid::Uuid;
 use super::relay::Counters;
 use crate::{
     approvals::{ApprovalRequest, Outcome},
-    policy::{Decision, Verdict as PolicyVerdict},
+    identity::Caller,
+    policy::{Decision, Engine, TargetAttrs, Verdict as PolicyVerdict},
     proxy::{
         session::{agent_attrs, Session},
         targets::Target,
@@ -82,37 +83,15 @@ impl Gateway {
             .map_or("", |c| c.agent.as_str())
     }
 
-    /// Policy for one action. Without a policy engine everything is
-    /// allowed (the daemon warned at start); a request the engine cannot
-    /// evaluate is refused.
+    /// Policy for one action of this session; see [`decide`].
     pub fn decide(&self, action: &str, context: &Value) -> Decision {
-        let Some(engine) = &self.ctx.policy else {
-            return Decision {
-                verdict: PolicyVerdict::Allow,
-                policy_id: None,
-                reason: "no policy engine configured".into(),
-                approval: None,
-                matched: Vec::new(),
-                if_approved: Vec::new(),
-            };
-        };
-        let agent = self
-            .session
-            .caller
-            .as_ref()
-            .map(agent_attrs)
-            .unwrap_or_default();
-        engine
-            .current()
-            .decide_cached(&agent, &self.target.attrs, action, context)
-            .unwrap_or_else(|e| Decision {
-                verdict: PolicyVerdict::Error,
-                policy_id: None,
-                reason: format!("policy request failed, refused: {e}"),
-                approval: None,
-                matched: Vec::new(),
-                if_approved: Vec::new(),
-            })
+        decide(
+            self.ctx.policy.as_deref(),
+            self.session.caller.as_ref(),
+            &self.target.attrs,
+            action,
+            context,
+        )
     }
 
     /// The policy generation in force: a gateway that decided under one
@@ -214,6 +193,40 @@ impl Gateway {
         e.approval_wait_us = r.waited_us;
         e
     }
+}
+
+/// Policy for one action, the one way every protocol asks. Without a
+/// policy engine everything is allowed (the daemon warned at start); a
+/// request the engine cannot evaluate is refused (fail closed).
+pub fn decide(
+    engine: Option<&Engine>,
+    caller: Option<&Caller>,
+    target: &TargetAttrs,
+    action: &str,
+    context: &Value,
+) -> Decision {
+    let Some(engine) = engine else {
+        return Decision {
+            verdict: PolicyVerdict::Allow,
+            policy_id: None,
+            reason: "no policy engine configured".into(),
+            approval: None,
+            matched: Vec::new(),
+            if_approved: Vec::new(),
+        };
+    };
+    let agent = caller.map(agent_attrs).unwrap_or_default();
+    engine
+        .current()
+        .decide_cached(&agent, target, action, context)
+        .unwrap_or_else(|e| Decision {
+            verdict: PolicyVerdict::Error,
+            policy_id: None,
+            reason: format!("policy request failed, refused: {e}"),
+            approval: None,
+            matched: Vec::new(),
+            if_approved: Vec::new(),
+        })
 }
 
 /// A count shared by a gateway's halves.

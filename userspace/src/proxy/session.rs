@@ -24,7 +24,7 @@ use crate::{
     config::Protocol,
     identity::Caller,
     intercept::{is_proxy_addr, maps::sock_addr},
-    policy::{AgentAttrs, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict},
+    policy::{AgentAttrs, Verdict as PolicyVerdict},
     protocols::{gateway::Gateway, postgres, relay::Counters, ssh, tcp},
     records::{Event, EventKind, Verdict},
 };
@@ -157,7 +157,13 @@ async fn drive(
     session.protocol = Some(target.protocol.as_str());
     let mut opened = session.event(EventKind::SessionOpened, Verdict::Allow, None);
     if let Some(engine) = &ctx.policy {
-        let decision = connect_decision(engine, session.caller.as_ref(), &target.attrs);
+        let decision = crate::protocols::gateway::decide(
+            Some(engine),
+            session.caller.as_ref(),
+            &target.attrs,
+            "connect",
+            &serde_json::Value::Null,
+        );
         opened.action = Some("connect".into());
         opened.policy_id = decision.policy_id.clone();
         opened.reason = Some(decision.reason.clone());
@@ -259,23 +265,6 @@ async fn drive(
     // TCP passthrough cannot see into the stream; protocol handlers count.
     closed.masked_fields = Some(session.masked.load(Ordering::Relaxed));
     record(&ctx, closed).await;
-}
-
-/// Asks the policy engine whether this caller may connect to this target.
-/// A request the engine cannot even build is refused (fail closed).
-fn connect_decision(engine: &Engine, caller: Option<&Caller>, target: &TargetAttrs) -> Decision {
-    let agent = caller.map(agent_attrs).unwrap_or_default();
-    engine
-        .current()
-        .decide_cached(&agent, target, "connect", &serde_json::Value::Null)
-        .unwrap_or_else(|e| Decision {
-            verdict: PolicyVerdict::Error,
-            policy_id: None,
-            reason: format!("policy request failed, refused: {e}"),
-            approval: None,
-            matched: Vec::new(),
-            if_approved: Vec::new(),
-        })
 }
 
 /// The caller as a policy principal.

@@ -274,10 +274,7 @@ async fn exec(
             ruling.policy_id.as_deref().unwrap_or("(default deny)"),
             ruling.reason
         );
-        let _ = agent.extended_data(channel, 1, message).await;
-        let _ = agent.exit_status_request(channel, 126).await;
-        let _ = agent.eof(channel).await;
-        let _ = agent.close(channel).await;
+        end_channel(&agent, channel, message, 126).await;
         gw.record(event).await;
         return;
     }
@@ -287,14 +284,18 @@ async fn exec(
     if let Err(e) = result {
         event.verdict = crate::records::Verdict::Error;
         event.reason = Some(format!("{}; {e}", event.reason.unwrap_or_default()));
-        let _ = agent
-            .extended_data(channel, 1, format!("blastgate: {e}\r\n"))
-            .await;
-        let _ = agent.exit_status_request(channel, 255).await;
-        let _ = agent.eof(channel).await;
-        let _ = agent.close(channel).await;
+        end_channel(&agent, channel, format!("blastgate: {e}\r\n"), 255).await;
     }
     gw.record(event).await;
+}
+
+/// Ends a channel the upstream never ran: why on stderr, then the exit
+/// status, EOF and close, in the order OpenSSH expects them.
+async fn end_channel(agent: &server::Handle, channel: ChannelId, message: String, status: u32) {
+    let _ = agent.extended_data(channel, 1, message).await;
+    let _ = agent.exit_status_request(channel, status).await;
+    let _ = agent.eof(channel).await;
+    let _ = agent.close(channel).await;
 }
 
 async fn relay(
