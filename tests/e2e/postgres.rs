@@ -101,6 +101,19 @@ impl Setup {
         c.output().expect("psql through blastgate")
     }
 
+    /// psql as an agent in the background (`args` after the connection
+    /// string), for statements that wait: holds, sleeps to cancel.
+    fn spawn_psql(&self, args: &[&str]) -> std::process::Child {
+        let conn = self.conninfo("disable");
+        let mut c = self.env.agent("claude", &[]);
+        c.args(["psql", "-X", &conn])
+            .args(args)
+            .env("PGPASSWORD", AGENT_PASSWORD)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c.spawn().expect("psql")
+    }
+
     /// The same psql directly, with the real password: the reference.
     fn psql_direct(&self, args: &[&str]) -> Output {
         Command::new("psql")
@@ -267,19 +280,8 @@ fn queries_are_cancelled_both_ways() {
     let Some(s) = setup("app-db", "staging", None) else {
         return;
     };
-    let conn = s.conninfo("disable");
     // A CancelRequest from the client: psql sends one on SIGINT.
-    let sleeper = s
-        .env
-        .agent(
-            "claude",
-            &["psql", "-X", &conn, "-c", "SELECT pg_sleep(60)"],
-        )
-        .env("PGPASSWORD", AGENT_PASSWORD)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
+    let sleeper = s.spawn_psql(&["-c", "SELECT pg_sleep(60)"]);
     let running = wait_until(Duration::from_secs(10), || {
         let n = s.pg.sql(
             "orders",
@@ -305,17 +307,7 @@ fn queries_are_cancelled_both_ways() {
         .any(|e| e["action"] == "sql:cancel" && e["verdict"] == "allow"));
 
     // pg_cancel_backend from another agent session.
-    let sleeper = s
-        .env
-        .agent(
-            "claude",
-            &["psql", "-X", &conn, "-c", "SELECT pg_sleep(61)"],
-        )
-        .env("PGPASSWORD", AGENT_PASSWORD)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql");
+    let sleeper = s.spawn_psql(&["-c", "SELECT pg_sleep(61)"]);
     wait_until(Duration::from_secs(10), || {
         (s.pg.sql(
             "orders",
@@ -436,19 +428,7 @@ fn policy_denies_holds_and_sees_through_disguises() {
     assert_eq!(count(), "10");
 
     // Held, approved, executed.
-    let agent = {
-        let conn = s.conninfo("disable");
-        s.env
-            .agent(
-                "claude",
-                &["psql", "-X", "-At", &conn, "-c", "DELETE FROM orders"],
-            )
-            .env("PGPASSWORD", AGENT_PASSWORD)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("psql")
-    };
+    let agent = s.spawn_psql(&["-At", "-c", "DELETE FROM orders"]);
     let id = s.decide("DELETE FROM orders", true);
     let out = agent.wait_with_output().expect("psql");
     let t = text(&out);
@@ -473,19 +453,7 @@ fn policy_denies_holds_and_sees_through_disguises() {
         "orders",
         "INSERT INTO orders (customer_id, total, status) VALUES (1, 1, 'kept')",
     );
-    let agent = {
-        let conn = s.conninfo("disable");
-        s.env
-            .agent(
-                "claude",
-                &["psql", "-X", "-At", &conn, "-c", "DELETE FROM orders"],
-            )
-            .env("PGPASSWORD", AGENT_PASSWORD)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("psql")
-    };
+    let agent = s.spawn_psql(&["-At", "-c", "DELETE FROM orders"]);
     s.decide("DELETE FROM orders", false);
     let out = agent.wait_with_output().expect("psql");
     assert!(text(&out).contains("e2e test"), "{}", text(&out));
@@ -523,16 +491,7 @@ fn policy_denies_holds_and_sees_through_disguises() {
             "WITH x AS",
         ),
     ] {
-        let agent = {
-            let conn = s.conninfo("disable");
-            s.env
-                .agent("claude", &["psql", "-X", "-At", &conn, "-c", q])
-                .env("PGPASSWORD", AGENT_PASSWORD)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("psql")
-        };
+        let agent = s.spawn_psql(&["-At", "-c", q]);
         s.decide(needle, false);
         let out = agent.wait_with_output().expect("psql");
         assert!(text(&out).contains("e2e test"), "{q}: {}", text(&out));

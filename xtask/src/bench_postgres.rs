@@ -369,17 +369,8 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child by pid. SIGINT: fast shutdown.
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-            let end = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            // SIGINT: PostgreSQL's fast shutdown.
+            sh::stop_child(&mut c, libc::SIGINT, Duration::from_secs(15));
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Running commands, loudly.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::Path,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -49,4 +53,20 @@ pub fn describe(cmd: &Command) -> String {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Stops a child we started: `signal` (its own clean-shutdown signal),
+/// then SIGKILL if it has not exited within `grace`; always reaped.
+pub fn stop_child(c: &mut Child, signal: i32, grace: Duration) {
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(c.id() as i32, signal) };
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
