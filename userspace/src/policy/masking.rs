@@ -431,7 +431,7 @@ fn problem(path: &Path, line: usize, column: usize, message: String) -> Diagnost
 
 /// What to mask in one session; handlers keep it for the session's life
 /// (it shares the compiled rules, so a reload does not change it midway).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct MaskPlan {
     fields: Vec<Arc<CompiledField>>,
     detectors: Vec<Arc<CompiledDetector>>,

@@ -22,7 +22,7 @@ use super::relay::Counters;
 use crate::{
     approvals::{ApprovalRequest, Outcome},
     identity::Caller,
-    policy::{Decision, Engine, TargetAttrs, Verdict as PolicyVerdict},
+    policy::{masking::MaskPlan, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict},
     proxy::{
         session::{agent_attrs, Session},
         targets::Target,
@@ -81,6 +81,17 @@ impl Gateway {
             .caller
             .as_ref()
             .map_or("", |c| c.agent.as_str())
+    }
+
+    /// The masking this session gets, fixed for its life; None when no
+    /// rule applies.
+    pub fn mask_plan(&self) -> Option<MaskPlan> {
+        let engine = self.ctx.policy.as_ref()?;
+        let plan = engine
+            .current()
+            .masking
+            .plan(self.agent_name(), &self.target.name);
+        (!plan.is_empty()).then_some(plan)
     }
 
     /// Policy for one action of this session; see [`decide`].

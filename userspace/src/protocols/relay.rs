@@ -29,6 +29,14 @@ pub struct Counters {
 }
 
 impl Counters {
+    pub fn add_from_agent(&self, n: u64) {
+        self.from_agent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_to_agent(&self, n: u64) {
+        self.to_agent.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> (u64, u64) {
         (
             self.from_agent.load(Ordering::Relaxed),

@@ -26,7 +26,7 @@ use crate::{
     intercept::{is_proxy_addr, maps::sock_addr},
     policy::{AgentAttrs, Verdict as PolicyVerdict},
     protocols::{gateway::Gateway, postgres, relay::Counters, ssh, tcp},
-    records::{Event, EventKind, Verdict},
+    records::{Event, EventKind, IoChunk, Verdict},
 };
 
 /// Where a session failed, for the record and the logs.
@@ -50,6 +50,8 @@ pub struct Session {
     pub orig_dst: Option<SocketAddr>,
     pub target: Option<String>,
     protocol: Option<&'static str>,
+    /// Replay data is timed from here (see [`Session::io`]).
+    started: Instant,
 }
 
 impl Session {
@@ -60,6 +62,20 @@ impl Session {
         e.id = Uuid::now_v7();
         e.seq = self.seq.fetch_add(1, Ordering::Relaxed);
         e.ts = SystemTime::now();
+        e
+    }
+
+    /// Microseconds since the session started: the clock replay data
+    /// runs on, immune to wall-clock steps.
+    pub fn elapsed_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// A chunk of replay data of this session.
+    pub fn io(&self, chunk: IoChunk) -> Event {
+        let mut e = Event::io(self.id, self.seq.fetch_add(1, Ordering::Relaxed), chunk);
+        e.target = self.target.clone();
+        e.protocol = self.protocol.map(str::to_string);
         e
     }
 
@@ -86,6 +102,7 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         orig_dst: None,
         target: None,
         protocol: None,
+        started,
     };
 
     let Some(rec) = ctx.maps.take_conn(peer) else {

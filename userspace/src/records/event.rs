@@ -178,6 +178,12 @@ pub struct Event {
     /// Rows a statement returned or changed (from the server's command tag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// How a remote command ended (SSH exec): its exit status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    /// Bytes of a command's stderr (`bytes_to_agent` counts both streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_bytes: Option<u64>,
     /// Replay data, for [`EventKind::Io`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io: Option<IoChunk>,
@@ -211,6 +217,8 @@ impl Event {
             masked_fields: None,
             approval_wait_us: None,
             rows: None,
+            exit_status: None,
+            stderr_bytes: None,
             io: None,
         }
     }

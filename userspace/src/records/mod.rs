@@ -3,6 +3,7 @@
 pub mod clickhouse;
 pub mod event;
 pub mod recovery;
+pub mod redact;
 pub mod spool;
 
 pub use event::{Event, EventKind, IoChunk, IoStream, Verdict};

@@ -167,13 +167,7 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
         .await
         .map_err(|e| relay_err(e.into()))?;
 
-    let mask = gw.ctx.policy.as_ref().and_then(|engine| {
-        let plan = engine
-            .current()
-            .masking
-            .plan(gw.agent_name(), &gw.target.name);
-        (!plan.is_empty()).then_some(plan)
-    });
+    let mask = gw.mask_plan();
     let catalog = relay::Catalog {
         addr: gw.upstream,
         cfg,

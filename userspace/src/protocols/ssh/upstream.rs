@@ -56,7 +56,13 @@ pub async fn connect(gw: &Gateway, cfg: &SshTarget) -> Result<client::Handle<Ser
         port: addr.port(),
         cfg: Arc::new(cfg.clone()),
     };
-    let config = Arc::new(client::Config::default());
+    // Keepalives both ways: the agent's side has its own (server config);
+    // this one notices a dead upstream under a quiet shell.
+    let config = Arc::new(client::Config {
+        keepalive_interval: Some(std::time::Duration::from_secs(30)),
+        keepalive_max: 3,
+        ..Default::default()
+    });
     let mut handle = client::connect_stream(config, tcp, check)
         .await
         .map_err(|e| format!("{addr}: {e}"))?;

@@ -47,6 +47,8 @@ pub struct EventRow {
     pub approval_group: String,
     pub rows: u64,
     pub approval_wait_us: u64,
+    pub exit_status: Option<i32>,
+    pub stderr_bytes: u64,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -169,6 +171,8 @@ impl From<&Event> for EventRow {
             approval_group: e.approval_group.clone().unwrap_or_default(),
             rows: e.rows.unwrap_or(0),
             approval_wait_us: e.approval_wait_us.unwrap_or(0),
+            exit_status: e.exit_status,
+            stderr_bytes: e.stderr_bytes.unwrap_or(0),
         }
     }
 }

@@ -103,6 +103,15 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS approval_wait_us UInt64 DEFAULT 0",
         ],
     ),
+    (
+        5,
+        &[
+            // How a remote command ended, and how much of its output was
+            // stderr (SSH exec).
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS exit_status Nullable(Int32)",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS stderr_bytes UInt64 DEFAULT 0",
+        ],
+    ),
 ];
 
 /// The questions security teams ask, as views. Every view reads `FINAL`,
