@@ -4,8 +4,9 @@
 mod harness;
 
 use std::{
+    io::{Read, Write},
     path::{Path, PathBuf},
-    process::Output,
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
@@ -14,14 +15,28 @@ use harness::{sshd::*, *};
 struct Setup {
     sshd: TestSshd,
     env: Env,
-    _daemon: Daemon,
+    daemon: Daemon,
     known_hosts: PathBuf,
     key: PathBuf,
     user: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// What a test needs beyond the shipped defaults.
+#[derive(Default)]
+struct Options<'a> {
+    /// Programs added to the shipped allow-list of deploy commands (the
+    /// policy's documented extension point).
+    allow: &'a [&'a str],
+    /// Ship records to this ClickHouse database.
+    clickhouse: Option<&'a TestDatabase>,
 }
 
 fn setup() -> Option<Setup> {
+    setup_with(Options::default())
+}
+
+fn setup_with(opts: Options) -> Option<Setup> {
     if !kernel_ready() || !TestSshd::available() {
         return None;
     }
@@ -31,13 +46,16 @@ fn setup() -> Option<Setup> {
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream_known = dir.path().join("upstream_known_hosts");
     std::fs::write(&upstream_known, format!("{}\n", sshd.known_hosts_line())).expect("kh");
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let policies = policies_allowing(dir.path(), opts.allow);
     let env = Env::new(&format!(
-        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
+        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n{}\n\
          [[targets]]\nname = \"deploy-host\"\nprotocol = \"ssh\"\naddress = \"{}\"\n\
          hostnames = [\"deploy.internal\", \"127.0.0.2\"]\n\n\
          [targets.ssh]\nuser = \"{user}\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\n",
         policies.display(),
+        opts.clickhouse
+            .map(TestDatabase::config)
+            .unwrap_or_default(),
         sshd.addr(),
         key.display(),
         upstream_known.display()
@@ -60,23 +78,96 @@ fn setup() -> Option<Setup> {
     Some(Setup {
         sshd,
         env,
-        _daemon: daemon,
+        daemon,
         known_hosts,
         key,
         user,
-        _dir: dir,
+        dir,
     })
+}
+
+/// The shipped policies, with `extra` programs on the SSH allow-list.
+fn policies_allowing(scratch: &Path, extra: &[&str]) -> PathBuf {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    if extra.is_empty() {
+        return shipped;
+    }
+    let dir = scratch.join("policies");
+    std::fs::create_dir(&dir).expect("mkdir policies");
+    for entry in std::fs::read_dir(&shipped).expect("policies") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
+        }
+    }
+    let ssh = std::fs::read_to_string(dir.join("ssh.cedar")).expect("ssh.cedar");
+    let listed: String = extra.iter().map(|p| format!(", \"{p}\"")).collect();
+    let edited = ssh.replace("\"deploy.sh\"]", &format!("\"deploy.sh\"{listed}]"));
+    assert_ne!(edited, ssh, "the allow-list moved in ssh.cedar");
+    std::fs::write(dir.join("ssh.cedar"), edited).expect("write ssh.cedar");
+    dir
 }
 
 impl Setup {
     /// `ssh` as an agent, with no key of its own.
     fn ssh(&self, command: &str) -> Output {
+        self.ssh_args(&[command])
+    }
+
+    /// `ssh [args…] -p PORT user@127.0.0.2 [more…]` as an agent.
+    fn ssh_args(&self, args: &[&str]) -> Output {
+        let mut c = self.ssh_agent(&[], args);
+        output_within(&mut c, Duration::from_secs(120))
+    }
+
+    fn ssh_agent(&self, before: &[&str], after: &[&str]) -> Command {
         let port = self.sshd.port().to_string();
-        let target = format!("{}@127.0.0.2", self.user);
-        let ssh = ssh_command(&self.known_hosts, &["-p", &port, &target, command]);
+        let target = self.dest();
+        let mut args: Vec<&str> = before.to_vec();
+        args.extend(["-p", &port, &target]);
+        args.extend(after);
+        let ssh = ssh_command(&self.known_hosts, &args);
         let mut c = self.env.agent("claude", &[]);
         c.arg(ssh.get_program()).args(ssh.get_args());
-        output_within(&mut c, Duration::from_secs(60))
+        c
+    }
+
+    fn dest(&self) -> String {
+        format!("{}@127.0.0.2", self.user)
+    }
+
+    /// The first pending approval, once there is one.
+    fn pending_approval(&self) -> String {
+        wait_until(Duration::from_secs(20), || {
+            let out = self.env.blastgate(&["approvals", "list", "--json"]);
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            list.as_array()?
+                .first()
+                .and_then(|r| r["id"].as_str().map(str::to_string))
+        })
+        .expect("a held request")
+    }
+
+    fn approvals(&self, verb: &str, id: &str) {
+        let out = self.env.blastgate(&["approvals", verb, id]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    /// The private key blastgate holds, as its base64 lines.
+    fn key_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.key)
+            .expect("key")
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 20)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Asserts no line of the held key is in `what`.
+    fn assert_no_key_in(&self, name: &str, what: &str) {
+        for line in self.key_lines() {
+            assert!(!what.contains(&line), "the upstream key leaked into {name}");
+        }
     }
 }
 
@@ -109,26 +200,15 @@ fn exec_runs_with_the_held_key_and_policy_decides() {
     );
 
     // Held, approved, run: its output and exit status come back.
-    let port = s.sshd.port().to_string();
-    let target = format!("{}@127.0.0.2", s.user);
-    let ssh = ssh_command(&s.known_hosts, &["-p", &port, &target, "echo ok; exit 3"]);
-    let mut c = s.env.agent("claude", &[]);
-    c.arg(ssh.get_program())
-        .args(ssh.get_args())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = c.spawn().expect("ssh");
-    let id = wait_until(Duration::from_secs(20), || {
-        let out = s.env.blastgate(&["approvals", "list", "--json"]);
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        list.as_array()?
-            .first()
-            .and_then(|r| r["id"].as_str().map(str::to_string))
-    })
-    .expect("a held command");
-    let out = s.env.blastgate(&["approvals", "approve", &id]);
-    assert!(out.status.success(), "{}", text(&out));
+    let child = s
+        .ssh_agent(&[], &["echo ok; exit 3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let id = s.pending_approval();
+    s.approvals("approve", &id);
     let out = child.wait_with_output().expect("ssh");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_eq!(
@@ -143,18 +223,49 @@ fn exec_runs_with_the_held_key_and_policy_decides() {
         text(&out)
     );
 
+    // Held and denied by a human: never run, 126 and why.
+    let child = s
+        .ssh_agent(&[], &["touch /tmp/blastgate-never-$$"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let id = s.pending_approval();
+    s.approvals("deny", &id);
+    let out = child.wait_with_output().expect("ssh");
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("denied by policy ssh-unlisted-command"),
+        "{}",
+        text(&out)
+    );
+
+    let events = s.env.events();
+    let commands: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["kind"] == "command").collect();
+    assert_eq!(commands.len(), 4, "{commands:#?}");
+    // The approved command's record: who approved, how it ended.
+    let ran = commands
+        .iter()
+        .find(|e| e["text"] == "echo ok; exit 3")
+        .expect("the approved command's record");
+    assert_eq!(ran["verdict"], "allow", "{ran:#}");
+    assert_eq!(ran["exit_status"], 3, "{ran:#}");
+    assert_eq!(ran["bytes_to_agent"], 3, "{ran:#}");
+    assert!(ran["approver"].is_string(), "{ran:#}");
+    // Its output excerpt is replay data of the session.
+    assert!(
+        events.iter().any(|e| e["kind"] == "io"
+            && e["session_id"] == ran["session_id"]
+            && e["io"]["data"] == "ok\n"),
+        "{events:#?}"
+    );
+
     // The key blastgate holds is in nothing recorded or logged.
-    let key = std::fs::read_to_string(&s.key).expect("key");
-    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
-    let spool: String = s.env.events().iter().map(|e| e.to_string()).collect();
-    assert!(!spool.contains(&body[..40]));
-    let commands = s
-        .env
-        .events()
-        .into_iter()
-        .filter(|e| e["kind"] == "command")
-        .count();
-    assert_eq!(commands, 3, "{:#?}", s.env.events());
+    let spool: String = events.iter().map(|e| e.to_string()).collect();
+    s.assert_no_key_in("the spool", &spool);
+    s.assert_no_key_in("the daemon log", &s.daemon.log_text());
 }
 
 /// Data from the agent reaches the exec'd program in order, with its EOF:
@@ -237,5 +348,542 @@ fn forwarding_is_refused_and_the_command_still_runs() {
             .iter()
             .any(|e| e["text"] == "direct-tcpip 127.0.0.2:22" && e["verdict"] == "deny"),
         "{forwards:#?}"
+    );
+}
+
+/// What deploy jobs do over SSH, each through the gateway with the
+/// unmodified client, `StrictHostKeyChecking=yes` and no key of the
+/// agent's own: scp in both protocols both ways, an sftp batch (whose
+/// file operations are recorded), rsync both ways, git push and clone.
+#[test]
+fn file_transfer_tools_work_through_the_gateway() {
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    let remote = UserTempDir::new(&s.user);
+    let local = s.dir.path().join("payload.bin");
+    random_file(&local, 3 << 20);
+    let want = sha256(&local);
+    let port = s.sshd.port().to_string();
+    let scp_like = |program: &str, args: &[&str]| {
+        let mut c = s.env.agent("claude", &[program]);
+        c.args(ssh_options(&s.known_hosts))
+            .args(["-P", &port])
+            .args(args);
+        let out = output_within(&mut c, Duration::from_secs(120));
+        assert!(out.status.success(), "{program} {args:?}: {}", text(&out));
+        out
+    };
+
+    // scp in 9.2 speaks SFTP by default; -O is the legacy protocol.
+    for (mode, flags) in [("sftp", &[][..]), ("legacy", &["-O"][..])] {
+        let up = remote.path().join(format!("up-{mode}.bin"));
+        let target = format!("{}:{}", s.dest(), up.display());
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["-q", local.to_str().expect("utf-8"), &target]);
+        scp_like(SCP, &args);
+        assert_eq!(sha256(&up), want, "scp ({mode}) upload");
+        let back = s.dir.path().join(format!("back-{mode}.bin"));
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend(["-q", &target, back.to_str().expect("utf-8")]);
+        scp_like(SCP, &args);
+        assert_eq!(sha256(&back), want, "scp ({mode}) download");
+    }
+
+    let batch = s.dir.path().join("sftp.batch");
+    let up = remote.path().join("sftp-up.bin");
+    let moved = remote.path().join("sftp-moved.bin");
+    let back = s.dir.path().join("sftp-back.bin");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {local} {up}\nls -l {up}\nrename {up} {moved}\nget {moved} {back}\nmkdir {dir}/made\nrmdir {dir}/made\nrm {moved}\n",
+            local = local.display(),
+            up = up.display(),
+            moved = moved.display(),
+            back = back.display(),
+            dir = remote.path().display(),
+        ),
+    )
+    .expect("write batch");
+    let out = scp_like(SFTP, &["-b", batch.to_str().expect("utf-8"), &s.dest()]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&(3u32 << 20).to_string()),
+        "sftp ls -l: {}",
+        text(&out)
+    );
+    assert_eq!(sha256(&back), want, "sftp get");
+    assert!(!moved.exists(), "sftp rm");
+    let sftp: Vec<String> = s
+        .env
+        .events()
+        .iter()
+        .filter(|e| e["action"] == "ssh:sftp")
+        .filter_map(|e| e["text"].as_str().map(str::to_string))
+        .collect();
+    let up_s = up.display().to_string();
+    let moved_s = moved.display().to_string();
+    for want_op in [
+        format!("write {up_s}"),
+        format!("rename {up_s} -> {moved_s}"),
+        format!("read {moved_s}"),
+        format!("mkdir {}/made", remote.path().display()),
+        format!("rmdir {}/made", remote.path().display()),
+        format!("remove {moved_s}"),
+    ] {
+        assert!(
+            sftp.iter().any(|t| t.starts_with(&want_op)),
+            "no sftp record {want_op:?} in {sftp:#?}"
+        );
+    }
+
+    // rsync runs `rsync --server` on the far side: on the allow-list.
+    let tree = s.dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    random_file(&tree.join("a.bin"), 300_000);
+    std::fs::write(tree.join("sub/c.txt"), "hello\n").expect("write");
+    let e = ssh_command_line(&s.known_hosts, &["-p", &port]);
+    let rsync = |from: &str, to: &str| {
+        let mut c = s
+            .env
+            .agent("claude", &["rsync", "-a", "--delete", "-e", &e, from, to]);
+        let out = output_within(&mut c, Duration::from_secs(120));
+        assert!(out.status.success(), "rsync {from} {to}: {}", text(&out));
+    };
+    let target = format!("{}:{}/tree/", s.dest(), remote.path().display());
+    rsync(&format!("{}/", tree.display()), &target);
+    assert_eq!(
+        sha256(&remote.path().join("tree/a.bin")),
+        sha256(&tree.join("a.bin"))
+    );
+    let tree_back = s.dir.path().join("tree-back");
+    rsync(&target, &format!("{}/", tree_back.display()));
+    assert_eq!(
+        std::fs::read_to_string(tree_back.join("sub/c.txt")).expect("rsync back"),
+        "hello\n"
+    );
+
+    // git: git-receive-pack and git-upload-pack on the far side.
+    let repo = BareRepo::new(&s.user);
+    let url = format!("ssh://{}:{port}{}", s.dest(), repo.path().display());
+    let ssh = ssh_command_line(&s.known_hosts, &[]);
+    let git = |dir: &Path, args: &[&str]| {
+        let mut c = s.env.agent("claude", &["git"]);
+        c.args([
+            "-c",
+            "user.name=blastgate test",
+            "-c",
+            "user.email=test@blastgate.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_SSH_COMMAND", &ssh)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0");
+        let out = output_within(&mut c, Duration::from_secs(120));
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    };
+    let first = s.dir.path().join("first");
+    std::fs::create_dir(&first).expect("mkdir");
+    git(&first, &["init", "-q"]);
+    std::fs::write(first.join("README"), "deployed by an agent\n").expect("write");
+    git(&first, &["add", "README"]);
+    git(&first, &["commit", "-q", "-m", "first"]);
+    git(&first, &["push", "-q", &url, "main"]);
+    let second = s.dir.path().join("second");
+    git(
+        s.dir.path(),
+        &["clone", "-q", &url, second.to_str().expect("utf-8")],
+    );
+    assert_eq!(
+        std::fs::read_to_string(second.join("README")).expect("cloned README"),
+        "deployed by an agent\n"
+    );
+
+    // Every one of those ran without a human and without a refusal.
+    let refused = s.env.count_events(|e| {
+        e["kind"] == "command" && e["verdict"] != "allow" || e["kind"] == "approval_requested"
+    });
+    assert_eq!(refused, 0, "{:#?}", s.env.events());
+    s.assert_no_key_in("the daemon log", &s.daemon.log_text());
+}
+
+/// Two-way bulk transfers do not deadlock the relay, and the proxy's
+/// memory stays bounded whichever side is slower: 300 MB in, and 300 MB
+/// in and back out at once.
+#[test]
+fn bulk_transfers_both_ways_keep_proxy_memory_bounded() {
+    let _g = serial();
+    let Some(s) = setup_with(Options {
+        allow: &["cat"],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    const SIZE: usize = 300 << 20;
+    let big = s.dir.path().join("big.bin");
+    random_file(&big, SIZE);
+    let want = sha256(&big);
+    let rss_before = vm_kib(s.daemon.pid(), "VmRSS");
+
+    let mut c = s.ssh_agent(&[], &["cat > /dev/null"]);
+    c.stdin(std::fs::File::open(&big).expect("open"))
+        .stdout(Stdio::null());
+    // A redirection is a shell feature: held, approved here.
+    succeeds_within(c, Duration::from_secs(300), Some(&s));
+
+    let back = s.dir.path().join("back.bin");
+    let mut c = s.ssh_agent(&[], &["cat"]);
+    c.stdin(std::fs::File::open(&big).expect("open"))
+        .stdout(std::fs::File::create(&back).expect("create"));
+    succeeds_within(c, Duration::from_secs(300), None);
+    assert_eq!(sha256(&back), want, "ssh cat round trip");
+
+    let peak = vm_kib(s.daemon.pid(), "VmHWM");
+    eprintln!(
+        "bulk transfer: daemon RSS before {} MiB, peak {} MiB (2 x {} MiB moved)",
+        rss_before / 1024,
+        peak / 1024,
+        SIZE >> 20
+    );
+    // Bounded means independent of the transfer size (about 90 MiB here
+    // at 50 MiB and at 300 MiB): far below one copy of the file.
+    assert!(
+        peak < 160 * 1024,
+        "daemon peak RSS {} MiB for a {} MiB transfer",
+        peak / 1024,
+        SIZE >> 20
+    );
+    let records: Vec<serde_json::Value> = s
+        .env
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "command")
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|e| e["text"] == "cat" && e["bytes_to_agent"] == SIZE as u64),
+        "{records:#?}"
+    );
+}
+
+/// Runs `c` (stdin and stdout as set) to success, or fails the test when
+/// it fails or has not finished in time (a deadlocked relay), killing it.
+/// With `approve`, the request it holds is approved first.
+fn succeeds_within(mut c: Command, timeout: Duration, approve: Option<&Setup>) {
+    let mut child = c.stderr(Stdio::piped()).spawn().expect("spawn");
+    if let Some(s) = approve {
+        let id = s.pending_approval();
+        s.approvals("approve", &id);
+    }
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let Some(status) = wait_until(timeout, || child.try_wait().ok().flatten()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{c:?} did not finish within {timeout:?}");
+    };
+    let err = reader.join().unwrap_or_default();
+    assert!(status.success(), "{c:?}: {status}: {err}");
+}
+
+/// A field of /proc/PID/status, in KiB.
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// An interactive shell, fed from stdin as an agent would: held until a
+/// human approves, then recorded (keystrokes, output, window size) with
+/// secrets masked, replayed from ClickHouse, exported as asciicast.
+#[test]
+fn interactive_shell_is_held_recorded_masked_and_replayed() {
+    let _g = serial();
+    let Some(url) = clickhouse_url() else { return };
+    let db = TestDatabase::new(&url);
+    let Some(s) = setup_with(Options {
+        clickhouse: Some(&db),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let mut child = s
+        .ssh_agent(&["-tt"], &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh -tt");
+    let id = s.pending_approval();
+    s.approvals("approve", &id);
+    let mut stdin = child.stdin.take().expect("stdin");
+    // The AWS key is built by the shell, so only the output carries it.
+    stdin
+        .write_all(b"echo hello-$((6*7))\nprintf 'AKIA%s\\n' IOSFODNN7EXAMPLF\nexit 0\n")
+        .expect("type");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let status = wait_until(Duration::from_secs(60), || child.try_wait().ok().flatten());
+    drop(stdin);
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the interactive session did not end");
+    };
+    let seen = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
+    assert!(status.success(), "{status}: {seen}");
+    assert!(seen.contains("hello-42"), "{seen}");
+    assert!(
+        seen.contains("AKIAIOSFODNN7EXAMPLF"),
+        "the agent sees its output unmasked: {seen}"
+    );
+
+    // The recording reaches ClickHouse.
+    let session = wait_until(Duration::from_secs(30), || {
+        let sid = db.try_query(
+            "SELECT toString(session_id) FROM {db}.events FINAL \
+             WHERE action = 'ssh:shell' AND verdict = 'allow' LIMIT 1",
+        )?;
+        let n = db.try_query(&format!(
+            "SELECT count() FROM {{db}}.io FINAL WHERE session_id = '{sid}'"
+        ))?;
+        (!sid.is_empty() && n.parse::<u32>().ok()? > 2).then_some(sid)
+    })
+    .expect("the shell's records in ClickHouse");
+    let config = s.dir.path().join("cli.toml");
+    std::fs::write(&config, db.config()).expect("config");
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .expect("blastgate");
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        out
+    };
+    let out = cli(&["sessions", "replay", &session, "--speed", "50"]);
+    let picture = String::from_utf8_lossy(&out.stdout);
+    assert!(picture.contains("echo hello-$((6*7))"), "{picture}");
+    assert!(picture.contains("hello-42"), "{picture}");
+    assert!(!picture.contains("AKIAIOSFODNN7EXAMPLF"), "{picture}");
+    let decisions = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        decisions.contains("action=\"ssh:shell\""),
+        "the decision on stderr: {decisions}"
+    );
+
+    let cast = s.dir.path().join("session.cast");
+    cli(&[
+        "sessions",
+        "export",
+        &session,
+        "--asciicast",
+        "-o",
+        cast.to_str().expect("utf-8"),
+    ]);
+    let cast_text = std::fs::read_to_string(&cast).expect("cast");
+    let mut lines = cast_text.lines();
+    let header: serde_json::Value =
+        serde_json::from_str(lines.next().expect("header")).expect("header JSON");
+    assert_eq!(header["version"], 2, "{header}");
+    assert!(header["width"].as_u64().is_some_and(|w| w > 0), "{header}");
+    assert!(header["height"].as_u64().is_some_and(|h| h > 0), "{header}");
+    let mut last = 0.0;
+    let mut codes = std::collections::BTreeSet::new();
+    for line in lines {
+        let ev: serde_json::Value = serde_json::from_str(line).expect("event JSON");
+        let at = ev[0].as_f64().expect("time");
+        assert!(at >= last, "events in order: {line}");
+        last = at;
+        let code = ev[1].as_str().expect("code");
+        assert!(["o", "i", "r", "m"].contains(&code), "{line}");
+        assert!(ev[2].is_string(), "{line}");
+        codes.insert(code.to_string());
+    }
+    assert!(
+        ["o", "i", "r", "m"].iter().all(|c| codes.contains(*c)),
+        "{codes:?}"
+    );
+    assert!(!cast_text.contains("AKIAIOSFODNN7EXAMPLF"));
+    // asciinema itself reads it back, when the setup installed it.
+    if let Some(asciinema) = asciinema() {
+        let out = Command::new(asciinema)
+            .arg("cat")
+            .arg(&cast)
+            .output()
+            .expect("asciinema cat");
+        assert!(out.status.success(), "asciinema cat: {}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("hello-42"));
+    }
+
+    let io = db.query(&format!(
+        "SELECT data FROM {{db}}.io FINAL WHERE session_id = '{session}' FORMAT TSVRaw"
+    ));
+    assert!(!io.contains("AKIAIOSFODNN7EXAMPLF"), "{io}");
+    s.assert_no_key_in("the io table", &io);
+    s.assert_no_key_in("the asciicast", &cast_text);
+    s.assert_no_key_in("the daemon log", &s.daemon.log_text());
+}
+
+/// The asciinema player `cargo xtask setup` installs, if it is there.
+fn asciinema() -> Option<PathBuf> {
+    let p = PathBuf::from("/opt/blastgate-tools/venv/bin/asciinema");
+    if p.exists() {
+        return Some(p);
+    }
+    blastgate::testing::skip("asciinema is not installed (cargo xtask setup installs it)");
+    None
+}
+
+/// `-L` and `-A` are refused too; a session multiplexed by ControlMaster
+/// runs several channels, each decided and recorded on its own; and the
+/// client's keepalives are answered while a command runs.
+#[test]
+fn local_forwards_agent_forwarding_control_master_and_keepalives() {
+    let _g = serial();
+    let Some(s) = setup_with(Options {
+        allow: &["sleep", "cat"],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    // -A with a real ssh-agent: the request is refused, the command runs.
+    let agent_sock = s.dir.path().join("agent.sock");
+    let mut ssh_agent = Command::new("/usr/bin/ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&agent_sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    assert!(
+        wait_until(Duration::from_secs(5), || agent_sock.exists().then_some(())).is_some(),
+        "ssh-agent socket"
+    );
+    let mut c = s.ssh_agent(&["-A"], &["git-upload-pack --version"]);
+    c.env("SSH_AUTH_SOCK", &agent_sock);
+    let out = output_within(&mut c, Duration::from_secs(60));
+    let _ = ssh_agent.kill();
+    let _ = ssh_agent.wait();
+    assert_ne!(
+        out.status.code(),
+        Some(255),
+        "the command ran: {}",
+        text(&out)
+    );
+    assert_ne!(out.status.code(), Some(126), "{}", text(&out));
+
+    // -L: the listener is local; the tunnel is refused when used, and the
+    // session stays up.
+    let port = free_port();
+    let mut tunnel = s
+        .ssh_agent(&["-N", "-L", &format!("127.0.0.1:{port}:127.0.0.1:9")], &[])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh -L");
+    let conn = wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    if let Some(mut conn) = conn {
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(conn.read(&mut buf), Ok(0) | Err(_)),
+            "a refused tunnel carries nothing"
+        );
+    }
+    let recorded = wait_until(Duration::from_secs(10), || {
+        s.env
+            .events()
+            .into_iter()
+            .find(|e| e["text"] == "direct-tcpip 127.0.0.1:9")
+    });
+    assert!(
+        tunnel.try_wait().expect("ssh -L").is_none(),
+        "the session outlives the refusal"
+    );
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+    let recorded = recorded.expect("the -L refusal recorded");
+    assert_eq!(recorded["verdict"], "deny", "{recorded:#}");
+    assert!(
+        s.env
+            .events()
+            .iter()
+            .any(|e| e["text"] == "auth-agent " && e["verdict"] == "deny"),
+        "{:#?}",
+        s.env.events()
+    );
+
+    // ControlMaster: one connection, several channels.
+    let control = s.dir.path().join("cm.sock");
+    let control_opt = format!("ControlPath={}", control.display());
+    let mut master = s
+        .ssh_agent(
+            &[
+                "-M",
+                "-N",
+                "-o",
+                &control_opt,
+                // Dropped after about 2 s if nobody answers its keepalives.
+                "-o",
+                "ServerAliveInterval=1",
+                "-o",
+                "ServerAliveCountMax=2",
+            ],
+            &[],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh -M");
+    assert!(
+        wait_until(Duration::from_secs(20), || control.exists().then_some(())).is_some(),
+        "control socket"
+    );
+    let ran: Vec<Output> = (0..2)
+        .map(|_| {
+            let mut c = s.ssh_agent(&["-o", &control_opt], &["sleep 4"]);
+            output_within(&mut c, Duration::from_secs(60))
+        })
+        .collect();
+    let mut exit = ssh_command(
+        &s.known_hosts,
+        &["-o", &control_opt, "-O", "exit", &s.dest()],
+    );
+    let _ = output_within(&mut exit, Duration::from_secs(20));
+    let _ = master.kill();
+    let _ = master.wait();
+    for out in &ran {
+        assert!(out.status.success(), "{}", text(out));
+    }
+    let sleeps: Vec<serde_json::Value> = s
+        .env
+        .events()
+        .into_iter()
+        .filter(|e| e["text"] == "sleep 4" && e["verdict"] == "allow")
+        .collect();
+    assert_eq!(sleeps.len(), 2, "{sleeps:#?}");
+    assert_eq!(
+        sleeps[0]["session_id"], sleeps[1]["session_id"],
+        "both channels rode the master's one session"
     );
 }

@@ -106,29 +106,6 @@ fn available() -> bool {
     TestSshd::available() && have_tools(&["sha256sum"])
 }
 
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("run sha256sum");
-    assert!(out.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
-/// A file of `len` random bytes.
-fn random_file(path: &Path, len: usize) {
-    use std::io::Read;
-    let mut data = vec![0u8; len];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut data))
-        .expect("read /dev/urandom");
-    std::fs::write(path, data).expect("write random file");
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -170,13 +170,13 @@ struct Sample {
 }
 
 /// Set by SIGINT/SIGTERM: the bench stops at the next run and cleans up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+pub(crate) extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -184,7 +184,7 @@ fn check_interrupted() -> Result<()> {
 }
 
 /// Children die with the bench even if it is killed outright.
-fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
+pub(crate) fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
     // SAFETY: prctl in the child before exec (after any uid change, which
     // would clear it); async-signal-safe.
     unsafe {
@@ -208,15 +208,15 @@ fn postgres_ids() -> Result<(u32, u32)> {
     }
 }
 
-fn free_port(ip: &str) -> Result<u16> {
+pub(crate) fn free_port(ip: &str) -> Result<u16> {
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
-fn cpus(var: &str, default: &str) -> String {
+pub(crate) fn cpus(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.into())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -224,7 +224,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     format!(
@@ -235,7 +235,7 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// Removes the scratch directory last.
-struct ScratchDir(PathBuf);
+pub(crate) struct ScratchDir(pub(crate) PathBuf);
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
@@ -733,7 +733,7 @@ fn daemon_config(dir: &Path, proxy_port: u16, pg_port: u16, policy: &Path) -> St
     )
 }
 
-fn dir_bytes(path: &Path) -> u64 {
+pub(crate) fn dir_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };

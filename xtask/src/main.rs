@@ -7,6 +7,7 @@ mod ebpf_build;
 
 mod bench;
 mod bench_postgres;
+mod bench_ssh;
 mod clickhouse;
 mod demo;
 mod setup;
@@ -45,18 +46,20 @@ enum Task {
     /// Measured side by side with the direct path in one run: interception
     /// (connect+1-byte echo latency, bulk TCP throughput, direct vs through
     /// blastgate), recording (hot-path cost per event, spool to ClickHouse
-    /// throughput) and PostgreSQL (pgbench direct, through PgBouncer and
-    /// through blastgate's gateway).
+    /// throughput), PostgreSQL (pgbench direct, through PgBouncer and
+    /// through blastgate's gateway) and SSH (scp, two-way bulk and
+    /// keystroke echo, direct and through blastgate's SSH gateway).
     Bench {
-        /// Only one part: `intercept`, `records` or `postgres`.
+        /// Only one part: `intercept`, `records`, `postgres` or `ssh`.
         #[arg(long)]
         only: Option<String>,
         /// Events for the recording benchmark.
         #[arg(long, default_value_t = 500_000)]
         events: usize,
-        /// Repetitions of each measurement (alternating direct/proxied).
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
+        /// Repetitions of each measurement (alternating direct/proxied);
+        /// default 5, and 3 for ssh (its cells move whole files).
+        #[arg(long)]
+        reps: Option<usize>,
         /// Connections per latency repetition.
         #[arg(long, default_value_t = 2000)]
         connections: usize,
@@ -77,6 +80,9 @@ enum Task {
         /// rule (the daemon restarted with it).
         #[arg(long)]
         masking: bool,
+        /// SSH: size of the file scp and ssh move, in MB.
+        #[arg(long, default_value_t = 300)]
+        ssh_mb: u64,
     },
 }
 
@@ -138,7 +144,13 @@ fn main() -> Result<()> {
             scale,
             paths,
             masking,
+            ssh_mb,
         } => {
+            let ssh = bench_ssh::Opts {
+                reps: reps.unwrap_or(3),
+                mb: ssh_mb,
+            };
+            let reps = reps.unwrap_or(5);
             let postgres = bench_postgres::Opts {
                 reps,
                 secs,
@@ -151,13 +163,15 @@ fn main() -> Result<()> {
                 None => {
                     bench::run(&root, reps, connections, bytes)?;
                     bench::records(&root, events)?;
-                    bench_postgres::run(&root, &postgres)
+                    bench_postgres::run(&root, &postgres)?;
+                    bench_ssh::run(&root, &ssh)
                 }
                 Some("intercept") => bench::run(&root, reps, connections, bytes),
                 Some("records") => bench::records(&root, events),
                 Some("postgres") => bench_postgres::run(&root, &postgres),
+                Some("ssh") => bench_ssh::run(&root, &ssh),
                 Some(other) => {
-                    anyhow::bail!("--only takes intercept, records or postgres, not {other:?}")
+                    anyhow::bail!("--only takes intercept, records, postgres or ssh, not {other:?}")
                 }
             }
         }

@@ -2,8 +2,8 @@
 //!
 //! Idempotent: packages already installed are not touched and apt is not
 //! even updated when nothing is missing; bpf-linker is rebuilt only if the
-//! pinned version is absent; pip runs only if the tools venv cannot import
-//! psycopg.
+//! pinned version is absent; pip runs only for a tool the venv cannot
+//! import.
 
 use std::{path::Path, process::Command};
 
@@ -37,10 +37,15 @@ const COMMON: &[&str] = &[
     "rsync",
 ];
 
-/// psycopg 3 for the Postgres tests, in a venv of apt's python3 (not
-/// whatever python3 comes first on PATH).
+/// Python tools the tests drive, in a venv of apt's python3 (not whatever
+/// python3 comes first on PATH): (module to import, pinned requirement).
 const TOOLS_VENV: &str = "/opt/blastgate-tools/venv";
-const PSYCOPG: &str = "psycopg[binary]==3.3.9";
+const PYTHON_TOOLS: &[(&str, &str)] = &[
+    // The Postgres tests' second client library.
+    ("psycopg", "psycopg[binary]==3.3.9"),
+    // Reads the SSH recordings `blastgate sessions export --asciicast` writes.
+    ("asciinema", "asciinema==2.4.0"),
+];
 
 /// Debian bookworm's route to a BPF `core` without nightly (see README).
 const DEBIAN_BPF: &[&str] = &[
@@ -126,34 +131,34 @@ impl Apt {
     }
 }
 
-/// A venv with psycopg 3 from PyPI; pip runs only when the import fails.
+/// The venv with [`PYTHON_TOOLS`] from PyPI; pip runs only for a module
+/// that does not import.
 fn python_venv() -> Result<()> {
     let python = format!("{TOOLS_VENV}/bin/python");
-    let imports = || {
+    let imports = |module: &str| {
         Command::new(&python)
-            .args(["-c", "import psycopg"])
+            .args(["-c", &format!("import {module}")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
-    if imports() {
+    let missing: Vec<&(&str, &str)> = PYTHON_TOOLS.iter().filter(|(m, _)| !imports(m)).collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    need_root(&format!("creating the Python venv {TOOLS_VENV}"))?;
+    need_root(&format!("installing Python tools into {TOOLS_VENV}"))?;
     if !Path::new(&python).exists() {
         sh::run(Command::new("/usr/bin/python3").args(["-m", "venv", TOOLS_VENV]))?;
     }
-    sh::run(Command::new(&python).args([
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-        PSYCOPG,
-    ]))?;
-    if !imports() {
-        bail!("{python} still cannot import psycopg after pip install {PSYCOPG}");
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
+    pip.args(missing.iter().map(|(_, req)| *req));
+    sh::run(&mut pip)?;
+    for (module, req) in missing {
+        if !imports(module) {
+            bail!("{python} still cannot import {module} after pip install {req}");
+        }
     }
     Ok(())
 }

@@ -850,3 +850,35 @@ fn shadow_password(user: &str) -> Option<String> {
         (f.next() == Some(user)).then(|| f.next().unwrap_or("").to_string())
     })
 }
+
+/// sha256 of a local file, hex (sha256sum).
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A file of `len` random bytes, written a mebibyte at a time (transfer
+/// tests use hundreds of them).
+pub fn random_file(path: &Path, len: usize) {
+    use std::io::{Read, Write};
+    let mut urandom = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
+    let mut out = std::fs::File::create(path).expect("create random file");
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        urandom
+            .read_exact(&mut chunk[..n])
+            .expect("read /dev/urandom");
+        out.write_all(&chunk[..n]).expect("write random file");
+        left -= n;
+    }
+}

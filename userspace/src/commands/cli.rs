@@ -258,4 +258,19 @@ pub enum SessionsCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Writes a session's recording as an asciicast v2 file (asciinema
+    /// play, the asciinema web player): terminal output, keystrokes and
+    /// resizes with their timing, and each decision as a marker.
+    Export {
+        id: uuid::Uuid,
+        /// The format (the only one so far; required so scripts stay
+        /// valid when others come).
+        #[arg(long, required = true)]
+        asciicast: bool,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }

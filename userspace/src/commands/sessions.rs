@@ -1,4 +1,5 @@
-//! `blastgate sessions list|show|replay`: the ClickHouse record, for humans.
+//! `blastgate sessions list|show|replay|export`: the ClickHouse record, for
+//! humans and their players.
 
 use ::clickhouse::Row;
 
@@ -60,15 +61,12 @@ fn clickhouse_client(config: Option<&std::path::Path>) -> anyhow::Result<::click
     Ok(records_ch::client(&ch)?.with_database(ch.database.clone()))
 }
 
-async fn replay(
+/// A session's events and replay data in playing order, every row timed
+/// in microseconds from the session start.
+async fn timeline(
     id: uuid::Uuid,
-    speed: f64,
     config: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    if !(speed.is_finite() && speed > 0.0) {
-        anyhow::bail!("--speed must be a positive number, got {speed}");
-    }
+) -> anyhow::Result<(i64, Vec<ReplayRow>)> {
     let client = clickhouse_client(config)?;
     let mut rows: Vec<ReplayRow> = client
         .query(
@@ -98,6 +96,34 @@ async fn replay(
         r.at_us = start.saturating_add(i64::try_from(r.offset_us).unwrap_or(i64::MAX));
     }
     rows.sort_by_key(|r| (r.at_us, r.seq));
+    Ok((start, rows))
+}
+
+/// One decision as a line: for the replay's stderr and the export's markers.
+fn decision_line(r: &ReplayRow) -> String {
+    let mut line = format!("{} {}", r.kind, r.verdict);
+    for (k, v) in [
+        ("action", &r.action),
+        ("policy", &r.policy_id),
+        ("text", &r.text),
+    ] {
+        if !v.is_empty() {
+            line += &format!(" {k}={v:?}");
+        }
+    }
+    line
+}
+
+async fn replay(
+    id: uuid::Uuid,
+    speed: f64,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    if !(speed.is_finite() && speed > 0.0) {
+        anyhow::bail!("--speed must be a positive number, got {speed}");
+    }
+    let (start, rows) = timeline(id, config).await?;
     let mut clock = start;
     let mut out = std::io::stdout().lock();
     for r in &rows {
@@ -116,20 +142,55 @@ async fn replay(
             }
             continue;
         }
-        let mut line = format!("[{at:>9.3}s] {} {}", r.kind, r.verdict);
-        for (k, v) in [
-            ("action", &r.action),
-            ("policy", &r.policy_id),
-            ("text", &r.text),
-        ] {
-            if !v.is_empty() {
-                line += &format!(" {k}={v:?}");
-            }
-        }
         out.flush()?;
-        eprintln!("{line}");
+        eprintln!("[{at:>9.3}s] {}", decision_line(r));
     }
     out.flush()?;
+    Ok(())
+}
+
+/// The session as an asciicast v2 file (what `asciinema play` and the web
+/// player read): the terminal size from the first recorded one, output,
+/// input and resizes as recorded, and every decision as a marker.
+async fn export_asciicast(
+    id: uuid::Uuid,
+    output: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let (start, rows) = timeline(id, config).await?;
+    // A client without a terminal of its own (`ssh -tt` from a script)
+    // asks for 0x0: players need a real size.
+    let (width, height) = rows
+        .iter()
+        .filter(|r| r.io && r.stream == "r")
+        .filter_map(|r| r.data.split_once('x'))
+        .filter_map(|(c, l)| Some((c.parse::<u32>().ok()?, l.parse::<u32>().ok()?)))
+        .find(|&(c, l)| c > 0 && l > 0)
+        .unwrap_or((80, 24));
+    let mut text = serde_json::to_string(&serde_json::json!({
+        "version": 2,
+        "width": width,
+        "height": height,
+        "timestamp": start / 1_000_000,
+        "title": format!("blastgate session {id}"),
+    }))?;
+    text.push('\n');
+    for r in &rows {
+        let at = (r.at_us - start).max(0) as f64 / 1e6;
+        let (code, data) = if r.io {
+            (r.stream.as_str(), r.data.clone())
+        } else {
+            ("m", decision_line(r))
+        };
+        text += &serde_json::to_string(&serde_json::json!([at, code, data]))?;
+        text.push('\n');
+    }
+    match output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
     Ok(())
 }
 
@@ -197,6 +258,12 @@ pub async fn run(cmd: SessionsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         SessionsCommand::Replay { id, speed, config } => replay(id, speed, config.as_deref()).await,
+        SessionsCommand::Export {
+            id,
+            asciicast: _,
+            output,
+            config,
+        } => export_asciicast(id, output.as_deref(), config.as_deref()).await,
         SessionsCommand::Show { id, json, config } => {
             let client = clickhouse_client(config.as_deref())?;
             let rows: Vec<EventLine> = client

@@ -185,6 +185,11 @@ pub async fn run(job: Job) {
     let started = Instant::now();
     let result = relay(&job, &watch).await;
     event.duration_us = Some(started.elapsed().as_micros() as u64);
+    tracing::debug!(
+        channel = %job.id,
+        peak_queued_input = job.inbox.peak_bytes(),
+        "ssh channel ended"
+    );
 
     let (tail, stats, sftp_tail) = match watch.lock() {
         Ok(mut w) => {
@@ -284,6 +289,7 @@ async fn relay(job: &Job, watch: &Mutex<Watch>) -> Result<Ending, String> {
     .map_err(failed)?;
 
     let (mut from_up, to_up) = up.split();
+    job.inbox.running();
     let session = &job.gw.session;
     let to_upstream = async {
         while let Some(input) = job.inbox.recv().await {
@@ -292,7 +298,7 @@ async fn relay(job: &Job, watch: &Mutex<Watch>) -> Result<Ending, String> {
                     let chunks = match watch.lock() {
                         Ok(mut w) => {
                             if let Some(s) = w.sftp.as_mut() {
-                                s.from_client(&d);
+                                s.client_bytes(&d);
                             }
                             w.recording.input(session.elapsed_us(), &d)
                         }
@@ -406,7 +412,7 @@ async fn deliver(job: &Job, watch: &Mutex<Watch>, data: Bytes, ext: Option<u32>)
     let (chunks, ops) = match watch.lock() {
         Ok(mut w) => {
             let ops = match w.sftp.as_mut() {
-                Some(s) if ext.is_none() => s.from_server(&data),
+                Some(s) if ext.is_none() => s.server_bytes(&data),
                 _ => Vec::new(),
             };
             (w.recording.output(at, &data, ext.is_some()), ops)
@@ -416,9 +422,6 @@ async fn deliver(job: &Job, watch: &Mutex<Watch>, data: Bytes, ext: Option<u32>)
     record_io(&job.gw, chunks).await;
     record_sftp(&job.gw, ops).await;
     job.gw.counters.add_to_agent(data.len() as u64);
-    // Marked as on its way, so the agent's session loop is let go if the
-    // data callback is waiting for room (see `flow`).
-    let _delivering = job.inbox.delivering();
     let _ = match ext {
         None => job.agent.data(job.id, data).await,
         Some(ext) => job.agent.extended_data(job.id, ext, data).await,

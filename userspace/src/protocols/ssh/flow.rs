@@ -1,19 +1,20 @@
 //! What the agent sends on one channel, queued for the task that writes it
-//! upstream, with backpressure that cannot deadlock the session.
+//! upstream, and the window that keeps that queue bounded.
 //!
-//! russh runs every handler callback on the session's one loop, and that
-//! loop also carries everything sent *to* the agent. A callback that waits
-//! for room in a queue whose drain depends on output reaching the agent
-//! deadlocks two-way transfers (`ssh host cat < big > out`): the upstream
-//! stops reading our input because its output is not being read. And
-//! russh tops up the agent's window when data arrives, not when it is
-//! consumed, so the window alone bounds nothing.
-//!
-//! So the data callback waits for room only while no output of this
-//! channel is on its way to the agent: the relay marks each delivery
-//! ([`Inbox::delivering`]) and the waiting callback returns at once, lets
-//! the loop carry the output, and waits again with the next packet. The
-//! queue is bounded by [`HIGH_WATER`] plus one packet per delivery.
+//! russh runs every handler callback on the session's one loop, which also
+//! carries everything sent *to* the agent, so a data callback must not
+//! wait for the upstream: in a two-way transfer (`ssh host cat < big >
+//! out`) the upstream stops reading our input while its output is not
+//! delivered, and the loop that would deliver it is the one waiting.
+//! Input is therefore queued without waiting, and bounded by the SSH
+//! window instead: russh tops the agent's window up when data arrives,
+//! to the target [`Handler::adjust_window`](russh::server::Handler)
+//! returns. While a channel's queue is over [`HIGH_WATER`] the target is
+//! [`TRICKLE_WINDOW`], so the agent can send only a few bytes per round
+//! trip (enough to keep the window alive: a window of zero would never be
+//! topped up again); below it, the full window comes back with the next
+//! top-up. A channel still waiting for a human has nothing draining its
+//! queue: its data callback also pauses, so the trickle stays slow.
 
 use std::{
     collections::VecDeque,
@@ -27,8 +28,13 @@ use bytes::Bytes;
 use russh::Sig;
 use tokio::sync::Notify;
 
-/// Queued input above which the agent's next packet waits.
+/// Queued input above which the agent's window shrinks.
 pub const HIGH_WATER: usize = 4 << 20;
+/// The agent's window while its queue is over [`HIGH_WATER`].
+pub const TRICKLE_WINDOW: u32 = 256;
+/// How long a data callback pauses for a channel with a full queue that
+/// is not running yet (held for approval).
+const HELD_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One thing the agent did on a channel, in the order it did it.
 #[derive(Debug)]
@@ -48,8 +54,10 @@ pub enum Input {
 struct Shared {
     queue: Mutex<VecDeque<Input>>,
     queued_bytes: AtomicUsize,
-    /// Output of this channel is waiting for the session loop.
-    delivering: AtomicUsize,
+    /// The most ever queued, for the channel's log line.
+    peak_bytes: AtomicUsize,
+    /// The relay is writing to the upstream: the queue drains.
+    running: AtomicBool,
     /// The relay is gone: nothing will drain the queue again.
     closed: AtomicBool,
     /// The agent will send nothing more (channel closed or session gone).
@@ -84,9 +92,12 @@ impl Outbox {
             return false;
         }
         if let Input::Data(d) = &input {
-            self.shared
+            let now = self
+                .shared
                 .queued_bytes
-                .fetch_add(d.len(), Ordering::AcqRel);
+                .fetch_add(d.len(), Ordering::AcqRel)
+                + d.len();
+            self.shared.peak_bytes.fetch_max(now, Ordering::AcqRel);
         }
         if let Ok(mut q) = self.shared.queue.lock() {
             q.push_back(input);
@@ -95,20 +106,16 @@ impl Outbox {
         true
     }
 
-    /// Waits while the queue is over [`HIGH_WATER`], unless output of
-    /// this channel needs the session loop (see the module doc).
-    pub async fn room(&self) {
-        loop {
-            let changed = self.shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.shared.closed.load(Ordering::Acquire)
-                || self.shared.delivering.load(Ordering::Acquire) > 0
-                || self.shared.queued_bytes.load(Ordering::Acquire) <= HIGH_WATER
-            {
-                return;
-            }
-            changed.await;
+    /// Whether the agent should be held to a trickle (see the module doc).
+    pub fn over_high_water(&self) -> bool {
+        self.shared.queued_bytes.load(Ordering::Acquire) > HIGH_WATER
+    }
+
+    /// Slows a held channel's trickle: nothing drains its queue until a
+    /// human decides.
+    pub async fn pace(&self) {
+        if self.over_high_water() && !self.shared.running.load(Ordering::Acquire) {
+            tokio::time::sleep(HELD_PAUSE).await;
         }
     }
 }
@@ -163,17 +170,14 @@ impl Inbox {
         }
     }
 
-    /// Marks output of this channel on its way to the agent for as long as
-    /// the guard lives.
-    pub fn delivering(&self) -> Delivering<'_> {
-        self.shared.delivering.fetch_add(1, Ordering::AcqRel);
-        self.shared.changed.notify_waiters();
-        Delivering { inbox: self }
+    /// The relay now writes upstream: the queue will drain.
+    pub fn running(&self) {
+        self.shared.running.store(true, Ordering::Release);
     }
 
-    #[cfg(test)]
-    pub fn queued_bytes(&self) -> usize {
-        self.shared.queued_bytes.load(Ordering::Acquire)
+    /// The most input ever queued at once.
+    pub fn peak_bytes(&self) -> usize {
+        self.shared.peak_bytes.load(Ordering::Acquire)
     }
 }
 
@@ -188,20 +192,8 @@ impl Drop for Inbox {
     }
 }
 
-pub struct Delivering<'a> {
-    inbox: &'a Inbox,
-}
-
-impl Drop for Delivering<'_> {
-    fn drop(&mut self) {
-        self.inbox.shared.delivering.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn data(n: usize) -> Input {
@@ -221,31 +213,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn room_waits_over_high_water_until_drained_or_delivering() {
+    async fn high_water_and_pacing_of_held_channels() {
         let (out, inbox) = channel();
-        out.send(data(HIGH_WATER + 1));
-        let waiting = tokio::time::timeout(Duration::from_millis(50), out.room()).await;
-        assert!(waiting.is_err(), "over high water must wait");
-        {
-            let _d = inbox.delivering();
-            tokio::time::timeout(Duration::from_secs(1), out.room())
-                .await
-                .expect("output on its way lets the loop run");
-        }
-        let wait = tokio::spawn(async move {
-            out.room().await;
-            out
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!wait.is_finished());
+        out.send(data(HIGH_WATER));
+        assert!(!out.over_high_water());
+        out.send(data(1));
+        assert!(out.over_high_water());
+        let t = std::time::Instant::now();
+        out.pace().await;
+        assert!(
+            t.elapsed() >= HELD_PAUSE,
+            "a held channel's trickle is slowed"
+        );
+        inbox.running();
+        let t = std::time::Instant::now();
+        out.pace().await;
+        assert!(t.elapsed() < HELD_PAUSE, "a running channel's is not");
         assert!(inbox.recv().await.is_some());
-        let out = tokio::time::timeout(Duration::from_secs(1), wait)
-            .await
-            .expect("drained")
-            .expect("task");
-        assert_eq!(inbox.queued_bytes(), 0);
+        assert!(!out.over_high_water());
+        assert_eq!(inbox.peak_bytes(), HIGH_WATER + 1);
         drop(inbox);
         assert!(!out.send(data(1)), "relay gone");
-        out.room().await;
     }
 }

@@ -35,15 +35,18 @@ pub struct AgentSide {
     pub cfg: Arc<SshTarget>,
     pub upstream: Upstream,
     channels: HashMap<ChannelId, Slot>,
+    /// The channel window the server config grants.
+    window: u32,
 }
 
 impl AgentSide {
-    pub fn new(gw: Gateway, cfg: Arc<SshTarget>) -> AgentSide {
+    pub fn new(gw: Gateway, cfg: Arc<SshTarget>, window: u32) -> AgentSide {
         AgentSide {
             gw,
             cfg,
             upstream: Arc::new(tokio::sync::Mutex::new(None)),
             channels: HashMap::new(),
+            window,
         }
     }
 
@@ -260,9 +263,24 @@ impl server::Handler for AgentSide {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(outbox) = self.send(channel, Input::Data(Bytes::copy_from_slice(data))) {
-            outbox.room().await;
+            outbox.pace().await;
         }
         Ok(())
+    }
+
+    // Called when russh topped up a channel's window: the target for the
+    // next top-up (see `flow`).
+    fn adjust_window(&mut self, channel: ChannelId, _current: u32) -> u32 {
+        let full = self
+            .channels
+            .get(&channel)
+            .and_then(|s| s.outbox.as_ref())
+            .is_some_and(Outbox::over_high_water);
+        if full {
+            flow::TRICKLE_WINDOW
+        } else {
+            self.window
+        }
     }
 
     async fn channel_eof(

@@ -6,8 +6,8 @@
 //!   tunnels refused and recorded.
 //! - [`channel`]: one exec, shell or sftp channel: policy, hold, relay,
 //!   record.
-//! - [`flow`]: the agent's input per channel, with backpressure that does
-//!   not deadlock two-way transfers.
+//! - [`flow`]: the agent's input per channel, bounded by the SSH window
+//!   without stalling the session (two-way transfers).
 //! - [`recording`]: terminal sessions as asciicast data, exec excerpts;
 //!   masked.
 //! - [`sftp`]: file operations read off an sftp channel for the record.
@@ -60,7 +60,7 @@ pub async fn serve(conn: TcpStream, gw: Gateway) -> Result<(), SessionError> {
     identity
         .install(&mut config)
         .map_err(|e| SessionError::Upstream(e.to_string()))?;
-    let handler = handler::AgentSide::new(gw, Arc::new(cfg));
+    let handler = handler::AgentSide::new(gw, Arc::new(cfg), config.window_size);
     let running = server::run_stream(Arc::new(config), conn, handler)
         .await
         .map_err(|e| SessionError::Relay(format!("ssh: {e:?}")))?;

@@ -14,8 +14,8 @@ impl SftpObserver {
     pub fn new() -> Self {
         SftpObserver
     }
-    pub fn from_client(&mut self, _data: &[u8]) {}
-    pub fn from_server(&mut self, _data: &[u8]) -> Vec<SftpRecord> {
+    pub fn client_bytes(&mut self, _data: &[u8]) {}
+    pub fn server_bytes(&mut self, _data: &[u8]) -> Vec<SftpRecord> {
         Vec::new()
     }
     pub fn finish(&mut self) -> Vec<SftpRecord> {
