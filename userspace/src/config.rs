@@ -654,7 +654,8 @@ mod example_tests {
     fn shipped_example_config_parses() {
         let text = include_str!("../config/blastgate.example.toml");
         let c = Config::parse(text, Path::new("blastgate.example.toml")).unwrap();
-        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.targets.len(), 2);
+        assert!(c.targets[1].ssh.is_some());
         assert_eq!(c.enrol.uids.len(), 1);
         assert_eq!(c.records.flush_interval_ms, 10);
     }

@@ -12,6 +12,10 @@ pub struct SshTarget {
     pub user: String,
     /// Private key (OpenSSH format) only the daemon can read.
     pub key_file: PathBuf,
+    /// An OpenSSH user certificate for that key (`…-cert.pub`), for servers
+    /// that trust a user CA instead of listing keys.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
     /// known_hosts file to check the server against...
     #[serde(default)]
     pub known_hosts: Option<PathBuf>,

@@ -66,18 +66,29 @@ pub async fn connect(gw: &Gateway, cfg: &SshTarget) -> Result<client::Handle<Ser
     let mut handle = client::connect_stream(config, tcp, check)
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
-    let hash = handle
-        .best_supported_rsa_hash()
-        .await
-        .map_err(|e| e.to_string())?
-        .flatten();
-    let auth = handle
-        .authenticate_publickey(
-            cfg.user.clone(),
-            PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-        )
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let auth = match &cfg.cert_file {
+        Some(path) => {
+            let cert = russh::keys::load_openssh_certificate(path)
+                .map_err(|e| format!("cert_file {}: {e}", path.display()))?;
+            handle
+                .authenticate_openssh_cert(cfg.user.clone(), Arc::new(key), cert)
+                .await
+        }
+        None => {
+            let hash = handle
+                .best_supported_rsa_hash()
+                .await
+                .map_err(|e| e.to_string())?
+                .flatten();
+            handle
+                .authenticate_publickey(
+                    cfg.user.clone(),
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
+                .await
+        }
+    }
+    .map_err(|e| format!("{addr}: {e}"))?;
     if !auth.success() {
         return Err(format!(
             "{addr}: the server refused blastgate's key for {}",
