@@ -298,7 +298,7 @@ async fn relay(job: &Job, watch: &Mutex<Watch>) -> Result<Ending, String> {
                     let chunks = match watch.lock() {
                         Ok(mut w) => {
                             if let Some(s) = w.sftp.as_mut() {
-                                s.client_bytes(&d);
+                                s.from_client(&d);
                             }
                             w.recording.input(session.elapsed_us(), &d)
                         }
@@ -412,7 +412,7 @@ async fn deliver(job: &Job, watch: &Mutex<Watch>, data: Bytes, ext: Option<u32>)
     let (chunks, ops) = match watch.lock() {
         Ok(mut w) => {
             let ops = match w.sftp.as_mut() {
-                Some(s) if ext.is_none() => s.server_bytes(&data),
+                Some(s) if ext.is_none() => s.from_server(&data),
                 _ => Vec::new(),
             };
             (w.recording.output(at, &data, ext.is_some()), ops)
