@@ -232,14 +232,17 @@ impl Cell {
     }
 }
 
-/// The daemon's memory during one run, KiB.
+/// What the daemon used during one run.
 #[derive(Clone, Copy)]
-struct Rss {
-    /// Highest VmRSS sampled every 50 ms.
+struct DaemonUse {
+    /// Highest VmRSS sampled every 50 ms, KiB.
     peak_kib: u64,
-    /// VmHWM after the run (reset before it): catches a spike between
-    /// samples.
+    /// VmHWM after the run (reset before it), KiB: catches a spike
+    /// between samples.
     hwm_kib: u64,
+    /// User + system CPU time: with sshd on the same CPU, tells a slow
+    /// gateway from a saturated CPU.
+    cpu_secs: f64,
 }
 
 /// One run's numbers; what does not apply to the cell is NaN.
@@ -250,16 +253,19 @@ struct Sample {
     p99_us: f64,
     /// Keystroke cell: from spawning ssh to the sentinel's echo.
     setup_ms: f64,
-    rss: Option<Rss>,
+    rss: Option<DaemonUse>,
+    /// The daemon's CPU time over the run's wall time, percent.
+    daemon_cpu_pct: f64,
 }
 
 impl Sample {
-    fn transfer(bytes: u64, secs: f64, rss: Option<Rss>) -> Sample {
+    fn transfer(bytes: u64, secs: f64, rss: Option<DaemonUse>) -> Sample {
         Sample {
             mb_per_s: bytes as f64 / 1e6 / secs,
             p50_us: f64::NAN,
             p99_us: f64::NAN,
             setup_ms: f64::NAN,
+            daemon_cpu_pct: rss.map_or(f64::NAN, |r| r.cpu_secs / secs * 100.0),
             rss,
         }
     }
@@ -563,17 +569,31 @@ impl Bench {
         format!("{DEPLOY_USER}@{SERVER_IP}")
     }
 
-    /// `ssh -v host true`; the cipher the client negotiated.
+    /// `ssh -v host true`; the key exchange and cipher the client
+    /// negotiated ("kex / cipher").
     fn warm_up(&self, via: Via) -> Result<Option<String>> {
         let mut c = self.client(via, SSH);
         c.args(["-v", "-p", &self.port.to_string(), &self.dest(), "true"])
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let (_, _, stderr) = self.timed(via, &mut c, Duration::from_secs(60), "ssh true")?;
-        Ok(stderr.lines().find_map(|l| {
-            l.split_once("kex: server->client cipher: ")
-                .map(|(_, rest)| rest.split_whitespace().next().unwrap_or("").to_string())
-        }))
+        let after = |needle: &str| {
+            stderr.lines().find_map(|l| {
+                l.split_once(needle)
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .map(str::to_string)
+            })
+        };
+        let kex = after("kex: algorithm: ");
+        let cipher = after("kex: server->client cipher: ");
+        Ok(match (kex, cipher) {
+            (None, None) => None,
+            (k, c) => Some(format!(
+                "{} / {}",
+                k.as_deref().unwrap_or("?"),
+                c.as_deref().unwrap_or("?")
+            )),
+        })
     }
 
     fn measure(&self, cell: Cell, via: Via, o: &mut Outcome) -> Result<Sample> {
@@ -607,7 +627,7 @@ impl Bench {
             }
             Cell::Sink => {
                 let mut c = self.client(via, SSH);
-                c.args(["-p", &port, &self.dest(), "cat > /dev/null; exit 3"])
+                c.args(["-p", &port, &self.dest(), "cat > /dev/null"])
                     .stdin(File::open(&self.source)?)
                     .stdout(Stdio::null());
                 o.command.get_or_insert_with(|| {
@@ -679,7 +699,7 @@ impl Bench {
         cmd: &mut Command,
         limit: Duration,
         what: &str,
-    ) -> Result<(f64, Option<Rss>, String)> {
+    ) -> Result<(f64, Option<DaemonUse>, String)> {
         check_interrupted()?;
         let err_path = self.scratch.join("run.err");
         cmd.stderr(File::create(&err_path)?);
@@ -886,6 +906,7 @@ impl Bench {
             p99_us: percentile(&latencies, 0.99),
             setup_ms: setup.as_secs_f64() * 1e3,
             rss,
+            daemon_cpu_pct: f64::NAN,
         })
     }
 }
@@ -953,9 +974,10 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Samples the daemon's VmRSS every 50 ms on a thread of its own; the
-/// high-water mark is reset when it starts.
+/// high-water mark is reset when it starts; CPU time is read at both ends.
 struct RssSampler {
     pid: u32,
+    cpu_at_start: f64,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<u64>>,
 }
@@ -979,18 +1001,21 @@ impl RssSampler {
         });
         RssSampler {
             pid,
+            cpu_at_start: cpu_secs(pid).unwrap_or(f64::NAN),
             stop,
             thread: Some(thread),
         }
     }
 
-    fn finish(&mut self) -> Rss {
+    fn finish(&mut self) -> DaemonUse {
+        let cpu = cpu_secs(self.pid).unwrap_or(f64::NAN) - self.cpu_at_start;
         self.stop.store(true, Ordering::SeqCst);
         let peak = self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0);
         let hwm = status_kib(self.pid, "VmHWM").unwrap_or(0);
-        Rss {
+        DaemonUse {
             peak_kib: peak,
             hwm_kib: hwm,
+            cpu_secs: cpu,
         }
     }
 }
@@ -1002,6 +1027,19 @@ impl Drop for RssSampler {
             let _ = t.join();
         }
     }
+}
+
+/// User + system CPU seconds of `pid` (all its threads), from
+/// /proc/PID/stat.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state … utime stime: fields 14 and 15, counted after comm.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 /// A field of /proc/PID/status, in KiB.
@@ -1561,6 +1599,7 @@ fn summary_line(report: &Value) -> Value {
                     "direct_mb_s": d["mb_per_s"], "blastgate_mb_s": b["mb_per_s"],
                     "ratio": b["ratio_to_direct"],
                     "daemon_peak_rss_mib": b["daemon_peak_rss_mib"],
+                    "daemon_cpu_pct": b["daemon_cpu_pct"],
                     "failed": !d["error"].is_null() || !b["error"].is_null(),
                 })
             };
@@ -1579,7 +1618,7 @@ fn med(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
 }
 
 /// Highest of the runs' memory figures, MiB.
-fn peak_mib(samples: &[Sample], f: impl Fn(&Rss) -> u64) -> Option<f64> {
+fn peak_mib(samples: &[Sample], f: impl Fn(&DaemonUse) -> u64) -> Option<f64> {
     samples
         .iter()
         .filter_map(|s| s.rss.as_ref().map(&f))
@@ -1617,20 +1656,20 @@ fn report(
     println!(
         "(ssh/scp and the bench on CPU {client_cpus}; sshd on CPU {server_cpus}; the blastgate \
          daemon on CPU {proxy_cpus}; ratio = MB/s / direct MB/s; RSS = the daemon's, peak over \
-         the runs; load average at the end: {})",
+         the runs; daemon CPU = its CPU time / wall time, median; load average at the end: {})",
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
             .join(" ")
     );
     println!(
-        "client cipher: direct {}, blastgate {}",
+        "client kex / cipher: direct {}; blastgate {}",
         ciphers[0].as_deref().unwrap_or("?"),
         ciphers[1].as_deref().unwrap_or("?")
     );
     println!(
-        "  {:<20} {:<10} {:>9} {:>7} {:>13} {:>10}",
-        "cell", "path", "MB/s", "ratio", "peak RSS MiB", "HWM MiB"
+        "  {:<20} {:<10} {:>9} {:>7} {:>13} {:>10} {:>10}",
+        "cell", "path", "MB/s", "ratio", "peak RSS MiB", "HWM MiB", "daemon CPU"
     );
     let mut cells = Map::new();
     let mut scp_ratios = Vec::new();
@@ -1661,6 +1700,7 @@ fn report(
             } else {
                 let mbs = med(&o.samples, |s| s.mb_per_s);
                 let ratio = mbs / direct;
+                let cpu = med(&o.samples, |s| s.daemon_cpu_pct);
                 if via == Via::Blastgate && matches!(cell, Cell::Scp { .. }) {
                     scp_ratios.push((cell.name(), ratio));
                 }
@@ -1668,13 +1708,18 @@ fn report(
                     println!("  {:<20} {:<10} {:>9}", cell.name(), via.name(), "FAILED");
                 } else {
                     println!(
-                        "  {:<20} {:<10} {:>9} {:>7} {:>13} {:>10}{}",
+                        "  {:<20} {:<10} {:>9} {:>7} {:>13} {:>10} {:>10}{}",
                         cell.name(),
                         via.name(),
                         fmt(mbs, 1),
                         fmt(ratio, 2),
                         fmt_opt(rss, 1),
                         fmt_opt(hwm, 1),
+                        if cpu.is_nan() {
+                            "-".to_string()
+                        } else {
+                            format!("{cpu:.0}%")
+                        },
                         if o.error.is_some() {
                             "  (then FAILED)"
                         } else {
@@ -1684,6 +1729,7 @@ fn report(
                 }
                 entry["mb_per_s"] = json!(mbs);
                 entry["ratio_to_direct"] = json!(ratio);
+                entry["daemon_cpu_pct"] = json!(cpu);
                 entry["mb_per_s_runs"] =
                     json!(o.samples.iter().map(|s| s.mb_per_s).collect::<Vec<_>>());
             }
@@ -1764,7 +1810,7 @@ fn report(
         "reps": opts.reps, "mb": opts.mb, "keystrokes": KEYSTROKES,
         "keystroke_gap_ms": KEY_GAP.as_millis() as u64,
         "cpus": {"client": client_cpus, "server": server_cpus, "proxy": proxy_cpus},
-        "client_cipher": {"direct": ciphers[0], "blastgate": ciphers[1]},
+        "client_kex_cipher": {"direct": ciphers[0], "blastgate": ciphers[1]},
         "cells": cells,
         "keystroke_added_p50_us": added,
         "daemon_idle_rss_mib": idle_rss_kib as f64 / 1024.0,
