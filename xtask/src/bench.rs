@@ -116,6 +116,8 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
 
     let dir = std::env::temp_dir().join(format!("blastgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    // Declared first, so removed last: after the daemon using it stopped.
+    let _scratch = crate::bench_postgres::ScratchDir(dir.clone());
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
