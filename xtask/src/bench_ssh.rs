@@ -78,12 +78,12 @@ const UNSHARE: &str = "/usr/bin/unshare";
 const PIN_DIR: &str = "/sys/fs/bpf/blastgate-bench-ssh";
 const AGENT: &str = "bench";
 /// Where sshd listens; the agent dials it and is redirected.
-const SERVER_IP: &str = "127.0.0.2";
+pub(crate) const SERVER_IP: &str = "127.0.0.2";
 
 /// The OS user the bench logs in as upstream: the same one the e2e tests
 /// use (tests/e2e/harness/sshd.rs), created the same way if missing.
-const DEPLOY_USER: &str = "blastgate-deploy";
-const DEPLOY_HOME: &str = "/var/lib/blastgate-deploy";
+pub(crate) const DEPLOY_USER: &str = "blastgate-deploy";
+pub(crate) const DEPLOY_HOME: &str = "/var/lib/blastgate-deploy";
 /// The harness's lock: creating and fixing the user is serialized with
 /// test binaries running at the same time.
 const DEPLOY_LOCK: &str = "/tmp/blastgate-deploy-user.lock";
@@ -1290,16 +1290,16 @@ impl Drop for Daemon {
 /// PID 1 of a PID namespace of its own (`unshare --pid --fork
 /// --kill-child`), so when it exits the kernel kills every session it
 /// started; unshare dies with the bench (PR_SET_PDEATHSIG). Stopped on drop.
-struct Sshd {
+pub(crate) struct Sshd {
     /// `unshare`, whose only child is sshd.
     child: Option<Child>,
     dir: PathBuf,
     log: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Sshd {
-    fn start(dir: &Path, cpus: &str) -> Result<Sshd> {
+    pub(crate) fn start(dir: &Path, cpus: &str) -> Result<Sshd> {
         // The privilege separation directory (a tmpfs one systemd would
         // create).
         let privsep = Path::new("/run/sshd");
@@ -1416,7 +1416,7 @@ impl Sshd {
 
     /// Authorizes a new ed25519 key for `user`; its private key's path
     /// (0600 root, readable by the daemon and the direct client only).
-    fn authorize_new_key(&self, user: &str) -> Result<PathBuf> {
+    pub(crate) fn authorize_new_key(&self, user: &str) -> Result<PathBuf> {
         let key = self.dir.join("keys").join(user);
         keygen(&key, &format!("blastgate-bench-{user}"))?;
         let public = std::fs::read_to_string(key.with_extension("pub"))?;
@@ -1427,7 +1427,7 @@ impl Sshd {
     }
 
     /// "[ip]:port ssh-ed25519 AAAA…": the server's own host key.
-    fn known_hosts_line(&self) -> Result<String> {
+    pub(crate) fn known_hosts_line(&self) -> Result<String> {
         let text = std::fs::read_to_string(self.host_key().with_extension("pub"))?;
         let key: Vec<&str> = text.split_whitespace().take(2).collect();
         if key.len() != 2 {
@@ -1483,7 +1483,7 @@ fn keygen(path: &Path, comment: &str) -> Result<()> {
     chmod(path, 0o600)
 }
 
-struct PasswdEntry {
+pub(crate) struct PasswdEntry {
     uid: u32,
     gid: u32,
     home: PathBuf,
@@ -1534,7 +1534,7 @@ fn passwd(user: &str) -> Option<PasswdEntry> {
 /// /var/lib/blastgate-deploy, shell /bin/bash) and made able to log in
 /// with a key under `UsePAM no`: a shadow password starting with `!` is a
 /// locked account there, so it is set to `*`.
-fn deploy_user() -> Result<PasswdEntry> {
+pub(crate) fn deploy_user() -> Result<PasswdEntry> {
     let lock = File::options()
         .create(true)
         .truncate(false)

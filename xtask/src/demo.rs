@@ -195,6 +195,48 @@ fn free_port(ip: &str) -> Result<u16> {
     Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
+/// Waits for `held` (spawned here) to be held, shows the queue, approves
+/// it with the CLI, and prints what the agent saw.
+fn approve_held(bin: &Path, config: &Path, held: &mut Command, what: &str) -> Result<()> {
+    held.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let held = held.spawn()?;
+    let mut approved = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let out = Command::new(bin)
+            .args(["approvals", "list", "--json", "--config"])
+            .arg(config)
+            .output()?;
+        let list: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if let Some(id) = list
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|r| r["id"].as_str())
+        {
+            show(
+                Command::new(bin)
+                    .args(["approvals", "list", "--config"])
+                    .arg(config),
+            );
+            show(
+                Command::new(bin)
+                    .args(["approvals", "approve", id, "--reason", "demo", "--config"])
+                    .arg(config),
+            );
+            approved = true;
+            break;
+        }
+    }
+    let out = held.wait_with_output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    print!("{}", String::from_utf8_lossy(&out.stderr));
+    if !approved {
+        bail!("{what} was never held for approval");
+    }
+    Ok(())
+}
+
 fn banner(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m");
 }
@@ -261,6 +303,20 @@ pub fn run(root: &Path) -> Result<()> {
         std::net::TcpStream::connect(("127.0.0.2", api_port)).is_ok()
     })?;
     println!("HTTP API on 127.0.0.2:{api_port}");
+    crate::bench_ssh::deploy_user()?;
+    let cpus = format!(
+        "0-{}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    );
+    let sshd = crate::bench_ssh::Sshd::start(&dir.join("sshd"), &cpus)?;
+    let deploy_key = sshd.authorize_new_key(crate::bench_ssh::DEPLOY_USER)?;
+    let upstream_known = dir.join("upstream_known_hosts");
+    std::fs::write(&upstream_known, format!("{}\n", sshd.known_hosts_line()?))?;
+    println!(
+        "OpenSSH sshd on 127.0.0.2:{} (user {})",
+        sshd.port,
+        crate::bench_ssh::DEPLOY_USER
+    );
 
     banner("starting a local ClickHouse 26.7 for the session records");
     let ch_data = dir.join("clickhouse");
@@ -316,9 +372,24 @@ password_file = "{dir}/orders-db.secret"
 name = "internal-api"
 protocol = "tcp"
 address = "127.0.0.2:{api_port}"
+
+[[targets]]
+name = "deploy-host"
+protocol = "ssh"
+address = "127.0.0.2:{ssh_port}"
+hostnames = ["deploy.internal", "127.0.0.2"]
+
+[targets.ssh]
+user = "{deploy_user}"
+key_file = "{deploy_key}"
+known_hosts = "{upstream_known}"
 "#,
             dir = dir.display(),
             policies = root.join("policies").display(),
+            ssh_port = sshd.port,
+            deploy_user = crate::bench_ssh::DEPLOY_USER,
+            deploy_key = deploy_key.display(),
+            upstream_known = upstream_known.display(),
         ),
     )?;
     std::fs::write(dir.join("orders-db.secret"), format!("{DEMO_SECRET}\n"))?;
@@ -391,42 +462,49 @@ address = "127.0.0.2:{api_port}"
 
     banner("the agent deletes every row: held for a human; approved with `blastgate approvals approve`");
     let mut held = agent(&mut psql("DELETE FROM orders", "x"));
-    held.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let held = held.spawn()?;
-    let mut approved = false;
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(200));
-        let out = Command::new(&bin)
-            .args(["approvals", "list", "--json", "--config"])
-            .arg(&config)
-            .output()?;
-        let list: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        if let Some(id) = list
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|r| r["id"].as_str())
-        {
-            show(
-                Command::new(&bin)
-                    .args(["approvals", "list", "--config"])
-                    .arg(&config),
-            );
-            show(
-                Command::new(&bin)
-                    .args(["approvals", "approve", id, "--reason", "demo", "--config"])
-                    .arg(&config),
-            );
-            approved = true;
-            break;
-        }
-    }
-    let out = held.wait_with_output()?;
+    approve_held(&bin, &config, &mut held, "the DELETE")?;
+
+    banner("SSH: the agent has no key and checks host keys strictly; blastgate's SSH gateway shows a host certificate from its SSH CA (`blastgate ca ssh-known-hosts`) and logs in with the key it holds");
+    let out = Command::new(&bin)
+        .args(["ca", "ssh-known-hosts", "--config"])
+        .arg(&config)
+        .output()?;
+    let agent_known = dir.join("agent_known_hosts");
+    std::fs::write(&agent_known, &out.stdout)?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    print!("{}", String::from_utf8_lossy(&out.stderr));
-    if !approved {
-        bail!("the DELETE was never held for approval");
-    }
+    let ssh_port = sshd.port.to_string();
+    let ssh_opts = |c: &mut Command| {
+        c.args(["-F", "/dev/null", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", agent_known.display()))
+            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+            .args(["-o", "IdentitiesOnly=yes", "-o", "IdentityFile=none"]);
+    };
+    let dest = format!("{}@127.0.0.2", crate::bench_ssh::DEPLOY_USER);
+    let ssh = |command: &str| {
+        let mut c = Command::new("ssh");
+        ssh_opts(&mut c);
+        c.args(["-p", &ssh_port, &dest, command]);
+        c
+    };
+    let upload = dir.join("release-notes.txt");
+    std::fs::write(&upload, "release 1.2.3: deployed by demo-agent\n")?;
+    let mut scp = Command::new("scp");
+    ssh_opts(&mut scp);
+    scp.args(["-P", &ssh_port])
+        .arg(&upload)
+        .arg(format!("{dest}:demo-release-notes.txt"));
+    show(&mut agent(&mut scp));
+
+    banner("SSH: a recursive delete is refused (exit 126, the reason on stderr)");
+    show(&mut agent(&mut ssh("rm -rf /srv/app")));
+
+    banner("SSH: a command not on the allow-list is held; approved, it runs");
+    let mut held = agent(&mut ssh(
+        "cat demo-release-notes.txt; rm demo-release-notes.txt",
+    ));
+    approve_held(&bin, &config, &mut held, "the ssh command")?;
 
     banner("other protocols without a gateway yet pass through as TCP where a target allows it");
     show(&mut agent(
@@ -472,7 +550,7 @@ address = "127.0.0.2:{api_port}"
         "-sS",
         "--data-binary",
         "SELECT agent, target, action, verdict, policy_id, text FROM blastgate_demo.who_ran_what_where \
-         WHERE kind = 'statement' ORDER BY ts FORMAT PrettyCompactMonoBlock",
+         WHERE kind IN ('statement', 'command') ORDER BY ts FORMAT PrettyCompactMonoBlock",
         &ch_url,
     ]));
 
