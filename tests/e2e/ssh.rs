@@ -25,6 +25,8 @@ struct Setup {
 /// What a test needs beyond the shipped defaults.
 #[derive(Default)]
 struct Options<'a> {
+    /// Pin this key as the upstream's host key instead of its real one.
+    wrong_host_key: Option<&'a str>,
     /// Programs added to the shipped allow-list of deploy commands (the
     /// policy's documented extension point).
     allow: &'a [&'a str],
@@ -51,14 +53,17 @@ fn setup_with(opts: Options) -> Option<Setup> {
         "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n{}\n\
          [[targets]]\nname = \"deploy-host\"\nprotocol = \"ssh\"\naddress = \"{}\"\n\
          hostnames = [\"deploy.internal\", \"127.0.0.2\"]\n\n\
-         [targets.ssh]\nuser = \"{user}\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\n",
+         [targets.ssh]\nuser = \"{user}\"\nkey_file = \"{}\"\n{}\n",
         policies.display(),
         opts.clickhouse
             .map(TestDatabase::config)
             .unwrap_or_default(),
         sshd.addr(),
         key.display(),
-        upstream_known.display()
+        match opts.wrong_host_key {
+            Some(k) => format!("host_key = \"{k}\""),
+            None => format!("known_hosts = \"{}\"", upstream_known.display()),
+        }
     ));
     let daemon = Daemon::start(&env);
     // What an administrator installs: `blastgate ca ssh-known-hosts`.
@@ -885,5 +890,50 @@ fn local_forwards_agent_forwarding_control_master_and_keepalives() {
     assert_eq!(
         sleeps[0]["session_id"], sleeps[1]["session_id"],
         "both channels rode the master's one session"
+    );
+}
+
+/// An upstream whose host key is not the configured one is refused: the
+/// agent is told, the command never runs, and the record says why.
+#[test]
+fn an_upstream_host_key_mismatch_refuses_and_is_recorded() {
+    let _g = serial();
+    // Any valid key that is not the server's.
+    let other = tempfile::tempdir().expect("tempdir");
+    let path = other.path().join("k");
+    let out = Command::new(SSH_KEYGEN)
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(path.with_extension("pub")).expect("pub");
+    let pinned: Vec<&str> = public.split_whitespace().take(2).collect();
+    let pinned = pinned.join(" ");
+    let Some(s) = setup_with(Options {
+        wrong_host_key: Some(&pinned),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let out = s.ssh("git-upload-pack --version");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("host key does not match"),
+        "{}",
+        text(&out)
+    );
+    let failed = s
+        .env
+        .events()
+        .into_iter()
+        .find(|e| e["kind"] == "command")
+        .expect("the command's record");
+    assert_eq!(failed["verdict"], "error", "{failed:#}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("host key does not match the configured host_key")),
+        "{failed:#}"
     );
 }

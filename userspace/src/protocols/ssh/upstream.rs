@@ -65,7 +65,17 @@ pub async fn connect(gw: &Gateway, cfg: &SshTarget) -> Result<client::Handle<Ser
     });
     let mut handle = client::connect_stream(config, tcp, check)
         .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+        .map_err(|e| match e {
+            russh::Error::UnknownKey => format!(
+                "{addr}: the server's host key does not match the configured {}; refused",
+                if cfg.host_key.is_some() {
+                    "host_key"
+                } else {
+                    "known_hosts"
+                }
+            ),
+            e => format!("{addr}: {e}"),
+        })?;
     let auth = match &cfg.cert_file {
         Some(path) => {
             let cert = russh::keys::load_openssh_certificate(path)
