@@ -623,6 +623,26 @@ fn interactive_shell_is_held_recorded_masked_and_replayed() {
     }) else {
         return;
     };
+    let remote = UserTempDir::new(&s.user);
+    let remote_key = remote.path().join("id_ed25519");
+    let out = Command::new(SSH_KEYGEN)
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&remote_key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success(), "{}", text(&out));
+    let status = Command::new("chown")
+        .arg(&s.user)
+        .arg(&remote_key)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    let remote_key_lines: Vec<String> = std::fs::read_to_string(&remote_key)
+        .expect("key")
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::to_string)
+        .collect();
     let mut child = s
         .ssh_agent(&["-tt"], &[])
         .stdin(Stdio::piped())
@@ -633,10 +653,13 @@ fn interactive_shell_is_held_recorded_masked_and_replayed() {
     let id = s.pending_approval();
     s.approvals("approve", &id);
     let mut stdin = child.stdin.take().expect("stdin");
-    // The AWS key is built by the shell, so only the output carries it.
-    stdin
-        .write_all(b"echo hello-$((6*7))\nprintf 'AKIA%s\\n' IOSFODNN7EXAMPLF\nexit 0\n")
-        .expect("type");
+    // The AWS key is built by the shell, so only the output carries it;
+    // the private key (a throwaway one on the host) spans many packets.
+    let typed = format!(
+        "echo hello-$((6*7))\nprintf 'AKIA%s\\n' IOSFODNN7EXAMPLF\ncat {}\nexit 0\n",
+        remote_key.display()
+    );
+    stdin.write_all(typed.as_bytes()).expect("type");
     let mut stdout = child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -741,6 +764,17 @@ fn interactive_shell_is_held_recorded_masked_and_replayed() {
         "SELECT data FROM {{db}}.io FINAL WHERE session_id = '{session}' FORMAT TSVRaw"
     ));
     assert!(!io.contains("AKIAIOSFODNN7EXAMPLF"), "{io}");
+    assert!(
+        seen.contains(&remote_key_lines[0]),
+        "the agent saw the key it printed: {seen}"
+    );
+    for line in &remote_key_lines {
+        assert!(
+            !io.contains(line.as_str()),
+            "a printed private key was recorded: {io}"
+        );
+    }
+    assert!(io.contains("****"), "{io}");
     s.assert_no_key_in("the io table", &io);
     s.assert_no_key_in("the asciicast", &cast_text);
     s.assert_no_key_in("the daemon log", &s.daemon.log_text());
