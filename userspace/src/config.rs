@@ -376,6 +376,10 @@ pub enum Protocol {
     Tcp,
     Postgres,
     Ssh,
+    /// Plain HTTP API (`[targets.http]`).
+    Http,
+    /// HTTPS API, terminated with the local CA (`[targets.http]`).
+    Https,
 }
 
 impl Protocol {
@@ -384,6 +388,8 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Postgres => "postgres",
             Protocol::Ssh => "ssh",
+            Protocol::Http => "http",
+            Protocol::Https => "https",
         }
     }
 }
@@ -422,6 +428,9 @@ pub struct TargetConfig {
     /// Required for `protocol = "ssh"`.
     #[serde(default)]
     pub ssh: Option<crate::protocols::ssh::SshTarget>,
+    /// Required for `protocol = "http"` and `"https"`.
+    #[serde(default)]
+    pub http: Option<crate::protocols::http::HttpTarget>,
 }
 
 fn default_true() -> bool {
@@ -488,10 +497,18 @@ impl Config {
                 ));
             }
             let at = format!("targets[{i}] ({})", t.name);
-            protocol_section(&at, t.protocol, Protocol::Postgres, &t.postgres, |p| {
-                p.validate()
-            })?;
-            protocol_section(&at, t.protocol, Protocol::Ssh, &t.ssh, |s| s.validate())?;
+            let p = t.protocol;
+            protocol_section(
+                &at,
+                p,
+                &[Protocol::Postgres],
+                "postgres",
+                &t.postgres,
+                |s| s.validate(),
+            )?;
+            protocol_section(&at, p, &[Protocol::Ssh], "ssh", &t.ssh, |s| s.validate())?;
+            let web = [Protocol::Http, Protocol::Https];
+            protocol_section(&at, p, &web, "http", &t.http, |s| s.validate())?;
         }
         for r in &self.enrol.uids {
             if r.value() == 0 {
@@ -521,17 +538,20 @@ impl Config {
 
 /// A protocol's own section (`[targets.postgres]`, `[targets.ssh]`): required
 /// for that protocol, refused for any other, validated when present.
+/// Checks that a target has its protocol's section, validated, and no
+/// section of another protocol. `owners` are the protocols `name` serves.
 fn protocol_section<T>(
     at: &str,
     protocol: Protocol,
-    owner: Protocol,
+    owners: &[Protocol],
+    name: &str,
     section: &Option<T>,
     validate: impl Fn(&T) -> Result<(), String>,
 ) -> Result<(), String> {
-    let name = owner.as_str();
-    match (protocol == owner, section) {
+    match (owners.contains(&protocol), section) {
         (true, None) => Err(format!(
-            "{at}: protocol \"{name}\" needs a [targets.{name}] section"
+            "{at}: protocol \"{}\" needs a [targets.{name}] section",
+            protocol.as_str()
         )),
         (true, Some(s)) => validate(s).map_err(|e| format!("{at}: {e}")),
         (false, Some(_)) => Err(format!(

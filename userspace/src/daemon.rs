@@ -81,7 +81,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::warn!(session = %opened.session_id, "closing a session the previous daemon left open");
         recorder.record(recovery::interrupted_close(opened)).await?;
     }
-    let tls = local_ca(&config)?;
+    let ca = local_ca(&config)?;
+    // One CA, two certificate caches: the HTTPS one negotiates h2 and
+    // http/1.1, the Postgres one nothing.
+    let tls = ca
+        .clone()
+        .map(|ca| Arc::new(crate::tls::LeafCache::new(ca, Vec::new())));
+    let https = ca.map(|ca| {
+        Arc::new(crate::tls::LeafCache::new(
+            ca,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        ))
+    });
     let ssh_ca = ssh_ca(&config)?;
     let stop = CancellationToken::new();
     let listeners = proxy::bind(&config.proxy.listen).await?;
@@ -133,6 +144,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         processes: Default::default(),
         policy: policy.clone(),
         tls,
+        https,
         ssh_ca,
     });
     if let Some(ch) = &config.clickhouse {
@@ -314,16 +326,14 @@ fn spawn_kernel_logs(interceptor: &mut Interceptor) {
 /// The local CA, when a target's gateway can terminate TLS. A CA that
 /// exists but cannot be loaded is an error: hosts may already trust it,
 /// and a new one would silently break them.
-fn local_ca(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::LeafCache>>> {
-    if !serves(config, crate::config::Protocol::Postgres) {
+fn local_ca(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::LocalCa>>> {
+    use crate::config::Protocol::{Https, Postgres};
+    if !serves(config, Postgres) && !serves(config, Https) {
         return Ok(None);
     }
     let ca = crate::tls::LocalCa::load_or_create(&config.tls.ca_dir)
         .map_err(|e| anyhow::anyhow!("local CA in {}: {e}", config.tls.ca_dir.display()))?;
-    Ok(Some(Arc::new(crate::tls::LeafCache::new(
-        Arc::new(ca),
-        Vec::new(),
-    ))))
+    Ok(Some(Arc::new(ca)))
 }
 
 /// The SSH CA, when a target is an SSH one. Like the local CA, an existing

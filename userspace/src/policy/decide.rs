@@ -118,13 +118,16 @@ fn context_defaults(action: &str) -> Option<Vec<(&'static str, Value)>> {
             ("forward_host", s()),
             ("forward_port", Value::from(0)),
         ],
-        ("http", _) => vec![
+        ("http" | "k8s", _) => vec![
             ("method", s()),
             ("host", s()),
             ("path", s()),
             ("query", s()),
             ("k8s_resource", s()),
             ("k8s_namespace", s()),
+            ("k8s_name", s()),
+            ("k8s_subresource", s()),
+            ("k8s_group", s()),
         ],
         _ => return None,
     })

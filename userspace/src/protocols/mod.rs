@@ -4,6 +4,7 @@
 //! owns the lifecycle and always writes the record.
 
 pub mod gateway;
+pub mod http;
 pub mod postgres;
 pub mod relay;
 pub mod ssh;

@@ -38,6 +38,8 @@ pub struct ProxyContext {
     /// Certificates for agents that ask gateways for TLS; `None` when no
     /// target needs them.
     pub tls: Option<Arc<crate::tls::LeafCache>>,
+    /// The same CA's certificates for HTTPS targets (ALPN h2, http/1.1).
+    pub https: Option<Arc<crate::tls::LeafCache>>,
     /// Signs the host certificates the SSH gateway presents; `None` when
     /// no target is an SSH one.
     pub ssh_ca: Option<Arc<crate::tls::ssh_ca::SshCa>>,

@@ -25,7 +25,7 @@ use crate::{
     identity::Caller,
     intercept::{is_proxy_addr, maps::sock_addr},
     policy::{AgentAttrs, Verdict as PolicyVerdict},
-    protocols::{gateway::Gateway, postgres, relay::Counters, ssh, tcp},
+    protocols::{gateway::Gateway, http, postgres, relay::Counters, ssh, tcp},
     records::{Event, EventKind, IoChunk, Verdict},
 };
 
@@ -260,6 +260,8 @@ async fn drive(
             Protocol::Tcp => tcp::serve(conn, upstream, ctx.connect_timeout, &counters).await,
             Protocol::Postgres => postgres::serve(conn, &gateway).await,
             Protocol::Ssh => ssh::serve(conn, gateway.clone()).await,
+            Protocol::Http => http::serve(conn, gateway.clone(), false).await,
+            Protocol::Https => http::serve(conn, gateway.clone(), true).await,
         }
     };
     let result = tokio::select! {

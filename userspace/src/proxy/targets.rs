@@ -23,6 +23,7 @@ pub struct Target {
     pub names: Vec<String>,
     pub postgres: Option<crate::protocols::postgres::PostgresTarget>,
     pub ssh: Option<crate::protocols::ssh::SshTarget>,
+    pub http: Option<crate::protocols::http::HttpTarget>,
 }
 
 /// Original destination -> target. Unknown destinations have no entry and
@@ -74,6 +75,7 @@ impl Routes {
                 names,
                 postgres: t.postgres.clone(),
                 ssh: t.ssh.clone(),
+                http: t.http.clone(),
             });
             for addr in resolved {
                 let addr = normalise(addr);
@@ -118,6 +120,7 @@ mod tests {
             hostnames: Vec::new(),
             postgres: None,
             ssh: None,
+            http: None,
         }
     }
 

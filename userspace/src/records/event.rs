@@ -181,6 +181,9 @@ pub struct Event {
     /// How a remote command ended (SSH exec): its exit status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<i32>,
+    /// The HTTP status the agent got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     /// Bytes of a command's stderr (`bytes_to_agent` counts both streams).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr_bytes: Option<u64>,
@@ -218,6 +221,7 @@ impl Event {
             approval_wait_us: None,
             rows: None,
             exit_status: None,
+            status: None,
             stderr_bytes: None,
             io: None,
         }

@@ -49,6 +49,7 @@ pub struct EventRow {
     pub approval_wait_us: u64,
     pub exit_status: Option<i32>,
     pub stderr_bytes: u64,
+    pub status: u16,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -173,6 +174,7 @@ impl From<&Event> for EventRow {
             approval_wait_us: e.approval_wait_us.unwrap_or(0),
             exit_status: e.exit_status,
             stderr_bytes: e.stderr_bytes.unwrap_or(0),
+            status: e.status.unwrap_or(0),
         }
     }
 }

@@ -112,6 +112,13 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS stderr_bytes UInt64 DEFAULT 0",
         ],
     ),
+    (
+        6,
+        &[
+            // The HTTP status an agent's request got (0: not HTTP).
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS status UInt16 DEFAULT 0",
+        ],
+    ),
 ];
 
 /// The questions security teams ask, as views. Every view reads `FINAL`,

@@ -1,0 +1,152 @@
+//! JSON response bodies, masked before the agent sees them: read whole (up
+//! to the target's inspection limit), gunzipped if need be, masked by JSON
+//! path and by the value detectors, sent back uncompressed with a fresh
+//! Content-Length.
+
+use std::io::Read;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::upstream::Body;
+use crate::policy::masking::MaskPlan;
+
+pub enum Outcome {
+    Masked {
+        body: Body,
+        fields: u64,
+    },
+    /// Over the limit: what was read, and the rest still unread.
+    TooBig {
+        head: Bytes,
+        rest: Option<Incoming>,
+    },
+}
+
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|t| t == "application/json" || t.ends_with("+json"))
+}
+
+/// What to ask the upstream for when responses may need masking: gzip only
+/// if the agent takes it too (a body not masked is passed as it came).
+pub fn accept_encoding(agent: Option<&HeaderValue>) -> HeaderValue {
+    let takes_gzip = agent
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    HeaderValue::from_static(if takes_gzip { "gzip" } else { "identity" })
+}
+
+pub async fn json_body(
+    plan: &MaskPlan,
+    headers: &mut HeaderMap,
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Outcome, String> {
+    let mut raw = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the upstream response: {e}"))?;
+        if let Some(d) = frame.data_ref() {
+            raw.extend_from_slice(d);
+            if raw.len() > limit {
+                return Ok(Outcome::TooBig {
+                    head: raw.freeze(),
+                    rest: Some(body),
+                });
+            }
+        }
+    }
+    let raw = raw.freeze();
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let text = match encoding.as_deref() {
+        None | Some("identity") => raw.to_vec(),
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::new();
+            // Read one byte past the limit to tell "at most" from "more".
+            flate2::read::GzDecoder::new(&raw[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("the upstream's gzip body is corrupt: {e}"))?;
+            if out.len() > limit {
+                return Ok(Outcome::TooBig {
+                    head: raw,
+                    rest: None,
+                });
+            }
+            out
+        }
+        Some(other) => {
+            return Err(format!(
+                "the upstream answered with content-encoding {other:?}, which blastgate cannot unpack to mask"
+            ))
+        }
+    };
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        // Labelled JSON but not JSON: nothing to mask by path; the
+        // detectors still run over the text.
+        let (masked, fields) = plan.scan(&String::from_utf8_lossy(&text));
+        return Ok(finish(headers, Bytes::from(masked), fields));
+    };
+    let fields = plan.mask_json(&mut doc);
+    let out = if fields == 0 {
+        Bytes::from(text)
+    } else {
+        Bytes::from(serde_json::to_vec(&doc).map_err(|e| e.to_string())?)
+    };
+    Ok(finish(headers, out, fields))
+}
+
+fn finish(headers: &mut HeaderMap, body: Bytes, fields: u64) -> Outcome {
+    headers.remove(header::CONTENT_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Outcome::Masked {
+        body: Full::new(body).map_err(|never| match never {}).boxed(),
+        fields,
+    }
+}
+
+/// What was read, then the rest as it comes.
+pub fn rejoin(head: Bytes, rest: Option<Incoming>) -> Body {
+    Rejoined {
+        head: Some(head),
+        rest,
+    }
+    .boxed()
+}
+
+struct Rejoined {
+    head: Option<Bytes>,
+    rest: Option<Incoming>,
+}
+
+impl hyper::body::Body for Rejoined {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        if let Some(head) = self.head.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(head))));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => std::pin::Pin::new(rest).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}

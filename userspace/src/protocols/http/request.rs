@@ -1,0 +1,410 @@
+//! One request from the agent to its answer: check where it is addressed,
+//! decide (hold for a human if policy says so), swap the agent's
+//! credentials for the ones blastgate holds, forward, mask, record.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use serde_json::{json, Value};
+
+use super::{
+    k8s,
+    mask::{self, Outcome},
+    settings::{ApiKind, HttpTarget, Oversize},
+    upstream::{Body, Upstream},
+};
+use crate::{
+    protocols::gateway::Gateway,
+    records::{Event, EventKind, Verdict},
+};
+
+/// What every request of one agent connection shares.
+pub struct Conn {
+    pub gw: Gateway,
+    pub cfg: HttpTarget,
+    pub client: Upstream,
+    /// The name the agent asked for in TLS (None for plain HTTP).
+    pub sni: Option<String>,
+    /// Whether blastgate speaks TLS upstream.
+    pub upstream_tls: bool,
+    /// Whether responses may need masking (a rule applies to the session).
+    pub masks: bool,
+}
+
+/// Connection-level headers (RFC 9110 7.6.1) and the proxy's own: never
+/// forwarded either way.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let host = authority(&req);
+    let text = format!(
+        "{method} {}{path}{}",
+        host.as_deref().unwrap_or("?"),
+        if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        }
+    );
+    let mut event = conn.gw.event(EventKind::Request, Verdict::Deny);
+    event.text = Some(text.clone());
+
+    // Domain fronting: a name the TLS handshake did not ask for, or one
+    // this target does not answer to, is not served here.
+    if let Err(why) = check_authority(&conn, host.as_deref()) {
+        event.action = Some(format!("http:{method}"));
+        event.reason = Some(why.clone());
+        event.status = Some(421);
+        conn.gw.record(event).await;
+        return refusal(StatusCode::MISDIRECTED_REQUEST, &why, None, None);
+    }
+    let host = host.unwrap_or_default();
+
+    let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
+    let kube = (conn.cfg.kind == ApiKind::Kubernetes)
+        .then(|| k8s::classify(method.as_str(), &path, &query));
+    let (action, context) = describe(&method, tunnel, &host, &path, &query, kube.as_ref());
+    event.action = Some(action.clone());
+    let decision = conn.gw.decide(&action, &context);
+    let ruling = conn.gw.rule(decision, &action, &text, |_| {}).await;
+    let mut event = Event {
+        status: event.status,
+        ..conn.gw.ruled(EventKind::Request, &action, text, &ruling)
+    };
+    if !ruling.allowed {
+        event.status = Some(403);
+        conn.gw.record(event).await;
+        return refusal(
+            StatusCode::FORBIDDEN,
+            &ruling.reason,
+            ruling.policy_id.as_deref(),
+            ruling.approval_id,
+        );
+    }
+    if tunnel {
+        // Allowed by a policy, but not something this gateway carries.
+        event.verdict = Verdict::Deny;
+        event.reason =
+            Some("tunnels (CONNECT, protocol upgrades) are not carried by the HTTP gateway".into());
+        event.status = Some(403);
+        conn.gw.record(event).await;
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "tunnels (CONNECT, protocol upgrades) are not carried by the HTTP gateway",
+            None,
+            None,
+        );
+    }
+
+    let upstream_req = match outbound(&conn, req, &host) {
+        Ok(r) => r,
+        Err(why) => {
+            event.verdict = Verdict::Error;
+            event.reason = Some(why.clone());
+            event.status = Some(502);
+            conn.gw.record(event).await;
+            return refusal(StatusCode::BAD_GATEWAY, &why, None, None);
+        }
+    };
+    let response = match conn.client.request(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("upstream: {e}");
+            event.verdict = Verdict::Error;
+            event.reason = Some(why.clone());
+            event.status = Some(502);
+            conn.gw.record(event).await;
+            return refusal(StatusCode::BAD_GATEWAY, &why, None, None);
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    event.status = Some(parts.status.as_u16());
+
+    let streaming =
+        kube.as_ref().is_some_and(|k| k8s::streams(k, &query)) || is_event_stream(&parts.headers);
+    let plan = conn.gw.mask_plan();
+    let body: Body = match plan {
+        Some(plan) if !streaming && mask::is_json(&parts.headers) => {
+            match mask::json_body(&plan, &mut parts.headers, body, conn.cfg.max_inspect_bytes).await
+            {
+                Ok(Outcome::Masked { body, fields }) => {
+                    conn.gw.masked(fields);
+                    if fields > 0 {
+                        event.masked_fields = Some(fields);
+                    }
+                    body
+                }
+                Ok(Outcome::TooBig { head, rest }) if conn.cfg.oversize == Oversize::Pass => {
+                    event.reason = Some(format!(
+                        "{}; response over max_inspect_bytes passed unmasked",
+                        event.reason.unwrap_or_default()
+                    ));
+                    mask::rejoin(head, rest)
+                }
+                Ok(Outcome::TooBig { .. }) => {
+                    let why = "the response is larger than max_inspect_bytes and could not be masked: refused";
+                    event.verdict = Verdict::Error;
+                    event.reason = Some(why.into());
+                    event.status = Some(502);
+                    conn.gw.record(event).await;
+                    return refusal(StatusCode::BAD_GATEWAY, why, None, None);
+                }
+                Err(why) => {
+                    event.verdict = Verdict::Error;
+                    event.reason = Some(why.clone());
+                    event.status = Some(502);
+                    conn.gw.record(event).await;
+                    return refusal(StatusCode::BAD_GATEWAY, &why, None, None);
+                }
+            }
+        }
+        _ => body.boxed(),
+    };
+    let recorded = Recorded {
+        inner: body,
+        bytes: 0,
+        event: Some(event),
+        gw: conn.gw.clone(),
+        started,
+    };
+    Response::from_parts(parts, recorded.boxed())
+}
+
+/// The host the request is addressed to (`:authority` for h2, `Host` for
+/// HTTP/1), lower-cased, without port.
+fn authority(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| {
+                    h.parse::<http::uri::Authority>()
+                        .map(|a| a.host().to_string())
+                        .unwrap_or_else(|_| h.to_string())
+                })
+        })?;
+    let host = raw.trim_start_matches('[').trim_end_matches(']');
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn check_authority(conn: &Conn, host: Option<&str>) -> Result<(), String> {
+    let Some(host) = host else {
+        return Err("the request names no host".into());
+    };
+    if let Some(sni) = &conn.sni {
+        if !sni.eq_ignore_ascii_case(host) {
+            return Err(format!(
+                "the request is for {host:?} but the TLS connection was made for {sni:?}"
+            ));
+        }
+    }
+    let names = &conn.gw.target.names;
+    if !names.is_empty() && !names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+        return Err(format!(
+            "{host:?} is not a name of target {:?}",
+            conn.gw.target.name
+        ));
+    }
+    Ok(())
+}
+
+/// The policy action and context for a request.
+fn describe(
+    method: &Method,
+    tunnel: bool,
+    host: &str,
+    path: &str,
+    query: &str,
+    kube: Option<&k8s::K8sRequest>,
+) -> (String, Value) {
+    let action = match (kube, tunnel) {
+        (_, true) if method == Method::CONNECT => "http:CONNECT".to_string(),
+        (_, true) => "http:UPGRADE".to_string(),
+        (Some(k), false) if k.resource_request => format!("k8s:{}", k.verb),
+        _ => format!("http:{method}"),
+    };
+    let k = |f: fn(&k8s::K8sRequest) -> &str| kube.map_or("", f);
+    let context = json!({
+        "method": method.as_str(),
+        "host": host,
+        "path": path,
+        "query": query,
+        "k8s_resource": k(|k| &k.resource),
+        "k8s_namespace": k(|k| &k.namespace),
+        "k8s_name": k(|k| &k.name),
+        "k8s_subresource": k(|k| &k.subresource),
+        "k8s_group": k(|k| &k.api_group),
+    });
+    (action, context)
+}
+
+/// The request as blastgate sends it: absolute URI to the target, the
+/// agent's credentials out, blastgate's in.
+fn outbound(conn: &Conn, req: Request<Incoming>, host: &str) -> Result<Request<Body>, String> {
+    let (mut parts, body) = req.into_parts();
+    let scheme = if conn.upstream_tls { "https" } else { "http" };
+    let port = conn.gw.upstream.port();
+    let default_port = if conn.upstream_tls { 443 } else { 80 };
+    let authority = if port == default_port {
+        host.to_string()
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = format!("{scheme}://{authority}{path_and_query}")
+        .parse()
+        .map_err(|e| format!("building the upstream URI: {e}"))?;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    for name in &conn.cfg.strip_headers {
+        parts.headers.remove(name.as_str());
+    }
+    for (name, injected) in &conn.cfg.inject_headers {
+        let value = injected
+            .value()
+            .map_err(|e| format!("credential for {name}: {e}"))?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("credential for {name}: not a valid header value"))?;
+        value.set_sensitive(true);
+        parts.headers.insert(name, value);
+    }
+    if conn.masks {
+        let wanted = mask::accept_encoding(parts.headers.get(header::ACCEPT_ENCODING));
+        parts.headers.insert(header::ACCEPT_ENCODING, wanted);
+    }
+    // The upstream connection's version is negotiated by the client.
+    parts.version = http::Version::HTTP_11;
+    Ok(Request::from_parts(parts, body.boxed()))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// A JSON refusal the agent (and whoever reads its transcript) can act on.
+fn refusal(
+    status: StatusCode,
+    reason: &str,
+    policy: Option<&str>,
+    approval: Option<uuid::Uuid>,
+) -> Response<Body> {
+    let body = json!({
+        "error": format!("blastgate: {}", status.canonical_reason().unwrap_or("refused")),
+        "policy": policy,
+        "reason": reason,
+        "approval_id": approval.map(|a| a.to_string()),
+    });
+    let mut r = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The response body on its way to the agent: counted, and recorded when
+/// it ends or the agent goes away (the event is written from a task, as
+/// Drop cannot wait).
+struct Recorded {
+    inner: Body,
+    bytes: u64,
+    event: Option<Event>,
+    gw: Gateway,
+    started: Instant,
+}
+
+impl HttpBody for Recorded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(d) = frame.data_ref() {
+                self.bytes += d.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        let Some(mut event) = self.event.take() else {
+            return;
+        };
+        event.bytes_to_agent = Some(self.bytes);
+        event.duration_us = Some(self.started.elapsed().as_micros() as u64);
+        self.gw.counters.add_to_agent(self.bytes);
+        let gw = self.gw.clone();
+        tokio::spawn(async move { gw.record(event).await });
+    }
+}
