@@ -333,6 +333,9 @@ fn local_ca(config: &Config) -> anyhow::Result<Option<Arc<crate::tls::LocalCa>>>
     }
     let ca = crate::tls::LocalCa::load_or_create(&config.tls.ca_dir)
         .map_err(|e| anyhow::anyhow!("local CA in {}: {e}", config.tls.ca_dir.display()))?;
+    // What `blastgate run` points agents at.
+    crate::tls::trust::write_bundle(&ca, &config.tls.ca_dir)
+        .map_err(|e| anyhow::anyhow!("trust bundle in {}: {e}", config.tls.ca_dir.display()))?;
     Ok(Some(Arc::new(ca)))
 }
 

@@ -46,7 +46,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command,
         } => {
             let config = commands::client_config(config.as_deref())?;
-            commands::run::run(&config.control.socket, &agent, user.as_deref(), &command)?;
+            let trust = blastgate::tls::trust::agent_env(&config.tls.ca_dir).unwrap_or_default();
+            commands::run::run(
+                &config.control.socket,
+                &agent,
+                user.as_deref(),
+                &trust,
+                &command,
+            )?;
         }
         Command::Status { config, json } => {
             let config = commands::client_config(config.as_deref())?;

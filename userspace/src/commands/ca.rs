@@ -1,4 +1,4 @@
-//! `blastgate ca export`.
+//! `blastgate ca export|install|ssh-known-hosts`.
 
 use crate::{
     commands::{cli::CaCommand, client_config},
@@ -12,6 +12,31 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
             let ca = LocalCa::load_or_create(&cfg.tls.ca_dir)
                 .map_err(|e| anyhow::anyhow!("local CA in {}: {e}", cfg.tls.ca_dir.display()))?;
             print!("{}", ca.cert_pem());
+            Ok(())
+        }
+        CaCommand::Install { config } => {
+            let cfg = client_config(config.as_deref())?;
+            let ca = LocalCa::load_or_create(&cfg.tls.ca_dir)
+                .map_err(|e| anyhow::anyhow!("local CA in {}: {e}", cfg.tls.ca_dir.display()))?;
+            let anchor = std::path::Path::new(crate::tls::trust::HOST_ANCHOR);
+            let current = std::fs::read_to_string(anchor).unwrap_or_default();
+            if current == ca.cert_pem() {
+                println!("{} already installed", anchor.display());
+                return Ok(());
+            }
+            if let Some(dir) = anchor.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+            }
+            std::fs::write(anchor, ca.cert_pem())
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", anchor.display()))?;
+            let status = std::process::Command::new("update-ca-certificates")
+                .status()
+                .map_err(|e| anyhow::anyhow!("running update-ca-certificates: {e}"))?;
+            if !status.success() {
+                anyhow::bail!("update-ca-certificates failed ({status})");
+            }
+            println!("installed {}", anchor.display());
             Ok(())
         }
         CaCommand::SshKnownHosts { config } => {

@@ -212,6 +212,14 @@ pub enum CaCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Add the CA to the host's trust store (Debian/Ubuntu:
+    /// /usr/local/share/ca-certificates, then update-ca-certificates), so
+    /// every program on the host accepts the HTTPS gateway. `blastgate run`
+    /// already makes agents trust it without this.
+    Install {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the `@cert-authority` lines for /etc/ssh/ssh_known_hosts that
     /// make OpenSSH accept the SSH gateway for the configured ssh targets
     /// (creating the SSH CA if there is none yet).

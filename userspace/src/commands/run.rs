@@ -11,10 +11,13 @@ use crate::control::{
     proto::{Request, Response},
 };
 
+/// `trust`: the variables that make the agent's clients trust the local CA
+/// (see `tls::trust`); the agent's own settings of them are replaced.
 pub fn run(
     socket: &Path,
     agent: &str,
     user: Option<&str>,
+    trust: &[(&str, std::path::PathBuf)],
     command: &[String],
 ) -> anyhow::Result<()> {
     let Some((program, args)) = command.split_first() else {
@@ -35,6 +38,9 @@ pub fn run(
     }
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
+    for (name, path) in trust {
+        cmd.env(name, path);
+    }
     if let Some(u) = &resolved {
         drop_to(u)?;
         cmd.env("HOME", &u.home)
