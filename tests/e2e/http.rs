@@ -1,0 +1,480 @@
+//! The HTTPS gateway against a real local HTTPS API (Python's http.server
+//! behind its own CA), with curl, python requests and node fetch as
+//! agents under `blastgate run`, every agent redirected by the kernel.
+
+mod harness;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use harness::{sshd::output_within, *};
+
+/// The upstream API: echoes what it received as JSON, with a customer
+/// email for masking; `/stream` sends lines 300 ms apart.
+const SERVER: &str = r#"
+import hashlib, json, ssl, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def answer(self):
+        n = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(n).decode() if n else ""
+        if self.path == "/stream":
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for i in range(3):
+                line = ("line %d\n" % i).encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+                time.sleep(0.3)
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        out = json.dumps({
+            "method": self.command,
+            "path": self.path,
+            "authorization": self.headers.get("authorization"),
+            "authorization_sha256": hashlib.sha256((self.headers.get("authorization") or "").encode()).hexdigest(),
+            "cookie": self.headers.get("cookie"),
+            "body": body,
+            "customer": {"email": "alice@example.com", "name": "Alice"},
+        }).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = do_POST = do_DELETE = do_PUT = answer
+
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+srv = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+const PYTHON: &str = "/opt/blastgate-tools/venv/bin/python";
+const TOKEN: &str = "s3cr3t-upstream-token";
+
+/// The API server, stopped (by pid) on drop.
+struct Upstream {
+    child: Child,
+    port: u16,
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = |n: &str| dir.path().join(n);
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        // Its own CA, and a leaf for billing.internal signed by it.
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=upstream test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=billing.internal",
+        ]);
+        std::fs::write(
+            p("ext.cnf"),
+            "subjectAltName=DNS:billing.internal\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        std::fs::write(p("server.py"), SERVER).expect("server.py");
+        let port = free_port();
+        let mut child = Command::new(PYTHON)
+            .arg(p("server.py"))
+            .args(["127.0.0.2", &port.to_string()])
+            .arg(p("leaf.pem"))
+            .arg(p("leaf.key"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python https server");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).ok();
+        assert_eq!(line.trim(), "ready", "the upstream did not start");
+        Upstream {
+            child,
+            port,
+            ca: p("ca.pem"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    up: Upstream,
+    env: Env,
+    daemon: Daemon,
+    _scratch: tempfile::TempDir,
+}
+
+fn setup() -> Option<Setup> {
+    if !kernel_ready() {
+        return None;
+    }
+    if !Path::new(PYTHON).exists() {
+        blastgate::testing::skip("the tools venv is missing (cargo xtask setup creates it)");
+        return None;
+    }
+    let up = Upstream::start();
+    let scratch_dir = tempfile::tempdir().expect("tempdir");
+    let scratch = scratch_dir.path();
+    let token = scratch.join("billing.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+    // The shipped policies, plus a masking rule and two request rules for
+    // this API.
+    let policies = scratch.join("policies");
+    std::fs::create_dir(&policies).expect("mkdir");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for e in std::fs::read_dir(&shipped).expect("policies").flatten() {
+        if e.file_type().expect("type").is_file() {
+            std::fs::copy(e.path(), policies.join(e.file_name())).expect("copy");
+        }
+    }
+    let mut masking = std::fs::read_to_string(policies.join("masking.toml")).expect("masking");
+    masking += "\n[[field]]\nid = \"billing-pii\"\ntargets = [\"billing-api\"]\njson_paths = [\"$.customer.email\"]\nstyle = \"hash\"\n";
+    std::fs::write(policies.join("masking.toml"), masking).expect("masking");
+    std::fs::write(
+        policies.join("billing.cedar"),
+        "@id(\"billing-no-invoice-delete\")\n@reason(\"invoices are never deleted by agents\")\n\
+         forbid (principal, action == Action::\"http:DELETE\", resource)\n\
+         when { context.path like \"/v1/invoices*\" };\n\n\
+         @id(\"billing-refunds-held\")\n@reason(\"refunds need a human\")\n@approval(\"finance\")\n\
+         forbid (principal, action == Action::\"http:POST\", resource)\n\
+         when { context.path == \"/v1/refunds\" };\n",
+    )
+    .expect("billing.cedar");
+    let env = Env::new(&format!(
+        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
+         [[targets]]\nname = \"billing-api\"\nprotocol = \"https\"\naddress = \"127.0.0.2:{}\"\n\
+         hostnames = [\"billing.internal\"]\n\n[targets.http]\n\
+         inject_headers = {{ Authorization = {{ file = \"{}\", prefix = \"Bearer \" }} }}\n\
+         upstream_ca_file = \"{}\"\nserver_name = \"billing.internal\"\n",
+        policies.display(),
+        up.port,
+        token.display(),
+        up.ca.display(),
+    ));
+    let daemon = Daemon::start(&env);
+    Some(Setup {
+        up,
+        env,
+        daemon,
+        _scratch: scratch_dir,
+    })
+}
+
+impl Setup {
+    fn url(&self, path: &str) -> String {
+        format!("https://billing.internal:{}{path}", self.up.port)
+    }
+
+    /// curl as an agent; billing.internal resolves to the API's address.
+    fn curl(&self, args: &[&str]) -> Output {
+        let resolve = format!("billing.internal:{}:127.0.0.2", self.up.port);
+        let mut c = self
+            .env
+            .agent("claude", &["curl", "-sS", "--resolve", &resolve]);
+        c.args(args);
+        output_within(&mut c, Duration::from_secs(60))
+    }
+}
+
+/// What the API sees in Authorization when blastgate injected the token,
+/// hashed as the API echoes it.
+fn injected() -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(format!("Bearer {TOKEN}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+#[test]
+fn https_requests_get_the_held_token_policy_and_masking() {
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    // h2 and http/1.1, with the trust `blastgate run` sets up (no --cacert).
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = s.curl(&[
+            flag,
+            "-H",
+            "Authorization: Bearer the-agents-own-token",
+            "-H",
+            "Cookie: session=agent",
+            "-w",
+            "\n%{http_version}",
+            &s.url("/v1/invoices?limit=2"),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        let (doc, got_version) = body.rsplit_once('\n').expect("version line");
+        assert_eq!(got_version, version, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(doc).expect("json");
+        assert_eq!(doc["authorization_sha256"], injected(), "{doc}");
+        // Echoed back, the token itself is masked: no response carries it.
+        assert_eq!(doc["authorization"], "****", "{doc}");
+        assert!(
+            doc["cookie"].is_null(),
+            "the agent's cookie is stripped: {doc}"
+        );
+        assert_eq!(doc["path"], "/v1/invoices?limit=2");
+        let email = doc["customer"]["email"].as_str().expect("email");
+        assert!(email.starts_with("hash:"), "masked: {doc}");
+        assert_eq!(doc["customer"]["name"], "Alice");
+    }
+
+    // python requests and node fetch, with only the environment blastgate
+    // run sets: same token upstream, same masking.
+    let url = s.url("/v1/customers/1");
+    let resolve_py = format!(
+        "import socket\n_orig = socket.getaddrinfo\n\
+         socket.getaddrinfo = lambda h, *a, **k: _orig('127.0.0.2' if h == 'billing.internal' else h, *a, **k)\n\
+         import requests\nprint(requests.get({url:?}).text)\n"
+    );
+    let mut py = s.env.agent("claude", &[PYTHON, "-c", &resolve_py]);
+    let out = output_within(&mut py, Duration::from_secs(60));
+    assert!(out.status.success(), "python requests: {}", text(&out));
+    let doc = json(&out);
+    assert_eq!(doc["authorization_sha256"], injected(), "{doc}");
+    assert!(doc["customer"]["email"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("hash:")));
+    let node = format!(
+        "const dns = require('dns'); const orig = dns.lookup;\n\
+         dns.lookup = (h, o, cb) => orig(h === 'billing.internal' ? '127.0.0.2' : h, o, cb);\n\
+         fetch({url:?}).then(r => r.text()).then(t => console.log(t)).catch(e => {{ console.error(e); process.exit(1); }});\n"
+    );
+    let mut c = s.env.agent("claude", &["node", "-e", &node]);
+    let out = output_within(&mut c, Duration::from_secs(60));
+    assert!(out.status.success(), "node fetch: {}", text(&out));
+    assert_eq!(json(&out)["authorization_sha256"], injected());
+
+    // Denied: 403 with the policy in JSON; nothing reaches the API.
+    let out = s.curl(&[
+        "-X",
+        "DELETE",
+        "-w",
+        "\n%{http_code}",
+        &s.url("/v1/invoices/7"),
+    ]);
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    let (doc, code) = body.rsplit_once('\n').expect("code line");
+    assert_eq!(code, "403", "{body}");
+    let doc: serde_json::Value = serde_json::from_str(doc).expect("json");
+    assert_eq!(doc["policy"], "billing-no-invoice-delete", "{doc}");
+
+    // Held, approved, sent.
+    let resolve = format!("billing.internal:{}:127.0.0.2", s.up.port);
+    let url = s.url("/v1/refunds");
+    let child = s
+        .env
+        .agent(
+            "claude",
+            &[
+                "curl",
+                "-sS",
+                "--resolve",
+                &resolve,
+                "-d",
+                "{\"amount\":5}",
+                &url,
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let id = wait_until(Duration::from_secs(20), || {
+        let out = s.env.blastgate(&["approvals", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        list.as_array()?
+            .first()
+            .and_then(|r| r["id"].as_str().map(str::to_string))
+    })
+    .expect("a held request");
+    let out = s.env.blastgate(&["approvals", "approve", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = child.wait_with_output().expect("curl");
+    let doc = json(&out);
+    assert_eq!(doc["method"], "POST");
+    assert_eq!(doc["body"], "{\"amount\":5}");
+
+    // A Host that is not the name the TLS connection was made for: 421.
+    let out = s.curl(&[
+        "--http1.1",
+        "-H",
+        "Host: other.internal",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &s.url("/v1/invoices"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "421",
+        "{}",
+        text(&out)
+    );
+
+    // CONNECT through the target: refused by policy, not tunnelled.
+    let target = format!("billing.internal:{}", s.up.port);
+    let out = s.curl(&[
+        "--http1.1",
+        "-X",
+        "CONNECT",
+        "--request-target",
+        &target,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &s.url("/"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "403",
+        "{}",
+        text(&out)
+    );
+
+    // A chunked response arrives as it is written, not at the end.
+    let started = std::time::Instant::now();
+    let out = s.curl(&["-N", "-w", "\n%{time_starttransfer}", &s.url("/stream")]);
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(body.starts_with("line 0\nline 1\nline 2\n"), "{body}");
+    let first_byte: f64 = body
+        .rsplit_once('\n')
+        .and_then(|(_, t)| t.trim().parse().ok())
+        .expect("time_starttransfer");
+    assert!(
+        first_byte < started.elapsed().as_secs_f64() - 0.4,
+        "the first line came with the last: {first_byte}s of {:?}",
+        started.elapsed()
+    );
+
+    // The records: one per request, with status; the token in none of
+    // them nor in the log.
+    let events = s.env.events();
+    let requests: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["kind"] == "request").collect();
+    assert!(
+        requests.iter().any(|e| e["action"] == "http:DELETE"
+            && e["verdict"] == "deny"
+            && e["status"] == 403
+            && e["policy_id"] == "billing-no-invoice-delete"),
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|e| e["status"] == 421 && e["verdict"] == "deny"),
+        "{requests:#?}"
+    );
+    assert!(
+        requests
+            .iter()
+            // The email by its JSON path, the echoed token by the bearer
+            // detector.
+            .any(|e| e["action"] == "http:GET" && e["status"] == 200 && e["masked_fields"] == 2),
+        "{requests:#?}"
+    );
+    assert!(
+        requests.iter().any(|e| e["action"] == "http:CONNECT"
+            && e["policy_id"] == "http-no-tunnels"
+            && e["status"] == 403),
+        "{requests:#?}"
+    );
+    let all: String = events.iter().map(|e| e.to_string()).collect();
+    assert!(!all.contains(TOKEN), "the token leaked into the records");
+    assert!(
+        !s.daemon.log_text().contains(TOKEN),
+        "the token leaked into the log"
+    );
+}
