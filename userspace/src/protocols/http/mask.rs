@@ -48,8 +48,11 @@ pub fn accept_encoding(agent: Option<&HeaderValue>) -> HeaderValue {
     HeaderValue::from_static(if takes_gzip { "gzip" } else { "identity" })
 }
 
+/// Masks a JSON body: the session's rules (`plan`) and, for Kubernetes
+/// Secrets (`secrets`), every value under `data` and `stringData`.
 pub async fn json_body(
-    plan: &MaskPlan,
+    plan: Option<&MaskPlan>,
+    secrets: bool,
     headers: &mut HeaderMap,
     mut body: Incoming,
     limit: usize,
@@ -96,12 +99,21 @@ pub async fn json_body(
         }
     };
     let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        if secrets {
+            return Err("a Kubernetes Secret response that is not JSON cannot be masked".into());
+        }
         // Labelled JSON but not JSON: nothing to mask by path; the
         // detectors still run over the text.
-        let (masked, fields) = plan.scan(&String::from_utf8_lossy(&text));
+        let (masked, fields) = match plan {
+            Some(p) => p.scan(&String::from_utf8_lossy(&text)),
+            None => (String::from_utf8_lossy(&text).into_owned(), 0),
+        };
         return Ok(finish(headers, Bytes::from(masked), fields));
     };
-    let fields = plan.mask_json(&mut doc);
+    let mut fields = plan.map_or(0, |p| p.mask_json(&mut doc));
+    if secrets {
+        fields += secret_values(&mut doc);
+    }
     let out = if fields == 0 {
         Bytes::from(text)
     } else {
@@ -117,6 +129,31 @@ fn finish(headers: &mut HeaderMap, body: Bytes, fields: u64) -> Outcome {
         body: Full::new(body).map_err(|never| match never {}).boxed(),
         fields,
     }
+}
+
+/// Replaces every value of a Secret's `data` and `stringData` (a single
+/// object, a list's `items`, or a watch event's `object`) with `****`.
+pub fn secret_values(doc: &mut serde_json::Value) -> u64 {
+    use serde_json::Value;
+    let mut n = 0;
+    let mut one = |obj: &mut Value| {
+        for field in ["data", "stringData"] {
+            if let Some(Value::Object(map)) = obj.get_mut(field) {
+                for v in map.values_mut() {
+                    *v = Value::String("****".into());
+                    n += 1;
+                }
+            }
+        }
+    };
+    if let Some(Value::Array(items)) = doc.get_mut("items") {
+        items.iter_mut().for_each(&mut one);
+    } else if let Some(obj) = doc.get_mut("object") {
+        one(obj);
+    } else {
+        one(doc);
+    }
+    n
 }
 
 /// What was read, then the rest as it comes.
@@ -148,5 +185,28 @@ impl hyper::body::Body for Rejoined {
             Some(rest) => std::pin::Pin::new(rest).poll_frame(cx),
             None => std::task::Poll::Ready(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::secret_values;
+
+    #[test]
+    fn secret_values_are_masked_in_objects_lists_and_watch_events() {
+        let mut one = json!({"kind": "Secret", "data": {"password": "czNjcmV0", "user": "YXBw"}, "stringData": {"x": "y"}});
+        assert_eq!(secret_values(&mut one), 3);
+        assert_eq!(one["data"]["password"], "****");
+        assert_eq!(one["stringData"]["x"], "****");
+        let mut list =
+            json!({"kind": "SecretList", "items": [{"data": {"a": "b"}}, {"data": {"c": "d"}}]});
+        assert_eq!(secret_values(&mut list), 2);
+        assert_eq!(list["items"][1]["data"]["c"], "****");
+        let mut event = json!({"type": "ADDED", "object": {"data": {"a": "b"}}});
+        assert_eq!(secret_values(&mut event), 1);
+        let mut plain = json!({"kind": "Status"});
+        assert_eq!(secret_values(&mut plain), 0);
     }
 }

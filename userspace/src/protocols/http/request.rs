@@ -144,11 +144,22 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
 
     let streaming =
         kube.as_ref().is_some_and(|k| k8s::streams(k, &query)) || is_event_stream(&parts.headers);
+    // Kubernetes Secrets are read only with their values masked.
+    let secrets = kube.as_ref().is_some_and(|k| k.resource == "secrets");
+    if secrets && streaming {
+        let why = "watching Secrets is refused: their values cannot be masked in a stream yet";
+        event.verdict = Verdict::Deny;
+        event.reason = Some(why.into());
+        event.status = Some(403);
+        conn.gw.record(event).await;
+        return refusal(StatusCode::FORBIDDEN, why, None, None);
+    }
     let plan = conn.gw.mask_plan();
-    let body: Body = match plan {
-        Some(plan) if !streaming && mask::is_json(&parts.headers) => {
-            match mask::json_body(&plan, &mut parts.headers, body, conn.cfg.max_inspect_bytes).await
-            {
+    let inspect = (plan.is_some() || secrets) && !streaming && mask::is_json(&parts.headers);
+    let body: Body = match inspect {
+        true => {
+            let limit = conn.cfg.max_inspect_bytes;
+            match mask::json_body(plan.as_ref(), secrets, &mut parts.headers, body, limit).await {
                 Ok(Outcome::Masked { body, fields }) => {
                     conn.gw.masked(fields);
                     if fields > 0 {
@@ -156,7 +167,9 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                     }
                     body
                 }
-                Ok(Outcome::TooBig { head, rest }) if conn.cfg.oversize == Oversize::Pass => {
+                Ok(Outcome::TooBig { head, rest })
+                    if conn.cfg.oversize == Oversize::Pass && !secrets =>
+                {
                     event.reason = Some(format!(
                         "{}; response over max_inspect_bytes passed unmasked",
                         event.reason.unwrap_or_default()
@@ -180,7 +193,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                 }
             }
         }
-        _ => body.boxed(),
+        false => body.boxed(),
     };
     let recorded = Recorded {
         inner: body,
@@ -301,7 +314,9 @@ fn outbound(conn: &Conn, req: Request<Incoming>, host: &str) -> Result<Request<B
         value.set_sensitive(true);
         parts.headers.insert(name, value);
     }
-    if conn.masks {
+    // Secrets are masked whatever the rules: ask for a body we can unpack.
+    let secrets = conn.cfg.kind == ApiKind::Kubernetes && parts.uri.path().contains("/secrets");
+    if conn.masks || secrets {
         let wanted = mask::accept_encoding(parts.headers.get(header::ACCEPT_ENCODING));
         parts.headers.insert(header::ACCEPT_ENCODING, wanted);
     }
