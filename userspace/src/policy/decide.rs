@@ -128,6 +128,7 @@ fn context_defaults(action: &str) -> Option<Vec<(&'static str, Value)>> {
             ("k8s_name", s()),
             ("k8s_subresource", s()),
             ("k8s_group", s()),
+            ("k8s_replicas", Value::from(-1)),
         ],
         _ => return None,
     })

@@ -29,3 +29,7 @@ pub fn classify(method: &str, path: &str, _query: &str) -> K8sRequest {
 pub fn streams(_req: &K8sRequest, _query: &str) -> bool {
     false
 }
+
+pub fn replicas_set(_req: &K8sRequest, _content_type: &str, _body: &[u8]) -> Option<i64> {
+    None
+}

@@ -84,8 +84,32 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
     let kube = (conn.cfg.kind == ApiKind::Kubernetes)
         .then(|| k8s::classify(method.as_str(), &path, &query));
-    let (action, context) = describe(&method, tunnel, &host, &path, &query, kube.as_ref());
+    let (action, mut context) = describe(&method, tunnel, &host, &path, &query, kube.as_ref());
     event.action = Some(action.clone());
+    let (parts, body) = req.into_parts();
+    let mut body: Body = body.boxed();
+    // A write that can change a replica count is read first, so policy can
+    // see a scale to zero.
+    if let Some(k) = kube.as_ref().filter(|k| may_scale(k)) {
+        let limit = conn.cfg.max_inspect_bytes;
+        let bytes = match read_limited(body, limit).await {
+            Ok(b) => b,
+            Err(why) => {
+                event.reason = Some(why.clone());
+                event.status = Some(413);
+                conn.gw.record(event).await;
+                return refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
+            }
+        };
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let replicas = k8s::replicas_set(k, content_type, &bytes);
+        context["k8s_replicas"] = json!(replicas.unwrap_or(-1));
+        body = Full::new(bytes).map_err(|never| match never {}).boxed();
+    }
     let decision = conn.gw.decide(&action, &context);
     let ruling = conn.gw.rule(decision, &action, &text, |_| {}).await;
     let mut event = Event {
@@ -117,7 +141,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         );
     }
 
-    let upstream_req = match outbound(&conn, req, &host) {
+    let upstream_req = match outbound(&conn, parts, body, &host) {
         Ok(r) => r,
         Err(why) => {
             event.verdict = Verdict::Error;
@@ -273,14 +297,19 @@ fn describe(
         "k8s_name": k(|k| &k.name),
         "k8s_subresource": k(|k| &k.subresource),
         "k8s_group": k(|k| &k.api_group),
+        "k8s_replicas": -1,
     });
     (action, context)
 }
 
 /// The request as blastgate sends it: absolute URI to the target, the
 /// agent's credentials out, blastgate's in.
-fn outbound(conn: &Conn, req: Request<Incoming>, host: &str) -> Result<Request<Body>, String> {
-    let (mut parts, body) = req.into_parts();
+fn outbound(
+    conn: &Conn,
+    mut parts: http::request::Parts,
+    body: Body,
+    host: &str,
+) -> Result<Request<Body>, String> {
     let scheme = if conn.upstream_tls { "https" } else { "http" };
     let port = conn.gw.upstream.port();
     let default_port = if conn.upstream_tls { 443 } else { 80 };
@@ -322,7 +351,37 @@ fn outbound(conn: &Conn, req: Request<Incoming>, host: &str) -> Result<Request<B
     }
     // The upstream connection's version is negotiated by the client.
     parts.version = http::Version::HTTP_11;
-    Ok(Request::from_parts(parts, body.boxed()))
+    Ok(Request::from_parts(parts, body))
+}
+
+/// An update or patch that can set a workload's replica count.
+fn may_scale(k: &k8s::K8sRequest) -> bool {
+    const SCALABLE: &[&str] = &[
+        "deployments",
+        "statefulsets",
+        "replicasets",
+        "replicationcontrollers",
+    ];
+    matches!(k.verb.as_str(), "update" | "patch")
+        && (k.subresource == "scale"
+            || (k.subresource.is_empty() && SCALABLE.contains(&k.resource.as_str())))
+}
+
+/// A request body, whole, refused past `limit` bytes.
+async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, String> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the request body: {e}"))?;
+        if let Some(d) = frame.data_ref() {
+            out.extend_from_slice(d);
+            if out.len() > limit {
+                return Err(format!(
+                    "the request body is over max_inspect_bytes ({limit}) and must be read to be decided"
+                ));
+            }
+        }
+    }
+    Ok(out.freeze())
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
