@@ -59,6 +59,10 @@ fn print(e: &Event, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(e)?);
         return Ok(());
     }
+    // Replay data is for `sessions replay`, not for this listing.
+    if e.kind == crate::records::EventKind::Io {
+        return Ok(());
+    }
     let name = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_default();
     let mut line = format!(
         "{} {} {}",
@@ -77,6 +81,21 @@ fn print(e: &Event, json: bool) -> anyhow::Result<()> {
     }
     if let Some(t) = &e.target {
         line += &format!(" target={t}");
+    }
+    if let Some(a) = &e.action {
+        line += &format!(" action={a}");
+    }
+    if let Some(p) = &e.policy_id {
+        line += &format!(" policy={p}");
+    }
+    if let Some(t) = &e.text {
+        line += &format!(" text={t:?}");
+    }
+    if let Some(st) = e.status {
+        line += &format!(" status={st}");
+    }
+    if let Some(x) = e.exit_status {
+        line += &format!(" exit={x}");
     }
     if let (Some(a), Some(b)) = (e.bytes_from_agent, e.bytes_to_agent) {
         line += &format!(" bytes={a}/{b}");
