@@ -370,8 +370,11 @@ password_file = "{dir}/orders-db.secret"
 
 [[targets]]
 name = "internal-api"
-protocol = "tcp"
+protocol = "http"
 address = "127.0.0.2:{api_port}"
+
+[targets.http]
+inject_headers = {{ Authorization = {{ file = "{dir}/internal-api.token", prefix = "Bearer " }} }}
 
 [[targets]]
 name = "deploy-host"
@@ -393,6 +396,7 @@ known_hosts = "{upstream_known}"
         ),
     )?;
     std::fs::write(dir.join("orders-db.secret"), format!("{DEMO_SECRET}\n"))?;
+    std::fs::write(dir.join("internal-api.token"), "demo-api-token\n")?;
     println!("{}", std::fs::read_to_string(&config)?);
     let log = std::fs::File::create(dir.join("daemon.log"))?;
     let mut daemon = Guard::spawn(
@@ -506,7 +510,7 @@ known_hosts = "{upstream_known}"
     ));
     approve_held(&bin, &config, &mut held, "the ssh command")?;
 
-    banner("other protocols without a gateway yet pass through as TCP where a target allows it");
+    banner("HTTP: the agent's request goes through the HTTP gateway, which decides it, swaps in the token blastgate holds and records it");
     show(&mut agent(
         Command::new("curl").args(["-sS", &format!("http://127.0.0.2:{api_port}/")]),
     ));
@@ -550,7 +554,7 @@ known_hosts = "{upstream_known}"
         "-sS",
         "--data-binary",
         "SELECT agent, target, action, verdict, policy_id, text FROM blastgate_demo.who_ran_what_where \
-         WHERE kind IN ('statement', 'command') ORDER BY ts FORMAT PrettyCompactMonoBlock",
+         WHERE kind IN ('statement', 'command', 'request') ORDER BY ts FORMAT PrettyCompactMonoBlock",
         &ch_url,
     ]));
 
