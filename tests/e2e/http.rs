@@ -37,6 +37,16 @@ class H(BaseHTTPRequestHandler):
                 time.sleep(0.3)
             self.wfile.write(b"0\r\n\r\n")
             return
+        if "/secrets/" in self.path:
+            out = json.dumps({"kind": "Secret", "apiVersion": "v1",
+                              "metadata": {"name": "db-credentials"},
+                              "data": {"password": "czNjcmV0LXB3", "username": "YXBw"}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         out = json.dumps({
             "method": self.command,
             "path": self.path,
@@ -182,6 +192,11 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
+    setup_kind("generic", "")
+}
+
+/// `kind` for `[targets.http]`; `labels` a TOML inline table or "".
+fn setup_kind(kind: &str, labels: &str) -> Option<Setup> {
     if !kernel_ready() {
         return None;
     }
@@ -220,7 +235,7 @@ fn setup() -> Option<Setup> {
     let env = Env::new(&format!(
         "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
          [[targets]]\nname = \"billing-api\"\nprotocol = \"https\"\naddress = \"127.0.0.2:{}\"\n\
-         hostnames = [\"billing.internal\"]\n\n[targets.http]\n\
+         hostnames = [\"billing.internal\"]\n{labels}\n\n[targets.http]\nkind = \"{kind}\"\n\
          inject_headers = {{ Authorization = {{ file = \"{}\", prefix = \"Bearer \" }} }}\n\
          upstream_ca_file = \"{}\"\nserver_name = \"billing.internal\"\n",
         policies.display(),
@@ -476,5 +491,76 @@ fn https_requests_get_the_held_token_policy_and_masking() {
     assert!(
         !s.daemon.log_text().contains(TOKEN),
         "the token leaked into the log"
+    );
+}
+
+/// A target marked `kind = "kubernetes"`: requests are decided as the
+/// API server's verbs and resources (curl speaks the Kubernetes paths here;
+/// kubectl against a fuller stand-in is still to come), Secret values are
+/// masked, deleting a namespace is refused, exec waits for a human.
+#[test]
+fn kubernetes_targets_are_decided_by_verb_and_resource() {
+    let _g = serial();
+    let Some(s) = setup_kind("kubernetes", "labels = { env = \"production\" }") else {
+        return;
+    };
+    let out = s.curl(&[&s.url("/api/v1/namespaces/prod/secrets/db-credentials")]);
+    let doc = json(&out);
+    assert_eq!(doc["kind"], "Secret", "{doc}");
+    assert_eq!(doc["data"]["password"], "****", "{doc}");
+    assert_eq!(doc["data"]["username"], "****", "{doc}");
+
+    let out = s.curl(&["-X", "DELETE", &s.url("/api/v1/namespaces/dev")]);
+    assert_eq!(
+        json(&out)["policy"],
+        "k8s-namespace-delete",
+        "{}",
+        text(&out)
+    );
+
+    // A delete in production is held; a human denies it.
+    let resolve = format!("billing.internal:{}:127.0.0.2", s.up.port);
+    let url = s.url("/apis/apps/v1/namespaces/prod/deployments/web");
+    let child = s
+        .env
+        .agent(
+            "claude",
+            &["curl", "-sS", "--resolve", &resolve, "-X", "DELETE", &url],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let id = wait_until(Duration::from_secs(20), || {
+        let out = s.env.blastgate(&["approvals", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        list.as_array()?
+            .first()
+            .and_then(|r| r["id"].as_str().map(str::to_string))
+    })
+    .expect("a held delete");
+    let out = s.env.blastgate(&["approvals", "deny", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = child.wait_with_output().expect("curl");
+    let doc = json(&out);
+    assert_eq!(doc["policy"], "k8s-production-delete", "{doc}");
+    assert_eq!(doc["approval_id"], id.as_str(), "{doc}");
+
+    let events = s.env.events();
+    let actions: Vec<String> = events
+        .iter()
+        .filter(|e| e["kind"] == "request")
+        .filter_map(|e| e["action"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        actions,
+        ["k8s:get", "k8s:delete", "k8s:delete"],
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "request" && e["masked_fields"] == 2),
+        "{events:#?}"
     );
 }
