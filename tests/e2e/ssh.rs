@@ -682,15 +682,31 @@ fn interactive_shell_is_held_recorded_masked_and_replayed() {
     );
 
     // The recording reaches ClickHouse.
+    // The whole recording: the session closed in ClickHouse and its replay
+    // data no longer growing (events and io are separate inserts).
+    let mut last = 0u32;
     let session = wait_until(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(500));
         let sid = db.try_query(
             "SELECT toString(session_id) FROM {db}.events FINAL \
              WHERE action = 'ssh:shell' AND verdict = 'allow' LIMIT 1",
         )?;
-        let n = db.try_query(&format!(
-            "SELECT count() FROM {{db}}.io FINAL WHERE session_id = '{sid}'"
+        if sid.is_empty() {
+            return None;
+        }
+        let closed = db.try_query(&format!(
+            "SELECT count() FROM {{db}}.sessions FINAL \
+             WHERE session_id = '{sid}' AND end IS NOT NULL"
         ))?;
-        (!sid.is_empty() && n.parse::<u32>().ok()? > 2).then_some(sid)
+        let n: u32 = db
+            .try_query(&format!(
+                "SELECT count() FROM {{db}}.io FINAL WHERE session_id = '{sid}'"
+            ))?
+            .parse()
+            .ok()?;
+        let settled = closed == "1" && n > 2 && n == last;
+        last = n;
+        settled.then_some(sid)
     })
     .expect("the shell's records in ClickHouse");
     let config = s.dir.path().join("cli.toml");
@@ -881,11 +897,12 @@ fn local_forwards_agent_forwarding_control_master_and_keepalives() {
                 "-N",
                 "-o",
                 &control_opt,
-                // Dropped after about 2 s if nobody answers its keepalives.
+                // Dropped after about 3 s if nobody answers its keepalives,
+                // well within the 6 s the commands run.
                 "-o",
                 "ServerAliveInterval=1",
                 "-o",
-                "ServerAliveCountMax=2",
+                "ServerAliveCountMax=3",
             ],
             &[],
         )
@@ -900,7 +917,7 @@ fn local_forwards_agent_forwarding_control_master_and_keepalives() {
     );
     let ran: Vec<Output> = (0..2)
         .map(|_| {
-            let mut c = s.ssh_agent(&["-o", &control_opt], &["sleep 4"]);
+            let mut c = s.ssh_agent(&["-o", &control_opt], &["sleep 6"]);
             output_within(&mut c, Duration::from_secs(60))
         })
         .collect();
@@ -912,13 +929,25 @@ fn local_forwards_agent_forwarding_control_master_and_keepalives() {
     let _ = master.kill();
     let _ = master.wait();
     for out in &ran {
-        assert!(out.status.success(), "{}", text(out));
+        assert!(
+            out.status.success(),
+            "{}: {}\nmaster: {}",
+            out.status,
+            text(out),
+            s.daemon
+                .log_text()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     let sleeps: Vec<serde_json::Value> = s
         .env
         .events()
         .into_iter()
-        .filter(|e| e["text"] == "sleep 4" && e["verdict"] == "allow")
+        .filter(|e| e["text"] == "sleep 6" && e["verdict"] == "allow")
         .collect();
     assert_eq!(sleeps.len(), 2, "{sleeps:#?}");
     assert_eq!(
