@@ -107,7 +107,10 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let replicas = k8s::replicas_set(k, content_type, &bytes);
-        context["k8s_replicas"] = json!(replicas.unwrap_or(-1));
+        // A body that is not JSON (YAML, protobuf) cannot be read here: it
+        // is taken as the worst case, a scale to zero.
+        let readable = content_type.contains("json") || bytes.is_empty();
+        context["k8s_replicas"] = json!(replicas.unwrap_or(if readable { -1 } else { 0 }));
         body = Full::new(bytes).map_err(|never| match never {}).boxed();
     }
     let decision = conn.gw.decide(&action, &context);
