@@ -8,6 +8,7 @@
 //! killed outright cannot leave a redirect behind for long.
 #![allow(dead_code)]
 
+pub mod kube;
 pub mod postgres;
 pub mod sshd;
 use std::{
