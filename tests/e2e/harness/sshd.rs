@@ -28,7 +28,6 @@
 //!   postinst creates it).
 
 use std::{
-    ffi::CString,
     fs::File,
     io::{Read, Write},
     net::{IpAddr, SocketAddr, TcpListener},
@@ -450,20 +449,22 @@ pub fn deploy_user() -> String {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    if !pw.home.is_dir() {
-        std::fs::create_dir_all(&pw.home)
-            .unwrap_or_else(|e| panic!("create {}: {e}", pw.home.display()));
-        std::os::unix::fs::chown(&pw.home, Some(pw.uid), Some(pw.gid)).expect("chown home");
-        chmod(&pw.home, 0o755);
+    let home = PathBuf::from(&pw.home);
+    if !home.is_dir() {
+        std::fs::create_dir_all(&home).unwrap_or_else(|e| panic!("create {}: {e}", home.display()));
+        std::os::unix::fs::chown(&home, Some(pw.uid), Some(pw.gid)).expect("chown home");
+        chmod(&home, 0o755);
     }
     DEPLOY_USER.to_string()
 }
 
 /// The home directory of OS user `user`.
 pub fn home_of(user: &str) -> PathBuf {
-    passwd_entry(user)
-        .unwrap_or_else(|| panic!("no OS user {user}"))
-        .home
+    PathBuf::from(
+        passwd_entry(user)
+            .unwrap_or_else(|| panic!("no OS user {user}"))
+            .home,
+    )
 }
 
 /// A fresh directory owned by OS user `user` under its home
@@ -476,8 +477,9 @@ pub struct UserTempDir {
 impl UserTempDir {
     pub fn new(user: &str) -> UserTempDir {
         let pw = passwd_entry(user).unwrap_or_else(|| panic!("no OS user {user}"));
-        remove_stale_dirs(&pw.home, USER_DIR_PREFIX);
-        let path = pw.home.join(format!(
+        let home = PathBuf::from(&pw.home);
+        remove_stale_dirs(&home, USER_DIR_PREFIX);
+        let path = home.join(format!(
             "{USER_DIR_PREFIX}{}-{}",
             std::process::id(),
             INSTANCE.fetch_add(1, Ordering::SeqCst)
@@ -791,51 +793,9 @@ fn free_port_on(ip: IpAddr) -> u16 {
         .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
 }
 
-struct PasswdEntry {
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
-    shell: String,
-}
-
-fn passwd_entry(user: &str) -> Option<PasswdEntry> {
-    let name = CString::new(user).ok()?;
-    // SAFETY: passwd is plain C data (integers and pointers); all zeroes
-    // is a valid value, overwritten by getpwnam_r.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16384];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwnam_r writes into `pw` and `buf`, which outlive the
-    // reads below; thread-safe unlike getpwnam.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut pw,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: on success the string fields point into `buf`.
-    let (home, shell) = unsafe {
-        (
-            std::ffi::CStr::from_ptr(pw.pw_dir)
-                .to_string_lossy()
-                .into_owned(),
-            std::ffi::CStr::from_ptr(pw.pw_shell)
-                .to_string_lossy()
-                .into_owned(),
-        )
-    };
-    Some(PasswdEntry {
-        uid: pw.pw_uid,
-        gid: pw.pw_gid,
-        home: PathBuf::from(home),
-        shell,
-    })
+/// The crate's own account lookup (getpwnam_r).
+fn passwd_entry(user: &str) -> Option<blastgate::identity::users::User> {
+    blastgate::identity::users::lookup(user)
 }
 
 fn user_ids(user: &str) -> Option<(u32, u32)> {

@@ -8,6 +8,7 @@ pub struct User {
     pub uid: u32,
     pub gid: u32,
     pub home: String,
+    pub shell: String,
 }
 
 /// Looks a user up by name or numeric uid.
@@ -44,10 +45,11 @@ pub fn lookup(spec: &str) -> Option<User> {
         return None;
     }
     // SAFETY: the lookup succeeded, so these point into `buf`.
-    let (name, home) = unsafe {
+    let (name, home, shell) = unsafe {
         (
             CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
             CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned(),
+            CStr::from_ptr(pwd.pw_shell).to_string_lossy().into_owned(),
         )
     };
     Some(User {
@@ -55,6 +57,7 @@ pub fn lookup(spec: &str) -> Option<User> {
         uid: pwd.pw_uid,
         gid: pwd.pw_gid,
         home,
+        shell,
     })
 }
 
