@@ -473,20 +473,8 @@ fn file_transfer_tools_work_through_the_gateway() {
     let ssh = ssh_command_line(&s.known_hosts, &[]);
     let git = |dir: &Path, args: &[&str]| {
         let mut c = s.env.agent("claude", &["git"]);
-        c.args([
-            "-c",
-            "user.name=blastgate test",
-            "-c",
-            "user.email=test@blastgate.invalid",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_SSH_COMMAND", &ssh)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0");
+        git_over_ssh(&mut c, &ssh);
+        c.args(args).current_dir(dir);
         let out = output_within(&mut c, Duration::from_secs(120));
         assert!(out.status.success(), "git {args:?}: {}", text(&out));
     };

@@ -337,20 +337,8 @@ fn git_push_and_clone_over_ssh() {
     let ssh = ssh_command_line(&s.known_hosts, &["-i", s.key.to_str().expect("utf-8")]);
     let git = |dir: &Path, args: &[&str]| -> String {
         let mut c = Command::new("git");
-        c.args([
-            "-c",
-            "user.name=blastgate test",
-            "-c",
-            "user.email=test@blastgate.invalid",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_SSH_COMMAND", &ssh)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0");
+        git_over_ssh(&mut c, &ssh);
+        c.args(args).current_dir(dir);
         s.ok(&format!("git {args:?}"), output_within(&mut c, TIMEOUT))
     };
 

@@ -610,6 +610,24 @@ pub fn ssh_command_line(known_hosts: &Path, extra: &[&str]) -> String {
         .join(" ")
 }
 
+/// Sets up `git` (a command already naming it) for the tests: a fixed
+/// identity and branch, no global or system config, no prompts, and
+/// `ssh_command` (see [`ssh_command_line`]) as its transport.
+pub fn git_over_ssh(c: &mut Command, ssh_command: &str) {
+    c.args([
+        "-c",
+        "user.name=blastgate test",
+        "-c",
+        "user.email=test@blastgate.invalid",
+        "-c",
+        "init.defaultBranch=main",
+    ])
+    .env("GIT_SSH_COMMAND", ssh_command)
+    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+    .env("GIT_CONFIG_NOSYSTEM", "1")
+    .env("GIT_TERMINAL_PROMPT", "0");
+}
+
 /// `word` quoted for a POSIX shell (bare if it is plainly safe).
 pub fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
