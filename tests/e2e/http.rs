@@ -385,16 +385,8 @@ fn https_requests_get_the_held_token_policy_and_masking() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("curl");
-    let id = wait_until(Duration::from_secs(20), || {
-        let out = s.env.blastgate(&["approvals", "list", "--json"]);
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        list.as_array()?
-            .first()
-            .and_then(|r| r["id"].as_str().map(str::to_string))
-    })
-    .expect("a held request");
-    let out = s.env.blastgate(&["approvals", "approve", &id]);
-    assert!(out.status.success(), "{}", text(&out));
+    let id = s.env.pending_approval();
+    s.env.answer_approval("approve", &id);
     let out = child.wait_with_output().expect("curl");
     let doc = json(&out);
     assert_eq!(doc["method"], "POST");
@@ -531,16 +523,8 @@ fn kubernetes_targets_are_decided_by_verb_and_resource() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("curl");
-    let id = wait_until(Duration::from_secs(20), || {
-        let out = s.env.blastgate(&["approvals", "list", "--json"]);
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        list.as_array()?
-            .first()
-            .and_then(|r| r["id"].as_str().map(str::to_string))
-    })
-    .expect("a held delete");
-    let out = s.env.blastgate(&["approvals", "deny", &id]);
-    assert!(out.status.success(), "{}", text(&out));
+    let id = s.env.pending_approval();
+    s.env.answer_approval("deny", &id);
     let out = child.wait_with_output().expect("curl");
     let doc = json(&out);
     assert_eq!(doc["policy"], "k8s-production-delete", "{doc}");

@@ -141,21 +141,12 @@ impl Setup {
         format!("{}@127.0.0.2", self.user)
     }
 
-    /// The first pending approval, once there is one.
     fn pending_approval(&self) -> String {
-        wait_until(Duration::from_secs(20), || {
-            let out = self.env.blastgate(&["approvals", "list", "--json"]);
-            let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-            list.as_array()?
-                .first()
-                .and_then(|r| r["id"].as_str().map(str::to_string))
-        })
-        .expect("a held request")
+        self.env.pending_approval()
     }
 
     fn approvals(&self, verb: &str, id: &str) {
-        let out = self.env.blastgate(&["approvals", verb, id]);
-        assert!(out.status.success(), "{}", text(&out));
+        self.env.answer_approval(verb, id);
     }
 
     /// The private key blastgate holds, as its base64 lines.

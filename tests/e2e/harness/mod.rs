@@ -254,6 +254,28 @@ impl Env {
         c
     }
 
+    /// The id of the first pending approval, once there is one.
+    pub fn pending_approval(&self) -> String {
+        wait_until(Duration::from_secs(20), || {
+            let out = self.blastgate(&["approvals", "list", "--json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+            list.as_array()?
+                .first()
+                .and_then(|r| r["id"].as_str().map(str::to_string))
+        })
+        .expect("a held request")
+    }
+
+    /// `blastgate approvals approve|deny ID`, which must succeed.
+    pub fn answer_approval(&self, verb: &str, id: &str) {
+        let out = self.blastgate(&["approvals", verb, id]);
+        assert!(
+            out.status.success(),
+            "approvals {verb} {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn blastgate(&self, args: &[&str]) -> Output {
         let mut c = Command::new(BIN);
         c.args(args).arg("--config").arg(&self.config);
