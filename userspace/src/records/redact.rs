@@ -672,23 +672,7 @@ style = "fixed"
         out.iter().map(|c| c.1.as_str()).collect()
     }
 
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            // xorshift64*
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-            items[self.below(items.len())]
-        }
-    }
+    use crate::testing::Rng;
 
     fn marker_line(kind: &str, label: &str) -> String {
         format!("-----{kind} {label} PRIVATE KEY-----")
@@ -1148,7 +1132,7 @@ style = "fixed"
             let data: Vec<u8> = (0..len)
                 .map(|_| {
                     if rng.below(4) == 0 {
-                        rng.next() as u8
+                        rng.next_u64() as u8
                     } else {
                         ALPHABET[rng.below(ALPHABET.len())]
                     }

@@ -878,22 +878,7 @@ mod tests {
         assert_eq!(v["resource_request"], true);
     }
 
-    /// xorshift64*: enough randomness to walk every branch, with no extra
-    /// dependency and the same run every time.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn pick<'a>(&mut self, words: &[&'a str]) -> &'a str {
-            words[(self.next() % words.len() as u64) as usize]
-        }
-    }
+    use crate::testing::Rng;
 
     #[test]
     fn never_panics_on_any_input() {
@@ -919,9 +904,9 @@ mod tests {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for _ in 0..100_000 {
             let mut path = String::new();
-            for _ in 0..rng.next() % 9 {
+            for _ in 0..rng.next_u64() % 9 {
                 path += "/";
-                if rng.next().is_multiple_of(5) {
+                if rng.next_u64().is_multiple_of(5) {
                     path += "/";
                 }
                 path += rng.pick(&segments);
@@ -950,7 +935,9 @@ mod tests {
         );
         // And noise, byte for byte.
         for _ in 0..20_000 {
-            let bytes: Vec<u8> = (0..rng.next() % 40).map(|_| rng.next() as u8).collect();
+            let bytes: Vec<u8> = (0..rng.next_u64() % 40)
+                .map(|_| rng.next_u64() as u8)
+                .collect();
             let noise = String::from_utf8_lossy(&bytes);
             let r = classify(&noise, &noise, &noise);
             streams(&r, &noise);

@@ -1081,20 +1081,7 @@ mod tests {
         assert_eq!(out[0].path, "/a\u{fffd}b");
     }
 
-    /// xorshift64*: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
+    use crate::testing::Rng;
 
     /// Feeds both streams in random chunks, randomly interleaved, and
     /// checks the invariants that hold for any input.
@@ -1131,7 +1118,7 @@ mod tests {
         for _ in 0..3000 {
             let junk = |rng: &mut Rng| -> Vec<u8> {
                 let n = rng.below(2000);
-                let mut v: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let mut v: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 // Small lengths, so packets complete and get parsed.
                 if v.len() >= 4 && rng.below(2) == 0 {
                     v[0] = 0;
@@ -1162,11 +1149,11 @@ mod tests {
                 let v = if rng.below(2) == 0 { &mut c } else { &mut s };
                 let at = rng.below(v.len());
                 match rng.below(3) {
-                    0 => v[at] = rng.next() as u8,
+                    0 => v[at] = rng.next_u64() as u8,
                     1 => {
                         v.remove(at);
                     }
-                    _ => v.insert(at, rng.next() as u8),
+                    _ => v.insert(at, rng.next_u64() as u8),
                 }
             }
             feed_randomly(&mut rng, &c, &s);
@@ -1190,7 +1177,7 @@ mod tests {
                 let n = rng.below(100);
                 let path = "/p".repeat(rng.below(3));
                 c.extend(match rng.below(12) {
-                    0 => open(id, &path, rng.next() as u32),
+                    0 => open(id, &path, rng.next_u64() as u32),
                     1 => with_handle(CLOSE, id, h),
                     2 => read(id, h, 0, 10),
                     3 => write(id, h, 0, &vec![1; n]),
