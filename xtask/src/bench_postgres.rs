@@ -423,39 +423,52 @@ fn start_pgbouncer(
     Ok((guard, port))
 }
 
-/// The blastgate daemon: stopped, then its pins uninstalled, on drop.
-struct Daemon {
+/// The blastgate daemon of a benchmark, pinned to `cpus`: stopped, then its
+/// pins uninstalled, on drop. Shared by the benches.
+pub(crate) struct Daemon {
     guard: Guard,
     bin: PathBuf,
     /// A config with only `[bpf] pin_dir`: uninstall must work whatever
     /// the full config holds.
     uninstall_config: PathBuf,
+    /// Its stdout and stderr.
+    pub(crate) log: PathBuf,
+}
+
+/// How a bench runs its daemon.
+pub(crate) struct DaemonOpts<'a> {
+    /// The config's `[bpf] pin_dir`.
+    pub(crate) pin_dir: &'a str,
+    /// Names the log file (`daemon-LABEL.log`).
+    pub(crate) label: &'a str,
+    pub(crate) cpus: &'a str,
+    pub(crate) deadline_secs: u64,
+    /// `BLASTGATE_LOG`.
+    pub(crate) log_filter: &'a str,
 }
 
 impl Daemon {
-    fn start(
+    pub(crate) fn start(
         bin: &Path,
         config: &Path,
         dir: &Path,
-        label: &str,
-        cpus: &str,
-        deadline_secs: u64,
+        opts: &DaemonOpts<'_>,
     ) -> Result<Daemon> {
-        let uninstall_config = dir.join("uninstall.toml");
+        let uninstall_config = dir.join(format!("uninstall-{}.toml", opts.label));
         std::fs::write(
             &uninstall_config,
-            format!("[bpf]\npin_dir = \"{PIN_DIR}\"\n"),
+            format!("[bpf]\npin_dir = \"{}\"\n", opts.pin_dir),
         )?;
-        let log_path = dir.join(format!("daemon-{label}.log"));
+        let log_path = dir.join(format!("daemon-{}.log", opts.label));
         let log = File::create(&log_path)?;
         let mut cmd = Command::new("taskset");
-        cmd.args(["-c", cpus])
+        cmd.args(["-c", opts.cpus])
             .arg(bin)
             .args(["daemon", "--detach-on-exit", "--deadline"])
-            .arg(deadline_secs.to_string())
+            .arg(opts.deadline_secs.to_string())
             .arg("--config")
             .arg(config)
-            .env("BLASTGATE_LOG", "warn")
+            .env("BLASTGATE_LOG", opts.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -464,11 +477,17 @@ impl Daemon {
             guard: Guard::spawn("blastgate daemon", &mut cmd)?,
             bin: bin.to_path_buf(),
             uninstall_config,
+            log: log_path,
         };
         if let Err(e) = wait_for_daemon(bin, config) {
-            bail!("{e}\n{}", tail(&log_path, 30));
+            bail!("{e}\n{}", tail(&daemon.log, 30));
         }
         Ok(daemon)
+    }
+
+    /// taskset execs the daemon: the child's pid is the daemon's.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.guard.pid()
     }
 }
 
@@ -866,9 +885,13 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
             &bin,
             &config,
             &dir,
-            "plain",
-            &proxy_cpus,
-            deadline,
+            &DaemonOpts {
+                pin_dir: PIN_DIR,
+                label: "plain",
+                cpus: &proxy_cpus,
+                deadline_secs: deadline,
+                log_filter: "warn",
+            },
         )?)
     } else {
         None
@@ -939,9 +962,13 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
             &bin,
             &masking_config,
             &dir,
-            "masking",
-            &proxy_cpus,
-            deadline,
+            &DaemonOpts {
+                pin_dir: PIN_DIR,
+                label: "masking",
+                cpus: &proxy_cpus,
+                deadline_secs: deadline,
+                log_filter: "warn",
+            },
         )?);
         let masked_ep = Endpoints {
             config: masking_config,

@@ -62,9 +62,9 @@ use serde_json::{json, Map, Value};
 use crate::{
     bench_postgres::{
         check_interrupted, cpus, die_with_parent, dir_bytes, free_port, median, on_signal, tail,
-        ScratchDir, INTERRUPTED,
+        Daemon, DaemonOpts, ScratchDir, INTERRUPTED,
     },
-    demo::{wait_for, wait_for_daemon},
+    demo::wait_for,
     sh,
 };
 
@@ -374,7 +374,20 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
     // cannot stop it.
     let deadline = 900 + opts.reps as u64 * (CELLS.len() as u64 * 2) * run_limit(bytes).as_secs();
     eprintln!("bench: starting the blastgate daemon (CPU {proxy_cpus})");
-    let daemon = Daemon::start(&bin, &config, &dir, &proxy_cpus, deadline)?;
+    // Session ends are logged: they name the gateway's error when a cell
+    // fails.
+    let daemon = Daemon::start(
+        &bin,
+        &config,
+        &dir,
+        &DaemonOpts {
+            pin_dir: PIN_DIR,
+            label: "ssh",
+            cpus: &proxy_cpus,
+            deadline_secs: deadline,
+            log_filter: "warn,blastgate::proxy::session=info",
+        },
+    )?;
     let daemon_pid = daemon.pid().context("the daemon is not running")?;
     // What an administrator installs for agents: the SSH CA's
     // @cert-authority line for the target.
@@ -1210,79 +1223,6 @@ fn daemon_config(
         key = key.display(),
         kh = upstream_known_hosts.display(),
     )
-}
-
-/// The blastgate daemon, pinned; stopped and its pins uninstalled on drop.
-/// Unlike the postgres bench's, it hands out its pid (the daemon's memory
-/// is part of the result), has a pin directory of its own and logs session
-/// ends, which name the gateway's error when a cell fails.
-struct Daemon {
-    child: Option<Child>,
-    bin: PathBuf,
-    /// A config with only `[bpf] pin_dir`: uninstall must work whatever
-    /// the full config holds.
-    uninstall_config: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(
-        bin: &Path,
-        config: &Path,
-        dir: &Path,
-        cpus: &str,
-        deadline_secs: u64,
-    ) -> Result<Daemon> {
-        let uninstall_config = dir.join("uninstall.toml");
-        std::fs::write(
-            &uninstall_config,
-            format!("[bpf]\npin_dir = \"{PIN_DIR}\"\n"),
-        )?;
-        let log = dir.join("daemon.log");
-        let file = File::create(&log)?;
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", cpus])
-            .arg(bin)
-            .args(["daemon", "--detach-on-exit", "--deadline"])
-            .arg(deadline_secs.to_string())
-            .arg("--config")
-            .arg(config)
-            .env("BLASTGATE_LOG", "warn,blastgate::proxy::session=info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        die_with_parent(&mut cmd, libc::SIGTERM);
-        // taskset execs the daemon: the child's pid is the daemon's.
-        let child = cmd.spawn().context("starting the blastgate daemon")?;
-        let daemon = Daemon {
-            child: Some(child),
-            bin: bin.to_path_buf(),
-            uninstall_config,
-            log,
-        };
-        if let Err(e) = wait_for_daemon(bin, config) {
-            bail!("{e}\n{}", tail(&daemon.log, 30));
-        }
-        Ok(daemon)
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            sh::stop_child(&mut c, libc::SIGTERM, Duration::from_secs(10));
-        }
-        let _ = Command::new(&self.bin)
-            .args(["uninstall", "--config"])
-            .arg(&self.uninstall_config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// A throwaway sshd on 127.0.0.2 with its own ed25519 host key and

@@ -28,6 +28,11 @@ impl Guard {
         Ok(Guard { child: Some(child) })
     }
 
+    /// The running child's pid (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGTERM, then wait (SIGKILL after 10 s).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
