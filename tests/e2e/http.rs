@@ -278,6 +278,25 @@ fn injected() -> String {
         .collect()
 }
 
+impl Setup {
+    /// curl as an agent whose request is held: a human answers it with
+    /// `verb` (approve or deny); what curl got, and the approval id.
+    fn curl_answered(&self, args: &[&str], verb: &str) -> (Output, String) {
+        let resolve = format!("billing.internal:{}:127.0.0.2", self.up.port);
+        let child = self
+            .env
+            .agent("claude", &["curl", "-sS", "--resolve", &resolve])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("curl");
+        let id = self.env.pending_approval();
+        self.env.answer_approval(verb, &id);
+        (child.wait_with_output().expect("curl"), id)
+    }
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -365,29 +384,8 @@ fn https_requests_get_the_held_token_policy_and_masking() {
     assert_eq!(doc["policy"], "billing-no-invoice-delete", "{doc}");
 
     // Held, approved, sent.
-    let resolve = format!("billing.internal:{}:127.0.0.2", s.up.port);
     let url = s.url("/v1/refunds");
-    let child = s
-        .env
-        .agent(
-            "claude",
-            &[
-                "curl",
-                "-sS",
-                "--resolve",
-                &resolve,
-                "-d",
-                "{\"amount\":5}",
-                &url,
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("curl");
-    let id = s.env.pending_approval();
-    s.env.answer_approval("approve", &id);
-    let out = child.wait_with_output().expect("curl");
+    let (out, _) = s.curl_answered(&["-d", "{\"amount\":5}", &url], "approve");
     let doc = json(&out);
     assert_eq!(doc["method"], "POST");
     assert_eq!(doc["body"], "{\"amount\":5}");
@@ -511,21 +509,8 @@ fn kubernetes_targets_are_decided_by_verb_and_resource() {
     );
 
     // A delete in production is held; a human denies it.
-    let resolve = format!("billing.internal:{}:127.0.0.2", s.up.port);
     let url = s.url("/apis/apps/v1/namespaces/prod/deployments/web");
-    let child = s
-        .env
-        .agent(
-            "claude",
-            &["curl", "-sS", "--resolve", &resolve, "-X", "DELETE", &url],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("curl");
-    let id = s.env.pending_approval();
-    s.env.answer_approval("deny", &id);
-    let out = child.wait_with_output().expect("curl");
+    let (out, id) = s.curl_answered(&["-X", "DELETE", &url], "deny");
     let doc = json(&out);
     assert_eq!(doc["policy"], "k8s-production-delete", "{doc}");
     assert_eq!(doc["approval_id"], id.as_str(), "{doc}");
