@@ -141,6 +141,21 @@ impl Setup {
         format!("{}@127.0.0.2", self.user)
     }
 
+    /// `ssh host COMMAND` as an agent, held and answered by a human with
+    /// `verb` (approve or deny): what ssh got, and the approval id.
+    fn ssh_answered(&self, command: &str, verb: &str) -> (Output, String) {
+        let child = self
+            .ssh_agent(&[], &[command])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ssh");
+        let id = self.pending_approval();
+        self.approvals(verb, &id);
+        (child.wait_with_output().expect("ssh"), id)
+    }
+
     fn pending_approval(&self) -> String {
         self.env.pending_approval()
     }
@@ -196,16 +211,7 @@ fn exec_runs_with_the_held_key_and_policy_decides() {
     );
 
     // Held, approved, run: its output and exit status come back.
-    let child = s
-        .ssh_agent(&[], &["echo ok; exit 3"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ssh");
-    let id = s.pending_approval();
-    s.approvals("approve", &id);
-    let out = child.wait_with_output().expect("ssh");
+    let (out, id) = s.ssh_answered("echo ok; exit 3", "approve");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -220,16 +226,7 @@ fn exec_runs_with_the_held_key_and_policy_decides() {
     );
 
     // Held and denied by a human: never run, 126 and why.
-    let child = s
-        .ssh_agent(&[], &["touch /tmp/blastgate-never-$$"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ssh");
-    let id = s.pending_approval();
-    s.approvals("deny", &id);
-    let out = child.wait_with_output().expect("ssh");
+    let (out, _) = s.ssh_answered("touch /tmp/blastgate-never-$$", "deny");
     assert_eq!(out.status.code(), Some(126), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("denied by policy ssh-unlisted-command"),
