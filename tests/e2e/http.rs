@@ -211,14 +211,7 @@ fn setup_kind(kind: &str, labels: &str) -> Option<Setup> {
     std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
     // The shipped policies, plus a masking rule and two request rules for
     // this API.
-    let policies = scratch.join("policies");
-    std::fs::create_dir(&policies).expect("mkdir");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    for e in std::fs::read_dir(&shipped).expect("policies").flatten() {
-        if e.file_type().expect("type").is_file() {
-            std::fs::copy(e.path(), policies.join(e.file_name())).expect("copy");
-        }
-    }
+    let policies = copy_shipped_policies(scratch);
     let mut masking = std::fs::read_to_string(policies.join("masking.toml")).expect("masking");
     masking += "\n[[field]]\nid = \"billing-pii\"\ntargets = [\"billing-api\"]\njson_paths = [\"$.customer.email\"]\nstyle = \"hash\"\n";
     std::fs::write(policies.join("masking.toml"), masking).expect("masking");

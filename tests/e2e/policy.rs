@@ -13,17 +13,7 @@ use harness::*;
 
 /// A copy of the shipped policies with connect.cedar replaced.
 fn policy_dir(root: &Path, connect: &str) -> PathBuf {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    let dir = root.join("policies");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    for e in std::fs::read_dir(shipped)
-        .expect("shipped policies")
-        .flatten()
-    {
-        if e.path().is_file() {
-            std::fs::copy(e.path(), dir.join(e.file_name())).expect("copy");
-        }
-    }
+    let dir = copy_shipped_policies(root);
     std::fs::write(dir.join("connect.cedar"), connect).expect("write");
     dir
 }

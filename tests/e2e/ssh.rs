@@ -93,18 +93,10 @@ fn setup_with(opts: Options) -> Option<Setup> {
 
 /// The shipped policies, with `extra` programs on the SSH allow-list.
 fn policies_allowing(scratch: &Path, extra: &[&str]) -> PathBuf {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     if extra.is_empty() {
-        return shipped;
+        return shipped_policies();
     }
-    let dir = scratch.join("policies");
-    std::fs::create_dir(&dir).expect("mkdir policies");
-    for entry in std::fs::read_dir(&shipped).expect("policies") {
-        let entry = entry.expect("entry");
-        if entry.file_type().expect("type").is_file() {
-            std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
-        }
-    }
+    let dir = copy_shipped_policies(scratch);
     let ssh = std::fs::read_to_string(dir.join("ssh.cedar")).expect("ssh.cedar");
     let listed: String = extra.iter().map(|p| format!(", \"{p}\"")).collect();
     let edited = ssh.replace("\"deploy.sh\"]", &format!("\"deploy.sh\"{listed}]"));

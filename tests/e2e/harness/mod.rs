@@ -507,6 +507,27 @@ pub fn direct_get(addr: SocketAddr) -> String {
     out
 }
 
+/// The policy directory the project ships.
+pub fn shipped_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+/// A copy of the shipped policy files (not their tests) in `root/policies`,
+/// for a test to edit.
+pub fn copy_shipped_policies(root: &Path) -> PathBuf {
+    let dir = root.join("policies");
+    std::fs::create_dir_all(&dir).expect("mkdir policies");
+    for e in std::fs::read_dir(shipped_policies())
+        .expect("shipped policies")
+        .flatten()
+    {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).expect("copy a policy file");
+        }
+    }
+    dir
+}
+
 /// The real ClickHouse `cargo xtask test` starts (BLASTGATE_TEST_CLICKHOUSE);
 /// without it the records tests skip loudly (and fail in CI).
 pub fn clickhouse_url() -> Option<String> {
