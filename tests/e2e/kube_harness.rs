@@ -8,16 +8,17 @@
 mod harness;
 
 use std::{
-    io::{BufRead, BufReader},
     net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use harness::{
-    kube::{kubectl, kubectl_available, Discovery, KubeStandIn, LOG_INTERVAL, LOG_LINES},
+    kube::{
+        follow_lines, kubectl, kubectl_available, kubectl_ok, Discovery, KubeStandIn, LOG_INTERVAL,
+        LOG_LINES,
+    },
     sshd::{have_tools, output_within},
     wait_until,
 };
@@ -55,15 +56,9 @@ impl Setup {
 
     /// Runs kubectl, asserts it succeeded, returns its stdout.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed ({}): {}\nrequests:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.requests_text()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        kubectl_ok(self.run(args), args, || {
+            format!("requests:\n{}", self.requests_text())
+        })
     }
 
     /// What the stand-in received, one request a line, for messages.
@@ -289,38 +284,12 @@ fn followed_logs_arrive_line_by_line() {
     let Some(s) = Setup::new(Discovery::Aggregated) else {
         return;
     };
-    let mut client = Client(
-        kubectl(&s.kubeconfig, &["logs", "-f", "web-1", "-n", "prod"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kubectl logs"),
+    let (lines, status) = follow_lines(
+        kubectl(&s.kubeconfig, &["logs", "-f", "web-1", "-n", "prod"]),
+        LOG_LINES,
+        KUBECTL_TIMEOUT,
+        || format!("requests:\n{}", s.requests_text()),
     );
-    let stdout = client.0.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send((line, Instant::now())).is_err() {
-                return;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + KUBECTL_TIMEOUT;
-    while lines.len() < LOG_LINES {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => lines.push(l),
-            Err(_) => panic!(
-                "kubectl logs -f printed {lines:?} within {KUBECTL_TIMEOUT:?}\nrequests:\n{}",
-                s.requests_text()
-            ),
-        }
-    }
-    let status = wait_until(KUBECTL_TIMEOUT, || client.0.try_wait().ok().flatten())
-        .expect("kubectl logs -f did not exit after the stream ended");
     assert!(status.success(), "{status}");
 
     let text: Vec<&str> = lines.iter().map(|(l, _)| l.as_str()).collect();

@@ -47,7 +47,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     pin::Pin,
-    process::Command,
+    process::{Command, Output},
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll},
     thread,
@@ -299,9 +299,10 @@ impl KubeStandIn {
 
     /// Writes a kubeconfig (one cluster, one user with a bearer token, one
     /// current context, namespace `default`) to `path`. An associated
-    /// function, because a kubeconfig for the path through a gateway names
-    /// the gateway's CA, not the stand-in's.
-    pub fn kubeconfig(path: &Path, server_url: &str, ca_file: &Path, token: &str) {
+    /// function, because a kubeconfig for the path through a gateway does
+    /// not name the stand-in's CA: with `ca_file` None, kubectl trusts the
+    /// system roots, or `SSL_CERT_FILE` when set (as `blastgate run` does).
+    pub fn kubeconfig(path: &Path, server_url: &str, ca_file: Option<&Path>, token: &str) {
         // JSON strings are YAML strings: no quoting rules to get wrong.
         let q = |s: &str| serde_json::to_string(s).expect("json string");
         let text = format!(
@@ -311,7 +312,7 @@ impl KubeStandIn {
              - name: standin\n\
              \x20 cluster:\n\
              \x20   server: {server}\n\
-             \x20   certificate-authority: {ca}\n\
+             {ca}\
              users:\n\
              - name: agent\n\
              \x20 user:\n\
@@ -324,7 +325,10 @@ impl KubeStandIn {
              \x20   namespace: default\n\
              current-context: standin\n",
             server = q(server_url),
-            ca = q(&ca_file.to_string_lossy()),
+            ca = ca_file.map_or(String::new(), |f| format!(
+                "    certificate-authority: {}\n",
+                q(&f.to_string_lossy())
+            )),
             token = q(token),
         );
         std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
@@ -336,7 +340,7 @@ impl KubeStandIn {
     /// written into [`Self::dir`] (a new file per call); returns its path.
     pub fn direct_kubeconfig(&self, token: &str) -> PathBuf {
         let path = unique_path(self.dir.path(), "kubeconfig");
-        KubeStandIn::kubeconfig(&path, &self.url(), &self.ca_file, token);
+        KubeStandIn::kubeconfig(&path, &self.url(), Some(&self.ca_file), token);
         path
     }
 
@@ -434,6 +438,13 @@ pub fn kubectl_argv(kubeconfig: &Path, args: &[&str]) -> Vec<String> {
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(KUBECTL);
     c.args(kubectl_flags(kubeconfig)).args(args);
+    kubectl_env(&mut c);
+    c
+}
+
+/// What kubectl must not pick up from the test's environment: a kuberc,
+/// another kubeconfig, a proxy.
+pub fn kubectl_env(c: &mut Command) {
     c.env("KUBERC", "off").env_remove("KUBECONFIG");
     for var in [
         "HTTPS_PROXY",
@@ -447,7 +458,79 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Command {
     ] {
         c.env_remove(var);
     }
-    c
+}
+
+/// kubectl's stdout, once it has exited 0; otherwise a failure naming
+/// the arguments, kubectl's stderr and `context` (what the server saw).
+#[track_caller]
+pub fn kubectl_ok(out: Output, args: &[&str], context: impl Fn() -> String) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        context()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that streams lines (`kubectl logs -f`), and returns the
+/// first `n` lines with the instant each was read, then its exit status.
+/// Panics, after killing it by pid, if the lines or the exit do not come
+/// within `timeout`; `context` is added to the message.
+pub fn follow_lines(
+    mut cmd: Command,
+    n: usize,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> (Vec<(String, Instant)>, std::process::ExitStatus) {
+    use std::io::BufRead;
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send((line, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while lines.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.0.stderr.take() {
+                    let _ = child.0.kill();
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!(
+                    "{cmd:?} printed {lines:?} within {timeout:?}; stderr: {err}\n{}",
+                    context()
+                )
+            }
+        }
+    }
+    let status = crate::harness::wait_until(timeout, || child.0.try_wait().ok().flatten())
+        .unwrap_or_else(|| panic!("{cmd:?} did not exit after its stream ended"));
+    (lines, status)
 }
 
 /// The stand-in's CA and its server certificate (ECDSA P-256, naming `ip`

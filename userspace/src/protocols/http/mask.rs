@@ -131,29 +131,65 @@ fn finish(headers: &mut HeaderMap, body: Bytes, fields: u64) -> Outcome {
     }
 }
 
-/// Replaces every value of a Secret's `data` and `stringData` (a single
-/// object, a list's `items`, or a watch event's `object`) with `****`.
+/// What a masked Secret `data` value becomes: `****`, base64-encoded as
+/// every `data` value must be, so typed clients (client-go, the Python
+/// client) still decode the object and show `****`.
+pub const SECRET_DATA_MASK: &str = "KioqKg==";
+
+/// Replaces every value of a Secret's `data` (with [`SECRET_DATA_MASK`])
+/// and `stringData` (with `****`), wherever a response carries Secrets: a
+/// single object, a list's `items`, a watch event's `object`, or a
+/// `Table`'s `rows[].object` (which holds whole objects when the client
+/// asks for `includeObject=Object`).
 pub fn secret_values(doc: &mut serde_json::Value) -> u64 {
     use serde_json::Value;
     let mut n = 0;
     let mut one = |obj: &mut Value| {
-        for field in ["data", "stringData"] {
+        for (field, mask) in [("data", SECRET_DATA_MASK), ("stringData", "****")] {
             if let Some(Value::Object(map)) = obj.get_mut(field) {
                 for v in map.values_mut() {
-                    *v = Value::String("****".into());
+                    *v = Value::String(mask.into());
                     n += 1;
                 }
             }
         }
     };
-    if let Some(Value::Array(items)) = doc.get_mut("items") {
-        items.iter_mut().for_each(&mut one);
-    } else if let Some(obj) = doc.get_mut("object") {
-        one(obj);
-    } else {
-        one(doc);
+    for list in ["items", "rows"] {
+        if let Some(Value::Array(entries)) = doc.get_mut(list) {
+            for e in entries.iter_mut() {
+                match e.get_mut("object") {
+                    Some(obj) if list == "rows" => one(obj),
+                    _ => one(e),
+                }
+            }
+        }
     }
+    if let Some(obj) = doc.get_mut("object") {
+        one(obj);
+    }
+    one(doc);
     n
+}
+
+/// An `Accept` for Secret requests that only admits JSON: the agent's own
+/// JSON choices (a Table, say) are kept, protobuf and YAML are dropped, as
+/// blastgate can mask only what it can read.
+pub fn json_only_accept(agent: Option<&HeaderValue>) -> HeaderValue {
+    let kept: Vec<&str> = agent
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|m| {
+            let media = m.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("application/json")
+        })
+        .collect();
+    if kept.is_empty() {
+        return HeaderValue::from_static("application/json");
+    }
+    HeaderValue::from_str(&kept.join(", "))
+        .unwrap_or_else(|_| HeaderValue::from_static("application/json"))
 }
 
 /// What was read, then the rest as it comes.
@@ -192,21 +228,44 @@ impl hyper::body::Body for Rejoined {
 mod tests {
     use serde_json::json;
 
-    use super::secret_values;
+    use http::HeaderValue;
+
+    use super::{json_only_accept, secret_values, SECRET_DATA_MASK};
 
     #[test]
-    fn secret_values_are_masked_in_objects_lists_and_watch_events() {
+    fn secret_values_are_masked_in_objects_lists_tables_and_watch_events() {
         let mut one = json!({"kind": "Secret", "data": {"password": "czNjcmV0", "user": "YXBw"}, "stringData": {"x": "y"}});
         assert_eq!(secret_values(&mut one), 3);
-        assert_eq!(one["data"]["password"], "****");
+        assert_eq!(one["data"]["password"], SECRET_DATA_MASK);
         assert_eq!(one["stringData"]["x"], "****");
         let mut list =
             json!({"kind": "SecretList", "items": [{"data": {"a": "b"}}, {"data": {"c": "d"}}]});
         assert_eq!(secret_values(&mut list), 2);
-        assert_eq!(list["items"][1]["data"]["c"], "****");
+        assert_eq!(list["items"][1]["data"]["c"], SECRET_DATA_MASK);
         let mut event = json!({"type": "ADDED", "object": {"data": {"a": "b"}}});
         assert_eq!(secret_values(&mut event), 1);
+        let mut table = json!({"kind": "Table", "rows": [{"cells": ["x"], "object": {"kind": "Secret", "data": {"a": "b"}}}]});
+        assert_eq!(secret_values(&mut table), 1);
+        assert_eq!(table["rows"][0]["object"]["data"]["a"], SECRET_DATA_MASK);
         let mut plain = json!({"kind": "Status"});
         assert_eq!(secret_values(&mut plain), 0);
+    }
+
+    #[test]
+    fn secret_requests_accept_only_json() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        let table = "application/json;as=Table;v=v1;g=meta.k8s.io, application/json";
+        assert_eq!(json_only_accept(Some(&v(table))), table);
+        assert_eq!(
+            json_only_accept(Some(&v(
+                "application/vnd.kubernetes.protobuf, application/json"
+            ))),
+            "application/json"
+        );
+        assert_eq!(
+            json_only_accept(Some(&v("application/yaml"))),
+            "application/json"
+        );
+        assert_eq!(json_only_accept(None), "application/json");
     }
 }

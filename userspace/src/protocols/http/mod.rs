@@ -11,6 +11,7 @@
 //! - [`settings`]: the `[targets.http]` section.
 
 pub mod k8s;
+mod lines;
 mod mask;
 mod request;
 mod settings;

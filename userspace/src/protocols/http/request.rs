@@ -4,7 +4,7 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
     time::Instant,
 };
@@ -16,7 +16,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use serde_json::{json, Value};
 
 use super::{
-    k8s,
+    k8s, lines,
     mask::{self, Outcome},
     settings::{ApiKind, HttpTarget, Oversize},
     upstream::{Body, Upstream},
@@ -77,13 +77,15 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         event.reason = Some(why.clone());
         event.status = Some(421);
         conn.gw.record(event).await;
-        return refusal(StatusCode::MISDIRECTED_REQUEST, &why, None, None);
+        return conn.refusal(StatusCode::MISDIRECTED_REQUEST, &why, None, None);
     }
     let host = host.unwrap_or_default();
 
     let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
     let kube = (conn.cfg.kind == ApiKind::Kubernetes)
         .then(|| k8s::classify(method.as_str(), &path, &query));
+    // Kubernetes Secrets are read only with their values masked.
+    let secrets = kube.as_ref().is_some_and(|k| k.resource == "secrets");
     let (action, mut context) = describe(&method, tunnel, &host, &path, &query, kube.as_ref());
     event.action = Some(action.clone());
     let (parts, body) = req.into_parts();
@@ -98,7 +100,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                 event.reason = Some(why.clone());
                 event.status = Some(413);
                 conn.gw.record(event).await;
-                return refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
+                return conn.refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
             }
         };
         let content_type = parts
@@ -122,7 +124,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     if !ruling.allowed {
         event.status = Some(403);
         conn.gw.record(event).await;
-        return refusal(
+        return conn.refusal(
             StatusCode::FORBIDDEN,
             &ruling.reason,
             ruling.policy_id.as_deref(),
@@ -136,7 +138,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             Some("tunnels (CONNECT, protocol upgrades) are not carried by the HTTP gateway".into());
         event.status = Some(403);
         conn.gw.record(event).await;
-        return refusal(
+        return conn.refusal(
             StatusCode::FORBIDDEN,
             "tunnels (CONNECT, protocol upgrades) are not carried by the HTTP gateway",
             None,
@@ -144,14 +146,14 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         );
     }
 
-    let upstream_req = match outbound(&conn, parts, body, &host) {
+    let upstream_req = match outbound(&conn, parts, body, &host, secrets) {
         Ok(r) => r,
         Err(why) => {
             event.verdict = Verdict::Error;
             event.reason = Some(why.clone());
             event.status = Some(502);
             conn.gw.record(event).await;
-            return refusal(StatusCode::BAD_GATEWAY, &why, None, None);
+            return conn.refusal(StatusCode::BAD_GATEWAY, &why, None, None);
         }
     };
     let response = match conn.client.request(upstream_req).await {
@@ -162,7 +164,7 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             event.reason = Some(why.clone());
             event.status = Some(502);
             conn.gw.record(event).await;
-            return refusal(StatusCode::BAD_GATEWAY, &why, None, None);
+            return conn.refusal(StatusCode::BAD_GATEWAY, &why, None, None);
         }
     };
     let (mut parts, body) = response.into_parts();
@@ -171,27 +173,15 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
 
     let streaming =
         kube.as_ref().is_some_and(|k| k8s::streams(k, &query)) || is_event_stream(&parts.headers);
-    // Kubernetes Secrets are read only with their values masked.
-    let secrets = kube.as_ref().is_some_and(|k| k.resource == "secrets");
-    if secrets && streaming {
-        let why = "watching Secrets is refused: their values cannot be masked in a stream yet";
-        event.verdict = Verdict::Deny;
-        event.reason = Some(why.into());
-        event.status = Some(403);
-        conn.gw.record(event).await;
-        return refusal(StatusCode::FORBIDDEN, why, None, None);
-    }
     let plan = conn.gw.mask_plan();
-    let inspect = (plan.is_some() || secrets) && !streaming && mask::is_json(&parts.headers);
-    let body: Body = match inspect {
-        true => {
+    let tally = Arc::new(lines::Tally::default());
+    let body: Body = match Masking::of(plan.is_some(), secrets, streaming, &parts.headers, &body) {
+        Masking::None => body.boxed(),
+        Masking::Whole => {
             let limit = conn.cfg.max_inspect_bytes;
             match mask::json_body(plan.as_ref(), secrets, &mut parts.headers, body, limit).await {
                 Ok(Outcome::Masked { body, fields }) => {
-                    conn.gw.masked(fields);
-                    if fields > 0 {
-                        event.masked_fields = Some(fields);
-                    }
+                    tally.fields.fetch_add(fields, Ordering::Relaxed);
                     body
                 }
                 Ok(Outcome::TooBig { head, rest })
@@ -205,31 +195,80 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                 }
                 Ok(Outcome::TooBig { .. }) => {
                     let why = "the response is larger than max_inspect_bytes and could not be masked: refused";
-                    event.verdict = Verdict::Error;
-                    event.reason = Some(why.into());
-                    event.status = Some(502);
-                    conn.gw.record(event).await;
-                    return refusal(StatusCode::BAD_GATEWAY, why, None, None);
+                    return fail(&conn, event, why).await;
                 }
-                Err(why) => {
-                    event.verdict = Verdict::Error;
-                    event.reason = Some(why.clone());
-                    event.status = Some(502);
-                    conn.gw.record(event).await;
-                    return refusal(StatusCode::BAD_GATEWAY, &why, None, None);
-                }
+                Err(why) => return fail(&conn, event, &why).await,
             }
         }
-        false => body.boxed(),
+        Masking::Lines => {
+            let limit = conn.cfg.max_inspect_bytes;
+            match lines::masked(
+                body,
+                &mut parts.headers,
+                plan,
+                secrets,
+                limit,
+                tally.clone(),
+            ) {
+                Ok(b) => b,
+                Err(why) => return fail(&conn, event, &why).await,
+            }
+        }
+        Masking::Refuse => {
+            let why = "a Kubernetes Secret response that is not JSON cannot be masked: refused";
+            return fail(&conn, event, why).await;
+        }
     };
     let recorded = Recorded {
         inner: body,
         bytes: 0,
         event: Some(event),
+        tally,
         gw: conn.gw.clone(),
         started,
     };
     Response::from_parts(parts, recorded.boxed())
+}
+
+/// How a response is masked on its way to the agent.
+enum Masking {
+    /// No rule applies, or nothing in it can be masked (binary types).
+    None,
+    /// A JSON document, read whole (up to the inspection limit).
+    Whole,
+    /// A stream or a text body, a line at a time as it arrives.
+    Lines,
+    /// A Secret in a form that cannot be masked.
+    Refuse,
+}
+
+impl Masking {
+    fn of(
+        plan: bool,
+        secrets: bool,
+        streaming: bool,
+        headers: &HeaderMap,
+        body: &Incoming,
+    ) -> Masking {
+        let json = mask::is_json(headers);
+        match () {
+            _ if !plan && !secrets => Masking::None,
+            _ if json && !streaming => Masking::Whole,
+            _ if secrets && !json && !body.is_end_stream() => Masking::Refuse,
+            _ if lines::is_textual(headers) => Masking::Lines,
+            _ => Masking::None,
+        }
+    }
+}
+
+/// Ends a request that was sent but whose answer cannot be given: 502,
+/// recorded with why.
+async fn fail(conn: &Conn, mut event: Event, why: &str) -> Response<Body> {
+    event.verdict = Verdict::Error;
+    event.reason = Some(why.to_string());
+    event.status = Some(502);
+    conn.gw.record(event).await;
+    conn.refusal(StatusCode::BAD_GATEWAY, why, None, None)
 }
 
 /// The host the request is addressed to (`:authority` for h2, `Host` for
@@ -283,10 +322,15 @@ fn describe(
     query: &str,
     kube: Option<&k8s::K8sRequest>,
 ) -> (String, Value) {
+    // exec, attach and port-forward upgrade the connection: they are
+    // decided as the Kubernetes requests they are (k8s.cedar holds them),
+    // any other upgrade as one.
     let action = match (kube, tunnel) {
+        (Some(k), _) if k.resource_request && (!tunnel || k8s::is_tunnel(k)) => {
+            format!("k8s:{}", k.verb)
+        }
         (_, true) if method == Method::CONNECT => "http:CONNECT".to_string(),
         (_, true) => "http:UPGRADE".to_string(),
-        (Some(k), false) if k.resource_request => format!("k8s:{}", k.verb),
         _ => format!("http:{method}"),
     };
     let k = |f: fn(&k8s::K8sRequest) -> &str| kube.map_or("", f);
@@ -312,6 +356,7 @@ fn outbound(
     mut parts: http::request::Parts,
     body: Body,
     host: &str,
+    secrets: bool,
 ) -> Result<Request<Body>, String> {
     let scheme = if conn.upstream_tls { "https" } else { "http" };
     let port = conn.gw.upstream.port();
@@ -346,8 +391,12 @@ fn outbound(
         value.set_sensitive(true);
         parts.headers.insert(name, value);
     }
-    // Secrets are masked whatever the rules: ask for a body we can unpack.
-    let secrets = conn.cfg.kind == ApiKind::Kubernetes && parts.uri.path().contains("/secrets");
+    // Secrets are masked whatever the rules: ask for a body we can unpack
+    // and read (JSON, not protobuf or YAML).
+    if secrets {
+        let json = mask::json_only_accept(parts.headers.get(header::ACCEPT));
+        parts.headers.insert(header::ACCEPT, json);
+    }
     if conn.masks || secrets {
         let wanted = mask::accept_encoding(parts.headers.get(header::ACCEPT_ENCODING));
         parts.headers.insert(header::ACCEPT_ENCODING, wanted);
@@ -410,30 +459,69 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
-/// A JSON refusal the agent (and whoever reads its transcript) can act on.
-fn refusal(
-    status: StatusCode,
-    reason: &str,
-    policy: Option<&str>,
-    approval: Option<uuid::Uuid>,
-) -> Response<Body> {
-    let body = json!({
-        "error": format!("blastgate: {}", status.canonical_reason().unwrap_or("refused")),
-        "policy": policy,
-        "reason": reason,
-        "approval_id": approval.map(|a| a.to_string()),
-    });
-    let mut r = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+impl Conn {
+    /// A refusal the agent (and whoever reads its transcript) can act on:
+    /// JSON naming the policy and reason; for Kubernetes targets a
+    /// `Status`, which kubectl and client libraries print as the server's
+    /// own error ("Error from server (Forbidden): …").
+    fn refusal(
+        &self,
+        status: StatusCode,
+        reason: &str,
+        policy: Option<&str>,
+        approval: Option<uuid::Uuid>,
+    ) -> Response<Body> {
+        let approval = approval.map(|a| a.to_string());
+        let body = match self.cfg.kind {
+            ApiKind::Generic => json!({
+                "error": format!("blastgate: {}", status.canonical_reason().unwrap_or("refused")),
+                "policy": policy,
+                "reason": reason,
+                "approval_id": approval,
+            }),
+            ApiKind::Kubernetes => {
+                let mut message = format!("blastgate: {reason}");
+                if let Some(p) = policy {
+                    message += &format!(" (policy {p})");
+                }
+                if let Some(a) = &approval {
+                    message += &format!(" (approval {a})");
+                }
+                json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": message,
+                    "reason": k8s_reason(status),
+                    "code": status.as_u16(),
+                    "policy": policy,
+                    "approval_id": approval,
+                })
+            }
+        };
+        let mut r = Response::new(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+}
+
+/// The `Status.reason` the API server gives with these codes.
+fn k8s_reason(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::FORBIDDEN => "Forbidden",
+        StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+        StatusCode::MISDIRECTED_REQUEST => "BadRequest",
+        _ => "InternalError",
+    }
 }
 
 /// The response body on its way to the agent: counted, and recorded when
@@ -443,6 +531,8 @@ struct Recorded {
     inner: Body,
     bytes: u64,
     event: Option<Event>,
+    /// What masking found, for streams known only at their end.
+    tally: Arc<lines::Tally>,
     gw: Gateway,
     started: Instant,
 }
@@ -479,6 +569,17 @@ impl Drop for Recorded {
             return;
         };
         event.bytes_to_agent = Some(self.bytes);
+        let fields = self.tally.fields.load(Ordering::Relaxed);
+        if fields > 0 {
+            event.masked_fields = Some(fields);
+            self.gw.masked(fields);
+        }
+        if let Some(note) = self.tally.note.lock().ok().and_then(|mut n| n.take()) {
+            event.reason = Some(match event.reason.take() {
+                Some(r) if !r.is_empty() => format!("{r}; {note}"),
+                _ => note,
+            });
+        }
         event.duration_us = Some(self.started.elapsed().as_micros() as u64);
         self.gw.counters.add_to_agent(self.bytes);
         let gw = self.gw.clone();

@@ -1,0 +1,328 @@
+//! Responses masked a line at a time as they arrive: Kubernetes watches
+//! (one JSON event per line), followed logs, server-sent events, and any
+//! other text body when masking applies. A stream is never buffered whole:
+//! each complete line goes to the agent as soon as it is masked, so a
+//! `kubectl logs -f` or a watch through blastgate keeps its pace.
+//!
+//! A line longer than the target's inspection limit is masked in pieces
+//! of that size (detectors can then miss a value cut in two: the record
+//! says so); a watch event on Secrets that cannot be read as JSON ends the
+//! stream instead, as its values could not be masked.
+
+use std::{
+    io::Write,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, Incoming};
+use serde_json::Value;
+
+use super::{mask, upstream::Body};
+use crate::policy::masking::MaskPlan;
+
+/// What a masked stream found, read by the request's record when the
+/// response ends.
+#[derive(Default)]
+pub struct Tally {
+    pub fields: AtomicU64,
+    /// Why the stream was cut short or masked less carefully, if it was.
+    pub note: Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn note(&self, why: &str) {
+        if let Ok(mut n) = self.note.lock() {
+            n.get_or_insert_with(|| why.to_string());
+        }
+    }
+}
+
+/// Whether a body of this type can be masked line by line: text, JSON
+/// streams and YAML. Binary types (protobuf, images) are not touched.
+pub fn is_textual(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media.starts_with("text/")
+        || media.ends_with("json")
+        || media.ends_with("+json")
+        || media.ends_with("yaml")
+        || media == "application/x-ndjson"
+}
+
+/// Wraps `body` so each line is masked on its way. `secrets`: lines are
+/// Kubernetes watch events on Secrets, whose `data` values are always
+/// masked. Content-Length and a gzip Content-Encoding are removed from
+/// `headers`, as the masked body is new; any other encoding is refused.
+pub fn masked(
+    body: Incoming,
+    headers: &mut HeaderMap,
+    plan: Option<MaskPlan>,
+    secrets: bool,
+    limit: usize,
+    tally: Arc<Tally>,
+) -> Result<Body, String> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let gunzip = match encoding.as_deref() {
+        None | Some("identity") => None,
+        Some("gzip") | Some("x-gzip") => Some(flate2::write::GzDecoder::new(Vec::new())),
+        Some(other) => {
+            return Err(format!(
+                "the upstream streamed with content-encoding {other:?}, which blastgate cannot unpack to mask"
+            ))
+        }
+    };
+    headers.remove(header::CONTENT_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+    Ok(LineMasked {
+        inner: body,
+        gunzip,
+        pending: BytesMut::new(),
+        masker: Masker {
+            plan,
+            secrets,
+            tally,
+        },
+        limit,
+        ended: false,
+    }
+    .boxed())
+}
+
+struct Masker {
+    plan: Option<MaskPlan>,
+    secrets: bool,
+    tally: Arc<Tally>,
+}
+
+impl Masker {
+    /// One line (with its newline, if it had one), masked; `None` ends the
+    /// stream.
+    fn line(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        let (body, newline) = match raw.strip_suffix(b"\n") {
+            Some(b) => (b, "\n"),
+            None => (raw, ""),
+        };
+        let text = String::from_utf8_lossy(body);
+        let trimmed = text.trim_end_matches('\r');
+        if trimmed.trim().is_empty() {
+            return Some(raw.to_vec());
+        }
+        // A JSON document per line (watch events, NDJSON), or an SSE data
+        // line carrying one.
+        let (prefix, json_part) = match trimmed.strip_prefix("data:") {
+            Some(rest) => ("data:", rest),
+            None => ("", trimmed),
+        };
+        if let Ok(mut doc) = serde_json::from_str::<Value>(json_part) {
+            let mut n = self.plan.as_ref().map_or(0, |p| p.mask_json(&mut doc));
+            if self.secrets {
+                n += mask::secret_values(&mut doc);
+            }
+            self.tally.fields.fetch_add(n, Ordering::Relaxed);
+            if n == 0 {
+                return Some(raw.to_vec());
+            }
+            let space = if prefix.is_empty() { "" } else { " " };
+            return Some(format!("{prefix}{space}{doc}{newline}").into_bytes());
+        }
+        if self.secrets {
+            self.tally.note(
+                "stream cut: a watch event on Secrets was not JSON, so its values could not be masked",
+            );
+            return None;
+        }
+        match &self.plan {
+            Some(p) => {
+                let (masked, n) = p.scan(&text);
+                self.tally.fields.fetch_add(n, Ordering::Relaxed);
+                if n == 0 {
+                    Some(raw.to_vec())
+                } else {
+                    Some(format!("{masked}{newline}").into_bytes())
+                }
+            }
+            None => Some(raw.to_vec()),
+        }
+    }
+}
+
+struct LineMasked {
+    inner: Incoming,
+    gunzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
+    /// Bytes after the last complete line.
+    pending: BytesMut,
+    masker: Masker,
+    limit: usize,
+    ended: bool,
+}
+
+impl LineMasked {
+    /// Every complete line in `pending` (and, at the end or past the
+    /// limit, the rest), masked; `Err` ends the stream.
+    fn drain(&mut self, all: bool) -> Result<Option<Bytes>, ()> {
+        let cut = match self.pending.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if all && !self.pending.is_empty() => self.pending.len(),
+            None if self.pending.len() > self.limit => {
+                self.masker
+                    .tally
+                    .note("a line longer than max_inspect_bytes was masked in pieces");
+                self.pending.len()
+            }
+            None => return Ok(None),
+        };
+        let ready = self.pending.split_to(cut);
+        let mut out = Vec::with_capacity(ready.len());
+        for line in ready.split_inclusive(|b| *b == b'\n') {
+            match self.masker.line(line) {
+                Some(masked) => out.extend_from_slice(&masked),
+                None => return Err(()),
+            }
+        }
+        Ok(Some(Bytes::from(out)))
+    }
+
+    fn take(&mut self, data: &[u8]) -> Result<(), ()> {
+        match &mut self.gunzip {
+            None => self.pending.extend_from_slice(data),
+            Some(d) => {
+                if d.write_all(data).is_err() {
+                    self.masker
+                        .tally
+                        .note("stream cut: the upstream's gzip stream is corrupt");
+                    return Err(());
+                }
+                self.pending.extend_from_slice(d.get_ref());
+                d.get_mut().clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HttpBody for LineMasked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match this.drain(false) {
+                Ok(Some(b)) if !b.is_empty() => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                Ok(_) => {}
+                Err(()) => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        if this.take(&data).is_err() {
+                            this.ended = true;
+                            return Poll::Ready(None);
+                        }
+                    }
+                    // Trailers pass as they are.
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    if let Some(d) = this.gunzip.take() {
+                        match d.finish() {
+                            Ok(rest) => this.pending.extend_from_slice(&rest),
+                            Err(_) => this
+                                .masker
+                                .tally
+                                .note("the upstream's gzip stream ended early"),
+                        }
+                    }
+                    let last = this.drain(true);
+                    this.ended = true;
+                    return match last {
+                        Ok(Some(b)) if !b.is_empty() => Poll::Ready(Some(Ok(Frame::data(b)))),
+                        _ => Poll::Ready(None),
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Masker, Tally};
+
+    fn masker(secrets: bool) -> Masker {
+        Masker {
+            plan: None,
+            secrets,
+            tally: Arc::new(Tally::default()),
+        }
+    }
+
+    #[test]
+    fn watch_events_on_secrets_are_masked_per_line() {
+        let m = masker(true);
+        let line = br#"{"type":"ADDED","object":{"kind":"Secret","data":{"a":"czNjcmV0"}}}
+"#;
+        let out = String::from_utf8(m.line(line).unwrap()).unwrap();
+        assert!(out.ends_with('\n'));
+        let doc: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_ne!(doc["object"]["data"]["a"], "czNjcmV0");
+        assert_eq!(m.tally.fields.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Not JSON: the stream ends rather than pass a value unmasked.
+        assert!(m.line(b"password: czNjcmV0\n").is_none());
+        assert!(m.tally.note.lock().unwrap().is_some());
+    }
+
+    #[test]
+    fn lines_without_anything_to_mask_pass_byte_for_byte() {
+        let m = masker(false);
+        for line in [
+            &b"plain log line\r\n"[..],
+            b"{\"a\": 1}\n",
+            b"\n",
+            b"no newline",
+        ] {
+            assert_eq!(m.line(line).unwrap(), line);
+        }
+    }
+}
