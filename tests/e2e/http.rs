@@ -14,7 +14,7 @@ use harness::{sshd::output_within, *};
 
 /// The upstream API: echoes what it received as JSON, with a customer
 /// email for masking; `/stream` sends lines 300 ms apart, one with a
-/// bearer token in it.
+/// bearer token in it; `Upgrade: echo` switches to a line echo.
 const SERVER: &str = r#"
 import hashlib, json, ssl, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +24,20 @@ class H(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
     def answer(self):
+        if self.headers.get("upgrade") == "echo":
+            # A line protocol after the switch: each line back in capitals.
+            self.send_response(101)
+            self.send_header("Upgrade", "echo")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("X-Authorization-Sha256", hashlib.sha256(
+                (self.headers.get("authorization") or "").encode()).hexdigest())
+            self.end_headers()
+            self.wfile.flush()
+            for line in self.rfile:
+                self.wfile.write(line.upper())
+                self.wfile.flush()
+            self.close_connection = True
+            return
         n = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(n).decode() if n else ""
         if self.path == "/stream":
@@ -201,6 +215,14 @@ fn setup() -> Option<Setup> {
     let mut masking = std::fs::read_to_string(policies.join("masking.toml")).expect("masking");
     masking += "\n[[field]]\nid = \"billing-pii\"\ntargets = [\"billing-api\"]\njson_paths = [\"$.customer.email\"]\nstyle = \"hash\"\n";
     std::fs::write(policies.join("masking.toml"), masking).expect("masking");
+    // Upgrades stay refused, but for one WebSocket-style endpoint.
+    let http = std::fs::read_to_string(policies.join("http.cedar")).expect("http.cedar");
+    let opened = http.replace(
+        "Action::\"http:UPGRADE\"],\n  resource\n);",
+        "Action::\"http:UPGRADE\"],\n  resource\n)\nunless { context.path == \"/v1/echo\" };",
+    );
+    assert_ne!(opened, http, "http.cedar changed shape: update this test");
+    std::fs::write(policies.join("http.cedar"), opened).expect("http.cedar");
     std::fs::write(
         policies.join("billing.cedar"),
         "@id(\"billing-no-invoice-delete\")\n@reason(\"invoices are never deleted by agents\")\n\
@@ -472,4 +494,70 @@ fn https_requests_get_the_held_token_policy_and_masking() {
         !s.daemon.log_text().contains(TOKEN),
         "the token leaked into the log"
     );
+}
+
+/// A raw HTTP/1.1 upgrade from a Python agent (TLS trusted through the
+/// `SSL_CERT_FILE` blastgate run sets): refused by the shipped policy,
+/// carried byte for byte where a policy allows it, recorded with its bytes.
+const UPGRADE_CLIENT: &str = r#"
+import socket, ssl, sys
+port, path = int(sys.argv[1]), sys.argv[2]
+s = ssl.create_default_context().wrap_socket(
+    socket.create_connection(("127.0.0.2", port)), server_hostname="billing.internal")
+s.sendall(("GET %s HTTP/1.1\r\nHost: billing.internal:%d\r\nConnection: Upgrade\r\n"
+           "Upgrade: echo\r\nAuthorization: Bearer agent-token\r\n\r\n" % (path, port)).encode())
+f = s.makefile("rb")
+print(f.readline().decode().strip())
+while True:
+    h = f.readline().decode().strip()
+    if not h:
+        break
+    if h.lower().startswith("x-authorization-sha256:"):
+        print(h.split(":", 1)[1].strip())
+if path == "/v1/echo":
+    for word in [b"hello tunnel\n", b"second line\n"]:
+        s.sendall(word)
+        print(f.readline().decode().strip())
+"#;
+
+#[test]
+fn upgrades_are_refused_or_carried_by_policy() {
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    let run = |path: &str| {
+        let port = s.up.port.to_string();
+        let mut c = s
+            .env
+            .agent("claude", &[PYTHON, "-c", UPGRADE_CLIENT, &port, path]);
+        let out = output_within(&mut c, Duration::from_secs(60));
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = run("/v1/other");
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let carried = run("/v1/echo");
+    // The upstream saw blastgate's token on the upgrade, not the agent's.
+    assert_eq!(
+        carried,
+        format!(
+            "HTTP/1.1 101 Switching Protocols\n{}\nHELLO TUNNEL\nSECOND LINE\n",
+            injected()
+        )
+    );
+    let events = s.env.events();
+    let upgrades: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["action"] == "http:UPGRADE")
+        .collect();
+    assert!(
+        upgrades
+            .iter()
+            .any(|e| e["status"] == 403 && e["policy_id"] == "http-no-tunnels"),
+        "{upgrades:#?}"
+    );
+    let wait = s.env.wait_event("the tunnel's record", |e| {
+        e["action"] == "http:UPGRADE" && e["status"] == 101
+    });
+    assert_eq!(wait["bytes_from_agent"], 25, "{wait}");
+    assert_eq!(wait["bytes_to_agent"], 25, "{wait}");
 }

@@ -279,7 +279,7 @@ fn kubectl_writes_are_refused_held_and_recorded() {
     assert!(s.standin.object("deployments", "prod", "web").is_none());
 
     // exec is held as a shell into a pod; denied, it never reaches the
-    // cluster.
+    // cluster (kubectl asks twice: WebSocket, then SPDY).
     let (out, asked) = s.answered(&["exec", "web-1", "-n", "prod", "--", "id"], "deny");
     assert!(!out.status.success());
     assert!(asked >= 1);
@@ -292,6 +292,22 @@ fn kubectl_writes_are_refused_held_and_recorded() {
         "exec reached the cluster:\n{}",
         s.seen()
     );
+    // Approved, the upgrade goes to the cluster with the held token (the
+    // stand-in itself answers exec with a 403 of its own).
+    let (out, _) = s.answered(&["exec", "web-1", "-n", "prod", "--", "id"], "approve");
+    assert!(
+        stderr(&out).contains("exec is not supported by this stand-in"),
+        "{}",
+        stderr(&out)
+    );
+    let upgrades: Vec<String> = s
+        .standin
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/exec"))
+        .map(|r| format!("{} {}", r.method, r.header("upgrade").unwrap_or("-")))
+        .collect();
+    assert_eq!(upgrades, ["GET websocket", "POST SPDY/3.1"], "{}", s.seen());
 
     s.assert_held_token_only();
     let recorded = s.requests_recorded();

@@ -6,6 +6,8 @@
 //!
 //! - [`request`]: one request, from policy to record.
 //! - [`upstream`]: the client to the real API (always the target's address).
+//! - [`tunnel`]: upgrades policy allowed (kubectl exec), carried as bytes.
+//! - [`lines`]: streams and text bodies masked a line at a time.
 //! - [`mask`]: JSON bodies masked, gzip handled.
 //! - [`k8s`]: Kubernetes verbs and resources from method and path.
 //! - [`settings`]: the `[targets.http]` section.
@@ -15,6 +17,7 @@ mod lines;
 mod mask;
 mod request;
 mod settings;
+mod tunnel;
 mod upstream;
 
 use std::{convert::Infallible, sync::Arc};
@@ -102,7 +105,7 @@ where
         async move { Ok::<_, Infallible>(request::handle(state, req).await) }
     });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(io, service)
+        .serve_connection_with_upgrades(io, service)
         .await
         .map_err(|e| SessionError::Relay(format!("http: {e}")))
 }

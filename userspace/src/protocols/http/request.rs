@@ -19,7 +19,8 @@ use super::{
     k8s, lines,
     mask::{self, Outcome},
     settings::{ApiKind, HttpTarget, Oversize},
-    upstream::{Body, Upstream},
+    tunnel,
+    upstream::{Body, Clients},
 };
 use crate::{
     protocols::gateway::Gateway,
@@ -30,7 +31,7 @@ use crate::{
 pub struct Conn {
     pub gw: Gateway,
     pub cfg: HttpTarget,
-    pub client: Upstream,
+    pub client: Clients,
     /// The name the agent asked for in TLS (None for plain HTTP).
     pub sni: Option<String>,
     /// Whether blastgate speaks TLS upstream.
@@ -52,7 +53,7 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authenticate",
 ];
 
-pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -82,6 +83,9 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let host = host.unwrap_or_default();
 
     let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
+    // Taken now: the agent's side of an upgrade lives in the request.
+    let agent_side = (tunnel && method != Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
+    let upgrade_to = req.headers().get(header::UPGRADE).cloned();
     let kube = (conn.cfg.kind == ApiKind::Kubernetes)
         .then(|| k8s::classify(method.as_str(), &path, &query));
     // Kubernetes Secrets are read only with their values masked.
@@ -131,20 +135,20 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             ruling.approval_id,
         );
     }
-    if tunnel {
-        // Allowed by a policy, but not something this gateway carries.
-        event.verdict = Verdict::Deny;
-        event.reason =
-            Some("tunnels (CONNECT, protocol upgrades) are not carried by the HTTP gateway".into());
-        event.status = Some(403);
-        conn.gw.record(event).await;
-        return conn.refusal(
-            StatusCode::FORBIDDEN,
-            "tunnels (CONNECT, protocol upgrades) are not carried by the HTTP gateway",
-            None,
-            None,
-        );
-    }
+    let agent_side = match (tunnel, agent_side) {
+        (false, _) => None,
+        (true, Some(side)) => Some(side),
+        (true, None) => {
+            // Allowed by a policy, but CONNECT would make blastgate a
+            // forward proxy to anywhere: never carried.
+            let why = "CONNECT is not carried: the gateway forwards requests to its target only";
+            event.verdict = Verdict::Deny;
+            event.reason = Some(why.into());
+            event.status = Some(403);
+            conn.gw.record(event).await;
+            return conn.refusal(StatusCode::FORBIDDEN, why, None, None);
+        }
+    };
 
     let upstream_req = match outbound(&conn, parts, body, &host, secrets) {
         Ok(r) => r,
@@ -156,7 +160,17 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             return conn.refusal(StatusCode::BAD_GATEWAY, &why, None, None);
         }
     };
-    let response = match conn.client.request(upstream_req).await {
+    if let Some(agent_side) = agent_side {
+        let mut upstream_req = upstream_req;
+        if let Some(to) = upgrade_to {
+            upstream_req.headers_mut().insert(header::UPGRADE, to);
+            upstream_req
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return tunnel::carry(&conn, upstream_req, agent_side, event, started).await;
+    }
+    let response = match conn.client.pooled.request(upstream_req).await {
         Ok(r) => r,
         Err(e) => {
             let why = format!("upstream: {e}");
@@ -219,15 +233,26 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             return fail(&conn, event, why).await;
         }
     };
-    let recorded = Recorded {
+    Response::from_parts(parts, recorded(&conn, body, event, tally, started))
+}
+
+/// A response body that records `event` when it ends or the agent goes.
+pub(super) fn recorded(
+    conn: &Conn,
+    body: Body,
+    event: Event,
+    tally: Arc<lines::Tally>,
+    started: Instant,
+) -> Body {
+    Recorded {
         inner: body,
         bytes: 0,
         event: Some(event),
         tally,
         gw: conn.gw.clone(),
         started,
-    };
-    Response::from_parts(parts, recorded.boxed())
+    }
+    .boxed()
 }
 
 /// How a response is masked on its way to the agent.
@@ -263,7 +288,7 @@ impl Masking {
 
 /// Ends a request that was sent but whose answer cannot be given: 502,
 /// recorded with why.
-async fn fail(conn: &Conn, mut event: Event, why: &str) -> Response<Body> {
+pub(super) async fn fail(conn: &Conn, mut event: Event, why: &str) -> Response<Body> {
     event.verdict = Verdict::Error;
     event.reason = Some(why.to_string());
     event.status = Some(502);
@@ -436,7 +461,7 @@ async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, String> {
     Ok(out.freeze())
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
