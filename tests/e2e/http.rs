@@ -238,7 +238,7 @@ fn setup() -> Option<Setup> {
          [[targets]]\nname = \"billing-api\"\nprotocol = \"https\"\naddress = \"127.0.0.2:{}\"\n\
          hostnames = [\"billing.internal\"]\n\n[targets.http]\n\
          inject_headers = {{ Authorization = {{ file = \"{}\", prefix = \"Bearer \" }} }}\n\
-         upstream_ca_file = \"{}\"\nserver_name = \"billing.internal\"\n",
+         upstream_ca_file = \"{}\"\nserver_name = \"billing.internal\"\nrecord_body_bytes = 4096\n",
         policies.display(),
         up.port,
         token.display(),
@@ -488,7 +488,30 @@ fn https_requests_get_the_held_token_policy_and_masking() {
             && e["status"] == 403),
         "{requests:#?}"
     );
+    // Body excerpts, masked as the agent saw them: the refund asked for,
+    // and answers with the email hashed.
+    let io = |stream: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "io" && e["io"]["stream"] == stream)
+            .filter_map(|e| e["io"]["data"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(
+        io("i").iter().any(|d| d == "{\"amount\":5}"),
+        "{:?}",
+        io("i")
+    );
+    assert!(
+        io("o").iter().any(|d| d.contains("\"email\":\"hash:")),
+        "{:?}",
+        io("o")
+    );
     let all: String = events.iter().map(|e| e.to_string()).collect();
+    assert!(
+        !all.contains("alice@example.com"),
+        "the email leaked into the records"
+    );
     assert!(!all.contains(TOKEN), "the token leaked into the records");
     assert!(
         !s.daemon.log_text().contains(TOKEN),

@@ -8,10 +8,12 @@
 //! - [`upstream`]: the client to the real API (always the target's address).
 //! - [`tunnel`]: upgrades policy allowed (kubectl exec), carried as bytes.
 //! - [`lines`]: streams and text bodies masked a line at a time.
+//! - [`excerpt`]: bounded, masked body excerpts for the records.
 //! - [`mask`]: JSON bodies masked, gzip handled.
 //! - [`k8s`]: Kubernetes verbs and resources from method and path.
 //! - [`settings`]: the `[targets.http]` section.
 
+mod excerpt;
 pub mod k8s;
 mod lines;
 mod mask;

@@ -16,7 +16,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use serde_json::{json, Value};
 
 use super::{
-    k8s, lines,
+    excerpt, k8s, lines,
     mask::{self, Outcome},
     settings::{ApiKind, HttpTarget, Oversize},
     tunnel,
@@ -150,6 +150,11 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
         }
     };
 
+    let excerpts = (conn.cfg.record_body_bytes > 0)
+        .then(|| excerpt::Pair::new(conn.cfg.record_body_bytes, conn.gw.mask_plan()));
+    if let Some(pair) = &excerpts {
+        body = excerpt::tee(body, pair.request.clone());
+    }
     let upstream_req = match outbound(&conn, parts, body, &host, secrets) {
         Ok(r) => r,
         Err(why) => {
@@ -233,7 +238,10 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
             return fail(&conn, event, why).await;
         }
     };
-    Response::from_parts(parts, recorded(&conn, body, event, tally, started))
+    Response::from_parts(
+        parts,
+        recorded(&conn, body, event, tally, excerpts, started),
+    )
 }
 
 /// A response body that records `event` when it ends or the agent goes.
@@ -242,6 +250,7 @@ pub(super) fn recorded(
     body: Body,
     event: Event,
     tally: Arc<lines::Tally>,
+    excerpts: Option<excerpt::Pair>,
     started: Instant,
 ) -> Body {
     Recorded {
@@ -249,6 +258,7 @@ pub(super) fn recorded(
         bytes: 0,
         event: Some(event),
         tally,
+        excerpts,
         gw: conn.gw.clone(),
         started,
     }
@@ -558,6 +568,8 @@ struct Recorded {
     event: Option<Event>,
     /// What masking found, for streams known only at their end.
     tally: Arc<lines::Tally>,
+    /// Body excerpts for the records, when the target asks for them.
+    excerpts: Option<excerpt::Pair>,
     gw: Gateway,
     started: Instant,
 }
@@ -574,6 +586,9 @@ impl HttpBody for Recorded {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(d) = frame.data_ref() {
                 self.bytes += d.len() as u64;
+                if let Some(pair) = &self.excerpts {
+                    pair.response.add(d);
+                }
             }
         }
         polled
@@ -608,6 +623,16 @@ impl Drop for Recorded {
         event.duration_us = Some(self.started.elapsed().as_micros() as u64);
         self.gw.counters.add_to_agent(self.bytes);
         let gw = self.gw.clone();
-        tokio::spawn(async move { gw.record(event).await });
+        let excerpts = self
+            .excerpts
+            .as_ref()
+            .map(|p| p.events(&gw.session))
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            gw.record(event).await;
+            for e in excerpts {
+                gw.record(e).await;
+            }
+        });
     }
 }

@@ -43,6 +43,10 @@ pub struct HttpTarget {
     /// `max_inspect_bytes`: never silently truncated.
     #[serde(default)]
     pub oversize: Oversize,
+    /// Bytes of each request and response body kept in the records, masked
+    /// (0, the default: none; at most 64 KiB).
+    #[serde(default)]
+    pub record_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -108,6 +112,12 @@ impl HttpTarget {
                     "[targets.http] inject_headers.{name}: needs exactly one of file or env"
                 ));
             }
+        }
+        if self.record_body_bytes > super::excerpt::MAX_EXCERPT_BYTES {
+            return Err(format!(
+                "[targets.http] record_body_bytes is at most {}",
+                super::excerpt::MAX_EXCERPT_BYTES
+            ));
         }
         if self.max_inspect_bytes == 0 {
             return Err("[targets.http] max_inspect_bytes must be positive".into());

@@ -66,7 +66,7 @@ pub async fn carry(
         let (mut parts, body) = response.into_parts();
         request::strip_hop_by_hop(&mut parts.headers);
         event.status = Some(parts.status.as_u16());
-        let body = request::recorded(conn, body.boxed(), event, Default::default(), started);
+        let body = request::recorded(conn, body.boxed(), event, Default::default(), None, started);
         return Response::from_parts(parts, body);
     }
     let upstream_side = hyper::upgrade::on(&mut response);
