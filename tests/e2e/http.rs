@@ -584,3 +584,84 @@ fn upgrades_are_refused_or_carried_by_policy() {
     assert_eq!(wait["bytes_from_agent"], 25, "{wait}");
     assert_eq!(wait["bytes_to_agent"], 25, "{wait}");
 }
+
+/// Removes the CA from the host's trust store on drop, also when the test
+/// failed: a test CA must not stay trusted host-wide.
+struct HostTrust;
+
+impl Drop for HostTrust {
+    fn drop(&mut self) {
+        let out = Command::new(BIN)
+            .args(["ca", "uninstall"])
+            .output()
+            .expect("blastgate ca uninstall");
+        if !out.status.success() {
+            eprintln!(
+                "warning: ca uninstall failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// `blastgate ca install` makes the host trust the gateway without
+/// `blastgate run`'s variables; `ca uninstall` takes that back.
+#[test]
+fn ca_install_trusts_the_gateway_host_wide_and_uninstall_undoes_it() {
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    let system = "/etc/ssl/certs/ca-certificates.crt";
+    let ca = String::from_utf8(s.env.blastgate(&["ca", "export"]).stdout).expect("pem");
+    let body: String = ca.lines().filter(|l| !l.starts_with("-----")).collect();
+    let trusted = || {
+        std::fs::read_to_string(system)
+            .expect("system bundle")
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<String>()
+            .contains(&body)
+    };
+    assert!(!trusted(), "a blastgate CA is already trusted host-wide");
+    // curl with only the host's trust store.
+    let bare_curl = || {
+        let resolve = format!("billing.internal:{}:127.0.0.2", s.up.port);
+        let url = s.url("/v1/invoices");
+        let mut c = s.env.agent(
+            "claude",
+            &[
+                "env",
+                "-u",
+                "CURL_CA_BUNDLE",
+                "-u",
+                "SSL_CERT_FILE",
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--resolve",
+                &resolve,
+                &url,
+            ],
+        );
+        output_within(&mut c, Duration::from_secs(60))
+    };
+    let out = bare_curl();
+    assert_eq!(out.status.code(), Some(60), "{}", text(&out));
+    {
+        let _trust = HostTrust;
+        let out = s.env.blastgate(&["ca", "install"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(trusted());
+        let out = bare_curl();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "{}",
+            text(&out)
+        );
+    }
+    assert!(!trusted(), "ca uninstall left the CA trusted");
+    assert_eq!(bare_curl().status.code(), Some(60));
+}

@@ -1,4 +1,4 @@
-//! `blastgate ca export|install|ssh-known-hosts`.
+//! `blastgate ca export|install|uninstall|ssh-known-hosts`.
 
 use crate::{
     commands::{cli::CaCommand, client_config},
@@ -30,13 +30,24 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
             }
             std::fs::write(anchor, ca.cert_pem())
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", anchor.display()))?;
-            let status = std::process::Command::new("update-ca-certificates")
-                .status()
-                .map_err(|e| anyhow::anyhow!("running update-ca-certificates: {e}"))?;
-            if !status.success() {
-                anyhow::bail!("update-ca-certificates failed ({status})");
-            }
+            update_ca_certificates(&[])?;
             println!("installed {}", anchor.display());
+            Ok(())
+        }
+        CaCommand::Uninstall => {
+            let anchor = std::path::Path::new(crate::tls::trust::HOST_ANCHOR);
+            match std::fs::remove_file(anchor) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("{} is not installed", anchor.display());
+                    return Ok(());
+                }
+                Err(e) => anyhow::bail!("removing {}: {e}", anchor.display()),
+            }
+            // --fresh: a removed anchor is only dropped from the bundle
+            // when it is rebuilt.
+            update_ca_certificates(&["--fresh"])?;
+            println!("removed {}", anchor.display());
             Ok(())
         }
         CaCommand::SshKnownHosts { config } => {
@@ -64,4 +75,16 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn update_ca_certificates(args: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new("update-ca-certificates")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| anyhow::anyhow!("running update-ca-certificates: {e}"))?;
+    if !status.success() {
+        anyhow::bail!("update-ca-certificates failed ({status})");
+    }
+    Ok(())
 }

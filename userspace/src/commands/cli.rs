@@ -220,6 +220,8 @@ pub enum CaCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Remove the CA `install` added from the host's trust store.
+    Uninstall,
     /// Print the `@cert-authority` lines for /etc/ssh/ssh_known_hosts that
     /// make OpenSSH accept the SSH gateway for the configured ssh targets
     /// (creating the SSH CA if there is none yet).
