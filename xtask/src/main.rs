@@ -6,6 +6,7 @@
 mod ebpf_build;
 
 mod bench;
+mod bench_http;
 mod bench_postgres;
 mod bench_ssh;
 mod clickhouse;
@@ -47,17 +48,20 @@ enum Task {
     /// (connect+1-byte echo latency, bulk TCP throughput, direct vs through
     /// blastgate), recording (hot-path cost per event, spool to ClickHouse
     /// throughput), PostgreSQL (pgbench direct, through PgBouncer and
-    /// through blastgate's gateway) and SSH (scp, two-way bulk and
-    /// keystroke echo, direct and through blastgate's SSH gateway).
+    /// through blastgate's gateway), SSH (scp, two-way bulk and
+    /// keystroke echo, direct and through blastgate's SSH gateway) and
+    /// HTTPS (wrk, h2load and ab direct, through blastgate's HTTP gateway,
+    /// an nginx reverse proxy and mitmproxy; the cost of JSON masking).
     Bench {
-        /// Only one part: `intercept`, `records`, `postgres` or `ssh`.
+        /// Only one part: `intercept`, `records`, `postgres`, `ssh` or `http`.
         #[arg(long)]
         only: Option<String>,
         /// Events for the recording benchmark.
         #[arg(long, default_value_t = 500_000)]
         events: usize,
         /// Repetitions of each measurement (alternating direct/proxied);
-        /// default 5, and 3 for ssh (its cells move whole files).
+        /// default 5, and 3 for ssh (its cells move whole files) and http
+        /// (24 client runs per repetition).
         #[arg(long)]
         reps: Option<usize>,
         /// Connections per latency repetition.
@@ -66,7 +70,8 @@ enum Task {
         /// Bytes per throughput repetition.
         #[arg(long, default_value_t = 1 << 30)]
         bytes: u64,
-        /// PostgreSQL: seconds per pgbench run.
+        /// PostgreSQL and HTTP: seconds per client run (pgbench; wrk,
+        /// h2load, ab).
         #[arg(long, default_value_t = 5)]
         secs: u64,
         /// PostgreSQL: pgbench scale factor.
@@ -150,6 +155,10 @@ fn main() -> Result<()> {
                 reps: reps.unwrap_or(3),
                 mb: ssh_mb,
             };
+            let http = bench_http::Opts {
+                reps: reps.unwrap_or(3),
+                secs,
+            };
             let reps = reps.unwrap_or(5);
             let postgres = bench_postgres::Opts {
                 reps,
@@ -164,14 +173,18 @@ fn main() -> Result<()> {
                     bench::run(&root, reps, connections, bytes)?;
                     bench::records(&root, events)?;
                     bench_postgres::run(&root, &postgres)?;
-                    bench_ssh::run(&root, &ssh)
+                    bench_ssh::run(&root, &ssh)?;
+                    bench_http::run(&root, &http)
                 }
                 Some("intercept") => bench::run(&root, reps, connections, bytes),
                 Some("records") => bench::records(&root, events),
                 Some("postgres") => bench_postgres::run(&root, &postgres),
                 Some("ssh") => bench_ssh::run(&root, &ssh),
+                Some("http") => bench_http::run(&root, &http),
                 Some(other) => {
-                    anyhow::bail!("--only takes intercept, records, postgres or ssh, not {other:?}")
+                    anyhow::bail!(
+                        "--only takes intercept, records, postgres, ssh or http, not {other:?}"
+                    )
                 }
             }
         }

