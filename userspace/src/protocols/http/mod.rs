@@ -9,6 +9,8 @@
 //! - [`tunnel`]: upgrades policy allowed (kubectl exec), carried as bytes.
 //! - [`lines`]: streams and text bodies masked a line at a time.
 //! - [`excerpt`]: bounded, masked body excerpts for the records.
+//! - [`refusal`]: the 403/421/502 answers, as JSON or a Kubernetes Status.
+//! - [`recorded`]: the response body that writes the request's record.
 //! - [`mask`]: JSON bodies masked, gzip handled.
 //! - [`k8s`]: Kubernetes verbs and resources from method and path.
 //! - [`settings`]: the `[targets.http]` section.
@@ -17,6 +19,8 @@ mod excerpt;
 pub mod k8s;
 mod lines;
 mod mask;
+mod recorded;
+mod refusal;
 mod request;
 mod settings;
 mod tunnel;

@@ -3,21 +3,20 @@
 //! credentials for the ones blastgate holds, forward, mask, record.
 
 use std::{
-    pin::Pin,
     sync::{atomic::Ordering, Arc},
-    task::{Context, Poll},
     time::Instant,
 };
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Incoming};
 use serde_json::{json, Value};
 
 use super::{
     excerpt, k8s, lines,
     mask::{self, Outcome},
+    recorded,
     settings::{ApiKind, HttpTarget, Oversize},
     tunnel,
     upstream::{Body, Clients},
@@ -240,29 +239,8 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     };
     Response::from_parts(
         parts,
-        recorded(&conn, body, event, tally, excerpts, started),
+        recorded::recorded(&conn, body, event, tally, excerpts, started),
     )
-}
-
-/// A response body that records `event` when it ends or the agent goes.
-pub(super) fn recorded(
-    conn: &Conn,
-    body: Body,
-    event: Event,
-    tally: Arc<lines::Tally>,
-    excerpts: Option<excerpt::Pair>,
-    started: Instant,
-) -> Body {
-    Recorded {
-        inner: body,
-        bytes: 0,
-        event: Some(event),
-        tally,
-        excerpts,
-        gw: conn.gw.clone(),
-        started,
-    }
-    .boxed()
 }
 
 /// How a response is masked on its way to the agent.
@@ -492,147 +470,4 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-impl Conn {
-    /// A refusal the agent (and whoever reads its transcript) can act on:
-    /// JSON naming the policy and reason; for Kubernetes targets a
-    /// `Status`, which kubectl and client libraries print as the server's
-    /// own error ("Error from server (Forbidden): …").
-    fn refusal(
-        &self,
-        status: StatusCode,
-        reason: &str,
-        policy: Option<&str>,
-        approval: Option<uuid::Uuid>,
-    ) -> Response<Body> {
-        let approval = approval.map(|a| a.to_string());
-        let body = match self.cfg.kind {
-            ApiKind::Generic => json!({
-                "error": format!("blastgate: {}", status.canonical_reason().unwrap_or("refused")),
-                "policy": policy,
-                "reason": reason,
-                "approval_id": approval,
-            }),
-            ApiKind::Kubernetes => {
-                let mut message = format!("blastgate: {reason}");
-                if let Some(p) = policy {
-                    message += &format!(" (policy {p})");
-                }
-                if let Some(a) = &approval {
-                    message += &format!(" (approval {a})");
-                }
-                json!({
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Failure",
-                    "message": message,
-                    "reason": k8s_reason(status),
-                    "code": status.as_u16(),
-                    "policy": policy,
-                    "approval_id": approval,
-                })
-            }
-        };
-        let mut r = Response::new(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
-    }
-}
-
-/// The `Status.reason` the API server gives with these codes.
-fn k8s_reason(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::FORBIDDEN => "Forbidden",
-        StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
-        StatusCode::MISDIRECTED_REQUEST => "BadRequest",
-        _ => "InternalError",
-    }
-}
-
-/// The response body on its way to the agent: counted, and recorded when
-/// it ends or the agent goes away (the event is written from a task, as
-/// Drop cannot wait).
-struct Recorded {
-    inner: Body,
-    bytes: u64,
-    event: Option<Event>,
-    /// What masking found, for streams known only at their end.
-    tally: Arc<lines::Tally>,
-    /// Body excerpts for the records, when the target asks for them.
-    excerpts: Option<excerpt::Pair>,
-    gw: Gateway,
-    started: Instant,
-}
-
-impl HttpBody for Recorded {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(d) = frame.data_ref() {
-                self.bytes += d.len() as u64;
-                if let Some(pair) = &self.excerpts {
-                    pair.response.add(d);
-                }
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Recorded {
-    fn drop(&mut self) {
-        let Some(mut event) = self.event.take() else {
-            return;
-        };
-        event.bytes_to_agent = Some(self.bytes);
-        let fields = self.tally.fields.load(Ordering::Relaxed);
-        if fields > 0 {
-            event.masked_fields = Some(fields);
-            self.gw.masked(fields);
-        }
-        if let Some(note) = self.tally.note.lock().ok().and_then(|mut n| n.take()) {
-            event.reason = Some(match event.reason.take() {
-                Some(r) if !r.is_empty() => format!("{r}; {note}"),
-                _ => note,
-            });
-        }
-        event.duration_us = Some(self.started.elapsed().as_micros() as u64);
-        self.gw.counters.add_to_agent(self.bytes);
-        let gw = self.gw.clone();
-        let excerpts = self
-            .excerpts
-            .as_ref()
-            .map(|p| p.events(&gw.session))
-            .unwrap_or_default();
-        tokio::spawn(async move {
-            gw.record(event).await;
-            for e in excerpts {
-                gw.record(e).await;
-            }
-        });
-    }
 }

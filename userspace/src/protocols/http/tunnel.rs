@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{
+    recorded,
     request::{self, Conn},
     upstream::{self, Body},
 };
@@ -66,7 +67,7 @@ pub async fn carry(
         let (mut parts, body) = response.into_parts();
         request::strip_hop_by_hop(&mut parts.headers);
         event.status = Some(parts.status.as_u16());
-        let body = request::recorded(conn, body.boxed(), event, Default::default(), None, started);
+        let body = recorded::recorded(conn, body.boxed(), event, Default::default(), None, started);
         return Response::from_parts(parts, body);
     }
     let upstream_side = hyper::upgrade::on(&mut response);
