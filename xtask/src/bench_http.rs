@@ -254,6 +254,8 @@ struct Sample {
     requests: u64,
     /// CPU time of the proxy's processes / wall time of the run, percent.
     proxy_cpu_pct: f64,
+    /// TLS connections the upstream accepted during the run.
+    upstream_conns: f64,
 }
 
 impl Sample {
@@ -264,6 +266,7 @@ impl Sample {
             p99_ms: f64::NAN,
             requests: 0,
             proxy_cpu_pct: f64::NAN,
+            upstream_conns: f64::NAN,
         }
     }
 }
@@ -373,6 +376,17 @@ impl Bench {
         sh::stdout(&mut c).with_context(|| format!("curl {doc} via {}", via.name()))
     }
 
+    /// Connections the upstream nginx has accepted so far (stub_status),
+    /// this query's own included.
+    fn upstream_accepts(&self) -> Option<u64> {
+        let status = self.fetch(Via::Direct, "/nginx_status").ok()?;
+        let mut lines = status
+            .lines()
+            .skip_while(|l| !l.trim().starts_with("server accepts"));
+        lines.next()?;
+        lines.next()?.split_whitespace().next()?.parse().ok()
+    }
+
     /// One client run of `cell` on `via` for `secs` seconds, with its
     /// command line and what it negotiated.
     fn measure(&self, cell: Cell, via: Via, secs: u64) -> Result<(Sample, String, Option<String>)> {
@@ -427,6 +441,7 @@ impl Bench {
         c.arg(&url);
         let command = sh::describe(&c);
         let what = format!("{} via {}", cell.name(), via.name());
+        let accepts = self.upstream_accepts();
         let pid = self.proxy_pid(via);
         let before = pid.map(cpu_ticks);
         let started = Instant::now();
@@ -446,6 +461,10 @@ impl Bench {
         if let (Some(pid), Some(before)) = (pid, before) {
             let used = cpu_ticks(pid).saturating_sub(before) as f64 / self.clk_tck;
             sample.proxy_cpu_pct = used / wall * 100.0;
+        }
+        if let (Some(a), Some(b)) = (accepts, self.upstream_accepts()) {
+            // The second query's own connection is not the run's.
+            sample.upstream_conns = b.saturating_sub(a + 1) as f64;
         }
         Ok((sample, command, proto))
     }
@@ -1095,6 +1114,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
              \x20       ssl_certificate_key {key};\n\
              \x20       root {www};\n\
              \x20       open_file_cache max=64;\n\
+             \x20       location = /nginx_status {{ stub_status; }}\n\
              \x20       location = /auth {{ default_type text/plain; return 200 \"$http_authorization\\n\"; }}\n\
              \x20       location / {{ }}\n\
              \x20   }}\n",
@@ -1121,7 +1141,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
         &format!(
             "    upstream bench_upstream {{\n\
              \x20       server {UPSTREAM_IP}:{api};\n\
-             \x20       keepalive 64;\n\
+             \x20       keepalive 256;\n\
              \x20       keepalive_requests 100000000;\n\
              \x20       keepalive_timeout 300s;\n\
              \x20   }}\n\
@@ -1404,6 +1424,11 @@ struct Records {
     spool_bytes: u64,
 }
 
+/// Upstream connections per 1000 requests of a run.
+fn per_k(s: &Sample) -> f64 {
+    s.upstream_conns / s.requests as f64 * 1000.0
+}
+
 fn fmt(v: f64, digits: usize) -> String {
     if v.is_nan() {
         "-".into()
@@ -1431,15 +1456,16 @@ fn report(
     println!(
         "(clients on CPU {client_cpus}; the upstream nginx on CPU {server_cpus}; the proxy under \
          test on CPU {proxy_cpus}; ratio = req/s / direct req/s; proxy CPU = the proxy's CPU \
-         time / wall time, median; load average at the end: {})",
+         time / wall time, median; up conn/k = TLS connections the upstream accepted per 1000 \
+         requests; load average at the end: {})",
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
             .join(" ")
     );
     println!(
-        "  {:<26} {:<10} {:>10} {:>7} {:>8} {:>8} {:>10}  negotiated",
-        "cell", "path", "req/s", "ratio", "p50 ms", "p99 ms", "proxy CPU"
+        "  {:<26} {:<10} {:>10} {:>7} {:>8} {:>8} {:>10} {:>10}  negotiated",
+        "cell", "path", "req/s", "ratio", "p50 ms", "p99 ms", "proxy CPU", "up conn/k"
     );
     let mut cells = Map::new();
     let mut goals = Vec::new();
@@ -1454,7 +1480,7 @@ fn report(
                 println!("  {:<26} {:<10} {:>10}", cell.name(), via.name(), "FAILED");
             } else {
                 println!(
-                    "  {:<26} {:<10} {:>10} {:>7} {:>8} {:>8} {:>10}  {}{}",
+                    "  {:<26} {:<10} {:>10} {:>7} {:>8} {:>8} {:>10} {:>10}  {}{}",
                     cell.name(),
                     via.name(),
                     fmt(rps, 0),
@@ -1465,6 +1491,7 @@ fn report(
                         c if c.is_nan() => "-".to_string(),
                         c => format!("{c:.0}%"),
                     },
+                    fmt(o.med(per_k), 1),
                     o.proto.as_deref().unwrap_or(""),
                     if o.error.is_some() {
                         "  (then FAILED)"
@@ -1480,6 +1507,7 @@ fn report(
                     "rps": rps, "ratio_to_direct": ratio,
                     "p50_ms": o.med(|s| s.p50_ms), "p99_ms": o.med(|s| s.p99_ms),
                     "proxy_cpu_pct": o.med(|s| s.proxy_cpu_pct),
+                    "upstream_conns_per_1000_requests": o.med(per_k),
                     "rps_runs": o.samples.iter().map(|s| s.rps).collect::<Vec<_>>(),
                     "negotiated": o.proto, "command": o.command, "error": o.error,
                 }),
