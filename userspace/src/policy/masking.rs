@@ -501,6 +501,10 @@ impl MaskPlan {
         let mut out = text.to_string();
         let mut count = 0;
         for d in &self.detectors {
+            // Most text has nothing to mask: no copy for it.
+            if !d.regex.is_match(&out) {
+                continue;
+            }
             let mut next = String::with_capacity(out.len());
             let mut last = 0;
             for m in d.regex.find_iter(&out) {
@@ -544,6 +548,7 @@ impl MaskPlan {
 
     fn scan_json(&self, v: &mut Value) -> u64 {
         match v {
+            Value::String(s) if !self.detectors.iter().any(|d| d.regex.is_match(s)) => 0,
             Value::String(s) => {
                 let (masked, n) = self.scan(s);
                 if n > 0 {
