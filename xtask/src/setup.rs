@@ -109,6 +109,14 @@ pub fn run() -> Result<()> {
     if !no_service.is_empty() {
         let _deny = DenyServiceStarts::new()?;
         apt.install(&no_service)?;
+        // The package also enables its unit for the next boot; on a
+        // systemd host that would start a system nginx on port 80 later.
+        for pkg in &no_service {
+            let wants = format!("/etc/systemd/system/multi-user.target.wants/{pkg}.service");
+            if Path::new(&wants).is_symlink() {
+                std::fs::remove_file(&wants).with_context(|| format!("disabling {wants}"))?;
+            }
+        }
     }
     python_venv()?;
     mount_filesystems()?;
