@@ -90,8 +90,8 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     bench_postgres::{
-        check_interrupted, cpus, die_with_parent, dir_bytes, free_port, median, on_signal, tail,
-        Daemon, DaemonOpts, ScratchDir, INTERRUPTED,
+        catch_interrupts, check_interrupted, cpus, die_with_parent, dir_bytes, free_port, median,
+        run_bounded, tail, Daemon, DaemonOpts, ScratchDir, INTERRUPTED,
     },
     demo::{wait_for, Guard},
     sh,
@@ -529,47 +529,6 @@ fn cpu_ticks(pid: u32) -> u64 {
             field(11) + field(12)
         })
         .sum()
-}
-
-/// Runs a command to completion within `limit` (killed by pid after it);
-/// stdout on success, an error with its output otherwise.
-fn run_bounded(cmd: &mut Command, scratch: &Path, limit: Duration, what: &str) -> Result<String> {
-    let out_path = scratch.join("run.out");
-    let err_path = scratch.join("run.err");
-    cmd.stdin(Stdio::null())
-        .stdout(File::create(&out_path)?)
-        .stderr(File::create(&err_path)?);
-    die_with_parent(cmd, libc::SIGKILL);
-    let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-    let end = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
-        if interrupted || Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            let why = if interrupted {
-                "interrupted".to_string()
-            } else {
-                format!("did not finish within {limit:?}")
-            };
-            bail!(
-                "{what}: {why}\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-    if !status.success() {
-        bail!(
-            "{what} failed ({status}):\n{out}{}",
-            std::fs::read_to_string(&err_path).unwrap_or_default()
-        );
-    }
-    Ok(out)
 }
 
 /// `98.00us`, `1.23ms`, `2.00s`, `1.00m` (wrk's units) in milliseconds.
@@ -1060,12 +1019,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
     }
     sh::run(sh::cargo(root).args(["build", "--release", "-p", "blastgate"]))?;
     let bin = root.join("target/release/blastgate");
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
+    catch_interrupts();
     let client_cpus = cpus("BLASTGATE_BENCH_CLIENT_CPUS", "0");
     let server_cpus = cpus("BLASTGATE_BENCH_SERVER_CPUS", "1");
     let proxy_cpus = cpus("BLASTGATE_BENCH_PROXY_CPUS", "1");

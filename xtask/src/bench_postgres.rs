@@ -172,8 +172,19 @@ struct Sample {
 /// Set by SIGINT/SIGTERM: the bench stops at the next run and cleans up.
 pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-pub(crate) extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// From here on SIGINT and SIGTERM set [`INTERRUPTED`] instead of killing
+/// the bench, so its guards still stop what it started.
+pub(crate) fn catch_interrupts() {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
 }
 
 pub(crate) fn check_interrupted() -> Result<()> {
@@ -572,8 +583,13 @@ impl Endpoints {
 }
 
 /// Runs a command to completion within `limit` (killed by pid after it);
-/// stdout on success, an error with stderr otherwise.
-fn run_bounded(cmd: &mut Command, scratch: &Path, limit: Duration, what: &str) -> Result<String> {
+/// stdout on success, an error with its output otherwise.
+pub(crate) fn run_bounded(
+    cmd: &mut Command,
+    scratch: &Path,
+    limit: Duration,
+    what: &str,
+) -> Result<String> {
     let out_path = scratch.join("run.out");
     let err_path = scratch.join("run.err");
     cmd.stdin(Stdio::null())
@@ -792,12 +808,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
     if blastgate_on {
         sh::run(sh::cargo(root).args(["build", "--release", "-p", "blastgate"]))?;
     }
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
+    catch_interrupts();
     let client_cpus = cpus("BLASTGATE_BENCH_CLIENT_CPUS", "0");
     let server_cpus = cpus("BLASTGATE_BENCH_SERVER_CPUS", "1");
     let proxy_cpus = cpus("BLASTGATE_BENCH_PROXY_CPUS", "1");

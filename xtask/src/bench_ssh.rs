@@ -61,8 +61,8 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     bench_postgres::{
-        check_interrupted, cpus, die_with_parent, dir_bytes, free_port, median, on_signal, tail,
-        Daemon, DaemonOpts, ScratchDir, INTERRUPTED,
+        catch_interrupts, check_interrupted, cpus, die_with_parent, dir_bytes, free_port, median,
+        tail, Daemon, DaemonOpts, ScratchDir, INTERRUPTED,
     },
     demo::wait_for,
     sh,
@@ -299,12 +299,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
     }
     sh::run(sh::cargo(root).args(["build", "--release", "-p", "blastgate"]))?;
     let bin = root.join("target/release/blastgate");
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
+    catch_interrupts();
     let client_cpus = cpus("BLASTGATE_BENCH_CLIENT_CPUS", "0");
     let server_cpus = cpus("BLASTGATE_BENCH_SERVER_CPUS", "1");
     let proxy_cpus = cpus("BLASTGATE_BENCH_PROXY_CPUS", "1");
