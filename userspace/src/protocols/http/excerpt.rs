@@ -5,14 +5,9 @@
 //! event, so `blastgate sessions export` shows what was asked and answered.
 //! Bodies are never held for this: the excerpt is copied as bytes pass.
 
-use std::{
-    pin::Pin,
-    sync::{Arc, Mutex},
-    task::{Context, Poll},
-};
+use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 
 use super::upstream::Body;
 use crate::{
@@ -115,39 +110,13 @@ impl Pair {
 
 /// A request body on its way upstream, its first bytes kept.
 pub fn tee(body: Body, kept: Kept) -> Body {
-    use http_body_util::BodyExt;
-    Tee { inner: body, kept }.boxed()
-}
-
-struct Tee {
-    inner: Body,
-    kept: Kept,
-}
-
-impl HttpBody for Tee {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(d) = frame.data_ref() {
-                self.kept.add(d);
-            }
+    body.map_frame(move |frame| {
+        if let Some(d) = frame.data_ref() {
+            kept.add(d);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+        frame
+    })
+    .boxed()
 }
 
 #[cfg(test)]

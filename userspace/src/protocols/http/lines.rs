@@ -62,7 +62,6 @@ pub fn is_textual(headers: &HeaderMap) -> bool {
         .to_ascii_lowercase();
     media.starts_with("text/")
         || media.ends_with("json")
-        || media.ends_with("+json")
         || media.ends_with("yaml")
         || media == "application/x-ndjson"
 }

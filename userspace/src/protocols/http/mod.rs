@@ -53,7 +53,6 @@ pub async fn serve(conn: TcpStream, gw: Gateway, tls: bool) -> Result<(), Sessio
         cfg.server_name.as_deref(),
     )
     .map_err(SessionError::Upstream)?;
-    let masks = gw.mask_plan().is_some();
     if !tls {
         let state = Arc::new(request::Conn {
             gw,
@@ -61,7 +60,6 @@ pub async fn serve(conn: TcpStream, gw: Gateway, tls: bool) -> Result<(), Sessio
             client,
             sni: None,
             upstream_tls,
-            masks,
         });
         return serve_http(TokioIo::new(conn), state).await;
     }
@@ -97,7 +95,6 @@ pub async fn serve(conn: TcpStream, gw: Gateway, tls: bool) -> Result<(), Sessio
         client,
         sni,
         upstream_tls,
-        masks,
     });
     serve_http(TokioIo::new(stream), state).await
 }

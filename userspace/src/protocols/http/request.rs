@@ -35,8 +35,6 @@ pub struct Conn {
     pub sni: Option<String>,
     /// Whether blastgate speaks TLS upstream.
     pub upstream_tls: bool,
-    /// Whether responses may need masking (a rule applies to the session).
-    pub masks: bool,
 }
 
 /// Connection-level headers (RFC 9110 7.6.1) and the proxy's own: never
@@ -149,12 +147,15 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
         }
     };
 
+    // The masking this request gets: asked for once, used for the
+    // encoding requested upstream, the response and the excerpts alike.
+    let plan = conn.gw.mask_plan();
     let excerpts = (conn.cfg.record_body_bytes > 0)
-        .then(|| excerpt::Pair::new(conn.cfg.record_body_bytes, conn.gw.mask_plan()));
+        .then(|| excerpt::Pair::new(conn.cfg.record_body_bytes, plan.clone()));
     if let Some(pair) = &excerpts {
         body = excerpt::tee(body, pair.request.clone());
     }
-    let upstream_req = match outbound(&conn, parts, body, &host, secrets) {
+    let upstream_req = match outbound(&conn, parts, body, &host, secrets, plan.is_some()) {
         Ok(r) => r,
         Err(why) => {
             event.verdict = Verdict::Error;
@@ -191,7 +192,6 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
 
     let streaming =
         kube.as_ref().is_some_and(|k| k8s::streams(k, &query)) || is_event_stream(&parts.headers);
-    let plan = conn.gw.mask_plan();
     let tally = Arc::new(lines::Tally::default());
     let body: Body = match Masking::of(plan.is_some(), secrets, streaming, &parts.headers, &body) {
         Masking::None => body.boxed(),
@@ -370,6 +370,7 @@ fn outbound(
     body: Body,
     host: &str,
     secrets: bool,
+    masking: bool,
 ) -> Result<Request<Body>, String> {
     let scheme = if conn.upstream_tls { "https" } else { "http" };
     let port = conn.gw.upstream.port();
@@ -410,7 +411,7 @@ fn outbound(
         let json = mask::json_only_accept(parts.headers.get(header::ACCEPT));
         parts.headers.insert(header::ACCEPT, json);
     }
-    if conn.masks || secrets {
+    if masking || secrets {
         let wanted = mask::accept_encoding(parts.headers.get(header::ACCEPT_ENCODING));
         parts.headers.insert(header::ACCEPT_ENCODING, wanted);
     }
