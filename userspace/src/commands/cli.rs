@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 /// eBPF programs redirect every TCP connection of an agent process into the
 /// blastgate proxy, which identifies the caller, routes the connection to a
 /// configured target (unknown destinations are refused), applies policy
-/// (per statement for PostgreSQL targets, with held credentials, approvals
-/// and masking) and records every session and statement in a durable local
-/// spool shipped to ClickHouse.
+/// (per SQL statement, SSH command or HTTP/Kubernetes request, with held
+/// credentials, approvals and masking) and records every session and action
+/// in a durable local spool shipped to ClickHouse.
 #[derive(Debug, Parser)]
 #[command(name = "blastgate", version)]
 pub struct Cli {
