@@ -96,10 +96,21 @@ pub async fn check(
 /// server's transaction state becomes what the agent expects: a refused
 /// statement inside a transaction block leaves it failed, as a real error
 /// would. Needs PL/pgSQL (installed by default).
-pub fn raise(message: &str) -> String {
-    let literal = message.replace('\'', "''").replace("$blastgate$", "");
+///
+/// The message is dollar-quoted, which reads the same whatever
+/// `standard_conforming_strings` is; with `ascii_only` (a client encoding
+/// other than UTF-8, which the server converts from) other characters
+/// become `?`.
+pub fn raise(message: &str, ascii_only: bool) -> String {
+    let mut literal = message.replace("$blastgate$", "").replace("$m$", "");
+    if ascii_only {
+        literal = literal
+            .chars()
+            .map(|c| if c.is_ascii() { c } else { '?' })
+            .collect();
+    }
     format!(
-        "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{literal}'; END $blastgate$"
+        "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = $m${literal}$m$; END $blastgate$"
     )
 }
 
@@ -109,10 +120,10 @@ mod tests {
 
     #[test]
     fn the_raise_statement_quotes_the_message() {
-        let sql = raise("it's $blastgate$ denied");
+        let sql = raise("it's $blastgate$ $m$denied\\ é", true);
         assert_eq!(
             sql,
-            "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'it''s  denied'; END $blastgate$"
+            "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = $m$it's  denied\\ ?$m$; END $blastgate$"
         );
         let parsed = super::super::classify::classify(&sql);
         assert_eq!(parsed.len(), 1);

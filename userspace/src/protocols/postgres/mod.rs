@@ -19,8 +19,11 @@ pub mod classify;
 pub mod frame;
 pub mod gate;
 pub mod mask;
+pub mod messages;
+pub mod reading;
 mod relay;
 mod settings;
+mod tripwire;
 pub mod upstream;
 
 use std::sync::OnceLock;

@@ -8,6 +8,15 @@
 //! arrive. It is how an answer is tied to its statement (rows, duration,
 //! errors), and how the answers to messages blastgate injected itself (a
 //! refusal raised by the server) are kept from the agent.
+//!
+//! They also share the session's [`Reading`]: the `client_encoding` and
+//! `standard_conforming_strings` the server reports. A statement whose
+//! meaning depends on them (non-ASCII bytes, a backslash) is read only
+//! once every statement before it has been answered, so the reading is
+//! the server's own at the time it will parse the statement; and every
+//! CommandComplete is checked against what the gateway read (the
+//! tripwire): a mismatch ends the session and is recorded as a
+//! `differential` event.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -17,26 +26,29 @@ use std::{
 
 use bytes::BytesMut;
 use pgwire::messages::{
-    extendedquery::{Bind, Close, Describe, Execute, Parse},
+    extendedquery::{Bind, Execute, Parse},
     response::NoticeResponse,
     simplequery::Query,
 };
 use tokio::{
     io::{AsyncWriteExt, ReadHalf, WriteHalf},
-    sync::mpsc,
+    sync::{mpsc, Notify},
 };
 
 use super::{
-    classify::{Classifier, CopyDirection, Statement},
-    frame::{decode, encode, Frame, PgError, Reader},
+    classify::{Classifier, CopyDirection, Lexing, Statement, ACTION_OPAQUE},
+    frame::{encode, Frame, PgError, Reader},
     gate::{self, Verdict},
     mask::{self, Field, Names, RowPlan},
+    messages,
+    reading::Reading,
+    tripwire,
     upstream::{self, Upstream},
 };
 use crate::{
     policy::masking::MaskPlan,
     protocols::{gateway::Gateway, stream::BoxIo},
-    records::{Event, Verdict as RecVerdict},
+    records::{Event, EventKind, Verdict as RecVerdict},
 };
 
 /// Which columns a statement's DataRows have.
@@ -46,24 +58,43 @@ enum Columns {
     /// Described earlier: a portal's (formats known) or a statement's
     /// (formats from Bind).
     Portal {
-        portal: String,
-        statement: String,
+        portal: Vec<u8>,
+        statement: Vec<u8>,
         formats: Vec<i16>,
     },
+}
+
+/// What the gateway read a statement as, for the tripwire.
+#[derive(Debug, Clone)]
+struct Read {
+    action: &'static str,
+    command: String,
+}
+
+impl Read {
+    fn of(st: &Statement) -> Read {
+        Read {
+            action: st.action,
+            command: st.command.clone(),
+        }
+    }
 }
 
 struct Pending {
     /// `None` for a refusal blastgate injected (already recorded).
     event: Option<Event>,
+    /// `None` for blastgate's own statements.
+    read: Option<Read>,
     started: Instant,
     columns: Columns,
     masked: u64,
 }
 
 impl Pending {
-    fn new(event: Option<Event>, columns: Columns) -> Box<Pending> {
+    fn new(event: Option<Event>, read: Option<Read>, columns: Columns) -> Box<Pending> {
         Box::new(Pending {
             event,
+            read,
             started: Instant::now(),
             columns,
             masked: 0,
@@ -77,8 +108,8 @@ enum Expect {
     Ack { forward: bool },
     /// RowDescription or NoData answering a Describe.
     Describe {
-        statement: Option<String>,
-        portal: Option<String>,
+        statement: Option<Vec<u8>>,
+        portal: Option<Vec<u8>>,
     },
     /// CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
     Statement(Box<Pending>),
@@ -86,10 +117,23 @@ enum Expect {
     Ready,
 }
 
-type Queue = Arc<Mutex<VecDeque<Expect>>>;
+/// What both halves know.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<VecDeque<Expect>>,
+    reading: Mutex<Reading>,
+    /// Woken at every ReadyForQuery.
+    ready: Notify,
+}
+
+type Queue = Arc<Shared>;
 
 fn lock(q: &Queue) -> std::sync::MutexGuard<'_, VecDeque<Expect>> {
-    q.lock().unwrap_or_else(|p| p.into_inner())
+    q.queue.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn reading(q: &Queue) -> std::sync::MutexGuard<'_, Reading> {
+    q.reading.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the agent prepared: decided at Parse, re-decided at Execute when
@@ -98,6 +142,13 @@ struct Prepared {
     statements: Arc<Vec<Statement>>,
     generation: usize,
     events: Vec<Event>,
+}
+
+impl Prepared {
+    /// What one execution records and is checked against.
+    fn template(&self) -> Option<(&Event, Read)> {
+        Some((self.events.first()?, Read::of(self.statements.first()?)))
+    }
 }
 
 pub struct Halves {
@@ -119,6 +170,15 @@ pub async fn run(
         upstream,
     } = halves;
     let queue: Queue = Arc::default();
+    {
+        // The login's reports: the reading the first statement is parsed with.
+        let mut r = reading(&queue);
+        for p in &upstream.parameters {
+            if let Ok((name, value)) = messages::parameter_status(p) {
+                r.report(&name, &value);
+            }
+        }
+    }
     let (notices, notices_rx) = mpsc::unbounded_channel();
     let field_rules = mask.as_ref().is_some_and(MaskPlan::has_fields);
     // Shared by both halves and cloned per result row: a pointer, not the rules.
@@ -133,6 +193,7 @@ pub async fn run(
         prepared: HashMap::new(),
         portals: HashMap::new(),
         refusing: None,
+        batch: Batch::Closed,
         notices,
         field_rules,
         mask: mask.clone(),
@@ -173,12 +234,14 @@ struct FromAgent<'g> {
     queue: Queue,
     classifier: &'g Classifier,
     out: BytesMut,
-    prepared: HashMap<String, Prepared>,
+    /// By the name's bytes: two names the agent sent are two entries.
+    prepared: HashMap<Vec<u8>, Prepared>,
     /// portal -> (statement, result formats)
-    portals: HashMap<String, (String, Vec<i16>)>,
+    portals: HashMap<Vec<u8>, (Vec<u8>, Vec<i16>)>,
     /// An extended-protocol message was refused: the rest up to Sync is
     /// dropped, as the server itself does after an error.
     refusing: Option<String>,
+    batch: Batch,
     notices: mpsc::UnboundedSender<BytesMut>,
     /// Column masking rules apply to this session.
     field_rules: bool,
@@ -186,7 +249,95 @@ struct FromAgent<'g> {
     mask: Option<Arc<MaskPlan>>,
 }
 
+/// Extended-protocol messages forwarded since the last Sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    Closed,
+    /// Parse, Bind, Describe, Close: nothing has run.
+    Open,
+    /// An Execute: a statement may have changed the session's settings,
+    /// which the server reports only at the next ReadyForQuery.
+    Executed,
+}
+
+impl Batch {
+    fn max_open(self) -> Batch {
+        match self {
+            Batch::Closed => Batch::Open,
+            other => other,
+        }
+    }
+}
+
+/// Text that reads the same under every client encoding and either
+/// setting of `standard_conforming_strings`.
+fn reads_the_same_everywhere(raw: &[u8]) -> bool {
+    raw.is_ascii() && !raw.contains(&b'\\')
+}
+
 impl FromAgent<'_> {
+    /// The text of a Query or Parse as the server will read it, and the
+    /// lexing to parse it with; `Ok(Err(why))` when it cannot be read
+    /// exactly (refused, never guessed).
+    async fn read_text(&mut self, raw: &[u8]) -> Result<Result<(String, Lexing), String>, PgError> {
+        if !reads_the_same_everywhere(raw) && !lock(&self.queue).is_empty() {
+            if self.batch == Batch::Executed {
+                return Ok(Err(
+                    "blastgate: this statement reads differently under other client_encoding or \
+                     standard_conforming_strings settings, which a statement executed earlier in \
+                     the same pipeline may have changed; send it after a Sync"
+                        .into(),
+                ));
+            }
+            self.settle().await?;
+        }
+        let reading = reading(&self.queue).clone();
+        Ok(match reading.decode(raw) {
+            Ok(text) => Ok((
+                text.into_owned(),
+                Lexing {
+                    standard_conforming_strings: reading.standard_conforming_strings,
+                },
+            )),
+            Err(e) => Err(format!("blastgate: {e}")),
+        })
+    }
+
+    /// Sends what is buffered and waits until the server has answered all
+    /// of it: the settings it reported by then are the ones it will read
+    /// the next statement with.
+    async fn settle(&mut self) -> Result<(), PgError> {
+        if self.batch != Batch::Closed {
+            // Without a Flush the server keeps its answers until Sync.
+            self.out.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+        }
+        self.flush().await?;
+        loop {
+            let ready = self.queue.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if lock(&self.queue).is_empty() {
+                return Ok(());
+            }
+            ready.await;
+        }
+    }
+
+    /// Refuses text that cannot be read, recorded as a denied statement.
+    async fn unreadable(&self, raw: &[u8], why: &str) {
+        let mut e = self.gw.event(EventKind::Statement, RecVerdict::Deny);
+        e.action = Some(ACTION_OPAQUE.into());
+        e.text = Some(raw.escape_ascii().to_string());
+        e.reason = Some(why.to_string());
+        self.gw.record(e).await;
+    }
+
+    /// The refusal statement, in bytes any client encoding reads alike.
+    fn raise(&self, message: &str) -> String {
+        let utf8 = reading(&self.queue).client_encoding == "UTF8";
+        gate::raise(message, !utf8)
+    }
+
     async fn run(&mut self) -> Result<(), PgError> {
         loop {
             let frame = self.reader.next().await?;
@@ -275,9 +426,10 @@ impl FromAgent<'_> {
         match self.check(statements).await? {
             Verdict::Run(admitted) => {
                 let mut queue = lock(&self.queue);
-                for a in admitted {
+                for (a, st) in admitted.into_iter().zip(statements.iter()) {
                     queue.push_back(Expect::Statement(Pending::new(
                         Some(a.event),
+                        Some(Read::of(st)),
                         Columns::Inline,
                     )));
                 }
@@ -285,12 +437,16 @@ impl FromAgent<'_> {
                 drop(queue);
                 self.out.extend_from_slice(&frame.bytes);
             }
-            Verdict::Refuse(message) => {
-                encode(&Query::new(gate::raise(&message)), &mut self.out)?;
-                self.await_answer(Expect::Statement(Pending::new(None, Columns::Inline)));
-                self.await_answer(Expect::Ready);
-            }
+            Verdict::Refuse(message) => self.refuse_simple(&message)?,
         }
+        Ok(())
+    }
+
+    /// The server raises `message` in place of a Query.
+    fn refuse_simple(&mut self, message: &str) -> Result<(), PgError> {
+        encode(&Query::new(self.raise(message)), &mut self.out)?;
+        self.await_answer(Expect::Statement(Pending::new(None, None, Columns::Inline)));
+        self.await_answer(Expect::Ready);
         Ok(())
     }
 
@@ -301,14 +457,31 @@ impl FromAgent<'_> {
         }
         match frame.tag {
             b'Q' => {
-                let q: Query = decode(&frame, "Query")?;
-                let statements = self.classifier.classify(&q.query);
-                self.simple_unit(&frame, &statements).await?;
+                let raw = messages::query(&frame)?;
+                match self.read_text(raw).await? {
+                    Ok((text, lexing)) => {
+                        let statements = self.classifier.classify_as(&text, lexing);
+                        self.simple_unit(&frame, &statements).await?;
+                    }
+                    Err(why) => {
+                        self.unreadable(raw, &why).await;
+                        self.refuse_simple(&why)?;
+                    }
+                }
             }
             b'P' => {
-                let p: Parse = decode(&frame, "Parse")?;
-                let name = p.name.clone().unwrap_or_default();
-                let statements = self.classifier.classify(&p.query);
+                let (name, raw) = messages::parse(&frame)?;
+                let name = name.to_vec();
+                self.batch = self.batch.max_open();
+                let (text, lexing) = match self.read_text(raw).await? {
+                    Ok(read) => read,
+                    Err(why) => {
+                        self.unreadable(raw, &why).await;
+                        self.refusing = Some(why);
+                        return Ok(false);
+                    }
+                };
+                let statements = self.classifier.classify_as(&text, lexing);
                 match self.check(&statements).await? {
                     Verdict::Run(admitted) => {
                         self.prepared.insert(
@@ -326,21 +499,18 @@ impl FromAgent<'_> {
                 }
             }
             b'B' => {
-                let b: Bind = decode(&frame, "Bind")?;
-                self.portals.insert(
-                    b.portal_name.unwrap_or_default(),
-                    (
-                        b.statement_name.unwrap_or_default(),
-                        b.result_column_format_codes,
-                    ),
-                );
+                let b = messages::bind(&frame)?;
+                self.batch = self.batch.max_open();
+                self.portals
+                    .insert(b.portal.to_vec(), (b.statement.to_vec(), b.result_formats));
                 self.await_answer(Expect::Ack { forward: true });
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'D' => {
-                let d: Describe = decode(&frame, "Describe")?;
-                let name = d.name.unwrap_or_default();
-                self.await_answer(if d.target_type == b'S' {
+                let (kind, name) = messages::target(&frame, "Describe")?;
+                let name = name.to_vec();
+                self.batch = self.batch.max_open();
+                self.await_answer(if kind == b'S' {
                     Expect::Describe {
                         statement: Some(name),
                         portal: None,
@@ -354,8 +524,8 @@ impl FromAgent<'_> {
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'E' => {
-                let ex: Execute = decode(&frame, "Execute")?;
-                let portal = ex.name.unwrap_or_default();
+                let portal = messages::execute(&frame)?.to_vec();
+                self.batch = Batch::Executed;
                 let (statement, formats) = self.portals.get(&portal).cloned().unwrap_or_default();
                 let stale = self
                     .prepared
@@ -381,13 +551,14 @@ impl FromAgent<'_> {
                     }
                 }
                 // Each execution is its own record.
-                let event = self
-                    .prepared
-                    .get(&statement)
-                    .and_then(|p| p.events.first())
-                    .map(|template| self.gw.session.restamp(template));
+                let (event, read) = match self.prepared.get(&statement).and_then(Prepared::template)
+                {
+                    Some((template, read)) => (Some(self.gw.session.restamp(template)), Some(read)),
+                    None => (None, None),
+                };
                 self.await_answer(Expect::Statement(Pending::new(
                     event,
+                    read,
                     Columns::Portal {
                         portal,
                         statement,
@@ -397,9 +568,10 @@ impl FromAgent<'_> {
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'C' => {
-                let c: Close = decode(&frame, "Close")?;
-                let name = c.name.unwrap_or_default();
-                if c.target_type == b'S' {
+                let (kind, name) = messages::target(&frame, "Close")?;
+                let name = name.to_vec();
+                self.batch = self.batch.max_open();
+                if kind == b'S' {
                     self.prepared.remove(&name);
                 } else {
                     self.portals.remove(&name);
@@ -408,11 +580,12 @@ impl FromAgent<'_> {
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'S' => {
+                self.batch = Batch::Closed;
                 if let Some(message) = self.refusing.take() {
                     // The server raises the refusal itself, so the agent
                     // gets it in order and the transaction state is real.
                     encode(
-                        &Parse::new(None, gate::raise(&message), Vec::new()),
+                        &Parse::new(None, self.raise(&message), Vec::new()),
                         &mut self.out,
                     )?;
                     encode(
@@ -423,7 +596,7 @@ impl FromAgent<'_> {
                     let mut queue = lock(&self.queue);
                     queue.push_back(Expect::Ack { forward: false });
                     queue.push_back(Expect::Ack { forward: false });
-                    queue.push_back(Expect::Statement(Pending::new(None, Columns::Inline)));
+                    queue.push_back(Expect::Statement(Pending::new(None, None, Columns::Inline)));
                 }
                 self.await_answer(Expect::Ready);
                 self.out.extend_from_slice(&frame.bytes);
@@ -441,6 +614,7 @@ impl FromAgent<'_> {
                     functions: Vec::new(),
                     copy_program: false,
                     copy_direction: None,
+                    dynamic_sql: true,
                 }]);
                 self.simple_unit(&frame, &statements).await?;
             }
@@ -549,8 +723,8 @@ struct ToAgent<'g, 'c> {
     out: BytesMut,
     mask: Option<Arc<MaskPlan>>,
     catalog: Catalog<'c>,
-    statement_fields: HashMap<String, Vec<Field>>,
-    portal_fields: HashMap<String, Vec<Field>>,
+    statement_fields: HashMap<Vec<u8>, Vec<Field>>,
+    portal_fields: HashMap<Vec<u8>, Vec<Field>>,
     /// Masking for the rows now flowing; `None` until known.
     plan: Option<RowPlan>,
 }
@@ -640,12 +814,38 @@ impl ToAgent<'_, '_> {
                     String::new()
                 };
                 self.plan = None;
-                if let Some(Expect::Statement(p)) = self.pop() {
+                let head_is_statement =
+                    matches!(lock(&self.queue).front(), Some(Expect::Statement(_)));
+                if !head_is_statement {
+                    if frame.tag == b'C' {
+                        // The server completed a statement the gateway never read.
+                        return self.differential(None, None, &tag).await;
+                    }
                     self.out.extend_from_slice(&frame.bytes);
-                    self.finish(*p, Outcome::Done { tag }).await;
                     return Ok(());
                 }
-                self.out.extend_from_slice(&frame.bytes);
+                if let Some(Expect::Statement(p)) = self.pop() {
+                    if frame.tag == b'C' {
+                        if let Some(read) = &p.read {
+                            if !tripwire::agrees(read.action, &read.command, &tag) {
+                                let (read, text) = (
+                                    p.read.clone(),
+                                    p.event.as_ref().and_then(|e| e.text.clone()),
+                                );
+                                self.finish(
+                                    *p,
+                                    Outcome::Failed {
+                                        error: format!("differential: the server completed {tag}"),
+                                    },
+                                )
+                                .await;
+                                return self.differential(read, text, &tag).await;
+                            }
+                        }
+                    }
+                    self.out.extend_from_slice(&frame.bytes);
+                    self.finish(*p, Outcome::Done { tag }).await;
+                }
             }
             b'E' => {
                 self.plan = None;
@@ -677,18 +877,79 @@ impl ToAgent<'_, '_> {
             }
             b'Z' => {
                 self.plan = None;
+                let mut unanswered = None;
                 while let Some(e) = self.pop() {
                     match e {
                         Expect::Ready => break,
-                        Expect::Statement(p) => self.finish(*p, Outcome::NotRun).await,
+                        Expect::Statement(p) => {
+                            // Errors pop what they skip: a statement still
+                            // here was read by the gateway, never run by
+                            // the server.
+                            if unanswered.is_none() && p.read.is_some() {
+                                unanswered = Some((
+                                    p.read.clone(),
+                                    p.event.as_ref().and_then(|e| e.text.clone()),
+                                ));
+                            }
+                            self.finish(*p, Outcome::NotRun).await;
+                        }
                         _ => {}
                     }
+                }
+                if let Some((read, text)) = unanswered {
+                    return self.differential(read, text, "(no statement)").await;
+                }
+                self.out.extend_from_slice(&frame.bytes);
+                self.queue.ready.notify_waiters();
+            }
+            b'S' => {
+                // Reported before the ReadyForQuery that ends the statement
+                // which changed it: the reading the next one is parsed with.
+                let (name, value) = messages::parameter_status(&frame)?;
+                if reading(&self.queue).report(&name, &value) {
+                    tracing::debug!(%name, %value, "the server's reading changed");
                 }
                 self.out.extend_from_slice(&frame.bytes);
             }
             _ => self.out.extend_from_slice(&frame.bytes),
         }
         Ok(())
+    }
+
+    /// The server ran something other than what the gateway read: the
+    /// reading was wrong, so nothing more of this session is trusted.
+    async fn differential(
+        &mut self,
+        read: Option<Read>,
+        text: Option<String>,
+        tag: &str,
+    ) -> Result<(), PgError> {
+        let command = read
+            .as_ref()
+            .map_or("(no statement)", |r| r.command.as_str());
+        let mut e = self.gw.event(EventKind::Differential, RecVerdict::Error);
+        e.action = read.as_ref().map(|r| r.action.to_string());
+        e.text = text;
+        e.reason = Some(format!(
+            "the server completed {tag:?} where blastgate read {command:?}; session ended"
+        ));
+        self.gw.record(e).await;
+        crate::metrics::get().sql_differentials.inc();
+        tracing::error!(%tag, %command, "differential: the server ran another statement than the one decided");
+        let message =
+            "blastgate: the server ran a statement other than the one blastgate decided; \
+                       the session is ended and the difference recorded";
+        let error = pgwire::messages::response::ErrorResponse::new(vec![
+            (b'S', "FATAL".into()),
+            (b'V', "FATAL".into()),
+            (b'C', "XX000".into()),
+            (b'M', message.into()),
+        ]);
+        encode(&error, &mut self.out)?;
+        self.flush().await?;
+        Err(PgError::Protocol(format!(
+            "differential: server completed {tag:?}, blastgate read {command:?}"
+        )))
     }
 
     async fn set_plan(&mut self, fields: &[Field], m: &MaskPlan) {
