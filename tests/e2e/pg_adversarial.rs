@@ -609,3 +609,81 @@ fn classification_agrees_with_the_server_on_a_generated_corpus() {
         .count();
     assert!(ran > CORPUS.len(), "only {ran} statements ran:\n{t}");
 }
+
+#[test]
+fn functions_that_change_data_are_seen_whatever_calls_them() {
+    let _g = serial();
+    let Some(s) = setup("orders-db", "production", None) else {
+        return;
+    };
+    // Made by an administrator, as an agent would find them.
+    s.pg.sql(
+        "orders",
+        "CREATE FUNCTION public.purge_orders() RETURNS bigint LANGUAGE sql AS \
+           $$ WITH d AS (DELETE FROM public.orders RETURNING 1) SELECT count(*) FROM d $$;
+         CREATE FUNCTION public.purge_trigger() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN DELETE FROM public.orders; RETURN NEW; END $$;
+         CREATE TABLE public.audit (note text);
+         CREATE TRIGGER purge AFTER INSERT ON public.audit \
+           FOR EACH ROW EXECUTE FUNCTION public.purge_trigger();
+         CREATE VIEW public.purging AS SELECT public.purge_orders() AS n;
+         CREATE FUNCTION public.shout(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT upper(t) $$;
+         ALTER FUNCTION public.purge_orders() OWNER TO app;
+         ALTER FUNCTION public.shout(text) OWNER TO app;
+         ALTER TABLE public.audit OWNER TO app;
+         ALTER VIEW public.purging OWNER TO app;",
+    );
+    let count = || s.pg.sql("orders", "SELECT count(*) FROM orders");
+    for (q, needle) in [
+        ("SELECT purge_orders()", "purge_orders()"),
+        ("SELECT public.PURGE_ORDERS() AS n", "PURGE_ORDERS"),
+        ("SELECT * FROM purging", "FROM purging"),
+        ("INSERT INTO audit VALUES ('hello')", "INTO audit"),
+        (
+            "SELECT query_to_xml(current_setting('application_name'), true, true, '')",
+            "query_to_xml",
+        ),
+    ] {
+        let agent = s.spawn_psql(&["-At", "-c", q]);
+        s.decide(needle, false);
+        let out = agent.wait_with_output().expect("psql");
+        assert!(text(&out).contains("e2e test"), "{q}: {}", text(&out));
+        assert_eq!(count(), "10", "{q}");
+    }
+    let held = s
+        .statements()
+        .into_iter()
+        .filter(|e| e["policy_id"] == "sql-user-functions-production")
+        .count();
+    assert_eq!(held, 5, "{:#?}", s.statements());
+    // The SQL text of a built-in that runs SQL is read like any statement.
+    let out = s.psql(&[
+        "-At",
+        "-c",
+        "SELECT query_to_xml('SELECT 1; DROP TABLE orders', true, true, '')",
+    ]);
+    assert!(
+        text(&out).contains("denied by policy sql-destroy-production"),
+        "{}",
+        text(&out)
+    );
+    // set_config of the role is a privilege change (held, denied here).
+    let agent = s.spawn_psql(&["-At", "-c", "SELECT set_config('role', 'postgres', false)"]);
+    s.decide("set_config", false);
+    let out = agent.wait_with_output().expect("psql");
+    assert!(text(&out).contains("e2e test"), "{}", text(&out));
+    // Look-alikes: built-ins and constant SQL text run at once.
+    for q in [
+        "SELECT count(*), lower('X'), now() IS NOT NULL FROM orders",
+        "SELECT query_to_xml('SELECT 1 AS one', true, true, '') IS NOT NULL",
+        "SELECT set_config('application_name', 'agent', false)",
+    ] {
+        let out = s.psql(&["-At", "-c", q]);
+        assert!(
+            out.status.success() && !text(&out).contains("ERROR"),
+            "{q}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(count(), "10");
+}

@@ -81,6 +81,10 @@ pub struct Statement {
     /// …) gets text that is not a constant, or runs it on another server:
     /// what it does cannot be known from the statement.
     pub dynamic_sql: bool,
+    /// The command the server's CommandComplete will name, when `command`
+    /// is instead that of SQL text the statement runs (a `SELECT` of
+    /// `query_to_xml('DROP …')` is decided as the DROP).
+    pub tagged_as: Option<String>,
 }
 
 /// How the server will lex the text: the session settings that change
@@ -264,8 +268,13 @@ impl Classifier {
         let mut cache = self.lock();
         if let Some((key, text)) = shape {
             if let [one] = fresh.as_slice() {
-                // Only shapes whose text the fast path reproduces exactly.
-                if one.text == text && one.action != ACTION_OPAQUE {
+                // Only shapes whose text the fast path reproduces exactly,
+                // and whose reading does not depend on a literal (the
+                // setting set_config changes, SQL text a built-in runs).
+                if one.text == text
+                    && one.action != ACTION_OPAQUE
+                    && !one.functions.iter().any(|f| reads_literals(f))
+                {
                     if cache.shapes.len() >= self.capacity {
                         cache.shapes.clear();
                     }
@@ -311,6 +320,7 @@ fn opaque(command: &str, text: &str) -> Statement {
         copy_program: false,
         copy_direction: None,
         dynamic_sql: false,
+        tagged_as: None,
     }
 }
 
@@ -348,7 +358,7 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt, lexing: Lexing, depth: usize
     found.written.extend(desc.extra_written);
     // SQL text handed to built-ins that run it: what it does is what this
     // statement does.
-    let mut nested_action = None;
+    let mut nested: Option<(&'static str, String)> = None;
     for inner in std::mem::take(&mut found.nested_sql) {
         if depth >= MAX_NESTING {
             found.dynamic_sql = true;
@@ -359,7 +369,10 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt, lexing: Lexing, depth: usize
             found.written.extend(st.tables_written);
             found.functions.extend(st.functions);
             found.dynamic_sql |= st.dynamic_sql;
-            nested_action = Some(stronger(nested_action.unwrap_or(ACTION_SELECT), st.action));
+            let so_far = nested.as_ref().map_or(ACTION_SELECT, |(a, _)| *a);
+            if stronger(so_far, st.action) != so_far || nested.is_none() {
+                nested = Some((st.action, st.command));
+            }
         }
     }
 
@@ -387,8 +400,12 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt, lexing: Lexing, depth: usize
             }
         }
     }
-    if let Some(inner) = nested_action {
-        action = stronger(action, inner);
+    let mut tagged_as = None;
+    if let Some((inner, inner_command)) = nested {
+        if stronger(action, inner) != action {
+            action = inner;
+            tagged_as = Some(std::mem::replace(&mut command, inner_command));
+        }
     }
     let has_where = matches!(action, ACTION_UPDATE | ACTION_DELETE)
         && found.modifications > 0
@@ -405,6 +422,7 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt, lexing: Lexing, depth: usize
         copy_program: desc.copy_program,
         copy_direction: desc.copy_direction,
         dynamic_sql: found.dynamic_sql,
+        tagged_as,
     }
 }
 
@@ -440,6 +458,15 @@ const SQL_RUNNING: &[(&str, usize)] = &[
     ("query_to_xml_and_xmlschema", 0),
     ("ts_stat", 0),
 ];
+
+/// Whether a call's classification depends on its literal arguments.
+fn reads_literals(function: &str) -> bool {
+    function == "set_config"
+        || function == "ts_rewrite"
+        || function.starts_with("dblink")
+        || SQL_RUNNING.iter().any(|(n, _)| *n == function)
+        || TABLE_READING.contains(&function)
+}
 
 /// Built-ins that read a whole table, schema or database named by a
 /// string: constant names are reads of those tables; anything else is
@@ -1654,6 +1681,8 @@ mod tests {
     fn sql_text_run_by_built_ins_is_classified_or_dynamic() {
         let s = one("SELECT query_to_xml('DELETE FROM orders RETURNING id', true, true, '')");
         assert_eq!(s.action, ACTION_DELETE);
+        assert_eq!(s.command, "DELETE");
+        assert_eq!(s.tagged_as.as_deref(), Some("SELECT"));
         assert_eq!(s.tables_written, v(&["orders"]));
         assert!(!s.dynamic_sql);
         let s = one("SELECT query_to_xml('SELECT * FROM customers'::text, true, true, '')");
@@ -1692,6 +1721,25 @@ mod tests {
         assert_eq!(
             one("SELECT set_config('search_path', 'public', false)").action,
             ACTION_SELECT
+        );
+        // The shape cache must not hand one literal's reading to another.
+        let c = Classifier::new(16);
+        let q = |sql: &str| c.classify(sql)[0].action;
+        assert_eq!(
+            q("SELECT set_config('search_path', 'x', false)"),
+            ACTION_SELECT
+        );
+        assert_eq!(
+            q("SELECT set_config('role', 'postgres', false)"),
+            ACTION_DCL
+        );
+        assert_eq!(
+            q("SELECT query_to_xml('SELECT 1', true, true, '')"),
+            ACTION_SELECT
+        );
+        assert_eq!(
+            q("SELECT query_to_xml('DELETE FROM t', true, true, '')"),
+            ACTION_DELETE
         );
     }
 

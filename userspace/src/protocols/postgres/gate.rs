@@ -7,7 +7,10 @@ use std::sync::Arc;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::classify::Statement;
+use super::{
+    classify::{Statement, ACTION_DCL, ACTION_DDL, ACTION_OPAQUE},
+    functions::Functions,
+};
 use crate::policy::masking::MaskPlan;
 use crate::{
     protocols::gateway::{Gateway, Ruling},
@@ -34,6 +37,7 @@ pub async fn check(
     gw: &Gateway,
     statements: &Arc<Vec<Statement>>,
     mask: Option<&MaskPlan>,
+    functions: &mut Functions,
     notify: &(dyn Fn(Uuid) + Sync),
 ) -> Verdict {
     let mut ruled: Vec<(Ruling, String)> = Vec::with_capacity(statements.len());
@@ -48,6 +52,7 @@ pub async fn check(
             Some(m) if m.has_detectors() => m.scan(&st.text).0,
             _ => st.text.clone(),
         };
+        let user = functions.of(st).await;
         let context = json!({
             "statement": if reads_statement { text.as_str() } else { "" },
             "command": st.command,
@@ -55,7 +60,11 @@ pub async fn check(
             "tables_written": st.tables_written,
             "has_where": st.has_where,
             "functions": st.functions,
+            "user_functions": user.names,
+            "function_volatility": user.volatility.map_or("", |v| v.name()),
+            "dynamic_sql": st.dynamic_sql,
             "copy_program": st.copy_program,
+            "rows_affected": -1,
         });
         let decision = gw.decide(st.action, &context);
         let ruling = gw.rule(decision, st.action, &text, notify).await;
@@ -80,6 +89,10 @@ pub async fn check(
             let event = gw.ruled(EventKind::Statement, st.action, text, &ruling);
             gw.record(event).await;
             continue;
+        }
+        if matches!(st.action, ACTION_DDL | ACTION_DCL | ACTION_OPAQUE) {
+            // It may create or replace a function, trigger, rule or view.
+            functions.invalidate();
         }
         let mut event = gw.ruled(EventKind::Statement, st.action, text, &ruling);
         event.duration_us = None;

@@ -17,6 +17,7 @@ pub mod agent;
 mod cancel;
 pub mod classify;
 pub mod frame;
+mod functions;
 pub mod gate;
 pub mod mask;
 pub mod messages;

@@ -38,6 +38,7 @@ use tokio::{
 use super::{
     classify::{Classifier, CopyDirection, Lexing, Statement, ACTION_OPAQUE},
     frame::{encode, Frame, PgError, Reader},
+    functions::Functions,
     gate::{self, Verdict},
     mask::{self, Field, Names, RowPlan},
     messages,
@@ -75,7 +76,7 @@ impl Read {
     fn of(st: &Statement) -> Read {
         Read {
             action: st.action,
-            command: st.command.clone(),
+            command: st.tagged_as.clone().unwrap_or_else(|| st.command.clone()),
         }
     }
 }
@@ -194,6 +195,12 @@ pub async fn run(
         portals: HashMap::new(),
         refusing: None,
         batch: Batch::Closed,
+        functions: Functions::new(
+            catalog.addr,
+            catalog.cfg.clone(),
+            catalog.params.clone(),
+            catalog.timeout,
+        ),
         notices,
         field_rules,
         mask: mask.clone(),
@@ -242,6 +249,8 @@ struct FromAgent<'g> {
     /// dropped, as the server itself does after an error.
     refusing: Option<String>,
     batch: Batch,
+    /// User-defined functions, looked up for policy.
+    functions: Functions,
     notices: mpsc::UnboundedSender<BytesMut>,
     /// Column masking rules apply to this session.
     field_rules: bool,
@@ -386,7 +395,14 @@ impl FromAgent<'_> {
                 let _ = notices.send(buf);
             }
         };
-        let verdict = gate::check(self.gw, statements, self.mask.as_deref(), &notify).await;
+        let verdict = gate::check(
+            self.gw,
+            statements,
+            self.mask.as_deref(),
+            &mut self.functions,
+            &notify,
+        )
+        .await;
         let Verdict::Run(admitted) = verdict else {
             return Ok(verdict);
         };
@@ -615,6 +631,7 @@ impl FromAgent<'_> {
                     copy_program: false,
                     copy_direction: None,
                     dynamic_sql: true,
+                    tagged_as: None,
                 }]);
                 self.simple_unit(&frame, &statements).await?;
             }
