@@ -687,3 +687,115 @@ fn functions_that_change_data_are_seen_whatever_calls_them() {
     }
     assert_eq!(count(), "10");
 }
+
+#[test]
+fn writes_are_limited_by_the_rows_they_really_change() {
+    let _g = serial();
+    let Some(s) = setup("orders-db", "production", None) else {
+        return;
+    };
+    let count = || s.pg.sql("orders", "SELECT count(*) FROM orders");
+    let changed = || {
+        s.pg.sql(
+            "orders",
+            "SELECT count(*) FROM orders WHERE status NOT IN ('new', 'paid', 'shipped')",
+        )
+    };
+    // Tautologies of every shape: each has a WHERE clause, each touches
+    // every row; measured, rolled back, held (denied here).
+    for q in [
+        "DELETE FROM orders WHERE true",
+        "DELETE FROM orders WHERE id = id",
+        "DELETE FROM orders WHERE id > 0 OR status IS NULL",
+        "UPDATE orders SET status = 'gone' WHERE 1 = 1",
+        "UPDATE orders SET status = 'gone' WHERE id IN (SELECT id FROM orders)",
+        "WITH d AS (DELETE FROM orders WHERE true RETURNING *) SELECT count(*) FROM d",
+    ] {
+        let agent = s.spawn_psql(&["-At", "-c", q]);
+        let id = s.decide(q, false);
+        let out = agent.wait_with_output().expect("psql");
+        let t = text(&out);
+        assert!(
+            t.contains(&format!("waiting for approval {id}")),
+            "{q}: {t}"
+        );
+        assert!(t.contains("sql-production-write-limit"), "{q}: {t}");
+        assert!(
+            !t.contains("DELETE 10") && !t.contains("UPDATE 10"),
+            "{q}: {t}"
+        );
+        assert_eq!((count(), changed()), ("10".into(), "0".into()), "{q}: {t}");
+    }
+    // Inside the agent's own transaction the write is measured under a
+    // savepoint; refused, it fails the transaction as an error would.
+    let agent = s.spawn_psql(&[
+        "-At",
+        "-c",
+        "BEGIN",
+        "-c",
+        "UPDATE orders SET status = 'gone' WHERE true",
+        "-c",
+        "COMMIT",
+    ]);
+    s.decide("UPDATE orders SET status = 'gone' WHERE true", false);
+    let out = agent.wait_with_output().expect("psql");
+    assert!(text(&out).contains("ROLLBACK"), "{}", text(&out));
+    assert_eq!(changed(), "0");
+    // Approved, the write runs again, for real.
+    let agent = s.spawn_psql(&["-At", "-c", "DELETE FROM orders WHERE id <= 7"]);
+    let id = s.decide("DELETE FROM orders WHERE id <= 7", true);
+    let out = agent.wait_with_output().expect("psql");
+    assert!(text(&out).contains("DELETE 7"), "{}", text(&out));
+    assert_eq!(count(), "3");
+    let rec = s
+        .statements()
+        .into_iter()
+        .find(|e| e["approval_id"] == id.as_str())
+        .expect("approved write recorded");
+    assert_eq!(rec["rows"], 7, "{rec}");
+    assert_eq!(rec["policy_id"], "sql-production-write-limit", "{rec}");
+
+    // Look-alikes within the limit run at once and answer as direct.
+    for q in [
+        "DELETE FROM orders WHERE id = 8 RETURNING id, status",
+        "UPDATE orders SET status = 'paid' WHERE id IN (9, 10) RETURNING id",
+        "UPDATE orders SET total = total WHERE false",
+    ] {
+        let out = s.psql(&["-At", "-c", q]);
+        let t = text(&out);
+        assert!(out.status.success() && !t.contains("ERROR"), "{q}: {t}");
+        assert!(!t.contains("waiting for approval"), "{q}: {t}");
+    }
+    let out = s.psql(&["-c", "DELETE FROM orders WHERE id = 9 RETURNING id"]);
+    assert!(text(&out).contains("DELETE 1"), "{}", text(&out));
+    assert!(text(&out).contains(" 9\n"), "{}", text(&out));
+    // In a transaction: within the limit it runs, and the agent's own
+    // ROLLBACK still undoes it.
+    let out = s.psql(&[
+        "-At",
+        "-c",
+        "BEGIN",
+        "-c",
+        "UPDATE orders SET status = 'tx' WHERE id = 10",
+        "-c",
+        "SELECT status FROM orders WHERE id = 10",
+        "-c",
+        "ROLLBACK",
+    ]);
+    assert!(text(&out).contains("\ntx\n"), "{}", text(&out));
+    assert_eq!(
+        s.pg.sql("orders", "SELECT status FROM orders WHERE id = 10"),
+        "paid"
+    );
+    // A write that fails fails as direct, and the session goes on.
+    let q = "UPDATE orders SET total = 1 / 0 WHERE id = 10";
+    let through = s.psql(&["-At", "-c", q, "-c", "SELECT 'after'"]);
+    let direct = s.psql_direct(&["-At", "-c", q, "-c", "SELECT 'after'"]);
+    assert_eq!(text(&through), text(&direct));
+    let out = s.psql(&[
+        "-At", "-c", "BEGIN", "-c", q, "-c", "SELECT 1", "-c", "COMMIT",
+    ]);
+    let t = text(&out);
+    assert!(t.contains("current transaction is aborted"), "{t}");
+    assert!(t.contains("ROLLBACK"), "{t}");
+}

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
-    classify::{Statement, ACTION_DCL, ACTION_DDL, ACTION_OPAQUE},
+    classify::{Statement, ACTION_DCL, ACTION_DDL, ACTION_DELETE, ACTION_OPAQUE, ACTION_UPDATE},
     functions::Functions,
 };
 use crate::policy::masking::MaskPlan;
@@ -21,7 +21,31 @@ use crate::{
 /// server has answered.
 pub struct Admitted {
     pub event: Event,
+    /// Allowed as written, but a policy limits the rows it may change: it
+    /// runs first where blastgate can undo it, and is decided again on
+    /// the rows it really changed.
+    pub measure: Option<Measure>,
 }
+
+/// What deciding a write again on its measured effect needs.
+#[derive(Debug, Clone)]
+pub struct Measure {
+    pub action: &'static str,
+    pub command: String,
+    pub text: String,
+    context: Value,
+}
+
+/// Whether blastgate can run a write first and undo it (a Query), or not
+/// (a Parse: its Execute comes later, inside the client's pipeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effects {
+    Measurable,
+    Unmeasurable,
+}
+
+/// Rows standing for "could not be measured": every limit applies.
+pub const UNMEASURED: i64 = i64::MAX;
 
 pub enum Verdict {
     /// Every statement may run; one record each, in order.
@@ -38,10 +62,11 @@ pub async fn check(
     statements: &Arc<Vec<Statement>>,
     mask: Option<&MaskPlan>,
     functions: &mut Functions,
+    effects: Effects,
     notify: &(dyn Fn(Uuid) + Sync),
 ) -> Verdict {
-    let mut ruled: Vec<(Ruling, String)> = Vec::with_capacity(statements.len());
-    let mut refusal: Option<String> = None;
+    let mut ruled: Vec<(Ruling, String, Option<Measure>)> = Vec::with_capacity(statements.len());
+    let mut refused: Option<String> = None;
     let reads_statement = gw
         .ctx
         .policy
@@ -66,21 +91,47 @@ pub async fn check(
             "copy_program": st.copy_program,
             "rows_affected": -1,
         });
-        let decision = gw.decide(st.action, &context);
-        let ruling = gw.rule(decision, st.action, &text, notify).await;
-        if !ruling.allowed && refusal.is_none() {
-            refusal = Some(format!(
-                "blastgate: {} denied by policy {}: {}",
-                st.command,
-                ruling.policy_id.as_deref().unwrap_or("(default deny)"),
-                ruling.reason
-            ));
+        let mut decision = gw.decide(st.action, &context);
+        // A row limit decides a write only once its effect is known: does
+        // one apply to this statement at all?
+        let limited = decision.verdict == crate::policy::Verdict::Allow
+            && matches!(st.action, ACTION_UPDATE | ACTION_DELETE)
+            && gw.target.enforce
+            && gw
+                .decide(st.action, &with_rows(&context, UNMEASURED))
+                .verdict
+                != crate::policy::Verdict::Allow;
+        let mut measure = None;
+        if limited {
+            match effects {
+                Effects::Measurable => {
+                    measure = Some(Measure {
+                        action: st.action,
+                        command: st.command.clone(),
+                        text: text.clone(),
+                        context: context.clone(),
+                    })
+                }
+                // Decided as if it changed every row: held or refused.
+                Effects::Unmeasurable => {
+                    decision = gw.decide(st.action, &with_rows(&context, UNMEASURED));
+                    decision.reason = format!(
+                        "{} (its effect cannot be measured before it commits in the extended \
+                         protocol; send it as a simple query to have it measured)",
+                        decision.reason
+                    );
+                }
+            }
         }
-        ruled.push((ruling, text));
+        let ruling = gw.rule(decision, st.action, &text, notify).await;
+        if !ruling.allowed && refused.is_none() {
+            refused = Some(refusal(&st.command, &ruling));
+        }
+        ruled.push((ruling, text, measure));
     }
     let mut admitted = Vec::with_capacity(ruled.len());
-    for ((mut ruling, text), st) in ruled.into_iter().zip(statements.iter()) {
-        if let Some(why) = &refusal {
+    for ((mut ruling, text, measure), st) in ruled.into_iter().zip(statements.iter()) {
+        if let Some(why) = &refused {
             if ruling.allowed {
                 ruling.allowed = false;
                 ruling.reason =
@@ -96,12 +147,54 @@ pub async fn check(
         }
         let mut event = gw.ruled(EventKind::Statement, st.action, text, &ruling);
         event.duration_us = None;
-        admitted.push(Admitted { event });
+        admitted.push(Admitted { event, measure });
     }
-    match refusal {
+    match refused {
         Some(message) => Verdict::Refuse(message),
         None => Verdict::Run(admitted),
     }
+}
+
+fn with_rows(context: &Value, rows: i64) -> Value {
+    let mut c = context.clone();
+    if let Some(m) = c.as_object_mut() {
+        m.insert("rows_affected".into(), Value::from(rows));
+    }
+    c
+}
+
+/// The decision on a write that ran (and was undone) once its effect was
+/// measured: allow, or hold (a human is asked now, nothing is running) or
+/// refuse. `rows` is [`UNMEASURED`] when the effect could not be measured.
+pub async fn on_effect(
+    gw: &Gateway,
+    m: &Measure,
+    rows: i64,
+    notify: &(dyn Fn(Uuid) + Sync),
+) -> Ruling {
+    let decision = effect_decision(gw, m, rows);
+    gw.rule(decision, m.action, &m.text, notify).await
+}
+
+/// The policy's answer for a write that changes `rows` rows.
+pub fn effect_decision(gw: &Gateway, m: &Measure, rows: i64) -> crate::policy::Decision {
+    let mut decision = gw.decide(m.action, &with_rows(&m.context, rows));
+    if rows == UNMEASURED {
+        decision.reason = format!("{} (its effect could not be measured)", decision.reason);
+    } else {
+        decision.reason = format!("{} ({rows} rows changed)", decision.reason);
+    }
+    decision
+}
+
+/// The refusal message for a ruling that did not allow a statement.
+pub fn refusal(command: &str, ruling: &Ruling) -> String {
+    format!(
+        "blastgate: {} denied by policy {}: {}",
+        command,
+        ruling.policy_id.as_deref().unwrap_or("(default deny)"),
+        ruling.reason
+    )
 }
 
 /// A statement that makes the server itself raise the refusal, so the

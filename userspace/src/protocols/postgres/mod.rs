@@ -16,6 +16,7 @@
 pub mod agent;
 mod cancel;
 pub mod classify;
+mod effects;
 pub mod frame;
 mod functions;
 pub mod gate;

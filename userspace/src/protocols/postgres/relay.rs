@@ -32,14 +32,15 @@ use pgwire::messages::{
 };
 use tokio::{
     io::{AsyncWriteExt, ReadHalf, WriteHalf},
-    sync::{mpsc, Notify},
+    sync::{mpsc, oneshot, Notify},
 };
 
 use super::{
-    classify::{Classifier, CopyDirection, Lexing, Statement, ACTION_OPAQUE},
+    classify::{Classifier, CopyDirection, Lexing, Statement, ACTION_OPAQUE, ACTION_TRANSACTION},
+    effects,
     frame::{encode, Frame, PgError, Reader},
     functions::Functions,
-    gate::{self, Verdict},
+    gate::{self, Admitted, Verdict},
     mask::{self, Field, Names, RowPlan},
     messages,
     reading::Reading,
@@ -116,6 +117,32 @@ enum Expect {
     Statement(Box<Pending>),
     /// ReadyForQuery.
     Ready,
+    /// Everything answering one Query blastgate sent itself, up to its
+    /// ReadyForQuery: kept from the agent, its outcome handed back.
+    Probe(Option<oneshot::Sender<Probed>>),
+    /// The agent's answers from here to the next ReadyForQuery are held
+    /// back, and handed to the relay's other half whole: the write they
+    /// answer may yet be undone.
+    Hold(Option<oneshot::Sender<Held>>),
+}
+
+/// The outcome of a Query blastgate sent itself.
+#[derive(Debug, Default)]
+pub struct Probed {
+    /// The first value of the first row.
+    value: Option<String>,
+    /// The first ErrorResponse, as received.
+    error: Option<BytesMut>,
+    /// The transaction status its ReadyForQuery reported.
+    status: u8,
+}
+
+/// Answers held back from the agent.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Everything, the closing ReadyForQuery last.
+    bytes: BytesMut,
+    failed: bool,
 }
 
 /// What both halves know.
@@ -125,6 +152,8 @@ struct Shared {
     reading: Mutex<Reading>,
     /// Woken at every ReadyForQuery.
     ready: Notify,
+    /// The transaction status of the last ReadyForQuery.
+    status: Mutex<u8>,
 }
 
 type Queue = Arc<Shared>;
@@ -171,6 +200,7 @@ pub async fn run(
         upstream,
     } = halves;
     let queue: Queue = Arc::default();
+    *queue.status.lock().unwrap_or_else(|p| p.into_inner()) = b'I';
     {
         // The login's reports: the reading the first statement is parsed with.
         let mut r = reading(&queue);
@@ -216,6 +246,9 @@ pub async fn run(
         statement_fields: HashMap::new(),
         portal_fields: HashMap::new(),
         plan: None,
+        holding: None,
+        held_failed: false,
+        probed: Probed::default(),
     };
     let result = tokio::select! {
         r = from_agent.run() => r,
@@ -256,6 +289,16 @@ struct FromAgent<'g> {
     field_rules: bool,
     /// Detectors mask literal values in recorded statement text.
     mask: Option<Arc<MaskPlan>>,
+}
+
+/// A ReadyForQuery message's length on the wire.
+const READY_LEN: usize = 6;
+
+/// Sets the transaction status of the ReadyForQuery that ends `bytes`.
+fn set_status(bytes: &mut BytesMut, status: u8) {
+    if let Some(last) = bytes.last_mut() {
+        *last = status;
+    }
 }
 
 /// Extended-protocol messages forwarded since the last Sync.
@@ -377,13 +420,10 @@ impl FromAgent<'_> {
         lock(&self.queue).push_back(e);
     }
 
-    /// Checks statements, telling the agent when one waits for a human.
-    async fn check(&mut self, statements: &Arc<Vec<Statement>>) -> Result<Verdict, PgError> {
-        // Whatever is buffered goes out first: a held statement must not
-        // hold up the ones before it.
-        self.flush().await?;
+    /// Tells the agent, in a NOTICE, that a statement waits for a human.
+    fn waiting(&self) -> impl Fn(uuid::Uuid) + Sync + 'static {
         let notices = self.notices.clone();
-        let notify = move |id: uuid::Uuid| {
+        move |id: uuid::Uuid| {
             let mut buf = BytesMut::new();
             let notice = NoticeResponse::new(vec![
                 (b'S', "NOTICE".into()),
@@ -394,12 +434,25 @@ impl FromAgent<'_> {
             if encode(&notice, &mut buf).is_ok() {
                 let _ = notices.send(buf);
             }
-        };
+        }
+    }
+
+    /// Checks statements, telling the agent when one waits for a human.
+    async fn check(
+        &mut self,
+        statements: &Arc<Vec<Statement>>,
+        effects: gate::Effects,
+    ) -> Result<Verdict, PgError> {
+        // Whatever is buffered goes out first: a held statement must not
+        // hold up the ones before it.
+        self.flush().await?;
+        let notify = self.waiting();
         let verdict = gate::check(
             self.gw,
             statements,
             self.mask.as_deref(),
             &mut self.functions,
+            effects,
             &notify,
         )
         .await;
@@ -439,23 +492,215 @@ impl FromAgent<'_> {
         frame: &Frame,
         statements: &Arc<Vec<Statement>>,
     ) -> Result<(), PgError> {
-        match self.check(statements).await? {
-            Verdict::Run(admitted) => {
-                let mut queue = lock(&self.queue);
-                for (a, st) in admitted.into_iter().zip(statements.iter()) {
-                    queue.push_back(Expect::Statement(Pending::new(
-                        Some(a.event),
-                        Some(Read::of(st)),
-                        Columns::Inline,
-                    )));
-                }
-                queue.push_back(Expect::Ready);
-                drop(queue);
-                self.out.extend_from_slice(&frame.bytes);
+        match self.check(statements, gate::Effects::Measurable).await? {
+            Verdict::Run(admitted) if admitted.iter().any(|a| a.measure.is_some()) => {
+                self.measured_unit(frame, statements, admitted).await?;
             }
+            Verdict::Run(admitted) => self.run_admitted(frame, statements, admitted)?,
             Verdict::Refuse(message) => self.refuse_simple(&message)?,
         }
         Ok(())
+    }
+
+    /// Queues a Query of blastgate's own; its answers are kept from the
+    /// agent and its outcome comes back on the receiver.
+    fn send_probe(&mut self, sql: &str) -> Result<oneshot::Receiver<Probed>, PgError> {
+        let (tx, rx) = oneshot::channel();
+        self.await_answer(Expect::Probe(Some(tx)));
+        encode(&Query::new(sql.to_string()), &mut self.out)?;
+        Ok(rx)
+    }
+
+    async fn probe(&mut self, sql: &str) -> Result<Probed, PgError> {
+        let rx = self.send_probe(sql)?;
+        self.flush().await?;
+        rx.await.map_err(|_| PgError::Closed)
+    }
+
+    /// A Query with a write a policy limits by rows: run where it can be
+    /// undone, its effect counted by the server, then kept (its answers
+    /// released to the agent) or undone and held for a human, or refused.
+    async fn measured_unit(
+        &mut self,
+        frame: &Frame,
+        statements: &Arc<Vec<Statement>>,
+        admitted: Vec<Admitted>,
+    ) -> Result<(), PgError> {
+        // The transaction status decides the wrapper: only a settled
+        // pipeline has one.
+        self.settle().await?;
+        let status = *self.queue.status.lock().unwrap_or_else(|p| p.into_inner());
+        let controls_transactions = statements.iter().any(|s| s.action == ACTION_TRANSACTION);
+        let wrapper = if controls_transactions {
+            None
+        } else {
+            effects::wrapper(status)
+        };
+        let Some(w) = wrapper else {
+            if status == b'E' {
+                // The server refuses every write in a failed transaction.
+                return self.run_admitted(frame, statements, admitted);
+            }
+            // BEGIN/COMMIT inside the string would end blastgate's wrapper.
+            return self
+                .decide_effects(frame, statements, admitted, gate::UNMEASURED)
+                .await;
+        };
+        let started = Instant::now();
+        let before = self.send_probe(&w.open)?;
+        let (held_tx, held) = oneshot::channel();
+        {
+            let mut queue = lock(&self.queue);
+            queue.push_back(Expect::Hold(Some(held_tx)));
+            for st in statements.iter() {
+                queue.push_back(Expect::Statement(Pending::new(
+                    None,
+                    Some(Read::of(st)),
+                    Columns::Inline,
+                )));
+            }
+            queue.push_back(Expect::Ready);
+        }
+        self.out.extend_from_slice(&frame.bytes);
+        let after = self.send_probe(effects::COUNT_SQL)?;
+        self.flush().await?;
+        let closed = |_| PgError::Closed;
+        let before = before.await.map_err(closed)?;
+        let mut held = held.await.map_err(closed)?;
+        let after = after.await.map_err(closed)?;
+        let elapsed = started.elapsed().as_micros() as u64;
+        if held.failed {
+            // Nothing was changed; the agent sees the failure as direct.
+            if status == b'I' {
+                let undone = self.probe(w.undo).await?;
+                set_status(&mut held.bytes, undone.status);
+            }
+            self.deliver(held.bytes);
+            for a in admitted {
+                let mut e = a.event;
+                e.verdict = RecVerdict::Error;
+                e.duration_us = Some(elapsed);
+                e.reason = Some(format!("{}; failed upstream", e.reason.unwrap_or_default()));
+                self.gw.record(e).await;
+            }
+            return Ok(());
+        }
+        let rows = effects::rows(before.value.as_deref(), after.value.as_deref())
+            .unwrap_or(gate::UNMEASURED);
+        let allowed = admitted.iter().all(|a| {
+            a.measure.as_ref().is_none_or(|m| {
+                gate::effect_decision(self.gw, m, rows).verdict == crate::policy::Verdict::Allow
+            })
+        });
+        if allowed {
+            let kept = self.probe(w.keep).await?;
+            match kept.error {
+                // The commit itself failed (a deferred constraint, a
+                // serialization failure): the agent gets that error.
+                Some(error) => {
+                    let keep = held.bytes.len().saturating_sub(READY_LEN);
+                    held.bytes.truncate(keep);
+                    held.bytes.extend_from_slice(&error);
+                    held.bytes
+                        .extend_from_slice(&[b'Z', 0, 0, 0, 5, kept.status]);
+                }
+                None => set_status(&mut held.bytes, kept.status),
+            }
+            self.deliver(held.bytes);
+            for a in admitted {
+                let mut e = a.event;
+                e.duration_us = Some(elapsed);
+                if let Some(m) = &a.measure {
+                    e.rows = u64::try_from(rows).ok();
+                    e.reason = Some(format!(
+                        "{} ({rows} rows changed, within the limit of {})",
+                        e.reason.unwrap_or_default(),
+                        m.command
+                    ));
+                }
+                self.gw.record(e).await;
+            }
+            return Ok(());
+        }
+        // Over a limit: undone before anyone is asked, so no lock is held
+        // while a human decides.
+        self.probe(w.undo).await?;
+        drop(held);
+        self.decide_effects(frame, statements, admitted, rows).await
+    }
+
+    /// Decides limited writes on `rows` (a human is asked for holds); runs
+    /// the Query if all are allowed, refuses it otherwise.
+    async fn decide_effects(
+        &mut self,
+        frame: &Frame,
+        statements: &Arc<Vec<Statement>>,
+        admitted: Vec<Admitted>,
+        rows: i64,
+    ) -> Result<(), PgError> {
+        let notify = self.waiting();
+        let mut refused = None;
+        let mut decided = Vec::with_capacity(admitted.len());
+        for a in admitted {
+            let Some(m) = &a.measure else {
+                decided.push(a);
+                continue;
+            };
+            let ruling = gate::on_effect(self.gw, m, rows, &notify).await;
+            let mut event = self
+                .gw
+                .ruled(EventKind::Statement, m.action, m.text.clone(), &ruling);
+            event.duration_us = None;
+            if !ruling.allowed && refused.is_none() {
+                refused = Some(gate::refusal(&m.command, &ruling));
+            }
+            decided.push(Admitted {
+                event,
+                measure: None,
+            });
+        }
+        match refused {
+            None => self.run_admitted(frame, statements, decided),
+            Some(message) => {
+                for a in decided {
+                    let mut e = a.event;
+                    if e.verdict == RecVerdict::Allow {
+                        e.verdict = RecVerdict::Deny;
+                        e.reason = Some(format!(
+                            "not run: another statement of the query was refused ({message})"
+                        ));
+                    }
+                    self.gw.record(e).await;
+                }
+                self.refuse_simple(&message)
+            }
+        }
+    }
+
+    /// Forwards a Query whose statements were all allowed.
+    fn run_admitted(
+        &mut self,
+        frame: &Frame,
+        statements: &Arc<Vec<Statement>>,
+        admitted: Vec<Admitted>,
+    ) -> Result<(), PgError> {
+        let mut queue = lock(&self.queue);
+        for (a, st) in admitted.into_iter().zip(statements.iter()) {
+            queue.push_back(Expect::Statement(Pending::new(
+                Some(a.event),
+                Some(Read::of(st)),
+                Columns::Inline,
+            )));
+        }
+        queue.push_back(Expect::Ready);
+        drop(queue);
+        self.out.extend_from_slice(&frame.bytes);
+        Ok(())
+    }
+
+    /// Bytes for the agent, after everything the other half has sent it.
+    fn deliver(&self, bytes: BytesMut) {
+        let _ = self.notices.send(bytes);
     }
 
     /// The server raises `message` in place of a Query.
@@ -498,7 +743,7 @@ impl FromAgent<'_> {
                     }
                 };
                 let statements = self.classifier.classify_as(&text, lexing);
-                match self.check(&statements).await? {
+                match self.check(&statements, gate::Effects::Unmeasurable).await? {
                     Verdict::Run(admitted) => {
                         self.prepared.insert(
                             name,
@@ -551,7 +796,7 @@ impl FromAgent<'_> {
                     // Prepared under other policies: decided again.
                     let statements = self.prepared.get(&statement).map(|p| p.statements.clone());
                     if let Some(statements) = statements {
-                        match self.check(&statements).await? {
+                        match self.check(&statements, gate::Effects::Unmeasurable).await? {
                             Verdict::Run(admitted) => {
                                 let generation = self.gw.policy_generation();
                                 if let Some(p) = self.prepared.get_mut(&statement) {
@@ -744,18 +989,27 @@ struct ToAgent<'g, 'c> {
     portal_fields: HashMap<Vec<u8>, Vec<Field>>,
     /// Masking for the rows now flowing; `None` until known.
     plan: Option<RowPlan>,
+    /// Answers being held back (a write being measured), and whether one
+    /// of them is an error.
+    holding: Option<oneshot::Sender<Held>>,
+    held_failed: bool,
+    /// The outcome of blastgate's own Query being answered.
+    probed: Probed,
 }
 
 impl ToAgent<'_, '_> {
     async fn run(&mut self, mut notices: mpsc::UnboundedReceiver<BytesMut>) -> Result<(), PgError> {
         loop {
+            // Bytes from the other half first: it sends answers it held
+            // back before it lets the server answer anything after them.
             let frame = tokio::select! {
-                f = self.reader.next() => f?,
+                biased;
                 Some(n) = notices.recv() => {
                     self.out.extend_from_slice(&n);
                     self.flush().await?;
                     continue;
                 }
+                f = self.reader.next() => f?,
             };
             self.handle(frame).await?;
             if !self.reader.has_frame() {
@@ -765,6 +1019,10 @@ impl ToAgent<'_, '_> {
     }
 
     async fn flush(&mut self) -> Result<(), PgError> {
+        if self.holding.is_some() {
+            // Released whole, or dropped, once the write is decided.
+            return Ok(());
+        }
         if !self.out.is_empty() {
             self.gw
                 .counters
@@ -780,8 +1038,74 @@ impl ToAgent<'_, '_> {
         lock(&self.queue).pop_front()
     }
 
-    async fn handle(&mut self, frame: Frame) -> Result<(), PgError> {
+    /// A message answering a Query blastgate sent itself.
+    async fn probe_frame(&mut self, frame: Frame) -> Result<(), PgError> {
         match frame.tag {
+            b'D' if self.probed.value.is_none() => {
+                let values = mask::row_values(&frame)?;
+                self.probed.value = values
+                    .first()
+                    .copied()
+                    .flatten()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+            }
+            b'E' if self.probed.error.is_none() => self.probed.error = Some(frame.bytes),
+            b'S' => self.parameter(frame)?,
+            b'A' => self.out.extend_from_slice(&frame.bytes),
+            b'Z' => {
+                let status = self.ready_status(&frame);
+                self.probed.status = status;
+                if let Some(Expect::Probe(Some(tx))) = self.pop() {
+                    let _ = tx.send(std::mem::take(&mut self.probed));
+                }
+                self.queue.ready.notify_waiters();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Notes a ReadyForQuery's transaction status for the other half.
+    fn ready_status(&self, frame: &Frame) -> u8 {
+        let status = frame.body().first().copied().unwrap_or(b'I');
+        *self.queue.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        status
+    }
+
+    fn parameter(&mut self, frame: Frame) -> Result<(), PgError> {
+        // Reported before the ReadyForQuery that ends the statement which
+        // changed it: the reading the next one is parsed with.
+        let (name, value) = messages::parameter_status(&frame)?;
+        if reading(&self.queue).report(&name, &value) {
+            tracing::debug!(%name, %value, "the server's reading changed");
+        }
+        self.out.extend_from_slice(&frame.bytes);
+        Ok(())
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), PgError> {
+        let head = match lock(&self.queue).front() {
+            Some(Expect::Probe(_)) => Some(true),
+            Some(Expect::Hold(_)) => Some(false),
+            _ => None,
+        };
+        match head {
+            Some(true) => return self.probe_frame(frame).await,
+            Some(false) => {
+                self.flush().await?;
+                if let Some(Expect::Hold(tx)) = self.pop() {
+                    self.holding = tx;
+                    self.held_failed = false;
+                }
+            }
+            None => {}
+        }
+        match frame.tag {
+            b'A' if self.holding.is_some() => {
+                // A notification is not part of the write's answer: it
+                // goes now, whatever becomes of the write.
+                self.writer.write_all(&frame.bytes).await?;
+            }
             b'1' | b'2' | b'3' => {
                 let forward = !matches!(self.pop(), Some(Expect::Ack { forward: false }));
                 if forward {
@@ -866,6 +1190,9 @@ impl ToAgent<'_, '_> {
             }
             b'E' => {
                 self.plan = None;
+                if self.holding.is_some() {
+                    self.held_failed = true;
+                }
                 let error = upstream::error_text(&frame);
                 self.out.extend_from_slice(&frame.bytes);
                 // The failed message's statement, then everything the server
@@ -917,17 +1244,17 @@ impl ToAgent<'_, '_> {
                     return self.differential(read, text, "(no statement)").await;
                 }
                 self.out.extend_from_slice(&frame.bytes);
+                self.ready_status(&frame);
+                if let Some(tx) = self.holding.take() {
+                    let held = Held {
+                        bytes: std::mem::take(&mut self.out),
+                        failed: std::mem::take(&mut self.held_failed),
+                    };
+                    let _ = tx.send(held);
+                }
                 self.queue.ready.notify_waiters();
             }
-            b'S' => {
-                // Reported before the ReadyForQuery that ends the statement
-                // which changed it: the reading the next one is parsed with.
-                let (name, value) = messages::parameter_status(&frame)?;
-                if reading(&self.queue).report(&name, &value) {
-                    tracing::debug!(%name, %value, "the server's reading changed");
-                }
-                self.out.extend_from_slice(&frame.bytes);
-            }
+            b'S' => self.parameter(frame)?,
             _ => self.out.extend_from_slice(&frame.bytes),
         }
         Ok(())
