@@ -799,3 +799,84 @@ fn writes_are_limited_by_the_rows_they_really_change() {
     assert!(t.contains("current transaction is aborted"), "{t}");
     assert!(t.contains("ROLLBACK"), "{t}");
 }
+
+/// psycopg sends parameterised statements in the extended protocol; its
+/// writes are measured inside the pipeline as a Query's are.
+#[test]
+fn extended_protocol_writes_are_measured_too() {
+    let _g = serial();
+    let Some(s) = setup("orders-db", "production", None) else {
+        return;
+    };
+    let Some(python) = harness::postgres::python_with_psycopg() else {
+        return;
+    };
+    let script = format!(
+        r#"
+import psycopg
+conninfo = {conn:?}
+pw = {pw:?}
+def refused(f):
+    try:
+        f()
+        return "ran"
+    except psycopg.errors.InsufficientPrivilege as e:
+        return "refused: " + str(e).splitlines()[0]
+with psycopg.connect(conninfo, password=pw, autocommit=True) as conn:
+    cur = conn.cursor()
+    cur.execute("DELETE FROM orders WHERE id = %s RETURNING id", (1,))
+    print("small delete:", cur.fetchall(), cur.rowcount)
+    cur.executemany("UPDATE orders SET total = total + 1 WHERE id = %s", [(2,), (3,), (4,)])
+    print("executemany:", cur.rowcount)
+    print("tautology:", refused(lambda: cur.execute("UPDATE orders SET status = %s WHERE true", ("gone",))))
+    print("after:", conn.execute("SELECT count(*) FROM orders WHERE status = 'gone'").fetchone()[0])
+with psycopg.connect(conninfo, password=pw) as conn:
+    cur = conn.cursor()
+    cur.execute("UPDATE orders SET total = 0 WHERE id = %s", (2,))
+    print("in transaction:", refused(lambda: cur.execute("DELETE FROM orders WHERE id > %s", (0,))))
+    conn.rollback()
+    cur.execute("SELECT total FROM orders WHERE id = 2")
+    print("rolled back:", cur.fetchone()[0] != 0)
+    conn.commit()
+with psycopg.connect(conninfo, password=pw, autocommit=True) as conn:
+    cur = conn.cursor()
+    cur.execute("DELETE FROM orders WHERE id > %s AND status <> %s", (2, "x"))
+    print("approved:", cur.rowcount)
+print("psycopg done")
+"#,
+        conn = s.conninfo("disable"),
+        pw = AGENT_PASSWORD
+    );
+    let child = s
+        .env
+        .agent(
+            "claude",
+            &[python.to_str().unwrap_or_default(), "-c", &script],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    s.decide("UPDATE orders SET status = $1 WHERE true", false);
+    s.decide("DELETE FROM orders WHERE id > $1", false);
+    s.decide("DELETE FROM orders WHERE id > $1 AND status", true);
+    let out = child.wait_with_output().expect("python");
+    let t = text(&out);
+    assert!(t.contains("psycopg done"), "{t}");
+    assert!(t.contains("small delete: [(1,)] 1"), "{t}");
+    assert!(t.contains("executemany: 3"), "{t}");
+    assert!(
+        t.contains("tautology: refused:") && t.contains("after: 0"),
+        "{t}"
+    );
+    assert!(
+        t.contains("in transaction: refused:") && t.contains("rolled back: True"),
+        "{t}"
+    );
+    assert!(t.contains("approved: 8"), "{t}");
+    assert_eq!(
+        s.pg.sql("orders", "SELECT count(*) FROM orders"),
+        "1",
+        "{t}"
+    );
+}
