@@ -880,3 +880,86 @@ print("psycopg done")
         "{t}"
     );
 }
+
+/// A pipeline mixing measured writes, an error and later statements
+/// answers through the gateway as it does direct, and leaves the same data.
+#[test]
+fn pipelines_with_measured_writes_behave_as_direct() {
+    let _g = serial();
+    let Some(s) = setup("orders-db", "production", None) else {
+        return;
+    };
+    let Some(python) = harness::postgres::python_with_psycopg() else {
+        return;
+    };
+    let script = |pw: &str| {
+        format!(
+            r#"
+import psycopg
+def run(autocommit):
+    out = []
+    with psycopg.connect({conn:?}, password={pw:?}, autocommit=autocommit) as conn:
+        try:
+            with conn.pipeline():
+                cur = conn.cursor()
+                cur.execute("UPDATE orders SET total = total + 1 WHERE id = %s", (5,))
+                cur.execute("DELETE FROM orders WHERE id = %s RETURNING id", (6,))
+                cur.execute("SELECT 1 / 0")
+                cur.execute("UPDATE orders SET total = 0 WHERE id = %s", (7,))
+        except psycopg.Error as e:
+            out.append(type(e).__name__)
+        if not autocommit:
+            conn.rollback()
+        with conn.pipeline():
+            cur = conn.cursor()
+            cur.execute("UPDATE orders SET status = %s WHERE id = %s", ("p", 8))
+            cur.execute("SELECT id, status, total FROM orders ORDER BY id")
+            out.append(cur.fetchall())
+        if not autocommit:
+            conn.commit()
+    return out
+print("autocommit", run(True))
+print("transaction", run(False))
+"#,
+            conn = s.conninfo("disable"),
+        )
+    };
+    let reset = || {
+        s.pg.sql(
+            "orders",
+            "DELETE FROM orders; ALTER SEQUENCE orders_id_seq RESTART; \
+             INSERT INTO orders (customer_id, total, status) SELECT 1 + (i % 3), round(i * 12.5, 2), \
+             (ARRAY['new', 'paid', 'shipped'])[1 + (i % 3)] FROM generate_series(1, 10) AS i",
+        )
+    };
+    let through = s
+        .env
+        .agent(
+            "claude",
+            &[
+                python.to_str().unwrap_or_default(),
+                "-c",
+                &script(AGENT_PASSWORD),
+            ],
+        )
+        .output()
+        .expect("python");
+    let after_through = s.pg.sql(
+        "orders",
+        "SELECT string_agg(id || ':' || status || ':' || total, ',' ORDER BY id) FROM orders",
+    );
+    reset();
+    let direct = std::process::Command::new(&python)
+        .args(["-c", &script(SECRET)])
+        .output()
+        .expect("python");
+    let after_direct = s.pg.sql(
+        "orders",
+        "SELECT string_agg(id || ':' || status || ':' || total, ',' ORDER BY id) FROM orders",
+    );
+    assert!(direct.status.success(), "{}", text(&direct));
+    assert_eq!(text(&through), text(&direct));
+    assert_eq!(after_through, after_direct);
+    let differentials = s.env.count_events(|e| e["kind"] == "differential");
+    assert_eq!(differentials, 0);
+}

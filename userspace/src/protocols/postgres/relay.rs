@@ -274,6 +274,7 @@ pub async fn run(
         holding: None,
         held_failed: false,
         probed: Probed::default(),
+        errored: false,
     };
     let result = tokio::select! {
         r = from_agent.run() => r,
@@ -1203,6 +1204,9 @@ struct ToAgent<'g, 'c> {
     held_failed: bool,
     /// The outcome of blastgate's own Query being answered.
     probed: Probed,
+    /// An error since the last ReadyForQuery: the server skips the rest
+    /// of the agent's pipeline.
+    errored: bool,
 }
 
 impl ToAgent<'_, '_> {
@@ -1322,6 +1326,7 @@ impl ToAgent<'_, '_> {
             }
             b'E' => {
                 self.probed.error = Some(frame.bytes);
+                self.errored = true;
                 if let Some(Expect::Named { tx: Some(tx), .. }) = self.pop() {
                     let _ = tx.send(std::mem::take(&mut self.probed));
                 }
@@ -1505,6 +1510,7 @@ impl ToAgent<'_, '_> {
                 }
                 let error = upstream::error_text(&frame);
                 self.out.extend_from_slice(&frame.bytes);
+                self.errored = true;
                 // The failed message's statement, then everything the server
                 // now skips up to the next ReadyForQuery.
                 self.skip_after_error(&error).await;
@@ -1514,15 +1520,21 @@ impl ToAgent<'_, '_> {
             }
             b'Z' => {
                 self.plan = None;
+                let errored = std::mem::take(&mut self.errored);
                 let mut unanswered = None;
-                while let Some(e) = self.pop() {
-                    match e {
-                        Expect::Ready => break,
-                        Expect::Statement(p) => {
-                            // Errors pop what they skip: a statement still
-                            // here was read by the gateway, never run by
-                            // the server.
-                            if unanswered.is_none() && p.read.is_some() {
+                loop {
+                    if matches!(lock(&self.queue).front(), Some(Expect::Probe(_))) {
+                        // The answer to blastgate's own Sync, which ended the
+                        // skipping after an error in the agent's pipeline.
+                        return self.probe_frame(frame).await;
+                    }
+                    match self.pop() {
+                        None | Some(Expect::Ready) => break,
+                        Some(Expect::Statement(p)) => {
+                            // Messages after an error are skipped by the
+                            // server; otherwise a statement still here was
+                            // read by the gateway and never run.
+                            if !errored && unanswered.is_none() && p.read.is_some() {
                                 unanswered = Some((
                                     p.read.clone(),
                                     p.event.as_ref().and_then(|e| e.text.clone()),
@@ -1530,7 +1542,16 @@ impl ToAgent<'_, '_> {
                             }
                             self.finish(*p, Outcome::NotRun).await;
                         }
-                        _ => {}
+                        Some(Expect::Named { tx: Some(tx), .. }) => {
+                            let _ = tx.send(Probed::default());
+                        }
+                        Some(Expect::Hold(Some(tx), _)) => {
+                            let _ = tx.send(Held {
+                                bytes: BytesMut::new(),
+                                failed: true,
+                            });
+                        }
+                        Some(_) => {}
                     }
                 }
                 if let Some((read, text)) = unanswered {
