@@ -1,0 +1,426 @@
+//! Real clients through the PostgreSQL gateway, compared with the same
+//! clients talking to the same PostgreSQL 15 directly: psycopg 3.3 on its
+//! bundled libpq 18 (the encrypted cancel of libpq 17+, protocol 3.2
+//! negotiation) and psql 15. Whatever a client sees direct, it must see
+//! through the gateway: cancels that work and close cleanly, the server's
+//! real backend pid, the same protocol negotiation.
+
+mod harness;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use harness::{pg_gateway::*, postgres::TestPostgres, *};
+use serde_json::Value;
+
+/// The psycopg side of the tests: prints one JSON object of what the
+/// client observed, so direct and through can be compared field by field.
+const CLIENT: &str = r#"
+import json, os, sys, threading, time
+import psycopg
+
+def connect(dsn, password, **kw):
+    return psycopg.connect(dsn, password=password, autocommit=True, **kw)
+
+def cancel(dsn, password, how, tag):
+    conn = connect(dsn, password)
+    query = f"SELECT pg_sleep(30) /* {tag} */"
+    out = {
+        "ssl": bool(conn.pgconn.ssl_in_use),
+        "protocol": conn.pgconn.full_protocol_version,
+    }
+    errors = []
+
+    def canceller():
+        try:
+            with connect(dsn, password) as watcher:
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    n = watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query = %s AND state = 'active'",
+                        (query,),
+                    ).fetchone()[0]
+                    if n:
+                        break
+                    time.sleep(0.05)
+            getattr(conn, how)()
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+
+    t = threading.Thread(target=canceller)
+    t.start()
+    start = time.monotonic()
+    try:
+        conn.execute(query)
+        out["outcome"] = "completed"
+    except psycopg.errors.QueryCanceled as e:
+        out["outcome"] = f"cancelled: {e}"
+    except Exception as e:
+        out["outcome"] = f"{type(e).__name__}: {e}"
+    t.join()
+    out["prompt"] = time.monotonic() - start < 20
+    out["cancel_errors"] = errors
+    out["after"] = conn.execute("SELECT 1").fetchone()[0]
+    conn.close()
+    return out
+
+def pids(dsn, password):
+    app = f"pids-{os.getpid()}"
+    conn = connect(dsn, password, application_name=app)
+    reported = conn.info.backend_pid
+    server = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    activity = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+    ).fetchall()
+    notes = []
+    conn.add_notify_handler(notes.append)
+    conn.execute("LISTEN pids")
+    conn.execute("NOTIFY pids, 'hello'")
+    conn.execute("SELECT 1")
+    out = {
+        "reported_is_server": reported == server,
+        "activity": [r[0] == server for r in activity],
+        "notifications": [(n.channel, n.payload, n.pid == server) for n in notes],
+    }
+    try:
+        conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        out["terminate"] = "returned"
+    except psycopg.Error as e:
+        out["terminate"] = f"{type(e).__name__} {e.sqlstate}: {e}"
+    out["closed"] = conn.closed
+    out["broken"] = conn.broken
+    conn.close()
+    return out
+
+cmd, dsn, password = sys.argv[1:4]
+if cmd == "cancel":
+    result = cancel(dsn, password, sys.argv[4], sys.argv[5])
+else:
+    result = pids(dsn, password)
+print(json.dumps(result, sort_keys=True))
+"#;
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// TLS on the test server (a self-signed certificate), so libpq's
+/// `sslmode=require` works direct as well.
+fn enable_server_tls(pg: &TestPostgres) {
+    let dir = pg.socket_dir().to_path_buf();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-subj",
+            "/CN=127.0.0.2",
+            "-days",
+            "2",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {}", text(&out));
+    let chown = Command::new("chown")
+        .args(["postgres:postgres", "server.key", "server.crt"])
+        .current_dir(&dir)
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    for (name, file) in [
+        ("ssl_cert_file", "server.crt"),
+        ("ssl_key_file", "server.key"),
+    ] {
+        pg.sql(
+            "postgres",
+            &format!("ALTER SYSTEM SET {name} = '{}'", dir.join(file).display()),
+        );
+    }
+    pg.sql("postgres", "ALTER SYSTEM SET ssl = on");
+    pg.reload();
+}
+
+/// Runs [`CLIENT`] directly and as an agent; returns (direct, through).
+fn psycopg_both(
+    s: &Setup,
+    python: &Path,
+    script: &Path,
+    dsn: &str,
+    args: &[&str],
+) -> (Value, Value) {
+    let run = |mut c: Command, password: &str| -> Value {
+        let out = c
+            .arg(script)
+            .args([args[0], dsn, password])
+            .args(&args[1..])
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "{args:?} {dsn}: {}", text(&out));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} {dsn}: {e}: {}", text(&out)))
+    };
+    let direct = run(Command::new(python), SECRET);
+    let python = python.to_str().unwrap_or_default();
+    let through = run(s.env.agent("claude", &[python]), AGENT_PASSWORD);
+    (direct, through)
+}
+
+fn cancel_events(s: &Setup) -> usize {
+    s.env
+        .count_events(|e| e["action"] == "sql:cancel" && e["verdict"] == "allow")
+}
+
+/// psycopg cancels a running statement with libpq 18's encrypted cancel
+/// (`cancel_safe`, over TLS when the session is) and with the legacy
+/// `cancel` (plaintext), in TLS and plaintext sessions and with protocol
+/// 3.2 asked for: the statement is cancelled, the cancel call itself
+/// succeeds, the session stays usable, as direct.
+#[test]
+fn psycopg_cancels_as_it_does_direct() {
+    let _g = serial();
+    let Some(s) = setup("app-db", "staging", Some(permissive_policies())) else {
+        return;
+    };
+    let Some(python) = harness::postgres::python_with_psycopg() else {
+        return;
+    };
+    enable_server_tls(&s.pg);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("client.py");
+    std::fs::write(&script, CLIENT).expect("script");
+    let cases = [
+        ("require", "", "cancel_safe"),
+        ("disable", "", "cancel_safe"),
+        ("require", "", "cancel"),
+        ("prefer", "", "cancel"),
+        ("require", " max_protocol_version=3.2", "cancel_safe"),
+    ];
+    for (i, (sslmode, extra, how)) in cases.into_iter().enumerate() {
+        let before = cancel_events(&s);
+        let dsn = format!("{}{extra}", s.conninfo(sslmode));
+        let tag = format!("case{i}");
+        let (direct, through) = psycopg_both(&s, &python, &script, &dsn, &["cancel", how, &tag]);
+        let case = format!("{how} with {dsn}");
+        assert_eq!(
+            direct["cancel_errors"],
+            serde_json::json!([]),
+            "{case}: direct: {direct}"
+        );
+        assert!(
+            direct["outcome"]
+                .as_str()
+                .is_some_and(|o| o.contains("canceling statement due to user request")),
+            "{case}: direct: {direct}"
+        );
+        assert_eq!(
+            direct["ssl"],
+            sslmode != "disable",
+            "{case}: direct: {direct}"
+        );
+        assert_eq!(through, direct, "{case}: through the gateway vs direct");
+        assert_eq!(
+            cancel_events(&s),
+            before + 1,
+            "{case}: the cancel did not go through the gateway"
+        );
+    }
+}
+
+/// psql sends a CancelRequest on SIGINT (here from a shell it started, once
+/// the statement runs), in a TLS session: cancelled as direct.
+#[test]
+fn psql_cancels_over_tls_as_it_does_direct() {
+    let _g = serial();
+    let Some(s) = setup("app-db", "staging", Some(permissive_policies())) else {
+        return;
+    };
+    enable_server_tls(&s.pg);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("cancel.sql");
+    // The background shell waits (over the server's unix socket, which no
+    // redirect sees) until the sleep runs, then interrupts psql ($PPID).
+    let watch = format!(
+        "until [ \"$(psql -X -At -h {sock} -p {port} -U postgres -d orders -c \
+         \"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'\")\" = 1 ]; \
+         do sleep 0.05; done; kill -INT $PPID",
+        sock = s.pg.socket_dir().display(),
+        port = s.pg.port()
+    );
+    std::fs::write(
+        &script,
+        format!(
+            "\\conninfo\n\
+             \\! ({watch}) &\n\
+             SELECT pg_sleep(30);\n\
+             SELECT 'not reached';\n"
+        ),
+    )
+    .expect("script");
+    let script = script.to_string_lossy().to_string();
+    let conn = s.conninfo("require");
+    let psql = ["psql", "-X", "-At", &conn, "-f", &script];
+    let direct = Command::new(psql[0])
+        .args(&psql[1..])
+        .env("PGPASSWORD", SECRET)
+        .output()
+        .expect("psql direct");
+    let before = cancel_events(&s);
+    let through = s
+        .env
+        .agent("claude", &psql)
+        .env("PGPASSWORD", AGENT_PASSWORD)
+        .output()
+        .expect("psql through");
+    assert!(
+        text(&direct).contains("canceling statement due to user request"),
+        "{}",
+        text(&direct)
+    );
+    assert!(
+        text(&direct).contains("SSL connection"),
+        "{}",
+        text(&direct)
+    );
+    assert_eq!(text(&through), text(&direct));
+    assert_eq!(through.status.code(), direct.status.code());
+    assert_eq!(cancel_events(&s), before + 1);
+}
+
+/// The client knows the server's real backend pid: psycopg's
+/// `info.backend_pid`, `pg_backend_pid()`, `pg_stat_activity.pid` and the
+/// pid in a notification to itself agree, and `pg_terminate_backend` of
+/// that pid ends the session as it does direct.
+#[test]
+fn the_backend_pid_is_the_servers() {
+    let _g = serial();
+    let Some(s) = setup("app-db", "staging", Some(permissive_policies())) else {
+        return;
+    };
+    let Some(python) = harness::postgres::python_with_psycopg() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("client.py");
+    std::fs::write(&script, CLIENT).expect("script");
+    let (direct, through) = psycopg_both(&s, &python, &script, &s.conninfo("disable"), &["pids"]);
+    assert_eq!(direct["reported_is_server"], true, "{direct}");
+    assert_eq!(direct["activity"], serde_json::json!([true]), "{direct}");
+    assert_eq!(
+        direct["notifications"],
+        serde_json::json!([["pids", "hello", true]]),
+        "{direct}"
+    );
+    assert!(
+        direct["terminate"]
+            .as_str()
+            .is_some_and(|t| t.contains("57P01")),
+        "{direct}"
+    );
+    assert_eq!(through, direct, "through the gateway vs direct");
+}
+
+/// The first message a server sends to a StartupMessage of `version` with
+/// `params` (user `app`, database `orders` added), as (tag, body).
+fn first_answer(addr: &str, version: i32, params: &[(&str, &str)]) -> (u8, Vec<u8>) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&version.to_be_bytes());
+    for (k, v) in [("user", "app"), ("database", "orders")]
+        .iter()
+        .chain(params)
+    {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp.write_all(&packet).expect("startup");
+    let mut head = [0u8; 5];
+    tcp.read_exact(&mut head).expect("answer");
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; len.saturating_sub(4)];
+    tcp.read_exact(&mut body).expect("answer body");
+    (head[0], body)
+}
+
+/// The protocol negotiations compared: minor versions above 3.0 and
+/// `_pq_.` protocol options are answered with NegotiateProtocolVersion.
+const NEGOTIATIONS: &[(i32, &[(&str, &str)])] = &[
+    (0x0003_0002, &[]),
+    (0x0003_0000, &[("_pq_.blastgate_test", "1")]),
+    (
+        0x0003_0002,
+        &[("_pq_.blastgate_test", "1"), ("_pq_.other", "x")],
+    ),
+];
+
+fn negotiations(addr: &str) -> Vec<String> {
+    NEGOTIATIONS
+        .iter()
+        .map(|(version, params)| {
+            let (tag, body) = first_answer(addr, *version, params);
+            format!("{} {}", tag as char, body.escape_ascii())
+        })
+        .collect()
+}
+
+/// Prints the gateway's answers to [`NEGOTIATIONS`], for the parent test.
+#[test]
+fn negotiation_child() {
+    let Ok(addr) = std::env::var("BLASTGATE_PG_RAW") else {
+        return;
+    };
+    for line in negotiations(&addr) {
+        println!("answer: {line}");
+    }
+}
+
+/// A client asking for protocol 3.2 (PostgreSQL 18's, longer cancel keys)
+/// or sending `_pq_.` options gets the server's own NegotiateProtocolVersion
+/// (3.0, the options it does not know). libpq 18 connecting with 3.2 asked
+/// for is in [`psycopg_cancels_as_it_does_direct`].
+#[test]
+fn protocol_negotiation_is_the_servers() {
+    let _g = serial();
+    let Some(s) = setup("app-db", "staging", Some(permissive_policies())) else {
+        return;
+    };
+    let direct = negotiations(&s.pg.addr().to_string());
+    assert!(direct.iter().all(|a| a.starts_with('v')), "{direct:?}");
+    let out = s.run_child("negotiation_child");
+    assert!(out.status.success(), "{}", text(&out));
+    let through: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // libtest writes the test's name on the line the first one joins.
+        .filter_map(|l| l.split_once("answer: ").map(|(_, a)| a.to_string()))
+        .collect();
+    assert_eq!(through, direct);
+}
