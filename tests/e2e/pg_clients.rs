@@ -424,3 +424,252 @@ fn protocol_negotiation_is_the_servers() {
         .collect();
     assert_eq!(through, direct);
 }
+
+/// Where psycopg's own test suite is (its source tree's `tests/`), and
+/// the Python that runs it (psycopg 3.3.9 with pytest and anyio): the
+/// suite is not part of the wheel.
+const PSYCOPG_SUITE_ENV: &str = "BLASTGATE_PSYCOPG_SRC";
+const PSYCOPG_SUITE_PYTHON: &str = "/opt/blastgate-tools/psycopg-tests-venv/bin/python";
+
+/// pytest's JUnit XML as `outcome nodeid` lines.
+const JUNIT_OUTCOMES: &str = r#"
+import sys, xml.etree.ElementTree as ET
+for case in ET.parse(sys.argv[1]).getroot().iter("testcase"):
+    kinds = [c.tag for c in case]
+    outcome = "passed"
+    for k in ("failure", "error", "skipped"):
+        if k in kinds:
+            outcome = k
+            break
+    print(outcome, case.get("classname") + "::" + case.get("name"))
+"#;
+
+/// Runs `cmd` with its output in `log` for at most `limit`; kills it
+/// after that. Returns its exit code, `None` if it was killed.
+fn run_bounded(mut cmd: Command, log: &Path, limit: Duration) -> Option<i32> {
+    let file = std::fs::File::create(log).expect("log");
+    let mut child = cmd
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .expect("spawn");
+    match wait_until(limit, || child.try_wait().ok().flatten()) {
+        Some(status) => status.code(),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    }
+}
+
+/// Test files of psycopg's suite that exercise the server protocol (the
+/// rest test Python-side adaptation, typing or the pool package).
+const PSYCOPG_SUITE_DEFAULT: &str = "tests/test_connection.py tests/test_connection_async.py \
+     tests/test_connection_info.py tests/test_cursor.py tests/test_cursor_async.py \
+     tests/test_cursor_client.py tests/test_cursor_raw.py tests/test_cursor_server.py \
+     tests/test_copy.py tests/test_copy_async.py tests/test_pipeline.py \
+     tests/test_pipeline_async.py tests/test_prepared.py tests/test_prepared_async.py \
+     tests/test_notify.py tests/test_notify_async.py tests/test_transaction.py \
+     tests/test_transaction_async.py tests/test_concurrency.py tests/test_errors.py \
+     tests/test_tpc.py tests/test_encodings.py tests/test_typeinfo.py tests/pq";
+
+/// Tests of psycopg's suite that pass direct and not through the gateway,
+/// by node id prefix, with the reason; any other divergence fails.
+const KNOWN_DIVERGENCES: &[(&str, &str)] = &[
+    // libpq's PQconnectionUsedPassword: the gateway asks agents for no
+    // password unless `agent_password_file` is set (the kernel says who
+    // the caller is), so libpq reports none used; these tests assert
+    // one was, or skip when none was.
+    (
+        "tests.pq.test_pgconn::test_used_password",
+        "no password asked",
+    ),
+    (
+        "tests.test_connection::test_multi_attempt_pgconn",
+        "no password asked",
+    ),
+    (
+        "tests.test_connection_async::test_multi_attempt_pgconn",
+        "no password asked",
+    ),
+    (
+        "tests.test_generators::test_connect_operationalerror_pgconn",
+        "no password asked",
+    ),
+    // The test connects to a listener of its own on 127.0.0.1: an agent's
+    // connection to a destination that is no target goes to the proxy and
+    // is refused (deny by default), by design.
+    (
+        "tests.test_waiting::test_wait_r_nowait",
+        "agent's own loopback listener",
+    ),
+    (
+        "tests.test_waiting_async::test_wait_r_nowait",
+        "agent's own loopback listener",
+    ),
+    // relay.rs: after an ErrorResponse the server skips every extended
+    // message up to Sync, also those the client sent after the error
+    // reached it (psycopg's pipeline); the relay's ReadyForQuery check
+    // takes those skipped statements for a differential and ends the
+    // session.
+    (
+        "tests.test_pipeline::test_pipeline_aborted",
+        "relay: skipped after error",
+    ),
+    (
+        "tests.test_pipeline_async::test_pipeline_aborted",
+        "relay: skipped after error",
+    ),
+    (
+        "tests.test_pipeline::test_pipeline_errors_processed_at_exit",
+        "relay: skipped after error",
+    ),
+    (
+        "tests.test_pipeline_async::test_pipeline_errors_processed_at_exit",
+        "relay: skipped after error",
+    ),
+    (
+        "tests.test_pipeline::test_errors_raised_on_commit",
+        "relay: skipped after error",
+    ),
+    (
+        "tests.test_pipeline_async::test_errors_raised_on_commit",
+        "relay: skipped after error",
+    ),
+    (
+        "tests.test_pipeline::test_prepare_error",
+        "relay: skipped after error",
+    ),
+    (
+        "tests.test_pipeline_async::test_prepare_error",
+        "relay: skipped after error",
+    ),
+];
+
+/// Runs pytest on psycopg's suite with `dsn`; returns nodeid -> outcome.
+fn psycopg_suite(
+    mut cmd: Command,
+    src: &Path,
+    dsn: &str,
+    files: &[&str],
+    junit: &Path,
+) -> std::collections::BTreeMap<String, String> {
+    cmd.args(["-m", "pytest", "-q", "-m", "not slow"])
+        .arg(format!("--junitxml={}", junit.display()))
+        .arg(format!(
+            "-ocache_dir={}",
+            junit.with_extension("cache").display()
+        ))
+        .args(files)
+        .current_dir(src)
+        .env("PSYCOPG_TEST_DSN", dsn);
+    let log = junit.with_extension("log");
+    let code = run_bounded(cmd, &log, Duration::from_secs(600));
+    let tail: String = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" / ");
+    assert!(
+        matches!(code, Some(0) | Some(1)),
+        "pytest ended with {code:?} (see {}): {tail}",
+        log.display()
+    );
+    eprintln!("{}: {tail}", junit.display());
+    let out = Command::new(PSYCOPG_SUITE_PYTHON)
+        .args(["-c", JUNIT_OUTCOMES])
+        .arg(junit)
+        .output()
+        .expect("python");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(o, id)| (id.to_string(), o.to_string()))
+        .collect()
+}
+
+/// psycopg's own test suite, run once direct and once as an agent through
+/// the gateway against the same server: every test that passes direct
+/// passes through. Opt-in, as the suite is not installed: see README
+/// (PostgreSQL, "psycopg's own suite").
+#[test]
+fn psycopg_suite_passes_through_as_it_does_direct() {
+    let Ok(src) = std::env::var(PSYCOPG_SUITE_ENV) else {
+        eprintln!("{PSYCOPG_SUITE_ENV} is not set: psycopg's suite not run");
+        return;
+    };
+    let src = std::path::PathBuf::from(src);
+    assert!(
+        src.join("tests/conftest.py").exists() && Path::new(PSYCOPG_SUITE_PYTHON).exists(),
+        "{PSYCOPG_SUITE_ENV}={} has no tests/conftest.py, or {PSYCOPG_SUITE_PYTHON} is missing",
+        src.display()
+    );
+    let _g = serial();
+    let Some(s) = setup("app-db", "staging", Some(permissive_policies())) else {
+        return;
+    };
+    let files = std::env::var("BLASTGATE_PSYCOPG_TESTS")
+        .unwrap_or_else(|_| PSYCOPG_SUITE_DEFAULT.to_string());
+    let files: Vec<&str> = files.split_whitespace().collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dsn = s.conninfo("disable");
+    // Through first: the daemon's own deadline runs from its start.
+    let through = psycopg_suite(
+        s.env.agent("claude", &[PSYCOPG_SUITE_PYTHON]),
+        &src,
+        &format!("{dsn} password={AGENT_PASSWORD}"),
+        &files,
+        &dir.path().join("through.xml"),
+    );
+    let direct = psycopg_suite(
+        Command::new(PSYCOPG_SUITE_PYTHON),
+        &src,
+        &format!("{dsn} password={SECRET}"),
+        &files,
+        &dir.path().join("direct.xml"),
+    );
+    let count = |m: &std::collections::BTreeMap<String, String>, o: &str| {
+        m.values().filter(|v| *v == o).count()
+    };
+    for (name, m) in [("direct", &direct), ("through", &through)] {
+        eprintln!(
+            "{name}: {} passed, {} failed, {} errors, {} skipped",
+            count(m, "passed"),
+            count(m, "failure"),
+            count(m, "error"),
+            count(m, "skipped")
+        );
+    }
+    let mut unexplained = Vec::new();
+    for (id, outcome) in &direct {
+        let there = through.get(id).map_or("not run", String::as_str);
+        if outcome != "passed" || there == "passed" {
+            continue;
+        }
+        match KNOWN_DIVERGENCES.iter().find(|(p, _)| id.starts_with(p)) {
+            Some((_, why)) => eprintln!("diverges (known: {why}): {id}: {there}"),
+            None => {
+                eprintln!("diverges: {id}: {there}");
+                unexplained.push(format!("{id}: {there}"));
+            }
+        }
+    }
+    for e in s
+        .env
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "differential")
+    {
+        eprintln!("differential recorded: {}", e["reason"]);
+    }
+    assert!(count(&direct, "passed") > 0, "nothing passed direct");
+    assert!(
+        unexplained.is_empty(),
+        "{} tests pass direct and not through the gateway (junit XML in {}): {unexplained:#?}",
+        unexplained.len(),
+        dir.keep().display()
+    );
+}
