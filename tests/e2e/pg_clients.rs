@@ -165,7 +165,7 @@ fn enable_server_tls(pg: &TestPostgres) {
 
 /// Runs [`CLIENT`] directly and as an agent; returns (direct, through).
 fn psycopg_both(
-    s: &Setup,
+    env: &Env,
     python: &Path,
     script: &Path,
     dsn: &str,
@@ -184,13 +184,12 @@ fn psycopg_both(
     };
     let direct = run(Command::new(python), SECRET);
     let python = python.to_str().unwrap_or_default();
-    let through = run(s.env.agent("claude", &[python]), AGENT_PASSWORD);
+    let through = run(env.agent("claude", &[python]), AGENT_PASSWORD);
     (direct, through)
 }
 
-fn cancel_events(s: &Setup) -> usize {
-    s.env
-        .count_events(|e| e["action"] == "sql:cancel" && e["verdict"] == "allow")
+fn cancel_events(env: &Env) -> usize {
+    env.count_events(|e| e["action"] == "sql:cancel" && e["verdict"] == "allow")
 }
 
 /// psycopg cancels a running statement with libpq 18's encrypted cancel
@@ -219,10 +218,11 @@ fn psycopg_cancels_as_it_does_direct() {
         ("require", " max_protocol_version=3.2", "cancel_safe"),
     ];
     for (i, (sslmode, extra, how)) in cases.into_iter().enumerate() {
-        let before = cancel_events(&s);
+        let before = cancel_events(&s.env);
         let dsn = format!("{}{extra}", s.conninfo(sslmode));
         let tag = format!("case{i}");
-        let (direct, through) = psycopg_both(&s, &python, &script, &dsn, &["cancel", how, &tag]);
+        let (direct, through) =
+            psycopg_both(&s.env, &python, &script, &dsn, &["cancel", how, &tag]);
         let case = format!("{how} with {dsn}");
         assert_eq!(
             direct["cancel_errors"],
@@ -242,10 +242,68 @@ fn psycopg_cancels_as_it_does_direct() {
         );
         assert_eq!(through, direct, "{case}: through the gateway vs direct");
         assert_eq!(
-            cancel_events(&s),
+            cancel_events(&s.env),
             before + 1,
             "{case}: the cancel did not go through the gateway"
         );
+    }
+}
+
+/// With upstream TLS configured, the gateway's own CancelRequest goes to
+/// the server inside TLS too (that it starts with an SSLRequest is checked
+/// in upstream.rs's tests), and the cancel works as direct.
+#[test]
+fn cancels_reach_a_tls_upstream() {
+    let _g = serial();
+    let Some(s) = setup("app-db", "staging", Some(permissive_policies())) else {
+        return;
+    };
+    let Some(python) = harness::postgres::python_with_psycopg() else {
+        return;
+    };
+    enable_server_tls(&s.pg);
+    let Setup {
+        pg,
+        daemon,
+        _policies: policies,
+        _secrets: secrets,
+        ..
+    } = s;
+    // One daemon at a time attaches at the cgroup root.
+    drop(daemon);
+    let policies = policies.expect("permissive policies");
+    let env = Env::new(&format!(
+        "[policy]\ndir = \"{}\"\n\n[[targets]]\nname = \"tls-db\"\nprotocol = \"postgres\"\n\
+         address = \"{}\"\n\n[targets.postgres]\nuser = \"app\"\npassword_file = \"{}\"\n\
+         tls = \"require\"\n",
+        policies.path().display(),
+        pg.addr(),
+        secrets.path().join("orders-db").display()
+    ));
+    let _daemon = Daemon::start(&env);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("client.py");
+    std::fs::write(&script, CLIENT).expect("script");
+    for (i, (sslmode, how)) in [("require", "cancel_safe"), ("disable", "cancel")]
+        .into_iter()
+        .enumerate()
+    {
+        let before = cancel_events(&env);
+        let dsn = format!(
+            "host={} port={} user=app dbname=orders sslmode={sslmode}",
+            pg.addr().ip(),
+            pg.port()
+        );
+        let tag = format!("tls-upstream{i}");
+        let (direct, through) = psycopg_both(&env, &python, &script, &dsn, &["cancel", how, &tag]);
+        assert!(
+            direct["outcome"]
+                .as_str()
+                .is_some_and(|o| o.contains("canceling statement due to user request")),
+            "{how} {sslmode}: direct: {direct}"
+        );
+        assert_eq!(through, direct, "{how} {sslmode}: through vs direct");
+        assert_eq!(cancel_events(&env), before + 1, "{how} {sslmode}");
     }
 }
 
@@ -287,7 +345,7 @@ fn psql_cancels_over_tls_as_it_does_direct() {
         .env("PGPASSWORD", SECRET)
         .output()
         .expect("psql direct");
-    let before = cancel_events(&s);
+    let before = cancel_events(&s.env);
     let through = s
         .env
         .agent("claude", &psql)
@@ -306,7 +364,7 @@ fn psql_cancels_over_tls_as_it_does_direct() {
     );
     assert_eq!(text(&through), text(&direct));
     assert_eq!(through.status.code(), direct.status.code());
-    assert_eq!(cancel_events(&s), before + 1);
+    assert_eq!(cancel_events(&s.env), before + 1);
 }
 
 /// The client knows the server's real backend pid: psycopg's
@@ -325,7 +383,8 @@ fn the_backend_pid_is_the_servers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let script = dir.path().join("client.py");
     std::fs::write(&script, CLIENT).expect("script");
-    let (direct, through) = psycopg_both(&s, &python, &script, &s.conninfo("disable"), &["pids"]);
+    let (direct, through) =
+        psycopg_both(&s.env, &python, &script, &s.conninfo("disable"), &["pids"]);
     assert_eq!(direct["reported_is_server"], true, "{direct}");
     assert_eq!(direct["activity"], serde_json::json!([true]), "{direct}");
     assert_eq!(

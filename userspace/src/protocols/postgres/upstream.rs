@@ -269,3 +269,61 @@ pub async fn cancel(
         ))
     })?
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn target(tls: &str) -> PostgresTarget {
+        toml::from_str(&format!("user = \"app\"\ntls = \"{tls}\"\n")).unwrap()
+    }
+
+    /// A server that reads `n` bytes, answers `answer`, waits `hold`, then
+    /// closes; returns what it read.
+    async fn server(
+        n: usize,
+        answer: &'static [u8],
+        hold: Duration,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut got = vec![0u8; n];
+            c.read_exact(&mut got).await.unwrap();
+            c.write_all(answer).await.unwrap();
+            tokio::time::sleep(hold).await;
+            got
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_plain_cancel_returns_once_the_server_has_closed() {
+        let hold = Duration::from_millis(300);
+        let (addr, task) = server(16, b"", hold).await;
+        let started = std::time::Instant::now();
+        cancel(addr, &target("disable"), 77, &[1, 2, 3, 4])
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() >= hold,
+            "returned before the server closed"
+        );
+        let got = task.await.unwrap();
+        assert_eq!(got, [0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 77, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn with_upstream_tls_the_cancel_starts_with_an_sslrequest() {
+        // A server refusing TLS: the key is not sent in the clear instead.
+        let (addr, task) = server(8, b"N", Duration::ZERO).await;
+        let err = cancel(addr, &target("require"), 77, &[1, 2, 3, 4])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not accept TLS"), "{err}");
+        assert_eq!(task.await.unwrap(), SSL_REQUEST);
+    }
+}
