@@ -656,7 +656,13 @@ fn psycopg_suite_passes_through_as_it_does_direct() {
         .unwrap_or_else(|_| PSYCOPG_SUITE_DEFAULT.to_string());
     let files: Vec<&str> = files.split_whitespace().collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let dsn = s.conninfo("disable");
+    // `BLASTGATE_PSYCOPG_SSLMODE=require` runs both with TLS (the server's
+    // own, or the gateway's certificate).
+    let sslmode = std::env::var("BLASTGATE_PSYCOPG_SSLMODE").unwrap_or_else(|_| "disable".into());
+    if sslmode != "disable" {
+        enable_server_tls(&s.pg);
+    }
+    let dsn = s.conninfo(&sslmode);
     // Through first: the daemon's own deadline runs from its start.
     let through = psycopg_suite(
         s.env.agent("claude", &[PSYCOPG_SUITE_PYTHON]),
