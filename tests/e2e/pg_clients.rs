@@ -620,6 +620,11 @@ fn psycopg_suite(
         log.display()
     );
     eprintln!("{}: {tail}", junit.display());
+    for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+        if line.starts_with("FAILED ") || line.starts_with("ERROR ") {
+            eprintln!("  {line}");
+        }
+    }
     let out = Command::new(PSYCOPG_SUITE_PYTHON)
         .args(["-c", JUNIT_OUTCOMES])
         .arg(junit)
