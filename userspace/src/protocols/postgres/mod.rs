@@ -65,9 +65,6 @@ const FORWARDED: &[&str] = &[
     "search_path",
 ];
 
-/// The protocol version blastgate speaks on both sides, in full.
-const PROTOCOL_3_0: i32 = 3 << 16;
-
 /// Classification is pure: one cache for every session.
 fn classifier() -> &'static Classifier {
     static C: OnceLock<Classifier> = OnceLock::new();
@@ -203,6 +200,8 @@ async fn negotiate_version(
     minor: u16,
     params: &[(String, String)],
 ) -> Result<(), PgError> {
+    /// In full, as PostgreSQL sends it (not the bare minor number).
+    const PROTOCOL_3_0: i32 = 3 << 16;
     let options: Vec<String> = params
         .iter()
         .filter(|(k, _)| k.starts_with("_pq_."))
