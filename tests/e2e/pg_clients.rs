@@ -575,17 +575,6 @@ const KNOWN_DIVERGENCES: &[(&str, &str, Option<&str>)] = &[
         "agent's own loopback listener",
         None,
     ),
-    // relay.rs: after an ErrorResponse the server skips every extended
-    // message up to Sync, also those the client sent after the error
-    // reached it (psycopg's pipeline); the relay's ReadyForQuery check
-    // takes those skipped statements for a differential and ends the
-    // session. Which pipeline tests hit it depends on timing (whether the
-    // next statement is read before or after the error comes back).
-    (
-        "tests.test_pipeline",
-        "relay: statements skipped after an error taken for a differential",
-        Some("completed \"(no statement)\""),
-    ),
 ];
 
 /// Runs pytest on psycopg's suite with `dsn`; returns nodeid -> outcome.

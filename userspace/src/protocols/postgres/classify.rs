@@ -85,6 +85,13 @@ pub struct Statement {
     /// is instead that of SQL text the statement runs (a `SELECT` of
     /// `query_to_xml('DROP …')` is decided as the DROP).
     pub tagged_as: Option<String>,
+    /// Operators used (`+`, `###`): a user-defined operator runs a
+    /// user-defined function.
+    pub operators: Vec<String>,
+    /// PREPARE and DEALLOCATE: the prepared statement they name (`None`
+    /// for DEALLOCATE ALL); DECLARE: the cursor (a portal). SQL and
+    /// protocol statements and portals share their namespaces.
+    pub prepared_name: Option<String>,
 }
 
 /// How the server will lex the text: the session settings that change
@@ -321,6 +328,8 @@ fn opaque(command: &str, text: &str) -> Statement {
         copy_direction: None,
         dynamic_sql: false,
         tagged_as: None,
+        operators: Vec::new(),
+        prepared_name: None,
     }
 }
 
@@ -423,6 +432,17 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt, lexing: Lexing, depth: usize
         copy_direction: desc.copy_direction,
         dynamic_sql: found.dynamic_sql,
         tagged_as,
+        operators: found.operators.into_iter().collect(),
+        prepared_name: prepared_name(kind),
+    }
+}
+
+fn prepared_name(kind: &NodeEnum) -> Option<String> {
+    match kind {
+        NodeEnum::PrepareStmt(s) => Some(s.name.clone()),
+        NodeEnum::DeallocateStmt(s) if !s.isall => Some(s.name.clone()),
+        NodeEnum::DeclareCursorStmt(s) => Some(s.portalname.clone()),
+        _ => None,
     }
 }
 
@@ -908,6 +928,7 @@ struct Found {
     /// `set_config('role' | 'session_authorization', …)`, or a
     /// `set_config` whose setting name is not a constant.
     privilege: bool,
+    operators: BTreeSet<String>,
 }
 
 fn walk(value: &Value, mode: Mode, scope: &[String], found: &mut Found) {
@@ -966,7 +987,29 @@ fn walk_node(
         "SelectStmt" => walk_fields(fields, scope, found, |_| Mode::Read),
         "InsertStmt" => {
             found.insert = true;
+            // ON CONFLICT DO UPDATE updates existing rows; the conflict
+            // target is its filter.
+            let upsert = fields
+                .get("on_conflict_clause")
+                .and_then(|c| c.get("action"))
+                .and_then(Value::as_i64)
+                == Some(protobuf::OnConflictAction::OnconflictUpdate as i64);
+            if upsert {
+                found.update = true;
+                found.modifications += 1;
+            }
             walk_fields(fields, scope, found, target_written);
+        }
+        "AExpr" => {
+            let op = fields
+                .get("name")
+                .and_then(Value::as_array)
+                .and_then(|parts| parts.last())
+                .and_then(|last| last.get("node")?.get("String")?.get("sval")?.as_str());
+            if let Some(op) = op {
+                found.operators.insert(op.to_string());
+            }
+            walk_fields(fields, scope, found, |_| mode);
         }
         "UpdateStmt" => {
             found.update = true;
@@ -1134,6 +1177,22 @@ fn constant_arg(arg: &Value) -> Option<&str> {
         .as_str()
 }
 
+/// SQL text given to a built-in: classified when constant. The server
+/// lexes it when it runs, under the settings of that moment, which the
+/// same statement can change (`set_config('standard_conforming_strings',
+/// …)`): text whose reading depends on them is dynamic as well.
+fn nested_text(arg: Option<&Value>, found: &mut Found) {
+    match arg.and_then(constant_arg) {
+        Some(sql) => {
+            if sql.contains('\\') {
+                found.dynamic_sql = true;
+            }
+            found.nested_sql.push(sql.to_string());
+        }
+        None => found.dynamic_sql = true,
+    }
+}
+
 /// Calls whose arguments change what the statement does.
 fn special_call(name: &str, fields: &Map<String, Value>, found: &mut Found) {
     let args: &[Value] = fields
@@ -1154,16 +1213,10 @@ fn special_call(name: &str, fields: &Map<String, Value>, found: &mut Found) {
         // Runs SQL on another connection, where no gateway sees it.
         found.dynamic_sql = true;
     } else if let Some((_, at)) = SQL_RUNNING.iter().find(|(n, _)| *n == name) {
-        match args.get(*at).and_then(constant_arg) {
-            Some(sql) => found.nested_sql.push(sql.to_string()),
-            None => found.dynamic_sql = true,
-        }
+        nested_text(args.get(*at), found);
     } else if name == "ts_rewrite" && args.len() == 2 {
         // ts_rewrite(query, 'SELECT target, substitute FROM …').
-        match args.get(1).and_then(constant_arg) {
-            Some(sql) => found.nested_sql.push(sql.to_string()),
-            None => found.dynamic_sql = true,
-        }
+        nested_text(args.get(1), found);
     } else if TABLE_READING.contains(&name) {
         match args.first().and_then(constant_arg) {
             Some(table) if name.starts_with("table_") => {
@@ -1348,7 +1401,8 @@ mod tests {
 
         let s =
             one("INSERT INTO t (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = t.n + 1");
-        assert_eq!(s.action, ACTION_INSERT);
+        // It may update every existing row: an update, measured as one.
+        assert_eq!((s.action, s.command.as_str()), (ACTION_UPDATE, "INSERT"));
         assert_eq!(s.tables_written, v(&["t"]));
     }
 
@@ -1706,6 +1760,24 @@ mod tests {
             );
         }
         assert!(one(&q).dynamic_sql);
+    }
+
+    #[test]
+    fn upserts_update_and_operators_are_named() {
+        let s = one("INSERT INTO t SELECT * FROM u ON CONFLICT (id) DO UPDATE SET v = 1");
+        assert_eq!(s.action, ACTION_UPDATE);
+        assert!(s.has_where);
+        assert_eq!(
+            one("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING").action,
+            ACTION_INSERT
+        );
+        assert_eq!(one("SELECT 1 ### 2 + 3").operators, v(&["###", "+"]));
+        assert!(one(r"SELECT query_to_xml('SELECT ''a\'' ', true, true, '')").dynamic_sql);
+        assert_eq!(
+            one("PREPARE p AS SELECT 1").prepared_name.as_deref(),
+            Some("p")
+        );
+        assert_eq!(one("DEALLOCATE ALL").prepared_name, None);
     }
 
     #[test]

@@ -10,33 +10,42 @@
 /// Rows updated and deleted so far in this transaction, all tables;
 /// NULL when the server is not counting (`track_counts = off`), which
 /// blastgate takes as "cannot be measured".
-pub const COUNT_SQL: &str = "SELECT CASE WHEN pg_catalog.current_setting('track_counts')::bool \
-     THEN (SELECT pg_catalog.sum(n_tup_upd + n_tup_del)::int8 FROM pg_catalog.pg_stat_xact_all_tables) \
+///
+/// It runs in the agent's session, under the agent's `search_path`: every
+/// name, operator and type in it is schema-qualified, so nothing the agent
+/// created can stand in for them.
+pub const COUNT_SQL: &str =
+    "SELECT CASE WHEN pg_catalog.current_setting('track_counts')::pg_catalog.bool \
+     THEN (SELECT pg_catalog.sum(n_tup_upd OPERATOR(pg_catalog.+) n_tup_del)::pg_catalog.int8 \
+           FROM pg_catalog.pg_stat_xact_all_tables) \
      END";
 
 /// The savepoint a write is measured under inside the agent's own
-/// transaction block.
-pub const SAVEPOINT: &str = "blastgate_effect";
+/// transaction block: named per session, so an agent cannot name it.
+pub fn savepoint() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("blastgate_effect_{}", &id[..12])
+}
 
 /// How a write is wrapped, by the transaction status before it.
 pub struct Wrapper {
     pub open: String,
-    pub keep: &'static str,
-    pub undo: &'static str,
+    pub keep: String,
+    pub undo: String,
 }
 
 /// `None` in a failed transaction: the server refuses the write anyway.
-pub fn wrapper(status: u8) -> Option<Wrapper> {
+pub fn wrapper(status: u8, savepoint: &str) -> Option<Wrapper> {
     match status {
         b'I' => Some(Wrapper {
-            open: format!("BEGIN; {COUNT_SQL}"),
-            keep: "COMMIT",
-            undo: "ROLLBACK",
+            open: "BEGIN".into(),
+            keep: "COMMIT".into(),
+            undo: "ROLLBACK".into(),
         }),
         b'T' => Some(Wrapper {
-            open: format!("SAVEPOINT {SAVEPOINT}; {COUNT_SQL}"),
-            keep: "RELEASE SAVEPOINT blastgate_effect",
-            undo: "ROLLBACK TO SAVEPOINT blastgate_effect; RELEASE SAVEPOINT blastgate_effect",
+            open: format!("SAVEPOINT {savepoint}"),
+            keep: format!("RELEASE SAVEPOINT {savepoint}"),
+            undo: format!("ROLLBACK TO SAVEPOINT {savepoint}; RELEASE SAVEPOINT {savepoint}"),
         }),
         _ => None,
     }
@@ -58,10 +67,11 @@ mod tests {
         assert_eq!(rows(Some("10"), Some("13")), Some(3));
         assert_eq!(rows(None, Some("3")), None);
         assert_eq!(rows(Some("5"), Some("4")), None);
-        assert!(wrapper(b'E').is_none());
+        assert!(wrapper(b'E', "s").is_none());
         assert_eq!(
-            wrapper(b'T').map(|w| w.keep),
-            Some("RELEASE SAVEPOINT blastgate_effect")
+            wrapper(b'T', "s").map(|w| w.keep),
+            Some("RELEASE SAVEPOINT s".to_string())
         );
+        assert_ne!(savepoint(), savepoint());
     }
 }

@@ -101,6 +101,7 @@ impl Functions {
         params: Vec<(String, String)>,
         timeout: Duration,
     ) -> Functions {
+        let params = upstream::side_params(&params);
         Functions {
             addr,
             cfg,
@@ -127,6 +128,7 @@ impl Functions {
             .functions
             .iter()
             .map(|f| format!("f:{f}"))
+            .chain(st.operators.iter().map(|o| format!("o:{o}")))
             .chain(
                 st.tables_read
                     .iter()
@@ -143,10 +145,13 @@ impl Functions {
             if let Err(e) = self.lookup(&names, now).await {
                 tracing::warn!(error = %e, "looking up functions failed; counting every call as user-defined");
                 self.conn = None;
+                // Nothing the statement names or its tables run is known:
+                // it counts as running unknown volatile code.
                 let mut all = UserFunctions::default();
                 for f in &st.functions {
                     all.add(f, Volatility::Volatile);
                 }
+                all.add("(lookup failed)", Volatility::Volatile);
                 return all;
             }
         }
@@ -163,8 +168,11 @@ impl Functions {
 
     async fn lookup(&mut self, keys: &[String], now: Instant) -> Result<(), PgError> {
         let functions: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix("f:")).collect();
+        let operators: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix("o:")).collect();
         let relations: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix("r:")).collect();
-        let rows = self.query(&lookup_query(&functions, &relations)).await?;
+        let rows = self
+            .query(&lookup_query(&functions, &operators, &relations))
+            .await?;
         for k in keys {
             self.cache.insert(
                 k.clone(),
@@ -241,24 +249,43 @@ fn list(items: impl Iterator<Item = String>) -> String {
 }
 
 /// One query for every name: (key, function name, provolatile) for each
-/// user-defined function a name is, or a relation of that name runs.
-fn lookup_query(functions: &[&str], relations: &[&str]) -> String {
-    let fn_list = list(functions.iter().map(|f| literal(f)));
-    // "schema.table" or a bare name matched in every schema (errs towards
-    // seeing more functions, never fewer).
+/// user-defined function a name is (in any case: a quoted mixed-case name
+/// is found too), an operator runs, or a relation of that name runs; a
+/// foreign table counts as running unknown code (its writes happen on
+/// another server, where blastgate cannot count them).
+fn lookup_query(functions: &[&str], operators: &[&str], relations: &[&str]) -> String {
+    let fn_list = list(functions.iter().map(|f| literal(&f.to_lowercase())));
+    let op_list = list(operators.iter().map(|o| literal(o)));
+    // "schema.table", "db.schema.table" or a bare name matched in every
+    // schema (errs towards seeing more functions, never fewer).
     let rel_match = list(relations.iter().map(|r| literal(r)));
     format!(
-        "SET standard_conforming_strings = on; \
+        "SET standard_conforming_strings = on; SET search_path = pg_catalog; \
          SELECT 'f:' || p.proname, p.proname, p.provolatile::text \
            FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
-            AND p.proname IN ({fn_list}) \
+            AND lower(p.proname) IN ({fn_list}) \
+         UNION ALL \
+         SELECT 'o:' || o.oprname, p.proname, p.provolatile::text \
+           FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode \
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+            AND o.oprname IN ({op_list}) \
+         UNION ALL \
+         SELECT 'r:' || m.key, '(foreign table ' || c.relname || ')', 'v' \
+           FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
+           JOIN (SELECT k AS key FROM unnest(ARRAY[{rel_match}]::text[]) AS k) m \
+             ON m.key = c.relname OR m.key = cn.nspname || '.' || c.relname \
+             OR m.key = current_database() || '.' || cn.nspname || '.' || c.relname \
+          WHERE c.relkind = 'f' \
          UNION ALL \
          SELECT 'r:' || m.key, p.proname, p.provolatile::text \
            FROM pg_catalog.pg_class c \
            JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
            JOIN (SELECT k AS key FROM unnest(ARRAY[{rel_match}]::text[]) AS k) m \
              ON m.key = c.relname OR m.key = cn.nspname || '.' || c.relname \
+             OR m.key = current_database() || '.' || cn.nspname || '.' || c.relname \
            JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_proc'::regclass AND ( \
                 (d.classid = 'pg_catalog.pg_rewrite'::regclass \
                  AND d.objid IN (SELECT oid FROM pg_catalog.pg_rewrite WHERE ev_class = c.oid)) \
@@ -282,7 +309,7 @@ mod tests {
 
     #[test]
     fn names_are_quoted_for_the_lookup() {
-        let q = lookup_query(&["o'brien"], &[]);
+        let q = lookup_query(&["O'Brien"], &[], &[]);
         assert!(q.contains("IN ('o''brien')"), "{q}");
         assert!(q.contains("ARRAY[NULL]"), "{q}");
         let v = [

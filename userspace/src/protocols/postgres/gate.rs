@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{
-    classify::{Statement, ACTION_DCL, ACTION_DDL, ACTION_DELETE, ACTION_OPAQUE, ACTION_UPDATE},
+    classify::{
+        Statement, ACTION_DCL, ACTION_DDL, ACTION_DELETE, ACTION_INSERT, ACTION_OPAQUE,
+        ACTION_UPDATE,
+    },
     functions::Functions,
 };
 use crate::policy::masking::MaskPlan;
@@ -86,7 +89,7 @@ pub async fn check(
         // A row limit decides a write only once its effect is known: does
         // one apply to this statement at all?
         let limited = decision.verdict == crate::policy::Verdict::Allow
-            && matches!(st.action, ACTION_UPDATE | ACTION_DELETE)
+            && matches!(st.action, ACTION_INSERT | ACTION_UPDATE | ACTION_DELETE)
             && gw.target.enforce
             && gw
                 .decide(st.action, &with_rows(&context, UNMEASURED))

@@ -178,7 +178,7 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
     let catalog = relay::Catalog {
         addr: gw.upstream,
         cfg,
-        params: forwarded,
+        params: upstream::side_params(&forwarded),
         timeout: gw.ctx.connect_timeout,
         conn: None,
         names: Default::default(),

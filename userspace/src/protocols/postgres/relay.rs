@@ -57,6 +57,9 @@ use crate::{
 enum Columns {
     /// A RowDescription will come in the stream (simple Query).
     Inline,
+    /// A portal blastgate did not see bound (a SQL cursor): rows of
+    /// unknown columns.
+    Unknown,
     /// Described earlier: a portal's (formats known) or a statement's
     /// (formats from Bind).
     Portal {
@@ -248,6 +251,7 @@ pub async fn run(
         portals: HashMap::new(),
         binds: HashMap::new(),
         own_block: false,
+        savepoint: effects::savepoint(),
         refusing: None,
         batch: Batch::Closed,
         functions: Functions::new(
@@ -311,6 +315,8 @@ struct FromAgent<'g> {
     /// pipeline runs in: it is ended, as the server would end the
     /// implicit one, at the agent's Sync.
     own_block: bool,
+    /// The savepoint writes are measured under, named for this session.
+    savepoint: String,
     /// An extended-protocol message was refused: the rest up to Sync is
     /// dropped, as the server itself does after an error.
     refusing: Option<String>,
@@ -520,6 +526,7 @@ impl FromAgent<'_> {
         frame: &Frame,
         statements: &Arc<Vec<Statement>>,
     ) -> Result<(), PgError> {
+        self.forget_renamed(statements);
         match self.check(statements).await? {
             Verdict::Run(admitted) if admitted.iter().any(|a| a.measure.is_some()) => {
                 self.measured_unit(frame, statements, admitted).await?;
@@ -528,6 +535,28 @@ impl FromAgent<'_> {
             Verdict::Refuse(message) => self.refuse_simple(&message)?,
         }
         Ok(())
+    }
+
+    /// SQL names prepared statements and cursors in the protocol's own
+    /// namespaces: a name SQL may (re)define or drop is no longer the
+    /// statement or portal blastgate decided, and executing it is decided
+    /// as opaque.
+    fn forget_renamed(&mut self, statements: &[Statement]) {
+        for st in statements {
+            match (st.command.as_str(), &st.prepared_name) {
+                ("PREPARE" | "DEALLOCATE", Some(name)) => {
+                    self.prepared.remove(name.as_bytes());
+                }
+                ("DECLARE CURSOR", Some(name)) => {
+                    self.portals.remove(name.as_bytes());
+                }
+                ("DEALLOCATE ALL" | "DISCARD ALL", _) => {
+                    self.prepared.clear();
+                    self.portals.clear();
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Queues a Query of blastgate's own; its answers are kept from the
@@ -555,17 +584,19 @@ impl FromAgent<'_> {
         admitted: Vec<Admitted>,
     ) -> Result<(), PgError> {
         // The transaction status decides the wrapper: only a settled
-        // pipeline has one.
+        // pipeline has one. Extended-protocol messages since the last Sync
+        // (a COMMIT among them, say) leave the last reported status stale.
+        let pipeline_open = self.batch != Batch::Closed;
         self.settle().await?;
         let status = *self.queue.status.lock().unwrap_or_else(|p| p.into_inner());
         let controls_transactions = statements.iter().any(|s| s.action == ACTION_TRANSACTION);
-        let wrapper = if controls_transactions {
+        let wrapper = if controls_transactions || pipeline_open {
             None
         } else {
-            effects::wrapper(status)
+            effects::wrapper(status, &self.savepoint)
         };
         let Some(w) = wrapper else {
-            if status == b'E' {
+            if status == b'E' && !pipeline_open {
                 // The server refuses every write in a failed transaction.
                 return self.run_admitted(frame, statements, admitted);
             }
@@ -575,7 +606,18 @@ impl FromAgent<'_> {
                 .await;
         };
         let started = Instant::now();
-        let before = self.send_probe(&w.open)?;
+        // The wrapper must be in place before the write is sent: a Query
+        // after a failed one still runs.
+        let opened = self.probe(&w.open).await?;
+        if opened.error.is_some() {
+            tracing::warn!(
+                "could not open the measuring transaction; deciding the write as unmeasured"
+            );
+            return self
+                .decide_effects(frame, statements, admitted, gate::UNMEASURED)
+                .await;
+        }
+        let before = self.send_probe(effects::COUNT_SQL)?;
         let (held_tx, held) = oneshot::channel();
         {
             let mut queue = lock(&self.queue);
@@ -600,7 +642,7 @@ impl FromAgent<'_> {
         if held.failed {
             // Nothing was changed; the agent sees the failure as direct.
             if status == b'I' {
-                let undone = self.probe(w.undo).await?;
+                let undone = self.probe(&w.undo).await?;
                 set_status(&mut held.bytes, undone.status);
             }
             self.deliver(held.bytes);
@@ -621,7 +663,7 @@ impl FromAgent<'_> {
             })
         });
         if allowed {
-            let kept = self.probe(w.keep).await?;
+            let kept = self.probe(&w.keep).await?;
             match kept.error {
                 // The commit itself failed (a deferred constraint, a
                 // serialization failure): the agent gets that error.
@@ -652,7 +694,7 @@ impl FromAgent<'_> {
         }
         // Over a limit: undone before anyone is asked, so no lock is held
         // while a human decides.
-        self.probe(w.undo).await?;
+        self.probe(&w.undo).await?;
         drop(held);
         self.decide_effects(frame, statements, admitted, rows).await
     }
@@ -726,6 +768,40 @@ impl FromAgent<'_> {
         Ok(())
     }
 
+    /// An Execute of a portal or statement blastgate did not see prepared
+    /// (a SQL PREPARE or DECLARE, or a name SQL redefined): what it runs
+    /// is unknown here, so it is decided as an opaque statement.
+    async fn execute_unknown(&mut self, frame: &Frame) -> Result<(), PgError> {
+        let statements = Arc::new(vec![Statement {
+            action: ACTION_OPAQUE,
+            command: "EXECUTE".into(),
+            text: "(Execute of a portal or statement prepared outside the protocol)".into(),
+            tables_read: Vec::new(),
+            tables_written: Vec::new(),
+            has_where: false,
+            functions: Vec::new(),
+            copy_program: false,
+            copy_direction: None,
+            dynamic_sql: true,
+            tagged_as: None,
+            operators: Vec::new(),
+            prepared_name: None,
+        }]);
+        match self.check(&statements).await? {
+            Verdict::Run(mut admitted) => {
+                let event = admitted.pop().map(|a| a.event);
+                self.await_answer(Expect::Statement(Pending::new(
+                    event,
+                    None,
+                    Columns::Unknown,
+                )));
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            Verdict::Refuse(message) => self.refusing = Some(message),
+        }
+        Ok(())
+    }
+
     /// Queues `sql` run through blastgate's own named statement and
     /// portal, inside the agent's pipeline; answered without a
     /// ReadyForQuery.
@@ -755,7 +831,7 @@ impl FromAgent<'_> {
         let started = Instant::now();
         self.batch = Batch::Executed;
         let begin = self.send_named("BEGIN");
-        let savepoint = self.send_named(&format!("SAVEPOINT {}", effects::SAVEPOINT));
+        let savepoint = self.send_named(&format!("SAVEPOINT {}", self.savepoint));
         let before = self.send_named(effects::COUNT_SQL);
         let (held_tx, held) = oneshot::channel();
         self.await_answer(Expect::Hold(Some(held_tx), HoldUntil::Statement));
@@ -801,7 +877,7 @@ impl FromAgent<'_> {
             .unwrap_or(gate::UNMEASURED);
         if gate::effect_decision(self.gw, &m, rows).verdict == crate::policy::Verdict::Allow {
             // Its answer needs no waiting: nothing is decided on it.
-            drop(self.send_named(&format!("RELEASE SAVEPOINT {}", effects::SAVEPOINT)));
+            drop(self.send_named(&format!("RELEASE SAVEPOINT {}", self.savepoint)));
             self.deliver(held.bytes);
             record.rows = u64::try_from(rows).ok();
             record.reason = Some(format!(
@@ -812,8 +888,8 @@ impl FromAgent<'_> {
             return Ok(());
         }
         // Over a limit: undone before anyone is asked.
-        let undo = self.send_named(&format!("ROLLBACK TO SAVEPOINT {}", effects::SAVEPOINT));
-        let release = self.send_named(&format!("RELEASE SAVEPOINT {}", effects::SAVEPOINT));
+        let undo = self.send_named(&format!("ROLLBACK TO SAVEPOINT {}", self.savepoint));
+        let release = self.send_named(&format!("RELEASE SAVEPOINT {}", self.savepoint));
         self.out.extend_from_slice(&messages::FLUSH);
         self.flush().await?;
         undo.await.map_err(closed)?;
@@ -978,7 +1054,14 @@ impl FromAgent<'_> {
             b'E' => {
                 let portal = messages::execute(&frame)?.to_vec();
                 self.batch = Batch::Executed;
-                let (statement, formats) = self.portals.get(&portal).cloned().unwrap_or_default();
+                let known = self
+                    .portals
+                    .get(&portal)
+                    .filter(|(statement, _)| self.prepared.contains_key(statement))
+                    .cloned();
+                let Some((statement, formats)) = known else {
+                    return self.execute_unknown(&frame).await.map(|_| false);
+                };
                 let stale = self
                     .prepared
                     .get(&statement)
@@ -1086,6 +1169,8 @@ impl FromAgent<'_> {
                     copy_direction: None,
                     dynamic_sql: true,
                     tagged_as: None,
+                    operators: Vec::new(),
+                    prepared_name: None,
                 }]);
                 self.simple_unit(&frame, &statements).await?;
             }
@@ -1224,6 +1309,11 @@ impl ToAgent<'_, '_> {
                 f = self.reader.next() => f?,
             };
             self.handle(frame).await?;
+            if lock(&self.queue).is_empty() {
+                // Everything sent has been answered (a Flush's answers end
+                // without a ReadyForQuery): a settling statement may go.
+                self.queue.ready.notify_waiters();
+            }
             if !self.reader.has_frame() {
                 self.flush().await?;
             }
@@ -1534,7 +1624,13 @@ impl ToAgent<'_, '_> {
                             // Messages after an error are skipped by the
                             // server; otherwise a statement still here was
                             // read by the gateway and never run.
-                            if !errored && unanswered.is_none() && p.read.is_some() {
+                            let decided_blind =
+                                p.read.as_ref().is_some_and(|r| r.action == ACTION_OPAQUE);
+                            if !errored
+                                && unanswered.is_none()
+                                && p.read.is_some()
+                                && !decided_blind
+                            {
                                 unanswered = Some((
                                     p.read.clone(),
                                     p.event.as_ref().and_then(|e| e.text.clone()),
@@ -1563,6 +1659,15 @@ impl ToAgent<'_, '_> {
                 self.queue.ready.notify_waiters();
             }
             b'S' => self.parameter(frame)?,
+            b'V' => {
+                // FunctionCallResponse: a fast-path call's answer.
+                self.out.extend_from_slice(&frame.bytes);
+                if matches!(lock(&self.queue).front(), Some(Expect::Statement(_))) {
+                    if let Some(Expect::Statement(p)) = self.pop() {
+                        self.finish(*p, Outcome::Done { tag: String::new() }).await;
+                    }
+                }
+            }
             _ => self.out.extend_from_slice(&frame.bytes),
         }
         Ok(())
@@ -1631,7 +1736,7 @@ impl ToAgent<'_, '_> {
                                 .get(statement)
                                 .map(|f| mask::with_formats(f, formats))
                         }),
-                        Columns::Inline => None,
+                        Columns::Inline | Columns::Unknown => None,
                     },
                     _ => None,
                 }

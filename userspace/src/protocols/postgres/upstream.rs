@@ -41,6 +41,20 @@ pub struct Upstream {
     pub key: Option<(i32, Vec<u8>)>,
 }
 
+/// Startup parameters for blastgate's own side connections (catalog
+/// lookups): the agent's, but named as blastgate's in pg_stat_activity and
+/// in UTF-8, whatever the agent's encoding, since blastgate writes them.
+pub fn side_params(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "client_encoding" && k != "application_name")
+        .cloned()
+        .collect();
+    out.push(("client_encoding".into(), "UTF8".into()));
+    out.push(("application_name".into(), "blastgate catalog lookups".into()));
+    out
+}
+
 /// The text of an ErrorResponse, for errors and logs.
 pub fn error_text(frame: &Frame) -> String {
     match decode::<ErrorResponse>(frame, "ErrorResponse") {
