@@ -88,6 +88,12 @@ pub struct Statement {
     /// Operators used (`+`, `###`): a user-defined operator runs a
     /// user-defined function.
     pub operators: Vec<String>,
+    /// Types cast to: a user-defined cast, or a domain's CHECK, runs a
+    /// function.
+    pub cast_types: Vec<String>,
+    /// The last name of qualified column references (`o.total`): with
+    /// attribute notation it may be a function of the row (`o.purge`).
+    pub attributes: Vec<String>,
     /// PREPARE and DEALLOCATE: the prepared statement they name (`None`
     /// for DEALLOCATE ALL); DECLARE: the cursor (a portal). SQL and
     /// protocol statements and portals share their namespaces.
@@ -329,6 +335,8 @@ fn opaque(command: &str, text: &str) -> Statement {
         dynamic_sql: false,
         tagged_as: None,
         operators: Vec::new(),
+        cast_types: Vec::new(),
+        attributes: Vec::new(),
         prepared_name: None,
     }
 }
@@ -373,7 +381,35 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt, lexing: Lexing, depth: usize
             found.dynamic_sql = true;
             continue;
         }
-        for st in classify_nested(&inner, lexing, depth + 1) {
+        // The server lexes the text when it runs, under the settings of
+        // that moment, which the statement itself can change: text with a
+        // backslash is read both ways (a reading the server would reject
+        // runs nothing), and both readings count.
+        let readings: Vec<Lexing> = if inner.contains('\\') {
+            vec![
+                Lexing::default(),
+                Lexing {
+                    standard_conforming_strings: false,
+                },
+            ]
+        } else {
+            vec![lexing]
+        };
+        let several = readings.len() > 1;
+        let mut read_any = false;
+        let mut statements = Vec::new();
+        for lx in readings {
+            let parsed = classify_nested(&inner, lx, depth + 1);
+            if several && parsed.iter().any(|s| s.command == COMMAND_UNPARSABLE) {
+                continue;
+            }
+            read_any = true;
+            statements.extend(parsed);
+        }
+        if !read_any {
+            found.dynamic_sql = true;
+        }
+        for st in statements {
             found.read.extend(st.tables_read);
             found.written.extend(st.tables_written);
             found.functions.extend(st.functions);
@@ -433,6 +469,8 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt, lexing: Lexing, depth: usize
         dynamic_sql: found.dynamic_sql,
         tagged_as,
         operators: found.operators.into_iter().collect(),
+        cast_types: found.cast_types.into_iter().collect(),
+        attributes: found.attributes.into_iter().collect(),
         prepared_name: prepared_name(kind),
     }
 }
@@ -478,6 +516,21 @@ const SQL_RUNNING: &[(&str, usize)] = &[
     ("query_to_xml_and_xmlschema", 0),
     ("ts_stat", 0),
 ];
+
+/// A table named in text (a `regclass` argument) as the server reads it:
+/// unquoted parts folded to lower case, quoted ones kept.
+fn regclass_name(text: &str) -> String {
+    text.split('.')
+        .map(|part| {
+            let part = part.trim();
+            match part.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+                Some(quoted) => quoted.replace("\"\"", "\""),
+                None => part.to_lowercase(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
 
 /// Whether a call's classification depends on its literal arguments.
 fn reads_literals(function: &str) -> bool {
@@ -929,6 +982,8 @@ struct Found {
     /// `set_config` whose setting name is not a constant.
     privilege: bool,
     operators: BTreeSet<String>,
+    cast_types: BTreeSet<String>,
+    attributes: BTreeSet<String>,
 }
 
 fn walk(value: &Value, mode: Mode, scope: &[String], found: &mut Found) {
@@ -999,6 +1054,33 @@ fn walk_node(
                 found.modifications += 1;
             }
             walk_fields(fields, scope, found, target_written);
+        }
+        "TypeCast" => {
+            let ty = fields
+                .get("type_name")
+                .and_then(|t| t.get("names"))
+                .and_then(Value::as_array)
+                .and_then(|parts| parts.last())
+                .and_then(|last| last.get("node")?.get("String")?.get("sval")?.as_str());
+            if let Some(ty) = ty {
+                found.cast_types.insert(ty.to_string());
+            }
+            walk_fields(fields, scope, found, |_| mode);
+        }
+        "ColumnRef" => {
+            let parts = fields
+                .get("fields")
+                .and_then(Value::as_array)
+                .map_or(&[][..], Vec::as_slice);
+            if parts.len() >= 2 {
+                let last = parts
+                    .last()
+                    .and_then(|l| l.get("node")?.get("String")?.get("sval")?.as_str());
+                if let Some(name) = last {
+                    found.attributes.insert(name.to_string());
+                }
+            }
+            walk_fields(fields, scope, found, |_| mode);
         }
         "AExpr" => {
             let op = fields
@@ -1183,12 +1265,7 @@ fn constant_arg(arg: &Value) -> Option<&str> {
 /// …)`): text whose reading depends on them is dynamic as well.
 fn nested_text(arg: Option<&Value>, found: &mut Found) {
     match arg.and_then(constant_arg) {
-        Some(sql) => {
-            if sql.contains('\\') {
-                found.dynamic_sql = true;
-            }
-            found.nested_sql.push(sql.to_string());
-        }
+        Some(sql) => found.nested_sql.push(sql.to_string()),
         None => found.dynamic_sql = true,
     }
 }
@@ -1220,7 +1297,7 @@ fn special_call(name: &str, fields: &Map<String, Value>, found: &mut Found) {
     } else if TABLE_READING.contains(&name) {
         match args.first().and_then(constant_arg) {
             Some(table) if name.starts_with("table_") => {
-                found.read.insert(table.to_string());
+                found.read.insert(regclass_name(table));
             }
             _ => found.dynamic_sql = true,
         }
@@ -1772,7 +1849,19 @@ mod tests {
             ACTION_INSERT
         );
         assert_eq!(one("SELECT 1 ### 2 + 3").operators, v(&["###", "+"]));
-        assert!(one(r"SELECT query_to_xml('SELECT ''a\'' ', true, true, '')").dynamic_sql);
+        let s = one("SELECT o.total, o.purge, 5::checked, CAST(1 AS ticket) FROM orders o");
+        assert_eq!(s.attributes, v(&["purge", "total"]));
+        assert_eq!(s.cast_types, v(&["checked", "ticket"]));
+        // Read both ways: harmless either way, or the danger counts.
+        let s = one(r"SELECT query_to_xml('SELECT ''a\'' AS x', true, true, '')");
+        assert_eq!(s.action, ACTION_SELECT);
+        let s =
+            one(r"SELECT query_to_xml('SELECT ''a\'' , '' ; DELETE FROM t --''', true, true, '')");
+        assert_eq!(s.action, ACTION_DELETE);
+        assert_eq!(
+            one(r#"SELECT table_to_xml('PUBLIC."Mixed"', true, true, '')"#).tables_read,
+            v(&["public.Mixed"])
+        );
         assert_eq!(
             one("PREPARE p AS SELECT 1").prepared_name.as_deref(),
             Some("p")

@@ -129,6 +129,8 @@ impl Functions {
             .iter()
             .map(|f| format!("f:{f}"))
             .chain(st.operators.iter().map(|o| format!("o:{o}")))
+            .chain(st.attributes.iter().map(|a| format!("f:{a}")))
+            .chain(st.cast_types.iter().map(|t| format!("t:{t}")))
             .chain(
                 st.tables_read
                     .iter()
@@ -169,9 +171,10 @@ impl Functions {
     async fn lookup(&mut self, keys: &[String], now: Instant) -> Result<(), PgError> {
         let functions: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix("f:")).collect();
         let operators: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix("o:")).collect();
+        let types: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix("t:")).collect();
         let relations: Vec<&str> = keys.iter().filter_map(|k| k.strip_prefix("r:")).collect();
         let rows = self
-            .query(&lookup_query(&functions, &operators, &relations))
+            .query(&lookup_query(&functions, &operators, &types, &relations))
             .await?;
         for k in keys {
             self.cache.insert(
@@ -253,15 +256,21 @@ fn list(items: impl Iterator<Item = String>) -> String {
 /// is found too), an operator runs, or a relation of that name runs; a
 /// foreign table counts as running unknown code (its writes happen on
 /// another server, where blastgate cannot count them).
-fn lookup_query(functions: &[&str], operators: &[&str], relations: &[&str]) -> String {
+fn lookup_query(
+    functions: &[&str],
+    operators: &[&str],
+    types: &[&str],
+    relations: &[&str],
+) -> String {
     let fn_list = list(functions.iter().map(|f| literal(&f.to_lowercase())));
     let op_list = list(operators.iter().map(|o| literal(o)));
+    let type_list = list(types.iter().map(|t| literal(&t.to_lowercase())));
     // "schema.table", "db.schema.table" or a bare name matched in every
     // schema (errs towards seeing more functions, never fewer).
     let rel_match = list(relations.iter().map(|r| literal(r)));
     format!(
         "SET standard_conforming_strings = on; SET search_path = pg_catalog; \
-         SELECT 'f:' || p.proname, p.proname, p.provolatile::text \
+         SELECT 'f:' || lower(p.proname), p.proname, p.provolatile::text \
            FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
             AND lower(p.proname) IN ({fn_list}) \
@@ -272,34 +281,59 @@ fn lookup_query(functions: &[&str], operators: &[&str], relations: &[&str]) -> S
           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
             AND o.oprname IN ({op_list}) \
          UNION ALL \
-         SELECT 'r:' || m.key, '(foreign table ' || c.relname || ')', 'v' \
-           FROM pg_catalog.pg_class c \
-           JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
-           JOIN (SELECT k AS key FROM unnest(ARRAY[{rel_match}]::text[]) AS k) m \
-             ON m.key = c.relname OR m.key = cn.nspname || '.' || c.relname \
-             OR m.key = current_database() || '.' || cn.nspname || '.' || c.relname \
-          WHERE c.relkind = 'f' \
+         SELECT 't:' || lower(t.typname), p.proname, p.provolatile::text \
+           FROM pg_catalog.pg_type t \
+           JOIN pg_catalog.pg_cast k ON k.casttarget = t.oid \
+           JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc \
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+            AND lower(t.typname) IN ({type_list}) \
          UNION ALL \
-         SELECT 'r:' || m.key, p.proname, p.provolatile::text \
-           FROM pg_catalog.pg_class c \
-           JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
-           JOIN (SELECT k AS key FROM unnest(ARRAY[{rel_match}]::text[]) AS k) m \
-             ON m.key = c.relname OR m.key = cn.nspname || '.' || c.relname \
-             OR m.key = current_database() || '.' || cn.nspname || '.' || c.relname \
-           JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_proc'::regclass AND ( \
-                (d.classid = 'pg_catalog.pg_rewrite'::regclass \
-                 AND d.objid IN (SELECT oid FROM pg_catalog.pg_rewrite WHERE ev_class = c.oid)) \
-             OR (d.classid = 'pg_catalog.pg_trigger'::regclass \
-                 AND d.objid IN (SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = c.oid)) \
-             OR (d.classid = 'pg_catalog.pg_attrdef'::regclass \
-                 AND d.objid IN (SELECT oid FROM pg_catalog.pg_attrdef WHERE adrelid = c.oid)) \
-             OR (d.classid = 'pg_catalog.pg_policy'::regclass \
-                 AND d.objid IN (SELECT oid FROM pg_catalog.pg_policy WHERE polrelid = c.oid)) \
-             OR (d.classid = 'pg_catalog.pg_constraint'::regclass \
-                 AND d.objid IN (SELECT oid FROM pg_catalog.pg_constraint WHERE conrelid = c.oid))) \
+         SELECT 't:' || lower(t.typname), p.proname, p.provolatile::text \
+           FROM pg_catalog.pg_type t \
+           JOIN pg_catalog.pg_constraint co ON co.contypid = t.oid \
+           JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass \
+                AND d.objid = co.oid AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
            JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
            JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+            AND lower(t.typname) IN ({type_list}) \
+         UNION ALL \
+         (WITH RECURSIVE rels(oid, key, depth) AS ( \
+            SELECT c.oid, m.key, 0 \
+              FROM pg_catalog.pg_class c \
+              JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
+              JOIN (SELECT k AS key FROM unnest(ARRAY[{rel_match}]::text[]) AS k) m \
+                ON m.key = c.relname OR m.key = cn.nspname || '.' || c.relname \
+                OR m.key = current_database() || '.' || cn.nspname || '.' || c.relname \
+            UNION \
+            SELECT d.refobjid, r.key, r.depth + 1 \
+              FROM rels r \
+              JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = r.oid \
+              JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                   AND d.objid = rw.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+                   AND d.refobjid <> r.oid \
+             WHERE r.depth < 8) \
+          SELECT 'r:' || r.key, '(foreign table ' || c.relname || ')', 'v' \
+            FROM rels r JOIN pg_catalog.pg_class c ON c.oid = r.oid \
+           WHERE c.relkind = 'f' \
+          UNION ALL \
+          SELECT 'r:' || r.key, p.proname, p.provolatile::text \
+            FROM rels r JOIN pg_catalog.pg_class c ON c.oid = r.oid \
+            JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_proc'::regclass AND ( \
+                 (d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                  AND d.objid IN (SELECT oid FROM pg_catalog.pg_rewrite WHERE ev_class = c.oid)) \
+              OR (d.classid = 'pg_catalog.pg_trigger'::regclass \
+                  AND d.objid IN (SELECT oid FROM pg_catalog.pg_trigger WHERE tgrelid = c.oid)) \
+              OR (d.classid = 'pg_catalog.pg_attrdef'::regclass \
+                  AND d.objid IN (SELECT oid FROM pg_catalog.pg_attrdef WHERE adrelid = c.oid)) \
+              OR (d.classid = 'pg_catalog.pg_policy'::regclass \
+                  AND d.objid IN (SELECT oid FROM pg_catalog.pg_policy WHERE polrelid = c.oid)) \
+              OR (d.classid = 'pg_catalog.pg_constraint'::regclass \
+                  AND d.objid IN (SELECT oid FROM pg_catalog.pg_constraint WHERE conrelid = c.oid))) \
+            JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid \
+            JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))"
     )
 }
 
@@ -309,7 +343,7 @@ mod tests {
 
     #[test]
     fn names_are_quoted_for_the_lookup() {
-        let q = lookup_query(&["O'Brien"], &[], &[]);
+        let q = lookup_query(&["O'Brien"], &[], &[], &[]);
         assert!(q.contains("IN ('o''brien')"), "{q}");
         assert!(q.contains("ARRAY[NULL]"), "{q}");
         let v = [

@@ -785,6 +785,8 @@ impl FromAgent<'_> {
             dynamic_sql: true,
             tagged_as: None,
             operators: Vec::new(),
+            cast_types: Vec::new(),
+            attributes: Vec::new(),
             prepared_name: None,
         }]);
         match self.check(&statements).await? {
@@ -1170,6 +1172,8 @@ impl FromAgent<'_> {
                     dynamic_sql: true,
                     tagged_as: None,
                     operators: Vec::new(),
+                    cast_types: Vec::new(),
+                    attributes: Vec::new(),
                     prepared_name: None,
                 }]);
                 self.simple_unit(&frame, &statements).await?;

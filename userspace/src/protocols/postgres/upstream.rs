@@ -51,7 +51,10 @@ pub fn side_params(params: &[(String, String)]) -> Vec<(String, String)> {
         .cloned()
         .collect();
     out.push(("client_encoding".into(), "UTF8".into()));
-    out.push(("application_name".into(), "blastgate catalog lookups".into()));
+    out.push((
+        "application_name".into(),
+        "blastgate catalog lookups".into(),
+    ));
     out
 }
 
