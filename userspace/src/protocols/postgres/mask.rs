@@ -77,6 +77,17 @@ impl RowPlan {
     pub fn is_noop(&self) -> bool {
         self.columns.iter().all(|(c, _)| *c == Column::Pass)
     }
+
+    /// Masks whole the columns whose values derive from masked columns
+    /// (`styles` from lineage, one per column). A column a field rule
+    /// names directly keeps that rule's style.
+    pub fn derive(&mut self, styles: &[Option<Style>]) {
+        for ((col, _), style) in self.columns.iter_mut().zip(styles) {
+            if let (Some(s), false) = (style, matches!(col, Column::Rule(_))) {
+                *col = Column::Rule(*s);
+            }
+        }
+    }
 }
 
 /// `schema.table.column` names of table columns, from the upstream catalog.
@@ -248,6 +259,144 @@ pub fn scan_copy(frame: &Frame, mask: &MaskPlan, out: &mut BytesMut) -> u64 {
             0
         }
     }
+}
+
+/// SQLSTATE classes whose texts are about names and states, not values:
+/// syntax and access errors (42), unsupported features, transaction
+/// state, resources, operator intervention, connections, invalid names.
+const NAME_CLASSES: &[&str] = &[
+    "42", "0A", "25", "40", "53", "54", "55", "57", "08", "3D", "3F", "28", "26", "34", "0B", "2D",
+    "3B",
+];
+
+/// The text that replaces error and notice fields hidden for masking.
+const HIDDEN: &str = "(hidden by blastgate: the statement reads masked columns)";
+
+/// Rewrites an ErrorResponse or NoticeResponse: detectors over its texts,
+/// and, when `redact` (the statement in flight reads masked columns), the
+/// texts that can quote a value hidden. The SQLSTATE and the name fields
+/// (schema, table, column, constraint) are kept, so clients behave.
+/// `None`: nothing changed (forward the frame as it is).
+pub fn server_message(frame: &Frame, redact: bool, mask: &MaskPlan) -> Option<BytesMut> {
+    let body = frame.body();
+    let mut fields: Vec<(u8, &[u8])> = Vec::new();
+    let mut at = 0;
+    while let Some(&code) = body.get(at) {
+        if code == 0 {
+            break;
+        }
+        let rest = body.get(at + 1..)?;
+        let end = rest.iter().position(|b| *b == 0)?;
+        fields.push((code, &rest[..end]));
+        at += end + 2;
+    }
+    let sqlstate = fields
+        .iter()
+        .find(|(c, _)| *c == b'C')
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    let class = sqlstate.get(..2).unwrap_or_default();
+    let redact = redact && !NAME_CLASSES.contains(&class);
+    let mut changed = false;
+    let mut out_fields: Vec<(u8, Vec<u8>)> = Vec::with_capacity(fields.len());
+    for (code, value) in fields {
+        let mut text = String::from_utf8_lossy(value).into_owned();
+        if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') {
+            if redact {
+                text = match code {
+                    // Data errors name the value in quotes after a fixed text.
+                    b'M' if class == "22" || class == "23" => match text.find('"') {
+                        Some(q) => format!("{}\"****\"", &text[..q]),
+                        None => text,
+                    },
+                    b'M' => format!("blastgate: message {HIDDEN} (SQLSTATE {sqlstate})"),
+                    _ => HIDDEN.to_string(),
+                };
+            }
+            if mask.has_detectors() {
+                text = mask.scan(&text).0;
+            }
+        }
+        changed |= text.as_bytes() != value;
+        out_fields.push((code, text.into_bytes()));
+    }
+    if !changed {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    out.put_u8(frame.tag);
+    out.put_i32(0);
+    for (code, value) in out_fields {
+        out.put_u8(code);
+        // A NUL inside would end the field early: none can come from UTF-8
+        // text of the server's, but a lossy conversion must not add one.
+        out.put_slice(
+            &value
+                .iter()
+                .copied()
+                .filter(|b| *b != 0)
+                .collect::<Vec<_>>(),
+        );
+        out.put_u8(0);
+    }
+    out.put_u8(0);
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
+/// Rewrites a NotificationResponse: the payload can carry any value a
+/// notifying session read (a trigger's `pg_notify(…, NEW.email)`, another
+/// session's `SELECT pg_notify('c', email) FROM customers`), and nothing
+/// on this side tells where it came from. So while column rules apply the
+/// payload is replaced whole; otherwise the detectors run over it.
+pub fn notification(frame: &Frame, field_rules: bool, mask: &MaskPlan) -> Option<BytesMut> {
+    let body = frame.body();
+    let pid = body.get(..4)?;
+    let rest = body.get(4..)?;
+    let end = rest.iter().position(|b| *b == 0)?;
+    let channel = &rest[..end];
+    let after = rest.get(end + 1..)?;
+    let pend = after.iter().position(|b| *b == 0)?;
+    let payload = String::from_utf8_lossy(&after[..pend]).into_owned();
+    let masked = if field_rules && !payload.is_empty() {
+        "****".to_string()
+    } else if mask.has_detectors() {
+        mask.scan(&payload).0
+    } else {
+        payload.clone()
+    };
+    if masked == payload {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    out.put_u8(b'A');
+    out.put_i32(0);
+    out.put_slice(pid);
+    out.put_slice(channel);
+    out.put_u8(0);
+    out.put_slice(masked.as_bytes());
+    out.put_u8(0);
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Some(out)
+}
+
+/// Rewrites a FunctionCallResponse (fast-path calls name functions by
+/// OID, so their result's origin is unknown): masked whole while column
+/// rules apply.
+pub fn function_result(frame: &Frame) -> Option<BytesMut> {
+    let body = frame.body();
+    let len = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+    if len < 0 {
+        return None;
+    }
+    let mut out = BytesMut::new();
+    out.put_u8(b'V');
+    out.put_i32(12);
+    out.put_i32(4);
+    out.put_slice(b"****");
+    Some(out)
 }
 
 /// The catalog query that names table columns.

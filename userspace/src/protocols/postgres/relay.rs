@@ -30,6 +30,7 @@ use super::{
     classify::{Classifier, CopyDirection, Statement},
     frame::{decode, encode, Frame, PgError, Reader},
     gate::{self, Verdict},
+    lineage::{self, Lineage},
     mask::{self, Field, Names, RowPlan},
     upstream::{self, Upstream},
 };
@@ -58,6 +59,8 @@ struct Pending {
     started: Instant,
     columns: Columns,
     masked: u64,
+    /// Where its result columns come from, while column rules apply.
+    lineage: Option<Arc<Lineage>>,
 }
 
 impl Pending {
@@ -67,7 +70,13 @@ impl Pending {
             started: Instant::now(),
             columns,
             masked: 0,
+            lineage: None,
         })
+    }
+
+    fn with_lineage(mut self: Box<Self>, lineage: Option<Arc<Lineage>>) -> Box<Pending> {
+        self.lineage = lineage;
+        self
     }
 }
 
@@ -212,6 +221,13 @@ impl FromAgent<'_> {
         Ok(())
     }
 
+    /// Where a statement's result columns come from; only needed (and
+    /// only worked out) while column rules apply.
+    fn lineage(&self, st: &Statement) -> Option<Arc<Lineage>> {
+        self.field_rules
+            .then(|| super::analyzer().analyze(&st.text))
+    }
+
     /// Notes what the server will answer to a message being forwarded.
     fn await_answer(&self, e: Expect) {
         lock(&self.queue).push_back(e);
@@ -275,11 +291,10 @@ impl FromAgent<'_> {
         match self.check(statements).await? {
             Verdict::Run(admitted) => {
                 let mut queue = lock(&self.queue);
-                for a in admitted {
-                    queue.push_back(Expect::Statement(Pending::new(
-                        Some(a.event),
-                        Columns::Inline,
-                    )));
+                for (a, st) in admitted.into_iter().zip(statements.iter()) {
+                    queue.push_back(Expect::Statement(
+                        Pending::new(Some(a.event), Columns::Inline).with_lineage(self.lineage(st)),
+                    ));
                 }
                 queue.push_back(Expect::Ready);
                 drop(queue);
@@ -386,14 +401,22 @@ impl FromAgent<'_> {
                     .get(&statement)
                     .and_then(|p| p.events.first())
                     .map(|template| self.gw.session.restamp(template));
-                self.await_answer(Expect::Statement(Pending::new(
-                    event,
-                    Columns::Portal {
-                        portal,
-                        statement,
-                        formats,
-                    },
-                )));
+                let lineage = self
+                    .prepared
+                    .get(&statement)
+                    .and_then(|p| p.statements.first())
+                    .and_then(|st| self.lineage(st));
+                self.await_answer(Expect::Statement(
+                    Pending::new(
+                        event,
+                        Columns::Portal {
+                            portal,
+                            statement,
+                            formats,
+                        },
+                    )
+                    .with_lineage(lineage),
+                ));
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'C' => {
@@ -531,6 +554,60 @@ impl Catalog<'_> {
     }
 }
 
+impl Catalog<'_> {
+    /// What the names of a statement mean to the server, asked afresh for
+    /// every statement: a function or view created since (by this session
+    /// or another) must not be judged by an old answer. `None` when the
+    /// server could not be asked (the caller then masks every column).
+    async fn facts(&mut self, l: &Lineage) -> Option<lineage::Facts> {
+        let Some(sql) = lineage::facts_query(l) else {
+            return Some(lineage::Facts::default());
+        };
+        match self.rows(&sql).await {
+            Ok(rows) => Some(lineage::facts_from_rows(&rows)),
+            Err(e) => {
+                tracing::warn!(error = %e, "looking up names for masking failed; masking every column");
+                self.conn = None;
+                None
+            }
+        }
+    }
+
+    /// Runs one query on the catalog connection; its rows as text.
+    async fn rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
+        if self.conn.is_none() {
+            self.conn =
+                Some(upstream::connect(self.addr, self.cfg, &self.params, self.timeout).await?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut out = BytesMut::new();
+        encode(&Query::new(sql.to_owned()), &mut out)?;
+        conn.writer.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut failed = None;
+        loop {
+            let f = conn.reader.next().await?;
+            match f.tag {
+                b'D' => rows.push(
+                    mask::row_values(&f)?
+                        .into_iter()
+                        .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                        .collect(),
+                ),
+                b'E' => failed = Some(upstream::error_text(&f)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match failed {
+            Some(e) => Err(PgError::Upstream(e)),
+            None => Ok(rows),
+        }
+    }
+}
+
 fn catalog_row(f: &Frame) -> Option<(u32, i16, String)> {
     let values = mask::row_values(f).ok()?;
     let text = |i: usize| std::str::from_utf8(values.get(i).copied().flatten()?).ok();
@@ -647,8 +724,24 @@ impl ToAgent<'_, '_> {
                 }
                 self.out.extend_from_slice(&frame.bytes);
             }
+            b'N' => {
+                let frame = self.server_message(frame).await;
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'A' => match &self.mask {
+                Some(m) => match mask::notification(&frame, m.has_fields(), m) {
+                    Some(bytes) => self.out.extend_from_slice(&bytes),
+                    None => self.out.extend_from_slice(&frame.bytes),
+                },
+                None => self.out.extend_from_slice(&frame.bytes),
+            },
+            b'V' => match (&self.mask, mask::function_result(&frame)) {
+                (Some(m), Some(bytes)) if m.has_fields() => self.out.extend_from_slice(&bytes),
+                _ => self.out.extend_from_slice(&frame.bytes),
+            },
             b'E' => {
                 self.plan = None;
+                let frame = self.server_message(frame).await;
                 let error = upstream::error_text(&frame);
                 self.out.extend_from_slice(&frame.bytes);
                 // The failed message's statement, then everything the server
@@ -695,7 +788,56 @@ impl ToAgent<'_, '_> {
         if m.has_fields() {
             self.catalog.resolve(fields).await;
         }
-        self.plan = Some(mask::plan(fields, Some(&self.catalog.names), m));
+        let mut plan = mask::plan(fields, Some(&self.catalog.names), m);
+        if m.has_fields() {
+            // Columns computed from masked columns are masked too.
+            let styles = match self.in_flight() {
+                Some(l) => match self.catalog.facts(&l).await {
+                    Some(facts) => lineage::evaluate(&l, &facts, m, fields.len()),
+                    None => vec![Some(crate::policy::masking::Style::Fixed); fields.len()],
+                },
+                // Rows of nothing blastgate forwarded: unknown origin.
+                None => vec![Some(crate::policy::masking::Style::Fixed); fields.len()],
+            };
+            plan.derive(&styles);
+        }
+        self.plan = Some(plan);
+    }
+
+    /// The lineage of the statement the server is answering now.
+    fn in_flight(&self) -> Option<Arc<Lineage>> {
+        match lock(&self.queue).front() {
+            Some(Expect::Statement(p)) => p.lineage.clone(),
+            _ => None,
+        }
+    }
+
+    /// An error or notice on its way to the agent, masked: detectors over
+    /// its texts and, while column rules apply and the statement in flight
+    /// reads masked columns (or nothing tells which statement it is), the
+    /// texts that can quote values hidden.
+    async fn server_message(&mut self, frame: Frame) -> Frame {
+        let Some(m) = self.mask.clone() else {
+            return frame;
+        };
+        let redact = if m.has_fields() {
+            match self.in_flight() {
+                Some(l) => match self.catalog.facts(&l).await {
+                    Some(facts) => lineage::touches_masked(&l, &facts, &m),
+                    None => true,
+                },
+                None => true,
+            }
+        } else {
+            false
+        };
+        match mask::server_message(&frame, redact, &m) {
+            Some(bytes) => Frame {
+                tag: frame.tag,
+                bytes,
+            },
+            None => frame,
+        }
     }
 
     async fn data_row(&mut self, frame: Frame) -> Result<(), PgError> {
