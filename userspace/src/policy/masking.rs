@@ -217,7 +217,11 @@ fn detector_regex(kind: DetectorKind) -> &'static str {
 fn plausible(kind: DetectorKind, m: &str) -> bool {
     let digits: Vec<u32> = m.chars().filter_map(|c| c.to_digit(10)).collect();
     match kind {
-        DetectorKind::Card => (13..=19).contains(&digits.len()) && luhn(&digits),
+        // Reversed (`reverse(card)`) is the same number to a reader.
+        DetectorKind::Card => {
+            let reversed: Vec<u32> = digits.iter().rev().copied().collect();
+            (13..=19).contains(&digits.len()) && (luhn(&digits) || luhn(&reversed))
+        }
         DetectorKind::Phone => (9..=15).contains(&digits.len()),
         DetectorKind::Iban => iban_ok(m),
         _ => true,
@@ -680,6 +684,7 @@ style = "fixed"
             ),
             ("call +44 20 7946 0958", "call ****", 1),
             ("order 12345 shipped", "order 12345 shipped", 0),
+            ("reversed 1111111111111114", "reversed ****1114", 1),
         ];
         for (input, want, n) in cases {
             let (got, count) = plan.scan(input);

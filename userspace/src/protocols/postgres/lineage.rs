@@ -102,6 +102,53 @@ pub struct Lineage {
     /// The statement's rows cannot be traced at all (unparsable, a cursor
     /// FETCH, EXECUTE, CALL): every column is opaque.
     pub opaque: bool,
+    /// `COPY … TO` in text format with options blastgate can parse the
+    /// rows of exactly; `None` for other statements and other COPYs.
+    pub copy_text: Option<CopyText>,
+}
+
+/// How a text-format COPY writes its rows (the options that matter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyText {
+    /// Field separator (tab unless DELIMITER says otherwise).
+    pub delimiter: u8,
+    /// What a NULL is written as (`\N` unless NULL says otherwise).
+    pub null: String,
+}
+
+/// The text-format options of a `COPY … TO`, if it is one whose rows can
+/// be parsed exactly: format text, a one-byte ASCII delimiter, any NULL
+/// string; nothing else (CSV quoting, BINARY, HEADER, ENCODING).
+fn copy_text(f: &Map<String, Value>) -> Option<CopyText> {
+    // Only TO STDOUT: a server-side file or program is no stream to mask.
+    if f.get("is_from") == Some(&Value::Bool(true))
+        || f.get("is_program") == Some(&Value::Bool(true))
+        || string(f.get("filename")).is_some()
+    {
+        return None;
+    }
+    let mut text = CopyText {
+        delimiter: b'\t',
+        null: "\\N".into(),
+    };
+    for opt in items(f.get("options")) {
+        let Some(("DefElem", d)) = node_of(opt) else {
+            return None;
+        };
+        let arg = d.get("arg").and_then(|a| match node_of(a) {
+            Some(("String", s)) => s.get("sval").and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        });
+        match (string(d.get("defname"))?, arg) {
+            ("format", Some(v)) if v == "text" => {}
+            ("delimiter", Some(v)) if v.len() == 1 && v.is_ascii() && v != "\\" => {
+                text.delimiter = v.as_bytes()[0];
+            }
+            ("null", Some(v)) => text.null = v,
+            _ => return None,
+        }
+    }
+    Some(text)
 }
 
 impl Lineage {
@@ -201,10 +248,14 @@ pub fn analyze(sql: &str) -> Lineage {
         return Lineage::opaque();
     };
     let mut walk = Walk::default();
+    let mut copy = None;
     let outputs = match node_of(&tree) {
         Some(("SelectStmt", f)) => walk.select(f, None),
         Some(("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", f)) => walk.dml(f, None),
-        Some(("CopyStmt", f)) => walk.copy(f),
+        Some(("CopyStmt", f)) => {
+            copy = copy_text(f);
+            walk.copy(f)
+        }
         Some(("DeclareCursorStmt" | "ExplainStmt" | "PrepareStmt" | "CreateTableAsStmt", f)) => {
             // No rows now (EXPLAIN's are plan text); what the query
             // touches still matters for errors raised while it runs.
@@ -222,6 +273,7 @@ pub fn analyze(sql: &str) -> Lineage {
         outputs,
         touches: walk.touches,
         opaque: walk.opaque_statement,
+        copy_text: copy,
     }
 }
 

@@ -261,6 +261,154 @@ pub fn scan_copy(frame: &Frame, mask: &MaskPlan, out: &mut BytesMut) -> u64 {
     }
 }
 
+/// A text-format COPY field's value (COPY's backslash escapes undone).
+fn copy_unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let b = field[i];
+        if b != b'\\' || i + 1 == field.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let next = field[i + 1];
+        i += 2;
+        match next {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match field.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push((v & 0xff) as u8);
+            }
+            b'x' => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 {
+                    match field.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            i += 1;
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if n == 0 {
+                    out.push(b'x');
+                } else {
+                    out.push(v as u8);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A value written as a text-format COPY field.
+fn copy_escape(value: &str, delimiter: u8, out: &mut Vec<u8>) {
+    for &b in value.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            8 => out.extend_from_slice(b"\\b"),
+            12 => out.extend_from_slice(b"\\f"),
+            11 => out.extend_from_slice(b"\\v"),
+            d if d == delimiter => {
+                out.push(b'\\');
+                out.push(d);
+            }
+            other => out.push(other),
+        }
+    }
+}
+
+/// Masks one CopyData message of a text-format `COPY … TO` (the server
+/// sends one row per message; several lines are handled too): the fields
+/// of columns derived from masked columns replaced whole with their
+/// style, as the same value in a DataRow would be, then the detectors
+/// over the rest. A line with another number of fields than the result
+/// has columns is masked whole. Returns how many values were masked.
+pub fn mask_copy_text(
+    frame: &Frame,
+    styles: &[Option<Style>],
+    delimiter: u8,
+    null: &str,
+    mask: &MaskPlan,
+    out: &mut BytesMut,
+) -> u64 {
+    let body = frame.body();
+    let mut masked = 0u64;
+    let mut data: Vec<u8> = Vec::with_capacity(body.len());
+    let lines: Vec<&[u8]> = body.split_inclusive(|b| *b == b'\n').collect();
+    for line in lines {
+        let (content, newline) = match line.strip_suffix(b"\n") {
+            Some(c) => (c, true),
+            None => (line, false),
+        };
+        let fields: Vec<&[u8]> = content.split(|b| *b == delimiter).collect();
+        let whole = fields.len() != styles.len();
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                data.push(delimiter);
+            }
+            let style = if whole {
+                Some(Style::Fixed)
+            } else {
+                styles.get(i).copied().flatten()
+            };
+            if *field == null.as_bytes() {
+                data.extend_from_slice(field);
+                continue;
+            }
+            let value = String::from_utf8_lossy(&copy_unescape(field)).into_owned();
+            match style {
+                Some(s) => {
+                    masked += 1;
+                    copy_escape(&mask.apply(s, &value), delimiter, &mut data);
+                }
+                None if mask.has_detectors() => {
+                    let (scanned, n) = mask.scan(&value);
+                    if n == 0 {
+                        data.extend_from_slice(field);
+                    } else {
+                        masked += n;
+                        copy_escape(&scanned, delimiter, &mut data);
+                    }
+                }
+                None => data.extend_from_slice(field),
+            }
+        }
+        if newline {
+            data.push(b'\n');
+        }
+    }
+    if masked == 0 {
+        out.extend_from_slice(&frame.bytes);
+        return 0;
+    }
+    out.put_u8(b'd');
+    out.put_i32(4 + data.len() as i32);
+    out.put_slice(&data);
+    masked
+}
+
 /// SQLSTATE classes whose texts are about names and states, not values:
 /// syntax and access errors (42), unsupported features, transaction
 /// state, resources, operator intervention, connections, invalid names.

@@ -157,6 +157,7 @@ pub async fn run(
         statement_fields: HashMap::new(),
         portal_fields: HashMap::new(),
         plan: None,
+        copy: None,
     };
     let result = tokio::select! {
         r = from_agent.run() => r,
@@ -267,14 +268,19 @@ impl FromAgent<'_> {
         Ok(Verdict::Refuse(refused))
     }
 
-    /// COPY ... TO cannot be masked by column: refused while column rules
-    /// apply to this session, rather than let masked columns out.
+    /// COPY ... TO is masked by column in text format to STDOUT only
+    /// (its rows can be parsed exactly); other forms are refused while
+    /// column rules apply to this session, rather than let masked columns
+    /// out.
     fn copy_out_refusal(&self, statements: &[Statement]) -> Option<String> {
-        let copy_out = statements
-            .iter()
-            .any(|s| s.copy_direction == Some(CopyDirection::To) && !s.copy_program);
+        let copy_out = statements.iter().any(|s| {
+            s.copy_direction == Some(CopyDirection::To)
+                && !s.copy_program
+                && self.lineage(s).is_none_or(|l| l.copy_text.is_none())
+        });
         (self.field_rules && copy_out).then(|| {
-            "blastgate: COPY ... TO is refused while column masking rules apply to this session; \
+            "blastgate: COPY ... TO is refused while column masking rules apply to this session, \
+             except in text format to STDOUT (no CSV, BINARY, HEADER or ENCODING); \
              use SELECT (its results are masked)"
                 .to_string()
         })
@@ -630,6 +636,11 @@ struct ToAgent<'g, 'c> {
     portal_fields: HashMap<String, Vec<Field>>,
     /// Masking for the rows now flowing; `None` until known.
     plan: Option<RowPlan>,
+    /// Masking for a text-format COPY now flowing: each column's style.
+    copy: Option<(
+        Vec<Option<crate::policy::masking::Style>>,
+        lineage::CopyText,
+    )>,
 }
 
 impl ToAgent<'_, '_> {
@@ -703,6 +714,26 @@ impl ToAgent<'_, '_> {
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'D' => self.data_row(frame).await?,
+            b'H' => {
+                self.copy = None;
+                if let Some(m) = self.mask.clone().filter(|m| m.has_fields()) {
+                    self.copy_plan(&frame, &m).await;
+                }
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'd' if self.copy.is_some() => {
+                if let (Some(m), Some((styles, text))) = (self.mask.clone(), self.copy.as_ref()) {
+                    let n = mask::mask_copy_text(
+                        &frame,
+                        styles,
+                        text.delimiter,
+                        &text.null,
+                        &m,
+                        &mut self.out,
+                    );
+                    self.count_masked(n);
+                }
+            }
             b'd' => match &self.mask {
                 Some(m) if m.has_detectors() => {
                     let n = mask::scan_copy(&frame, m, &mut self.out);
@@ -717,6 +748,7 @@ impl ToAgent<'_, '_> {
                     String::new()
                 };
                 self.plan = None;
+                self.copy = None;
                 if let Some(Expect::Statement(p)) = self.pop() {
                     self.out.extend_from_slice(&frame.bytes);
                     self.finish(*p, Outcome::Done { tag }).await;
@@ -741,6 +773,7 @@ impl ToAgent<'_, '_> {
             },
             b'E' => {
                 self.plan = None;
+                self.copy = None;
                 let frame = self.server_message(frame).await;
                 let error = upstream::error_text(&frame);
                 self.out.extend_from_slice(&frame.bytes);
@@ -802,6 +835,36 @@ impl ToAgent<'_, '_> {
             plan.derive(&styles);
         }
         self.plan = Some(plan);
+    }
+
+    /// How the rows of a `COPY … TO STDOUT` starting now (CopyOutResponse)
+    /// are masked. What FromAgent let through is text format; anything
+    /// else that comes (nothing should) is masked whole.
+    async fn copy_plan(&mut self, frame: &Frame, m: &MaskPlan) {
+        use crate::policy::masking::Style;
+        let body = frame.body();
+        let width = body
+            .get(1..3)
+            .map_or(0, |w| i16::from_be_bytes([w[0], w[1]]).max(0) as usize);
+        let text_format = body.first() == Some(&0);
+        let lineage = self.in_flight();
+        let (styles, text) = match lineage
+            .as_ref()
+            .and_then(|l| Some((l, l.copy_text.clone()?)))
+        {
+            Some((l, text)) if text_format => match self.catalog.facts(l).await {
+                Some(facts) => (lineage::evaluate(l, &facts, m, width), text),
+                None => (vec![Some(Style::Fixed); width], text),
+            },
+            _ => (
+                vec![Some(Style::Fixed); width],
+                lineage::CopyText {
+                    delimiter: b'\t',
+                    null: "\\N".into(),
+                },
+            ),
+        };
+        self.copy = Some((styles, text));
     }
 
     /// The lineage of the statement the server is answering now.
