@@ -272,7 +272,7 @@ pub fn analyze(sql: &str) -> Lineage {
     Lineage {
         outputs,
         touches: walk.touches,
-        opaque: walk.opaque_statement,
+        opaque: false,
         copy_text: copy,
     }
 }
@@ -468,7 +468,6 @@ fn combine(branches: Vec<Vec<Out>>) -> Vec<Out> {
 #[derive(Default)]
 struct Walk {
     touches: BTreeSet<Rel>,
-    opaque_statement: bool,
 }
 
 impl Walk {
@@ -1119,6 +1118,13 @@ impl Facts {
     }
 }
 
+/// Views the server ships (`pg_roles`, `information_schema.columns`, …):
+/// catalog data, not table values, so not opaque the way a user's view is
+/// (the ones holding values are in [`HOLDS_VALUES`]).
+fn system_view(info: &RelInfo) -> bool {
+    matches!(info.schema.as_str(), "pg_catalog" | "information_schema")
+}
+
 /// The style a value from `origin` is masked with, if any. More than one
 /// style among its sources: the plainest (`fixed`).
 fn style_of(origin: &Origin, facts: &Facts, mask: &MaskPlan) -> Option<Style> {
@@ -1140,7 +1146,7 @@ fn style_of(origin: &Origin, facts: &Facts, mask: &MaskPlan) -> Option<Style> {
             }
             match column {
                 Some(c) if info.columns.iter().any(|have| have == c) => {
-                    if !matches!(info.kind, 'r' | 'p') {
+                    if !matches!(info.kind, 'r' | 'p') && !system_view(info) {
                         // A view's or foreign table's column: from where,
                         // its definition would tell.
                         return Some(Style::Fixed);
@@ -1151,7 +1157,7 @@ fn style_of(origin: &Origin, facts: &Facts, mask: &MaskPlan) -> Option<Style> {
                 }
                 Some(_) => {}
                 None => {
-                    if !matches!(info.kind, 'r' | 'p') {
+                    if !matches!(info.kind, 'r' | 'p') && !system_view(info) {
                         return Some(Style::Fixed);
                     }
                     for c in &info.columns {
@@ -1435,6 +1441,13 @@ mod tests {
                 table("public", "customer_emails", 'v', &["id", "email"]),
                 table("public", "remote", 'f', &["id", "x"]),
                 table("hr", "people", 'r', &["id", "ssn"]),
+                table("pg_catalog", "pg_roles", 'v', &["rolname", "rolsuper"]),
+                table(
+                    "information_schema",
+                    "columns",
+                    'v',
+                    &["table_name", "column_name"],
+                ),
                 table(
                     "pg_catalog",
                     "pg_stats",
@@ -1548,6 +1561,8 @@ mod tests {
             "SHOW search_path",
             "SELECT pg_catalog.lower(name) FROM customers",
             "SELECT id FROM hr.people",
+            "SELECT rolname FROM pg_roles",
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'customers'",
         ] {
             assert_eq!(masked(sql, 1), vec![false], "{sql}");
         }
