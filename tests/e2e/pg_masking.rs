@@ -21,6 +21,8 @@
 //!   columns come out unchanged;
 //! - error texts echoing a value (`email::int`), a NOTICE raised with a
 //!   value by a function, `pg_notify('c', email)` to a listening session;
+//! - storing a value to read it back untraced: `set_config('x.y', email,
+//!   false)` then `current_setting('x.y')` (refused);
 //! - the extended protocol (tokio-postgres: Parse/Bind/Describe/Execute,
 //!   binary results);
 //! - card numbers reversed (`reverse(card)`) are caught by the detector.
@@ -277,6 +279,17 @@ fn errors_notices_notifications_and_copy_do_not_leak() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("Asynchronous notification \"c\""), "{t}");
     assert_no_raw("notification", &t);
+    // A value stored in a setting (or a large object) to be read back
+    // later untraced is refused; constants still go.
+    let o = s.psql(
+        "SELECT set_config('x.y', email, false) FROM customers WHERE id = 1; \
+         SELECT current_setting('x.y', true)",
+    );
+    let t = text(&o);
+    assert!(t.contains("storing a computed value"), "{t}");
+    assert_no_raw("set_config", &t);
+    let o = s.psql("SELECT set_config('x.y', 'plain', false)");
+    assert_eq!(text(&o).trim(), "plain", "{}", text(&o));
     // Errors about names keep their text.
     let t = text(&s.psql("SELECT emial FROM customers"));
     assert!(t.contains("column \"emial\" does not exist"), "{t}");

@@ -105,6 +105,9 @@ pub struct Lineage {
     /// `COPY … TO` in text format with options blastgate can parse the
     /// rows of exactly; `None` for other statements and other COPYs.
     pub copy_text: Option<CopyText>,
+    /// It stores a computed value where a later statement reads it back
+    /// untraced (see [`STORES`]).
+    pub stores: bool,
 }
 
 /// How a text-format COPY writes its rows (the options that matter).
@@ -220,6 +223,45 @@ const RUNS_SQL: &[&str] = &[
     "dblink_exec",
 ];
 
+/// Builtins that store a value where a later statement reads it back with
+/// no lineage to the table it came from: a setting (`current_setting`,
+/// `SHOW`, a ParameterStatus for `application_name`), a large object, the
+/// WAL. Called with anything but constants while column rules apply,
+/// the statement is refused.
+pub const STORES: &[&str] = &[
+    "set_config",
+    "lo_from_bytea",
+    "lo_put",
+    "lowrite",
+    "pg_logical_emit_message",
+];
+
+/// Whether the tree calls one of [`STORES`] with an argument that is not a
+/// constant or a parameter (casts of them included).
+fn stores(v: &Value) -> bool {
+    match v {
+        Value::Array(list) => list.iter().any(stores),
+        Value::Object(map) => {
+            if let Some(("FuncCall", f)) = node_of(v) {
+                let name = strings(f.get("funcname")).pop().unwrap_or_default();
+                if STORES.contains(&name.as_str()) && !items(f.get("args")).iter().all(constant) {
+                    return true;
+                }
+            }
+            map.values().any(stores)
+        }
+        _ => false,
+    }
+}
+
+fn constant(v: &Value) -> bool {
+    match node_of(v) {
+        Some(("AConst" | "ParamRef", _)) => true,
+        Some(("TypeCast", f)) => f.get("arg").is_some_and(constant),
+        _ => false,
+    }
+}
+
 /// Catalog relations holding copies of column values (planner
 /// statistics keep the most common values of every column).
 const HOLDS_VALUES: &[&str] = &[
@@ -274,6 +316,7 @@ pub fn analyze(sql: &str) -> Lineage {
         touches: walk.touches,
         opaque: false,
         copy_text: copy,
+        stores: stores(&tree),
     }
 }
 
@@ -1709,6 +1752,27 @@ mod tests {
         assert_eq!(f.relations[0].columns, ["a", "b"]);
         assert!(f.relations[1].columns.is_empty() && !f.relations[1].visible);
         assert!(f.user_routines.contains("lower"));
+    }
+
+    #[test]
+    fn storing_computed_values_untraced_is_noticed() {
+        for sql in [
+            "SELECT set_config('x.y', email, false) FROM customers",
+            "SELECT 1 FROM customers ORDER BY set_config('x.y', email, false)",
+            "SELECT pg_catalog.set_config('application_name', my_get_email(1), false)",
+            "SELECT lo_from_bytea(0, convert_to(email, 'UTF8')) FROM customers",
+            "UPDATE orders SET status = set_config('a.b', status, true) WHERE id = 1",
+        ] {
+            assert!(analyze(sql).stores, "{sql}");
+        }
+        for sql in [
+            "SELECT set_config('search_path', 'public', false)",
+            "SELECT set_config('x.y', $1, false)",
+            "SELECT set_config('statement_timeout', '5s'::text, true)",
+            "SELECT current_setting('x.y')",
+        ] {
+            assert!(!analyze(sql).stores, "{sql}");
+        }
     }
 
     #[test]

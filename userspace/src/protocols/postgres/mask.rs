@@ -568,6 +568,144 @@ mod tests {
         Frame { tag: b'D', bytes }
     }
 
+    fn plan_with(rules: &str) -> MaskPlan {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(crate::policy::masking::MASKING_FILE), rules)
+            .expect("rules");
+        crate::policy::masking::Masking::load(dir.path())
+            .unwrap_or_else(|p| panic!("{p:?}"))
+            .plan("a", "t")
+    }
+
+    fn message(tag: u8, fields: &[(u8, &str)]) -> Frame {
+        let mut out = BytesMut::new();
+        out.put_u8(tag);
+        out.put_i32(0);
+        for (c, v) in fields {
+            out.put_u8(*c);
+            out.put_slice(v.as_bytes());
+            out.put_u8(0);
+        }
+        out.put_u8(0);
+        let len = (out.len() - 1) as i32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        Frame { tag, bytes: out }
+    }
+
+    fn field(f: &[u8], code: u8) -> String {
+        let body = &f[5..];
+        let mut at = 0;
+        while body[at] != 0 {
+            let end = at + 1 + body[at + 1..].iter().position(|b| *b == 0).unwrap();
+            if body[at] == code {
+                return String::from_utf8_lossy(&body[at + 1..end]).into_owned();
+            }
+            at = end + 1;
+        }
+        String::new()
+    }
+
+    #[test]
+    fn error_texts_that_quote_values_are_hidden_and_sqlstates_kept() {
+        let plan = plan_with("[[detector]]\nkind = \"card\"\nstyle = \"last4\"\n");
+        let e = message(
+            b'E',
+            &[
+                (b'S', "ERROR"),
+                (b'C', "22P02"),
+                (
+                    b'M',
+                    "invalid input syntax for type integer: \"alice@example.com\"",
+                ),
+                (b'D', "Key (email)=(alice@example.com) already exists."),
+                (b'W', "JSON data, line 1: alice"),
+                (b't', "customers"),
+            ],
+        );
+        let out = server_message(&e, true, &plan).expect("rewritten");
+        assert_eq!(field(&out, b'C'), "22P02");
+        assert_eq!(
+            field(&out, b'M'),
+            "invalid input syntax for type integer: \"****\""
+        );
+        assert_eq!(field(&out, b'D'), HIDDEN);
+        assert_eq!(field(&out, b'W'), HIDDEN);
+        assert_eq!(field(&out, b't'), "customers");
+        // A RAISE can put a value anywhere in its message.
+        let raise = message(b'N', &[(b'C', "00000"), (b'M', "value alice@example.com")]);
+        let out = server_message(&raise, true, &plan).expect("rewritten");
+        assert!(
+            !field(&out, b'M').contains("alice"),
+            "{:?}",
+            field(&out, b'M')
+        );
+        // Errors about names keep their text; detectors still run.
+        let name = message(
+            b'E',
+            &[(b'C', "42703"), (b'M', "column \"emial\" does not exist")],
+        );
+        assert!(server_message(&name, true, &plan).is_none());
+        let card = message(b'E', &[(b'C', "P0001"), (b'M', "card 4111111111111111")]);
+        let out = server_message(&card, false, &plan).expect("detector");
+        assert_eq!(field(&out, b'M'), "card ****1111");
+    }
+
+    #[test]
+    fn notification_payloads_are_masked_while_column_rules_apply() {
+        let plan = plan_with("");
+        let mut f = BytesMut::new();
+        f.put_u8(b'A');
+        f.put_i32(4 + 4 + 2 + 18);
+        f.put_i32(42);
+        f.put_slice(b"c\0alice@example.com\0");
+        let frame = Frame {
+            tag: b'A',
+            bytes: f,
+        };
+        let out = notification(&frame, true, &plan).expect("masked");
+        assert_eq!(&out[5..], b"\0\0\0\x2ac\0****\0");
+        assert_eq!(
+            i32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+            out.len() - 1
+        );
+        assert!(notification(&frame, false, &plan).is_none());
+    }
+
+    #[test]
+    fn copy_text_rows_are_masked_by_column_with_escapes_undone_and_redone() {
+        let plan = plan_with("[[detector]]\nkind = \"card\"\nstyle = \"last4\"\n");
+        assert_eq!(copy_unescape(b"a\\tb\\\\c\\nd\\101\\x41"), b"a\tb\\c\ndAA");
+        let mut esc = Vec::new();
+        copy_escape("x\ty\\z\n|", b'|', &mut esc);
+        assert_eq!(esc, b"x\\ty\\\\z\\n\\|");
+        let mut body = BytesMut::new();
+        body.put_u8(b'd');
+        let line = b"1\tAlice\\tA\tx@y.z\t4111111111111111\t\\N\n";
+        body.put_i32(4 + line.len() as i32);
+        body.put_slice(line);
+        let frame = Frame {
+            tag: b'd',
+            bytes: body,
+        };
+        let styles = [
+            None,
+            Some(Style::Fixed),
+            Some(Style::Last4),
+            None,
+            Some(Style::Fixed),
+        ];
+        let mut out = BytesMut::new();
+        let n = mask_copy_text(&frame, &styles, b'\t', "\\N", &plan, &mut out);
+        // The escaped tab is inside one field: five fields, two masked by
+        // rule, one card by the detector, NULL left as NULL.
+        assert_eq!(n, 3);
+        assert_eq!(&out[5..], b"1\t****\t****@y.z\t****1111\t\\N\n");
+        // A line that does not have the result's width is masked whole.
+        let mut out = BytesMut::new();
+        mask_copy_text(&frame, &styles[..2], b'\t', "\\N", &plan, &mut out);
+        assert_eq!(&out[5..], b"****\t****\t****\t****\t\\N\n");
+    }
+
     #[test]
     fn rows_round_trip_and_malformed_rows_are_errors() {
         let mut out = BytesMut::new();

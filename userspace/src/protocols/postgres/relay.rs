@@ -256,7 +256,7 @@ impl FromAgent<'_> {
         let Verdict::Run(admitted) = verdict else {
             return Ok(verdict);
         };
-        let Some(refused) = self.copy_out_refusal(statements) else {
+        let Some(refused) = self.masking_refusal(statements) else {
             return Ok(Verdict::Run(admitted));
         };
         for a in admitted {
@@ -268,11 +268,24 @@ impl FromAgent<'_> {
         Ok(Verdict::Refuse(refused))
     }
 
-    /// COPY ... TO is masked by column in text format to STDOUT only
-    /// (its rows can be parsed exactly); other forms are refused while
-    /// column rules apply to this session, rather than let masked columns
-    /// out.
-    fn copy_out_refusal(&self, statements: &[Statement]) -> Option<String> {
+    /// What column masking cannot follow, refused while column rules apply
+    /// to this session rather than let masked values out: COPY ... TO other
+    /// than text format to STDOUT (whose rows are parsed and masked
+    /// exactly), and values stored where a later statement reads them back
+    /// untraced (`set_config(…, email, …)`, large objects).
+    fn masking_refusal(&self, statements: &[Statement]) -> Option<String> {
+        if self.field_rules
+            && statements
+                .iter()
+                .any(|s| self.lineage(s).is_some_and(|l| l.stores))
+        {
+            return Some(format!(
+                "blastgate: storing a computed value with {} is refused while column masking \
+                 rules apply to this session (masking could not follow it back out); \
+                 pass constants",
+                super::lineage::STORES.join(", ")
+            ));
+        }
         let copy_out = statements.iter().any(|s| {
             s.copy_direction == Some(CopyDirection::To)
                 && !s.copy_program
