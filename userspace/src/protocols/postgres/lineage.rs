@@ -595,7 +595,7 @@ impl Walk {
             return combine(branches);
         }
         for item in items(f.get("from_clause")) {
-            self.from_item(item, &mut scope);
+            self.range_item(item, &mut scope);
         }
         // Filters and groupings return no values, but an error raised in
         // them may quote one; and their subqueries name relations.
@@ -616,11 +616,11 @@ impl Walk {
         }
         for key in ["from_clause", "using_clause"] {
             for item in items(f.get(key)) {
-                self.from_item(item, &mut scope);
+                self.range_item(item, &mut scope);
             }
         }
         if let Some(source) = f.get("source_relation") {
-            self.from_item(source, &mut scope);
+            self.range_item(source, &mut scope);
         }
         if let Some(select) = f.get("select_stmt") {
             self.statement(select, Some(&scope));
@@ -707,7 +707,7 @@ impl Walk {
         }
     }
 
-    fn from_item(&mut self, v: &Value, scope: &mut Scope) {
+    fn range_item(&mut self, v: &Value, scope: &mut Scope) {
         let Some((kind, f)) = node_of(v) else {
             return;
         };
@@ -732,7 +732,7 @@ impl Walk {
                 let before = scope.items.len();
                 for side in ["larg", "rarg"] {
                     if let Some(s) = f.get(side) {
-                        self.from_item(s, scope);
+                        self.range_item(s, scope);
                     }
                 }
                 if let Some(q) = f.get("quals") {
@@ -775,7 +775,7 @@ impl Walk {
             }
             "RangeTableSample" => {
                 if let Some(r) = f.get("relation") {
-                    self.from_item(r, scope);
+                    self.range_item(r, scope);
                 }
             }
             _ => {
@@ -1386,11 +1386,14 @@ pub fn facts_from_rows(rows: &[Vec<Option<String>>]) -> Facts {
 /// Statement texts longer than this are analysed but not cached.
 const MAX_CACHED_BYTES: usize = 64 * 1024;
 
+/// Analyses by statement text, and the texts oldest first.
+type Cache = (HashMap<String, Arc<Lineage>>, VecDeque<String>);
+
 /// A bounded cache in front of [`analyze`], keyed by the exact statement
 /// text (the analysis depends on every identifier in it); oldest evicted.
 pub struct Analyzer {
     capacity: usize,
-    cache: Mutex<(HashMap<String, Arc<Lineage>>, VecDeque<String>)>,
+    cache: Mutex<Cache>,
 }
 
 impl Analyzer {
@@ -1429,7 +1432,7 @@ impl Analyzer {
         fresh
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<String, Arc<Lineage>>, VecDeque<String>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // Nothing a panicking thread could leave half-done matters more
         // than staying available.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
