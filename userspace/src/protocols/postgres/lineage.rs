@@ -24,11 +24,12 @@
 //! argument. Those reveal what a `WHERE` clause reveals, which masking
 //! never hid.
 //!
-//! It errs towards masking: anything it cannot trace (a function outside
-//! `pg_catalog`, a builtin that runs SQL given as text, a view, a foreign
-//! table, an unknown node type, a statement that does not parse) makes the
-//! column opaque, and opaque columns are masked whole while column rules
-//! apply.
+//! Views are followed through their definitions (asked of the server with
+//! the other names). It errs towards masking: anything it cannot trace (a
+//! function outside `pg_catalog`, a builtin that runs SQL given as text, a
+//! foreign table, an unknown node type, a statement that does not parse)
+//! makes the column opaque, and opaque columns are masked whole while
+//! column rules apply.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -1142,6 +1143,8 @@ pub struct RelInfo {
     pub visible: bool,
     /// Column names in order (dropped columns left out).
     pub columns: Vec<String>,
+    /// A view's or materialized view's query (`pg_get_viewdef`).
+    pub definition: Option<String>,
 }
 
 /// Facts from the server about the names of one statement.
@@ -1170,7 +1173,7 @@ fn system_view(info: &RelInfo) -> bool {
 
 /// The style a value from `origin` is masked with, if any. More than one
 /// style among its sources: the plainest (`fixed`).
-fn style_of(origin: &Origin, facts: &Facts, mask: &MaskPlan) -> Option<Style> {
+fn style_of(origin: &Origin, facts: &Facts, mask: &MaskPlan, depth: usize) -> Option<Style> {
     if origin.opaque
         || origin
             .routines
@@ -1187,28 +1190,41 @@ fn style_of(origin: &Origin, facts: &Facts, mask: &MaskPlan) -> Option<Style> {
             if HOLDS_VALUES.contains(&info.name.as_str()) && info.schema == "pg_catalog" {
                 return Some(Style::Fixed);
             }
-            match column {
-                Some(c) if info.columns.iter().any(|have| have == c) => {
-                    if !matches!(info.kind, 'r' | 'p') && !system_view(info) {
-                        // A view's or foreign table's column: from where,
-                        // its definition would tell.
-                        return Some(Style::Fixed);
-                    }
-                    if let Some((s, _)) = mask.column(&info.schema, &info.name, c) {
-                        styles.insert(style_key(s));
-                    }
+            let wanted: Vec<usize> = match column {
+                Some(c) => info
+                    .columns
+                    .iter()
+                    .position(|have| have == c)
+                    .into_iter()
+                    .collect(),
+                None => (0..info.columns.len()).collect(),
+            };
+            if wanted.is_empty() {
+                continue;
+            }
+            for &i in &wanted {
+                if let Some((s, _)) = mask.column(&info.schema, &info.name, &info.columns[i]) {
+                    styles.insert(style_key(s));
                 }
-                Some(_) => {}
-                None => {
-                    if !matches!(info.kind, 'r' | 'p') && !system_view(info) {
-                        return Some(Style::Fixed);
-                    }
-                    for c in &info.columns {
-                        if let Some((s, _)) = mask.column(&info.schema, &info.name, c) {
-                            styles.insert(style_key(s));
+            }
+            if matches!(info.kind, 'r' | 'p') || system_view(info) {
+                continue;
+            }
+            // A view's column is what its definition makes it; a foreign
+            // table's (or a view too deep) cannot be followed.
+            match view_styles(info, facts, mask, depth) {
+                Some(view) => {
+                    for &i in &wanted {
+                        match view.get(i) {
+                            Some(Some(s)) => {
+                                styles.insert(style_key(*s));
+                            }
+                            Some(None) => {}
+                            None => return Some(Style::Fixed),
                         }
                     }
                 }
+                None => return Some(Style::Fixed),
             }
         }
         if !known {
@@ -1250,6 +1266,17 @@ pub fn evaluate(
     mask: &MaskPlan,
     width: usize,
 ) -> Vec<Option<Style>> {
+    evaluate_at(lineage, facts, mask, width, 0)
+}
+
+/// [`evaluate`] inside `depth` view definitions.
+fn evaluate_at(
+    lineage: &Lineage,
+    facts: &Facts,
+    mask: &MaskPlan,
+    width: usize,
+    depth: usize,
+) -> Vec<Option<Style>> {
     if lineage.opaque {
         return vec![Some(Style::Fixed); width];
     }
@@ -1266,7 +1293,7 @@ pub fn evaluate(
                     infos.retain(|i| i.visible);
                 }
                 match infos.as_slice() {
-                    [one] if matches!(one.kind, 'r' | 'p') => {
+                    [one] => {
                         for c in &one.columns {
                             let mut o = Origin::default();
                             o.columns.insert((rel.clone(), Some(c.clone())));
@@ -1280,12 +1307,13 @@ pub fn evaluate(
         }
     }
     match expanded {
-        Some(list) if list.len() == width => {
-            list.iter().map(|o| style_of(o, facts, mask)).collect()
-        }
+        Some(list) if list.len() == width => list
+            .iter()
+            .map(|o| style_of(o, facts, mask, depth))
+            .collect(),
         _ => {
             let all = flatten(&lineage.outputs);
-            vec![style_of(&all, facts, mask); width]
+            vec![style_of(&all, facts, mask, depth); width]
         }
     }
 }
@@ -1306,7 +1334,7 @@ pub fn touches_masked(lineage: &Lineage, facts: &Facts, mask: &MaskPlan) -> bool
     }
     all.columns
         .retain(|(rel, _)| facts.matches(rel).next().is_some());
-    style_of(&all, facts, mask).is_some()
+    style_of(&all, facts, mask, 0).is_some()
 }
 
 /// A name as SQL the server reads the same in any client encoding and
@@ -1325,29 +1353,109 @@ fn name_array(names: &BTreeSet<String>) -> String {
 /// it names nothing to look up.
 pub fn facts_query(l: &Lineage) -> Option<String> {
     let rels: BTreeSet<String> = l.relations().into_iter().map(|r| r.name).collect();
-    let routines = l.routines();
+    names_query(&rels, &l.routines())
+}
+
+fn names_query(rels: &BTreeSet<String>, routines: &BTreeSet<String>) -> Option<String> {
     if rels.is_empty() && routines.is_empty() {
         return None;
     }
     Some(format!(
         "SELECT 'r', n.nspname::text, c.relname::text, c.relkind::text, \
                 pg_catalog.pg_table_is_visible(c.oid)::text, a.attname::text, \
-                c.oid::int8, coalesce(a.attnum, 0)::int4 \
+                c.oid::int8, coalesce(a.attnum, 0)::int4, \
+                CASE WHEN c.relkind IN ('v', 'm') AND coalesce(a.attnum, 1) = 1 \
+                     THEN pg_catalog.pg_get_viewdef(c.oid) END \
          FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          LEFT JOIN pg_catalog.pg_attribute a \
                 ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
          WHERE c.relname = ANY ({rels}) \
          UNION ALL \
-         SELECT 'f', '', p.proname::text, '', '', '', 0, 0 FROM pg_catalog.pg_proc p \
+         SELECT 'f', '', p.proname::text, '', '', '', 0, 0, NULL FROM pg_catalog.pg_proc p \
          WHERE p.pronamespace <> 'pg_catalog'::regnamespace AND p.proname = ANY ({routines}) \
          UNION ALL \
-         SELECT 'f', '', o.oprname::text, '', '', '', 0, 0 FROM pg_catalog.pg_operator o \
+         SELECT 'f', '', o.oprname::text, '', '', '', 0, 0, NULL FROM pg_catalog.pg_operator o \
          WHERE o.oprnamespace <> 'pg_catalog'::regnamespace AND o.oprname = ANY ({routines}) \
          ORDER BY 1, 7, 8",
-        rels = name_array(&rels),
-        routines = name_array(&routines),
+        rels = name_array(rels),
+        routines = name_array(routines),
     ))
+}
+
+/// How deep views over views are followed before their columns count as
+/// opaque.
+const MAX_VIEW_DEPTH: usize = 4;
+
+/// Asking the server about a statement's names, in rounds: the views among
+/// the answers bring the names of their definitions.
+pub struct Lookup {
+    pub facts: Facts,
+    wanted: (BTreeSet<String>, BTreeSet<String>),
+    asked: (BTreeSet<String>, BTreeSet<String>),
+    rounds: usize,
+}
+
+impl Lookup {
+    pub fn new(l: &Lineage) -> Lookup {
+        let mut lookup = Lookup {
+            facts: Facts::default(),
+            wanted: Default::default(),
+            asked: Default::default(),
+            rounds: 0,
+        };
+        lookup.want(l);
+        lookup
+    }
+
+    fn want(&mut self, l: &Lineage) {
+        self.wanted
+            .0
+            .extend(l.relations().into_iter().map(|r| r.name));
+        self.wanted.1.extend(l.routines());
+    }
+
+    /// The next catalog query, `None` once every name is known (or the
+    /// views nest deeper than blastgate follows: those stay opaque).
+    pub fn next_query(&mut self) -> Option<String> {
+        if self.rounds > MAX_VIEW_DEPTH {
+            return None;
+        }
+        self.rounds += 1;
+        let rels: BTreeSet<String> = self.wanted.0.difference(&self.asked.0).cloned().collect();
+        let routines: BTreeSet<String> = self.wanted.1.difference(&self.asked.1).cloned().collect();
+        self.asked.0.extend(rels.iter().cloned());
+        self.asked.1.extend(routines.iter().cloned());
+        names_query(&rels, &routines)
+    }
+
+    /// Adds the rows of the last query.
+    pub fn add(&mut self, rows: &[Vec<Option<String>>]) {
+        let new = facts_from_rows(rows);
+        for info in &new.relations {
+            if let Some(def) = &info.definition {
+                let l = super::analyzer().analyze(def);
+                self.want(&l);
+            }
+        }
+        self.facts.relations.extend(new.relations);
+        self.facts.user_routines.extend(new.user_routines);
+    }
+}
+
+/// The styles of a view's columns, from its definition; `None` when it is
+/// not a view blastgate follows (foreign tables, nesting too deep).
+fn view_styles(
+    info: &RelInfo,
+    facts: &Facts,
+    mask: &MaskPlan,
+    depth: usize,
+) -> Option<Vec<Option<Style>>> {
+    if depth >= MAX_VIEW_DEPTH || !matches!(info.kind, 'v' | 'm') {
+        return None;
+    }
+    let l = super::analyzer().analyze(info.definition.as_deref()?);
+    Some(evaluate_at(&l, facts, mask, info.columns.len(), depth + 1))
 }
 
 /// [`Facts`] from the rows of [`facts_query`] (text values).
@@ -1366,6 +1474,7 @@ pub fn facts_from_rows(rows: &[Vec<Option<String>>]) -> Facts {
                         kind: text(3).chars().next().unwrap_or('?'),
                         visible: text(4) == "true",
                         columns: Vec::new(),
+                        definition: row.get(8).cloned().flatten(),
                     });
                     last_oid = Some(oid);
                 }
@@ -1464,14 +1573,29 @@ mod tests {
             kind,
             visible: true,
             columns: columns.iter().map(|c| c.to_string()).collect(),
+            definition: None,
         }
     }
 
     /// The e2e fixture's tables, a view over customers, a foreign table
     /// and one user-defined function.
     fn facts() -> Facts {
+        let view = |name: &str, columns: &[&str], def: &str| RelInfo {
+            definition: Some(def.into()),
+            ..table("public", name, 'v', columns)
+        };
         Facts {
             relations: vec![
+                view(
+                    "customer_contacts",
+                    &["id", "who", "mail"],
+                    " SELECT customers.id,\n    customers.name AS who,\n    lower(customers.email) AS mail\n   FROM customers;",
+                ),
+                view(
+                    "contact_names",
+                    &["who", "n"],
+                    " SELECT customer_contacts.who, length(customer_contacts.mail) AS n\n   FROM customer_contacts;",
+                ),
                 table(
                     "public",
                     "customers",
@@ -1646,6 +1770,36 @@ mod tests {
             masked("COPY customers TO STDOUT", 5),
             [false, false, true, false, false]
         );
+    }
+
+    #[test]
+    fn views_are_followed_through_their_definitions() {
+        assert_eq!(
+            masked("SELECT id, who, mail FROM customer_contacts", 3),
+            [false, false, true]
+        );
+        assert_eq!(
+            masked("SELECT * FROM customer_contacts", 3),
+            [false, false, true]
+        );
+        assert_eq!(
+            masked("SELECT upper(who) FROM customer_contacts", 1),
+            [false]
+        );
+        // A view over a view.
+        assert_eq!(masked("SELECT who, n FROM contact_names", 2), [false, true]);
+        assert_eq!(
+            masked("SELECT row_to_json(c) FROM customer_contacts c", 1),
+            [true]
+        );
+        // The style is the rule's, through the view.
+        let s = evaluate(
+            &analyze("SELECT mail FROM customer_contacts"),
+            &facts(),
+            &mask(),
+            1,
+        );
+        assert_eq!(s, [Some(Style::Hash)]);
     }
 
     #[test]

@@ -579,17 +579,18 @@ impl Catalog<'_> {
     /// or another) must not be judged by an old answer. `None` when the
     /// server could not be asked (the caller then masks every column).
     async fn facts(&mut self, l: &Lineage) -> Option<lineage::Facts> {
-        let Some(sql) = lineage::facts_query(l) else {
-            return Some(lineage::Facts::default());
-        };
-        match self.rows(&sql).await {
-            Ok(rows) => Some(lineage::facts_from_rows(&rows)),
-            Err(e) => {
-                tracing::warn!(error = %e, "looking up names for masking failed; masking every column");
-                self.conn = None;
-                None
+        let mut lookup = lineage::Lookup::new(l);
+        while let Some(sql) = lookup.next_query() {
+            match self.rows(&sql).await {
+                Ok(rows) => lookup.add(&rows),
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking up names for masking failed; masking every column");
+                    self.conn = None;
+                    return None;
+                }
             }
         }
+        Some(lookup.facts)
     }
 
     /// Runs one query on the catalog connection; its rows as text.
