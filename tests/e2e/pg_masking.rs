@@ -20,7 +20,9 @@
 //!   (masked in text format, as SELECT masks; CSV and BINARY refused),
 //!   while `COPY orders TO STDOUT` and COPY of a query over unmasked
 //!   columns come out unchanged;
-//! - error texts echoing a value (`email::int`), a NOTICE raised with a
+//! - error texts echoing a value (`email::int`, `email::json`'s DETAIL
+//!   and CONTEXT, `to_date(email, …)`), names that came from data
+//!   (`email::regclass`, `current_setting(email)`), a NOTICE raised with a
 //!   value by a function, `pg_notify('c', email)` to a listening session;
 //! - storing a value to read it back untraced: `set_config('x.y', email,
 //!   false)` then `current_setting('x.y')` (refused);
@@ -271,6 +273,21 @@ fn errors_notices_notifications_and_copy_do_not_leak() {
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("invalid input syntax for type integer"), "{t}");
     assert_no_raw("error", &t);
+    // Errors about names, where the name came from data.
+    for sql in [
+        "SELECT email::regclass FROM customers",
+        "SELECT current_setting(email) FROM customers",
+        "SELECT has_table_privilege(email, 'customers', 'select') FROM customers",
+        "SELECT email::json FROM customers",
+        "SELECT to_date(email, 'YYYY-MM-DD') FROM customers",
+    ] {
+        let o = s.psql(sql);
+        let t = text(&o);
+        assert!(!o.status.success(), "{sql}: {t}");
+        assert!(t.contains("ERROR"), "{sql}: {t}");
+        assert_no_raw(sql, &t);
+        assert!(!t.contains("alice"), "{sql}: {t}");
+    }
     // A notice raised with a value by a function the statement calls.
     let o = s.psql("SELECT shout(1)");
     let t = text(&o);

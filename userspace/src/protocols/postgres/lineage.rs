@@ -109,6 +109,9 @@ pub struct Lineage {
     /// It stores a computed value where a later statement reads it back
     /// untraced (see [`STORES`]).
     pub stores: bool,
+    /// The statement's text: names the agent typed itself may be quoted
+    /// back in errors; other quoted names came from data.
+    pub text: String,
 }
 
 /// How a text-format COPY writes its rows (the options that matter).
@@ -156,9 +159,10 @@ fn copy_text(f: &Map<String, Value>) -> Option<CopyText> {
 }
 
 impl Lineage {
-    fn opaque() -> Lineage {
+    fn opaque(sql: &str) -> Lineage {
         Lineage {
             opaque: true,
+            text: sql.to_owned(),
             ..Lineage::default()
         }
     }
@@ -279,16 +283,16 @@ pub fn analyze(sql: &str) -> Lineage {
     // pg_query can panic on shapes it does not expect (see classify).
     let parsed = match std::panic::catch_unwind(|| pg_query::parse(sql, 0)) {
         Ok(Ok(parsed)) => parsed,
-        _ => return Lineage::opaque(),
+        _ => return Lineage::opaque(sql),
     };
     let [raw] = parsed.protobuf.stmts.as_slice() else {
-        return Lineage::opaque();
+        return Lineage::opaque(sql);
     };
     let Some(node) = raw.stmt.as_deref() else {
-        return Lineage::opaque();
+        return Lineage::opaque(sql);
     };
     let Ok(tree) = serde_json::to_value(node) else {
-        return Lineage::opaque();
+        return Lineage::opaque(sql);
     };
     let mut walk = Walk::default();
     let mut copy = None;
@@ -310,7 +314,7 @@ pub fn analyze(sql: &str) -> Lineage {
         Some(("VariableShowStmt" | "TransactionStmt" | "VariableSetStmt", _)) => Vec::new(),
         // FETCH, EXECUTE, CALL and the rest: rows whose source the text
         // does not show.
-        _ => return Lineage::opaque(),
+        _ => return Lineage::opaque(sql),
     };
     Lineage {
         outputs,
@@ -318,6 +322,7 @@ pub fn analyze(sql: &str) -> Lineage {
         opaque: false,
         copy_text: copy,
         stores: stores(&tree),
+        text: sql.to_owned(),
     }
 }
 

@@ -420,12 +420,49 @@ const NAME_CLASSES: &[&str] = &[
 /// The text that replaces error and notice fields hidden for masking.
 const HIDDEN: &str = "(hidden by blastgate: the statement reads masked columns)";
 
+/// Hides the quoted spans of a message about names whose text neither the
+/// statement (`known`, lower case) nor the error's name fields contain:
+/// a name typed by the agent stays (`column "emial" does not exist`), a
+/// name that came from data (`email::regclass` → `relation
+/// "alice@example.com" does not exist`) goes. From the first unknown span
+/// on, everything is hidden (a value can contain quotes itself).
+fn hide_unknown_names(text: &str, known: &str, names: &[String]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('"') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('"') else {
+            break;
+        };
+        let content = &after[..close];
+        let lower = content.to_lowercase();
+        let typed = content.is_empty() || known.contains(&lower);
+        if !typed && !names.iter().any(|n| n == content) {
+            out.push_str(&rest[..open]);
+            out.push_str("\"****\"");
+            return out;
+        }
+        out.push_str(&rest[..open + 1 + close + 1]);
+        rest = &after[close + 1..];
+    }
+    if rest.contains('"') {
+        // An unterminated quote: what follows it could be anything.
+        if let Some(open) = rest.find('"') {
+            out.push_str(&rest[..open]);
+            out.push_str("\"****\"");
+            return out;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Rewrites an ErrorResponse or NoticeResponse: detectors over its texts,
-/// and, when `redact` (the statement in flight reads masked columns), the
-/// texts that can quote a value hidden. The SQLSTATE and the name fields
-/// (schema, table, column, constraint) are kept, so clients behave.
-/// `None`: nothing changed (forward the frame as it is).
-pub fn server_message(frame: &Frame, redact: bool, mask: &MaskPlan) -> Option<BytesMut> {
+/// and, when `redact` holds the statement in flight (it reads masked
+/// columns), the texts that can quote a value hidden. The SQLSTATE and the
+/// name fields (schema, table, column, constraint, type) are kept, so
+/// clients behave. `None`: nothing changed (forward the frame as it is).
+pub fn server_message(frame: &Frame, redact: Option<&str>, mask: &MaskPlan) -> Option<BytesMut> {
     let body = frame.body();
     let mut fields: Vec<(u8, &[u8])> = Vec::new();
     let mut at = 0;
@@ -444,14 +481,22 @@ pub fn server_message(frame: &Frame, redact: bool, mask: &MaskPlan) -> Option<By
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
     let class = sqlstate.get(..2).unwrap_or_default();
-    let redact = redact && !NAME_CLASSES.contains(&class);
+    let names: Vec<String> = fields
+        .iter()
+        .filter(|(c, _)| matches!(c, b's' | b't' | b'c' | b'd' | b'n'))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let known = redact.map(str::to_lowercase);
+    let about_names = NAME_CLASSES.contains(&class);
     let mut changed = false;
     let mut out_fields: Vec<(u8, Vec<u8>)> = Vec::with_capacity(fields.len());
     for (code, value) in fields {
         let mut text = String::from_utf8_lossy(value).into_owned();
         if matches!(code, b'M' | b'D' | b'H' | b'W' | b'q') {
-            if redact {
+            if let Some(known) = &known {
                 text = match code {
+                    // Names in quotes: the agent's own, or hidden.
+                    _ if about_names => hide_unknown_names(&text, known, &names),
                     // Data errors name the value in quotes after a fixed text.
                     b'M' if class == "22" || class == "23" => match text.find('"') {
                         Some(q) => format!("{}\"****\"", &text[..q]),
@@ -622,7 +667,8 @@ mod tests {
                 (b't', "customers"),
             ],
         );
-        let out = server_message(&e, true, &plan).expect("rewritten");
+        let out =
+            server_message(&e, Some("SELECT email::int FROM customers"), &plan).expect("rewritten");
         assert_eq!(field(&out, b'C'), "22P02");
         assert_eq!(
             field(&out, b'M'),
@@ -633,7 +679,7 @@ mod tests {
         assert_eq!(field(&out, b't'), "customers");
         // A RAISE can put a value anywhere in its message.
         let raise = message(b'N', &[(b'C', "00000"), (b'M', "value alice@example.com")]);
-        let out = server_message(&raise, true, &plan).expect("rewritten");
+        let out = server_message(&raise, Some("SELECT shout(1)"), &plan).expect("rewritten");
         assert!(
             !field(&out, b'M').contains("alice"),
             "{:?}",
@@ -644,9 +690,39 @@ mod tests {
             b'E',
             &[(b'C', "42703"), (b'M', "column \"emial\" does not exist")],
         );
-        assert!(server_message(&name, true, &plan).is_none());
+        assert!(server_message(&name, Some("SELECT Emial FROM customers"), &plan).is_none());
+        // … unless the name came from data.
+        let data = message(
+            b'E',
+            &[
+                (b'C', "42P01"),
+                (b'M', "relation \"alice@example.com\" does not exist"),
+            ],
+        );
+        let out = server_message(&data, Some("SELECT email::regclass FROM customers"), &plan)
+            .expect("rewritten");
+        assert_eq!(field(&out, b'M'), "relation \"****\"");
+        let quoted = message(
+            b'E',
+            &[
+                (b'C', "42703"),
+                (b'M', "column \"x\" of \"a\"b\" does not exist"),
+            ],
+        );
+        let out = server_message(&quoted, Some("select x"), &plan).expect("rewritten");
+        assert_eq!(field(&out, b'M'), "column \"x\" of \"****\"");
+        // The error's own name fields are names, not values.
+        let unique = message(
+            b'E',
+            &[
+                (b'C', "42P07"),
+                (b'M', "relation \"customers_pkey\" already exists"),
+                (b'n', "customers_pkey"),
+            ],
+        );
+        assert!(server_message(&unique, Some("create index …"), &plan).is_none());
         let card = message(b'E', &[(b'C', "P0001"), (b'M', "card 4111111111111111")]);
-        let out = server_message(&card, false, &plan).expect("detector");
+        let out = server_message(&card, None, &plan).expect("detector");
         assert_eq!(field(&out, b'M'), "card ****1111");
     }
 

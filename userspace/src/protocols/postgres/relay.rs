@@ -897,10 +897,11 @@ impl ToAgent<'_, '_> {
         let Some(m) = self.mask.clone() else {
             return frame;
         };
+        let statement = self.in_flight();
         let redact = if m.has_fields() {
-            match self.in_flight() {
-                Some(l) => match self.catalog.facts(&l).await {
-                    Some(facts) => lineage::touches_masked(&l, &facts, &m),
+            match &statement {
+                Some(l) => match self.catalog.facts(l).await {
+                    Some(facts) => lineage::touches_masked(l, &facts, &m),
                     None => true,
                 },
                 None => true,
@@ -908,7 +909,8 @@ impl ToAgent<'_, '_> {
         } else {
             false
         };
-        match mask::server_message(&frame, redact, &m) {
+        let known = statement.as_ref().map_or("", |l| l.text.as_str());
+        match mask::server_message(&frame, redact.then_some(known), &m) {
             Some(bytes) => Frame {
                 tag: frame.tag,
                 bytes,
