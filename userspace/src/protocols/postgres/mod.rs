@@ -183,6 +183,7 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
         timeout: gw.ctx.connect_timeout,
         conn: None,
         names: Default::default(),
+        facts: Default::default(),
     };
     let halves = relay::Halves {
         agent_reader: reader,

@@ -524,7 +524,15 @@ pub struct Catalog<'c> {
     pub timeout: std::time::Duration,
     pub conn: Option<Upstream>,
     pub names: Names,
+    /// Recent answers about statements' names, by statement text.
+    pub facts: HashMap<String, (Instant, Arc<lineage::Facts>)>,
 }
+
+/// How long an answer about a statement's names is reused: a statement
+/// repeated in a loop costs one catalog query a second, not one each,
+/// while a function or view created since (a DDL statement, which waits
+/// for a human in production) is seen within this time.
+const FACTS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Catalog<'_> {
     /// Resolves the tables of `fields` not yet known. Errors leave them
@@ -574,11 +582,17 @@ impl Catalog<'_> {
 }
 
 impl Catalog<'_> {
-    /// What the names of a statement mean to the server, asked afresh for
-    /// every statement: a function or view created since (by this session
-    /// or another) must not be judged by an old answer. `None` when the
-    /// server could not be asked (the caller then masks every column).
-    async fn facts(&mut self, l: &Lineage) -> Option<lineage::Facts> {
+    /// What the names of a statement mean to the server, asked again once
+    /// [`FACTS_TTL`] has passed: a function or view created since (by this
+    /// session or another) must not be judged by an old answer for long.
+    /// `None` when the server could not be asked (the caller then masks
+    /// every column).
+    async fn facts(&mut self, l: &Lineage) -> Option<Arc<lineage::Facts>> {
+        if let Some((at, facts)) = self.facts.get(&l.text) {
+            if at.elapsed() < FACTS_TTL {
+                return Some(facts.clone());
+            }
+        }
         let mut lookup = lineage::Lookup::new(l);
         while let Some(sql) = lookup.next_query() {
             match self.rows(&sql).await {
@@ -590,7 +604,16 @@ impl Catalog<'_> {
                 }
             }
         }
-        Some(lookup.facts)
+        let facts = Arc::new(lookup.facts);
+        if self.facts.len() >= 256 {
+            self.facts.retain(|_, (at, _)| at.elapsed() < FACTS_TTL);
+            if self.facts.len() >= 256 {
+                self.facts.clear();
+            }
+        }
+        self.facts
+            .insert(l.text.clone(), (Instant::now(), facts.clone()));
+        Some(facts)
     }
 
     /// Runs one query on the catalog connection; its rows as text.
