@@ -30,12 +30,18 @@
 //!   binary results);
 //! - card numbers reversed (`reverse(card)`) are caught by the detector.
 //!
-//! Known to get through (not masked here, see README "Masking"):
-//! writing a masked value into an unmasked column and reading it back
-//! (`UPDATE customers SET note = email …`), encodings of unmasked card
-//! numbers other than reversal (base64, translate), and side channels
-//! that reveal one bit per query (`WHERE email LIKE 'a%'`), which
-//! filtering on masked columns has always allowed.
+//! - writing a masked value into an unmasked column to read it back
+//!   (`UPDATE customers SET note = email`, `INSERT … SELECT lower(email)`,
+//!   `ON CONFLICT DO UPDATE SET note = customers.email`): refused.
+//!
+//! Known to get through (not masked here, see README "Masking"): card
+//! numbers (a detector, not a column rule, in the shipped rules) encoded
+//! other than reversed (base64, translate); side channels that reveal one
+//! bit per query (`WHERE email LIKE 'a%'`), which filtering on masked
+//! columns has always allowed; values a trigger or a function with side
+//! effects copies elsewhere (blastgate sees the statement, not the code it
+//! runs); another session's or a human's DDL within the one second a
+//! lookup of names is reused.
 
 mod harness;
 
@@ -390,6 +396,48 @@ fn filtering_grouping_and_joining_on_masked_columns_still_answer() {
     assert_eq!(
         text(&s.psql("SELECT count(*) FROM customers WHERE email LIKE '%@example.com'")).trim(),
         "2"
+    );
+}
+
+#[test]
+fn writing_masked_values_where_they_would_read_back_unmasked_is_refused() {
+    let _g = serial();
+    let Some(s) = setup() else {
+        return;
+    };
+    for sql in [
+        "UPDATE customers SET note = email WHERE id = 1",
+        "UPDATE orders o SET status = c.email FROM customers c WHERE c.id = o.customer_id AND o.id = 1",
+        "INSERT INTO orders (customer_id, total, status) SELECT id, 1, lower(email) FROM customers",
+        "INSERT INTO customers (id, name, note) VALUES (1, 'x', 'y') \
+         ON CONFLICT (id) DO UPDATE SET note = customers.email",
+    ] {
+        let o = s.psql(sql);
+        let t = text(&o);
+        assert!(!o.status.success(), "{sql}: {t}");
+        assert!(t.contains("not masked alike"), "{sql}: {t}");
+    }
+    // Nothing was written: the raw value is nowhere to read back.
+    let o = s.psql("SELECT note FROM customers ORDER BY id; SELECT status FROM orders ORDER BY id");
+    assert_no_raw("read back", &text(&o));
+    assert_eq!(
+        text(&s.psql_direct("SELECT count(*) FROM orders WHERE status LIKE '%@%'")).trim(),
+        "0"
+    );
+    // Writes that keep masked values masked, or use them only to filter,
+    // go through.
+    for sql in [
+        "UPDATE customers SET email = lower(email) WHERE id = 3",
+        "UPDATE customers SET note = 'vip!' WHERE email = 'carol@example.org'",
+        "INSERT INTO orders (customer_id, total, status) \
+         SELECT id, 5, 'new' FROM customers WHERE email LIKE '%.com'",
+    ] {
+        let o = s.psql(sql);
+        assert!(o.status.success(), "{sql}: {}", text(&o));
+    }
+    assert_eq!(
+        text(&s.psql_direct("SELECT note FROM customers WHERE id = 3")).trim(),
+        "vip!"
     );
 }
 

@@ -92,6 +92,17 @@ pub enum Out {
     Many(Origin),
 }
 
+/// Values a statement writes into a table (INSERT, UPDATE, MERGE,
+/// ON CONFLICT DO UPDATE, CREATE TABLE AS, SELECT INTO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub target: Rel,
+    /// The columns written, in order; `None`: the table's, in its order.
+    pub columns: Option<Vec<String>>,
+    /// What goes into them, position by position.
+    pub values: Vec<Out>,
+}
+
 /// What one statement returns and reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lineage {
@@ -112,6 +123,9 @@ pub struct Lineage {
     /// The statement's text: names the agent typed itself may be quoted
     /// back in errors; other quoted names came from data.
     pub text: String,
+    /// What it writes where: a masked value written into an unmasked
+    /// column would be read back unmasked.
+    pub writes: Vec<Write>,
 }
 
 /// How a text-format COPY writes its rows (the options that matter).
@@ -170,6 +184,12 @@ impl Lineage {
     /// Relations [`evaluate`] needs facts about.
     pub fn relations(&self) -> BTreeSet<Rel> {
         let mut rels = self.touches.clone();
+        let written = self.writes.iter().flat_map(|w| {
+            std::iter::once(&w.target)
+                .cloned()
+                .chain(w.values.iter().flat_map(out_relations))
+        });
+        rels.extend(written);
         for out in &self.outputs {
             match out {
                 Out::Col { origin, .. } | Out::Many(origin) => {
@@ -186,12 +206,25 @@ impl Lineage {
     /// Functions and operators [`evaluate`] needs facts about.
     pub fn routines(&self) -> BTreeSet<String> {
         let mut names = BTreeSet::new();
-        for out in &self.outputs {
+        for out in self
+            .outputs
+            .iter()
+            .chain(self.writes.iter().flat_map(|w| &w.values))
+        {
             if let Out::Col { origin, .. } | Out::Many(origin) = out {
                 names.extend(origin.routines.iter().cloned());
             }
         }
         names
+    }
+}
+
+fn out_relations(out: &Out) -> Vec<Rel> {
+    match out {
+        Out::Col { origin, .. } | Out::Many(origin) => {
+            origin.columns.iter().map(|(r, _)| r.clone()).collect()
+        }
+        Out::Star(r) => vec![r.clone()],
     }
 }
 
@@ -297,13 +330,36 @@ pub fn analyze(sql: &str) -> Lineage {
     let mut walk = Walk::default();
     let mut copy = None;
     let outputs = match node_of(&tree) {
-        Some(("SelectStmt", f)) => walk.select(f, None),
+        Some(("SelectStmt", f)) => {
+            let outs = walk.select(f, None);
+            match f.get("into_clause").and_then(Value::as_object) {
+                // SELECT … INTO t: no rows to the agent, a new table.
+                Some(into) => {
+                    walk.into_table(into, outs);
+                    Vec::new()
+                }
+                None => outs,
+            }
+        }
+        Some(("CreateTableAsStmt", f)) => {
+            let outs = match f.get("query") {
+                Some(q) => walk.statement(q, None),
+                None => vec![Out::Many(Origin::opaque())],
+            };
+            // A materialized view is followed through its definition when
+            // read; a table made of masked values would not be.
+            let matview = f.get("objtype").and_then(Value::as_i64) == Some(24);
+            if let (false, Some(into)) = (matview, f.get("into").and_then(Value::as_object)) {
+                walk.into_table(into, outs);
+            }
+            Vec::new()
+        }
         Some(("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", f)) => walk.dml(f, None),
         Some(("CopyStmt", f)) => {
             copy = copy_text(f);
             walk.copy(f)
         }
-        Some(("DeclareCursorStmt" | "ExplainStmt" | "PrepareStmt" | "CreateTableAsStmt", f)) => {
+        Some(("DeclareCursorStmt" | "ExplainStmt" | "PrepareStmt", f)) => {
             // No rows now (EXPLAIN's are plan text); what the query
             // touches still matters for errors raised while it runs.
             if let Some(q) = f.get("query") {
@@ -323,6 +379,7 @@ pub fn analyze(sql: &str) -> Lineage {
         copy_text: copy,
         stores: stores(&tree),
         text: sql.to_owned(),
+        writes: walk.writes,
     }
 }
 
@@ -517,6 +574,7 @@ fn combine(branches: Vec<Vec<Out>>) -> Vec<Out> {
 #[derive(Default)]
 struct Walk {
     touches: BTreeSet<Rel>,
+    writes: Vec<Write>,
 }
 
 impl Walk {
@@ -529,6 +587,22 @@ impl Walk {
             }
             _ => vec![Out::Many(Origin::opaque())],
         }
+    }
+
+    /// `INTO t` / `CREATE TABLE t AS`: a write of `outs` into a new table.
+    fn into_table(&mut self, into: &Map<String, Value>, outs: Vec<Out>) {
+        let Some(rel) = into.get("rel").and_then(Value::as_object) else {
+            return;
+        };
+        let columns = strings(into.get("col_names"));
+        self.writes.push(Write {
+            target: Rel {
+                schema: string(rel.get("schemaname")).map(str::to_owned),
+                name: string(rel.get("relname")).unwrap_or_default().to_owned(),
+            },
+            columns: (!columns.is_empty()).then_some(columns),
+            values: outs,
+        });
     }
 
     fn with(&mut self, fields: &Map<String, Value>, scope: &mut Scope) {
@@ -613,10 +687,20 @@ impl Walk {
         self.targets(items(f.get("target_list")), &scope)
     }
 
-    /// INSERT/UPDATE/DELETE/MERGE: what RETURNING returns.
+    /// INSERT/UPDATE/DELETE/MERGE: what RETURNING returns; what it writes
+    /// where is noted in [`Walk::writes`].
     fn dml(&mut self, f: &Map<String, Value>, parent: Option<&Scope>) -> Vec<Out> {
         let mut scope = Scope::new(parent);
         self.with(f, &mut scope);
+        // INSERT's query does not see the table it inserts into.
+        let inserted = f
+            .get("select_stmt")
+            .filter(|v| !v.is_null())
+            .map(|select| self.statement(select, Some(&scope)));
+        let target = f.get("relation").and_then(Value::as_object).map(|rel| Rel {
+            schema: string(rel.get("schemaname")).map(str::to_owned),
+            name: string(rel.get("relname")).unwrap_or_default().to_owned(),
+        });
         if let Some(rel) = f.get("relation").and_then(Value::as_object) {
             self.range_var(rel, &mut scope);
         }
@@ -625,27 +709,92 @@ impl Walk {
                 self.range_item(item, &mut scope);
             }
         }
-        if let Some(source) = f.get("source_relation") {
+        if let Some(source) = f.get("source_relation").filter(|v| !v.is_null()) {
             self.range_item(source, &mut scope);
         }
-        if let Some(select) = f.get("select_stmt") {
-            self.statement(select, Some(&scope));
-        }
-        for t in items(f.get("target_list")) {
-            if let Some(("ResTarget", r)) = node_of(t) {
-                if let Some(v) = r.get("val") {
-                    self.expr(v, &scope);
+        let mut set = Vec::new();
+        if let Some(values) = inserted {
+            let columns: Vec<String> = items(f.get("cols"))
+                .iter()
+                .filter_map(|c| match node_of(c) {
+                    Some(("ResTarget", r)) => string(r.get("name")).map(str::to_owned),
+                    _ => None,
+                })
+                .collect();
+            if let Some(target) = &target {
+                self.writes.push(Write {
+                    target: target.clone(),
+                    columns: (!columns.is_empty()).then_some(columns),
+                    values: values.clone(),
+                });
+            }
+            // ON CONFLICT DO UPDATE sees the row proposed as `excluded`.
+            if let Some(conflict) = f.get("on_conflict_clause").and_then(Value::as_object) {
+                scope.items.push(Item::Rows {
+                    alias: "excluded".into(),
+                    origin: flatten(&values),
+                });
+                set.extend(self.assignments(items(conflict.get("target_list")), &scope));
+                if let Some(w) = conflict.get("where_clause") {
+                    self.expr(w, &scope);
                 }
             }
         }
-        if let Some(v) = f.get("where_clause") {
-            self.expr(v, &scope);
+        set.extend(self.assignments(items(f.get("target_list")), &scope));
+        let mut merged = Origin::default();
+        for clause in items(f.get("merge_when_clauses")) {
+            if let Some(("MergeWhenClause", c)) = node_of(clause) {
+                merged.merge(self.children(c, &scope));
+            }
+        }
+        if let Some(target) = &target {
+            if !set.is_empty() {
+                let (columns, values) = set
+                    .into_iter()
+                    .map(|(c, o)| (c.clone(), Out::Col { name: c, origin: o }))
+                    .unzip();
+                self.writes.push(Write {
+                    target: target.clone(),
+                    columns: Some(columns),
+                    values,
+                });
+            }
+            if !items(f.get("merge_when_clauses")).is_empty() {
+                // MERGE: any of its values may go into any column.
+                self.writes.push(Write {
+                    target: target.clone(),
+                    columns: None,
+                    values: vec![Out::Many(merged)],
+                });
+            }
+        }
+        for key in ["where_clause", "join_condition"] {
+            if let Some(v) = f.get(key) {
+                self.expr(v, &scope);
+            }
         }
         let returning = f
             .get("returning_clause")
             .and_then(|r| r.get("exprs"))
             .or_else(|| f.get("returning_list"));
         self.targets(items(returning), &scope)
+    }
+
+    /// `SET column = value` lists: each column with its value's origin.
+    fn assignments(&mut self, list: &[Value], scope: &Scope) -> Vec<(String, Origin)> {
+        list.iter()
+            .filter_map(|t| match node_of(t) {
+                Some(("ResTarget", r)) => {
+                    let name = string(r.get("name")).unwrap_or_default().to_owned();
+                    let origin = match r.get("val") {
+                        Some(v) => self.expr(v, scope),
+                        None => Origin::default(),
+                    };
+                    Some((name, origin))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn copy(&mut self, f: &Map<String, Value>) -> Vec<Out> {
@@ -959,6 +1108,10 @@ impl Walk {
                 }
                 o
             }
+            "MultiAssignRef" => match f.get("source") {
+                Some(a) => self.expr(a, scope),
+                None => Origin::default(),
+            },
             "TypeCast" | "CollateClause" | "NamedArgExpr" => match f.get("arg") {
                 Some(a) => self.expr(a, scope),
                 None => Origin::default(),
@@ -1497,6 +1650,55 @@ pub fn facts_from_rows(rows: &[Vec<Option<String>>]) -> Facts {
     facts
 }
 
+/// The refusal for a statement that writes a value derived from a masked
+/// column into a column not masked alike (same style, or `fixed`): read
+/// back, it would come out unmasked. `None`: every write is fine.
+pub fn write_refusal(l: &Lineage, facts: &Facts, mask: &MaskPlan) -> Option<String> {
+    for w in &l.writes {
+        let mut infos: Vec<&RelInfo> = facts.matches(&w.target).collect();
+        if w.target.schema.is_none() && infos.iter().any(|i| i.visible) {
+            infos.retain(|i| i.visible);
+        }
+        let info = infos.first().copied();
+        let columns: Vec<String> = match (&w.columns, info) {
+            (Some(c), _) => c.clone(),
+            (None, Some(i)) => i.columns.clone(),
+            (None, None) => Vec::new(),
+        };
+        let values = Lineage {
+            outputs: w.values.clone(),
+            ..Lineage::default()
+        };
+        let width = if columns.is_empty() { 1 } else { columns.len() };
+        let styles = evaluate(&values, facts, mask, width);
+        for (i, style) in styles.iter().enumerate() {
+            let Some(value_style) = style else {
+                continue;
+            };
+            let column = columns.get(i).map(String::as_str).unwrap_or("?");
+            let kept = info.is_some_and(|info| {
+                let target = if matches!(info.kind, 'v' | 'm') {
+                    let at = info.columns.iter().position(|c| c == column);
+                    view_styles(info, facts, mask, 0).and_then(|v| v.get(at?).copied().flatten())
+                } else {
+                    mask.column(&info.schema, &info.name, column)
+                        .map(|(s, _)| s)
+                };
+                target == Some(Style::Fixed) || target == Some(*value_style)
+            });
+            if !kept {
+                return Some(format!(
+                    "blastgate: writing a value derived from a masked column into {}.{column}, \
+                     which is not masked alike, is refused while column masking rules apply \
+                     to this session (it would be read back unmasked)",
+                    w.target.name
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Statement texts longer than this are analysed but not cached.
 const MAX_CACHED_BYTES: usize = 64 * 1024;
 
@@ -1934,6 +2136,44 @@ mod tests {
             "SELECT current_setting('x.y')",
         ] {
             assert!(!analyze(sql).stores, "{sql}");
+        }
+    }
+
+    #[test]
+    fn masked_values_written_where_they_would_be_read_unmasked_are_refused() {
+        let (m, f) = (mask(), facts());
+        let refused = |sql: &str| write_refusal(&analyze(sql), &f, &m).is_some();
+        for sql in [
+            "UPDATE customers SET note = email WHERE id = 1",
+            "UPDATE customers SET note = lower(email) WHERE id = 1",
+            "UPDATE customers c SET (note, name) = (SELECT email, 'x' FROM customers d WHERE d.id = c.id) WHERE id = 1",
+            "UPDATE orders o SET status = c.email FROM customers c WHERE c.id = o.customer_id",
+            "INSERT INTO orders (status) SELECT email FROM customers",
+            "INSERT INTO orders (customer_id, total, status) VALUES (1, 1, (SELECT min(email) FROM customers))",
+            "INSERT INTO orders SELECT id, id, 1, email FROM customers",
+            "INSERT INTO customers (id, note) SELECT id + 100, email FROM customers",
+            "INSERT INTO customers (id, note) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET note = customers.email",
+            "WITH e AS (SELECT email FROM customers) INSERT INTO orders (status) SELECT email FROM e",
+            "CREATE TABLE leak AS SELECT email FROM customers",
+            "SELECT email INTO leak FROM customers",
+            "MERGE INTO orders o USING customers c ON o.customer_id = c.id WHEN MATCHED THEN UPDATE SET status = c.email",
+            "UPDATE orders SET status = my_get_email(1) WHERE id = 1",
+        ] {
+            assert!(refused(sql), "{sql}");
+        }
+        for sql in [
+            "UPDATE customers SET email = lower(email) WHERE id = 1",
+            "UPDATE customers SET note = name WHERE email = 'alice@example.com'",
+            "UPDATE orders SET total = total * 2 WHERE id = 1",
+            "INSERT INTO orders (customer_id, total, status) SELECT id, 1, 'new' FROM customers WHERE email LIKE '%.com'",
+            "INSERT INTO customers (name, email) VALUES ('x', 'x@y.z')",
+            "INSERT INTO customers (name, email) SELECT name, email FROM customers WHERE id = 1",
+            "INSERT INTO orders (customer_id, total, status) VALUES ($1, $2, $3)",
+            "DELETE FROM customers WHERE email = 'x'",
+            "CREATE MATERIALIZED VIEW mv AS SELECT email FROM customers",
+            "CREATE TABLE t AS SELECT name FROM customers",
+        ] {
+            assert!(!refused(sql), "{sql}");
         }
     }
 

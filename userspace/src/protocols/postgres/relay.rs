@@ -145,6 +145,7 @@ pub async fn run(
         notices,
         field_rules,
         mask: mask.clone(),
+        catalog: catalog.sibling(),
     };
     let mut to_agent = ToAgent {
         gw,
@@ -194,6 +195,9 @@ struct FromAgent<'g> {
     field_rules: bool,
     /// Detectors mask literal values in recorded statement text.
     mask: Option<Arc<MaskPlan>>,
+    /// Names statements' write targets, for [`lineage::write_refusal`]
+    /// (its own connection: ToAgent's may be busy).
+    catalog: Catalog<'g>,
 }
 
 impl FromAgent<'_> {
@@ -256,7 +260,11 @@ impl FromAgent<'_> {
         let Verdict::Run(admitted) = verdict else {
             return Ok(verdict);
         };
-        let Some(refused) = self.masking_refusal(statements) else {
+        let refused = match self.masking_refusal(statements) {
+            Some(r) => Some(r),
+            None => self.write_refusal(statements).await,
+        };
+        let Some(refused) = refused else {
             return Ok(Verdict::Run(admitted));
         };
         for a in admitted {
@@ -266,6 +274,29 @@ impl FromAgent<'_> {
             self.gw.record(e).await;
         }
         Ok(Verdict::Refuse(refused))
+    }
+
+    /// A masked value written into a column not masked alike would be read
+    /// back unmasked: refused while column rules apply to this session
+    /// (and when the server cannot be asked what the names are).
+    async fn write_refusal(&mut self, statements: &[Statement]) -> Option<String> {
+        let m = self.mask.clone().filter(|m| m.has_fields())?;
+        for st in statements {
+            let Some(l) = self.lineage(st).filter(|l| !l.writes.is_empty()) else {
+                continue;
+            };
+            let Some(facts) = self.catalog.facts(&l).await else {
+                return Some(
+                    "blastgate: the names this statement writes to could not be looked up \
+                     for masking; refused"
+                        .to_string(),
+                );
+            };
+            if let Some(refused) = lineage::write_refusal(&l, &facts, &m) {
+                return Some(refused);
+            }
+        }
+        None
     }
 
     /// What column masking cannot follow, refused while column rules apply
@@ -581,7 +612,20 @@ impl Catalog<'_> {
     }
 }
 
-impl Catalog<'_> {
+impl<'c> Catalog<'c> {
+    /// Another catalog for the same server, with a connection of its own.
+    fn sibling(&self) -> Catalog<'c> {
+        Catalog {
+            addr: self.addr,
+            cfg: self.cfg,
+            params: self.params.clone(),
+            timeout: self.timeout,
+            conn: None,
+            names: Names::default(),
+            facts: HashMap::new(),
+        }
+    }
+
     /// What the names of a statement mean to the server, asked again once
     /// [`FACTS_TTL`] has passed: a function or view created since (by this
     /// session or another) must not be judged by an old answer for long.
