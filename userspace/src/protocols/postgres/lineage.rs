@@ -335,7 +335,7 @@ pub fn analyze(sql: &str) -> Lineage {
             match f.get("into_clause").and_then(Value::as_object) {
                 // SELECT … INTO t: no rows to the agent, a new table.
                 Some(into) => {
-                    walk.into_table(into, outs);
+                    walk.new_table(into, outs);
                     Vec::new()
                 }
                 None => outs,
@@ -350,7 +350,7 @@ pub fn analyze(sql: &str) -> Lineage {
             // read; a table made of masked values would not be.
             let matview = f.get("objtype").and_then(Value::as_i64) == Some(24);
             if let (false, Some(into)) = (matview, f.get("into").and_then(Value::as_object)) {
-                walk.into_table(into, outs);
+                walk.new_table(into, outs);
             }
             Vec::new()
         }
@@ -590,7 +590,7 @@ impl Walk {
     }
 
     /// `INTO t` / `CREATE TABLE t AS`: a write of `outs` into a new table.
-    fn into_table(&mut self, into: &Map<String, Value>, outs: Vec<Out>) {
+    fn new_table(&mut self, into: &Map<String, Value>, outs: Vec<Out>) {
         let Some(rel) = into.get("rel").and_then(Value::as_object) else {
             return;
         };
