@@ -5,167 +5,13 @@
 mod harness;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output, Stdio},
     time::Duration,
 };
 
-use harness::{postgres::TestPostgres, *};
+use harness::{pg_gateway::*, postgres::TestPostgres, *};
 use serde_json::Value;
-
-/// What blastgate logs in upstream with. It must never reach an agent.
-const SECRET: &str = "upstream-Secret-7f3a91";
-/// What agents type; any password is accepted.
-const AGENT_PASSWORD: &str = "whatever-the-agent-says";
-
-struct Setup {
-    pg: TestPostgres,
-    env: Env,
-    daemon: Daemon,
-    _policies: Option<tempfile::TempDir>,
-    _secrets: tempfile::TempDir,
-}
-
-fn policies_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
-}
-
-/// A policy directory that allows every statement, for workloads that
-/// create and drop their own tables (pgbench -i).
-fn permissive_policies() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(
-        policies_dir().join("blastgate.cedarschema"),
-        dir.path().join("blastgate.cedarschema"),
-    )
-    .expect("schema");
-    std::fs::write(
-        dir.path().join("all.cedar"),
-        "@id(\"allow-all\")\n@reason(\"benchmark and compatibility runs\")\npermit (principal, action, resource);\n",
-    )
-    .expect("policy");
-    dir
-}
-
-/// PostgreSQL on 127.0.0.2 with the fixture, and a daemon with one
-/// postgres target for it.
-fn setup(target: &str, env_label: &str, policies: Option<tempfile::TempDir>) -> Option<Setup> {
-    if !kernel_ready() || !TestPostgres::available() {
-        return None;
-    }
-    let pg = TestPostgres::start("127.0.0.2");
-    pg.create_role("app", SECRET, true);
-    pg.create_db("orders", "app");
-    pg.load_fixture("orders", "app");
-    let secrets = tempfile::tempdir().expect("secrets dir");
-    let secret_file = secrets.path().join("orders-db");
-    std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write secret");
-    let policy_dir = policies
-        .as_ref()
-        .map(|d| d.path().to_path_buf())
-        .unwrap_or_else(policies_dir);
-    let env = Env::new(&format!(
-        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
-         [[targets]]\nname = \"{target}\"\nprotocol = \"postgres\"\naddress = \"{}\"\n\
-         labels = {{ env = \"{env_label}\" }}\n\n[targets.postgres]\nuser = \"app\"\n\
-         password_file = \"{}\"\n",
-        policy_dir.display(),
-        pg.addr(),
-        secret_file.display()
-    ));
-    let daemon = Daemon::start(&env);
-    Some(Setup {
-        pg,
-        env,
-        daemon,
-        _policies: policies,
-        _secrets: secrets,
-    })
-}
-
-impl Setup {
-    fn conninfo(&self, sslmode: &str) -> String {
-        format!(
-            "host={} port={} user=app dbname=orders sslmode={sslmode}",
-            self.pg.addr().ip(),
-            self.pg.port()
-        )
-    }
-
-    /// psql as an agent: `args` after the connection string.
-    fn psql(&self, args: &[&str]) -> Output {
-        let conn = self.conninfo("prefer");
-        let mut c = self.env.agent("claude", &[]);
-        c.args(["psql", "-X", &conn]).args(args);
-        c.env("PGPASSWORD", AGENT_PASSWORD);
-        c.output().expect("psql through blastgate")
-    }
-
-    /// psql as an agent in the background (`args` after the connection
-    /// string), for statements that wait: holds, sleeps to cancel.
-    fn spawn_psql(&self, args: &[&str]) -> std::process::Child {
-        let conn = self.conninfo("disable");
-        let mut c = self.env.agent("claude", &[]);
-        c.args(["psql", "-X", &conn])
-            .args(args)
-            .env("PGPASSWORD", AGENT_PASSWORD)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c.spawn().expect("psql")
-    }
-
-    /// The same psql directly, with the real password: the reference.
-    fn psql_direct(&self, args: &[&str]) -> Output {
-        Command::new("psql")
-            .arg("-X")
-            .arg(self.conninfo("disable"))
-            .args(args)
-            .env("PGPASSWORD", SECRET)
-            .output()
-            .expect("psql direct")
-    }
-
-    fn statements(&self) -> Vec<Value> {
-        self.env
-            .events()
-            .into_iter()
-            .filter(|e| e["kind"] == "statement")
-            .collect()
-    }
-
-    /// Approves or denies the one pending approval whose text contains
-    /// `needle`, once it shows up.
-    fn decide(&self, needle: &str, approve: bool) -> String {
-        let id = wait_until(Duration::from_secs(20), || {
-            let out = self.env.blastgate(&["approvals", "list", "--json"]);
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let list: Value = serde_json::from_str(&text).ok()?;
-            list.as_array()?
-                .iter()
-                .find(|r| r["text"].as_str().is_some_and(|t| t.contains(needle)))
-                .and_then(|r| r["id"].as_str().map(str::to_string))
-        })
-        .unwrap_or_else(|| panic!("no approval request for {needle:?}"));
-        let verb = if approve { "approve" } else { "deny" };
-        let out = self
-            .env
-            .blastgate(&["approvals", verb, &id, "--reason", "e2e test"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        id
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Process ids differ between runs; nothing else may.
 fn without_pids(s: &str) -> String {
@@ -554,7 +400,7 @@ fn result_rows_are_masked_in_text_and_binary() {
     assert!(!text(&out).contains("alice@example.com"));
 
     // Binary results (tokio-postgres asks for binary) are masked too.
-    let out = run_child(&s, "binary_results_child");
+    let out = s.run_child("binary_results_child");
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("email=hash:"), "{t}");
@@ -580,7 +426,7 @@ fn rust_and_python_clients_work_and_never_see_the_secret() {
     let Some(s) = setup("app-db", "production", None) else {
         return;
     };
-    let out = run_child(&s, "rust_client_child");
+    let out = s.run_child("rust_client_child");
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("rust client ok"), "{}", text(&out));
     let mut seen = text(&out);
@@ -643,27 +489,6 @@ print("python client ok")
             "the upstream password appears in the {what}"
         );
     }
-}
-
-/// Runs a `*_child` test of this binary as an agent (the test process
-/// itself is not one), with the connection string in the environment.
-fn run_child(s: &Setup, name: &str) -> Output {
-    let exe = std::env::current_exe().expect("test binary");
-    s.env
-        .agent(
-            "claude",
-            &[
-                exe.to_str().unwrap_or_default(),
-                "--exact",
-                name,
-                "--nocapture",
-                "--test-threads=1",
-            ],
-        )
-        .env("BLASTGATE_PG_CHILD", s.conninfo("disable"))
-        .env("PGPASSWORD", AGENT_PASSWORD)
-        .output()
-        .expect("child test")
 }
 
 fn child_conninfo() -> Option<String> {

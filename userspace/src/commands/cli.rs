@@ -50,9 +50,10 @@ pub enum Command {
         /// Config file, to find the control socket.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// The command and its arguments.
+        /// The command and its arguments (any bytes: an agent's arguments
+        /// need not be UTF-8).
         #[arg(required = true, last = true, value_name = "CMD")]
-        command: Vec<String>,
+        command: Vec<std::ffi::OsString>,
     },
     /// Show what is attached and pinned, labelled processes and degraded
     /// features. Exits 3 if the daemon is not running. Needs root.

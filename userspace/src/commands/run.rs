@@ -18,7 +18,7 @@ pub fn run(
     agent: &str,
     user: Option<&str>,
     trust: &[(&str, std::path::PathBuf)],
-    command: &[String],
+    command: &[std::ffi::OsString],
 ) -> anyhow::Result<()> {
     let Some((program, args)) = command.split_first() else {
         bail!("no command given");
@@ -48,7 +48,7 @@ pub fn run(
             .env("LOGNAME", &u.name);
     }
     let err = cmd.exec();
-    Err(err).with_context(|| format!("exec {program}"))
+    Err(err).with_context(|| format!("exec {}", program.to_string_lossy()))
 }
 
 fn lookup_user(spec: &str) -> anyhow::Result<User> {

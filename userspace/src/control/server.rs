@@ -170,6 +170,12 @@ async fn handle(
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v))
                 .collect();
+            // A differential means a gateway read a statement otherwise than
+            // the server: status says so until the daemon restarts.
+            status.counters.push((
+                "sql_differentials".to_string(),
+                crate::metrics::get().sql_differentials.get(),
+            ));
             reply(&mut w, &Response::Status(Box::new(status))).await
         }
         Request::Approvals => {

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub insert_errors: Counter,
     pub sessions_open: Gauge,
     pub decisions: Family<VerdictLabel, Counter>,
+    /// Statements the server completed as something other than what the
+    /// PostgreSQL gateway read (each one ended its session).
+    pub sql_differentials: Counter,
 }
 
 impl Metrics {
@@ -48,6 +51,7 @@ impl Metrics {
             insert_errors: Counter::default(),
             sessions_open: Gauge::default(),
             decisions: Family::default(),
+            sql_differentials: Counter::default(),
         };
         registry.register(
             "spool_bytes",
@@ -88,6 +92,11 @@ impl Metrics {
             "decisions",
             "Policy decisions by verdict (allow, deny, hold, error)",
             m.decisions.clone(),
+        );
+        registry.register(
+            "sql_differentials",
+            "Statements the server ran as another command than the gateway read; each ended its session",
+            m.sql_differentials.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -130,6 +139,7 @@ mod tests {
             "blastgate_clickhouse_insert_errors_total",
             "blastgate_sessions_open",
             "blastgate_decisions_total{verdict=\"deny\"}",
+            "blastgate_sql_differentials_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -108,7 +108,11 @@ fn context_defaults(action: &str) -> Option<Vec<(&'static str, Value)>> {
             ("tables_written", set()),
             ("has_where", Value::Bool(false)),
             ("functions", set()),
+            ("user_functions", set()),
+            ("function_volatility", s()),
+            ("dynamic_sql", Value::Bool(false)),
             ("copy_program", Value::Bool(false)),
+            ("rows_affected", Value::from(-1)),
         ],
         ("ssh", _) => vec![
             ("command", s()),

@@ -128,7 +128,7 @@ fn the_scope_index_leaves_out_policies_for_other_actions_principals_and_resource
     assert_eq!(ids, vec!["connect-any-target".to_string()], "{ids:?}");
     let del = bundle.scopes.get("sql:delete", "claude", "orders-db");
     let n = del.relaxed.policies().count() + del.held.policies().count();
-    assert!(n == 4 && n < bundle.meta.len(), "{n}");
+    assert!(n == 6 && n < bundle.meta.len(), "{n}");
     assert!(
         del.held.policies().count() > 0 && del.relaxed.policies().count() < n,
         "approval forbids are out of the relaxed set"

@@ -39,6 +39,10 @@ pub enum EventKind {
     Command,
     /// An HTTP request decided.
     Request,
+    /// The server ran something other than what the gateway read and
+    /// decided (a statement's CommandComplete names another command): the
+    /// session was ended. `text` is the statement, `reason` both readings.
+    Differential,
     /// Replay data (terminal output, response summaries): shipped to the
     /// `io` table, not `events`, so the audit tables stay small.
     Io,
@@ -61,6 +65,7 @@ impl EventKind {
             EventKind::Statement => "statement",
             EventKind::Command => "command",
             EventKind::Request => "request",
+            EventKind::Differential => "differential",
             EventKind::Io => "io",
         }
     }
@@ -274,6 +279,7 @@ mod tests {
             EventKind::Statement,
             EventKind::Command,
             EventKind::Request,
+            EventKind::Differential,
             EventKind::Io,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());

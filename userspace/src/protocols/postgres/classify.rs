@@ -77,6 +77,40 @@ pub struct Statement {
     pub copy_program: bool,
     /// COPY direction when command == "COPY": Some(CopyDirection::From) for COPY FROM (writes table), Some(To) for COPY TO.
     pub copy_direction: Option<CopyDirection>,
+    /// A built-in that runs SQL text (`query_to_xml`, `ts_stat`, `dblink`,
+    /// …) gets text that is not a constant, or runs it on another server:
+    /// what it does cannot be known from the statement.
+    pub dynamic_sql: bool,
+    /// The command the server's CommandComplete will name, when `command`
+    /// is instead that of SQL text the statement runs (a `SELECT` of
+    /// `query_to_xml('DROP …')` is decided as the DROP).
+    pub tagged_as: Option<String>,
+}
+
+/// How the server will lex the text: the session settings that change
+/// what the same characters mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lexing {
+    /// `standard_conforming_strings`: off makes `\` an escape in `'...'`.
+    pub standard_conforming_strings: bool,
+}
+
+impl Default for Lexing {
+    fn default() -> Lexing {
+        Lexing {
+            standard_conforming_strings: true,
+        }
+    }
+}
+
+impl Lexing {
+    fn options(self) -> pg_query::ParserOptions {
+        if self.standard_conforming_strings {
+            pg_query::ParserOptions::DEFAULT
+        } else {
+            pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS
+        }
+    }
 }
 
 /// Which way a `COPY` moves data.
@@ -95,9 +129,22 @@ pub enum CopyDirection {
 /// A parse error anywhere makes the whole string unparsable, which matches the
 /// server: it parses a simple-query string completely before running any of it.
 pub fn classify(sql: &str) -> Vec<Statement> {
+    classify_as(sql, Lexing::default())
+}
+
+/// [`classify`] under the session's lexing settings.
+pub fn classify_as(sql: &str, lexing: Lexing) -> Vec<Statement> {
+    classify_nested(sql, lexing, 0)
+}
+
+/// SQL text nested in SQL text (`query_to_xml('DELETE …')`) is classified
+/// too, this many levels deep; deeper nesting is dynamic SQL.
+const MAX_NESTING: usize = 4;
+
+fn classify_nested(sql: &str, lexing: Lexing, depth: usize) -> Vec<Statement> {
     // pg_query post-processes the tree in Rust with code that can panic on
     // shapes it does not expect; untrusted input must not take the proxy down.
-    let parsed = match std::panic::catch_unwind(|| pg_query::parse(sql, 0)) {
+    let parsed = match std::panic::catch_unwind(|| pg_query::parse(sql, lexing.options())) {
         Ok(Ok(parsed)) => parsed,
         _ => return vec![opaque(COMMAND_UNPARSABLE, sql.trim())],
     };
@@ -105,7 +152,7 @@ pub fn classify(sql: &str) -> Vec<Statement> {
         .protobuf
         .stmts
         .iter()
-        .map(|raw| classify_raw(sql, raw))
+        .map(|raw| classify_raw(sql, raw, lexing, depth))
         .collect()
 }
 
@@ -182,6 +229,16 @@ impl Classifier {
 
     /// [`classify`], answered from the cache when the same text was seen before.
     pub fn classify(&self, sql: &str) -> Arc<Vec<Statement>> {
+        self.classify_as(sql, Lexing::default())
+    }
+
+    /// [`classify_as`] through the cache. The cache holds classifications
+    /// under the default lexing only: a session with
+    /// `standard_conforming_strings = off` is rare and gets a fresh parse.
+    pub fn classify_as(&self, sql: &str, lexing: Lexing) -> Arc<Vec<Statement>> {
+        if lexing != Lexing::default() {
+            return Arc::new(classify_as(sql, lexing));
+        }
         let cacheable = self.capacity > 0 && sql.len() <= MAX_CACHED_QUERY_BYTES;
         if cacheable {
             if let Some(hit) = self.lock().entries.get(sql) {
@@ -211,8 +268,13 @@ impl Classifier {
         let mut cache = self.lock();
         if let Some((key, text)) = shape {
             if let [one] = fresh.as_slice() {
-                // Only shapes whose text the fast path reproduces exactly.
-                if one.text == text && one.action != ACTION_OPAQUE {
+                // Only shapes whose text the fast path reproduces exactly,
+                // and whose reading does not depend on a literal (the
+                // setting set_config changes, SQL text a built-in runs).
+                if one.text == text
+                    && one.action != ACTION_OPAQUE
+                    && !one.functions.iter().any(|f| reads_literals(f))
+                {
                     if cache.shapes.len() >= self.capacity {
                         cache.shapes.clear();
                     }
@@ -257,6 +319,8 @@ fn opaque(command: &str, text: &str) -> Statement {
         functions: Vec::new(),
         copy_program: false,
         copy_direction: None,
+        dynamic_sql: false,
+        tagged_as: None,
     }
 }
 
@@ -273,7 +337,7 @@ fn statement_text<'a>(sql: &'a str, raw: &protobuf::RawStmt) -> &'a str {
     sql.get(start..end).unwrap_or(sql).trim()
 }
 
-fn classify_raw(sql: &str, raw: &protobuf::RawStmt) -> Statement {
+fn classify_raw(sql: &str, raw: &protobuf::RawStmt, lexing: Lexing, depth: usize) -> Statement {
     let text = statement_text(sql, raw);
     let Some(node) = raw.stmt.as_deref() else {
         return opaque("UNKNOWN", text);
@@ -292,9 +356,31 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt) -> Statement {
     let mut found = Found::default();
     walk(&tree, desc.mode, &[], &mut found);
     found.written.extend(desc.extra_written);
+    // SQL text handed to built-ins that run it: what it does is what this
+    // statement does.
+    let mut nested: Option<(&'static str, String)> = None;
+    for inner in std::mem::take(&mut found.nested_sql) {
+        if depth >= MAX_NESTING {
+            found.dynamic_sql = true;
+            continue;
+        }
+        for st in classify_nested(&inner, lexing, depth + 1) {
+            found.read.extend(st.tables_read);
+            found.written.extend(st.tables_written);
+            found.functions.extend(st.functions);
+            found.dynamic_sql |= st.dynamic_sql;
+            let so_far = nested.as_ref().map_or(ACTION_SELECT, |(a, _)| *a);
+            if stronger(so_far, st.action) != so_far || nested.is_none() {
+                nested = Some((st.action, st.command));
+            }
+        }
+    }
 
     let mut action = desc.action;
     let mut command = desc.command;
+    if found.privilege && action != ACTION_OPAQUE {
+        action = ACTION_DCL;
+    }
     if matches!(
         action,
         ACTION_SELECT | ACTION_INSERT | ACTION_UPDATE | ACTION_DELETE | ACTION_COPY
@@ -314,6 +400,13 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt) -> Statement {
             }
         }
     }
+    let mut tagged_as = None;
+    if let Some((inner, inner_command)) = nested {
+        if stronger(action, inner) != action {
+            action = inner;
+            tagged_as = Some(std::mem::replace(&mut command, inner_command));
+        }
+    }
     let has_where = matches!(action, ACTION_UPDATE | ACTION_DELETE)
         && found.modifications > 0
         && !found.unfiltered;
@@ -328,8 +421,67 @@ fn classify_raw(sql: &str, raw: &protobuf::RawStmt) -> Statement {
         functions: found.functions.into_iter().collect(),
         copy_program: desc.copy_program,
         copy_direction: desc.copy_direction,
+        dynamic_sql: found.dynamic_sql,
+        tagged_as,
     }
 }
+
+/// The more dangerous of two actions, for a statement that does both
+/// (a SELECT whose nested SQL deletes is a delete).
+fn stronger(a: &'static str, b: &'static str) -> &'static str {
+    const ORDER: [&str; 10] = [
+        ACTION_SESSION,
+        ACTION_TRANSACTION,
+        ACTION_SELECT,
+        ACTION_COPY,
+        ACTION_INSERT,
+        ACTION_UPDATE,
+        ACTION_DELETE,
+        ACTION_DDL,
+        ACTION_DCL,
+        ACTION_OPAQUE,
+    ];
+    let rank = |x: &str| ORDER.iter().position(|o| *o == x).unwrap_or(ORDER.len());
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Built-ins that run SQL text, and which argument holds it: the text is
+/// classified when it is a constant, and makes the statement dynamic
+/// otherwise.
+const SQL_RUNNING: &[(&str, usize)] = &[
+    ("query_to_xml", 0),
+    ("query_to_xmlschema", 0),
+    ("query_to_xml_and_xmlschema", 0),
+    ("ts_stat", 0),
+];
+
+/// Whether a call's classification depends on its literal arguments.
+fn reads_literals(function: &str) -> bool {
+    function == "set_config"
+        || function == "ts_rewrite"
+        || function.starts_with("dblink")
+        || SQL_RUNNING.iter().any(|(n, _)| *n == function)
+        || TABLE_READING.contains(&function)
+}
+
+/// Built-ins that read a whole table, schema or database named by a
+/// string: constant names are reads of those tables; anything else is
+/// dynamic.
+const TABLE_READING: &[&str] = &[
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+];
 
 /// Whether a table named outside any query belongs to the written set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -749,6 +901,13 @@ struct Found {
     /// Whether any of them lacks a WHERE clause.
     unfiltered: bool,
     select_into: bool,
+    /// Constant SQL text given to a built-in that runs it.
+    nested_sql: Vec<String>,
+    /// SQL text that is not a constant, or runs elsewhere.
+    dynamic_sql: bool,
+    /// `set_config('role' | 'session_authorization', …)`, or a
+    /// `set_config` whose setting name is not a constant.
+    privilege: bool,
 }
 
 fn walk(value: &Value, mode: Mode, scope: &[String], found: &mut Found) {
@@ -953,10 +1112,66 @@ fn func_call(fields: &Map<String, Value>, mode: Mode, scope: &[String], found: &
         .and_then(|parts| parts.last())
         .and_then(|last| last.get("node")?.get("String")?.get("sval")?.as_str());
     if let Some(name) = name {
-        found.functions.insert(name.to_lowercase());
+        let name = name.to_lowercase();
+        special_call(&name, fields, found);
+        found.functions.insert(name);
     }
     // Arguments can hold subqueries and further calls.
     walk_fields(fields, scope, found, |_| mode);
+}
+
+/// The string constant a call argument is, if it is one (a cast of a
+/// constant, `'…'::text`, counts).
+fn constant_arg(arg: &Value) -> Option<&str> {
+    let node = arg.get("node")?;
+    if let Some(cast) = node.get("TypeCast") {
+        return constant_arg(cast.get("arg")?);
+    }
+    node.get("AConst")?
+        .get("val")?
+        .get("Sval")?
+        .get("sval")?
+        .as_str()
+}
+
+/// Calls whose arguments change what the statement does.
+fn special_call(name: &str, fields: &Map<String, Value>, found: &mut Found) {
+    let args: &[Value] = fields
+        .get("args")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
+    if name == "set_config" {
+        // A privilege change when it sets the role; a setting name that is
+        // not a constant could be the role.
+        let privileged = match args.first().and_then(constant_arg) {
+            Some(setting) => ["role", "session_authorization"]
+                .iter()
+                .any(|p| setting.trim().eq_ignore_ascii_case(p)),
+            None => true,
+        };
+        found.privilege |= privileged;
+    } else if name.starts_with("dblink") {
+        // Runs SQL on another connection, where no gateway sees it.
+        found.dynamic_sql = true;
+    } else if let Some((_, at)) = SQL_RUNNING.iter().find(|(n, _)| *n == name) {
+        match args.get(*at).and_then(constant_arg) {
+            Some(sql) => found.nested_sql.push(sql.to_string()),
+            None => found.dynamic_sql = true,
+        }
+    } else if name == "ts_rewrite" && args.len() == 2 {
+        // ts_rewrite(query, 'SELECT target, substitute FROM …').
+        match args.get(1).and_then(constant_arg) {
+            Some(sql) => found.nested_sql.push(sql.to_string()),
+            None => found.dynamic_sql = true,
+        }
+    } else if TABLE_READING.contains(&name) {
+        match args.first().and_then(constant_arg) {
+            Some(table) if name.starts_with("table_") => {
+                found.read.insert(table.to_string());
+            }
+            _ => found.dynamic_sql = true,
+        }
+    }
 }
 
 fn into_clause(fields: &Map<String, Value>, mode: Mode, scope: &[String], found: &mut Found) {
@@ -1460,6 +1675,96 @@ mod tests {
 
         let s = one("WITH x AS (SELECT set_config('role', 'admin', false)) SELECT * FROM x");
         assert_eq!(s.functions, v(&["set_config"]));
+    }
+
+    #[test]
+    fn sql_text_run_by_built_ins_is_classified_or_dynamic() {
+        let s = one("SELECT query_to_xml('DELETE FROM orders RETURNING id', true, true, '')");
+        assert_eq!(s.action, ACTION_DELETE);
+        assert_eq!(s.command, "DELETE");
+        assert_eq!(s.tagged_as.as_deref(), Some("SELECT"));
+        assert_eq!(s.tables_written, v(&["orders"]));
+        assert!(!s.dynamic_sql);
+        let s = one("SELECT query_to_xml('SELECT * FROM customers'::text, true, true, '')");
+        assert_eq!(s.action, ACTION_SELECT);
+        assert_eq!(s.tables_read, v(&["customers"]));
+        let s = one("SELECT query_to_xml(q, true, true, '') FROM queue");
+        assert!(s.dynamic_sql);
+        let s = one("SELECT * FROM dblink('dbname=x', 'SELECT 1') AS t(a int)");
+        assert!(s.dynamic_sql);
+        let s = one("SELECT table_to_xml('customers', true, true, '')");
+        assert_eq!(s.tables_read, v(&["customers"]));
+        assert!(one("SELECT schema_to_xml('public', true, true, '')").dynamic_sql);
+        let s = one("SELECT ts_stat('SELECT to_tsvector(body) FROM docs')");
+        assert_eq!(s.tables_read, v(&["docs"]));
+        // Nested past the limit is dynamic rather than unread.
+        let mut q = "SELECT 1".to_string();
+        for _ in 0..6 {
+            q = format!(
+                "SELECT query_to_xml('{}', true, true, '')",
+                q.replace('\'', "''")
+            );
+        }
+        assert!(one(&q).dynamic_sql);
+    }
+
+    #[test]
+    fn set_config_of_the_role_is_dcl() {
+        for sql in [
+            "SELECT set_config('role', 'postgres', false)",
+            "SELECT set_config('ROLE', 'postgres', false)",
+            "SELECT pg_catalog.set_config('session_authorization', 'postgres', false)",
+            "SELECT set_config(name, 'x', false) FROM settings",
+        ] {
+            assert_eq!(one(sql).action, ACTION_DCL, "{sql}");
+        }
+        assert_eq!(
+            one("SELECT set_config('search_path', 'public', false)").action,
+            ACTION_SELECT
+        );
+        // The shape cache must not hand one literal's reading to another.
+        let c = Classifier::new(16);
+        let q = |sql: &str| c.classify(sql)[0].action;
+        assert_eq!(
+            q("SELECT set_config('search_path', 'x', false)"),
+            ACTION_SELECT
+        );
+        assert_eq!(
+            q("SELECT set_config('role', 'postgres', false)"),
+            ACTION_DCL
+        );
+        assert_eq!(
+            q("SELECT query_to_xml('SELECT 1', true, true, '')"),
+            ACTION_SELECT
+        );
+        assert_eq!(
+            q("SELECT query_to_xml('DELETE FROM t', true, true, '')"),
+            ACTION_DELETE
+        );
+    }
+
+    #[test]
+    fn standard_conforming_strings_off_changes_the_reading() {
+        let sql = r"SELECT 'x\' , ' ; DROP TABLE orders; --'";
+        let on = classify_as(sql, Lexing::default());
+        assert_eq!(on.len(), 1);
+        assert_eq!(on[0].action, ACTION_SELECT);
+        let off = classify_as(
+            sql,
+            Lexing {
+                standard_conforming_strings: false,
+            },
+        );
+        assert_eq!(off.len(), 2, "{off:#?}");
+        assert_eq!(off[1].command, "DROP TABLE");
+        let cache = Classifier::new(16);
+        let cached = cache.classify_as(
+            sql,
+            Lexing {
+                standard_conforming_strings: false,
+            },
+        );
+        assert_eq!(cached[1].command, "DROP TABLE");
     }
 
     #[test]

@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::classify::Statement;
+use super::{
+    classify::{Statement, ACTION_DCL, ACTION_DDL, ACTION_DELETE, ACTION_OPAQUE, ACTION_UPDATE},
+    functions::Functions,
+};
 use crate::policy::masking::MaskPlan;
 use crate::{
     protocols::gateway::{Gateway, Ruling},
@@ -18,7 +21,31 @@ use crate::{
 /// server has answered.
 pub struct Admitted {
     pub event: Event,
+    /// Allowed as written, but a policy limits the rows it may change: it
+    /// runs first where blastgate can undo it, and is decided again on
+    /// the rows it really changed.
+    pub measure: Option<Measure>,
 }
+
+/// What deciding a write again on its measured effect needs.
+#[derive(Debug, Clone)]
+pub struct Measure {
+    pub action: &'static str,
+    pub command: String,
+    pub text: String,
+    context: Value,
+}
+
+/// Whether blastgate can run a write first and undo it (a Query), or not
+/// (a Parse: its Execute comes later, inside the client's pipeline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effects {
+    Measurable,
+    Unmeasurable,
+}
+
+/// Rows standing for "could not be measured": every limit applies.
+pub const UNMEASURED: i64 = i64::MAX;
 
 pub enum Verdict {
     /// Every statement may run; one record each, in order.
@@ -34,10 +61,12 @@ pub async fn check(
     gw: &Gateway,
     statements: &Arc<Vec<Statement>>,
     mask: Option<&MaskPlan>,
+    functions: &mut Functions,
+    effects: Effects,
     notify: &(dyn Fn(Uuid) + Sync),
 ) -> Verdict {
-    let mut ruled: Vec<(Ruling, String)> = Vec::with_capacity(statements.len());
-    let mut refusal: Option<String> = None;
+    let mut ruled: Vec<(Ruling, String, Option<Measure>)> = Vec::with_capacity(statements.len());
+    let mut refused: Option<String> = None;
     let reads_statement = gw
         .ctx
         .policy
@@ -48,6 +77,7 @@ pub async fn check(
             Some(m) if m.has_detectors() => m.scan(&st.text).0,
             _ => st.text.clone(),
         };
+        let user = functions.of(st).await;
         let context = json!({
             "statement": if reads_statement { text.as_str() } else { "" },
             "command": st.command,
@@ -55,23 +85,53 @@ pub async fn check(
             "tables_written": st.tables_written,
             "has_where": st.has_where,
             "functions": st.functions,
+            "user_functions": user.names,
+            "function_volatility": user.volatility.map_or("", |v| v.name()),
+            "dynamic_sql": st.dynamic_sql,
             "copy_program": st.copy_program,
+            "rows_affected": -1,
         });
-        let decision = gw.decide(st.action, &context);
-        let ruling = gw.rule(decision, st.action, &text, notify).await;
-        if !ruling.allowed && refusal.is_none() {
-            refusal = Some(format!(
-                "blastgate: {} denied by policy {}: {}",
-                st.command,
-                ruling.policy_id.as_deref().unwrap_or("(default deny)"),
-                ruling.reason
-            ));
+        let mut decision = gw.decide(st.action, &context);
+        // A row limit decides a write only once its effect is known: does
+        // one apply to this statement at all?
+        let limited = decision.verdict == crate::policy::Verdict::Allow
+            && matches!(st.action, ACTION_UPDATE | ACTION_DELETE)
+            && gw.target.enforce
+            && gw
+                .decide(st.action, &with_rows(&context, UNMEASURED))
+                .verdict
+                != crate::policy::Verdict::Allow;
+        let mut measure = None;
+        if limited {
+            match effects {
+                Effects::Measurable => {
+                    measure = Some(Measure {
+                        action: st.action,
+                        command: st.command.clone(),
+                        text: text.clone(),
+                        context: context.clone(),
+                    })
+                }
+                // Decided as if it changed every row: held or refused.
+                Effects::Unmeasurable => {
+                    decision = gw.decide(st.action, &with_rows(&context, UNMEASURED));
+                    decision.reason = format!(
+                        "{} (its effect cannot be measured before it commits in the extended \
+                         protocol; send it as a simple query to have it measured)",
+                        decision.reason
+                    );
+                }
+            }
         }
-        ruled.push((ruling, text));
+        let ruling = gw.rule(decision, st.action, &text, notify).await;
+        if !ruling.allowed && refused.is_none() {
+            refused = Some(refusal(&st.command, &ruling));
+        }
+        ruled.push((ruling, text, measure));
     }
     let mut admitted = Vec::with_capacity(ruled.len());
-    for ((mut ruling, text), st) in ruled.into_iter().zip(statements.iter()) {
-        if let Some(why) = &refusal {
+    for ((mut ruling, text, measure), st) in ruled.into_iter().zip(statements.iter()) {
+        if let Some(why) = &refused {
             if ruling.allowed {
                 ruling.allowed = false;
                 ruling.reason =
@@ -81,14 +141,60 @@ pub async fn check(
             gw.record(event).await;
             continue;
         }
+        if matches!(st.action, ACTION_DDL | ACTION_DCL | ACTION_OPAQUE) {
+            // It may create or replace a function, trigger, rule or view.
+            functions.invalidate();
+        }
         let mut event = gw.ruled(EventKind::Statement, st.action, text, &ruling);
         event.duration_us = None;
-        admitted.push(Admitted { event });
+        admitted.push(Admitted { event, measure });
     }
-    match refusal {
+    match refused {
         Some(message) => Verdict::Refuse(message),
         None => Verdict::Run(admitted),
     }
+}
+
+fn with_rows(context: &Value, rows: i64) -> Value {
+    let mut c = context.clone();
+    if let Some(m) = c.as_object_mut() {
+        m.insert("rows_affected".into(), Value::from(rows));
+    }
+    c
+}
+
+/// The decision on a write that ran (and was undone) once its effect was
+/// measured: allow, or hold (a human is asked now, nothing is running) or
+/// refuse. `rows` is [`UNMEASURED`] when the effect could not be measured.
+pub async fn on_effect(
+    gw: &Gateway,
+    m: &Measure,
+    rows: i64,
+    notify: &(dyn Fn(Uuid) + Sync),
+) -> Ruling {
+    let decision = effect_decision(gw, m, rows);
+    gw.rule(decision, m.action, &m.text, notify).await
+}
+
+/// The policy's answer for a write that changes `rows` rows.
+pub fn effect_decision(gw: &Gateway, m: &Measure, rows: i64) -> crate::policy::Decision {
+    let mut decision = gw.decide(m.action, &with_rows(&m.context, rows));
+    if rows == UNMEASURED {
+        decision.reason = format!("{} (its effect could not be measured)", decision.reason);
+    } else {
+        decision.reason = format!("{} ({rows} rows changed)", decision.reason);
+    }
+    decision
+}
+
+/// The refusal message for a ruling that did not allow a statement.
+pub fn refusal(command: &str, ruling: &Ruling) -> String {
+    format!(
+        "blastgate: {} denied by policy {}: {}",
+        command,
+        ruling.policy_id.as_deref().unwrap_or("(default deny)"),
+        ruling.reason
+    )
 }
 
 /// A statement that makes the server itself raise the refusal, so the
@@ -96,10 +202,21 @@ pub async fn check(
 /// server's transaction state becomes what the agent expects: a refused
 /// statement inside a transaction block leaves it failed, as a real error
 /// would. Needs PL/pgSQL (installed by default).
-pub fn raise(message: &str) -> String {
-    let literal = message.replace('\'', "''").replace("$blastgate$", "");
+///
+/// The message is dollar-quoted, which reads the same whatever
+/// `standard_conforming_strings` is; with `ascii_only` (a client encoding
+/// other than UTF-8, which the server converts from) other characters
+/// become `?`.
+pub fn raise(message: &str, ascii_only: bool) -> String {
+    let mut literal = message.replace("$blastgate$", "").replace("$m$", "");
+    if ascii_only {
+        literal = literal
+            .chars()
+            .map(|c| if c.is_ascii() { c } else { '?' })
+            .collect();
+    }
     format!(
-        "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{literal}'; END $blastgate$"
+        "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = $m${literal}$m$; END $blastgate$"
     )
 }
 
@@ -109,10 +226,10 @@ mod tests {
 
     #[test]
     fn the_raise_statement_quotes_the_message() {
-        let sql = raise("it's $blastgate$ denied");
+        let sql = raise("it's $blastgate$ $m$denied\\ é", true);
         assert_eq!(
             sql,
-            "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'it''s  denied'; END $blastgate$"
+            "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = $m$it's  denied\\ ?$m$; END $blastgate$"
         );
         let parsed = super::super::classify::classify(&sql);
         assert_eq!(parsed.len(), 1);

@@ -17,12 +17,17 @@
 pub mod agent;
 mod cancel;
 pub mod classify;
+mod effects;
 pub mod frame;
+mod functions;
 pub mod gate;
 pub mod lineage;
 pub mod mask;
+pub mod messages;
+pub mod reading;
 mod relay;
 mod settings;
+mod tripwire;
 pub mod upstream;
 
 use std::sync::OnceLock;

@@ -8,6 +8,15 @@
 //! arrive. It is how an answer is tied to its statement (rows, duration,
 //! errors), and how the answers to messages blastgate injected itself (a
 //! refusal raised by the server) are kept from the agent.
+//!
+//! They also share the session's [`Reading`]: the `client_encoding` and
+//! `standard_conforming_strings` the server reports. A statement whose
+//! meaning depends on them (non-ASCII bytes, a backslash) is read only
+//! once every statement before it has been answered, so the reading is
+//! the server's own at the time it will parse the statement; and every
+//! CommandComplete is checked against what the gateway read (the
+//! tripwire): a mismatch ends the session and is recorded as a
+//! `differential` event.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -17,27 +26,32 @@ use std::{
 
 use bytes::BytesMut;
 use pgwire::messages::{
-    extendedquery::{Bind, Close, Describe, Execute, Parse},
+    extendedquery::{Bind, Execute, Parse},
     response::NoticeResponse,
     simplequery::Query,
 };
 use tokio::{
     io::{AsyncWriteExt, ReadHalf, WriteHalf},
-    sync::mpsc,
+    sync::{mpsc, oneshot, Notify},
 };
 
 use super::{
-    classify::{Classifier, CopyDirection, Statement},
-    frame::{decode, encode, Frame, PgError, Reader},
-    gate::{self, Verdict},
+    classify::{Classifier, CopyDirection, Lexing, Statement, ACTION_OPAQUE, ACTION_TRANSACTION},
+    effects,
+    frame::{encode, Frame, PgError, Reader},
+    functions::Functions,
+    gate::{self, Admitted, Verdict},
     lineage::{self, Lineage},
     mask::{self, Field, Names, RowPlan},
+    messages,
+    reading::Reading,
+    tripwire,
     upstream::{self, Upstream},
 };
 use crate::{
     policy::masking::MaskPlan,
     protocols::{gateway::Gateway, stream::BoxIo},
-    records::{Event, Verdict as RecVerdict},
+    records::{Event, EventKind, Verdict as RecVerdict},
 };
 
 /// Which columns a statement's DataRows have.
@@ -47,15 +61,33 @@ enum Columns {
     /// Described earlier: a portal's (formats known) or a statement's
     /// (formats from Bind).
     Portal {
-        portal: String,
-        statement: String,
+        portal: Vec<u8>,
+        statement: Vec<u8>,
         formats: Vec<i16>,
     },
+}
+
+/// What the gateway read a statement as, for the tripwire.
+#[derive(Debug, Clone)]
+struct Read {
+    action: &'static str,
+    command: String,
+}
+
+impl Read {
+    fn of(st: &Statement) -> Read {
+        Read {
+            action: st.action,
+            command: st.tagged_as.clone().unwrap_or_else(|| st.command.clone()),
+        }
+    }
 }
 
 struct Pending {
     /// `None` for a refusal blastgate injected (already recorded).
     event: Option<Event>,
+    /// `None` for blastgate's own statements.
+    read: Option<Read>,
     started: Instant,
     columns: Columns,
     masked: u64,
@@ -64,9 +96,10 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(event: Option<Event>, columns: Columns) -> Box<Pending> {
+    fn new(event: Option<Event>, read: Option<Read>, columns: Columns) -> Box<Pending> {
         Box::new(Pending {
             event,
+            read,
             started: Instant::now(),
             columns,
             masked: 0,
@@ -86,19 +119,60 @@ enum Expect {
     Ack { forward: bool },
     /// RowDescription or NoData answering a Describe.
     Describe {
-        statement: Option<String>,
-        portal: Option<String>,
+        statement: Option<Vec<u8>>,
+        portal: Option<Vec<u8>>,
     },
     /// CommandComplete, EmptyQueryResponse, PortalSuspended or an error.
     Statement(Box<Pending>),
     /// ReadyForQuery.
     Ready,
+    /// Everything answering one Query blastgate sent itself, up to its
+    /// ReadyForQuery: kept from the agent, its outcome handed back.
+    Probe(Option<oneshot::Sender<Probed>>),
+    /// The agent's answers from here to the next ReadyForQuery are held
+    /// back, and handed to the relay's other half whole: the write they
+    /// answer may yet be undone.
+    Hold(Option<oneshot::Sender<Held>>),
 }
 
-type Queue = Arc<Mutex<VecDeque<Expect>>>;
+/// The outcome of a Query blastgate sent itself.
+#[derive(Debug, Default)]
+pub struct Probed {
+    /// The first value of the first row.
+    value: Option<String>,
+    /// The first ErrorResponse, as received.
+    error: Option<BytesMut>,
+    /// The transaction status its ReadyForQuery reported.
+    status: u8,
+}
+
+/// Answers held back from the agent.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Everything, the closing ReadyForQuery last.
+    bytes: BytesMut,
+    failed: bool,
+}
+
+/// What both halves know.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<VecDeque<Expect>>,
+    reading: Mutex<Reading>,
+    /// Woken at every ReadyForQuery.
+    ready: Notify,
+    /// The transaction status of the last ReadyForQuery.
+    status: Mutex<u8>,
+}
+
+type Queue = Arc<Shared>;
 
 fn lock(q: &Queue) -> std::sync::MutexGuard<'_, VecDeque<Expect>> {
-    q.lock().unwrap_or_else(|p| p.into_inner())
+    q.queue.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn reading(q: &Queue) -> std::sync::MutexGuard<'_, Reading> {
+    q.reading.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the agent prepared: decided at Parse, re-decided at Execute when
@@ -107,6 +181,13 @@ struct Prepared {
     statements: Arc<Vec<Statement>>,
     generation: usize,
     events: Vec<Event>,
+}
+
+impl Prepared {
+    /// What one execution records and is checked against.
+    fn template(&self) -> Option<(&Event, Read)> {
+        Some((self.events.first()?, Read::of(self.statements.first()?)))
+    }
 }
 
 pub struct Halves {
@@ -128,6 +209,16 @@ pub async fn run(
         upstream,
     } = halves;
     let queue: Queue = Arc::default();
+    *queue.status.lock().unwrap_or_else(|p| p.into_inner()) = b'I';
+    {
+        // The login's reports: the reading the first statement is parsed with.
+        let mut r = reading(&queue);
+        for p in &upstream.parameters {
+            if let Ok((name, value)) = messages::parameter_status(p) {
+                r.report(&name, &value);
+            }
+        }
+    }
     let (notices, notices_rx) = mpsc::unbounded_channel();
     let field_rules = mask.as_ref().is_some_and(MaskPlan::has_fields);
     // Shared by both halves and cloned per result row: a pointer, not the rules.
@@ -142,6 +233,13 @@ pub async fn run(
         prepared: HashMap::new(),
         portals: HashMap::new(),
         refusing: None,
+        batch: Batch::Closed,
+        functions: Functions::new(
+            catalog.addr,
+            catalog.cfg.clone(),
+            catalog.params.clone(),
+            catalog.timeout,
+        ),
         notices,
         field_rules,
         mask: mask.clone(),
@@ -159,6 +257,9 @@ pub async fn run(
         portal_fields: HashMap::new(),
         plan: None,
         copy: None,
+        holding: None,
+        held_failed: false,
+        probed: Probed::default(),
     };
     let result = tokio::select! {
         r = from_agent.run() => r,
@@ -184,12 +285,16 @@ struct FromAgent<'g> {
     queue: Queue,
     classifier: &'g Classifier,
     out: BytesMut,
-    prepared: HashMap<String, Prepared>,
+    /// By the name's bytes: two names the agent sent are two entries.
+    prepared: HashMap<Vec<u8>, Prepared>,
     /// portal -> (statement, result formats)
-    portals: HashMap<String, (String, Vec<i16>)>,
+    portals: HashMap<Vec<u8>, (Vec<u8>, Vec<i16>)>,
     /// An extended-protocol message was refused: the rest up to Sync is
     /// dropped, as the server itself does after an error.
     refusing: Option<String>,
+    batch: Batch,
+    /// User-defined functions, looked up for policy.
+    functions: Functions,
     notices: mpsc::UnboundedSender<BytesMut>,
     /// Column masking rules apply to this session.
     field_rules: bool,
@@ -200,7 +305,105 @@ struct FromAgent<'g> {
     catalog: Catalog<'g>,
 }
 
+/// A ReadyForQuery message's length on the wire.
+const READY_LEN: usize = 6;
+
+/// Sets the transaction status of the ReadyForQuery that ends `bytes`.
+fn set_status(bytes: &mut BytesMut, status: u8) {
+    if let Some(last) = bytes.last_mut() {
+        *last = status;
+    }
+}
+
+/// Extended-protocol messages forwarded since the last Sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    Closed,
+    /// Parse, Bind, Describe, Close: nothing has run.
+    Open,
+    /// An Execute: a statement may have changed the session's settings,
+    /// which the server reports only at the next ReadyForQuery.
+    Executed,
+}
+
+impl Batch {
+    fn max_open(self) -> Batch {
+        match self {
+            Batch::Closed => Batch::Open,
+            other => other,
+        }
+    }
+}
+
+/// Text that reads the same under every client encoding and either
+/// setting of `standard_conforming_strings`.
+fn reads_the_same_everywhere(raw: &[u8]) -> bool {
+    raw.is_ascii() && !raw.contains(&b'\\')
+}
+
 impl FromAgent<'_> {
+    /// The text of a Query or Parse as the server will read it, and the
+    /// lexing to parse it with; `Ok(Err(why))` when it cannot be read
+    /// exactly (refused, never guessed).
+    async fn read_text(&mut self, raw: &[u8]) -> Result<Result<(String, Lexing), String>, PgError> {
+        if !reads_the_same_everywhere(raw) && !lock(&self.queue).is_empty() {
+            if self.batch == Batch::Executed {
+                return Ok(Err(
+                    "blastgate: this statement reads differently under other client_encoding or \
+                     standard_conforming_strings settings, which a statement executed earlier in \
+                     the same pipeline may have changed; send it after a Sync"
+                        .into(),
+                ));
+            }
+            self.settle().await?;
+        }
+        let reading = reading(&self.queue).clone();
+        Ok(match reading.decode(raw) {
+            Ok(text) => Ok((
+                text.into_owned(),
+                Lexing {
+                    standard_conforming_strings: reading.standard_conforming_strings,
+                },
+            )),
+            Err(e) => Err(format!("blastgate: {e}")),
+        })
+    }
+
+    /// Sends what is buffered and waits until the server has answered all
+    /// of it: the settings it reported by then are the ones it will read
+    /// the next statement with.
+    async fn settle(&mut self) -> Result<(), PgError> {
+        if self.batch != Batch::Closed {
+            // Without a Flush the server keeps its answers until Sync.
+            self.out.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+        }
+        self.flush().await?;
+        loop {
+            let ready = self.queue.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if lock(&self.queue).is_empty() {
+                return Ok(());
+            }
+            ready.await;
+        }
+    }
+
+    /// Refuses text that cannot be read, recorded as a denied statement.
+    async fn unreadable(&self, raw: &[u8], why: &str) {
+        let mut e = self.gw.event(EventKind::Statement, RecVerdict::Deny);
+        e.action = Some(ACTION_OPAQUE.into());
+        e.text = Some(raw.escape_ascii().to_string());
+        e.reason = Some(why.to_string());
+        self.gw.record(e).await;
+    }
+
+    /// The refusal statement, in bytes any client encoding reads alike.
+    fn raise(&self, message: &str) -> String {
+        let utf8 = reading(&self.queue).client_encoding == "UTF8";
+        gate::raise(message, !utf8)
+    }
+
     async fn run(&mut self) -> Result<(), PgError> {
         loop {
             let frame = self.reader.next().await?;
@@ -238,13 +441,10 @@ impl FromAgent<'_> {
         lock(&self.queue).push_back(e);
     }
 
-    /// Checks statements, telling the agent when one waits for a human.
-    async fn check(&mut self, statements: &Arc<Vec<Statement>>) -> Result<Verdict, PgError> {
-        // Whatever is buffered goes out first: a held statement must not
-        // hold up the ones before it.
-        self.flush().await?;
+    /// Tells the agent, in a NOTICE, that a statement waits for a human.
+    fn waiting(&self) -> impl Fn(uuid::Uuid) + Sync + 'static {
         let notices = self.notices.clone();
-        let notify = move |id: uuid::Uuid| {
+        move |id: uuid::Uuid| {
             let mut buf = BytesMut::new();
             let notice = NoticeResponse::new(vec![
                 (b'S', "NOTICE".into()),
@@ -255,8 +455,28 @@ impl FromAgent<'_> {
             if encode(&notice, &mut buf).is_ok() {
                 let _ = notices.send(buf);
             }
-        };
-        let verdict = gate::check(self.gw, statements, self.mask.as_deref(), &notify).await;
+        }
+    }
+
+    /// Checks statements, telling the agent when one waits for a human.
+    async fn check(
+        &mut self,
+        statements: &Arc<Vec<Statement>>,
+        effects: gate::Effects,
+    ) -> Result<Verdict, PgError> {
+        // Whatever is buffered goes out first: a held statement must not
+        // hold up the ones before it.
+        self.flush().await?;
+        let notify = self.waiting();
+        let verdict = gate::check(
+            self.gw,
+            statements,
+            self.mask.as_deref(),
+            &mut self.functions,
+            effects,
+            &notify,
+        )
+        .await;
         let Verdict::Run(admitted) = verdict else {
             return Ok(verdict);
         };
@@ -338,24 +558,220 @@ impl FromAgent<'_> {
         frame: &Frame,
         statements: &Arc<Vec<Statement>>,
     ) -> Result<(), PgError> {
-        match self.check(statements).await? {
-            Verdict::Run(admitted) => {
-                let mut queue = lock(&self.queue);
-                for (a, st) in admitted.into_iter().zip(statements.iter()) {
-                    queue.push_back(Expect::Statement(
-                        Pending::new(Some(a.event), Columns::Inline).with_lineage(self.lineage(st)),
+        match self.check(statements, gate::Effects::Measurable).await? {
+            Verdict::Run(admitted) if admitted.iter().any(|a| a.measure.is_some()) => {
+                self.measured_unit(frame, statements, admitted).await?;
+            }
+            Verdict::Run(admitted) => self.run_admitted(frame, statements, admitted)?,
+            Verdict::Refuse(message) => self.refuse_simple(&message)?,
+        }
+        Ok(())
+    }
+
+    /// Queues a Query of blastgate's own; its answers are kept from the
+    /// agent and its outcome comes back on the receiver.
+    fn send_probe(&mut self, sql: &str) -> Result<oneshot::Receiver<Probed>, PgError> {
+        let (tx, rx) = oneshot::channel();
+        self.await_answer(Expect::Probe(Some(tx)));
+        encode(&Query::new(sql.to_string()), &mut self.out)?;
+        Ok(rx)
+    }
+
+    async fn probe(&mut self, sql: &str) -> Result<Probed, PgError> {
+        let rx = self.send_probe(sql)?;
+        self.flush().await?;
+        rx.await.map_err(|_| PgError::Closed)
+    }
+
+    /// A Query with a write a policy limits by rows: run where it can be
+    /// undone, its effect counted by the server, then kept (its answers
+    /// released to the agent) or undone and held for a human, or refused.
+    async fn measured_unit(
+        &mut self,
+        frame: &Frame,
+        statements: &Arc<Vec<Statement>>,
+        admitted: Vec<Admitted>,
+    ) -> Result<(), PgError> {
+        // The transaction status decides the wrapper: only a settled
+        // pipeline has one.
+        self.settle().await?;
+        let status = *self.queue.status.lock().unwrap_or_else(|p| p.into_inner());
+        let controls_transactions = statements.iter().any(|s| s.action == ACTION_TRANSACTION);
+        let wrapper = if controls_transactions {
+            None
+        } else {
+            effects::wrapper(status)
+        };
+        let Some(w) = wrapper else {
+            if status == b'E' {
+                // The server refuses every write in a failed transaction.
+                return self.run_admitted(frame, statements, admitted);
+            }
+            // BEGIN/COMMIT inside the string would end blastgate's wrapper.
+            return self
+                .decide_effects(frame, statements, admitted, gate::UNMEASURED)
+                .await;
+        };
+        let started = Instant::now();
+        let before = self.send_probe(&w.open)?;
+        let (held_tx, held) = oneshot::channel();
+        {
+            let mut queue = lock(&self.queue);
+            queue.push_back(Expect::Hold(Some(held_tx)));
+            for st in statements.iter() {
+                queue.push_back(Expect::Statement(
+                    Pending::new(None, Some(Read::of(st)), Columns::Inline)
+                        .with_lineage(self.lineage(st)),
+                ));
+            }
+            queue.push_back(Expect::Ready);
+        }
+        self.out.extend_from_slice(&frame.bytes);
+        let after = self.send_probe(effects::COUNT_SQL)?;
+        self.flush().await?;
+        let closed = |_| PgError::Closed;
+        let before = before.await.map_err(closed)?;
+        let mut held = held.await.map_err(closed)?;
+        let after = after.await.map_err(closed)?;
+        let elapsed = started.elapsed().as_micros() as u64;
+        if held.failed {
+            // Nothing was changed; the agent sees the failure as direct.
+            if status == b'I' {
+                let undone = self.probe(w.undo).await?;
+                set_status(&mut held.bytes, undone.status);
+            }
+            self.deliver(held.bytes);
+            for a in admitted {
+                let mut e = a.event;
+                e.verdict = RecVerdict::Error;
+                e.duration_us = Some(elapsed);
+                e.reason = Some(format!("{}; failed upstream", e.reason.unwrap_or_default()));
+                self.gw.record(e).await;
+            }
+            return Ok(());
+        }
+        let rows = effects::rows(before.value.as_deref(), after.value.as_deref())
+            .unwrap_or(gate::UNMEASURED);
+        let allowed = admitted.iter().all(|a| {
+            a.measure.as_ref().is_none_or(|m| {
+                gate::effect_decision(self.gw, m, rows).verdict == crate::policy::Verdict::Allow
+            })
+        });
+        if allowed {
+            let kept = self.probe(w.keep).await?;
+            match kept.error {
+                // The commit itself failed (a deferred constraint, a
+                // serialization failure): the agent gets that error.
+                Some(error) => {
+                    let keep = held.bytes.len().saturating_sub(READY_LEN);
+                    held.bytes.truncate(keep);
+                    held.bytes.extend_from_slice(&error);
+                    held.bytes
+                        .extend_from_slice(&[b'Z', 0, 0, 0, 5, kept.status]);
+                }
+                None => set_status(&mut held.bytes, kept.status),
+            }
+            self.deliver(held.bytes);
+            for a in admitted {
+                let mut e = a.event;
+                e.duration_us = Some(elapsed);
+                if let Some(m) = &a.measure {
+                    e.rows = u64::try_from(rows).ok();
+                    e.reason = Some(format!(
+                        "{} ({rows} rows changed, within the limit of {})",
+                        e.reason.unwrap_or_default(),
+                        m.command
                     ));
                 }
-                queue.push_back(Expect::Ready);
-                drop(queue);
-                self.out.extend_from_slice(&frame.bytes);
+                self.gw.record(e).await;
             }
-            Verdict::Refuse(message) => {
-                encode(&Query::new(gate::raise(&message)), &mut self.out)?;
-                self.await_answer(Expect::Statement(Pending::new(None, Columns::Inline)));
-                self.await_answer(Expect::Ready);
+            return Ok(());
+        }
+        // Over a limit: undone before anyone is asked, so no lock is held
+        // while a human decides.
+        self.probe(w.undo).await?;
+        drop(held);
+        self.decide_effects(frame, statements, admitted, rows).await
+    }
+
+    /// Decides limited writes on `rows` (a human is asked for holds); runs
+    /// the Query if all are allowed, refuses it otherwise.
+    async fn decide_effects(
+        &mut self,
+        frame: &Frame,
+        statements: &Arc<Vec<Statement>>,
+        admitted: Vec<Admitted>,
+        rows: i64,
+    ) -> Result<(), PgError> {
+        let notify = self.waiting();
+        let mut refused = None;
+        let mut decided = Vec::with_capacity(admitted.len());
+        for a in admitted {
+            let Some(m) = &a.measure else {
+                decided.push(a);
+                continue;
+            };
+            let ruling = gate::on_effect(self.gw, m, rows, &notify).await;
+            let mut event = self
+                .gw
+                .ruled(EventKind::Statement, m.action, m.text.clone(), &ruling);
+            event.duration_us = None;
+            if !ruling.allowed && refused.is_none() {
+                refused = Some(gate::refusal(&m.command, &ruling));
+            }
+            decided.push(Admitted {
+                event,
+                measure: None,
+            });
+        }
+        match refused {
+            None => self.run_admitted(frame, statements, decided),
+            Some(message) => {
+                for a in decided {
+                    let mut e = a.event;
+                    if e.verdict == RecVerdict::Allow {
+                        e.verdict = RecVerdict::Deny;
+                        e.reason = Some(format!(
+                            "not run: another statement of the query was refused ({message})"
+                        ));
+                    }
+                    self.gw.record(e).await;
+                }
+                self.refuse_simple(&message)
             }
         }
+    }
+
+    /// Forwards a Query whose statements were all allowed.
+    fn run_admitted(
+        &mut self,
+        frame: &Frame,
+        statements: &Arc<Vec<Statement>>,
+        admitted: Vec<Admitted>,
+    ) -> Result<(), PgError> {
+        let mut queue = lock(&self.queue);
+        for (a, st) in admitted.into_iter().zip(statements.iter()) {
+            queue.push_back(Expect::Statement(
+                Pending::new(Some(a.event), Some(Read::of(st)), Columns::Inline)
+                    .with_lineage(self.lineage(st)),
+            ));
+        }
+        queue.push_back(Expect::Ready);
+        drop(queue);
+        self.out.extend_from_slice(&frame.bytes);
+        Ok(())
+    }
+
+    /// Bytes for the agent, after everything the other half has sent it.
+    fn deliver(&self, bytes: BytesMut) {
+        let _ = self.notices.send(bytes);
+    }
+
+    /// The server raises `message` in place of a Query.
+    fn refuse_simple(&mut self, message: &str) -> Result<(), PgError> {
+        encode(&Query::new(self.raise(message)), &mut self.out)?;
+        self.await_answer(Expect::Statement(Pending::new(None, None, Columns::Inline)));
+        self.await_answer(Expect::Ready);
         Ok(())
     }
 
@@ -366,15 +782,32 @@ impl FromAgent<'_> {
         }
         match frame.tag {
             b'Q' => {
-                let q: Query = decode(&frame, "Query")?;
-                let statements = self.classifier.classify(&q.query);
-                self.simple_unit(&frame, &statements).await?;
+                let raw = messages::query(&frame)?;
+                match self.read_text(raw).await? {
+                    Ok((text, lexing)) => {
+                        let statements = self.classifier.classify_as(&text, lexing);
+                        self.simple_unit(&frame, &statements).await?;
+                    }
+                    Err(why) => {
+                        self.unreadable(raw, &why).await;
+                        self.refuse_simple(&why)?;
+                    }
+                }
             }
             b'P' => {
-                let p: Parse = decode(&frame, "Parse")?;
-                let name = p.name.clone().unwrap_or_default();
-                let statements = self.classifier.classify(&p.query);
-                match self.check(&statements).await? {
+                let (name, raw) = messages::parse(&frame)?;
+                let name = name.to_vec();
+                self.batch = self.batch.max_open();
+                let (text, lexing) = match self.read_text(raw).await? {
+                    Ok(read) => read,
+                    Err(why) => {
+                        self.unreadable(raw, &why).await;
+                        self.refusing = Some(why);
+                        return Ok(false);
+                    }
+                };
+                let statements = self.classifier.classify_as(&text, lexing);
+                match self.check(&statements, gate::Effects::Unmeasurable).await? {
                     Verdict::Run(admitted) => {
                         self.prepared.insert(
                             name,
@@ -391,21 +824,18 @@ impl FromAgent<'_> {
                 }
             }
             b'B' => {
-                let b: Bind = decode(&frame, "Bind")?;
-                self.portals.insert(
-                    b.portal_name.unwrap_or_default(),
-                    (
-                        b.statement_name.unwrap_or_default(),
-                        b.result_column_format_codes,
-                    ),
-                );
+                let b = messages::bind(&frame)?;
+                self.batch = self.batch.max_open();
+                self.portals
+                    .insert(b.portal.to_vec(), (b.statement.to_vec(), b.result_formats));
                 self.await_answer(Expect::Ack { forward: true });
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'D' => {
-                let d: Describe = decode(&frame, "Describe")?;
-                let name = d.name.unwrap_or_default();
-                self.await_answer(if d.target_type == b'S' {
+                let (kind, name) = messages::target(&frame, "Describe")?;
+                let name = name.to_vec();
+                self.batch = self.batch.max_open();
+                self.await_answer(if kind == b'S' {
                     Expect::Describe {
                         statement: Some(name),
                         portal: None,
@@ -419,8 +849,8 @@ impl FromAgent<'_> {
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'E' => {
-                let ex: Execute = decode(&frame, "Execute")?;
-                let portal = ex.name.unwrap_or_default();
+                let portal = messages::execute(&frame)?.to_vec();
+                self.batch = Batch::Executed;
                 let (statement, formats) = self.portals.get(&portal).cloned().unwrap_or_default();
                 let stale = self
                     .prepared
@@ -430,7 +860,7 @@ impl FromAgent<'_> {
                     // Prepared under other policies: decided again.
                     let statements = self.prepared.get(&statement).map(|p| p.statements.clone());
                     if let Some(statements) = statements {
-                        match self.check(&statements).await? {
+                        match self.check(&statements, gate::Effects::Unmeasurable).await? {
                             Verdict::Run(admitted) => {
                                 let generation = self.gw.policy_generation();
                                 if let Some(p) = self.prepared.get_mut(&statement) {
@@ -446,11 +876,11 @@ impl FromAgent<'_> {
                     }
                 }
                 // Each execution is its own record.
-                let event = self
-                    .prepared
-                    .get(&statement)
-                    .and_then(|p| p.events.first())
-                    .map(|template| self.gw.session.restamp(template));
+                let (event, read) = match self.prepared.get(&statement).and_then(Prepared::template)
+                {
+                    Some((template, read)) => (Some(self.gw.session.restamp(template)), Some(read)),
+                    None => (None, None),
+                };
                 let lineage = self
                     .prepared
                     .get(&statement)
@@ -459,6 +889,7 @@ impl FromAgent<'_> {
                 self.await_answer(Expect::Statement(
                     Pending::new(
                         event,
+                        read,
                         Columns::Portal {
                             portal,
                             statement,
@@ -470,9 +901,10 @@ impl FromAgent<'_> {
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'C' => {
-                let c: Close = decode(&frame, "Close")?;
-                let name = c.name.unwrap_or_default();
-                if c.target_type == b'S' {
+                let (kind, name) = messages::target(&frame, "Close")?;
+                let name = name.to_vec();
+                self.batch = self.batch.max_open();
+                if kind == b'S' {
                     self.prepared.remove(&name);
                 } else {
                     self.portals.remove(&name);
@@ -481,11 +913,12 @@ impl FromAgent<'_> {
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'S' => {
+                self.batch = Batch::Closed;
                 if let Some(message) = self.refusing.take() {
                     // The server raises the refusal itself, so the agent
                     // gets it in order and the transaction state is real.
                     encode(
-                        &Parse::new(None, gate::raise(&message), Vec::new()),
+                        &Parse::new(None, self.raise(&message), Vec::new()),
                         &mut self.out,
                     )?;
                     encode(
@@ -496,7 +929,7 @@ impl FromAgent<'_> {
                     let mut queue = lock(&self.queue);
                     queue.push_back(Expect::Ack { forward: false });
                     queue.push_back(Expect::Ack { forward: false });
-                    queue.push_back(Expect::Statement(Pending::new(None, Columns::Inline)));
+                    queue.push_back(Expect::Statement(Pending::new(None, None, Columns::Inline)));
                 }
                 self.await_answer(Expect::Ready);
                 self.out.extend_from_slice(&frame.bytes);
@@ -514,6 +947,8 @@ impl FromAgent<'_> {
                     functions: Vec::new(),
                     copy_program: false,
                     copy_direction: None,
+                    dynamic_sql: true,
+                    tagged_as: None,
                 }]);
                 self.simple_unit(&frame, &statements).await?;
             }
@@ -713,8 +1148,8 @@ struct ToAgent<'g, 'c> {
     out: BytesMut,
     mask: Option<Arc<MaskPlan>>,
     catalog: Catalog<'c>,
-    statement_fields: HashMap<String, Vec<Field>>,
-    portal_fields: HashMap<String, Vec<Field>>,
+    statement_fields: HashMap<Vec<u8>, Vec<Field>>,
+    portal_fields: HashMap<Vec<u8>, Vec<Field>>,
     /// Masking for the rows now flowing; `None` until known.
     plan: Option<RowPlan>,
     /// Masking for a text-format COPY now flowing: each column's style.
@@ -722,18 +1157,27 @@ struct ToAgent<'g, 'c> {
         Vec<Option<crate::policy::masking::Style>>,
         lineage::CopyText,
     )>,
+    /// Answers being held back (a write being measured), and whether one
+    /// of them is an error.
+    holding: Option<oneshot::Sender<Held>>,
+    held_failed: bool,
+    /// The outcome of blastgate's own Query being answered.
+    probed: Probed,
 }
 
 impl ToAgent<'_, '_> {
     async fn run(&mut self, mut notices: mpsc::UnboundedReceiver<BytesMut>) -> Result<(), PgError> {
         loop {
+            // Bytes from the other half first: it sends answers it held
+            // back before it lets the server answer anything after them.
             let frame = tokio::select! {
-                f = self.reader.next() => f?,
+                biased;
                 Some(n) = notices.recv() => {
                     self.out.extend_from_slice(&n);
                     self.flush().await?;
                     continue;
                 }
+                f = self.reader.next() => f?,
             };
             self.handle(frame).await?;
             if !self.reader.has_frame() {
@@ -743,6 +1187,10 @@ impl ToAgent<'_, '_> {
     }
 
     async fn flush(&mut self) -> Result<(), PgError> {
+        if self.holding.is_some() {
+            // Released whole, or dropped, once the write is decided.
+            return Ok(());
+        }
         if !self.out.is_empty() {
             self.gw
                 .counters
@@ -758,8 +1206,82 @@ impl ToAgent<'_, '_> {
         lock(&self.queue).pop_front()
     }
 
-    async fn handle(&mut self, frame: Frame) -> Result<(), PgError> {
+    /// A message answering a Query blastgate sent itself.
+    async fn probe_frame(&mut self, frame: Frame) -> Result<(), PgError> {
         match frame.tag {
+            b'D' if self.probed.value.is_none() => {
+                let values = mask::row_values(&frame)?;
+                self.probed.value = values
+                    .first()
+                    .copied()
+                    .flatten()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+            }
+            b'E' if self.probed.error.is_none() => {
+                // It may reach the agent (a COMMIT blastgate sent failing).
+                let frame = self.server_message(frame).await;
+                self.probed.error = Some(frame.bytes);
+            }
+            b'S' => self.parameter(frame)?,
+            b'A' => {
+                let bytes = self.notification(frame);
+                self.out.extend_from_slice(&bytes);
+            }
+            b'Z' => {
+                let status = self.ready_status(&frame);
+                self.probed.status = status;
+                if let Some(Expect::Probe(Some(tx))) = self.pop() {
+                    let _ = tx.send(std::mem::take(&mut self.probed));
+                }
+                self.queue.ready.notify_waiters();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Notes a ReadyForQuery's transaction status for the other half.
+    fn ready_status(&self, frame: &Frame) -> u8 {
+        let status = frame.body().first().copied().unwrap_or(b'I');
+        *self.queue.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        status
+    }
+
+    fn parameter(&mut self, frame: Frame) -> Result<(), PgError> {
+        // Reported before the ReadyForQuery that ends the statement which
+        // changed it: the reading the next one is parsed with.
+        let (name, value) = messages::parameter_status(&frame)?;
+        if reading(&self.queue).report(&name, &value) {
+            tracing::debug!(%name, %value, "the server's reading changed");
+        }
+        self.out.extend_from_slice(&frame.bytes);
+        Ok(())
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), PgError> {
+        let head = match lock(&self.queue).front() {
+            Some(Expect::Probe(_)) => Some(true),
+            Some(Expect::Hold(_)) => Some(false),
+            _ => None,
+        };
+        match head {
+            Some(true) => return self.probe_frame(frame).await,
+            Some(false) => {
+                self.flush().await?;
+                if let Some(Expect::Hold(tx)) = self.pop() {
+                    self.holding = tx;
+                    self.held_failed = false;
+                }
+            }
+            None => {}
+        }
+        match frame.tag {
+            b'A' if self.holding.is_some() => {
+                // A notification is not part of the write's answer: it
+                // goes now, whatever becomes of the write.
+                let bytes = self.notification(frame);
+                self.writer.write_all(&bytes).await?;
+            }
             b'1' | b'2' | b'3' => {
                 let forward = !matches!(self.pop(), Some(Expect::Ack { forward: false }));
                 if forward {
@@ -830,24 +1352,47 @@ impl ToAgent<'_, '_> {
                 };
                 self.plan = None;
                 self.copy = None;
-                if let Some(Expect::Statement(p)) = self.pop() {
+                let head_is_statement =
+                    matches!(lock(&self.queue).front(), Some(Expect::Statement(_)));
+                if !head_is_statement {
+                    if frame.tag == b'C' {
+                        // The server completed a statement the gateway never read.
+                        return self.differential(None, None, &tag).await;
+                    }
                     self.out.extend_from_slice(&frame.bytes);
-                    self.finish(*p, Outcome::Done { tag }).await;
                     return Ok(());
                 }
-                self.out.extend_from_slice(&frame.bytes);
+                if let Some(Expect::Statement(p)) = self.pop() {
+                    if frame.tag == b'C' {
+                        if let Some(read) = &p.read {
+                            if !tripwire::agrees(read.action, &read.command, &tag) {
+                                let (read, text) = (
+                                    p.read.clone(),
+                                    p.event.as_ref().and_then(|e| e.text.clone()),
+                                );
+                                self.finish(
+                                    *p,
+                                    Outcome::Failed {
+                                        error: format!("differential: the server completed {tag}"),
+                                    },
+                                )
+                                .await;
+                                return self.differential(read, text, &tag).await;
+                            }
+                        }
+                    }
+                    self.out.extend_from_slice(&frame.bytes);
+                    self.finish(*p, Outcome::Done { tag }).await;
+                }
             }
             b'N' => {
                 let frame = self.server_message(frame).await;
                 self.out.extend_from_slice(&frame.bytes);
             }
-            b'A' => match &self.mask {
-                Some(m) => match mask::notification(&frame, m.has_fields(), m) {
-                    Some(bytes) => self.out.extend_from_slice(&bytes),
-                    None => self.out.extend_from_slice(&frame.bytes),
-                },
-                None => self.out.extend_from_slice(&frame.bytes),
-            },
+            b'A' => {
+                let bytes = self.notification(frame);
+                self.out.extend_from_slice(&bytes);
+            }
             b'V' => match (&self.mask, mask::function_result(&frame)) {
                 (Some(m), Some(bytes)) if m.has_fields() => self.out.extend_from_slice(&bytes),
                 _ => self.out.extend_from_slice(&frame.bytes),
@@ -855,6 +1400,9 @@ impl ToAgent<'_, '_> {
             b'E' => {
                 self.plan = None;
                 self.copy = None;
+                if self.holding.is_some() {
+                    self.held_failed = true;
+                }
                 let frame = self.server_message(frame).await;
                 let error = upstream::error_text(&frame);
                 self.out.extend_from_slice(&frame.bytes);
@@ -884,18 +1432,79 @@ impl ToAgent<'_, '_> {
             }
             b'Z' => {
                 self.plan = None;
+                let mut unanswered = None;
                 while let Some(e) = self.pop() {
                     match e {
                         Expect::Ready => break,
-                        Expect::Statement(p) => self.finish(*p, Outcome::NotRun).await,
+                        Expect::Statement(p) => {
+                            // Errors pop what they skip: a statement still
+                            // here was read by the gateway, never run by
+                            // the server.
+                            if unanswered.is_none() && p.read.is_some() {
+                                unanswered = Some((
+                                    p.read.clone(),
+                                    p.event.as_ref().and_then(|e| e.text.clone()),
+                                ));
+                            }
+                            self.finish(*p, Outcome::NotRun).await;
+                        }
                         _ => {}
                     }
                 }
+                if let Some((read, text)) = unanswered {
+                    return self.differential(read, text, "(no statement)").await;
+                }
                 self.out.extend_from_slice(&frame.bytes);
+                self.ready_status(&frame);
+                if let Some(tx) = self.holding.take() {
+                    let held = Held {
+                        bytes: std::mem::take(&mut self.out),
+                        failed: std::mem::take(&mut self.held_failed),
+                    };
+                    let _ = tx.send(held);
+                }
+                self.queue.ready.notify_waiters();
             }
+            b'S' => self.parameter(frame)?,
             _ => self.out.extend_from_slice(&frame.bytes),
         }
         Ok(())
+    }
+
+    /// The server ran something other than what the gateway read: the
+    /// reading was wrong, so nothing more of this session is trusted.
+    async fn differential(
+        &mut self,
+        read: Option<Read>,
+        text: Option<String>,
+        tag: &str,
+    ) -> Result<(), PgError> {
+        let command = read
+            .as_ref()
+            .map_or("(no statement)", |r| r.command.as_str());
+        let mut e = self.gw.event(EventKind::Differential, RecVerdict::Error);
+        e.action = read.as_ref().map(|r| r.action.to_string());
+        e.text = text;
+        e.reason = Some(format!(
+            "the server completed {tag:?} where blastgate read {command:?}; session ended"
+        ));
+        self.gw.record(e).await;
+        crate::metrics::get().sql_differentials.inc();
+        tracing::error!(%tag, %command, "differential: the server ran another statement than the one decided");
+        let message =
+            "blastgate: the server ran a statement other than the one blastgate decided; \
+                       the session is ended and the difference recorded";
+        let error = pgwire::messages::response::ErrorResponse::new(vec![
+            (b'S', "FATAL".into()),
+            (b'V', "FATAL".into()),
+            (b'C', "XX000".into()),
+            (b'M', message.into()),
+        ]);
+        encode(&error, &mut self.out)?;
+        self.flush().await?;
+        Err(PgError::Protocol(format!(
+            "differential: server completed {tag:?}, blastgate read {command:?}"
+        )))
     }
 
     async fn set_plan(&mut self, fields: &[Field], m: &MaskPlan) {
@@ -946,6 +1555,15 @@ impl ToAgent<'_, '_> {
             ),
         };
         self.copy = Some((styles, text));
+    }
+
+    /// A NotificationResponse as the agent may see it (every path one goes
+    /// out by passes here).
+    fn notification(&self, frame: Frame) -> BytesMut {
+        match &self.mask {
+            Some(m) => mask::notification(&frame, m.has_fields(), m).unwrap_or(frame.bytes),
+            None => frame.bytes,
+        }
     }
 
     /// The lineage of the statement the server is answering now.
