@@ -47,10 +47,12 @@ mod harness;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use harness::{postgres::TestPostgres, *};
+use serde_json::Value;
 
 /// What blastgate logs in upstream with.
 const SECRET: &str = "upstream-Secret-51c0de";
@@ -147,6 +149,33 @@ impl Setup {
         c.output().expect("psql through blastgate")
     }
 
+    /// [`Setup::psql`], approving whatever the statement waits for (policy
+    /// may hold user-defined functions in production for a human).
+    fn psql_approving(&self, sql: &str) -> Output {
+        let conn = self.conninfo();
+        let mut c = self.env.agent("claude", &[]);
+        c.args(["psql", "-X", "-At", &conn, "-c", sql])
+            .env("PGPASSWORD", AGENT_PASSWORD)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("psql through blastgate");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            let out = self.env.blastgate(&["approvals", "list", "--json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            for r in list.as_array().into_iter().flatten() {
+                if let Some(id) = r["id"].as_str() {
+                    self.env.answer_approval("approve", id);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().expect("psql output")
+    }
+
     /// The same psql directly, with the real password: the reference.
     fn psql_direct(&self, sql: &str) -> Output {
         Command::new("psql")
@@ -180,7 +209,9 @@ fn assert_all_masked(sql: &str, o: &Output) {
     let tag = regex::Regex::new(r"^(UPDATE|INSERT 0|DELETE) \d+$").expect("regex");
     let lines: Vec<&str> = out
         .lines()
-        .filter(|l| !l.is_empty() && !tag.is_match(l))
+        .filter(|l| {
+            !l.is_empty() && !tag.is_match(l) && !l.starts_with("NOTICE:  waiting for approval")
+        })
         .collect();
     assert!(!lines.is_empty(), "{sql}: no rows");
     for l in lines {
@@ -227,7 +258,7 @@ fn values_derived_from_masked_columns_are_masked() {
         "WITH u AS (UPDATE customers SET note = note WHERE id = 2 RETURNING email) SELECT * FROM u",
         "SELECT reverse(card) FROM customers",
     ] {
-        assert_all_masked(sql, &s.psql(sql));
+        assert_all_masked(sql, &s.psql_approving(sql));
     }
 
     // hash keeps equal values equal, through expressions too: agents can
@@ -295,7 +326,7 @@ fn errors_notices_notifications_and_copy_do_not_leak() {
         assert!(!t.contains("alice"), "{sql}: {t}");
     }
     // A notice raised with a value by a function the statement calls.
-    let o = s.psql("SELECT shout(1)");
+    let o = s.psql_approving("SELECT shout(1)");
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("NOTICE"), "{t}");
