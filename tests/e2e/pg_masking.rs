@@ -12,6 +12,7 @@
 //!   `lag(email) OVER ()`, `mode() WITHIN GROUP (ORDER BY email)`;
 //! - whole rows: `row_to_json(c)`, `c::text`, `to_json(c.*)`;
 //! - subqueries, CTEs, UNION branches, LATERAL, VALUES;
+//! - a table inheriting from customers (the parent's rules apply to it);
 //! - a view over customers (followed through its definition: its `id`
 //!   stays readable), a user-defined SQL function, a set-returning
 //!   user function in FROM, `query_to_xml('select email …')`;
@@ -65,6 +66,7 @@ const RAW: &[&str] = &[
     "alice@example.com",
     "bob@example.com",
     "carol@example.org",
+    "dan@example.com",
     "moc.elpmaxe@ecila",
     "ALICE@EXAMPLE.COM",
     // base64 of "alice@example.com"
@@ -105,6 +107,10 @@ fn setup() -> Option<Setup> {
          CREATE FUNCTION public.shout(i int) RETURNS int LANGUAGE plpgsql AS $$
              BEGIN RAISE NOTICE 'value %', (SELECT email FROM public.customers WHERE id = i);
              RETURN i; END $$;
+         CREATE TABLE public.customers_archive () INHERITS (public.customers);
+         INSERT INTO public.customers_archive (name, email, card, note)
+             VALUES ('Dan Doe', 'dan@example.com', '4012888888881881', 'archived');
+         ALTER TABLE public.customers_archive OWNER TO app;
          ALTER VIEW public.customer_emails OWNER TO app;
          ALTER FUNCTION public.my_get_email(int) OWNER TO app;
          ALTER FUNCTION public.my_emails() OWNER TO app;
@@ -250,6 +256,8 @@ fn values_derived_from_masked_columns_are_masked() {
         "SELECT l.e FROM customers c, LATERAL (SELECT c.email || '' AS e) l",
         "VALUES ((SELECT min(email) FROM customers))",
         "SELECT email FROM customer_emails",
+        "SELECT email FROM customers_archive",
+        "SELECT lower(email) FROM ONLY customers_archive",
         "SELECT lower(email) FROM customer_emails",
         "SELECT my_get_email(1)",
         "SELECT * FROM my_emails()",
@@ -426,7 +434,8 @@ fn filtering_grouping_and_joining_on_masked_columns_still_answer() {
     }
     assert_eq!(
         text(&s.psql("SELECT count(*) FROM customers WHERE email LIKE '%@example.com'")).trim(),
-        "2"
+        "3",
+        "Alice, Bob and Dan (in a child table)"
     );
 }
 

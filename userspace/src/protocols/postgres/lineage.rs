@@ -1312,9 +1312,23 @@ pub struct Facts {
     pub relations: Vec<RelInfo>,
     /// Function and operator names defined outside `pg_catalog`.
     pub user_routines: HashSet<String>,
+    /// The tables a table inherits from or is a partition of (any depth),
+    /// by `(schema, name)`: a partition's or child's rows are the parent's
+    /// data, so the parent's column rules apply to them.
+    pub ancestors: HashMap<(String, String), Vec<(String, String)>>,
 }
 
 impl Facts {
+    /// The style a field rule gives a table's column, its own or an
+    /// ancestor's (the first found).
+    fn rule(&self, mask: &MaskPlan, info: &RelInfo, column: &str) -> Option<Style> {
+        let own = (info.schema.clone(), info.name.clone());
+        let ancestors = self.ancestors.get(&own).into_iter().flatten();
+        std::iter::once(&own)
+            .chain(ancestors)
+            .find_map(|(schema, table)| mask.column(schema, table, column).map(|(s, _)| s))
+    }
+
     fn matches<'f>(&'f self, rel: &'f Rel) -> impl Iterator<Item = &'f RelInfo> {
         self.relations.iter().filter(move |r| {
             r.name == rel.name && rel.schema.as_ref().is_none_or(|s| *s == r.schema)
@@ -1361,7 +1375,7 @@ fn style_of(origin: &Origin, facts: &Facts, mask: &MaskPlan, depth: usize) -> Op
                 continue;
             }
             for &i in &wanted {
-                if let Some((s, _)) = mask.column(&info.schema, &info.name, &info.columns[i]) {
+                if let Some(s) = facts.rule(mask, info, &info.columns[i]) {
                     styles.insert(style_key(s));
                 }
             }
@@ -1530,6 +1544,19 @@ fn names_query(rels: &BTreeSet<String>, routines: &BTreeSet<String>) -> Option<S
                 ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
          WHERE c.relname = ANY ({rels}) \
          UNION ALL \
+         SELECT 'a', n.nspname::text, c.relname::text, '', '', pn.nspname::text, \
+                c.oid::int8, 0, p.relname::text \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN LATERAL (WITH RECURSIVE up(oid) AS ( \
+                 SELECT i.inhparent FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid \
+                 UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i \
+                       JOIN up ON i.inhrelid = up.oid) \
+               SELECT oid FROM up) anc ON true \
+         JOIN pg_catalog.pg_class p ON p.oid = anc.oid \
+         JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace \
+         WHERE c.relname = ANY ({rels}) \
+         UNION ALL \
          SELECT 'f', '', p.proname::text, '', '', '', 0, 0, NULL FROM pg_catalog.pg_proc p \
          WHERE p.pronamespace <> 'pg_catalog'::regnamespace AND p.proname = ANY ({routines}) \
          UNION ALL \
@@ -1596,8 +1623,14 @@ impl Lookup {
                 self.want(&l);
             }
         }
-        self.facts.relations.extend(new.relations);
-        self.facts.user_routines.extend(new.user_routines);
+        let Facts {
+            relations,
+            user_routines,
+            ancestors,
+        } = new;
+        self.facts.relations.extend(relations);
+        self.facts.user_routines.extend(user_routines);
+        self.facts.ancestors.extend(ancestors);
     }
 }
 
@@ -1644,6 +1677,13 @@ pub fn facts_from_rows(rows: &[Vec<Option<String>>]) -> Facts {
             "f" => {
                 facts.user_routines.insert(text(2));
             }
+            "a" => {
+                facts
+                    .ancestors
+                    .entry((text(1), text(2)))
+                    .or_default()
+                    .push((text(5), text(8)));
+            }
             _ => {}
         }
     }
@@ -1681,8 +1721,7 @@ pub fn write_refusal(l: &Lineage, facts: &Facts, mask: &MaskPlan) -> Option<Stri
                     let at = info.columns.iter().position(|c| c == column);
                     view_styles(info, facts, mask, 0).and_then(|v| v.get(at?).copied().flatten())
                 } else {
-                    mask.column(&info.schema, &info.name, column)
-                        .map(|(s, _)| s)
+                    facts.rule(mask, info, column)
                 };
                 target == Some(Style::Fixed) || target == Some(*value_style)
             });
@@ -1815,6 +1854,12 @@ mod tests {
                     'r',
                     &["id", "customer_id", "total", "status"],
                 ),
+                table(
+                    "public",
+                    "customers_2024",
+                    'r',
+                    &["id", "name", "email", "card", "note"],
+                ),
                 table("public", "customer_emails", 'v', &["id", "email"]),
                 table("public", "remote", 'f', &["id", "x"]),
                 table("hr", "people", 'r', &["id", "ssn"]),
@@ -1833,6 +1878,10 @@ mod tests {
                 ),
             ],
             user_routines: HashSet::from(["my_get_email".to_string()]),
+            ancestors: HashMap::from([(
+                ("public".to_string(), "customers_2024".to_string()),
+                vec![("public".to_string(), "customers".to_string())],
+            )]),
         }
     }
 
@@ -1885,6 +1934,8 @@ mod tests {
             "SELECT json_build_object('e', email) FROM customers",
             "SELECT format('%s', email) FROM customers",
             "SELECT ssn FROM hr.people",
+            "SELECT email FROM customers_2024",
+            "SELECT lower(c.email) FROM customers_2024 c",
             "SELECT substr(p.ssn, 1, 3) FROM hr.people p",
             "SELECT my_get_email(1)",
             "SELECT lower(my_get_email(1))",
@@ -2175,6 +2226,50 @@ mod tests {
         ] {
             assert!(!refused(sql), "{sql}");
         }
+    }
+
+    #[test]
+    fn lookups_gather_every_kind_of_fact_across_rounds() {
+        let mut lookup = Lookup::new(&analyze("SELECT email FROM customers_archive"));
+        assert!(lookup.next_query().is_some());
+        let row =
+            |v: &[&str]| -> Vec<Option<String>> { v.iter().map(|x| Some(x.to_string())).collect() };
+        lookup.add(&[
+            row(&[
+                "a",
+                "public",
+                "customers_archive",
+                "",
+                "",
+                "public",
+                "9",
+                "0",
+                "customers",
+            ]),
+            row(&["f", "", "lower", "", "", "", "0", "0", ""]),
+            row(&[
+                "r",
+                "public",
+                "customers_archive",
+                "r",
+                "true",
+                "email",
+                "9",
+                "1",
+                "",
+            ]),
+        ]);
+        // Nothing new to ask: the names are known.
+        assert!(lookup.next_query().is_none());
+        let f = &lookup.facts;
+        assert_eq!(f.relations.len(), 1);
+        assert!(f.user_routines.contains("lower"));
+        assert_eq!(
+            f.ancestors[&("public".to_string(), "customers_archive".to_string())],
+            [("public".to_string(), "customers".to_string())]
+        );
+        let l = analyze("SELECT email FROM customers_archive");
+        assert_eq!(evaluate(&l, f, &mask(), 1), [Some(Style::Hash)]);
     }
 
     #[test]
