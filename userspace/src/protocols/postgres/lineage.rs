@@ -126,6 +126,9 @@ pub struct Lineage {
     /// What it writes where: a masked value written into an unmasked
     /// column would be read back unmasked.
     pub writes: Vec<Write>,
+    /// Its analysis holds for any literals in its place (SELECT and DML;
+    /// not COPY, whose options are literals that matter).
+    pub shapeable: bool,
 }
 
 /// How a text-format COPY writes its rows (the options that matter).
@@ -329,6 +332,13 @@ pub fn analyze(sql: &str) -> Lineage {
     };
     let mut walk = Walk::default();
     let mut copy = None;
+    let shapeable = matches!(
+        node_of(&tree),
+        Some((
+            "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt",
+            _
+        ))
+    );
     let outputs = match node_of(&tree) {
         Some(("SelectStmt", f)) => {
             let outs = walk.select(f, None);
@@ -380,6 +390,7 @@ pub fn analyze(sql: &str) -> Lineage {
         stores: stores(&tree),
         text: sql.to_owned(),
         writes: walk.writes,
+        shapeable,
     }
 }
 
@@ -1749,6 +1760,8 @@ type Cache = (HashMap<String, Arc<Lineage>>, VecDeque<String>);
 pub struct Analyzer {
     capacity: usize,
     cache: Mutex<Cache>,
+    /// Analyses by normalized text (literals replaced by `$n`).
+    shapes: Mutex<HashMap<String, Arc<Lineage>>>,
 }
 
 impl Analyzer {
@@ -1756,6 +1769,7 @@ impl Analyzer {
         Analyzer {
             capacity,
             cache: Mutex::default(),
+            shapes: Mutex::default(),
         }
     }
 
@@ -1766,7 +1780,39 @@ impl Analyzer {
                 return Arc::clone(hit);
             }
         }
-        let fresh = Arc::new(analyze(sql));
+        // Literals change no lineage: `… WHERE id = 1` and `… WHERE id = 2`
+        // share one analysis (normalizing costs a fraction of a parse and
+        // walk). Only its text is the statement's own.
+        let shape = if cacheable {
+            std::panic::catch_unwind(|| pg_query::normalize(sql).ok())
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let shaped = shape
+            .as_ref()
+            .and_then(|key| self.shapes().get(key).cloned())
+            .map(|hit| {
+                Arc::new(Lineage {
+                    text: sql.to_owned(),
+                    ..(*hit).clone()
+                })
+            });
+        let fresh = match shaped {
+            Some(hit) => hit,
+            None => {
+                let fresh = Arc::new(analyze(sql));
+                if let (Some(key), true) = (shape, fresh.shapeable) {
+                    let mut shapes = self.shapes();
+                    if shapes.len() >= self.capacity {
+                        shapes.clear();
+                    }
+                    shapes.insert(key, Arc::clone(&fresh));
+                }
+                fresh
+            }
+        };
         if cacheable {
             let mut cache = self.lock();
             while cache.0.len() >= self.capacity {
@@ -1785,6 +1831,10 @@ impl Analyzer {
             }
         }
         fresh
+    }
+
+    fn shapes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Lineage>>> {
+        self.shapes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -2270,6 +2320,19 @@ mod tests {
         );
         let l = analyze("SELECT email FROM customers_archive");
         assert_eq!(evaluate(&l, f, &mask(), 1), [Some(Style::Hash)]);
+    }
+
+    #[test]
+    fn the_analyzer_shares_analyses_between_literals_but_not_texts() {
+        let a = Analyzer::new(16);
+        let one = a.analyze("SELECT lower(email) FROM customers WHERE id = 1");
+        let two = a.analyze("SELECT lower(email) FROM customers WHERE id = 2");
+        assert_eq!(two.text, "SELECT lower(email) FROM customers WHERE id = 2");
+        assert_eq!(one.outputs, two.outputs);
+        // COPY's options are literals that matter.
+        let text = a.analyze("COPY (SELECT 1) TO STDOUT (DELIMITER '|')");
+        let csv = a.analyze("COPY (SELECT 1) TO STDOUT (FORMAT 'csv')");
+        assert!(text.copy_text.is_some() && csv.copy_text.is_none());
     }
 
     #[test]
