@@ -126,6 +126,9 @@ pub struct Lineage {
     /// What it writes where: a masked value written into an unmasked
     /// column would be read back unmasked.
     pub writes: Vec<Write>,
+    /// Its analysis holds for any literals in its place (SELECT and DML;
+    /// not COPY, whose options are literals that matter).
+    pub shapeable: bool,
 }
 
 /// How a text-format COPY writes its rows (the options that matter).
@@ -329,6 +332,13 @@ pub fn analyze(sql: &str) -> Lineage {
     };
     let mut walk = Walk::default();
     let mut copy = None;
+    let shapeable = matches!(
+        node_of(&tree),
+        Some((
+            "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt",
+            _
+        ))
+    );
     let outputs = match node_of(&tree) {
         Some(("SelectStmt", f)) => {
             let outs = walk.select(f, None);
@@ -380,6 +390,7 @@ pub fn analyze(sql: &str) -> Lineage {
         stores: stores(&tree),
         text: sql.to_owned(),
         writes: walk.writes,
+        shapeable,
     }
 }
 
@@ -1312,9 +1323,23 @@ pub struct Facts {
     pub relations: Vec<RelInfo>,
     /// Function and operator names defined outside `pg_catalog`.
     pub user_routines: HashSet<String>,
+    /// The tables a table inherits from or is a partition of (any depth),
+    /// by `(schema, name)`: a partition's or child's rows are the parent's
+    /// data, so the parent's column rules apply to them.
+    pub ancestors: HashMap<(String, String), Vec<(String, String)>>,
 }
 
 impl Facts {
+    /// The style a field rule gives a table's column, its own or an
+    /// ancestor's (the first found).
+    fn rule(&self, mask: &MaskPlan, info: &RelInfo, column: &str) -> Option<Style> {
+        let own = (info.schema.clone(), info.name.clone());
+        let ancestors = self.ancestors.get(&own).into_iter().flatten();
+        std::iter::once(&own)
+            .chain(ancestors)
+            .find_map(|(schema, table)| mask.column(schema, table, column).map(|(s, _)| s))
+    }
+
     fn matches<'f>(&'f self, rel: &'f Rel) -> impl Iterator<Item = &'f RelInfo> {
         self.relations.iter().filter(move |r| {
             r.name == rel.name && rel.schema.as_ref().is_none_or(|s| *s == r.schema)
@@ -1361,7 +1386,7 @@ fn style_of(origin: &Origin, facts: &Facts, mask: &MaskPlan, depth: usize) -> Op
                 continue;
             }
             for &i in &wanted {
-                if let Some((s, _)) = mask.column(&info.schema, &info.name, &info.columns[i]) {
+                if let Some(s) = facts.rule(mask, info, &info.columns[i]) {
                     styles.insert(style_key(s));
                 }
             }
@@ -1530,6 +1555,19 @@ fn names_query(rels: &BTreeSet<String>, routines: &BTreeSet<String>) -> Option<S
                 ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
          WHERE c.relname = ANY ({rels}) \
          UNION ALL \
+         SELECT 'a', n.nspname::text, c.relname::text, '', '', pn.nspname::text, \
+                c.oid::int8, 0, p.relname::text \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN LATERAL (WITH RECURSIVE up(oid) AS ( \
+                 SELECT i.inhparent FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid \
+                 UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i \
+                       JOIN up ON i.inhrelid = up.oid) \
+               SELECT oid FROM up) anc ON true \
+         JOIN pg_catalog.pg_class p ON p.oid = anc.oid \
+         JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace \
+         WHERE c.relname = ANY ({rels}) \
+         UNION ALL \
          SELECT 'f', '', p.proname::text, '', '', '', 0, 0, NULL FROM pg_catalog.pg_proc p \
          WHERE p.pronamespace <> 'pg_catalog'::regnamespace AND p.proname = ANY ({routines}) \
          UNION ALL \
@@ -1596,8 +1634,14 @@ impl Lookup {
                 self.want(&l);
             }
         }
-        self.facts.relations.extend(new.relations);
-        self.facts.user_routines.extend(new.user_routines);
+        let Facts {
+            relations,
+            user_routines,
+            ancestors,
+        } = new;
+        self.facts.relations.extend(relations);
+        self.facts.user_routines.extend(user_routines);
+        self.facts.ancestors.extend(ancestors);
     }
 }
 
@@ -1644,6 +1688,13 @@ pub fn facts_from_rows(rows: &[Vec<Option<String>>]) -> Facts {
             "f" => {
                 facts.user_routines.insert(text(2));
             }
+            "a" => {
+                facts
+                    .ancestors
+                    .entry((text(1), text(2)))
+                    .or_default()
+                    .push((text(5), text(8)));
+            }
             _ => {}
         }
     }
@@ -1681,8 +1732,7 @@ pub fn write_refusal(l: &Lineage, facts: &Facts, mask: &MaskPlan) -> Option<Stri
                     let at = info.columns.iter().position(|c| c == column);
                     view_styles(info, facts, mask, 0).and_then(|v| v.get(at?).copied().flatten())
                 } else {
-                    mask.column(&info.schema, &info.name, column)
-                        .map(|(s, _)| s)
+                    facts.rule(mask, info, column)
                 };
                 target == Some(Style::Fixed) || target == Some(*value_style)
             });
@@ -1710,6 +1760,8 @@ type Cache = (HashMap<String, Arc<Lineage>>, VecDeque<String>);
 pub struct Analyzer {
     capacity: usize,
     cache: Mutex<Cache>,
+    /// Analyses by normalized text (literals replaced by `$n`).
+    shapes: Mutex<HashMap<String, Arc<Lineage>>>,
 }
 
 impl Analyzer {
@@ -1717,6 +1769,7 @@ impl Analyzer {
         Analyzer {
             capacity,
             cache: Mutex::default(),
+            shapes: Mutex::default(),
         }
     }
 
@@ -1727,7 +1780,39 @@ impl Analyzer {
                 return Arc::clone(hit);
             }
         }
-        let fresh = Arc::new(analyze(sql));
+        // Literals change no lineage: `… WHERE id = 1` and `… WHERE id = 2`
+        // share one analysis (normalizing costs a fraction of a parse and
+        // walk). Only its text is the statement's own.
+        let shape = if cacheable {
+            std::panic::catch_unwind(|| pg_query::normalize(sql).ok())
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let shaped = shape
+            .as_ref()
+            .and_then(|key| self.shapes().get(key).cloned())
+            .map(|hit| {
+                Arc::new(Lineage {
+                    text: sql.to_owned(),
+                    ..(*hit).clone()
+                })
+            });
+        let fresh = match shaped {
+            Some(hit) => hit,
+            None => {
+                let fresh = Arc::new(analyze(sql));
+                if let (Some(key), true) = (shape, fresh.shapeable) {
+                    let mut shapes = self.shapes();
+                    if shapes.len() >= self.capacity {
+                        shapes.clear();
+                    }
+                    shapes.insert(key, Arc::clone(&fresh));
+                }
+                fresh
+            }
+        };
         if cacheable {
             let mut cache = self.lock();
             while cache.0.len() >= self.capacity {
@@ -1746,6 +1831,10 @@ impl Analyzer {
             }
         }
         fresh
+    }
+
+    fn shapes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Lineage>>> {
+        self.shapes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -1815,6 +1904,12 @@ mod tests {
                     'r',
                     &["id", "customer_id", "total", "status"],
                 ),
+                table(
+                    "public",
+                    "customers_2024",
+                    'r',
+                    &["id", "name", "email", "card", "note"],
+                ),
                 table("public", "customer_emails", 'v', &["id", "email"]),
                 table("public", "remote", 'f', &["id", "x"]),
                 table("hr", "people", 'r', &["id", "ssn"]),
@@ -1833,6 +1928,10 @@ mod tests {
                 ),
             ],
             user_routines: HashSet::from(["my_get_email".to_string()]),
+            ancestors: HashMap::from([(
+                ("public".to_string(), "customers_2024".to_string()),
+                vec![("public".to_string(), "customers".to_string())],
+            )]),
         }
     }
 
@@ -1885,6 +1984,8 @@ mod tests {
             "SELECT json_build_object('e', email) FROM customers",
             "SELECT format('%s', email) FROM customers",
             "SELECT ssn FROM hr.people",
+            "SELECT email FROM customers_2024",
+            "SELECT lower(c.email) FROM customers_2024 c",
             "SELECT substr(p.ssn, 1, 3) FROM hr.people p",
             "SELECT my_get_email(1)",
             "SELECT lower(my_get_email(1))",
@@ -2175,6 +2276,63 @@ mod tests {
         ] {
             assert!(!refused(sql), "{sql}");
         }
+    }
+
+    #[test]
+    fn lookups_gather_every_kind_of_fact_across_rounds() {
+        let mut lookup = Lookup::new(&analyze("SELECT email FROM customers_archive"));
+        assert!(lookup.next_query().is_some());
+        let row =
+            |v: &[&str]| -> Vec<Option<String>> { v.iter().map(|x| Some(x.to_string())).collect() };
+        lookup.add(&[
+            row(&[
+                "a",
+                "public",
+                "customers_archive",
+                "",
+                "",
+                "public",
+                "9",
+                "0",
+                "customers",
+            ]),
+            row(&["f", "", "lower", "", "", "", "0", "0", ""]),
+            row(&[
+                "r",
+                "public",
+                "customers_archive",
+                "r",
+                "true",
+                "email",
+                "9",
+                "1",
+                "",
+            ]),
+        ]);
+        // Nothing new to ask: the names are known.
+        assert!(lookup.next_query().is_none());
+        let f = &lookup.facts;
+        assert_eq!(f.relations.len(), 1);
+        assert!(f.user_routines.contains("lower"));
+        assert_eq!(
+            f.ancestors[&("public".to_string(), "customers_archive".to_string())],
+            [("public".to_string(), "customers".to_string())]
+        );
+        let l = analyze("SELECT email FROM customers_archive");
+        assert_eq!(evaluate(&l, f, &mask(), 1), [Some(Style::Hash)]);
+    }
+
+    #[test]
+    fn the_analyzer_shares_analyses_between_literals_but_not_texts() {
+        let a = Analyzer::new(16);
+        let one = a.analyze("SELECT lower(email) FROM customers WHERE id = 1");
+        let two = a.analyze("SELECT lower(email) FROM customers WHERE id = 2");
+        assert_eq!(two.text, "SELECT lower(email) FROM customers WHERE id = 2");
+        assert_eq!(one.outputs, two.outputs);
+        // COPY's options are literals that matter.
+        let text = a.analyze("COPY (SELECT 1) TO STDOUT (DELIMITER '|')");
+        let csv = a.analyze("COPY (SELECT 1) TO STDOUT (FORMAT 'csv')");
+        assert!(text.copy_text.is_some() && csv.copy_text.is_none());
     }
 
     #[test]

@@ -990,12 +990,13 @@ pub struct Catalog<'c> {
     pub timeout: std::time::Duration,
     pub conn: Option<Upstream>,
     pub names: Names,
-    /// Recent answers about statements' names, by statement text.
+    /// Recent answers about statements' names, by the names asked about.
     pub facts: HashMap<String, (Instant, Arc<lineage::Facts>)>,
 }
 
-/// How long an answer about a statement's names is reused: a statement
-/// repeated in a loop costs one catalog query a second, not one each,
+/// How long an answer about a statement's names is reused: statements
+/// naming the same tables and functions cost one catalog query a second,
+/// not one each,
 /// while a function or view created since (a DDL statement, which waits
 /// for a human in production) is seen within this time.
 const FACTS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -1067,7 +1068,10 @@ impl<'c> Catalog<'c> {
     /// `None` when the server could not be asked (the caller then masks
     /// every column).
     async fn facts(&mut self, l: &Lineage) -> Option<Arc<lineage::Facts>> {
-        if let Some((at, facts)) = self.facts.get(&l.text) {
+        // The answers depend on the names only, not on the statement's
+        // literals: keyed by the first question.
+        let key = lineage::facts_query(l).unwrap_or_default();
+        if let Some((at, facts)) = self.facts.get(&key) {
             if at.elapsed() < FACTS_TTL {
                 return Some(facts.clone());
             }
@@ -1090,8 +1094,7 @@ impl<'c> Catalog<'c> {
                 self.facts.clear();
             }
         }
-        self.facts
-            .insert(l.text.clone(), (Instant::now(), facts.clone()));
+        self.facts.insert(key, (Instant::now(), facts.clone()));
         Some(facts)
     }
 
