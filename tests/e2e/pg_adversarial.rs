@@ -799,3 +799,167 @@ fn writes_are_limited_by_the_rows_they_really_change() {
     assert!(t.contains("current transaction is aborted"), "{t}");
     assert!(t.contains("ROLLBACK"), "{t}");
 }
+
+/// psycopg sends parameterised statements in the extended protocol; its
+/// writes are measured inside the pipeline as a Query's are.
+#[test]
+fn extended_protocol_writes_are_measured_too() {
+    let _g = serial();
+    let Some(s) = setup("orders-db", "production", None) else {
+        return;
+    };
+    let Some(python) = harness::postgres::python_with_psycopg() else {
+        return;
+    };
+    let script = format!(
+        r#"
+import psycopg
+conninfo = {conn:?}
+pw = {pw:?}
+def refused(f):
+    try:
+        f()
+        return "ran"
+    except psycopg.errors.InsufficientPrivilege as e:
+        return "refused: " + str(e).splitlines()[0]
+with psycopg.connect(conninfo, password=pw, autocommit=True) as conn:
+    cur = conn.cursor()
+    cur.execute("DELETE FROM orders WHERE id = %s RETURNING id", (1,))
+    print("small delete:", cur.fetchall(), cur.rowcount)
+    cur.executemany("UPDATE orders SET total = total + 1 WHERE id = %s", [(2,), (3,), (4,)])
+    print("executemany:", cur.rowcount)
+    print("tautology:", refused(lambda: cur.execute("UPDATE orders SET status = %s WHERE true", ("gone",))))
+    print("after:", conn.execute("SELECT count(*) FROM orders WHERE status = 'gone'").fetchone()[0])
+with psycopg.connect(conninfo, password=pw) as conn:
+    cur = conn.cursor()
+    cur.execute("UPDATE orders SET total = 0 WHERE id = %s", (2,))
+    print("in transaction:", refused(lambda: cur.execute("DELETE FROM orders WHERE id > %s", (0,))))
+    conn.rollback()
+    cur.execute("SELECT total FROM orders WHERE id = 2")
+    print("rolled back:", cur.fetchone()[0] != 0)
+    conn.commit()
+with psycopg.connect(conninfo, password=pw, autocommit=True) as conn:
+    cur = conn.cursor()
+    cur.execute("DELETE FROM orders WHERE id > %s AND status <> %s", (2, "x"))
+    print("approved:", cur.rowcount)
+print("psycopg done")
+"#,
+        conn = s.conninfo("disable"),
+        pw = AGENT_PASSWORD
+    );
+    let child = s
+        .env
+        .agent(
+            "claude",
+            &[python.to_str().unwrap_or_default(), "-c", &script],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    s.decide("UPDATE orders SET status = $1 WHERE true", false);
+    s.decide("DELETE FROM orders WHERE id > $1", false);
+    s.decide("DELETE FROM orders WHERE id > $1 AND status", true);
+    let out = child.wait_with_output().expect("python");
+    let t = text(&out);
+    assert!(t.contains("psycopg done"), "{t}");
+    assert!(t.contains("small delete: [(1,)] 1"), "{t}");
+    assert!(t.contains("executemany: 3"), "{t}");
+    assert!(
+        t.contains("tautology: refused:") && t.contains("after: 0"),
+        "{t}"
+    );
+    assert!(
+        t.contains("in transaction: refused:") && t.contains("rolled back: True"),
+        "{t}"
+    );
+    assert!(t.contains("approved: 8"), "{t}");
+    assert_eq!(
+        s.pg.sql("orders", "SELECT count(*) FROM orders"),
+        "1",
+        "{t}"
+    );
+}
+
+/// A pipeline mixing measured writes, an error and later statements
+/// answers through the gateway as it does direct, and leaves the same data.
+#[test]
+fn pipelines_with_measured_writes_behave_as_direct() {
+    let _g = serial();
+    let Some(s) = setup("orders-db", "production", None) else {
+        return;
+    };
+    let Some(python) = harness::postgres::python_with_psycopg() else {
+        return;
+    };
+    let script = |pw: &str| {
+        format!(
+            r#"
+import psycopg
+def run(autocommit):
+    out = []
+    with psycopg.connect({conn:?}, password={pw:?}, autocommit=autocommit) as conn:
+        try:
+            with conn.pipeline():
+                cur = conn.cursor()
+                cur.execute("UPDATE orders SET total = total + 1 WHERE id = %s", (5,))
+                cur.execute("DELETE FROM orders WHERE id = %s RETURNING id", (6,))
+                cur.execute("SELECT 1 / 0")
+                cur.execute("UPDATE orders SET total = 0 WHERE id = %s", (7,))
+        except psycopg.Error as e:
+            out.append(type(e).__name__)
+        if not autocommit:
+            conn.rollback()
+        with conn.pipeline():
+            cur = conn.cursor()
+            cur.execute("UPDATE orders SET status = %s WHERE id = %s", ("p", 8))
+            cur.execute("SELECT id, status, total FROM orders ORDER BY id")
+            out.append(cur.fetchall())
+        if not autocommit:
+            conn.commit()
+    return out
+print("autocommit", run(True))
+print("transaction", run(False))
+"#,
+            conn = s.conninfo("disable"),
+        )
+    };
+    let reset = || {
+        s.pg.sql(
+            "orders",
+            "DELETE FROM orders; ALTER SEQUENCE orders_id_seq RESTART; \
+             INSERT INTO orders (customer_id, total, status) SELECT 1 + (i % 3), round(i * 12.5, 2), \
+             (ARRAY['new', 'paid', 'shipped'])[1 + (i % 3)] FROM generate_series(1, 10) AS i",
+        )
+    };
+    let through = s
+        .env
+        .agent(
+            "claude",
+            &[
+                python.to_str().unwrap_or_default(),
+                "-c",
+                &script(AGENT_PASSWORD),
+            ],
+        )
+        .output()
+        .expect("python");
+    let after_through = s.pg.sql(
+        "orders",
+        "SELECT string_agg(id || ':' || status || ':' || total, ',' ORDER BY id) FROM orders",
+    );
+    reset();
+    let direct = std::process::Command::new(&python)
+        .args(["-c", &script(SECRET)])
+        .output()
+        .expect("python");
+    let after_direct = s.pg.sql(
+        "orders",
+        "SELECT string_agg(id || ':' || status || ':' || total, ',' ORDER BY id) FROM orders",
+    );
+    assert!(direct.status.success(), "{}", text(&direct));
+    assert_eq!(text(&through), text(&direct));
+    assert_eq!(after_through, after_direct);
+    let differentials = s.env.count_events(|e| e["kind"] == "differential");
+    assert_eq!(differentials, 0);
+}

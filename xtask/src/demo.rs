@@ -469,6 +469,13 @@ known_hosts = "{upstream_known}"
     banner("the agent drops a production table: refused with SQLSTATE 42501, the session goes on");
     show(&mut agent(&mut psql("DROP TABLE customers", "x")));
 
+    banner("the agent's UPDATE has a WHERE clause that holds for every row: blastgate runs it where it can undo it, the server counts 6 rows changed (the limit is 5), it is rolled back and held; approved, it runs for real");
+    let mut held = agent(&mut psql(
+        "UPDATE orders SET total = total + 1 WHERE total >= 0",
+        "x",
+    ));
+    approve_held(&bin, &config, &mut held, "the UPDATE")?;
+
     banner("the agent deletes every row: held for a human; approved with `blastgate approvals approve`");
     let mut held = agent(&mut psql("DELETE FROM orders", "x"));
     approve_held(&bin, &config, &mut held, "the DELETE")?;

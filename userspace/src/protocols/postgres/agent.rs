@@ -24,6 +24,10 @@ pub enum Opening {
         tls: bool,
     },
     Cancel {
+        /// Kept so the connection ends as a server ends it: after the
+        /// cancel is delivered, with a TLS close_notify when encrypted
+        /// (libpq 17+ reads a bare EOF inside TLS as a failed cancel).
+        io: BoxIo,
         pid: i32,
         secret: Vec<u8>,
     },
@@ -82,6 +86,7 @@ async fn negotiate(
                 }
                 let pid = packet.get_i32();
                 return Ok(Opening::Cancel {
+                    io,
                     pid,
                     secret: packet.to_vec(),
                 });

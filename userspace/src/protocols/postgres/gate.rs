@@ -36,14 +36,6 @@ pub struct Measure {
     context: Value,
 }
 
-/// Whether blastgate can run a write first and undo it (a Query), or not
-/// (a Parse: its Execute comes later, inside the client's pipeline).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effects {
-    Measurable,
-    Unmeasurable,
-}
-
 /// Rows standing for "could not be measured": every limit applies.
 pub const UNMEASURED: i64 = i64::MAX;
 
@@ -62,7 +54,6 @@ pub async fn check(
     statements: &Arc<Vec<Statement>>,
     mask: Option<&MaskPlan>,
     functions: &mut Functions,
-    effects: Effects,
     notify: &(dyn Fn(Uuid) + Sync),
 ) -> Verdict {
     let mut ruled: Vec<(Ruling, String, Option<Measure>)> = Vec::with_capacity(statements.len());
@@ -91,7 +82,7 @@ pub async fn check(
             "copy_program": st.copy_program,
             "rows_affected": -1,
         });
-        let mut decision = gw.decide(st.action, &context);
+        let decision = gw.decide(st.action, &context);
         // A row limit decides a write only once its effect is known: does
         // one apply to this statement at all?
         let limited = decision.verdict == crate::policy::Verdict::Allow
@@ -101,28 +92,12 @@ pub async fn check(
                 .decide(st.action, &with_rows(&context, UNMEASURED))
                 .verdict
                 != crate::policy::Verdict::Allow;
-        let mut measure = None;
-        if limited {
-            match effects {
-                Effects::Measurable => {
-                    measure = Some(Measure {
-                        action: st.action,
-                        command: st.command.clone(),
-                        text: text.clone(),
-                        context: context.clone(),
-                    })
-                }
-                // Decided as if it changed every row: held or refused.
-                Effects::Unmeasurable => {
-                    decision = gw.decide(st.action, &with_rows(&context, UNMEASURED));
-                    decision.reason = format!(
-                        "{} (its effect cannot be measured before it commits in the extended \
-                         protocol; send it as a simple query to have it measured)",
-                        decision.reason
-                    );
-                }
-            }
-        }
+        let measure = limited.then(|| Measure {
+            action: st.action,
+            command: st.command.clone(),
+            text: text.clone(),
+            context: context.clone(),
+        });
         let ruling = gw.rule(decision, st.action, &text, notify).await;
         if !ruling.allowed && refused.is_none() {
             refused = Some(refusal(&st.command, &ruling));

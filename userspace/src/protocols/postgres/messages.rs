@@ -124,6 +124,56 @@ pub fn parameter_status(frame: &Frame) -> Result<(String, String), PgError> {
     Ok((name, value))
 }
 
+/// Frontend messages blastgate writes itself, in the extended protocol:
+/// `sql` run through a named statement and portal of blastgate's own
+/// (the agent's unnamed ones are never touched), both closed after.
+pub fn run_named(name: &str, sql: &str, out: &mut bytes::BytesMut) {
+    use bytes::BufMut;
+    let message = |out: &mut bytes::BytesMut, tag: u8, body: &[u8]| {
+        out.put_u8(tag);
+        out.put_i32(4 + body.len() as i32);
+        out.put_slice(body);
+    };
+    let cstr = |parts: &[&[u8]]| {
+        let mut b = Vec::new();
+        for p in parts {
+            b.extend_from_slice(p);
+            b.push(0);
+        }
+        b
+    };
+    let n = name.as_bytes();
+    let mut parse = cstr(&[n, sql.as_bytes()]);
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    message(out, b'P', &parse);
+    let mut bind = cstr(&[n, n]);
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    message(out, b'B', &bind);
+    let mut execute = cstr(&[n]);
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    message(out, b'E', &execute);
+    let mut close = vec![b'P'];
+    close.extend(cstr(&[n]));
+    message(out, b'C', &close);
+    let mut close = vec![b'S'];
+    close.extend(cstr(&[n]));
+    message(out, b'C', &close);
+}
+
+/// Close of the agent's portal `name` (before it is bound again).
+pub fn close_portal(name: &[u8], out: &mut bytes::BytesMut) {
+    use bytes::BufMut;
+    out.put_u8(b'C');
+    out.put_i32(4 + 1 + name.len() as i32 + 1);
+    out.put_u8(b'P');
+    out.put_slice(name);
+    out.put_u8(0);
+}
+
+/// Flush and Sync, as blastgate sends them itself.
+pub const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
+pub const SYNC: [u8; 5] = [b'S', 0, 0, 0, 4];
+
 #[cfg(test)]
 mod tests {
     use bytes::{BufMut, BytesMut};

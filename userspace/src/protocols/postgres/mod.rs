@@ -100,7 +100,9 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
         });
     let relay_err = |e: PgError| SessionError::Relay(e.to_string());
     let (io, params, minor) = match agent::open(conn, tls).await.map_err(relay_err)? {
-        Opening::Cancel { pid, secret } => return forward_cancel(gw, pid, &secret).await,
+        Opening::Cancel { io, pid, secret } => {
+            return forward_cancel(gw, cfg, io, pid, &secret).await
+        }
         Opening::Session {
             io,
             params,
@@ -110,6 +112,9 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
     };
     let (read, mut writer) = tokio::io::split(io);
     let mut reader = Reader::new(read, cfg.max_message_bytes);
+    negotiate_version(&mut writer, minor, &params)
+        .await
+        .map_err(relay_err)?;
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
 
     let user = param("user").unwrap_or_default();
@@ -154,9 +159,6 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
 
     let mut hello = BytesMut::new();
     let mut greet = || -> Result<(), PgError> {
-        if minor > 0 {
-            encode(&NegotiateProtocolVersion::new(0, Vec::new()), &mut hello)?;
-        }
         encode(&Authentication::Ok, &mut hello)?;
         for p in &upstream.parameters {
             hello.extend_from_slice(&p.bytes);
@@ -167,7 +169,7 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
     let registration = upstream
         .key
         .clone()
-        .map(|(pid, secret)| cancel::register(gw.upstream, pid, secret));
+        .map(|(pid, secret)| cancel::register(&gw.target.name, gw.upstream, pid, secret));
     if let Some(r) = &registration {
         hello.put_u8(b'K');
         hello.put_i32(12);
@@ -198,6 +200,34 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
     let result = relay::run(gw, halves, classifier(), mask, catalog).await;
     drop(registration);
     result.map_err(relay_err)
+}
+
+/// Answers a newer minor version (3.2 asks for longer cancel keys) or
+/// `_pq_.` protocol options as PostgreSQL does, before anything else: with
+/// the version it speaks, 3.0 (the one blastgate speaks upstream), and the
+/// options' names.
+async fn negotiate_version(
+    writer: &mut WriteHalf<BoxIo>,
+    minor: u16,
+    params: &[(String, String)],
+) -> Result<(), PgError> {
+    /// In full, as PostgreSQL sends it (not the bare minor number).
+    const PROTOCOL_3_0: i32 = 3 << 16;
+    let options: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if minor == 0 && options.is_empty() {
+        return Ok(());
+    }
+    let mut out = BytesMut::new();
+    encode(
+        &NegotiateProtocolVersion::new(PROTOCOL_3_0, options),
+        &mut out,
+    )?;
+    writer.write_all(&out).await?;
+    Ok(())
 }
 
 /// Asks for a cleartext password and compares it with the configured one.
@@ -250,13 +280,22 @@ async fn refuse(
     Err(SessionError::Upstream(message.to_string()))
 }
 
-async fn forward_cancel(gw: &Gateway, pid: i32, secret: &[u8]) -> Result<(), SessionError> {
+/// Forwards a CancelRequest with the real key, then ends the agent's
+/// connection as the server would: once the server has taken the cancel,
+/// with a TLS close_notify if the request came encrypted.
+async fn forward_cancel(
+    gw: &Gateway,
+    cfg: &PostgresTarget,
+    mut io: BoxIo,
+    pid: i32,
+    secret: &[u8],
+) -> Result<(), SessionError> {
     let mut event = gw.event(EventKind::Statement, Verdict::Allow);
     event.action = Some("sql:cancel".into());
     event.text = Some("CancelRequest".into());
-    match cancel::lookup(pid, secret) {
-        Some((addr, real_pid, real_secret)) => {
-            let sent = upstream::cancel(addr, real_pid, &real_secret).await;
+    match cancel::lookup(&gw.target.name, pid, secret) {
+        Some((addr, real_secret)) => {
+            let sent = upstream::cancel(addr, cfg, pid, &real_secret).await;
             if let Err(e) = &sent {
                 event.verdict = Verdict::Error;
                 event.reason = Some(e.to_string());
@@ -268,5 +307,7 @@ async fn forward_cancel(gw: &Gateway, pid: i32, secret: &[u8]) -> Result<(), Ses
         }
     }
     gw.record(event).await;
+    // The server tells the client nothing either way.
+    let _ = io.shutdown().await;
     Ok(())
 }

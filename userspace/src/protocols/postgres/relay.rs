@@ -129,11 +129,29 @@ enum Expect {
     /// Everything answering one Query blastgate sent itself, up to its
     /// ReadyForQuery: kept from the agent, its outcome handed back.
     Probe(Option<oneshot::Sender<Probed>>),
-    /// The agent's answers from here to the next ReadyForQuery are held
-    /// back, and handed to the relay's other half whole: the write they
-    /// answer may yet be undone.
-    Hold(Option<oneshot::Sender<Held>>),
+    /// Everything answering one statement blastgate ran itself inside the
+    /// agent's pipeline ([`messages::run_named`]), up to its two
+    /// CloseCompletes.
+    Named {
+        tx: Option<oneshot::Sender<Probed>>,
+        closes: u8,
+    },
+    /// The agent's answers from here on are held back, and handed to the
+    /// relay's other half whole: the write they answer may yet be undone.
+    Hold(Option<oneshot::Sender<Held>>, HoldUntil),
 }
+
+/// Where held answers end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldUntil {
+    /// A Query's ReadyForQuery.
+    Ready,
+    /// An Execute's CommandComplete (or error).
+    Statement,
+}
+
+/// blastgate's own statement and portal inside an agent's pipeline.
+const NAMED: &str = "blastgate_effect_9f3c";
 
 /// The outcome of a Query blastgate sent itself.
 #[derive(Debug, Default)]
@@ -144,6 +162,9 @@ pub struct Probed {
     error: Option<BytesMut>,
     /// The transaction status its ReadyForQuery reported.
     status: u8,
+    /// A NOTICE said a transaction was already in progress (BEGIN inside
+    /// the agent's own block).
+    in_block: bool,
 }
 
 /// Answers held back from the agent.
@@ -181,6 +202,8 @@ struct Prepared {
     statements: Arc<Vec<Statement>>,
     generation: usize,
     events: Vec<Event>,
+    /// Set when a row limit applies: each execution is measured.
+    measure: Option<gate::Measure>,
 }
 
 impl Prepared {
@@ -232,6 +255,8 @@ pub async fn run(
         out: BytesMut::with_capacity(16 << 10),
         prepared: HashMap::new(),
         portals: HashMap::new(),
+        binds: HashMap::new(),
+        own_block: false,
         refusing: None,
         batch: Batch::Closed,
         functions: Functions::new(
@@ -260,6 +285,7 @@ pub async fn run(
         holding: None,
         held_failed: false,
         probed: Probed::default(),
+        errored: false,
     };
     let result = tokio::select! {
         r = from_agent.run() => r,
@@ -289,6 +315,13 @@ struct FromAgent<'g> {
     prepared: HashMap<Vec<u8>, Prepared>,
     /// portal -> (statement, result formats)
     portals: HashMap<Vec<u8>, (Vec<u8>, Vec<i16>)>,
+    /// The Bind of each portal whose statement is measured, to bind it
+    /// again when a write undone for a human runs once approved.
+    binds: HashMap<Vec<u8>, BytesMut>,
+    /// blastgate's BEGIN opened the transaction block the agent's
+    /// pipeline runs in: it is ended, as the server would end the
+    /// implicit one, at the agent's Sync.
+    own_block: bool,
     /// An extended-protocol message was refused: the rest up to Sync is
     /// dropped, as the server itself does after an error.
     refusing: Option<String>,
@@ -375,7 +408,7 @@ impl FromAgent<'_> {
     async fn settle(&mut self) -> Result<(), PgError> {
         if self.batch != Batch::Closed {
             // Without a Flush the server keeps its answers until Sync.
-            self.out.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+            self.out.extend_from_slice(&messages::FLUSH);
         }
         self.flush().await?;
         loop {
@@ -436,6 +469,15 @@ impl FromAgent<'_> {
             .then(|| super::analyzer().analyze(&st.text))
     }
 
+    /// The lineage of the statement a portal runs.
+    fn portal_lineage(&self, columns: &Columns) -> Option<Arc<Lineage>> {
+        let Columns::Portal { statement, .. } = columns else {
+            return None;
+        };
+        let st = self.prepared.get(statement)?.statements.first()?;
+        self.lineage(st)
+    }
+
     /// Notes what the server will answer to a message being forwarded.
     fn await_answer(&self, e: Expect) {
         lock(&self.queue).push_back(e);
@@ -459,11 +501,7 @@ impl FromAgent<'_> {
     }
 
     /// Checks statements, telling the agent when one waits for a human.
-    async fn check(
-        &mut self,
-        statements: &Arc<Vec<Statement>>,
-        effects: gate::Effects,
-    ) -> Result<Verdict, PgError> {
+    async fn check(&mut self, statements: &Arc<Vec<Statement>>) -> Result<Verdict, PgError> {
         // Whatever is buffered goes out first: a held statement must not
         // hold up the ones before it.
         self.flush().await?;
@@ -473,7 +511,6 @@ impl FromAgent<'_> {
             statements,
             self.mask.as_deref(),
             &mut self.functions,
-            effects,
             &notify,
         )
         .await;
@@ -558,7 +595,7 @@ impl FromAgent<'_> {
         frame: &Frame,
         statements: &Arc<Vec<Statement>>,
     ) -> Result<(), PgError> {
-        match self.check(statements, gate::Effects::Measurable).await? {
+        match self.check(statements).await? {
             Verdict::Run(admitted) if admitted.iter().any(|a| a.measure.is_some()) => {
                 self.measured_unit(frame, statements, admitted).await?;
             }
@@ -617,7 +654,7 @@ impl FromAgent<'_> {
         let (held_tx, held) = oneshot::channel();
         {
             let mut queue = lock(&self.queue);
-            queue.push_back(Expect::Hold(Some(held_tx)));
+            queue.push_back(Expect::Hold(Some(held_tx), HoldUntil::Ready));
             for st in statements.iter() {
                 queue.push_back(Expect::Statement(
                     Pending::new(None, Some(Read::of(st)), Columns::Inline)
@@ -762,6 +799,163 @@ impl FromAgent<'_> {
         Ok(())
     }
 
+    /// Queues `sql` run through blastgate's own named statement and
+    /// portal, inside the agent's pipeline; answered without a
+    /// ReadyForQuery.
+    fn send_named(&mut self, sql: &str) -> oneshot::Receiver<Probed> {
+        let (tx, rx) = oneshot::channel();
+        self.await_answer(Expect::Named {
+            tx: Some(tx),
+            closes: 2,
+        });
+        messages::run_named(NAMED, sql, &mut self.out);
+        rx
+    }
+
+    /// An Execute of a write a policy limits by rows, inside the agent's
+    /// pipeline: run under a savepoint (in a block blastgate opens if the
+    /// agent has none, ended at its Sync), measured, then kept or undone
+    /// and held or refused.
+    async fn measured_execute(
+        &mut self,
+        frame: &Frame,
+        portal: Vec<u8>,
+        columns: Columns,
+        m: gate::Measure,
+        event: Event,
+        read: Option<Read>,
+    ) -> Result<(), PgError> {
+        let started = Instant::now();
+        self.batch = Batch::Executed;
+        let begin = self.send_named("BEGIN");
+        let savepoint = self.send_named(&format!("SAVEPOINT {}", effects::SAVEPOINT));
+        let before = self.send_named(effects::COUNT_SQL);
+        let (held_tx, held) = oneshot::channel();
+        self.await_answer(Expect::Hold(Some(held_tx), HoldUntil::Statement));
+        let lineage = self.portal_lineage(&columns);
+        self.await_answer(Expect::Statement(
+            Pending::new(None, read.clone(), columns).with_lineage(lineage),
+        ));
+        self.out.extend_from_slice(&frame.bytes);
+        let after = self.send_named(effects::COUNT_SQL);
+        self.out.extend_from_slice(&messages::FLUSH);
+        self.flush().await?;
+        let closed = |_| PgError::Closed;
+        let begin = begin.await.map_err(closed)?;
+        let savepoint = savepoint.await.map_err(closed)?;
+        let before = before.await.map_err(closed)?;
+        let held = held.await.map_err(closed)?;
+        let after = after.await.map_err(closed)?;
+        let elapsed = started.elapsed().as_micros() as u64;
+        let mut record = event;
+        record.duration_us = Some(elapsed);
+        if let Some(error) = begin.error.or(savepoint.error).or(before.error) {
+            // The transaction had already failed: the server skipped the
+            // agent's Execute, which answers with the failure.
+            self.deliver(error);
+            record.verdict = RecVerdict::Error;
+            record.reason = Some(format!(
+                "{}; not run: the transaction had failed",
+                record.reason.unwrap_or_default()
+            ));
+            self.gw.record(record).await;
+            return Ok(());
+        }
+        // No "already a transaction in progress" notice: the block is ours.
+        self.own_block |= !begin.in_block;
+        if held.failed {
+            self.deliver(held.bytes);
+            record.verdict = RecVerdict::Error;
+            record.reason = Some(format!(
+                "{}; failed upstream",
+                record.reason.unwrap_or_default()
+            ));
+            self.gw.record(record).await;
+            return Ok(());
+        }
+        let rows = effects::rows(before.value.as_deref(), after.value.as_deref())
+            .unwrap_or(gate::UNMEASURED);
+        if gate::effect_decision(self.gw, &m, rows).verdict == crate::policy::Verdict::Allow {
+            // Its answer needs no waiting: nothing is decided on it.
+            drop(self.send_named(&format!("RELEASE SAVEPOINT {}", effects::SAVEPOINT)));
+            self.deliver(held.bytes);
+            record.rows = u64::try_from(rows).ok();
+            record.reason = Some(format!(
+                "{} ({rows} rows changed)",
+                record.reason.unwrap_or_default()
+            ));
+            self.gw.record(record).await;
+            return Ok(());
+        }
+        // Over a limit: undone before anyone is asked.
+        let undo = self.send_named(&format!("ROLLBACK TO SAVEPOINT {}", effects::SAVEPOINT));
+        let release = self.send_named(&format!("RELEASE SAVEPOINT {}", effects::SAVEPOINT));
+        self.out.extend_from_slice(&messages::FLUSH);
+        self.flush().await?;
+        undo.await.map_err(closed)?;
+        release.await.map_err(closed)?;
+        drop(held);
+        let notify = self.waiting();
+        let ruling = gate::on_effect(self.gw, &m, rows, &notify).await;
+        let mut event = self
+            .gw
+            .ruled(EventKind::Statement, m.action, m.text.clone(), &ruling);
+        event.duration_us = None;
+        if !ruling.allowed {
+            self.gw.record(event).await;
+            self.refusing = Some(gate::refusal(&m.command, &ruling));
+            return Ok(());
+        }
+        // Approved: the portal, undone with the savepoint, is bound again
+        // and run for real.
+        let Some(bind) = self.binds.get(&portal).cloned() else {
+            event.verdict = RecVerdict::Error;
+            event.reason = Some("approved, but the portal could not be bound again".into());
+            self.gw.record(event).await;
+            self.refusing = Some(
+                "blastgate: the approved statement could not be run again; run it again".into(),
+            );
+            return Ok(());
+        };
+        if !portal.is_empty() {
+            messages::close_portal(&portal, &mut self.out);
+            self.await_answer(Expect::Ack { forward: false });
+        }
+        self.out.extend_from_slice(&bind);
+        self.await_answer(Expect::Ack { forward: false });
+        let (statement, formats) = self.portals.get(&portal).cloned().unwrap_or_default();
+        let columns = Columns::Portal {
+            portal,
+            statement,
+            formats,
+        };
+        let lineage = self.portal_lineage(&columns);
+        self.await_answer(Expect::Statement(
+            Pending::new(Some(event), read, columns).with_lineage(lineage),
+        ));
+        self.out.extend_from_slice(&frame.bytes);
+        Ok(())
+    }
+
+    /// Ends the block blastgate opened, as the server ends an implicit
+    /// transaction at Sync: committed, or rolled back if anything in it
+    /// failed (COMMIT of a failed block is a rollback).
+    async fn end_own_block(&mut self) -> Result<(), PgError> {
+        let (tx, synced) = oneshot::channel();
+        self.await_answer(Expect::Probe(Some(tx)));
+        self.out.extend_from_slice(&messages::SYNC);
+        let committed = self.send_probe("COMMIT")?;
+        self.flush().await?;
+        synced.await.map_err(|_| PgError::Closed)?;
+        let committed = committed.await.map_err(|_| PgError::Closed)?;
+        if let Some(error) = committed.error {
+            // A deferred constraint or serialization failure at commit:
+            // the agent's pipeline fails, as it would direct.
+            self.deliver(error);
+        }
+        Ok(())
+    }
+
     /// Bytes for the agent, after everything the other half has sent it.
     fn deliver(&self, bytes: BytesMut) {
         let _ = self.notices.send(bytes);
@@ -807,14 +1001,16 @@ impl FromAgent<'_> {
                     }
                 };
                 let statements = self.classifier.classify_as(&text, lexing);
-                match self.check(&statements, gate::Effects::Unmeasurable).await? {
-                    Verdict::Run(admitted) => {
+                match self.check(&statements).await? {
+                    Verdict::Run(mut admitted) => {
+                        let measure = admitted.first_mut().and_then(|a| a.measure.take());
                         self.prepared.insert(
                             name,
                             Prepared {
                                 statements,
                                 generation: self.gw.policy_generation(),
                                 events: admitted.into_iter().map(|a| a.event).collect(),
+                                measure,
                             },
                         );
                         self.await_answer(Expect::Ack { forward: true });
@@ -826,6 +1022,13 @@ impl FromAgent<'_> {
             b'B' => {
                 let b = messages::bind(&frame)?;
                 self.batch = self.batch.max_open();
+                if self
+                    .prepared
+                    .get(b.statement)
+                    .is_some_and(|p| p.measure.is_some())
+                {
+                    self.binds.insert(b.portal.to_vec(), frame.bytes.clone());
+                }
                 self.portals
                     .insert(b.portal.to_vec(), (b.statement.to_vec(), b.result_formats));
                 self.await_answer(Expect::Ack { forward: true });
@@ -860,11 +1063,12 @@ impl FromAgent<'_> {
                     // Prepared under other policies: decided again.
                     let statements = self.prepared.get(&statement).map(|p| p.statements.clone());
                     if let Some(statements) = statements {
-                        match self.check(&statements, gate::Effects::Unmeasurable).await? {
-                            Verdict::Run(admitted) => {
+                        match self.check(&statements).await? {
+                            Verdict::Run(mut admitted) => {
                                 let generation = self.gw.policy_generation();
                                 if let Some(p) = self.prepared.get_mut(&statement) {
                                     p.generation = generation;
+                                    p.measure = admitted.first_mut().and_then(|a| a.measure.take());
                                     p.events = admitted.into_iter().map(|a| a.event).collect();
                                 }
                             }
@@ -881,22 +1085,28 @@ impl FromAgent<'_> {
                     Some((template, read)) => (Some(self.gw.session.restamp(template)), Some(read)),
                     None => (None, None),
                 };
-                let lineage = self
+                let measure = self
                     .prepared
                     .get(&statement)
-                    .and_then(|p| p.statements.first())
-                    .and_then(|st| self.lineage(st));
+                    .and_then(|p| p.measure.clone());
+                if let (Some(m), Some(event)) = (measure, event.clone()) {
+                    let columns = Columns::Portal {
+                        portal: portal.clone(),
+                        statement,
+                        formats,
+                    };
+                    self.measured_execute(&frame, portal, columns, m, event, read)
+                        .await?;
+                    return Ok(false);
+                }
+                let columns = Columns::Portal {
+                    portal,
+                    statement,
+                    formats,
+                };
+                let lineage = self.portal_lineage(&columns);
                 self.await_answer(Expect::Statement(
-                    Pending::new(
-                        event,
-                        read,
-                        Columns::Portal {
-                            portal,
-                            statement,
-                            formats,
-                        },
-                    )
-                    .with_lineage(lineage),
+                    Pending::new(event, read, columns).with_lineage(lineage),
                 ));
                 self.out.extend_from_slice(&frame.bytes);
             }
@@ -930,6 +1140,9 @@ impl FromAgent<'_> {
                     queue.push_back(Expect::Ack { forward: false });
                     queue.push_back(Expect::Ack { forward: false });
                     queue.push_back(Expect::Statement(Pending::new(None, None, Columns::Inline)));
+                }
+                if std::mem::take(&mut self.own_block) {
+                    self.end_own_block().await?;
                 }
                 self.await_answer(Expect::Ready);
                 self.out.extend_from_slice(&frame.bytes);
@@ -1162,10 +1375,13 @@ struct ToAgent<'g, 'c> {
     )>,
     /// Answers being held back (a write being measured), and whether one
     /// of them is an error.
-    holding: Option<oneshot::Sender<Held>>,
+    holding: Option<(oneshot::Sender<Held>, HoldUntil)>,
     held_failed: bool,
     /// The outcome of blastgate's own Query being answered.
     probed: Probed,
+    /// An error since the last ReadyForQuery: the server skips the rest
+    /// of the agent's pipeline.
+    errored: bool,
 }
 
 impl ToAgent<'_, '_> {
@@ -1261,18 +1477,123 @@ impl ToAgent<'_, '_> {
         Ok(())
     }
 
+    /// A message answering a statement blastgate ran inside the agent's
+    /// pipeline.
+    async fn named_frame(&mut self, frame: Frame) -> Result<(), PgError> {
+        match frame.tag {
+            b'D' if self.probed.value.is_none() => {
+                let values = mask::row_values(&frame)?;
+                self.probed.value = values
+                    .first()
+                    .copied()
+                    .flatten()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+            }
+            b'N' => self.probed.in_block |= notice_code(&frame) == Some(&b"25001"[..]),
+            b'S' => self.parameter(frame)?,
+            b'A' => {
+                let bytes = self.notification(frame);
+                self.out.extend_from_slice(&bytes);
+            }
+            b'3' => {
+                let done = match lock(&self.queue).front_mut() {
+                    Some(Expect::Named { closes, .. }) => {
+                        *closes = closes.saturating_sub(1);
+                        *closes == 0
+                    }
+                    _ => false,
+                };
+                if done {
+                    if let Some(Expect::Named { tx: Some(tx), .. }) = self.pop() {
+                        let _ = tx.send(std::mem::take(&mut self.probed));
+                    }
+                }
+            }
+            b'E' => {
+                // It may reach the agent.
+                let frame = self.server_message(frame).await;
+                self.probed.error = Some(frame.bytes);
+                self.errored = true;
+                if let Some(Expect::Named { tx: Some(tx), .. }) = self.pop() {
+                    let _ = tx.send(std::mem::take(&mut self.probed));
+                }
+                self.skip_after_error("failed: blastgate's own statement failed first")
+                    .await;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// After an error the server skips everything up to the next Sync:
+    /// each skipped statement, injected statement and held answer is
+    /// settled as not run. Stops at a ReadyForQuery, or at a Query of
+    /// blastgate's own (its Sync ends the skipping).
+    async fn skip_after_error(&mut self, error: &str) {
+        let mut first = true;
+        loop {
+            let stop = matches!(
+                lock(&self.queue).front(),
+                None | Some(Expect::Ready) | Some(Expect::Probe(_))
+            );
+            if stop {
+                return;
+            }
+            match self.pop() {
+                Some(Expect::Statement(p)) => {
+                    let outcome = if first {
+                        Outcome::Failed {
+                            error: error.to_string(),
+                        }
+                    } else {
+                        Outcome::NotRun
+                    };
+                    first = false;
+                    self.finish(*p, outcome).await;
+                }
+                Some(Expect::Named { tx: Some(tx), .. }) => {
+                    let _ = tx.send(Probed::default());
+                }
+                Some(Expect::Hold(Some(tx), _)) => {
+                    let _ = tx.send(Held {
+                        bytes: BytesMut::new(),
+                        failed: true,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hands held answers over, once the held region ends.
+    fn release_held(&mut self) {
+        if let Some((tx, _)) = self.holding.take() {
+            let held = Held {
+                bytes: std::mem::take(&mut self.out),
+                failed: std::mem::take(&mut self.held_failed),
+            };
+            let _ = tx.send(held);
+        }
+    }
+
+    fn holding_until(&self, until: HoldUntil) -> bool {
+        self.holding.as_ref().is_some_and(|(_, u)| *u == until)
+    }
+
     async fn handle(&mut self, frame: Frame) -> Result<(), PgError> {
         let head = match lock(&self.queue).front() {
-            Some(Expect::Probe(_)) => Some(true),
-            Some(Expect::Hold(_)) => Some(false),
+            Some(Expect::Probe(_)) => Some(0),
+            Some(Expect::Named { .. }) => Some(1),
+            Some(Expect::Hold(..)) => Some(2),
             _ => None,
         };
         match head {
-            Some(true) => return self.probe_frame(frame).await,
-            Some(false) => {
+            Some(0) => return self.probe_frame(frame).await,
+            Some(1) => return self.named_frame(frame).await,
+            Some(_) => {
                 self.flush().await?;
-                if let Some(Expect::Hold(tx)) = self.pop() {
-                    self.holding = tx;
+                if let Some(Expect::Hold(Some(tx), until)) = self.pop() {
+                    self.holding = Some((tx, until));
                     self.held_failed = false;
                 }
             }
@@ -1386,6 +1707,9 @@ impl ToAgent<'_, '_> {
                     }
                     self.out.extend_from_slice(&frame.bytes);
                     self.finish(*p, Outcome::Done { tag }).await;
+                    if self.holding_until(HoldUntil::Statement) {
+                        self.release_held();
+                    }
                 }
             }
             b'N' => {
@@ -1409,41 +1733,31 @@ impl ToAgent<'_, '_> {
                 let frame = self.server_message(frame).await;
                 let error = upstream::error_text(&frame);
                 self.out.extend_from_slice(&frame.bytes);
+                self.errored = true;
                 // The failed message's statement, then everything the server
                 // now skips up to the next ReadyForQuery.
-                let mut failed = true;
-                loop {
-                    let head = lock(&self.queue)
-                        .front()
-                        .map(|e| matches!(e, Expect::Ready));
-                    match head {
-                        None | Some(true) => break,
-                        Some(false) => {}
-                    }
-                    if let Some(Expect::Statement(p)) = self.pop() {
-                        let outcome = if failed {
-                            Outcome::Failed {
-                                error: error.clone(),
-                            }
-                        } else {
-                            Outcome::NotRun
-                        };
-                        failed = false;
-                        self.finish(*p, outcome).await;
-                    }
+                self.skip_after_error(&error).await;
+                if self.holding_until(HoldUntil::Statement) {
+                    self.release_held();
                 }
             }
             b'Z' => {
                 self.plan = None;
+                let errored = std::mem::take(&mut self.errored);
                 let mut unanswered = None;
-                while let Some(e) = self.pop() {
-                    match e {
-                        Expect::Ready => break,
-                        Expect::Statement(p) => {
-                            // Errors pop what they skip: a statement still
-                            // here was read by the gateway, never run by
-                            // the server.
-                            if unanswered.is_none() && p.read.is_some() {
+                loop {
+                    if matches!(lock(&self.queue).front(), Some(Expect::Probe(_))) {
+                        // The answer to blastgate's own Sync, which ended the
+                        // skipping after an error in the agent's pipeline.
+                        return self.probe_frame(frame).await;
+                    }
+                    match self.pop() {
+                        None | Some(Expect::Ready) => break,
+                        Some(Expect::Statement(p)) => {
+                            // Messages after an error are skipped by the
+                            // server; otherwise a statement still here was
+                            // read by the gateway and never run.
+                            if !errored && unanswered.is_none() && p.read.is_some() {
                                 unanswered = Some((
                                     p.read.clone(),
                                     p.event.as_ref().and_then(|e| e.text.clone()),
@@ -1451,7 +1765,16 @@ impl ToAgent<'_, '_> {
                             }
                             self.finish(*p, Outcome::NotRun).await;
                         }
-                        _ => {}
+                        Some(Expect::Named { tx: Some(tx), .. }) => {
+                            let _ = tx.send(Probed::default());
+                        }
+                        Some(Expect::Hold(Some(tx), _)) => {
+                            let _ = tx.send(Held {
+                                bytes: BytesMut::new(),
+                                failed: true,
+                            });
+                        }
+                        Some(_) => {}
                     }
                 }
                 if let Some((read, text)) = unanswered {
@@ -1459,13 +1782,7 @@ impl ToAgent<'_, '_> {
                 }
                 self.out.extend_from_slice(&frame.bytes);
                 self.ready_status(&frame);
-                if let Some(tx) = self.holding.take() {
-                    let held = Held {
-                        bytes: std::mem::take(&mut self.out),
-                        failed: std::mem::take(&mut self.held_failed),
-                    };
-                    let _ = tx.send(held);
-                }
+                self.release_held();
                 self.queue.ready.notify_waiters();
             }
             b'S' => self.parameter(frame)?,
@@ -1699,6 +2016,22 @@ impl ToAgent<'_, '_> {
         }
         self.gw.record(event).await;
     }
+}
+
+/// The SQLSTATE of a NoticeResponse or ErrorResponse.
+fn notice_code(frame: &Frame) -> Option<&[u8]> {
+    let mut fields = frame.body();
+    while let Some((&kind, rest)) = fields.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let end = rest.iter().position(|b| *b == 0)?;
+        if kind == b'C' {
+            return Some(&rest[..end]);
+        }
+        fields = rest.get(end + 1..)?;
+    }
+    None
 }
 
 /// CommandComplete's tag ("SELECT 3", "INSERT 0 1").

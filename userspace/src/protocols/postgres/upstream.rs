@@ -29,6 +29,8 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 /// trusted not to be hostile, but a bound keeps a runaway one from taking
 /// the daemon's memory.
 pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+/// A server closes a cancel connection as soon as it has read the key.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Upstream {
     pub reader: Reader<ReadHalf<BoxIo>>,
@@ -78,39 +80,7 @@ async fn login(
     params: &[(String, String)],
 ) -> Result<Upstream, PgError> {
     let up = |e: String| PgError::Upstream(format!("{addr}: {e}"));
-    let mut tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| up(format!("connect: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let io: BoxIo = match cfg.tls {
-        UpstreamTls::Disable => Box::new(tcp),
-        mode => {
-            tcp.write_all(&SSL_REQUEST).await?;
-            let mut answer = [0u8; 1];
-            tcp.read_exact(&mut answer).await?;
-            if answer[0] != b'S' {
-                return Err(up(
-                    "the server does not accept TLS (tls is required for this target)".into(),
-                ));
-            }
-            let config = match mode {
-                UpstreamTls::Require => crate::tls::client::encrypt_only(),
-                _ => crate::tls::client::verifying(cfg.ca_file.as_deref()),
-            }
-            .map_err(up)?;
-            let name = cfg
-                .server_name
-                .clone()
-                .unwrap_or_else(|| addr.ip().to_string());
-            let name = ServerName::try_from(name.clone())
-                .map_err(|_| up(format!("server_name {name:?} is not a valid name")))?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| up(format!("TLS: {e}")))?;
-            Box::new(stream)
-        }
-    };
+    let io = transport(addr, cfg).await?;
     let (read, mut writer) = tokio::io::split(io);
     let mut reader = Reader::new(read, MAX_BACKEND_MESSAGE);
 
@@ -222,18 +192,138 @@ async fn login(
     }
 }
 
-/// A CancelRequest for the real backend, sent over a fresh connection (as
-/// libpq does); the server answers nothing.
-pub async fn cancel(addr: SocketAddr, pid: i32, secret: &[u8]) -> Result<(), PgError> {
-    let mut packet = BytesMut::with_capacity(12 + secret.len());
-    packet.put_i32(12 + secret.len() as i32);
-    packet.put_i32(80877102);
-    packet.put_i32(pid);
-    packet.put_slice(secret);
-    let mut tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+/// TCP to the server, then TLS as the target says.
+async fn transport(addr: SocketAddr, cfg: &PostgresTarget) -> Result<BoxIo, PgError> {
+    let up = |e: String| PgError::Upstream(format!("{addr}: {e}"));
+    let mut tcp = TcpStream::connect(addr)
         .await
-        .map_err(|_| PgError::Upstream(format!("{addr}: connect timed out")))??;
-    tcp.write_all(&packet).await?;
-    tcp.shutdown().await?;
-    Ok(())
+        .map_err(|e| up(format!("connect: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(match cfg.tls {
+        UpstreamTls::Disable => Box::new(tcp),
+        mode => {
+            tcp.write_all(&SSL_REQUEST).await?;
+            let mut answer = [0u8; 1];
+            tcp.read_exact(&mut answer).await?;
+            if answer[0] != b'S' {
+                return Err(up(
+                    "the server does not accept TLS (tls is required for this target)".into(),
+                ));
+            }
+            let config = match mode {
+                UpstreamTls::Require => crate::tls::client::encrypt_only(),
+                _ => crate::tls::client::verifying(cfg.ca_file.as_deref()),
+            }
+            .map_err(up)?;
+            let name = cfg
+                .server_name
+                .clone()
+                .unwrap_or_else(|| addr.ip().to_string());
+            let name = ServerName::try_from(name.clone())
+                .map_err(|_| up(format!("server_name {name:?} is not a valid name")))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| up(format!("TLS: {e}")))?;
+            Box::new(stream)
+        }
+    })
+}
+
+/// A CancelRequest for the real backend, over a connection of its own
+/// that is encrypted when sessions are (the secret is as good as a
+/// password for cancelling). Returns once the server has closed it, which
+/// it does after signalling the backend: the agent's own connection is
+/// closed only then, as libpq expects of a server.
+pub async fn cancel(
+    addr: SocketAddr,
+    cfg: &PostgresTarget,
+    pid: i32,
+    secret: &[u8],
+) -> Result<(), PgError> {
+    tokio::time::timeout(CANCEL_TIMEOUT, async {
+        let mut io = transport(addr, cfg).await?;
+        let mut packet = BytesMut::with_capacity(12 + secret.len());
+        packet.put_i32(12 + secret.len() as i32);
+        packet.put_i32(80877102);
+        packet.put_i32(pid);
+        packet.put_slice(secret);
+        io.write_all(&packet).await?;
+        io.flush().await?;
+        // The server answers nothing; anything it does send is discarded.
+        // A TLS close without close_notify still means the key was read.
+        let mut sink = [0u8; 256];
+        loop {
+            match io.read(&mut sink).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        PgError::Upstream(format!(
+            "{addr}: cancel not acknowledged within {CANCEL_TIMEOUT:?}"
+        ))
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn target(tls: &str) -> PostgresTarget {
+        toml::from_str(&format!("user = \"app\"\ntls = \"{tls}\"\n")).unwrap()
+    }
+
+    /// A server that reads `n` bytes, answers `answer`, waits `hold`, then
+    /// closes; returns what it read.
+    async fn server(
+        n: usize,
+        answer: &'static [u8],
+        hold: Duration,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut got = vec![0u8; n];
+            c.read_exact(&mut got).await.unwrap();
+            c.write_all(answer).await.unwrap();
+            tokio::time::sleep(hold).await;
+            got
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_plain_cancel_returns_once_the_server_has_closed() {
+        let hold = Duration::from_millis(300);
+        let (addr, task) = server(16, b"", hold).await;
+        let started = std::time::Instant::now();
+        cancel(addr, &target("disable"), 77, &[1, 2, 3, 4])
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() >= hold,
+            "returned before the server closed"
+        );
+        let got = task.await.unwrap();
+        assert_eq!(got, [0, 0, 0, 16, 4, 210, 22, 46, 0, 0, 0, 77, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn with_upstream_tls_the_cancel_starts_with_an_sslrequest() {
+        // A server refusing TLS: the key is not sent in the clear instead.
+        let (addr, task) = server(8, b"N", Duration::ZERO).await;
+        let err = cancel(addr, &target("require"), 77, &[1, 2, 3, 4])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not accept TLS"), "{err}");
+        assert_eq!(task.await.unwrap(), SSL_REQUEST);
+    }
 }
