@@ -497,11 +497,11 @@ pub fn server_message(frame: &Frame, redact: Option<&str>, mask: &MaskPlan) -> O
                 text = match code {
                     // Names in quotes: the agent's own, or hidden.
                     _ if about_names => hide_unknown_names(&text, known, &names),
-                    // Data errors name the value in quotes after a fixed text.
-                    b'M' if class == "22" || class == "23" => match text.find('"') {
-                        Some(q) => format!("{}\"****\"", &text[..q]),
-                        None => text,
-                    },
+                    // Data errors quote the value after a fixed text: one
+                    // the agent typed stays, one from a table goes.
+                    b'M' if class == "22" || class == "23" => {
+                        hide_unknown_names(&text, known, &names)
+                    }
                     b'M' => format!("blastgate: message {HIDDEN} (SQLSTATE {sqlstate})"),
                     _ => HIDDEN.to_string(),
                 };

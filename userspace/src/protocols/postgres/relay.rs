@@ -1438,7 +1438,7 @@ impl ToAgent<'_, '_> {
             }
             b'E' if self.probed.error.is_none() => {
                 // It may reach the agent (a COMMIT blastgate sent failing).
-                let frame = self.server_message(frame).await;
+                let frame = self.server_message(frame);
                 self.probed.error = Some(frame.bytes);
             }
             b'S' => self.parameter(frame)?,
@@ -1511,7 +1511,7 @@ impl ToAgent<'_, '_> {
             }
             b'E' => {
                 // It may reach the agent.
-                let frame = self.server_message(frame).await;
+                let frame = self.server_message(frame);
                 self.probed.error = Some(frame.bytes);
                 self.errored = true;
                 if let Some(Expect::Named { tx: Some(tx), .. }) = self.pop() {
@@ -1713,7 +1713,7 @@ impl ToAgent<'_, '_> {
                 }
             }
             b'N' => {
-                let frame = self.server_message(frame).await;
+                let frame = self.server_message(frame);
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'A' => {
@@ -1730,7 +1730,7 @@ impl ToAgent<'_, '_> {
                 if self.holding.is_some() {
                     self.held_failed = true;
                 }
-                let frame = self.server_message(frame).await;
+                let frame = self.server_message(frame);
                 let error = upstream::error_text(&frame);
                 self.out.extend_from_slice(&frame.bytes);
                 self.errored = true;
@@ -1896,26 +1896,19 @@ impl ToAgent<'_, '_> {
 
     /// An error or notice on its way to the agent, masked: detectors over
     /// its texts and, while column rules apply and the statement in flight
-    /// reads masked columns (or nothing tells which statement it is), the
-    /// texts that can quote values hidden.
-    async fn server_message(&mut self, frame: Frame) -> Frame {
-        let Some(m) = self.mask.clone() else {
+    /// names any table or function (or nothing tells which statement it
+    /// is), the texts that can quote values hidden. Decided from the
+    /// statement alone, with no catalog round trip: errors go out as fast
+    /// as they came, and the quoted names and values the agent typed
+    /// itself are kept.
+    fn server_message(&self, frame: Frame) -> Frame {
+        let Some(m) = self.mask.as_deref() else {
             return frame;
         };
         let statement = self.in_flight();
-        let redact = if m.has_fields() {
-            match &statement {
-                Some(l) => match self.catalog.facts(l).await {
-                    Some(facts) => lineage::touches_masked(l, &facts, &m),
-                    None => true,
-                },
-                None => true,
-            }
-        } else {
-            false
-        };
+        let redact = m.has_fields() && statement.as_deref().is_none_or(Lineage::may_quote_values);
         let known = statement.as_ref().map_or("", |l| l.text.as_str());
-        match mask::server_message(&frame, redact.then_some(known), &m) {
+        match mask::server_message(&frame, redact.then_some(known), m) {
             Some(bytes) => Frame {
                 tag: frame.tag,
                 bytes,
