@@ -81,6 +81,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::warn!(session = %opened.session_id, "closing a session the previous daemon left open");
         recorder.record(recovery::interrupted_close(opened)).await?;
     }
+    // Style `hash` is keyed by default: a key of the daemon's own, beside
+    // its CA keys, unless masking.toml names one.
+    crate::policy::masking::load_or_create_default_key(&config.tls.ca_dir)
+        .map_err(|e| anyhow::anyhow!("masking key: {e}"))?;
     let ca = local_ca(&config)?;
     // One CA, two certificate caches: the HTTPS one negotiates h2 and
     // http/1.1, the Postgres one nothing.

@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! hash_key_file = "/etc/blastgate/mask.key"   # optional key for style "hash"
+//!                                             # (default: the daemon's own
+//!                                             # random key, mask.key in ca_dir)
 //!
 //! [[field]]                 # mask named fields
 //! id = "customer-pii"
@@ -23,8 +25,10 @@
 
 use std::{
     fmt::Write as _,
+    io::Read as _,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -38,6 +42,63 @@ use super::diagnostic::{line_col, Diagnostic, Severity};
 
 pub const MASKING_FILE: &str = "masking.toml";
 
+/// The daemon's own key for style `hash`, in its CA directory.
+pub const DEFAULT_KEY_FILE: &str = "mask.key";
+
+/// The key style `hash` uses when `masking.toml` names no `hash_key_file`:
+/// set once at daemon start ([`load_or_create_default_key`]).
+static DEFAULT_KEY: OnceLock<Arc<Vec<u8>>> = OnceLock::new();
+
+/// Loads `dir/mask.key`, or creates it (32 random bytes, mode 0600) on
+/// first start, and makes it the key of style `hash` wherever
+/// `hash_key_file` is not set.
+///
+/// An unkeyed hash of a low-entropy value (an email, a phone number) is
+/// reversed by hashing guesses; a key only the daemon holds stops that,
+/// while equal values still mask equally within one installation. The key
+/// is never logged or sent anywhere; a key readable by others is refused.
+pub fn load_or_create_default_key(dir: &Path) -> Result<(), String> {
+    let path = dir.join(DEFAULT_KEY_FILE);
+    let key = match std::fs::metadata(&path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(format!(
+                    "{} is readable by others (mode {:o}): chmod 600 it",
+                    path.display(),
+                    meta.permissions().mode() & 0o7777
+                ));
+            }
+            let key = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            if key.len() < 16 {
+                return Err(format!(
+                    "{} holds {} bytes: too short for a key (remove it to have a new one made)",
+                    path.display(),
+                    key.len()
+                ));
+            }
+            key
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = vec![0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut key))
+                .map_err(|e| format!("random bytes for {}: {e}", path.display()))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .create(dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            crate::tls::keyfile::write_atomically(&path, &key, 0o600)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            key
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    // A second call (tests starting several daemons' worth of state in one
+    // process) keeps the first key: plans already handed out use it.
+    let _ = DEFAULT_KEY.set(Arc::new(key));
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Style {
@@ -46,7 +107,8 @@ pub enum Style {
     /// `****1234`: enough to tell values apart in a conversation.
     Last4,
     /// `hash:1a2b3c4d5e6f`: equal values mask equally (joins, grouping),
-    /// keyed by `hash_key_file` when set.
+    /// keyed (HMAC-SHA-256) by `hash_key_file` when set, else by the
+    /// daemon's own random key (`mask.key` in its CA directory).
     Hash,
 }
 
@@ -217,7 +279,11 @@ fn detector_regex(kind: DetectorKind) -> &'static str {
 fn plausible(kind: DetectorKind, m: &str) -> bool {
     let digits: Vec<u32> = m.chars().filter_map(|c| c.to_digit(10)).collect();
     match kind {
-        DetectorKind::Card => (13..=19).contains(&digits.len()) && luhn(&digits),
+        // Reversed (`reverse(card)`) is the same number to a reader.
+        DetectorKind::Card => {
+            let reversed: Vec<u32> = digits.iter().rev().copied().collect();
+            (13..=19).contains(&digits.len()) && (luhn(&digits) || luhn(&reversed))
+        }
         DetectorKind::Phone => (9..=15).contains(&digits.len()),
         DetectorKind::Iban => iban_ok(m),
         _ => true,
@@ -410,7 +476,7 @@ impl Masking {
                 .filter(|d| d.targets.is_match(target) && d.agents.is_match(agent))
                 .cloned()
                 .collect(),
-            key: self.key.clone(),
+            key: self.key.clone().or_else(|| DEFAULT_KEY.get().cloned()),
         }
     }
 
@@ -680,6 +746,7 @@ style = "fixed"
             ),
             ("call +44 20 7946 0958", "call ****", 1),
             ("order 12345 shipped", "order 12345 shipped", 0),
+            ("reversed 1111111111111114", "reversed ****1114", 1),
         ];
         for (input, want, n) in cases {
             let (got, count) = plan.scan(input);
@@ -777,6 +844,30 @@ style = "fixed"
             p[0].message.contains("json path") && p[0].line == 2,
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn the_default_hash_key_is_made_once_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("ca");
+        load_or_create_default_key(&state).unwrap();
+        let path = state.join(DEFAULT_KEY_FILE);
+        let key = std::fs::read(&path).unwrap();
+        assert_eq!(key.len(), 32);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        // Loaded, not replaced, on the next start.
+        load_or_create_default_key(&state).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), key);
+        // Plans without hash_key_file are keyed: the hash is not the
+        // plain SHA-256 anyone can recompute.
+        let plan = masking("").plan("a", "t");
+        let plain = Sha256::digest(b"x@y.z");
+        let unkeyed: String = plain[..6].iter().map(|b| format!("{b:02x}")).collect();
+        assert_ne!(plan.apply(Style::Hash, "x@y.z"), format!("hash:{unkeyed}"));
+        // A key others can read is refused.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_or_create_default_key(&state).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 pub mod ca;
 pub mod client;
-mod keyfile;
+pub(crate) mod keyfile;
 pub mod ssh_ca;
 pub mod trust;
 

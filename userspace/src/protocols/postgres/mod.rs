@@ -8,6 +8,7 @@
 //! - [`upstream`]: blastgate's own login with the held credentials;
 //! - [`classify`]: statements through the real Postgres parser;
 //! - [`gate`]: policy and approval per statement;
+//! - [`lineage`]: which table columns each result column is computed from;
 //! - [`relay`]: the two directions, tied together by what the server will
 //!   answer next;
 //! - [`mask`]: result rows rewritten on the wire;
@@ -20,6 +21,7 @@ mod effects;
 pub mod frame;
 mod functions;
 pub mod gate;
+pub mod lineage;
 pub mod mask;
 pub mod messages;
 pub mod reading;
@@ -71,6 +73,12 @@ const FORWARDED: &[&str] = &[
 fn classifier() -> &'static Classifier {
     static C: OnceLock<Classifier> = OnceLock::new();
     C.get_or_init(|| Classifier::new(8192))
+}
+
+/// Lineage analysis is pure too: one cache for every session.
+fn analyzer() -> &'static lineage::Analyzer {
+    static A: OnceLock<lineage::Analyzer> = OnceLock::new();
+    A.get_or_init(|| lineage::Analyzer::new(8192))
 }
 
 pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
@@ -182,6 +190,7 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
         timeout: gw.ctx.connect_timeout,
         conn: None,
         names: Default::default(),
+        facts: Default::default(),
     };
     let halves = relay::Halves {
         agent_reader: reader,

@@ -41,6 +41,7 @@ use super::{
     frame::{encode, Frame, PgError, Reader},
     functions::Functions,
     gate::{self, Admitted, Verdict},
+    lineage::{self, Lineage},
     mask::{self, Field, Names, RowPlan},
     messages,
     reading::Reading,
@@ -93,6 +94,8 @@ struct Pending {
     started: Instant,
     columns: Columns,
     masked: u64,
+    /// Where its result columns come from, while column rules apply.
+    lineage: Option<Arc<Lineage>>,
 }
 
 impl Pending {
@@ -103,7 +106,13 @@ impl Pending {
             started: Instant::now(),
             columns,
             masked: 0,
+            lineage: None,
         })
+    }
+
+    fn with_lineage(mut self: Box<Self>, lineage: Option<Arc<Lineage>>) -> Box<Pending> {
+        self.lineage = lineage;
+        self
     }
 }
 
@@ -263,6 +272,7 @@ pub async fn run(
         notices,
         field_rules,
         mask: mask.clone(),
+        catalog: catalog.sibling(),
     };
     let mut to_agent = ToAgent {
         gw,
@@ -275,6 +285,7 @@ pub async fn run(
         statement_fields: HashMap::new(),
         portal_fields: HashMap::new(),
         plan: None,
+        copy: None,
         holding: None,
         held_failed: false,
         probed: Probed::default(),
@@ -328,6 +339,9 @@ struct FromAgent<'g> {
     field_rules: bool,
     /// Detectors mask literal values in recorded statement text.
     mask: Option<Arc<MaskPlan>>,
+    /// Names statements' write targets, for [`lineage::write_refusal`]
+    /// (its own connection: ToAgent's may be busy).
+    catalog: Catalog<'g>,
 }
 
 /// A ReadyForQuery message's length on the wire.
@@ -454,6 +468,22 @@ impl FromAgent<'_> {
         Ok(())
     }
 
+    /// Where a statement's result columns come from; only needed (and
+    /// only worked out) while column rules apply.
+    fn lineage(&self, st: &Statement) -> Option<Arc<Lineage>> {
+        self.field_rules
+            .then(|| super::analyzer().analyze(&st.text))
+    }
+
+    /// The lineage of the statement a portal runs.
+    fn portal_lineage(&self, columns: &Columns) -> Option<Arc<Lineage>> {
+        let Columns::Portal { statement, .. } = columns else {
+            return None;
+        };
+        let st = self.prepared.get(statement)?.statements.first()?;
+        self.lineage(st)
+    }
+
     /// Notes what the server will answer to a message being forwarded.
     fn await_answer(&self, e: Expect) {
         lock(&self.queue).push_back(e);
@@ -493,7 +523,11 @@ impl FromAgent<'_> {
         let Verdict::Run(admitted) = verdict else {
             return Ok(verdict);
         };
-        let Some(refused) = self.copy_out_refusal(statements) else {
+        let refused = match self.masking_refusal(statements) {
+            Some(r) => Some(r),
+            None => self.write_refusal(statements).await,
+        };
+        let Some(refused) = refused else {
             return Ok(Verdict::Run(admitted));
         };
         for a in admitted {
@@ -505,14 +539,55 @@ impl FromAgent<'_> {
         Ok(Verdict::Refuse(refused))
     }
 
-    /// COPY ... TO cannot be masked by column: refused while column rules
-    /// apply to this session, rather than let masked columns out.
-    fn copy_out_refusal(&self, statements: &[Statement]) -> Option<String> {
-        let copy_out = statements
-            .iter()
-            .any(|s| s.copy_direction == Some(CopyDirection::To) && !s.copy_program);
+    /// A masked value written into a column not masked alike would be read
+    /// back unmasked: refused while column rules apply to this session
+    /// (and when the server cannot be asked what the names are).
+    async fn write_refusal(&mut self, statements: &[Statement]) -> Option<String> {
+        let m = self.mask.clone().filter(|m| m.has_fields())?;
+        for st in statements {
+            let Some(l) = self.lineage(st).filter(|l| !l.writes.is_empty()) else {
+                continue;
+            };
+            let Some(facts) = self.catalog.facts(&l).await else {
+                return Some(
+                    "blastgate: the names this statement writes to could not be looked up \
+                     for masking; refused"
+                        .to_string(),
+                );
+            };
+            if let Some(refused) = lineage::write_refusal(&l, &facts, &m) {
+                return Some(refused);
+            }
+        }
+        None
+    }
+
+    /// What column masking cannot follow, refused while column rules apply
+    /// to this session rather than let masked values out: COPY ... TO other
+    /// than text format to STDOUT (whose rows are parsed and masked
+    /// exactly), and values stored where a later statement reads them back
+    /// untraced (`set_config(…, email, …)`, large objects).
+    fn masking_refusal(&self, statements: &[Statement]) -> Option<String> {
+        if self.field_rules
+            && statements
+                .iter()
+                .any(|s| self.lineage(s).is_some_and(|l| l.stores))
+        {
+            return Some(format!(
+                "blastgate: storing a computed value with {} is refused while column masking \
+                 rules apply to this session (masking could not follow it back out); \
+                 pass constants",
+                super::lineage::STORES.join(", ")
+            ));
+        }
+        let copy_out = statements.iter().any(|s| {
+            s.copy_direction == Some(CopyDirection::To)
+                && !s.copy_program
+                && self.lineage(s).is_none_or(|l| l.copy_text.is_none())
+        });
         (self.field_rules && copy_out).then(|| {
-            "blastgate: COPY ... TO is refused while column masking rules apply to this session; \
+            "blastgate: COPY ... TO is refused while column masking rules apply to this session, \
+             except in text format to STDOUT (no CSV, BINARY, HEADER or ENCODING); \
              use SELECT (its results are masked)"
                 .to_string()
         })
@@ -623,11 +698,10 @@ impl FromAgent<'_> {
             let mut queue = lock(&self.queue);
             queue.push_back(Expect::Hold(Some(held_tx), HoldUntil::Ready));
             for st in statements.iter() {
-                queue.push_back(Expect::Statement(Pending::new(
-                    None,
-                    Some(Read::of(st)),
-                    Columns::Inline,
-                )));
+                queue.push_back(Expect::Statement(
+                    Pending::new(None, Some(Read::of(st)), Columns::Inline)
+                        .with_lineage(self.lineage(st)),
+                ));
             }
             queue.push_back(Expect::Ready);
         }
@@ -756,11 +830,10 @@ impl FromAgent<'_> {
     ) -> Result<(), PgError> {
         let mut queue = lock(&self.queue);
         for (a, st) in admitted.into_iter().zip(statements.iter()) {
-            queue.push_back(Expect::Statement(Pending::new(
-                Some(a.event),
-                Some(Read::of(st)),
-                Columns::Inline,
-            )));
+            queue.push_back(Expect::Statement(
+                Pending::new(Some(a.event), Some(Read::of(st)), Columns::Inline)
+                    .with_lineage(self.lineage(st)),
+            ));
         }
         queue.push_back(Expect::Ready);
         drop(queue);
@@ -837,7 +910,10 @@ impl FromAgent<'_> {
         let before = self.send_named(effects::COUNT_SQL);
         let (held_tx, held) = oneshot::channel();
         self.await_answer(Expect::Hold(Some(held_tx), HoldUntil::Statement));
-        self.await_answer(Expect::Statement(Pending::new(None, read.clone(), columns)));
+        let lineage = self.portal_lineage(&columns);
+        self.await_answer(Expect::Statement(
+            Pending::new(None, read.clone(), columns).with_lineage(lineage),
+        ));
         self.out.extend_from_slice(&frame.bytes);
         let after = self.send_named(effects::COUNT_SQL);
         self.out.extend_from_slice(&messages::FLUSH);
@@ -926,15 +1002,15 @@ impl FromAgent<'_> {
         self.out.extend_from_slice(&bind);
         self.await_answer(Expect::Ack { forward: false });
         let (statement, formats) = self.portals.get(&portal).cloned().unwrap_or_default();
-        self.await_answer(Expect::Statement(Pending::new(
-            Some(event),
-            read,
-            Columns::Portal {
-                portal,
-                statement,
-                formats,
-            },
-        )));
+        let columns = Columns::Portal {
+            portal,
+            statement,
+            formats,
+        };
+        let lineage = self.portal_lineage(&columns);
+        self.await_answer(Expect::Statement(
+            Pending::new(Some(event), read, columns).with_lineage(lineage),
+        ));
         self.out.extend_from_slice(&frame.bytes);
         Ok(())
     }
@@ -1108,15 +1184,15 @@ impl FromAgent<'_> {
                         .await?;
                     return Ok(false);
                 }
-                self.await_answer(Expect::Statement(Pending::new(
-                    event,
-                    read,
-                    Columns::Portal {
-                        portal,
-                        statement,
-                        formats,
-                    },
-                )));
+                let columns = Columns::Portal {
+                    portal,
+                    statement,
+                    formats,
+                };
+                let lineage = self.portal_lineage(&columns);
+                self.await_answer(Expect::Statement(
+                    Pending::new(event, read, columns).with_lineage(lineage),
+                ));
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'C' => {
@@ -1216,7 +1292,16 @@ pub struct Catalog<'c> {
     pub timeout: std::time::Duration,
     pub conn: Option<Upstream>,
     pub names: Names,
+    /// Recent answers about statements' names, by the names asked about.
+    pub facts: HashMap<String, (Instant, Arc<lineage::Facts>)>,
 }
+
+/// How long an answer about a statement's names is reused: statements
+/// naming the same tables and functions cost one catalog query a second,
+/// not one each,
+/// while a function or view created since (a DDL statement, which waits
+/// for a human in production) is seen within this time.
+const FACTS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Catalog<'_> {
     /// Resolves the tables of `fields` not yet known. Errors leave them
@@ -1265,6 +1350,91 @@ impl Catalog<'_> {
     }
 }
 
+impl<'c> Catalog<'c> {
+    /// Another catalog for the same server, with a connection of its own.
+    fn sibling(&self) -> Catalog<'c> {
+        Catalog {
+            addr: self.addr,
+            cfg: self.cfg,
+            params: self.params.clone(),
+            timeout: self.timeout,
+            conn: None,
+            names: Names::default(),
+            facts: HashMap::new(),
+        }
+    }
+
+    /// What the names of a statement mean to the server, asked again once
+    /// [`FACTS_TTL`] has passed: a function or view created since (by this
+    /// session or another) must not be judged by an old answer for long.
+    /// `None` when the server could not be asked (the caller then masks
+    /// every column).
+    async fn facts(&mut self, l: &Lineage) -> Option<Arc<lineage::Facts>> {
+        // The answers depend on the names only, not on the statement's
+        // literals: keyed by the first question.
+        let key = lineage::facts_query(l).unwrap_or_default();
+        if let Some((at, facts)) = self.facts.get(&key) {
+            if at.elapsed() < FACTS_TTL {
+                return Some(facts.clone());
+            }
+        }
+        let mut lookup = lineage::Lookup::new(l);
+        while let Some(sql) = lookup.next_query() {
+            match self.rows(&sql).await {
+                Ok(rows) => lookup.add(&rows),
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking up names for masking failed; masking every column");
+                    self.conn = None;
+                    return None;
+                }
+            }
+        }
+        let facts = Arc::new(lookup.facts);
+        if self.facts.len() >= 256 {
+            self.facts.retain(|_, (at, _)| at.elapsed() < FACTS_TTL);
+            if self.facts.len() >= 256 {
+                self.facts.clear();
+            }
+        }
+        self.facts.insert(key, (Instant::now(), facts.clone()));
+        Some(facts)
+    }
+
+    /// Runs one query on the catalog connection; its rows as text.
+    async fn rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
+        if self.conn.is_none() {
+            self.conn =
+                Some(upstream::connect(self.addr, self.cfg, &self.params, self.timeout).await?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut out = BytesMut::new();
+        encode(&Query::new(sql.to_owned()), &mut out)?;
+        conn.writer.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut failed = None;
+        loop {
+            let f = conn.reader.next().await?;
+            match f.tag {
+                b'D' => rows.push(
+                    mask::row_values(&f)?
+                        .into_iter()
+                        .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                        .collect(),
+                ),
+                b'E' => failed = Some(upstream::error_text(&f)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match failed {
+            Some(e) => Err(PgError::Upstream(e)),
+            None => Ok(rows),
+        }
+    }
+}
+
 fn catalog_row(f: &Frame) -> Option<(u32, i16, String)> {
     let values = mask::row_values(f).ok()?;
     let text = |i: usize| std::str::from_utf8(values.get(i).copied().flatten()?).ok();
@@ -1287,6 +1457,11 @@ struct ToAgent<'g, 'c> {
     portal_fields: HashMap<Vec<u8>, Vec<Field>>,
     /// Masking for the rows now flowing; `None` until known.
     plan: Option<RowPlan>,
+    /// Masking for a text-format COPY now flowing: each column's style.
+    copy: Option<(
+        Vec<Option<crate::policy::masking::Style>>,
+        lineage::CopyText,
+    )>,
     /// Answers being held back (a write being measured), and whether one
     /// of them is an error.
     holding: Option<(oneshot::Sender<Held>, HoldUntil)>,
@@ -1355,9 +1530,16 @@ impl ToAgent<'_, '_> {
                     .flatten()
                     .map(|v| String::from_utf8_lossy(v).into_owned());
             }
-            b'E' if self.probed.error.is_none() => self.probed.error = Some(frame.bytes),
+            b'E' if self.probed.error.is_none() => {
+                // It may reach the agent (a COMMIT blastgate sent failing).
+                let frame = self.server_message(frame);
+                self.probed.error = Some(frame.bytes);
+            }
             b'S' => self.parameter(frame)?,
-            b'A' => self.out.extend_from_slice(&frame.bytes),
+            b'A' => {
+                let bytes = self.notification(frame);
+                self.out.extend_from_slice(&bytes);
+            }
             b'Z' => {
                 let status = self.ready_status(&frame);
                 self.probed.status = status;
@@ -1403,7 +1585,10 @@ impl ToAgent<'_, '_> {
             }
             b'N' => self.probed.in_block |= notice_code(&frame) == Some(&b"25001"[..]),
             b'S' => self.parameter(frame)?,
-            b'A' => self.out.extend_from_slice(&frame.bytes),
+            b'A' => {
+                let bytes = self.notification(frame);
+                self.out.extend_from_slice(&bytes);
+            }
             b'3' => {
                 let done = match lock(&self.queue).front_mut() {
                     Some(Expect::Named { closes, .. }) => {
@@ -1419,6 +1604,8 @@ impl ToAgent<'_, '_> {
                 }
             }
             b'E' => {
+                // It may reach the agent.
+                let frame = self.server_message(frame);
                 self.probed.error = Some(frame.bytes);
                 self.errored = true;
                 if let Some(Expect::Named { tx: Some(tx), .. }) = self.pop() {
@@ -1510,7 +1697,8 @@ impl ToAgent<'_, '_> {
             b'A' if self.holding.is_some() => {
                 // A notification is not part of the write's answer: it
                 // goes now, whatever becomes of the write.
-                self.writer.write_all(&frame.bytes).await?;
+                let bytes = self.notification(frame);
+                self.writer.write_all(&bytes).await?;
             }
             b'1' | b'2' | b'3' => {
                 let forward = !matches!(self.pop(), Some(Expect::Ack { forward: false }));
@@ -1547,6 +1735,26 @@ impl ToAgent<'_, '_> {
                 self.out.extend_from_slice(&frame.bytes);
             }
             b'D' => self.data_row(frame).await?,
+            b'H' => {
+                self.copy = None;
+                if let Some(m) = self.mask.clone().filter(|m| m.has_fields()) {
+                    self.copy_plan(&frame, &m).await;
+                }
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'd' if self.copy.is_some() => {
+                if let (Some(m), Some((styles, text))) = (self.mask.clone(), self.copy.as_ref()) {
+                    let n = mask::mask_copy_text(
+                        &frame,
+                        styles,
+                        text.delimiter,
+                        &text.null,
+                        &m,
+                        &mut self.out,
+                    );
+                    self.count_masked(n);
+                }
+            }
             b'd' => match &self.mask {
                 Some(m) if m.has_detectors() => {
                     let n = mask::scan_copy(&frame, m, &mut self.out);
@@ -1561,6 +1769,7 @@ impl ToAgent<'_, '_> {
                     String::new()
                 };
                 self.plan = None;
+                self.copy = None;
                 let head_is_statement =
                     matches!(lock(&self.queue).front(), Some(Expect::Statement(_)));
                 if !head_is_statement {
@@ -1597,11 +1806,25 @@ impl ToAgent<'_, '_> {
                     }
                 }
             }
+            b'N' => {
+                let frame = self.server_message(frame);
+                self.out.extend_from_slice(&frame.bytes);
+            }
+            b'A' => {
+                let bytes = self.notification(frame);
+                self.out.extend_from_slice(&bytes);
+            }
+            b'V' => match (&self.mask, mask::function_result(&frame)) {
+                (Some(m), Some(bytes)) if m.has_fields() => self.out.extend_from_slice(&bytes),
+                _ => self.out.extend_from_slice(&frame.bytes),
+            },
             b'E' => {
                 self.plan = None;
+                self.copy = None;
                 if self.holding.is_some() {
                     self.held_failed = true;
                 }
+                let frame = self.server_message(frame);
                 let error = upstream::error_text(&frame);
                 self.out.extend_from_slice(&frame.bytes);
                 self.errored = true;
@@ -1717,7 +1940,90 @@ impl ToAgent<'_, '_> {
         if m.has_fields() {
             self.catalog.resolve(fields).await;
         }
-        self.plan = Some(mask::plan(fields, Some(&self.catalog.names), m));
+        let mut plan = mask::plan(fields, Some(&self.catalog.names), m);
+        if m.has_fields() {
+            // Columns computed from masked columns are masked too.
+            let styles = match self.in_flight() {
+                Some(l) => match self.catalog.facts(&l).await {
+                    Some(facts) => lineage::evaluate(&l, &facts, m, fields.len()),
+                    None => vec![Some(crate::policy::masking::Style::Fixed); fields.len()],
+                },
+                // Rows of nothing blastgate forwarded: unknown origin.
+                None => vec![Some(crate::policy::masking::Style::Fixed); fields.len()],
+            };
+            plan.derive(&styles);
+        }
+        self.plan = Some(plan);
+    }
+
+    /// How the rows of a `COPY … TO STDOUT` starting now (CopyOutResponse)
+    /// are masked. What FromAgent let through is text format; anything
+    /// else that comes (nothing should) is masked whole.
+    async fn copy_plan(&mut self, frame: &Frame, m: &MaskPlan) {
+        use crate::policy::masking::Style;
+        let body = frame.body();
+        let width = body
+            .get(1..3)
+            .map_or(0, |w| i16::from_be_bytes([w[0], w[1]]).max(0) as usize);
+        let text_format = body.first() == Some(&0);
+        let lineage = self.in_flight();
+        let (styles, text) = match lineage
+            .as_ref()
+            .and_then(|l| Some((l, l.copy_text.clone()?)))
+        {
+            Some((l, text)) if text_format => match self.catalog.facts(l).await {
+                Some(facts) => (lineage::evaluate(l, &facts, m, width), text),
+                None => (vec![Some(Style::Fixed); width], text),
+            },
+            _ => (
+                vec![Some(Style::Fixed); width],
+                lineage::CopyText {
+                    delimiter: b'\t',
+                    null: "\\N".into(),
+                },
+            ),
+        };
+        self.copy = Some((styles, text));
+    }
+
+    /// A NotificationResponse as the agent may see it (every path one goes
+    /// out by passes here).
+    fn notification(&self, frame: Frame) -> BytesMut {
+        match &self.mask {
+            Some(m) => mask::notification(&frame, m.has_fields(), m).unwrap_or(frame.bytes),
+            None => frame.bytes,
+        }
+    }
+
+    /// The lineage of the statement the server is answering now.
+    fn in_flight(&self) -> Option<Arc<Lineage>> {
+        match lock(&self.queue).front() {
+            Some(Expect::Statement(p)) => p.lineage.clone(),
+            _ => None,
+        }
+    }
+
+    /// An error or notice on its way to the agent, masked: detectors over
+    /// its texts and, while column rules apply and the statement in flight
+    /// names any table or function (or nothing tells which statement it
+    /// is), the texts that can quote values hidden. Decided from the
+    /// statement alone, with no catalog round trip: errors go out as fast
+    /// as they came, and the quoted names and values the agent typed
+    /// itself are kept.
+    fn server_message(&self, frame: Frame) -> Frame {
+        let Some(m) = self.mask.as_deref() else {
+            return frame;
+        };
+        let statement = self.in_flight();
+        let redact = m.has_fields() && statement.as_deref().is_none_or(Lineage::may_quote_values);
+        let known = statement.as_ref().map_or("", |l| l.text.as_str());
+        match mask::server_message(&frame, redact.then_some(known), m) {
+            Some(bytes) => Frame {
+                tag: frame.tag,
+                bytes,
+            },
+            None => frame,
+        }
     }
 
     async fn data_row(&mut self, frame: Frame) -> Result<(), PgError> {
