@@ -1814,10 +1814,19 @@ impl ToAgent<'_, '_> {
                 let bytes = self.notification(frame);
                 self.out.extend_from_slice(&bytes);
             }
-            b'V' => match (&self.mask, mask::function_result(&frame)) {
-                (Some(m), Some(bytes)) if m.has_fields() => self.out.extend_from_slice(&bytes),
-                _ => self.out.extend_from_slice(&frame.bytes),
-            },
+            b'V' => {
+                // FunctionCallResponse: a fast-path call's answer, masked
+                // whole while column rules apply (its origin is unknown).
+                match (&self.mask, mask::function_result(&frame)) {
+                    (Some(m), Some(bytes)) if m.has_fields() => self.out.extend_from_slice(&bytes),
+                    _ => self.out.extend_from_slice(&frame.bytes),
+                }
+                if matches!(lock(&self.queue).front(), Some(Expect::Statement(_))) {
+                    if let Some(Expect::Statement(p)) = self.pop() {
+                        self.finish(*p, Outcome::Done { tag: String::new() }).await;
+                    }
+                }
+            }
             b'E' => {
                 self.plan = None;
                 self.copy = None;
@@ -1886,15 +1895,6 @@ impl ToAgent<'_, '_> {
                 self.queue.ready.notify_waiters();
             }
             b'S' => self.parameter(frame)?,
-            b'V' => {
-                // FunctionCallResponse: a fast-path call's answer.
-                self.out.extend_from_slice(&frame.bytes);
-                if matches!(lock(&self.queue).front(), Some(Expect::Statement(_))) {
-                    if let Some(Expect::Statement(p)) = self.pop() {
-                        self.finish(*p, Outcome::Done { tag: String::new() }).await;
-                    }
-                }
-            }
             _ => self.out.extend_from_slice(&frame.bytes),
         }
         Ok(())
