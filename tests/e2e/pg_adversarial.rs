@@ -958,7 +958,12 @@ print("transaction", run(False))
         "SELECT string_agg(id || ':' || status || ':' || total, ',' ORDER BY id) FROM orders",
     );
     assert!(direct.status.success(), "{}", text(&direct));
-    assert_eq!(text(&through), text(&direct));
+    assert_eq!(
+        text(&through),
+        text(&direct),
+        "daemon log:\n{}",
+        s.daemon.log_text()
+    );
     assert_eq!(after_through, after_direct);
     let differentials = s.env.count_events(|e| e["kind"] == "differential");
     assert_eq!(differentials, 0);

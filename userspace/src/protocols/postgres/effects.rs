@@ -7,17 +7,23 @@
 //! difference is the statement's effect, including what its triggers,
 //! rules and functions changed.
 
-/// Rows updated and deleted so far in this transaction, all tables;
+/// Rows updated and deleted so far in this transaction, in every table
+/// outside the system schemas (two counter reads per table: the catalog
+/// view `pg_stat_xact_all_tables` reads twenty, for catalogs too, and cost
+/// 0.5 ms a call in the benchmark);
 /// NULL when the server is not counting (`track_counts = off`), which
 /// blastgate takes as "cannot be measured".
 ///
 /// It runs in the agent's session, under the agent's `search_path`: every
 /// name, operator and type in it is schema-qualified, so nothing the agent
 /// created can stand in for them.
-pub const COUNT_SQL: &str =
-    "SELECT CASE WHEN pg_catalog.current_setting('track_counts')::pg_catalog.bool \
-     THEN (SELECT pg_catalog.sum(n_tup_upd OPERATOR(pg_catalog.+) n_tup_del)::pg_catalog.int8 \
-           FROM pg_catalog.pg_stat_xact_all_tables) \
+pub const COUNT_SQL: &str = "SELECT CASE WHEN pg_catalog.current_setting('track_counts')::pg_catalog.bool \
+     THEN (SELECT COALESCE(pg_catalog.sum(pg_catalog.pg_stat_get_xact_tuples_updated(c.oid) \
+                  OPERATOR(pg_catalog.+) pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)), 0)::pg_catalog.int8 \
+           FROM pg_catalog.pg_class c \
+           WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,m}'::pg_catalog.\"char\"[]) \
+             AND c.relnamespace OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog'::pg_catalog.regnamespace, \
+                 'information_schema'::pg_catalog.regnamespace, 'pg_toast'::pg_catalog.regnamespace]::pg_catalog.oid[])) \
      END";
 
 /// The savepoint a write is measured under inside the agent's own

@@ -187,6 +187,9 @@ struct Shared {
     ready: Notify,
     /// The transaction status of the last ReadyForQuery.
     status: Mutex<u8>,
+    /// An error since the last ReadyForQuery: the server skips the rest
+    /// of the pipeline. Set and read under the queue's lock.
+    skipping: std::sync::atomic::AtomicBool,
 }
 
 type Queue = Arc<Shared>;
@@ -905,18 +908,57 @@ impl FromAgent<'_> {
     ) -> Result<(), PgError> {
         let started = Instant::now();
         self.batch = Batch::Executed;
-        let begin = self.send_named("BEGIN");
-        let savepoint = self.send_named(&format!("SAVEPOINT {}", self.savepoint));
-        let before = self.send_named(effects::COUNT_SQL);
+        let named = |sql: &str, out: &mut BytesMut| {
+            let (tx, rx) = oneshot::channel();
+            messages::run_named(NAMED, sql, out);
+            (
+                Expect::Named {
+                    tx: Some(tx),
+                    closes: 2,
+                },
+                rx,
+            )
+        };
+        let mut bytes = BytesMut::new();
+        let (begin_x, begin) = named("BEGIN", &mut bytes);
+        let (savepoint_x, savepoint) = named(&format!("SAVEPOINT {}", self.savepoint), &mut bytes);
+        let (before_x, before) = named(effects::COUNT_SQL, &mut bytes);
+        bytes.extend_from_slice(&frame.bytes);
+        let (after_x, after) = named(effects::COUNT_SQL, &mut bytes);
+        bytes.extend_from_slice(&messages::FLUSH);
         let (held_tx, held) = oneshot::channel();
-        self.await_answer(Expect::Hold(Some(held_tx), HoldUntil::Statement));
         let lineage = self.portal_lineage(&columns);
-        self.await_answer(Expect::Statement(
-            Pending::new(None, read.clone(), columns).with_lineage(lineage),
-        ));
-        self.out.extend_from_slice(&frame.bytes);
-        let after = self.send_named(effects::COUNT_SQL);
-        self.out.extend_from_slice(&messages::FLUSH);
+        let pending = Pending::new(None, read.clone(), columns).with_lineage(lineage);
+        // Checked and queued under one lock with the other half's error
+        // handling: after an error the server skips everything up to Sync,
+        // blastgate's own statements included, and would answer none.
+        let skipped = {
+            let mut queue = lock(&self.queue);
+            if self.queue.skipping.load(Ordering::SeqCst) {
+                queue.push_back(Expect::Statement(pending));
+                true
+            } else {
+                queue.push_back(begin_x);
+                queue.push_back(savepoint_x);
+                queue.push_back(before_x);
+                queue.push_back(Expect::Hold(Some(held_tx), HoldUntil::Statement));
+                queue.push_back(Expect::Statement(pending));
+                queue.push_back(after_x);
+                false
+            }
+        };
+        if skipped {
+            self.out.extend_from_slice(&frame.bytes);
+            let mut record = event;
+            record.verdict = RecVerdict::Error;
+            record.reason = Some(format!(
+                "{}; not run: an earlier statement of the pipeline failed",
+                record.reason.unwrap_or_default()
+            ));
+            self.gw.record(record).await;
+            return Ok(());
+        }
+        self.out.extend_from_slice(&bytes);
         self.flush().await?;
         let closed = |_| PgError::Closed;
         let begin = begin.await.map_err(closed)?;
@@ -1553,8 +1595,21 @@ impl ToAgent<'_, '_> {
         Ok(())
     }
 
+    /// An error: the server skips the rest of the pipeline up to Sync. The
+    /// other half checks this under the queue's lock before it queues
+    /// statements of its own.
+    fn mark_skipping(&mut self) {
+        let _queue = lock(&self.queue);
+        self.queue.skipping.store(true, Ordering::SeqCst);
+        self.errored = true;
+    }
+
     /// Notes a ReadyForQuery's transaction status for the other half.
     fn ready_status(&self, frame: &Frame) -> u8 {
+        {
+            let _queue = lock(&self.queue);
+            self.queue.skipping.store(false, Ordering::SeqCst);
+        }
         let status = frame.body().first().copied().unwrap_or(b'I');
         *self.queue.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
         status
@@ -1607,7 +1662,7 @@ impl ToAgent<'_, '_> {
                 // It may reach the agent.
                 let frame = self.server_message(frame);
                 self.probed.error = Some(frame.bytes);
-                self.errored = true;
+                self.mark_skipping();
                 if let Some(Expect::Named { tx: Some(tx), .. }) = self.pop() {
                     let _ = tx.send(std::mem::take(&mut self.probed));
                 }
@@ -1836,7 +1891,7 @@ impl ToAgent<'_, '_> {
                 let frame = self.server_message(frame);
                 let error = upstream::error_text(&frame);
                 self.out.extend_from_slice(&frame.bytes);
-                self.errored = true;
+                self.mark_skipping();
                 // The failed message's statement, then everything the server
                 // now skips up to the next ReadyForQuery.
                 self.skip_after_error(&error).await;
