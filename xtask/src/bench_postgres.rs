@@ -13,8 +13,11 @@
 //!   after, then it is kept or undone. TPC-B-like's three UPDATEs by key
 //!   change one row each (allowed); the spool is checked for it;
 //! - `blastgate-before`: another blastgate binary (`BLASTGATE_BENCH_BEFORE_BIN`,
-//!   e.g. one built from an earlier commit) with `blastgate`'s config; the
-//!   path is skipped, with a message, when the variable is unset.
+//!   e.g. one built from an earlier commit) with `blastgate`'s config and
+//!   the shipped policies of its own tree (`BLASTGATE_BENCH_BEFORE_POLICIES`,
+//!   a `policies/` directory: the Cedar schema must match the context that
+//!   binary sends); the path is skipped, with a message, when the binary
+//!   is unset.
 //!
 //! Only one daemon runs at a time, each with a pin directory, control
 //! socket and spool of its own: cells are measured in groups (reads,
@@ -74,6 +77,10 @@ const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 const PIN_PREFIX: &str = "/sys/fs/bpf/blastgate-bench";
 /// The blastgate binary the `blastgate-before` path runs.
 pub const BEFORE_ENV: &str = "BLASTGATE_BENCH_BEFORE_BIN";
+/// The `policies/` directory of the tree that binary was built from (its
+/// Cedar schema matches the context that binary sends); this tree's when
+/// unset.
+pub const BEFORE_POLICIES_ENV: &str = "BLASTGATE_BENCH_BEFORE_POLICIES";
 /// Role and database pgbench uses on every path.
 const ROLE: &str = "bench";
 /// What the agent sends as its password: blastgate holds the real one.
@@ -1026,10 +1033,13 @@ impl SpoolCheck {
     }
 }
 
-/// Files of `policies/` (not its tests), with or without masking.toml.
-fn policy_dir(root: &Path, to: &Path, masking: Option<&str>) -> Result<()> {
+/// Files of a `policies/` directory (not its tests), with or without
+/// masking.toml.
+fn policy_dir(policies: &Path, to: &Path, masking: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(root.join("policies"))? {
+    for entry in
+        std::fs::read_dir(policies).with_context(|| format!("reading {}", policies.display()))?
+    {
         let entry = entry?;
         let name = entry.file_name();
         if !entry.file_type()?.is_file() || name == "masking.toml" {
@@ -1038,7 +1048,7 @@ fn policy_dir(root: &Path, to: &Path, masking: Option<&str>) -> Result<()> {
         std::fs::copy(entry.path(), to.join(&name))?;
     }
     if let Some(extra) = masking {
-        let shipped = std::fs::read_to_string(root.join("policies/masking.toml"))?;
+        let shipped = std::fs::read_to_string(policies.join("masking.toml"))?;
         std::fs::write(to.join("masking.toml"), format!("{shipped}\n{extra}"))?;
     }
     Ok(())
@@ -1233,10 +1243,36 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
         std::fs::Permissions::from_mode(0o600),
     )?;
     let plain_policy = dir.join("policy");
-    policy_dir(root, &plain_policy, None)?;
+    policy_dir(&root.join("policies"), &plain_policy, None)?;
+    // The shipped policies of the older binary's own tree: its Cedar schema
+    // (and so the context it sends) may differ from this tree's.
+    let before_policy = dir.join("policy-before");
+    if routes.contains(&Route::BlastgateBefore) {
+        match std::env::var_os(BEFORE_POLICIES_ENV) {
+            Some(p) => policy_dir(Path::new(&p), &before_policy, None)?,
+            None => {
+                let note = format!(
+                    "blastgate-before runs with this tree's policies/ ({BEFORE_POLICIES_ENV} \
+                     unset): an older binary may not send what this schema requires"
+                );
+                eprintln!("bench: {note}");
+                notes.push(note);
+                policy_dir(&root.join("policies"), &before_policy, None)?;
+            }
+        }
+    }
+    if routes.contains(&Route::BlastgateBefore) {
+        if let Some(before) = &before_bin {
+            sh::run(
+                Command::new(before)
+                    .args(["policy", "check"])
+                    .arg(&before_policy),
+            )?;
+        }
+    }
     let masking_policy = dir.join("policy-masking");
     if opts.masking {
-        policy_dir(root, &masking_policy, Some(MASK_FILLER))?;
+        policy_dir(&root.join("policies"), &masking_policy, Some(MASK_FILLER))?;
         sh::run(
             Command::new(&bin)
                 .args(["policy", "check"])
@@ -1261,6 +1297,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
         let (policy, labels) = match route {
             Route::BlastgateLimits => (&plain_policy, Some("{ env = \"production\" }")),
             Route::BlastgateMasking => (&masking_policy, None),
+            Route::BlastgateBefore => (&before_policy, None),
             _ => (&plain_policy, None),
         };
         std::fs::write(
