@@ -78,11 +78,16 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         scale: u32,
         /// PostgreSQL: paths to measure, comma-separated, direct included:
-        /// direct, pgbouncer, blastgate.
-        #[arg(long, default_value = "direct,pgbouncer,blastgate")]
+        /// direct, pgbouncer, blastgate, blastgate-limits, blastgate-before
+        /// (skipped unless BLASTGATE_BENCH_BEFORE_BIN is set).
+        #[arg(
+            long,
+            default_value = "direct,pgbouncer,blastgate,blastgate-limits,blastgate-before"
+        )]
         paths: String,
-        /// PostgreSQL: also measure the result-heavy cell with a masking
-        /// rule (the daemon restarted with it).
+        /// PostgreSQL: also measure the result-heavy cells (and one
+        /// selecting an expression of the masked column) with a masking
+        /// rule, on a daemon of its own.
         #[arg(long)]
         masking: bool,
         /// SSH: size of the file scp and ssh move, in MB.
