@@ -341,6 +341,16 @@ fn opaque(command: &str, text: &str) -> Statement {
     }
 }
 
+/// A statement the gateway has no text for (a fast-path call, an Execute
+/// of something prepared outside the protocol): opaque, and whatever it
+/// runs counts as dynamic SQL.
+pub fn unseen(command: &str, text: &str) -> Statement {
+    Statement {
+        dynamic_sql: true,
+        ..opaque(command, text)
+    }
+}
+
 /// The statement's own slice of the query string; offsets are bytes, and a
 /// length of 0 means "to the end" (the last statement without a semicolon).
 fn statement_text<'a>(sql: &'a str, raw: &protobuf::RawStmt) -> &'a str {

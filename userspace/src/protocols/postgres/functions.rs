@@ -17,14 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::BytesMut;
-use pgwire::messages::simplequery::Query;
-use tokio::io::AsyncWriteExt;
-
 use super::{
     classify::Statement,
-    frame::{encode, PgError},
-    mask,
+    frame::PgError,
     settings::PostgresTarget,
     upstream::{self, Upstream},
 };
@@ -208,31 +203,7 @@ impl Functions {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(Vec::new());
         };
-        let mut out = BytesMut::new();
-        encode(&Query::new(sql.to_string()), &mut out)?;
-        conn.writer.write_all(&out).await?;
-        let mut rows = Vec::new();
-        let mut failed = None;
-        loop {
-            let f = tokio::time::timeout(self.timeout, conn.reader.next())
-                .await
-                .map_err(|_| PgError::Upstream("catalog lookup timed out".into()))??;
-            match f.tag {
-                b'D' => rows.push(
-                    mask::row_values(&f)?
-                        .into_iter()
-                        .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                        .collect(),
-                ),
-                b'E' => failed = Some(upstream::error_text(&f)),
-                b'Z' => break,
-                _ => {}
-            }
-        }
-        match failed {
-            Some(e) => Err(PgError::Upstream(e)),
-            None => Ok(rows),
-        }
+        upstream::query_rows(conn, sql, Some(self.timeout)).await
     }
 }
 

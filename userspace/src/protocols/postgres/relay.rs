@@ -848,23 +848,10 @@ impl FromAgent<'_> {
     /// (a SQL PREPARE or DECLARE, or a name SQL redefined): what it runs
     /// is unknown here, so it is decided as an opaque statement.
     async fn execute_unknown(&mut self, frame: &Frame) -> Result<(), PgError> {
-        let statements = Arc::new(vec![Statement {
-            action: ACTION_OPAQUE,
-            command: "EXECUTE".into(),
-            text: "(Execute of a portal or statement prepared outside the protocol)".into(),
-            tables_read: Vec::new(),
-            tables_written: Vec::new(),
-            has_where: false,
-            functions: Vec::new(),
-            copy_program: false,
-            copy_direction: None,
-            dynamic_sql: true,
-            tagged_as: None,
-            operators: Vec::new(),
-            cast_types: Vec::new(),
-            attributes: Vec::new(),
-            prepared_name: None,
-        }]);
+        let statements = Arc::new(vec![super::classify::unseen(
+            "EXECUTE",
+            "(Execute of a portal or statement prepared outside the protocol)",
+        )]);
         match self.check(&statements).await? {
             Verdict::Run(mut admitted) => {
                 let event = admitted.pop().map(|a| a.event);
@@ -1277,23 +1264,10 @@ impl FromAgent<'_> {
             b'F' => {
                 // Fast-path function calls name a function by OID: nothing
                 // to see, so they are opaque statements.
-                let statements = Arc::new(vec![Statement {
-                    action: super::classify::ACTION_OPAQUE,
-                    command: "FUNCTION CALL".into(),
-                    text: "(fast-path function call)".into(),
-                    tables_read: Vec::new(),
-                    tables_written: Vec::new(),
-                    has_where: false,
-                    functions: Vec::new(),
-                    copy_program: false,
-                    copy_direction: None,
-                    dynamic_sql: true,
-                    tagged_as: None,
-                    operators: Vec::new(),
-                    cast_types: Vec::new(),
-                    attributes: Vec::new(),
-                    prepared_name: None,
-                }]);
+                let statements = Arc::new(vec![super::classify::unseen(
+                    "FUNCTION CALL",
+                    "(fast-path function call)",
+                )]);
                 self.simple_unit(&frame, &statements).await?;
             }
             // Flush, COPY data / done / fail: forwarded as they are.
@@ -1451,29 +1425,7 @@ impl<'c> Catalog<'c> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(Vec::new());
         };
-        let mut out = BytesMut::new();
-        encode(&Query::new(sql.to_owned()), &mut out)?;
-        conn.writer.write_all(&out).await?;
-        let mut rows = Vec::new();
-        let mut failed = None;
-        loop {
-            let f = conn.reader.next().await?;
-            match f.tag {
-                b'D' => rows.push(
-                    mask::row_values(&f)?
-                        .into_iter()
-                        .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
-                        .collect(),
-                ),
-                b'E' => failed = Some(upstream::error_text(&f)),
-                b'Z' => break,
-                _ => {}
-            }
-        }
-        match failed {
-            Some(e) => Err(PgError::Upstream(e)),
-            None => Ok(rows),
-        }
+        upstream::query_rows(conn, sql, None).await
     }
 }
 

@@ -58,6 +58,47 @@ pub fn side_params(params: &[(String, String)]) -> Vec<(String, String)> {
     out
 }
 
+/// Runs one simple query on a side connection of blastgate's own: its
+/// rows as text (each read bounded by `timeout` when given), or the
+/// server's error.
+pub async fn query_rows(
+    conn: &mut Upstream,
+    sql: &str,
+    timeout: Option<Duration>,
+) -> Result<Vec<Vec<Option<String>>>, PgError> {
+    let mut out = BytesMut::new();
+    encode(
+        &pgwire::messages::simplequery::Query::new(sql.to_owned()),
+        &mut out,
+    )?;
+    conn.writer.write_all(&out).await?;
+    let mut rows = Vec::new();
+    let mut failed = None;
+    loop {
+        let f = match timeout {
+            Some(t) => tokio::time::timeout(t, conn.reader.next())
+                .await
+                .map_err(|_| PgError::Upstream("catalog lookup timed out".into()))??,
+            None => conn.reader.next().await?,
+        };
+        match f.tag {
+            b'D' => rows.push(
+                super::mask::row_values(&f)?
+                    .into_iter()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                    .collect(),
+            ),
+            b'E' => failed = Some(error_text(&f)),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match failed {
+        Some(e) => Err(PgError::Upstream(e)),
+        None => Ok(rows),
+    }
+}
+
 /// The text of an ErrorResponse, for errors and logs.
 pub fn error_text(frame: &Frame) -> String {
     match decode::<ErrorResponse>(frame, "ErrorResponse") {
