@@ -38,6 +38,10 @@ fn run() -> Result<(), String> {
     let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let dest = out.join("blastgate-ebpf.o");
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    embed_policies(
+        &manifest.join("../policies"),
+        &out.join("builtin_policies.rs"),
+    )?;
     let ebpf = manifest.join("../ebpf");
     for knob in KNOBS {
         println!("cargo:rerun-if-env-changed={knob}");
@@ -67,4 +71,54 @@ fn run() -> Result<(), String> {
     let object = ebpf_build::build(&ebpf.join("programs"))?;
     fs::copy(&object, &dest).map_err(|e| format!("copying {}: {e}", object.display()))?;
     Ok(())
+}
+
+/// The shipped policies (`policies/*.cedar`, the schema, `masking.toml`)
+/// become part of the binary, so a daemon configured without `[policy]`
+/// enforces them instead of allowing everything. Every file in the
+/// directory is taken, so a policy added there cannot be left out.
+fn embed_policies(dir: &std::path::Path, dest: &std::path::Path) -> Result<(), String> {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let listed = |d: &std::path::Path| -> Result<Vec<PathBuf>, String> {
+        Ok(fs::read_dir(d)
+            .map_err(|e| format!("reading {}: {e}", d.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect())
+    };
+    let mut files: Vec<PathBuf> = listed(dir)?
+        .into_iter()
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x == "cedar" || x == "cedarschema")
+                || p.file_name().is_some_and(|n| n == "masking.toml")
+        })
+        .collect();
+    // The golden fixtures go along, so an exported set can be tested.
+    let tests = dir.join("tests");
+    println!("cargo:rerun-if-changed={}", tests.display());
+    files.extend(
+        listed(&tests)?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "toml")),
+    );
+    let mut code = String::from("&[\n");
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+        let name = f
+            .strip_prefix(dir)
+            .ok()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| format!("{}: not a UTF-8 name", f.display()))?;
+        let path = f
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+        code.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            path.display().to_string()
+        ));
+    }
+    code.push_str("]\n");
+    fs::write(dest, code).map_err(|e| format!("writing {}: {e}", dest.display()))
 }

@@ -1,6 +1,8 @@
 //! The daemon's TOML configuration: types, defaults, and validation whose
 //! errors name the file, the line and the problem.
 
+pub mod weakened;
+
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs},
     path::{Path, PathBuf},

@@ -35,6 +35,33 @@ pub struct Options {
 
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
+/// The policies the daemon enforces: the configured directory's, or with
+/// no `[policy]` the ones shipped in the binary. An invalid directory stops
+/// the start: running without the policies an admin wrote is not an option.
+fn load_policies(dir: Option<&std::path::Path>) -> Result<Engine, Error> {
+    let loaded = match dir {
+        Some(dir) => Engine::load(dir),
+        None => Engine::builtin(),
+    };
+    let engine = loaded.map_err(|problems| {
+        let text: Vec<String> = problems.iter().map(|d| d.to_string()).collect();
+        Error::Invalid(format!(
+            "policies {} are invalid:\n{}",
+            dir.map_or_else(
+                || "built into this binary".into(),
+                |d| d.display().to_string()
+            ),
+            text.join("\n")
+        ))
+    })?;
+    let b = engine.current();
+    for w in &b.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(policies = b.meta.len(), from = %engine.origin(), "policies loaded");
+    Ok(engine)
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let config = Config::load(&opts.config_path)?;
     // SAFETY: geteuid has no preconditions.
@@ -45,33 +72,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .into());
     }
     let routes = Routes::build(&config.targets).map_err(Error::Invalid)?;
-    let policy = match &config.policy.dir {
-        Some(dir) => match Engine::load(dir) {
-            Ok(engine) => {
-                let b = engine.current();
-                for w in &b.warnings {
-                    tracing::warn!("{w}");
-                }
-                tracing::info!(policies = b.meta.len(), dir = %dir.display(), "policies loaded");
-                Some(Arc::new(engine))
-            }
-            Err(problems) => {
-                let text: Vec<String> = problems.iter().map(|d| d.to_string()).collect();
-                return Err(Error::Invalid(format!(
-                    "policy directory {} is invalid:\n{}",
-                    dir.display(),
-                    text.join("\n")
-                ))
-                .into());
-            }
-        },
-        None => {
-            tracing::warn!(
-                "no [policy] dir configured: every agent may reach every configured target"
-            );
-            None
-        }
-    };
+    let policy = Arc::new(load_policies(config.policy.dir.as_deref())?);
     let unclosed = recovery::unclosed_sessions(&config.records.spool_dir).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "could not read the previous run's spool");
         Vec::new()
@@ -128,6 +129,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::warn!("degraded: {d}");
     }
 
+    let weakened = crate::config::weakened::list(&config, &policy, &interceptor.degraded);
+    for w in &weakened {
+        tracing::warn!("weakened: {w}");
+    }
+    crate::metrics::get()
+        .weakened_settings
+        .set(i64::try_from(weakened.len()).unwrap_or(i64::MAX));
+
     let hard_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -162,10 +171,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     } else {
         tracing::warn!("no [clickhouse] configured: events stay in the local spool");
     }
-    if let Some(engine) = &policy {
-        if let Err(e) = crate::policy::watch(engine.clone(), recorder.clone(), stop.clone()) {
-            tracing::error!(error = %e, dir = %engine.dir().display(), "cannot watch the policy directory; changes need a restart");
-        }
+    if let Err(e) = crate::policy::watch(policy.clone(), recorder.clone(), stop.clone()) {
+        tracing::error!(error = %e, dir = %policy.origin(), "cannot watch the policy directory; changes need a restart");
     }
     let control_ctx = Arc::new(ControlContext {
         approvals: approvals.clone(),
@@ -185,6 +192,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             targets: config.targets.len(),
             spool_dir: config.records.spool_dir.clone(),
             counters: Vec::new(),
+            policies: policy.origin(),
+            weakened: weakened.clone(),
         },
     });
     tokio::spawn(control::server::serve(

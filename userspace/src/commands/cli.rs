@@ -127,6 +127,10 @@ pub enum PolicyCommand {
     },
     /// Decide one request and show which policies matched and why.
     Explain(Box<ExplainArgs>),
+    /// Write the policies built into this binary (what a daemon without
+    /// `[policy]` enforces) to DIR, a new or empty directory: the starting
+    /// point for a version-controlled policy directory.
+    Export { dir: PathBuf },
     /// Measure decision latency (p50/p99, uncached and cached) on a copy of
     /// DIR with GENERATED extra policies.
     Bench {

@@ -17,6 +17,26 @@ fn policy_dir(dir: Option<PathBuf>, config: Option<&std::path::Path>) -> anyhow:
     Ok(cfg.policy.dir.unwrap_or_else(|| PathBuf::from("policies")))
 }
 
+/// Writes the built-in policy files into `dir`, which must be new or
+/// empty: an export never overwrites an admin's edits.
+fn export(dir: &std::path::Path) -> anyhow::Result<()> {
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "{} is not empty: export into a new directory",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in crate::policy::bundle::builtin_files() {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
+
 /// Loads a bundle, printing every problem; `None` if it has errors.
 fn load(dir: &std::path::Path) -> Option<Bundle> {
     match Bundle::load(dir) {
@@ -78,6 +98,14 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        PolicyCommand::Export { dir } => {
+            export(&dir)?;
+            println!(
+                "{}: the built-in policies; point [policy] dir at it to edit them",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Bench {
             dir,

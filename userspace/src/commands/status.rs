@@ -35,6 +35,15 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                     println!("degraded: {d}");
                 }
             }
+            println!("policies: {}", s.policies);
+            if s.weakened.is_empty() {
+                println!("weakened: nothing (every setting is at its secure default)");
+            } else {
+                println!("weakened ({}):", s.weakened.len());
+                for w in &s.weakened {
+                    println!("  {w}");
+                }
+            }
             println!("labelled processes: {}", s.labelled_processes);
             println!(
                 "agents: {}",

@@ -71,4 +71,10 @@ pub struct Status {
     pub targets: usize,
     pub spool_dir: PathBuf,
     pub counters: Vec<(String, u64)>,
+    /// Where the policies in force come from (a directory, or built in).
+    #[serde(default)]
+    pub policies: String,
+    /// Every setting in force that weakens enforcement.
+    #[serde(default)]
+    pub weakened: Vec<String>,
 }

@@ -36,6 +36,9 @@ pub struct Metrics {
     /// Statements the server completed as something other than what the
     /// PostgreSQL gateway read (each one ended its session).
     pub sql_differentials: Counter,
+    /// Settings in force that weaken enforcement (`blastgate status` names
+    /// them): alert on anything above zero.
+    pub weakened_settings: Gauge,
 }
 
 impl Metrics {
@@ -52,6 +55,7 @@ impl Metrics {
             sessions_open: Gauge::default(),
             decisions: Family::default(),
             sql_differentials: Counter::default(),
+            weakened_settings: Gauge::default(),
         };
         registry.register(
             "spool_bytes",
@@ -97,6 +101,11 @@ impl Metrics {
             "sql_differentials",
             "Statements the server ran as another command than the gateway read; each ended its session",
             m.sql_differentials.clone(),
+        );
+        registry.register(
+            "weakened_settings",
+            "Settings in force that weaken enforcement; `blastgate status` lists them",
+            m.weakened_settings.clone(),
         );
         Metrics { registry, ..m }
     }

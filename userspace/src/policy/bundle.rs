@@ -67,19 +67,104 @@ fn err(file: &Path, message: impl Into<String>) -> Diagnostic {
     }
 }
 
+/// The text a bundle is built from: a policy directory on disk, or the
+/// policies built into the binary (what a daemon with no `[policy]`
+/// enforces). Read errors are kept, to be reported with the rest.
+pub struct Sources {
+    /// The directory, or a label naming the built-in set.
+    pub origin: PathBuf,
+    schema: Result<String, String>,
+    policies: Vec<(PathBuf, Result<String, String>)>,
+    masking: Option<Result<String, String>>,
+}
+
+/// `policies/*.cedar`, the schema and `masking.toml` by file name, as
+/// they were when this binary was built (see build.rs).
+const BUILTIN_FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/builtin_policies.rs"));
+
+/// The built-in policy files: (file name, text).
+pub fn builtin_files() -> &'static [(&'static str, &'static str)] {
+    BUILTIN_FILES
+}
+
+/// Where the built-in set says it comes from in diagnostics and status.
+pub const BUILTIN_ORIGIN: &str = "<built-in policies>";
+
+impl Sources {
+    /// Every `*.cedar` file of `dir`, its schema and its `masking.toml`.
+    pub fn read(dir: &Path) -> Result<Sources, Vec<Diagnostic>> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(d) => d
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+                .collect(),
+            Err(e) => {
+                return Err(vec![err(
+                    dir,
+                    format!("cannot read the policy directory: {e}"),
+                )])
+            }
+        };
+        files.sort();
+        let masking_path = dir.join(super::masking::MASKING_FILE);
+        let masking = match std::fs::read_to_string(&masking_path) {
+            Ok(t) => Some(Ok(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(e.to_string())),
+        };
+        Ok(Sources {
+            origin: dir.to_path_buf(),
+            schema: read(&dir.join(SCHEMA_FILE)),
+            policies: files.into_iter().map(|f| (f.clone(), read(&f))).collect(),
+            masking,
+        })
+    }
+
+    /// The policies shipped in `policies/`, compiled into this binary.
+    pub fn builtin() -> Sources {
+        const FILES: &[(&str, &str)] = BUILTIN_FILES;
+        let origin = PathBuf::from(BUILTIN_ORIGIN);
+        let named = |n: &str| {
+            FILES
+                .iter()
+                .find(|(f, _)| *f == n)
+                .map(|(_, t)| t.to_string())
+        };
+        Sources {
+            schema: named(SCHEMA_FILE).ok_or_else(|| "not built in".to_string()),
+            policies: FILES
+                .iter()
+                .filter(|(n, _)| n.ends_with(".cedar"))
+                .map(|(n, t)| (origin.join(n), Ok(t.to_string())))
+                .collect(),
+            masking: named(super::masking::MASKING_FILE).map(Ok),
+            origin,
+        }
+    }
+}
+
 impl Bundle {
     /// Loads `dir`; on failure returns every problem found (errors first).
     pub fn load(dir: &Path) -> Result<Bundle, Vec<Diagnostic>> {
+        Bundle::build(Sources::read(dir)?)
+    }
+
+    /// Builds and validates a bundle from its text; on failure returns
+    /// every problem found (errors first).
+    pub fn build(sources: Sources) -> Result<Bundle, Vec<Diagnostic>> {
+        let dir = sources.origin.as_path();
         let mut problems = Vec::new();
         let schema_path = dir.join(SCHEMA_FILE);
-        let schema = match std::fs::read_to_string(&schema_path) {
-            Ok(text) => match Schema::from_cedarschema_str(&text) {
+        let schema = match &sources.schema {
+            Ok(text) => match Schema::from_cedarschema_str(text) {
                 Ok((schema, _warnings)) => Some(schema),
                 Err(e) => {
                     problems.push(from_miette(
                         Severity::Error,
                         schema_path.clone(),
-                        &text,
+                        text,
                         &e,
                         e.to_string(),
                     ));
@@ -91,29 +176,16 @@ impl Bundle {
                 None
             }
         };
-
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(d) => d
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
-                .collect(),
-            Err(e) => {
-                problems.push(err(dir, format!("cannot read the policy directory: {e}")));
-                return Err(problems);
-            }
-        };
-        files.sort();
-        if files.is_empty() {
+        if sources.policies.is_empty() {
             problems.push(err(dir, "no *.cedar policy files"));
         }
 
         let mut all = PolicySet::new();
         let mut meta: HashMap<String, PolicyMeta> = HashMap::new();
         let mut texts: HashMap<PathBuf, String> = HashMap::new();
-        for file in &files {
-            let text = match std::fs::read_to_string(file) {
-                Ok(t) => t,
+        for (file, text) in &sources.policies {
+            let text = match text {
+                Ok(t) => t.clone(),
                 Err(e) => {
                     problems.push(err(file, format!("cannot read: {e}")));
                     continue;
@@ -224,7 +296,13 @@ impl Bundle {
             }
         }
 
-        let masking = match super::masking::Masking::load(dir) {
+        let masking_path = dir.join(super::masking::MASKING_FILE);
+        let masking = match &sources.masking {
+            None => Ok(super::masking::Masking::default()),
+            Some(Ok(text)) => super::masking::Masking::parse(&masking_path, text),
+            Some(Err(e)) => Err(vec![err(&masking_path, format!("cannot read: {e}"))]),
+        };
+        let masking = match masking {
             Ok(m) => Some(m),
             Err(p) => {
                 problems.extend(p);

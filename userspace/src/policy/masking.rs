@@ -345,21 +345,31 @@ fn iban_ok(m: &str) -> bool {
 }
 
 impl Masking {
+    /// No rule at all: nothing is ever masked.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.detectors.is_empty()
+    }
+
     /// Loads `dir/masking.toml`; no file means no masking.
     pub fn load(dir: &Path) -> Result<Masking, Vec<Diagnostic>> {
         let path = dir.join(MASKING_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Masking::default()),
-            Err(e) => return Err(vec![problem(&path, 0, 0, format!("cannot read: {e}"))]),
-        };
-        let file: MaskingFile = toml::from_str(&text).map_err(|e| {
-            let (l, c) = e.span().map_or((1, 1), |s| line_col(&text, s.start));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Masking::parse(&path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Masking::default()),
+            Err(e) => Err(vec![problem(&path, 0, 0, format!("cannot read: {e}"))]),
+        }
+    }
+
+    /// Compiles the text of a `masking.toml`; `path` names it in problems.
+    pub fn parse(path: &Path, text: &str) -> Result<Masking, Vec<Diagnostic>> {
+        let path = path.to_path_buf();
+        let file: MaskingFile = toml::from_str(text).map_err(|e| {
+            let (l, c) = e.span().map_or((1, 1), |s| line_col(text, s.start));
             vec![problem(&path, l, c, e.message().to_string())]
         })?;
         let mut problems = Vec::new();
         // Positions for errors found after parsing: the rule's id line.
-        let at = |needle: &str| text.find(needle).map_or((1, 1), |o| line_col(&text, o));
+        let at = |needle: &str| text.find(needle).map_or((1, 1), |o| line_col(text, o));
         let mut fields = Vec::new();
         for f in file.field {
             let (l, c) = at(&format!("\"{}\"", f.id));

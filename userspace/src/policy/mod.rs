@@ -33,7 +33,8 @@ pub use reload::watch;
 /// The bundle in force. Readers take an `Arc` of it for the whole request,
 /// so a reload never changes the policies under a request in flight.
 pub struct Engine {
-    dir: PathBuf,
+    /// The watched directory; `None` for the built-in policies.
+    dir: Option<PathBuf>,
     current: RwLock<Arc<Bundle>>,
 }
 
@@ -41,13 +42,33 @@ impl Engine {
     pub fn load(dir: &Path) -> Result<Engine, Vec<Diagnostic>> {
         let bundle = Bundle::load(dir)?;
         Ok(Engine {
-            dir: dir.to_path_buf(),
+            dir: Some(dir.to_path_buf()),
             current: RwLock::new(Arc::new(bundle)),
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The policies shipped in `policies/`, compiled into the binary: what
+    /// a daemon without `[policy]` enforces, so that leaving the section
+    /// out never means "allow everything".
+    pub fn builtin() -> Result<Engine, Vec<Diagnostic>> {
+        let bundle = Bundle::build(bundle::Sources::builtin())?;
+        Ok(Engine {
+            dir: None,
+            current: RwLock::new(Arc::new(bundle)),
+        })
+    }
+
+    /// The directory policies are loaded from; `None` when built in.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Where the policies in force come from, for logs and status.
+    pub fn origin(&self) -> String {
+        match &self.dir {
+            Some(d) => d.display().to_string(),
+            None => bundle::BUILTIN_ORIGIN.to_string(),
+        }
     }
 
     pub fn current(&self) -> Arc<Bundle> {
@@ -59,7 +80,10 @@ impl Engine {
 
     /// Loads the directory again; swaps only if the whole set is valid.
     pub fn reload(&self) -> Result<usize, Vec<Diagnostic>> {
-        let bundle = Bundle::load(&self.dir)?;
+        let Some(dir) = &self.dir else {
+            return Ok(self.current().meta.len());
+        };
+        let bundle = Bundle::load(dir)?;
         let n = bundle.meta.len();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(bundle);
         Ok(n)

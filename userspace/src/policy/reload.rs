@@ -1,7 +1,7 @@
 //! Hot reload: watch the policy directory and swap in a new bundle when a
 //! change validates; keep the last good one (and say why) when it does not.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
@@ -14,12 +14,16 @@ use crate::records::{Event, EventKind, Recorder, Verdict};
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// Watches `engine.dir()` until `stop`; every settled change is a reload
-/// attempt, recorded as `policy_reloaded` or `policy_rejected`.
+/// attempt, recorded as `policy_reloaded` or `policy_rejected`. The
+/// built-in policies have nothing to watch.
 pub fn watch(
     engine: Arc<Engine>,
     recorder: Recorder,
     stop: CancellationToken,
 ) -> notify::Result<()> {
+    let Some(dir) = engine.dir().map(Path::to_path_buf) else {
+        return Ok(());
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(e) = res {
@@ -28,7 +32,7 @@ pub fn watch(
             }
         }
     })?;
-    watcher.watch(engine.dir(), RecursiveMode::Recursive)?;
+    watcher.watch(&dir, RecursiveMode::Recursive)?;
     tokio::spawn(async move {
         // Owned by the task: dropping it stops the watch.
         let _watcher = watcher;
@@ -49,17 +53,17 @@ pub fn watch(
             let result = tokio::task::spawn_blocking(move || e.reload()).await;
             let event = match result {
                 Ok(Ok(n)) => {
-                    tracing::info!(policies = n, dir = %engine.dir().display(), "policies reloaded");
+                    tracing::info!(policies = n, dir = %dir.display(), "policies reloaded");
                     Event::daemon(
                         EventKind::PolicyReloaded,
                         Verdict::Allow,
-                        format!("{n} policies loaded from {}", engine.dir().display()),
+                        format!("{n} policies loaded from {}", dir.display()),
                     )
                 }
                 Ok(Err(problems)) => {
                     let text: Vec<String> = problems.iter().map(|d| d.to_string()).collect();
                     tracing::error!(
-                        dir = %engine.dir().display(),
+                        dir = %dir.display(),
                         "policy change rejected; the previous policies stay in force:\n{}",
                         text.join("\n")
                     );

@@ -56,6 +56,33 @@ fn the_shipped_set_loads_and_its_fixtures_pass_and_cover_every_policy() {
     assert!(report.passed >= 16);
 }
 
+/// The set built into the binary is the shipped directory, whole: the
+/// same policies, the same masking rules, and its fixtures pass on it.
+#[test]
+fn the_built_in_set_is_the_shipped_directory() {
+    let dir = Bundle::load(&shipped()).unwrap();
+    let builtin = Bundle::build(super::bundle::Sources::builtin()).unwrap_or_else(|p| {
+        panic!("{p:?}");
+    });
+    let mut a: Vec<&String> = dir.meta.keys().collect();
+    let mut b: Vec<&String> = builtin.meta.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    for (id, m) in &dir.meta {
+        let bm = &builtin.meta[id];
+        assert_eq!(
+            (m.effect, &m.approval, m.line),
+            (bm.effect, &bm.approval, bm.line),
+            "{id}"
+        );
+    }
+    assert_eq!(dir.all.to_string(), builtin.all.to_string());
+    assert!(!builtin.masking.is_empty());
+    let report = super::fixtures::run(&builtin, &shipped());
+    assert!(report.ok(), "{report:?}");
+}
+
 #[test]
 fn syntax_errors_name_file_line_and_column() {
     let (_t, p) = broken(

@@ -86,8 +86,9 @@ impl Gateway {
     /// The masking this session gets, fixed for its life; None when no
     /// rule applies.
     pub fn mask_plan(&self) -> Option<MaskPlan> {
-        let engine = self.ctx.policy.as_ref()?;
-        let plan = engine
+        let plan = self
+            .ctx
+            .policy
             .current()
             .masking
             .plan(self.agent_name(), &self.target.name);
@@ -97,7 +98,7 @@ impl Gateway {
     /// Policy for one action of this session; see [`decide`].
     pub fn decide(&self, action: &str, context: &Value) -> Decision {
         decide(
-            self.ctx.policy.as_deref(),
+            &self.ctx.policy,
             self.session.caller.as_ref(),
             &self.target.attrs,
             action,
@@ -108,10 +109,7 @@ impl Gateway {
     /// The policy generation in force: a gateway that decided under one
     /// re-decides when it changed (prepared statements, long sessions).
     pub fn policy_generation(&self) -> usize {
-        self.ctx
-            .policy
-            .as_ref()
-            .map_or(0, |e| Arc::as_ptr(&e.current()) as usize)
+        Arc::as_ptr(&self.ctx.policy.current()) as usize
     }
 
     /// Applies a decision: allow, refuse, or hold for a human first.
@@ -210,22 +208,12 @@ impl Gateway {
 /// policy engine everything is allowed (the daemon warned at start); a
 /// request the engine cannot evaluate is refused (fail closed).
 pub fn decide(
-    engine: Option<&Engine>,
+    engine: &Engine,
     caller: Option<&Caller>,
     target: &TargetAttrs,
     action: &str,
     context: &Value,
 ) -> Decision {
-    let Some(engine) = engine else {
-        return Decision {
-            verdict: PolicyVerdict::Allow,
-            policy_id: None,
-            reason: "no policy engine configured".into(),
-            approval: None,
-            matched: Vec::new(),
-            if_approved: Vec::new(),
-        };
-    };
     let agent = caller.map(agent_attrs).unwrap_or_default();
     engine
         .current()

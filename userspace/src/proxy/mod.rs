@@ -32,9 +32,9 @@ pub struct ProxyContext {
     /// Cancelled when in-flight sessions must be cut (after the grace period).
     pub hard_stop: CancellationToken,
     pub processes: ProcessCache,
-    /// `None` when no policy directory is configured: every configured
-    /// target is open to every agent.
-    pub policy: Option<Arc<Engine>>,
+    /// The policies in force: a directory's, or the built-in ones. There
+    /// is no "no policy" state, so nothing is allowed by omission.
+    pub policy: Arc<Engine>,
     /// Certificates for agents that ask gateways for TLS; `None` when no
     /// target needs them.
     pub tls: Option<Arc<crate::tls::LeafCache>>,

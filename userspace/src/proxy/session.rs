@@ -173,74 +173,72 @@ async fn drive(
     session.target = Some(target.name.clone());
     session.protocol = Some(target.protocol.as_str());
     let mut opened = session.event(EventKind::SessionOpened, Verdict::Allow, None);
-    if let Some(engine) = &ctx.policy {
-        let decision = crate::protocols::gateway::decide(
-            Some(engine),
-            session.caller.as_ref(),
-            &target.attrs,
-            "connect",
-            &serde_json::Value::Null,
-        );
-        opened.action = Some("connect".into());
-        opened.policy_id = decision.policy_id.clone();
-        opened.reason = Some(decision.reason.clone());
-        if decision.verdict == PolicyVerdict::Hold && target.enforce {
-            let request = ApprovalRequest {
-                id: Uuid::now_v7(),
-                created: SystemTime::now(),
-                session_id: session.id,
-                agent: session
-                    .caller
-                    .as_ref()
-                    .map(|c| c.agent.clone())
-                    .unwrap_or_default(),
-                pid: session.caller.as_ref().map_or(0, |c| c.pid),
-                target: target.name.clone(),
-                action: "connect".into(),
-                text: format!("connect to {orig}"),
-                policy_id: decision.policy_id.clone(),
-                group: decision.approval.clone().unwrap_or_default(),
-                reason: decision.reason.clone(),
-            };
-            // The agent's connect() has completed; it waits for data while
-            // a human decides. Cut short by shutdown like any session.
-            let outcome = tokio::select! {
-                o = ctx.approvals.hold(request) => o,
-                _ = ctx.hard_stop.cancelled() => crate::approvals::Outcome::Withdrawn,
-            };
-            let said = outcome.describe(ctx.approvals.timeout());
-            if outcome.approved() {
-                opened.reason = Some(format!("{}; {said}", decision.reason));
-            } else {
-                let mut denied = opened;
-                denied.kind = EventKind::SessionDenied;
-                denied.verdict = Verdict::Deny;
-                denied.reason = Some(format!("held for approval: {said}"));
-                deny(&ctx, conn, denied).await;
-                return;
-            }
-        } else if decision.verdict != PolicyVerdict::Allow {
-            if target.enforce {
-                let mut denied = opened;
-                denied.kind = EventKind::SessionDenied;
-                denied.verdict = if decision.verdict == PolicyVerdict::Error {
-                    Verdict::Error
-                } else {
-                    Verdict::Deny
-                };
-                tracing::info!(policy = ?denied.policy_id, "connection denied by policy");
-                deny(&ctx, conn, denied).await;
-                return;
-            }
-            // Shadow mode: record what would have happened, let it through.
-            opened.shadow = true;
-            opened.reason = Some(format!(
-                "shadow: would be {:?} by {}: {}",
-                decision.verdict,
-                decision.policy_id.as_deref().unwrap_or("default deny"),
-                decision.reason
-            ));
+    let decision = crate::protocols::gateway::decide(
+        &ctx.policy,
+        session.caller.as_ref(),
+        &target.attrs,
+        "connect",
+        &serde_json::Value::Null,
+    );
+    opened.action = Some("connect".into());
+    opened.policy_id = decision.policy_id.clone();
+    opened.reason = Some(decision.reason.clone());
+    if decision.verdict == PolicyVerdict::Hold && target.enforce {
+        let request = ApprovalRequest {
+            id: Uuid::now_v7(),
+            created: SystemTime::now(),
+            session_id: session.id,
+            agent: session
+                .caller
+                .as_ref()
+                .map(|c| c.agent.clone())
+                .unwrap_or_default(),
+            pid: session.caller.as_ref().map_or(0, |c| c.pid),
+            target: target.name.clone(),
+            action: "connect".into(),
+            text: format!("connect to {orig}"),
+            policy_id: decision.policy_id.clone(),
+            group: decision.approval.clone().unwrap_or_default(),
+            reason: decision.reason.clone(),
+        };
+        // The agent's connect() has completed; it waits for data while
+        // a human decides. Cut short by shutdown like any session.
+        let outcome = tokio::select! {
+            o = ctx.approvals.hold(request) => o,
+            _ = ctx.hard_stop.cancelled() => crate::approvals::Outcome::Withdrawn,
+        };
+        let said = outcome.describe(ctx.approvals.timeout());
+        if outcome.approved() {
+            opened.reason = Some(format!("{}; {said}", decision.reason));
+        } else {
+            let mut denied = opened;
+            denied.kind = EventKind::SessionDenied;
+            denied.verdict = Verdict::Deny;
+            denied.reason = Some(format!("held for approval: {said}"));
+            deny(&ctx, conn, denied).await;
+            return;
         }
+    } else if decision.verdict != PolicyVerdict::Allow {
+        if target.enforce {
+            let mut denied = opened;
+            denied.kind = EventKind::SessionDenied;
+            denied.verdict = if decision.verdict == PolicyVerdict::Error {
+                Verdict::Error
+            } else {
+                Verdict::Deny
+            };
+            tracing::info!(policy = ?denied.policy_id, "connection denied by policy");
+            deny(&ctx, conn, denied).await;
+            return;
+        }
+        // Shadow mode: record what would have happened, let it through.
+        opened.shadow = true;
+        opened.reason = Some(format!(
+            "shadow: would be {:?} by {}: {}",
+            decision.verdict,
+            decision.policy_id.as_deref().unwrap_or("default deny"),
+            decision.reason
+        ));
     }
     record(&ctx, opened).await;
     tracing::debug!(target = %target.name, "session opened");

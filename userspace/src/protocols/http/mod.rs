@@ -33,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-pub use settings::HttpTarget;
+pub use settings::{HttpTarget, Oversize};
 
 use crate::{protocols::gateway::Gateway, proxy::session::SessionError};
 

@@ -1,0 +1,91 @@
+//! Every setting in force that makes blastgate enforce less than its
+//! defaults, in words an operator can act on. `blastgate status` prints
+//! the list and `/metrics` counts it, so a weakened host is visible without
+//! reading the config: the defaults are the secure choice, and anything
+//! else must be seen.
+
+use std::collections::BTreeSet;
+
+use super::{Config, Protocol};
+use crate::{
+    policy::Engine,
+    protocols::{http::Oversize, postgres::UpstreamTls},
+};
+
+/// Policy ids the shipped set has and the policies in force lack: a
+/// directory that leaves out a shipped rule enforces less than no
+/// `[policy]` at all.
+fn missing_shipped_rules(engine: &Engine) -> Vec<String> {
+    if engine.dir().is_none() {
+        return Vec::new();
+    }
+    let Ok(shipped) = Engine::builtin() else {
+        return Vec::new();
+    };
+    let shipped: BTreeSet<String> = shipped.current().meta.keys().cloned().collect();
+    let current = engine.current();
+    shipped
+        .into_iter()
+        .filter(|id| !current.meta.contains_key(id))
+        .collect()
+}
+
+/// The weakening settings of `config` (with `engine` in force and the
+/// kernel protections the loader could not attach), one line each.
+pub fn list(config: &Config, engine: &Engine, degraded: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in degraded {
+        out.push(format!("kernel: {d}"));
+    }
+    let missing = missing_shipped_rules(engine);
+    if !missing.is_empty() {
+        out.push(format!(
+            "policy: {} lacks shipped rules {}",
+            engine.origin(),
+            missing.join(", ")
+        ));
+    }
+    if engine.current().masking.is_empty() {
+        out.push(format!(
+            "policy: {} has no masking rules (masking.toml): agents read every value",
+            engine.origin()
+        ));
+    }
+    let e = &config.enrol;
+    if e.uids.is_empty() && e.cgroups.is_empty() && e.exes.is_empty() {
+        out.push("enrol: no rules: only processes started with `blastgate run` are guarded".into());
+    }
+    for t in &config.targets {
+        let name = &t.name;
+        if !t.enforce {
+            out.push(format!(
+                "target {name}: enforce = false (shadow mode: decisions are recorded, not applied)"
+            ));
+        }
+        if t.protocol == Protocol::Tcp {
+            out.push(format!(
+                "target {name}: protocol = \"tcp\": only the connection is decided, not what is sent on it"
+            ));
+        }
+        if let Some(h) = &t.http {
+            if h.oversize == Oversize::Pass {
+                out.push(format!(
+                    "target {name}: oversize = \"pass\": responses over max_inspect_bytes reach agents unmasked"
+                ));
+            }
+            if h.upstream_tls == Some(false) && t.protocol == Protocol::Https {
+                out.push(format!(
+                    "target {name}: upstream_tls = false: requests agents send over TLS go upstream in clear text"
+                ));
+            }
+        }
+        if let Some(p) = &t.postgres {
+            if p.tls == UpstreamTls::Require {
+                out.push(format!(
+                    "target {name}: tls = \"require\": the server's certificate is not verified"
+                ));
+            }
+        }
+    }
+    out
+}
