@@ -16,7 +16,7 @@ use harness::{sshd::output_within, *};
 /// email for masking; `/stream` sends lines 300 ms apart, one with a
 /// bearer token in it; `Upgrade: echo` switches to a line echo.
 const SERVER: &str = r#"
-import hashlib, json, ssl, sys, time
+import base64, gzip, hashlib, html, json, ssl, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class H(BaseHTTPRequestHandler):
@@ -40,6 +40,45 @@ class H(BaseHTTPRequestHandler):
             return
         n = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(n).decode() if n else ""
+        if self.path.startswith("/debug/"):
+            # Request inspectors: the request head as received (with the
+            # credential blastgate injected), in bodies masking never reads.
+            head = (self.requestline + "\r\n" + str(self.headers)).encode()
+            kind = self.path.split("/")[2].split("?")[0]
+            ctype, extra, out = "application/octet-stream", [], head
+            if kind == "raw":
+                out = b"\x00\x01binary\xff" + head
+            elif kind == "html":
+                ctype, out = "text/html", b"<pre>" + html.escape(head.decode()).encode() + b"</pre>"
+            elif kind.startswith("base64-"):
+                out = base64.b64encode(b"x" * int(kind[7:]) + head)
+            elif kind == "hex":
+                out = head.hex().encode()
+            elif kind == "gzip":
+                ctype, extra, out = "text/plain", [("content-encoding", "gzip")], gzip.compress(head)
+            elif kind == "unknown-coding":
+                extra = [("content-encoding", "x-scramble")]
+            elif kind == "header":
+                extra, out = [("x-echo-authorization", self.headers.get("authorization") or "")], b"see headers"
+            if kind == "split":
+                # One byte per chunk, so the credential spans many chunks.
+                self.send_response(200)
+                self.send_header("content-type", "application/octet-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                for b in head:
+                    self.wfile.write(b"1\r\n%s\r\n" % bytes([b]))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            self.send_response(200)
+            self.send_header("content-type", ctype)
+            for k, v in extra:
+                self.send_header(k, v)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         if self.path == "/stream":
             self.send_response(200)
             self.send_header("content-type", "text/plain")
@@ -66,7 +105,15 @@ class H(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(out)))
         self.end_headers()
         self.wfile.write(out)
-    do_GET = do_POST = do_DELETE = do_PUT = answer
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = answer
+    def do_TRACE(self):
+        # What TRACE is for: the request, echoed as received.
+        head = (self.requestline + "\r\n" + str(self.headers)).encode()
+        self.send_response(200)
+        self.send_header("content-type", "message/http")
+        self.send_header("content-length", str(len(head)))
+        self.end_headers()
+        self.wfile.write(head)
 
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[3], sys.argv[4])
@@ -664,4 +711,160 @@ fn ca_install_trusts_the_gateway_host_wide_and_uninstall_undoes_it() {
     }
     assert!(!trusted(), "ca uninstall left the CA trusted");
     assert_eq!(bare_curl().status.code(), Some(60));
+}
+
+/// Every form of the injected credential an echo could hand back: as
+/// sent, the token alone, base64 at each alignment, hex.
+fn credential_forms() -> Vec<String> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for s in [format!("Bearer {TOKEN}"), TOKEN.to_string()] {
+        for align in 0..3usize {
+            let mut padded = vec![b'x'; align];
+            padded.extend_from_slice(s.as_bytes());
+            let text = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&padded);
+            let first = (align * 8).div_ceil(6);
+            let last = ((align + s.len()) * 8) / 6;
+            out.push(text[first..last].to_string());
+        }
+        out.push(s.bytes().map(|b| format!("{b:02x}")).collect());
+        out.push(s);
+    }
+    out
+}
+
+fn assert_no_credential(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    for form in credential_forms() {
+        assert!(
+            !text.contains(&form),
+            "{what}: the injected credential reached the agent as {form:?}:\n{text}"
+        );
+    }
+}
+
+/// An upstream that echoes requests hands the agent the credential
+/// blastgate injected, in bodies masking never reads (binary, HTML,
+/// base64, hex, gzip, chunk by chunk) and in headers. Every byte to the
+/// agent is checked instead; the rest of each answer arrives intact.
+#[test]
+fn an_echoed_credential_never_reaches_the_agent() {
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    for kind in [
+        "raw", "html", "base64-0", "base64-1", "base64-2", "hex", "gzip", "split", "header",
+    ] {
+        for flag in ["--http1.1", "--http2"] {
+            let out = s.curl(&[
+                flag,
+                "-i",
+                "--compressed",
+                &s.url(&format!("/debug/{kind}")),
+            ]);
+            assert!(out.status.success(), "{kind}: {}", text(&out));
+            assert_no_credential(kind, &out.stdout);
+            let shown = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(shown.contains(" 200"), "{kind} {flag}: {shown}");
+            if kind == "raw" || kind == "html" || kind == "split" || kind == "gzip" {
+                // The echo is there, with the credential blanked in place
+                // (by the guard, or first by the value detectors for text).
+                assert!(shown.contains("GET /debug/"), "{kind}: {shown}");
+                assert!(shown.contains("authorization: ****"), "{kind}: {shown}");
+            }
+        }
+    }
+    // A coding blastgate cannot unpack cannot be checked: refused.
+    let out = s.curl(&["-i", &s.url("/debug/unknown-coding")]);
+    assert_no_credential("unknown coding", &out.stdout);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" 502"),
+        "{}",
+        text(&out)
+    );
+    s.env.wait_event("an echo blanked and recorded", |e| {
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("echoed the injected credential"))
+    });
+    // The upstream did get the credential each time.
+    let out = s.curl(&[&s.url("/v1/plain")]);
+    assert_eq!(json(&out)["authorization_sha256"], injected());
+}
+
+/// TRACE echoes the request, injected credential and all: refused before
+/// it leaves. Method overrides are decided as the method they ask for:
+/// POST + X-HTTP-Method-Override: DELETE is a DELETE to policy.
+#[test]
+fn trace_is_refused_and_method_overrides_are_decided_as_asked() {
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    let out = s.curl(&["-i", "-X", "TRACE", &s.url("/v1/invoices")]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.contains(" 405"), "TRACE was carried: {shown}");
+    assert_no_credential("TRACE", &out.stdout);
+
+    let status = |args: &[&str]| -> String {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        String::from_utf8_lossy(&s.curl(&all).stdout)
+            .trim()
+            .to_string()
+    };
+    // billing-no-invoice-delete refuses DELETE /v1/invoices*, however asked.
+    let url = s.url("/v1/invoices/7");
+    assert_eq!(status(&["-X", "DELETE", &url]), "403");
+    for header in [
+        "X-HTTP-Method-Override: DELETE",
+        "X-HTTP-Method: delete",
+        "X-Method-Override: Delete",
+    ] {
+        assert_eq!(
+            status(&["-X", "POST", "-H", header, &url]),
+            "403",
+            "{header}"
+        );
+    }
+    assert_eq!(
+        status(&["-X", "POST", &s.url("/v1/invoices/7?_method=DELETE")]),
+        "403"
+    );
+    assert_eq!(
+        status(&["-X", "POST", "--data", "amount=1&_method=DELETE", &url]),
+        "403",
+        "a form field"
+    );
+    assert_eq!(
+        status(&["-X", "POST", "-F", "_method=DELETE", "-F", "a=b", &url]),
+        "400",
+        "a multipart _method part is refused"
+    );
+    // Two different answers to "which method": refused.
+    assert_eq!(
+        status(&[
+            "-X",
+            "POST",
+            "-H",
+            "X-HTTP-Method-Override: GET",
+            "--data",
+            "_method=DELETE",
+            &url
+        ]),
+        "400"
+    );
+    // Look-alikes run: a POST, a form without _method, an override to a
+    // method policy allows, a multipart upload.
+    assert_eq!(status(&["-X", "POST", "--data", "amount=1", &url]), "200");
+    assert_eq!(
+        status(&["-X", "POST", "-H", "X-HTTP-Method-Override: PUT", &url]),
+        "200"
+    );
+    assert_eq!(
+        status(&["-X", "POST", "-F", "file=@/etc/hostname", &url]),
+        "200"
+    );
+    assert_eq!(status(&["-H", "X-Method: DELETE", &url]), "200");
+    let denied = s.env.wait_event("the override decided as DELETE", |e| {
+        e["action"] == "http:DELETE" && e["policy_id"] == "billing-no-invoice-delete"
+    });
+    assert_eq!(denied["verdict"], "deny");
 }

@@ -39,6 +39,8 @@ pub struct Metrics {
     /// Settings in force that weaken enforcement (`blastgate status` names
     /// them): alert on anything above zero.
     pub weakened_settings: Gauge,
+    /// Injected credentials an upstream sent back, blanked before the agent.
+    pub credential_echoes: Counter,
 }
 
 impl Metrics {
@@ -56,6 +58,7 @@ impl Metrics {
             decisions: Family::default(),
             sql_differentials: Counter::default(),
             weakened_settings: Gauge::default(),
+            credential_echoes: Counter::default(),
         };
         registry.register(
             "spool_bytes",
@@ -106,6 +109,11 @@ impl Metrics {
             "weakened_settings",
             "Settings in force that weaken enforcement; `blastgate status` lists them",
             m.weakened_settings.clone(),
+        );
+        registry.register(
+            "credential_echoes",
+            "Injected credentials an upstream sent back in a response, blanked before the agent saw them",
+            m.credential_echoes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -33,6 +33,8 @@ use crate::policy::masking::MaskPlan;
 #[derive(Default)]
 pub struct Tally {
     pub fields: AtomicU64,
+    /// Occurrences of the injected credential blanked on the way out.
+    pub credential_echoes: AtomicU64,
     /// Why the stream was cut short or masked less carefully, if it was.
     pub note: Mutex<Option<String>>,
 }

@@ -25,7 +25,9 @@ pub enum Outcome {
     },
 }
 
-pub fn is_json(headers: &HeaderMap) -> bool {
+/// The media type of a Content-Type, as servers read it: what comes
+/// before any `;` parameter, trimmed, lower-case.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -36,7 +38,10 @@ pub fn is_json(headers: &HeaderMap) -> bool {
                 .trim()
                 .to_ascii_lowercase()
         })
-        .is_some_and(|t| t == "application/json" || t.ends_with("+json"))
+}
+
+pub fn is_json(headers: &HeaderMap) -> bool {
+    media_type(headers).is_some_and(|t| t == "application/json" || t.ends_with("+json"))
 }
 
 /// What to ask the upstream for when responses may need masking: gzip only

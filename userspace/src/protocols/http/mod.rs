@@ -12,13 +12,17 @@
 //! - [`refusal`]: the 403/421/502 answers, as JSON or a Kubernetes Status.
 //! - [`recorded`]: the response body that writes the request's record.
 //! - [`mask`]: JSON bodies masked, gzip handled.
+//! - [`echo`]: the injected credential blanked in everything going back.
+//! - [`method_override`]: `X-HTTP-Method-Override` and kin, decided too.
 //! - [`k8s`]: Kubernetes verbs and resources from method and path.
 //! - [`settings`]: the `[targets.http]` section.
 
+mod echo;
 mod excerpt;
 pub mod k8s;
 mod lines;
 mod mask;
+mod method_override;
 mod recorded;
 mod refusal;
 mod request;
@@ -60,6 +64,7 @@ pub async fn serve(conn: TcpStream, gw: Gateway, tls: bool) -> Result<(), Sessio
             client,
             sni: None,
             upstream_tls,
+            guard: Default::default(),
         });
         return serve_http(TokioIo::new(conn), state).await;
     }
@@ -95,6 +100,7 @@ pub async fn serve(conn: TcpStream, gw: Gateway, tls: bool) -> Result<(), Sessio
         client,
         sni,
         upstream_tls,
+        guard: Default::default(),
     });
     serve_http(TokioIo::new(stream), state).await
 }

@@ -92,6 +92,17 @@ impl Drop for Recorded {
             event.masked_fields = Some(fields);
             self.gw.masked(fields);
         }
+        let echoes = self.tally.credential_echoes.load(Ordering::Relaxed);
+        if echoes > 0 {
+            crate::metrics::get().credential_echoes.inc_by(echoes);
+            let what = format!(
+                "the upstream echoed the injected credential: {echoes} occurrence(s) blanked before the agent"
+            );
+            event.reason = Some(match event.reason.take() {
+                Some(r) if !r.is_empty() => format!("{r}; {what}"),
+                _ => what,
+            });
+        }
         if let Some(note) = self.tally.note.lock().ok().and_then(|mut n| n.take()) {
             event.reason = Some(match event.reason.take() {
                 Some(r) if !r.is_empty() => format!("{r}; {note}"),

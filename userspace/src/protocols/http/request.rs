@@ -14,9 +14,9 @@ use hyper::body::{Body as HttpBody, Incoming};
 use serde_json::{json, Value};
 
 use super::{
-    excerpt, k8s, lines,
+    echo, excerpt, k8s, lines,
     mask::{self, Outcome},
-    recorded,
+    method_override, recorded,
     settings::{ApiKind, HttpTarget, Oversize},
     tunnel,
     upstream::{Body, Clients},
@@ -35,6 +35,38 @@ pub struct Conn {
     pub sni: Option<String>,
     /// Whether blastgate speaks TLS upstream.
     pub upstream_tls: bool,
+    /// The guard for the credentials last injected on this connection.
+    pub guard: std::sync::Mutex<Option<Arc<echo::Guard>>>,
+}
+
+impl Conn {
+    /// The guard for `secrets` (prefix, value), reused while they stay
+    /// the same.
+    fn guard_for(&self, secrets: &[(String, String)]) -> Option<Arc<echo::Guard>> {
+        let mut cached = self.guard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = cached.as_ref().filter(|g| g.is_for(secrets)) {
+            return Some(g.clone());
+        }
+        let fresh = echo::Guard::new(secrets).map(Arc::new);
+        cached.clone_from(&fresh);
+        fresh
+    }
+}
+
+/// The injected headers of a request: (name, prefix, secret), read now so
+/// a rotated secret is used at once.
+type Injected = Vec<(String, String, String)>;
+
+fn injected(cfg: &HttpTarget) -> Result<Injected, String> {
+    cfg.inject_headers
+        .iter()
+        .map(|(name, h)| {
+            let secret = h
+                .secret()
+                .map_err(|e| format!("credential for {name}: {e}"))?;
+            Ok((name.clone(), h.prefix.clone(), secret))
+        })
+        .collect()
 }
 
 /// Connection-level headers (RFC 9110 7.6.1) and the proxy's own: never
@@ -78,6 +110,17 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
         return conn.refusal(StatusCode::MISDIRECTED_REQUEST, &why, None, None);
     }
     let host = host.unwrap_or_default();
+    // TRACE sends the request back as the upstream received it: with the
+    // credential blastgate injected. Never carried, whatever the policies.
+    if method == Method::TRACE {
+        let why =
+            "TRACE is refused: the upstream would echo the request, injected credentials included";
+        event.action = Some("http:TRACE".into());
+        event.reason = Some(why.into());
+        event.status = Some(405);
+        conn.gw.record(event).await;
+        return conn.refusal(StatusCode::METHOD_NOT_ALLOWED, why, None, None);
+    }
 
     let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
     // Taken now: the agent's side of an upgrade lives in the request.
@@ -89,8 +132,54 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     let secrets = kube.as_ref().is_some_and(|k| k.resource == "secrets");
     let (action, mut context) = describe(&method, tunnel, &host, &path, &query, kube.as_ref());
     event.action = Some(action.clone());
+    // A generic API may run the request as another method it names; the
+    // Kubernetes API server never does, and is decided as it reads.
+    let overridable = kube.is_none() && !tunnel;
+    let mut asked = None;
+    if overridable {
+        match method_override::requested(req.headers(), &query) {
+            Ok(o) => asked = o,
+            Err(why) => return refuse_bad_request(&conn, event, &why).await,
+        }
+    }
     let (parts, body) = req.into_parts();
     let mut body: Body = body.boxed();
+    if overridable && parts.method == Method::POST {
+        if let Some(kind) = method_override::form_kind(&parts.headers) {
+            let bytes = match read_limited(body, conn.cfg.max_inspect_bytes).await {
+                Ok(b) => b,
+                Err(why) => {
+                    let why = format!("{why} (a form may name the method it is run as)");
+                    event.reason = Some(why.clone());
+                    event.status = Some(413);
+                    conn.gw.record(event).await;
+                    return conn.refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
+                }
+            };
+            let in_form = match kind {
+                method_override::FormKind::Urlencoded => method_override::from_form(&bytes),
+                method_override::FormKind::Multipart if method_override::multipart_names_field(&bytes) => Err(
+                    "a multipart form with a _method part is refused: blastgate does not read which method it names".into(),
+                ),
+                method_override::FormKind::Multipart => Ok(None),
+            };
+            match in_form {
+                Ok(Some(o)) => match &asked {
+                    Some(a) if a.method != o.method => {
+                        let why = format!(
+                            "the request asks to be run as {} ({}) and as {} ({})",
+                            a.method, a.from, o.method, o.from
+                        );
+                        return refuse_bad_request(&conn, event, &why).await;
+                    }
+                    _ => asked = Some(o),
+                },
+                Ok(None) => {}
+                Err(why) => return refuse_bad_request(&conn, event, &why).await,
+            }
+            body = Full::new(bytes).map_err(|never| match never {}).boxed();
+        }
+    }
     // A write that can change a replica count is read first, so policy can
     // see a scale to zero.
     if let Some(k) = kube.as_ref().filter(|k| may_scale(k)) {
@@ -116,7 +205,20 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
         context["k8s_replicas"] = json!(replicas.unwrap_or(if readable { -1 } else { 0 }));
         body = Full::new(bytes).map_err(|never| match never {}).boxed();
     }
-    let decision = conn.gw.decide(&action, &context);
+    let mut decision = conn.gw.decide(&action, &context);
+    let mut action = action;
+    // Asked to run as another method: decided as that one too, and the
+    // stricter answer stands.
+    if let Some(o) = asked.filter(|o| o.method != method) {
+        let as_asked = format!("http:{}", o.method);
+        let mut asked_context = context.clone();
+        asked_context["method"] = json!(o.method.as_str());
+        let other = conn.gw.decide(&as_asked, &asked_context);
+        if strictness(&other) > strictness(&decision) {
+            decision = other;
+            action = as_asked;
+        }
+    }
     let ruling = conn.gw.rule(decision, &action, &text, |_| {}).await;
     let mut event = Event {
         status: event.status,
@@ -155,15 +257,26 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     if let Some(pair) = &excerpts {
         body = excerpt::tee(body, pair.request.clone());
     }
-    let upstream_req = match outbound(&conn, parts, body, &host, secrets, plan.is_some()) {
+    let credentials = match injected(&conn.cfg) {
+        Ok(c) => c,
+        Err(why) => return fail(&conn, event, &why).await,
+    };
+    let guard = conn.guard_for(
+        &credentials
+            .iter()
+            .map(|(_, prefix, secret)| (prefix.clone(), secret.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let sent = Sent {
+        host: &host,
+        secrets,
+        masking: plan.is_some(),
+        credentials: &credentials,
+        guarded: guard.is_some(),
+    };
+    let upstream_req = match outbound(&conn, parts, body, &sent) {
         Ok(r) => r,
-        Err(why) => {
-            event.verdict = Verdict::Error;
-            event.reason = Some(why.clone());
-            event.status = Some(502);
-            conn.gw.record(event).await;
-            return conn.refusal(StatusCode::BAD_GATEWAY, &why, None, None);
-        }
+        Err(why) => return fail(&conn, event, &why).await,
     };
     if let Some(agent_side) = agent_side {
         let mut upstream_req = upstream_req;
@@ -173,7 +286,7 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        return tunnel::carry(&conn, upstream_req, agent_side, event, started).await;
+        return tunnel::carry(&conn, upstream_req, agent_side, event, started, guard).await;
     }
     let response = match conn.client.pooled.request(upstream_req).await {
         Ok(r) => r,
@@ -237,10 +350,73 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
             return fail(&conn, event, why).await;
         }
     };
+    let body = match &guard {
+        None => body,
+        Some(g) => match guarded(&conn, g, &mut parts.headers, body, &tally).await {
+            Ok(b) => b,
+            Err(why) => return fail(&conn, event, &why).await,
+        },
+    };
     Response::from_parts(
         parts,
         recorded::recorded(&conn, body, event, tally, excerpts, started),
     )
+}
+
+/// A response checked for the injected credential on its way out: headers
+/// quoting it dropped, a compressed body unpacked (the guard cannot read
+/// compressed bytes), every byte of the body scrubbed as it streams.
+pub(super) async fn guarded(
+    conn: &Conn,
+    guard: &Arc<echo::Guard>,
+    headers: &mut HeaderMap,
+    body: Body,
+    tally: &Arc<lines::Tally>,
+) -> Result<Body, String> {
+    let dropped = guard.headers(headers);
+    tally
+        .credential_echoes
+        .fetch_add(dropped, Ordering::Relaxed);
+    let codings = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .filter(|c| !c.trim().eq_ignore_ascii_case("identity"));
+    let body = match codings {
+        None => body,
+        Some(codings) => {
+            let limit = conn.cfg.max_inspect_bytes;
+            let raw = read_limited(body, limit).await.map_err(|e| {
+                format!("{e}: a compressed response must be unpacked to be checked for the held credential")
+            })?;
+            let plain = echo::unpack(&codings, &raw, limit)?;
+            headers.remove(header::CONTENT_ENCODING);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(plain.len()));
+            Full::new(Bytes::from(plain))
+                .map_err(|never| match never {})
+                .boxed()
+        }
+    };
+    Ok(guard.body(body, tally.clone()))
+}
+
+/// Allow < hold < deny < error: of two decisions for one request, the
+/// stricter stands.
+fn strictness(d: &crate::policy::Decision) -> u8 {
+    use crate::policy::Verdict as V;
+    match d.verdict {
+        V::Allow => 0,
+        V::Hold => 1,
+        V::Deny => 2,
+        V::Error => 3,
+    }
+}
+
+/// A request blastgate cannot read the way the upstream would: 400.
+async fn refuse_bad_request(conn: &Conn, mut event: Event, why: &str) -> Response<Body> {
+    event.reason = Some(why.to_string());
+    event.status = Some(400);
+    conn.gw.record(event).await;
+    conn.refusal(StatusCode::BAD_REQUEST, why, None, None)
 }
 
 /// How a response is masked on its way to the agent.
@@ -362,16 +538,27 @@ fn describe(
     (action, context)
 }
 
+/// What [`outbound`] needs besides the request.
+struct Sent<'a> {
+    host: &'a str,
+    /// A Kubernetes Secret is read: ask for JSON.
+    secrets: bool,
+    masking: bool,
+    credentials: &'a Injected,
+    /// The response will be checked for the credentials: ask for it
+    /// uncompressed.
+    guarded: bool,
+}
+
 /// The request as blastgate sends it: absolute URI to the target, the
 /// agent's credentials out, blastgate's in.
 fn outbound(
     conn: &Conn,
     mut parts: http::request::Parts,
     body: Body,
-    host: &str,
-    secrets: bool,
-    masking: bool,
+    sent: &Sent<'_>,
 ) -> Result<Request<Body>, String> {
+    let host = sent.host;
     let scheme = if conn.upstream_tls { "https" } else { "http" };
     let port = conn.gw.upstream.port();
     let default_port = if conn.upstream_tls { 443 } else { 80 };
@@ -395,23 +582,26 @@ fn outbound(
     for name in &conn.cfg.strip_headers {
         parts.headers.remove(name.as_str());
     }
-    for (name, injected) in &conn.cfg.inject_headers {
-        let value = injected
-            .value()
-            .map_err(|e| format!("credential for {name}: {e}"))?;
+    for (name, prefix, secret) in sent.credentials {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-        let mut value = HeaderValue::from_str(&value)
+        let mut value = HeaderValue::from_str(&format!("{prefix}{secret}"))
             .map_err(|_| format!("credential for {name}: not a valid header value"))?;
         value.set_sensitive(true);
         parts.headers.insert(name, value);
     }
     // Secrets are masked whatever the rules: ask for a body we can unpack
     // and read (JSON, not protobuf or YAML).
-    if secrets {
+    if sent.secrets {
         let json = mask::json_only_accept(parts.headers.get(header::ACCEPT));
         parts.headers.insert(header::ACCEPT, json);
     }
-    if masking || secrets {
+    if sent.guarded {
+        // Every response is checked byte for byte: asked for plain.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    } else if sent.masking || sent.secrets {
         let wanted = mask::accept_encoding(parts.headers.get(header::ACCEPT_ENCODING));
         parts.headers.insert(header::ACCEPT_ENCODING, wanted);
     }

@@ -83,11 +83,16 @@ pub struct InjectedHeader {
 impl InjectedHeader {
     /// The value to send, read now (files may be rotated under us).
     pub fn value(&self) -> Result<String, String> {
-        let secret = Secret {
+        Ok(format!("{}{}", self.prefix, self.secret()?))
+    }
+
+    /// The secret alone, without the prefix: what an echo may quote.
+    pub fn secret(&self) -> Result<String, String> {
+        Secret {
             file: self.file.clone(),
             env: self.env.clone(),
-        };
-        Ok(format!("{}{}", self.prefix, secret.read()?))
+        }
+        .read()
     }
 }
 

@@ -22,6 +22,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{
+    echo::Guard,
+    lines::Tally,
     recorded,
     request::{self, Conn},
     upstream::{self, Body},
@@ -40,7 +42,13 @@ pub async fn carry(
     agent: OnUpgrade,
     mut event: Event,
     started: Instant,
+    guard: Option<Arc<Guard>>,
 ) -> Response<Body> {
+    if guard.is_some() {
+        // Compressed WebSocket frames would hide an echoed credential
+        // from the check of the bytes going back: offer no compression.
+        req.headers_mut().remove("sec-websocket-extensions");
+    }
     // A connection of our own speaks origin-form with a Host header.
     let target = req.uri().clone();
     if let Some(authority) = req.uri().authority().cloned() {
@@ -67,11 +75,22 @@ pub async fn carry(
         let (mut parts, body) = response.into_parts();
         request::strip_hop_by_hop(&mut parts.headers);
         event.status = Some(parts.status.as_u16());
-        let body = recorded::recorded(conn, body.boxed(), event, Default::default(), None, started);
+        let tally: Arc<Tally> = Default::default();
+        let body = match &guard {
+            None => body.boxed(),
+            Some(g) => {
+                match request::guarded(conn, g, &mut parts.headers, body.boxed(), &tally).await {
+                    Ok(b) => b,
+                    Err(why) => return request::fail(conn, event, &why).await,
+                }
+            }
+        };
+        let body = recorded::recorded(conn, body, event, tally, None, started);
         return Response::from_parts(parts, body);
     }
     let upstream_side = hyper::upgrade::on(&mut response);
-    let (parts, _) = response.into_parts();
+    let (mut parts, _) = response.into_parts();
+    let echoes = AtomicU64::new(guard.as_ref().map_or(0, |g| g.headers(&mut parts.headers)));
     event.status = Some(101);
     let gw = conn.gw.clone();
     tokio::spawn(async move {
@@ -82,14 +101,21 @@ pub async fn carry(
             let (agent_read, agent_write) = tokio::io::split(TokioIo::new(agent));
             let (up_read, up_write) = tokio::io::split(TokioIo::new(upstream));
             tokio::try_join!(
-                pump(agent_read, up_write, &from_agent),
-                pump(up_read, agent_write, &to_agent)
+                pump(agent_read, up_write, &from_agent, None, &echoes),
+                pump(up_read, agent_write, &to_agent, guard.as_deref(), &echoes)
             )
             .map_err(|e| format!("tunnel: {e}"))
         };
         if let Err(why) = joined.await {
             event.verdict = Verdict::Error;
             event.reason = Some(why);
+        }
+        let echoes = echoes.into_inner();
+        if echoes > 0 {
+            crate::metrics::get().credential_echoes.inc_by(echoes);
+            event.reason = Some(format!(
+                "the upstream echoed the injected credential: {echoes} occurrence(s) blanked before the agent"
+            ));
         }
         let (from_agent, to_agent) = (from_agent.into_inner(), to_agent.into_inner());
         event.bytes_from_agent = Some(from_agent);
@@ -104,23 +130,47 @@ pub async fn carry(
 
 /// One direction of a tunnel, counted as it goes; EOF is passed on as a
 /// half-close. A TLS peer that hangs up without close_notify has still
-/// ended its side: that is EOF here, not an error.
-async fn pump<R, W>(mut from: R, mut to: W, count: &AtomicU64) -> std::io::Result<()>
+/// ended its side: that is EOF here, not an error. With a `guard` (the
+/// upstream's side), every needle is blanked and a tail that could start
+/// one waits for the next read.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    count: &AtomicU64,
+    guard: Option<&Guard>,
+    echoes: &AtomicU64,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; TUNNEL_BUFFER];
+    let mut held: Vec<u8> = Vec::new();
     loop {
         let n = match from.read(&mut buf).await {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
             Err(e) => return Err(e),
         };
+        let Some(guard) = guard else {
+            if n == 0 {
+                return to.shutdown().await;
+            }
+            to.write_all(&buf[..n]).await?;
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            continue;
+        };
+        held.extend_from_slice(&buf[..n]);
+        echoes.fetch_add(guard.scrub(&mut held), Ordering::Relaxed);
+        let keep = if n == 0 { 0 } else { guard.partial_tail(&held) };
+        let ready = held.len() - keep;
+        if ready > 0 {
+            to.write_all(&held[..ready]).await?;
+            count.fetch_add(ready as u64, Ordering::Relaxed);
+            held.drain(..ready);
+        }
         if n == 0 {
             return to.shutdown().await;
         }
-        to.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
