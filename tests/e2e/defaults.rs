@@ -48,32 +48,6 @@ fn without_a_policy_section_the_shipped_policies_apply() {
     ));
     let daemon = Daemon::start(&env);
 
-    // What the daemon says it enforces, and what weakens it.
-    let status = env.blastgate(&["status"]);
-    let said = String::from_utf8_lossy(&status.stdout).to_string();
-    assert!(status.status.success(), "{said}");
-    assert!(said.contains("policies: <built-in policies>"), "{said}");
-    assert!(
-        said.contains("target legacy: enforce = false"),
-        "shadow mode is not named as weakened: {said}"
-    );
-    assert!(said.contains("target legacy: protocol = \"tcp\""), "{said}");
-    assert!(said.contains("enrol: no rules"), "{said}");
-    assert!(
-        !said.contains("orders-db:") && !said.contains("deploy-host:"),
-        "targets at their defaults are not weakened: {said}"
-    );
-    let json = env.blastgate(&["status", "--json"]);
-    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json");
-    // The three named above, plus whatever kernel protection this kernel
-    // refused (the BPF LSM, here).
-    let weakened = parsed["weakened"].as_array().expect("weakened list");
-    let config_lines = weakened
-        .iter()
-        .filter(|w| !w.as_str().unwrap_or_default().starts_with("kernel: "))
-        .count();
-    assert_eq!(config_lines, 3, "{parsed}");
-
     // A DROP TABLE in production is refused, and the table is still there.
     let conn = format!(
         "host={} port={} user=app dbname=orders sslmode=disable",
@@ -128,5 +102,30 @@ fn without_a_policy_section_the_shipped_policies_apply() {
             && e["policy_id"] == "ssh-unlisted-command"
             && e["verdict"] == "deny"
     });
+    // What the daemon says it enforces, and what weakens it.
+    let status = env.blastgate(&["status"]);
+    let said = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.status.success(), "{said}");
+    assert!(said.contains("policies: <built-in policies>"), "{said}");
+    assert!(
+        said.contains("target legacy: enforce = false"),
+        "shadow mode is not named as weakened: {said}"
+    );
+    assert!(said.contains("target legacy: protocol = \"tcp\""), "{said}");
+    assert!(said.contains("enrol: no rules"), "{said}");
+    assert!(
+        !said.contains("orders-db:") && !said.contains("deploy-host:"),
+        "targets at their defaults are not weakened: {said}"
+    );
+    let json = env.blastgate(&["status", "--json"]);
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status --json");
+    // The three named above, plus whatever kernel protection this kernel
+    // refused (the BPF LSM, here).
+    let weakened = parsed["weakened"].as_array().expect("weakened list");
+    let config_lines = weakened
+        .iter()
+        .filter(|w| !w.as_str().unwrap_or_default().starts_with("kernel: "))
+        .count();
+    assert_eq!(config_lines, 3, "{parsed}");
     drop(daemon);
 }
