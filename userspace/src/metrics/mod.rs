@@ -6,7 +6,7 @@
 
 mod server;
 
-use std::sync::{atomic::AtomicU64, OnceLock};
+use std::sync::{atomic::AtomicU64, Arc, OnceLock};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -19,6 +19,11 @@ pub use server::serve;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabel {
     pub verdict: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KernelEventLabel {
+    pub event: &'static str,
 }
 
 pub struct Metrics {
@@ -36,6 +41,11 @@ pub struct Metrics {
     /// Statements the server completed as something other than what the
     /// PostgreSQL gateway read (each one ended its session).
     pub sql_differentials: Counter,
+    /// Agent processes whose label did not fit in the kernel's label map
+    /// (each is refused every connection): non-zero is an alarm.
+    pub labels_unstored: Gauge,
+    /// The kernel programs' counters, read at each scrape.
+    pub kernel_events: Family<KernelEventLabel, Gauge>,
 }
 
 impl Metrics {
@@ -52,6 +62,8 @@ impl Metrics {
             sessions_open: Gauge::default(),
             decisions: Family::default(),
             sql_differentials: Counter::default(),
+            labels_unstored: Gauge::default(),
+            kernel_events: Family::default(),
         };
         registry.register(
             "spool_bytes",
@@ -98,7 +110,34 @@ impl Metrics {
             "Statements the server ran as another command than the gateway read; each ended its session",
             m.sql_differentials.clone(),
         );
+        registry.register(
+            "labels_unstored",
+            "ALARM when non-zero: agent processes whose label did not fit in the kernel's label \
+             map ([bpf] max_labels); they and their descendants are refused every connection",
+            m.labels_unstored.clone(),
+        );
+        registry.register(
+            "kernel_events",
+            "Counters of the kernel programs (redirects, refusals, labels), since the maps were pinned",
+            m.kernel_events.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Copies the kernel programs' counters into the gauges (at scrape).
+    fn refresh_kernel(&self) {
+        let Some(maps) = KERNEL.get() else {
+            return;
+        };
+        for (event, v) in maps.counters() {
+            let v = i64::try_from(v).unwrap_or(i64::MAX);
+            self.kernel_events
+                .get_or_create(&KernelEventLabel { event })
+                .set(v);
+            if event == "labels_unstored" {
+                self.labels_unstored.set(v);
+            }
+        }
     }
 
     pub fn decision(&self, verdict: &'static str) {
@@ -109,11 +148,20 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        self.refresh_kernel();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The kernel maps whose counters `/metrics` reports (set once by the daemon).
+static KERNEL: OnceLock<Arc<crate::intercept::KernelMaps>> = OnceLock::new();
+
+/// Makes `/metrics` report the kernel programs' counters from `maps`.
+pub fn watch_kernel(maps: Arc<crate::intercept::KernelMaps>) {
+    let _ = KERNEL.set(maps);
 }
 
 /// The process's metrics.
@@ -140,6 +188,7 @@ mod tests {
             "blastgate_sessions_open",
             "blastgate_decisions_total{verdict=\"deny\"}",
             "blastgate_sql_differentials_total",
+            "blastgate_labels_unstored",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -1,0 +1,281 @@
+//! Attacks on the kernel side of interception, against the real kernel:
+//! a label map filled past capacity, packet sockets through every syscall
+//! entry. Each attack sits beside the harmless look-alike that must keep
+//! working.
+
+mod harness;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::process::ExitStatusExt,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use harness::*;
+use serde_json::Value;
+
+fn tcp_target(server: &TestServer) -> String {
+    let addrs: Vec<String> = server.addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[targets]]\nname = \"orders-db\"\nprotocol = \"tcp\"\naddresses = [{}]\n",
+        addrs.join(", ")
+    )
+}
+
+/// An agent running `blastgate-probe fork-hold`: its children stay alive
+/// (holding their labels) until it is dropped.
+struct ForkHold {
+    child: Child,
+    children: Vec<Value>,
+    summary: Value,
+}
+
+impl ForkHold {
+    fn start(env: &Env, n: usize, addr: &str, double: bool) -> ForkHold {
+        let n_arg = n.to_string();
+        let mut args = vec![PROBE, "fork-hold", &n_arg, addr];
+        if double {
+            args.push("--double");
+        }
+        let mut child = env
+            .agent("forker", &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn fork-hold");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut children = Vec::new();
+        let summary = loop {
+            let mut line = String::new();
+            let read = out.read_line(&mut line).expect("read fork-hold output");
+            assert!(read > 0, "fork-hold ended without a summary: {children:?}");
+            let v: Value = serde_json::from_str(&line).expect("a JSON line");
+            if v["op"] == "fork-hold-summary" {
+                break v;
+            }
+            children.push(v);
+        };
+        assert_eq!(summary["ok"], true, "{summary}; {children:?}");
+        ForkHold {
+            child,
+            children,
+            summary,
+        }
+    }
+
+    fn refused(&self) -> Vec<&Value> {
+        self.children.iter().filter(|v| v["ok"] != true).collect()
+    }
+
+    fn allowed(&self) -> Vec<&Value> {
+        self.children.iter().filter(|v| v["ok"] == true).collect()
+    }
+}
+
+impl Drop for ForkHold {
+    fn drop(&mut self) {
+        // Closing stdin releases the children; they exit at once.
+        drop(self.child.stdin.take());
+        if wait_until(Duration::from_secs(10), || self.child.try_wait().ok().flatten()).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn metrics_text(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: m\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut out);
+    out
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// No connection of `hold`'s processes reached the server without the proxy.
+fn none_went_direct(server: &TestServer, hold: &ForkHold) {
+    for v in &hold.children {
+        let local = v["local"].as_str().unwrap_or_default();
+        assert!(
+            local.is_empty() || !server.saw_peer(local),
+            "a child's connection went around the proxy: {v}"
+        );
+    }
+}
+
+#[test]
+fn a_full_label_map_refuses_what_it_cannot_label_and_raises_an_alarm() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let server = TestServer::start(&["127.0.0.2"]);
+    let dst = server.addr(0).to_string();
+    let metrics_port = free_port();
+    let env = Env::with_bpf(
+        "max_labels = 32",
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}",
+            tcp_target(&server)
+        ),
+    );
+    let _d = Daemon::start(&env);
+
+    // Look-alike: an agent with fewer children than the map holds. All of
+    // them go through the proxy, and nothing is alarming.
+    {
+        let hold = ForkHold::start(&env, 8, &dst, false);
+        assert_eq!(hold.allowed().len(), 8, "{:?}", hold.children);
+        none_went_direct(&server, &hold);
+        let text = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
+        assert!(!text.contains("ALARM"), "{text}");
+        assert_eq!(
+            metric(&metrics_text(metrics_port), "blastgate_labels_unstored"),
+            Some(0)
+        );
+    }
+
+    // The attack: more live children than the map holds. Those that get no
+    // label are refused, not let through directly.
+    let n = 48;
+    let hold = ForkHold::start(&env, n, &dst, false);
+    none_went_direct(&server, &hold);
+    let refused = hold.refused();
+    assert!(
+        refused.len() >= n - 32,
+        "{} of {n} children refused with a 32-label map: {:?}",
+        refused.len(),
+        hold.children
+    );
+    for v in &refused {
+        assert_eq!(v["errno"].as_i64(), Some(i64::from(libc::EPERM)), "{v}");
+    }
+    assert!(
+        hold.allowed().len() >= 16,
+        "the children that fit still work: {:?}",
+        hold.children
+    );
+
+    // While the map is full, processes that are not agents are untouched.
+    assert!(direct_get(server.addr(0)).contains("hello from"));
+    let v = &run_json(Command::new(PROBE).args(["connect", &dst]))[0];
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(server.saw_peer(v["local"].as_str().unwrap_or_default()), "{v}");
+
+    // The alarm: status says so (text and JSON), and so does /metrics.
+    let text = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
+    assert!(text.starts_with("ALARM: "), "{text}");
+    assert!(text.contains("max_labels"), "{text}");
+    let json: Value =
+        serde_json::from_slice(&env.blastgate(&["status", "--json"]).stdout).expect("status json");
+    assert!(
+        !json["alarms"].as_array().expect("alarms").is_empty(),
+        "{json}"
+    );
+    let unstored = metric(&metrics_text(metrics_port), "blastgate_labels_unstored");
+    assert!(unstored >= Some(refused.len() as u64), "{unstored:?}");
+    drop(hold);
+
+    // Double fork: every child forks a grandchild and exits, so the
+    // grandchildren are reparented away from the agent. Those that could
+    // not be labelled stay refused.
+    let hold = ForkHold::start(&env, n, &dst, true);
+    let forker = hold.summary["pid"].as_u64().expect("forker pid");
+    none_went_direct(&server, &hold);
+    assert!(
+        hold.children.iter().all(|v| v["ppid"].as_u64() != Some(forker)),
+        "grandchildren were reparented: {:?}",
+        hold.children
+    );
+    assert!(
+        hold.refused().len() >= n - 32,
+        "{} of {n} reparented grandchildren refused: {:?}",
+        hold.refused().len(),
+        hold.children
+    );
+}
+
+#[test]
+fn a_label_map_setting_below_the_floor_is_refused() {
+    let env = Env::with_bpf("max_labels = 2", "");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&env.config)
+        .output()
+        .expect("run check-config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("max_labels"), "{err}");
+}
+
+/// Runs `probe ARGS…` as an agent (or not) and tells whether it was killed.
+fn killed(env: &Env, agent: bool, args: &[&str]) -> (bool, Vec<Value>) {
+    let mut cmd_args = vec![PROBE];
+    cmd_args.extend(args);
+    let out = if agent {
+        env.agent("sniffer", &cmd_args).output()
+    } else {
+        Command::new(PROBE).args(args).output()
+    }
+    .expect("run probe");
+    (
+        out.status.signal() == Some(libc::SIGKILL),
+        json_lines(&out),
+    )
+}
+
+const AF_INET: &str = "2";
+const AF_PACKET: &str = "17";
+const SOCK_STREAM: &str = "1";
+const SOCK_DGRAM: &str = "2";
+const SOCK_RAW: &str = "3";
+
+#[test]
+fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let env = Env::new("");
+    let _d = Daemon::start(&env);
+
+    let attacks: &[&[&str]] = &[
+        &["packet"],
+        &["packet-legacy"],
+        &["socket32", AF_PACKET, SOCK_RAW],
+        &["socket32", AF_PACKET, SOCK_RAW, "--socketcall"],
+        &["socket32", AF_INET, "10", "--socketcall"],
+        &["uring-socket", AF_PACKET, SOCK_RAW],
+    ];
+    for args in attacks {
+        // Not an agent (root, outside the agent set): it gets its socket.
+        let (dead, lines) = killed(&env, false, args);
+        assert!(!dead, "a non-agent was killed for {args:?}");
+        assert_eq!(lines[0]["ok"], true, "non-agent {args:?}: {lines:?}");
+        // An agent dies before it can use it.
+        let (dead, lines) = killed(&env, true, args);
+        assert!(dead, "an agent survived {args:?}: {lines:?}");
+    }
+
+    // Look-alikes: ordinary sockets through the same entries are fine.
+    let harmless: &[&[&str]] = &[
+        &["socket32", AF_INET, SOCK_STREAM],
+        &["socket32", AF_INET, SOCK_DGRAM, "--socketcall"],
+        &["uring-socket", AF_INET, SOCK_STREAM],
+        &["udp", "127.0.0.53:53"],
+    ];
+    for args in harmless {
+        let (dead, lines) = killed(&env, true, args);
+        assert!(!dead, "an agent was killed for {args:?}");
+        assert_eq!(lines[0]["ok"], true, "agent {args:?}: {lines:?}");
+    }
+    let status = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
+    assert!(status.contains("packet_sockets_killed: 6"), "{status}");
+}
