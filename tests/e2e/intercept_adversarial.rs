@@ -279,3 +279,123 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
     let status = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
     assert!(status.contains("packet_sockets_killed: 6"), "{status}");
 }
+
+/// A Node.js agent CLI: connects to its last argument (`ip:port`), prints
+/// one JSON line; with `--spawn PROBE` it first runs `PROBE connect` as a
+/// child and prints that child's line too.
+const CLI_JS: &str = r#"#!/usr/bin/env node
+const net = require('net');
+const { execFileSync } = require('child_process');
+const args = process.argv.slice(2);
+const dst = args[args.length - 1];
+const i = args.indexOf('--spawn');
+if (i >= 0) {
+  process.stdout.write(execFileSync(args[i + 1], ['connect', dst]));
+}
+const [host, port] = [dst.slice(0, dst.lastIndexOf(':')), +dst.slice(dst.lastIndexOf(':') + 1)];
+let local = '';
+let body = '';
+const s = net.connect({ host, port }, () => {
+  local = `${s.localAddress}:${s.localPort}`;
+  s.write('GET / HTTP/1.0\r\nHost: cli\r\n\r\n');
+});
+s.on('data', (d) => { body += d; });
+s.on('end', () => console.log(JSON.stringify({ op: 'cli', ok: body.length > 0, local, pid: process.pid, response: body })));
+s.on('error', (e) => console.log(JSON.stringify({ op: 'cli', ok: false, error: e.message, code: e.code, pid: process.pid })));
+"#;
+
+fn node() -> Option<std::path::PathBuf> {
+    let node = std::fs::canonicalize("/usr/bin/node").ok();
+    if node.is_none() {
+        blastgate::testing::skip("no /usr/bin/node");
+    }
+    node
+}
+
+fn write_script(path: &std::path::Path) {
+    std::fs::write(path, CLI_JS).expect("write script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[test]
+fn an_agent_that_is_a_node_script_is_enrolled_however_it_is_started() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let Some(node) = node() else {
+        return;
+    };
+    let server = TestServer::start(&["127.0.0.2"]);
+    let dst = server.addr(0).to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent_dir = dir.path().join("agent");
+    std::fs::create_dir(&agent_dir).expect("mkdir");
+    let cli = agent_dir.join("cli.js");
+    write_script(&cli);
+    // Same content, another file: not the enrolled script.
+    let other = dir.path().join("other.js");
+    write_script(&other);
+    let env = Env::new(&format!(
+        "[[enrol.scripts]]\ninterpreter = \"{}\"\nscript = \"{}\"\nagent = \"claude\"\n\n{}",
+        node.display(),
+        cli.display(),
+        tcp_target(&server)
+    ));
+    let _d = Daemon::start(&env);
+
+    let through_proxy = |what: &str, mut cmd: Command| {
+        let lines = run_json(&mut cmd);
+        for v in &lines {
+            assert_eq!(v["ok"], true, "{what}: {v}");
+            let local = v["local"].as_str().unwrap_or_default();
+            assert!(
+                !server.saw_peer(local),
+                "{what}: the enrolled script went around the proxy: {v}"
+            );
+            let pid = v["pid"].as_u64().expect("pid");
+            let ev = env.wait_event(what, |e| is_session(e, "session_closed", pid));
+            assert_eq!(ev["caller"]["agent"], "claude", "{what}: {ev}");
+        }
+        lines
+    };
+
+    // By absolute path, by relative path from its directory, and run
+    // directly through its `#!/usr/bin/env node` line.
+    let mut c = Command::new(&node);
+    c.args([cli.to_str().expect("utf-8 path"), &dst]);
+    through_proxy("node /abs/cli.js", c);
+    let mut c = Command::new(&node);
+    c.args(["cli.js", &dst]).current_dir(&agent_dir);
+    through_proxy("node cli.js", c);
+    let mut c = Command::new("./cli.js");
+    c.arg(&dst).current_dir(&agent_dir);
+    through_proxy("./cli.js", c);
+    // Its children are the agent too (forked while it may still be pending).
+    let mut c = Command::new(&node);
+    c.args([cli.to_str().expect("utf-8 path"), "--spawn", PROBE, &dst]);
+    let lines = through_proxy("a child of the script", c);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+
+    // Look-alikes: node running a script that is not listed (a copy, by
+    // content, is another file) is not an agent and reaches the server
+    // directly; so does node with no script.
+    for script in [&other] {
+        let v = &run_json(Command::new(&node).args([script.to_str().expect("utf-8"), &dst]))[0];
+        assert_eq!(v["ok"], true, "{v}");
+        assert!(
+            server.saw_peer(v["local"].as_str().unwrap_or_default()),
+            "an unlisted script must go direct: {v}"
+        );
+    }
+    let out = Command::new(&node)
+        .args(["-e", "console.log(1+1)"])
+        .output()
+        .expect("node -e");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    // Nothing is left held.
+    let status: Value =
+        serde_json::from_slice(&env.blastgate(&["status", "--json"]).stdout).expect("status");
+    assert!(status["alarms"].as_array().is_some_and(Vec::is_empty), "{status}");
+}
