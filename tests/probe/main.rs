@@ -53,6 +53,13 @@ enum Op {
     },
     /// socket(FAMILY, TYPE, 0) as an io_uring `IORING_OP_SOCKET` request.
     UringSocket { family: i32, ty: i32 },
+    /// One io_uring submission: a packet socket into a fixed-file slot,
+    /// and linked to it a sendmsg on that slot of one frame of ETHERTYPE
+    /// on loopback.
+    UringPacketChain { ethertype: u16 },
+    /// Wait up to MS milliseconds for a frame of ETHERTYPE on any
+    /// interface; prints whether one came.
+    PacketListen { ethertype: u16, ms: u64 },
     /// Fork N children that stay alive together (labels held), then each
     /// connects to ADDR and prints a line; with `--double` each child forks
     /// a grandchild and exits first, so the grandchildren (which connect)
@@ -127,6 +134,8 @@ fn main() {
             socketcall,
         } => emit(socket32(family, ty, socketcall)),
         Op::UringSocket { family, ty } => emit(uring_socket(family, ty)),
+        Op::UringPacketChain { ethertype } => emit(uring_packet_chain(ethertype)),
+        Op::PacketListen { ethertype, ms } => emit(packet_listen(ethertype, ms)),
         Op::ForkHold { n, addr, double } => fork_hold(n, addr, double),
         Op::Escape { cgroup, addr } => {
             let moved = std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string());
@@ -621,7 +630,11 @@ fn int80(nr: u32, a: u32, b: u32, c: u32) -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 fn socket32(family: u32, ty: u32, socketcall: bool) -> Value {
-    let op = if socketcall { "socketcall32" } else { "socket32" };
+    let op = if socketcall {
+        "socketcall32"
+    } else {
+        "socket32"
+    };
     let fd = if socketcall {
         // socketcall's argument block must sit below 4 GiB.
         // SAFETY: a fresh anonymous mapping, unmapped below.
@@ -777,8 +790,10 @@ fn fork_hold(n: usize, addr: SocketAddr, double: bool) {
             reported += 1;
         }
     }
-    emit(json!({"op": "fork-hold-summary", "ok": reported == n, "children": n,
-                "reported": reported, "pid": std::process::id()}));
+    emit(
+        json!({"op": "fork-hold-summary", "ok": reported == n, "children": n,
+                "reported": reported, "pid": std::process::id()}),
+    );
     let mut sink = String::new();
     let _ = std::io::stdin().read_to_string(&mut sink);
     // SAFETY: releasing the children, then reaping those that are ours.
@@ -787,4 +802,91 @@ fn fork_hold(n: usize, addr: SocketAddr, double: bool) {
         // SAFETY: waiting for our own child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     }
+}
+
+fn uring_packet_chain(ethertype: u16) -> Value {
+    let op = "uring-packet-chain";
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => return failure(op, e),
+    };
+    if let Err(e) = ring.submitter().register_files_sparse(1) {
+        return failure(op, e);
+    }
+    let Ok(slot) = io_uring::types::DestinationSlot::try_from_slot_target(0) else {
+        return json!({"op": op, "ok": false, "error": "slot"});
+    };
+    let proto = ethertype.to_be();
+    let socket = io_uring::opcode::Socket::new(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto))
+        .file_index(Some(slot))
+        .build()
+        .flags(io_uring::squeue::Flags::IO_LINK)
+        .user_data(1);
+    // SAFETY: all-zero is a valid sockaddr_ll; the fields used are set.
+    let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    ll.sll_family = libc::AF_PACKET as u16;
+    ll.sll_protocol = proto;
+    ll.sll_ifindex = 1;
+    ll.sll_halen = 6;
+    let payload = b"blastgate-uring-chain";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; the fields used are set.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut ll as *mut libc::sockaddr_ll).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let send = io_uring::opcode::SendMsg::new(io_uring::types::Fixed(0), &msg)
+        .build()
+        .user_data(2);
+    // SAFETY: `msg`, `ll`, `iov` and `payload` outlive the submission,
+    // which is waited for.
+    unsafe {
+        let mut sq = ring.submission();
+        if sq.push(&socket).is_err() || sq.push(&send).is_err() {
+            return json!({"op": op, "ok": false, "error": "submission queue full"});
+        }
+    }
+    if let Err(e) = ring.submit_and_wait(2) {
+        return failure(op, e);
+    }
+    let results: Vec<i32> = ring.completion().map(|c| c.result()).collect();
+    json!({"op": op, "ok": results.iter().all(|r| *r >= 0), "results": results,
+           "pid": std::process::id()})
+}
+
+fn packet_listen(ethertype: u16, ms: u64) -> Value {
+    let op = "packet-listen";
+    let fd = match new_socket(
+        libc::AF_PACKET,
+        libc::SOCK_DGRAM,
+        i32::from(ethertype.to_be()),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return failure(op, e),
+    };
+    let tv = libc::timeval {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    // SAFETY: setting a timeval option on our own socket.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as u32,
+        )
+    };
+    emit(json!({"op": "packet-listen-ready", "ok": true}));
+    let mut buf = [0u8; 256];
+    // SAFETY: reading into a valid buffer from our own socket.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let got = n > 0;
+    json!({"op": op, "ok": true, "received": got,
+           "payload": String::from_utf8_lossy(&buf[..n.max(0) as usize])})
 }

@@ -538,7 +538,10 @@ impl Config {
             let web = [Protocol::Http, Protocol::Https];
             protocol_section(&at, p, &web, "http", &t.http, |s| s.validate())?;
         }
-        let (min, max) = (blastgate_common::MIN_LABELS, blastgate_common::PID_MAX_LIMIT);
+        let (min, max) = (
+            blastgate_common::MIN_LABELS,
+            blastgate_common::PID_MAX_LIMIT,
+        );
         if !(min..=max).contains(&self.bpf.max_labels) {
             return Err(format!(
                 "bpf.max_labels: {} is outside {min}..={max} (agent processes alive at once)",

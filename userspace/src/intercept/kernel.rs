@@ -19,7 +19,11 @@ pub const MINIMUM: (u32, u32) = (5, 8);
 const TRACEPOINTS: &[(&str, u32, &str)] = &[
     ("sched_process_fork", 2, "labels inherited at fork"),
     ("sched_process_exec", 3, "enrolment by executable at exec"),
-    ("sched_process_exit", 1, "labels dropped at exit (pid reuse)"),
+    (
+        "sched_process_exit",
+        1,
+        "labels dropped at exit (pid reuse)",
+    ),
     ("sys_enter", 2, "packet sockets from every syscall entry"),
 ];
 

@@ -57,8 +57,7 @@ impl Interceptor {
         loader::ensure_bpffs(&pin_dir)?;
         let btf = btf::Btf::from_sys_fs()?;
         kernel::check_lineage_hooks(&btf)?;
-        let (mut ebpf, features) =
-            loader::load(&pin_dir, &btf, log_level, config.bpf.max_labels)?;
+        let (mut ebpf, features) = loader::load(&pin_dir, &btf, log_level, config.bpf.max_labels)?;
         let maps = Arc::new(KernelMaps::from_ebpf(&mut ebpf)?);
         match maps.labels_capacity() {
             Some(n) if n == config.bpf.max_labels => {}
@@ -111,8 +110,14 @@ impl Interceptor {
         maps.write_setting(setting::READY, 1)?;
 
         let exec_required = !config.enrol.exes.is_empty() || !config.enrol.scripts.is_empty();
-        let (attached, degraded) =
-            loader::attach_all(&mut ebpf, &pin_dir, &cgroup_root, &btf, features, exec_required)?;
+        let (attached, degraded) = loader::attach_all(
+            &mut ebpf,
+            &pin_dir,
+            &cgroup_root,
+            &btf,
+            features,
+            exec_required,
+        )?;
         let pending_events = ebpf
             .take_map(map::PENDING_EVENTS)
             .map(RingBuf::try_from)
