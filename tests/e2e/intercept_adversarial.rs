@@ -412,3 +412,98 @@ fn an_agent_that_is_a_node_script_is_enrolled_however_it_is_started() {
         "{status}"
     );
 }
+
+/// The daemon attaches one of two exit handlers, by the kernel's
+/// tracepoint signature; the other one must still be sound where it is
+/// used. Load (verify) it here, without attaching anything.
+#[test]
+fn the_fallback_exit_handler_loads_and_keeps_a_label_until_the_last_thread_exits() {
+    if !kernel_ready() {
+        return;
+    }
+    use blastgate::intercept::{btf::Btf, loader};
+    let pin = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/blastgate-test-{}-verify",
+        std::process::id()
+    ));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = loader::uninstall(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(pin.clone());
+    loader::ensure_bpffs(&pin).expect("bpffs");
+    let btf = Btf::from_sys_fs().expect("btf");
+    let (mut ebpf, _) = loader::load(&pin, &btf, 0, 64).expect("load the object");
+    let kernel_btf = aya::Btf::from_sys_fs().expect("kernel btf");
+    for name in [
+        blastgate_common::program::EXIT_GROUP,
+        blastgate_common::program::EXIT_LEADER,
+    ] {
+        let prog: &mut aya::programs::BtfTracePoint = ebpf
+            .program_mut(name)
+            .expect("program in the object")
+            .try_into()
+            .expect("a tp_btf program");
+        prog.load("sched_process_exit", &kernel_btf)
+            .unwrap_or_else(|e| panic!("{name} does not load: {e:?}"));
+    }
+
+    // And it behaves: attached alone (nothing else uses this object's
+    // maps), it keeps a label while the thread-group leader has left but
+    // another thread runs, and drops it when the last thread exits.
+    let maps = blastgate::intercept::KernelMaps::from_ebpf(&mut ebpf).expect("maps");
+    let prog: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(blastgate_common::program::EXIT_LEADER)
+        .expect("program")
+        .try_into()
+        .expect("tp_btf");
+    let link = prog.attach().expect("attach the fallback exit handler");
+    let mut child = Command::new(PROBE)
+        .arg("leader-exit")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    maps.label(
+        pid,
+        blastgate_common::Label {
+            agent_id: 1,
+            origin: blastgate_common::origin::RUN,
+            root_tgid: pid,
+            _pad: 0,
+        },
+    )
+    .expect("label");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("started");
+    // The leader is gone once /proc shows it as a zombie thread.
+    let leader_gone = wait_until(Duration::from_secs(5), || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).ok()?;
+        status.contains("State:\tZ").then_some(())
+    });
+    assert!(leader_gone.is_some(), "the leader did not exit");
+    assert!(
+        maps.label_of(pid).is_some(),
+        "the label went with the leader while another thread still runs"
+    );
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("poke");
+    let _ = child.wait();
+    assert!(
+        wait_until(Duration::from_secs(5), || maps
+            .label_of(pid)
+            .is_none()
+            .then_some(()))
+        .is_some(),
+        "the label outlived the process"
+    );
+    prog.detach(link).expect("detach");
+}

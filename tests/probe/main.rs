@@ -57,6 +57,10 @@ enum Op {
     /// and linked to it a sendmsg on that slot of one frame of ETHERTYPE
     /// on loopback.
     UringPacketChain { ethertype: u16 },
+    /// The thread-group leader leaves (pthread_exit) while a second thread
+    /// goes on: it waits for a line on stdin, prints one, and then the
+    /// whole process exits.
+    LeaderExit,
     /// Wait up to MS milliseconds for a frame of ETHERTYPE on any
     /// interface; prints whether one came.
     PacketListen { ethertype: u16, ms: u64 },
@@ -136,6 +140,7 @@ fn main() {
         Op::UringSocket { family, ty } => emit(uring_socket(family, ty)),
         Op::UringPacketChain { ethertype } => emit(uring_packet_chain(ethertype)),
         Op::PacketListen { ethertype, ms } => emit(packet_listen(ethertype, ms)),
+        Op::LeaderExit => leader_exit(),
         Op::ForkHold { n, addr, double } => fork_hold(n, addr, double),
         Op::Escape { cgroup, addr } => {
             let moved = std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string());
@@ -889,4 +894,18 @@ fn packet_listen(ethertype: u16, ms: u64) -> Value {
     let got = n > 0;
     json!({"op": op, "ok": true, "received": got,
            "payload": String::from_utf8_lossy(&buf[..n.max(0) as usize])})
+}
+
+fn leader_exit() {
+    std::thread::spawn(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        emit(json!({"op": "leader-exit", "ok": true, "pid": std::process::id()}));
+        std::process::exit(0);
+    });
+    emit(json!({"op": "leader-exit-started", "ok": true, "pid": std::process::id()}));
+    // SAFETY: the raw exit syscall ends only the calling thread (not the
+    // group, and without unwinding, which pthread_exit would try through
+    // Rust's main); the spawned thread keeps the process alive and exits it.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
 }

@@ -28,6 +28,8 @@ pub struct KernelMaps {
     cgroups: Mutex<HashMap<MapData, u64, u32>>,
     exes: Mutex<HashMap<MapData, ExeKey, u32>>,
     held: Mutex<Array<MapData, u32>>,
+    /// Processes this daemon marked unstored itself (the kernel counts its own).
+    unstored_here: std::sync::atomic::AtomicU64,
     interpreters: Mutex<HashMap<MapData, ExeKey, u32>>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -123,6 +125,7 @@ impl KernelMaps {
             cgroups: Mutex::new(take(&mut maps, map::ENROL_CGROUPS)?),
             exes: Mutex::new(take(&mut maps, map::ENROL_EXES)?),
             held: Mutex::new(take(&mut maps, map::HELD)?),
+            unstored_here: Default::default(),
             interpreters: Mutex::new(take(&mut maps, map::ENROL_INTERPRETERS)?),
             counters: take(&mut maps, map::COUNTERS)?,
         })
@@ -139,9 +142,22 @@ impl KernelMaps {
     }
 
     pub fn label(&self, tgid: u32, label: Label) -> Result<(), Error> {
-        lock(&self.labels)
-            .insert(tgid, label, 0)
-            .map_err(|e| map_err(map::LABELS, e))
+        let mut labels = lock(&self.labels);
+        labels.insert(tgid, label, 0).map_err(|e| {
+            let full = matches!(
+                &e,
+                aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG)
+            );
+            if full {
+                Error::Kernel(format!(
+                    "the label map is full ({} agent processes, [bpf] max_labels): pid {tgid} \
+                     cannot be made an agent",
+                    labels.iter().count()
+                ))
+            } else {
+                map_err(map::LABELS, e)
+            }
+        })
     }
 
     /// Labels `tgid`, or, if the label map is full, marks it as an agent
@@ -153,6 +169,8 @@ impl KernelMaps {
             return Ok(true);
         }
         self.set_held(tgid, held::UNSTORED)?;
+        self.unstored_here
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::error!(
             pid = tgid,
             "ALARM: the label map is full; pid {tgid} is refused every connection"
@@ -296,7 +314,10 @@ impl KernelMaps {
     /// Alarms for `blastgate status` and the daemon log: states in which
     /// the kernel is refusing agent processes it could not track.
     pub fn alarms(&self) -> Vec<String> {
-        let unstored = self.counter(counter::LABELS_UNSTORED);
+        let unstored = self.counter(counter::LABELS_UNSTORED)
+            + self
+                .unstored_here
+                .load(std::sync::atomic::Ordering::Relaxed);
         if unstored == 0 {
             return Vec::new();
         }
