@@ -224,14 +224,31 @@ fn a_label_map_setting_below_the_floor_is_refused() {
     assert!(err.contains("max_labels"), "{err}");
 }
 
-/// Runs `probe ARGS…` as an agent (or not) and tells whether it was killed.
-fn killed(env: &Env, agent: bool, args: &[&str]) -> (bool, Vec<Value>) {
-    let mut cmd_args = vec![PROBE];
-    cmd_args.extend(args);
-    let out = if agent {
-        env.agent("sniffer", &cmd_args).output()
-    } else {
-        Command::new(PROBE).args(args).output()
+/// Who runs a probe: not an agent, a root agent (CAP_NET_RAW), or an
+/// unprivileged agent.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    NotAgent,
+    RootAgent,
+    NobodyAgent,
+}
+
+/// Runs `probe ARGS…` as `who` and tells whether it was killed.
+fn killed(env: &Env, who: Who, args: &[&str]) -> (bool, Vec<Value>) {
+    let out = match who {
+        Who::NotAgent => Command::new(PROBE).args(args).output(),
+        Who::RootAgent => {
+            let mut cmd_args = vec![PROBE];
+            cmd_args.extend(args);
+            env.agent("sniffer", &cmd_args).output()
+        }
+        Who::NobodyAgent => Command::new(BIN)
+            .args(["run", "--agent", "sniffer", "--user", "nobody", "--config"])
+            .arg(&env.config)
+            .arg("--")
+            .arg(PROBE)
+            .args(args)
+            .output(),
     }
     .expect("run probe");
     (out.status.signal() == Some(libc::SIGKILL), json_lines(&out))
@@ -249,7 +266,9 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
     if !kernel_ready() {
         return;
     }
-    let env = Env::new("");
+    let server = TestServer::start(&["127.0.0.2"]);
+    let dst = server.addr(0).to_string();
+    let env = Env::new(&tcp_target(&server));
     let _d = Daemon::start(&env);
 
     let attacks: &[&[&str]] = &[
@@ -262,28 +281,63 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
     ];
     for args in attacks {
         // Not an agent (root, outside the agent set): it gets its socket.
-        let (dead, lines) = killed(&env, false, args);
+        let (dead, lines) = killed(&env, Who::NotAgent, args);
         assert!(!dead, "a non-agent was killed for {args:?}");
         assert_eq!(lines[0]["ok"], true, "non-agent {args:?}: {lines:?}");
         // An agent dies before it can use it.
-        let (dead, lines) = killed(&env, true, args);
+        let (dead, lines) = killed(&env, Who::RootAgent, args);
         assert!(dead, "an agent survived {args:?}: {lines:?}");
     }
 
-    // Look-alikes: ordinary sockets through the same entries are fine.
-    let harmless: &[&[&str]] = &[
-        &["socket32", AF_INET, SOCK_STREAM],
-        &["socket32", AF_INET, SOCK_DGRAM, "--socketcall"],
-        &["uring-socket", AF_INET, SOCK_STREAM],
-        &["udp", "127.0.0.53:53"],
-    ];
-    for args in harmless {
-        let (dead, lines) = killed(&env, true, args);
-        assert!(!dead, "an agent was killed for {args:?}");
-        assert_eq!(lines[0]["ok"], true, "agent {args:?}: {lines:?}");
+    // io_uring runs a whole batch before a kill lands: a packet socket and
+    // a linked sendmsg on it put a frame on the wire. An agent that could
+    // make packet sockets (CAP_NET_RAW) therefore gets no ring at all.
+    let ethertype = "34997";
+    for (who, expect_frame) in [(Who::NotAgent, true), (Who::RootAgent, false)] {
+        let mut listener = Command::new(PROBE)
+            .args(["packet-listen", ethertype, "1500"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("listener");
+        let mut out = BufReader::new(listener.stdout.take().expect("stdout"));
+        let mut ready = String::new();
+        out.read_line(&mut ready).expect("listener ready");
+        let (dead, lines) = killed(&env, who, &["uring-packet-chain", ethertype]);
+        let mut heard = String::new();
+        out.read_line(&mut heard).expect("listener result");
+        let _ = listener.wait();
+        let heard: Value = serde_json::from_str(&heard).expect("listener json");
+        assert_eq!(dead, !expect_frame, "{who:?}: {lines:?}");
+        assert_eq!(heard["received"], expect_frame, "{who:?}: {heard}");
     }
+
+    // Look-alikes: ordinary sockets through the same entries are fine for
+    // agents, and io_uring and 32-bit socketcall for unprivileged ones.
+    let harmless: &[(Who, &[&str])] = &[
+        (Who::RootAgent, &["socket32", AF_INET, SOCK_STREAM]),
+        (Who::RootAgent, &["udp", "127.0.0.53:53"]),
+        (
+            Who::NobodyAgent,
+            &["socket32", AF_INET, SOCK_DGRAM, "--socketcall"],
+        ),
+        (Who::NobodyAgent, &["uring-socket", AF_INET, SOCK_STREAM]),
+        (Who::NobodyAgent, &["uring", &dst]),
+    ];
+    for (who, args) in harmless {
+        let (dead, lines) = killed(&env, *who, args);
+        assert!(!dead, "{who:?} was killed for {args:?}");
+        assert_eq!(lines[0]["ok"], true, "{who:?} {args:?}: {lines:?}");
+    }
+    assert!(
+        !server.saw_peer(
+            killed(&env, Who::NobodyAgent, &["uring", &dst]).1[0]["local"]
+                .as_str()
+                .unwrap_or_default()
+        ),
+        "an io_uring connect went around the proxy"
+    );
     let status = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
-    assert!(status.contains("packet_sockets_killed: 6"), "{status}");
+    assert!(status.contains("packet_sockets_killed: 7"), "{status}");
 }
 
 /// A Node.js agent CLI: connects to its last argument (`ip:port`), prints

@@ -117,6 +117,10 @@ pub mod syscall {
     pub const TS_COMPAT: u32 = 0x0002;
     /// io_uring's socket() opcode.
     pub const IORING_OP_SOCKET: u8 = 45;
+    /// `io_uring_setup` (the same number in the 64-bit and i386 tables).
+    pub const IO_URING_SETUP: i64 = 425;
+    /// The capability packet sockets need (bit of `cred.cap_effective`).
+    pub const CAP_NET_RAW: u32 = 13;
 }
 
 /// Address families, as the kernel numbers them.
@@ -250,6 +254,9 @@ pub mod offsets {
     pub const INODE_INO: &str = "BG_OFF_INODE_INO";
     pub const INODE_SB: &str = "BG_OFF_INODE_SB";
     pub const SB_DEV: &str = "BG_OFF_SB_DEV";
+    /// `task_struct.cred` and `cred.cap_effective` (low 32 bits hold CAP_NET_RAW).
+    pub const TASK_CRED: &str = "BG_OFF_TASK_CRED";
+    pub const CRED_CAP_EFFECTIVE: &str = "BG_OFF_CRED_CAP_EFFECTIVE";
     /// `task_struct.thread_info.status` (x86: holds `TS_COMPAT`).
     pub const TASK_TI_STATUS: &str = "BG_OFF_TASK_TI_STATUS";
     /// `pt_regs` argument registers of the x86_64 and i386 syscall ABIs.

@@ -49,11 +49,22 @@ pub fn blastgate_sock_create(ctx: SockContext) -> i32 {
 /// The raw `sys_enter` tracepoint sees every syscall entry, 32-bit ones
 /// included (`int $0x80` from a 64-bit process, 32-bit programs), which the
 /// per-syscall `syscalls/sys_enter_socket` tracepoint does not. Everything
-/// but the three socket-creating numbers leaves after one comparison.
+/// but the four numbers below leaves after a few comparisons.
+///
+/// Two requests are refused outright to an agent holding CAP_NET_RAW (the
+/// capability a packet socket needs), because what they will create cannot
+/// be known here: a 32-bit `socketcall`, whose arguments sit in memory
+/// another thread can change between this read and the kernel's, and
+/// `io_uring_setup`, since a ring runs every request of a batch (a packet
+/// socket and a linked send on it) before a kill can land.
 #[btf_tracepoint(function = "sys_enter")]
 pub fn blastgate_packet_syscall(ctx: BtfTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
-    if id != syscall::SOCKET_64 && id != syscall::SOCKET_32 && id != syscall::SOCKETCALL_32 {
+    if id != syscall::SOCKET_64
+        && id != syscall::SOCKET_32
+        && id != syscall::SOCKETCALL_32
+        && id != syscall::IO_URING_SETUP
+    {
         return 0;
     }
     let Some(agent) = current_agent() else {
@@ -62,8 +73,35 @@ pub fn blastgate_packet_syscall(ctx: BtfTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     if let Some(entry) = packet_socket_args(id, regs) {
         kill(&ctx, agent, entry);
+    } else if (id == syscall::IO_URING_SETUP || id == syscall::SOCKETCALL_32) && has_net_raw() {
+        let compat = in_compat_syscall().unwrap_or(true);
+        let socket_call = id == syscall::SOCKETCALL_32
+            && compat
+            && !matches!(
+                unsafe { read_at::<u64>(regs, BG_OFF_REGS_BX.load()) },
+                Ok(call) if call as u32 != syscall::SOCKETCALL_SOCKET
+            );
+        if id == syscall::IO_URING_SETUP || socket_call {
+            kill(&ctx, agent, id as u32);
+        }
     }
     0
+}
+
+/// Does the caller hold CAP_NET_RAW (in its effective set, in whatever
+/// user namespace: counting one too many only kills an agent)? Unknown
+/// counts as yes.
+#[inline(always)]
+fn has_net_raw() -> bool {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let caps = unsafe {
+        read_at::<*const u8>(task, BG_OFF_TASK_CRED.load())
+            .and_then(|cred| read_at::<u32>(cred, BG_OFF_CRED_CAP_EFFECTIVE.load()))
+    };
+    match caps {
+        Ok(c) => c & (1 << syscall::CAP_NET_RAW) != 0,
+        Err(_) => true,
+    }
 }
 
 /// The family and type an agent's socket-creating syscall asks for, if
@@ -156,6 +194,10 @@ fn kill(ctx: &BtfTracePointContext, agent: u32, entry: u32) {
 
 #[unsafe(no_mangle)]
 static BG_OFF_TASK_TI_STATUS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static BG_OFF_TASK_CRED: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static BG_OFF_CRED_CAP_EFFECTIVE: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static BG_OFF_REGS_DI: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]

@@ -249,6 +249,8 @@ pub fn load(
     // The packet guard reads the syscall's registers and whether it came
     // in through the 32-bit entry (x86_64 layout).
     let ti_status = off("task_struct", "thread_info")? + off("thread_info", "status")?;
+    let task_cred = off("task_struct", "cred")?;
+    let cred_caps = off("cred", "cap_effective")?;
     let [regs_di, regs_si, regs_bx, regs_cx] = [
         off("pt_regs", "di")?,
         off("pt_regs", "si")?,
@@ -298,6 +300,8 @@ pub fn load(
         .override_global(offsets::INODE_SB, &inode_sb, true)
         .override_global(offsets::SB_DEV, &sb_dev, true)
         .override_global(offsets::TASK_TI_STATUS, &ti_status, true)
+        .override_global(offsets::TASK_CRED, &task_cred, true)
+        .override_global(offsets::CRED_CAP_EFFECTIVE, &cred_caps, true)
         .override_global(offsets::REGS_DI, &regs_di, true)
         .override_global(offsets::REGS_SI, &regs_si, true)
         .override_global(offsets::REGS_BX, &regs_bx, true)

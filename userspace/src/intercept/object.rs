@@ -78,6 +78,8 @@ mod tests {
             offsets::TASK_SIGNAL,
             offsets::SIGNAL_LIVE,
             offsets::TASK_TI_STATUS,
+            offsets::TASK_CRED,
+            offsets::CRED_CAP_EFFECTIVE,
             offsets::REGS_DI,
             offsets::REGS_SI,
             offsets::REGS_BX,
