@@ -228,21 +228,21 @@ fn a_label_map_setting_below_the_floor_is_refused() {
 /// unprivileged agent.
 #[derive(Debug, Clone, Copy)]
 enum Who {
-    NotAgent,
-    RootAgent,
-    NobodyAgent,
+    Outsider,
+    Root,
+    Unprivileged,
 }
 
 /// Runs `probe ARGS…` as `who` and tells whether it was killed.
 fn killed(env: &Env, who: Who, args: &[&str]) -> (bool, Vec<Value>) {
     let out = match who {
-        Who::NotAgent => Command::new(PROBE).args(args).output(),
-        Who::RootAgent => {
+        Who::Outsider => Command::new(PROBE).args(args).output(),
+        Who::Root => {
             let mut cmd_args = vec![PROBE];
             cmd_args.extend(args);
             env.agent("sniffer", &cmd_args).output()
         }
-        Who::NobodyAgent => Command::new(BIN)
+        Who::Unprivileged => Command::new(BIN)
             .args(["run", "--agent", "sniffer", "--user", "nobody", "--config"])
             .arg(&env.config)
             .arg("--")
@@ -281,11 +281,11 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
     ];
     for args in attacks {
         // Not an agent (root, outside the agent set): it gets its socket.
-        let (dead, lines) = killed(&env, Who::NotAgent, args);
+        let (dead, lines) = killed(&env, Who::Outsider, args);
         assert!(!dead, "a non-agent was killed for {args:?}");
         assert_eq!(lines[0]["ok"], true, "non-agent {args:?}: {lines:?}");
         // An agent dies before it can use it.
-        let (dead, lines) = killed(&env, Who::RootAgent, args);
+        let (dead, lines) = killed(&env, Who::Root, args);
         assert!(dead, "an agent survived {args:?}: {lines:?}");
     }
 
@@ -293,7 +293,7 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
     // a linked sendmsg on it put a frame on the wire. An agent that could
     // make packet sockets (CAP_NET_RAW) therefore gets no ring at all.
     let ethertype = "34997";
-    for (who, expect_frame) in [(Who::NotAgent, true), (Who::RootAgent, false)] {
+    for (who, expect_frame) in [(Who::Outsider, true), (Who::Root, false)] {
         let mut listener = Command::new(PROBE)
             .args(["packet-listen", ethertype, "1500"])
             .stdout(Stdio::piped())
@@ -314,14 +314,14 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
     // Look-alikes: ordinary sockets through the same entries are fine for
     // agents, and io_uring and 32-bit socketcall for unprivileged ones.
     let harmless: &[(Who, &[&str])] = &[
-        (Who::RootAgent, &["socket32", AF_INET, SOCK_STREAM]),
-        (Who::RootAgent, &["udp", "127.0.0.53:53"]),
+        (Who::Root, &["socket32", AF_INET, SOCK_STREAM]),
+        (Who::Root, &["udp", "127.0.0.53:53"]),
         (
-            Who::NobodyAgent,
+            Who::Unprivileged,
             &["socket32", AF_INET, SOCK_DGRAM, "--socketcall"],
         ),
-        (Who::NobodyAgent, &["uring-socket", AF_INET, SOCK_STREAM]),
-        (Who::NobodyAgent, &["uring", &dst]),
+        (Who::Unprivileged, &["uring-socket", AF_INET, SOCK_STREAM]),
+        (Who::Unprivileged, &["uring", &dst]),
     ];
     for (who, args) in harmless {
         let (dead, lines) = killed(&env, *who, args);
@@ -330,7 +330,7 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
     }
     assert!(
         !server.saw_peer(
-            killed(&env, Who::NobodyAgent, &["uring", &dst]).1[0]["local"]
+            killed(&env, Who::Unprivileged, &["uring", &dst]).1[0]["local"]
                 .as_str()
                 .unwrap_or_default()
         ),
