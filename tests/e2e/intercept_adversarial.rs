@@ -254,8 +254,13 @@ fn killed(env: &Env, who: Who, args: &[&str]) -> (bool, Vec<Value>) {
     (out.status.signal() == Some(libc::SIGKILL), json_lines(&out))
 }
 
+const AF_UNIX: &str = "1";
 const AF_INET: &str = "2";
+const AF_NETLINK: &str = "16";
 const AF_PACKET: &str = "17";
+/// To the hypervisor host, where there is one (this machine has a vsock).
+const AF_VSOCK: &str = "40";
+const AF_XDP: &str = "44";
 const SOCK_STREAM: &str = "1";
 const SOCK_DGRAM: &str = "2";
 const SOCK_RAW: &str = "3";
@@ -278,6 +283,10 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
         &["socket32", AF_PACKET, SOCK_RAW, "--socketcall"],
         &["socket32", AF_INET, "10", "--socketcall"],
         &["uring-socket", AF_PACKET, SOCK_RAW],
+        // Other families the cgroup hooks never see.
+        &["socket", AF_VSOCK, SOCK_STREAM],
+        &["socket", AF_XDP, SOCK_RAW],
+        &["socket32", AF_VSOCK, SOCK_STREAM],
     ];
     for args in attacks {
         // Not an agent (root, outside the agent set): it gets its socket.
@@ -313,8 +322,21 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
 
     // Look-alikes: ordinary sockets through the same entries are fine for
     // agents, and io_uring and 32-bit socketcall for unprivileged ones.
+    // An unprivileged agent too: vsock needs no privilege at all.
+    for args in [
+        &["socket", AF_VSOCK, SOCK_STREAM][..],
+        &["uring-socket", AF_VSOCK, SOCK_STREAM],
+        &["socket32", AF_VSOCK, SOCK_STREAM, "--socketcall"],
+    ] {
+        let (dead, lines) = killed(&env, Who::Unprivileged, args);
+        assert!(dead, "an unprivileged agent survived {args:?}: {lines:?}");
+    }
+
     let harmless: &[(Who, &[&str])] = &[
         (Who::Root, &["socket32", AF_INET, SOCK_STREAM]),
+        (Who::Root, &["socket", AF_UNIX, SOCK_STREAM]),
+        (Who::Root, &["socket", AF_NETLINK, SOCK_RAW]),
+        (Who::Unprivileged, &["socket", AF_NETLINK, SOCK_DGRAM]),
         (Who::Root, &["udp", "127.0.0.53:53"]),
         (
             Who::Unprivileged,
@@ -337,7 +359,7 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
         "an io_uring connect went around the proxy"
     );
     let status = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
-    assert!(status.contains("packet_sockets_killed: 7"), "{status}");
+    assert!(status.contains("packet_sockets_killed: 13"), "{status}");
 }
 
 /// A Node.js agent CLI: connects to its last argument (`ip:port`), prints

@@ -41,6 +41,8 @@ enum Op {
     Raw,
     /// Open an AF_PACKET socket.
     Packet,
+    /// socket(FAMILY, TYPE, 0), then close it.
+    Socket { family: i32, ty: i32 },
     /// The obsolete spelling of a packet socket: socket(AF_INET, SOCK_PACKET).
     PacketLegacy,
     /// socket(FAMILY, TYPE, 0) through the 32-bit syscall entry (`int $0x80`),
@@ -125,6 +127,7 @@ fn main() {
             libc::IPPROTO_ICMP,
         )),
         Op::Packet => emit(open_socket("packet", libc::AF_PACKET, libc::SOCK_RAW, 0)),
+        Op::Socket { family, ty } => emit(open_socket("socket", family, ty, 0)),
         Op::PacketLegacy => emit(open_socket(
             "packet-legacy",
             libc::AF_INET,

@@ -127,6 +127,10 @@ pub mod syscall {
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 pub const AF_PACKET: u32 = 17;
+pub const AF_UNIX: u32 = 1;
+pub const AF_NETLINK: u32 = 16;
+/// The kernel crypto API (hashing, ciphers): never leaves the host.
+pub const AF_ALG: u32 = 38;
 pub const SOCK_STREAM: u32 = 1;
 pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;

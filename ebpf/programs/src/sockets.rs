@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use blastgate_common::{
-    counter, syscall, AF_INET, AF_PACKET, SOCK_DGRAM, SOCK_PACKET, SOCK_STREAM, SOCK_TYPE_MASK,
+    counter, syscall, AF_ALG, AF_INET, AF_INET6, AF_NETLINK, AF_UNIX, SOCK_DGRAM, SOCK_PACKET,
+    SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 use crate::agent::{count, current_agent, read_at};
@@ -139,7 +140,7 @@ fn packet_socket_args(id: i64, regs: *const u8) -> Option<u32> {
         return None;
     };
     match (family, ty) {
-        (Ok(f), Ok(t)) if is_packet(f as u32, t as u32) => Some(entry),
+        (Ok(f), Ok(t)) if is_forbidden(f as u32, t as u32) => Some(entry),
         (Ok(_), Ok(_)) => None,
         _ => Some(entry),
     }
@@ -161,17 +162,26 @@ pub fn blastgate_packet_uring(ctx: BtfTracePointContext) -> i32 {
     let family = unsafe { read_at::<i32>(req, BG_OFF_IO_SOCKET_DOMAIN.load()) };
     let ty = unsafe { read_at::<i32>(req, BG_OFF_IO_SOCKET_TYPE.load()) };
     match (family, ty) {
-        (Ok(f), Ok(t)) if !is_packet(f as u32, t as u32) => {}
+        (Ok(f), Ok(t)) if !is_forbidden(f as u32, t as u32) => {}
         _ => kill(&ctx, agent, 0),
     }
     0
 }
 
-/// `AF_PACKET`, or the obsolete `(AF_INET, SOCK_PACKET)` spelling that the
-/// kernel turns into one after every hook above has looked at it.
+/// Socket families an agent may have: IP (redirected by the cgroup hooks),
+/// unix and netlink (local to the host) and the kernel crypto API. Every
+/// other family (`AF_PACKET`, `AF_VSOCK` to a hypervisor, `AF_XDP`,
+/// `AF_TIPC`, `AF_RDS`, `AF_SMC`, …) is out of the hooks' sight and a way
+/// around the proxy. So is the obsolete `(AF_INET, SOCK_PACKET)` spelling,
+/// which the kernel turns into a packet socket after every hook above has
+/// looked at it.
 #[inline(always)]
-fn is_packet(family: u32, ty: u32) -> bool {
-    family == AF_PACKET || (family == AF_INET && ty & SOCK_TYPE_MASK == SOCK_PACKET)
+fn is_forbidden(family: u32, ty: u32) -> bool {
+    match family {
+        AF_INET => ty & SOCK_TYPE_MASK == SOCK_PACKET,
+        AF_INET6 | AF_UNIX | AF_NETLINK | AF_ALG => false,
+        _ => true,
+    }
 }
 
 /// Is the running syscall a 32-bit one? (x86 `in_ia32_syscall()`.)

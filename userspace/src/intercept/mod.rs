@@ -42,6 +42,8 @@ pub struct Interceptor {
     pub pending: Arc<std::sync::Mutex<scripts::Decider>>,
     /// The kernel's pending-process events, until the daemon takes them.
     pending_events: Option<RingBuf<MapData>>,
+    /// Alarms already logged, so each new one is logged once.
+    alarms_logged: Vec<String>,
 }
 
 impl Interceptor {
@@ -143,6 +145,7 @@ impl Interceptor {
             ))),
             enrolment,
             pending_events,
+            alarms_logged: Vec::new(),
         })
     }
 
@@ -173,6 +176,11 @@ impl Interceptor {
         enrol::scan(&self.enrolment, &self.agents, std::process::id());
         self.decide_pending();
         enrol::sweep(&self.agents);
+        let alarms = self.maps.alarms();
+        for a in alarms.iter().filter(|a| !self.alarms_logged.contains(a)) {
+            tracing::error!("ALARM: {a}");
+        }
+        self.alarms_logged = alarms;
     }
 
     /// Decides every process the kernel holds pending.
