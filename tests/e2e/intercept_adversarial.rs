@@ -176,6 +176,17 @@ fn a_full_label_map_refuses_what_it_cannot_label_and_raises_an_alarm() {
         "{v}"
     );
 
+    // `blastgate run` cannot label a new agent while the map is full: the
+    // command is not started, and the error says why.
+    let out = env
+        .agent("late", &[PROBE, "connect", &dst])
+        .output()
+        .expect("blastgate run");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(json_lines(&out).is_empty(), "the agent ran: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("label map is full"), "{err}");
+
     // The alarm: status says so (text and JSON), and so does /metrics.
     let text = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
     assert!(text.starts_with("ALARM: "), "{text}");
@@ -360,6 +371,13 @@ fn packet_sockets_kill_an_agent_whatever_the_syscall_entry() {
     );
     let status = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
     assert!(status.contains("packet_sockets_killed: 13"), "{status}");
+    // Every guard above is attached: none of them is reported missing.
+    for d in status.lines().filter(|l| l.starts_with("degraded:")) {
+        assert!(
+            d == "degraded: none" || d == "degraded: lsm unavailable",
+            "{status}"
+        );
+    }
 }
 
 /// A Node.js agent CLI: connects to its last argument (`ip:port`), prints
@@ -375,15 +393,22 @@ if (i >= 0) {
   process.stdout.write(execFileSync(args[i + 1], ['connect', dst]));
 }
 const [host, port] = [dst.slice(0, dst.lastIndexOf(':')), +dst.slice(dst.lastIndexOf(':') + 1)];
-let local = '';
-let body = '';
-const s = net.connect({ host, port }, () => {
-  local = `${s.localAddress}:${s.localPort}`;
-  s.write('GET / HTTP/1.0\r\nHost: cli\r\n\r\n');
-});
-s.on('data', (d) => { body += d; });
-s.on('end', () => console.log(JSON.stringify({ op: 'cli', ok: body.length > 0, local, pid: process.pid, response: body })));
-s.on('error', (e) => console.log(JSON.stringify({ op: 'cli', ok: false, error: e.message, code: e.code, pid: process.pid })));
+function once() {
+  let local = '';
+  let body = '';
+  const s = net.connect({ host, port }, () => {
+    local = `${s.localAddress}:${s.localPort}`;
+    s.write('GET / HTTP/1.0\r\nHost: cli\r\n\r\n');
+  });
+  s.on('data', (d) => { body += d; });
+  s.on('end', () => console.log(JSON.stringify({ op: 'cli', ok: body.length > 0, local, pid: process.pid, response: body })));
+  s.on('error', (e) => console.log(JSON.stringify({ op: 'cli', ok: false, error: e.message, code: e.code, pid: process.pid })));
+}
+if (args.includes('--interactive')) {
+  require('readline').createInterface({ input: process.stdin }).on('line', once);
+} else {
+  once();
+}
 "#;
 
 fn node() -> Option<std::path::PathBuf> {
@@ -419,6 +444,17 @@ fn an_agent_that_is_a_node_script_is_enrolled_however_it_is_started() {
     // Same content, another file: not the enrolled script.
     let other = dir.path().join("other.js");
     write_script(&other);
+    // Already running when the daemon starts: found by the start-up scan.
+    let mut early = Interactive::spawn({
+        let mut c = Command::new(&node);
+        c.args([cli.to_str().expect("utf-8 path"), "--interactive", &dst]);
+        c
+    });
+    let v = early.poke();
+    assert!(
+        server.saw_peer(v["local"].as_str().unwrap_or_default()),
+        "direct before the daemon: {v}"
+    );
     let env = Env::new(&format!(
         "[[enrol.scripts]]\ninterpreter = \"{}\"\nscript = \"{}\"\nagent = \"claude\"\n\n{}",
         node.display(),
@@ -426,6 +462,12 @@ fn an_agent_that_is_a_node_script_is_enrolled_however_it_is_started() {
         tcp_target(&server)
     ));
     let _d = Daemon::start(&env);
+    let v = early.poke();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        !server.saw_peer(v["local"].as_str().unwrap_or_default()),
+        "a running script matching a rule is labelled at start: {v}"
+    );
 
     let through_proxy = |what: &str, mut cmd: Command| {
         let lines = run_json(&mut cmd);

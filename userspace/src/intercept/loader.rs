@@ -356,10 +356,13 @@ pub fn attach_all(
                         .into(),
                 ));
             }
-            note_degraded(
-                &mut degraded,
-                &format!("{} unavailable: kernel BTF lacks its offsets", s.feature),
-            );
+            // The exit handler not chosen for this kernel is no loss.
+            if matches!(s.name, program::EXEC | program::PACKET_URING) {
+                note_degraded(
+                    &mut degraded,
+                    &format!("{} unavailable: kernel BTF lacks its offsets", s.feature),
+                );
+            }
             continue;
         }
         match attach_one(ebpf, s, &cgroup, &kernel_btf) {
