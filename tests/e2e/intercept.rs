@@ -316,7 +316,14 @@ fn tcp_fast_open_and_io_uring_connects_are_intercepted() {
     let dst = server.addr(0).to_string();
 
     for op in ["tfo", "uring"] {
-        let v = &run_json(&mut env.agent("a", &[PROBE, op, &dst]))[0];
+        // Unprivileged, as agents should run: an agent holding CAP_NET_RAW
+        // gets no io_uring (see intercept_adversarial).
+        let v = &run_json(
+            Command::new(BIN)
+                .args(["run", "--agent", "a", "--user", "nobody", "--config"])
+                .arg(&env.config)
+                .args(["--", PROBE, op, &dst]),
+        )[0];
         assert_eq!(v["ok"], true, "{op}: {v}");
         assert!(
             !server.saw_peer(v["local"].as_str().unwrap_or_default()),

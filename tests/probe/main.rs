@@ -41,6 +41,42 @@ enum Op {
     Raw,
     /// Open an AF_PACKET socket.
     Packet,
+    /// socket(FAMILY, TYPE, 0), then close it.
+    Socket { family: i32, ty: i32 },
+    /// The obsolete spelling of a packet socket: socket(AF_INET, SOCK_PACKET).
+    PacketLegacy,
+    /// socket(FAMILY, TYPE, 0) through the 32-bit syscall entry (`int $0x80`),
+    /// as the i386 `socket` syscall, or with `--socketcall` as `socketcall`.
+    Socket32 {
+        family: u32,
+        ty: u32,
+        #[arg(long)]
+        socketcall: bool,
+    },
+    /// socket(FAMILY, TYPE, 0) as an io_uring `IORING_OP_SOCKET` request.
+    UringSocket { family: i32, ty: i32 },
+    /// One io_uring submission: a packet socket into a fixed-file slot,
+    /// and linked to it a sendmsg on that slot of one frame of ETHERTYPE
+    /// on loopback.
+    UringPacketChain { ethertype: u16 },
+    /// The thread-group leader leaves (pthread_exit) while a second thread
+    /// goes on: it waits for a line on stdin, prints one, and then the
+    /// whole process exits.
+    LeaderExit,
+    /// Wait up to MS milliseconds for a frame of ETHERTYPE on any
+    /// interface; prints whether one came.
+    PacketListen { ethertype: u16, ms: u64 },
+    /// Fork N children that stay alive together (labels held), then each
+    /// connects to ADDR and prints a line; with `--double` each child forks
+    /// a grandchild and exits first, so the grandchildren (which connect)
+    /// are reparented. Prints a summary line, then holds every child until
+    /// stdin closes.
+    ForkHold {
+        n: usize,
+        addr: SocketAddr,
+        #[arg(long)]
+        double: bool,
+    },
     /// Move this process to another cgroup (write to its cgroup.procs), then connect.
     Escape { cgroup: PathBuf, addr: SocketAddr },
     /// clone3(CLONE_INTO_CGROUP) a child into CGROUP; the child connects.
@@ -91,6 +127,24 @@ fn main() {
             libc::IPPROTO_ICMP,
         )),
         Op::Packet => emit(open_socket("packet", libc::AF_PACKET, libc::SOCK_RAW, 0)),
+        Op::Socket { family, ty } => emit(open_socket("socket", family, ty, 0)),
+        Op::PacketLegacy => emit(open_socket(
+            "packet-legacy",
+            libc::AF_INET,
+            // SOCK_PACKET (libc deprecates the constant, which is the point).
+            10,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        )),
+        Op::Socket32 {
+            family,
+            ty,
+            socketcall,
+        } => emit(socket32(family, ty, socketcall)),
+        Op::UringSocket { family, ty } => emit(uring_socket(family, ty)),
+        Op::UringPacketChain { ethertype } => emit(uring_packet_chain(ethertype)),
+        Op::PacketListen { ethertype, ms } => emit(packet_listen(ethertype, ms)),
+        Op::LeaderExit => leader_exit(),
+        Op::ForkHold { n, addr, double } => fork_hold(n, addr, double),
         Op::Escape { cgroup, addr } => {
             let moved = std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string());
             let mut v = connect("escape", addr);
@@ -559,4 +613,302 @@ fn pid_reuse(target: i32, addr: SocketAddr) -> Value {
         }
     }
     json!({"op": "pid-reuse", "ok": false, "reached": false})
+}
+
+/// A 32-bit syscall from this 64-bit process: `int $0x80` takes the i386
+/// numbers and 32-bit arguments in ebx, ecx, edx.
+#[cfg(target_arch = "x86_64")]
+fn int80(nr: u32, a: u32, b: u32, c: u32) -> i32 {
+    let ret: u32;
+    // SAFETY: the syscalls used here (socket, socketcall) only read their
+    // arguments; rbx, which LLVM reserves, is swapped in and restored.
+    unsafe {
+        std::arch::asm!(
+            "xchg {a}, rbx",
+            "int 0x80",
+            "xchg {a}, rbx",
+            a = inout(reg) u64::from(a) => _,
+            inlateout("eax") nr => ret,
+            in("ecx") b,
+            in("edx") c,
+        );
+    }
+    ret as i32
+}
+
+#[cfg(target_arch = "x86_64")]
+fn socket32(family: u32, ty: u32, socketcall: bool) -> Value {
+    let op = if socketcall {
+        "socketcall32"
+    } else {
+        "socket32"
+    };
+    let fd = if socketcall {
+        // socketcall's argument block must sit below 4 GiB.
+        // SAFETY: a fresh anonymous mapping, unmapped below.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return failure(op, std::io::Error::last_os_error());
+        }
+        let args = page.cast::<u32>();
+        // SAFETY: the page is ours, writable and large enough.
+        let fd = unsafe {
+            args.write(family);
+            args.add(1).write(ty);
+            args.add(2).write(0);
+            int80(102, 1, args as usize as u32, 0)
+        };
+        // SAFETY: unmapping the page mapped above.
+        unsafe { libc::munmap(page, 4096) };
+        fd
+    } else {
+        int80(359, family, ty, 0)
+    };
+    if fd < 0 {
+        return failure(op, std::io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: closing the descriptor the kernel just gave us.
+    unsafe { libc::close(fd) };
+    json!({"op": op, "ok": true, "pid": std::process::id()})
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn socket32(_family: u32, _ty: u32, _socketcall: bool) -> Value {
+    json!({"op": "socket32", "ok": false, "error": "x86_64 only"})
+}
+
+fn uring_socket(family: i32, ty: i32) -> Value {
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => return failure("uring-socket", e),
+    };
+    let op = io_uring::opcode::Socket::new(family, ty, 0)
+        .build()
+        .user_data(1);
+    // SAFETY: the request references no memory of ours.
+    if unsafe { ring.submission().push(&op) }.is_err() {
+        return json!({"op": "uring-socket", "ok": false, "error": "submission queue full"});
+    }
+    if let Err(e) = ring.submit_and_wait(1) {
+        return failure("uring-socket", e);
+    }
+    let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
+    if res < 0 {
+        return failure("uring-socket", std::io::Error::from_raw_os_error(-res));
+    }
+    // SAFETY: closing the descriptor the ring created for us.
+    unsafe { libc::close(res) };
+    json!({"op": "uring-socket", "ok": true, "pid": std::process::id()})
+}
+
+fn pipe() -> [i32; 2] {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two fds.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        emit(failure("pipe", std::io::Error::last_os_error()));
+        std::process::exit(1);
+    }
+    fds
+}
+
+/// Blocks until every write end of `fd` is closed.
+fn wait_eof(fd: i32) {
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte into a valid buffer from our own fd.
+    while unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) } > 0 {}
+}
+
+fn fork_hold(n: usize, addr: SocketAddr, double: bool) {
+    let [go_r, go_w] = pipe();
+    let [res_r, res_w] = pipe();
+    let [done_r, done_w] = pipe();
+    let mut children = Vec::new();
+    for i in 0..n {
+        // SAFETY: single-threaded; the child only uses pipes, connects,
+        // writes one line and exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            emit(failure("fork-hold", std::io::Error::last_os_error()));
+            break;
+        }
+        if pid == 0 {
+            // SAFETY: closing the ends this child does not use.
+            unsafe {
+                libc::close(go_w);
+                libc::close(res_r);
+                libc::close(done_w);
+            }
+            if double {
+                let middle = std::process::id();
+                // SAFETY: as above; the middle process exits at once.
+                if unsafe { libc::fork() } != 0 {
+                    unsafe { libc::_exit(0) };
+                }
+                while std::os::unix::process::parent_id() == middle {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            wait_eof(go_r);
+            let mut v = connect("fork-hold", addr);
+            v["index"] = json!(i);
+            v["ppid"] = json!(std::os::unix::process::parent_id());
+            let line = format!("{v}\n");
+            // SAFETY: one write of a line shorter than PIPE_BUF is atomic.
+            unsafe {
+                libc::write(res_w, line.as_ptr().cast(), line.len());
+                libc::close(res_w);
+            }
+            wait_eof(done_r);
+            // SAFETY: leaving the child without running the parent's atexit.
+            unsafe { libc::_exit(0) };
+        }
+        if double {
+            // Reap the middle process so its child is reparented now.
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        } else {
+            children.push(pid);
+        }
+    }
+    // SAFETY: closing our copies: the children see EOF on `go` and the
+    // results pipe ends when the last child has written.
+    unsafe {
+        libc::close(go_r);
+        libc::close(res_w);
+        libc::close(done_r);
+        libc::close(go_w);
+    }
+    // SAFETY: res_r is ours and open.
+    let mut results = unsafe { std::fs::File::from_raw_fd(res_r) };
+    let mut out = String::new();
+    let _ = results.read_to_string(&mut out);
+    let mut reported = 0;
+    for line in out.lines() {
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            emit(v);
+            reported += 1;
+        }
+    }
+    emit(
+        json!({"op": "fork-hold-summary", "ok": reported == n, "children": n,
+                "reported": reported, "pid": std::process::id()}),
+    );
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
+    // SAFETY: releasing the children, then reaping those that are ours.
+    unsafe { libc::close(done_w) };
+    for pid in children {
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+}
+
+fn uring_packet_chain(ethertype: u16) -> Value {
+    let op = "uring-packet-chain";
+    let mut ring = match io_uring::IoUring::new(4) {
+        Ok(r) => r,
+        Err(e) => return failure(op, e),
+    };
+    if let Err(e) = ring.submitter().register_files_sparse(1) {
+        return failure(op, e);
+    }
+    let Ok(slot) = io_uring::types::DestinationSlot::try_from_slot_target(0) else {
+        return json!({"op": op, "ok": false, "error": "slot"});
+    };
+    let proto = ethertype.to_be();
+    let socket = io_uring::opcode::Socket::new(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto))
+        .file_index(Some(slot))
+        .build()
+        .flags(io_uring::squeue::Flags::IO_LINK)
+        .user_data(1);
+    // SAFETY: all-zero is a valid sockaddr_ll; the fields used are set.
+    let mut ll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    ll.sll_family = libc::AF_PACKET as u16;
+    ll.sll_protocol = proto;
+    ll.sll_ifindex = 1;
+    ll.sll_halen = 6;
+    let payload = b"blastgate-uring-chain";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; the fields used are set.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut ll as *mut libc::sockaddr_ll).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let send = io_uring::opcode::SendMsg::new(io_uring::types::Fixed(0), &msg)
+        .build()
+        .user_data(2);
+    // SAFETY: `msg`, `ll`, `iov` and `payload` outlive the submission,
+    // which is waited for.
+    unsafe {
+        let mut sq = ring.submission();
+        if sq.push(&socket).is_err() || sq.push(&send).is_err() {
+            return json!({"op": op, "ok": false, "error": "submission queue full"});
+        }
+    }
+    if let Err(e) = ring.submit_and_wait(2) {
+        return failure(op, e);
+    }
+    let results: Vec<i32> = ring.completion().map(|c| c.result()).collect();
+    json!({"op": op, "ok": results.iter().all(|r| *r >= 0), "results": results,
+           "pid": std::process::id()})
+}
+
+fn packet_listen(ethertype: u16, ms: u64) -> Value {
+    let op = "packet-listen";
+    let fd = match new_socket(
+        libc::AF_PACKET,
+        libc::SOCK_DGRAM,
+        i32::from(ethertype.to_be()),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return failure(op, e),
+    };
+    let tv = libc::timeval {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
+    };
+    // SAFETY: setting a timeval option on our own socket.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as u32,
+        )
+    };
+    emit(json!({"op": "packet-listen-ready", "ok": true}));
+    let mut buf = [0u8; 256];
+    // SAFETY: reading into a valid buffer from our own socket.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let got = n > 0;
+    json!({"op": op, "ok": true, "received": got,
+           "payload": String::from_utf8_lossy(&buf[..n.max(0) as usize])})
+}
+
+fn leader_exit() {
+    std::thread::spawn(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        emit(json!({"op": "leader-exit", "ok": true, "pid": std::process::id()}));
+        std::process::exit(0);
+    });
+    emit(json!({"op": "leader-exit-started", "ok": true, "pid": std::process::id()}));
+    // SAFETY: the raw exit syscall ends only the calling thread (not the
+    // group, and without unwinding, which pthread_exit would try through
+    // Rust's main); the spawned thread keeps the process alive and exits it.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
 }

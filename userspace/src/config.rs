@@ -194,10 +194,19 @@ pub struct BpfConfig {
     /// when unset.
     #[serde(default)]
     pub cgroup_root: Option<PathBuf>,
+    /// Capacity of the kernel's label map: agent processes alive at once.
+    /// A process that does not fit is refused every connection (and
+    /// `blastgate status` raises an alarm), never left unguarded.
+    #[serde(default = "default_max_labels")]
+    pub max_labels: u32,
 }
 
 fn default_pin_dir() -> PathBuf {
     DEFAULT_PIN_DIR.into()
+}
+
+fn default_max_labels() -> u32 {
+    blastgate_common::MAX_LABELS
 }
 
 impl Default for BpfConfig {
@@ -205,6 +214,7 @@ impl Default for BpfConfig {
         BpfConfig {
             pin_dir: default_pin_dir(),
             cgroup_root: None,
+            max_labels: default_max_labels(),
         }
     }
 }
@@ -342,6 +352,24 @@ pub struct EnrolConfig {
     pub cgroups: Vec<Rule<PathBuf>>,
     #[serde(default)]
     pub exes: Vec<Rule<PathBuf>>,
+    /// Agents that are scripts run by an interpreter (`node cli.js`, or a
+    /// `#!` script run directly).
+    #[serde(default)]
+    pub scripts: Vec<ScriptRule>,
+}
+
+/// `{ interpreter = "/usr/bin/node", script = "/opt/agent/cli.js", agent = "claude" }`:
+/// a process that executes `interpreter` (the file the kernel runs, after
+/// symlinks and `#!` lines) with `script` among its arguments (the same
+/// file: compared by device and inode, relative paths resolved against the
+/// process's working directory) is the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptRule {
+    pub interpreter: PathBuf,
+    pub script: PathBuf,
+    #[serde(default)]
+    pub agent: Option<String>,
 }
 
 /// An enrolment rule: a bare value (`1001`) or a table naming the agent
@@ -511,6 +539,23 @@ impl Config {
             protocol_section(&at, p, &[Protocol::Ssh], "ssh", &t.ssh, |s| s.validate())?;
             let web = [Protocol::Http, Protocol::Https];
             protocol_section(&at, p, &web, "http", &t.http, |s| s.validate())?;
+        }
+        let (min, max) = (
+            blastgate_common::MIN_LABELS,
+            blastgate_common::PID_MAX_LIMIT,
+        );
+        if !(min..=max).contains(&self.bpf.max_labels) {
+            return Err(format!(
+                "bpf.max_labels: {} is outside {min}..={max} (agent processes alive at once)",
+                self.bpf.max_labels
+            ));
+        }
+        for (i, r) in self.enrol.scripts.iter().enumerate() {
+            if !r.interpreter.is_absolute() || !r.script.is_absolute() {
+                return Err(format!(
+                    "enrol.scripts[{i}]: interpreter and script must be absolute paths"
+                ));
+            }
         }
         for r in &self.enrol.uids {
             if r.value() == 0 {

@@ -125,6 +125,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
     };
     spawn_kernel_logs(&mut interceptor);
+    spawn_pending_decisions(&mut interceptor);
+    crate::metrics::watch_kernel(interceptor.maps.clone());
     for d in &interceptor.degraded {
         tracing::warn!("degraded: {d}");
     }
@@ -186,6 +188,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             cgroup_root: interceptor.cgroup_root.clone(),
             attached: interceptor.attached.clone(),
             degraded: interceptor.degraded.clone(),
+            alarms: Vec::new(),
             labelled_processes: 0,
             agents: Vec::new(),
             listen: config.proxy.listen.clone(),
@@ -302,6 +305,49 @@ async fn wait_for_stop(deadline: Option<Duration>) -> Result<(), Error> {
         _ = deadline => tracing::warn!("deadline reached"),
     }
     Ok(())
+}
+
+/// Decides each process the kernel holds pending (an `[[enrol.scripts]]`
+/// interpreter's exec) as soon as the kernel announces it: until then the
+/// process is refused every connection.
+fn spawn_pending_decisions(interceptor: &mut Interceptor) {
+    let Some(ring) = interceptor.take_pending_events() else {
+        tracing::warn!("no pending-process events: script enrolment is decided by the rescan only");
+        return;
+    };
+    interceptor.decide_pending();
+    // SAFETY: the ring buffer owns its fd and keeps it open for as long as
+    // the AsyncFd owns the ring buffer.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "pending-process events unavailable; the rescan decides");
+            return;
+        }
+    };
+    let maps = interceptor.maps.clone();
+    let pending = interceptor.pending.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            let mut pids = Vec::new();
+            while let Some(item) = guard.get_inner_mut().next() {
+                if let Some(b) = item.get(..4) {
+                    pids.push(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                }
+            }
+            guard.clear_ready();
+            let mut decider = pending.lock().unwrap_or_else(|p| p.into_inner());
+            for pid in pids {
+                decider.decide(&maps, pid);
+            }
+        }
+    });
 }
 
 /// Forwards aya-log records from the kernel programs into tracing.

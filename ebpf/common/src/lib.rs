@@ -23,10 +23,15 @@ pub mod program {
     pub const FORK: &str = "blastgate_fork";
     /// Exit handler for kernels whose `sched_process_exit` carries `group_dead`.
     pub const EXIT_GROUP: &str = "blastgate_exit_group";
-    /// Fallback exit handler: forgets a process when its group leader exits.
+    /// Fallback exit handler for kernels without `group_dead`: forgets a
+    /// process when its last thread exits (`signal->live` reaches 0).
     pub const EXIT_LEADER: &str = "blastgate_exit_leader";
     pub const EXEC: &str = "blastgate_exec";
-    pub const PACKET_CREATE: &str = "blastgate_packet_create";
+    /// Packet sockets from every syscall entry (64-bit, 32-bit `int 0x80`
+    /// `socket` and `socketcall`): the raw `sys_enter` tracepoint.
+    pub const PACKET_SYSCALL: &str = "blastgate_packet_syscall";
+    /// Packet sockets from io_uring's `IORING_OP_SOCKET`.
+    pub const PACKET_URING: &str = "blastgate_packet_uring";
     pub const LSM_BPF: &str = "blastgate_lsm_bpf";
     pub const LSM_PTRACE: &str = "blastgate_lsm_ptrace";
     pub const LSM_KILL: &str = "blastgate_lsm_kill";
@@ -45,29 +50,95 @@ pub mod map {
     pub const ORIG_BY_COOKIE: &str = "BG_ORIG";
     pub const COUNTERS: &str = "BG_COUNTERS";
     pub const AGENT_NAMES: &str = "BG_AGENT_NAMES";
+    /// Per-pid hold state, see [`held`](crate::held).
+    pub const HELD: &str = "BG_HELD";
+    /// Interpreters named by `[[enrol.scripts]]` rules.
+    pub const ENROL_INTERPRETERS: &str = "BG_ENROL_INTERP";
+    /// Ring buffer of [`PendingEvent`](crate::PendingEvent)s for the daemon.
+    pub const PENDING_EVENTS: &str = "BG_PENDING_EV";
 }
 
-/// Capacity of the per-process label map: enough for a busy build host.
+/// Values of [`map::HELD`], an array indexed by thread-group id with a slot
+/// for every possible pid: processes that are agents (so every hook treats
+/// them as such) but have no label the redirect can use, so every
+/// connection they make is refused.
+pub mod held {
+    /// The label did not fit in the label map (full).
+    pub const UNSTORED: u32 = 1 << 31;
+    /// It executed a listed interpreter (or descends from one that did)
+    /// and the daemon has not yet decided whether it runs a listed script.
+    /// The low bits hold the tgid of the pending parent it was forked from
+    /// (0: it executed the interpreter itself).
+    pub const PENDING: u32 = 1 << 30;
+    pub const PARENT_MASK: u32 = PENDING - 1;
+}
+
+/// Sent to the daemon when a process becomes pending ([`held::PENDING`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingEvent {
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// Bytes of the pending-event ring buffer. A lost event only delays the
+/// decision until the daemon's next scan; the process stays refused.
+pub const PENDING_EVENTS_BYTES: u32 = 64 * 1024;
+
+/// Default capacity of the per-process label map: enough for a busy build
+/// host. The daemon sizes the map from `[bpf] max_labels` at load.
 pub const MAX_LABELS: u32 = 65_536;
+/// Smallest label map the daemon accepts.
+pub const MIN_LABELS: u32 = 16;
+/// Highest pid the kernel can ever hand out plus one (`PID_MAX_LIMIT` on
+/// 64-bit kernels: `kernel.pid_max` cannot be raised above it). Arrays of
+/// this length have a slot for every possible process, so they cannot fill.
+pub const PID_MAX_LIMIT: u32 = 4_194_304;
 /// Capacity of the in-flight connection maps (LRU: a dead daemon cannot fill them).
 pub const MAX_INFLIGHT: u32 = 65_536;
 pub const MAX_ENROL: u32 = 1_024;
 pub const MAX_DNS: u32 = 64;
 pub const COMM_LEN: usize = 16;
 
-/// Offset of the first argument in a `syscalls/sys_enter_*` tracepoint
-/// record (after the 8-byte common header and the syscall number, padded):
-/// every argument is an 8-byte slot from here. The daemon's tests check it
-/// against the running kernel's tracefs format file.
-pub const SYS_ENTER_ARG0_OFFSET: usize = 16;
+/// Syscall numbers (x86_64 kernels) that create sockets, as the raw
+/// `sys_enter` tracepoint reports them: 64-bit numbers for 64-bit calls,
+/// i386 numbers for calls through the 32-bit entry (`int $0x80`,
+/// `sysenter`, a 32-bit process), which a 64-bit process can also use.
+pub mod syscall {
+    /// x86_64 `socket(family, type, protocol)`.
+    pub const SOCKET_64: i64 = 41;
+    /// i386 `socket(family, type, protocol)`.
+    pub const SOCKET_32: i64 = 359;
+    /// i386 `socketcall(call, args)`; `args` points at `u32[]` in user memory.
+    pub const SOCKETCALL_32: i64 = 102;
+    /// `socketcall`'s `call` for socket().
+    pub const SOCKETCALL_SOCKET: u32 = 1;
+    /// `thread_info.status` bit set while a 32-bit syscall runs (x86 `TS_COMPAT`).
+    pub const TS_COMPAT: u32 = 0x0002;
+    /// io_uring's socket() opcode.
+    pub const IORING_OP_SOCKET: u8 = 45;
+    /// `io_uring_setup` (the same number in the 64-bit and i386 tables).
+    pub const IO_URING_SETUP: i64 = 425;
+    /// The capability packet sockets need (bit of `cred.cap_effective`).
+    pub const CAP_NET_RAW: u32 = 13;
+}
 
 /// Address families, as the kernel numbers them.
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
 pub const AF_PACKET: u32 = 17;
+pub const AF_UNIX: u32 = 1;
+pub const AF_NETLINK: u32 = 16;
+/// The kernel crypto API (hashing, ciphers): never leaves the host.
+pub const AF_ALG: u32 = 38;
 pub const SOCK_STREAM: u32 = 1;
 pub const SOCK_DGRAM: u32 = 2;
 pub const SOCK_RAW: u32 = 3;
+/// Obsolete `socket(AF_INET, SOCK_PACKET, …)`: the kernel turns it into a
+/// packet socket.
+pub const SOCK_PACKET: u32 = 10;
+/// The type bits of socket()'s `type` argument (the rest are flags).
+pub const SOCK_TYPE_MASK: u32 = 0xf;
 pub const IPPROTO_ICMP: u32 = 1;
 pub const IPPROTO_ICMPV6: u32 = 58;
 
@@ -85,6 +156,8 @@ pub mod origin {
     pub const EXE: u32 = 5;
     /// Labelled by the daemon's scan of processes already running.
     pub const SCAN: u32 = 6;
+    /// Its interpreter runs an enrolled script (`[[enrol.scripts]]`).
+    pub const SCRIPT: u32 = 7;
 }
 
 /// The mark an agent carries, keyed by thread-group id in [`map::LABELS`].
@@ -161,6 +234,10 @@ pub mod counter {
     pub const PACKET_KILLED: u32 = 4;
     pub const LABELS_DROPPED: u32 = 5;
     pub const BIND_DENIED: u32 = 6;
+    /// Labels that could not be stored (label map full): those processes
+    /// and their descendants are refused every connection. Non-zero is an
+    /// alarm in `blastgate status` and `/metrics`.
+    pub const LABELS_UNSTORED: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 
@@ -173,11 +250,29 @@ pub mod offsets {
     pub const TASK_TGID: &str = "BG_OFF_TASK_TGID";
     pub const TASK_GROUP_LEADER: &str = "BG_OFF_TASK_GROUP_LEADER";
     pub const TASK_START_BOOTTIME: &str = "BG_OFF_TASK_START_BOOTTIME";
+    /// `task_struct.signal` and `signal_struct.live` (threads still alive).
+    pub const TASK_SIGNAL: &str = "BG_OFF_TASK_SIGNAL";
+    pub const SIGNAL_LIVE: &str = "BG_OFF_SIGNAL_LIVE";
     pub const BPRM_FILE: &str = "BG_OFF_BPRM_FILE";
     pub const FILE_INODE: &str = "BG_OFF_FILE_INODE";
     pub const INODE_INO: &str = "BG_OFF_INODE_INO";
     pub const INODE_SB: &str = "BG_OFF_INODE_SB";
     pub const SB_DEV: &str = "BG_OFF_SB_DEV";
+    /// `task_struct.cred` and `cred.cap_effective` (low 32 bits hold CAP_NET_RAW).
+    pub const TASK_CRED: &str = "BG_OFF_TASK_CRED";
+    pub const CRED_CAP_EFFECTIVE: &str = "BG_OFF_CRED_CAP_EFFECTIVE";
+    /// `task_struct.thread_info.status` (x86: holds `TS_COMPAT`).
+    pub const TASK_TI_STATUS: &str = "BG_OFF_TASK_TI_STATUS";
+    /// `pt_regs` argument registers of the x86_64 and i386 syscall ABIs.
+    pub const REGS_DI: &str = "BG_OFF_REGS_DI";
+    pub const REGS_SI: &str = "BG_OFF_REGS_SI";
+    pub const REGS_BX: &str = "BG_OFF_REGS_BX";
+    pub const REGS_CX: &str = "BG_OFF_REGS_CX";
+    /// `io_kiocb.opcode`, and where `struct io_socket`'s `domain` and
+    /// `type` sit inside an `io_kiocb` (its `cmd` area).
+    pub const IO_KIOCB_OPCODE: &str = "BG_OFF_IO_KIOCB_OPCODE";
+    pub const IO_SOCKET_DOMAIN: &str = "BG_OFF_IO_SOCKET_DOMAIN";
+    pub const IO_SOCKET_TYPE: &str = "BG_OFF_IO_SOCKET_TYPE";
 }
 
 /// Key of [`map::ENROL_EXES`]: an executable by (kernel dev_t, inode).
@@ -222,4 +317,5 @@ mod user {
     unsafe impl aya::Pod for super::ConnRecord {}
     unsafe impl aya::Pod for super::ExeKey {}
     unsafe impl aya::Pod for super::AgentName {}
+    unsafe impl aya::Pod for super::PendingEvent {}
 }

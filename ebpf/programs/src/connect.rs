@@ -18,7 +18,7 @@ use blastgate_common::{
     MAX_INFLIGHT, SOCK_DGRAM, SOCK_STREAM,
 };
 
-use crate::agent::{count, current_agent, setting};
+use crate::agent::{count, current_agent, setting, REFUSED};
 
 /// Allowed UDP destinations of agents (the configured DNS resolvers).
 #[map]
@@ -114,6 +114,11 @@ fn on_connect(
     rewrite: impl FnOnce(u32),
 ) -> i32 {
     let sa = ctx.sock_addr;
+    if agent == REFUSED {
+        // Held: its label could not be stored, or the daemon has not yet
+        // decided what it is. Nothing could name it at the proxy either.
+        return REFUSE;
+    }
     match unsafe { (*sa).type_ } {
         SOCK_DGRAM => udp_verdict(&orig),
         SOCK_STREAM => {
@@ -144,8 +149,10 @@ fn on_connect(
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn blastgate_sendmsg4(ctx: SockAddrContext) -> i32 {
-    if current_agent().is_none() {
-        return ALLOW;
+    match current_agent() {
+        None => return ALLOW,
+        Some(REFUSED) => return REFUSE,
+        Some(_) => {}
     }
     let sa = ctx.sock_addr;
     let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
@@ -154,8 +161,10 @@ pub fn blastgate_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn blastgate_sendmsg6(ctx: SockAddrContext) -> i32 {
-    if current_agent().is_none() {
-        return ALLOW;
+    match current_agent() {
+        None => return ALLOW,
+        Some(REFUSED) => return REFUSE,
+        Some(_) => {}
     }
     let sa = ctx.sock_addr;
     let (w, port) = unsafe { ((*sa).user_ip6, (*sa).user_port) };

@@ -3,10 +3,15 @@
 //! Offsets into `task_struct` and friends come from the running kernel's BTF,
 //! read by the daemon and patched into the globals below before load.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext, Global};
-use blastgate_common::{counter, origin, ExeKey};
+use aya_ebpf::{
+    helpers::bpf_get_current_task, macros::btf_tracepoint, programs::BtfTracePointContext, Global,
+};
+use blastgate_common::{counter, held, origin, ExeKey};
 
-use crate::agent::{count, current_agent, current_tgid, label, read_at, BG_ENROL_EXES, BG_LABELS};
+use crate::agent::{
+    count, current_agent, current_tgid, forget, held_state, label, mark_pending, mark_unstored,
+    read_at, BG_ENROL_EXES, BG_ENROL_INTERP, BG_LABELS, REFUSED,
+};
 
 #[unsafe(no_mangle)]
 static BG_OFF_TASK_PID: Global<u32> = Global::new(0);
@@ -47,6 +52,17 @@ pub fn blastgate_fork(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let parent = current_tgid();
+    if agent == REFUSED {
+        // The descendants of a held process are held too, whatever becomes
+        // of it later (exit, reparenting): refused for want of a label, or
+        // pending with it until the daemon decides.
+        if held_state(parent) & held::UNSTORED != 0 {
+            mark_unstored(child_tgid);
+        } else {
+            mark_pending(child_tgid, parent);
+        }
+        return 0;
+    }
     let root = match BG_LABELS.get_ptr(parent) {
         Some(l) => unsafe { (*l).root_tgid },
         None => parent,
@@ -61,24 +77,34 @@ pub fn blastgate_fork(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn blastgate_exit_group(ctx: BtfTracePointContext) -> i32 {
     let group_dead: u64 = ctx.arg(1);
-    if group_dead & 0xff != 0 && BG_LABELS.remove(current_tgid()).is_ok() {
-        count(counter::LABELS_DROPPED);
+    if group_dead & 0xff != 0 {
+        forget(current_tgid());
     }
     0
 }
 
 /// Fallback for kernels whose `sched_process_exit` has no `group_dead`:
-/// forget the process when its thread-group leader exits.
+/// forget the process when its last thread exits. Not when the thread-group
+/// leader exits: a leader may leave (`pthread_exit`) while other threads go
+/// on, and those must stay labelled. `do_exit` decrements `signal->live`
+/// before this tracepoint, so the last thread out reads 0.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn blastgate_exit_leader(_ctx: BtfTracePointContext) -> i32 {
-    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    if pid_tgid as u32 == (pid_tgid >> 32) as u32
-        && BG_LABELS.remove((pid_tgid >> 32) as u32).is_ok()
-    {
-        count(counter::LABELS_DROPPED);
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let live = unsafe {
+        read_at::<*const u8>(task, BG_OFF_TASK_SIGNAL.load())
+            .and_then(|signal| read_at::<i32>(signal, BG_OFF_SIGNAL_LIVE.load()))
+    };
+    if live == Ok(0) {
+        forget(current_tgid());
     }
     0
 }
+
+#[unsafe(no_mangle)]
+static BG_OFF_TASK_SIGNAL: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static BG_OFF_SIGNAL_LIVE: Global<u32> = Global::new(0);
 
 /// `sched_process_exec(task, old_pid, bprm)`: enrol by executable.
 #[btf_tracepoint(function = "sched_process_exec")]
@@ -87,9 +113,17 @@ pub fn blastgate_exec(ctx: BtfTracePointContext) -> i32 {
     let Ok(key) = exe_key(bprm) else {
         return 0;
     };
+    let tgid = current_tgid();
     if let Some(a) = BG_ENROL_EXES.get_ptr(key) {
-        let tgid = current_tgid();
         label(tgid, unsafe { *a }, origin::EXE, tgid);
+    } else if BG_ENROL_INTERP.get_ptr(key).is_some()
+        && BG_LABELS.get_ptr(tgid).is_none()
+        && held_state(tgid) == 0
+    {
+        // An interpreter an `[[enrol.scripts]]` rule names: whether it runs
+        // the script is read from /proc by the daemon. Until then nothing
+        // of it leaves the host.
+        mark_pending(tgid, 0);
     }
     0
 }

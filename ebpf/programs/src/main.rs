@@ -17,7 +17,13 @@
 //! - UDP may only reach the configured DNS resolvers (`connect*`,
 //!   `sendmsg*`);
 //! - raw, ICMP, SCTP and other odd sockets cannot be created (`sock_create`);
-//!   packet sockets, which bypass that hook, kill the caller (`packet_create`).
+//!   packet sockets and other non-IP families (vsock, XDP, …), which bypass
+//!   that hook, kill the caller whatever syscall entry or io_uring request
+//!   asks for one (`packet_syscall`, `packet_uring`);
+//! - a label that cannot be stored (map full) leaves the process an agent
+//!   whose connections are all refused (`BG_HELD`), as is the exec of an
+//!   interpreter an `[[enrol.scripts]]` rule names until the daemon has read
+//!   which script it runs.
 //!
 //! Any failure on the agent path refuses the operation: fail closed.
 #![no_std]

@@ -185,6 +185,11 @@ pub struct Env {
 impl Env {
     /// `extra` is appended to the generated config (targets, enrolment).
     pub fn new(extra: &str) -> Env {
+        Env::with_bpf("", extra)
+    }
+
+    /// Like [`Env::new`], with `bpf` added to the `[bpf]` section.
+    pub fn with_bpf(bpf: &str, extra: &str) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("blastgate-e2e")
             .tempdir()
@@ -200,7 +205,7 @@ impl Env {
         let config = dir.path().join("blastgate.toml");
         let text = format!(
             "[proxy]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nshutdown_grace_ms = 1000\n\n\
-             [control]\nsocket = \"{}\"\n\n[bpf]\npin_dir = \"{}\"\n\n[records]\nspool_dir = \"{}\"\n\n\
+             [control]\nsocket = \"{}\"\n\n[bpf]\npin_dir = \"{}\"\n{bpf}\n\n[records]\nspool_dir = \"{}\"\n\n\
              [dns]\nresolvers = [\"127.0.0.53:53\"]\n\n[tls]\nca_dir = \"{}\"\n\n{extra}\n",
             control.display(),
             pin_dir.display(),

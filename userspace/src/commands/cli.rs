@@ -55,8 +55,10 @@ pub enum Command {
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
     },
-    /// Show what is attached and pinned, labelled processes and degraded
-    /// features. Exits 3 if the daemon is not running. Needs root.
+    /// Show what is attached and pinned, labelled processes, degraded
+    /// features and alarms (`ALARM:` lines, e.g. agent processes refused
+    /// because the label map is full). Exits 3 if the daemon is not
+    /// running. Needs root.
     Status {
         #[arg(long, short)]
         config: Option<PathBuf>,

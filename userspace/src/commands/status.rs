@@ -18,6 +18,10 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(ExitCode::SUCCESS);
             }
+            // Alarms first: they mean agents are being refused.
+            for a in &s.alarms {
+                println!("ALARM: {a}");
+            }
             println!(
                 "daemon: running (pid {}, version {})",
                 s.daemon_pid, s.version

@@ -52,7 +52,7 @@ pub fn list(config: &Config, engine: &Engine, degraded: &[String]) -> Vec<String
         ));
     }
     let e = &config.enrol;
-    if e.uids.is_empty() && e.cgroups.is_empty() && e.exes.is_empty() {
+    if e.uids.is_empty() && e.cgroups.is_empty() && e.exes.is_empty() && e.scripts.is_empty() {
         out.push("enrol: no rules: only processes started with `blastgate run` are guarded".into());
     }
     for t in &config.targets {

@@ -65,6 +65,10 @@ pub struct Status {
     pub attached: Vec<Attached>,
     /// Protections the kernel refused, e.g. "lsm unavailable".
     pub degraded: Vec<String>,
+    /// States in which the kernel is refusing agents it could not track
+    /// (e.g. the label map overflowed); empty when all is well.
+    #[serde(default)]
+    pub alarms: Vec<String>,
     pub labelled_processes: usize,
     pub agents: Vec<String>,
     pub listen: Vec<SocketAddr>,

@@ -164,6 +164,7 @@ async fn handle(
             agents.sort();
             agents.dedup();
             status.agents = agents;
+            status.alarms = ctx.maps.alarms();
             status.counters = ctx
                 .maps
                 .counters()

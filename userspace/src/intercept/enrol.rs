@@ -9,7 +9,7 @@ use std::{
 
 use blastgate_common::{origin, ExeKey, Label};
 
-use super::agents::AgentRegistry;
+use super::{agents::AgentRegistry, scripts::ScriptKey};
 use crate::{config::EnrolConfig, identity::procfs, Error};
 
 /// Enrolment rules resolved to kernel keys.
@@ -20,6 +20,9 @@ pub struct Resolved {
     /// cgroup path relative to the cgroup2 root -> agent id, for the /proc scan.
     pub cgroup_paths: HashMap<String, u32>,
     pub exes: Vec<(ExeKey, u32)>,
+    /// `[[enrol.scripts]]` rules, and the interpreters they name.
+    pub scripts: Vec<ScriptKey>,
+    pub interpreters: Vec<(ExeKey, u32)>,
 }
 
 /// The kernel's `dev_t` encoding (MKDEV: 12-bit major, 20-bit minor) of a
@@ -89,6 +92,31 @@ pub fn resolve(
             }
         }
     }
+    for r in &rules.scripts {
+        let name = r
+            .agent
+            .clone()
+            .unwrap_or_else(|| format!("script:{}", r.script.display()));
+        let agent = agents.id_for(&name)?;
+        match (exe_key(&r.interpreter), exe_key(&r.script)) {
+            (Ok(interpreter), Ok(script)) => {
+                out.scripts.push(ScriptKey {
+                    interpreter,
+                    script,
+                    agent,
+                });
+                if !out.interpreters.iter().any(|(k, _)| *k == interpreter) {
+                    out.interpreters.push((interpreter, 1));
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::warn!(
+                interpreter = %r.interpreter.display(),
+                script = %r.script.display(),
+                error = %e,
+                "enrolled script or its interpreter not found; looked up again every rescan"
+            ),
+        }
+    }
     Ok(out)
 }
 
@@ -108,6 +136,11 @@ pub fn refuse_rules_matching_daemon(rules: &Resolved, cgroup_root: &Path) -> Res
         }
     }
     if let Ok(key) = exe_key(Path::new("/proc/self/exe")) {
+        if rules.interpreters.iter().any(|(k, _)| *k == key) {
+            return Err(Error::Invalid(
+                "enrol.scripts: names the blastgate binary as an interpreter".into(),
+            ));
+        }
         if rules.exes.iter().any(|(k, _)| *k == key) {
             return Err(Error::Invalid(
                 "enrol.exes: lists the blastgate binary itself".into(),
@@ -133,7 +166,7 @@ pub fn scan(rules: &Resolved, agents: &AgentRegistry, daemon: u32) -> usize {
             root_tgid: root,
             _pad: 0,
         };
-        if maps.label(pid, label).is_ok() {
+        if maps.label_or_refuse(pid, label).unwrap_or(false) {
             labelled += 1;
         }
     };
@@ -154,8 +187,12 @@ pub fn scan(rules: &Resolved, agents: &AgentRegistry, daemon: u32) -> usize {
             if let Ok(key) = exe_key(Path::new(&format!("/proc/{pid}/exe"))) {
                 if let Some((_, id)) = rules.exes.iter().find(|(k, _)| *k == key) {
                     give(pid, *id, origin::SCAN, pid);
+                    continue;
                 }
             }
+        }
+        if let Some(id) = super::scripts::matching_agent(&rules.scripts, pid) {
+            give(pid, id, origin::SCAN, pid);
         }
     }
     // Descendants of labelled processes forked before the daemon started.

@@ -15,11 +15,11 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, SockOps, TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, SockOps,
     },
     Ebpf, EbpfLoader,
 };
-use blastgate_common::{offsets, program};
+use blastgate_common::{map, offsets, program};
 use serde::Serialize;
 
 use super::{btf::Btf, object};
@@ -32,7 +32,6 @@ enum Hook {
     CgroupSock,
     SockOps,
     TpBtf(&'static str),
-    TracePoint(&'static str, &'static str),
     Lsm(&'static str),
 }
 
@@ -120,10 +119,16 @@ const PROGRAMS: &[Spec] = &[
         "enrolment by executable",
     ),
     spec(
-        program::PACKET_CREATE,
-        Hook::TracePoint("syscalls", "sys_enter_socket"),
-        false,
+        program::PACKET_SYSCALL,
+        Hook::TpBtf("sys_enter"),
+        true,
         "packet socket guard",
+    ),
+    spec(
+        program::PACKET_URING,
+        Hook::TpBtf("io_uring_submit_req"),
+        false,
+        "packet socket guard for io_uring",
     ),
     spec(program::LSM_BPF, Hook::Lsm("bpf"), false, "lsm"),
     spec(
@@ -209,8 +214,23 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Loads the object with its maps reused from (or pinned to) `pin_dir`.
-pub fn load(pin_dir: &Path, btf: &Btf, log_level: u8) -> Result<(Ebpf, bool), Error> {
+/// Which optional kernel features the running kernel's BTF allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Features {
+    /// The exec'd file's inode can be read: enrolment by executable.
+    pub exec: bool,
+    /// io_uring's socket requests can be read: their packet guard.
+    pub uring: bool,
+}
+
+/// Loads the object with its maps reused from (or pinned to) `pin_dir`,
+/// the label map sized `max_labels`.
+pub fn load(
+    pin_dir: &Path,
+    btf: &Btf,
+    log_level: u8,
+    max_labels: u32,
+) -> Result<(Ebpf, Features), Error> {
     if object::BYTES.is_empty() {
         return Err(Error::Kernel(
             "this blastgate was built with BLASTGATE_SKIP_EBPF and has no kernel programs".into(),
@@ -224,6 +244,19 @@ pub fn load(pin_dir: &Path, btf: &Btf, log_level: u8) -> Result<(Ebpf, bool), Er
     let task_tgid = off("task_struct", "tgid")?;
     let task_leader = off("task_struct", "group_leader")?;
     let task_start = off("task_struct", "start_boottime")?;
+    let task_signal = off("task_struct", "signal")?;
+    let signal_live = off("signal_struct", "live")?;
+    // The packet guard reads the syscall's registers and whether it came
+    // in through the 32-bit entry (x86_64 layout).
+    let ti_status = off("task_struct", "thread_info")? + off("thread_info", "status")?;
+    let task_cred = off("task_struct", "cred")?;
+    let cred_caps = off("cred", "cap_effective")?;
+    let [regs_di, regs_si, regs_bx, regs_cx] = [
+        off("pt_regs", "di")?,
+        off("pt_regs", "si")?,
+        off("pt_regs", "bx")?,
+        off("pt_regs", "cx")?,
+    ];
     // Exec enrolment is optional: missing offsets only disable it.
     let exec_offsets = (|| {
         Ok::<_, Error>([
@@ -234,31 +267,58 @@ pub fn load(pin_dir: &Path, btf: &Btf, log_level: u8) -> Result<(Ebpf, bool), Er
             off("super_block", "s_dev")?,
         ])
     })();
-    let exec_ok = exec_offsets.is_ok();
+    let uring_offsets = (|| {
+        let cmd = off("io_kiocb", "cmd")?;
+        Ok::<_, Error>([
+            off("io_kiocb", "opcode")?,
+            cmd + off("io_socket", "domain")?,
+            cmd + off("io_socket", "type")?,
+        ])
+    })();
+    let features = Features {
+        exec: exec_offsets.is_ok(),
+        // Before 6.0 the tracepoint passed the ring and the request's fields
+        // instead of the request.
+        uring: uring_offsets.is_ok() && btf.tracepoint_args("io_uring_submit_req") == Some(1),
+    };
     let [bprm_file, file_inode, inode_ino, inode_sb, sb_dev] = exec_offsets.unwrap_or([0; 5]);
+    let [io_opcode, io_domain, io_type] = uring_offsets.unwrap_or([0; 3]);
 
     let maps = maps_dir(pin_dir);
     let ebpf = EbpfLoader::new()
         .default_map_pin_directory(&maps)
+        .map_max_entries(map::LABELS, max_labels)
         .override_global(offsets::TASK_PID, &task_pid, true)
         .override_global(offsets::TASK_TGID, &task_tgid, true)
         .override_global(offsets::TASK_GROUP_LEADER, &task_leader, true)
         .override_global(offsets::TASK_START_BOOTTIME, &task_start, true)
+        .override_global(offsets::TASK_SIGNAL, &task_signal, true)
+        .override_global(offsets::SIGNAL_LIVE, &signal_live, true)
         .override_global(offsets::BPRM_FILE, &bprm_file, true)
         .override_global(offsets::FILE_INODE, &file_inode, true)
         .override_global(offsets::INODE_INO, &inode_ino, true)
         .override_global(offsets::INODE_SB, &inode_sb, true)
         .override_global(offsets::SB_DEV, &sb_dev, true)
+        .override_global(offsets::TASK_TI_STATUS, &ti_status, true)
+        .override_global(offsets::TASK_CRED, &task_cred, true)
+        .override_global(offsets::CRED_CAP_EFFECTIVE, &cred_caps, true)
+        .override_global(offsets::REGS_DI, &regs_di, true)
+        .override_global(offsets::REGS_SI, &regs_si, true)
+        .override_global(offsets::REGS_BX, &regs_bx, true)
+        .override_global(offsets::REGS_CX, &regs_cx, true)
+        .override_global(offsets::IO_KIOCB_OPCODE, &io_opcode, true)
+        .override_global(offsets::IO_SOCKET_DOMAIN, &io_domain, true)
+        .override_global(offsets::IO_SOCKET_TYPE, &io_type, true)
         .override_global(aya_log::LEVEL, &log_level, false)
         .load(object::BYTES)
         .map_err(|e| {
             Error::Kernel(format!(
-                "loading the kernel object: {e} (if an older blastgate left incompatible maps \
-                 in {}, run `blastgate uninstall`)",
+                "loading the kernel object: {e} (if an older blastgate, or one with another \
+                 [bpf] max_labels, left incompatible maps in {}, run `blastgate uninstall`)",
                 maps.display()
             ))
         })?;
-    Ok((ebpf, exec_ok))
+    Ok((ebpf, features))
 }
 
 /// Attaches every program and pins its link, replacing older links.
@@ -267,7 +327,8 @@ pub fn attach_all(
     pin_dir: &Path,
     cgroup_root: &Path,
     btf: &Btf,
-    exec_ok: bool,
+    features: Features,
+    exec_required: bool,
 ) -> Result<(Vec<Attached>, Vec<String>), Error> {
     let kernel_btf =
         aya::Btf::from_sys_fs().map_err(|e| Error::Kernel(format!("kernel BTF: {e}")))?;
@@ -282,14 +343,24 @@ pub fn attach_all(
         let skip = match s.name {
             program::EXIT_GROUP => !group_dead,
             program::EXIT_LEADER => group_dead,
-            program::EXEC => !exec_ok,
+            program::EXEC => !features.exec,
+            program::PACKET_URING => !features.uring,
             _ => false,
         };
         if skip {
-            if s.name == program::EXEC {
+            if s.name == program::EXEC && exec_required {
+                return Err(Error::Kernel(
+                    "enrolment by executable is configured but the kernel BTF lacks the exec \
+                     offsets (linux_binprm.file, file.f_inode, inode.i_ino, inode.i_sb, \
+                     super_block.s_dev): refusing to run with those rules unenforced"
+                        .into(),
+                ));
+            }
+            // The exit handler not chosen for this kernel is no loss.
+            if matches!(s.name, program::EXEC | program::PACKET_URING) {
                 note_degraded(
                     &mut degraded,
-                    "enrolment by executable unavailable: kernel BTF lacks the exec offsets",
+                    &format!("{} unavailable: kernel BTF lacks its offsets", s.feature),
                 );
             }
             continue;
@@ -304,7 +375,7 @@ pub fn attach_all(
                     pin,
                 });
             }
-            Err(e) if s.required => {
+            Err(e) if s.required || (s.name == program::EXEC && exec_required) => {
                 return Err(Error::Kernel(format!(
                     "attaching {} ({}): {e}",
                     s.name, s.feature
@@ -361,16 +432,6 @@ fn attach_one(
             let id = p.attach().map_err(|x| e(&x))?;
             let link = p.take_link(id).map_err(|x| e(&x))?;
             (link.into(), format!("tp_btf/{tp}"))
-        }
-        Hook::TracePoint(category, name) => {
-            let p: &mut TracePoint = prog.try_into().map_err(|x| e(&x))?;
-            p.load().map_err(|x| e(&x))?;
-            let id = p.attach(category, name).map_err(|x| e(&x))?;
-            let link = p.take_link(id).map_err(|x| e(&x))?;
-            (
-                link.try_into().map_err(|x| e(&x))?,
-                format!("tracepoint/{category}/{name}"),
-            )
         }
         Hook::Lsm(hook) => {
             let p: &mut Lsm = prog.try_into().map_err(|x| e(&x))?;

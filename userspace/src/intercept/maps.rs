@@ -13,7 +13,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use blastgate_common::{
-    counter, map, setting, AgentName, ConnRecord, ExeKey, Label, SockKey, AGENT_NAME_LEN,
+    counter, held, map, setting, AgentName, ConnRecord, ExeKey, Label, SockKey, AGENT_NAME_LEN,
 };
 
 use crate::Error;
@@ -27,6 +27,10 @@ pub struct KernelMaps {
     uids: Mutex<HashMap<MapData, u32, u32>>,
     cgroups: Mutex<HashMap<MapData, u64, u32>>,
     exes: Mutex<HashMap<MapData, ExeKey, u32>>,
+    held: Mutex<Array<MapData, u32>>,
+    /// Processes this daemon marked unstored itself (the kernel counts its own).
+    unstored_here: std::sync::atomic::AtomicU64,
+    interpreters: Mutex<HashMap<MapData, ExeKey, u32>>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -78,6 +82,8 @@ impl KernelMaps {
             map::ENROL_CGROUPS,
             map::ENROL_EXES,
             map::COUNTERS,
+            map::HELD,
+            map::ENROL_INTERPRETERS,
         ] {
             if let Some(m) = ebpf.take_map(name) {
                 maps.insert(name.to_string(), m);
@@ -99,6 +105,8 @@ impl KernelMaps {
             (map::ENROL_CGROUPS, Map::HashMap),
             (map::ENROL_EXES, Map::HashMap),
             (map::COUNTERS, Map::PerCpuArray),
+            (map::HELD, Map::Array),
+            (map::ENROL_INTERPRETERS, Map::HashMap),
         ] {
             let data = MapData::from_pin(maps_dir.join(name)).map_err(|e| map_err(name, e))?;
             maps.insert(name.to_string(), wrap(data));
@@ -116,6 +124,9 @@ impl KernelMaps {
             uids: Mutex::new(take(&mut maps, map::ENROL_UIDS)?),
             cgroups: Mutex::new(take(&mut maps, map::ENROL_CGROUPS)?),
             exes: Mutex::new(take(&mut maps, map::ENROL_EXES)?),
+            held: Mutex::new(take(&mut maps, map::HELD)?),
+            unstored_here: Default::default(),
+            interpreters: Mutex::new(take(&mut maps, map::ENROL_INTERPRETERS)?),
             counters: take(&mut maps, map::COUNTERS)?,
         })
     }
@@ -131,9 +142,51 @@ impl KernelMaps {
     }
 
     pub fn label(&self, tgid: u32, label: Label) -> Result<(), Error> {
-        lock(&self.labels)
-            .insert(tgid, label, 0)
-            .map_err(|e| map_err(map::LABELS, e))
+        let mut labels = lock(&self.labels);
+        labels.insert(tgid, label, 0).map_err(|e| {
+            let full = matches!(
+                &e,
+                aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG)
+            );
+            if full {
+                Error::Kernel(format!(
+                    "the label map is full ({} agent processes, [bpf] max_labels): pid {tgid} \
+                     cannot be made an agent",
+                    labels.iter().count()
+                ))
+            } else {
+                map_err(map::LABELS, e)
+            }
+        })
+    }
+
+    /// Labels `tgid`, or, if the label map is full, marks it as an agent
+    /// without a label, which the kernel refuses every connection (the
+    /// same fallback the kernel programs use). Returns whether the label
+    /// was stored.
+    pub fn label_or_refuse(&self, tgid: u32, label: Label) -> Result<bool, Error> {
+        if self.label(tgid, label).is_ok() {
+            return Ok(true);
+        }
+        self.set_held(tgid, held::UNSTORED)?;
+        self.unstored_here
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(
+            pid = tgid,
+            "ALARM: the label map is full; pid {tgid} is refused every connection"
+        );
+        Ok(false)
+    }
+
+    /// The hold state of `tgid` (`blastgate_common::held`; 0: not held).
+    pub fn held(&self, tgid: u32) -> u32 {
+        lock(&self.held).get(&tgid, 0).unwrap_or(0)
+    }
+
+    pub fn set_held(&self, tgid: u32, state: u32) -> Result<(), Error> {
+        lock(&self.held)
+            .set(tgid, state, 0)
+            .map_err(|e| map_err(map::HELD, e))
     }
 
     pub fn label_of(&self, tgid: u32) -> Option<Label> {
@@ -214,10 +267,16 @@ impl KernelMaps {
         uids: &[(u32, u32)],
         cgroups: &[(u64, u32)],
         exes: &[(ExeKey, u32)],
+        interpreters: &[(ExeKey, u32)],
     ) -> Result<(), Error> {
         Self::replace_all(&mut lock(&self.uids), map::ENROL_UIDS, uids)?;
         Self::replace_all(&mut lock(&self.cgroups), map::ENROL_CGROUPS, cgroups)?;
-        Self::replace_all(&mut lock(&self.exes), map::ENROL_EXES, exes)
+        Self::replace_all(&mut lock(&self.exes), map::ENROL_EXES, exes)?;
+        Self::replace_all(
+            &mut lock(&self.interpreters),
+            map::ENROL_INTERPRETERS,
+            interpreters,
+        )
     }
 
     /// Sums a per-CPU counter.
@@ -237,10 +296,39 @@ impl KernelMaps {
             ("packet_sockets_killed", counter::PACKET_KILLED),
             ("labels_dropped", counter::LABELS_DROPPED),
             ("proxy_port_binds_denied", counter::BIND_DENIED),
+            ("labels_unstored", counter::LABELS_UNSTORED),
         ]
         .into_iter()
         .map(|(n, i)| (n, self.counter(i)))
         .collect()
+    }
+
+    /// How many labels the kernel's label map can hold (as created, which
+    /// for a map pinned by an earlier daemon may differ from the config).
+    pub fn labels_capacity(&self) -> Option<u32> {
+        use aya::maps::IterableMap;
+        let labels = lock(&self.labels);
+        labels.map().info().ok().map(|i| i.max_entries())
+    }
+
+    /// Alarms for `blastgate status` and the daemon log: states in which
+    /// the kernel is refusing agent processes it could not track.
+    pub fn alarms(&self) -> Vec<String> {
+        let unstored = self.counter(counter::LABELS_UNSTORED)
+            + self
+                .unstored_here
+                .load(std::sync::atomic::Ordering::Relaxed);
+        if unstored == 0 {
+            return Vec::new();
+        }
+        let cap = self
+            .labels_capacity()
+            .map_or_else(|| "?".to_string(), |c| c.to_string());
+        vec![format!(
+            "{unstored} agent processes could not be labelled (label map full at {cap} \
+             entries): they and their descendants are refused every connection; raise \
+             [bpf] max_labels"
+        )]
     }
 
     /// The daemon pid recorded in the kernel settings (0 if none).

@@ -5,9 +5,11 @@
 pub mod agents;
 pub mod btf;
 pub mod enrol;
+pub mod kernel;
 pub mod loader;
 pub mod maps;
 mod object;
+pub mod scripts;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -15,8 +17,11 @@ use std::{
     sync::Arc,
 };
 
-use aya::Ebpf;
-use blastgate_common::setting;
+use aya::{
+    maps::{MapData, RingBuf},
+    Ebpf,
+};
+use blastgate_common::{map, setting};
 
 pub use self::{agents::AgentRegistry, loader::Attached, maps::KernelMaps};
 use crate::{config::Config, identity::procfs, Error};
@@ -32,6 +37,13 @@ pub struct Interceptor {
     pub pin_dir: PathBuf,
     pub cgroup_root: PathBuf,
     pub enrolment: enrol::Resolved,
+    /// Decisions on processes held pending by `[[enrol.scripts]]` rules,
+    /// shared by the rescan and the kernel-event task.
+    pub pending: Arc<std::sync::Mutex<scripts::Decider>>,
+    /// The kernel's pending-process events, until the daemon takes them.
+    pending_events: Option<RingBuf<MapData>>,
+    /// Alarms already logged, so each new one is logged once.
+    alarms_logged: Vec<String>,
 }
 
 impl Interceptor {
@@ -43,10 +55,25 @@ impl Interceptor {
             Some(p) => p.clone(),
             None => loader::find_cgroup2_root()?,
         };
+        kernel::check_minimum()?;
         loader::ensure_bpffs(&pin_dir)?;
         let btf = btf::Btf::from_sys_fs()?;
-        let (mut ebpf, exec_ok) = loader::load(&pin_dir, &btf, log_level)?;
+        kernel::check_lineage_hooks(&btf)?;
+        let (mut ebpf, features) = loader::load(&pin_dir, &btf, log_level, config.bpf.max_labels)?;
         let maps = Arc::new(KernelMaps::from_ebpf(&mut ebpf)?);
+        match maps.labels_capacity() {
+            Some(n) if n == config.bpf.max_labels => {}
+            Some(n) => {
+                return Err(Error::Invalid(format!(
+                    "bpf.max_labels is {} but the label map pinned in {} holds {n}: set \
+                     max_labels = {n}, or run `blastgate uninstall` first (running agents lose \
+                     their labels and must be restarted)",
+                    config.bpf.max_labels,
+                    pin_dir.display()
+                )))
+            }
+            None => return Err(Error::Kernel("cannot read the label map's size".into())),
+        }
         let agents = Arc::new(AgentRegistry::new(maps.clone()));
 
         // Settings first: until READY is set the hooks refuse agents, so a
@@ -76,11 +103,28 @@ impl Interceptor {
         maps.set_dns(&config.dns.resolvers)?;
         let enrolment = enrol::resolve(&config.enrol, &cgroup_root, &agents)?;
         enrol::refuse_rules_matching_daemon(&enrolment, &cgroup_root)?;
-        maps.set_enrolment(&enrolment.uids, &enrolment.cgroups, &enrolment.exes)?;
+        maps.set_enrolment(
+            &enrolment.uids,
+            &enrolment.cgroups,
+            &enrolment.exes,
+            &enrolment.interpreters,
+        )?;
         maps.write_setting(setting::READY, 1)?;
 
-        let (attached, degraded) =
-            loader::attach_all(&mut ebpf, &pin_dir, &cgroup_root, &btf, exec_ok)?;
+        let exec_required = !config.enrol.exes.is_empty() || !config.enrol.scripts.is_empty();
+        let (attached, degraded) = loader::attach_all(
+            &mut ebpf,
+            &pin_dir,
+            &cgroup_root,
+            &btf,
+            features,
+            exec_required,
+        )?;
+        let pending_events = ebpf
+            .take_map(map::PENDING_EVENTS)
+            .map(RingBuf::try_from)
+            .transpose()
+            .map_err(|e| Error::Kernel(format!("map {}: {e}", map::PENDING_EVENTS)))?;
         let found = enrol::scan(&enrolment, &agents, daemon);
         if found > 0 {
             tracing::info!(
@@ -96,8 +140,18 @@ impl Interceptor {
             degraded,
             pin_dir,
             cgroup_root,
+            pending: Arc::new(std::sync::Mutex::new(scripts::Decider::new(
+                enrolment.scripts.clone(),
+            ))),
             enrolment,
+            pending_events,
+            alarms_logged: Vec::new(),
         })
+    }
+
+    /// The ring buffer on which the kernel announces pending processes.
+    pub fn take_pending_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.pending_events.take()
     }
 
     /// The object, for aya-log.
@@ -109,7 +163,10 @@ impl Interceptor {
     pub fn rescan(&mut self, config: &Config) {
         match enrol::resolve(&config.enrol, &self.cgroup_root, &self.agents) {
             Ok(r) => {
-                if let Err(e) = self.maps.set_enrolment(&r.uids, &r.cgroups, &r.exes) {
+                if let Err(e) =
+                    self.maps
+                        .set_enrolment(&r.uids, &r.cgroups, &r.exes, &r.interpreters)
+                {
                     tracing::error!(error = %e, "updating enrolment maps");
                 }
                 self.enrolment = r;
@@ -117,7 +174,20 @@ impl Interceptor {
             Err(e) => tracing::error!(error = %e, "resolving enrolment rules"),
         }
         enrol::scan(&self.enrolment, &self.agents, std::process::id());
+        self.decide_pending();
         enrol::sweep(&self.agents);
+        let alarms = self.maps.alarms();
+        for a in alarms.iter().filter(|a| !self.alarms_logged.contains(a)) {
+            tracing::error!("ALARM: {a}");
+        }
+        self.alarms_logged = alarms;
+    }
+
+    /// Decides every process the kernel holds pending.
+    pub fn decide_pending(&self) {
+        let mut decider = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        decider.rules = self.enrolment.scripts.clone();
+        decider.sweep(&self.maps);
     }
 }
 

@@ -6,7 +6,7 @@
 
 mod server;
 
-use std::sync::{atomic::AtomicU64, OnceLock};
+use std::sync::{atomic::AtomicU64, Arc, OnceLock};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -19,6 +19,11 @@ pub use server::serve;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabel {
     pub verdict: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KernelEventLabel {
+    pub event: &'static str,
 }
 
 pub struct Metrics {
@@ -41,6 +46,11 @@ pub struct Metrics {
     pub weakened_settings: Gauge,
     /// Injected credentials an upstream sent back, blanked before the agent.
     pub credential_echoes: Counter,
+    /// Agent processes whose label did not fit in the kernel's label map
+    /// (each is refused every connection): non-zero is an alarm.
+    pub labels_unstored: Gauge,
+    /// The kernel programs' counters, read at each scrape.
+    pub kernel_events: Family<KernelEventLabel, Gauge>,
 }
 
 impl Metrics {
@@ -59,6 +69,8 @@ impl Metrics {
             sql_differentials: Counter::default(),
             weakened_settings: Gauge::default(),
             credential_echoes: Counter::default(),
+            labels_unstored: Gauge::default(),
+            kernel_events: Family::default(),
         };
         registry.register(
             "spool_bytes",
@@ -115,7 +127,34 @@ impl Metrics {
             "Injected credentials an upstream sent back in a response, blanked before the agent saw them",
             m.credential_echoes.clone(),
         );
+        registry.register(
+            "labels_unstored",
+            "ALARM when non-zero: agent processes whose label did not fit in the kernel's label \
+             map ([bpf] max_labels); they and their descendants are refused every connection",
+            m.labels_unstored.clone(),
+        );
+        registry.register(
+            "kernel_events",
+            "Counters of the kernel programs (redirects, refusals, labels), since the maps were pinned",
+            m.kernel_events.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Copies the kernel programs' counters into the gauges (at scrape).
+    fn refresh_kernel(&self) {
+        let Some(maps) = KERNEL.get() else {
+            return;
+        };
+        for (event, v) in maps.counters() {
+            let v = i64::try_from(v).unwrap_or(i64::MAX);
+            self.kernel_events
+                .get_or_create(&KernelEventLabel { event })
+                .set(v);
+            if event == "labels_unstored" {
+                self.labels_unstored.set(v);
+            }
+        }
     }
 
     pub fn decision(&self, verdict: &'static str) {
@@ -126,11 +165,20 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
+        self.refresh_kernel();
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The kernel maps whose counters `/metrics` reports (set once by the daemon).
+static KERNEL: OnceLock<Arc<crate::intercept::KernelMaps>> = OnceLock::new();
+
+/// Makes `/metrics` report the kernel programs' counters from `maps`.
+pub fn watch_kernel(maps: Arc<crate::intercept::KernelMaps>) {
+    let _ = KERNEL.set(maps);
 }
 
 /// The process's metrics.
@@ -157,6 +205,7 @@ mod tests {
             "blastgate_sessions_open",
             "blastgate_decisions_total{verdict=\"deny\"}",
             "blastgate_sql_differentials_total",
+            "blastgate_labels_unstored",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
