@@ -1,0 +1,175 @@
+//! Which file an exec will really run on the host, asked of the host
+//! itself: a bare name goes through the login shell's PATH (`command -v`
+//! in a side exec on blastgate's own upstream connection, the way the
+//! agent's exec will look it up), a relative path is taken from the
+//! login's home (where sshd starts the command). Answers are cached per
+//! target in [`HostMemory`](super::hosts::HostMemory) until an agent
+//! writes something there. Whatever cannot be told is left empty, and the
+//! shipped policies hold it.
+
+use std::time::Duration;
+
+use russh::ChannelMsg;
+
+use super::{command::ExecCommand, context::SshContext, hosts, upstream, SshTarget, Upstream};
+use crate::protocols::gateway::Gateway;
+
+/// Longest answer read from a side exec: a path or two.
+const MAX_ANSWER: usize = 4096;
+/// How long a side exec may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The parts of a session a lookup needs.
+pub struct Host<'a> {
+    pub gw: &'a Gateway,
+    pub cfg: &'a SshTarget,
+    pub upstream: &'a Upstream,
+}
+
+impl Host<'_> {
+    fn target(&self) -> &str {
+        &self.gw.target.name
+    }
+
+    /// The login's home directory (sshd's working directory for commands
+    /// and sftp).
+    pub async fn home(&self) -> Result<String, String> {
+        let memory = &self.gw.ctx.ssh_hosts;
+        if let Some(home) = memory.home(self.target()) {
+            return Ok(home);
+        }
+        let home = self.ask("pwd").await?;
+        if !home.starts_with('/') {
+            return Err(format!("the host's working directory is {home:?}"));
+        }
+        memory.set_home(self.target(), &home);
+        Ok(home)
+    }
+
+    /// What the login shell runs for the bare `name`, if it is a file.
+    async fn lookup(&self, name: &str) -> Result<String, String> {
+        let memory = &self.gw.ctx.ssh_hosts;
+        if let Some(path) = memory.resolved(self.target(), name) {
+            return Ok(path);
+        }
+        if !plain_name(name) {
+            return Err(format!("{name:?} is not a plain program name"));
+        }
+        let path = self.ask(&format!("command -v -- {name}")).await?;
+        // Builtins, functions, aliases and keywords answer with their name.
+        let path = match hosts::normalize("/", &path) {
+            Some(p) if path.starts_with('/') && p == path => p,
+            _ => return Err(format!("{name} is not a file on the host ({path:?})")),
+        };
+        memory.remember(self.target(), name, &path);
+        Ok(path)
+    }
+
+    /// Fills the exec facts of `ctx` for `cmd`: the path that will run,
+    /// whether PATH gives it for its name, whether an agent wrote it or
+    /// the paths among its arguments.
+    pub async fn program(&self, cmd: &ExecCommand, ctx: &mut SshContext) {
+        let memory = &self.gw.ctx.ssh_hosts;
+        let typed = cmd.program.as_str();
+        let path = if typed.contains('/') {
+            let has_dotdot = typed.split('/').any(|p| p == "..");
+            match (typed.starts_with('/'), has_dotdot) {
+                (_, true) => None,
+                (true, false) => hosts::normalize("/", typed),
+                (false, false) => match self.home().await {
+                    Ok(home) => hosts::normalize(&home, typed),
+                    Err(why) => {
+                        tracing::warn!("ssh: no home directory for {typed:?}: {why}");
+                        None
+                    }
+                },
+            }
+        } else {
+            self.lookup(typed)
+                .await
+                .map_err(|why| tracing::info!("ssh: {why}"))
+                .ok()
+        };
+        let Some(path) = path else { return };
+        let name = path.rsplit('/').next().unwrap_or_default().to_string();
+        ctx.program_on_path = self.lookup(&name).await.is_ok_and(|p| p == path);
+        ctx.uploaded = memory.uploaded(self.target(), &path);
+        if let Ok(home) = self.home().await {
+            ctx.uploaded_args = cmd
+                .args
+                .iter()
+                .filter(|a| !a.starts_with('-'))
+                .filter(|a| {
+                    hosts::normalize(&home, a).is_some_and(|p| memory.uploaded(self.target(), &p))
+                })
+                .cloned()
+                .collect();
+        }
+        ctx.program = path;
+        ctx.program_name = name;
+    }
+
+    /// Runs `command` on the host over blastgate's own connection: its
+    /// stdout, trimmed, if it exits 0.
+    async fn ask(&self, command: &str) -> Result<String, String> {
+        let mut ch = upstream::session_channel(self.gw, self.cfg, self.upstream).await?;
+        ch.exec(true, command.as_bytes())
+            .await
+            .map_err(|e| format!("side exec: {e}"))?;
+        let read = async {
+            let mut out = Vec::new();
+            let mut status = None;
+            while let Some(msg) = ch.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        if out.len() + data.len() > MAX_ANSWER {
+                            return Err(format!("{command:?}: answer over {MAX_ANSWER} bytes"));
+                        }
+                        out.extend_from_slice(&data);
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            Ok((out, status))
+        };
+        let (out, status) = tokio::time::timeout(ASK_TIMEOUT, read)
+            .await
+            .map_err(|_| format!("{command:?}: no answer within {ASK_TIMEOUT:?}"))??;
+        let _ = ch.close().await;
+        if status != Some(0) {
+            return Err(format!("{command:?}: exit status {status:?}"));
+        }
+        let text = String::from_utf8(out).map_err(|_| format!("{command:?}: not UTF-8"))?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        if text.contains('\n') {
+            return Err(format!("{command:?}: more than one line"));
+        }
+        Ok(text.to_string())
+    }
+}
+
+/// A name safe to put on a shell line unquoted, and not an option.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_reach_the_host_shell() {
+        for ok in ["git-upload-pack", "deploy.sh", "g++", "python3.11"] {
+            assert!(plain_name(ok), "{ok}");
+        }
+        for bad in ["", "-v", "a b", "a;b", "$(id)", "a'b", "x\ny", "é"] {
+            assert!(!plain_name(bad), "{bad:?}");
+        }
+    }
+}
