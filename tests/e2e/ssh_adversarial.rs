@@ -130,8 +130,8 @@ fn uploaded_look_alikes_of_listed_programs_are_held() {
     assert!(out.status.success(), "uploads: {}", text(&out));
 
     // Harmless: the real programs, by name and by their real path.
-    runs_without_approval(&s, "git-upload-pack --help");
-    runs_without_approval(&s, "/usr/bin/git-upload-pack --help");
+    runs_without_approval(&s, "git-upload-pack /nonexistent.git");
+    runs_without_approval(&s, "/usr/bin/git-upload-pack /nonexistent.git");
     assert!(!marker.ran());
 
     for attack in [
@@ -239,7 +239,7 @@ fn files_that_run_on_their_own_cannot_be_written() {
     }
 
     // The next allowed command runs with nothing of the agent's before it.
-    runs_without_approval(&s, "git-upload-pack --help");
+    runs_without_approval(&s, "git-upload-pack /nonexistent.git");
     assert!(!marker.ran(), "a start-up file the agent wrote ran");
     assert_eq!(std::fs::read(home.join(".bashrc")).ok(), bashrc_before);
     for planted in [".ssh/rc", ".bash_profile", ".config/systemd"] {
@@ -339,7 +339,7 @@ fn environment_requests_are_decided() {
 
     let mut c = s.ssh_agent(
         &["-o", "SendEnv=LANG", "-o", "SendEnv=BASH_ENV"],
-        &["git-upload-pack --help"],
+        &["git-upload-pack /nonexistent.git"],
     );
     c.env("LANG", "C.UTF-8").env("BASH_ENV", &script);
     let out = output_within(&mut c, Duration::from_secs(30));

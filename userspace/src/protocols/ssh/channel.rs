@@ -167,6 +167,7 @@ fn write_step(op: &str, path: Option<String>, home: Option<&str>, tree: bool) ->
         home_relative: home
             .map(|h| hosts::home_relative(h, &path_text))
             .unwrap_or_default(),
+        path_name: path_text.rsplit('/').next().unwrap_or_default().to_string(),
         path: path_text.clone(),
         write_op: op.to_string(),
         tree,
@@ -183,7 +184,9 @@ fn write_step(op: &str, path: Option<String>, home: Option<&str>, tree: bool) ->
 /// Rules on one step, waiting for a human if policy says so. None: the
 /// agent hung up first (recorded).
 async fn rule(job: &Job, step: &Step) -> Option<(Ruling, Event)> {
-    let decision = job.gw.decide(step.action, &step.context.json());
+    let context = step.context.json();
+    let decision = job.gw.decide(step.action, &context);
+    tracing::debug!(action = step.action, %context, verdict = ?decision.verdict, "ssh decision");
     let notice = job.agent.clone();
     let channel = job.id;
     let ruled = tokio::select! {

@@ -15,7 +15,8 @@ pub struct SshContext {
     pub program_typed: String,
     /// exec: the last component of `program`.
     pub program_name: String,
-    /// exec: `program` is what the host's PATH gives for `program_name`.
+    /// exec: `program` lies in a directory of the login shell's PATH on
+    /// the host.
     pub program_on_path: bool,
     /// exec: `program` is a file an agent wrote through blastgate.
     pub uploaded: bool,
@@ -29,6 +30,8 @@ pub struct SshContext {
     pub forward_port: u32,
     /// write: the absolute path written ("" when it cannot be told).
     pub path: String,
+    /// write: the last component of `path`.
+    pub path_name: String,
     /// write: `path` relative to the login's home ("." for home itself,
     /// "" outside it).
     pub home_relative: String,

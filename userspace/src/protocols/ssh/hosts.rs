@@ -23,6 +23,8 @@ const MAX_RESOLVED: usize = 4096;
 #[derive(Default)]
 struct Host {
     home: Option<String>,
+    /// The login shell's PATH, absolute entries only.
+    path_dirs: Vec<String>,
     resolved: HashMap<String, String>,
     /// Files, directories and links written.
     written: BTreeSet<String>,
@@ -48,8 +50,16 @@ impl HostMemory {
         self.with(target, |h| h.home.clone())
     }
 
-    pub fn set_home(&self, target: &str, home: &str) {
-        self.with(target, |h| h.home = Some(home.to_string()));
+    pub fn set_home(&self, target: &str, home: &str, path_dirs: Vec<String>) {
+        self.with(target, |h| {
+            h.home = Some(home.to_string());
+            h.path_dirs = path_dirs;
+        });
+    }
+
+    /// Whether `dir` is one of the directories of the login shell's PATH.
+    pub fn on_path(&self, target: &str, dir: &str) -> bool {
+        self.with(target, |h| h.path_dirs.iter().any(|d| d == dir))
     }
 
     pub fn resolved(&self, target: &str, name: &str) -> Option<String> {
@@ -197,5 +207,8 @@ mod tests {
         assert!(!m.uploaded("t", "/home/d/x"));
         assert!(!m.uploaded("other", "/home/d/x/deploy.sh"));
         assert_eq!(ancestors("/").collect::<Vec<_>>(), ["/"]);
+        m.set_home("t", "/home/d", vec!["/usr/local/bin".into(), "/usr/bin".into()]);
+        assert!(m.on_path("t", "/usr/bin"));
+        assert!(!m.on_path("t", "/home/d"));
     }
 }

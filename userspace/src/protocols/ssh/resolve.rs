@@ -32,17 +32,25 @@ impl Host<'_> {
     }
 
     /// The login's home directory (sshd's working directory for commands
-    /// and sftp).
+    /// and sftp); learned with the login shell's PATH.
     pub async fn home(&self) -> Result<String, String> {
         let memory = &self.gw.ctx.ssh_hosts;
         if let Some(home) = memory.home(self.target()) {
             return Ok(home);
         }
-        let home = self.ask("pwd").await?;
+        let answer = self.ask("pwd && printf '%s\\n' \"$PATH\"").await?;
+        let mut lines = answer.lines();
+        let home = lines.next().unwrap_or_default().to_string();
         if !home.starts_with('/') {
             return Err(format!("the host's working directory is {home:?}"));
         }
-        memory.set_home(self.target(), &home);
+        let dirs = lines
+            .next()
+            .unwrap_or_default()
+            .split(':')
+            .filter_map(|d| d.starts_with('/').then(|| hosts::normalize("/", d)).flatten())
+            .collect();
+        memory.set_home(self.target(), &home, dirs);
         Ok(home)
     }
 
@@ -56,6 +64,9 @@ impl Host<'_> {
             return Err(format!("{name:?} is not a plain program name"));
         }
         let path = self.ask(&format!("command -v -- {name}")).await?;
+        if path.contains('\n') {
+            return Err(format!("{name}: more than one answer"));
+        }
         // Builtins, functions, aliases and keywords answer with their name.
         let path = match hosts::normalize("/", &path) {
             Some(p) if path.starts_with('/') && p == path => p,
@@ -66,8 +77,8 @@ impl Host<'_> {
     }
 
     /// Fills the exec facts of `ctx` for `cmd`: the path that will run,
-    /// whether PATH gives it for its name, whether an agent wrote it or
-    /// the paths among its arguments.
+    /// whether it lies in a directory of the host's PATH, whether an agent
+    /// wrote it or the paths among its arguments.
     pub async fn program(&self, cmd: &ExecCommand, ctx: &mut SshContext) {
         let memory = &self.gw.ctx.ssh_hosts;
         let typed = cmd.program.as_str();
@@ -92,7 +103,12 @@ impl Host<'_> {
         };
         let Some(path) = path else { return };
         let name = path.rsplit('/').next().unwrap_or_default().to_string();
-        ctx.program_on_path = self.lookup(&name).await.is_ok_and(|p| p == path);
+        // In a PATH directory (any of them: a system copy behind a newer
+        // one in /usr/local/bin is still installed, not uploaded).
+        ctx.program_on_path = match self.home().await {
+            Ok(_) => memory.on_path(self.target(), hosts::parent(&path)),
+            Err(_) => false,
+        };
         ctx.uploaded = memory.uploaded(self.target(), &path);
         if let Ok(home) = self.home().await {
             ctx.uploaded_args = cmd
@@ -142,11 +158,7 @@ impl Host<'_> {
             return Err(format!("{command:?}: exit status {status:?}"));
         }
         let text = String::from_utf8(out).map_err(|_| format!("{command:?}: not UTF-8"))?;
-        let text = text.strip_suffix('\n').unwrap_or(&text);
-        if text.contains('\n') {
-            return Err(format!("{command:?}: more than one line"));
-        }
-        Ok(text.to_string())
+        Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
     }
 }
 
