@@ -121,14 +121,15 @@ struct Step {
 
 /// The steps of a request: an exec is decided on the program the host
 /// will really run, and a transfer server mode also on where it writes.
-async fn steps(job: &Job, action: &'static str, text: String) -> Vec<Step> {
+/// Err: the host cannot be reached to tell what would run.
+async fn steps(job: &Job, action: &'static str, text: String) -> Result<Vec<Step>, String> {
     let Request::Exec(line) = &job.request else {
-        return vec![Step {
+        return Ok(vec![Step {
             action,
             context: SshContext::default(),
             text,
             writes: None,
-        }];
+        }]);
     };
     let cmd = command::parse(line);
     let mut ctx = SshContext {
@@ -141,7 +142,7 @@ async fn steps(job: &Job, action: &'static str, text: String) -> Vec<Step> {
     };
     let host = job.host();
     if !cmd.shell_features && !cmd.program.is_empty() {
-        host.program(&cmd, &mut ctx).await;
+        host.program(&cmd, &mut ctx).await?;
     }
     let mut out = vec![Step {
         action,
@@ -157,7 +158,7 @@ async fn steps(job: &Job, action: &'static str, text: String) -> Vec<Step> {
             .and_then(|(p, home)| hosts::normalize(home, &p));
         out.push(write_step(dest.op, path, home.as_deref(), true));
     }
-    out
+    Ok(out)
 }
 
 /// A write of `path` (None: blastgate cannot tell where) as policy sees it.
@@ -238,8 +239,20 @@ pub async fn run(job: Job) {
             return;
         }
     };
+    let steps = match steps(&job, action, text.clone()).await {
+        Ok(steps) => steps,
+        Err(why) => {
+            let mut event = job.gw.event(EventKind::Command, Verdict::Error);
+            event.action = Some(action.into());
+            event.text = Some(text);
+            event.reason = Some(why.clone());
+            end_channel(&job.agent, job.id, format!("blastgate: {why}\r\n"), 255).await;
+            job.gw.record(event).await;
+            return;
+        }
+    };
     let mut first = None;
-    for step in steps(&job, action, text).await {
+    for step in steps {
         let Some((ruling, event)) = rule(&job, &step).await else {
             if let Some(event) = first {
                 job.gw.record(event).await;

@@ -19,6 +19,10 @@ const MAX_ANSWER: usize = 4096;
 /// How long a side exec may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Prefix of the errors that mean the host could not be reached at all
+/// (rather than that it gave no usable answer).
+const UNREACHABLE: &str = "upstream: ";
+
 /// The parts of a session a lookup needs.
 pub struct Host<'a> {
     pub gw: &'a Gateway,
@@ -79,7 +83,8 @@ impl Host<'_> {
     /// Fills the exec facts of `ctx` for `cmd`: the path that will run,
     /// whether it lies in a directory of the host's PATH, whether an agent
     /// wrote it or the paths among its arguments.
-    pub async fn program(&self, cmd: &ExecCommand, ctx: &mut SshContext) {
+    /// Err: the host cannot be reached, so nothing can run there.
+    pub async fn program(&self, cmd: &ExecCommand, ctx: &mut SshContext) -> Result<(), String> {
         let memory = &self.gw.ctx.ssh_hosts;
         let typed = cmd.program.as_str();
         let path = if typed.contains('/') {
@@ -87,21 +92,20 @@ impl Host<'_> {
             match (typed.starts_with('/'), has_dotdot) {
                 (_, true) => None,
                 (true, false) => hosts::normalize("/", typed),
-                (false, false) => match self.home().await {
-                    Ok(home) => hosts::normalize(&home, typed),
-                    Err(why) => {
-                        tracing::warn!("ssh: no home directory for {typed:?}: {why}");
-                        None
-                    }
-                },
+                (false, false) => unreached(self.home().await)?
+                    .and_then(|home| hosts::normalize(&home, typed)),
             }
         } else {
-            self.lookup(typed)
-                .await
-                .map_err(|why| tracing::info!("ssh: {why}"))
-                .ok()
+            match self.lookup(typed).await {
+                Ok(path) => Some(path),
+                Err(why) if why.starts_with(UNREACHABLE) => return Err(why),
+                Err(why) => {
+                    tracing::info!("ssh: {why}");
+                    None
+                }
+            }
         };
-        let Some(path) = path else { return };
+        let Some(path) = path else { return Ok(()) };
         let name = path.rsplit('/').next().unwrap_or_default().to_string();
         // In a PATH directory (any of them: a system copy behind a newer
         // one in /usr/local/bin is still installed, not uploaded).
@@ -123,12 +127,15 @@ impl Host<'_> {
         }
         ctx.program = path;
         ctx.program_name = name;
+        Ok(())
     }
 
     /// Runs `command` on the host over blastgate's own connection: its
     /// stdout, trimmed, if it exits 0.
     async fn ask(&self, command: &str) -> Result<String, String> {
-        let mut ch = upstream::session_channel(self.gw, self.cfg, self.upstream).await?;
+        let mut ch = upstream::session_channel(self.gw, self.cfg, self.upstream)
+            .await
+            .map_err(|e| format!("{UNREACHABLE}{e}"))?;
         ch.exec(true, command.as_bytes())
             .await
             .map_err(|e| format!("side exec: {e}"))?;
@@ -159,6 +166,19 @@ impl Host<'_> {
         }
         let text = String::from_utf8(out).map_err(|_| format!("{command:?}: not UTF-8"))?;
         Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
+    }
+}
+
+/// The home directory, or why the host gave none; Err only when it could
+/// not be reached.
+fn unreached(home: Result<String, String>) -> Result<Option<String>, String> {
+    match home {
+        Ok(home) => Ok(Some(home)),
+        Err(why) if why.starts_with(UNREACHABLE) => Err(why),
+        Err(why) => {
+            tracing::info!("ssh: {why}");
+            Ok(None)
+        }
     }
 }
 
