@@ -12,7 +12,6 @@ use std::{
 
 use harness::{ssh_gateway::*, sshd::*, *};
 
-
 #[test]
 fn exec_runs_with_the_held_key_and_policy_decides() {
     let _g = serial();

@@ -65,7 +65,10 @@ struct Marker(PathBuf);
 
 impl Marker {
     fn new(name: &str) -> Marker {
-        let p = PathBuf::from(format!("/tmp/blastgate-pwned-{name}-{}", std::process::id()));
+        let p = PathBuf::from(format!(
+            "/tmp/blastgate-pwned-{name}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&p);
         Marker(p)
     }
@@ -101,7 +104,11 @@ fn held_and_denied(s: &Setup, command: &str) -> Output {
 fn runs_without_approval(s: &Setup, command: &str) -> Output {
     let out = s.ssh_within(command, 30);
     assert_ne!(out.status.code(), Some(126), "{command}: {}", text(&out));
-    assert!(!text(&out).contains("waiting for approval"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("waiting for approval"),
+        "{}",
+        text(&out)
+    );
     out
 }
 
@@ -163,7 +170,8 @@ fn an_allow_listed_path_overwritten_by_an_agent_is_held() {
     std::fs::write(&tool, "#!/bin/sh\necho released\n").expect("write tool");
     std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
-    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tools.path()).expect("stat"));
+    let owner =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(tools.path()).expect("stat"));
     std::os::unix::fs::chown(&tool, Some(owner), None).expect("chown");
     let tool_s = tool.display().to_string();
     let Some(s) = setup_with(Options {
@@ -180,7 +188,10 @@ fn an_allow_listed_path_overwritten_by_an_agent_is_held() {
     let out = s.sftp_batch(&format!("put {} {tool_s}\n", payload.display()));
     assert!(out.status.success(), "overwrite: {}", text(&out));
     held_and_denied(&s, &tool_s);
-    assert!(!marker.ran(), "the overwritten program ran without approval");
+    assert!(
+        !marker.ran(),
+        "the overwritten program ran without approval"
+    );
 }
 
 /// sshd runs `~/.ssh/rc` and bash reads `~/.bashrc` before every command,
@@ -235,7 +246,11 @@ fn files_that_run_on_their_own_cannot_be_written() {
         let mut args: Vec<&str> = flags.to_vec();
         args.extend(["-q", &p, &target]);
         let out = s.transfer(SCP, &args);
-        assert!(!out.status.success(), "scp {flags:?} .bashrc: {}", text(&out));
+        assert!(
+            !out.status.success(),
+            "scp {flags:?} .bashrc: {}",
+            text(&out)
+        );
     }
 
     // The next allowed command runs with nothing of the agent's before it.
@@ -248,7 +263,10 @@ fn files_that_run_on_their_own_cannot_be_written() {
     for planted in ["soft", "hard"] {
         assert!(!remote.path().join(planted).exists(), "link {planted} made");
     }
-    assert!(remote.path().join("harmless.txt").is_file(), "ordinary upload");
+    assert!(
+        remote.path().join("harmless.txt").is_file(),
+        "ordinary upload"
+    );
 
     let writes = s.events_of("ssh:write");
     for denied in [
@@ -352,9 +370,10 @@ fn environment_requests_are_decided() {
         "{env:#?}"
     );
     assert!(
-        env.iter().any(|e| e["text"] == format!("env BASH_ENV={script}")
-            && e["verdict"] == "deny"
-            && e["policy_id"] == "ssh-env"),
+        env.iter()
+            .any(|e| e["text"] == format!("env BASH_ENV={script}")
+                && e["verdict"] == "deny"
+                && e["policy_id"] == "ssh-env"),
         "{env:#?}"
     );
 }
@@ -422,7 +441,10 @@ fn the_sftp_audit_cannot_be_blinded() {
         let _ = child.kill();
     }
     let _ = child.wait();
-    assert!(!unseen.exists(), "a file was created past the unread packet");
+    assert!(
+        !unseen.exists(),
+        "a file was created past the unread packet"
+    );
     let errors: Vec<serde_json::Value> = s
         .env
         .events()

@@ -99,9 +99,13 @@ pub fn policies_allowing(scratch: &Path, extra: &[&str], paths: &[&str]) -> Path
     }
     let dir = copy_shipped_policies(scratch);
     let ssh = std::fs::read_to_string(dir.join("ssh.cedar")).expect("ssh.cedar");
-    let listed = |items: &[&str]| -> String { items.iter().map(|p| format!(", \"{p}\"")).collect() };
+    let listed =
+        |items: &[&str]| -> String { items.iter().map(|p| format!(", \"{p}\"")).collect() };
     let edited = ssh
-        .replace("\"deploy.sh\"]", &format!("\"deploy.sh\"{}]", listed(extra)))
+        .replace(
+            "\"deploy.sh\"]",
+            &format!("\"deploy.sh\"{}]", listed(extra)),
+        )
         .replace(
             "\"/opt/deploy/bin/deploy.sh\"]",
             &format!("\"/opt/deploy/bin/deploy.sh\"{}]", listed(paths)),

@@ -357,7 +357,10 @@ impl Bundle {
                 )))
             }
         };
-        if let Some(unknown) = given.keys().find(|k| !defaults.iter().any(|(d, _)| d == *k)) {
+        if let Some(unknown) = given
+            .keys()
+            .find(|k| !defaults.iter().any(|(d, _)| d == *k))
+        {
             return Err(RequestError::Context(format!(
                 "unknown attribute {unknown:?} for action {action:?}"
             )));

@@ -177,7 +177,14 @@ fn write_step(op: &str, path: Option<String>, home: Option<&str>, tree: bool) ->
     Step {
         action: "ssh:write",
         context,
-        text: format!("{op} {}", if path_text.is_empty() { "(unknown path)" } else { &path_text }),
+        text: format!(
+            "{op} {}",
+            if path_text.is_empty() {
+                "(unknown path)"
+            } else {
+                &path_text
+            }
+        ),
         writes: path.map(|p| (p, tree)),
     }
 }
@@ -656,7 +663,12 @@ async fn deliver(
                 _ => (Vec::new(), None),
             };
             let sftp = w.sftp.is_some();
-            (w.recording.output(at, &data, ext.is_some()), ops, failed, sftp)
+            (
+                w.recording.output(at, &data, ext.is_some()),
+                ops,
+                failed,
+                sftp,
+            )
         }
         Err(_) => (Vec::new(), Vec::new(), None, false),
     };

@@ -349,8 +349,7 @@ mod tests {
         assert_eq!(dest("scp -v -d -t ."), dest("scp -dt ."));
         assert_eq!(dest("scp -f /srv/x"), None, "a download");
         assert_eq!(
-            dest("rsync --server -logDtpre.iLsfxCIvu --delete . /srv/app/")
-                .and_then(|d| d.path),
+            dest("rsync --server -logDtpre.iLsfxCIvu --delete . /srv/app/").and_then(|d| d.path),
             Some("/srv/app/".into())
         );
         assert_eq!(
@@ -360,7 +359,10 @@ mod tests {
                 path: None
             })
         );
-        assert_eq!(dest("rsync --server --sender -logDtpre.iLsfxCIvu . /srv"), None);
+        assert_eq!(
+            dest("rsync --server --sender -logDtpre.iLsfxCIvu . /srv"),
+            None
+        );
         assert_eq!(dest("git-upload-pack /srv/x"), None);
     }
 }

@@ -416,7 +416,10 @@ mod tests {
             ])
         );
         assert_eq!(
-            paths(&packet(EXTENDED, &[b"hardlink@openssh.com", b".bashrc", b"x/b"])),
+            paths(&packet(
+                EXTENDED,
+                &[b"hardlink@openssh.com", b".bashrc", b"x/b"]
+            )),
             Some(vec![
                 pair("hardlink-target", "/home/d/.bashrc"),
                 pair("hardlink", "/home/d/x/b")
@@ -437,10 +440,7 @@ mod tests {
             paths(&packet(FSETSTAT, &[b"unknown"])),
             Some(vec![pair("setstat", "")])
         );
-        assert_eq!(
-            paths(&packet(EXTENDED, &[b"limits@openssh.com"])),
-            None
-        );
+        assert_eq!(paths(&packet(EXTENDED, &[b"limits@openssh.com"])), None);
         assert_eq!(
             paths(&packet(EXTENDED, &[b"made-up@example.com", b"x"])),
             Some(vec![pair("extension made-up@example.com", "")])
@@ -456,7 +456,10 @@ mod tests {
     #[test]
     fn refusal_is_an_sftp_status() {
         let d = denied(9, "no");
-        assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize, d.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
+            d.len() - 4
+        );
         assert_eq!(d[4], STATUS);
         assert_eq!(&d[5..9], &9u32.to_be_bytes());
         assert_eq!(&d[9..13], &3u32.to_be_bytes());

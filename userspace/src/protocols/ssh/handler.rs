@@ -118,7 +118,11 @@ impl AgentSide {
         };
         let decision = self.gw.decide("ssh:env", &context.json());
         let allowed = decision.verdict == crate::policy::Verdict::Allow;
-        let verdict = if allowed { Verdict::Allow } else { Verdict::Deny };
+        let verdict = if allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
         let mut event = self.gw.event(EventKind::Command, verdict);
         event.action = Some("ssh:env".into());
         event.text = Some(format!("env {name}={value}"));

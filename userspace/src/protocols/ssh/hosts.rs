@@ -175,7 +175,10 @@ mod tests {
         for (path, want) in [
             (".bashrc", "/home/d/.bashrc"),
             ("./.ssh//rc", "/home/d/.ssh/rc"),
-            ("x/../.ssh/./authorized_keys", "/home/d/.ssh/authorized_keys"),
+            (
+                "x/../.ssh/./authorized_keys",
+                "/home/d/.ssh/authorized_keys",
+            ),
             ("/home/d/.ssh/.", "/home/d/.ssh"),
             ("//etc/cron.d/x/", "/etc/cron.d/x"),
             ("../../../../etc/profile.d/a.sh", "/etc/profile.d/a.sh"),
@@ -207,7 +210,11 @@ mod tests {
         assert!(!m.uploaded("t", "/home/d/x"));
         assert!(!m.uploaded("other", "/home/d/x/deploy.sh"));
         assert_eq!(ancestors("/").collect::<Vec<_>>(), ["/"]);
-        m.set_home("t", "/home/d", vec!["/usr/local/bin".into(), "/usr/bin".into()]);
+        m.set_home(
+            "t",
+            "/home/d",
+            vec!["/usr/local/bin".into(), "/usr/bin".into()],
+        );
         assert!(m.on_path("t", "/usr/bin"));
         assert!(!m.on_path("t", "/home/d"));
     }

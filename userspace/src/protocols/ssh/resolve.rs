@@ -52,7 +52,11 @@ impl Host<'_> {
             .next()
             .unwrap_or_default()
             .split(':')
-            .filter_map(|d| d.starts_with('/').then(|| hosts::normalize("/", d)).flatten())
+            .filter_map(|d| {
+                d.starts_with('/')
+                    .then(|| hosts::normalize("/", d))
+                    .flatten()
+            })
             .collect();
         memory.set_home(self.target(), &home, dirs);
         Ok(home)
@@ -92,8 +96,9 @@ impl Host<'_> {
             match (typed.starts_with('/'), has_dotdot) {
                 (_, true) => None,
                 (true, false) => hosts::normalize("/", typed),
-                (false, false) => unreached(self.home().await)?
-                    .and_then(|home| hosts::normalize(&home, typed)),
+                (false, false) => {
+                    unreached(self.home().await)?.and_then(|home| hosts::normalize(&home, typed))
+                }
             }
         } else {
             match self.lookup(typed).await {
