@@ -180,11 +180,7 @@ fn file_transfer_tools_work_through_the_gateway() {
     let want = sha256(&local);
     let port = s.sshd.port().to_string();
     let scp_like = |program: &str, args: &[&str]| {
-        let mut c = s.env.agent("claude", &[program]);
-        c.args(ssh_options(&s.known_hosts))
-            .args(["-P", &port])
-            .args(args);
-        let out = output_within(&mut c, Duration::from_secs(120));
+        let out = s.transfer(program, args);
         assert!(out.status.success(), "{program} {args:?}: {}", text(&out));
         out
     };

@@ -181,7 +181,7 @@ impl Setup {
         c.args(ssh_options(&self.known_hosts))
             .args(["-P", &port])
             .args(args);
-        output_within(&mut c, Duration::from_secs(60))
+        output_within(&mut c, Duration::from_secs(120))
     }
 
     /// An sftp batch as an agent (`-` before a command lets the batch go
