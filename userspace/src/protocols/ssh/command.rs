@@ -193,15 +193,27 @@ pub fn destination(cmd: &ExecCommand) -> Option<Destination> {
         "rsync" => {
             let server = cmd.args.iter().any(|a| a == "--server");
             let sender = cmd.args.iter().any(|a| a == "--sender");
-            (server && !sender).then(|| {
-                let known = options()
-                    .filter(|a| a.starts_with("--"))
-                    .all(|a| RSYNC_SAFE_LONG.contains(&a.as_str()));
-                Destination {
+            // Options that write files of their own (--log-file, -T
+            // --temp-dir, --backup-dir, …) or that blastgate does not know
+            // make the destination unknown, on either side.
+            let known = options().all(|a| match a.strip_prefix("--") {
+                Some(_) => a == "--sender" || RSYNC_SAFE_LONG.contains(&a.as_str()),
+                None => a
+                    .strip_prefix('-')
+                    .map(|flags| flags.split('e').next().unwrap_or_default())
+                    .is_none_or(|flags| !flags.contains(['T', 'M'])),
+            });
+            match (server, sender, known) {
+                (false, _, _) | (true, true, true) => None,
+                (true, true, false) => Some(Destination {
+                    op: "rsync-options",
+                    path: None,
+                }),
+                (true, false, _) => Some(Destination {
                     op: "rsync-receive",
                     path: cmd.args.last().filter(|_| known).cloned(),
-                }
-            })
+                }),
+            }
         }
         _ => None,
     }
