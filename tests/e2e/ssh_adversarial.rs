@@ -460,7 +460,8 @@ fn the_sftp_audit_cannot_be_blinded() {
 }
 
 /// The ordinary traffic of deploy jobs, beside the attacks: git clone
-/// over ssh, scp (both protocols) into home and overwriting, `LANG`.
+/// over ssh, scp into home and overwriting, legacy scp, sftp with the
+/// largest packets OpenSSH sends.
 #[test]
 fn ordinary_transfers_keep_working() {
     let _g = serial();
@@ -478,6 +479,27 @@ fn ordinary_transfers_keep_working() {
         assert_eq!(sha256(&in_home), want);
     }
     let remote = UserTempDir::new(&s.user);
+    // sftp's largest requests: writes and reads of the server's
+    // max-write-length (256 KiB less 1 KiB), the most OpenSSH accepts.
+    let batch = s.dir.path().join("big.batch");
+    let back = s.dir.path().join("back.bin");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {dir}/big.bin\nget {dir}/big.bin {}\n",
+            local.display(),
+            back.display(),
+            dir = remote.path().display()
+        ),
+    )
+    .expect("batch");
+    let dest = s.dest();
+    let out = s.transfer(
+        SFTP,
+        &["-B", "261120", "-b", batch.to_str().expect("utf-8"), &dest],
+    );
+    assert!(out.status.success(), "sftp -B 261120: {}", text(&out));
+    assert_eq!(sha256(&back), want);
     let target = format!("{}:{}/legacy.bin", s.dest(), remote.path().display());
     let out = s.transfer(SCP, &["-O", "-q", local.to_str().expect("utf-8"), &target]);
     assert!(out.status.success(), "scp -O: {}", text(&out));
