@@ -520,3 +520,72 @@ fn ordinary_transfers_keep_working() {
     });
     assert_eq!(refused, 0, "{:#?}", s.env.events());
 }
+
+/// git runs a repository's hooks: a hook uploaded into a bare repository
+/// (`repo.git/hooks/…`, refused outright; or a repository not named
+/// `*.git`) ran at the next allowed `git push`. A push into a repository
+/// holding anything an agent wrote now waits for a human.
+#[test]
+fn hooks_uploaded_into_a_repository_do_not_run() {
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    let marker = Marker::new("hook");
+    let payload = marker.payload(s.dir.path(), "hook.sh");
+    let remote = UserTempDir::new(&s.user);
+    let plain = remote.path().join("plain");
+    let out = as_user(&s.user, "git")
+        .args(["init", "-q", "--bare", "--initial-branch=main"])
+        .arg(&plain)
+        .output()
+        .expect("git init");
+    assert!(out.status.success(), "{}", text(&out));
+    let named = BareRepo::new(&s.user);
+    let out = s.sftp_batch(&format!(
+        "-put {p} {named}/hooks/post-receive\n\
+         put {p} {plain}/hooks/post-receive\n\
+         chmod 755 {plain}/hooks/post-receive\n",
+        p = payload.display(),
+        named = named.path().display(),
+        plain = plain.display(),
+    ));
+    assert!(out.status.success(), "uploads: {}", text(&out));
+    assert!(!named.path().join("hooks/post-receive").exists());
+
+    let work = s.dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    let ssh = ssh_command_line(&s.known_hosts, &[]);
+    let git = |args: &[&str]| {
+        let mut c = s.env.agent("claude", &["git"]);
+        git_over_ssh(&mut c, &ssh);
+        c.args(args).current_dir(&work);
+        c
+    };
+    for args in [
+        &["init", "-q"][..],
+        &["commit", "-q", "--allow-empty", "-m", "x"],
+    ] {
+        let out = output_within(&mut git(args), Duration::from_secs(30));
+        assert!(out.status.success(), "git {args:?}: {}", text(&out));
+    }
+    let port = s.sshd.port().to_string();
+    let url = format!("ssh://{}:{port}{}", s.dest(), plain.display());
+    let child = git(&["push", "-q", &url, "main"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("git push");
+    let id = s.pending_approval();
+    s.approvals("deny", &id);
+    let out = child.wait_with_output().expect("git push");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!marker.ran(), "an uploaded hook ran");
+    let held = s.events_of("ssh:exec");
+    assert!(
+        held.iter().any(|e| e["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("git-receive-pack"))
+            && e["policy_id"] == "ssh-unlisted-command"),
+        "{held:#?}"
+    );
+}

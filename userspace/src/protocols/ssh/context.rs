@@ -20,8 +20,8 @@ pub struct SshContext {
     pub program_on_path: bool,
     /// exec: `program` is a file an agent wrote through blastgate.
     pub uploaded: bool,
-    /// exec: arguments naming paths an agent wrote (a repository it
-    /// filled with rsync, hooks included).
+    /// exec: arguments naming paths an agent wrote or wrote under (a
+    /// repository holding a file it uploaded, a hook perhaps).
     pub uploaded_args: Vec<String>,
     pub args: Vec<String>,
     pub shell_features: bool,

@@ -102,6 +102,22 @@ impl HostMemory {
     }
 }
 
+impl HostMemory {
+    /// Whether an agent wrote `path`, anything under it, or a tree it lies
+    /// in: for a directory a program works in (a repository whose hooks
+    /// git runs).
+    pub fn touched(&self, target: &str, path: &str) -> bool {
+        let under = format!("{}/", path.trim_end_matches('/'));
+        self.uploaded(target, path)
+            || self.with(target, |h| {
+                h.written
+                    .range(under.clone()..)
+                    .next()
+                    .is_some_and(|p| p.starts_with(&under))
+            })
+    }
+}
+
 /// `/a/b/c` → `/a/b/c`, `/a/b`, `/a`, `/`.
 fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     let mut next = Some(path);
@@ -209,6 +225,11 @@ mod tests {
         assert!(!m.uploaded("t", "/home/d/treehouse"));
         assert!(!m.uploaded("t", "/home/d/x"));
         assert!(!m.uploaded("other", "/home/d/x/deploy.sh"));
+        m.wrote("t", "/home/d/repo/hooks/post-receive", false);
+        assert!(m.touched("t", "/home/d/repo"));
+        assert!(m.touched("t", "/home/d/repo/"));
+        assert!(!m.uploaded("t", "/home/d/repo"));
+        assert!(!m.touched("t", "/home/d/rep"));
         assert_eq!(ancestors("/").collect::<Vec<_>>(), ["/"]);
         m.set_home(
             "t",

@@ -125,7 +125,7 @@ impl Host<'_> {
                 .iter()
                 .filter(|a| !a.starts_with('-'))
                 .filter(|a| {
-                    hosts::normalize(&home, a).is_some_and(|p| memory.uploaded(self.target(), &p))
+                    hosts::normalize(&home, a).is_some_and(|p| memory.touched(self.target(), &p))
                 })
                 .cloned()
                 .collect();
