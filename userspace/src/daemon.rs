@@ -161,6 +161,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tls,
         https,
         ssh_ca,
+        ssh_hosts: Default::default(),
     });
     if let Some(ch) = &config.clickhouse {
         let shipper = crate::records::clickhouse::shipper::Shipper {

@@ -11,6 +11,7 @@
 pub mod kube;
 pub mod pg_gateway;
 pub mod postgres;
+pub mod ssh_gateway;
 pub mod sshd;
 use std::{
     io::{BufRead, BufReader, Read, Write},

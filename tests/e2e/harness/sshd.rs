@@ -195,6 +195,7 @@ impl TestSshd {
              PrintLastLog no\n\
              LogLevel VERBOSE\n\
              Subsystem sftp internal-sftp\n\
+             AcceptEnv LANG LC_* BASH_ENV\n\
              ClientAliveInterval 0\n\
              LoginGraceTime 30\n\
              MaxStartups 64:30:128\n\

@@ -95,11 +95,11 @@ pub enum RequestError {
 
 /// Every context attribute an action family has, with its empty default,
 /// so handlers and fixtures name only what they know.
-fn context_defaults(action: &str) -> Option<Vec<(&'static str, Value)>> {
+fn context_defaults(action: &str) -> Option<Vec<(String, Value)>> {
     let family = action.split(':').next().unwrap_or(action);
     let s = || Value::String(String::new());
     let set = || Value::Array(Vec::new());
-    Some(match (family, action) {
+    let fixed: Vec<(&'static str, Value)> = match (family, action) {
         (_, "connect") => vec![],
         ("sql", _) => vec![
             ("statement", s()),
@@ -114,14 +114,13 @@ fn context_defaults(action: &str) -> Option<Vec<(&'static str, Value)>> {
             ("copy_program", Value::Bool(false)),
             ("rows_affected", Value::from(-1)),
         ],
-        ("ssh", _) => vec![
-            ("command", s()),
-            ("program", s()),
-            ("args", set()),
-            ("shell_features", Value::Bool(false)),
-            ("forward_host", s()),
-            ("forward_port", Value::from(0)),
-        ],
+        // The gateway's own context type, so the two cannot drift apart.
+        ("ssh", _) => {
+            let Value::Object(map) = crate::protocols::ssh::SshContext::default().json() else {
+                return None;
+            };
+            return Some(map.into_iter().collect());
+        }
         ("http" | "k8s", _) => vec![
             ("method", s()),
             ("host", s()),
@@ -135,7 +134,8 @@ fn context_defaults(action: &str) -> Option<Vec<(&'static str, Value)>> {
             ("k8s_replicas", Value::from(-1)),
         ],
         _ => return None,
-    })
+    };
+    Some(fixed.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 fn to_expr(v: &Value) -> Result<RestrictedExpression, RequestError> {
@@ -357,15 +357,18 @@ impl Bundle {
                 )))
             }
         };
-        if let Some(unknown) = given.keys().find(|k| !defaults.iter().any(|(d, _)| d == k)) {
+        if let Some(unknown) = given
+            .keys()
+            .find(|k| !defaults.iter().any(|(d, _)| d == *k))
+        {
             return Err(RequestError::Context(format!(
                 "unknown attribute {unknown:?} for action {action:?}"
             )));
         }
         let mut pairs = Vec::with_capacity(defaults.len());
         for (k, default) in defaults {
-            let v = given.get(k).unwrap_or(&default);
-            pairs.push((k.to_string(), to_expr(v)?));
+            let v = given.get(&k).unwrap_or(&default);
+            pairs.push((k, to_expr(v)?));
         }
         let context =
             Context::from_pairs(pairs).map_err(|e| RequestError::Context(e.to_string()))?;

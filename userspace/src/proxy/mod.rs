@@ -43,6 +43,9 @@ pub struct ProxyContext {
     /// Signs the host certificates the SSH gateway presents; `None` when
     /// no target is an SSH one.
     pub ssh_ca: Option<Arc<crate::tls::ssh_ca::SshCa>>,
+    /// What the SSH gateway learned of each host (home, program paths,
+    /// what agents wrote there), kept for the daemon's life.
+    pub ssh_hosts: crate::protocols::ssh::HostMemory,
 }
 
 /// Binds every listener; fails if any cannot be bound (the kernel would

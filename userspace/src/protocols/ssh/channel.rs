@@ -11,20 +11,21 @@ use bytes::Bytes;
 use russh::{
     client,
     server::{self},
-    ChannelId, ChannelMsg, Pty as PtyMode, Sig,
+    ChannelId, ChannelMsg, ChannelWriteHalf, Pty as PtyMode, Sig,
 };
-use serde_json::{json, Value};
 
 use super::{
     command,
+    context::SshContext,
     flow::{Inbox, Input},
+    gate, hosts,
     recording::Recording,
+    resolve,
     sftp::{SftpObserver, SftpRecord},
-    upstream::{self, ServerCheck},
-    SshTarget, Upstream,
+    upstream, SshTarget, Upstream,
 };
 use crate::{
-    protocols::gateway::Gateway,
+    protocols::gateway::{Gateway, Ruling},
     records::{Event, EventKind, IoChunk, Verdict},
 };
 
@@ -66,19 +67,14 @@ pub struct Job {
     pub inbox: Inbox,
 }
 
-/// The policy context every `ssh:*` action carries (one shape: the
-/// schema's `SshContext`).
-pub fn context(command: &str, forward: Option<(&str, u32)>) -> Value {
-    let parsed = command::parse(command);
-    let (host, port) = forward.unwrap_or(("", 0));
-    json!({
-        "command": parsed.line,
-        "program": parsed.program,
-        "args": parsed.args,
-        "shell_features": parsed.shell_features,
-        "forward_host": host,
-        "forward_port": port,
-    })
+impl Job {
+    fn host(&self) -> resolve::Host<'_> {
+        resolve::Host {
+            gw: &self.gw,
+            cfg: &self.cfg,
+            upstream: &self.upstream,
+        }
+    }
 }
 
 impl Request {
@@ -113,6 +109,129 @@ struct Watch {
     sftp: Option<SftpObserver>,
 }
 
+/// One thing policy rules on before a channel starts: the request itself,
+/// then each place it writes.
+struct Step {
+    action: &'static str,
+    context: SshContext,
+    text: String,
+    /// Allowed: what to remember as written (path, tree).
+    writes: Option<(String, bool)>,
+}
+
+/// The steps of a request: an exec is decided on the program the host
+/// will really run, and a transfer server mode also on where it writes.
+/// Err: the host cannot be reached to tell what would run.
+async fn steps(job: &Job, action: &'static str, text: String) -> Result<Vec<Step>, String> {
+    let Request::Exec(line) = &job.request else {
+        return Ok(vec![Step {
+            action,
+            context: SshContext::default(),
+            text,
+            writes: None,
+        }]);
+    };
+    let cmd = command::parse(line);
+    let mut ctx = SshContext {
+        command: cmd.line.clone(),
+        program_typed: cmd.program.clone(),
+        args: cmd.args.clone(),
+        shell_features: cmd.shell_features,
+        recursive_delete: cmd.recursive_delete,
+        ..Default::default()
+    };
+    let host = job.host();
+    if !cmd.shell_features && !cmd.program.is_empty() {
+        host.program(&cmd, &mut ctx).await?;
+    }
+    let mut out = vec![Step {
+        action,
+        context: ctx,
+        text,
+        writes: None,
+    }];
+    if let Some(dest) = command::destination(&cmd) {
+        let home = host.home().await.ok();
+        let path = dest
+            .path
+            .zip(home.as_deref())
+            .and_then(|(p, home)| hosts::normalize(home, &p));
+        out.push(write_step(dest.op, path, home.as_deref(), true));
+    }
+    Ok(out)
+}
+
+/// A write of `path` (None: blastgate cannot tell where) as policy sees it.
+fn write_step(op: &str, path: Option<String>, home: Option<&str>, tree: bool) -> Step {
+    let path_text = path.clone().unwrap_or_default();
+    let context = SshContext {
+        home_relative: home
+            .map(|h| hosts::home_relative(h, &path_text))
+            .unwrap_or_default(),
+        path_name: path_text.rsplit('/').next().unwrap_or_default().to_string(),
+        path: path_text.clone(),
+        write_op: op.to_string(),
+        tree,
+        ..Default::default()
+    };
+    Step {
+        action: "ssh:write",
+        context,
+        text: format!(
+            "{op} {}",
+            if path_text.is_empty() {
+                "(unknown path)"
+            } else {
+                &path_text
+            }
+        ),
+        writes: path.map(|p| (p, tree)),
+    }
+}
+
+/// Rules on one step, waiting for a human if policy says so. None: the
+/// agent hung up first (recorded).
+async fn rule(job: &Job, step: &Step) -> Option<(Ruling, Event)> {
+    let context = step.context.json();
+    let decision = job.gw.decide(step.action, &context);
+    tracing::debug!(action = step.action, %context, verdict = ?decision.verdict, "ssh decision");
+    let notice = job.agent.clone();
+    let channel = job.id;
+    let ruled = tokio::select! {
+        r = job.gw.rule(decision, step.action, &step.text, move |id| {
+            tokio::spawn(async move {
+                let _ = notice
+                    .extended_data(channel, 1, format!("waiting for approval {id}\r\n"))
+                    .await;
+            });
+        }) => Some(r),
+        // Dropping the hold withdraws the approval request: nothing runs
+        // for an agent that is gone.
+        _ = job.inbox.hung_up() => None,
+    };
+    let Some(ruling) = ruled else {
+        let mut event = job.gw.event(EventKind::Command, Verdict::Deny);
+        event.action = Some(step.action.into());
+        event.text = Some(step.text.clone());
+        event.reason = Some("withdrawn: the agent closed the channel before a decision".into());
+        job.gw.record(event).await;
+        return None;
+    };
+    let event = job
+        .gw
+        .ruled(EventKind::Command, step.action, step.text.clone(), &ruling);
+    Some((ruling, event))
+}
+
+/// Why a ruling refused, as the agent reads it.
+fn refusal(action: &str, ruling: &Ruling) -> String {
+    format!(
+        "blastgate: {action} denied by policy {}: {}",
+        ruling.policy_id.as_deref().unwrap_or("(default deny)"),
+        ruling.reason
+    )
+}
+
 pub async fn run(job: Job) {
     let text = job.request.text();
     let action = match job.request.action() {
@@ -127,44 +246,63 @@ pub async fn run(job: Job) {
             return;
         }
     };
-    let line = match &job.request {
-        Request::Exec(line) => line.as_str(),
-        _ => "",
+    let steps = match steps(&job, action, text.clone()).await {
+        Ok(steps) => steps,
+        Err(why) => {
+            let mut event = job.gw.event(EventKind::Command, Verdict::Error);
+            event.action = Some(action.into());
+            event.text = Some(text);
+            event.reason = Some(why.clone());
+            end_channel(&job.agent, job.id, format!("blastgate: {why}\r\n"), 255).await;
+            job.gw.record(event).await;
+            return;
+        }
     };
-    let decision = job.gw.decide(action, &context(line, None));
-    let notice = job.agent.clone();
-    let channel = job.id;
-    let ruled = tokio::select! {
-        r = job.gw.rule(decision, action, &text, move |id| {
-            tokio::spawn(async move {
-                let _ = notice
-                    .extended_data(channel, 1, format!("waiting for approval {id}\r\n"))
-                    .await;
-            });
-        }) => Some(r),
-        // Dropping the hold withdraws the approval request: nothing runs
-        // for an agent that is gone.
-        _ = job.inbox.hung_up() => None,
-    };
-    let Some(ruling) = ruled else {
-        let mut event = job.gw.event(EventKind::Command, Verdict::Deny);
-        event.action = Some(action.into());
-        event.text = Some(text);
-        event.reason = Some("withdrawn: the agent closed the channel before a decision".into());
-        job.gw.record(event).await;
-        return;
-    };
-    let mut event = job.gw.ruled(EventKind::Command, action, text, &ruling);
-    if !ruling.allowed {
-        let message = format!(
-            "blastgate: {action} denied by policy {}: {}",
-            ruling.policy_id.as_deref().unwrap_or("(default deny)"),
-            ruling.reason
-        );
-        refuse(&job, &message).await;
-        job.gw.record(event).await;
-        return;
+    let mut first = None;
+    for step in steps {
+        let Some((ruling, event)) = rule(&job, &step).await else {
+            if let Some(event) = first {
+                job.gw.record(event).await;
+            }
+            return;
+        };
+        if !ruling.allowed {
+            refuse(&job, &refusal(step.action, &ruling)).await;
+            if let Some(mut first) = first {
+                first.verdict = Verdict::Deny;
+                first.reason = Some(format!(
+                    "{}; not run: {} refused",
+                    first.reason.unwrap_or_default(),
+                    step.text
+                ));
+                job.gw.record(first).await;
+            }
+            job.gw.record(event).await;
+            return;
+        }
+        if let Some((path, tree)) = &step.writes {
+            job.gw.ctx.ssh_hosts.wrote(&job.gw.target.name, path, *tree);
+        }
+        match first {
+            None => first = Some(event),
+            Some(_) => job.gw.record(event).await,
+        }
     }
+    let Some(mut event) = first else { return };
+    let home = match &job.request {
+        Request::Subsystem(_) => match job.host().home().await {
+            Ok(home) => Some(home),
+            Err(why) => {
+                let why = format!("cannot tell the host's home directory for sftp paths: {why}");
+                event.verdict = Verdict::Error;
+                event.reason = Some(why.clone());
+                end_channel(&job.agent, job.id, format!("blastgate: {why}\r\n"), 255).await;
+                job.gw.record(event).await;
+                return;
+            }
+        },
+        _ => None,
+    };
 
     let plan = job.gw.mask_plan().unwrap_or_default();
     let session = &job.gw.session;
@@ -183,7 +321,7 @@ pub async fn run(job: Job) {
         sftp: matches!(job.request, Request::Subsystem(_)).then(SftpObserver::new),
     });
     let started = Instant::now();
-    let result = relay(&job, &watch).await;
+    let result = relay(&job, &watch, home).await;
     event.duration_us = Some(started.elapsed().as_micros() as u64);
     tracing::debug!(
         channel = %job.id,
@@ -248,20 +386,8 @@ pub async fn end_channel(agent: &server::Handle, channel: ChannelId, message: St
     let _ = agent.close(channel).await;
 }
 
-async fn open_upstream(job: &Job) -> Result<russh::Channel<client::Msg>, String> {
-    let mut guard = job.upstream.lock().await;
-    if guard.is_none() {
-        *guard = Some(upstream::connect(&job.gw, &job.cfg).await?);
-    }
-    let handle: &client::Handle<ServerCheck> = guard.as_ref().ok_or("no upstream connection")?;
-    handle
-        .channel_open_session()
-        .await
-        .map_err(|e| format!("upstream channel: {e}"))
-}
-
-async fn relay(job: &Job, watch: &Mutex<Watch>) -> Result<Ending, String> {
-    let up = open_upstream(job).await?;
+async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<Ending, String> {
+    let up = upstream::session_channel(&job.gw, &job.cfg, &job.upstream).await?;
     let failed = |e: russh::Error| format!("upstream: {e}");
     if let Some(p) = &job.setup.pty {
         up.request_pty(
@@ -291,22 +417,27 @@ async fn relay(job: &Job, watch: &Mutex<Watch>) -> Result<Ending, String> {
     let (mut from_up, to_up) = up.split();
     job.inbox.running();
     let session = &job.gw.session;
+    let splice = tokio::sync::Mutex::new(Splice::default());
+    let mut cuts = home.as_ref().map(|_| gate::ClientCuts::default());
     let to_upstream = async {
         while let Some(input) = job.inbox.recv().await {
             match input {
                 Input::Data(d) => {
-                    let chunks = match watch.lock() {
-                        Ok(mut w) => {
-                            if let Some(s) = w.sftp.as_mut() {
-                                s.from_client(&d);
-                            }
-                            w.recording.input(session.elapsed_us(), &d)
-                        }
-                        Err(_) => Vec::new(),
+                    let (Some(cuts), Some(home)) = (cuts.as_mut(), home.as_deref()) else {
+                        forward(job, watch, &to_up, d).await?;
+                        continue;
                     };
-                    record_io(&job.gw, chunks).await;
-                    job.gw.counters.add_from_agent(d.len() as u64);
-                    to_up.data_bytes(d).await.map_err(failed)?;
+                    for unit in cuts.push(&d).map_err(|e| format!("sftp: {e}"))? {
+                        match unit {
+                            gate::Unit::Pass(b) => forward(job, watch, &to_up, b).await?,
+                            gate::Unit::Packet(p) => {
+                                match decide_writes(job, watch, &p, home).await? {
+                                    None => forward(job, watch, &to_up, p).await?,
+                                    Some(refused) => splice.lock().await.send(job, refused).await,
+                                }
+                            }
+                        }
+                    }
                 }
                 Input::Eof => to_up.eof().await.map_err(failed)?,
                 Input::Resize {
@@ -338,11 +469,11 @@ async fn relay(job: &Job, watch: &Mutex<Watch>) -> Result<Ending, String> {
         while let Some(msg) = from_up.wait().await {
             let delivered = match msg {
                 ChannelMsg::Data { data } => {
-                    deliver(job, watch, data, None).await;
+                    deliver(job, watch, &splice, data, None).await?;
                     true
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
-                    deliver(job, watch, data, Some(ext)).await;
+                    deliver(job, watch, &splice, data, Some(ext)).await?;
                     true
                 }
                 ChannelMsg::ExitStatus { exit_status } => {
@@ -389,43 +520,174 @@ async fn relay(job: &Job, watch: &Mutex<Watch>) -> Result<Ending, String> {
                 break;
             }
         }
-        ending
+        Ok::<Ending, String>(ending)
     };
     tokio::pin!(to_upstream, to_agent);
     let mut writing = true;
-    let ending = loop {
+    let ended = loop {
         tokio::select! {
             done = &mut to_upstream, if writing => {
                 writing = false;
-                done?;
+                if let Err(why) = done {
+                    break Err(why);
+                }
             }
             ending = &mut to_agent => break ending,
         }
     };
-    let _ = job.agent.close(job.id).await;
-    Ok(ending)
+    match ended {
+        Ok(ending) => {
+            let _ = job.agent.close(job.id).await;
+            Ok(ending)
+        }
+        Err(why) => {
+            let _ = to_up.close().await;
+            Err(why)
+        }
+    }
+}
+
+/// Agent input on its way upstream: watched (sftp), recorded, sent.
+async fn forward(
+    job: &Job,
+    watch: &Mutex<Watch>,
+    to_up: &ChannelWriteHalf<client::Msg>,
+    d: Bytes,
+) -> Result<(), String> {
+    let session = &job.gw.session;
+    let chunks = match watch.lock() {
+        Ok(mut w) => {
+            let failed = w.sftp.as_mut().and_then(|s| {
+                s.from_client(&d);
+                s.failure()
+            });
+            if let Some(why) = failed {
+                return Err(format!("sftp: {why}"));
+            }
+            w.recording.input(session.elapsed_us(), &d)
+        }
+        Err(_) => Vec::new(),
+    };
+    record_io(&job.gw, chunks).await;
+    job.gw.counters.add_from_agent(d.len() as u64);
+    to_up
+        .data_bytes(d)
+        .await
+        .map_err(|e| format!("upstream: {e}"))
+}
+
+/// Rules on every path a withheld sftp request writes. None: all allowed
+/// (remembered as written); otherwise the refusal to send the agent.
+async fn decide_writes(
+    job: &Job,
+    watch: &Mutex<Watch>,
+    packet: &[u8],
+    home: &str,
+) -> Result<Option<Bytes>, String> {
+    let handle_path = |h: &[u8]| {
+        watch
+            .lock()
+            .ok()
+            .and_then(|w| w.sftp.as_ref().and_then(|s| s.handle_path(h)))
+    };
+    let Some((id, writes)) =
+        gate::writes(packet, home, handle_path).map_err(|e| format!("sftp: {e}"))?
+    else {
+        return Ok(None);
+    };
+    for w in writes {
+        let step = write_step(&w.op, w.path, Some(home), false);
+        let Some((ruling, event)) = rule(job, &step).await else {
+            return Err("the agent closed the channel during a decision".into());
+        };
+        job.gw.record(event).await;
+        if !ruling.allowed {
+            return Ok(Some(gate::denied(id, &refusal(step.action, &ruling))));
+        }
+        if let Some((path, tree)) = &step.writes {
+            job.gw.ctx.ssh_hosts.wrote(&job.gw.target.name, path, *tree);
+        }
+    }
+    Ok(None)
+}
+
+/// The agent's side of an sftp channel, where refusals are slipped in
+/// between the server's packets.
+#[derive(Default)]
+struct Splice {
+    cuts: gate::ServerCuts,
+    waiting: Vec<Bytes>,
+}
+
+impl Splice {
+    /// Sends a refusal now if the server's stream is between packets,
+    /// else after its current packet.
+    async fn send(&mut self, job: &Job, refusal: Bytes) {
+        if self.cuts.at_boundary() {
+            let _ = job.agent.data(job.id, refusal).await;
+        } else {
+            self.waiting.push(refusal);
+        }
+    }
+
+    /// The server's `data` to the agent, refusals slipped in at the
+    /// first packet ends.
+    async fn pass(&mut self, job: &Job, data: Bytes) -> Result<(), String> {
+        let pieces = self.cuts.cut(data).map_err(|e| format!("sftp: {e}"))?;
+        let last = pieces.len().saturating_sub(1);
+        for (i, piece) in pieces.into_iter().enumerate() {
+            let _ = job.agent.data(job.id, piece).await;
+            if i < last || self.cuts.at_boundary() {
+                for r in std::mem::take(&mut self.waiting) {
+                    let _ = job.agent.data(job.id, r).await;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Output to the agent: recorded (masked), watched (sftp), then sent.
-async fn deliver(job: &Job, watch: &Mutex<Watch>, data: Bytes, ext: Option<u32>) {
+async fn deliver(
+    job: &Job,
+    watch: &Mutex<Watch>,
+    splice: &tokio::sync::Mutex<Splice>,
+    data: Bytes,
+    ext: Option<u32>,
+) -> Result<(), String> {
     let at = job.gw.session.elapsed_us();
-    let (chunks, ops) = match watch.lock() {
+    let (chunks, ops, failed, sftp) = match watch.lock() {
         Ok(mut w) => {
-            let ops = match w.sftp.as_mut() {
-                Some(s) if ext.is_none() => s.from_server(&data),
-                _ => Vec::new(),
+            let (ops, failed) = match w.sftp.as_mut() {
+                Some(s) if ext.is_none() => (s.from_server(&data), s.failure()),
+                _ => (Vec::new(), None),
             };
-            (w.recording.output(at, &data, ext.is_some()), ops)
+            let sftp = w.sftp.is_some();
+            (
+                w.recording.output(at, &data, ext.is_some()),
+                ops,
+                failed,
+                sftp,
+            )
         }
-        Err(_) => (Vec::new(), Vec::new()),
+        Err(_) => (Vec::new(), Vec::new(), None, false),
     };
     record_io(&job.gw, chunks).await;
     record_sftp(&job.gw, ops).await;
+    if let Some(why) = failed {
+        return Err(format!("sftp: {why}"));
+    }
     job.gw.counters.add_to_agent(data.len() as u64);
-    let _ = match ext {
-        None => job.agent.data(job.id, data).await,
-        Some(ext) => job.agent.extended_data(job.id, ext, data).await,
-    };
+    match ext {
+        None if sftp => splice.lock().await.pass(job, data).await?,
+        None => {
+            let _ = job.agent.data(job.id, data).await;
+        }
+        Some(ext) => {
+            let _ = job.agent.extended_data(job.id, ext, data).await;
+        }
+    }
+    Ok(())
 }
 
 async fn record_io(gw: &Gateway, chunks: Vec<IoChunk>) {

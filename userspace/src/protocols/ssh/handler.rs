@@ -13,6 +13,7 @@ use russh::{
 
 use super::{
     channel::{self, Job, Pty, Request, Setup},
+    context::SshContext,
     flow::{self, Input, Outbox},
     SshTarget, Upstream,
 };
@@ -86,9 +87,12 @@ impl AgentSide {
         } else {
             format!("{kind} {host}:{port}")
         };
-        let decision = self
-            .gw
-            .decide("ssh:forward", &channel::context("", Some((host, port))));
+        let context = SshContext {
+            forward_host: host.to_string(),
+            forward_port: port,
+            ..Default::default()
+        };
+        let decision = self.gw.decide("ssh:forward", &context.json());
         let mut event = self.gw.event(EventKind::Command, Verdict::Deny);
         event.action = Some("ssh:forward".into());
         event.text = Some(text);
@@ -100,6 +104,32 @@ impl AgentSide {
             _ => decision.reason,
         });
         self.gw.record(event).await;
+    }
+}
+
+impl AgentSide {
+    /// Rules on one environment variable, at once: a request inside a
+    /// callback cannot wait for a human, so a hold refuses it too.
+    async fn decide_env(&self, name: &str, value: &str) -> bool {
+        let context = SshContext {
+            env_name: name.to_string(),
+            env_value: value.to_string(),
+            ..Default::default()
+        };
+        let decision = self.gw.decide("ssh:env", &context.json());
+        let allowed = decision.verdict == crate::policy::Verdict::Allow;
+        let verdict = if allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
+        let mut event = self.gw.event(EventKind::Command, verdict);
+        event.action = Some("ssh:env".into());
+        event.text = Some(format!("env {name}={value}"));
+        event.policy_id = decision.policy_id.clone();
+        event.reason = Some(decision.reason);
+        self.gw.record(event).await;
+        allowed
     }
 }
 
@@ -178,9 +208,12 @@ impl server::Handler for AgentSide {
         value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // Passed on; the real server's AcceptEnv decides what it takes.
+        // A variable can change what the remote runs (LD_PRELOAD,
+        // BASH_ENV, PATH): each is decided, and recorded; what policy lets
+        // through is passed on for the server's AcceptEnv to take or not.
+        let allowed = self.decide_env(name, value).await;
         match self.channels.get_mut(&channel) {
-            Some(slot) if slot.outbox.is_none() && slot.setup.env.len() < 64 => {
+            Some(slot) if allowed && slot.outbox.is_none() && slot.setup.env.len() < 64 => {
                 slot.setup.env.push((name.to_string(), value.to_string()));
                 session.channel_success(channel)?;
             }

@@ -12,13 +12,22 @@
 //!   masked.
 //! - [`sftp`]: file operations read off an sftp channel for the record.
 //! - [`command`]: the command line as policy sees it.
+//! - [`resolve`]: which file an exec really runs on the host.
+//! - [`hosts`]: what is known of each host across sessions: home, name
+//!   resolutions, every path an agent wrote.
+//! - [`gate`]: sftp writes decided per path before the server sees them.
+//! - [`context`]: the policy context of every `ssh:*` action.
 //! - [`upstream`]: blastgate's own login to the real server.
 
 mod channel;
 pub mod command;
+pub mod context;
 mod flow;
+mod gate;
 mod handler;
+pub mod hosts;
 mod recording;
+mod resolve;
 mod settings;
 mod sftp;
 mod upstream;
@@ -28,6 +37,8 @@ use std::{sync::Arc, time::Duration};
 use russh::server;
 use tokio::net::TcpStream;
 
+pub use context::SshContext;
+pub use hosts::HostMemory;
 pub use settings::SshTarget;
 
 use crate::{protocols::gateway::Gateway, proxy::session::SessionError};

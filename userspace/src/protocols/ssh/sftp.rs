@@ -39,30 +39,30 @@ pub const MAX_HELD: usize = 4 << 20;
 const ENTRY_COST: usize = 64;
 
 // Packet types.
-const OPEN: u8 = 3;
-const CLOSE: u8 = 4;
-const READ: u8 = 5;
-const WRITE: u8 = 6;
-const SETSTAT: u8 = 9;
-const FSETSTAT: u8 = 10;
-const OPENDIR: u8 = 11;
-const REMOVE: u8 = 13;
-const MKDIR: u8 = 14;
-const RMDIR: u8 = 15;
-const RENAME: u8 = 18;
-const SYMLINK: u8 = 20;
-const EXTENDED: u8 = 200;
-const STATUS: u8 = 101;
-const HANDLE: u8 = 102;
-const DATA: u8 = 103;
+pub(super) const OPEN: u8 = 3;
+pub(super) const CLOSE: u8 = 4;
+pub(super) const READ: u8 = 5;
+pub(super) const WRITE: u8 = 6;
+pub(super) const SETSTAT: u8 = 9;
+pub(super) const FSETSTAT: u8 = 10;
+pub(super) const OPENDIR: u8 = 11;
+pub(super) const REMOVE: u8 = 13;
+pub(super) const MKDIR: u8 = 14;
+pub(super) const RMDIR: u8 = 15;
+pub(super) const RENAME: u8 = 18;
+pub(super) const SYMLINK: u8 = 20;
+pub(super) const EXTENDED: u8 = 200;
+pub(super) const STATUS: u8 = 101;
+pub(super) const HANDLE: u8 = 102;
+pub(super) const DATA: u8 = 103;
 
 // SSH_FXF_* open flags.
-const PF_READ: u32 = 0x01;
-const PF_WRITE: u32 = 0x02;
-const PF_APPEND: u32 = 0x04;
-const PF_CREAT: u32 = 0x08;
-const PF_TRUNC: u32 = 0x10;
-const PF_EXCL: u32 = 0x20;
+pub(super) const PF_READ: u32 = 0x01;
+pub(super) const PF_WRITE: u32 = 0x02;
+pub(super) const PF_APPEND: u32 = 0x04;
+pub(super) const PF_CREAT: u32 = 0x08;
+pub(super) const PF_TRUNC: u32 = 0x10;
+pub(super) const PF_EXCL: u32 = 0x20;
 
 const FX_OK: u32 = 0;
 const FX_EOF: u32 = 1;
@@ -212,10 +212,10 @@ impl Framer {
 }
 
 /// SFTP wire fields off the front of a packet body.
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn u32(&mut self) -> Option<u32> {
+    pub(super) fn u32(&mut self) -> Option<u32> {
         let (v, rest) = self.0.split_first_chunk::<4>()?;
         self.0 = rest;
         Some(u32::from_be_bytes(*v))
@@ -227,14 +227,14 @@ impl<'a> Reader<'a> {
         Some(u64::from_be_bytes(*v))
     }
 
-    fn string(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn string(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.u32()?).ok()?;
         let (v, rest) = self.0.split_at_checked(n)?;
         self.0 = rest;
         Some(v)
     }
 
-    fn path(&mut self) -> Option<String> {
+    pub(super) fn path(&mut self) -> Option<String> {
         self.string()
             .map(|s| String::from_utf8_lossy(s).into_owned())
     }
@@ -382,6 +382,20 @@ impl SftpObserver {
         }
         self.report();
         std::mem::take(&mut self.book.out)
+    }
+
+    /// Why the observer stopped reading the channel, if it did: the relay
+    /// then ends the channel, so nothing passes unread.
+    pub fn failure(&self) -> Option<String> {
+        match &self.health {
+            Health::Failed(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// The path an open handle was given for.
+    pub fn handle_path(&self, handle: &[u8]) -> Option<String> {
+        self.book.handles.get(handle).map(|h| h.path.clone())
     }
 
     fn feed(&mut self, mut data: &[u8], server: bool) {

@@ -107,3 +107,21 @@ pub async fn connect(gw: &Gateway, cfg: &SshTarget) -> Result<client::Handle<Ser
     }
     Ok(handle)
 }
+
+/// A new session channel on the session's upstream connection, logging
+/// in first if this is the first channel.
+pub async fn session_channel(
+    gw: &Gateway,
+    cfg: &SshTarget,
+    upstream: &super::Upstream,
+) -> Result<russh::Channel<client::Msg>, String> {
+    let mut guard = upstream.lock().await;
+    if guard.is_none() {
+        *guard = Some(connect(gw, cfg).await?);
+    }
+    let handle: &client::Handle<ServerCheck> = guard.as_ref().ok_or("no upstream connection")?;
+    handle
+        .channel_open_session()
+        .await
+        .map_err(|e| format!("upstream channel: {e}"))
+}
