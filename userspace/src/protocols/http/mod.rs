@@ -13,10 +13,15 @@
 //! - [`recorded`]: the response body that writes the request's record.
 //! - [`mask`]: JSON bodies masked, gzip handled.
 //! - [`k8s`]: Kubernetes verbs and resources from method and path.
+//! - [`k8s_body`]: Kubernetes write bodies decoded as the API server does.
+//! - [`k8s_effect`]: what a Kubernetes request does (exec-equivalents,
+//!   changed fields) for policy.
 //! - [`settings`]: the `[targets.http]` section.
 
 mod excerpt;
 pub mod k8s;
+pub mod k8s_body;
+mod k8s_effect;
 mod lines;
 mod mask;
 mod recorded;
