@@ -288,8 +288,6 @@ fn leaves(v: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
     use crate::protocols::http::k8s::classify;
 
