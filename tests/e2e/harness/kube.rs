@@ -2080,6 +2080,8 @@ impl World {
                     }],
                     "nodeName": "node-1",
                     "restartPolicy": "Always",
+                    // The API server defaults it; kubectl debug reads it.
+                    "securityContext": {},
                 },
                 "status": {
                     "phase": "Running",
@@ -2168,7 +2170,7 @@ impl World {
             "apiVersion": "certificates.k8s.io/v1",
             "metadata": {"name": "agent-csr"},
             "spec": {
-                "request": "LS0tLS1CRUdJTi...",
+                "request": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0K",
                 "signerName": "kubernetes.io/kube-apiserver-client",
                 "usages": ["client auth"],
                 "username": "agent",

@@ -167,7 +167,8 @@ pub fn of_write(req: &K8sRequest, content_type: Option<&[u8]>, body: &[u8]) -> E
             // replica count, and a change to whatever runs pods.
             effect.body = "unreadable";
             effect.changes.insert("unknown");
-            effect.exec_equivalent |= pod_roots(&req.resource).is_some();
+            effect.exec_equivalent |=
+                req.subresource.is_empty() && pod_roots(&req.resource).is_some();
             if k8s::scalable(req) {
                 effect.replicas = 0;
             }
@@ -422,6 +423,7 @@ mod tests {
         let e = effect("PATCH", &scale, "application/apply-patch+yaml", "spec:\n  replicas: !!int 0\n");
         assert_eq!((e.body, e.replicas), ("unreadable", 0));
         assert!(e.changes.contains("unknown"));
+        assert!(!e.exec_equivalent, "a scale runs nothing new");
         let e = effect("PUT", DEPLOY, "application/vnd.kubernetes.protobuf", "k8s\0");
         assert!(e.exec_equivalent && e.body == "unreadable");
         let e = effect("PATCH", "/api/v1/namespaces/p/configmaps/c", "text/yaml", "a: b");
