@@ -87,6 +87,15 @@ pub fn decode(verb: &str, content_type: Option<&[u8]>, body: &[u8]) -> Option<Bo
         },
         _ => return None,
     };
+    // Nothing to decode (an exec's POST, a bodiless create): the server
+    // changes nothing from it, or refuses it.
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Some(Body::Read {
+            kind,
+            doc: Value::Null,
+            yaml,
+        });
+    }
     let doc = if yaml {
         std::str::from_utf8(body)
             .map_err(|_| "the YAML body is not UTF-8".to_string())
@@ -360,6 +369,8 @@ mod tests {
             &decode("create", Some(b"application/json\xff"), b"{}").unwrap()
         ));
         assert_eq!(decode("get", None, b""), None);
+        let empty = decode("create", None, b"").unwrap();
+        assert_eq!(doc(empty), Value::Null);
         assert_eq!(decode("delete", None, b"{}"), None);
     }
 

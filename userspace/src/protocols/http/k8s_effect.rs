@@ -99,8 +99,13 @@ pub struct Effect {
 }
 
 /// Whether the request's body must be read before it is decided: every
-/// create, update and patch of a resource.
+/// create, update and patch of a resource, except the upgrades (exec,
+/// attach, port-forward, proxy) whose body is another protocol.
 pub fn reads_body(req: &K8sRequest) -> bool {
+    writes(req) && !k8s::is_tunnel(req)
+}
+
+fn writes(req: &K8sRequest) -> bool {
     req.resource_request && matches!(req.verb.as_str(), "create" | "update" | "patch")
 }
 
@@ -113,7 +118,7 @@ pub fn by_request(req: &K8sRequest) -> bool {
     if !req.resource_request {
         return false;
     }
-    let write = reads_body(req);
+    let write = writes(req);
     let sub = req.subresource.as_str();
     req.verb == "proxy"
         || sub == "proxy"
