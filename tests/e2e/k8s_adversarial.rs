@@ -386,6 +386,22 @@ fn bodies_are_read_as_the_api_server_reads_them() {
         &[UNREADABLE],
         write_to("/configmaps"),
     );
+    // A key twice: Go merges both into the object, a JSON map keeps one.
+    let twice = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"Namespace","name":"dev","uid":"5a11d0c0-0000-4000-8000-000000001004"}]},"metadata":{"name":"settings","namespace":"prod"},"data":{"LOG_LEVEL":"info"}}"#;
+    assert_held(
+        &s,
+        &mut failures,
+        "a key twice",
+        curl_write(
+            &s,
+            "PUT",
+            "/api/v1/namespaces/prod/configmaps/settings",
+            "application/json",
+            twice,
+        ),
+        &[UNREADABLE],
+        write_to("/configmaps"),
+    );
     // Owner references and finalizers delete (or keep) objects.
     let owner = r#"{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"Namespace","name":"dev","uid":"5a11d0c0-0000-4000-8000-000000001004"}]}}"#;
     let finalizers = r#"{"metadata":{"finalizers":["example.com/keep"]}}"#;

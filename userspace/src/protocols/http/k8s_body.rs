@@ -17,6 +17,7 @@
 //! decoder could disagree on), the answer is [`Body::Unreadable`]: the
 //! caller holds such a write, never passes it.
 
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use yaml_rust2::{
     parser::{Event, Parser},
@@ -101,12 +102,87 @@ pub fn decode(verb: &str, content_type: Option<&[u8]>, body: &[u8]) -> Option<Bo
             .map_err(|_| "the YAML body is not UTF-8".to_string())
             .and_then(yaml_to_json)
     } else {
-        serde_json::from_slice(body).map_err(|e| format!("the JSON body does not parse: {e}"))
+        serde_json::from_slice::<Unique>(body)
+            .map(|u| u.0)
+            .map_err(|e| format!("the JSON body does not parse: {e}"))
     };
     Some(match doc {
         Ok(doc) => Body::Read { kind, doc, yaml },
         Err(why) => Body::Unreadable(why),
     })
+}
+
+/// A JSON document in which no object has a key twice. Go decodes a
+/// repeated key into a struct field by merging both values (so
+/// `{"metadata":{"ownerReferences":[…]},"metadata":{"name":"x"}}` keeps
+/// the owner), where serde_json keeps only the last: such a body could
+/// mean two things, and is refused.
+struct Unique(Value);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("a number JSON cannot hold"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!("the key {key:?} appears twice")));
+            }
+            let Unique(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// The serializer a create or update is decoded with: `Ok(true)` for
@@ -369,6 +445,14 @@ mod tests {
             &decode("create", Some(b"application/json\xff"), b"{}").unwrap()
         ));
         assert_eq!(decode("get", None, b""), None);
+        // A key twice: Go merges both into a struct, serde keeps one.
+        let twice = br#"{"metadata":{"ownerReferences":[{"uid":"x"}]},"metadata":{"name":"x"}}"#;
+        assert!(unreadable(&decode("update", None, twice).unwrap()));
+        let nested = br#"{"spec":{"replicas":3,"replicas":0}}"#;
+        let merge = Some(&b"application/merge-patch+json"[..]);
+        assert!(unreadable(&decode("patch", merge, nested).unwrap()));
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        assert!(unreadable(&decode("update", None, deep.as_bytes()).unwrap()));
         let empty = decode("create", None, b"").unwrap();
         assert_eq!(doc(empty), Value::Null);
         assert_eq!(decode("delete", None, b"{}"), None);

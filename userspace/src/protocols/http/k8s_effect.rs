@@ -51,6 +51,10 @@ const POWERFUL: &[(&str, &[&str])] = &[
         &["roles", "clusterroles", "rolebindings", "clusterrolebindings"],
     ),
     ("certificates.k8s.io", &["certificatesigningrequests"]),
+    // An aggregated API server receives the requests of a whole API
+    // group; a CRD's conversion webhook receives its objects.
+    ("apiregistration.k8s.io", &["apiservices"]),
+    ("apiextensions.k8s.io", &["customresourcedefinitions"]),
     (
         "admissionregistration.k8s.io",
         &[
@@ -195,9 +199,11 @@ pub fn of_write(req: &K8sRequest, content_type: Option<&[u8]>, body: &[u8]) -> E
 
 /// What one changed path means.
 fn name_changes(req: &K8sRequest, t: &[String], subresource: bool, effect: &mut Effect) {
-    let reaches = |root: &[&str]| t.iter().zip(root).all(|(a, b)| a == b);
+    // Compared without case, in case some decoder on the way matches
+    // field names as Go's encoding/json does.
+    let reaches = |root: &[&str]| t.iter().zip(root).all(|(a, b)| a.eq_ignore_ascii_case(b));
     let changes = &mut effect.changes;
-    if t.iter().any(|s| s == "hostPath") {
+    if t.iter().any(|s| s.eq_ignore_ascii_case("hostPath")) {
         changes.insert("hostPath");
     }
     if reaches(&["metadata", "ownerReferences"]) {
@@ -217,7 +223,10 @@ fn name_changes(req: &K8sRequest, t: &[String], subresource: bool, effect: &mut 
     if reaches(spec) {
         changes.insert("podSpec");
         for segment in t.iter().skip(spec.len()) {
-            if let Some((_, name)) = NAMED_FIELDS.iter().find(|(f, _)| f == segment) {
+            let named = NAMED_FIELDS
+                .iter()
+                .find(|(f, _)| f.eq_ignore_ascii_case(segment));
+            if let Some((_, name)) = named {
                 changes.insert(name);
             }
         }
@@ -336,6 +345,8 @@ mod tests {
             ("POST", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"),
             ("PATCH", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/v"),
             ("POST", "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"),
+            ("POST", "/apis/apiregistration.k8s.io/v1/apiservices"),
+            ("PATCH", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x"),
         ] {
             assert!(by_request(&classify(method, path, "")), "{method} {path}");
         }
@@ -389,6 +400,9 @@ mod tests {
         let cron = r#"{"spec":{"jobTemplate":{"spec":{"template":{"spec":{"containers":[{"name":"c","args":["x"]}]}}}}}}"#;
         let e = effect("PATCH", "/apis/batch/v1/namespaces/p/cronjobs/c", MERGE, cron);
         assert!(e.exec_equivalent && e.changes.contains("args"));
+        let upper = r#"{"Spec":{"Template":{"Spec":{"HostNetwork":true}}}}"#;
+        let e = effect("PATCH", DEPLOY, MERGE, upper);
+        assert!(e.exec_equivalent && e.changes.contains("privileged"), "{e:?}");
         let notes = r#"{"spec":{"template":{"metadata":{"annotations":{"container.apparmor.security.beta.kubernetes.io/web":"unconfined"}}}}}"#;
         assert!(effect("PATCH", DEPLOY, MERGE, notes).exec_equivalent);
         // Updates replace the whole object, pod spec included.
