@@ -152,7 +152,15 @@ fn exec_equivalents_are_held_in_production() {
     kubectl_held(
         &s,
         &mut failures,
-        &["set", "serviceaccount", "deployment", "web", "admin", "-n", "prod"],
+        &[
+            "set",
+            "serviceaccount",
+            "deployment",
+            "web",
+            "admin",
+            "-n",
+            "prod",
+        ],
         write_to(deployments),
     );
     kubectl_held(
@@ -188,7 +196,15 @@ fn exec_equivalents_are_held_in_production() {
     kubectl_held(
         &s,
         &mut failures,
-        &["debug", "web-1", "-n", "prod", "--image=busybox", "--", "true"],
+        &[
+            "debug",
+            "web-1",
+            "-n",
+            "prod",
+            "--image=busybox",
+            "--",
+            "true",
+        ],
         write_to("/ephemeralcontainers"),
     );
     for path in [
@@ -196,7 +212,9 @@ fn exec_equivalents_are_held_in_production() {
         "/api/v1/namespaces/prod/pods/web-1/proxy/",
         "/api/v1/namespaces/prod/services/web:80/proxy/",
     ] {
-        kubectl_held(&s, &mut failures, &["get", "--raw", path], |r| r.path.contains("/proxy"));
+        kubectl_held(&s, &mut failures, &["get", "--raw", path], |r| {
+            r.path.contains("/proxy")
+        });
     }
     kubectl_held(
         &s,
@@ -301,10 +319,7 @@ fn curl_write(
     std::fs::write(&file, body).expect("body");
     let data = format!("@{}", file.display());
     let header = format!("Content-Type: {content_type}");
-    s.curl(
-        &["-X", method, "-H", &header, "--data-binary", &data],
-        path,
-    )
+    s.curl(&["-X", method, "-H", &header, "--data-binary", &data], path)
 }
 
 #[test]
@@ -342,7 +357,13 @@ fn bodies_are_read_as_the_api_server_reads_them() {
             &s,
             &mut failures,
             body,
-            curl_write(&s, "PATCH", scale, "application/apply-patch+yaml", body.as_bytes()),
+            curl_write(
+                &s,
+                "PATCH",
+                scale,
+                "application/apply-patch+yaml",
+                body.as_bytes(),
+            ),
             &["k8s-production-scale-to-zero", UNREADABLE],
             write_to("/scale"),
         );
@@ -502,7 +523,15 @@ fn harmless_look_alikes_keep_working_in_production() {
     assert!(described.contains("nginx:1.27"), "{described}");
     let logs = s.ok(&["logs", "web-1", "-n", "prod"]);
     assert!(logs.contains("log line 1"), "{logs}");
-    let secret = s.ok(&["get", "secret", "db-credentials", "-n", "prod", "-o", "yaml"]);
+    let secret = s.ok(&[
+        "get",
+        "secret",
+        "db-credentials",
+        "-n",
+        "prod",
+        "-o",
+        "yaml",
+    ]);
     assert!(secret.contains("password: KioqKg=="), "{secret}");
 
     // Writes that change nothing dangerous.
@@ -527,7 +556,13 @@ fn harmless_look_alikes_keep_working_in_production() {
     let scale = "/apis/apps/v1/namespaces/prod/deployments/web/scale?fieldManager=agent";
     let three = b"apiVersion: autoscaling/v1\nkind: Scale\nspec:\n  replicas: 3\n";
     let out = output_within(
-        &mut curl_write(&s, "PATCH", scale, "application/apply-patch+yaml; x=json", three),
+        &mut curl_write(
+            &s,
+            "PATCH",
+            scale,
+            "application/apply-patch+yaml; x=json",
+            three,
+        ),
         std::time::Duration::from_secs(60),
     );
     assert!(text(&out).trim_end().ends_with("200"), "{}", text(&out));
@@ -546,12 +581,17 @@ fn harmless_look_alikes_keep_working_in_production() {
     .expect("manifest");
     let file = manifest.to_str().expect("utf-8");
     s.ok(&["apply", "--server-side", "-f", file, "--validate=false"]);
-    let cm = s.standin.object("configmaps", "prod", "settings").expect("cm");
+    let cm = s
+        .standin
+        .object("configmaps", "prod", "settings")
+        .expect("cm");
     assert_eq!(cm["data"]["LOG_LEVEL"], "debug", "{cm:#}");
 
     let recorded = s.requests_recorded();
     assert!(
-        recorded.iter().all(|e| e["verdict"] != "hold" && e["status"] != 403),
+        recorded
+            .iter()
+            .all(|e| e["verdict"] != "hold" && e["status"] != 403),
         "{recorded:#?}"
     );
     s.assert_held_token_only();

@@ -1007,7 +1007,10 @@ impl Server {
             let stem = object["metadata"]["generateName"].as_str().unwrap_or("x");
             object["metadata"]["name"] = json!(format!("{stem}1"));
         }
-        let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let ns = namespace.unwrap_or("").to_string();
         let mut world = lock(&self.shared.world);
         if world.get(resource.plural, &ns, &name).is_some() {
@@ -1021,7 +1024,10 @@ impl Server {
         if req.query_param("dryRun").is_none() {
             world.insert(object.clone());
         }
-        let stored = world.get(resource.plural, &ns, &name).cloned().unwrap_or(object);
+        let stored = world
+            .get(resource.plural, &ns, &name)
+            .cloned()
+            .unwrap_or(object);
         json_response(StatusCode::CREATED, "application/json", &stored)
     }
 
@@ -1752,8 +1758,20 @@ const RESOURCES: &[Resource] = &[
         short_names: &["csr"],
         categories: &[],
         subresources: &[
-            sub("approval", "certificates.k8s.io", "v1", "CertificateSigningRequest", GET_PATCH_UPDATE),
-            sub("status", "certificates.k8s.io", "v1", "CertificateSigningRequest", GET_PATCH_UPDATE),
+            sub(
+                "approval",
+                "certificates.k8s.io",
+                "v1",
+                "CertificateSigningRequest",
+                GET_PATCH_UPDATE,
+            ),
+            sub(
+                "status",
+                "certificates.k8s.io",
+                "v1",
+                "CertificateSigningRequest",
+                GET_PATCH_UPDATE,
+            ),
         ],
     },
 ];

@@ -15,9 +15,7 @@ use std::{
 
 use super::{
     copy_shipped_policies, kernel_ready,
-    kube::{
-        kubectl_argv, kubectl_available, kubectl_env, kubectl_ok, Discovery, KubeStandIn,
-    },
+    kube::{kubectl_argv, kubectl_available, kubectl_env, kubectl_ok, Discovery, KubeStandIn},
     sshd::output_within,
     wait_until, Daemon, Env,
 };

@@ -186,9 +186,7 @@ pub fn replicas_set(req: &K8sRequest, content_type: &str, body: &[u8]) -> Option
 pub fn scalable(req: &K8sRequest) -> bool {
     let scale = req.subresource == "scale";
     let workload = req.subresource.is_empty() && SCALABLE.contains(&req.resource.as_str());
-    req.resource_request
-        && matches!(req.verb.as_str(), "update" | "patch")
-        && (scale || workload)
+    req.resource_request && matches!(req.verb.as_str(), "update" | "patch") && (scale || workload)
 }
 
 /// The count a decoded body of this kind sets.

@@ -200,9 +200,9 @@ fn object_media_type(header: Option<&str>) -> Result<bool, String> {
     match media.as_str() {
         "application/json" => Ok(false),
         "application/yaml" => Ok(true),
-        "application/vnd.kubernetes.protobuf" | "application/cbor" => Err(format!(
-            "the body is {media}, which blastgate cannot read"
-        )),
+        "application/vnd.kubernetes.protobuf" | "application/cbor" => {
+            Err(format!("the body is {media}, which blastgate cannot read"))
+        }
         _ => Err(format!("{media:?} is not a type the API server decodes")),
     }
 }
@@ -253,7 +253,8 @@ pub fn yaml_to_json(text: &str) -> Result<Value, String> {
                 continue;
             }
             Event::Alias(_) => return Err(format!("YAML alias at {}", at())),
-            Event::Scalar(_, _, anchor, tag) | Event::SequenceStart(anchor, tag)
+            Event::Scalar(_, _, anchor, tag)
+            | Event::SequenceStart(anchor, tag)
             | Event::MappingStart(anchor, tag)
                 if anchor != 0 || tag.is_some() =>
             {
@@ -286,7 +287,9 @@ pub fn yaml_to_json(text: &str) -> Result<Value, String> {
                         }
                         TScalarStyle::Plain => match plain(&text)? {
                             Value::String(s) => s,
-                            _ => return Err(format!("a YAML key that is not a string at {}", at())),
+                            _ => {
+                                return Err(format!("a YAML key that is not a string at {}", at()))
+                            }
                         },
                         _ => text,
                     };
@@ -320,8 +323,8 @@ pub fn yaml_to_json(text: &str) -> Result<Value, String> {
 /// decoder can be sure of the answer.
 fn plain(s: &str) -> Result<Value, String> {
     const AMBIGUOUS: &[&str] = &[
-        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off",
-        "Off", "OFF",
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
     ];
     match s {
         "" | "~" | "null" | "Null" | "NULL" => return Ok(Value::Null),
@@ -356,9 +359,7 @@ fn decimal(s: &str) -> Option<Number> {
         .find(['.', 'e', 'E'])
         .map_or((digits, ""), |i| digits.split_at(i));
     let int_ok = int == "0"
-        || (!int.is_empty()
-            && !int.starts_with('0')
-            && int.bytes().all(|b| b.is_ascii_digit()));
+        || (!int.is_empty() && !int.starts_with('0') && int.bytes().all(|b| b.is_ascii_digit()));
     if !int_ok {
         return None;
     }
@@ -375,7 +376,8 @@ fn decimal(s: &str) -> Option<Number> {
     let exp_digits = exp
         .get(1..)
         .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e));
-    let exp_ok = exp.is_empty() || exp_digits.is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
+    let exp_ok = exp.is_empty()
+        || exp_digits.is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()));
     if !(frac_ok && exp_ok) {
         return None;
     }
@@ -388,7 +390,8 @@ fn decimal(s: &str) -> Option<Number> {
 fn go_numeric(s: &str) -> bool {
     let plain: String = s.chars().filter(|&c| c != '_').collect();
     let unsigned = plain.trim_start_matches(['+', '-']);
-    let timestamp = s.len() > 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-';
+    let timestamp =
+        s.len() > 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-';
     let prefixed = ["0x", "0X", "0o", "0O", "0b", "0B"]
         .iter()
         .any(|p| unsigned.starts_with(p));
@@ -428,7 +431,11 @@ mod tests {
             "Application/YAML; charset=utf-8",
             "  application/yaml ;x=json",
         ] {
-            assert_eq!(doc(read("create", ct, yaml)), json!({"spec": {"replicas": 0}}), "{ct}");
+            assert_eq!(
+                doc(read("create", ct, yaml)),
+                json!({"spec": {"replicas": 0}}),
+                "{ct}"
+            );
         }
         // No type at all is JSON.
         let b = decode("update", None, br#"{"a":1}"#).unwrap();
@@ -452,7 +459,9 @@ mod tests {
         let merge = Some(&b"application/merge-patch+json"[..]);
         assert!(unreadable(&decode("patch", merge, nested).unwrap()));
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
-        assert!(unreadable(&decode("update", None, deep.as_bytes()).unwrap()));
+        assert!(unreadable(
+            &decode("update", None, deep.as_bytes()).unwrap()
+        ));
         let empty = decode("create", None, b"").unwrap();
         assert_eq!(doc(empty), Value::Null);
         assert_eq!(decode("delete", None, b"{}"), None);
@@ -464,10 +473,19 @@ mod tests {
             Body::Read { kind, .. } => Some(kind),
             Body::Unreadable(_) => None,
         };
-        assert_eq!(kind("application/apply-patch+yaml; x=json"), Some(Kind::Apply));
-        assert_eq!(kind("application/apply-patch+yaml;charset=utf-8"), Some(Kind::Apply));
+        assert_eq!(
+            kind("application/apply-patch+yaml; x=json"),
+            Some(Kind::Apply)
+        );
+        assert_eq!(
+            kind("application/apply-patch+yaml;charset=utf-8"),
+            Some(Kind::Apply)
+        );
         assert_eq!(kind("application/merge-patch+json"), Some(Kind::Merge));
-        assert_eq!(kind("application/strategic-merge-patch+json"), Some(Kind::Strategic));
+        assert_eq!(
+            kind("application/strategic-merge-patch+json"),
+            Some(Kind::Strategic)
+        );
         assert_eq!(kind("application/json-patch+json"), Some(Kind::JsonPatch));
         // The server refuses these; so do we (held, never passed).
         assert_eq!(kind("Application/apply-patch+yaml"), None);
@@ -475,7 +493,11 @@ mod tests {
         assert_eq!(kind(";application/merge-patch+json"), None);
         assert_eq!(kind("application/json"), None);
         // The apply patch is YAML; the scale-to-zero bypass reads as YAML.
-        let b = read("patch", "application/apply-patch+yaml; x=json", "spec:\n  replicas: 0\n");
+        let b = read(
+            "patch",
+            "application/apply-patch+yaml; x=json",
+            "spec:\n  replicas: 0\n",
+        );
         assert_eq!(doc(b), json!({"spec": {"replicas": 0}}));
         // A merge patch is JSON only.
         assert!(unreadable(&read(
@@ -488,7 +510,10 @@ mod tests {
     #[test]
     fn yaml_reads_json_and_block_styles() {
         let y = |s: &str| yaml_to_json(s);
-        assert_eq!(y(r#"{"spec": {"replicas": 0, "x": [1, "a"]}}"#).unwrap(), json!({"spec": {"replicas": 0, "x": [1, "a"]}}));
+        assert_eq!(
+            y(r#"{"spec": {"replicas": 0, "x": [1, "a"]}}"#).unwrap(),
+            json!({"spec": {"replicas": 0, "x": [1, "a"]}})
+        );
         assert_eq!(
             y("a: 'x'\nb: \"y\\u00e9\"\nc: |\n  line\nd: -3\ne: 2.5\nf: null\ng:\nh: True\ni: nginx:1.27\nj: 1.27.3\n").unwrap(),
             json!({"a": "x", "b": "yé", "c": "line\n", "d": -3, "e": 2.5, "f": null, "g": null, "h": true, "i": "nginx:1.27", "j": "1.27.3"})
@@ -501,7 +526,10 @@ mod tests {
     #[test]
     fn yaml_that_could_be_read_otherwise_is_refused() {
         for (text, why) in [
-            ("spec:\n  replicas: 0\n---\nspec:\n  replicas: 3\n", "documents"),
+            (
+                "spec:\n  replicas: 0\n---\nspec:\n  replicas: 3\n",
+                "documents",
+            ),
             ("a: &x 1\nb: *x\n", "anchor"),
             ("base: &b {replicas: 0}\nspec:\n  <<: *b\n", "anchor"),
             ("spec:\n  <<: {replicas: 0}\n", "merge"),
@@ -537,7 +565,11 @@ mod tests {
         for _ in 0..20_000 {
             let text: String = (0..rng.next_u64() % 30).map(|_| rng.pick(&words)).collect();
             let _ = yaml_to_json(&text);
-            let _ = decode("patch", Some(b"application/apply-patch+yaml"), text.as_bytes());
+            let _ = decode(
+                "patch",
+                Some(b"application/apply-patch+yaml"),
+                text.as_bytes(),
+            );
         }
         let deep = "[".repeat(10_000);
         assert!(yaml_to_json(&deep).is_err());

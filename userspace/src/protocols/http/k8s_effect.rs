@@ -28,12 +28,26 @@ fn pod_roots(resource: &str) -> Option<(&'static [&'static str], &'static [&'sta
     const TEMPLATE_NOTES: &[&str] = &["spec", "template", "metadata", "annotations"];
     Some(match resource {
         "pods" => (&["spec"], &[]),
-        "podtemplates" => (&["template", "spec"], &["template", "metadata", "annotations"]),
-        "deployments" | "statefulsets" | "daemonsets" | "replicasets" | "replicationcontrollers"
+        "podtemplates" => (
+            &["template", "spec"],
+            &["template", "metadata", "annotations"],
+        ),
+        "deployments"
+        | "statefulsets"
+        | "daemonsets"
+        | "replicasets"
+        | "replicationcontrollers"
         | "jobs" => (TEMPLATE, TEMPLATE_NOTES),
         "cronjobs" => (
             &["spec", "jobTemplate", "spec", "template", "spec"],
-            &["spec", "jobTemplate", "spec", "template", "metadata", "annotations"],
+            &[
+                "spec",
+                "jobTemplate",
+                "spec",
+                "template",
+                "metadata",
+                "annotations",
+            ],
         ),
         _ => return None,
     })
@@ -48,7 +62,12 @@ const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 const POWERFUL: &[(&str, &[&str])] = &[
     (
         "rbac.authorization.k8s.io",
-        &["roles", "clusterroles", "rolebindings", "clusterrolebindings"],
+        &[
+            "roles",
+            "clusterroles",
+            "rolebindings",
+            "clusterrolebindings",
+        ],
     ),
     ("certificates.k8s.io", &["certificatesigningrequests"]),
     // An aggregated API server receives the requests of a whole API
@@ -188,12 +207,20 @@ pub fn of_write(req: &K8sRequest, content_type: Option<&[u8]>, body: &[u8]) -> E
     if body.iter().all(u8::is_ascii_whitespace) {
         return effect;
     }
-    let touched = touched(kind, &doc);
     let status = !req.subresource.is_empty();
+    // An update replaces the whole pod spec, and a server-side apply
+    // removes the fields its manager set before and now leaves out (a
+    // security context, a command): neither can be judged by what it names.
+    let replaces = matches!(kind, Kind::Object | Kind::Apply) && req.verb != "create";
+    if replaces && !status && pod_roots(&req.resource).is_some() {
+        effect.changes.insert("podSpec");
+    }
+    let touched = touched(kind, &doc);
     for t in &touched {
         name_changes(req, t, status, &mut effect);
     }
-    effect.exec_equivalent |= effect.changes.contains("podSpec") || effect.changes.contains("hostPath");
+    effect.exec_equivalent |=
+        effect.changes.contains("podSpec") || effect.changes.contains("hostPath");
     effect
 }
 
@@ -330,23 +357,53 @@ mod tests {
             ("POST", "/apis/batch/v1/namespaces/p/cronjobs"),
             ("POST", "/apis/apps/v1/namespaces/p/daemonsets"),
             ("POST", "/api/v1/namespaces/p/podtemplates"),
-            ("PATCH", "/api/v1/namespaces/p/pods/web-1/ephemeralcontainers"),
+            (
+                "PATCH",
+                "/api/v1/namespaces/p/pods/web-1/ephemeralcontainers",
+            ),
             ("PUT", "/api/v1/namespaces/p/pods/web-1/ephemeralcontainers"),
             ("GET", "/api/v1/nodes/n1/proxy/configz"),
             ("POST", "/api/v1/namespaces/p/pods/web-1/proxy/run"),
             ("GET", "/api/v1/namespaces/p/services/web:80/proxy/"),
             ("GET", "/api/v1/proxy/namespaces/p/pods/web-1/x"),
             ("POST", "/api/v1/namespaces/p/serviceaccounts/default/token"),
-            ("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"),
-            ("PATCH", "/apis/rbac.authorization.k8s.io/v1/namespaces/p/roles/r"),
-            ("PUT", "/apis/rbac.authorization.k8s.io/v1/clusterroles/admin"),
-            ("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests"),
-            ("PUT", "/apis/certificates.k8s.io/v1/certificatesigningrequests/c/approval"),
-            ("POST", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"),
-            ("PATCH", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/v"),
-            ("POST", "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"),
+            (
+                "POST",
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            ),
+            (
+                "PATCH",
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/p/roles/r",
+            ),
+            (
+                "PUT",
+                "/apis/rbac.authorization.k8s.io/v1/clusterroles/admin",
+            ),
+            (
+                "POST",
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+            ),
+            (
+                "PUT",
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests/c/approval",
+            ),
+            (
+                "POST",
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+            ),
+            (
+                "PATCH",
+                "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/v",
+            ),
+            (
+                "POST",
+                "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+            ),
             ("POST", "/apis/apiregistration.k8s.io/v1/apiservices"),
-            ("PATCH", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x"),
+            (
+                "PATCH",
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x",
+            ),
         ] {
             assert!(by_request(&classify(method, path, "")), "{method} {path}");
         }
@@ -367,26 +424,33 @@ mod tests {
 
     #[test]
     fn patches_that_change_what_pods_run() {
-        let image = r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"evil"}]}}}}"#;
+        let image =
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"evil"}]}}}}"#;
         let e = effect("PATCH", DEPLOY, SMP, image);
         assert!(e.exec_equivalent);
         assert_eq!(names(&e), ["image", "podSpec"]);
         let sa = "spec:\n  template:\n    spec:\n      serviceAccountName: admin\n";
         let e = effect("PATCH", DEPLOY, "application/apply-patch+yaml; x=json", sa);
-        assert!(e.exec_equivalent && e.changes.contains("serviceAccount"), "{e:?}");
+        assert!(
+            e.exec_equivalent && e.changes.contains("serviceAccount"),
+            "{e:?}"
+        );
         assert_eq!(e.body, "yaml");
-        let ops = r#"[{"op":"add","path":"/spec/template/spec/containers/0/command","value":["sh"]}]"#;
+        let ops =
+            r#"[{"op":"add","path":"/spec/template/spec/containers/0/command","value":["sh"]}]"#;
         let e = effect("PATCH", DEPLOY, JSONPATCH, ops);
         assert_eq!(names(&e), ["command", "podSpec"]);
         // A pointer escape does not hide the path.
-        let ops = r#"[{"op":"replace","path":"/spec/template/spec/containers/0/im~0age","value":"x"}]"#;
+        let ops =
+            r#"[{"op":"replace","path":"/spec/template/spec/containers/0/im~0age","value":"x"}]"#;
         assert!(effect("PATCH", DEPLOY, JSONPATCH, ops).exec_equivalent);
         let ops = r#"[{"op":"move","from":"/metadata/annotations/x","path":"/spec/template"}]"#;
         assert!(effect("PATCH", DEPLOY, JSONPATCH, ops).exec_equivalent);
         let ops = r#"[{"op":"replace","path":"/spec","value":{"replicas":1}}]"#;
         assert!(effect("PATCH", DEPLOY, JSONPATCH, ops).exec_equivalent);
         // Strategic directives stand for their whole map.
-        let replace = r#"{"spec":{"template":{"spec":{"$setElementOrder/containers":[{"name":"web"}]}}}}"#;
+        let replace =
+            r#"{"spec":{"template":{"spec":{"$setElementOrder/containers":[{"name":"web"}]}}}}"#;
         assert!(effect("PATCH", DEPLOY, SMP, replace).exec_equivalent);
         let replace = r#"{"spec":{"$patch":"replace","replicas":2}}"#;
         assert!(effect("PATCH", DEPLOY, SMP, replace).exec_equivalent);
@@ -395,16 +459,33 @@ mod tests {
         let e = effect("POST", "/api/v1/persistentvolumes", "application/json", pv);
         assert!(e.exec_equivalent && e.changes.contains("hostPath"));
         // A pod's spec, a cronjob's template, the AppArmor annotation.
-        let e = effect("PATCH", "/api/v1/namespaces/p/pods/web-1", MERGE, r#"{"spec":{"containers":[{"name":"web","image":"x"}]}}"#);
+        let e = effect(
+            "PATCH",
+            "/api/v1/namespaces/p/pods/web-1",
+            MERGE,
+            r#"{"spec":{"containers":[{"name":"web","image":"x"}]}}"#,
+        );
         assert!(e.exec_equivalent);
         let cron = r#"{"spec":{"jobTemplate":{"spec":{"template":{"spec":{"containers":[{"name":"c","args":["x"]}]}}}}}}"#;
-        let e = effect("PATCH", "/apis/batch/v1/namespaces/p/cronjobs/c", MERGE, cron);
+        let e = effect(
+            "PATCH",
+            "/apis/batch/v1/namespaces/p/cronjobs/c",
+            MERGE,
+            cron,
+        );
         assert!(e.exec_equivalent && e.changes.contains("args"));
         let upper = r#"{"Spec":{"Template":{"Spec":{"HostNetwork":true}}}}"#;
         let e = effect("PATCH", DEPLOY, MERGE, upper);
-        assert!(e.exec_equivalent && e.changes.contains("privileged"), "{e:?}");
+        assert!(
+            e.exec_equivalent && e.changes.contains("privileged"),
+            "{e:?}"
+        );
         let notes = r#"{"spec":{"template":{"metadata":{"annotations":{"container.apparmor.security.beta.kubernetes.io/web":"unconfined"}}}}}"#;
         assert!(effect("PATCH", DEPLOY, MERGE, notes).exec_equivalent);
+        // A server-side apply that names only labels may still remove
+        // what its field manager set in the pod spec.
+        let labels = "metadata:\n  labels:\n    team: a\n";
+        assert!(effect("PATCH", DEPLOY, APPLY, labels).exec_equivalent);
         // Updates replace the whole object, pod spec included.
         let put = r#"{"kind":"Deployment","spec":{"replicas":2,"template":{"spec":{"containers":[{"name":"web","image":"nginx"}]}}}}"#;
         assert!(effect("PUT", DEPLOY, "application/json", put).exec_equivalent);
@@ -413,12 +494,23 @@ mod tests {
     #[test]
     fn harmless_writes_are_not_exec_equivalents() {
         for (ct, body) in [
-            (MERGE, r#"{"metadata":{"labels":{"team":"a"},"annotations":{"x":"y"}}}"#),
+            (
+                MERGE,
+                r#"{"metadata":{"labels":{"team":"a"},"annotations":{"x":"y"}}}"#,
+            ),
             (SMP, r#"{"spec":{"replicas":3}}"#),
-            (APPLY, "metadata:\n  labels:\n    team: a\n"),
-            (JSONPATCH, r#"[{"op":"replace","path":"/spec/replicas","value":3},{"op":"test","path":"/spec/template","value":{}}]"#),
-            (SMP, r#"{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":"now"}}}}}"#),
-            (SMP, r#"{"spec":{"template":{"metadata":{"labels":{"v":"2"}}}}}"#),
+            (
+                JSONPATCH,
+                r#"[{"op":"replace","path":"/spec/replicas","value":3},{"op":"test","path":"/spec/template","value":{}}]"#,
+            ),
+            (
+                SMP,
+                r#"{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":"now"}}}}}"#,
+            ),
+            (
+                SMP,
+                r#"{"spec":{"template":{"metadata":{"labels":{"v":"2"}}}}}"#,
+            ),
         ] {
             let e = effect("PATCH", DEPLOY, ct, body);
             assert!(!e.exec_equivalent, "{body}: {e:?}");
@@ -427,7 +519,12 @@ mod tests {
         let e = effect("PATCH", DEPLOY, SMP, r#"{"spec":{"replicas":3}}"#);
         assert_eq!((names(&e), e.replicas), (vec!["replicas"], 3));
         let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  LOG_LEVEL: debug\n";
-        let e = effect("PATCH", "/api/v1/namespaces/p/configmaps/settings", APPLY, cm);
+        let e = effect(
+            "PATCH",
+            "/api/v1/namespaces/p/configmaps/settings",
+            APPLY,
+            cm,
+        );
         assert!(!e.exec_equivalent && e.changes.is_empty(), "{e:?}");
         // The status and scale subresources do not change the pod spec.
         let status = r#"{"spec":{"template":{"spec":{"x":1}}}}"#;
@@ -437,28 +534,68 @@ mod tests {
     #[test]
     fn the_scale_to_zero_bypass_and_unreadable_bodies() {
         let scale = format!("{DEPLOY}/scale");
-        let e = effect("PATCH", &scale, "application/apply-patch+yaml; x=json", "spec:\n  replicas: 0\n");
+        let e = effect(
+            "PATCH",
+            &scale,
+            "application/apply-patch+yaml; x=json",
+            "spec:\n  replicas: 0\n",
+        );
         assert_eq!(e.replicas, 0);
-        let e = effect("PATCH", &scale, "application/apply-patch+yaml", "spec:\n  replicas: !!int 0\n");
+        let e = effect(
+            "PATCH",
+            &scale,
+            "application/apply-patch+yaml",
+            "spec:\n  replicas: !!int 0\n",
+        );
         assert_eq!((e.body, e.replicas), ("unreadable", 0));
         assert!(e.changes.contains("unknown"));
         assert!(!e.exec_equivalent, "a scale runs nothing new");
-        let e = effect("PUT", DEPLOY, "application/vnd.kubernetes.protobuf", "k8s\0");
+        let e = effect(
+            "PUT",
+            DEPLOY,
+            "application/vnd.kubernetes.protobuf",
+            "k8s\0",
+        );
         assert!(e.exec_equivalent && e.body == "unreadable");
-        let e = effect("PATCH", "/api/v1/namespaces/p/configmaps/c", "text/yaml", "a: b");
+        let e = effect(
+            "PATCH",
+            "/api/v1/namespaces/p/configmaps/c",
+            "text/yaml",
+            "a: b",
+        );
         assert_eq!(e.body, "unreadable");
         assert!(!e.exec_equivalent);
     }
 
     #[test]
     fn owner_references_and_finalizers_are_named() {
-        let e = effect("PATCH", "/api/v1/namespaces/p/configmaps/c", MERGE, r#"{"metadata":{"ownerReferences":[{"uid":"x"}]}}"#);
+        let e = effect(
+            "PATCH",
+            "/api/v1/namespaces/p/configmaps/c",
+            MERGE,
+            r#"{"metadata":{"ownerReferences":[{"uid":"x"}]}}"#,
+        );
         assert_eq!(names(&e), ["ownerReferences"]);
-        let e = effect("PATCH", "/api/v1/namespaces/p/configmaps/c", JSONPATCH, r#"[{"op":"remove","path":"/metadata/finalizers"}]"#);
+        let e = effect(
+            "PATCH",
+            "/api/v1/namespaces/p/configmaps/c",
+            JSONPATCH,
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        );
         assert_eq!(names(&e), ["finalizers"]);
-        let e = effect("PUT", "/api/v1/namespaces/dev/finalize", "application/json", r#"{"spec":{"finalizers":[]}}"#);
+        let e = effect(
+            "PUT",
+            "/api/v1/namespaces/dev/finalize",
+            "application/json",
+            r#"{"spec":{"finalizers":[]}}"#,
+        );
         assert_eq!(names(&e), ["finalizers"]);
-        let e = effect("PATCH", "/api/v1/namespaces/p/configmaps/c", JSONPATCH, r#"[{"op":"replace","path":"/metadata","value":{}}]"#);
+        let e = effect(
+            "PATCH",
+            "/api/v1/namespaces/p/configmaps/c",
+            JSONPATCH,
+            r#"[{"op":"replace","path":"/metadata","value":{}}]"#,
+        );
         assert_eq!(names(&e), ["finalizers", "ownerReferences"]);
     }
 }

@@ -321,7 +321,9 @@ mod tests {
             assert!(text.contains("payments"), "{text}");
         }
         // Still JSON kubectl can read back.
-        let note = docs[0]["metadata"]["annotations"][LAST_APPLIED].as_str().unwrap();
+        let note = docs[0]["metadata"]["annotations"][LAST_APPLIED]
+            .as_str()
+            .unwrap();
         let back: serde_json::Value = serde_json::from_str(note).unwrap();
         assert_eq!(back["data"]["password"], SECRET_DATA_MASK);
         assert_eq!(back["metadata"]["name"], "db");

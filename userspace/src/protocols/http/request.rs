@@ -104,7 +104,10 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
                 return conn.refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
             }
         };
-        let content_type = parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
         k8s_effect::of_write(k, content_type, &bytes).apply(&mut context);
         body = Full::new(bytes).map_err(|never| match never {}).boxed();
     }
