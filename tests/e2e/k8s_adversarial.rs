@@ -420,7 +420,7 @@ fn bodies_are_read_as_the_api_server_reads_them() {
             "application/json",
             twice,
         ),
-        &[UNREADABLE],
+        &[UNREADABLE, "k8s-production-ownership"],
         write_to("/configmaps"),
     );
     // Owner references and finalizers delete (or keep) objects.

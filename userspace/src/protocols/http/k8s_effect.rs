@@ -215,6 +215,15 @@ pub fn of_write(req: &K8sRequest, content_type: Option<&[u8]>, body: &[u8]) -> E
     if replaces && !status && pod_roots(&req.resource).is_some() {
         effect.changes.insert("podSpec");
     }
+    // An update sets the owners and finalizers to what it carries, and
+    // nothing when it leaves them out; `namespaces/x/finalize` exists to
+    // change finalizers. What they were is not known here.
+    if req.verb == "update" && !status {
+        effect.changes.extend(["ownerReferences", "finalizers"]);
+    }
+    if req.subresource == "finalize" {
+        effect.changes.insert("finalizers");
+    }
     let touched = touched(kind, &doc);
     for t in &touched {
         name_changes(req, t, status, &mut effect);
@@ -587,9 +596,17 @@ mod tests {
             "PUT",
             "/api/v1/namespaces/dev/finalize",
             "application/json",
-            r#"{"spec":{"finalizers":[]}}"#,
+            r#"{"spec":{}}"#,
         );
         assert_eq!(names(&e), ["finalizers"]);
+        // An update that leaves them out removes them.
+        let e = effect(
+            "PUT",
+            "/api/v1/namespaces/p/configmaps/c",
+            "application/json",
+            r#"{"metadata":{"name":"c"},"data":{}}"#,
+        );
+        assert_eq!(names(&e), ["finalizers", "ownerReferences"]);
         let e = effect(
             "PATCH",
             "/api/v1/namespaces/p/configmaps/c",
