@@ -11,166 +11,20 @@
 
 mod harness;
 
-use std::{
-    path::PathBuf,
-    process::{Command, Output, Stdio},
-    time::Duration,
-};
+use std::process::Output;
 
 use harness::{
-    kube::{
-        follow_lines, kubectl_argv, kubectl_available, kubectl_env, kubectl_ok, Discovery,
-        KubeStandIn, LOG_INTERVAL,
-    },
-    sshd::output_within,
+    kube::{follow_lines, LOG_INTERVAL},
+    kube_gateway::{KubeGateway, KUBECTL_TIMEOUT},
     *,
 };
 
-/// What the agent's kubeconfig carries: never sent on.
-const AGENT_TOKEN: &str = "agents-own-kube-token";
-/// What blastgate holds for the cluster.
-const HELD_TOKEN: &str = "held-cluster-token-7f3a";
+fn setup() -> Option<KubeGateway> {
+    KubeGateway::start("production")
+}
+
 /// `****`, base64-encoded: a masked Secret value as kubectl shows it.
 const MASKED: &str = "KioqKg==";
-
-const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
-
-struct Setup {
-    standin: KubeStandIn,
-    env: Env,
-    daemon: Daemon,
-    kubeconfig: PathBuf,
-    _scratch: tempfile::TempDir,
-}
-
-fn setup() -> Option<Setup> {
-    if !kernel_ready() || !kubectl_available() {
-        return None;
-    }
-    let standin = KubeStandIn::start_on("127.0.0.2", Discovery::Aggregated);
-    let scratch_dir = tempfile::tempdir().expect("tempdir");
-    let scratch = scratch_dir.path();
-    let token = scratch.join("cluster.token");
-    std::fs::write(&token, format!("{HELD_TOKEN}\n")).expect("token");
-    let policies = copy_shipped_policies(scratch);
-    let env = Env::new(&format!(
-        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
-         [[targets]]\nname = \"prod-cluster\"\nprotocol = \"https\"\naddress = \"{}\"\n\
-         labels = {{ env = \"production\" }}\n\n\
-         [targets.http]\nkind = \"kubernetes\"\n\
-         inject_headers = {{ Authorization = {{ file = \"{}\", prefix = \"Bearer \" }} }}\n\
-         upstream_ca_file = \"{}\"\nserver_name = \"kube.internal\"\n",
-        policies.display(),
-        standin.addr(),
-        token.display(),
-        standin.ca_file().display(),
-    ));
-    let daemon = Daemon::start(&env);
-    // The cluster by its address, as kind and kubeadm write it; no CA.
-    let kubeconfig = scratch.join("kubeconfig");
-    KubeStandIn::kubeconfig(&kubeconfig, &standin.url(), None, AGENT_TOKEN);
-    Some(Setup {
-        standin,
-        env,
-        daemon,
-        kubeconfig,
-        _scratch: scratch_dir,
-    })
-}
-
-impl Setup {
-    /// kubectl as an agent: no kuberc, no proxy from the environment.
-    fn kubectl(&self, args: &[&str]) -> Command {
-        let argv = kubectl_argv(&self.kubeconfig, args);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut c = self.env.agent("claude", &argv);
-        kubectl_env(&mut c);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        output_within(&mut self.kubectl(args), KUBECTL_TIMEOUT)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        kubectl_ok(self.run(args), args, || {
-            format!("stand-in saw:\n{}", self.seen())
-        })
-    }
-
-    fn seen(&self) -> String {
-        self.standin
-            .requests()
-            .iter()
-            .map(|r| format!("  {} {}", r.version, r.line()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// kubectl whose requests are held: a human answers every one with
-    /// `verb` until kubectl exits (exec asks twice: WebSocket, then SPDY).
-    fn answered(&self, args: &[&str], verb: &str) -> (Output, usize) {
-        let mut child = self
-            .kubectl(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        let mut answered = 0;
-        let status = wait_until(KUBECTL_TIMEOUT, || {
-            if let Some(id) = self.pending() {
-                self.env.answer_approval(verb, &id);
-                answered += 1;
-            }
-            child.try_wait().ok().flatten()
-        });
-        if status.is_none() {
-            let _ = child.kill();
-        }
-        let out = child.wait_with_output().expect("kubectl");
-        assert!(status.is_some(), "kubectl {args:?} did not finish");
-        (out, answered)
-    }
-
-    fn pending(&self) -> Option<String> {
-        let out = self.env.blastgate(&["approvals", "list", "--json"]);
-        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        list.as_array()?
-            .first()
-            .and_then(|r| r["id"].as_str().map(str::to_string))
-    }
-
-    /// Every request that reached the stand-in carried the held token.
-    fn assert_held_token_only(&self) {
-        let requests = self.standin.requests();
-        assert!(!requests.is_empty(), "nothing reached the stand-in");
-        for r in &requests {
-            assert_eq!(
-                r.header("authorization"),
-                Some(format!("Bearer {HELD_TOKEN}").as_str()),
-                "{}",
-                r.line()
-            );
-        }
-        let events: String = self.env.events().iter().map(|e| e.to_string()).collect();
-        for token in [HELD_TOKEN, AGENT_TOKEN] {
-            assert!(!events.contains(token), "{token} in the records");
-            assert!(
-                !self.daemon.log_text().contains(token),
-                "{token} in the log"
-            );
-        }
-    }
-
-    fn requests_recorded(&self) -> Vec<serde_json::Value> {
-        self.env
-            .events()
-            .into_iter()
-            .filter(|e| e["kind"] == "request")
-            .collect()
-    }
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

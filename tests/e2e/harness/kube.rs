@@ -21,6 +21,12 @@
 //!   with a `Status` of `Success`; the object is gone at once, so kubectl's
 //!   wait-for-deletion ends at its first GET), and the `scale` subresource
 //!   (GET, PATCH, PUT);
+//! - writes as kubectl makes them: create (POST), update (PUT) and patch
+//!   (JSON Patch; merge, strategic merge and apply patches merged as
+//!   RFC 7386 merge patches, lists replaced whole; JSON or YAML bodies),
+//!   `serviceaccounts/token` (a `TokenRequest` with a made-up token),
+//!   `pods/ephemeralcontainers`, CSR `approval`, and `*/proxy` answered
+//!   with a short text, so a test can tell what a write did to the world;
 //! - `pods/log` as a `text/plain` chunked stream that writes
 //!   [`LOG_LINES`] lines [`LOG_INTERVAL`] apart when followed, so a test
 //!   can see whether a proxy passes a stream on as it arrives;
@@ -847,6 +853,9 @@ impl Server {
         resource: &Resource,
         namespace: Option<&str>,
     ) -> Response<Body> {
+        if *method == Method::POST {
+            return self.create(req, resource, namespace);
+        }
         if *method != Method::GET {
             return method_not_allowed(method, &req.path);
         }
@@ -963,8 +972,63 @@ impl Server {
                     })),
                 }
             }
+            Method::PATCH | Method::PUT => {
+                let changed = if *method == Method::PATCH {
+                    patched(&object, req)
+                } else {
+                    body_value(req).filter(Value::is_object)
+                };
+                let Some(changed) = changed else {
+                    return bad_request("the stand-in cannot read this body");
+                };
+                json_ok(world.store(resource, namespace, name, changed, &object, req))
+            }
             _ => method_not_allowed(method, &req.path),
         }
+    }
+
+    /// POST to a collection: the object, stored with the metadata a
+    /// server assigns (201), or 409 when the name is taken.
+    fn create(
+        &self,
+        req: &RecordedRequest,
+        resource: &Resource,
+        namespace: Option<&str>,
+    ) -> Response<Body> {
+        let Some(mut object) = body_value(req).filter(Value::is_object) else {
+            return bad_request("the stand-in cannot read this body");
+        };
+        object["kind"] = json!(resource.kind);
+        object["apiVersion"] = json!(resource.api_version());
+        if resource.namespaced {
+            object["metadata"]["namespace"] = json!(namespace.unwrap_or("default"));
+        }
+        if object["metadata"]["name"].as_str().is_none() {
+            let stem = object["metadata"]["generateName"].as_str().unwrap_or("x");
+            object["metadata"]["name"] = json!(format!("{stem}1"));
+        }
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let ns = namespace.unwrap_or("").to_string();
+        let mut world = lock(&self.shared.world);
+        if world.get(resource.plural, &ns, &name).is_some() {
+            return status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                &format!("{} \"{name}\" already exists", resource.plural),
+                Some(json!({"name": name, "kind": resource.plural})),
+            );
+        }
+        if req.query_param("dryRun").is_none() {
+            world.insert(object.clone());
+        }
+        let stored = world
+            .get(resource.plural, &ns, &name)
+            .cloned()
+            .unwrap_or(object);
+        json_response(StatusCode::CREATED, "application/json", &stored)
     }
 
     fn subresource(
@@ -994,6 +1058,30 @@ impl Server {
                 Some(json!({"name": name, "kind": resource.plural})),
             ),
             ("status", &Method::GET) => json_ok(object),
+            ("proxy", _) => text(StatusCode::OK, "proxied by the stand-in\n"),
+            ("token", &Method::POST) => json_response(
+                StatusCode::CREATED,
+                "application/json",
+                &json!({
+                    "kind": "TokenRequest",
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"audiences": [], "expirationSeconds": 3600},
+                    "status": {"token": MINTED_TOKEN, "expirationTimestamp": CREATED},
+                }),
+            ),
+            ("ephemeralcontainers" | "approval" | "status", &Method::PATCH | &Method::PUT) => {
+                let changed = if *method == Method::PATCH {
+                    patched(&object, req)
+                } else {
+                    body_value(req).filter(Value::is_object)
+                };
+                let Some(changed) = changed else {
+                    return bad_request("the stand-in cannot read this body");
+                };
+                let mut world = lock(&self.shared.world);
+                json_ok(world.store(resource, namespace, name, changed, &object, req))
+            }
             ("scale", &Method::GET) => json_ok(scale_of(&object)),
             ("scale", &Method::PATCH | &Method::PUT) => {
                 let Some(replicas) = requested_replicas(req) else {
@@ -1132,7 +1220,7 @@ fn percent_decode(s: &str) -> String {
 /// The replica count a scale PATCH (merge, strategic or JSON patch) or PUT
 /// (a Scale object) asks for.
 fn requested_replicas(req: &RecordedRequest) -> Option<i64> {
-    let body: Value = serde_json::from_slice(&req.body).ok()?;
+    let body = body_value(req)?;
     if let Some(ops) = body.as_array() {
         return ops
             .iter()
@@ -1142,6 +1230,114 @@ fn requested_replicas(req: &RecordedRequest) -> Option<i64> {
             .and_then(|op| op["value"].as_i64());
     }
     body["spec"]["replicas"].as_i64()
+}
+
+/// The value of Secret `api-key` in `prod`, which its last-applied
+/// annotation also holds (in clear, as `stringData`).
+pub const API_KEY: &str = "k3y-f0r-the-api";
+/// [`API_KEY`] as the Secret's `data` holds it.
+pub const API_KEY_BASE64: &str = "azN5LWYwci10aGUtYXBp";
+
+/// The token `serviceaccounts/token` hands out.
+pub const MINTED_TOKEN: &str = "minted-sa-token-3c9d";
+
+/// A request body as JSON, or as YAML (apply patches, `application/yaml`).
+fn body_value(req: &RecordedRequest) -> Option<Value> {
+    if let Ok(v) = serde_json::from_slice(&req.body) {
+        return Some(v);
+    }
+    let text = std::str::from_utf8(&req.body).ok()?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).ok()?;
+    docs.first().map(yaml_value)
+}
+
+fn yaml_value(y: &yaml_rust2::Yaml) -> Value {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::Real(r) => r.parse::<f64>().map_or(Value::Null, |f| json!(f)),
+        Yaml::Integer(i) => json!(i),
+        Yaml::String(s) => json!(s),
+        Yaml::Boolean(b) => json!(b),
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_value).collect()),
+        Yaml::Hash(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        other => yaml_value(other).to_string(),
+                    };
+                    (key, yaml_value(v))
+                })
+                .collect(),
+        ),
+        Yaml::Alias(_) | Yaml::Null | Yaml::BadValue => Value::Null,
+    }
+}
+
+/// `object` with the request's patch applied: JSON Patch operations, or
+/// any other patch type merged as an RFC 7386 merge patch (strategic
+/// directives dropped, lists replaced whole).
+fn patched(object: &Value, req: &RecordedRequest) -> Option<Value> {
+    let patch = body_value(req)?;
+    let mut out = object.clone();
+    let json_patch = req
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/json-patch+json"));
+    if !json_patch {
+        merge(&mut out, &patch);
+        return Some(out);
+    }
+    for op in patch.as_array()? {
+        let path = op["path"].as_str()?;
+        let (parent, key) = path.rsplit_once('/')?;
+        let key = key.replace("~1", "/").replace("~0", "~");
+        let target = out.pointer_mut(parent)?;
+        match (op["op"].as_str()?, target) {
+            ("test", _) => {}
+            ("add" | "replace", Value::Object(map)) => {
+                map.insert(key, op["value"].clone());
+            }
+            ("add" | "replace", Value::Array(items)) => {
+                let value = op["value"].clone();
+                match key.parse::<usize>() {
+                    Ok(i) if op["op"] == "replace" && i < items.len() => items[i] = value,
+                    Ok(i) if i <= items.len() => items.insert(i, value),
+                    _ => items.push(value),
+                }
+            }
+            ("remove", Value::Object(map)) => {
+                map.remove(&key);
+            }
+            ("remove", Value::Array(items)) => {
+                let i = key.parse::<usize>().ok().filter(|i| *i < items.len())?;
+                items.remove(i);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (k, v) in patch {
+        if k.starts_with('$') {
+            continue;
+        }
+        if v.is_null() {
+            if let Some(map) = target.as_object_mut() {
+                map.remove(k);
+            }
+        } else {
+            merge(&mut target[k.as_str()], v);
+        }
+    }
 }
 
 fn set_replicas(object: &mut Value, replicas: i64) {
@@ -1264,7 +1460,13 @@ fn bad_request(why: &str) -> Response<Body> {
 // ---- discovery ----
 
 /// The group versions served; "" is the core group.
-const GROUP_VERSIONS: &[(&str, &str)] = &[("", "v1"), ("apps", "v1")];
+const GROUP_VERSIONS: &[(&str, &str)] = &[
+    ("", "v1"),
+    ("apps", "v1"),
+    ("rbac.authorization.k8s.io", "v1"),
+    ("certificates.k8s.io", "v1"),
+    ("admissionregistration.k8s.io", "v1"),
+];
 
 const RW: &[&str] = &[
     "create",
@@ -1361,10 +1563,45 @@ const RESOURCES: &[Resource] = &[
         categories: &["all"],
         subresources: &[
             sub("attach", "", "v1", "PodAttachOptions", CONNECT),
+            sub("ephemeralcontainers", "", "v1", "Pod", GET_PATCH_UPDATE),
             sub("exec", "", "v1", "PodExecOptions", CONNECT),
             sub("log", "", "v1", "Pod", GET),
             sub("portforward", "", "v1", "PodPortForwardOptions", CONNECT),
+            sub("proxy", "", "v1", "PodProxyOptions", RW),
             sub("status", "", "v1", "Pod", GET_PATCH_UPDATE),
+        ],
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        kind: "ServiceAccount",
+        namespaced: true,
+        verbs: RW,
+        short_names: &["sa"],
+        categories: &[],
+        subresources: &[sub(
+            "token",
+            "authentication.k8s.io",
+            "v1",
+            "TokenRequest",
+            &["create"],
+        )],
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        plural: "nodes",
+        singular: "node",
+        kind: "Node",
+        namespaced: false,
+        verbs: RW,
+        short_names: &["no"],
+        categories: &[],
+        subresources: &[
+            sub("proxy", "", "v1", "NodeProxyOptions", RW),
+            sub("status", "", "v1", "Node", GET_PATCH_UPDATE),
         ],
     },
     Resource {
@@ -1436,6 +1673,105 @@ const RESOURCES: &[Resource] = &[
         subresources: &[
             sub("scale", "autoscaling", "v1", "Scale", GET_PATCH_UPDATE),
             sub("status", "apps", "v1", "ReplicaSet", GET_PATCH_UPDATE),
+        ],
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "roles",
+        singular: "role",
+        kind: "Role",
+        namespaced: true,
+        verbs: RW,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "rolebindings",
+        singular: "rolebinding",
+        kind: "RoleBinding",
+        namespaced: true,
+        verbs: RW,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "clusterroles",
+        singular: "clusterrole",
+        kind: "ClusterRole",
+        namespaced: false,
+        verbs: RW,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        kind: "ClusterRoleBinding",
+        namespaced: false,
+        verbs: RW,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+    },
+    Resource {
+        group: "admissionregistration.k8s.io",
+        version: "v1",
+        plural: "mutatingwebhookconfigurations",
+        singular: "mutatingwebhookconfiguration",
+        kind: "MutatingWebhookConfiguration",
+        namespaced: false,
+        verbs: RW,
+        short_names: &[],
+        categories: &["api-extensions"],
+        subresources: &[],
+    },
+    Resource {
+        group: "admissionregistration.k8s.io",
+        version: "v1",
+        plural: "validatingwebhookconfigurations",
+        singular: "validatingwebhookconfiguration",
+        kind: "ValidatingWebhookConfiguration",
+        namespaced: false,
+        verbs: RW,
+        short_names: &[],
+        categories: &["api-extensions"],
+        subresources: &[],
+    },
+    Resource {
+        group: "certificates.k8s.io",
+        version: "v1",
+        plural: "certificatesigningrequests",
+        singular: "certificatesigningrequest",
+        kind: "CertificateSigningRequest",
+        namespaced: false,
+        verbs: RW,
+        short_names: &["csr"],
+        categories: &[],
+        subresources: &[
+            sub(
+                "approval",
+                "certificates.k8s.io",
+                "v1",
+                "CertificateSigningRequest",
+                GET_PATCH_UPDATE,
+            ),
+            sub(
+                "status",
+                "certificates.k8s.io",
+                "v1",
+                "CertificateSigningRequest",
+                GET_PATCH_UPDATE,
+            ),
         ],
     },
 ];
@@ -1762,6 +2098,8 @@ impl World {
                     }],
                     "nodeName": "node-1",
                     "restartPolicy": "Always",
+                    // The API server defaults it; kubectl debug reads it.
+                    "securityContext": {},
                 },
                 "status": {
                     "phase": "Running",
@@ -1813,6 +2151,50 @@ impl World {
             // base64("s3cret-pw"), base64("app")
             "data": {"password": "czNjcmV0LXB3", "username": "YXBw"},
         }));
+        // Applied with `kubectl apply` from a manifest with stringData: the
+        // annotation holds the values as they were written.
+        let applied = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "api-key", "namespace": "prod"},
+            "stringData": {"token": API_KEY},
+        });
+        w.insert(json!({
+            "kind": "Secret",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": "api-key",
+                "namespace": "prod",
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": format!("{applied}\n"),
+                },
+            },
+            "type": "Opaque",
+            "data": {"token": API_KEY_BASE64},
+        }));
+        w.insert(json!({
+            "kind": "ServiceAccount",
+            "apiVersion": "v1",
+            "metadata": {"name": "default", "namespace": "prod"},
+        }));
+        w.insert(json!({
+            "kind": "Node",
+            "apiVersion": "v1",
+            "metadata": {"name": "node-1", "labels": {"kubernetes.io/hostname": "node-1"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }));
+        w.insert(json!({
+            "kind": "CertificateSigningRequest",
+            "apiVersion": "certificates.k8s.io/v1",
+            "metadata": {"name": "agent-csr"},
+            "spec": {
+                "request": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0K",
+                "signerName": "kubernetes.io/kube-apiserver-client",
+                "usages": ["client auth"],
+                "username": "agent",
+            },
+            "status": {},
+        }));
         w.insert(json!({
             "kind": "ConfigMap",
             "apiVersion": "v1",
@@ -1857,6 +2239,38 @@ impl World {
             m["name"].as_str().expect("name").to_string(),
         );
         self.objects.insert(key, object);
+    }
+
+    /// Replaces an object with `changed`, keeping what the server owns
+    /// (identity, creation time; kind and version), unless `dryRun`.
+    fn store(
+        &mut self,
+        resource: &Resource,
+        namespace: &str,
+        name: &str,
+        mut changed: Value,
+        old: &Value,
+        req: &RecordedRequest,
+    ) -> Value {
+        let rv = self.bump();
+        for field in ["kind", "apiVersion"] {
+            changed[field] = old[field].clone();
+        }
+        for field in ["name", "namespace", "uid", "creationTimestamp"] {
+            changed["metadata"][field] = old["metadata"][field].clone();
+        }
+        changed["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if req.query_param("dryRun").is_none() {
+            self.objects.insert(
+                (
+                    resource.plural.to_string(),
+                    namespace.to_string(),
+                    name.to_string(),
+                ),
+                changed.clone(),
+            );
+        }
+        changed
     }
 
     fn get(&self, plural: &str, namespace: &str, name: &str) -> Option<&Value> {

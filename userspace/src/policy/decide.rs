@@ -132,6 +132,9 @@ fn context_defaults(action: &str) -> Option<Vec<(String, Value)>> {
             ("k8s_subresource", s()),
             ("k8s_group", s()),
             ("k8s_replicas", Value::from(-1)),
+            ("k8s_exec_equivalent", Value::Bool(false)),
+            ("k8s_changes", set()),
+            ("k8s_body", s()),
         ],
         _ => return None,
     };

@@ -11,6 +11,8 @@
 
 use serde_json::Value;
 
+use super::k8s_body::{self, Kind};
+
 /// A request as the apiserver's authorizer is asked about it (its
 /// `RequestInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -169,10 +171,25 @@ fn http_verb(method: &str) -> &'static str {
 
 /// The replica count a request body sets, if it sets one: a PUT/PATCH of the
 /// `scale` subresource, or of a deployment/statefulset/replicaset/
-/// replicationcontroller, for JSON bodies, JSON merge and strategic-merge
-/// patches, and JSON Patch. None when the body does not set it or is not JSON
-/// (YAML apply bodies, protobuf); the caller cannot tell those apart from
-/// "not set", so a guard that must hold should refuse non-JSON writes itself.
+/// replicationcontroller. The body is decoded as the apiserver decodes it
+/// ([`k8s_body::decode`]: JSON, YAML for apply patches and `application/yaml`
+/// objects); None when the body does not set a count or cannot be read, which
+/// the caller tells apart through [`k8s_body`] itself.
+pub fn replicas_set(req: &K8sRequest, content_type: &str, body: &[u8]) -> Option<i64> {
+    match k8s_body::decode(&req.verb, Some(content_type.as_bytes()), body)? {
+        k8s_body::Body::Read { kind, doc, .. } => replicas_in(req, kind, &doc),
+        k8s_body::Body::Unreadable(_) => None,
+    }
+}
+
+/// Whether a write to this request can change a replica count.
+pub fn scalable(req: &K8sRequest) -> bool {
+    let scale = req.subresource == "scale";
+    let workload = req.subresource.is_empty() && SCALABLE.contains(&req.resource.as_str());
+    req.resource_request && matches!(req.verb.as_str(), "update" | "patch") && (scale || workload)
+}
+
+/// The count a decoded body of this kind sets.
 ///
 /// The count is the one the apiserver would store, which is not always a
 /// number in the body: a count the request removes or leaves out of a whole
@@ -180,29 +197,17 @@ fn http_verb(method: &str) -> &'static str {
 /// pointer defaulted to 1). A JSON Patch that copies or moves some other
 /// stored value into it cannot be known from here and is reported as 0, the
 /// worst case for a guard against scaling down.
-pub fn replicas_set(req: &K8sRequest, content_type: &str, body: &[u8]) -> Option<i64> {
-    let scale = req.subresource == "scale";
-    let workload = req.subresource.is_empty() && SCALABLE.contains(&req.resource.as_str());
-    if !req.resource_request || !(scale || workload) {
+pub fn replicas_in(req: &K8sRequest, kind: Kind, doc: &Value) -> Option<i64> {
+    if !scalable(req) {
         return None;
     }
-    let absent = if scale { 0 } else { 1 };
-    let doc: Value = serde_json::from_slice(body).ok()?;
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match (req.verb.as_str(), media.as_str()) {
+    let absent = if req.subresource == "scale" { 0 } else { 1 };
+    match kind {
         // An update replaces the whole object.
-        ("update", _) => merged(&doc, &REPLICAS, true, false, absent),
-        ("patch", "application/json-patch+json") => json_patch(&doc, absent),
-        ("patch", media) => {
-            let strategic = media == "application/strategic-merge-patch+json";
-            merged(&doc, &REPLICAS, false, strategic, absent)
-        }
-        _ => None,
+        Kind::Object => merged(doc, &REPLICAS, true, false, absent),
+        Kind::JsonPatch => json_patch(doc, absent),
+        Kind::Strategic => merged(doc, &REPLICAS, false, true, absent),
+        Kind::Merge | Kind::Apply => merged(doc, &REPLICAS, false, false, absent),
     }
 }
 
@@ -278,7 +283,7 @@ fn holds(p: &[String]) -> bool {
 }
 
 /// An RFC 6901 JSON pointer, split and unescaped.
-fn pointer(p: &str) -> Option<Vec<String>> {
+pub(super) fn pointer(p: &str) -> Option<Vec<String>> {
     if p.is_empty() {
         return Some(Vec::new());
     }

@@ -141,12 +141,25 @@ fn finish(headers: &mut HeaderMap, body: Bytes, fields: u64) -> Outcome {
 /// client) still decode the object and show `****`.
 pub const SECRET_DATA_MASK: &str = "KioqKg==";
 
+/// The annotation `kubectl apply` keeps the whole applied object in, as a
+/// JSON string: for a Secret, its values too.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// How deep annotations holding objects holding annotations are followed.
+const MAX_NESTING: usize = 8;
+
 /// Replaces every value of a Secret's `data` (with [`SECRET_DATA_MASK`])
 /// and `stringData` (with `****`), wherever a response carries Secrets: a
 /// single object, a list's `items`, a watch event's `object`, or a
 /// `Table`'s `rows[].object` (which holds whole objects when the client
-/// asks for `includeObject=Object`).
+/// asks for `includeObject=Object`, and metadata otherwise) — and inside
+/// annotations that hold a JSON copy of the object ([`LAST_APPLIED`], or
+/// any other annotation whose value is JSON).
 pub fn secret_values(doc: &mut serde_json::Value) -> u64 {
+    secret_values_within(doc, MAX_NESTING)
+}
+
+fn secret_values_within(doc: &mut serde_json::Value, depth: usize) -> u64 {
     use serde_json::Value;
     let mut n = 0;
     let mut one = |obj: &mut Value| {
@@ -156,6 +169,11 @@ pub fn secret_values(doc: &mut serde_json::Value) -> u64 {
                     *v = Value::String(mask.into());
                     n += 1;
                 }
+            }
+        }
+        if let Some(Value::Object(notes)) = obj.pointer_mut("/metadata/annotations") {
+            for (key, note) in notes.iter_mut() {
+                n += annotation(key, note, depth);
             }
         }
     };
@@ -174,6 +192,35 @@ pub fn secret_values(doc: &mut serde_json::Value) -> u64 {
     }
     one(doc);
     n
+}
+
+/// Masks the Secret values inside one annotation of a Secret whose value
+/// is a JSON document. [`LAST_APPLIED`] is replaced whole when it cannot
+/// be read (too deep, or not JSON), since it may hold the values.
+fn annotation(key: &str, note: &mut serde_json::Value, depth: usize) -> u64 {
+    use serde_json::Value;
+    let Value::String(text) = note else {
+        return 0;
+    };
+    let last_applied = key == LAST_APPLIED;
+    let parsed = serde_json::from_str::<Value>(text)
+        .ok()
+        .filter(|d| d.is_object() || d.is_array());
+    let masked = match parsed {
+        Some(mut doc) if depth > 0 => {
+            let n = secret_values_within(&mut doc, depth - 1);
+            (n > 0).then(|| (doc.to_string(), n))
+        }
+        _ if last_applied => Some(("****".to_string(), 1)),
+        _ => None,
+    };
+    match masked {
+        Some((text, n)) => {
+            *note = Value::String(text);
+            n
+        }
+        None => 0,
+    }
 }
 
 /// An `Accept` for Secret requests that only admits JSON: the agent's own
@@ -235,7 +282,7 @@ mod tests {
 
     use http::HeaderValue;
 
-    use super::{json_only_accept, secret_values, SECRET_DATA_MASK};
+    use super::{json_only_accept, secret_values, LAST_APPLIED, SECRET_DATA_MASK};
 
     #[test]
     fn secret_values_are_masked_in_objects_lists_tables_and_watch_events() {
@@ -254,6 +301,48 @@ mod tests {
         assert_eq!(table["rows"][0]["object"]["data"]["a"], SECRET_DATA_MASK);
         let mut plain = json!({"kind": "Status"});
         assert_eq!(secret_values(&mut plain), 0);
+    }
+
+    #[test]
+    fn secret_values_are_masked_inside_the_last_applied_annotation() {
+        let applied = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+            "data": {"password": "czNjcmV0LXB3"}, "stringData": {"token": "t0ps3cret"}});
+        let secret = json!({"kind": "Secret", "metadata": {"name": "db", "annotations": {
+            LAST_APPLIED: applied.to_string(), "team": "payments", "other": "{\"data\":{\"k\":\"czNj\"}}"}},
+            "data": {"password": "czNjcmV0LXB3"}});
+        // A single object, a list, a watch event, a table row of metadata.
+        let mut docs = [
+            secret.clone(),
+            json!({"kind": "SecretList", "items": [secret.clone()]}),
+            json!({"type": "MODIFIED", "object": secret.clone()}),
+            json!({"kind": "Table", "rows": [{"cells": ["db"], "object": {"kind": "PartialObjectMetadata", "metadata": secret["metadata"].clone()}}]}),
+        ];
+        for doc in docs.iter_mut() {
+            assert!(secret_values(doc) >= 3, "{doc}");
+            let text = doc.to_string();
+            for value in ["czNjcmV0LXB3", "t0ps3cret", "czNj"] {
+                assert!(!text.contains(value), "{text}");
+            }
+            assert!(text.contains("payments"), "{text}");
+        }
+        // Still JSON kubectl can read back.
+        let note = docs[0]["metadata"]["annotations"][LAST_APPLIED]
+            .as_str()
+            .unwrap();
+        let back: serde_json::Value = serde_json::from_str(note).unwrap();
+        assert_eq!(back["data"]["password"], SECRET_DATA_MASK);
+        assert_eq!(back["metadata"]["name"], "db");
+        // Unreadable, it goes whole.
+        let mut odd = json!({"metadata": {"annotations": {LAST_APPLIED: "{not json czNj"}}});
+        assert_eq!(secret_values(&mut odd), 1);
+        assert_eq!(odd["metadata"]["annotations"][LAST_APPLIED], "****");
+        // Nested copies are followed, then cut.
+        let mut nested = secret.clone();
+        for _ in 0..12 {
+            nested = json!({"metadata": {"annotations": {LAST_APPLIED: nested.to_string()}}});
+        }
+        secret_values(&mut nested);
+        assert!(!nested.to_string().contains("czNjcmV0LXB3"));
     }
 
     #[test]

@@ -15,11 +15,16 @@
 //! - [`echo`]: the injected credential blanked in everything going back.
 //! - [`method_override`]: `X-HTTP-Method-Override` and kin, decided too.
 //! - [`k8s`]: Kubernetes verbs and resources from method and path.
+//! - [`k8s_body`]: Kubernetes write bodies decoded as the API server does.
+//! - [`k8s_effect`]: what a Kubernetes request does (exec-equivalents,
+//!   changed fields) for policy.
 //! - [`settings`]: the `[targets.http]` section.
 
 mod echo;
 mod excerpt;
 pub mod k8s;
+pub mod k8s_body;
+mod k8s_effect;
 mod lines;
 mod mask;
 mod method_override;

@@ -14,7 +14,7 @@ use hyper::body::{Body as HttpBody, Incoming};
 use serde_json::{json, Value};
 
 use super::{
-    echo, excerpt, k8s, lines,
+    echo, excerpt, k8s, k8s_effect, lines,
     mask::{self, Outcome},
     method_override, recorded,
     settings::{ApiKind, HttpTarget, Oversize},
@@ -180,9 +180,9 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
             body = Full::new(bytes).map_err(|never| match never {}).boxed();
         }
     }
-    // A write that can change a replica count is read first, so policy can
-    // see a scale to zero.
-    if let Some(k) = kube.as_ref().filter(|k| may_scale(k)) {
+    // A write is read first, so policy judges what it changes (a scale to
+    // zero, a new image) as the API server will decode it.
+    if let Some(k) = kube.as_ref().filter(|k| k8s_effect::reads_body(k)) {
         let limit = conn.cfg.max_inspect_bytes;
         let bytes = match read_limited(body, limit).await {
             Ok(b) => b,
@@ -196,13 +196,8 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let replicas = k8s::replicas_set(k, content_type, &bytes);
-        // A body that is not JSON (YAML, protobuf) cannot be read here: it
-        // is taken as the worst case, a scale to zero.
-        let readable = content_type.contains("json") || bytes.is_empty();
-        context["k8s_replicas"] = json!(replicas.unwrap_or(if readable { -1 } else { 0 }));
+            .map(|v| v.as_bytes());
+        k8s_effect::of_write(k, content_type, &bytes).apply(&mut context);
         body = Full::new(bytes).map_err(|never| match never {}).boxed();
     }
     let mut decision = conn.gw.decide(&action, &context);
@@ -523,7 +518,7 @@ fn describe(
         _ => format!("http:{method}"),
     };
     let k = |f: fn(&k8s::K8sRequest) -> &str| kube.map_or("", f);
-    let context = json!({
+    let mut context = json!({
         "method": method.as_str(),
         "host": host,
         "path": path,
@@ -535,6 +530,9 @@ fn describe(
         "k8s_group": k(|k| &k.api_group),
         "k8s_replicas": -1,
     });
+    for (name, value) in k8s_effect::context(kube) {
+        context[name] = value;
+    }
     (action, context)
 }
 
@@ -608,19 +606,6 @@ fn outbound(
     // The upstream connection's version is negotiated by the client.
     parts.version = http::Version::HTTP_11;
     Ok(Request::from_parts(parts, body))
-}
-
-/// An update or patch that can set a workload's replica count.
-fn may_scale(k: &k8s::K8sRequest) -> bool {
-    const SCALABLE: &[&str] = &[
-        "deployments",
-        "statefulsets",
-        "replicasets",
-        "replicationcontrollers",
-    ];
-    matches!(k.verb.as_str(), "update" | "patch")
-        && (k.subresource == "scale"
-            || (k.subresource.is_empty() && SCALABLE.contains(&k.resource.as_str())))
 }
 
 /// A request body, whole, refused past `limit` bytes.
