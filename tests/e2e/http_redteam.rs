@@ -111,20 +111,55 @@ impl Upstream {
         let key = "ec_paramgen_curve:P-256";
         let steps: [&[&str]; 3] = [
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", key, "-nodes", "-keyout", "ca.key",
-                "-out", "ca.pem", "-days", "2", "-subj", "/CN=redteam CA",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                key,
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=redteam CA",
             ],
             &[
-                "req", "-newkey", "ec", "-pkeyopt", key, "-nodes", "-keyout", "leaf.key", "-out",
-                "leaf.csr", "-subj", "/CN=billing.internal",
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                key,
+                "-nodes",
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+                "-subj",
+                "/CN=billing.internal",
             ],
             &[
-                "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-extfile", "ext.cnf",
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "leaf.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
             ],
         ];
-        for args in steps
-        {
+        for args in steps {
             let out = Command::new("openssl")
                 .args(args)
                 .current_dir(dir.path())
@@ -249,13 +284,18 @@ impl Setup {
     }
 }
 
-/// gzip-unpacked `bytes`, or `bytes` when they are not gzip.
-fn gunzipped(bytes: &[u8]) -> Vec<u8> {
+/// The body of curl's `-i` output gzip-unpacked, or empty when it is not
+/// gzip.
+fn gunzipped(shown: &[u8]) -> Vec<u8> {
     use std::io::Read;
+    let body = shown
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(shown, |i| &shown[i + 4..]);
     let mut out = Vec::new();
-    match flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out) {
+    match flate2::read::MultiGzDecoder::new(body).read_to_end(&mut out) {
         Ok(_) => out,
-        Err(_) => bytes.to_vec(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -352,7 +392,11 @@ fn method_overrides_in_every_spelling_are_decided_as_asked() {
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         (
             "underscored header",
-            vec!["-H".into(), "X_HTTP_Method_Override: DELETE".into(), url.clone()],
+            vec![
+                "-H".into(),
+                "X_HTTP_Method_Override: DELETE".into(),
+                url.clone(),
+            ],
             "403",
         ),
         ("qs array", vec!["-g".into(), q("_method[]=DELETE")], "403"),
@@ -439,7 +483,13 @@ fn method_overrides_in_every_spelling_are_decided_as_asked() {
             r#"{"method":"DELETE","payment_method":"card","note":"_method"}"#.into(),
             url.clone(),
         ],
-        vec!["-H".into(), "Content-Type:".into(), "--data".into(), "hello".into(), url.clone()],
+        vec![
+            "-H".into(),
+            "Content-Type:".into(),
+            "--data".into(),
+            "hello".into(),
+            url.clone(),
+        ],
         vec!["-F".into(), "payment_method=card".into(), url.clone()],
         vec![
             "-H".into(),

@@ -112,14 +112,8 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     let host = host.unwrap_or_default();
     // TRACE sends the request back as the upstream received it: with the
     // credential blastgate injected. Never carried, whatever the policies.
-    if method == Method::TRACE {
-        let why =
-            "TRACE is refused: the upstream would echo the request, injected credentials included";
-        event.action = Some("http:TRACE".into());
-        event.reason = Some(why.into());
-        event.status = Some(405);
-        conn.gw.record(event).await;
-        return conn.refusal(StatusCode::METHOD_NOT_ALLOWED, why, None, None);
+    if method_override::echoes(&method) {
+        return refuse_echo(&conn, event).await;
     }
 
     let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
@@ -144,41 +138,40 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     }
     let (parts, body) = req.into_parts();
     let mut body: Body = body.boxed();
-    if overridable && parts.method == Method::POST {
-        if let Some(kind) = method_override::form_kind(&parts.headers) {
-            let bytes = match read_limited(body, conn.cfg.max_inspect_bytes).await {
-                Ok(b) => b,
-                Err(why) => {
-                    let why = format!("{why} (a form may name the method it is run as)");
-                    event.reason = Some(why.clone());
-                    event.status = Some(413);
-                    conn.gw.record(event).await;
-                    return conn.refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
-                }
-            };
-            let in_form = match kind {
-                method_override::FormKind::Urlencoded => method_override::from_form(&bytes),
-                method_override::FormKind::Multipart if method_override::multipart_names_field(&bytes) => Err(
-                    "a multipart form with a _method part is refused: blastgate does not read which method it names".into(),
-                ),
-                method_override::FormKind::Multipart => Ok(None),
-            };
-            match in_form {
-                Ok(Some(o)) => match &asked {
-                    Some(a) if a.method != o.method => {
-                        let why = format!(
-                            "the request asks to be run as {} ({}) and as {} ({})",
-                            a.method, a.from, o.method, o.from
-                        );
-                        return refuse_bad_request(&conn, event, &why).await;
-                    }
-                    _ => asked = Some(o),
-                },
-                Ok(None) => {}
-                Err(why) => return refuse_bad_request(&conn, event, &why).await,
+    let kinds = method_override::body_kinds(&parts.headers);
+    if overridable && parts.method == Method::POST && !kinds.is_empty() {
+        let bytes = match read_limited(body, conn.cfg.max_inspect_bytes).await {
+            Ok(b) => b,
+            Err(why) => {
+                let why = format!("{why} (a form may name the method it is run as)");
+                event.reason = Some(why.clone());
+                event.status = Some(413);
+                conn.gw.record(event).await;
+                return conn.refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
             }
-            body = Full::new(bytes).map_err(|never| match never {}).boxed();
+        };
+        match method_override::from_body(&kinds, &bytes) {
+            Ok(Some(o)) => match &asked {
+                Some(a) if a.method != o.method => {
+                    let why = format!(
+                        "the request asks to be run as {} ({}) and as {} ({})",
+                        a.method, a.from, o.method, o.from
+                    );
+                    return refuse_bad_request(&conn, event, &why).await;
+                }
+                _ => asked = Some(o),
+            },
+            Ok(None) => {}
+            Err(why) => return refuse_bad_request(&conn, event, &why).await,
         }
+        body = Full::new(bytes).map_err(|never| match never {}).boxed();
+    }
+    // Asked to run as a method that echoes the request: refused as TRACE.
+    if asked
+        .as_ref()
+        .is_some_and(|o| method_override::echoes(&o.method))
+    {
+        return refuse_echo(&conn, event).await;
     }
     // A write that can change a replica count is read first, so policy can
     // see a scale to zero.
@@ -300,6 +293,9 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
         }
     };
     let (mut parts, body) = response.into_parts();
+    if let Some(why) = unread_transfer_coding(&parts.headers) {
+        return fail(&conn, event, &why).await;
+    }
     strip_hop_by_hop(&mut parts.headers);
     event.status = Some(parts.status.as_u16());
 
@@ -377,10 +373,17 @@ pub(super) async fn guarded(
     tally
         .credential_echoes
         .fetch_add(dropped, Ordering::Relaxed);
+    // Every Content-Encoding line, in order: a client applies them all.
     let codings = headers
-        .get(header::CONTENT_ENCODING)
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .filter(|c| !c.trim().eq_ignore_ascii_case("identity"));
+        .collect::<Vec<_>>()
+        .join(",");
+    let codings = (!codings
+        .split(',')
+        .all(|c| c.trim().is_empty() || c.trim().eq_ignore_ascii_case("identity")))
+    .then_some(codings);
     let body = match codings {
         None => body,
         Some(codings) => {
@@ -399,6 +402,31 @@ pub(super) async fn guarded(
     Ok(guard.body(body, tally.clone()))
 }
 
+/// Why a response cannot be passed on: a transfer coding besides chunked
+/// (`gzip, chunked`). hyper undoes only the chunking, so the agent would
+/// get packed bytes that masking and the credential check never read,
+/// with no header saying so.
+pub(super) fn unread_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .into_owned()
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty() && c != "chunked" && c != "identity")
+        .collect();
+    (!codings.is_empty()).then(|| {
+        format!(
+            "the upstream answered with transfer-encoding {}, which blastgate does not unpack to check: refused",
+            codings.join(", ")
+        )
+    })
+}
+
 /// Allow < hold < deny < error: of two decisions for one request, the
 /// stricter stands.
 fn strictness(d: &crate::policy::Decision) -> u8 {
@@ -409,6 +437,18 @@ fn strictness(d: &crate::policy::Decision) -> u8 {
         V::Deny => 2,
         V::Error => 3,
     }
+}
+
+/// TRACE sends the request back as the upstream received it: with the
+/// credential blastgate injected. Never carried, whatever the policies.
+async fn refuse_echo(conn: &Conn, mut event: Event) -> Response<Body> {
+    let why =
+        "TRACE is refused: the upstream would echo the request, injected credentials included";
+    event.action = Some("http:TRACE".into());
+    event.reason = Some(why.into());
+    event.status = Some(405);
+    conn.gw.record(event).await;
+    conn.refusal(StatusCode::METHOD_NOT_ALLOWED, why, None, None)
 }
 
 /// A request blastgate cannot read the way the upstream would: 400.
