@@ -373,17 +373,7 @@ pub(super) async fn guarded(
     tally
         .credential_echoes
         .fetch_add(dropped, Ordering::Relaxed);
-    // Every Content-Encoding line, in order: a client applies them all.
-    let codings = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect::<Vec<_>>()
-        .join(",");
-    let codings = (!codings
-        .split(',')
-        .all(|c| c.trim().is_empty() || c.trim().eq_ignore_ascii_case("identity")))
-    .then_some(codings);
+    let codings = mask::content_codings(headers);
     let body = match codings {
         None => body,
         Some(codings) => {
