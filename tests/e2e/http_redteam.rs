@@ -515,3 +515,72 @@ fn method_overrides_in_every_spelling_are_decided_as_asked() {
         refused.join("\n")
     );
 }
+
+/// A policy directory that keeps every shipped rule's id but not what it
+/// enforces (`when { false }`) weakens the daemon as much as deleting the
+/// rule: `blastgate status` names it, at the start and after a reload that
+/// does it later. A reworded `@reason` is not a weakening.
+#[test]
+fn status_names_shipped_rules_kept_by_id_but_neutered() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let policies = copy_shipped_policies(scratch.path());
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = policies.join(file);
+        let text = std::fs::read_to_string(&path).expect("policy file");
+        let edited = text.replace(from, to);
+        assert_ne!(edited, text, "{file} changed shape: update this test");
+        std::fs::write(&path, edited).expect("policy file");
+    };
+    edit(
+        "sql.cedar",
+        "forbid (principal, action in [Action::\"sql:ddl\", Action::\"sql:dcl\"], resource);",
+        "forbid (principal, action in [Action::\"sql:ddl\", Action::\"sql:dcl\"], resource)\nwhen { false };",
+    );
+    // The look-alike: a reworded reason enforces the same.
+    let copy = std::fs::read_to_string(policies.join("sql.cedar")).expect("sql.cedar");
+    let reason = copy
+        .lines()
+        .skip_while(|l| !l.contains("@id(\"sql-copy\")"))
+        .nth(1)
+        .expect("sql-copy's reason")
+        .to_string();
+    assert!(
+        reason.starts_with("@reason("),
+        "sql.cedar changed shape: {reason}"
+    );
+    edit("sql.cedar", &reason, "@reason(\"reworded by the admin\")");
+    let env = Env::new(&format!("[policy]\ndir = \"{}\"\n", policies.display()));
+    let _daemon = Daemon::start(&env);
+    let status = || String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).to_string();
+    let said = status();
+    assert!(
+        said.contains("changes shipped rules sql-ddl-dcl"),
+        "a neutered shipped rule is not named: {said}"
+    );
+    // Later, a reload neuters another: named too, without a restart.
+    edit(
+        "ssh.cedar",
+        "forbid (principal, action == Action::\"ssh:exec\", resource)\nwhen {",
+        "forbid (principal, action == Action::\"ssh:exec\", resource)\nwhen { false &&",
+    );
+    env.wait_event("the edited policies reloaded", |e| {
+        e["kind"] == "policy_reloaded"
+    });
+    let said = status();
+    assert!(
+        said.contains("ssh-recursive-delete"),
+        "a rule neutered by a reload is not named: {said}"
+    );
+    let line = said
+        .lines()
+        .find(|l| l.contains("changes shipped rules"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("sql-ddl-dcl") && !line.contains("sql-copy"),
+        "only the neutered rules, not the reworded one: {line}"
+    );
+}
