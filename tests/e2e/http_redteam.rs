@@ -208,6 +208,11 @@ struct Setup {
 /// The shipped policies plus the billing rule "invoices are never deleted
 /// by agents"; a Bearer token and a Basic credential injected.
 fn setup() -> Option<Setup> {
+    setup_with(|_| {})
+}
+
+/// [`setup`], with the policy directory edited by `edit` first.
+fn setup_with(edit: impl FnOnce(&Path)) -> Option<Setup> {
     use base64::Engine as _;
     if !kernel_ready() {
         return None;
@@ -236,6 +241,7 @@ fn setup() -> Option<Setup> {
          when { context.path like \"/v1/invoices*\" };\n",
     )
     .expect("billing.cedar");
+    edit(&policies);
     let env = Env::new(&format!(
         "[policy]\ndir = \"{}\"\n\n\
          [[targets]]\nname = \"billing-api\"\nprotocol = \"https\"\naddress = \"127.0.0.2:{}\"\n\
@@ -583,4 +589,53 @@ fn status_names_shipped_rules_kept_by_id_but_neutered() {
         line.contains("sql-ddl-dcl") && !line.contains("sql-copy"),
         "only the neutered rules, not the reworded one: {line}"
     );
+}
+
+/// Where upgrades are allowed (a WebSocket API under /v1/invoices), an
+/// upstream that does not take the upgrade runs the request as its
+/// method: `DELETE` + `Upgrade: websocket` is a DELETE to policy, and so is
+/// an override on an upgrade. A GET with the same Upgrade still runs.
+#[test]
+fn an_upgrade_request_is_decided_as_its_method_too() {
+    let _g = serial();
+    let Some(s) = setup_with(|policies| {
+        let path = policies.join("http.cedar");
+        let http = std::fs::read_to_string(&path).expect("http.cedar");
+        let opened = http.replace(
+            "Action::\"http:UPGRADE\"],\n  resource\n);",
+            "Action::\"http:UPGRADE\"],\n  resource\n)\nunless { context.path like \"/v1/invoices*\" };",
+        );
+        assert_ne!(opened, http, "http.cedar changed shape: update this test");
+        std::fs::write(&path, opened).expect("http.cedar");
+    }) else {
+        return;
+    };
+    let url = s.url("/v1/invoices/7");
+    let upgrade = [
+        "--http1.1",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+    ];
+    let mut wrong = Vec::new();
+    for extra in [
+        &["-X", "DELETE"][..],
+        &["-X", "POST", "-H", "X-HTTP-Method-Override: DELETE"],
+    ] {
+        let mut args: Vec<&str> = upgrade.to_vec();
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let got = s.status(&args);
+        if got != "403" {
+            wrong.push(format!("{extra:?} with Upgrade: {got}, not 403"));
+        }
+    }
+    let mut args: Vec<&str> = upgrade.to_vec();
+    args.push(&url);
+    let got = s.status(&args);
+    if got != "200" {
+        wrong.push(format!("the look-alike GET with Upgrade: {got}, not 200"));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

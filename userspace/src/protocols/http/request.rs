@@ -128,7 +128,9 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     event.action = Some(action.clone());
     // A generic API may run the request as another method it names; the
     // Kubernetes API server never does, and is decided as it reads.
-    let overridable = kube.is_none() && !tunnel;
+    // An upgrade the upstream does not take is an ordinary request, so an
+    // upgrade may name another method too (a CONNECT never reaches one).
+    let overridable = kube.is_none() && method != Method::CONNECT;
     let mut asked = None;
     if overridable {
         match method_override::requested(req.headers(), &query) {
@@ -202,10 +204,20 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     let mut action = action;
     // Asked to run as another method: decided as that one too, and the
     // stricter answer stands.
-    if let Some(o) = asked.filter(|o| o.method != method) {
-        let as_asked = format!("http:{}", o.method);
+    let mut also: Vec<Method> = asked
+        .map(|o| o.method)
+        .filter(|m| *m != method)
+        .into_iter()
+        .collect();
+    // An upstream may ignore Upgrade (RFC 9110 7.8) and run the request
+    // as its method: a `DELETE` with `Upgrade: websocket` is a DELETE too.
+    if overridable && tunnel {
+        also.push(method.clone());
+    }
+    for m in also {
+        let as_asked = format!("http:{m}");
         let mut asked_context = context.clone();
-        asked_context["method"] = json!(o.method.as_str());
+        asked_context["method"] = json!(m.as_str());
         let other = conn.gw.decide(&as_asked, &asked_context);
         if strictness(&other) > strictness(&decision) {
             decision = other;
