@@ -40,12 +40,11 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-/// The content codings a client will undo, from every Content-Encoding
-/// line in order (a client applies them all, not just the first line's),
-/// lower-case, `identity` left out; `None` when the body is as sent.
-pub fn content_codings(headers: &HeaderMap) -> Option<String> {
-    let codings: Vec<String> = headers
-        .get_all(header::CONTENT_ENCODING)
+/// The codings named in every `name` line, in order (a client applies
+/// them all, not just the first line's), lower-case, `identity` left out.
+pub fn codings(headers: &HeaderMap, name: header::HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
         .iter()
         .flat_map(|v| {
             String::from_utf8_lossy(v.as_bytes())
@@ -54,7 +53,13 @@ pub fn content_codings(headers: &HeaderMap) -> Option<String> {
                 .collect::<Vec<_>>()
         })
         .filter(|c| !c.is_empty() && c != "identity")
-        .collect();
+        .collect()
+}
+
+/// The content codings a client will undo; `None` when the body is as
+/// sent.
+pub fn content_codings(headers: &HeaderMap) -> Option<String> {
+    let codings = codings(headers, header::CONTENT_ENCODING);
     (!codings.is_empty()).then(|| codings.join(", "))
 }
 

@@ -409,18 +409,8 @@ pub(super) async fn guarded(
 /// get packed bytes that masking and the credential check never read,
 /// with no header saying so.
 pub(super) fn unread_transfer_coding(headers: &HeaderMap) -> Option<String> {
-    let codings: Vec<String> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .into_owned()
-                .split(',')
-                .map(|c| c.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
-        .filter(|c| !c.is_empty() && c != "chunked" && c != "identity")
-        .collect();
+    let mut codings = mask::codings(headers, header::TRANSFER_ENCODING);
+    codings.retain(|c| c != "chunked");
     (!codings.is_empty()).then(|| {
         format!(
             "the upstream answered with transfer-encoding {}, which blastgate does not unpack to check: refused",
