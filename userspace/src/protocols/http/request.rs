@@ -152,7 +152,15 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
                 return conn.refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
             }
         };
-        match method_override::from_body(&kinds, &bytes) {
+        // Express's body-parser inflates gzip and deflate request bodies:
+        // the field is read in what they unpack to.
+        let plain = match mask::content_codings(&parts.headers) {
+            None => Ok(bytes.to_vec()),
+            Some(c) => echo::unpack(&c, &bytes, conn.cfg.max_inspect_bytes)
+                .map_err(|e| format!("{e} (a packed form may name the method it is run as)")),
+        };
+        let named = plain.and_then(|plain| method_override::from_body(&kinds, &plain));
+        match named {
             Ok(Some(o)) => match &asked {
                 Some(a) if a.method != o.method => {
                     let why = format!(
