@@ -595,6 +595,13 @@ fn status_names_shipped_rules_kept_by_id_but_neutered() {
         "sql.cedar changed shape: {reason}"
     );
     edit("sql.cedar", &reason, "@reason(\"reworded by the admin\")");
+    // The bearer-token detector kept, but only for a target that does not
+    // exist: agents read bearer tokens everywhere else.
+    edit(
+        "masking.toml",
+        "kind = \"bearer\"\n",
+        "kind = \"bearer\"\ntargets = [\"no-such-target\"]\n",
+    );
     let env = Env::new(&format!("[policy]\ndir = \"{}\"\n", policies.display()));
     let _daemon = Daemon::start(&env);
     let status = || String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).to_string();
@@ -602,6 +609,10 @@ fn status_names_shipped_rules_kept_by_id_but_neutered() {
     assert!(
         said.contains("changes shipped rules sql-ddl-dcl"),
         "a neutered shipped rule is not named: {said}"
+    );
+    assert!(
+        said.contains("lacks shipped masking rules (detector Bearer)"),
+        "a narrowed shipped detector is not named: {said}"
     );
     // Later, a reload neuters another: named too, without a restart.
     edit(

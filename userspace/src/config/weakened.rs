@@ -37,6 +37,36 @@ fn shipped_rules_changed(engine: &Engine) -> (Vec<String>, Vec<String>) {
     (missing, changed)
 }
 
+/// Shipped masking rules the policies in force lack: detectors (by kind)
+/// that no longer apply everywhere, field rules (by id) left out.
+fn missing_shipped_masking(engine: &Engine) -> Vec<String> {
+    if engine.dir().is_none() {
+        return Vec::new();
+    }
+    let Ok(shipped) = Engine::builtin() else {
+        return Vec::new();
+    };
+    let (shipped, current) = (shipped.current(), engine.current());
+    let kept = current.masking.universal_detectors();
+    let mut out: Vec<String> = shipped
+        .masking
+        .universal_detectors()
+        .into_iter()
+        .filter(|k| !kept.contains(k))
+        .map(|k| format!("detector {k:?}"))
+        .collect();
+    let ids = current.masking.field_ids();
+    out.extend(
+        shipped
+            .masking
+            .field_ids()
+            .into_iter()
+            .filter(|id| !ids.contains(id))
+            .map(|id| format!("field {id}")),
+    );
+    out
+}
+
 /// What a policy enforces: effect, scope and conditions, without the
 /// annotations (a reworded `@reason` enforces the same).
 fn enforced(p: &cedar_policy::Policy) -> Option<serde_json::Value> {
@@ -67,6 +97,14 @@ pub fn list(config: &Config, engine: &Engine, degraded: &[String]) -> Vec<String
             "policy: {} changes shipped rules {} (same id, other scope or conditions)",
             engine.origin(),
             changed.join(", ")
+        ));
+    }
+    let masking = missing_shipped_masking(engine);
+    if !masking.is_empty() && !engine.current().masking.is_empty() {
+        out.push(format!(
+            "policy: {} lacks shipped masking rules ({}): agents read what they mask",
+            engine.origin(),
+            masking.join(", ")
         ));
     }
     if engine.current().masking.is_empty() {
