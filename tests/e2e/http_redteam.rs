@@ -61,6 +61,10 @@ class H(BaseHTTPRequestHandler):
             # Two Content-Encoding lines: identity, then gzip.
             self.send(200, text + [("content-encoding", "identity"), ("content-encoding", "gzip")],
                       gzip.compress(head))
+        elif kind == "two-members":
+            # A gzip body of two members: a harmless first, the echo second.
+            self.send(200, text + [("content-encoding", "gzip")],
+                      gzip.compress(b"hello\n") + gzip.compress(head))
         elif kind == "te-gzip":
             # gzip as a transfer coding: no Content-Encoding says so.
             packed = gzip.compress(head)
@@ -328,6 +332,7 @@ fn echoes_in_other_spellings_never_reach_the_agent() {
         ("basic-password", BASIC_PASSWORD.to_string()),
         ("two-codings", TOKEN.to_string()),
         ("te-gzip", TOKEN.to_string()),
+        ("two-members", TOKEN.to_string()),
     ];
     let mut leaks = Vec::new();
     for (kind, form) in &leaked_forms {
