@@ -131,13 +131,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracing::warn!("degraded: {d}");
     }
 
-    let weakened = crate::config::weakened::list(&config, &policy, &interceptor.degraded);
-    for w in &weakened {
+    // Worked out again at each `blastgate status`: a policy reload can
+    // weaken enforcement long after the start.
+    let weakened: crate::control::server::Weakened = {
+        let (config, policy) = (config.clone(), policy.clone());
+        let degraded = interceptor.degraded.clone();
+        Arc::new(move || {
+            let list = crate::config::weakened::list(&config, &policy, &degraded);
+            crate::metrics::get()
+                .weakened_settings
+                .set(i64::try_from(list.len()).unwrap_or(i64::MAX));
+            list
+        })
+    };
+    for w in weakened() {
         tracing::warn!("weakened: {w}");
     }
-    crate::metrics::get()
-        .weakened_settings
-        .set(i64::try_from(weakened.len()).unwrap_or(i64::MAX));
 
     let hard_stop = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -197,8 +206,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             spool_dir: config.records.spool_dir.clone(),
             counters: Vec::new(),
             policies: policy.origin(),
-            weakened: weakened.clone(),
+            weakened: Vec::new(),
         },
+        weakened,
     });
     tokio::spawn(control::server::serve(
         control_listener,

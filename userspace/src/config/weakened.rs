@@ -4,30 +4,77 @@
 //! reading the config: the defaults are the secure choice, and anything
 //! else must be seen.
 
-use std::collections::BTreeSet;
-
 use super::{Config, Protocol};
 use crate::{
     policy::Engine,
     protocols::{http::Oversize, postgres::UpstreamTls},
 };
 
-/// Policy ids the shipped set has and the policies in force lack: a
-/// directory that leaves out a shipped rule enforces less than no
-/// `[policy]` at all.
-fn missing_shipped_rules(engine: &Engine) -> Vec<String> {
+/// How the policies in force differ from the shipped set, by rule id:
+/// (ids they lack, ids they keep with other scopes or conditions). A
+/// directory that leaves out a shipped rule, or keeps its id with `when
+/// { false }` in it, enforces less than no `[policy]` at all.
+fn shipped_rules_changed(engine: &Engine) -> (Vec<String>, Vec<String>) {
+    if engine.dir().is_none() {
+        return (Vec::new(), Vec::new());
+    }
+    let Ok(shipped) = Engine::builtin() else {
+        return (Vec::new(), Vec::new());
+    };
+    let shipped = shipped.current();
+    let current = engine.current();
+    let (mut missing, mut changed) = (Vec::new(), Vec::new());
+    let mut ids: Vec<&String> = shipped.meta.keys().collect();
+    ids.sort();
+    for id in ids {
+        let pid = cedar_policy::PolicyId::new(id);
+        match (shipped.all.policy(&pid), current.all.policy(&pid)) {
+            (_, None) => missing.push(id.clone()),
+            (Some(a), Some(b)) if enforced(a) != enforced(b) => changed.push(id.clone()),
+            _ => {}
+        }
+    }
+    (missing, changed)
+}
+
+/// Shipped masking rules the policies in force lack: detectors (by kind)
+/// that no longer apply everywhere, field rules (by id) left out.
+fn missing_shipped_masking(engine: &Engine) -> Vec<String> {
     if engine.dir().is_none() {
         return Vec::new();
     }
     let Ok(shipped) = Engine::builtin() else {
         return Vec::new();
     };
-    let shipped: BTreeSet<String> = shipped.current().meta.keys().cloned().collect();
-    let current = engine.current();
-    shipped
+    let (shipped, current) = (shipped.current(), engine.current());
+    let kept = current.masking.universal_detectors();
+    let mut out: Vec<String> = shipped
+        .masking
+        .universal_detectors()
         .into_iter()
-        .filter(|id| !current.meta.contains_key(id))
-        .collect()
+        .filter(|k| !kept.contains(k))
+        .map(|k| format!("detector {k:?}"))
+        .collect();
+    let ids = current.masking.field_ids();
+    out.extend(
+        shipped
+            .masking
+            .field_ids()
+            .into_iter()
+            .filter(|id| !ids.contains(id))
+            .map(|id| format!("field {id}")),
+    );
+    out
+}
+
+/// What a policy enforces: effect, scope and conditions, without the
+/// annotations (a reworded `@reason` enforces the same).
+fn enforced(p: &cedar_policy::Policy) -> Option<serde_json::Value> {
+    let mut json = p.to_json().ok()?;
+    if let Some(o) = json.as_object_mut() {
+        o.remove("annotations");
+    }
+    Some(json)
 }
 
 /// The weakening settings of `config` (with `engine` in force and the
@@ -37,12 +84,27 @@ pub fn list(config: &Config, engine: &Engine, degraded: &[String]) -> Vec<String
     for d in degraded {
         out.push(format!("kernel: {d}"));
     }
-    let missing = missing_shipped_rules(engine);
+    let (missing, changed) = shipped_rules_changed(engine);
     if !missing.is_empty() {
         out.push(format!(
             "policy: {} lacks shipped rules {}",
             engine.origin(),
             missing.join(", ")
+        ));
+    }
+    if !changed.is_empty() {
+        out.push(format!(
+            "policy: {} changes shipped rules {} (same id, other scope or conditions)",
+            engine.origin(),
+            changed.join(", ")
+        ));
+    }
+    let masking = missing_shipped_masking(engine);
+    if !masking.is_empty() && !engine.current().masking.is_empty() {
+        out.push(format!(
+            "policy: {} lacks shipped masking rules ({}): agents read what they mask",
+            engine.origin(),
+            masking.join(", ")
         ));
     }
     if engine.current().masking.is_empty() {

@@ -34,7 +34,12 @@ pub struct ControlContext {
     pub recorder: Recorder,
     /// The parts of the status that do not change while the daemon runs.
     pub status: Status,
+    /// The settings and policies in force that weaken enforcement, now.
+    pub weakened: Weakened,
 }
+
+/// Lists what weakens enforcement at the time it is called.
+pub type Weakened = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// Binds the socket with root-only permissions, replacing a stale one.
 pub fn bind(path: &Path) -> Result<UnixListener, Error> {
@@ -155,6 +160,11 @@ async fn handle(
         }
         Request::Status => {
             let mut status = ctx.status.clone();
+            // Builds the shipped set to compare with: off the reactor.
+            let weakened = ctx.weakened.clone();
+            status.weakened = tokio::task::spawn_blocking(move || weakened())
+                .await
+                .unwrap_or_default();
             let labels = ctx.maps.labelled();
             status.labelled_processes = labels.len();
             let mut agents: Vec<String> = labels

@@ -350,6 +350,23 @@ impl Masking {
         self.fields.is_empty() && self.detectors.is_empty()
     }
 
+    /// The detectors that apply to every target and agent (as the shipped
+    /// ones do), by kind: a detector narrowed to `targets = ["none"]` is
+    /// as good as gone.
+    pub fn universal_detectors(&self) -> Vec<DetectorKind> {
+        const ANY: &str = "\u{1}any target or agent";
+        self.detectors
+            .iter()
+            .filter(|d| d.targets.is_match(ANY) && d.agents.is_match(ANY))
+            .map(|d| d.kind)
+            .collect()
+    }
+
+    /// The ids of the field rules.
+    pub fn field_ids(&self) -> Vec<String> {
+        self.fields.iter().map(|f| f.id.clone()).collect()
+    }
+
     /// Loads `dir/masking.toml`; no file means no masking.
     pub fn load(dir: &Path) -> Result<Masking, Vec<Diagnostic>> {
         let path = dir.join(MASKING_FILE);

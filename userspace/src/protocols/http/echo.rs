@@ -57,11 +57,18 @@ impl Guard {
                 needles.extend(derived(s.as_bytes()));
             }
             // `Basic dXNlcjpwYXNz` is echoed decoded as often as not.
+            // Request inspectors show it parsed: the password on its own.
             if prefix.trim().eq_ignore_ascii_case("basic") {
                 if let Ok(plain) = base64::engine::general_purpose::STANDARD.decode(secret.trim()) {
-                    if !plain.is_empty() {
-                        needles.extend(derived(&plain));
-                        needles.push(plain);
+                    let password = plain
+                        .iter()
+                        .position(|b| *b == b':')
+                        .map(|i| plain[i + 1..].to_vec());
+                    for p in [Some(plain), password].into_iter().flatten() {
+                        if !p.is_empty() {
+                            needles.extend(derived(&p));
+                            needles.push(p);
+                        }
                     }
                 }
             }
@@ -175,16 +182,33 @@ fn derived(s: &[u8]) -> Vec<Vec<u8>> {
     out.push(hex.to_ascii_uppercase().into_bytes());
     out.push(hex.into_bytes());
     let mut percent = Vec::new();
+    // Python's `quote` keeps `/` by default.
+    let mut path_percent = Vec::new();
     // PHP and others write `/` as `\/`; Go's encoding/json writes
-    // `& < >` as `\u0026 \u003c \u003e`.
+    // `& < >` as `\u0026 \u003c \u003e`; .NET's System.Text.Json also
+    // `+ ' "` and the backtick, in capitals.
     let mut json = Vec::new();
     let mut go_json = Vec::new();
+    let mut dotnet_json = Vec::new();
     let mut html = Vec::new();
     for &b in s {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
             percent.push(b);
+            path_percent.push(b);
         } else {
             percent.extend_from_slice(format!("%{b:02X}").as_bytes());
+            if b == b'/' {
+                path_percent.push(b);
+            } else {
+                path_percent.extend_from_slice(format!("%{b:02X}").as_bytes());
+            }
+        }
+        match b {
+            b'&' | b'<' | b'>' | b'+' | b'\'' | b'"' | b'`' => {
+                dotnet_json.extend_from_slice(format!("\\u{b:04X}").as_bytes())
+            }
+            b'\\' => dotnet_json.extend_from_slice(b"\\\\"),
+            _ => dotnet_json.push(b),
         }
         match b {
             b'/' => json.extend_from_slice(b"\\/"),
@@ -209,6 +233,9 @@ fn derived(s: &[u8]) -> Vec<Vec<u8>> {
     }
     out.push(lower_percent(&percent));
     out.push(percent);
+    out.push(lower_percent(&path_percent));
+    out.push(path_percent);
+    out.push(dotnet_json);
     out.push(json);
     out.push(go_json);
     out.push(html);
@@ -384,6 +411,10 @@ mod tests {
             TOKEN.replace('/', "\\/").into_bytes(),
             TOKEN.replace('/', "%2F").replace('+', "%2B").into_bytes(),
             TOKEN.replace('/', "%2f").replace('+', "%2b").into_bytes(),
+            // Python's quote(): `/` kept.
+            TOKEN.replace('+', "%2B").into_bytes(),
+            // .NET's JSON encoder.
+            TOKEN.replace('+', "\\u002B").into_bytes(),
             TOKEN
                 .bytes()
                 .map(|b| format!("{b:02x}"))
@@ -429,6 +460,10 @@ mod tests {
         let g = Guard::new(&[("Basic ".into(), secret)]).expect("guard");
         let mut echoed = b"user=deploy:hunter2-very-secret".to_vec();
         assert_eq!(g.scrub(&mut echoed), 1);
+        // Shown parsed: the password on its own.
+        let mut parsed = br#"{"user":"deploy","password":"hunter2-very-secret"}"#.to_vec();
+        assert_eq!(g.scrub(&mut parsed), 1);
+        assert!(String::from_utf8_lossy(&parsed).contains(r#""user":"deploy""#));
     }
 
     #[test]

@@ -80,12 +80,9 @@ pub fn masked(
     limit: usize,
     tally: Arc<Tally>,
 ) -> Result<Body, String> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
+    let encoding = super::mask::content_codings(headers);
     let gunzip = match encoding.as_deref() {
-        None | Some("identity") => None,
+        None => None,
         Some("gzip") | Some("x-gzip") => Some(flate2::write::GzDecoder::new(Vec::new())),
         Some(other) => {
             return Err(format!(

@@ -40,6 +40,29 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// The codings named in every `name` line, in order (a client applies
+/// them all, not just the first line's), lower-case, `identity` left out.
+pub fn codings(headers: &HeaderMap, name: header::HeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect()
+}
+
+/// The content codings a client will undo; `None` when the body is as
+/// sent.
+pub fn content_codings(headers: &HeaderMap) -> Option<String> {
+    let codings = codings(headers, header::CONTENT_ENCODING);
+    (!codings.is_empty()).then(|| codings.join(", "))
+}
+
 pub fn is_json(headers: &HeaderMap) -> bool {
     media_type(headers).is_some_and(|t| t == "application/json" || t.ends_with("+json"))
 }
@@ -76,12 +99,9 @@ pub async fn json_body(
         }
     }
     let raw = raw.freeze();
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
+    let encoding = content_codings(headers);
     let text = match encoding.as_deref() {
-        None | Some("identity") => raw.to_vec(),
+        None => raw.to_vec(),
         Some("gzip") | Some("x-gzip") => {
             let mut out = Vec::new();
             // Read one byte past the limit to tell "at most" from "more".

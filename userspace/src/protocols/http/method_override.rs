@@ -31,54 +31,185 @@ pub struct Override {
 /// method (both refused: the upstream's reading cannot be known).
 pub fn requested(headers: &HeaderMap, query: &str) -> Result<Option<Override>, String> {
     let mut found: Vec<(String, String)> = Vec::new();
-    for name in HEADERS {
-        for v in headers.get_all(*name) {
+    for (name, v) in headers {
+        // CGI-style servers (PHP, Rack, WSGI) read `X_HTTP_METHOD_OVERRIDE`
+        // as the same variable as `X-HTTP-Method-Override`.
+        let dashed = name.as_str().replace('_', "-");
+        if HEADERS.contains(&dashed.as_str()) {
             let v = v
                 .to_str()
                 .map_err(|_| format!("{name}: not a method"))?
                 .to_string();
-            found.push((v, (*name).to_string()));
+            found.push((v, name.to_string()));
         }
     }
     for (k, v) in form_pairs(query.as_bytes()) {
-        if k.eq_ignore_ascii_case(FIELD) {
-            found.push((v, format!("query {FIELD}")));
+        if names_field(&k) {
+            found.push((v, format!("query {k}")));
         }
     }
     pick(found)
 }
 
-/// The method a urlencoded form body asks for in its `_method` field.
-pub fn from_form(body: &[u8]) -> Result<Option<Override>, String> {
-    let found = form_pairs(body)
-        .filter(|(k, _)| k.eq_ignore_ascii_case(FIELD))
-        .map(|(_, v)| (v, format!("form field {FIELD}")))
-        .collect();
-    pick(found)
+/// Whether a form or query key is read as `_method` by some framework:
+/// PHP drops leading spaces and turns `.`, ` ` and an unclosed `[` into
+/// `_`; PHP, Express's qs and Rack 3 take `_method[…]` as `_method` (an
+/// array whose first value Express uses); Rack 2 drops brackets around a
+/// key (`[_method]`). Case is ignored: stricter than any of them.
+fn names_field(key: &str) -> bool {
+    let is = |k: &str| k.eq_ignore_ascii_case(FIELD);
+    // PHP: the name before a closed `[…]`, mangled.
+    let php = key.trim_start_matches(' ');
+    let php = match php.find('[') {
+        Some(i) if php[i..].contains(']') => &php[..i],
+        _ => php,
+    };
+    let php = php.replace([' ', '.', '['], "_");
+    // Rack 2: the first run of non-bracket characters after leading ones.
+    let rack = key.trim_start_matches(['[', ']']);
+    let rack = rack.split(['[', ']']).next().unwrap_or_default();
+    is(key) || is(&php) || is(rack) || is(key.split('[').next().unwrap_or_default())
 }
 
-/// Whether a request body may carry a `_method` field a framework reads.
-pub fn form_kind(headers: &HeaderMap) -> Option<FormKind> {
-    let media = super::mask::media_type(headers)?;
-    match media.as_str() {
-        "application/x-www-form-urlencoded" => Some(FormKind::Urlencoded),
-        "multipart/form-data" => Some(FormKind::Multipart),
-        _ => None,
+/// The body kinds frameworks read a `_method` field from, for a POST
+/// with these headers (every Content-Type line, as servers differ on
+/// which they use); empty when the body cannot name a method.
+pub fn body_kinds(headers: &HeaderMap) -> Vec<BodyKind> {
+    let types: Vec<&[u8]> = headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if types.is_empty() {
+        // Rack parses a POST body with no Content-Type as a form.
+        return vec![BodyKind::Urlencoded];
     }
+    let mut kinds = Vec::new();
+    for t in types {
+        let t = String::from_utf8_lossy(t).to_ascii_lowercase();
+        // Rack cuts the media type at `;` or `,`, PHP also at a space.
+        let media = t
+            .split([';', ',', ' ', '\t'])
+            .find(|m| !m.is_empty())
+            .unwrap_or_default();
+        let kind = match media {
+            "application/x-www-form-urlencoded" => Some(BodyKind::Urlencoded),
+            "multipart/form-data" => Some(BodyKind::Multipart),
+            // Laravel reads a JSON body as the request's fields when the
+            // Content-Type merely contains `/json` or `+json`.
+            _ if t.contains("/json") || t.contains("+json") => Some(BodyKind::Json),
+            _ => None,
+        };
+        if let Some(k) = kind.filter(|k| !kinds.contains(k)) {
+            kinds.push(k);
+        }
+    }
+    kinds
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FormKind {
+pub enum BodyKind {
     Urlencoded,
     /// Not parsed: a `_method` part in it is refused outright.
     Multipart,
+    Json,
 }
 
-/// Whether a multipart body names a `_method` part (in any quoting).
-pub fn multipart_names_field(body: &[u8]) -> bool {
+/// The method a POST body of these kinds asks for in its `_method` field.
+pub fn from_body(kinds: &[BodyKind], body: &[u8]) -> Result<Option<Override>, String> {
+    let mut found = Vec::new();
+    for kind in kinds {
+        match kind {
+            BodyKind::Urlencoded => found.extend(
+                form_pairs(body)
+                    .filter(|(k, _)| names_field(k))
+                    .map(|(k, v)| (v, format!("form field {k}"))),
+            ),
+            BodyKind::Multipart if multipart_names_field(body) => {
+                return Err(
+                    "a multipart form with a _method part is refused: blastgate does not read which method it names".into(),
+                )
+            }
+            BodyKind::Multipart => {}
+            BodyKind::Json => found.extend(json_field(body)?),
+        }
+    }
+    pick(found)
+}
+
+/// A top-level `_method` member of a JSON object body (what Laravel and
+/// Express's custom getters read); a body that is not JSON names none.
+fn json_field(body: &[u8]) -> Result<Option<(String, String)>, String> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) else {
+        return Ok(None);
+    };
+    for (k, v) in &map {
+        if k.eq_ignore_ascii_case(FIELD) {
+            return match v {
+                serde_json::Value::String(m) => Ok(Some((m.clone(), format!("JSON member {k}")))),
+                other => Err(format!(
+                    "the JSON member {k} is {other}, not a method name: refused"
+                )),
+            };
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a multipart body names a part that some framework reads as
+/// `_method`: every `name=` / `name*=` parameter anywhere in the body (a
+/// superset of the part headers a server parses), quoted or not.
+fn multipart_names_field(body: &[u8]) -> bool {
     let lower = body.to_ascii_lowercase();
-    let needle = FIELD.as_bytes();
-    lower.windows(needle.len()).any(|w| w == needle)
+    let mut at = 0;
+    while let Some(i) = find(&lower[at..], b"name") {
+        let mut j = at + i + 4;
+        at = j;
+        let extended = lower.get(j) == Some(&b'*');
+        if extended {
+            j += 1;
+        }
+        while lower.get(j).is_some_and(|b| *b == b' ' || *b == b'\t') {
+            j += 1;
+        }
+        if lower.get(j) != Some(&b'=') {
+            continue;
+        }
+        j += 1;
+        while lower.get(j).is_some_and(|b| *b == b' ' || *b == b'\t') {
+            j += 1;
+        }
+        let rest = &body[j..];
+        let value = match rest.first() {
+            Some(b'"') => rest[1..].split(|b| *b == b'"').next(),
+            _ => rest.split(|b| b";\r\n".contains(b)).next(),
+        }
+        .unwrap_or_default();
+        let value = if extended {
+            // RFC 2231: charset'language'percent-encoded.
+            let v = value.rsplit(|b| *b == b'\'').next().unwrap_or_default();
+            decode(v)
+        } else {
+            String::from_utf8_lossy(value).into_owned()
+        };
+        if names_field(&value) {
+            return true;
+        }
+    }
+    false
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Methods that send the request back as the upstream received it, with
+/// the credential blastgate injected: TRACE, IIS's TRACK, in any case
+/// (servers that fold method case run `trace` as TRACE).
+pub fn echoes(method: &Method) -> bool {
+    ["TRACE", "TRACK"]
+        .iter()
+        .any(|m| method.as_str().eq_ignore_ascii_case(m))
 }
 
 fn pick(found: Vec<(String, String)>) -> Result<Option<Override>, String> {
@@ -167,7 +298,10 @@ mod tests {
             assert_eq!(got.method, Method::DELETE, "{h:?} {q}");
         }
         assert_eq!(
-            from_form(b"name=x&_method=PUT").unwrap().unwrap().method,
+            from_body(&[BodyKind::Urlencoded], b"name=x&_method=PUT")
+                .unwrap()
+                .unwrap()
+                .method,
             Method::PUT
         );
     }
@@ -187,7 +321,80 @@ mod tests {
     }
 
     #[test]
+    fn framework_spellings_of_the_field_and_header_are_read() {
+        for q in [
+            "_method[]=DELETE",
+            "_method[0]=DELETE",
+            ".method=DELETE",
+            "%20_method=DELETE",
+            "[method=DELETE",
+            "[_method]=DELETE",
+        ] {
+            let got = requested(&HeaderMap::new(), q).unwrap();
+            assert_eq!(got.map(|o| o.method), Some(Method::DELETE), "{q}");
+        }
+        let got = requested(&headers(&[("X_HTTP_Method_Override", "DELETE")]), "").unwrap();
+        assert_eq!(got.map(|o| o.method), Some(Method::DELETE));
+        let json = [BodyKind::Json];
+        let got = from_body(&json, br#"{"a":1,"_method":"delete"}"#).unwrap();
+        assert_eq!(got.map(|o| o.method), Some(Method::DELETE));
+        assert!(from_body(&json, br#"{"_method":["DELETE"]}"#).is_err());
+        let multipart = [BodyKind::Multipart];
+        for body in [
+            &b"Content-Disposition: form-data; name=\".method\"\r\n\r\nDELETE"[..],
+            b"Content-Disposition: form-data; name=_method\r\n\r\nDELETE",
+            b"Content-Disposition: form-data; name*=utf-8''%5Fmethod\r\n\r\nDELETE",
+        ] {
+            assert!(from_body(&multipart, body).is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn body_kinds_follow_the_laxest_server() {
+        let kinds = |ct: &[&str]| {
+            let pairs: Vec<(&str, &str)> = ct.iter().map(|c| ("content-type", *c)).collect();
+            body_kinds(&headers(&pairs))
+        };
+        assert_eq!(kinds(&[]), vec![BodyKind::Urlencoded]);
+        assert_eq!(
+            kinds(&["application/x-www-form-urlencoded, text/plain"]),
+            vec![BodyKind::Urlencoded]
+        );
+        assert_eq!(kinds(&["text/json"]), vec![BodyKind::Json]);
+        assert_eq!(
+            kinds(&["text/plain", "multipart/form-data; boundary=x"]),
+            vec![BodyKind::Multipart]
+        );
+        assert!(kinds(&["text/plain"]).is_empty());
+        assert!(kinds(&["application/octet-stream"]).is_empty());
+    }
+
+    #[test]
+    fn echoing_methods_in_any_case() {
+        for m in ["TRACE", "trace", "Track"] {
+            assert!(echoes(&Method::from_bytes(m.as_bytes()).unwrap()), "{m}");
+        }
+        assert!(!echoes(&Method::OPTIONS));
+    }
+
+    #[test]
     fn look_alikes_are_not_overrides() {
+        assert_eq!(
+            requested(
+                &HeaderMap::new(),
+                "payment_method=DELETE&a.method=x&a_method=y"
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            requested(&headers(&[("x_request_id", "DELETE")]), "").unwrap(),
+            None
+        );
+        let body = b"Content-Disposition: form-data; name=\"payment_method\"\r\n\r\n_method";
+        assert_eq!(from_body(&[BodyKind::Multipart], body).unwrap(), None);
+        let json = br#"{"method":"DELETE","payment_method":"x","note":"_method"}"#;
+        assert_eq!(from_body(&[BodyKind::Json], json).unwrap(), None);
         assert_eq!(
             requested(&headers(&[("x-method", "DELETE")]), "method=DELETE").unwrap(),
             None

@@ -112,14 +112,8 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     let host = host.unwrap_or_default();
     // TRACE sends the request back as the upstream received it: with the
     // credential blastgate injected. Never carried, whatever the policies.
-    if method == Method::TRACE {
-        let why =
-            "TRACE is refused: the upstream would echo the request, injected credentials included";
-        event.action = Some("http:TRACE".into());
-        event.reason = Some(why.into());
-        event.status = Some(405);
-        conn.gw.record(event).await;
-        return conn.refusal(StatusCode::METHOD_NOT_ALLOWED, why, None, None);
+    if method_override::echoes(&method) {
+        return refuse_echo(&conn, event).await;
     }
 
     let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
@@ -134,7 +128,9 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     event.action = Some(action.clone());
     // A generic API may run the request as another method it names; the
     // Kubernetes API server never does, and is decided as it reads.
-    let overridable = kube.is_none() && !tunnel;
+    // An upgrade the upstream does not take is an ordinary request, so an
+    // upgrade may name another method too (a CONNECT never reaches one).
+    let overridable = kube.is_none() && method != Method::CONNECT;
     let mut asked = None;
     if overridable {
         match method_override::requested(req.headers(), &query) {
@@ -144,41 +140,48 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     }
     let (parts, body) = req.into_parts();
     let mut body: Body = body.boxed();
-    if overridable && parts.method == Method::POST {
-        if let Some(kind) = method_override::form_kind(&parts.headers) {
-            let bytes = match read_limited(body, conn.cfg.max_inspect_bytes).await {
-                Ok(b) => b,
-                Err(why) => {
-                    let why = format!("{why} (a form may name the method it is run as)");
-                    event.reason = Some(why.clone());
-                    event.status = Some(413);
-                    conn.gw.record(event).await;
-                    return conn.refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
-                }
-            };
-            let in_form = match kind {
-                method_override::FormKind::Urlencoded => method_override::from_form(&bytes),
-                method_override::FormKind::Multipart if method_override::multipart_names_field(&bytes) => Err(
-                    "a multipart form with a _method part is refused: blastgate does not read which method it names".into(),
-                ),
-                method_override::FormKind::Multipart => Ok(None),
-            };
-            match in_form {
-                Ok(Some(o)) => match &asked {
-                    Some(a) if a.method != o.method => {
-                        let why = format!(
-                            "the request asks to be run as {} ({}) and as {} ({})",
-                            a.method, a.from, o.method, o.from
-                        );
-                        return refuse_bad_request(&conn, event, &why).await;
-                    }
-                    _ => asked = Some(o),
-                },
-                Ok(None) => {}
-                Err(why) => return refuse_bad_request(&conn, event, &why).await,
+    let kinds = method_override::body_kinds(&parts.headers);
+    if overridable && parts.method == Method::POST && !kinds.is_empty() {
+        let bytes = match read_limited(body, conn.cfg.max_inspect_bytes).await {
+            Ok(b) => b,
+            Err(why) => {
+                let why = format!("{why} (a form may name the method it is run as)");
+                event.reason = Some(why.clone());
+                event.status = Some(413);
+                conn.gw.record(event).await;
+                return conn.refusal(StatusCode::PAYLOAD_TOO_LARGE, &why, None, None);
             }
-            body = Full::new(bytes).map_err(|never| match never {}).boxed();
+        };
+        // Express's body-parser inflates gzip and deflate request bodies:
+        // the field is read in what they unpack to.
+        let plain = match mask::content_codings(&parts.headers) {
+            None => Ok(bytes.to_vec()),
+            Some(c) => echo::unpack(&c, &bytes, conn.cfg.max_inspect_bytes)
+                .map_err(|e| format!("{e} (a packed form may name the method it is run as)")),
+        };
+        let named = plain.and_then(|plain| method_override::from_body(&kinds, &plain));
+        match named {
+            Ok(Some(o)) => match &asked {
+                Some(a) if a.method != o.method => {
+                    let why = format!(
+                        "the request asks to be run as {} ({}) and as {} ({})",
+                        a.method, a.from, o.method, o.from
+                    );
+                    return refuse_bad_request(&conn, event, &why).await;
+                }
+                _ => asked = Some(o),
+            },
+            Ok(None) => {}
+            Err(why) => return refuse_bad_request(&conn, event, &why).await,
         }
+        body = Full::new(bytes).map_err(|never| match never {}).boxed();
+    }
+    // Asked to run as a method that echoes the request: refused as TRACE.
+    if asked
+        .as_ref()
+        .is_some_and(|o| method_override::echoes(&o.method))
+    {
+        return refuse_echo(&conn, event).await;
     }
     // A write is read first, so policy judges what it changes (a scale to
     // zero, a new image) as the API server will decode it.
@@ -204,10 +207,20 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     let mut action = action;
     // Asked to run as another method: decided as that one too, and the
     // stricter answer stands.
-    if let Some(o) = asked.filter(|o| o.method != method) {
-        let as_asked = format!("http:{}", o.method);
+    let mut also: Vec<Method> = asked
+        .map(|o| o.method)
+        .filter(|m| *m != method)
+        .into_iter()
+        .collect();
+    // An upstream may ignore Upgrade (RFC 9110 7.8) and run the request
+    // as its method: a `DELETE` with `Upgrade: websocket` is a DELETE too.
+    if overridable && tunnel {
+        also.push(method.clone());
+    }
+    for m in also {
+        let as_asked = format!("http:{m}");
         let mut asked_context = context.clone();
-        asked_context["method"] = json!(o.method.as_str());
+        asked_context["method"] = json!(m.as_str());
         let other = conn.gw.decide(&as_asked, &asked_context);
         if strictness(&other) > strictness(&decision) {
             decision = other;
@@ -295,6 +308,9 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
         }
     };
     let (mut parts, body) = response.into_parts();
+    if let Some(why) = unread_transfer_coding(&parts.headers) {
+        return fail(&conn, event, &why).await;
+    }
     strip_hop_by_hop(&mut parts.headers);
     event.status = Some(parts.status.as_u16());
 
@@ -372,10 +388,7 @@ pub(super) async fn guarded(
     tally
         .credential_echoes
         .fetch_add(dropped, Ordering::Relaxed);
-    let codings = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .filter(|c| !c.trim().eq_ignore_ascii_case("identity"));
+    let codings = mask::content_codings(headers);
     let body = match codings {
         None => body,
         Some(codings) => {
@@ -394,6 +407,21 @@ pub(super) async fn guarded(
     Ok(guard.body(body, tally.clone()))
 }
 
+/// Why a response cannot be passed on: a transfer coding besides chunked
+/// (`gzip, chunked`). hyper undoes only the chunking, so the agent would
+/// get packed bytes that masking and the credential check never read,
+/// with no header saying so.
+pub(super) fn unread_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    let mut codings = mask::codings(headers, header::TRANSFER_ENCODING);
+    codings.retain(|c| c != "chunked");
+    (!codings.is_empty()).then(|| {
+        format!(
+            "the upstream answered with transfer-encoding {}, which blastgate does not unpack to check: refused",
+            codings.join(", ")
+        )
+    })
+}
+
 /// Allow < hold < deny < error: of two decisions for one request, the
 /// stricter stands.
 fn strictness(d: &crate::policy::Decision) -> u8 {
@@ -404,6 +432,18 @@ fn strictness(d: &crate::policy::Decision) -> u8 {
         V::Deny => 2,
         V::Error => 3,
     }
+}
+
+/// TRACE sends the request back as the upstream received it: with the
+/// credential blastgate injected. Never carried, whatever the policies.
+async fn refuse_echo(conn: &Conn, mut event: Event) -> Response<Body> {
+    let why =
+        "TRACE is refused: the upstream would echo the request, injected credentials included";
+    event.action = Some("http:TRACE".into());
+    event.reason = Some(why.into());
+    event.status = Some(405);
+    conn.gw.record(event).await;
+    conn.refusal(StatusCode::METHOD_NOT_ALLOWED, why, None, None)
 }
 
 /// A request blastgate cannot read the way the upstream would: 400.

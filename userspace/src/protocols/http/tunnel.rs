@@ -73,6 +73,9 @@ pub async fn carry(
         // The upstream said no (or answered plainly): its answer goes back
         // as any response does.
         let (mut parts, body) = response.into_parts();
+        if let Some(why) = request::unread_transfer_coding(&parts.headers) {
+            return request::fail(conn, event, &why).await;
+        }
         request::strip_hop_by_hop(&mut parts.headers);
         event.status = Some(parts.status.as_u16());
         let tally: Arc<Tally> = Default::default();
