@@ -99,15 +99,16 @@ const SENTINEL: &[u8] = b"blastgate-bench-ready";
 
 /// The scratch policy's ssh.cedar.
 const SSH_POLICY: &str = "\
-// Written by `cargo xtask bench --only ssh`: every SSH command, shell and
-// sftp subsystem runs without a human, so the bench measures the relay and
-// not an approval queue. Tunnels stay refused.
+// Written by `cargo xtask bench --only ssh`: every SSH command, shell,
+// sftp subsystem, write and environment variable runs without a human, so
+// the bench measures the relay and not an approval queue. Tunnels stay
+// refused.
 
 @id(\"bench-ssh-allowed\")
 @reason(\"the SSH benchmark's commands run without approval\")
 permit (
   principal,
-  action in [Action::\"ssh:exec\", Action::\"ssh:shell\", Action::\"ssh:sftp\"],
+  action in [Action::\"ssh:exec\", Action::\"ssh:shell\", Action::\"ssh:sftp\", Action::\"ssh:write\", Action::\"ssh:env\"],
   resource
 );
 
