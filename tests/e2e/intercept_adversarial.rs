@@ -130,7 +130,7 @@ fn a_full_label_map_refuses_what_it_cannot_label_and_raises_an_alarm() {
             tcp_target(&server)
         ),
     );
-    let _d = Daemon::start(&env);
+    let mut d = Daemon::start(&env);
 
     // Look-alike: an agent with fewer children than the map holds. All of
     // them go through the proxy, and nothing is alarming.
@@ -220,6 +220,13 @@ fn a_full_label_map_refuses_what_it_cannot_label_and_raises_an_alarm() {
         hold.refused().len(),
         hold.children
     );
+
+    // The kernel goes on refusing without the daemon, and status still
+    // raises the alarm from the pinned counters.
+    d.kill9();
+    let text = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
+    assert!(text.contains("daemon: not running"), "{text}");
+    assert!(text.contains("ALARM: "), "{text}");
 }
 
 #[test]

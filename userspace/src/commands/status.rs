@@ -8,7 +8,7 @@ use crate::{
         client::Client,
         proto::{Request, Response},
     },
-    intercept::loader,
+    intercept::{loader, KernelMaps},
 };
 
 pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
@@ -80,6 +80,12 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 );
             } else {
                 println!("daemon: not running ({e})");
+                // The kernel keeps refusing, and counting, without the daemon.
+                if let Ok(maps) = KernelMaps::from_pins(&loader::maps_dir(&config.bpf.pin_dir)) {
+                    for a in maps.alarms() {
+                        println!("ALARM: {a}");
+                    }
+                }
                 if pins.is_empty() {
                     println!(
                         "pinned: nothing under {}: agents are not intercepted",

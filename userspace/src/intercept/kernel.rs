@@ -35,8 +35,16 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Refuses kernels older than [`MINIMUM`].
+/// Refuses kernels older than [`MINIMUM`], and other architectures than
+/// x86_64 (the packet guard reads x86_64 and i386 syscall registers).
 pub fn check_minimum() -> Result<(), Error> {
+    if std::env::consts::ARCH != "x86_64" {
+        return Err(Error::Kernel(format!(
+            "blastgate's kernel programs read x86_64 syscall registers; this is {}: refusing \
+             to start half-guarded",
+            std::env::consts::ARCH
+        )));
+    }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_err(|e| Error::io("reading /proc/sys/kernel/osrelease", e))?;
     let release = release.trim();
