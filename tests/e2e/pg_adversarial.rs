@@ -40,6 +40,18 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// What a psycopg script printed, without the warnings its garbage
+/// collector prints when it happens to finalize an aborted pipeline
+/// object ("error ignored terminating <psycopg.Pipeline …>"): they come
+/// or not from one run to the next, direct as well as through blastgate.
+fn settled(o: &Output) -> String {
+    text(o)
+        .lines()
+        .filter(|l| !l.starts_with("error ignored terminating <psycopg.Pipeline"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The attack: `SELECT E'<c>\'; DROP TABLE orders; --'` where `<c>` is a
 /// lead byte whose multibyte character swallows the backslash.
 fn hidden_drop(lead: u8) -> Vec<u8> {
@@ -959,8 +971,8 @@ print("transaction", run(False))
     );
     assert!(direct.status.success(), "{}", text(&direct));
     assert_eq!(
-        text(&through),
-        text(&direct),
+        settled(&through),
+        settled(&direct),
         "daemon log:\n{}",
         s.daemon.log_text()
     );
