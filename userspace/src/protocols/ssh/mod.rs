@@ -20,7 +20,9 @@ mod flow;
 mod handler;
 mod recording;
 mod settings;
-mod sftp;
+/// Public for the fuzz targets (`fuzz/`) only.
+#[doc(hidden)]
+pub mod sftp;
 mod upstream;
 
 use std::{sync::Arc, time::Duration};
