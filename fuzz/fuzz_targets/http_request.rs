@@ -72,9 +72,21 @@ fn check(req: &Request<()>, kubernetes: bool, body: &[u8]) {
         assert_eq!(verb, verb.to_lowercase());
     }
     if let Some(host) = &host {
-        assert_eq!(host, &host.to_ascii_lowercase(), "hosts are compared lower-cased");
+        assert_eq!(
+            host,
+            &host.to_ascii_lowercase(),
+            "hosts are compared lower-cased"
+        );
     }
-    for key in ["method", "host", "path", "query", "k8s_resource", "k8s_namespace", "k8s_name"] {
+    for key in [
+        "method",
+        "host",
+        "path",
+        "query",
+        "k8s_resource",
+        "k8s_namespace",
+        "k8s_name",
+    ] {
         assert!(context[key].is_string(), "context {key} is a string");
     }
     assert!(context["k8s_replicas"].is_i64());
@@ -84,6 +96,9 @@ fn check(req: &Request<()>, kubernetes: bool, body: &[u8]) {
         // the path was split differently from the apiserver.
         assert!(!k.namespace.contains('/'), "namespace {:?}", k.namespace);
         assert!(!k.resource.contains('/'), "resource {:?}", k.resource);
-        assert_eq!(k, k8s::classify(method, req.uri().path(), req.uri().query().unwrap_or("")));
+        assert_eq!(
+            k,
+            k8s::classify(method, req.uri().path(), req.uri().query().unwrap_or(""))
+        );
     }
 }

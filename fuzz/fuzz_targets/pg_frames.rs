@@ -51,9 +51,17 @@ async fn opening(stream: &[u8]) {
     let _ = peer.write_all(stream).await;
     let _ = peer.shutdown().await;
     match agent::open(io, None).await {
-        Ok(Opening::Session { io, params, minor_version, tls }) => {
+        Ok(Opening::Session {
+            io,
+            params,
+            minor_version,
+            tls,
+        }) => {
             assert!(!tls, "no TLS was offered");
-            assert!(params.iter().all(|(k, _)| !k.is_empty()), "empty parameter name");
+            assert!(
+                params.iter().all(|(k, _)| !k.is_empty()),
+                "empty parameter name"
+            );
             let _ = minor_version;
             let mut rest = Vec::new();
             let mut io = io;
@@ -61,7 +69,11 @@ async fn opening(stream: &[u8]) {
             frames(&rest, false).await;
         }
         Ok(Opening::Cancel { secret, .. }) => {
-            assert!(secret.len() <= 10_000, "cancel key of {} bytes", secret.len());
+            assert!(
+                secret.len() <= 10_000,
+                "cancel key of {} bytes",
+                secret.len()
+            );
         }
         Err(_) => {}
     }
@@ -78,8 +90,17 @@ async fn frames(stream: &[u8], server: bool) {
             }
             Err(_) => return,
         };
-        let declared = i32::from_be_bytes([frame.bytes[1], frame.bytes[2], frame.bytes[3], frame.bytes[4]]);
-        assert_eq!(frame.bytes.len(), declared as usize + 1, "a frame is its declared length");
+        let declared = i32::from_be_bytes([
+            frame.bytes[1],
+            frame.bytes[2],
+            frame.bytes[3],
+            frame.bytes[4],
+        ]);
+        assert_eq!(
+            frame.bytes.len(),
+            declared as usize + 1,
+            "a frame is its declared length"
+        );
         assert!(frame.bytes.len() <= MAX);
         assert_eq!(frame.tag, frame.bytes[0]);
         if server {
@@ -148,7 +169,10 @@ fn backend(frame: &Frame) {
                 mask::write_row(values.iter().copied(), &mut out);
                 // A row read and written again is the same row, when it
                 // was not padded.
-                let again = Frame { tag: b'D', bytes: out };
+                let again = Frame {
+                    tag: b'D',
+                    bytes: out,
+                };
                 assert_eq!(mask::row_values(&again).ok(), Some(values));
             }
         }

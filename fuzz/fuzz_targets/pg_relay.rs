@@ -36,6 +36,7 @@ use blastgate::{
     protocols::{
         gateway::Gateway,
         postgres::{
+            classify,
             frame::{Frame, Reader},
             relay_session,
             upstream::{Upstream, MAX_BACKEND_MESSAGE},
@@ -79,7 +80,7 @@ fn world() -> &'static World {
         }))
         .unwrap_or_else(|e| panic!("records config: {e}"));
         let recorder = spool::open(&records).unwrap_or_else(|e| panic!("spool: {e}"));
-        // Policies that allow nothing: the schema alone (default deny).
+        // Policies that allow nothing: one forbid of everything.
         let shipped_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let nothing_dir = tmp.join("policies-nothing");
         std::fs::create_dir_all(&nothing_dir).unwrap_or_else(|e| panic!("{e}"));
@@ -88,6 +89,11 @@ fn world() -> &'static World {
             nothing_dir.join("blastgate.cedarschema"),
         )
         .unwrap_or_else(|e| panic!("copying the schema: {e}"));
+        std::fs::write(
+            nothing_dir.join("nothing.cedar"),
+            "@id(\"nothing\")\nforbid (principal, action, resource);\n",
+        )
+        .unwrap_or_else(|e| panic!("writing the policy: {e}"));
         let context = |dir: &PathBuf| {
             let engine = Engine::load(dir)
                 .unwrap_or_else(|e| panic!("policies in {}: {e:?}", dir.display()));
@@ -154,7 +160,9 @@ fn gateway(ctx: &Arc<ProxyContext>, production: bool) -> Gateway {
         ctx: ctx.clone(),
         session: Arc::new(session),
         target: Arc::new(target),
-        upstream: UPSTREAM.parse::<SocketAddr>().unwrap_or_else(|e| panic!("{e}")),
+        upstream: UPSTREAM
+            .parse::<SocketAddr>()
+            .unwrap_or_else(|e| panic!("{e}")),
         counters: Default::default(),
     }
 }
@@ -221,7 +229,11 @@ fn one(data: &[u8]) {
                 for _ in 0..(kind >> 1) {
                     tokio::task::yield_now().await;
                 }
-                let side = if kind & 1 == 0 { &mut agent_out } else { &mut server_out };
+                let side = if kind & 1 == 0 {
+                    &mut agent_out
+                } else {
+                    &mut server_out
+                };
                 if side.write_all(bytes).await.is_err() {
                     break;
                 }
@@ -269,7 +281,10 @@ fn one(data: &[u8]) {
 fn messages<'a>(mut stream: &'a [u8], way: &str) -> Vec<(u8, &'a [u8])> {
     let mut out = Vec::new();
     while !stream.is_empty() {
-        assert!(stream.len() >= 5, "a partial message header {way}: {stream:?}");
+        assert!(
+            stream.len() >= 5,
+            "a partial message header {way}: {stream:?}"
+        );
         let len = i32::from_be_bytes([stream[1], stream[2], stream[3], stream[4]]);
         assert!(len >= 4, "a message length of {len} {way}");
         let total = len as usize + 1;
@@ -281,21 +296,39 @@ fn messages<'a>(mut stream: &'a [u8], way: &str) -> Vec<(u8, &'a [u8])> {
 }
 
 /// With policies that allow nothing, the server only ever sees
-/// blastgate's refusals.
+/// blastgate's refusals: any other Query or Parse is one the server itself
+/// rejects unread (bytes after its string, as PostgreSQL's
+/// `pq_getmsgend` checks) or one with no statement in it.
 fn only_refusals(upstream: &[(u8, &[u8])]) {
     let refusal = |sql: &[u8]| sql.starts_with(b"DO $blastgate");
+    let runs_nothing =
+        |sql: &[u8]| std::str::from_utf8(sql).is_ok_and(|t| classify::classify(t).is_empty());
     let mut refusals_parsed = 0usize;
     for (tag, body) in upstream {
         match tag {
-            b'Q' => assert!(
-                refusal(body),
-                "a Query reached the server though nothing is allowed: {:?}",
-                String::from_utf8_lossy(body)
-            ),
-            b'P' => {
-                let query = body.splitn(3, |b| *b == 0).nth(1).unwrap_or_default();
+            b'Q' => {
+                let Some((sql, b"")) = cstr(body) else {
+                    continue;
+                };
                 assert!(
-                    refusal(query),
+                    refusal(sql) || runs_nothing(sql),
+                    "a Query reached the server though nothing is allowed: {:?}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+            b'P' => {
+                let Some((_, rest)) = cstr(body) else {
+                    continue;
+                };
+                let Some((sql, rest)) = cstr(rest) else {
+                    continue;
+                };
+                let types = rest.get(..2).map(|n| i16::from_be_bytes([n[0], n[1]]));
+                if types.map(|n| 2 + 4 * i64::from(n)) != Some(rest.len() as i64) {
+                    continue;
+                }
+                assert!(
+                    refusal(sql) || runs_nothing(sql),
                     "a Parse reached the server though nothing is allowed: {:?}",
                     String::from_utf8_lossy(body)
                 );
@@ -312,6 +345,12 @@ fn only_refusals(upstream: &[(u8, &[u8])]) {
             _ => {}
         }
     }
+}
+
+/// A NUL-terminated string and what follows it, as the server reads one.
+fn cstr(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = bytes.iter().position(|b| *b == 0)?;
+    Some((&bytes[..end], &bytes[end + 1..]))
 }
 
 /// Keeps the spool from filling the disk over a long run: every segment

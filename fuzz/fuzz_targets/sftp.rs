@@ -25,7 +25,10 @@ fn one(data: &[u8]) {
             .iter()
             .flat_map(|(k, b)| b.chunks(1).map(move |one| (*k, one))),
     );
-    assert_eq!(whole, bytewise, "the records depend on how the stream was cut");
+    assert_eq!(
+        whole, bytewise,
+        "the records depend on how the stream was cut"
+    );
     // Every record stands for a request of at least five bytes (length
     // and type), the handle ones for two (open, then the close's totals),
     // plus one give-up report.

@@ -24,8 +24,22 @@ use blastgate::protocols::postgres::{
 use libfuzzer_sys::fuzz_target;
 
 const ENCODINGS: [&str; 16] = [
-    "UTF8", "SQL_ASCII", "SJIS", "BIG5", "GBK", "GB18030", "UHC", "EUC_JP", "EUC_KR", "EUC_CN",
-    "LATIN1", "WIN1252", "KOI8R", "WIN1251", "JOHAB", "LATIN9",
+    "UTF8",
+    "SQL_ASCII",
+    "SJIS",
+    "BIG5",
+    "GBK",
+    "GB18030",
+    "UHC",
+    "EUC_JP",
+    "EUC_KR",
+    "EUC_CN",
+    "LATIN1",
+    "WIN1252",
+    "KOI8R",
+    "WIN1251",
+    "JOHAB",
+    "LATIN9",
 ];
 
 fuzz_target!(init: common::init(), |data: &[u8]| {
@@ -84,16 +98,22 @@ fn raises_only(sql: &str) {
         return;
     };
     let [raw] = parsed.protobuf.stmts.as_slice() else {
-        panic!("the refusal is {} statements: {sql:?}", parsed.protobuf.stmts.len());
+        panic!(
+            "the refusal is {} statements: {sql:?}",
+            parsed.protobuf.stmts.len()
+        );
     };
-    let Some(pg_query::NodeEnum::DoStmt(d)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+    let Some(pg_query::NodeEnum::DoStmt(d)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref())
+    else {
         panic!("the refusal is not a DO block: {sql:?}");
     };
     let body = d.args.iter().find_map(|a| match a.node.as_ref()? {
-        pg_query::NodeEnum::DefElem(e) if e.defname == "as" => match e.arg.as_ref()?.node.as_ref()? {
-            pg_query::NodeEnum::String(s) => Some(s.sval.clone()),
-            _ => None,
-        },
+        pg_query::NodeEnum::DefElem(e) if e.defname == "as" => {
+            match e.arg.as_ref()?.node.as_ref()? {
+                pg_query::NodeEnum::String(s) => Some(s.sval.clone()),
+                _ => None,
+            }
+        }
         _ => None,
     });
     let Some(body) = body else {
@@ -108,10 +128,17 @@ fn raises_only(sql: &str) {
     };
     let statements = tree[0]["PLpgSQL_function"]["action"]["PLpgSQL_stmt_block"]["body"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_object()?.keys().next().cloned())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_object()?.keys().next().cloned())
                 // The parser ends every body with an implicit RETURN.
                 .filter(|kind| kind != "PLpgSQL_stmt_return")
-                .collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
-    assert_eq!(statements, ["PLpgSQL_stmt_raise"], "the refusal runs more than a RAISE: {sql:?}");
+    assert_eq!(
+        statements,
+        ["PLpgSQL_stmt_raise"],
+        "the refusal runs more than a RAISE: {sql:?}"
+    );
 }

@@ -138,13 +138,15 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
         targets.join(", ")
     );
     let started = Instant::now();
-    // One build for every target: they share the whole dependency tree.
-    // 16 codegen units, not cargo-fuzz's 1: the build is most of the time.
-    sh::run(
-        command(root, &tool, toolchain)
-            .args(["build", "--debug-assertions", "--codegen-units", "16"])
-            .args(&targets),
-    )?;
+    // One build of every target (cargo-fuzz builds one or all): they share
+    // the whole dependency tree. 16 codegen units, not cargo-fuzz's 1: the
+    // build is most of the time.
+    sh::run(command(root, &tool, toolchain).args([
+        "build",
+        "--debug-assertions",
+        "--codegen-units",
+        "16",
+    ]))?;
     eprintln!("fuzz: built in {} s", started.elapsed().as_secs());
     let scratch = std::env::temp_dir().join(format!("blastgate-fuzz-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
@@ -194,14 +196,16 @@ fn run_one(root: &Path, bin: &Path, scratch: &Path, target: &str, seconds: u32) 
     let mut cmd = Command::new(bin.join(target));
     cmd.current_dir(root)
         .env("BLASTGATE_FUZZ_TMP", &work)
-        // Leaks are not what these targets look for (the runtime and the
-        // policy engine are kept for the whole run on purpose).
+        // Not leak checks: the runtime, the policy engine and the caches
+        // live for the whole run on purpose; growth that matters is caught
+        // by -rss_limit_mb.
         .env("ASAN_OPTIONS", "detect_leaks=0:detect_odr_violation=0")
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-timeout={TIMEOUT_S}"))
         .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
         .arg(format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"))
         .arg(format!("-max_len={MAX_LEN}"))
+        .arg("-detect_leaks=0")
         .arg("-print_final_stats=1")
         .arg(format!(
             "-artifact_prefix={}/",
