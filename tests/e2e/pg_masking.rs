@@ -445,6 +445,41 @@ fn filtering_grouping_and_joining_on_masked_columns_still_answer() {
     );
 }
 
+/// A refusal names the table and column the agent wrote to, and the server
+/// raises it from a dollar-quoted string. Names spelled so that stripping
+/// the quote tags from them joined the text into a tag again (`$$m$m$`
+/// became `$m$`) ended the string early: the rest ran as PL/pgSQL, here an
+/// exception handler that creates a table, and the agent saw no error.
+#[test]
+fn a_refusal_naming_the_agents_table_and_column_runs_nothing_else() {
+    let _g = serial();
+    let Some(s) = setup() else {
+        return;
+    };
+    let pwned = "SELECT to_regclass('public.p') IS NULL AND to_regclass('public.q') IS NULL";
+    assert_eq!(text(&s.psql_direct(pwned)).trim(), "t");
+    for sql in [
+        "INSERT INTO \"x$$m$m$;EXCEPTION WHEN OTHERS THEN PERFORM $$m$m$\" \
+         (\"$$m$m$;CREATE TABLE p();PERFORM $$m$m$\") SELECT email FROM customers",
+        "INSERT INTO \"x$$blastgate$blastgate$;CREATE TABLE q();--\" (y) \
+         SELECT email FROM customers",
+        // A harmless look-alike: dollars in a name, refused, named whole.
+        "INSERT INTO \"cost$\" (\"$usd$\") SELECT email FROM customers",
+    ] {
+        let o = s.psql(sql);
+        let t = text(&o);
+        assert!(!o.status.success(), "{sql}: {t}");
+        assert!(t.contains("not masked alike"), "{sql}: {t}");
+        assert_eq!(
+            text(&s.psql_direct(pwned)).trim(),
+            "t",
+            "{sql} ran more: {t}"
+        );
+    }
+    let t = text(&s.psql("INSERT INTO \"cost$\" (\"$usd$\") SELECT email FROM customers"));
+    assert!(t.contains("cost$.$usd$"), "the names are kept whole: {t}");
+}
+
 #[test]
 fn writing_masked_values_where_they_would_read_back_unmasked_is_refused() {
     let _g = serial();

@@ -158,8 +158,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     let proxy_ctx = Arc::new(ProxyContext {
         approvals: approvals.clone(),
-        maps: interceptor.maps.clone(),
-        agents: interceptor.agents.clone(),
+        maps: Some(interceptor.maps.clone()),
+        agents: Some(interceptor.agents.clone()),
         routes,
         recorder: recorder.clone(),
         listen: config.proxy.listen.clone(),

@@ -11,6 +11,7 @@ mod bench_postgres;
 mod bench_ssh;
 mod clickhouse;
 mod demo;
+mod fuzz;
 mod setup;
 mod sh;
 
@@ -39,8 +40,21 @@ enum Task {
     /// Set up, build, and show an agent being intercepted against a real
     /// PostgreSQL and a real HTTP server on loopback.
     Demo,
-    /// Set up, then run fmt, clippy and every test (kernel tests included).
+    /// Set up, then run fmt, clippy, every test (kernel tests included)
+    /// and every fuzz target for its default time.
     Test,
+    /// Build the cargo-fuzz targets (`fuzz/`) and run each for a bounded
+    /// time from the committed seed corpus; fails on a crash, a hang or
+    /// memory over the limits. Prints executions per second and corpus
+    /// size per target.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = FUZZ_SECONDS)]
+        seconds: u32,
+        /// Targets to run (default: all): pg_frames, pg_relay, sftp,
+        /// http_request, ssh_command, sql_classify.
+        targets: Vec<String>,
+    },
     /// A real local ClickHouse 26.7 for the demo and the tests.
     #[command(subcommand)]
     Clickhouse(ClickhouseTask),
@@ -139,6 +153,7 @@ fn main() -> Result<()> {
             setup::run()?;
             test(&root)
         }
+        Task::Fuzz { seconds, targets } => fuzz::run(&root, &fuzz::Opts { seconds, targets }),
         Task::Clickhouse(ClickhouseTask::Start { port, data }) => {
             clickhouse::start(port, &data).map(drop)
         }
@@ -196,6 +211,10 @@ fn main() -> Result<()> {
     }
 }
 
+/// How long `cargo xtask test` fuzzes each target: six targets add about
+/// eight minutes with the build.
+const FUZZ_SECONDS: u32 = 60;
+
 fn workspace_root() -> Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest
@@ -239,7 +258,14 @@ fn test(root: &Path) -> Result<()> {
     if !leftovers.is_empty() {
         bail!("tests left state behind: {leftovers:?}");
     }
-    result
+    result?;
+    fuzz::run(
+        root,
+        &fuzz::Opts {
+            seconds: FUZZ_SECONDS,
+            targets: Vec::new(),
+        },
+    )
 }
 
 /// Clippy on the kernel crate, built for the BPF target on its own (in the

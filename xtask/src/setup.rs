@@ -14,6 +14,8 @@ use crate::{ebpf_build, sh};
 /// Installed under /opt so no user's PATH or rustup setup can shadow it.
 pub const TOOLS_ROOT: &str = "/opt/blastgate-tools";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// For `cargo xtask fuzz`.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_MAJOR_DEBIAN: &str = "22";
 
 /// Needed on every route: building, the demo's and tests' real servers and clients.
@@ -129,6 +131,7 @@ pub fn run() -> Result<()> {
     } else {
         nightly_route(&mut apt)?;
     }
+    cargo_fuzz()?;
     eprintln!(
         "setup: ok (kernel programs build with the {:?} toolchain route)",
         ebpf_build::toolchain()
@@ -311,6 +314,29 @@ fn bpf_linker(llvm_bin: &str, llvm_major: &str, cargo: &str) -> Result<()> {
                 &format!("llvm-{llvm_major}"),
             ])
             .args(["--root", TOOLS_ROOT]),
+    )
+}
+
+/// cargo-fuzz for `cargo xtask fuzz`, built with rustup's cargo into
+/// TOOLS_ROOT unless one is already installed (there or in ~/.cargo/bin).
+fn cargo_fuzz() -> Result<()> {
+    if crate::fuzz::cargo_fuzz().is_some() {
+        return Ok(());
+    }
+    need_root(&format!("installing cargo-fuzz into {TOOLS_ROOT}"))?;
+    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    sh::run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .env_remove("CARGO_TARGET_DIR")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+                "--root",
+                TOOLS_ROOT,
+            ]),
     )
 }
 

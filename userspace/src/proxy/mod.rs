@@ -23,8 +23,11 @@ pub use targets::Routes;
 /// Everything a session needs, shared by all of them.
 pub struct ProxyContext {
     pub approvals: Arc<Broker>,
-    pub maps: Arc<KernelMaps>,
-    pub agents: Arc<AgentRegistry>,
+    /// The kernel's records of redirected connections; `None` only where
+    /// no kernel programs are loaded (the fuzz targets in `fuzz/` drive a
+    /// gateway directly), and then no connection is served.
+    pub maps: Option<Arc<KernelMaps>>,
+    pub agents: Option<Arc<AgentRegistry>>,
     pub routes: Routes,
     pub recorder: Recorder,
     pub listen: Vec<SocketAddr>,

@@ -55,6 +55,20 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session just accepted: nobody identified yet, nothing recorded.
+    pub fn new(started: Instant) -> Session {
+        Session {
+            id: Uuid::now_v7(),
+            seq: AtomicU32::new(0),
+            masked: Default::default(),
+            caller: None,
+            orig_dst: None,
+            target: None,
+            protocol: None,
+            started,
+        }
+    }
+
     /// Stamps a copy of an earlier event of this session as a new one
     /// (its own id, seq and time): cheaper than building it again.
     pub fn restamp(&self, template: &Event) -> Event {
@@ -94,18 +108,14 @@ impl Session {
 
 pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
     let started = Instant::now();
-    let mut session = Session {
-        id: Uuid::now_v7(),
-        seq: AtomicU32::new(0),
-        masked: Default::default(),
-        caller: None,
-        orig_dst: None,
-        target: None,
-        protocol: None,
-        started,
-    };
+    let mut session = Session::new(started);
 
-    let Some(rec) = ctx.maps.take_conn(peer) else {
+    let found = ctx
+        .maps
+        .as_ref()
+        .zip(ctx.agents.as_ref())
+        .and_then(|(maps, agents)| Some((maps, agents, maps.take_conn(peer)?)));
+    let Some((maps, agents, rec)) = found else {
         // Not redirected by our hooks: something dialled the proxy port
         // directly. Nothing to attribute, nothing to serve.
         let reason = format!(
@@ -120,12 +130,9 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         .await;
         return;
     };
-    let caller = Caller::from_kernel(
-        &rec,
-        ctx.agents.name_of(rec.agent_id),
-        &ctx.processes,
-        |pid| ctx.maps.label_of(pid).is_some(),
-    );
+    let caller = Caller::from_kernel(&rec, agents.name_of(rec.agent_id), &ctx.processes, |pid| {
+        maps.label_of(pid).is_some()
+    });
     let orig = sock_addr(&rec.orig);
     let span = tracing::info_span!(
         "session",

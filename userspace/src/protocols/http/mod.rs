@@ -44,6 +44,10 @@ use tokio_rustls::LazyConfigAcceptor;
 
 pub use settings::{HttpTarget, Oversize};
 
+/// For the fuzz targets (`fuzz/`) only.
+#[doc(hidden)]
+pub use request::decided_on;
+
 use crate::{protocols::gateway::Gateway, proxy::session::SessionError};
 
 /// Serves one agent connection; `tls` for `https` targets.

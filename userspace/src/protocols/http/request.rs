@@ -497,7 +497,7 @@ pub(super) async fn fail(conn: &Conn, mut event: Event, why: &str) -> Response<B
 
 /// The host the request is addressed to (`:authority` for h2, `Host` for
 /// HTTP/1), lower-cased, without port.
-fn authority(req: &Request<Incoming>) -> Option<String> {
+fn authority<B>(req: &Request<B>) -> Option<String> {
     let raw = req
         .uri()
         .authority()
@@ -535,6 +535,42 @@ fn check_authority(conn: &Conn, host: Option<&str>) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What [`handle`] decides a request on, before policy: the host it
+/// names, the action and the context (the replica count read from `body`
+/// when the request may scale). The same steps as `handle`, without a
+/// connection, so the fuzz target (`fuzz/`) reaches them from raw bytes.
+pub fn decided_on<B>(
+    req: &Request<B>,
+    kubernetes: bool,
+    body: &[u8],
+) -> (Option<String>, String, Value) {
+    let host = authority(req);
+    let method = req.method();
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
+    let kube = kubernetes.then(|| k8s::classify(method.as_str(), path, query));
+    let (action, mut context) = describe(
+        method,
+        tunnel,
+        host.as_deref().unwrap_or_default(),
+        path,
+        query,
+        kube.as_ref(),
+    );
+    if let Some(k) = kube.as_ref().filter(|k| may_scale(k)) {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let replicas = k8s::replicas_set(k, content_type, body);
+        let readable = content_type.contains("json") || body.is_empty();
+        context["k8s_replicas"] = json!(replicas.unwrap_or(if readable { -1 } else { 0 }));
+    }
+    (host, action, context)
 }
 
 /// The policy action and context for a request.

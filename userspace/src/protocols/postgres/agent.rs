@@ -4,10 +4,10 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Buf;
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::io::AsyncWriteExt;
 
 use super::frame::{PgError, Reader, MAX_STARTUP};
-use crate::protocols::stream::BoxIo;
+use crate::protocols::stream::{BoxIo, Io};
 
 const SSL_REQUEST: i32 = 80877103;
 const GSSENC_REQUEST: i32 = 80877104;
@@ -35,9 +35,9 @@ pub enum Opening {
 
 /// Reads the agent's opening packets: SSLRequest (answered with TLS when
 /// `tls` is given), GSSENCRequest (declined), then a StartupMessage or a
-/// CancelRequest.
+/// CancelRequest. Any byte stream (the fuzz target drives it in memory).
 pub async fn open(
-    conn: TcpStream,
+    conn: impl Io + 'static,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Opening, PgError> {
     tokio::time::timeout(STARTUP_TIMEOUT, negotiate(conn, tls))
@@ -46,7 +46,7 @@ pub async fn open(
 }
 
 async fn negotiate(
-    conn: TcpStream,
+    conn: impl Io + 'static,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<Opening, PgError> {
     let mut io: BoxIo = Box::new(conn);

@@ -181,17 +181,41 @@ pub fn refusal(command: &str, ruling: &Ruling) -> String {
 /// `standard_conforming_strings` is; with `ascii_only` (a client encoding
 /// other than UTF-8, which the server converts from) other characters
 /// become `?`.
+///
+/// A refusal can carry names from the agent's own statement (the column a
+/// write was refused for), so the quotes are chosen to occur nowhere in
+/// the message, nor where it meets them, and the message is kept whole:
+/// removing a tag from the text instead can join what surrounds it into
+/// the tag again (`$$m$m$`), which would end the quoted message early and
+/// run the rest as SQL.
 pub fn raise(message: &str, ascii_only: bool) -> String {
-    let mut literal = message.replace("$blastgate$", "").replace("$m$", "");
-    if ascii_only {
-        literal = literal
+    let literal: String = if ascii_only {
+        message
             .chars()
             .map(|c| if c.is_ascii() { c } else { '?' })
-            .collect();
-    }
-    format!(
-        "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = $m${literal}$m$; END $blastgate$"
-    )
+            .collect()
+    } else {
+        message.to_string()
+    };
+    let inner = dollar_quote("m", &literal);
+    let body = format!(
+        " BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {inner}{literal}{inner}; END "
+    );
+    let outer = dollar_quote("blastgate", &body);
+    format!("DO {outer}{body}{outer}")
+}
+
+/// A dollar quote (`$name$`, `$name1$`, …) that closes a string holding
+/// `text` exactly where the string ends: its first occurrence in `text`
+/// followed by the quote is that closing quote.
+fn dollar_quote(name: &str, text: &str) -> String {
+    (0u32..)
+        .map(|n| match n {
+            0 => format!("${name}$"),
+            n => format!("${name}{n}$"),
+        })
+        .find(|q| format!("{text}{q}").find(q.as_str()) == Some(text.len()))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -203,10 +227,80 @@ mod tests {
         let sql = raise("it's $blastgate$ $m$denied\\ é", true);
         assert_eq!(
             sql,
-            "DO $blastgate$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = $m$it's  denied\\ ?$m$; END $blastgate$"
+            "DO $blastgate1$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = $m1$it's $blastgate$ $m$denied\\ ?$m1$; END $blastgate1$"
         );
         let parsed = super::super::classify::classify(&sql);
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0].command, "DO");
+    }
+
+    /// The body of a DO block, read by the real PL/pgSQL parser: its
+    /// statements' kinds, in order.
+    fn plpgsql_statements(sql: &str) -> Vec<String> {
+        let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).expect("parses");
+        let [raw] = parsed.protobuf.stmts.as_slice() else {
+            panic!("{sql:?} is not one statement");
+        };
+        let Some(pg_query::NodeEnum::DoStmt(d)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref())
+        else {
+            panic!("{sql:?} is not a DO statement");
+        };
+        let body = d
+            .args
+            .iter()
+            .find_map(|a| match a.node.as_ref() {
+                Some(pg_query::NodeEnum::DefElem(e)) if e.defname == "as" => {
+                    match e.arg.as_ref()?.node.as_ref()? {
+                        pg_query::NodeEnum::String(s) => Some(s.sval.clone()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .expect("a body");
+        let function = format!(
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS '{}'",
+            body.replace('\'', "''")
+        );
+        let tree = pg_query::parse_plpgsql(&function).expect("the body parses");
+        let body = &tree[0]["PLpgSQL_function"]["action"]["PLpgSQL_stmt_block"]["body"];
+        body.as_array()
+            .expect("statements")
+            .iter()
+            .filter_map(|st| st.as_object()?.keys().next().cloned())
+            // The parser ends every body with an implicit RETURN.
+            .filter(|kind| kind != "PLpgSQL_stmt_return")
+            .collect()
+    }
+
+    /// A refusal can carry names from the agent's statement (a column it
+    /// writes to). Whatever they spell, the raise statement is one DO
+    /// block that raises, and nothing else: removing the quote tags from
+    /// the message used to join the text around them into a new tag
+    /// (`$$m$m$` became `$m$`), which ended the quoted message early and
+    /// ran the rest as SQL.
+    #[test]
+    fn no_message_breaks_out_of_the_raise_statement() {
+        for message in [
+            "denied",
+            "writing into t.\"$$m$m$; DELETE FROM orders; RAISE EXCEPTION $m$x\"",
+            "x.\"$$blastgate$blastgate$; DROP TABLE orders; --\"",
+            "$blast$m$gate$; DROP TABLE orders; --",
+            "ends in $m",
+            "ends in $blastgate",
+            "$m1$ $blastgate1$ $m$ $blastgate$ $$ $",
+        ] {
+            for ascii_only in [false, true] {
+                let sql = raise(message, ascii_only);
+                assert_eq!(
+                    plpgsql_statements(&sql),
+                    vec!["PLpgSQL_stmt_raise".to_string()],
+                    "{sql}"
+                );
+                if !ascii_only {
+                    assert!(sql.contains(message), "the message is kept whole: {sql}");
+                }
+            }
+        }
     }
 }

@@ -182,11 +182,28 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
         .await
         .map_err(|e| relay_err(e.into()))?;
 
+    let result = relay_session(gw, cfg, reader, writer, upstream, &forwarded).await;
+    drop(registration);
+    result.map_err(relay_err)
+}
+
+/// The session from the agent's first statement on, once both sides have
+/// logged in: [`serve`] runs it over the agent's and the server's
+/// connections, the fuzz targets (`fuzz/`) over in-memory streams.
+#[doc(hidden)]
+pub async fn relay_session(
+    gw: &Gateway,
+    cfg: &PostgresTarget,
+    reader: Reader<tokio::io::ReadHalf<BoxIo>>,
+    writer: WriteHalf<BoxIo>,
+    upstream: upstream::Upstream,
+    forwarded: &[(String, String)],
+) -> Result<(), PgError> {
     let mask = gw.mask_plan();
     let catalog = relay::Catalog {
         addr: gw.upstream,
         cfg,
-        params: upstream::side_params(&forwarded),
+        params: upstream::side_params(forwarded),
         timeout: gw.ctx.connect_timeout,
         conn: None,
         names: Default::default(),
@@ -197,9 +214,7 @@ pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
         agent_writer: writer,
         upstream,
     };
-    let result = relay::run(gw, halves, classifier(), mask, catalog).await;
-    drop(registration);
-    result.map_err(relay_err)
+    relay::run(gw, halves, classifier(), mask, catalog).await
 }
 
 /// Answers a newer minor version (3.2 asks for longer cancel keys) or

@@ -29,7 +29,9 @@ pub mod hosts;
 mod recording;
 mod resolve;
 mod settings;
-mod sftp;
+/// Public for the fuzz targets (`fuzz/`) only.
+#[doc(hidden)]
+pub mod sftp;
 mod upstream;
 
 use std::{sync::Arc, time::Duration};
