@@ -560,15 +560,9 @@ pub fn decided_on<B>(
         query,
         kube.as_ref(),
     );
-    if let Some(k) = kube.as_ref().filter(|k| may_scale(k)) {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let replicas = k8s::replicas_set(k, content_type, body);
-        let readable = content_type.contains("json") || body.is_empty();
-        context["k8s_replicas"] = json!(replicas.unwrap_or(if readable { -1 } else { 0 }));
+    if let Some(k) = kube.as_ref().filter(|k| k8s_effect::reads_body(k)) {
+        let content_type = req.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+        k8s_effect::of_write(k, content_type, body).apply(&mut context);
     }
     (host, action, context)
 }
