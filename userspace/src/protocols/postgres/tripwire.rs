@@ -57,7 +57,11 @@ fn tag_name(tag: &str) -> &str {
         if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
             break;
         }
-        end -= word.len() + 1;
+        // The first word is the name, even when it is a number.
+        match end.checked_sub(word.len() + 1) {
+            Some(shorter) => end = shorter,
+            None => break,
+        }
     }
     tag.get(..end).unwrap_or(tag).trim_end()
 }
@@ -74,6 +78,18 @@ mod tests {
         assert_eq!(tag_name("DROP TABLE"), "DROP TABLE");
         assert_eq!(tag_name("CLOSE CURSOR ALL"), "CLOSE CURSOR ALL");
         assert_eq!(tag_name(""), "");
+    }
+
+    /// A tag that is all counts (from a broken or hostile server) has no
+    /// name to take them from: it used to underflow (a panic in debug
+    /// builds, ending the session's relay half); it now trips, as a tag
+    /// naming no command the gateway read.
+    #[test]
+    fn a_tag_of_counts_only_is_its_own_name_and_trips() {
+        assert_eq!(tag_name("5"), "5");
+        assert_eq!(tag_name("1 2"), "1");
+        assert!(!agrees(ACTION_SELECT, "SELECT", "5"));
+        assert!(!agrees(ACTION_INSERT, "INSERT", "0 1"));
     }
 
     #[test]
