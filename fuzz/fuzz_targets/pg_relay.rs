@@ -108,10 +108,11 @@ fn world() -> &'static World {
                 connect_timeout: Duration::from_millis(200),
                 hard_stop: Default::default(),
                 processes: Default::default(),
-                policy: Some(Arc::new(engine)),
+                policy: Arc::new(engine),
                 tls: None,
                 https: None,
                 ssh_ca: None,
+                ssh_hosts: Default::default(),
             })
         };
         let cfg: PostgresTarget = serde_json::from_value(json!({
