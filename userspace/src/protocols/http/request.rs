@@ -561,7 +561,10 @@ pub fn decided_on<B>(
         kube.as_ref(),
     );
     if let Some(k) = kube.as_ref().filter(|k| k8s_effect::reads_body(k)) {
-        let content_type = req.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
         k8s_effect::of_write(k, content_type, body).apply(&mut context);
     }
     (host, action, context)
