@@ -273,8 +273,8 @@ pub struct DnsConfig {
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Directory with `blastgate.cedarschema` and `*.cedar` files, watched
-    /// and hot-reloaded. Unset: no policy engine, and every agent may reach
-    /// every configured target (a warning says so at start).
+    /// and hot-reloaded. Unset: the policies shipped in the binary apply;
+    /// there is no allow-all state.
     #[serde(default)]
     pub dir: Option<PathBuf>,
 }
