@@ -34,7 +34,7 @@ use blastgate::{
     config::RecordsConfig,
     policy::Engine,
     protocols::{
-        gateway::Gateway,
+        gateway::{Gateway, Services},
         postgres::{
             classify,
             frame::{Frame, Reader},
@@ -43,9 +43,10 @@ use blastgate::{
             PostgresTarget,
         },
         stream::BoxIo,
+        Target,
     },
-    proxy::{session::Session, targets::Target, ProxyContext},
     records::spool,
+    session::{Session, SessionTasks},
 };
 use bytes::{BufMut, BytesMut};
 use libfuzzer_sys::fuzz_target;
@@ -59,8 +60,8 @@ const MAX_MESSAGE: usize = 8192;
 const UPSTREAM: &str = "127.0.0.1:9";
 
 struct World {
-    shipped: Arc<ProxyContext>,
-    nothing: Arc<ProxyContext>,
+    shipped: Arc<Services>,
+    nothing: Arc<Services>,
     cfg: PostgresTarget,
     spool: PathBuf,
 }
@@ -97,17 +98,11 @@ fn world() -> &'static World {
         let context = |dir: &PathBuf| {
             let engine = Engine::load(dir)
                 .unwrap_or_else(|e| panic!("policies in {}: {e:?}", dir.display()));
-            Arc::new(ProxyContext {
+            Arc::new(Services {
                 // Holds time out at once: nobody approves here.
                 approvals: Broker::new(Duration::ZERO, recorder.clone(), None),
-                maps: None,
-                agents: None,
-                routes: Default::default(),
                 recorder: recorder.clone(),
-                listen: Vec::new(),
                 connect_timeout: Duration::from_millis(200),
-                hard_stop: Default::default(),
-                processes: Default::default(),
                 policy: Arc::new(engine),
                 tls: None,
                 https: None,
@@ -129,7 +124,7 @@ fn world() -> &'static World {
     })
 }
 
-fn gateway(ctx: &Arc<ProxyContext>, production: bool) -> Gateway {
+fn gateway(services: &Arc<Services>, production: bool) -> Gateway {
     let (name, labels) = if production {
         ("orders-db", json!({"env": "production"}))
     } else {
@@ -158,13 +153,14 @@ fn gateway(ctx: &Arc<ProxyContext>, production: bool) -> Gateway {
     .ok();
     session.target = Some(name.into());
     Gateway {
-        ctx: ctx.clone(),
+        services: services.clone(),
         session: Arc::new(session),
         target: Arc::new(target),
         upstream: UPSTREAM
             .parse::<SocketAddr>()
             .unwrap_or_else(|e| panic!("{e}")),
         counters: Default::default(),
+        tasks: SessionTasks::new(&Default::default()),
     }
 }
 

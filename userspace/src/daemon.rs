@@ -20,6 +20,7 @@ use crate::{
     control::{self, proto::Status, server::ControlContext},
     intercept::{self, Interceptor},
     policy::Engine,
+    protocols::gateway::Services,
     proxy::{self, ProxyContext, Routes},
     records::{recovery, spool, Event, EventKind, Verdict},
     Error,
@@ -157,20 +158,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Notifier::start(config.approvals.webhooks.clone()),
     );
     let proxy_ctx = Arc::new(ProxyContext {
-        approvals: approvals.clone(),
+        services: Arc::new(Services {
+            approvals: approvals.clone(),
+            recorder: recorder.clone(),
+            policy: policy.clone(),
+            connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
+            tls,
+            https,
+            ssh_ca,
+            ssh_hosts: Default::default(),
+        }),
         maps: Some(interceptor.maps.clone()),
         agents: Some(interceptor.agents.clone()),
         routes,
-        recorder: recorder.clone(),
         listen: config.proxy.listen.clone(),
-        connect_timeout: Duration::from_millis(config.proxy.connect_timeout_ms),
         hard_stop: hard_stop.clone(),
         processes: Default::default(),
-        policy: policy.clone(),
-        tls,
-        https,
-        ssh_ca,
-        ssh_hosts: Default::default(),
     });
     if let Some(ch) = &config.clickhouse {
         let shipper = crate::records::clickhouse::shipper::Shipper {

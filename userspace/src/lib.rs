@@ -5,10 +5,14 @@
 //! - [`intercept`]: loads the eBPF programs (`ebpf/programs`) that redirect
 //!   enrolled agents' connects to the proxy, keeps their pinned state in
 //!   bpffs, labels agents, and reads back who made each connection.
-//! - [`proxy`]: accepts redirected connections; `proxy::session` drives each
-//!   one (identify → route → handle → record) and `proxy::targets` maps an
-//!   original destination to a configured target.
-//! - [`protocols`]: one handler per protocol; today TCP passthrough.
+//! - [`proxy`]: accepts redirected connections; `proxy::driver` runs each
+//!   one's lifecycle (identify → route → connect decision → the protocol's
+//!   phases → every task done → closing record) and `proxy::targets` maps
+//!   an original destination to a configured target.
+//! - [`protocols`]: one gateway per protocol (TCP, PostgreSQL, SSH,
+//!   HTTP/HTTPS), each through the same phases.
+//! - [`session`]: what the driver and the gateways share about one
+//!   session (identity, counters, tasks, errors and whose fault they are).
 //! - [`tls`]: the local CA agents are shown, upstream TLS configs.
 //! - [`identity`]: the caller (pid, uid, comm, exe, lineage) from the kernel
 //!   record and /proc.
@@ -36,6 +40,7 @@ pub mod policy;
 pub mod protocols;
 pub mod proxy;
 pub mod records;
+pub mod session;
 #[doc(hidden)]
 pub mod testing;
 pub mod tls;

@@ -36,15 +36,15 @@ pub struct Engine {
     /// The watched directory; `None` for the built-in policies.
     dir: Option<PathBuf>,
     current: RwLock<Arc<Bundle>>,
+    /// Counts swaps, so long sessions can re-decide what they were allowed
+    /// under the previous policies.
+    swaps: tokio::sync::watch::Sender<u64>,
 }
 
 impl Engine {
     pub fn load(dir: &Path) -> Result<Engine, Vec<Diagnostic>> {
         let bundle = Bundle::load(dir)?;
-        Ok(Engine {
-            dir: Some(dir.to_path_buf()),
-            current: RwLock::new(Arc::new(bundle)),
-        })
+        Ok(Engine::with(Some(dir.to_path_buf()), bundle))
     }
 
     /// The policies shipped in `policies/`, compiled into the binary: what
@@ -52,10 +52,20 @@ impl Engine {
     /// out never means "allow everything".
     pub fn builtin() -> Result<Engine, Vec<Diagnostic>> {
         let bundle = Bundle::build(bundle::Sources::builtin())?;
-        Ok(Engine {
-            dir: None,
+        Ok(Engine::with(None, bundle))
+    }
+
+    fn with(dir: Option<PathBuf>, bundle: Bundle) -> Engine {
+        Engine {
+            dir,
             current: RwLock::new(Arc::new(bundle)),
-        })
+            swaps: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Changes each time a new set of policies takes force.
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
     }
 
     /// The directory policies are loaded from; `None` when built in.
@@ -86,6 +96,7 @@ impl Engine {
         let bundle = Bundle::load(dir)?;
         let n = bundle.meta.len();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(bundle);
+        self.swaps.send_modify(|n| *n += 1);
         Ok(n)
     }
 }

@@ -1,52 +1,76 @@
 //! What a protocol gateway gets from the session driver: who is calling,
-//! which target, and the three things every gateway does per action —
-//! decide, hold for a human, record.
+//! which target, what the daemon shares ([`Services`]), and the things
+//! every gateway does per unit of work — authorize (decide, and hold for a
+//! human when policy says so), record, and start tasks the session owns.
 //!
-//! The driver (`proxy::session`) still owns the session's lifecycle and
-//! writes its opening and closing records; a gateway records the actions
-//! inside it (statements, commands, requests) through [`Gateway::record`].
+//! The connect decision the driver takes for the whole session goes
+//! through the same [`Gateway::authorize`] as each statement, command and
+//! request, so the two can never disagree on what a verdict or a hold
+//! means, nor record it differently.
 
 use std::{
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::SystemTime,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime},
 };
 
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::relay::Counters;
+use super::target::Target;
 use crate::{
-    approvals::{ApprovalRequest, Outcome},
+    approvals::{ApprovalRequest, Broker, Outcome},
     identity::Caller,
-    policy::{masking::MaskPlan, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict},
-    proxy::{
-        session::{agent_attrs, Session},
-        targets::Target,
-        ProxyContext,
+    policy::{
+        masking::MaskPlan, AgentAttrs, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict,
     },
-    records::{Event, EventKind, Verdict},
+    records::{Event, EventKind, Recorder, Verdict},
+    session::{Counters, Session, SessionTasks},
 };
+
+/// What the daemon shares with every gateway, for its whole life.
+pub struct Services {
+    pub approvals: Arc<Broker>,
+    pub recorder: Recorder,
+    /// The policies in force: a directory's, or the built-in ones. There
+    /// is no "no policy" state, so nothing is allowed by omission.
+    pub policy: Arc<Engine>,
+    pub connect_timeout: Duration,
+    /// Certificates for agents that ask gateways for TLS; `None` when no
+    /// target needs them.
+    pub tls: Option<Arc<crate::tls::LeafCache>>,
+    /// The same CA's certificates for HTTPS targets (ALPN h2, http/1.1).
+    pub https: Option<Arc<crate::tls::LeafCache>>,
+    /// Signs the host certificates the SSH gateway presents; `None` when
+    /// no target is an SSH one.
+    pub ssh_ca: Option<Arc<crate::tls::ssh_ca::SshCa>>,
+    /// What the SSH gateway learned of each host (home, program paths,
+    /// what agents wrote there), kept for the daemon's life.
+    pub ssh_hosts: super::ssh::HostMemory,
+}
 
 /// Owned (shared pointers only), so a gateway can hand it to tasks and
 /// protocol libraries that need `'static` handlers (russh).
 #[derive(Clone)]
 pub struct Gateway {
-    pub ctx: Arc<ProxyContext>,
+    pub services: Arc<Services>,
     pub session: Arc<Session>,
     pub target: Arc<Target>,
     /// Where blastgate connects.
     pub upstream: SocketAddr,
     pub counters: Arc<Counters>,
+    /// Every task the session starts goes here: the driver waits for them
+    /// before the closing record, and cancels them together.
+    pub tasks: SessionTasks,
 }
 
 /// What became of one action after policy and, if held, a human.
 #[derive(Debug, Clone)]
 pub struct Ruling {
     pub allowed: bool,
+    /// As recorded: `error` when policy could not be evaluated (refused
+    /// all the same), `deny` for any other refusal.
+    pub verdict: Verdict,
     /// Recorded but not enforced (target in shadow mode).
     pub shadow: bool,
     pub policy_id: Option<String>,
@@ -66,7 +90,7 @@ impl Gateway {
     }
 
     pub async fn record(&self, event: Event) {
-        if let Err(e) = self.ctx.recorder.record(event).await {
+        if let Err(e) = self.services.recorder.record(event).await {
             tracing::error!(error = %e, "event not recorded");
         }
     }
@@ -87,7 +111,7 @@ impl Gateway {
     /// rule applies.
     pub fn mask_plan(&self) -> Option<MaskPlan> {
         let plan = self
-            .ctx
+            .services
             .policy
             .current()
             .masking
@@ -98,7 +122,7 @@ impl Gateway {
     /// Policy for one action of this session; see [`decide`].
     pub fn decide(&self, action: &str, context: &Value) -> Decision {
         decide(
-            &self.ctx.policy,
+            &self.services.policy,
             self.session.caller.as_ref(),
             &self.target.attrs,
             action,
@@ -109,7 +133,20 @@ impl Gateway {
     /// The policy generation in force: a gateway that decided under one
     /// re-decides when it changed (prepared statements, long sessions).
     pub fn policy_generation(&self) -> usize {
-        Arc::as_ptr(&self.ctx.policy.current()) as usize
+        Arc::as_ptr(&self.services.policy.current()) as usize
+    }
+
+    /// Policy, then a human when policy holds: the one question every
+    /// unit of work asks, the session's connect included.
+    pub async fn authorize(
+        &self,
+        action: &str,
+        context: &Value,
+        text: &str,
+        waiting: impl FnOnce(Uuid),
+    ) -> Ruling {
+        let decision = self.decide(action, context);
+        self.rule(decision, action, text, waiting).await
     }
 
     /// Applies a decision: allow, refuse, or hold for a human first.
@@ -124,6 +161,11 @@ impl Gateway {
     ) -> Ruling {
         let mut ruling = Ruling {
             allowed: decision.verdict == PolicyVerdict::Allow,
+            verdict: match decision.verdict {
+                PolicyVerdict::Allow => Verdict::Allow,
+                PolicyVerdict::Error => Verdict::Error,
+                PolicyVerdict::Deny | PolicyVerdict::Hold => Verdict::Deny,
+            },
             shadow: false,
             policy_id: decision.policy_id.clone(),
             reason: decision.reason.clone(),
@@ -137,6 +179,7 @@ impl Gateway {
         }
         if !self.target.enforce {
             ruling.allowed = true;
+            ruling.verdict = Verdict::Allow;
             ruling.shadow = true;
             ruling.reason = format!(
                 "shadow: would be {:?} by {}: {}",
@@ -168,29 +211,27 @@ impl Gateway {
         waiting(request.id);
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
-            o = self.ctx.approvals.hold(request) => o,
-            _ = self.ctx.hard_stop.cancelled() => Outcome::Withdrawn,
+            o = self.services.approvals.hold(request) => o,
+            _ = self.tasks.cancelled() => Outcome::Withdrawn,
         };
         ruling.waited_us = Some(started.elapsed().as_micros() as u64);
-        let said = outcome.describe(self.ctx.approvals.timeout());
+        let said = outcome.describe(self.services.approvals.timeout());
         if let Outcome::Approved { by, .. } | Outcome::Denied { by, .. } = &outcome {
             ruling.approver = Some(by.clone());
         }
         ruling.allowed = outcome.approved();
+        ruling.verdict = if ruling.allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        };
         ruling.reason = format!("{}; {said}", decision.reason);
         ruling
     }
 
     /// Stamps a ruling on an action event.
     pub fn ruled(&self, kind: EventKind, action: &str, text: String, r: &Ruling) -> Event {
-        let mut e = self.event(
-            kind,
-            if r.allowed {
-                Verdict::Allow
-            } else {
-                Verdict::Deny
-            },
-        );
+        let mut e = self.event(kind, r.verdict);
         e.action = Some(action.to_string());
         e.text = Some(text);
         e.policy_id = r.policy_id.clone();
@@ -204,9 +245,20 @@ impl Gateway {
     }
 }
 
-/// Policy for one action, the one way every protocol asks. Without a
-/// policy engine everything is allowed (the daemon warned at start); a
-/// request the engine cannot evaluate is refused (fail closed).
+/// The caller as a policy principal.
+pub fn agent_attrs(c: &Caller) -> AgentAttrs {
+    AgentAttrs {
+        name: c.agent.clone(),
+        uid: c.uid,
+        exe: c.exe.clone().unwrap_or_default(),
+        comm: c.comm.clone(),
+        lineage: c.lineage.iter().map(|a| a.comm.clone()).collect(),
+        oidc: None,
+    }
+}
+
+/// Policy for one action, the one way every protocol asks; a request the
+/// engine cannot evaluate is refused (fail closed).
 pub fn decide(
     engine: &Engine,
     caller: Option<&Caller>,
@@ -229,4 +281,4 @@ pub fn decide(
 }
 
 /// A count shared by a gateway's halves.
-pub type Tally = AtomicU64;
+pub type Tally = std::sync::atomic::AtomicU64;

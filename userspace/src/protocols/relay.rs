@@ -17,46 +17,54 @@ use std::{
 
 use tokio::{io::Interest, net::TcpStream};
 
+use crate::session::{Counters, SessionError};
+
 const COPY_BUF: usize = 32 * 1024;
 /// Bytes one direction carries before it is worth setting up a pipe.
 const SPLICE_AFTER: u64 = 256 * 1024;
 const PIPE_SIZE: i32 = 1 << 20;
 
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub from_agent: AtomicU64,
-    pub to_agent: AtomicU64,
-}
-
-impl Counters {
-    pub fn add_from_agent(&self, n: u64) {
-        self.from_agent.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn add_to_agent(&self, n: u64) {
-        self.to_agent.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> (u64, u64) {
-        (
-            self.from_agent.load(Ordering::Relaxed),
-            self.to_agent.load(Ordering::Relaxed),
-        )
-    }
-}
-
 /// Copies until both directions have seen EOF, or until either fails.
 /// Half-closes are forwarded, so protocols that shut down their write side
-/// keep working; an error in one direction ends both.
-pub async fn relay(agent: &TcpStream, upstream: &TcpStream, counters: &Counters) -> io::Result<()> {
+/// keep working; an error in one direction ends both, blamed on the side
+/// whose socket failed.
+pub async fn relay(
+    agent: &TcpStream,
+    upstream: &TcpStream,
+    counters: &Counters,
+) -> Result<(), SessionError> {
+    let blame = |agent_end: End| {
+        move |(end, e): (End, io::Error)| {
+            if end == agent_end {
+                SessionError::agent(format!("agent connection: {e}"))
+            } else {
+                SessionError::upstream(format!("upstream connection: {e}"))
+            }
+        }
+    };
     tokio::try_join!(
-        pump(agent, upstream, &counters.from_agent),
-        pump(upstream, agent, &counters.to_agent),
+        async {
+            pump(agent, upstream, &counters.from_agent)
+                .await
+                .map_err(blame(End::Source))
+        },
+        async {
+            pump(upstream, agent, &counters.to_agent)
+                .await
+                .map_err(blame(End::Sink))
+        },
     )?;
     Ok(())
 }
 
-async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result<()> {
+/// Which socket of one direction failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Source,
+    Sink,
+}
+
+async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<(), (End, io::Error)> {
     let mut buf: Vec<u8> = Vec::with_capacity(COPY_BUF);
     let mut moved: u64 = 0;
     loop {
@@ -70,12 +78,13 @@ async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result
         buf.clear();
         let n = from
             .async_io(Interest::READABLE, || from.try_read_buf(&mut buf))
-            .await?;
+            .await
+            .map_err(|e| (End::Source, e))?;
         if n == 0 {
             shutdown_write(to);
             return Ok(());
         }
-        write_all(to, &buf[..n]).await?;
+        write_all(to, &buf[..n]).await.map_err(|e| (End::Sink, e))?;
         moved += n as u64;
         count.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -148,14 +157,15 @@ async fn splice_loop(
     to: &TcpStream,
     pipe: &Pipe,
     count: &AtomicU64,
-) -> io::Result<()> {
+) -> Result<(), (End, io::Error)> {
     let chunk = PIPE_SIZE as usize;
     loop {
         let n = from
             .async_io(Interest::READABLE, || {
                 splice(from.as_raw_fd(), pipe.write.as_raw_fd(), chunk)
             })
-            .await?;
+            .await
+            .map_err(|e| (End::Source, e))?;
         if n == 0 {
             shutdown_write(to);
             return Ok(());
@@ -166,7 +176,8 @@ async fn splice_loop(
                 .async_io(Interest::WRITABLE, || {
                     splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
                 })
-                .await?;
+                .await
+                .map_err(|e| (End::Sink, e))?;
         }
         count.fetch_add(n as u64, Ordering::Relaxed);
     }

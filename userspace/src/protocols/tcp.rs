@@ -1,25 +1,47 @@
-//! TCP passthrough: connect upstream, relay bytes, count them.
-
-use std::{net::SocketAddr, time::Duration};
+//! TCP passthrough: connect upstream, relay bytes, count them. There is
+//! nothing to say to a refused agent in a protocol blastgate cannot read:
+//! its connection is closed.
 
 use tokio::net::TcpStream;
 
-use super::relay::{relay, Counters};
-use crate::proxy::session::SessionError;
+use super::{gateway::Gateway, phases::Phases, relay::relay};
+use crate::session::SessionError;
 
-pub async fn serve(
-    agent: TcpStream,
-    upstream: SocketAddr,
-    connect_timeout: Duration,
-    counters: &Counters,
-) -> Result<(), SessionError> {
-    let up = tokio::time::timeout(connect_timeout, TcpStream::connect(upstream))
-        .await
-        .map_err(|_| SessionError::Upstream(format!("connecting to {upstream}: timed out")))?
-        .map_err(|e| SessionError::Upstream(format!("connecting to {upstream}: {e}")))?;
-    let _ = up.set_nodelay(true);
-    let _ = agent.set_nodelay(true);
-    relay(&agent, &up, counters)
-        .await
-        .map_err(|e| SessionError::Relay(e.to_string()))
+pub struct Tcp;
+
+impl Phases for Tcp {
+    type Agent = TcpStream;
+    type Upstream = TcpStream;
+
+    async fn handshake(&self, conn: TcpStream, _gw: &Gateway) -> Result<TcpStream, SessionError> {
+        let _ = conn.set_nodelay(true);
+        Ok(conn)
+    }
+
+    async fn connect(
+        &self,
+        _agent: &mut TcpStream,
+        gw: &Gateway,
+    ) -> Result<TcpStream, SessionError> {
+        let to = gw.upstream;
+        let up = tokio::time::timeout(gw.services.connect_timeout, TcpStream::connect(to))
+            .await
+            .map_err(|_| SessionError::upstream(format!("connecting to {to}: timed out")))?
+            .map_err(|e| SessionError::upstream(format!("connecting to {to}: {e}")))?;
+        let _ = up.set_nodelay(true);
+        Ok(up)
+    }
+
+    async fn relay(
+        &self,
+        agent: TcpStream,
+        upstream: TcpStream,
+        gw: &Gateway,
+    ) -> Result<(), SessionError> {
+        relay(&agent, &upstream, &gw.counters).await
+    }
+
+    async fn refuse(&self, agent: TcpStream, _why: &SessionError, _gw: &Gateway) {
+        drop(agent);
+    }
 }

@@ -1,7 +1,7 @@
 //! The userspace proxy: accept redirected agent connections and drive each
-//! one through `session`.
+//! one through `driver`.
 
-pub mod session;
+pub mod driver;
 pub mod targets;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -10,45 +10,29 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    approvals::Broker,
     identity::ProcessCache,
     intercept::{AgentRegistry, KernelMaps},
-    policy::Engine,
-    records::Recorder,
+    protocols::gateway::Services,
     Error,
 };
 
 pub use targets::Routes;
 
-/// Everything a session needs, shared by all of them.
+/// Everything the driver needs, shared by all sessions.
 pub struct ProxyContext {
-    pub approvals: Arc<Broker>,
+    /// What gateways share (policy, approvals, records, certificates).
+    pub services: Arc<Services>,
     /// The kernel's records of redirected connections; `None` only where
     /// no kernel programs are loaded (the fuzz targets in `fuzz/` drive a
     /// gateway directly), and then no connection is served.
     pub maps: Option<Arc<KernelMaps>>,
     pub agents: Option<Arc<AgentRegistry>>,
     pub routes: Routes,
-    pub recorder: Recorder,
     pub listen: Vec<SocketAddr>,
-    pub connect_timeout: Duration,
-    /// Cancelled when in-flight sessions must be cut (after the grace period).
+    /// Cancelled when in-flight sessions must be cut (after the grace
+    /// period); each session's tasks are cancelled with it.
     pub hard_stop: CancellationToken,
     pub processes: ProcessCache,
-    /// The policies in force: a directory's, or the built-in ones. There
-    /// is no "no policy" state, so nothing is allowed by omission.
-    pub policy: Arc<Engine>,
-    /// Certificates for agents that ask gateways for TLS; `None` when no
-    /// target needs them.
-    pub tls: Option<Arc<crate::tls::LeafCache>>,
-    /// The same CA's certificates for HTTPS targets (ALPN h2, http/1.1).
-    pub https: Option<Arc<crate::tls::LeafCache>>,
-    /// Signs the host certificates the SSH gateway presents; `None` when
-    /// no target is an SSH one.
-    pub ssh_ca: Option<Arc<crate::tls::ssh_ca::SshCa>>,
-    /// What the SSH gateway learned of each host (home, program paths,
-    /// what agents wrote there), kept for the daemon's life.
-    pub ssh_hosts: crate::protocols::ssh::HostMemory,
 }
 
 /// Binds every listener; fails if any cannot be bound (the kernel would
@@ -99,7 +83,7 @@ pub fn serve(
                         let open = &crate::metrics::get().sessions_open;
                         open.inc();
                         sessions.spawn(async move {
-                            session::handle(conn, peer, ctx).await;
+                            driver::handle(conn, peer, ctx).await;
                             open.dec();
                             drop(permit);
                         });

@@ -6,25 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::config::{Protocol, TargetConfig};
-
-#[derive(Debug)]
-pub struct Target {
-    pub name: String,
-    pub protocol: Protocol,
-    /// Where blastgate connects; `None` means "the address the agent dialled".
-    pub upstream: Option<SocketAddr>,
-    /// The target as policies see it.
-    pub attrs: crate::policy::TargetAttrs,
-    /// `false`: shadow mode, decisions are recorded but not enforced.
-    pub enforce: bool,
-    /// Names on certificates presented to agents: configured host names,
-    /// else the target's addresses.
-    pub names: Vec<String>,
-    pub postgres: Option<crate::protocols::postgres::PostgresTarget>,
-    pub ssh: Option<crate::protocols::ssh::SshTarget>,
-    pub http: Option<crate::protocols::http::HttpTarget>,
-}
+use crate::{config::TargetConfig, protocols::Target};
 
 /// Original destination -> target. Unknown destinations have no entry and
 /// are denied.
@@ -106,6 +88,7 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Protocol;
 
     fn target(name: &str, addrs: &[&str]) -> TargetConfig {
         TargetConfig {

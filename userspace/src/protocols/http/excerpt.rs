@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use super::upstream::Body;
 use crate::{
     policy::masking::MaskPlan,
-    proxy::session::Session,
     records::{Event, IoChunk, IoStream},
+    session::Session,
 };
 
 /// Largest excerpt a target may ask for: records are not a body store.

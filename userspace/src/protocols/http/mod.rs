@@ -37,6 +37,7 @@ mod upstream;
 
 use std::{convert::Infallible, sync::Arc};
 
+use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -48,82 +49,155 @@ pub use settings::{HttpTarget, Oversize};
 #[doc(hidden)]
 pub use request::decided_on;
 
-use crate::{protocols::gateway::Gateway, proxy::session::SessionError};
+use crate::{
+    protocols::{gateway::Gateway, phases::Phases},
+    session::SessionError,
+};
 
-/// Serves one agent connection; `tls` for `https` targets.
-pub async fn serve(conn: TcpStream, gw: Gateway, tls: bool) -> Result<(), SessionError> {
-    let cfg = gw
-        .target
-        .http
-        .clone()
-        .ok_or_else(|| SessionError::Upstream("target has no [targets.http] section".into()))?;
-    let _ = conn.set_nodelay(true);
-    let upstream_tls = cfg.upstream_tls.unwrap_or(tls);
-    let client = upstream::client(
-        gw.upstream,
-        gw.ctx.connect_timeout,
-        cfg.upstream_ca_file.as_deref(),
-        cfg.server_name.as_deref(),
-    )
-    .map_err(SessionError::Upstream)?;
-    if !tls {
-        let state = Arc::new(request::Conn {
-            gw,
-            cfg,
-            client,
-            sni: None,
-            upstream_tls,
-            guard: Default::default(),
-        });
-        return serve_http(TokioIo::new(conn), state).await;
-    }
-    let certs = gw
-        .ctx
-        .https
-        .clone()
-        .ok_or_else(|| SessionError::Upstream("no local CA for HTTPS".into()))?;
-    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), conn)
-        .await
-        .map_err(|e| SessionError::Relay(format!("TLS: {e}")))?;
-    let sni = start
-        .client_hello()
-        .server_name()
-        .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-    // A leaf for the name the agent asked for, when it is one of the
-    // target's; otherwise for the target's names, which the agent's TLS
-    // check then refuses.
-    let names = match &sni {
-        Some(n) if gw.target.names.iter().any(|t| t.eq_ignore_ascii_case(n)) => vec![n.clone()],
-        _ => gw.target.names.clone(),
-    };
-    let config = certs
-        .config_for(&names)
-        .map_err(|e| SessionError::Upstream(format!("certificate for {names:?}: {e}")))?;
-    let stream = start
-        .into_stream(config)
-        .await
-        .map_err(|e| SessionError::Relay(format!("TLS: {e}")))?;
-    let state = Arc::new(request::Conn {
-        gw,
-        cfg,
-        client,
-        sni,
-        upstream_tls,
-        guard: Default::default(),
-    });
-    serve_http(TokioIo::new(stream), state).await
+pub struct Http {
+    /// Whether the agent speaks TLS (an `https` target).
+    pub tls: bool,
 }
 
-async fn serve_http<I>(io: I, state: Arc<request::Conn>) -> Result<(), SessionError>
+/// The agent's connection after its opening.
+pub enum Agent {
+    Plain(TcpStream),
+    Tls {
+        stream: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        /// The name the agent asked for.
+        sni: Option<String>,
+    },
+}
+
+fn settings(gw: &Gateway) -> Result<HttpTarget, SessionError> {
+    gw.target
+        .http
+        .clone()
+        .ok_or_else(|| SessionError::blastgate("target has no [targets.http] section"))
+}
+
+impl Phases for Http {
+    type Agent = Agent;
+    type Upstream = Arc<request::Conn>;
+
+    async fn handshake(&self, conn: TcpStream, gw: &Gateway) -> Result<Agent, SessionError> {
+        let _ = conn.set_nodelay(true);
+        if !self.tls {
+            return Ok(Agent::Plain(conn));
+        }
+        let certs = gw
+            .services
+            .https
+            .clone()
+            .ok_or_else(|| SessionError::blastgate("no local CA for HTTPS"))?;
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), conn)
+            .await
+            .map_err(|e| SessionError::agent(format!("TLS: {e}")))?;
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        // A leaf for the name the agent asked for, when it is one of the
+        // target's; otherwise for the target's names, which the agent's TLS
+        // check then refuses.
+        let names = match &sni {
+            Some(n) if gw.target.names.iter().any(|t| t.eq_ignore_ascii_case(n)) => {
+                vec![n.clone()]
+            }
+            _ => gw.target.names.clone(),
+        };
+        let config = certs
+            .config_for(&names)
+            .map_err(|e| SessionError::blastgate(format!("certificate for {names:?}: {e}")))?;
+        let stream = start
+            .into_stream(config)
+            .await
+            .map_err(|e| SessionError::agent(format!("TLS: {e}")))?;
+        Ok(Agent::Tls {
+            stream: Box::new(stream),
+            sni,
+        })
+    }
+
+    async fn connect(
+        &self,
+        agent: &mut Agent,
+        gw: &Gateway,
+    ) -> Result<Arc<request::Conn>, SessionError> {
+        let cfg = settings(gw)?;
+        let upstream_tls = cfg.upstream_tls.unwrap_or(self.tls);
+        let client = upstream::client(
+            gw.upstream,
+            gw.services.connect_timeout,
+            cfg.upstream_ca_file.as_deref(),
+            cfg.server_name.as_deref(),
+        )
+        .map_err(SessionError::blastgate)?;
+        let sni = match agent {
+            Agent::Plain(_) => None,
+            Agent::Tls { sni, .. } => sni.clone(),
+        };
+        Ok(Arc::new(request::Conn {
+            gw: gw.clone(),
+            cfg,
+            client,
+            sni,
+            upstream_tls,
+            guard: Default::default(),
+        }))
+    }
+
+    async fn relay(
+        &self,
+        agent: Agent,
+        state: Arc<request::Conn>,
+        _gw: &Gateway,
+    ) -> Result<(), SessionError> {
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(request::handle(state, req).await) }
+        });
+        match agent {
+            Agent::Plain(c) => serve_http(TokioIo::new(c), service).await,
+            Agent::Tls { stream, .. } => serve_http(TokioIo::new(*stream), service).await,
+        }
+    }
+
+    /// Every request on the connection gets the refusal, as JSON or a
+    /// Kubernetes `Status`, with the status that says whose fault it was.
+    async fn refuse(&self, agent: Agent, why: &SessionError, gw: &Gateway) {
+        let Ok(cfg) = settings(gw) else {
+            return;
+        };
+        let status = StatusCode::from_u16(why.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+        let reason = why.message.clone();
+        let service = service_fn(move |_req| {
+            let mut answer = refusal::answer(&cfg, status, &reason, None, None);
+            answer.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            async move { Ok::<_, Infallible>(answer) }
+        });
+        let _ = match agent {
+            Agent::Plain(c) => serve_http(TokioIo::new(c), service).await,
+            Agent::Tls { stream, .. } => serve_http(TokioIo::new(*stream), service).await,
+        };
+    }
+}
+
+async fn serve_http<I, S>(io: I, service: S) -> Result<(), SessionError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<upstream::Body>,
+            Error = Infallible,
+        > + Send,
+    S::Future: Send + 'static,
 {
-    let service = service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(request::handle(state, req).await) }
-    });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(io, service)
         .await
-        .map_err(|e| SessionError::Relay(format!("http: {e}")))
+        .map_err(|e| SessionError::agent(format!("http: {e}")))
 }

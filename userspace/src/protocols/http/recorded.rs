@@ -38,8 +38,8 @@ pub fn recorded(
 }
 
 /// The response body on its way to the agent: counted, and recorded when
-/// it ends or the agent goes away (the event is written from a task, as
-/// Drop cannot wait).
+/// it ends or the agent goes away (the event is written from a task of the
+/// session, as Drop cannot wait; the session closes only after it).
 struct Recorded {
     inner: Body,
     bytes: u64,
@@ -117,7 +117,7 @@ impl Drop for Recorded {
             .as_ref()
             .map(|p| p.events(&gw.session))
             .unwrap_or_default();
-        tokio::spawn(async move {
+        self.gw.tasks.spawn(async move {
             gw.record(event).await;
             for e in excerpts {
                 gw.record(e).await;

@@ -6,7 +6,11 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
-use super::{request::Conn, settings::ApiKind, upstream::Body};
+use super::{
+    request::Conn,
+    settings::{ApiKind, HttpTarget},
+    upstream::Body,
+};
 
 impl Conn {
     /// A refusal the agent (and whoever reads its transcript) can act on:
@@ -20,47 +24,59 @@ impl Conn {
         policy: Option<&str>,
         approval: Option<uuid::Uuid>,
     ) -> Response<Body> {
-        let approval = approval.map(|a| a.to_string());
-        let body = match self.cfg.kind {
-            ApiKind::Generic => json!({
-                "error": format!("blastgate: {}", status.canonical_reason().unwrap_or("refused")),
-                "policy": policy,
-                "reason": reason,
-                "approval_id": approval,
-            }),
-            ApiKind::Kubernetes => {
-                let mut message = format!("blastgate: {reason}");
-                if let Some(p) = policy {
-                    message += &format!(" (policy {p})");
-                }
-                if let Some(a) = &approval {
-                    message += &format!(" (approval {a})");
-                }
-                json!({
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Failure",
-                    "message": message,
-                    "reason": k8s_reason(status),
-                    "code": status.as_u16(),
-                    "policy": policy,
-                    "approval_id": approval,
-                })
-            }
-        };
-        let mut r = Response::new(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
+        answer(&self.cfg, status, reason, policy, approval)
     }
+}
+
+/// The refusal for a target, also where no request state exists yet (a
+/// session refused as a whole).
+pub fn answer(
+    cfg: &HttpTarget,
+    status: StatusCode,
+    reason: &str,
+    policy: Option<&str>,
+    approval: Option<uuid::Uuid>,
+) -> Response<Body> {
+    let approval = approval.map(|a| a.to_string());
+    let body = match cfg.kind {
+        ApiKind::Generic => json!({
+            "error": format!("blastgate: {}", status.canonical_reason().unwrap_or("refused")),
+            "policy": policy,
+            "reason": reason,
+            "approval_id": approval,
+        }),
+        ApiKind::Kubernetes => {
+            let mut message = format!("blastgate: {reason}");
+            if let Some(p) = policy {
+                message += &format!(" (policy {p})");
+            }
+            if let Some(a) = &approval {
+                message += &format!(" (approval {a})");
+            }
+            json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": k8s_reason(status),
+                "code": status.as_u16(),
+                "policy": policy,
+                "approval_id": approval,
+            })
+        }
+    };
+    let mut r = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// The `Status.reason` the API server gives with these codes.
@@ -68,7 +84,8 @@ fn k8s_reason(status: StatusCode) -> &'static str {
     match status {
         StatusCode::FORBIDDEN => "Forbidden",
         StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
-        StatusCode::MISDIRECTED_REQUEST => "BadRequest",
+        StatusCode::MISDIRECTED_REQUEST | StatusCode::BAD_REQUEST => "BadRequest",
+        StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
         _ => "InternalError",
     }
 }

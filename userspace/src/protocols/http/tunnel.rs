@@ -65,10 +65,11 @@ pub async fn carry(
         Ok(uri) => *req.uri_mut() = uri,
         Err(e) => return request::fail(conn, event, &format!("upgrade URI: {e}")).await,
     }
-    let mut response = match upstream::upgrade(&conn.client.upgrader, target, req).await {
-        Ok(r) => r,
-        Err(why) => return request::fail(conn, event, &why).await,
-    };
+    let mut response =
+        match upstream::upgrade(&conn.client.upgrader, target, req, &conn.gw.tasks).await {
+            Ok(r) => r,
+            Err(why) => return request::fail(conn, event, &why).await,
+        };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream said no (or answered plainly): its answer goes back
         // as any response does.
@@ -96,7 +97,9 @@ pub async fn carry(
     let echoes = AtomicU64::new(guard.as_ref().map_or(0, |g| g.headers(&mut parts.headers)));
     event.status = Some(101);
     let gw = conn.gw.clone();
-    tokio::spawn(async move {
+    // The session owns the tunnel: it closes once the tunnel has, with the
+    // tunnel's bytes in its figures, and a cut session cuts the tunnel.
+    conn.gw.tasks.clone().spawn(async move {
         let (from_agent, to_agent) = (AtomicU64::new(0), AtomicU64::new(0));
         let joined = async {
             let (agent, upstream) = tokio::try_join!(agent, upstream_side)
@@ -109,7 +112,15 @@ pub async fn carry(
             )
             .map_err(|e| format!("tunnel: {e}"))
         };
-        if let Err(why) = joined.await {
+        let cut = gw.tasks.clone();
+        let ended = tokio::select! {
+            r = joined => r,
+            _ = cut.cancelled() => Err(format!(
+                "tunnel cut: {}",
+                cut.why().unwrap_or_else(crate::session::SessionError::shutdown)
+            )),
+        };
+        if let Err(why) = ended {
             event.verdict = Verdict::Error;
             event.reason = Some(why);
         }

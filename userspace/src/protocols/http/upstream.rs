@@ -179,6 +179,7 @@ pub async fn upgrade(
     connector: &hyper_rustls::HttpsConnector<FixedAddr>,
     target: Uri,
     req: http::Request<Body>,
+    tasks: &crate::session::SessionTasks,
 ) -> Result<http::Response<hyper::body::Incoming>, String> {
     use tower_service::Service;
     let mut connector = connector.clone();
@@ -189,7 +190,9 @@ pub async fn upgrade(
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| format!("upstream: {e}"))?;
-    tokio::spawn(connection.with_upgrades());
+    tasks.spawn_cancellable(async move {
+        let _ = connection.with_upgrades().await;
+    });
     sender
         .send_request(req)
         .await

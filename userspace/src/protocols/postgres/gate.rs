@@ -61,7 +61,7 @@ pub async fn check(
 ) -> Verdict {
     let mut ruled: Vec<(Ruling, String, Option<Measure>)> = Vec::with_capacity(statements.len());
     let mut refused: Option<String> = None;
-    let reads_statement = gw.ctx.policy.current().reads_statement;
+    let reads_statement = gw.services.policy.current().reads_statement;
     for st in statements.iter() {
         let text = match mask {
             Some(m) if m.has_detectors() => m.scan(&st.text).0,

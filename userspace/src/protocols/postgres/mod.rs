@@ -50,9 +50,9 @@ use self::{
     frame::{decode, encode, PgError, Reader},
 };
 use crate::{
-    protocols::{gateway::Gateway, stream::BoxIo},
-    proxy::session::SessionError,
+    protocols::{gateway::Gateway, phases::Phases, stream::BoxIo},
     records::{EventKind, Verdict},
+    session::SessionError,
 };
 
 /// Startup parameters passed on to the server. Others are dropped:
@@ -81,110 +81,212 @@ fn analyzer() -> &'static lineage::Analyzer {
     A.get_or_init(|| lineage::Analyzer::new(8192))
 }
 
-pub async fn serve(conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
-    let cfg =
-        gw.target.postgres.as_ref().ok_or_else(|| {
-            SessionError::Upstream("target has no [targets.postgres] section".into())
-        })?;
-    let _ = conn.set_nodelay(true);
-    let tls = gw
-        .ctx
-        .tls
+pub struct Postgres;
+
+/// The agent's side after its opening.
+pub enum Agent {
+    /// A CancelRequest: nothing more is read on this connection.
+    Cancel {
+        io: BoxIo,
+        pid: i32,
+        secret: Vec<u8>,
+    },
+    Session {
+        reader: Reader<tokio::io::ReadHalf<BoxIo>>,
+        writer: WriteHalf<BoxIo>,
+        params: Vec<(String, String)>,
+    },
+}
+
+/// blastgate's side after its login.
+pub enum Upstream {
+    /// The cancel was forwarded (and recorded) in the connect phase.
+    Cancelled,
+    Session {
+        upstream: upstream::Upstream,
+        forwarded: Vec<(String, String)>,
+    },
+}
+
+fn settings(gw: &Gateway) -> Result<&PostgresTarget, SessionError> {
+    gw.target
+        .postgres
         .as_ref()
-        .and_then(|c| match c.config_for(&gw.target.names) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "no certificate for this target: TLS not offered");
-                None
-            }
-        });
-    let relay_err = |e: PgError| SessionError::Relay(e.to_string());
-    let (io, params, minor) = match agent::open(conn, tls).await.map_err(relay_err)? {
-        Opening::Cancel { io, pid, secret } => {
-            return forward_cancel(gw, cfg, io, pid, &secret).await
-        }
-        Opening::Session {
-            io,
-            params,
-            minor_version,
-            ..
-        } => (io, params, minor_version),
-    };
-    let (read, mut writer) = tokio::io::split(io);
-    let mut reader = Reader::new(read, cfg.max_message_bytes);
-    negotiate_version(&mut writer, minor, &params)
-        .await
-        .map_err(relay_err)?;
-    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        .ok_or_else(|| SessionError::blastgate("target has no [targets.postgres] section"))
+}
 
-    let user = param("user").unwrap_or_default();
-    if user != cfg.agent_user() {
-        let msg = format!(
-            "role \"{user}\" is not available through blastgate; agents connect to this target as \"{}\"",
-            cfg.agent_user()
-        );
-        return refuse(&mut writer, "28000", &msg).await;
+/// Whose fault a relay error is: the server's when it said something
+/// blastgate cannot follow; otherwise the agent's (what it sent, or its
+/// connection).
+fn relay_err(e: PgError) -> SessionError {
+    match e {
+        PgError::Upstream(_) => SessionError::upstream(e.to_string()),
+        e => SessionError::agent(e.to_string()),
     }
-    if param("replication").is_some_and(|v| v != "false" && v != "0") {
-        return refuse(
-            &mut writer,
-            "42501",
-            "replication connections are not allowed through blastgate",
-        )
-        .await;
-    }
-    if let Some(file) = &cfg.agent_password_file {
-        if let Err(msg) = check_agent_password(&mut reader, &mut writer, file).await {
-            return refuse(&mut writer, "28P01", &msg).await;
+}
+
+impl Phases for Postgres {
+    type Agent = Agent;
+    type Upstream = Upstream;
+
+    async fn handshake(&self, conn: TcpStream, gw: &Gateway) -> Result<Agent, SessionError> {
+        let cfg = settings(gw)?;
+        let _ = conn.set_nodelay(true);
+        let tls = gw
+            .services
+            .tls
+            .as_ref()
+            .and_then(|c| match c.config_for(&gw.target.names) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no certificate for this target: TLS not offered");
+                    None
+                }
+            });
+        match agent::open(conn, tls).await.map_err(relay_err)? {
+            Opening::Cancel { io, pid, secret } => Ok(Agent::Cancel { io, pid, secret }),
+            Opening::Session {
+                io,
+                params,
+                minor_version,
+                ..
+            } => {
+                let (read, mut writer) = tokio::io::split(io);
+                negotiate_version(&mut writer, minor_version, &params)
+                    .await
+                    .map_err(relay_err)?;
+                Ok(Agent::Session {
+                    reader: Reader::new(read, cfg.max_message_bytes),
+                    writer,
+                    params,
+                })
+            }
         }
-    }
-    let mut forwarded: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| FORWARDED.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    if param("database").is_none() {
-        forwarded.push(("database".into(), user.to_string()));
     }
 
-    let upstream =
-        match upstream::connect(gw.upstream, cfg, &forwarded, gw.ctx.connect_timeout).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "upstream login failed");
-                let msg = format!("blastgate could not log in to the server for this target: {e}");
-                return refuse(&mut writer, "08006", &msg).await;
+    async fn connect(&self, agent: &mut Agent, gw: &Gateway) -> Result<Upstream, SessionError> {
+        let cfg = settings(gw)?;
+        let (reader, writer, params) = match agent {
+            Agent::Cancel { io, pid, secret } => {
+                forward_cancel(gw, cfg, io, *pid, secret).await;
+                return Ok(Upstream::Cancelled);
             }
+            Agent::Session {
+                reader,
+                writer,
+                params,
+            } => (reader, writer, params),
         };
-
-    let mut hello = BytesMut::new();
-    let mut greet = || -> Result<(), PgError> {
-        encode(&Authentication::Ok, &mut hello)?;
-        for p in &upstream.parameters {
-            hello.extend_from_slice(&p.bytes);
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let user = param("user").unwrap_or_default();
+        if user != cfg.agent_user() {
+            return Err(SessionError::agent(format!(
+                "role \"{user}\" is not available through blastgate; agents connect to this target as \"{}\"",
+                cfg.agent_user()
+            ))
+            .with_code("28000"));
         }
-        Ok(())
-    };
-    greet().map_err(relay_err)?;
-    let registration = upstream
-        .key
-        .clone()
-        .map(|(pid, secret)| cancel::register(&gw.target.name, gw.upstream, pid, secret));
-    if let Some(r) = &registration {
-        hello.put_u8(b'K');
-        hello.put_i32(12);
-        hello.put_i32(r.pid);
-        hello.put_slice(&r.secret);
+        if param("replication").is_some_and(|v| v != "false" && v != "0") {
+            return Err(SessionError::policy(
+                "replication connections are not allowed through blastgate",
+            ));
+        }
+        if let Some(file) = &cfg.agent_password_file {
+            check_agent_password(reader, writer, file)
+                .await
+                .map_err(|msg| SessionError::agent(msg).with_code("28P01"))?;
+        }
+        let mut forwarded: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| FORWARDED.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        if param("database").is_none() {
+            forwarded.push(("database".into(), user.to_string()));
+        }
+        let upstream = upstream::connect(gw.upstream, cfg, &forwarded, gw.services.connect_timeout)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "upstream login failed");
+                SessionError::upstream(format!(
+                    "blastgate could not log in to the server for this target: {e}"
+                ))
+            })?;
+        Ok(Upstream::Session {
+            upstream,
+            forwarded,
+        })
     }
-    encode(&ReadyForQuery::new(TransactionStatus::Idle), &mut hello).map_err(relay_err)?;
-    writer
-        .write_all(&hello)
-        .await
-        .map_err(|e| relay_err(e.into()))?;
 
-    let result = relay_session(gw, cfg, reader, writer, upstream, &forwarded).await;
-    drop(registration);
-    result.map_err(relay_err)
+    async fn relay(&self, agent: Agent, up: Upstream, gw: &Gateway) -> Result<(), SessionError> {
+        let cfg = settings(gw)?;
+        let (
+            Agent::Session {
+                reader, mut writer, ..
+            },
+            Upstream::Session {
+                upstream,
+                forwarded,
+            },
+        ) = (agent, up)
+        else {
+            // A cancel: done in the connect phase; the server tells the
+            // client nothing either way, and neither does blastgate.
+            return Ok(());
+        };
+        let mut hello = BytesMut::new();
+        let mut greet = || -> Result<(), PgError> {
+            encode(&Authentication::Ok, &mut hello)?;
+            for p in &upstream.parameters {
+                hello.extend_from_slice(&p.bytes);
+            }
+            Ok(())
+        };
+        greet().map_err(relay_err)?;
+        let registration = upstream
+            .key
+            .clone()
+            .map(|(pid, secret)| cancel::register(&gw.target.name, gw.upstream, pid, secret));
+        if let Some(r) = &registration {
+            hello.put_u8(b'K');
+            hello.put_i32(12);
+            hello.put_i32(r.pid);
+            hello.put_slice(&r.secret);
+        }
+        encode(&ReadyForQuery::new(TransactionStatus::Idle), &mut hello).map_err(relay_err)?;
+        writer
+            .write_all(&hello)
+            .await
+            .map_err(|e| relay_err(e.into()))?;
+
+        let result = relay_session(gw, cfg, reader, writer, upstream, &forwarded).await;
+        drop(registration);
+        result.map_err(relay_err)
+    }
+
+    /// A FATAL error, as the server sends one, then the connection ends.
+    async fn refuse(&self, agent: Agent, why: &SessionError, _gw: &Gateway) {
+        let mut io = match agent {
+            // A cancel gets no answer, refused or not.
+            Agent::Cancel { io, .. } => {
+                let mut io = io;
+                let _ = io.shutdown().await;
+                return;
+            }
+            Agent::Session { writer, .. } => writer,
+        };
+        let mut out = BytesMut::new();
+        let error = ErrorResponse::new(vec![
+            (b'S', "FATAL".into()),
+            (b'V', "FATAL".into()),
+            (b'C', why.sqlstate().into()),
+            (b'M', why.message.clone()),
+        ]);
+        if encode(&error, &mut out).is_ok() {
+            let _ = io.write_all(&out).await;
+            let _ = io.shutdown().await;
+        }
+    }
 }
 
 /// The session from the agent's first statement on, once both sides have
@@ -204,7 +306,7 @@ pub async fn relay_session(
         addr: gw.upstream,
         cfg,
         params: upstream::side_params(forwarded),
-        timeout: gw.ctx.connect_timeout,
+        timeout: gw.services.connect_timeout,
         conn: None,
         names: Default::default(),
         facts: Default::default(),
@@ -274,37 +376,16 @@ async fn check_agent_password(
     }
 }
 
-/// A FATAL error to the agent, then the session ends (recorded as an
-/// error with the same message).
-async fn refuse(
-    writer: &mut WriteHalf<BoxIo>,
-    code: &str,
-    message: &str,
-) -> Result<(), SessionError> {
-    let mut out = BytesMut::new();
-    let error = ErrorResponse::new(vec![
-        (b'S', "FATAL".into()),
-        (b'V', "FATAL".into()),
-        (b'C', code.into()),
-        (b'M', message.into()),
-    ]);
-    if encode(&error, &mut out).is_ok() {
-        let _ = writer.write_all(&out).await;
-        let _ = writer.shutdown().await;
-    }
-    Err(SessionError::Upstream(message.to_string()))
-}
-
 /// Forwards a CancelRequest with the real key, then ends the agent's
 /// connection as the server would: once the server has taken the cancel,
 /// with a TLS close_notify if the request came encrypted.
 async fn forward_cancel(
     gw: &Gateway,
     cfg: &PostgresTarget,
-    mut io: BoxIo,
+    io: &mut BoxIo,
     pid: i32,
     secret: &[u8],
-) -> Result<(), SessionError> {
+) {
     let mut event = gw.event(EventKind::Statement, Verdict::Allow);
     event.action = Some("sql:cancel".into());
     event.text = Some("CancelRequest".into());
@@ -324,5 +405,4 @@ async fn forward_cancel(
     gw.record(event).await;
     // The server tells the client nothing either way.
     let _ = io.shutdown().await;
-    Ok(())
 }

@@ -197,9 +197,10 @@ async fn rule(job: &Job, step: &Step) -> Option<(Ruling, Event)> {
     tracing::debug!(action = step.action, %context, verdict = ?decision.verdict, "ssh decision");
     let notice = job.agent.clone();
     let channel = job.id;
+    let tasks = job.gw.tasks.clone();
     let ruled = tokio::select! {
         r = job.gw.rule(decision, step.action, &step.text, move |id| {
-            tokio::spawn(async move {
+            tasks.spawn_cancellable(async move {
                 let _ = notice
                     .extended_data(channel, 1, format!("waiting for approval {id}\r\n"))
                     .await;
@@ -281,7 +282,10 @@ pub async fn run(job: Job) {
             return;
         }
         if let Some((path, tree)) = &step.writes {
-            job.gw.ctx.ssh_hosts.wrote(&job.gw.target.name, path, *tree);
+            job.gw
+                .services
+                .ssh_hosts
+                .wrote(&job.gw.target.name, path, *tree);
         }
         match first {
             None => first = Some(event),
@@ -321,7 +325,17 @@ pub async fn run(job: Job) {
         sftp: matches!(job.request, Request::Subsystem(_)).then(SftpObserver::new),
     });
     let started = Instant::now();
-    let result = relay(&job, &watch, home).await;
+    // A session cut from outside (shutdown, a policy reload) ends the
+    // channel here, and its record is still written below.
+    let result = tokio::select! {
+        r = relay(&job, &watch, home) => r,
+        _ = job.gw.tasks.cancelled() => Err(job
+            .gw
+            .tasks
+            .why()
+            .unwrap_or_else(crate::session::SessionError::shutdown)
+            .to_string()),
+    };
     event.duration_us = Some(started.elapsed().as_micros() as u64);
     tracing::debug!(
         channel = %job.id,
@@ -605,7 +619,10 @@ async fn decide_writes(
             return Ok(Some(gate::denied(id, &refusal(step.action, &ruling))));
         }
         if let Some((path, tree)) = &step.writes {
-            job.gw.ctx.ssh_hosts.wrote(&job.gw.target.name, path, *tree);
+            job.gw
+                .services
+                .ssh_hosts
+                .wrote(&job.gw.target.name, path, *tree);
         }
     }
     Ok(None)

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use russh::{
-    server::{self, Auth, Msg, Session},
+    server::{self, Msg, Session},
     Channel, ChannelId, Pty as PtyMode, Sig,
 };
 
@@ -72,8 +72,9 @@ impl AgentSide {
             inbox,
         };
         // The decision (possibly a long wait for a human) and the relay run
-        // on their own, so this session keeps serving its other channels.
-        tokio::spawn(channel::run(job));
+        // on their own, so this session keeps serving its other channels;
+        // the session owns the task and closes only once it has ended.
+        self.gw.tasks.spawn(channel::run(job));
     }
 
     fn send(&self, id: ChannelId, input: Input) -> Option<&Outbox> {
@@ -142,23 +143,7 @@ pub enum SshError {
 impl server::Handler for AgentSide {
     type Error = SshError;
 
-    // Any authentication will do, and nothing the agent presents is
-    // passed on: blastgate logs in upstream with its own key.
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::Accept)
-    }
-
-    async fn auth_password(&mut self, _user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::Accept)
-    }
-
-    async fn auth_publickey(
-        &mut self,
-        _user: &str,
-        _key: server::VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        Ok(Auth::Accept)
-    }
+    super::accept_any_login!();
 
     // The channel object is dropped: its data arrives through the
     // callbacks below, and a full channel buffer would stall the loop.

@@ -38,7 +38,7 @@ impl Host<'_> {
     /// The login's home directory (sshd's working directory for commands
     /// and sftp); learned with the login shell's PATH.
     pub async fn home(&self) -> Result<String, String> {
-        let memory = &self.gw.ctx.ssh_hosts;
+        let memory = &self.gw.services.ssh_hosts;
         if let Some(home) = memory.home(self.target()) {
             return Ok(home);
         }
@@ -64,7 +64,7 @@ impl Host<'_> {
 
     /// What the login shell runs for the bare `name`, if it is a file.
     async fn lookup(&self, name: &str) -> Result<String, String> {
-        let memory = &self.gw.ctx.ssh_hosts;
+        let memory = &self.gw.services.ssh_hosts;
         if let Some(path) = memory.resolved(self.target(), name) {
             return Ok(path);
         }
@@ -89,7 +89,7 @@ impl Host<'_> {
     /// wrote it or the paths among its arguments.
     /// Err: the host cannot be reached, so nothing can run there.
     pub async fn program(&self, cmd: &ExecCommand, ctx: &mut SshContext) -> Result<(), String> {
-        let memory = &self.gw.ctx.ssh_hosts;
+        let memory = &self.gw.services.ssh_hosts;
         let typed = cmd.program.as_str();
         let path = if typed.contains('/') {
             let has_dotdot = typed.split('/').any(|p| p == "..");

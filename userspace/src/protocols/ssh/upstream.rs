@@ -46,7 +46,7 @@ pub async fn connect(gw: &Gateway, cfg: &SshTarget) -> Result<client::Handle<Ser
     let addr = gw.upstream;
     let key = russh::keys::load_secret_key(&cfg.key_file, None)
         .map_err(|e| format!("key_file {}: {e}", cfg.key_file.display()))?;
-    let tcp = tokio::time::timeout(gw.ctx.connect_timeout, TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(gw.services.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| format!("{addr}: connect timed out"))?
         .map_err(|e| format!("{addr}: {e}"))?;

@@ -1,0 +1,82 @@
+//! The phases every gateway goes through, in the order the session driver
+//! (`proxy::driver`) runs them: handshake with the agent, connect upstream,
+//! relay units of work (each decided through [`Gateway::authorize`]), and,
+//! when the session is refused, a refusal in the protocol's own form. The
+//! driver owns what is common: the connect decision, the session's tasks,
+//! cancellation, and the opening and closing records.
+
+use std::future::Future;
+
+use tokio::net::TcpStream;
+
+use super::gateway::Gateway;
+use crate::session::SessionError;
+
+pub trait Phases: Send + Sync {
+    /// The agent's side once its opening is done (TLS, a startup packet).
+    type Agent: Send;
+    /// blastgate's side to the real server, or what stands for it where the
+    /// protocol connects later (SSH opens upstream with its first channel).
+    type Upstream: Send;
+
+    /// The agent's opening. An agent whose opening failed cannot be told
+    /// anything: the error is only recorded.
+    fn handshake(
+        &self,
+        conn: TcpStream,
+        gw: &Gateway,
+    ) -> impl Future<Output = Result<Self::Agent, SessionError>> + Send;
+
+    /// The checks on what the agent asked for in its opening, and
+    /// blastgate's own login upstream with the credentials it holds. An
+    /// error here is told to the agent through [`Phases::refuse`].
+    fn connect(
+        &self,
+        agent: &mut Self::Agent,
+        gw: &Gateway,
+    ) -> impl Future<Output = Result<Self::Upstream, SessionError>> + Send;
+
+    /// The session's work until either side ends it.
+    fn relay(
+        &self,
+        agent: Self::Agent,
+        upstream: Self::Upstream,
+        gw: &Gateway,
+    ) -> impl Future<Output = Result<(), SessionError>> + Send;
+
+    /// Tells the agent why the session is refused, as its protocol says a
+    /// server refuses: a FATAL error with a SQLSTATE, an HTTP status on
+    /// every request, an SSH exit status on every command.
+    fn refuse(
+        &self,
+        agent: Self::Agent,
+        why: &SessionError,
+        gw: &Gateway,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs a session the driver allowed: handshake, connect (refused in the
+/// protocol's form if it fails), relay.
+pub async fn serve<P: Phases>(p: &P, conn: TcpStream, gw: &Gateway) -> Result<(), SessionError> {
+    let mut agent = p.handshake(conn, gw).await?;
+    let upstream = match p.connect(&mut agent, gw).await {
+        Ok(u) => u,
+        Err(why) => {
+            p.refuse(agent, &why, gw).await;
+            return Err(why);
+        }
+    };
+    p.relay(agent, upstream, gw).await
+}
+
+/// Tells a refused agent why, bounded: an agent that never finishes its
+/// opening is not waited for past the connect timeout.
+pub async fn refuse<P: Phases>(p: &P, conn: TcpStream, why: &SessionError, gw: &Gateway) {
+    let limit = gw.services.connect_timeout;
+    let told = async {
+        if let Ok(agent) = p.handshake(conn, gw).await {
+            p.refuse(agent, why, gw).await;
+        }
+    };
+    let _ = tokio::time::timeout(limit, told).await;
+}

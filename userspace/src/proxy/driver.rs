@@ -1,0 +1,241 @@
+//! One accepted connection, from identification to its closing record:
+//! the only place a session's lifecycle is written.
+//!
+//! Identify the caller from the kernel record, route the original
+//! destination to a target, and take the connect decision through the same
+//! [`Gateway::authorize`] every unit of work uses. A refused agent is told
+//! in its protocol's own form ([`phases::refuse`]) after its refusal is
+//! recorded. An allowed session runs the protocol's phases while the driver
+//! watches for what ends it from outside (daemon shutdown, a policy reload
+//! that no longer allows it), then waits for every task the session
+//! started, and writes `session_closed` last, with complete figures, on
+//! every way out.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use super::ProxyContext;
+use crate::{
+    config::Protocol,
+    identity::Caller,
+    intercept::{is_proxy_addr, maps::sock_addr},
+    policy::Verdict as PolicyVerdict,
+    protocols::{
+        gateway::{Gateway, Ruling},
+        http::Http,
+        phases::{self, Phases},
+        postgres::Postgres,
+        ssh::Ssh,
+        tcp::Tcp,
+    },
+    records::{Event, EventKind, Verdict},
+    session::{Counters, Session, SessionError, SessionTasks},
+};
+
+/// The action every session is first decided as.
+const CONNECT: &str = "connect";
+
+pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
+    let mut session = Session::new(Instant::now());
+
+    let found = ctx
+        .maps
+        .as_ref()
+        .zip(ctx.agents.as_ref())
+        .and_then(|(maps, agents)| Some((maps, agents, maps.take_conn(peer)?)));
+    let Some((maps, agents, rec)) = found else {
+        // Not redirected by our hooks: something dialled the proxy port
+        // directly. Nothing to attribute, nothing to serve.
+        let reason = format!(
+            "no kernel record for the connection from {peer}: only redirected agent connections are served"
+        );
+        tracing::warn!(%peer, "{reason}");
+        let denied = session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason));
+        deny(&ctx, conn, denied).await;
+        return;
+    };
+    let caller = Caller::from_kernel(&rec, agents.name_of(rec.agent_id), &ctx.processes, |pid| {
+        maps.label_of(pid).is_some()
+    });
+    let orig = sock_addr(&rec.orig);
+    let span = tracing::info_span!(
+        "session",
+        id = %session.id,
+        agent = %caller.agent,
+        pid = caller.pid,
+        comm = %caller.comm,
+        dst = %orig,
+    );
+    session.caller = Some(caller);
+    session.orig_dst = Some(orig);
+    route(conn, session, orig, ctx).instrument(span).await
+}
+
+/// Finds the target, then runs the session through its protocol.
+async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc<ProxyContext>) {
+    if is_proxy_addr(&ctx.listen, orig) {
+        let reason = "destination is the blastgate proxy itself".to_string();
+        let denied = session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason));
+        deny(&ctx, conn, denied).await;
+        return;
+    }
+    let Some(target) = ctx.routes.lookup(orig) else {
+        let reason = format!("no target is configured for {orig}: denied by default");
+        tracing::info!("{reason}");
+        let denied = session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason));
+        deny(&ctx, conn, denied).await;
+        return;
+    };
+    session.target = Some(target.name.clone());
+    session.protocol = Some(target.protocol.as_str());
+    let gw = Gateway {
+        services: ctx.services.clone(),
+        session: Arc::new(session),
+        upstream: target.upstream.unwrap_or(orig),
+        target: target.clone(),
+        counters: Arc::new(Counters::default()),
+        tasks: SessionTasks::new(&ctx.hard_stop),
+    };
+    match target.protocol {
+        Protocol::Tcp => drive(&Tcp, conn, gw, orig).await,
+        Protocol::Postgres => drive(&Postgres, conn, gw, orig).await,
+        Protocol::Ssh => drive(&Ssh, conn, gw, orig).await,
+        Protocol::Http => drive(&Http { tls: false }, conn, gw, orig).await,
+        Protocol::Https => drive(&Http { tls: true }, conn, gw, orig).await,
+    }
+}
+
+/// The lifecycle, the same for every protocol.
+pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketAddr) {
+    let text = format!("connect to {orig}");
+    let ruling = tokio::select! {
+        r = gw.authorize(CONNECT, &Value::Null, &text, |_| {}) => r,
+        // A connect held for a human and the daemon stopping meanwhile.
+        _ = gw.tasks.cancelled() => {
+            let mut r = refused_ruling(SessionError::shutdown().to_string());
+            r.verdict = Verdict::Error;
+            r
+        }
+    };
+    let kind = if ruling.allowed {
+        EventKind::SessionOpened
+    } else {
+        EventKind::SessionDenied
+    };
+    let opened = gw.ruled(kind, CONNECT, text, &ruling);
+    if !ruling.allowed {
+        tracing::info!(policy = ?ruling.policy_id, "connection refused by policy");
+        // Recorded before the agent is told: a daemon killed at any point
+        // cannot lose a refusal the agent saw.
+        gw.record(opened).await;
+        let why = SessionError::policy(format!(
+            "{CONNECT} denied by policy {}: {}",
+            ruling.policy_id.as_deref().unwrap_or("(default deny)"),
+            ruling.reason
+        ));
+        phases::refuse(p, conn, &why, &gw).await;
+        return;
+    }
+    gw.record(opened).await;
+    tracing::debug!(target = %gw.target.name, "session opened");
+
+    let result = tokio::select! {
+        r = phases::serve(p, conn, &gw) => r,
+        _ = gw.tasks.cancelled() => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
+        _ = still_allowed(&gw, &ruling) => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
+    };
+    // What the session started may outlive its main work (an approved
+    // upgrade's tunnel, SSH channels draining): the session lasts until they
+    // end, and a cut from outside still reaches them meanwhile.
+    tokio::select! {
+        _ = gw.tasks.wait() => {}
+        _ = still_allowed(&gw, &ruling) => gw.tasks.wait().await,
+    }
+    close(&gw, result).await;
+}
+
+/// Returns once the policies in force no longer allow this session (a
+/// reload changed them), having cut it; never returns otherwise.
+async fn still_allowed(gw: &Gateway, opened: &Ruling) {
+    let mut swaps = gw.services.policy.swaps();
+    swaps.mark_unchanged();
+    loop {
+        if swaps.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let decision = gw.decide(CONNECT, &Value::Null);
+        let approved = opened.approver.is_some();
+        let keeps = match decision.verdict {
+            PolicyVerdict::Allow => true,
+            // A human already said yes to this very session.
+            PolicyVerdict::Hold => approved,
+            PolicyVerdict::Deny | PolicyVerdict::Error => !gw.target.enforce,
+        };
+        if !keeps {
+            let why = SessionError::policy(format!(
+                "the policies were reloaded and no longer allow this session: {} by {}: {}",
+                match decision.verdict {
+                    PolicyVerdict::Hold => "held",
+                    PolicyVerdict::Error => "error",
+                    _ => "denied",
+                },
+                decision.policy_id.as_deref().unwrap_or("default deny"),
+                decision.reason
+            ));
+            tracing::info!("{why}");
+            gw.tasks.cancel(why);
+            return;
+        }
+    }
+}
+
+/// The last record of every session that opened.
+async fn close(gw: &Gateway, result: Result<(), SessionError>) {
+    let (verdict, reason) = match &result {
+        Ok(()) => (Verdict::Allow, None),
+        Err(e) => {
+            tracing::info!(error = %e, "session ended with an error");
+            (Verdict::Error, Some(e.to_string()))
+        }
+    };
+    let mut closed = gw.session.event(EventKind::SessionClosed, verdict, reason);
+    let (from_agent, to_agent) = gw.counters.snapshot();
+    closed.bytes_from_agent = Some(from_agent);
+    closed.bytes_to_agent = Some(to_agent);
+    closed.duration_us = Some(gw.session.elapsed_us());
+    // TCP passthrough cannot see into the stream; protocol handlers count.
+    closed.masked_fields = Some(gw.session.masked.load(std::sync::atomic::Ordering::Relaxed));
+    gw.record(closed).await;
+}
+
+fn refused_ruling(reason: String) -> Ruling {
+    Ruling {
+        allowed: false,
+        verdict: Verdict::Deny,
+        shadow: false,
+        policy_id: None,
+        reason,
+        approval_id: None,
+        approver: None,
+        approval_group: None,
+        waited_us: None,
+    }
+}
+
+/// Records a denial, then closes the agent's connection: the agent sees
+/// the close only once the record is written, so a daemon killed at any
+/// point cannot lose a denial the agent observed.
+async fn deny(ctx: &ProxyContext, conn: TcpStream, event: Event) {
+    if let Err(e) = ctx.services.recorder.record(event).await {
+        // Only possible when the writer thread died; the daemon is going down.
+        tracing::error!(error = %e, "event not recorded");
+    }
+    drop(conn);
+}
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;
