@@ -1,7 +1,10 @@
 //! The daemon's TOML configuration: types, defaults, and validation whose
 //! errors name the file, the line and the problem.
 
+mod secret;
 pub mod weakened;
+
+pub use secret::Secret;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs},
@@ -84,32 +87,6 @@ impl Default for TlsConfig {
 
 fn default_ca_dir() -> PathBuf {
     "/var/lib/blastgate/ca".into()
-}
-
-/// A secret blastgate holds for a target: read from a file (first line)
-/// or an environment variable of the daemon, at each use, so rotation
-/// needs no restart. Never logged, never sent to an agent.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Secret {
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-    #[serde(default)]
-    pub env: Option<String>,
-}
-
-impl Secret {
-    pub fn read(&self) -> Result<String, String> {
-        match (&self.file, &self.env) {
-            (Some(f), None) => std::fs::read_to_string(f)
-                .map(|s| s.lines().next().unwrap_or_default().to_string())
-                .map_err(|e| format!("secret file {}: {e}", f.display())),
-            (None, Some(v)) => {
-                std::env::var(v).map_err(|_| format!("secret environment variable {v} is not set"))
-            }
-            _ => Err("a secret needs exactly one of `file` or `env`".into()),
-        }
-    }
 }
 
 /// Prometheus metrics; off unless an address is given.
