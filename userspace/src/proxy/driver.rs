@@ -38,6 +38,9 @@ use crate::{
 /// The action every session is first decided as.
 const CONNECT: &str = "connect";
 
+/// How long a cut session's tasks get to record themselves and end.
+const CUT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
     let mut session = Session::new(Instant::now());
 
@@ -150,10 +153,37 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
     // What the session started may outlive its main work (an approved
     // upgrade's tunnel, SSH channels draining): the session lasts until they
     // end, and a cut from outside still reaches them meanwhile.
-    tokio::select! {
-        _ = gw.tasks.wait() => {}
-        _ = still_allowed(&gw, &ruling) => gw.tasks.wait().await,
-    }
+    let ended = async {
+        tokio::select! {
+            _ = gw.tasks.wait() => return true,
+            _ = still_allowed(&gw, &ruling) => {}
+            _ = gw.tasks.cancelled() => {}
+        }
+        // Cut: every task was told; each writes its record and ends. One
+        // that cannot (an agent that stopped reading) is not waited for
+        // past a bound, so a daemon stop always completes.
+        tokio::time::timeout(CUT_GRACE, gw.tasks.wait())
+            .await
+            .is_ok()
+    };
+    let result = match (ended.await, result) {
+        (true, r) => r,
+        (false, r) => {
+            let left = gw.tasks.len();
+            tracing::warn!(
+                tasks = left,
+                "session tasks did not end after the cut; abandoned"
+            );
+            let note = format!("{left} task(s) did not end within {CUT_GRACE:?} of the cut");
+            Err(match r {
+                Ok(()) => SessionError::blastgate(note),
+                Err(mut e) => {
+                    e.message = format!("{}; {note}", e.message);
+                    e
+                }
+            })
+        }
+    };
     close(&gw, result).await;
 }
 

@@ -118,6 +118,9 @@ struct Scripted {
     /// A task the relay starts that outlives it (an upgrade's tunnel),
     /// carrying 100 bytes to the agent and recording itself when it ends.
     tunnel_for: Option<Duration>,
+    /// A task that ignores every cut (a bug, or an agent that stopped
+    /// reading).
+    stuck_task: bool,
     /// What the agent was told when refused.
     refused: Mutex<Option<SessionError>>,
 }
@@ -153,6 +156,9 @@ impl Phases for Scripted {
                 }
                 tunnel.record(event).await;
             });
+        }
+        if self.stuck_task {
+            gw.tasks.spawn(std::future::pending());
         }
         match self.relay_for {
             Some(d) => tokio::time::sleep(d).await,
@@ -328,4 +334,28 @@ async fn a_policy_error_is_recorded_as_an_error_per_action_as_at_connect() {
     assert_eq!(ruling.verdict, Verdict::Error, "{}", ruling.reason);
     let e = gw.ruled(EventKind::Command, "no-such-action", String::new(), &ruling);
     assert_eq!(e.verdict, Verdict::Error);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_ignores_the_cut_does_not_hold_the_session_open() {
+    let mut w = world(ALLOW);
+    let gw = gateway(&w);
+    let p = Scripted {
+        stuck_task: true,
+        ..Default::default()
+    };
+    let running = {
+        let gw = gw.clone();
+        tokio::spawn(async move { drive(&p, agent_conn().await, gw, orig()).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    w.hard_stop.cancel();
+    running.await.unwrap();
+    let events = recorded(&mut w, &gw);
+    assert_eq!(kinds(&events), ["session_opened", "session_closed"]);
+    let reason = events[1].reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("shutting down") && reason.contains("1 task(s) did not end"),
+        "{reason}"
+    );
 }

@@ -78,6 +78,9 @@ macro_rules! accept_any_login {
 }
 use accept_any_login;
 
+/// How long a cut session's russh task gets to say goodbye.
+const CUT_GRACE: Duration = Duration::from_secs(3);
+
 /// How long a host certificate is valid: a certificate is minted per
 /// connection, so a stolen one is worth little.
 const CERT_VALIDITY: Duration = Duration::from_secs(3600);
@@ -136,10 +139,21 @@ impl Phases for Ssh {
                 r = &mut running => r,
                 _ = tasks.cancelled() => {
                     let why = tasks.why().unwrap_or_else(SessionError::shutdown);
-                    let _ = handle
-                        .disconnect(Disconnect::ByApplication, format!("blastgate: {why}"), String::new())
-                        .await;
-                    running.await
+                    let told = handle.disconnect(
+                        Disconnect::ByApplication,
+                        format!("blastgate: {why}"),
+                        String::new(),
+                    );
+                    // An agent that stopped reading could keep russh from
+                    // ever finishing the goodbye: bounded, then dropped
+                    // (the process ending takes the task with it).
+                    let bye = async {
+                        let _ = told.await;
+                        (&mut running).await
+                    };
+                    tokio::time::timeout(CUT_GRACE, bye)
+                        .await
+                        .unwrap_or(Ok(()))
                 }
             };
             let _ = done.send(ended);
