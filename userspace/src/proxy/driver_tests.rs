@@ -70,6 +70,12 @@ fn world(policy: &str) -> World {
 }
 
 fn gateway(w: &World) -> Gateway {
+    gateway_enforcing(w, true)
+}
+
+/// `enforce: false` is a shadow-mode target: decisions recorded, never
+/// enforced.
+fn gateway_enforcing(w: &World, enforce: bool) -> Gateway {
     let attrs = serde_json::from_value(serde_json::json!({
         "name": "scripted", "protocol": "tcp", "labels": {},
     }))
@@ -79,7 +85,7 @@ fn gateway(w: &World) -> Gateway {
         protocol: Protocol::Tcp,
         upstream: None,
         attrs,
-        enforce: true,
+        enforce,
         names: Vec::new(),
         postgres: None,
         ssh: None,
@@ -220,7 +226,10 @@ async fn the_closing_record_is_last_and_counts_tasks_that_outlived_the_relay() {
 /// A session whose relay and hour-long tunnel run until something cuts
 /// them, started and left running for five seconds.
 async fn run_until_cut(w: &World) -> (Gateway, tokio::task::JoinHandle<()>) {
-    let gw = gateway(w);
+    run_until_cut_on(gateway(w)).await
+}
+
+async fn run_until_cut_on(gw: Gateway) -> (Gateway, tokio::task::JoinHandle<()>) {
     let p = Scripted {
         tunnel_for: Some(Duration::from_secs(3600)),
         ..Default::default()
@@ -328,4 +337,38 @@ async fn a_policy_error_is_recorded_as_an_error_per_action_as_at_connect() {
     assert_eq!(ruling.verdict, Verdict::Error, "{}", ruling.reason);
     let e = gw.ruled(EventKind::Command, "no-such-action", String::new(), &ruling);
     assert_eq!(e.verdict, Verdict::Error);
+}
+
+/// Connect held for a human: a permit and a forbid that asks for approval.
+const HOLD: &str = "@id(\"connect-any-target\")\npermit (principal, action == Action::\"connect\", resource);\n\
+@id(\"connect-needs-approval\")\n@approval(\"platform\")\nforbid (principal, action == Action::\"connect\", resource);\n";
+
+/// Attack: a target in shadow mode whose connect policy holds for a human.
+/// The session opens (shadow: nothing is enforced); then any policy reload,
+/// even one that changes nothing, re-decides the connect as `hold`, finds no
+/// approver on a session nobody was asked about, and cuts it: shadow mode
+/// enforcing on reload.
+#[tokio::test(start_paused = true)]
+async fn a_reload_never_cuts_a_session_in_shadow_mode() {
+    let mut w = world(HOLD);
+    let (gw, running) = run_until_cut_on(gateway_enforcing(&w, false)).await;
+    let opened = recorded(&mut w, &gw);
+    assert_eq!(kinds(&opened), ["session_opened"]);
+    assert!(opened[0].shadow, "{:?}", opened[0].reason);
+    // The same policies again, then policies that forbid connect outright.
+    w.services.policy.reload().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cut_by_same = running.is_finished();
+    write_policy(&w.policies, FORBID);
+    w.services.policy.reload().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cut_by_forbid = running.is_finished();
+    w.hard_stop.cancel();
+    running.await.unwrap();
+    let events = recorded(&mut w, &gw);
+    assert!(
+        !cut_by_same && !cut_by_forbid,
+        "a shadow-mode session was cut by a reload: {:?}",
+        events.last().and_then(|e| e.reason.clone())
+    );
 }
