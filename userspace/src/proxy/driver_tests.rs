@@ -372,3 +372,41 @@ async fn a_reload_never_cuts_a_session_in_shadow_mode() {
         events.last().and_then(|e| e.reason.clone())
     );
 }
+
+/// Attack: the connect is held for a human; while it waits, an admin
+/// reloads policies that forbid connect outright; the human, looking at
+/// the old request, approves. The reload happened before the session
+/// started watching for reloads, so the session opens under policies that
+/// forbid it and runs until some later reload.
+#[tokio::test(start_paused = true)]
+async fn a_reload_while_the_connect_is_held_is_not_missed() {
+    let mut w = world(HOLD);
+    let gw = gateway(&w);
+    let p = Scripted::default();
+    let running = {
+        let gw = gw.clone();
+        tokio::spawn(async move { drive(&p, agent_conn().await, gw, orig()).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = w.services.approvals.list();
+    assert_eq!(held.len(), 1, "the connect is held");
+    write_policy(&w.policies, FORBID);
+    w.services.policy.reload().unwrap();
+    w.services
+        .approvals
+        .decide(held[0].id, true, "alice".into(), None)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let still_running = !running.is_finished();
+    w.hard_stop.cancel();
+    running.await.unwrap();
+    let events = recorded(&mut w, &gw);
+    assert!(
+        !still_running,
+        "the session runs under policies that forbid it: {:?}",
+        kinds(&events)
+    );
+    let last = events.last().unwrap();
+    let reason = last.reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("no-connect"), "{reason}");
+}
