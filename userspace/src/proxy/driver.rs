@@ -158,8 +158,13 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
 }
 
 /// Returns once the policies in force no longer allow this session (a
-/// reload changed them), having cut it; never returns otherwise.
+/// reload changed them), having cut it; never returns otherwise. A
+/// shadow-mode target is never cut: nothing is enforced there, a reload
+/// included.
 async fn still_allowed(gw: &Gateway, opened: &Ruling) {
+    if !gw.target.enforce {
+        return std::future::pending().await;
+    }
     let mut swaps = gw.services.policy.swaps();
     swaps.mark_unchanged();
     loop {
@@ -172,7 +177,7 @@ async fn still_allowed(gw: &Gateway, opened: &Ruling) {
             PolicyVerdict::Allow => true,
             // A human already said yes to this very session.
             PolicyVerdict::Hold => approved,
-            PolicyVerdict::Deny | PolicyVerdict::Error => !gw.target.enforce,
+            PolicyVerdict::Deny | PolicyVerdict::Error => false,
         };
         if !keeps {
             let why = SessionError::policy(format!(
