@@ -14,7 +14,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 use tracing::Instrument;
 
 use super::ProxyContext;
@@ -111,6 +111,9 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
 /// The lifecycle, the same for every protocol.
 pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketAddr) {
     let text = format!("connect to {orig}");
+    // Watched from before the decision: a reload while it is taken (a
+    // human may take minutes) is seen once the session opens.
+    let mut swaps = gw.services.policy.swaps();
     let ruling = tokio::select! {
         r = gw.authorize(CONNECT, &Value::Null, &text, |_| {}) => r,
         // A connect held for a human and the daemon stopping meanwhile.
@@ -145,28 +148,26 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
     let result = tokio::select! {
         r = phases::serve(p, conn, &gw) => r,
         _ = gw.tasks.cancelled() => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
-        _ = still_allowed(&gw, &ruling) => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
+        _ = still_allowed(&gw, &ruling, &mut swaps) => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
     };
     // What the session started may outlive its main work (an approved
     // upgrade's tunnel, SSH channels draining): the session lasts until they
     // end, and a cut from outside still reaches them meanwhile.
     tokio::select! {
         _ = gw.tasks.wait() => {}
-        _ = still_allowed(&gw, &ruling) => gw.tasks.wait().await,
+        _ = still_allowed(&gw, &ruling, &mut swaps) => gw.tasks.wait().await,
     }
     close(&gw, result).await;
 }
 
 /// Returns once the policies in force no longer allow this session (a
-/// reload changed them), having cut it; never returns otherwise. A
-/// shadow-mode target is never cut: nothing is enforced there, a reload
-/// included.
-async fn still_allowed(gw: &Gateway, opened: &Ruling) {
+/// reload changed them since `swaps` was taken, before the connect was
+/// decided), having cut it; never returns otherwise. A shadow-mode target
+/// is never cut: nothing is enforced there, a reload included.
+async fn still_allowed(gw: &Gateway, opened: &Ruling, swaps: &mut watch::Receiver<u64>) {
     if !gw.target.enforce {
         return std::future::pending().await;
     }
-    let mut swaps = gw.services.policy.swaps();
-    swaps.mark_unchanged();
     loop {
         if swaps.changed().await.is_err() {
             return std::future::pending().await;
