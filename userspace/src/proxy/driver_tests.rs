@@ -39,6 +39,11 @@ fn write_policy(dir: &Path, text: &str) {
 }
 
 fn world(policy: &str) -> World {
+    world_with(policy, Duration::from_secs(5), false)
+}
+
+/// With an SSH CA (for the real SSH gateway) and the connect timeout given.
+fn world_with(policy: &str, connect_timeout: Duration, ssh: bool) -> World {
     let tmp = tempfile::tempdir().unwrap();
     let policies = tmp.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
@@ -54,10 +59,12 @@ fn world(policy: &str) -> World {
         approvals: Broker::new(Duration::from_secs(60), recorder.clone(), None),
         recorder,
         policy: Arc::new(Engine::load(&policies).unwrap()),
-        connect_timeout: Duration::from_secs(5),
+        connect_timeout,
         tls: None,
         https: None,
-        ssh_ca: None,
+        ssh_ca: ssh.then(|| {
+            Arc::new(crate::tls::ssh_ca::SshCa::load_or_create(&tmp.path().join("ssh-ca")).unwrap())
+        }),
         ssh_hosts: Default::default(),
     });
     World {
@@ -409,4 +416,81 @@ async fn a_reload_while_the_connect_is_held_is_not_missed() {
     let last = events.last().unwrap();
     let reason = last.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("no-connect"), "{reason}");
+}
+
+/// The real SSH gateway on a target whose upstream is never reached (no
+/// channel is opened in these tests).
+fn ssh_gateway(w: &World) -> Gateway {
+    let gw = gateway(w);
+    let target = Target {
+        name: "scripted".into(),
+        protocol: Protocol::Ssh,
+        upstream: None,
+        attrs: gw.target.attrs.clone(),
+        enforce: true,
+        names: vec!["scripted.test".into()],
+        postgres: None,
+        ssh: Some(crate::protocols::ssh::SshTarget {
+            user: "nobody".into(),
+            key_file: "/nonexistent".into(),
+            cert_file: None,
+            known_hosts: None,
+            host_key: Some("ssh-ed25519 AAAA".into()),
+        }),
+        http: None,
+    };
+    Gateway {
+        target: Arc::new(target),
+        ..gw
+    }
+}
+
+/// The agent's end and the proxy's end of one connection.
+async fn pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
+    (client.unwrap(), accepted.unwrap().0)
+}
+
+/// Whether the proxy closes the agent's connection within `limit`
+/// (whatever it sent before).
+async fn closed_within(agent: &mut TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(limit, async {
+        while let Ok(n) = agent.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Attack: a refused SSH agent sends its version line just before the
+/// connect timeout. The refusal's bound drops the russh session it
+/// started, but dropping a russh `RunningSession` does not stop its task:
+/// the session goes on serving the agent (up to russh's hour of
+/// inactivity, for ever with traffic) after the driver is done, outside
+/// `max_connections` and untracked by daemon shutdown.
+#[tokio::test]
+async fn a_refused_ssh_agent_is_not_served_past_the_connect_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let w = world_with(FORBID, Duration::from_millis(1000), true);
+    let gw = ssh_gateway(&w);
+    let (mut agent, conn) = pair().await;
+    let driving =
+        tokio::spawn(async move { drive(&crate::protocols::ssh::Ssh, conn, gw, orig()).await });
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    agent.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), driving)
+        .await
+        .expect("the refusal is bounded by the connect timeout")
+        .unwrap();
+    assert!(
+        closed_within(&mut agent, Duration::from_secs(3)).await,
+        "the refused agent's SSH session still runs after its refusal ended"
+    );
 }
