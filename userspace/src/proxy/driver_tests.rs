@@ -494,3 +494,33 @@ async fn a_refused_ssh_agent_is_not_served_past_the_connect_timeout() {
         "the refused agent's SSH session still runs after its refusal ended"
     );
 }
+
+/// Attack: an agent allowed to connect starts the SSH handshake and
+/// stalls it (or, once logged in, stops reading: a SIGSTOPped `ssh`).
+/// At daemon shutdown the session is cut; the SSH task asks russh to
+/// disconnect, which russh does not do during a key exchange (and after a
+/// disconnect, it waits for the agent to close its side, up to the hour
+/// of inactivity), and the driver waits for that task before
+/// `session_closed`: the daemon's shutdown waits with it, far past the
+/// grace period.
+#[tokio::test]
+async fn a_stalled_ssh_agent_does_not_hold_up_a_daemon_stop() {
+    use tokio::io::AsyncWriteExt;
+    let w = world_with(ALLOW, Duration::from_secs(5), true);
+    let gw = ssh_gateway(&w);
+    let (mut agent, conn) = pair().await;
+    let driving = {
+        let gw = gw.clone();
+        tokio::spawn(async move { drive(&crate::protocols::ssh::Ssh, conn, gw, orig()).await })
+    };
+    agent.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!driving.is_finished());
+    w.hard_stop.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), driving).await;
+    assert!(
+        stopped.is_ok(),
+        "the session outlived the daemon's hard stop by 10 s and more"
+    );
+    assert!(closed_within(&mut agent, Duration::from_secs(1)).await);
+}
