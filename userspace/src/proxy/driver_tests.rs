@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use tokio::{net::TcpListener, sync::broadcast};
 use tokio_util::sync::CancellationToken;
 
@@ -83,21 +84,27 @@ fn gateway(w: &World) -> Gateway {
 /// `enforce: false` is a shadow-mode target: decisions recorded, never
 /// enforced.
 fn gateway_enforcing(w: &World, enforce: bool) -> Gateway {
+    gateway_with(w, |t| t.enforce = enforce)
+}
+
+/// The scripted target as `configure` changes it.
+fn gateway_with(w: &World, configure: impl FnOnce(&mut Target)) -> Gateway {
     let attrs = serde_json::from_value(serde_json::json!({
         "name": "scripted", "protocol": "tcp", "labels": {},
     }))
     .unwrap();
-    let target = Target {
+    let mut target = Target {
         name: "scripted".into(),
         protocol: Protocol::Tcp,
         upstream: None,
         attrs,
-        enforce,
+        enforce: true,
         names: Vec::new(),
         postgres: None,
         ssh: None,
         http: None,
     };
+    configure(&mut target);
     let mut session = Session::new(Instant::now());
     session.target = Some("scripted".into());
     Gateway {
@@ -421,28 +428,17 @@ async fn a_reload_while_the_connect_is_held_is_not_missed() {
 /// The real SSH gateway on a target whose upstream is never reached (no
 /// channel is opened in these tests).
 fn ssh_gateway(w: &World) -> Gateway {
-    let gw = gateway(w);
-    let target = Target {
-        name: "scripted".into(),
-        protocol: Protocol::Ssh,
-        upstream: None,
-        attrs: gw.target.attrs.clone(),
-        enforce: true,
-        names: vec!["scripted.test".into()],
-        postgres: None,
-        ssh: Some(crate::protocols::ssh::SshTarget {
+    gateway_with(w, |t| {
+        t.protocol = Protocol::Ssh;
+        t.names = vec!["scripted.test".into()];
+        t.ssh = Some(crate::protocols::ssh::SshTarget {
             user: "nobody".into(),
             key_file: "/nonexistent".into(),
             cert_file: None,
             known_hosts: None,
             host_key: Some("ssh-ed25519 AAAA".into()),
-        }),
-        http: None,
-    };
-    Gateway {
-        target: Arc::new(target),
-        ..gw
-    }
+        });
+    })
 }
 
 /// The agent's end and the proxy's end of one connection.
@@ -523,4 +519,120 @@ async fn a_stalled_ssh_agent_does_not_hold_up_a_daemon_stop() {
         "the session outlived the daemon's hard stop by 10 s and more"
     );
     assert!(closed_within(&mut agent, Duration::from_secs(1)).await);
+}
+
+/// Every action allowed: the HTTP tests' policies.
+const ALLOW_ALL: &str = "@id(\"allow-all\")\npermit (principal, action, resource);\n";
+
+/// A response body that sends `first`, then never ends (a watch, a log
+/// stream, a slow download).
+struct Endless(Option<Bytes>);
+
+impl hyper::body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// An HTTP/1.1 upstream answering every request with an [`Endless`] body.
+async fn endless_upstream(first: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            let service = hyper::service::service_fn(move |_req| async move {
+                let body = Endless(Some(Bytes::from_static(first)));
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(c), service),
+            );
+        }
+    });
+    addr
+}
+
+/// Attack: an agent speaking HTTP/2 (ALPN h2 on HTTPS, prior knowledge on
+/// HTTP) has a request in flight (a streaming response) when its session is
+/// cut by a reload. hyper serves each HTTP/2 stream in a task of its own,
+/// spawned outside the session's tasks: the driver does not wait for it,
+/// writes `session_closed` first, and the request's record (and its bytes
+/// in the session's figures) comes after the session's last event.
+#[tokio::test]
+async fn an_http2_request_cut_with_its_session_is_recorded_before_it_closes() {
+    use http_body_util::BodyExt;
+    let mut w = world(ALLOW_ALL);
+    let upstream = endless_upstream(b"first bytes").await;
+    let gw = gateway_with(&w, |t| {
+        t.protocol = Protocol::Http;
+        t.names = vec!["api.test".into()];
+        t.http = Some(serde_json::from_value(serde_json::json!({})).unwrap());
+    });
+    let gw = Gateway { upstream, ..gw };
+    let (agent, conn) = pair().await;
+    let driving = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            drive(
+                &crate::protocols::http::Http { tls: false },
+                conn,
+                gw,
+                orig(),
+            )
+            .await
+        })
+    };
+    let (mut sender, client) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(agent),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(client);
+    let req = http::Request::get("http://api.test/watch")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"first bytes");
+
+    write_policy(&w.policies, FORBID);
+    w.services.policy.reload().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), driving)
+        .await
+        .expect("the reload cuts the session")
+        .unwrap();
+    // Whatever the session's tasks still had to write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = recorded(&mut w, &gw);
+    let order: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+    let closed = events
+        .iter()
+        .position(|e| e.kind == EventKind::SessionClosed)
+        .expect("session_closed");
+    let request = events
+        .iter()
+        .position(|e| e.kind == EventKind::Request)
+        .expect("the request is recorded");
+    assert!(
+        request < closed,
+        "the request's record comes after session_closed: {order:?}"
+    );
+    assert_eq!(
+        events[closed].bytes_to_agent,
+        Some(first.len() as u64),
+        "session_closed counts the bytes the agent received"
+    );
 }
