@@ -562,16 +562,20 @@ async fn endless_upstream(first: &'static [u8]) -> SocketAddr {
     addr
 }
 
-/// Attack: an agent speaking HTTP/2 (ALPN h2 on HTTPS, prior knowledge on
-/// HTTP) has a request in flight (a streaming response) when its session is
-/// cut by a reload. hyper serves each HTTP/2 stream in a task of its own,
-/// spawned outside the session's tasks: the driver does not wait for it,
-/// writes `session_closed` first, and the request's record (and its bytes
-/// in the session's figures) comes after the session's last event.
-#[tokio::test]
-async fn an_http2_request_cut_with_its_session_is_recorded_before_it_closes() {
+/// An HTTP/2 agent on an allowed HTTP target with one request in flight
+/// whose response never ends, its first bytes received.
+struct InFlight {
+    w: World,
+    gw: Gateway,
+    driving: tokio::task::JoinHandle<()>,
+    /// The agent's socket, for hanging up under its HTTP/2 client.
+    socket: std::net::TcpStream,
+    received: usize,
+}
+
+async fn http2_request_in_flight() -> InFlight {
     use http_body_util::BodyExt;
-    let mut w = world(ALLOW_ALL);
+    let w = world(ALLOW_ALL);
     let upstream = endless_upstream(b"first bytes").await;
     let gw = gateway_with(&w, |t| {
         t.protocol = Protocol::Http;
@@ -580,6 +584,10 @@ async fn an_http2_request_cut_with_its_session_is_recorded_before_it_closes() {
     });
     let gw = Gateway { upstream, ..gw };
     let (agent, conn) = pair().await;
+    let socket = {
+        use std::os::fd::AsFd;
+        std::net::TcpStream::from(agent.as_fd().try_clone_to_owned().unwrap())
+    };
     let driving = {
         let gw = gw.clone();
         tokio::spawn(async move {
@@ -607,16 +615,28 @@ async fn an_http2_request_cut_with_its_session_is_recorded_before_it_closes() {
     let mut body = response.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(&first[..], b"first bytes");
+    // The stream stays open until the test ends it.
+    std::mem::forget(body);
+    std::mem::forget(sender);
+    InFlight {
+        w,
+        gw,
+        driving,
+        socket,
+        received: first.len(),
+    }
+}
 
-    write_policy(&w.policies, FORBID);
-    w.services.policy.reload().unwrap();
-    tokio::time::timeout(Duration::from_secs(10), driving)
+/// Ends an [`InFlight`] session's test: it must have closed, with the
+/// request recorded before `session_closed` and its bytes counted there.
+async fn assert_closed_after_its_request(mut f: InFlight) {
+    tokio::time::timeout(Duration::from_secs(10), f.driving)
         .await
-        .expect("the reload cuts the session")
+        .expect("the session ends")
         .unwrap();
     // Whatever the session's tasks still had to write.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let events = recorded(&mut w, &gw);
+    let events = recorded(&mut f.w, &f.gw);
     let order: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
     let closed = events
         .iter()
@@ -632,7 +652,30 @@ async fn an_http2_request_cut_with_its_session_is_recorded_before_it_closes() {
     );
     assert_eq!(
         events[closed].bytes_to_agent,
-        Some(first.len() as u64),
+        Some(f.received as u64),
         "session_closed counts the bytes the agent received"
     );
+}
+
+/// Attack: an agent speaking HTTP/2 (ALPN h2 on HTTPS, prior knowledge on
+/// HTTP) has a request in flight (a streaming response) when its session is
+/// cut by a reload. hyper serves each HTTP/2 stream in a task of its own,
+/// spawned outside the session's tasks: the driver does not wait for it,
+/// writes `session_closed` first, and the request's record (and its bytes
+/// in the session's figures) comes after the session's last event.
+#[tokio::test]
+async fn an_http2_request_cut_with_its_session_is_recorded_before_it_closes() {
+    let f = http2_request_in_flight().await;
+    write_policy(&f.w.policies, FORBID);
+    f.w.services.policy.reload().unwrap();
+    assert_closed_after_its_request(f).await;
+}
+
+/// The look-alike without a cut: an HTTP/2 agent that hangs up with a
+/// stream in flight ends its session as before, the request recorded first.
+#[tokio::test]
+async fn an_http2_agent_hanging_up_mid_stream_closes_its_session_after_the_request() {
+    let f = http2_request_in_flight().await;
+    f.socket.shutdown(std::net::Shutdown::Both).unwrap();
+    assert_closed_after_its_request(f).await;
 }
