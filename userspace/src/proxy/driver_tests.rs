@@ -562,6 +562,27 @@ async fn endless_upstream(first: &'static [u8]) -> SocketAddr {
     addr
 }
 
+/// The real HTTP gateway, its target `api.test` answered by an
+/// [`endless_upstream`].
+async fn http_gateway(w: &World) -> Gateway {
+    let upstream = endless_upstream(b"first bytes").await;
+    let gw = gateway_with(w, |t| {
+        t.protocol = Protocol::Http;
+        t.names = vec!["api.test".into()];
+        t.http = Some(serde_json::from_value(serde_json::json!({})).unwrap());
+    });
+    Gateway { upstream, ..gw }
+}
+
+/// The HTTP gateway's session on `conn`, running.
+fn drive_http(gw: &Gateway, conn: TcpStream) -> tokio::task::JoinHandle<()> {
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        let http = crate::protocols::http::Http { tls: false };
+        drive(&http, conn, gw, orig()).await
+    })
+}
+
 /// An HTTP/2 agent on an allowed HTTP target with one request in flight
 /// whose response never ends, its first bytes received.
 struct InFlight {
@@ -576,30 +597,13 @@ struct InFlight {
 async fn http2_request_in_flight() -> InFlight {
     use http_body_util::BodyExt;
     let w = world(ALLOW_ALL);
-    let upstream = endless_upstream(b"first bytes").await;
-    let gw = gateway_with(&w, |t| {
-        t.protocol = Protocol::Http;
-        t.names = vec!["api.test".into()];
-        t.http = Some(serde_json::from_value(serde_json::json!({})).unwrap());
-    });
-    let gw = Gateway { upstream, ..gw };
+    let gw = http_gateway(&w).await;
     let (agent, conn) = pair().await;
     let socket = {
         use std::os::fd::AsFd;
         std::net::TcpStream::from(agent.as_fd().try_clone_to_owned().unwrap())
     };
-    let driving = {
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            drive(
-                &crate::protocols::http::Http { tls: false },
-                conn,
-                gw,
-                orig(),
-            )
-            .await
-        })
-    };
+    let driving = drive_http(&gw, conn);
     let (mut sender, client) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(agent),
@@ -678,4 +682,68 @@ async fn an_http2_agent_hanging_up_mid_stream_closes_its_session_after_the_reque
     let f = http2_request_in_flight().await;
     f.socket.shutdown(std::net::Shutdown::Both).unwrap();
     assert_closed_after_its_request(f).await;
+}
+
+/// GET held for a human; everything else allowed.
+const HOLD_GET: &str = "@id(\"allow-all\")\npermit (principal, action, resource);\n\
+@id(\"get-needs-approval\")\n@approval(\"platform\")\nforbid (principal, action == Action::\"http:GET\", resource);\n";
+
+/// Attack (on the records): a request is held for a human when its
+/// session is cut (a reload that forbids connect; a daemon stop alike).
+/// The driver drops the relay at once: the hold, withdrawn, never gets
+/// to write the request's record, and the approval it opened is never
+/// recorded as decided either. The operator's records show a request
+/// waiting for approval for ever, and no request.
+#[tokio::test]
+async fn a_request_held_when_its_session_is_cut_is_still_recorded() {
+    let mut w = world(HOLD_GET);
+    let gw = http_gateway(&w).await;
+    let (agent, conn) = pair().await;
+    let driving = drive_http(&gw, conn);
+    let (mut sender, client) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(agent))
+            .await
+            .unwrap();
+    tokio::spawn(client);
+    let req = http::Request::get("/held")
+        .header("host", "api.test")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let asking = tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status()) });
+    let held = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if !w.services.approvals.list().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(held.is_ok(), "the GET is held");
+    write_policy(&w.policies, FORBID);
+    w.services.policy.reload().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), driving)
+        .await
+        .expect("the reload cuts the session")
+        .unwrap();
+    asking.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = recorded(&mut w, &gw);
+    let order: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+    let closed = events
+        .iter()
+        .position(|e| e.kind == EventKind::SessionClosed)
+        .expect("session_closed");
+    let request = events.iter().position(|e| e.kind == EventKind::Request);
+    assert!(
+        request.is_some_and(|r| r < closed),
+        "the held request's record, before session_closed: {order:?}"
+    );
+    let decided = events
+        .iter()
+        .position(|e| e.kind == EventKind::ApprovalDecided);
+    assert!(
+        decided.is_some_and(|d| d < closed),
+        "the approval's ending, before session_closed: {order:?}"
+    );
 }
