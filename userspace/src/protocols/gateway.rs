@@ -210,10 +210,11 @@ impl Gateway {
         ruling.approval_group = Some(request.group.clone());
         waiting(request.id);
         let started = std::time::Instant::now();
-        let outcome = tokio::select! {
-            o = self.services.approvals.hold(request) => o,
-            _ = self.tasks.cancelled() => Outcome::Withdrawn,
-        };
+        let outcome = self
+            .services
+            .approvals
+            .hold_unless(request, self.tasks.cancelled())
+            .await;
         ruling.waited_us = Some(started.elapsed().as_micros() as u64);
         let said = outcome.describe(self.services.approvals.timeout());
         if let Outcome::Approved { by, .. } | Outcome::Denied { by, .. } = &outcome {

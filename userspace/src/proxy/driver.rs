@@ -11,7 +11,7 @@
 //! started, and writes `session_closed` last, with complete figures, on
 //! every way out.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration, time::Instant};
 
 use serde_json::Value;
 use tokio::{net::TcpStream, sync::watch};
@@ -114,15 +114,13 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
     // Watched from before the decision: a reload while it is taken (a
     // human may take minutes) is seen once the session opens.
     let mut swaps = gw.services.policy.swaps();
-    let ruling = tokio::select! {
-        r = gw.authorize(CONNECT, &Value::Null, &text, |_| {}) => r,
-        // A connect held for a human and the daemon stopping meanwhile.
-        _ = gw.tasks.cancelled() => {
-            let mut r = refused_ruling(SessionError::shutdown().to_string());
-            r.verdict = Verdict::Error;
-            r
-        }
-    };
+    // A hold for a human ends, withdrawn and recorded, when the daemon
+    // stops meanwhile.
+    let mut ruling = gw.authorize(CONNECT, &Value::Null, &text, |_| {}).await;
+    if !ruling.allowed && gw.tasks.is_cancelled() {
+        ruling.verdict = Verdict::Error;
+        ruling.reason = format!("{}; {}", ruling.reason, SessionError::shutdown());
+    }
     let kind = if ruling.allowed {
         EventKind::SessionOpened
     } else {
@@ -145,10 +143,12 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
     gw.record(opened).await;
     tracing::debug!(target = %gw.target.name, "session opened");
 
+    let serving = phases::serve(p, conn, &gw);
+    tokio::pin!(serving);
     let result = tokio::select! {
-        r = phases::serve(p, conn, &gw) => r,
-        _ = gw.tasks.cancelled() => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
-        _ = still_allowed(&gw, &ruling, &mut swaps) => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
+        r = &mut serving => r,
+        _ = gw.tasks.cancelled() => wind_down(&gw, serving).await,
+        _ = still_allowed(&gw, &ruling, &mut swaps) => wind_down(&gw, serving).await,
     };
     // What the session started may outlive its main work (an approved
     // upgrade's tunnel, SSH channels draining): the session lasts until they
@@ -158,6 +158,21 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
         _ = still_allowed(&gw, &ruling, &mut swaps) => gw.tasks.wait().await,
     }
     close(&gw, result).await;
+}
+
+/// How long a cut session's own work may take to end once told (a hold
+/// withdrawn, its request refused and recorded); the relay itself is not
+/// waited for.
+const WIND_DOWN: Duration = Duration::from_millis(500);
+
+/// Gives a cut session's main work [`WIND_DOWN`] to record how the cut
+/// ended what it was doing, then drops it.
+async fn wind_down(
+    gw: &Gateway,
+    serving: Pin<&mut impl Future<Output = Result<(), SessionError>>>,
+) -> Result<(), SessionError> {
+    let _ = tokio::time::timeout(WIND_DOWN, serving).await;
+    Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown))
 }
 
 /// Returns once the policies in force no longer allow this session (a
@@ -215,20 +230,6 @@ async fn close(gw: &Gateway, result: Result<(), SessionError>) {
     // TCP passthrough cannot see into the stream; protocol handlers count.
     closed.masked_fields = Some(gw.session.masked.load(std::sync::atomic::Ordering::Relaxed));
     gw.record(closed).await;
-}
-
-fn refused_ruling(reason: String) -> Ruling {
-    Ruling {
-        allowed: false,
-        verdict: Verdict::Deny,
-        shadow: false,
-        policy_id: None,
-        reason,
-        approval_id: None,
-        approver: None,
-        approval_group: None,
-        waited_us: None,
-    }
 }
 
 /// Records a denial, then closes the agent's connection: the agent sees

@@ -747,3 +747,35 @@ async fn a_request_held_when_its_session_is_cut_is_still_recorded() {
         "the approval's ending, before session_closed: {order:?}"
     );
 }
+
+/// A connect held for a human when the daemon stops: refused as an error,
+/// the approval recorded as withdrawn before the refusal.
+#[tokio::test(start_paused = true)]
+async fn a_connect_held_at_shutdown_is_refused_and_its_approval_ends_first() {
+    let mut w = world(HOLD);
+    let gw = gateway(&w);
+    let running = {
+        let gw = gw.clone();
+        tokio::spawn(
+            async move { drive(&Scripted::default(), agent_conn().await, gw, orig()).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.services.approvals.list().len(), 1, "the connect is held");
+    w.hard_stop.cancel();
+    running.await.unwrap();
+    let events = recorded(&mut w, &gw);
+    assert_eq!(
+        kinds(&events),
+        [
+            "approval_requested",
+            "approval_decided",
+            "session_denied",
+            "refusal told"
+        ]
+    );
+    let denied = &events[2];
+    assert_eq!(denied.verdict, Verdict::Error);
+    let reason = denied.reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("shutting down"), "{reason}");
+}
