@@ -131,6 +131,8 @@ async fn agent_conn() -> TcpStream {
 /// A protocol whose phases do what the test says.
 #[derive(Default)]
 struct Scripted {
+    /// The agent never finishes its opening (slowloris).
+    handshake_stalls: bool,
     /// The connect phase fails, blaming the upstream.
     connect_fails: bool,
     /// How long the relay runs; `None`: until the session is cut.
@@ -147,6 +149,9 @@ impl Phases for Scripted {
     type Upstream = ();
 
     async fn handshake(&self, conn: TcpStream, _gw: &Gateway) -> Result<TcpStream, SessionError> {
+        if self.handshake_stalls {
+            std::future::pending::<()>().await;
+        }
         Ok(conn)
     }
 
@@ -778,4 +783,35 @@ async fn a_connect_held_at_shutdown_is_refused_and_its_approval_ends_first() {
     assert_eq!(denied.verdict, Verdict::Error);
     let reason = denied.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("shutting down"), "{reason}");
+}
+
+/// Attack: an agent with no allowed target opens many connections to a
+/// refused one and never finishes its opening (slowloris). Each refusal
+/// waits the connect timeout for that opening, holding one of the
+/// daemon's `max_connections` (a refused connection used to be closed at
+/// once): a few thousand such connections, renewed every few seconds, and
+/// no agent's connection is accepted any more.
+#[tokio::test(start_paused = true)]
+async fn stalled_refusals_cannot_hold_the_daemons_connections() {
+    let w = world(FORBID);
+    let mut running = Vec::new();
+    for _ in 0..300 {
+        let gw = gateway(&w);
+        let p = Scripted {
+            handshake_stalls: true,
+            ..Default::default()
+        };
+        running.push(tokio::spawn(async move {
+            drive(&p, agent_conn().await, gw, orig()).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting = running.iter().filter(|r| !r.is_finished()).count();
+    for r in running {
+        r.await.unwrap();
+    }
+    assert!(
+        waiting <= 128,
+        "{waiting} refusals wait for their agents' openings"
+    );
 }
