@@ -811,7 +811,7 @@ async fn stalled_refusals_cannot_hold_the_daemons_connections() {
         r.await.unwrap();
     }
     assert!(
-        waiting <= 128,
+        waiting <= phases::MAX_REFUSING,
         "{waiting} refusals wait for their agents' openings"
     );
 }
