@@ -689,6 +689,23 @@ async fn an_http2_agent_hanging_up_mid_stream_closes_its_session_after_the_reque
     assert_closed_after_its_request(f).await;
 }
 
+/// An HTTP/1.1 agent's session on the HTTP gateway, running.
+async fn http1_session(
+    gw: &Gateway,
+) -> (
+    tokio::task::JoinHandle<()>,
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+) {
+    let (agent, conn) = pair().await;
+    let driving = drive_http(gw, conn);
+    let (sender, client) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(agent))
+            .await
+            .unwrap();
+    tokio::spawn(client);
+    (driving, sender)
+}
+
 /// GET held for a human; everything else allowed.
 const HOLD_GET: &str = "@id(\"allow-all\")\npermit (principal, action, resource);\n\
 @id(\"get-needs-approval\")\n@approval(\"platform\")\nforbid (principal, action == Action::\"http:GET\", resource);\n";
@@ -703,13 +720,7 @@ const HOLD_GET: &str = "@id(\"allow-all\")\npermit (principal, action, resource)
 async fn a_request_held_when_its_session_is_cut_is_still_recorded() {
     let mut w = world(HOLD_GET);
     let gw = http_gateway(&w).await;
-    let (agent, conn) = pair().await;
-    let driving = drive_http(&gw, conn);
-    let (mut sender, client) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(agent))
-            .await
-            .unwrap();
-    tokio::spawn(client);
+    let (driving, mut sender) = http1_session(&gw).await;
     let req = http::Request::get("/held")
         .header("host", "api.test")
         .body(http_body_util::Empty::<Bytes>::new())
@@ -813,5 +824,46 @@ async fn stalled_refusals_cannot_hold_the_daemons_connections() {
     assert!(
         waiting <= phases::MAX_REFUSING,
         "{waiting} refusals wait for their agents' openings"
+    );
+}
+
+/// Attack on the wind-down a cut session gets to record its last work: a
+/// request held when a reload forbids the session is refused; the agent
+/// sends its next request on the same connection at once. The new
+/// policies forbid the session but still permit the request: it must not
+/// be forwarded by a session already cut.
+#[tokio::test]
+async fn a_cut_session_forwards_nothing_more() {
+    let w = world(HOLD_GET);
+    let gw = http_gateway(&w).await;
+    let (driving, mut sender) = http1_session(&gw).await;
+    let request = |method: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri("/x")
+            .header("host", "api.test")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let held = sender.send_request(request("GET"));
+    let cut = async {
+        while w.services.approvals.list().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        write_policy(
+            &w.policies,
+            "@id(\"allow-all\")\npermit (principal, action, resource);\n\
+             @id(\"no-connect\")\nforbid (principal, action == Action::\"connect\", resource);\n",
+        );
+        w.services.policy.reload().unwrap();
+    };
+    let (held, ()) = tokio::join!(held, cut);
+    assert_eq!(held.unwrap().status(), 403, "the held GET is refused");
+    let next = sender.send_request(request("POST")).await;
+    driving.await.unwrap();
+    assert!(
+        next.as_ref().map_or(true, |r| r.status() != 200),
+        "a request was forwarded after the session was cut: {:?}",
+        next.map(|r| r.status())
     );
 }
