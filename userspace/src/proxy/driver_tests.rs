@@ -599,23 +599,36 @@ struct InFlight {
     received: usize,
 }
 
-async fn http2_request_in_flight() -> InFlight {
-    use http_body_util::BodyExt;
-    let w = world(ALLOW_ALL);
-    let gw = http_gateway(&w).await;
+/// An HTTP/2 agent's session on the HTTP gateway, running; with the
+/// agent's socket, for hanging up under its client.
+async fn http2_session(
+    gw: &Gateway,
+) -> (
+    tokio::task::JoinHandle<()>,
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    std::net::TcpStream,
+) {
     let (agent, conn) = pair().await;
     let socket = {
         use std::os::fd::AsFd;
         std::net::TcpStream::from(agent.as_fd().try_clone_to_owned().unwrap())
     };
-    let driving = drive_http(&gw, conn);
-    let (mut sender, client) = hyper::client::conn::http2::handshake(
+    let driving = drive_http(gw, conn);
+    let (sender, client) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(agent),
     )
     .await
     .unwrap();
     tokio::spawn(client);
+    (driving, sender, socket)
+}
+
+async fn http2_request_in_flight() -> InFlight {
+    use http_body_util::BodyExt;
+    let w = world(ALLOW_ALL);
+    let gw = http_gateway(&w).await;
+    let (driving, mut sender, socket) = http2_session(&gw).await;
     let req = http::Request::get("http://api.test/watch")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
@@ -718,14 +731,41 @@ const HOLD_GET: &str = "@id(\"allow-all\")\npermit (principal, action, resource)
 /// waiting for approval for ever, and no request.
 #[tokio::test]
 async fn a_request_held_when_its_session_is_cut_is_still_recorded() {
-    let mut w = world(HOLD_GET);
+    let w = world(HOLD_GET);
     let gw = http_gateway(&w).await;
     let (driving, mut sender) = http1_session(&gw).await;
-    let req = http::Request::get("/held")
+    let asking = tokio::spawn(async move { sender.send_request(held_get()).await.map(|_| ()) });
+    assert_held_request_recorded_at_cut(w, gw, driving, asking).await;
+}
+
+/// The same over HTTP/2, where each request runs in a stream task.
+#[tokio::test]
+async fn an_http2_request_held_when_its_session_is_cut_is_still_recorded() {
+    let w = world(HOLD_GET);
+    let gw = http_gateway(&w).await;
+    let (driving, mut sender, _socket) = http2_session(&gw).await;
+    let mut req = held_get();
+    *req.uri_mut() = "http://api.test/held".parse().unwrap();
+    let asking = tokio::spawn(async move { sender.send_request(req).await.map(|_| ()) });
+    assert_held_request_recorded_at_cut(w, gw, driving, asking).await;
+}
+
+fn held_get() -> http::Request<http_body_util::Empty<Bytes>> {
+    http::Request::get("/held")
         .header("host", "api.test")
         .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
-    let asking = tokio::spawn(async move { sender.send_request(req).await.map(|r| r.status()) });
+        .unwrap()
+}
+
+/// Waits for the agent's request to be held, cuts the session with a
+/// reload, and checks the request and its approval were recorded as ended
+/// before `session_closed`.
+async fn assert_held_request_recorded_at_cut(
+    mut w: World,
+    gw: Gateway,
+    driving: tokio::task::JoinHandle<()>,
+    asking: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
     let held = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if !w.services.approvals.list().is_empty() {
