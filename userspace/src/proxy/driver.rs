@@ -11,7 +11,7 @@
 //! started, and writes `session_closed` last, with complete figures, on
 //! every way out.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration, time::Instant};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use serde_json::Value;
 use tokio::{net::TcpStream, sync::watch};
@@ -32,7 +32,7 @@ use crate::{
         tcp::Tcp,
     },
     records::{Event, EventKind, Verdict},
-    session::{Counters, Session, SessionError, SessionTasks},
+    session::{Counters, Session, SessionError, SessionTasks, WIND_DOWN},
 };
 
 /// The action every session is first decided as.
@@ -159,11 +159,6 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
     }
     close(&gw, result).await;
 }
-
-/// How long a cut session's own work may take to end once told (a hold
-/// withdrawn, its request refused and recorded); the relay itself is not
-/// waited for.
-const WIND_DOWN: Duration = Duration::from_millis(500);
 
 /// Gives a cut session's main work [`WIND_DOWN`] to record how the cut
 /// ended what it was doing, then drops it.

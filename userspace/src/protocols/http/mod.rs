@@ -190,8 +190,9 @@ impl Phases for Http {
 
 /// Where hyper runs each HTTP/2 stream: a task of the session, so a
 /// request in flight ends (and writes its record, and adds its bytes)
-/// before the session's closing record, and is dropped when the session is
-/// cut. Not tokio's spawn: the driver would not wait for those.
+/// before the session's closing record, and, when the session is cut,
+/// gets the wind-down to record how (a hold withdrawn) before it is
+/// dropped. Not tokio's spawn: the driver would not wait for those.
 #[derive(Clone)]
 struct SessionStreams(SessionTasks);
 
@@ -201,7 +202,7 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, stream: F) {
-        self.0.spawn_cancellable(async move {
+        self.0.spawn_winding_down(async move {
             stream.await;
         });
     }
