@@ -907,3 +907,79 @@ async fn a_cut_session_forwards_nothing_more() {
         next.map(|r| r.status())
     );
 }
+
+/// An agent's SSH client that trusts any host key.
+struct TrustingClient;
+
+impl russh::client::Handler for TrustingClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Attack (on shutdown): an agent runs a command on an SSH target whose
+/// server accepts TCP but never speaks (hung, overloaded, a tarpit).
+/// Before deciding, the channel asks the host which program the command
+/// runs, over a new upstream login that waits for the server's greeting
+/// with no bound; that part of the channel task does not watch for the
+/// session being cut, and the driver waits for the task: neither a daemon
+/// stop nor a reload ends the session.
+#[tokio::test]
+async fn an_ssh_channel_waiting_on_a_silent_upstream_does_not_hold_up_a_stop() {
+    let w = world_with(ALLOW_ALL, Duration::from_secs(5), true);
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("id_ed25519");
+    let key = russh::keys::PrivateKey::random(
+        &mut russh::keys::key::safe_rng(),
+        russh::keys::Algorithm::Ed25519,
+    )
+    .unwrap();
+    std::fs::write(
+        &key_file,
+        key.to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let gw = ssh_gateway(&w);
+    let mut ssh = gw.target.ssh.clone().unwrap();
+    ssh.key_file = key_file;
+    let gw = Gateway {
+        upstream: silent.local_addr().unwrap(),
+        ..gateway_with(&w, |t| {
+            t.protocol = Protocol::Ssh;
+            t.names = vec!["scripted.test".into()];
+            t.ssh = Some(ssh);
+        })
+    };
+    let (agent, conn) = pair().await;
+    let driving = {
+        let gw = gw.clone();
+        tokio::spawn(async move { drive(&crate::protocols::ssh::Ssh, conn, gw, orig()).await })
+    };
+    let mut client = russh::client::connect_stream(Default::default(), agent, TrustingClient)
+        .await
+        .unwrap();
+    let auth = client.authenticate_none("agent").await.unwrap();
+    assert!(auth.success());
+    let channel = client.channel_open_session().await.unwrap();
+    channel.exec(true, "ls").await.unwrap();
+    // The upstream's TCP accept, then nothing.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(5), silent.accept())
+        .await
+        .expect("blastgate logs in upstream")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.hard_stop.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), driving).await;
+    assert!(
+        stopped.is_ok(),
+        "the session outlived the daemon's hard stop by 10 s and more"
+    );
+}
