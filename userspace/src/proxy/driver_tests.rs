@@ -983,3 +983,27 @@ async fn an_ssh_channel_waiting_on_a_silent_upstream_does_not_hold_up_a_stop() {
         "the session outlived the daemon's hard stop by 10 s and more"
     );
 }
+
+/// Shutdown with a refusal under way (the agent never finishes its
+/// opening): the refusal ends with the daemon's hard stop instead of
+/// running out the connect timeout, which an operator may set high.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_under_way_ends_at_the_hard_stop() {
+    let w = world(FORBID);
+    let gw = gateway(&w);
+    let p = Scripted {
+        handshake_stalls: true,
+        ..Default::default()
+    };
+    let running = tokio::spawn(async move { drive(&p, agent_conn().await, gw, orig()).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!running.is_finished());
+    let stopping = tokio::time::Instant::now();
+    w.hard_stop.cancel();
+    running.await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(1),
+        "the refusal ran {:?} past the hard stop",
+        stopping.elapsed()
+    );
+}
