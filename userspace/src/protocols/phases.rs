@@ -13,7 +13,7 @@ use std::{
 use tokio::net::TcpStream;
 
 use super::gateway::Gateway;
-use crate::session::SessionError;
+use crate::session::{SessionError, WIND_DOWN};
 
 pub trait Phases: Send + Sync {
     /// The agent's side once its opening is done (TLS, a startup packet).
@@ -86,7 +86,15 @@ pub async fn refuse<P: Phases>(p: &P, conn: TcpStream, why: &SessionError, gw: &
             p.refuse(agent, why, gw).await;
         }
     };
-    let _ = tokio::time::timeout(limit, told).await;
+    // A hard stop (before or during the refusal) leaves it the wind-down
+    // to tell the agent: shutdown does not wait out the connect timeout.
+    tokio::pin!(told);
+    tokio::select! {
+        _ = tokio::time::timeout(limit, &mut told) => {}
+        _ = gw.tasks.cancelled() => {
+            let _ = tokio::time::timeout(WIND_DOWN, told).await;
+        }
+    }
 }
 
 /// Refusals told in the protocol's own form at once, daemon-wide. Each
