@@ -137,6 +137,17 @@ impl Broker {
 
     /// Opens a request and waits for its outcome.
     pub async fn hold(&self, request: ApprovalRequest) -> Outcome {
+        self.hold_unless(request, std::future::pending()).await
+    }
+
+    /// [`Broker::hold`], withdrawn when `withdrawn` resolves first (the
+    /// session was cut): recorded as decided all the same, so no request
+    /// is left pending in the records.
+    pub async fn hold_unless(
+        &self,
+        request: ApprovalRequest,
+        withdrawn: impl std::future::Future<Output = ()>,
+    ) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let id = request.id;
         self.lock().insert(
@@ -161,10 +172,13 @@ impl Broker {
         }
         tracing::info!(approval = %id, group = %request.group, action = %request.action, "held for approval");
 
-        let outcome = match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(o)) => o,
-            Ok(Err(_)) => Outcome::Withdrawn,
-            Err(_) => Outcome::TimedOut,
+        let outcome = tokio::select! {
+            answered = tokio::time::timeout(self.timeout, rx) => match answered {
+                Ok(Ok(o)) => o,
+                Ok(Err(_)) => Outcome::Withdrawn,
+                Err(_) => Outcome::TimedOut,
+            },
+            _ = withdrawn => Outcome::Withdrawn,
         };
         drop(guard);
         let latency = started.elapsed();

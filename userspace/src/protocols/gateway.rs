@@ -25,7 +25,7 @@ use crate::{
         masking::MaskPlan, AgentAttrs, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict,
     },
     records::{Event, EventKind, Recorder, Verdict},
-    session::{Counters, Session, SessionTasks},
+    session::{Counters, Session, SessionError, SessionTasks},
 };
 
 /// What the daemon shares with every gateway, for its whole life.
@@ -174,6 +174,17 @@ impl Gateway {
             approval_group: None,
             waited_us: None,
         };
+        if self.tasks.is_cancelled() {
+            // Cut (shutdown, a reload that forbids the session): what is
+            // still asked while the session winds down is refused, in
+            // shadow mode too.
+            let why = self.tasks.why().unwrap_or_else(SessionError::shutdown);
+            ruling.allowed = false;
+            ruling.verdict = Verdict::Deny;
+            ruling.shadow = false;
+            ruling.reason = format!("not run: the session was cut ({why})");
+            return ruling;
+        }
         if ruling.allowed {
             return ruling;
         }
@@ -210,10 +221,11 @@ impl Gateway {
         ruling.approval_group = Some(request.group.clone());
         waiting(request.id);
         let started = std::time::Instant::now();
-        let outcome = tokio::select! {
-            o = self.services.approvals.hold(request) => o,
-            _ = self.tasks.cancelled() => Outcome::Withdrawn,
-        };
+        let outcome = self
+            .services
+            .approvals
+            .hold_unless(request, self.tasks.cancelled())
+            .await;
         ruling.waited_us = Some(started.elapsed().as_micros() as u64);
         let said = outcome.describe(self.services.approvals.timeout());
         if let Outcome::Approved { by, .. } | Outcome::Denied { by, .. } = &outcome {

@@ -5,12 +5,15 @@
 //! driver owns what is common: the connect decision, the session's tasks,
 //! cancellation, and the opening and closing records.
 
-use std::future::Future;
+use std::{
+    future::Future,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use tokio::net::TcpStream;
 
 use super::gateway::Gateway;
-use crate::session::SessionError;
+use crate::session::{SessionError, WIND_DOWN};
 
 pub trait Phases: Send + Sync {
     /// The agent's side once its opening is done (TLS, a startup packet).
@@ -72,11 +75,52 @@ pub async fn serve<P: Phases>(p: &P, conn: TcpStream, gw: &Gateway) -> Result<()
 /// Tells a refused agent why, bounded: an agent that never finishes its
 /// opening is not waited for past the connect timeout.
 pub async fn refuse<P: Phases>(p: &P, conn: TcpStream, why: &SessionError, gw: &Gateway) {
+    let Some(_slot) = Refusing::enter() else {
+        tracing::debug!("{MAX_REFUSING} refusals under way: connection closed without one");
+        drop(conn);
+        return;
+    };
     let limit = gw.services.connect_timeout;
     let told = async {
         if let Ok(agent) = p.handshake(conn, gw).await {
             p.refuse(agent, why, gw).await;
         }
     };
-    let _ = tokio::time::timeout(limit, told).await;
+    // A hard stop (before or during the refusal) leaves it the wind-down
+    // to tell the agent: shutdown does not wait out the connect timeout.
+    tokio::pin!(told);
+    tokio::select! {
+        _ = tokio::time::timeout(limit, &mut told) => {}
+        _ = gw.tasks.cancelled() => {
+            let _ = tokio::time::timeout(WIND_DOWN, told).await;
+        }
+    }
+}
+
+/// Refusals told in the protocol's own form at once, daemon-wide. Each
+/// may wait up to the connect timeout for the agent's opening while it
+/// holds one of the daemon's connections: past this many, a refused
+/// connection is closed at once (its refusal is recorded all the same),
+/// so refused agents cannot take the connections allowed ones need.
+pub const MAX_REFUSING: usize = 128;
+
+static REFUSING: AtomicUsize = AtomicUsize::new(0);
+
+/// One refusal under way, counted until dropped.
+struct Refusing;
+
+impl Refusing {
+    fn enter() -> Option<Refusing> {
+        if REFUSING.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+            REFUSING.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Refusing)
+    }
+}
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    }
 }

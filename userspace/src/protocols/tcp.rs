@@ -38,7 +38,12 @@ impl Phases for Tcp {
         upstream: TcpStream,
         gw: &Gateway,
     ) -> Result<(), SessionError> {
-        relay(&agent, &upstream, &gw.counters).await
+        // Nothing to decide in a stream blastgate cannot read: a cut ends
+        // it at once, without the wind-down others get.
+        tokio::select! {
+            r = relay(&agent, &upstream, &gw.counters) => r,
+            _ = gw.tasks.cancelled() => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
+        }
     }
 
     async fn refuse(&self, agent: TcpStream, _why: &SessionError, _gw: &Gateway) {

@@ -11,10 +11,10 @@
 //! started, and writes `session_closed` last, with complete figures, on
 //! every way out.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 use tracing::Instrument;
 
 use super::ProxyContext;
@@ -32,7 +32,7 @@ use crate::{
         tcp::Tcp,
     },
     records::{Event, EventKind, Verdict},
-    session::{Counters, Session, SessionError, SessionTasks},
+    session::{Counters, Session, SessionError, SessionTasks, WIND_DOWN},
 };
 
 /// The action every session is first decided as.
@@ -114,15 +114,16 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
 /// The lifecycle, the same for every protocol.
 pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketAddr) {
     let text = format!("connect to {orig}");
-    let ruling = tokio::select! {
-        r = gw.authorize(CONNECT, &Value::Null, &text, |_| {}) => r,
-        // A connect held for a human and the daemon stopping meanwhile.
-        _ = gw.tasks.cancelled() => {
-            let mut r = refused_ruling(SessionError::shutdown().to_string());
-            r.verdict = Verdict::Error;
-            r
-        }
-    };
+    // Watched from before the decision: a reload while it is taken (a
+    // human may take minutes) is seen once the session opens.
+    let mut swaps = gw.services.policy.swaps();
+    // A hold for a human ends, withdrawn and recorded, when the daemon
+    // stops meanwhile.
+    let mut ruling = gw.authorize(CONNECT, &Value::Null, &text, |_| {}).await;
+    if !ruling.allowed && gw.tasks.is_cancelled() {
+        ruling.verdict = Verdict::Error;
+        ruling.reason = format!("{}; {}", ruling.reason, SessionError::shutdown());
+    }
     let kind = if ruling.allowed {
         EventKind::SessionOpened
     } else {
@@ -145,53 +146,70 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
     gw.record(opened).await;
     tracing::debug!(target = %gw.target.name, "session opened");
 
+    let serving = phases::serve(p, conn, &gw);
+    tokio::pin!(serving);
     let result = tokio::select! {
-        r = phases::serve(p, conn, &gw) => r,
-        _ = gw.tasks.cancelled() => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
-        _ = still_allowed(&gw, &ruling) => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
+        r = &mut serving => r,
+        _ = gw.tasks.cancelled() => wind_down(&gw, serving).await,
+        _ = still_allowed(&gw, &ruling, &mut swaps) => wind_down(&gw, serving).await,
     };
     // What the session started may outlive its main work (an approved
     // upgrade's tunnel, SSH channels draining): the session lasts until they
     // end, and a cut from outside still reaches them meanwhile.
-    let ended = async {
+    // Cut while only its tasks were left, or waited for past the bound:
+    // None when every task ended on its own.
+    let cut = async {
         tokio::select! {
-            _ = gw.tasks.wait() => return true,
-            _ = still_allowed(&gw, &ruling) => {}
+            _ = gw.tasks.wait() => return None,
+            _ = still_allowed(&gw, &ruling, &mut swaps) => {}
             _ = gw.tasks.cancelled() => {}
         }
         // Cut: every task was told; each writes its record and ends. One
         // that cannot (an agent that stopped reading) is not waited for
         // past a bound, so a daemon stop always completes.
-        tokio::time::timeout(CUT_GRACE, gw.tasks.wait())
-            .await
-            .is_ok()
+        let ended = tokio::time::timeout(CUT_GRACE, gw.tasks.wait()).await;
+        Some(ended.is_ok())
     };
-    let result = match (ended.await, result) {
-        (true, r) => r,
-        (false, r) => {
+    let result = match (cut.await, result) {
+        (None, r) | (Some(true), r @ Err(_)) => r,
+        // The main work had ended well; the cut is what ended the session.
+        (Some(true), Ok(())) => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
+        (Some(false), r) => {
             let left = gw.tasks.len();
             tracing::warn!(
                 tasks = left,
                 "session tasks did not end after the cut; abandoned"
             );
             let note = format!("{left} task(s) did not end within {CUT_GRACE:?} of the cut");
-            Err(match r {
-                Ok(()) => SessionError::blastgate(note),
-                Err(mut e) => {
-                    e.message = format!("{}; {note}", e.message);
-                    e
-                }
-            })
+            let mut e = match r {
+                Ok(()) => gw.tasks.why().unwrap_or_else(SessionError::shutdown),
+                Err(e) => e,
+            };
+            e.message = format!("{}; {note}", e.message);
+            Err(e)
         }
     };
     close(&gw, result).await;
 }
 
+/// Gives a cut session's main work [`WIND_DOWN`] to record how the cut
+/// ended what it was doing, then drops it.
+async fn wind_down(
+    gw: &Gateway,
+    serving: Pin<&mut impl Future<Output = Result<(), SessionError>>>,
+) -> Result<(), SessionError> {
+    let _ = tokio::time::timeout(WIND_DOWN, serving).await;
+    Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown))
+}
+
 /// Returns once the policies in force no longer allow this session (a
-/// reload changed them), having cut it; never returns otherwise.
-async fn still_allowed(gw: &Gateway, opened: &Ruling) {
-    let mut swaps = gw.services.policy.swaps();
-    swaps.mark_unchanged();
+/// reload changed them since `swaps` was taken, before the connect was
+/// decided), having cut it; never returns otherwise. A shadow-mode target
+/// is never cut: nothing is enforced there, a reload included.
+async fn still_allowed(gw: &Gateway, opened: &Ruling, swaps: &mut watch::Receiver<u64>) {
+    if !gw.target.enforce {
+        return std::future::pending().await;
+    }
     loop {
         if swaps.changed().await.is_err() {
             return std::future::pending().await;
@@ -202,7 +220,7 @@ async fn still_allowed(gw: &Gateway, opened: &Ruling) {
             PolicyVerdict::Allow => true,
             // A human already said yes to this very session.
             PolicyVerdict::Hold => approved,
-            PolicyVerdict::Deny | PolicyVerdict::Error => !gw.target.enforce,
+            PolicyVerdict::Deny | PolicyVerdict::Error => false,
         };
         if !keeps {
             let why = SessionError::policy(format!(
@@ -239,20 +257,6 @@ async fn close(gw: &Gateway, result: Result<(), SessionError>) {
     // TCP passthrough cannot see into the stream; protocol handlers count.
     closed.masked_fields = Some(gw.session.masked.load(std::sync::atomic::Ordering::Relaxed));
     gw.record(closed).await;
-}
-
-fn refused_ruling(reason: String) -> Ruling {
-    Ruling {
-        allowed: false,
-        verdict: Verdict::Deny,
-        shadow: false,
-        policy_id: None,
-        reason,
-        approval_id: None,
-        approver: None,
-        approval_group: None,
-        waited_us: None,
-    }
 }
 
 /// Records a denial, then closes the agent's connection: the agent sees

@@ -14,4 +14,4 @@ mod tasks;
 pub use counters::Counters;
 pub use error::{Fault, SessionError};
 pub use record::Session;
-pub use tasks::SessionTasks;
+pub use tasks::{SessionTasks, WIND_DOWN};

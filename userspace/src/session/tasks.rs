@@ -6,11 +6,16 @@
 use std::{
     future::Future,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::SessionError;
+
+/// How long a cut session's work may take to end once told (a hold
+/// withdrawn, its request refused and recorded) before it is dropped.
+pub const WIND_DOWN: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 pub struct SessionTasks {
@@ -52,6 +57,25 @@ impl SessionTasks {
             tokio::select! {
                 _ = task => {}
                 _ = cancel.cancelled() => {}
+            }
+        });
+    }
+
+    /// Starts work that ends on its own once told of a cut, recording how
+    /// (a hold withdrawn, its request refused), but is not trusted to:
+    /// given [`WIND_DOWN`] after the cut, then dropped.
+    pub fn spawn_winding_down<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.tracker.spawn(async move {
+            tokio::pin!(task);
+            tokio::select! {
+                _ = &mut task => {}
+                _ = cancel.cancelled() => {
+                    let _ = tokio::time::timeout(WIND_DOWN, task).await;
+                }
             }
         });
     }

@@ -39,7 +39,7 @@ use std::{convert::Infallible, sync::Arc};
 
 use http::StatusCode;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -51,7 +51,7 @@ pub use request::decided_on;
 
 use crate::{
     protocols::{gateway::Gateway, phases::Phases},
-    session::SessionError,
+    session::{SessionError, SessionTasks},
 };
 
 pub struct Http {
@@ -151,15 +151,16 @@ impl Phases for Http {
         &self,
         agent: Agent,
         state: Arc<request::Conn>,
-        _gw: &Gateway,
+        gw: &Gateway,
     ) -> Result<(), SessionError> {
         let service = service_fn(move |req| {
             let state = state.clone();
             async move { Ok::<_, Infallible>(request::handle(state, req).await) }
         });
+        let streams = SessionStreams(gw.tasks.clone());
         match agent {
-            Agent::Plain(c) => serve_http(TokioIo::new(c), service).await,
-            Agent::Tls { stream, .. } => serve_http(TokioIo::new(*stream), service).await,
+            Agent::Plain(c) => serve_http(TokioIo::new(c), service, streams).await,
+            Agent::Tls { stream, .. } => serve_http(TokioIo::new(*stream), service, streams).await,
         }
     }
 
@@ -179,14 +180,35 @@ impl Phases for Http {
             );
             async move { Ok::<_, Infallible>(answer) }
         });
+        let streams = SessionStreams(gw.tasks.clone());
         let _ = match agent {
-            Agent::Plain(c) => serve_http(TokioIo::new(c), service).await,
-            Agent::Tls { stream, .. } => serve_http(TokioIo::new(*stream), service).await,
+            Agent::Plain(c) => serve_http(TokioIo::new(c), service, streams).await,
+            Agent::Tls { stream, .. } => serve_http(TokioIo::new(*stream), service, streams).await,
         };
     }
 }
 
-async fn serve_http<I, S>(io: I, service: S) -> Result<(), SessionError>
+/// Where hyper runs each HTTP/2 stream: a task of the session, so a
+/// request in flight ends (and writes its record, and adds its bytes)
+/// before the session's closing record, and, when the session is cut,
+/// gets the wind-down to record how (a hold withdrawn) before it is
+/// dropped. Not tokio's spawn: the driver would not wait for those.
+#[derive(Clone)]
+struct SessionStreams(SessionTasks);
+
+impl<F> hyper::rt::Executor<F> for SessionStreams
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        self.0.spawn_winding_down(async move {
+            stream.await;
+        });
+    }
+}
+
+async fn serve_http<I, S>(io: I, service: S, streams: SessionStreams) -> Result<(), SessionError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -196,7 +218,7 @@ where
         > + Send,
     S::Future: Send + 'static,
 {
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+    hyper_util::server::conn::auto::Builder::new(streams)
         .serve_connection_with_upgrades(io, service)
         .await
         .map_err(|e| SessionError::agent(format!("http: {e}")))

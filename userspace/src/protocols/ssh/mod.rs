@@ -78,8 +78,60 @@ macro_rules! accept_any_login {
 }
 use accept_any_login;
 
-/// How long a cut session's russh task gets to say goodbye.
-const CUT_GRACE: Duration = Duration::from_secs(3);
+/// How long a session cut from outside (shutdown, a policy reload, a
+/// refusal's bound) waits for russh to tell the agent and end on its own
+/// before its socket is closed under it.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
+/// The agent's socket, closable from outside the russh task that owns it.
+/// Dropping a russh `RunningSession` does not stop its task; a session
+/// told to disconnect does not while a key exchange runs, and afterwards
+/// waits for the agent to close its side (up to the inactivity timeout).
+/// Shutting the socket down ends the task whatever the agent does:
+/// its reads see the end, its writes fail. Done when dropped, so a
+/// session's end, or its future dropped half-way, always closes it.
+struct Cut(Option<std::net::TcpStream>);
+
+impl Cut {
+    fn of(conn: &TcpStream) -> Cut {
+        use std::os::fd::AsFd;
+        let dup = conn.as_fd().try_clone_to_owned();
+        if let Err(e) = &dup {
+            tracing::warn!(error = %e, "cannot keep a handle on the agent's socket");
+        }
+        Cut(dup.ok().map(std::net::TcpStream::from))
+    }
+
+    fn now(&self) {
+        if let Some(s) = &self.0 {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        self.now();
+    }
+}
+
+/// Ends a russh session from outside: tells the agent why when russh
+/// takes the disconnect in time, then closes the socket under it.
+async fn end_session<H: server::Handler>(
+    running: std::pin::Pin<&mut server::RunningSession<H>>,
+    handle: server::Handle,
+    cut: &Cut,
+    why: String,
+) -> Result<(), H::Error> {
+    let mut running = running;
+    let told = handle.disconnect(Disconnect::ByApplication, why, String::new());
+    let _ = tokio::time::timeout(CUT_GRACE, told).await;
+    if let Ok(ended) = tokio::time::timeout(CUT_GRACE, running.as_mut()).await {
+        return ended;
+    }
+    cut.now();
+    running.await
+}
 
 /// How long a host certificate is valid: a certificate is minted per
 /// connection, so a stolen one is worth little.
@@ -125,6 +177,7 @@ impl Phases for Ssh {
         gw: &Gateway,
     ) -> Result<(), SessionError> {
         let handler = handler::AgentSide::new(gw.clone(), shown.cfg, shown.config.window_size);
+        let cut = Cut::of(&agent);
         let running = server::run_stream(shown.config, agent, handler)
             .await
             .map_err(|e| SessionError::agent(format!("ssh: {e}")))?;
@@ -139,23 +192,10 @@ impl Phases for Ssh {
                 r = &mut running => r,
                 _ = tasks.cancelled() => {
                     let why = tasks.why().unwrap_or_else(SessionError::shutdown);
-                    let told = handle.disconnect(
-                        Disconnect::ByApplication,
-                        format!("blastgate: {why}"),
-                        String::new(),
-                    );
-                    // An agent that stopped reading could keep russh from
-                    // ever finishing the goodbye: bounded, then dropped
-                    // (the process ending takes the task with it).
-                    let bye = async {
-                        let _ = told.await;
-                        (&mut running).await
-                    };
-                    tokio::time::timeout(CUT_GRACE, bye)
-                        .await
-                        .unwrap_or(Ok(()))
+                    end_session(running, handle, &cut, format!("blastgate: {why}")).await
                 }
             };
+            drop(cut);
             let _ = done.send(ended);
         });
         match result.await {
@@ -175,17 +215,15 @@ impl Phases for Ssh {
             message: format!("blastgate: {why}"),
             exit_status: why.exit_status(),
         };
+        // The refusal's bound (`phases::refuse`) drops this future: the
+        // cut then closes the agent's socket, and the russh task ends.
+        let cut = Cut::of(&agent);
         if let Ok(running) = server::run_stream(config, agent, handler).await {
             let handle = running.handle();
-            let cut = tokio::time::timeout(gw.services.connect_timeout, running).await;
-            if cut.is_err() {
-                let _ = handle
-                    .disconnect(
-                        Disconnect::ByApplication,
-                        format!("blastgate: {why}"),
-                        String::new(),
-                    )
-                    .await;
+            tokio::pin!(running);
+            let limit = gw.services.connect_timeout;
+            if tokio::time::timeout(limit, running.as_mut()).await.is_err() {
+                let _ = end_session(running, handle, &cut, format!("blastgate: {why}")).await;
             }
         }
     }

@@ -138,6 +138,19 @@ impl Host<'_> {
     /// Runs `command` on the host over blastgate's own connection: its
     /// stdout, trimmed, if it exits 0.
     async fn ask(&self, command: &str) -> Result<String, String> {
+        // A cut session (shutdown, a reload) asks no more: the channel
+        // waiting on the answer ends with it.
+        let tasks = &self.gw.tasks;
+        tokio::select! {
+            answer = self.ask_host(command) => answer,
+            _ = tasks.cancelled() => Err(format!(
+                "{command:?}: not asked: {}",
+                tasks.why().unwrap_or_else(crate::session::SessionError::shutdown)
+            )),
+        }
+    }
+
+    async fn ask_host(&self, command: &str) -> Result<String, String> {
         let mut ch = upstream::session_channel(self.gw, self.cfg, self.upstream)
             .await
             .map_err(|e| format!("{UNREACHABLE}{e}"))?;

@@ -63,6 +63,29 @@ pub async fn connect(gw: &Gateway, cfg: &SshTarget) -> Result<client::Handle<Ser
         keepalive_max: 3,
         ..Default::default()
     });
+    // The whole login is bounded: a server that accepts and never speaks
+    // (hung, a tarpit) must not hold a channel, or the session, for ever.
+    tokio::time::timeout(
+        gw.services.connect_timeout,
+        login(config, tcp, check, cfg, key, addr),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "{addr}: no SSH login within {:?}",
+            gw.services.connect_timeout
+        )
+    })?
+}
+
+async fn login(
+    config: Arc<client::Config>,
+    tcp: TcpStream,
+    check: ServerCheck,
+    cfg: &SshTarget,
+    key: russh::keys::PrivateKey,
+    addr: std::net::SocketAddr,
+) -> Result<client::Handle<ServerCheck>, String> {
     let mut handle = client::connect_stream(config, tcp, check)
         .await
         .map_err(|e| match e {
