@@ -211,7 +211,7 @@ impl Gateway {
         waiting(request.id);
         let started = std::time::Instant::now();
         let outcome = tokio::select! {
-            o = self.services.approvals.hold(request) => o,
+            o = self.services.approvals.hold(request, || self.session.next_seq()) => o,
             _ = self.tasks.cancelled() => Outcome::Withdrawn,
         };
         ruling.waited_us = Some(started.elapsed().as_micros() as u64);
