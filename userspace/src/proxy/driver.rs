@@ -154,6 +154,10 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
         _ = gw.tasks.wait() => {}
         _ = still_allowed(&gw, &ruling) => gw.tasks.wait().await,
     }
+    // A cut that came while only those tasks were left (a tunnel cut by
+    // the daemon's shutdown after the upgrade ended the main work) ended
+    // the session all the same: the record says why.
+    let result = result.and_then(|()| gw.tasks.why().map_or(Ok(()), Err));
     close(&gw, result).await;
 }
 
