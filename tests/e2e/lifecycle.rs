@@ -360,35 +360,77 @@ fn assert_complete(env: &Env) -> BTreeMap<String, Record> {
     let all = sessions(env);
     assert!(!all.is_empty(), "no session opened");
     for (id, r) in &all {
-        let dump = || format!("session {id}:\n{:#?}", r.events);
-        assert_eq!(r.of("session_opened").count(), 1, "{}", dump());
-        assert_eq!(
-            r.of("session_closed").count(),
-            1,
-            "session_closed missing or repeated; {}",
-            dump()
-        );
-        let mut seqs: Vec<u64> = r.events.iter().map(Record::seq).collect();
-        let last_written = r.events.last().expect("events");
-        assert_eq!(
-            last_written["kind"],
-            "session_closed",
-            "an event was written after session_closed; {}",
-            dump()
-        );
-        let closed = Record::seq(r.closed());
-        assert_eq!(
-            seqs.iter().max(),
-            Some(&closed),
-            "session_closed is not the highest seq; {}",
-            dump()
-        );
-        assert_eq!(Record::seq(r.opened()), 0, "{}", dump());
-        seqs.sort_unstable();
-        seqs.dedup();
-        assert_eq!(seqs.len(), r.events.len(), "a seq repeated; {}", dump());
+        if let Err(why) = r.complete() {
+            panic!("session {id}: {why}:\n{:#?}", r.events);
+        }
     }
     all
+}
+
+impl Record {
+    /// Why this session's record is not complete and ordered, if it is not.
+    fn complete(&self) -> Result<(), &'static str> {
+        if self.of("session_opened").count() != 1 {
+            return Err("session_opened missing or repeated");
+        }
+        if self.of("session_closed").count() != 1 {
+            return Err("session_closed missing or repeated");
+        }
+        if self.events.last().map(|e| &e["kind"]) != Some(&Value::from("session_closed")) {
+            return Err("an event was written after session_closed");
+        }
+        let mut seqs: Vec<u64> = self.events.iter().map(Record::seq).collect();
+        if seqs.iter().max() != Some(&Record::seq(self.closed())) {
+            return Err("session_closed is not the highest seq");
+        }
+        if Record::seq(self.opened()) != 0 {
+            return Err("session_opened is not the first seq");
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        if seqs.len() != self.events.len() {
+            return Err("a seq repeated");
+        }
+        Ok(())
+    }
+}
+
+/// The check itself fails where it must: a tunnel's or channel's record
+/// written after the close, or numbered after it, or a close missing.
+#[test]
+fn the_completeness_check_catches_records_after_the_close() {
+    let event =
+        |kind: &str, seq: u64| serde_json::json!({"session_id": "s", "kind": kind, "seq": seq});
+    let check = |events: Vec<Value>| group(&events).remove("s").map(|r| r.complete());
+    let opened = || event("session_opened", 0);
+    assert_eq!(
+        check(vec![
+            opened(),
+            event("request", 1),
+            event("session_closed", 2)
+        ]),
+        Some(Ok(()))
+    );
+    assert_eq!(
+        check(vec![
+            opened(),
+            event("session_closed", 1),
+            event("request", 2)
+        ]),
+        Some(Err("an event was written after session_closed"))
+    );
+    assert_eq!(
+        check(vec![
+            opened(),
+            event("command", 2),
+            event("session_closed", 1)
+        ]),
+        Some(Err("session_closed is not the highest seq"))
+    );
+    assert_eq!(
+        check(vec![opened(), event("command", 1)]),
+        Some(Err("session_closed missing or repeated"))
+    );
 }
 
 /// The one session of `target` opened by process `pid`.
