@@ -32,7 +32,9 @@
 //!   can see whether a proxy passes a stream on as it arrives;
 //! - `pods/exec`, `pods/attach` and `pods/portforward` refused with a 403
 //!   `Status` (no WebSocket or SPDY): the gateway refuses exec before it
-//!   gets here, and the stand-in only has to not hang a client that tries.
+//!   gets here, and the stand-in only has to not hang a client that tries;
+//!   after [`KubeStandIn::serve_exec`], exec over WebSocket runs instead
+//!   ([`super::kube_exec`]), for tests of an approved exec's tunnel.
 //!
 //! Unknown paths get a 404 `Status`, watches and other writes a 405
 //! `Status`. There is no OpenAPI document: `kubectl apply` and `explain`
