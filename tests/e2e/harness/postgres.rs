@@ -148,7 +148,7 @@ impl TestPostgres {
              listen_addresses = '{ip}'\n\
              unix_socket_directories = '{sock}'\n\
              ssl = off\n\
-             max_connections = 100\n\
+             max_connections = 1000\n\
              shared_buffers = 16MB\n\
              fsync = off\n\
              synchronous_commit = off\n\

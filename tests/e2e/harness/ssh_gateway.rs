@@ -66,20 +66,7 @@ pub fn setup_with(opts: Options) -> Option<Setup> {
         }
     ));
     let daemon = Daemon::start(&env);
-    // What an administrator installs: `blastgate ca ssh-known-hosts`.
-    let out = env.blastgate(&["ca", "ssh-known-hosts"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        lines.starts_with("@cert-authority ") && lines.contains("[deploy.internal]:"),
-        "{lines}"
-    );
-    let known_hosts = dir.path().join("known_hosts");
-    std::fs::write(&known_hosts, lines).expect("known_hosts");
+    let known_hosts = client_known_hosts(&env, dir.path(), "deploy.internal");
     Some(Setup {
         sshd,
         env,
@@ -89,6 +76,25 @@ pub fn setup_with(opts: Options) -> Option<Setup> {
         user,
         dir,
     })
+}
+
+/// What an administrator installs for agents' clients (`blastgate ca
+/// ssh-known-hosts`), written to `dir/known_hosts`; it must name `host`.
+pub fn client_known_hosts(env: &Env, dir: &Path, host: &str) -> PathBuf {
+    let out = env.blastgate(&["ca", "ssh-known-hosts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        lines.starts_with("@cert-authority ") && lines.contains(&format!("[{host}]:")),
+        "{lines}"
+    );
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, lines).expect("known_hosts");
+    known_hosts
 }
 
 /// The shipped policies, with `extra` program names and `paths` on the SSH

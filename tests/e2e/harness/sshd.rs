@@ -646,18 +646,12 @@ pub fn shell_quote(word: &str) -> String {
 /// if it has not finished within `timeout` (then kills it, by pid): a
 /// relay that deadlocks fails the test instead of hanging it.
 pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let err = Arc::new(Mutex::new(Vec::new()));
-    let readers = [
-        reader(child.stdout.take().map(|s| Box::new(s) as _), out.clone()),
-        reader(child.stderr.take().map(|s| Box::new(s) as _), err.clone()),
-    ];
+    let Collecting {
+        mut child,
+        out,
+        err,
+        readers,
+    } = Collecting::spawn(cmd);
     let Some(status) = wait_until(timeout, || child.try_wait().ok().flatten()) else {
         let _ = child.kill();
         let _ = child.wait();
@@ -680,6 +674,38 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
         status,
         stdout: take(out),
         stderr: take(err),
+    }
+}
+
+/// A child with stdin from /dev/null whose stdout and stderr are
+/// collected as they come.
+pub struct Collecting {
+    pub child: std::process::Child,
+    pub out: Arc<Mutex<Vec<u8>>>,
+    pub err: Arc<Mutex<Vec<u8>>>,
+    pub readers: [thread::JoinHandle<()>; 2],
+}
+
+impl Collecting {
+    pub fn spawn(cmd: &mut Command) -> Collecting {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let err = Arc::new(Mutex::new(Vec::new()));
+        let readers = [
+            reader(child.stdout.take().map(|s| Box::new(s) as _), out.clone()),
+            reader(child.stderr.take().map(|s| Box::new(s) as _), err.clone()),
+        ];
+        Collecting {
+            child,
+            out,
+            err,
+            readers,
+        }
     }
 }
 

@@ -135,9 +135,11 @@ impl Broker {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a request and waits for its outcome.
-    pub async fn hold(&self, request: ApprovalRequest) -> Outcome {
-        self.hold_unless(request, std::future::pending()).await
+    /// Opens a request and waits for its outcome. `seq` numbers the
+    /// request's two events among the events of its session, so that they
+    /// sort where they happened (before the session's close).
+    pub async fn hold(&self, request: ApprovalRequest, seq: impl Fn() -> u32) -> Outcome {
+        self.hold_unless(request, std::future::pending(), seq).await
     }
 
     /// [`Broker::hold`], withdrawn when `withdrawn` resolves first (the
@@ -147,6 +149,7 @@ impl Broker {
         &self,
         request: ApprovalRequest,
         withdrawn: impl std::future::Future<Output = ()>,
+        seq: impl Fn() -> u32,
     ) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let id = request.id;
@@ -161,6 +164,7 @@ impl Broker {
         let started = Instant::now();
         self.record(
             &request,
+            seq(),
             EventKind::ApprovalRequested,
             Verdict::Allow,
             None,
@@ -189,6 +193,7 @@ impl Broker {
         };
         self.record(
             &request,
+            seq(),
             EventKind::ApprovalDecided,
             verdict,
             Some(&outcome),
@@ -236,6 +241,7 @@ impl Broker {
     async fn record(
         &self,
         r: &ApprovalRequest,
+        seq: u32,
         kind: EventKind,
         verdict: Verdict,
         outcome: Option<&Outcome>,
@@ -250,7 +256,7 @@ impl Broker {
             },
         );
         e.session_id = r.session_id;
-        e.seq = u32::MAX / 2;
+        e.seq = seq;
         e.target = Some(r.target.clone());
         e.action = Some(r.action.clone());
         e.policy_id = r.policy_id.clone();
@@ -322,7 +328,7 @@ mod tests {
         let id = r.id;
         let waiter = tokio::spawn({
             let b = b.clone();
-            async move { b.hold(r).await }
+            async move { b.hold(r, || 0).await }
         });
         while b.list().is_empty() {
             tokio::task::yield_now().await;
@@ -346,7 +352,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_decision_in_time_is_a_denial() {
         let (_t, b) = broker(Duration::from_secs(300));
-        let outcome = b.hold(request()).await;
+        let outcome = b.hold(request(), || 0).await;
         assert_eq!(outcome, Outcome::TimedOut);
         assert!(b.list().is_empty());
     }
@@ -356,7 +362,7 @@ mod tests {
         let (_t, b) = broker(Duration::from_secs(60));
         let waiter = tokio::spawn({
             let b = b.clone();
-            async move { b.hold(request()).await }
+            async move { b.hold(request(), || 0).await }
         });
         while b.list().is_empty() {
             tokio::task::yield_now().await;

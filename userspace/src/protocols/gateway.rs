@@ -224,7 +224,7 @@ impl Gateway {
         let outcome = self
             .services
             .approvals
-            .hold_unless(request, self.tasks.cancelled())
+            .hold_unless(request, self.tasks.cancelled(), || self.session.next_seq())
             .await;
         ruling.waited_us = Some(started.elapsed().as_micros() as u64);
         let said = outcome.describe(self.services.approvals.timeout());

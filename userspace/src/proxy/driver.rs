@@ -159,10 +159,14 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
     // Cut while only its tasks were left, or waited for past the bound:
     // None when every task ended on its own.
     let cut = async {
-        tokio::select! {
-            _ = gw.tasks.wait() => return None,
-            _ = still_allowed(&gw, &ruling, &mut swaps) => {}
-            _ = gw.tasks.cancelled() => {}
+        let all_ended = tokio::select! {
+            _ = gw.tasks.wait() => true,
+            _ = still_allowed(&gw, &ruling, &mut swaps) => false,
+            _ = gw.tasks.cancelled() => false,
+        };
+        // The tasks may have ended because of a cut that came meanwhile.
+        if all_ended {
+            return gw.tasks.is_cancelled().then_some(true);
         }
         // Cut: every task was told; each writes its record and ends. One
         // that cannot (an agent that stopped reading) is not waited for

@@ -248,14 +248,22 @@ async fn the_closing_record_is_last_and_counts_tasks_that_outlived_the_relay() {
     assert!(gw.tasks.is_empty());
 }
 
-/// A session whose relay and hour-long tunnel run until something cuts
-/// them, started and left running for five seconds.
-async fn run_until_cut(w: &World) -> (Gateway, tokio::task::JoinHandle<()>) {
-    run_until_cut_on(gateway(w)).await
+/// A session whose hour-long tunnel (and relay, for `relay_for` or until
+/// cut) runs until something cuts it, started and left running for five
+/// seconds.
+async fn run_until_cut(
+    w: &World,
+    relay_for: Option<Duration>,
+) -> (Gateway, tokio::task::JoinHandle<()>) {
+    run_until_cut_on(gateway(w), relay_for).await
 }
 
-async fn run_until_cut_on(gw: Gateway) -> (Gateway, tokio::task::JoinHandle<()>) {
+async fn run_until_cut_on(
+    gw: Gateway,
+    relay_for: Option<Duration>,
+) -> (Gateway, tokio::task::JoinHandle<()>) {
     let p = Scripted {
+        relay_for,
         tunnel_for: Some(Duration::from_secs(3600)),
         ..Default::default()
     };
@@ -267,30 +275,34 @@ async fn run_until_cut_on(gw: Gateway) -> (Gateway, tokio::task::JoinHandle<()>)
     (gw, running)
 }
 
+/// Also when the relay ended on its own first (an upgrade hands the
+/// connection to its tunnel): the close says the tunnel was cut.
 #[tokio::test(start_paused = true)]
 async fn a_daemon_stop_cuts_every_task_and_the_session_still_closes_last() {
-    let mut w = world(ALLOW);
-    let (gw, running) = run_until_cut(&w).await;
-    assert!(!running.is_finished());
-    w.hard_stop.cancel();
-    running.await.unwrap();
-    let events = recorded(&mut w, &gw);
-    assert_eq!(
-        kinds(&events),
-        ["session_opened", "tunnel", "session_closed"]
-    );
-    assert_eq!(events[1].reason.as_deref(), Some("tunnel cut"));
-    let closed = &events[2];
-    assert_eq!(closed.verdict, Verdict::Error);
-    let reason = closed.reason.as_deref().unwrap_or_default();
-    assert!(reason.contains("shutting down"), "{reason}");
-    assert_eq!(closed.bytes_from_agent, Some(10));
+    for relay_for in [None, Some(Duration::from_secs(1))] {
+        let mut w = world(ALLOW);
+        let (gw, running) = run_until_cut(&w, relay_for).await;
+        assert!(!running.is_finished());
+        w.hard_stop.cancel();
+        running.await.unwrap();
+        let events = recorded(&mut w, &gw);
+        assert_eq!(
+            kinds(&events),
+            ["session_opened", "tunnel", "session_closed"]
+        );
+        assert_eq!(events[1].reason.as_deref(), Some("tunnel cut"));
+        let closed = &events[2];
+        assert_eq!(closed.verdict, Verdict::Error, "relay for {relay_for:?}");
+        let reason = closed.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("shutting down"), "{reason}");
+        assert_eq!(closed.bytes_from_agent, Some(10));
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_policy_reload_that_refuses_the_session_ends_it() {
     let mut w = world(ALLOW);
-    let (gw, running) = run_until_cut(&w).await;
+    let (gw, running) = run_until_cut(&w, None).await;
     // A reload that still allows the session changes nothing.
     w.services.policy.reload().unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -376,7 +388,7 @@ const HOLD: &str = "@id(\"connect-any-target\")\npermit (principal, action == Ac
 #[tokio::test(start_paused = true)]
 async fn a_reload_never_cuts_a_session_in_shadow_mode() {
     let mut w = world(HOLD);
-    let (gw, running) = run_until_cut_on(gateway_enforcing(&w, false)).await;
+    let (gw, running) = run_until_cut_on(gateway_enforcing(&w, false), None).await;
     let opened = recorded(&mut w, &gw);
     assert_eq!(kinds(&opened), ["session_opened"]);
     assert!(opened[0].shadow, "{:?}", opened[0].reason);

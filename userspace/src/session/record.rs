@@ -48,9 +48,15 @@ impl Session {
     pub fn restamp(&self, template: &Event) -> Event {
         let mut e = template.clone();
         e.id = Uuid::now_v7();
-        e.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        e.seq = self.next_seq();
         e.ts = SystemTime::now();
         e
+    }
+
+    /// The next number in this session's order of events, for an event
+    /// built elsewhere (an approval's).
+    pub fn next_seq(&self) -> u32 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Microseconds since the session started: the clock replay data
@@ -61,7 +67,7 @@ impl Session {
 
     /// A chunk of replay data of this session.
     pub fn io(&self, chunk: IoChunk) -> Event {
-        let mut e = Event::io(self.id, self.seq.fetch_add(1, Ordering::Relaxed), chunk);
+        let mut e = Event::io(self.id, self.next_seq(), chunk);
         e.target = self.target.clone();
         e.protocol = self.protocol.map(str::to_string);
         e
@@ -70,7 +76,7 @@ impl Session {
     pub fn event(&self, kind: EventKind, verdict: Verdict, reason: Option<String>) -> Event {
         let mut e = Event::daemon(kind, verdict, String::new());
         e.session_id = self.id;
-        e.seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        e.seq = self.next_seq();
         e.reason = reason;
         e.caller = self.caller.clone();
         e.target = self.target.clone();

@@ -265,6 +265,16 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     if let Some(pair) = &excerpts {
         body = excerpt::tee(body, pair.request.clone());
     }
+    // The request body is what the agent sends: counted as it goes up.
+    let counters = conn.gw.counters.clone();
+    body = body
+        .map_frame(move |frame| {
+            if let Some(d) = frame.data_ref() {
+                counters.add_from_agent(d.len() as u64);
+            }
+            frame
+        })
+        .boxed();
     let credentials = match injected(&conn.cfg) {
         Ok(c) => c,
         Err(why) => return fail(&conn, event, &why).await,
