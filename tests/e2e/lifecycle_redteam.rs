@@ -134,17 +134,16 @@ fn a_reload_that_forbids_connect_ends_a_running_ssh_command() {
         "{:?} to end the command",
         cut.elapsed()
     );
-    let events = s.env.events();
-    let command = events
-        .iter()
-        .find(|e| e["kind"] == "command" && e["text"] == "sleep 600")
-        .unwrap_or_else(|| panic!("the command's record: {events:#?}"));
+    // The client exits once told; the records follow within moments (the
+    // command's after the channel ends, the close after every task).
+    let command = s.env.wait_event("the command's record", |e| {
+        e["kind"] == "command" && e["text"] == "sleep 600"
+    });
     let reason = command["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("no-connect"), "{command:#}");
-    let closed = events
-        .iter()
-        .find(|e| e["kind"] == "session_closed")
-        .unwrap_or_else(|| panic!("session_closed: {events:#?}"));
+    let closed = s
+        .env
+        .wait_event("session_closed", |e| e["kind"] == "session_closed");
     assert!(
         closed["reason"]
             .as_str()

@@ -135,11 +135,22 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
         // Recorded before the agent is told: a daemon killed at any point
         // cannot lose a refusal the agent saw.
         gw.record(opened).await;
-        let why = SessionError::policy(format!(
-            "{CONNECT} denied by policy {}: {}",
-            ruling.policy_id.as_deref().unwrap_or("(default deny)"),
-            ruling.reason
-        ));
+        // Told as what it was: a daemon stopping, or policies that could not
+        // be evaluated, are blastgate's fault, not a refusal by policy.
+        let why = if gw.tasks.is_cancelled() {
+            SessionError::shutdown()
+        } else if ruling.verdict == Verdict::Error {
+            SessionError::blastgate(format!(
+                "{CONNECT} refused: the policies could not be evaluated: {}",
+                ruling.reason
+            ))
+        } else {
+            SessionError::policy(format!(
+                "{CONNECT} denied by policy {}: {}",
+                ruling.policy_id.as_deref().unwrap_or("(default deny)"),
+                ruling.reason
+            ))
+        };
         phases::refuse(p, conn, &why, &gw).await;
         return;
     }

@@ -828,11 +828,10 @@ async fn assert_held_request_recorded_at_cut(
 async fn a_connect_held_at_shutdown_is_refused_and_its_approval_ends_first() {
     let mut w = world(HOLD);
     let gw = gateway(&w);
+    let p = Arc::new(Scripted::default());
     let running = {
-        let gw = gw.clone();
-        tokio::spawn(
-            async move { drive(&Scripted::default(), agent_conn().await, gw, orig()).await },
-        )
+        let (gw, p) = (gw.clone(), p.clone());
+        tokio::spawn(async move { drive(&*p, agent_conn().await, gw, orig()).await })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(w.services.approvals.list().len(), 1, "the connect is held");
@@ -852,6 +851,13 @@ async fn a_connect_held_at_shutdown_is_refused_and_its_approval_ends_first() {
     assert_eq!(denied.verdict, Verdict::Error);
     let reason = denied.reason.as_deref().unwrap_or_default();
     assert!(reason.contains("shutting down"), "{reason}");
+    // Told as a daemon going away (come back), not as a policy refusal.
+    let told = p.refused.lock().unwrap().clone().unwrap();
+    assert!(told.shutdown, "{told}");
+    assert_eq!(
+        (told.sqlstate(), told.http_status(), told.exit_status()),
+        ("57P01", 503, 255)
+    );
 }
 
 /// Attack: an agent with no allowed target opens many connections to a
