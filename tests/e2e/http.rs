@@ -5,12 +5,16 @@
 mod harness;
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
-use harness::{sshd::output_within, *};
+use harness::{
+    https_upstream::{HttpsUpstream, PYTHON},
+    sshd::output_within,
+    *,
+};
 
 /// The upstream API: echoes what it received as JSON, with a customer
 /// email for masking; `/stream` sends lines 300 ms apart, one with a
@@ -123,121 +127,10 @@ print("ready", flush=True)
 srv.serve_forever()
 "#;
 
-const PYTHON: &str = "/opt/blastgate-tools/venv/bin/python";
 const TOKEN: &str = "s3cr3t-upstream-token";
 
-/// The API server, stopped (by pid) on drop.
-struct Upstream {
-    child: Child,
-    port: u16,
-    ca: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = |n: &str| dir.path().join(n);
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .expect("openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        // Its own CA, and a leaf for billing.internal signed by it.
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=upstream test CA",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=billing.internal",
-        ]);
-        std::fs::write(
-            p("ext.cnf"),
-            "subjectAltName=DNS:billing.internal\nbasicConstraints=critical,CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("ext");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
-        std::fs::write(p("server.py"), SERVER).expect("server.py");
-        let port = free_port();
-        let mut child = Command::new(PYTHON)
-            .arg(p("server.py"))
-            .args(["127.0.0.2", &port.to_string()])
-            .arg(p("leaf.pem"))
-            .arg(p("leaf.key"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python https server");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).ok();
-        assert_eq!(line.trim(), "ready", "the upstream did not start");
-        Upstream {
-            child,
-            port,
-            ca: p("ca.pem"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Setup {
-    up: Upstream,
+    up: HttpsUpstream,
     env: Env,
     daemon: Daemon,
     _scratch: tempfile::TempDir,
@@ -251,7 +144,7 @@ fn setup() -> Option<Setup> {
         blastgate::testing::skip("the tools venv is missing (cargo xtask setup creates it)");
         return None;
     }
-    let up = Upstream::start();
+    let up = HttpsUpstream::start(SERVER);
     let scratch_dir = tempfile::tempdir().expect("tempdir");
     let scratch = scratch_dir.path();
     let token = scratch.join("billing.token");

@@ -9,11 +9,15 @@ mod harness;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::Output,
     time::Duration,
 };
 
-use harness::{sshd::output_within, *};
+use harness::{
+    https_upstream::{HttpsUpstream, PYTHON},
+    sshd::output_within,
+    *,
+};
 
 /// The upstream: `/echo/<kind>` hands back what it received in the way
 /// real servers echo (Python's `quote`, .NET's JSON escapes, a parsed
@@ -89,121 +93,13 @@ print("ready", flush=True)
 srv.serve_forever()
 "#;
 
-const PYTHON: &str = "/opt/blastgate-tools/venv/bin/python";
 /// `/` and `+` in it: the characters encoders disagree about.
 const TOKEN: &str = "Tok3n/Up+Stream-Secret99";
 const BASIC_USER: &str = "deploy";
 const BASIC_PASSWORD: &str = "hunter2-very/secret";
 
-/// The API server, stopped (by pid) on drop.
-struct Upstream {
-    child: Child,
-    port: u16,
-    ca: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Upstream {
-    fn start() -> Upstream {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = |n: &str| dir.path().join(n);
-        std::fs::write(
-            p("ext.cnf"),
-            "subjectAltName=DNS:billing.internal\nbasicConstraints=critical,CA:FALSE\n",
-        )
-        .expect("ext");
-        let key = "ec_paramgen_curve:P-256";
-        let steps: [&[&str]; 3] = [
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                key,
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=redteam CA",
-            ],
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                key,
-                "-nodes",
-                "-keyout",
-                "leaf.key",
-                "-out",
-                "leaf.csr",
-                "-subj",
-                "/CN=billing.internal",
-            ],
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "leaf.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "ext.cnf",
-            ],
-        ];
-        for args in steps {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .expect("openssl");
-            assert!(out.status.success(), "openssl {args:?}: {out:?}");
-        }
-        std::fs::write(p("server.py"), SERVER).expect("server.py");
-        let port = free_port();
-        let mut child = Command::new(PYTHON)
-            .arg(p("server.py"))
-            .args(["127.0.0.2", &port.to_string()])
-            .arg(p("leaf.pem"))
-            .arg(p("leaf.key"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python https server");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).ok();
-        assert_eq!(line.trim(), "ready", "the upstream did not start");
-        Upstream {
-            child,
-            port,
-            ca: p("ca.pem"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Setup {
-    up: Upstream,
+    up: HttpsUpstream,
     env: Env,
     _daemon: Daemon,
     _scratch: tempfile::TempDir,
@@ -225,7 +121,7 @@ fn setup_with(edit: impl FnOnce(&Path)) -> Option<Setup> {
         blastgate::testing::skip("the tools venv is missing (cargo xtask setup creates it)");
         return None;
     }
-    let up = Upstream::start();
+    let up = HttpsUpstream::start(SERVER);
     let scratch_dir = tempfile::tempdir().expect("tempdir");
     let scratch = scratch_dir.path();
     let token = scratch.join("billing.token");

@@ -8,6 +8,7 @@
 //! killed outright cannot leave a redirect behind for long.
 #![allow(dead_code)]
 
+pub mod https_upstream;
 pub mod kube;
 pub mod kube_exec;
 pub mod kube_gateway;
