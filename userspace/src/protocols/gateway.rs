@@ -161,11 +161,7 @@ impl Gateway {
     ) -> Ruling {
         let mut ruling = Ruling {
             allowed: decision.verdict == PolicyVerdict::Allow,
-            verdict: match decision.verdict {
-                PolicyVerdict::Allow => Verdict::Allow,
-                PolicyVerdict::Error => Verdict::Error,
-                PolicyVerdict::Deny | PolicyVerdict::Hold => Verdict::Deny,
-            },
+            verdict: recorded_verdict(&decision.verdict),
             shadow: false,
             policy_id: decision.policy_id.clone(),
             reason: decision.reason.clone(),
@@ -254,6 +250,17 @@ impl Gateway {
         e.approval_group = r.approval_group.clone();
         e.approval_wait_us = r.waited_us;
         e
+    }
+}
+
+/// How a decision is recorded before any human was asked: a policy that
+/// could not be evaluated is an `error` (refused all the same), a hold is
+/// a refusal until someone approves.
+pub fn recorded_verdict(v: &PolicyVerdict) -> Verdict {
+    match v {
+        PolicyVerdict::Allow => Verdict::Allow,
+        PolicyVerdict::Error => Verdict::Error,
+        PolicyVerdict::Deny | PolicyVerdict::Hold => Verdict::Deny,
     }
 }
 

@@ -118,12 +118,8 @@ impl AgentSide {
             ..Default::default()
         };
         let decision = self.gw.decide("ssh:env", &context.json());
-        let allowed = decision.verdict == crate::policy::Verdict::Allow;
-        let verdict = if allowed {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
-        };
+        let verdict = crate::protocols::gateway::recorded_verdict(&decision.verdict);
+        let allowed = verdict == Verdict::Allow;
         let mut event = self.gw.event(EventKind::Command, verdict);
         event.action = Some("ssh:env".into());
         event.text = Some(format!("env {name}={value}"));
