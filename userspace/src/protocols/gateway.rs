@@ -25,7 +25,7 @@ use crate::{
         masking::MaskPlan, AgentAttrs, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict,
     },
     records::{Event, EventKind, Recorder, Verdict},
-    session::{Counters, Session, SessionError, SessionTasks},
+    session::{Counters, Session, SessionTasks},
 };
 
 /// What the daemon shares with every gateway, for its whole life.
@@ -174,7 +174,7 @@ impl Gateway {
             // Cut (shutdown, a reload that forbids the session): what is
             // still asked while the session winds down is refused, in
             // shadow mode too.
-            let why = self.tasks.why().unwrap_or_else(SessionError::shutdown);
+            let why = self.tasks.why();
             ruling.allowed = false;
             ruling.verdict = Verdict::Deny;
             ruling.shadow = false;

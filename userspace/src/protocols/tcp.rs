@@ -42,7 +42,7 @@ impl Phases for Tcp {
         // it at once, without the wind-down others get.
         tokio::select! {
             r = relay(&agent, &upstream, &gw.counters) => r,
-            _ = gw.tasks.cancelled() => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
+            _ = gw.tasks.cancelled() => Err(gw.tasks.why()),
         }
     }
 

@@ -167,9 +167,7 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
     // What the session started may outlive its main work (an approved
     // upgrade's tunnel, SSH channels draining): the session lasts until they
     // end, and a cut from outside still reaches them meanwhile.
-    // Cut while only its tasks were left, or waited for past the bound:
-    // None when every task ended on its own.
-    let cut = async {
+    let tasks = async {
         let all_ended = tokio::select! {
             _ = gw.tasks.wait() => true,
             _ = still_allowed(&gw, &ruling, &mut swaps) => false,
@@ -177,34 +175,47 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
         };
         // The tasks may have ended because of a cut that came meanwhile.
         if all_ended {
-            return gw.tasks.is_cancelled().then_some(true);
+            return if gw.tasks.is_cancelled() {
+                TasksEnded::AfterCut
+            } else {
+                TasksEnded::OnTheirOwn
+            };
         }
         // Cut: every task was told; each writes its record and ends. One
         // that cannot (an agent that stopped reading) is not waited for
         // past a bound, so a daemon stop always completes.
-        let ended = tokio::time::timeout(CUT_GRACE, gw.tasks.wait()).await;
-        Some(ended.is_ok())
+        match tokio::time::timeout(CUT_GRACE, gw.tasks.wait()).await {
+            Ok(()) => TasksEnded::AfterCut,
+            Err(_) => TasksEnded::Abandoned,
+        }
     };
-    let result = match (cut.await, result) {
-        (None, r) | (Some(true), r @ Err(_)) => r,
+    let result = match (tasks.await, result) {
+        (TasksEnded::OnTheirOwn, r) | (TasksEnded::AfterCut, r @ Err(_)) => r,
         // The main work had ended well; the cut is what ended the session.
-        (Some(true), Ok(())) => Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown)),
-        (Some(false), r) => {
+        (TasksEnded::AfterCut, Ok(())) => Err(gw.tasks.why()),
+        (TasksEnded::Abandoned, r) => {
             let left = gw.tasks.len();
             tracing::warn!(
                 tasks = left,
                 "session tasks did not end after the cut; abandoned"
             );
             let note = format!("{left} task(s) did not end within {CUT_GRACE:?} of the cut");
-            let mut e = match r {
-                Ok(()) => gw.tasks.why().unwrap_or_else(SessionError::shutdown),
-                Err(e) => e,
-            };
+            let mut e = r.err().unwrap_or_else(|| gw.tasks.why());
             e.message = format!("{}; {note}", e.message);
             Err(e)
         }
     };
     close(&gw, result).await;
+}
+
+/// How the tasks a session left running came to an end.
+enum TasksEnded {
+    /// With nothing cutting the session.
+    OnTheirOwn,
+    /// After a cut, each within [`CUT_GRACE`].
+    AfterCut,
+    /// Some still ran [`CUT_GRACE`] after the cut, and were left.
+    Abandoned,
 }
 
 /// Gives a cut session's main work [`WIND_DOWN`] to record how the cut
@@ -214,7 +225,7 @@ async fn wind_down(
     serving: Pin<&mut impl Future<Output = Result<(), SessionError>>>,
 ) -> Result<(), SessionError> {
     let _ = tokio::time::timeout(WIND_DOWN, serving).await;
-    Err(gw.tasks.why().unwrap_or_else(SessionError::shutdown))
+    Err(gw.tasks.why())
 }
 
 /// Returns once the policies in force no longer allow this session (a

@@ -99,13 +99,11 @@ impl SessionTasks {
     }
 
     /// Why the session was cut: what [`SessionTasks::cancel`] was given, or
-    /// a daemon shutdown when the cancel came from the parent.
-    pub fn why(&self) -> Option<SessionError> {
-        if !self.cancel.is_cancelled() {
-            return None;
-        }
+    /// a daemon shutdown when the cancel came from the parent. Asked once
+    /// the session is cut (every caller is reacting to the cut).
+    pub fn why(&self) -> SessionError {
         let slot = self.why.lock().unwrap_or_else(|p| p.into_inner());
-        Some(slot.clone().unwrap_or_else(SessionError::shutdown))
+        slot.clone().unwrap_or_else(SessionError::shutdown)
     }
 
     /// Tasks still running, for tests and the driver's logs.

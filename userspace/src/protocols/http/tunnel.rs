@@ -117,7 +117,7 @@ pub async fn carry(
             r = joined => r,
             _ = cut.cancelled() => Err(format!(
                 "tunnel cut: {}",
-                cut.why().unwrap_or_else(crate::session::SessionError::shutdown)
+                cut.why()
             )),
         };
         if let Err(why) = ended {

@@ -333,7 +333,6 @@ pub async fn run(job: Job) {
             .gw
             .tasks
             .why()
-            .unwrap_or_else(crate::session::SessionError::shutdown)
             .to_string()),
     };
     event.duration_us = Some(started.elapsed().as_micros() as u64);

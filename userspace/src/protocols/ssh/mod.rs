@@ -191,7 +191,7 @@ impl Phases for Ssh {
             let ended = tokio::select! {
                 r = &mut running => r,
                 _ = tasks.cancelled() => {
-                    let why = tasks.why().unwrap_or_else(SessionError::shutdown);
+                    let why = tasks.why();
                     end_session(running, handle, &cut, format!("blastgate: {why}")).await
                 }
             };

@@ -145,7 +145,7 @@ impl Host<'_> {
             answer = self.ask_host(command) => answer,
             _ = tasks.cancelled() => Err(format!(
                 "{command:?}: not asked: {}",
-                tasks.why().unwrap_or_else(crate::session::SessionError::shutdown)
+                tasks.why()
             )),
         }
     }
