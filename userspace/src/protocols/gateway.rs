@@ -21,9 +21,7 @@ use super::target::Target;
 use crate::{
     approvals::{ApprovalRequest, Broker, Outcome},
     identity::Caller,
-    policy::{
-        masking::MaskPlan, AgentAttrs, Decision, Engine, TargetAttrs, Verdict as PolicyVerdict,
-    },
+    policy::{masking::MaskPlan, AgentAttrs, Asker, Decision, Engine, Verdict as PolicyVerdict},
     records::{Event, EventKind, Recorder, Verdict},
     session::{Counters, Session, SessionTasks},
 };
@@ -121,13 +119,17 @@ impl Gateway {
 
     /// Policy for one action of this session; see [`decide`].
     pub fn decide(&self, action: &str, context: &Value) -> Decision {
-        decide(
-            &self.services.policy,
-            self.session.caller.as_ref(),
-            &self.target.attrs,
-            action,
-            context,
-        )
+        let asker = self.session.asker.get_or_init(|| {
+            Asker::new(
+                self.session
+                    .caller
+                    .as_ref()
+                    .map(agent_attrs)
+                    .unwrap_or_default(),
+                self.target.attrs.clone(),
+            )
+        });
+        decide(&self.services.policy, asker, action, context)
     }
 
     /// The policy generation in force: a gateway that decided under one
@@ -278,17 +280,10 @@ pub fn agent_attrs(c: &Caller) -> AgentAttrs {
 
 /// Policy for one action, the one way every protocol asks; a request the
 /// engine cannot evaluate is refused (fail closed).
-pub fn decide(
-    engine: &Engine,
-    caller: Option<&Caller>,
-    target: &TargetAttrs,
-    action: &str,
-    context: &Value,
-) -> Decision {
-    let agent = caller.map(agent_attrs).unwrap_or_default();
+pub fn decide(engine: &Engine, asker: &Asker, action: &str, context: &Value) -> Decision {
     engine
         .current()
-        .decide_cached(&agent, target, action, context)
+        .decide_cached_for(asker, action, context)
         .unwrap_or_else(|e| Decision {
             verdict: PolicyVerdict::Error,
             policy_id: None,

@@ -3,7 +3,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        OnceLock,
+    },
     time::{Instant, SystemTime},
 };
 
@@ -11,6 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     identity::Caller,
+    policy::Asker,
     records::{Event, EventKind, IoChunk, Verdict},
 };
 
@@ -24,6 +28,9 @@ pub struct Session {
     pub orig_dst: Option<SocketAddr>,
     pub target: Option<String>,
     pub protocol: Option<&'static str>,
+    /// The caller and target as policy sees them, made at the first
+    /// decision: neither changes for the session's life.
+    pub asker: OnceLock<Asker>,
     /// Replay data is timed from here (see [`Session::io`]).
     started: Instant,
 }
@@ -39,6 +46,7 @@ impl Session {
             orig_dst: None,
             target: None,
             protocol: None,
+            asker: OnceLock::new(),
             started,
         }
     }

@@ -208,9 +208,9 @@ pub struct Classifier {
 struct Cache {
     entries: HashMap<String, Arc<Vec<Statement>>>,
     order: VecDeque<String>,
-    /// Single statements by their normalized form (literals replaced by
-    /// `$n`): classification does not depend on literal values, and
-    /// normalizing costs a fraction of a full parse and tree walk, so
+    /// Single statements by their shape ([`super::shape::key`]: literals
+    /// blanked): classification does not depend on literal values, and the
+    /// key costs one scan of the text instead of a parse and tree walk, so
     /// `... WHERE id = 1` and `... WHERE id = 2` share one classification.
     shapes: HashMap<String, Arc<Vec<Statement>>>,
 }
@@ -223,12 +223,6 @@ fn single_text(sql: &str) -> Option<String> {
         return None;
     }
     Some(t.trim_end_matches(';').trim_end().to_string())
-}
-
-fn normalized(sql: &str) -> Option<String> {
-    std::panic::catch_unwind(|| pg_query::normalize(sql).ok())
-        .ok()
-        .flatten()
 }
 
 impl Classifier {
@@ -259,7 +253,7 @@ impl Classifier {
             }
         }
         let shape = if cacheable {
-            single_text(sql).and_then(|text| Some((normalized(sql)?, text)))
+            single_text(sql).and_then(|text| Some((super::shape::key(sql)?, text)))
         } else {
             None
         };
@@ -1360,6 +1354,62 @@ mod tests {
         ] {
             assert_eq!(*c.classify(q), classify(q), "{q}");
             assert_eq!(*c.classify(q), classify(q), "{q} (cached)");
+        }
+    }
+
+    /// Statements that share a shape key, where the literal is a name or
+    /// SQL text: the second must read as it does without a cache.
+    #[test]
+    fn a_shared_shape_never_hands_over_a_reading() {
+        for (warm, probe) in [
+            ("SELECT nextval('a_seq')", "SELECT nextval('secret_seq')"),
+            ("SELECT setval('a', 1)", "SELECT setval('b', 1)"),
+            ("SELECT 'a'::regclass", "SELECT 'pg_authid'::regclass"),
+            (
+                "SELECT * FROM dblink('c', 'SELECT 1') AS t(x int)",
+                "SELECT * FROM dblink('c', 'DELETE FROM t') AS t(x int)",
+            ),
+            (
+                "SELECT pg_read_file('a')",
+                "SELECT pg_read_file('/etc/shadow')",
+            ),
+            (
+                "SELECT lo_export(1, '/tmp/a')",
+                "SELECT lo_export(2, '/root/.ssh/authorized_keys')",
+            ),
+            (
+                "SELECT set_config('a.b', 'x', false)",
+                "SELECT set_config('role', 'postgres', false)",
+            ),
+            (
+                "SELECT query_to_xml('SELECT 1', true, true, '')",
+                "SELECT query_to_xml('DROP TABLE t', true, true, '')",
+            ),
+            (
+                "SELECT table_to_xml('a', true, true, '')",
+                "SELECT table_to_xml('secrets', true, true, '')",
+            ),
+            (
+                "SELECT ts_rewrite('a'::tsquery, 'SELECT 1')",
+                "SELECT ts_rewrite('a'::tsquery, 'DELETE FROM t')",
+            ),
+            (
+                "SELECT x FROM t WHERE y = 'a'",
+                "SELECT x FROM t WHERE y = 'b'",
+            ),
+            ("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2.5e3)"),
+            (
+                "SELECT pg_terminate_backend(1)",
+                "SELECT pg_terminate_backend(2)",
+            ),
+            (
+                "SELECT has_table_privilege('a', 'select')",
+                "SELECT has_table_privilege('b', 'select')",
+            ),
+        ] {
+            let c = Classifier::new(16);
+            c.classify(warm);
+            assert_eq!(*c.classify(probe), classify(probe), "{warm} then {probe}");
         }
     }
 

@@ -27,6 +27,7 @@ pub mod messages;
 pub mod reading;
 mod relay;
 mod settings;
+mod shape;
 mod tripwire;
 pub mod upstream;
 
