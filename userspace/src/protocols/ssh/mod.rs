@@ -155,6 +155,9 @@ impl Phases for Ssh {
     type Upstream = Shown;
 
     async fn handshake(&self, conn: TcpStream, _gw: &Gateway) -> Result<TcpStream, SessionError> {
+        // Every packet is relayed as soon as it is decrypted: Nagle would
+        // hold back keystrokes' echoes and sftp's many small replies.
+        let _ = conn.set_nodelay(true);
         Ok(conn)
     }
 

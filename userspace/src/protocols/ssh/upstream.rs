@@ -61,6 +61,7 @@ pub async fn connect(gw: &Gateway, cfg: &SshTarget) -> Result<client::Handle<Ser
     let config = Arc::new(client::Config {
         keepalive_interval: Some(std::time::Duration::from_secs(30)),
         keepalive_max: 3,
+        preferred: upstream_preferred(),
         ..Default::default()
     });
     // The whole login is bounded: a server that accepts and never speaks
@@ -147,4 +148,25 @@ pub async fn session_channel(
         .channel_open_session()
         .await
         .map_err(|e| format!("upstream channel: {e}"))
+}
+
+/// This leg's algorithms: russh's defaults, AES-GCM first. blastgate
+/// decrypts and re-encrypts every byte a channel carries, on the CPU it
+/// shares with the agent and often the server, and AES-GCM runs on the
+/// processor's AES instructions (ring) where ChaCha20-Poly1305 runs in
+/// software. Both are AEAD ciphers OpenSSH offers by default; the agent's
+/// leg keeps whichever its client prefers.
+fn upstream_preferred() -> russh::Preferred {
+    use russh::cipher;
+    const CIPHERS: &[cipher::Name] = &[
+        cipher::AES_256_GCM,
+        cipher::CHACHA20_POLY1305,
+        cipher::AES_256_CTR,
+        cipher::AES_192_CTR,
+        cipher::AES_128_CTR,
+    ];
+    russh::Preferred {
+        cipher: std::borrow::Cow::Borrowed(CIPHERS),
+        ..Default::default()
+    }
 }
