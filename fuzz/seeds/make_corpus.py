@@ -147,7 +147,8 @@ COMMANDS = [
 
 
 def main():
-    for t in ["pg_frames", "pg_relay", "sftp", "http_request", "ssh_command", "sql_classify"]:
+    for t in ["pg_frames", "pg_relay", "sftp", "http_request", "ssh_command", "sql_classify",
+              "json_mask"]:
         clear(t)
     sql = list(SQL)
     for f in sorted(os.listdir(CAPTURES)):
@@ -195,6 +196,31 @@ def main():
           b"GET /api/v1/namespaces/prod%2Fpods/secrets/%2e%2e/x HTTP/1.1\r\nHost: K.Example.\r\n\r\n")
     for i, c in enumerate(COMMANDS):
         write("ssh_command", f"cmd-{i:02}", c.encode())
+    # One byte picking the rule set (see fuzz_targets/json_mask.rs), then
+    # the body; each body under every rule set.
+    for i, body in enumerate(JSON_BODIES):
+        for rules in range(7):
+            write("json_mask", f"body-{i:02}-rules-{rules}", bytes([rules]) + body)
+
+
+# Response bodies for json_mask: API lists, a Kubernetes Secret list and
+# watch event, and the shapes the masker must read as a client does.
+JSON_BODIES = [
+    b'{"page":1,"total":2,"items":[{"id":0,"sku":"SKU-000000","email":"user0@example.com",'
+    b'"price_cents":100,"in_stock":false,"tags":["hardware","bench"]},{"id":1,"email":null}]}\n',
+    b'{"kind":"SecretList","apiVersion":"v1","items":[{"metadata":{"name":"db","annotations":'
+    b'{"kubectl.kubernetes.io/last-applied-configuration":"{\\"data\\":{\\"pw\\":\\"czNj\\"}}"}},'
+    b'"data":{"password":"czNjcmV0"},"type":"Opaque"}]}',
+    b'{"type":"ADDED","object":{"kind":"Pod","metadata":{"name":"web-1","labels":{"app":"web"}},'
+    b'"spec":{"containers":[{"name":"web","env":[{"name":"TOKEN","value":"Bearer abcdefgh12345678"}]}]}}}',
+    b'{ "user" : {"\\u0065mail" :"ann\\u0040example.com", "phone":"+44 20 7946 0958"},\r\n'
+    b'\t"a":[{"b":1e2},{"a":{"b":-0}}], "c":{"a":[true,false,null]}, "x":["\\ud83d\\ude00"] }',
+    b'{"password":"s3cret","password":null,"data":{"k":"AKIAIOSFODNN7EXAMPLE"},"data":1}',
+    b'"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"',
+    b'[4111111111111111, 1.7976931348623157e308, 123456789012345678901234567890, "4111 1111 1111 1111"]',
+    b'\xef\xbb\xbf{"email":"a@b.example"}',
+    b'[' * 126 + b'{"email":"a@b.example"}' + b']' * 126,
+]
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ pub const TARGETS: &[&str] = &[
     "http_request",
     "ssh_command",
     "sql_classify",
+    "json_mask",
 ];
 
 /// libFuzzer's verdicts on one input: per-input time, memory per run and

@@ -52,7 +52,7 @@ enum Task {
         #[arg(long, default_value_t = FUZZ_SECONDS)]
         seconds: u32,
         /// Targets to run (default: all): pg_frames, pg_relay, sftp,
-        /// http_request, ssh_command, sql_classify.
+        /// http_request, ssh_command, sql_classify, json_mask.
         targets: Vec<String>,
     },
     /// A real local ClickHouse 26.7 for the demo and the tests.

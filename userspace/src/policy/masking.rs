@@ -35,10 +35,17 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use hmac::{Hmac, Mac};
 use regex::Regex;
 use serde::Deserialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::diagnostic::{line_col, Diagnostic, Severity};
+
+mod json;
+#[cfg(test)]
+mod json_tests;
+#[cfg(any(test, feature = "json-mask-reference"))]
+pub mod tree;
+
+pub use json::{MaskedJson, NotJson};
 
 pub const MASKING_FILE: &str = "masking.toml";
 
@@ -615,87 +622,15 @@ impl MaskPlan {
         (out, count)
     }
 
-    /// Masks a JSON document in place: field rules' paths first (whole
-    /// values), then detectors over every remaining string. Returns the
-    /// number of masked values.
-    pub fn mask_json(&self, doc: &mut Value) -> u64 {
-        let mut count = 0;
-        for f in &self.fields {
-            for path in &f.json_paths {
-                visit(doc, path, &mut |v| {
-                    let text = match &*v {
-                        Value::String(s) => s.clone(),
-                        Value::Null => return,
-                        other => other.to_string(),
-                    };
-                    *v = Value::String(self.apply(f.style, &text));
-                    count += 1;
-                });
-            }
+    /// The detectors over one string value, as the masking of JSON runs
+    /// them: the masked text and how many values were masked, or `None`
+    /// when nothing was (most strings: no copy for them).
+    pub(crate) fn detect(&self, text: &str) -> Option<(String, u64)> {
+        if !self.detectors.iter().any(|d| d.regex.is_match(text)) {
+            return None;
         }
-        if !self.detectors.is_empty() {
-            count += self.scan_json(doc);
-        }
-        count
-    }
-
-    fn scan_json(&self, v: &mut Value) -> u64 {
-        match v {
-            Value::String(s) if !self.detectors.iter().any(|d| d.regex.is_match(s)) => 0,
-            Value::String(s) => {
-                let (masked, n) = self.scan(s);
-                if n > 0 {
-                    *s = masked;
-                }
-                n
-            }
-            Value::Array(items) => items.iter_mut().map(|i| self.scan_json(i)).sum(),
-            Value::Object(map) => map.values_mut().map(|i| self.scan_json(i)).sum(),
-            _ => 0,
-        }
-    }
-}
-
-fn visit(v: &mut Value, path: &[Step], f: &mut dyn FnMut(&mut Value)) {
-    let Some((step, rest)) = path.split_first() else {
-        f(v);
-        return;
-    };
-    match step {
-        Step::Key(k) => {
-            if let Some(child) = v.as_object_mut().and_then(|m| m.get_mut(k)) {
-                visit(child, rest, f);
-            }
-        }
-        Step::Index(i) => {
-            if let Some(child) = v.as_array_mut().and_then(|a| a.get_mut(*i)) {
-                visit(child, rest, f);
-            }
-        }
-        Step::AnyIndex => {
-            if let Some(items) = v.as_array_mut() {
-                for child in items {
-                    visit(child, rest, f);
-                }
-            }
-        }
-        Step::Descend(k) => match v {
-            Value::Object(map) => {
-                for (key, child) in map.iter_mut() {
-                    if key == k {
-                        visit(child, rest, f);
-                    } else {
-                        visit(child, path, f);
-                    }
-                }
-            }
-            Value::Array(items) => {
-                for child in items {
-                    visit(child, path, f);
-                }
-            }
-            _ => {}
-        },
+        let (masked, n) = self.scan(text);
+        (n > 0).then_some((masked, n))
     }
 }
 

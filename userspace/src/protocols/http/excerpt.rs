@@ -5,7 +5,10 @@
 //! event, so `blastgate sessions export` shows what was asked and answered.
 //! Bodies are never held for this: the excerpt is copied as bytes pass.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex},
+};
 
 use http_body_util::BodyExt;
 
@@ -53,13 +56,17 @@ impl Kept {
         }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let mut data = match plan {
-            Some(p) => match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(mut doc) => match p.mask_json(&mut doc) {
-                    0 => text,
-                    _ => doc.to_string(),
-                },
-                Err(_) => p.scan(&text).0,
-            },
+            Some(p) => {
+                let masked = p.mask_json_bytes(text.as_bytes()).map(|m| match m.body {
+                    Cow::Owned(masked) => Some(String::from_utf8_lossy(&masked).into_owned()),
+                    Cow::Borrowed(_) => None,
+                });
+                match masked {
+                    Ok(Some(masked)) => masked,
+                    Ok(None) => text,
+                    Err(_) => p.scan(&text).0,
+                }
+            }
             None => text,
         };
         let seen = self.seen.load(std::sync::atomic::Ordering::Relaxed);

@@ -23,7 +23,6 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
-use serde_json::Value;
 
 use super::{mask, upstream::Body};
 use crate::policy::masking::MaskPlan;
@@ -132,17 +131,13 @@ impl Masker {
             Some(rest) => ("data:", rest),
             None => ("", trimmed),
         };
-        if let Ok(mut doc) = serde_json::from_str::<Value>(json_part) {
-            let mut n = self.plan.as_ref().map_or(0, |p| p.mask_json(&mut doc));
-            if self.secrets {
-                n += mask::secret_values(&mut doc);
-            }
+        if let Ok(masked) = mask::json_doc(self.plan.as_ref(), self.secrets, json_part.as_bytes()) {
+            let n = masked.fields;
             self.tally.fields.fetch_add(n, Ordering::Relaxed);
             if n == 0 {
                 return Some(raw.to_vec());
             }
-            let space = if prefix.is_empty() { "" } else { " " };
-            return Some(format!("{prefix}{space}{doc}{newline}").into_bytes());
+            return Some([prefix.as_bytes(), &masked.body, newline.as_bytes()].concat());
         }
         if self.secrets {
             self.tally.note(

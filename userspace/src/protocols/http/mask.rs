@@ -3,7 +3,7 @@
 //! path and by the value detectors, sent back uncompressed with a fresh
 //! Content-Length.
 
-use std::io::Read;
+use std::{borrow::Cow, io::Read};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue};
@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::upstream::Body;
-use crate::policy::masking::MaskPlan;
+use crate::policy::masking::{MaskPlan, MaskedJson, NotJson};
 
 pub enum Outcome {
     Masked {
@@ -101,7 +101,7 @@ pub async fn json_body(
     let raw = raw.freeze();
     let encoding = content_codings(headers);
     let text = match encoding.as_deref() {
-        None => raw.to_vec(),
+        None => raw,
         Some("gzip") | Some("x-gzip") => {
             let mut out = Vec::new();
             // Read one byte past the limit to tell "at most" from "more".
@@ -115,7 +115,7 @@ pub async fn json_body(
                     rest: None,
                 });
             }
-            out
+            Bytes::from(out)
         }
         Some(other) => {
             return Err(format!(
@@ -123,28 +123,56 @@ pub async fn json_body(
             ))
         }
     };
-    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&text) else {
-        if secrets {
+    let (masked, fields) = match json_doc(plan, secrets, &text) {
+        Ok(MaskedJson { body, fields }) => (
+            match body {
+                Cow::Owned(masked) => Some(masked),
+                Cow::Borrowed(_) => None,
+            },
+            fields,
+        ),
+        Err(_) if secrets => {
             return Err("a Kubernetes Secret response that is not JSON cannot be masked".into());
         }
-        // Labelled JSON but not JSON: nothing to mask by path; the
-        // detectors still run over the text.
-        let (masked, fields) = match plan {
-            Some(p) => p.scan(&String::from_utf8_lossy(&text)),
-            None => (String::from_utf8_lossy(&text).into_owned(), 0),
-        };
-        return Ok(finish(headers, Bytes::from(masked), fields));
+        Err(_) => {
+            // Labelled JSON but not JSON: nothing to mask by path; the
+            // detectors still run over the text.
+            let (masked, fields) = match plan {
+                Some(p) => p.scan(&String::from_utf8_lossy(&text)),
+                None => (String::from_utf8_lossy(&text).into_owned(), 0),
+            };
+            return Ok(finish(headers, Bytes::from(masked), fields));
+        }
     };
-    let mut fields = plan.map_or(0, |p| p.mask_json(&mut doc));
-    if secrets {
-        fields += secret_values(&mut doc);
-    }
-    let out = if fields == 0 {
-        Bytes::from(text)
-    } else {
-        Bytes::from(serde_json::to_vec(&doc).map_err(|e| e.to_string())?)
-    };
+    let out = masked.map_or(text, Bytes::from);
     Ok(finish(headers, out, fields))
+}
+
+/// One JSON document masked by the session's rules (`plan`, in one pass
+/// over the bytes) and, for Kubernetes Secrets (`secrets`), every Secret
+/// value: the bytes as they came when nothing was masked. `NotJson` when
+/// serde_json would not read it (the caller masks it as text, or refuses
+/// it).
+pub fn json_doc<'a>(
+    plan: Option<&MaskPlan>,
+    secrets: bool,
+    text: &'a [u8],
+) -> Result<MaskedJson<'a>, NotJson> {
+    let mut masked = plan.unwrap_or(&MaskPlan::default()).mask_json_bytes(text)?;
+    if secrets {
+        // Secret responses are small and rare: the tree walk is fine.
+        let mut doc =
+            serde_json::from_slice::<serde_json::Value>(&masked.body).map_err(|_| NotJson {
+                at: 0,
+                why: "a masked document did not read back",
+            })?;
+        let n = secret_values(&mut doc);
+        if n > 0 {
+            masked.fields += n;
+            masked.body = Cow::Owned(doc.to_string().into_bytes());
+        }
+    }
+    Ok(masked)
 }
 
 fn finish(headers: &mut HeaderMap, body: Bytes, fields: u64) -> Outcome {

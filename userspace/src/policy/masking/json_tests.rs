@@ -1,0 +1,470 @@
+//! The streaming JSON masker against the tree walk it replaced: attacks
+//! one by one, then generated documents under many rule sets.
+
+use serde_json::Value;
+
+use super::{
+    tree::{self, EMAIL_RULE, SHIPPED},
+    MaskPlan, Masking, NotJson,
+};
+
+/// The plan for a target the shipped field rule (`orders-*`) names.
+fn plan(toml_text: &str) -> MaskPlan {
+    plan_for(toml_text, "orders-api")
+}
+
+fn plan_for(toml_text: &str, target: &str) -> MaskPlan {
+    Masking::parse(std::path::Path::new("masking.toml"), toml_text)
+        .unwrap_or_else(|p| panic!("{p:?}"))
+        .plan("agent", target)
+}
+
+/// One field rule: `json_paths` in `style`.
+fn field_plan(paths: &[&str], style: &str) -> MaskPlan {
+    let paths: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+    plan(&format!(
+        "[[field]]\nid = \"f\"\njson_paths = [{}]\nstyle = \"{style}\"\n",
+        paths.join(", ")
+    ))
+}
+
+/// The differential check ([`tree::differential`]), failing the test.
+fn check(plan: &MaskPlan, text: &[u8]) -> u64 {
+    tree::differential(plan, text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn masked(plan: &MaskPlan, text: &str) -> (String, u64) {
+    let m = plan
+        .mask_json_bytes(text.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    check(plan, text.as_bytes());
+    (String::from_utf8(m.body.into_owned()).unwrap(), m.fields)
+}
+
+#[test]
+fn unmasked_spans_are_copied_byte_for_byte() {
+    let p = plan(EMAIL_RULE);
+    let text = "{ \"id\" : 1.50e0,\n\t\"email\":\"a@b.example\" , \"n\":\"caf\\u00e9\" }\r\n";
+    let (out, n) = masked(&p, text);
+    assert_eq!(n, 1);
+    assert_eq!(
+        out,
+        "{ \"id\" : 1.50e0,\n\t\"email\":\"****\" , \"n\":\"caf\\u00e9\" }\r\n"
+    );
+    // Nothing to mask: the very bytes.
+    let same = "[1 ,2,{\"x\" :\"y\"}] ";
+    assert_eq!(masked(&p, same), (same.to_string(), 0));
+}
+
+#[test]
+fn escaped_keys_are_the_keys_a_client_reads() {
+    let p = field_plan(&["$.items[*].email", "$..password"], "fixed");
+    for key in [
+        "\\u0065mail",
+        "e\\u006dail",
+        "\\u0065\\u006D\\u0061\\u0069\\u006C",
+    ] {
+        let text = format!("{{\"items\":[{{\"{key}\":\"ann@example.com\"}}]}}");
+        let (out, n) = masked(&p, &text);
+        assert_eq!(n, 1, "{text}");
+        assert!(!out.contains("ann@"), "{out}");
+    }
+    let (out, n) = masked(&p, r#"{"a":{"pass\u0077ord":"hunter2"}}"#);
+    assert_eq!((n, out.contains("hunter2")), (1, false));
+    // A key that only looks like one on the wire is not it.
+    let (_, n) = masked(&p, r#"{"items":[{"email\u0000":"ann@example.com"}]}"#);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn detectors_read_values_unescaped() {
+    let p = plan(&format!(
+        "{SHIPPED}\n[[detector]]\nkind = \"email\"\nstyle = \"fixed\"\n"
+    ));
+    for value in [
+        r#""ann\u0040example.com""#,
+        r#""\u0041KIAIOSFODNN7EXAMPLE""#,
+        r#""key \u0041KIA\u0049OSFODNN7EXAMPLE\/""#,
+        r#""-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----""#,
+        r#""4111\u00201111 1111 1111""#,
+        r#""Bearer\tabcdefgh12345678""#,
+    ] {
+        let text = format!("{{\"note\":{value}}}");
+        let (out, n) = masked(&p, &text);
+        assert_eq!(n, 1, "{text} -> {out}");
+    }
+    // A top-level string is scanned too.
+    let (out, n) = masked(&p, "\"AKIAIOSFODNN7EXAMPLE\"");
+    assert_eq!((out.as_str(), n), ("\"****\"", 1));
+    // Keys and numbers never were.
+    let (_, n) = masked(&p, r#"{"ann@example.com": 4111111111111111}"#);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn surrogate_pairs_and_lone_surrogates() {
+    let p = plan(EMAIL_RULE);
+    let (out, n) = masked(&p, r#"{"x":"\ud83d\ude00","email":"\ud83d\ude00@x"}"#);
+    assert_eq!(n, 1);
+    assert!(out.starts_with(r#"{"x":"\ud83d\ude00","#), "{out}");
+    // What serde_json refuses is refused: the caller masks it as text.
+    for text in [
+        r#"{"email":"\ud800"}"#,
+        r#"{"email":"\udc00"}"#,
+        r#"{"email":"\ud800\u0041"}"#,
+        r#"{"email":"\ud800\n"}"#,
+        r#"{"email":"\ud83d"#,
+        r#"{"email":"\u12"}"#,
+        r#"{"email":"\x"}"#,
+    ] {
+        assert!(p.mask_json_bytes(text.as_bytes()).is_err(), "{text}");
+        check(&p, text.as_bytes());
+    }
+}
+
+#[test]
+fn repeated_keys_mask_every_occurrence() {
+    let p = field_plan(&["$..password", "$.user.email"], "fixed");
+    // The tree kept the last (null: nothing masked) and so sent the
+    // original bytes: a client reading the first value got the secret.
+    let text = r#"{"password":"s3cret","password":null}"#;
+    let mut doc: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(p.mask_json(&mut doc), 0);
+    let (out, n) = masked(&p, text);
+    assert_eq!(
+        (out.as_str(), n),
+        (r#"{"password":"****","password":null}"#, 1)
+    );
+    let (out, n) = masked(
+        &p,
+        r#"{"user":{"email":"a@b.example"},"user":1,"u\u0073er":{"email":"c@d.example"}}"#,
+    );
+    assert_eq!(n, 2);
+    assert!(!out.contains("a@b") && !out.contains("c@d"), "{out}");
+}
+
+#[test]
+fn nesting_is_refused_where_serde_json_refuses_it() {
+    let p = plan(EMAIL_RULE);
+    for depth in [126, 127, 128, 129] {
+        let text = format!(
+            "{}{{\"email\":\"a@b.example\"}}{}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        );
+        let ok = serde_json::from_str::<Value>(&text).is_ok();
+        assert_eq!(ok, depth < 128, "{depth}");
+        assert_eq!(p.mask_json_bytes(text.as_bytes()).is_ok(), ok, "{depth}");
+    }
+    // Far deeper: refused at the limit, not by overflowing the stack.
+    let text = "[".repeat(1_000_000);
+    assert_eq!(
+        p.mask_json_bytes(text.as_bytes()).err().map(|e| e.why),
+        Some("nested too deep")
+    );
+}
+
+#[test]
+fn numbers_read_and_mask_as_serde_json_reads_them() {
+    let p = field_plan(&["$.a", "$.b"], "last4");
+    for a in [
+        "0",
+        "-0",
+        "1e2",
+        "1E+2",
+        "-1.25e-3",
+        "4111111111111111",
+        "18446744073709551616",
+        "123456789012345678901234567890",
+        "1e300",
+        "1e-400",
+        "0e999999",
+        "1.7976931348623157e308",
+        "1.7976931348623159e308",
+        "1e400",
+        "-1e400",
+        &"9".repeat(400),
+        &format!("0.{}1", "0".repeat(400)),
+        "01",
+        "1.",
+        ".5",
+        "+1",
+        "-",
+        "1e",
+        "1e+",
+        "0x10",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "true",
+        "false",
+        "null",
+    ] {
+        let text = format!("{{\"a\":{a},\"b\":[{a}]}}");
+        check(&p, text.as_bytes());
+    }
+    assert_eq!(masked(&p, r#"{"a":1e2}"#).0, r#"{"a":"****00.0"}"#);
+    assert_eq!(masked(&p, r#"{"a":true}"#).0, r#"{"a":"****"}"#);
+    assert_eq!(masked(&p, r#"{"a":null}"#), (r#"{"a":null}"#.into(), 0));
+}
+
+#[test]
+fn odd_bodies_are_refused_as_serde_json_refuses_them() {
+    let p = plan(SHIPPED);
+    for text in [
+        &b"\xef\xbb\xbf{\"email\":\"a@b.example\"}"[..],
+        b"{\"email\":\"a@b.\xff\"}",
+        b"{\"email\":\"a@b.\xc3\"}",
+        b"\x0c{}",
+        b"{}\x0c",
+        b"{} {}",
+        b"{\"a\":1,}",
+        b"[1,]",
+        b"{\"a\" 1}",
+        b"{'a':1}",
+        b"{a:1}",
+        b"[1 2]",
+        b"\"tab\there\"",
+        b"",
+        b"   ",
+        b"nul",
+        b"truex",
+        b"[true false]",
+        b"{\"a\":1}}",
+        b"\"\\u00e9\"",
+        b"42",
+        b"null",
+        b" \"x\" ",
+        b"\t[]\n\r ",
+    ] {
+        check(&p, text);
+    }
+}
+
+#[test]
+fn every_truncation_of_a_document_is_read_as_serde_json_reads_it() {
+    let p = plan(&format!("{SHIPPED}\n{EMAIL_RULE}"));
+    let text = r#"{"items":[{"email":"a@b.example","n":-1.5e3,"t":true,"z":null,"s":"\ud83d\ude00 4111 1111 1111 1111","k":"AKIAIOSFODNN7EXAMPLE"}],"e\u006dail":[]}"#;
+    for end in 0..=text.len() {
+        check(&p, &text.as_bytes()[..end]);
+    }
+}
+
+#[test]
+fn rules_apply_in_order_each_to_what_the_earlier_left() {
+    // An inner value masked first, then its container whole (`hash` of
+    // the masked container's text), then again by a later path.
+    let p = plan(
+        r#"
+[[field]]
+id = "inner"
+json_paths = ["$..email"]
+style = "last4"
+[[field]]
+id = "outer"
+json_paths = ["$.user", "$..user", "$.user.name"]
+style = "hash"
+[[detector]]
+kind = "email"
+style = "fixed"
+"#,
+    );
+    let text = r#"{"user":{"email":"a@b.example","name":"ann@example.com"},"note":"x@y.example","email":null}"#;
+    let (out, n) = masked(&p, text);
+    // email (1) + user twice (2) + note by the detector (1).
+    assert_eq!(n, 4, "{out}");
+    // A container masked whole by the first rule: later rules below it
+    // find nothing.
+    let p = plan(
+        r#"
+[[field]]
+id = "outer"
+json_paths = ["$.user"]
+style = "last4"
+[[field]]
+id = "inner"
+json_paths = ["$..email"]
+style = "fixed"
+"#,
+    );
+    let (out, n) = masked(&p, r#"{"user":{"email":"a@b.example", "x":[1, 2.0]}}"#);
+    assert_eq!((out.as_str(), n), (r#"{"user":"****.0]}"}"#, 1));
+    // `$..a.b` stops at the first `a` (the tree's walk did too).
+    let p = field_plan(&["$..a.b", "$.l[1]", "$.l[*].c"], "fixed");
+    masked(
+        &p,
+        r#"{"a":{"a":{"b":1}},"x":{"a":{"b":2}},"l":[{"c":1},{"c":2}]}"#,
+    );
+}
+
+/// A small deterministic generator (xorshift): the same documents on
+/// every run.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+
+    fn ws(&mut self) -> &'static str {
+        self.pick(&["", "", "", " ", "\n", "\t", "\r\n  "])
+    }
+
+    /// `s` as a JSON string, some characters spelled as `\u` escapes.
+    fn string(&mut self, s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '/' if self.below(2) == 0 => out.push_str("\\/"),
+                c if (c as u32) < 0x20 || self.below(6) == 0 => {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{u:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn value(&mut self, depth: usize) -> String {
+        let kind = if depth > 4 {
+            2 + self.below(4)
+        } else {
+            self.below(6)
+        };
+        match kind {
+            0 => {
+                let n = self.below(5);
+                let members: Vec<String> = (0..n)
+                    .map(|_| {
+                        let key = self.pick(&[
+                            "email", "phone", "password", "items", "a", "b", "c", "user", "note",
+                            "data", "x", "card",
+                        ]);
+                        let key = self.string(key);
+                        let (w1, w2) = (self.ws(), self.ws());
+                        format!("{w1}{key}{w2}:{}{}", self.ws(), self.value(depth + 1))
+                    })
+                    .collect();
+                format!("{{{}{}}}", members.join(","), self.ws())
+            }
+            1 => {
+                let n = self.below(5);
+                let items: Vec<String> = (0..n)
+                    .map(|_| format!("{}{}", self.ws(), self.value(depth + 1)))
+                    .collect();
+                format!("[{}{}]", items.join(","), self.ws())
+            }
+            2 | 3 => {
+                let s = self.pick(&[
+                    "ann@example.com",
+                    "user7@example.com",
+                    "4111 1111 1111 1111",
+                    "AKIAIOSFODNN7EXAMPLE",
+                    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+                    "Bearer abcdefgh12345678",
+                    "+44 20 7946 0958",
+                    "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
+                    "GB82WEST12345698765432",
+                    "plain",
+                    "",
+                    "caf\u{e9} \u{1F600} \"q\" \\ /",
+                    "tab\there",
+                ]);
+                self.string(s)
+            }
+            4 => self
+                .pick(&[
+                    "0",
+                    "-0",
+                    "42",
+                    "1.5",
+                    "1e2",
+                    "-1.25E-3",
+                    "4111111111111111",
+                    "123456789012345678901234567890",
+                    "1e300",
+                ])
+                .to_string(),
+            _ => self.pick(&["true", "false", "null"]).to_string(),
+        }
+    }
+}
+
+#[test]
+fn generated_documents_mask_as_the_tree_did() {
+    let plans = tree::reference_plans();
+    assert!(plans[1..].iter().all(|p| !p.is_empty()));
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let mut masked_total = 0;
+    for round in 0..3000 {
+        let text = format!("{}{}{}", g.ws(), g.value(0), g.ws());
+        for p in &plans {
+            masked_total += check(p, text.as_bytes());
+        }
+        // The same document damaged: a byte dropped, changed or cut off.
+        let mut bytes = text.clone().into_bytes();
+        let at = g.below(bytes.len());
+        match round % 3 {
+            0 => {
+                bytes.remove(at);
+            }
+            1 => {
+                let with = b"\"\\{}[],:u0e\x01\xff ";
+                bytes[at] = with[g.below(with.len())];
+            }
+            _ => bytes.truncate(at),
+        }
+        for p in &plans {
+            check(p, &bytes);
+        }
+    }
+    assert!(masked_total > 1000, "{masked_total}");
+}
+
+#[test]
+fn the_bench_list_masks_as_the_tree_did() {
+    let doc = super::tree::sample_list();
+    let field = plan(
+        r#"
+[[field]]
+id = "bench-item-email"
+json_paths = ["$.items[*].email"]
+style = "hash"
+"#,
+    );
+    let n = check(&field, doc.as_bytes());
+    assert!(n > 500, "{n}");
+    // The shipped detectors find nothing in it; the shipped field rule
+    // (on `orders-*` targets) masks every email.
+    assert_eq!(check(&plan_for(SHIPPED, "bench"), doc.as_bytes()), 0);
+    assert_eq!(check(&plan(SHIPPED), doc.as_bytes()), n);
+}
+
+#[test]
+fn not_json_says_where() {
+    let p = plan(EMAIL_RULE);
+    assert_eq!(
+        p.mask_json_bytes(b"{\"a\":1,}").err(),
+        Some(NotJson {
+            at: 7,
+            why: "expected a key"
+        })
+    );
+}
