@@ -76,9 +76,9 @@ pub fn enrol_agent_socket(ctx: &SockOpsContext, mut key: SockKey) {
     }
     // A pairing left for an earlier socket with this address (its daemon
     // died) must not apply to this one.
-    let _ = BG_FAST_PAIRS.remove(&key);
+    let _ = BG_FAST_PAIRS.remove(key);
     if BG_FAST_COUNTS
-        .insert(&key, &FastCounts::default(), BPF_ANY as u64)
+        .insert(key, FastCounts::default(), BPF_ANY as u64)
         .is_err()
     {
         return;
@@ -96,14 +96,14 @@ fn try_fast_msg(ctx: &SkMsgContext) -> u32 {
     let Some(key) = msg_key(ctx) else {
         return SK_PASS;
     };
-    let Some(counts) = BG_FAST_COUNTS.get_ptr_mut(&key) else {
+    let Some(counts) = BG_FAST_COUNTS.get_ptr_mut(key) else {
         return SK_PASS;
     };
     let size = unsafe { read_volatile(&(*ctx.msg).size) } as u64;
     // SAFETY: a map value; only this program writes it, under the agent
     // socket's lock (sendmsg calls on one socket are serialised).
     let counts = unsafe { &mut *counts };
-    if let Some(pair) = BG_FAST_PAIRS.get_ptr(&key) {
+    if let Some(pair) = BG_FAST_PAIRS.get_ptr(key) {
         let pair = unsafe { *pair };
         if counts.direct != 0 || pair.forwarded == counts.passed {
             counts.direct = 1;
