@@ -534,7 +534,14 @@ fn bench_bulk(addr: SocketAddr, bytes: u64, greeting: bool) -> Value {
         let mut s = TcpStream::connect(addr)?;
         if greeting {
             let mut hello = [0u8; 1];
-            s.read_exact(&mut hello)?;
+            loop {
+                match s.read(&mut hello) {
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let mut left = bytes;
         while left > 0 {
@@ -544,7 +551,18 @@ fn bench_bulk(addr: SocketAddr, bytes: u64, greeting: bool) -> Value {
         }
         s.shutdown(std::net::Shutdown::Write)?;
         let mut count = [0u8; 8];
-        s.read_exact(&mut count)?;
+        // A socket in a sockmap (blastgate's TCP fast path) can answer a
+        // blocking read with EAGAIN on a spurious wake-up (kernel
+        // tcp_bpf_recvmsg); retry it, as a non-blocking client would.
+        let mut got = 0;
+        while got < count.len() {
+            match s.read(&mut count[got..]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
         Ok((u64::from_be_bytes(count), t.elapsed().as_secs_f64()))
     };
     match run() {
