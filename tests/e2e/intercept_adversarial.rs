@@ -578,7 +578,7 @@ fn the_fallback_exit_handler_loads_and_keeps_a_label_until_the_last_thread_exits
     // And it behaves: attached alone (nothing else uses this object's
     // maps), it keeps a label while the thread-group leader has left but
     // another thread runs, and drops it when the last thread exits.
-    let maps = blastgate::intercept::KernelMaps::from_ebpf(&mut ebpf).expect("maps");
+    let maps = blastgate::intercept::KernelMaps::from_ebpf(&mut ebpf, None).expect("maps");
     let prog: &mut aya::programs::BtfTracePoint = ebpf
         .program_mut(blastgate_common::program::EXIT_LEADER)
         .expect("program")

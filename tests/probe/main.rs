@@ -97,8 +97,15 @@ enum Op {
     /// prints latency percentiles in microseconds.
     BenchRtt { addr: SocketAddr, n: usize },
     /// Benchmark: send BYTES over one connection, half-close, read the
-    /// server's 8-byte count; prints throughput.
-    BenchBulk { addr: SocketAddr, bytes: u64 },
+    /// server's 8-byte count; prints throughput. With --greeting, first
+    /// waits for the server's one-byte greeting (a protocol that opens
+    /// with an exchange, as nearly all do, before the bulk starts).
+    BenchBulk {
+        addr: SocketAddr,
+        bytes: u64,
+        #[arg(long)]
+        greeting: bool,
+    },
     /// Benchmark reference: a bare TCP forwarder (tokio, one thread,
     /// copy_bidirectional) from LISTEN to UPSTREAM with no identification,
     /// policy or records: the floor any userspace proxy pays on this host.
@@ -164,7 +171,11 @@ fn main() {
             emit(connect("as-uid", addr));
         }
         Op::BenchRtt { addr, n } => emit(bench_rtt(addr, n)),
-        Op::BenchBulk { addr, bytes } => emit(bench_bulk(addr, bytes)),
+        Op::BenchBulk {
+            addr,
+            bytes,
+            greeting,
+        } => emit(bench_bulk(addr, bytes, greeting)),
         Op::Forward { listen, upstream } => forward(listen, upstream),
         Op::PidReuse { pid, addr } => emit(pid_reuse(pid, addr)),
         Op::Interactive { addr } => {
@@ -516,11 +527,22 @@ fn bench_rtt(addr: SocketAddr, n: usize) -> Value {
            "mean_us": lat.iter().sum::<f64>() / lat.len().max(1) as f64})
 }
 
-fn bench_bulk(addr: SocketAddr, bytes: u64) -> Value {
+fn bench_bulk(addr: SocketAddr, bytes: u64, greeting: bool) -> Value {
     let run = || -> std::io::Result<(u64, f64)> {
         let buf = vec![0x5au8; 256 * 1024];
         let t = std::time::Instant::now();
         let mut s = TcpStream::connect(addr)?;
+        if greeting {
+            let mut hello = [0u8; 1];
+            loop {
+                match s.read(&mut hello) {
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let mut left = bytes;
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
@@ -529,7 +551,18 @@ fn bench_bulk(addr: SocketAddr, bytes: u64) -> Value {
         }
         s.shutdown(std::net::Shutdown::Write)?;
         let mut count = [0u8; 8];
-        s.read_exact(&mut count)?;
+        // A socket in a sockmap (blastgate's TCP fast path) can answer a
+        // blocking read with EAGAIN on a spurious wake-up (kernel
+        // tcp_bpf_recvmsg); retry it, as a non-blocking client would.
+        let mut got = 0;
+        while got < count.len() {
+            match s.read(&mut count[got..]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
         Ok((u64::from_be_bytes(count), t.elapsed().as_secs_f64()))
     };
     match run() {

@@ -176,6 +176,12 @@ pub struct BpfConfig {
     /// `blastgate status` raises an alarm), never left unguarded.
     #[serde(default = "default_max_labels")]
     pub max_labels: u32,
+    /// TCP passthrough through the kernel (README "TCP passthrough through
+    /// the kernel"). Off by default: on kernels up to at least 6.18 a socket
+    /// in a sockmap can return EAGAIN to a *blocking* recv() while another
+    /// thread writes on it, which breaks blocking full-duplex clients.
+    #[serde(default)]
+    pub tcp_fast_path: bool,
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -192,6 +198,7 @@ impl Default for BpfConfig {
             pin_dir: default_pin_dir(),
             cgroup_root: None,
             max_labels: default_max_labels(),
+            tcp_fast_path: false,
         }
     }
 }

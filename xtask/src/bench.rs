@@ -42,14 +42,18 @@ fn echo_server() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Reads to EOF and answers with the byte count (8 bytes, big-endian).
-fn sink_server() -> Result<SocketAddr> {
+/// Reads to EOF and answers with the byte count (8 bytes, big-endian);
+/// with `greeting`, first sends one byte (a server that speaks first).
+fn sink_server(greeting: bool) -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.2:0")?;
     let addr = l.local_addr()?;
     thread::spawn(move || {
         for c in l.incoming().flatten() {
             thread::spawn(move || {
                 let mut c = c;
+                if greeting && c.write_all(b"+").is_err() {
+                    return;
+                }
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut total: u64 = 0;
                 loop {
@@ -112,7 +116,8 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     let bin = root.join("target/release/blastgate");
     let probe = root.join("target/release/blastgate-probe");
     let echo = echo_server()?;
-    let sink = sink_server()?;
+    let sink = sink_server(false)?;
+    let greet = sink_server(true)?;
 
     let dir = std::env::temp_dir().join(format!("blastgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -126,9 +131,10 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
         &config,
         format!(
             "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n[control]\nsocket = \"{d}/control.sock\"\n\
-             [bpf]\npin_dir = \"/sys/fs/bpf/blastgate-bench\"\n[records]\nspool_dir = \"{d}/spool\"\n\
+             [bpf]\npin_dir = \"/sys/fs/bpf/blastgate-bench\"\ntcp_fast_path = true\n[records]\nspool_dir = \"{d}/spool\"\n\
              [[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{echo}\"\n\
-             [[targets]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"{sink}\"\n",
+             [[targets]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"{sink}\"\n\
+             [[targets]]\nname = \"greet\"\nprotocol = \"tcp\"\naddress = \"{greet}\"\n",
             d = dir.display()
         ),
     )?;
@@ -160,8 +166,9 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     // each server, pinned like the daemon.
     let fwd_echo = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let fwd_sink = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let fwd_greet = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut forwarders = Vec::new();
-    for (listen, upstream) in [(fwd_echo, echo), (fwd_sink, sink)] {
+    for (listen, upstream) in [(fwd_echo, echo), (fwd_sink, sink), (fwd_greet, greet)] {
         forwarders.push(Guard::spawn(
             "bare forwarder",
             Command::new("taskset")
@@ -185,15 +192,16 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     // Paths, in the order each repetition runs them: direct, the bare
     // forwarder, blastgate.
     let paths = [
-        ("direct", false, echo, sink),
-        ("bare forwarder", false, fwd_echo, fwd_sink),
-        ("through blastgate", true, echo, sink),
+        ("direct", false, echo, sink, greet),
+        ("bare forwarder", false, fwd_echo, fwd_sink, fwd_greet),
+        ("through blastgate", true, echo, sink, greet),
     ];
     let mut p50s = vec![Vec::new(); paths.len()];
     let mut p99s = vec![Vec::new(); paths.len()];
     let mut gbits = vec![Vec::new(); paths.len()];
+    let mut greeted = vec![Vec::new(); paths.len()];
     for rep in 0..reps {
-        for (i, (_, proxied, e, s)) in paths.iter().enumerate() {
+        for (i, (_, proxied, e, s, g)) in paths.iter().enumerate() {
             let v = r.probe(
                 *proxied,
                 &["bench-rtt".into(), e.to_string(), connections.to_string()],
@@ -205,6 +213,16 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
                 &["bench-bulk".into(), s.to_string(), bytes.to_string()],
             )?;
             gbits[i].push(v["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
+            let v = r.probe(
+                *proxied,
+                &[
+                    "bench-bulk".into(),
+                    g.to_string(),
+                    bytes.to_string(),
+                    "--greeting".into(),
+                ],
+            )?;
+            greeted[i].push(v["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
         }
         eprintln!("bench: repetition {}/{reps} done", rep + 1);
     }
@@ -214,40 +232,60 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     let p50: Vec<f64> = p50s.into_iter().map(median).collect();
     let p99: Vec<f64> = p99s.into_iter().map(median).collect();
     let gbit: Vec<f64> = gbits.into_iter().map(median).collect();
+    let greet_gbit: Vec<f64> = greeted.into_iter().map(median).collect();
     println!(
         "\nblastgate bench: medians of {reps} alternating repetitions \
          (client on CPU 0, proxy and forwarder on CPU {daemon_cpus})"
     );
     println!("connect + 1-byte echo + close, {connections} connections per repetition;");
-    println!("bulk: {} MiB over one connection.", bytes >> 20);
     println!(
-        "  {:<20} {:>9} {:>9} {:>11} {:>11} {:>10} {:>11}",
-        "path", "p50 µs", "p99 µs", "added p50", "p50 ratio", "Gbit/s", "bulk ratio"
+        "bulk: {} MiB over one connection, streamed from the first byte, and after a \
+         one-byte greeting from the server (\"greeted\").",
+        bytes >> 20
+    );
+    println!(
+        "  {:<20} {:>9} {:>9} {:>11} {:>11} {:>10} {:>11} {:>10} {:>11}",
+        "path",
+        "p50 µs",
+        "p99 µs",
+        "added p50",
+        "p50 ratio",
+        "Gbit/s",
+        "bulk ratio",
+        "greeted",
+        "gr. ratio"
     );
     for (i, (name, ..)) in paths.iter().enumerate() {
         println!(
-            "  {:<20} {:>9.1} {:>9.1} {:>11.1} {:>11.2} {:>10.2} {:>11.2}",
+            "  {:<20} {:>9.1} {:>9.1} {:>11.1} {:>11.2} {:>10.2} {:>11.2} {:>10.2} {:>11.2}",
             name,
             p50[i],
             p99[i],
             p50[i] - p50[0],
             p50[i] / p50[0],
             gbit[i],
-            gbit[i] / gbit[0]
+            gbit[i] / gbit[0],
+            greet_gbit[i],
+            greet_gbit[i] / greet_gbit[0]
         );
     }
     println!(
-        "  blastgate vs bare forwarder: +{:.1} µs p50, bulk {:.2}x",
+        "  blastgate vs bare forwarder: +{:.1} µs p50, bulk {:.2}x, greeted bulk {:.2}x",
         p50[2] - p50[1],
-        gbit[2] / gbit[1]
+        gbit[2] / gbit[1],
+        greet_gbit[2] / greet_gbit[1]
     );
 
-    let row = |i: usize| json!({"p50_us": p50[i], "p99_us": p99[i], "gbit_per_s": gbit[i]});
+    let row = |i: usize| {
+        json!({"p50_us": p50[i], "p99_us": p99[i], "gbit_per_s": gbit[i],
+               "greeted_gbit_per_s": greet_gbit[i]})
+    };
     let report = json!({
         "reps": reps, "connections": connections, "bytes": bytes, "proxy_cpus": daemon_cpus,
         "direct": row(0), "bare_forwarder": row(1), "blastgate": row(2),
         "added_p50_us": p50[2] - p50[0], "ratio_p50": p50[2] / p50[0],
         "bulk_ratio": gbit[2] / gbit[0], "bulk_ratio_vs_forwarder": gbit[2] / gbit[1],
+        "greeted_bulk_ratio": greet_gbit[2] / greet_gbit[0],
     });
     // Policy decision latency, same binary.
     println!();

@@ -35,6 +35,9 @@ pub mod program {
     pub const LSM_BPF: &str = "blastgate_lsm_bpf";
     pub const LSM_PTRACE: &str = "blastgate_lsm_ptrace";
     pub const LSM_KILL: &str = "blastgate_lsm_kill";
+    /// TCP passthrough fast path: an agent's `sendmsg` goes straight to
+    /// the upstream socket the daemon paired it with (see [`FastPair`]).
+    pub const FAST_MSG: &str = "blastgate_fast_msg";
 }
 
 /// Names of the maps, which are also their file names under the pin directory.
@@ -56,6 +59,19 @@ pub mod map {
     pub const ENROL_INTERPRETERS: &str = "BG_ENROL_INTERP";
     /// Ring buffer of [`PendingEvent`](crate::PendingEvent)s for the daemon.
     pub const PENDING_EVENTS: &str = "BG_PENDING_EV";
+    /// SOCKHASH of agents' redirected sockets, keyed by their local
+    /// [`SockKey`](crate::SockKey); filled by sockops at establishment and
+    /// carrying the [`FAST_MSG`](crate::program::FAST_MSG) program.
+    pub const FAST_AGENTS: &str = "BG_FAST_AGENTS";
+    /// SOCKHASH of the daemon's upstream sockets of paired passthrough
+    /// sessions, keyed by their socket cookie; filled by the daemon only.
+    pub const FAST_UPSTREAMS: &str = "BG_FAST_UPS";
+    /// Agent socket's [`SockKey`](crate::SockKey) -> [`FastPair`](crate::FastPair),
+    /// written by the daemon only.
+    pub const FAST_PAIRS: &str = "BG_FAST_PAIRS";
+    /// Agent socket's [`SockKey`](crate::SockKey) -> [`FastCounts`](crate::FastCounts),
+    /// created by sockops, counted by the sk_msg program.
+    pub const FAST_COUNTS: &str = "BG_FAST_COUNTS";
 }
 
 /// Values of [`map::HELD`], an array indexed by thread-group id with a slot
@@ -222,6 +238,9 @@ pub mod setting {
     pub const DAEMON_START_HI: u32 = 5;
     /// Nanoseconds per clock tick (10_000_000 for USER_HZ = 100).
     pub const NSEC_PER_TICK: u32 = 6;
+    /// Non-zero when the daemon runs the TCP passthrough fast path: only
+    /// then does sockops put agent sockets in the fast path's map.
+    pub const FAST_PATH: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 
@@ -273,6 +292,9 @@ pub mod offsets {
     pub const IO_KIOCB_OPCODE: &str = "BG_OFF_IO_KIOCB_OPCODE";
     pub const IO_SOCKET_DOMAIN: &str = "BG_OFF_IO_SOCKET_DOMAIN";
     pub const IO_SOCKET_TYPE: &str = "BG_OFF_IO_SOCKET_TYPE";
+    /// `tcp_sock.write_seq`: the fast path enrols only sockets whose every
+    /// written byte the sk_msg program will have seen.
+    pub const TCP_WRITE_SEQ: &str = "BG_OFF_TCP_WRITE_SEQ";
 }
 
 /// Key of [`map::ENROL_EXES`]: an executable by (kernel dev_t, inode).
@@ -310,8 +332,40 @@ impl SockKey {
     }
 }
 
+/// A passthrough session the daemon has paired with the kernel
+/// ([`map::FAST_PAIRS`]): once every byte the agent handed to TCP has been
+/// forwarded by the daemon (`forwarded` equals [`FastCounts::passed`]),
+/// the agent's `sendmsg` goes straight to the upstream socket's send queue,
+/// behind the bytes the daemon wrote there, so order is kept.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastPair {
+    /// Cookie of the daemon's upstream socket, its key in [`map::FAST_UPSTREAMS`].
+    pub upstream: u64,
+    /// Bytes from the agent the daemon has written upstream itself.
+    pub forwarded: u64,
+}
+
+/// Per agent socket, kept by the kernel ([`map::FAST_COUNTS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastCounts {
+    /// Bytes the agent sent over TCP to the proxy.
+    pub passed: u64,
+    /// Bytes sent straight to the paired upstream socket.
+    pub redirected: u64,
+    /// Non-zero once the socket has switched to the upstream for good.
+    pub direct: u32,
+    pub _pad: u32,
+}
+
+/// Capacity of the fast-path maps: one entry per live agent socket.
+pub const MAX_FAST: u32 = MAX_INFLIGHT;
+
 #[cfg(feature = "user")]
 mod user {
+    unsafe impl aya::Pod for super::FastPair {}
+    unsafe impl aya::Pod for super::FastCounts {}
     unsafe impl aya::Pod for super::Label {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::ConnRecord {}

@@ -3,7 +3,7 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    bindings::{bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
@@ -236,10 +236,23 @@ fn dialled(sa: *mut bpf_sock_addr) -> Option<([u32; 4], u32)> {
 }
 
 /// Moves the record from the socket cookie to the client's local address,
-/// which the kernel has chosen by the time the SYN is about to leave.
+/// which the kernel has chosen by the time the SYN is about to leave; once
+/// a redirected socket is established, offers it to the passthrough fast
+/// path ([`crate::fast`]).
 #[sock_ops]
 pub fn blastgate_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        // Only sockets the connect hooks redirected for an agent.
+        if setting(setting::FAST_PATH) != 0 && BG_ORIG.get_ptr(cookie).is_some() {
+            if let Some(key) = local_key(&ctx) {
+                crate::fast::enrol_agent_socket(&ctx, key);
+            }
+        }
+        return 1;
+    }
+    if op != BPF_SOCK_OPS_TCP_CONNECT_CB {
         return 1;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
@@ -247,6 +260,17 @@ pub fn blastgate_sockops(ctx: SockOpsContext) -> u32 {
         return 1;
     };
     let rec = unsafe { *rec };
+    let Some(key) = local_key(&ctx) else {
+        return 1;
+    };
+    let _ = BG_BY_PEER.insert(key, rec, 0);
+    let _ = BG_BY_COOKIE.remove(cookie);
+    1
+}
+
+/// The socket's local (address, port), the key both maps use.
+#[inline(always)]
+fn local_key(ctx: &SockOpsContext) -> Option<SockKey> {
     // Every context field is read up front with volatile loads: LLVM would
     // otherwise fold the field offset into the ctx pointer, and the
     // verifier rejects dereferencing a modified ctx pointer.
@@ -265,14 +289,11 @@ pub fn blastgate_sockops(ctx: SockOpsContext) -> u32 {
             read_volatile(&(*ops).local_port),
         )
     };
-    let key = match family {
-        AF_INET => SockKey::v4_mapped(ip4.to_ne_bytes(), port),
-        AF_INET6 => key6(ip6, port),
-        _ => return 1,
-    };
-    let _ = BG_BY_PEER.insert(key, rec, 0);
-    let _ = BG_BY_COOKIE.remove(cookie);
-    1
+    match family {
+        AF_INET => Some(SockKey::v4_mapped(ip4.to_ne_bytes(), port)),
+        AF_INET6 => Some(key6(ip6, port)),
+        _ => None,
+    }
 }
 
 #[inline(always)]
@@ -315,7 +336,7 @@ fn save_record(
 }
 
 #[inline(always)]
-fn key6(w: [u32; 4], port: u32) -> SockKey {
+pub(crate) fn key6(w: [u32; 4], port: u32) -> SockKey {
     let mut addr = [0u8; 16];
     let mut i = 0;
     while i < 4 {

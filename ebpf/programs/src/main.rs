@@ -31,6 +31,7 @@
 
 mod agent;
 mod connect;
+mod fast;
 mod lineage;
 mod lsm;
 mod sockets;

@@ -13,16 +13,17 @@ use std::{
 };
 
 use aya::{
+    maps::{HashMap as BpfHashMap, MapData, SockHash},
     programs::{
         links::{FdLink, PinnedLink},
-        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, SockOps,
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Lsm, SkMsg, SockOps,
     },
     Ebpf, EbpfLoader,
 };
-use blastgate_common::{map, offsets, program};
+use blastgate_common::{map, offsets, program, SockKey};
 use serde::Serialize;
 
-use super::{btf::Btf, object};
+use super::{btf::Btf, fast::FastPath, object};
 use crate::Error;
 
 /// Where and how a program attaches.
@@ -250,6 +251,7 @@ pub fn load(
     // in through the 32-bit entry (x86_64 layout).
     let ti_status = off("task_struct", "thread_info")? + off("thread_info", "status")?;
     let task_cred = off("task_struct", "cred")?;
+    let tcp_write_seq = off("tcp_sock", "write_seq")?;
     let cred_caps = off("cred", "cap_effective")?;
     let [regs_di, regs_si, regs_bx, regs_cx] = [
         off("pt_regs", "di")?,
@@ -309,6 +311,7 @@ pub fn load(
         .override_global(offsets::IO_KIOCB_OPCODE, &io_opcode, true)
         .override_global(offsets::IO_SOCKET_DOMAIN, &io_domain, true)
         .override_global(offsets::IO_SOCKET_TYPE, &io_type, true)
+        .override_global(offsets::TCP_WRITE_SEQ, &tcp_write_seq, true)
         .override_global(aya_log::LEVEL, &log_level, false)
         .load(object::BYTES)
         .map_err(|e| {
@@ -441,6 +444,52 @@ fn attach_one(
             (link.into(), format!("lsm/{hook}"))
         }
     })
+}
+
+/// Attaches the TCP passthrough fast path: the `sk_msg` program on the
+/// map of agent sockets (attached to the pinned map, so it outlives this
+/// process as the redirect does), and the daemon's handles on its maps.
+/// Agent sockets that sockops adds while no program is attached simply
+/// stay on the proxy's path.
+pub fn attach_fast(ebpf: &mut Ebpf) -> Result<FastPath, String> {
+    let take = |ebpf: &mut Ebpf, name: &str| {
+        ebpf.take_map(name)
+            .ok_or_else(|| format!("map {name} missing from the kernel object"))
+    };
+    let agents: SockHash<MapData, SockKey> = take(ebpf, map::FAST_AGENTS)?
+        .try_into()
+        .map_err(|e| format!("map {}: {e}", map::FAST_AGENTS))?;
+    let upstreams: SockHash<MapData, u64> = take(ebpf, map::FAST_UPSTREAMS)?
+        .try_into()
+        .map_err(|e| format!("map {}: {e}", map::FAST_UPSTREAMS))?;
+    let pairs: BpfHashMap<MapData, _, _> = take(ebpf, map::FAST_PAIRS)?
+        .try_into()
+        .map_err(|e| format!("map {}: {e}", map::FAST_PAIRS))?;
+    let counts: BpfHashMap<MapData, _, _> = take(ebpf, map::FAST_COUNTS)?
+        .try_into()
+        .map_err(|e| format!("map {}: {e}", map::FAST_COUNTS))?;
+    let prog: &mut SkMsg = ebpf
+        .program_mut(program::FAST_MSG)
+        .ok_or_else(|| {
+            format!(
+                "program {} missing from the kernel object",
+                program::FAST_MSG
+            )
+        })?
+        .try_into()
+        .map_err(|e| format!("{}: {e}", program::FAST_MSG))?;
+    prog.load()
+        .map_err(|e| format!("loading {}: {e}", program::FAST_MSG))?;
+    prog.attach(agents.fd()).map_err(|e| {
+        format!(
+            "attaching {} to {}: {e}",
+            program::FAST_MSG,
+            map::FAST_AGENTS
+        )
+    })?;
+    let fast = FastPath::new(agents, upstreams, pairs, counts);
+    fast.clear();
+    Ok(fast)
 }
 
 /// Pins `link` at `pin`, after unpinning whatever a previous daemon left

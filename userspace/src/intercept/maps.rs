@@ -32,6 +32,9 @@ pub struct KernelMaps {
     unstored_here: std::sync::atomic::AtomicU64,
     interpreters: Mutex<HashMap<MapData, ExeKey, u32>>,
     counters: PerCpuArray<MapData, u64>,
+    /// The TCP passthrough fast path; `None` when the kernel refused it
+    /// (or for `status`, which only reads).
+    fast: Option<super::fast::FastPath>,
 }
 
 fn map_err(name: &str, e: impl std::fmt::Display) -> Error {
@@ -70,7 +73,10 @@ where
 
 impl KernelMaps {
     /// Takes the maps out of a loaded object.
-    pub fn from_ebpf(ebpf: &mut aya::Ebpf) -> Result<KernelMaps, Error> {
+    pub fn from_ebpf(
+        ebpf: &mut aya::Ebpf,
+        fast: Option<super::fast::FastPath>,
+    ) -> Result<KernelMaps, Error> {
         let mut maps = StdHashMap::new();
         for name in [
             map::LABELS,
@@ -89,7 +95,9 @@ impl KernelMaps {
                 maps.insert(name.to_string(), m);
             }
         }
-        Self::from_maps(maps)
+        let mut k = Self::from_maps(maps)?;
+        k.fast = fast;
+        Ok(k)
     }
 
     /// Opens the maps pinned by a (possibly dead) daemon, for `status`.
@@ -128,7 +136,13 @@ impl KernelMaps {
             unstored_here: Default::default(),
             interpreters: Mutex::new(take(&mut maps, map::ENROL_INTERPRETERS)?),
             counters: take(&mut maps, map::COUNTERS)?,
+            fast: None,
         })
+    }
+
+    /// The TCP passthrough fast path, if the kernel took it.
+    pub fn fast(&self) -> Option<&super::fast::FastPath> {
+        self.fast.as_ref()
     }
 
     /// Takes the record of the agent connection whose client end is `peer`.

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod btf;
 pub mod enrol;
+pub mod fast;
 pub mod kernel;
 pub mod loader;
 pub mod maps;
@@ -60,7 +61,22 @@ impl Interceptor {
         let btf = btf::Btf::from_sys_fs()?;
         kernel::check_lineage_hooks(&btf)?;
         let (mut ebpf, features) = loader::load(&pin_dir, &btf, log_level, config.bpf.max_labels)?;
-        let maps = Arc::new(KernelMaps::from_ebpf(&mut ebpf)?);
+        // Before sockops is attached, so the agent sockets it adds get the program.
+        let mut fast_degraded = None;
+        let attached_fast = if config.bpf.tcp_fast_path {
+            loader::attach_fast(&mut ebpf).map(Some)
+        } else {
+            Ok(None)
+        };
+        let fast = match attached_fast {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP passthrough fast path unavailable; relaying in userspace");
+                fast_degraded = Some(format!("tcp passthrough fast path off: {e}"));
+                None
+            }
+        };
+        let maps = Arc::new(KernelMaps::from_ebpf(&mut ebpf, fast)?);
         match maps.labels_capacity() {
             Some(n) if n == config.bpf.max_labels => {}
             Some(n) => {
@@ -100,6 +116,7 @@ impl Interceptor {
         maps.write_setting(setting::DAEMON_START_LO, start as u32)?;
         maps.write_setting(setting::DAEMON_START_HI, (start >> 32) as u32)?;
         maps.write_setting(setting::DAEMON_TGID, daemon)?;
+        maps.write_setting(setting::FAST_PATH, u32::from(maps.fast().is_some()))?;
         maps.set_dns(&config.dns.resolvers)?;
         let enrolment = enrol::resolve(&config.enrol, &cgroup_root, &agents)?;
         enrol::refuse_rules_matching_daemon(&enrolment, &cgroup_root)?;
@@ -112,7 +129,7 @@ impl Interceptor {
         maps.write_setting(setting::READY, 1)?;
 
         let exec_required = !config.enrol.exes.is_empty() || !config.enrol.scripts.is_empty();
-        let (attached, degraded) = loader::attach_all(
+        let (attached, mut degraded) = loader::attach_all(
             &mut ebpf,
             &pin_dir,
             &cgroup_root,
@@ -120,6 +137,7 @@ impl Interceptor {
             features,
             exec_required,
         )?;
+        degraded.extend(fast_degraded);
         let pending_events = ebpf
             .take_map(map::PENDING_EVENTS)
             .map(RingBuf::try_from)

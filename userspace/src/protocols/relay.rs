@@ -33,6 +33,19 @@ pub async fn relay(
     upstream: &TcpStream,
     counters: &Counters,
 ) -> Result<(), SessionError> {
+    relay_synced(agent, upstream, counters, None).await
+}
+
+/// [`relay`], calling `sync` after each chunk from the agent has been
+/// written upstream (and counted), and before each chunk is written to the
+/// agent: the TCP fast path publishes what was forwarded with it, so the
+/// kernel knows it before the agent can see any answer to those bytes.
+pub async fn relay_synced(
+    agent: &TcpStream,
+    upstream: &TcpStream,
+    counters: &Counters,
+    sync: Option<&(dyn Fn() + Sync)>,
+) -> Result<(), SessionError> {
     let blame = |agent_end: End| {
         move |(end, e): (End, io::Error)| {
             if end == agent_end {
@@ -44,14 +57,30 @@ pub async fn relay(
     };
     tokio::try_join!(
         async {
-            pump(agent, upstream, &counters.from_agent)
-                .await
-                .map_err(blame(End::Source))
+            pump(
+                agent,
+                upstream,
+                &counters.from_agent,
+                Hooks {
+                    after: sync,
+                    before: None,
+                },
+            )
+            .await
+            .map_err(blame(End::Source))
         },
         async {
-            pump(upstream, agent, &counters.to_agent)
-                .await
-                .map_err(blame(End::Sink))
+            pump(
+                upstream,
+                agent,
+                &counters.to_agent,
+                Hooks {
+                    after: None,
+                    before: sync,
+                },
+            )
+            .await
+            .map_err(blame(End::Sink))
         },
     )?;
     Ok(())
@@ -64,13 +93,40 @@ enum End {
     Sink,
 }
 
-async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<(), (End, io::Error)> {
+/// What a direction calls around its writes (see [`relay_synced`]).
+#[derive(Clone, Copy)]
+struct Hooks<'a> {
+    /// After a chunk was written and counted.
+    after: Option<&'a (dyn Fn() + Sync)>,
+    /// Before a chunk is written.
+    before: Option<&'a (dyn Fn() + Sync)>,
+}
+
+impl Hooks<'_> {
+    fn after(&self) {
+        if let Some(f) = self.after {
+            f();
+        }
+    }
+    fn before(&self) {
+        if let Some(f) = self.before {
+            f();
+        }
+    }
+}
+
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    count: &AtomicU64,
+    hooks: Hooks<'_>,
+) -> Result<(), (End, io::Error)> {
     let mut buf: Vec<u8> = Vec::with_capacity(COPY_BUF);
     let mut moved: u64 = 0;
     loop {
         if moved >= SPLICE_AFTER {
             match Pipe::new() {
-                Ok(pipe) => return splice_loop(from, to, &pipe, count).await,
+                Ok(pipe) => return splice_loop(from, to, &pipe, count, hooks).await,
                 // Out of fds or pipes: keep copying rather than fail the session.
                 Err(e) => tracing::debug!(error = %e, "splice unavailable; copying"),
             }
@@ -84,9 +140,11 @@ async fn pump(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<(),
             shutdown_write(to);
             return Ok(());
         }
+        hooks.before();
         write_all(to, &buf[..n]).await.map_err(|e| (End::Sink, e))?;
         moved += n as u64;
         count.fetch_add(n as u64, Ordering::Relaxed);
+        hooks.after();
     }
 }
 
@@ -157,6 +215,7 @@ async fn splice_loop(
     to: &TcpStream,
     pipe: &Pipe,
     count: &AtomicU64,
+    hooks: Hooks<'_>,
 ) -> Result<(), (End, io::Error)> {
     let chunk = PIPE_SIZE as usize;
     loop {
@@ -170,6 +229,7 @@ async fn splice_loop(
             shutdown_write(to);
             return Ok(());
         }
+        hooks.before();
         let mut left = n;
         while left > 0 {
             left -= to
@@ -180,6 +240,7 @@ async fn splice_loop(
                 .map_err(|e| (End::Sink, e))?;
         }
         count.fetch_add(n as u64, Ordering::Relaxed);
+        hooks.after();
     }
 }
 

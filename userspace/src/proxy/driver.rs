@@ -21,7 +21,10 @@ use super::ProxyContext;
 use crate::{
     config::Protocol,
     identity::Caller,
-    intercept::{is_proxy_addr, maps::sock_addr},
+    intercept::{
+        is_proxy_addr,
+        maps::{sock_addr, sock_key},
+    },
     policy::Verdict as PolicyVerdict,
     protocols::{
         gateway::{Gateway, Ruling},
@@ -92,6 +95,13 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
         deny(&ctx, conn, denied).await;
         return;
     };
+    if target.protocol != Protocol::Tcp {
+        // Only passthrough sessions are paired in the kernel.
+        if let (Some(fast), Ok(peer)) = (ctx.maps.as_ref().and_then(|m| m.fast()), conn.peer_addr())
+        {
+            fast.release(sock_key(peer));
+        }
+    }
     session.target = Some(target.name.clone());
     session.protocol = Some(target.protocol.as_str());
     let gw = Gateway {
@@ -103,7 +113,12 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
         tasks: SessionTasks::new(&ctx.hard_stop),
     };
     match target.protocol {
-        Protocol::Tcp => drive(&Tcp, conn, gw, orig).await,
+        Protocol::Tcp => {
+            let tcp = Tcp {
+                maps: ctx.maps.clone(),
+            };
+            drive(&tcp, conn, gw, orig).await
+        }
         Protocol::Postgres => drive(&Postgres, conn, gw, orig).await,
         Protocol::Ssh => drive(&Ssh, conn, gw, orig).await,
         Protocol::Http => drive(&Http { tls: false }, conn, gw, orig).await,
