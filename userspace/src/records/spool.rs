@@ -173,6 +173,21 @@ struct Shared {
     /// Set by a write, cleared by the flusher's fdatasync.
     dirty: AtomicBool,
     interval: Duration,
+    /// `write(2)` calls that appended events, and producers' wake-ups of
+    /// the writer: what group commit saves, measured (`Recorder::stats`).
+    writes: AtomicU64,
+    wakeups: AtomicU64,
+}
+
+/// What the writer did so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Events in the file.
+    pub written: u64,
+    /// `write(2)` calls that put them there.
+    pub writes: u64,
+    /// Times a `record` or `flush` had to wake the writer.
+    pub wakeups: u64,
 }
 
 #[derive(Default)]
@@ -248,6 +263,15 @@ impl Recorder {
     /// Live feed of events as they reach the spool file.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.handle.shared.follow.subscribe()
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        let s = &self.handle.shared;
+        SpoolStats {
+            written: s.written.load(Ordering::Acquire),
+            writes: s.writes.load(Ordering::Relaxed),
+            wakeups: s.wakeups.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -354,6 +378,8 @@ fn open_tuned(config: &RecordsConfig, tuning: Tuning) -> Result<Recorder, SpoolE
         flush_wake: Condvar::new(),
         dirty: AtomicBool::new(false),
         interval: Duration::from_millis(config.flush_interval_ms),
+        writes: AtomicU64::new(0),
+        wakeups: AtomicU64::new(0),
     });
     let out = Output {
         dir: dir.clone(),
@@ -405,6 +431,7 @@ impl Shared {
         }
         drop(q);
         if wake {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();
         }
         ticket
@@ -424,6 +451,7 @@ impl Shared {
         }
         drop(q);
         if wake {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();
         }
         ticket
@@ -646,11 +674,7 @@ fn write_loop(shared: Arc<Shared>, mut out: Output) {
     }
 }
 
-fn wait_timeout<'a>(
-    cv: &Condvar,
-    q: MutexGuard<'a, Queue>,
-    d: Duration,
-) -> MutexGuard<'a, Queue> {
+fn wait_timeout<'a>(cv: &Condvar, q: MutexGuard<'a, Queue>, d: Duration) -> MutexGuard<'a, Queue> {
     match cv.wait_timeout(q, d) {
         Ok((q, _)) => q,
         Err(p) => p.into_inner().0,
@@ -719,6 +743,7 @@ impl Output {
                 to += 1;
             }
             let run = &buf[from..ends[to - 1]];
+            shared.writes.fetch_add(1, Ordering::Relaxed);
             match write_all(&seg.file, run) {
                 Ok(()) => {
                     seg.bytes += run.len() as u64;

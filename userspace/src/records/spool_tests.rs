@@ -109,10 +109,19 @@ async fn a_batch_larger_than_a_segment_is_split_at_line_boundaries() {
     }
     rec.flush().await.unwrap();
     let segs = segments(tmp.path()).unwrap();
-    assert!(segs.len() > 10, "one write of 200 lines, {} segments", segs.len());
+    assert!(
+        segs.len() > 10,
+        "one write of 200 lines, {} segments",
+        segs.len()
+    );
     for (_, p) in &segs {
         let len = fs::metadata(p).unwrap().len();
-        let line = 1 + fs::read_to_string(p).unwrap().lines().map(str::len).max().unwrap() as u64;
+        let line = 1 + fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(str::len)
+            .max()
+            .unwrap() as u64;
         assert!(len < 1000 + line, "{} is {len} bytes", p.display());
     }
     assert_eq!(ids(&read_all(tmp.path())), ids(&sent));
@@ -224,9 +233,13 @@ async fn sick_disk(room_bytes: usize) -> (tempfile::TempDir, PathBuf, Recorder) 
         },
     )
     .unwrap();
-    rec.record(Event::daemon(EventKind::DaemonStarted, Verdict::Allow, "before"))
-        .await
-        .unwrap();
+    rec.record(Event::daemon(
+        EventKind::DaemonStarted,
+        Verdict::Allow,
+        "before",
+    ))
+    .await
+    .unwrap();
     fs::remove_dir_all(&dir).unwrap();
     (tmp, dir, rec)
 }
@@ -258,14 +271,21 @@ async fn a_refused_write_is_held_and_retried_in_order() {
     fs::create_dir(&dir).unwrap();
     eventually("the held events written", 10, || unwritten(&rec) == 0).await;
     rec.flush().await.unwrap();
-    assert_eq!(ids(&read_all(&dir)), ids(&held), "nothing lost, nothing reordered");
+    assert_eq!(
+        ids(&read_all(&dir)),
+        ids(&held),
+        "nothing lost, nothing reordered"
+    );
 }
 
 #[tokio::test]
 async fn a_full_queue_slows_record_and_drops_nothing() {
     let one = room_for(&statement(0), usize::MAX) as usize;
     let (_tmp, dir, rec) = sick_disk(3 * one).await;
-    eventually("the first event's room given back", 5, || unwritten(&rec) == 0).await;
+    eventually("the first event's room given back", 5, || {
+        unwritten(&rec) == 0
+    })
+    .await;
     let sent: Vec<Event> = (0..5).map(statement).collect();
     for e in &sent[..3] {
         tokio::time::timeout(Duration::from_secs(5), rec.record(e.clone()))
@@ -284,7 +304,10 @@ async fn a_full_queue_slows_record_and_drops_nothing() {
         })
     };
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(!waiting.is_finished(), "record returned with the queue full");
+    assert!(
+        !waiting.is_finished(),
+        "record returned with the queue full"
+    );
     assert_eq!(unwritten(&rec), 3);
     fs::create_dir(&dir).unwrap();
     tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -344,7 +367,11 @@ async fn concurrent_sessions_lose_nothing_and_close_last() {
     for sid in sids {
         let mine: Vec<&Event> = all.iter().filter(|e| e.session_id == sid).collect();
         let seqs: Vec<u32> = mine.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (0..=STATEMENTS + 1).collect::<Vec<_>>(), "session {sid}");
+        assert_eq!(
+            seqs,
+            (0..=STATEMENTS + 1).collect::<Vec<_>>(),
+            "session {sid}"
+        );
         assert_eq!(mine.last().map(|e| e.kind), Some(EventKind::SessionClosed));
     }
 }

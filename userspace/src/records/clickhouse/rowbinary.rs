@@ -457,7 +457,10 @@ mod tests {
             v[..n].copy_from_slice(take(b, n));
             u64::from_le_bytes(v)
         };
-        if let Some(inner) = ty.strip_prefix("Nullable(").and_then(|t| t.strip_suffix(')')) {
+        if let Some(inner) = ty
+            .strip_prefix("Nullable(")
+            .and_then(|t| t.strip_suffix(')'))
+        {
             return if take(b, 1)[0] == 1 {
                 Value::Null
             } else {
@@ -629,7 +632,13 @@ mod tests {
         assert_eq!(blocks.events(), events.len());
         assert_eq!(
             blocks.first_ts,
-            Some(events[0].ts.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64)
+            Some(
+                events[0]
+                    .ts
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_micros() as i64
+            )
         );
     }
 
