@@ -32,14 +32,16 @@
 //!   (about 1–2 ms in all here). Events that end something the agent can
 //!   observe are not returned before they are in the file: `session_closed`,
 //!   `session_denied` (the agent sees its connection refused only after the
-//!   record), `daemon_started` and `daemon_stopped`; as the file is written
-//!   in queue order, so is everything queued before them, the session's
-//!   own events included. A killed daemon therefore loses at most the last
+//!   record), `daemon_started` and `daemon_stopped`. Their `record` leads
+//!   the group commit: it writes everything queued, itself last, on its own
+//!   task (no hand-off to the writer thread and back), so everything queued
+//!   before them, the session's own events included, is in the file too. A killed daemon therefore loses at most the last
 //!   millisecond or two of events of sessions still running, and
 //!   `recovery` closes those sessions at the next start.
 //! - **`Recorder::flush`** still returns only once everything recorded
-//!   before the call is in the file and fdatasync'd; it fails (rather than
-//!   returning early) while the disk refuses writes.
+//!   before the call is in the file and fdatasync'd (it writes what is
+//!   queued itself, then syncs); it fails (rather than returning early)
+//!   while the disk refuses writes.
 //! - **Followers** (`blastgate events --follow`) get every event, in spool
 //!   order, once it is in the file (a follower too slow for the broadcast
 //!   buffer is told it lagged, as before).
@@ -79,7 +81,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{broadcast, Notify, Semaphore, TryAcquireError};
+use tokio::sync::{broadcast, Semaphore, TryAcquireError};
 
 use super::event::{Event, EventKind};
 use crate::config::RecordsConfig;
@@ -162,10 +164,8 @@ struct Shared {
     /// The last write failed; the writer holds what it could not write.
     failing: AtomicBool,
     last_error: Mutex<String>,
-    /// The writer thread is gone (exited or panicked).
-    dead: AtomicBool,
-    /// Wakes tasks waiting on `written`, `failing` or `dead`.
-    progress: Notify,
+    /// The file, the segment and what is held: see [`Side`].
+    side: Mutex<Side>,
     follow: broadcast::Sender<Event>,
     /// The segment files to fdatasync; the flusher waits on `flush_wake`.
     files: Mutex<Files>,
@@ -205,8 +205,6 @@ struct Queue {
     /// Tickets handed out: the number of events ever queued.
     queued: u64,
     writer: WriterState,
-    /// Someone waits for the file: write now, not at the tick.
-    urgent: bool,
     closing: bool,
 }
 
@@ -215,7 +213,7 @@ struct Queue {
 enum WriterState {
     /// Taking, encoding or writing: it looks at the queue again when done.
     Busy,
-    /// Waiting for the tick: woken early only for urgency or a full batch.
+    /// Waiting for the tick: woken early only for a full batch.
     Ticking,
     /// Idle: the next event wakes it.
     Sleeping,
@@ -241,9 +239,13 @@ impl Recorder {
             Err(TryAcquireError::Closed) => return Err(SpoolError::WriterGone),
         }
         let through = writes_through(event.kind);
-        let ticket = shared.push(event, room as usize, through);
+        shared.push(event, room as usize);
         if through {
-            shared.wait_written(ticket, false).await?;
+            // Lead the group commit: write what is queued, this event
+            // last, on this task (as every event was before), rather than
+            // wake the writer and wait for it. While the disk refuses
+            // writes the event stays held, as any other.
+            shared.drain(&mut shared.side());
         }
         Ok(())
     }
@@ -253,11 +255,21 @@ impl Recorder {
     /// writes (the events stay held and retried).
     pub async fn flush(&self) -> Result<(), SpoolError> {
         let shared = self.handle.shared.clone();
-        let ticket = shared.request_write();
-        shared.wait_written(ticket, true).await?;
-        tokio::task::spawn_blocking(move || shared.sync())
-            .await
-            .map_err(|e| SpoolError::Sync(io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || {
+            let ticket = shared.lock().queued;
+            shared.drain(&mut shared.side());
+            if shared.written.load(Ordering::Acquire) < ticket {
+                let why = shared
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                return Err(SpoolError::Write(why));
+            }
+            shared.sync()
+        })
+        .await
+        .map_err(|e| SpoolError::Sync(io::Error::other(e)))?
     }
 
     /// Live feed of events as they reach the spool file.
@@ -362,7 +374,6 @@ fn open_tuned(config: &RecordsConfig, tuning: Tuning) -> Result<Recorder, SpoolE
             bytes: 0,
             queued: 0,
             writer: WriterState::Busy,
-            urgent: false,
             closing: false,
         }),
         wake: Condvar::new(),
@@ -371,8 +382,16 @@ fn open_tuned(config: &RecordsConfig, tuning: Tuning) -> Result<Recorder, SpoolE
         written: AtomicU64::new(0),
         failing: AtomicBool::new(false),
         last_error: Mutex::new(String::new()),
-        dead: AtomicBool::new(false),
-        progress: Notify::new(),
+        side: Mutex::new(Side {
+            out: Output {
+                dir: dir.clone(),
+                segment_bytes: config.segment_bytes.max(1),
+                next_segment: next,
+                current: None,
+            },
+            held: Held::default(),
+            taken: Vec::new(),
+        }),
         follow,
         files: Mutex::new(Files::default()),
         flush_wake: Condvar::new(),
@@ -381,16 +400,10 @@ fn open_tuned(config: &RecordsConfig, tuning: Tuning) -> Result<Recorder, SpoolE
         writes: AtomicU64::new(0),
         wakeups: AtomicU64::new(0),
     });
-    let out = Output {
-        dir: dir.clone(),
-        segment_bytes: config.segment_bytes.max(1),
-        next_segment: next,
-        current: None,
-    };
     let writer = shared.clone();
     thread::Builder::new()
         .name("blastgate-spool-w".into())
-        .spawn(move || write_loop(writer, out))
+        .spawn(move || write_loop(writer))
         .map_err(dir_err)?;
     let flusher = Arc::downgrade(&shared);
     thread::Builder::new()
@@ -413,76 +426,29 @@ impl Shared {
 
     /// Queues the event; its ticket. Wakes the writer only if it sleeps,
     /// or if it ticks and this event cannot wait for the tick.
-    fn push(&self, event: Event, room: usize, urgent: bool) -> u64 {
+    fn push(&self, event: Event, room: usize) {
         let mut q = self.lock();
         q.events.push(event);
         q.bytes += room;
         q.queued += 1;
-        let ticket = q.queued;
-        q.urgent |= urgent;
         let wake = match q.writer {
             WriterState::Sleeping => true,
-            WriterState::Ticking => q.urgent || q.bytes >= NUDGE_BYTES,
+            WriterState::Ticking => q.bytes >= NUDGE_BYTES,
             WriterState::Busy => false,
         };
-        if wake {
-            // One wake-up is enough until the writer looks again.
-            q.writer = WriterState::Busy;
-        }
-        drop(q);
-        if wake {
-            self.wakeups.fetch_add(1, Ordering::Relaxed);
-            self.wake.notify_one();
-        }
-        ticket
+        self.wake_writer(q, wake);
     }
 
-    /// Asks for everything queued to be written now; the ticket to wait for.
-    fn request_write(&self) -> u64 {
-        let mut q = self.lock();
-        let ticket = q.queued;
-        if ticket <= self.written.load(Ordering::Acquire) {
-            return ticket;
+    /// Wakes the writer if `wake`, once: until it looks at the queue again
+    /// it counts as busy, so nobody else wakes it meanwhile.
+    fn wake_writer(&self, mut q: MutexGuard<'_, Queue>, wake: bool) {
+        if !wake {
+            return;
         }
-        q.urgent = true;
-        let wake = q.writer != WriterState::Busy;
-        if wake {
-            q.writer = WriterState::Busy;
-        }
+        q.writer = WriterState::Busy;
         drop(q);
-        if wake {
-            self.wakeups.fetch_add(1, Ordering::Relaxed);
-            self.wake.notify_one();
-        }
-        ticket
-    }
-
-    /// Waits until ticket `t` is in the file. While the disk refuses
-    /// writes: an error if `strict`, else done (the event is held).
-    async fn wait_written(&self, t: u64, strict: bool) -> Result<(), SpoolError> {
-        loop {
-            let progress = self.progress.notified();
-            tokio::pin!(progress);
-            progress.as_mut().enable();
-            if self.written.load(Ordering::Acquire) >= t {
-                return Ok(());
-            }
-            if self.failing.load(Ordering::Acquire) {
-                if !strict {
-                    return Ok(());
-                }
-                let why = self
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                return Err(SpoolError::Write(why));
-            }
-            if self.dead.load(Ordering::Acquire) {
-                return Err(SpoolError::WriterGone);
-            }
-            progress.await;
-        }
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
     }
 
     fn mark_dirty(&self) {
@@ -511,14 +477,13 @@ impl Shared {
     }
 }
 
-/// Marks the writer gone however its thread ends, so nobody waits for it.
+/// Closes the queue however the writer thread ends, so nobody waits for
+/// room that would never come back.
 struct WriterGone(Arc<Shared>);
 
 impl Drop for WriterGone {
     fn drop(&mut self) {
-        self.0.dead.store(true, Ordering::Release);
         self.0.room.close();
-        self.0.progress.notify_waiters();
     }
 }
 
@@ -581,18 +546,75 @@ fn encode(e: &Event, buf: &mut Vec<u8>) {
     buf.push(b'\n');
 }
 
-fn write_loop(shared: Arc<Shared>, mut out: Output) {
+/// What writes the file, behind one lock: the writer thread at each tick,
+/// or a task that cannot wait for the tick (a write-through event, a
+/// flush) leading the group commit itself, with no hand-off.
+struct Side {
+    out: Output,
+    held: Held,
+    taken: Vec<Event>,
+}
+
+impl Shared {
+    fn side(&self) -> MutexGuard<'_, Side> {
+        self.side.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes everything queued and writes it after what is held, in order;
+    /// then gives back its room, tells followers, and marks the file dirty.
+    fn drain(&self, side: &mut Side) {
+        {
+            let mut q = self.lock();
+            q.bytes = 0;
+            std::mem::swap(&mut q.events, &mut side.taken);
+        }
+        if side.taken.is_empty() && side.held.events.is_empty() {
+            return;
+        }
+        let Side { out, held, taken } = side;
+        held.take(taken);
+        let (n, err) = out.write(&held.buf, &held.ends, self);
+        match err {
+            None => self.failing.store(false, Ordering::Release),
+            Some(e) => {
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(
+                        dir = %out.dir.display(),
+                        error = %e,
+                        "cannot write the event spool; holding events in memory and retrying"
+                    );
+                }
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+            }
+        }
+        let done = held.written(n);
+        if done.is_empty() {
+            return;
+        }
+        let room: usize = done
+            .iter()
+            .map(|e| room_for(e, self.tuning.room_bytes) as usize)
+            .sum();
+        self.written.fetch_add(done.len() as u64, Ordering::AcqRel);
+        self.room.add_permits(room);
+        self.mark_dirty();
+        for e in done {
+            // No follower is fine; a lagging one is told it lagged.
+            let _ = self.follow.send(e);
+        }
+    }
+}
+
+fn write_loop(shared: Arc<Shared>) {
     let _gone = WriterGone(shared.clone());
     let tick = shared.tuning.tick;
-    let mut taken: Vec<Event> = Vec::new();
-    let mut held = Held::default();
     // When the writer last took events, and when it may next write.
     let mut last_take = Instant::now();
     let mut next_write = last_take;
     loop {
         let mut q = shared.lock();
         let closing = loop {
-            if !held.events.is_empty() {
+            if shared.failing.load(Ordering::Acquire) {
                 // The disk refused: retry later, taking what came meanwhile.
                 q.writer = WriterState::Busy;
                 q = wait_timeout(&shared.wake, q, RETRY);
@@ -601,7 +623,7 @@ fn write_loop(shared: Arc<Shared>, mut out: Output) {
             if q.closing {
                 break true;
             }
-            if q.urgent || q.bytes >= NUDGE_BYTES {
+            if q.bytes >= NUDGE_BYTES {
                 break false;
             }
             let now = Instant::now();
@@ -625,52 +647,17 @@ fn write_loop(shared: Arc<Shared>, mut out: Output) {
             q = wait_timeout(&shared.wake, q, until.saturating_duration_since(now));
         };
         q.writer = WriterState::Busy;
-        q.urgent = false;
-        q.bytes = 0;
-        std::mem::swap(&mut q.events, &mut taken);
+        let idle = q.events.is_empty();
         drop(q);
-        if taken.is_empty() && held.events.is_empty() {
-            if closing {
-                return;
-            }
-            continue;
-        }
-        if !taken.is_empty() {
+        if !idle {
             last_take = Instant::now();
             next_write = last_take + tick;
         }
-        held.take(&mut taken);
-        let (n, err) = out.write(&held.buf, &held.ends, &shared);
-        match err {
-            None => shared.failing.store(false, Ordering::Release),
-            Some(e) => {
-                if !shared.failing.swap(true, Ordering::AcqRel) {
-                    tracing::error!(
-                        dir = %out.dir.display(),
-                        error = %e,
-                        "cannot write the event spool; holding events in memory and retrying"
-                    );
-                }
-                *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
-            }
+        let mut side = shared.side();
+        shared.drain(&mut side);
+        if closing && side.held.events.is_empty() && shared.lock().events.is_empty() {
+            return;
         }
-        let done = held.written(n);
-        if !done.is_empty() {
-            let room: usize = done
-                .iter()
-                .map(|e| room_for(e, shared.tuning.room_bytes) as usize)
-                .sum();
-            shared
-                .written
-                .fetch_add(done.len() as u64, Ordering::AcqRel);
-            shared.room.add_permits(room);
-            shared.mark_dirty();
-            for e in done {
-                // No follower is fine; a lagging one is told it lagged.
-                let _ = shared.follow.send(e);
-            }
-        }
-        shared.progress.notify_waiters();
     }
 }
 

@@ -283,13 +283,7 @@ impl Blocks {
         opt(b, &l.action);
         opt(b, &l.policy_id);
         b.push(u8::from(l.shadow));
-        match l.approval_id {
-            Some(id) => {
-                b.push(0);
-                uuid(b, id);
-            }
-            None => b.push(1),
-        }
+        nullable(b, l.approval_id.map(uuid_bytes));
         opt(b, &l.approver);
         opt(b, &l.text);
         for n in [
@@ -303,13 +297,7 @@ impl Blocks {
         opt(b, &l.approval_group);
         b.extend_from_slice(&l.rows.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&l.approval_wait_us.unwrap_or(0).to_le_bytes());
-        match l.exit_status {
-            Some(s) => {
-                b.push(0);
-                b.extend_from_slice(&s.to_le_bytes());
-            }
-            None => b.push(1),
-        }
+        nullable(b, l.exit_status.map(i32::to_le_bytes));
         b.extend_from_slice(&l.stderr_bytes.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&l.status.unwrap_or(0).to_le_bytes());
         self.events.rows += 1;
@@ -335,13 +323,7 @@ impl Blocks {
         opt(b, &l.protocol);
         string(b, &dst);
         b.extend_from_slice(&start.to_le_bytes());
-        match end {
-            Some(e) => {
-                b.push(0);
-                b.extend_from_slice(&e.to_le_bytes());
-            }
-            None => b.push(1),
-        }
+        nullable(b, end.map(i64::to_le_bytes));
         b.extend_from_slice(&l.bytes_from_agent.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&l.bytes_to_agent.unwrap_or(0).to_le_bytes());
         string(b, l.verdict.name());
@@ -418,10 +400,27 @@ fn opt(b: &mut Vec<u8>, s: &Text<'_>) {
 }
 
 /// ClickHouse's UUID: the high and the low 64 bits, each little-endian.
-fn uuid(b: &mut Vec<u8>, id: Uuid) {
+fn uuid_bytes(id: Uuid) -> [u8; 16] {
     let (hi, lo) = id.as_u64_pair();
-    b.extend_from_slice(&hi.to_le_bytes());
-    b.extend_from_slice(&lo.to_le_bytes());
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&hi.to_le_bytes());
+    out[8..].copy_from_slice(&lo.to_le_bytes());
+    out
+}
+
+fn uuid(b: &mut Vec<u8>, id: Uuid) {
+    b.extend_from_slice(&uuid_bytes(id));
+}
+
+/// `Nullable(T)`: a null flag, then the value if there is one.
+fn nullable<const N: usize>(b: &mut Vec<u8>, v: Option<[u8; N]>) {
+    match v {
+        Some(v) => {
+            b.push(0);
+            b.extend_from_slice(&v);
+        }
+        None => b.push(1),
+    }
 }
 
 #[cfg(test)]
