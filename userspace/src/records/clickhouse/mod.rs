@@ -1,10 +1,13 @@
 //! ClickHouse: the record of truth security teams query.
 //!
 //! - [`schema`]: versioned, idempotent migrations run at daemon start;
-//! - [`rows`]: the spool event as `events` and `sessions` rows;
+//! - [`rows`]: the spool event as `events`, `sessions` and `io` rows;
+//! - [`rowbinary`]: spool lines encoded straight into those rows' blocks
+//!   (what the shipper sends);
 //! - [`shipper`]: ships the spool in order, deletes segments only once
 //!   ClickHouse acknowledged them, survives outages and restarts.
 
+pub mod rowbinary;
 pub mod rows;
 pub mod schema;
 pub mod shipper;

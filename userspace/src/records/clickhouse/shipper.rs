@@ -19,11 +19,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::{rows, wrap, ChError};
-use crate::{
-    config::ClickhouseConfig,
-    records::{spool, Event},
+use super::{
+    rowbinary::{Blocks, EVENT_COLUMNS, IO_COLUMNS, SESSION_COLUMNS},
+    wrap, ChError,
 };
+use crate::{config::ClickhouseConfig, records::spool};
 
 const CURSOR_FILE: &str = "shipped.cursor";
 const POLL: Duration = Duration::from_millis(200);
@@ -62,16 +62,28 @@ fn save_cursor(dir: &Path, c: &Cursor) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// One batch read from the spool.
+/// One batch read from the spool, already encoded for its three tables.
 struct Batch {
     segment: u64,
     first_line: u64,
-    events: Vec<Event>,
+    /// (table, columns, RowBinaryWithNamesAndTypes block, rows).
+    tables: [Table; 3],
+    /// Events in the batch (rows of `events` and `io`).
+    events: usize,
+    /// The first event's timestamp, µs since the epoch.
+    first_ts: Option<i64>,
     lines: u64,
     /// Where the spool is acknowledged up to once this batch is.
     next: Cursor,
     /// A newer segment exists, so this one will not grow any more.
     closed: bool,
+}
+
+struct Table {
+    name: &'static str,
+    columns: &'static [(&'static str, &'static str)],
+    data: bytes::Bytes,
+    rows: usize,
 }
 
 type Read = tokio::task::JoinHandle<std::io::Result<Option<Batch>>>;
@@ -156,8 +168,12 @@ impl Shipper {
             metrics.spool_bytes.set(pending as i64);
             metrics.shipping_lag_seconds.set(
                 next.as_ref()
-                    .and_then(|b| b.events.first())
-                    .and_then(|e| e.ts.elapsed().ok())
+                    .and_then(|b| b.first_ts)
+                    .and_then(|ts| {
+                        let t = std::time::UNIX_EPOCH
+                            + Duration::from_micros(u64::try_from(ts).unwrap_or(0));
+                        t.elapsed().ok()
+                    })
                     .map_or(0.0, |d| d.as_secs_f64()),
             );
             let Some(batch) = next else {
@@ -180,7 +196,7 @@ impl Shipper {
             }
             match self.send(&client, &batch).await {
                 Ok(()) => {
-                    metrics.events_shipped.inc_by(batch.events.len() as u64);
+                    metrics.events_shipped.inc_by(batch.events as u64);
                     backoff = Duration::from_millis(500);
                     acked = batch.next;
                     if let Err(e) = save_cursor(&self.spool_dir, &acked) {
@@ -213,40 +229,37 @@ impl Shipper {
             b.first_line,
             b.first_line + b.lines
         );
-        let (io, audit): (Vec<&Event>, Vec<&Event>) = b.events.iter().partition(|e| e.io.is_some());
-        let events: Vec<rows::EventRow> = audit.iter().map(|e| rows::EventRow::from(*e)).collect();
-        self.insert(client, "events", &token, &events).await?;
-        let sessions: Vec<rows::SessionRow> =
-            audit.iter().filter_map(|e| rows::session_row(e)).collect();
-        self.insert(client, "sessions", &token, &sessions).await?;
-        let io: Vec<rows::IoRow> = io.iter().filter_map(|e| rows::io_row(e)).collect();
-        self.insert(client, "io", &token, &io).await
+        for t in &b.tables {
+            self.insert(client, t, &token).await?;
+        }
+        Ok(())
     }
 
     /// One INSERT per table per batch. The token is the batch's place in the
     /// spool, so a batch re-sent after a crash is dropped by the server.
-    async fn insert<T>(
+    async fn insert(
         &self,
         client: &clickhouse::Client,
-        table: &str,
+        t: &Table,
         token: &str,
-        rows: &[T],
-    ) -> Result<(), ChError>
-    where
-        T: clickhouse::RowOwned + clickhouse::RowWrite,
-    {
-        if rows.is_empty() {
+    ) -> Result<(), ChError> {
+        if t.rows == 0 {
             return Ok(());
         }
         let err = wrap(&self.cfg);
+        let columns = t
+            .columns
+            .iter()
+            .map(|(name, _)| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut insert = client
-            .insert::<T>(table)
-            .await
-            .map_err(&err)?
-            .with_setting("insert_deduplication_token", format!("{token}-{table}"));
-        for r in rows {
-            insert.write(r).await.map_err(&err)?;
-        }
+            .insert_formatted_with(format!(
+                "INSERT INTO `{}` ({columns}) FORMAT RowBinaryWithNamesAndTypes",
+                t.name
+            ))
+            .with_setting("insert_deduplication_token", format!("{token}-{}", t.name));
+        insert.send(t.data.clone()).await.map_err(&err)?;
         insert.end().await.map_err(&err)
     }
 }
@@ -307,23 +320,22 @@ fn read_batch(dir: &Path, from: Cursor, max: usize) -> std::io::Result<Option<Ba
         let mut f = std::fs::File::open(path)?;
         f.seek(SeekFrom::Start(start.offset))?;
         let mut reader = BufReader::with_capacity(1 << 20, f);
-        let mut events = Vec::new();
+        let mut blocks = Blocks::default();
         let mut lines = 0u64;
         let mut offset = start.offset;
-        let mut line = String::new();
-        while events.len() < max {
+        let mut line = Vec::with_capacity(4096);
+        while (lines as usize) < max {
             line.clear();
-            let n = reader.read_line(&mut line)?;
-            if n == 0 || !line.ends_with('\n') {
+            let len = reader.read_until(b'\n', &mut line)?;
+            if len == 0 || line.last() != Some(&b'\n') {
                 break;
             }
-            offset += n as u64;
+            offset += len as u64;
             lines += 1;
-            match serde_json::from_str::<Event>(&line) {
-                Ok(e) => events.push(e),
+            if let Err(e) = blocks.push_line(&line[..len - 1]) {
                 // A line torn by a failed write; its event was re-written
                 // whole into a later segment by the spool's retry.
-                Err(e) => tracing::warn!(segment = n, error = %e, "skipping a torn spool line"),
+                tracing::warn!(segment = *n, error = %e, "skipping a torn spool line");
             }
         }
         if lines == 0 && !closed {
@@ -343,10 +355,29 @@ fn read_batch(dir: &Path, from: Cursor, max: usize) -> std::io::Result<Option<Ba
                 offset,
             }
         };
+        let events = blocks.events();
+        let Blocks {
+            events: ev,
+            sessions,
+            io,
+            first_ts,
+        } = blocks;
+        let table = |name, columns, b: super::rowbinary::Block| Table {
+            name,
+            columns,
+            rows: b.rows,
+            data: bytes::Bytes::from(b.buf),
+        };
         return Ok(Some(Batch {
             segment: *n,
             first_line: start.line,
+            tables: [
+                table("events", EVENT_COLUMNS, ev),
+                table("sessions", SESSION_COLUMNS, sessions),
+                table("io", IO_COLUMNS, io),
+            ],
             events,
+            first_ts,
             lines,
             next,
             closed,
