@@ -13,9 +13,8 @@
 //! Compressed bodies are unpacked first; one that cannot be is refused.
 
 use std::{
-    collections::HashSet,
     pin::Pin,
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -31,14 +30,21 @@ use super::{lines::Tally, upstream::Body};
 /// secret itself is always searched for, however short.
 const MIN_DERIVED: usize = 8;
 
+/// Guards kept for reuse across connections (one per set of secrets a
+/// target injects, so a handful in practice).
+const SHARED_GUARDS: usize = 64;
+
 /// The byte strings that must not reach the agent, for one set of secrets.
 pub struct Guard {
     finder: AhoCorasick,
     /// Longest needle: how much of a stream's tail may be the start of one.
     longest: usize,
-    /// Every proper prefix of every needle: a chunk ending in one is held
-    /// back until the next chunk says whether the needle follows.
-    prefixes: HashSet<Vec<u8>>,
+    /// The needles: a chunk ending in a proper prefix of one is held back
+    /// until the next chunk says whether the needle follows.
+    needles: Vec<Vec<u8>>,
+    /// Bytes some needle starts with: most positions of a tail are ruled
+    /// out by one lookup.
+    starts: [bool; 256],
     secrets: Vec<(String, String)>,
 }
 
@@ -80,10 +86,12 @@ impl Guard {
             return None;
         }
         let longest = needles.iter().map(Vec::len).max().unwrap_or(0);
-        let prefixes = needles
-            .iter()
-            .flat_map(|n| (1..n.len()).map(move |k| n[..k].to_vec()))
-            .collect();
+        let mut starts = [false; 256];
+        for n in &needles {
+            if let Some(&b) = n.first() {
+                starts[usize::from(b)] = true;
+            }
+        }
         let finder = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(&needles)
@@ -91,9 +99,30 @@ impl Guard {
         Some(Guard {
             finder,
             longest,
-            prefixes,
+            needles,
+            starts,
             secrets: secrets.to_vec(),
         })
+    }
+
+    /// The guard for `secrets`, shared by every connection that injects
+    /// the same values: building one (an Aho-Corasick automaton over some
+    /// thirty encodings of each secret) costs more than the request it
+    /// guards, and clients that open a connection per request paid it
+    /// every time. A rotated secret gets a new guard; the oldest of
+    /// [`SHARED_GUARDS`] is forgotten.
+    pub fn shared(secrets: &[(String, String)]) -> Option<Arc<Guard>> {
+        static SHARED: Mutex<Vec<Arc<Guard>>> = Mutex::new(Vec::new());
+        let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = shared.iter().find(|g| g.is_for(secrets)) {
+            return Some(g.clone());
+        }
+        let fresh = Arc::new(Guard::new(secrets)?);
+        if shared.len() >= SHARED_GUARDS {
+            shared.remove(0);
+        }
+        shared.push(fresh.clone());
+        Some(fresh)
     }
 
     /// Whether this guard was built for exactly these values (secrets are
@@ -122,7 +151,14 @@ impl Guard {
         let most = self.longest.saturating_sub(1).min(buf.len());
         (1..=most)
             .rev()
-            .find(|&k| self.prefixes.contains(&buf[buf.len() - k..]))
+            .find(|&k| {
+                let tail = &buf[buf.len() - k..];
+                self.starts[usize::from(tail[0])]
+                    && self
+                        .needles
+                        .iter()
+                        .any(|n| n.len() > k && n.starts_with(tail))
+            })
             .unwrap_or(0)
     }
 
@@ -304,6 +340,17 @@ impl HttpBody for Guarded {
                 Poll::Ready(None) => this.ended = true,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    // Nothing held and no needle in the chunk: it goes on
+                    // as it came, without a copy, but for a tail that may
+                    // start one.
+                    Ok(data) if this.carry.is_empty() && !this.guard.finder.is_match(&data[..]) => {
+                        let keep = this.guard.partial_tail(&data);
+                        this.carry.extend_from_slice(&data[data.len() - keep..]);
+                        let ready = data.len() - keep;
+                        if ready > 0 {
+                            return Poll::Ready(Some(Ok(Frame::data(data.slice(..ready)))));
+                        }
+                    }
                     Ok(data) => {
                         this.carry.extend_from_slice(&data);
                         let n = this.guard.scrub(&mut this.carry);
@@ -491,6 +538,39 @@ mod tests {
         let expected = text.replace(&format!("Bearer {TOKEN}"), &"*".repeat(7 + TOKEN.len()));
         assert_eq!(String::from_utf8_lossy(&out), expected);
         assert_eq!(tally.credential_echoes.load(Ordering::Relaxed), 1);
+    }
+
+    /// Every way of cutting a body in three: the chunks without a needle
+    /// pass uncopied, the others are scrubbed, and the result is the same.
+    #[test]
+    fn every_cut_of_a_body_gives_the_same_scrubbed_text() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        let text = format!("a Bearer {TOKEN}, then {TOKEN}; Beare tok-3f9 end");
+        let expected = text
+            .replace(&format!("Bearer {TOKEN}"), &"*".repeat(7 + TOKEN.len()))
+            .replace(TOKEN, &"*".repeat(TOKEN.len()));
+        let b = text.as_bytes();
+        for i in 0..=b.len() {
+            for j in i..=b.len() {
+                let chunks = [&b[..i], &b[i..j], &b[j..]]
+                    .into_iter()
+                    .map(Bytes::copy_from_slice)
+                    .collect();
+                let tally: Arc<Tally> = Default::default();
+                let out = rt
+                    .block_on(
+                        guard()
+                            .body(Chunks(chunks).boxed(), tally.clone())
+                            .collect(),
+                    )
+                    .expect("body")
+                    .to_bytes();
+                assert_eq!(String::from_utf8_lossy(&out), expected, "cut at {i}, {j}");
+                assert_eq!(tally.credential_echoes.load(Ordering::Relaxed), 2);
+            }
+        }
     }
 
     /// A body of ready frames.

@@ -47,7 +47,7 @@ impl Conn {
         if let Some(g) = cached.as_ref().filter(|g| g.is_for(secrets)) {
             return Some(g.clone());
         }
-        let fresh = echo::Guard::new(secrets).map(Arc::new);
+        let fresh = echo::Guard::shared(secrets);
         cached.clone_from(&fresh);
         fresh
     }
