@@ -203,6 +203,9 @@ impl Phases for Scripted {
 
 /// This session's events, in the order they reached the spool.
 fn recorded(w: &mut World, gw: &Gateway) -> Vec<Event> {
+    // Events reach the live feed once written, which the writer thread
+    // does within a tick: what was recorded so far is written now.
+    w.services.recorder.write_queued();
     let mut out = Vec::new();
     while let Ok(e) = w.events.try_recv() {
         if e.session_id == gw.session.id {

@@ -272,6 +272,14 @@ impl Recorder {
         .map_err(|e| SpoolError::Sync(io::Error::other(e)))?
     }
 
+    /// Writes what is queued now, on the calling thread, as a closing
+    /// event does: for a caller that must find every event recorded so
+    /// far in the file and the live feed before it reads them.
+    pub fn write_queued(&self) {
+        let shared = &self.handle.shared;
+        shared.drain(&mut shared.side());
+    }
+
     /// Live feed of events as they reach the spool file.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.handle.shared.follow.subscribe()

@@ -207,10 +207,11 @@ async fn dropping_the_last_recorder_writes_what_is_queued() {
     for e in &sent {
         rec.record(e.clone()).await.unwrap();
     }
+    // The first event after idle may wake the writer, so what is in the
+    // file before the close is not asserted; only that the close writes
+    // all of it, in order.
     let clone = rec.clone();
     drop(rec);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(read_all(tmp.path()).is_empty(), "a clone still records");
     drop(clone);
     eventually("the queue written at close", 5, || {
         read_all(tmp.path()).len() == sent.len()
