@@ -95,6 +95,24 @@ class H(BaseHTTPRequestHandler):
                 time.sleep(0.3)
             self.wfile.write(b"0\r\n\r\n")
             return
+        if self.path.startswith("/lenient/"):
+            # What Python's json reads and serde_json does not, around the
+            # field the test's rule masks by path.
+            kind = self.path.split("/")[2]
+            doc = {"customer": {"email": "alice@example.com", "name": "Alice"}}
+            if kind == "nan":
+                doc["score"] = float("nan")
+            elif kind == "surrogate":
+                doc["note"] = "\ud800"
+            out = json.dumps(doc).encode()
+            if kind == "bom":
+                out = b"\xef\xbb\xbf" + out
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         out = json.dumps({
             "method": self.command,
             "path": self.path,
@@ -690,6 +708,34 @@ fn an_echoed_credential_never_reaches_the_agent() {
     // The upstream did get the credential each time.
     let out = s.curl(&[&s.url("/v1/plain")]);
     assert_eq!(json(&out)["authorization_sha256"], injected());
+}
+
+/// Attack: a body labelled JSON that Python's `json` (and `requests`)
+/// reads but strict JSON does not: a byte-order mark, NaN, a lone
+/// surrogate. Masked as text only, its path-masked field reached such a
+/// client as it was; now it is refused. Plain JSON keeps being masked.
+#[test]
+fn json_a_lenient_client_would_read_unmasked_is_refused() {
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    for kind in ["bom", "nan", "surrogate"] {
+        let out = s.curl(&["-i", &s.url(&format!("/lenient/{kind}"))]);
+        let shown = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(!shown.contains("alice@example.com"), "{kind}: {shown}");
+        assert!(shown.contains(" 502"), "{kind}: {shown}");
+        assert!(shown.contains("not strict JSON"), "{kind}: {shown}");
+        let body = shown.split("\r\n\r\n").nth(1).unwrap_or("");
+        assert!(!body.contains("alice"), "{kind}: {body}");
+    }
+    let out = s.curl(&[&s.url("/lenient/plain")]);
+    let doc = json(&out);
+    assert!(
+        doc["customer"]["email"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("hash:")),
+        "{doc}"
+    );
+    assert_eq!(doc["customer"]["name"], "Alice");
 }
 
 /// TRACE echoes the request, injected credential and all: refused before

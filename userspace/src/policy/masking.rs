@@ -548,6 +548,11 @@ impl MaskPlan {
         !self.fields.is_empty()
     }
 
+    /// Whether any rule masks JSON paths (a column rule alone does not).
+    pub fn has_json_paths(&self) -> bool {
+        self.fields.iter().any(|f| !f.json_paths.is_empty())
+    }
+
     pub fn has_detectors(&self) -> bool {
         !self.detectors.is_empty()
     }

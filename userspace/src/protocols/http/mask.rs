@@ -134,6 +134,18 @@ pub async fn json_body(
         Err(_) if secrets => {
             return Err("a Kubernetes Secret response that is not JSON cannot be masked".into());
         }
+        Err(why) if plan.is_some_and(MaskPlan::has_json_paths) => {
+            // Clients read more than strict JSON: Python's json and
+            // requests take a byte-order mark, NaN and lone surrogates, a
+            // JavaScript parser lone surrogates and huge numbers. Such a
+            // body would reach them with the fields the rules mask by path
+            // left as they are: refused, not guessed.
+            return Err(format!(
+                "the upstream's response is labelled JSON but is not strict JSON ({why}), and \
+                 fields of it are masked by path: refused, as a lenient client would read \
+                 them unmasked"
+            ));
+        }
         Err(_) => {
             // Labelled JSON but not JSON: nothing to mask by path; the
             // detectors still run over the text.
