@@ -145,6 +145,16 @@ impl Masker {
             );
             return None;
         }
+        // A line that starts as JSON but is not strict JSON (NaN, a BOM,
+        // a lone surrogate, an SSE event split over lines or ended by a
+        // bare CR) is read by lenient clients all the same, with the fields
+        // the rules mask by path as they were: the stream ends here.
+        if looks_like_json(json_part) && self.plan.as_ref().is_some_and(MaskPlan::has_json_paths) {
+            self.tally.note(
+                "stream cut: a line that reads as JSON to lenient clients is not strict JSON, so its fields could not be masked by path",
+            );
+            return None;
+        }
         match &self.plan {
             Some(p) => {
                 let (masked, n) = p.scan(&text);
@@ -158,6 +168,13 @@ impl Masker {
             None => Some(raw.to_vec()),
         }
     }
+}
+
+/// What a lenient client may take for a JSON document: an object or a
+/// list, after whitespace and a byte-order mark.
+fn looks_like_json(text: &str) -> bool {
+    text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+        .starts_with(['{', '['])
 }
 
 struct LineMasked {
@@ -304,6 +321,45 @@ mod tests {
         // Not JSON: the stream ends rather than pass a value unmasked.
         assert!(m.line(b"password: czNjcmV0\n").is_none());
         assert!(m.tally.note.lock().unwrap().is_some());
+    }
+
+    /// Attack: NDJSON or SSE lines a lenient client parses (NaN, a BOM, a
+    /// lone surrogate, an event split over `data:` lines) would carry the
+    /// path-masked field as it was: the stream ends instead. Strict JSON
+    /// lines are masked and other text passes.
+    #[test]
+    fn a_line_lenient_clients_read_as_json_ends_the_stream_under_path_rules() {
+        let rules = "[[field]]\nid = \"ssn\"\ntargets = [\"*\"]\njson_paths = [\"$.ssn\"]\nstyle = \"fixed\"\n";
+        let masking =
+            crate::policy::masking::Masking::parse(std::path::Path::new("masking.toml"), rules)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        let m = Masker {
+            plan: Some(masking.plan("agent", "api")),
+            secrets: false,
+            tally: Arc::new(Tally::default()),
+        };
+        for line in [
+            &b"{\"ssn\":\"123-45-6789\",\"score\":NaN}\n"[..],
+            "\u{feff}{\"ssn\":\"123-45-6789\"}\n".as_bytes(),
+            b"{\"ssn\":\"123-45-6789\",\"n\":\"\\ud800\"}\n",
+            b"data: {\"ssn\":\n",
+            b"data: {\"ssn\":\"1\"}\rdata: {\"ssn\":\"2\"}\n",
+            b"[{\"ssn\":\"1\"},\n",
+        ] {
+            assert!(m.line(line).is_none(), "{}", String::from_utf8_lossy(line));
+        }
+        let masked = m
+            .line(b"data: {\"ssn\":\"123-45-6789\"}\n")
+            .expect("masked");
+        assert!(!String::from_utf8_lossy(&masked).contains("123-45"));
+        for line in [
+            &b"plain log line\n"[..],
+            b"event: update\n",
+            b": ping\n",
+            b"data: 42\n",
+        ] {
+            assert_eq!(m.line(line).expect("passes"), line);
+        }
     }
 
     #[test]
