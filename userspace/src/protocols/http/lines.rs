@@ -89,6 +89,7 @@ pub fn masked(
             ))
         }
     };
+    let json_lines = carries_json(headers);
     headers.remove(header::CONTENT_ENCODING);
     headers.remove(header::CONTENT_LENGTH);
     Ok(LineMasked {
@@ -98,6 +99,7 @@ pub fn masked(
         masker: Masker {
             plan,
             secrets,
+            json_lines,
             tally,
         },
         limit,
@@ -109,6 +111,10 @@ pub fn masked(
 struct Masker {
     plan: Option<MaskPlan>,
     secrets: bool,
+    /// The stream's lines are JSON documents by its media type (NDJSON, a
+    /// JSON watch, SSE `data:`), not text that may look like JSON (a log
+    /// line starting `[2026-12-07 …]`).
+    json_lines: bool,
     tally: Arc<Tally>,
 }
 
@@ -149,7 +155,10 @@ impl Masker {
         // a lone surrogate, an SSE event split over lines or ended by a
         // bare CR) is read by lenient clients all the same, with the fields
         // the rules mask by path as they were: the stream ends here.
-        if looks_like_json(json_part) && self.plan.as_ref().is_some_and(MaskPlan::has_json_paths) {
+        if self.json_lines
+            && looks_like_json(json_part)
+            && self.plan.as_ref().is_some_and(MaskPlan::has_json_paths)
+        {
             self.tally.note(
                 "stream cut: a line that reads as JSON to lenient clients is not strict JSON, so its fields could not be masked by path",
             );
@@ -168,6 +177,18 @@ impl Masker {
             None => Some(raw.to_vec()),
         }
     }
+}
+
+/// A stream whose lines are JSON documents: a JSON or NDJSON media type,
+/// or server-sent events (whose `data:` lines carry them).
+fn carries_json(headers: &HeaderMap) -> bool {
+    super::mask::media_type(headers).is_some_and(|m| {
+        m.ends_with("json")
+            || m.ends_with("json-seq")
+            || m == "application/x-ndjson"
+            || m == "application/jsonl"
+            || m == "text/event-stream"
+    })
 }
 
 /// What a lenient client may take for a JSON document: an object or a
@@ -304,6 +325,7 @@ mod tests {
         Masker {
             plan: None,
             secrets,
+            json_lines: true,
             tally: Arc::new(Tally::default()),
         }
     }
@@ -336,6 +358,7 @@ mod tests {
         let m = Masker {
             plan: Some(masking.plan("agent", "api")),
             secrets: false,
+            json_lines: true,
             tally: Arc::new(Tally::default()),
         };
         for line in [
@@ -360,6 +383,14 @@ mod tests {
         ] {
             assert_eq!(m.line(line).expect("passes"), line);
         }
+        // Text that only looks like JSON in a text stream (a log) passes,
+        // scanned by the detectors.
+        let logs = Masker {
+            json_lines: false,
+            ..m
+        };
+        let line = b"[2026-12-07 10:00:00] INFO started\n";
+        assert_eq!(logs.line(line).expect("passes"), line);
     }
 
     #[test]
