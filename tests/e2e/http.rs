@@ -64,6 +64,12 @@ class H(BaseHTTPRequestHandler):
                 extra = [("content-encoding", "x-scramble")]
             elif kind == "header":
                 extra, out = [("x-echo-authorization", self.headers.get("authorization") or "")], b"see headers"
+            if kind == "reason":
+                # The credential in the status line's reason phrase.
+                self.send_response(401, "bad credential " + (self.headers.get("authorization") or ""))
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
             if kind == "split":
                 # One byte per chunk, so the credential spans many chunks.
                 self.send_response(200)
@@ -692,6 +698,12 @@ fn an_echoed_credential_never_reaches_the_agent() {
             }
         }
     }
+    // Attack: the credential quoted in an HTTP/1.1 reason phrase, which
+    // hyper carried to the agent verbatim. The agent gets the standard one.
+    let out = s.curl(&["--http1.1", "-i", &s.url("/debug/reason")]);
+    assert_no_credential("reason phrase", &out.stdout);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.starts_with("HTTP/1.1 401 Unauthorized"), "{shown}");
     // A coding blastgate cannot unpack cannot be checked: refused.
     let out = s.curl(&["-i", &s.url("/debug/unknown-coding")]);
     assert_no_credential("unknown coding", &out.stdout);

@@ -69,6 +69,14 @@ fn injected(cfg: &HttpTarget) -> Result<Injected, String> {
         .collect()
 }
 
+/// The upstream's own HTTP/1 reason phrase is not carried: hyper would
+/// write it back to the agent verbatim, where neither the echo guard nor
+/// the detectors read (`401 bad token Bearer …` quotes the injected
+/// credential). The agent gets the status code's standard phrase.
+pub(super) fn drop_reason(parts: &mut http::response::Parts) {
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+}
+
 /// Connection-level headers (RFC 9110 7.6.1) and the proxy's own: never
 /// forwarded either way.
 const HOP_BY_HOP: &[&str] = &[
@@ -321,6 +329,7 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     if let Some(why) = unread_transfer_coding(&parts.headers) {
         return fail(&conn, event, &why).await;
     }
+    drop_reason(&mut parts);
     strip_hop_by_hop(&mut parts.headers);
     event.status = Some(parts.status.as_u16());
 

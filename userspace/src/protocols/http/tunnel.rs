@@ -77,6 +77,7 @@ pub async fn carry(
         if let Some(why) = request::unread_transfer_coding(&parts.headers) {
             return request::fail(conn, event, &why).await;
         }
+        request::drop_reason(&mut parts);
         request::strip_hop_by_hop(&mut parts.headers);
         event.status = Some(parts.status.as_u16());
         let tally: Arc<Tally> = Default::default();
@@ -94,6 +95,7 @@ pub async fn carry(
     }
     let upstream_side = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
+    request::drop_reason(&mut parts);
     let echoes = AtomicU64::new(guard.as_ref().map_or(0, |g| g.headers(&mut parts.headers)));
     event.status = Some(101);
     let gw = conn.gw.clone();
