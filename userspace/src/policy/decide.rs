@@ -333,19 +333,8 @@ impl Bundle {
         Ok(entities)
     }
 
-    /// [`Bundle::decide`] through the bundle's decision cache. Errors are
-    /// not cached.
-    pub fn decide_cached(
-        &self,
-        agent: &AgentAttrs,
-        target: &TargetAttrs,
-        action: &str,
-        context: &Value,
-    ) -> Result<Decision, RequestError> {
-        self.decide_cached_for(&Asker::new(agent.clone(), target.clone()), action, context)
-    }
-
-    /// [`Bundle::decide_cached`] for an asker serialised once.
+    /// [`Bundle::decide_for`] through the bundle's decision cache. Errors
+    /// are not cached.
     pub fn decide_cached_for(
         &self,
         asker: &Asker,
