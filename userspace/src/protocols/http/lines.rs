@@ -49,18 +49,9 @@ impl Tally {
 /// Whether a body of this type can be masked line by line: text, JSON
 /// streams and YAML. Binary types (protobuf, images) are not touched.
 pub fn is_textual(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(media) = mask::media_type(headers) else {
         return false;
     };
-    let media = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
     media.starts_with("text/")
         || media.ends_with("json")
         || media.ends_with("yaml")
