@@ -101,6 +101,34 @@ class H(BaseHTTPRequestHandler):
                 time.sleep(0.3)
             self.wfile.write(b"0\r\n\r\n")
             return
+        if self.path.startswith("/v1/export"):
+            # One customer in whatever form the client asks for, as APIs
+            # with content negotiation answer.
+            accept = self.headers.get("accept") or ""
+            fmt = self.path.split("?format=")[1] if "?format=" in self.path else ""
+            status, ctype = 200, "application/json"
+            out = json.dumps({"customer": {"email": "alice@example.com", "name": "Alice"}}).encode()
+            if fmt == "missing":
+                status, ctype, out = 404, "text/html", b"<p>no customer alice@example.com</p>"
+            elif fmt == "ndjson-csv":
+                ctype = "application/x-ndjson"
+                out = b'{"customer":{"email":"alice@example.com"}}\nemail,name\nalice@example.com,Alice\n'
+            elif fmt == "none":
+                ctype, out = None, b"email,name\nalice@example.com,Alice\n"
+            elif fmt == "octets":
+                ctype, out = "application/octet-stream", b"\x00email=alice@example.com"
+            elif fmt == "csv" or "text/csv" in accept:
+                ctype, out = "text/csv", b"email,name\nalice@example.com,Alice\n"
+            elif "application/yaml" in accept:
+                ctype, out = "application/yaml", b"customer:\n  email: alice@example.com\n  name: Alice\n"
+            self.send_response(status)
+            if ctype:
+                self.send_header("content-type", ctype)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(out)
+            return
         if self.path.startswith("/lenient/"):
             # What Python's json reads and serde_json does not, around the
             # field the test's rule masks by path.
@@ -133,7 +161,7 @@ class H(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(out)))
         self.end_headers()
         self.wfile.write(out)
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = answer
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = answer
     def do_TRACE(self):
         # What TRACE is for: the request, echoed as received.
         head = (self.requestline + "\r\n" + str(self.headers)).encode()
@@ -160,7 +188,21 @@ struct Setup {
     _scratch: tempfile::TempDir,
 }
 
+/// The API behind blastgate with `unmaskable = "scan"`: most tests here
+/// read its streams and non-JSON bodies (echoes of the request, text),
+/// which the default refuses under the target's JSON path rule.
+/// [`strict_setup`] runs at the default.
 fn setup() -> Option<Setup> {
+    setup_with("unmaskable = \"scan\"\n")
+}
+
+/// The API behind blastgate with its `[targets.http]` at the defaults.
+fn strict_setup() -> Option<Setup> {
+    setup_with("")
+}
+
+/// `settings`: lines added to the target's `[targets.http]`.
+fn setup_with(settings: &str) -> Option<Setup> {
     if !kernel_ready() {
         return None;
     }
@@ -202,7 +244,7 @@ fn setup() -> Option<Setup> {
          [[targets]]\nname = \"billing-api\"\nprotocol = \"https\"\naddress = \"127.0.0.2:{}\"\n\
          hostnames = [\"billing.internal\"]\n\n[targets.http]\n\
          inject_headers = {{ Authorization = {{ file = \"{}\", prefix = \"Bearer \" }} }}\n\
-         upstream_ca_file = \"{}\"\nserver_name = \"billing.internal\"\nrecord_body_bytes = 4096\n",
+         upstream_ca_file = \"{}\"\nserver_name = \"billing.internal\"\nrecord_body_bytes = 4096\n{settings}",
         policies.display(),
         up.port,
         token.display(),
@@ -741,6 +783,12 @@ fn json_a_lenient_client_would_read_unmasked_is_refused() {
     }
     let out = s.curl(&[&s.url("/lenient/plain")]);
     let doc = json(&out);
+    assert_customer_masked(&doc);
+}
+
+/// The API's customer as the agent got it: the email hashed by the
+/// target's rule, the name as it was.
+fn assert_customer_masked(doc: &serde_json::Value) {
     assert!(
         doc["customer"]["email"]
             .as_str()
@@ -748,6 +796,90 @@ fn json_a_lenient_client_would_read_unmasked_is_refused() {
         "{doc}"
     );
     assert_eq!(doc["customer"]["name"], "Alice");
+}
+
+/// Attack: the field the target's rule masks by JSON path, asked for in
+/// another form the API offers: CSV or YAML by `Accept` or `?format=`, an
+/// NDJSON stream whose lines turn to CSV, a body with no Content-Type or
+/// labelled binary, an HTML error page. A success that is not JSON is
+/// refused (502), an error keeps its status with the body withheld, a
+/// JSON stream ends at its first line that is not JSON. JSON, HEAD and
+/// `unmaskable = "scan"` (named weakened by `blastgate status`) keep
+/// working.
+#[test]
+fn a_path_masked_field_cannot_be_read_in_another_form() {
+    let _g = serial();
+    let Some(s) = strict_setup() else { return };
+    let url = s.url("/v1/export");
+    let fmt = |f: &str| s.url(&format!("/v1/export?format={f}"));
+    let mut leaks = Vec::new();
+    let accept = |a: &str| vec!["-H".to_string(), format!("Accept: {a}"), url.clone()];
+    for (what, args, status) in [
+        ("Accept: text/csv", accept("text/csv"), " 502"),
+        (
+            "Accept: application/yaml",
+            accept("application/yaml"),
+            " 502",
+        ),
+        ("?format=csv", vec![fmt("csv")], " 502"),
+        ("no Content-Type", vec![fmt("none")], " 502"),
+        ("octet-stream", vec![fmt("octets")], " 502"),
+        ("an HTML 404", vec![fmt("missing")], " 404"),
+        ("NDJSON turning to CSV", vec![fmt("ndjson-csv")], " 200"),
+    ] {
+        let mut argv = vec!["-i"];
+        argv.extend(args.iter().map(String::as_str));
+        let out = s.curl(&argv);
+        let shown = String::from_utf8_lossy(&out.stdout).to_string();
+        if shown.contains("alice@example.com") || !shown.starts_with(&format!("HTTP/2{status}")) {
+            leaks.push(format!("{what}:\n{shown}"));
+        }
+    }
+    assert!(leaks.is_empty(), "{}", leaks.join("\n\n"));
+    let out = s.curl(&["-i", &fmt("csv")]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.contains("text/csv") && shown.contains("masked by JSON path"),
+        "[{shown}]"
+    );
+    let out = s.curl(&["-i", &fmt("missing")]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.contains("body withheld"), "{shown}");
+    // The JSON line before the CSV was masked and sent.
+    let out = s.curl(&[&fmt("ndjson-csv")]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.starts_with("{\"customer\":{\"email\":\"hash:"),
+        "{shown}"
+    );
+    assert!(!shown.contains("email,name"), "{shown}");
+    // Harmless look-alikes: JSON (masked), and HEAD of any form.
+    let doc = json(&s.curl(&["-H", "Accept: application/json", &url]));
+    assert_customer_masked(&doc);
+    let out = s.curl(&["-I", "-H", "Accept: text/csv", &url]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.starts_with("HTTP/2 200"), "{shown}");
+    s.env.wait_event("the CSV refused and recorded", |e| {
+        e["kind"] == "request"
+            && e["status"] == 502
+            && e["reason"].as_str().is_some_and(|r| r.contains("text/csv"))
+    });
+    let status = s.env.blastgate(&["status"]);
+    let said = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(!said.contains("unmaskable"), "{said}");
+    drop(s);
+
+    // Set to scan, the target is named weakened, and CSV passes with
+    // only the detectors run over it.
+    let Some(s) = setup() else { return };
+    let status = s.env.blastgate(&["status"]);
+    let said = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        said.contains("target billing-api: unmaskable = \"scan\""),
+        "{said}"
+    );
+    let out = s.curl(&[&s.url("/v1/export?format=csv")]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("alice@example.com,Alice"));
 }
 
 /// TRACE echoes the request, injected credential and all: refused before

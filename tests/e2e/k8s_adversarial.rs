@@ -614,3 +614,68 @@ fn exec_equivalents_outside_production_are_allowed() {
     assert!(s.standin.object("pods", "prod", "tool").is_some());
     s.assert_held_token_only();
 }
+
+/// Attack: a field masked by JSON path on the cluster, read in another
+/// form the API server offers: YAML (`Accept: application/yaml`, which
+/// the server answers as YAML, where no JSON path reads) or protobuf
+/// (client-go's default). The upstream is asked for JSON alone, and the
+/// field arrives masked whatever was asked; kubectl's own reads, logs
+/// and discovery keep working.
+#[test]
+fn a_path_masked_field_cannot_be_read_in_another_form() {
+    let _g = serial();
+    let rule = "[[field]]\nid = \"flags\"\ntargets = [\"prod-cluster\"]\n\
+                json_paths = [\"$..data.FEATURE_FLAGS\"]\nstyle = \"fixed\"\n";
+    let Some(s) = KubeGateway::start_with_masking("production", rule) else {
+        return;
+    };
+    let secret = "checkout-v2";
+    let mut failures = Vec::new();
+    for form in ["yaml", "json"] {
+        let out = s.ok(&["get", "configmap", "settings", "-n", "prod", "-o", form]);
+        if out.contains(secret) || !out.contains("LOG_LEVEL") {
+            failures.push(format!("kubectl get configmap -o {form}:\n{out}"));
+        }
+    }
+    let path = "/api/v1/namespaces/prod/configmaps/settings";
+    for accept in [
+        "application/yaml",
+        "application/vnd.kubernetes.protobuf",
+        "application/vnd.kubernetes.protobuf, application/json",
+        "application/cbor",
+        "*/*",
+    ] {
+        s.standin.clear_requests();
+        let header = format!("Accept: {accept}");
+        let out = output_within(
+            &mut s.curl(&["-H", &header], path),
+            std::time::Duration::from_secs(60),
+        );
+        let said = text(&out);
+        if said.contains(secret) || !said.trim_end().ends_with("200") {
+            failures.push(format!("Accept: {accept}:\n{said}"));
+        }
+        let asked: Vec<String> = s
+            .standin
+            .requests()
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.header("accept").unwrap_or("").to_string())
+            .collect();
+        if asked != ["application/json"] {
+            failures.push(format!("Accept: {accept} reached the cluster as {asked:?}"));
+        }
+    }
+    // Harmless look-alikes: a log (text), discovery and the version.
+    let logs = s.ok(&["logs", "web-1", "-n", "prod"]);
+    if !logs.contains("log line 1") {
+        failures.push(format!("kubectl logs:\n{logs}"));
+    }
+    let version = s.ok(&["version", "-o", "json"]);
+    if !version.contains("serverVersion") {
+        failures.push(format!("kubectl version:\n{version}"));
+    }
+    s.ok(&["api-resources"]);
+    none_got_through(&failures);
+    s.assert_held_token_only();
+}

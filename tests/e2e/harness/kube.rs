@@ -36,6 +36,8 @@
 //!   after [`KubeStandIn::serve_exec`], exec over WebSocket runs instead
 //!   ([`super::kube_exec`]), for tests of an approved exec's tunnel.
 //!
+//! Objects are answered as YAML to a client that asks for YAML first.
+//!
 //! Unknown paths get a 404 `Status`, watches and other writes a 405
 //! `Status`. There is no OpenAPI document: `kubectl apply` and `explain`
 //! need one, and the tests do not use them.
@@ -734,7 +736,16 @@ impl Server {
                 return switched;
             }
         }
-        self.route(&parts.method, &request)
+        let response = self.route(&parts.method, &request);
+        // A client that prefers YAML gets it, as from a real API server.
+        let json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t == "application/json");
+        if json && prefers_yaml(request.header("accept").unwrap_or("")) {
+            return as_yaml(response).await;
+        }
+        response
     }
 
     fn route(&self, method: &Method, req: &RecordedRequest) -> Response<Body> {
@@ -1169,6 +1180,50 @@ impl Server {
             .body(BodyExt::boxed(LineStream(rx)))
             .expect("log response")
     }
+}
+
+/// A JSON response rendered as YAML.
+async fn as_yaml(response: Response<Body>) -> Response<Body> {
+    fn yaml(v: &Value) -> yaml_rust2::Yaml {
+        use yaml_rust2::Yaml;
+        match v {
+            Value::Null => Yaml::Null,
+            Value::Bool(b) => Yaml::Boolean(*b),
+            Value::Number(n) => n
+                .as_i64()
+                .map_or_else(|| Yaml::Real(n.to_string()), Yaml::Integer),
+            Value::String(s) => Yaml::String(s.clone()),
+            Value::Array(a) => Yaml::Array(a.iter().map(yaml).collect()),
+            Value::Object(m) => Yaml::Hash(
+                m.iter()
+                    .map(|(k, v)| (Yaml::String(k.clone()), yaml(v)))
+                    .collect(),
+            ),
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("a JSON body").to_bytes();
+    let doc: Value = serde_json::from_slice(&bytes).expect("JSON");
+    let mut out = String::new();
+    yaml_rust2::YamlEmitter::new(&mut out)
+        .dump(&yaml(&doc))
+        .expect("YAML");
+    out.push('\n');
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/yaml"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Full::new(Bytes::from(out)).boxed())
+}
+
+/// Whether the first type of an `Accept` list is YAML.
+fn prefers_yaml(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .and_then(|m| m.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/yaml"))
 }
 
 /// Whether an `Accept` list names `application/json` with `g`, `v` and

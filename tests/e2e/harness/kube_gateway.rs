@@ -40,6 +40,12 @@ pub struct KubeGateway {
 impl KubeGateway {
     /// None (a loud skip, fatal with CI=true) without the kernel or kubectl.
     pub fn start(env_label: &str) -> Option<KubeGateway> {
+        KubeGateway::start_with_masking(env_label, "")
+    }
+
+    /// As [`KubeGateway::start`], with `masking` (TOML rules) added to
+    /// the shipped `masking.toml`.
+    pub fn start_with_masking(env_label: &str, masking: &str) -> Option<KubeGateway> {
         if !kernel_ready() || !kubectl_available() {
             return None;
         }
@@ -49,6 +55,9 @@ impl KubeGateway {
         let token = scratch.join("cluster.token");
         std::fs::write(&token, format!("{HELD_TOKEN}\n")).expect("token");
         let policies = copy_shipped_policies(scratch);
+        let rules = policies.join("masking.toml");
+        let shipped = std::fs::read_to_string(&rules).expect("masking.toml");
+        std::fs::write(&rules, format!("{shipped}\n{masking}")).expect("masking.toml");
         let env = Env::new(&format!(
             "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
              [[targets]]\nname = \"prod-cluster\"\nprotocol = \"https\"\naddress = \"{}\"\n\

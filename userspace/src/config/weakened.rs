@@ -7,7 +7,10 @@
 use super::{Config, Protocol};
 use crate::{
     policy::Engine,
-    protocols::{http::Oversize, postgres::UpstreamTls},
+    protocols::{
+        http::{Oversize, Unmaskable},
+        postgres::UpstreamTls,
+    },
 };
 
 /// How the policies in force differ from the shipped set, by rule id:
@@ -133,6 +136,11 @@ pub fn list(config: &Config, engine: &Engine, degraded: &[String]) -> Vec<String
             if h.oversize == Oversize::Pass {
                 out.push(format!(
                     "target {name}: oversize = \"pass\": responses over max_inspect_bytes reach agents unmasked"
+                ));
+            }
+            if h.unmaskable == Unmaskable::Scan {
+                out.push(format!(
+                    "target {name}: unmaskable = \"scan\": responses that are not JSON reach agents with only the value detectors run, fields masked by JSON path as they are"
                 ));
             }
             if h.upstream_tls == Some(false) && t.protocol == Protocol::Https {

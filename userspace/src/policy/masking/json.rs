@@ -458,9 +458,14 @@ impl Masker<'_, '_> {
             if object {
                 self.expect(b'"', "expected a key")?;
                 self.pos -= 1;
+                let key_start = self.pos;
                 let raw = self.string()?;
+                let key_end = self.pos;
                 self.expect(b':', "expected ':'")?;
                 self.key_states(lo, hi, limit, raw)?;
+                if detect {
+                    self.detect_key(key_start, key_end, raw)?;
+                }
             } else {
                 self.index_states(lo, hi, limit, index);
                 index += 1;
@@ -479,6 +484,19 @@ impl Masker<'_, '_> {
                 _ => return Err(self.err("expected ',' or the container's end")),
             }
         }
+    }
+
+    /// Runs the detectors over a key (`src[start..end]`, quotes
+    /// included): an object keyed by email address or card number hands
+    /// them over as surely as a value does. Paths are matched on the key
+    /// as it came.
+    fn detect_key(&mut self, start: usize, end: usize, raw: RawStr) -> Result<(), NotJson> {
+        let key = decode(self.src, raw)?;
+        if let Some((masked, n)) = self.plan.detect(&key) {
+            self.fields += n;
+            self.replace(start, end, &masked);
+        }
+        Ok(())
     }
 
     /// Pushes the states of an object member named `raw`.
@@ -504,13 +522,14 @@ impl Masker<'_, '_> {
             if key.is_none() {
                 key = Some(decode(self.src, raw)?);
             }
-            let is = key.as_deref() == Some(name.as_str());
-            if is {
+            if key.as_deref() == Some(name.as_str()) {
                 self.states.push(State {
                     ordinal: s.ordinal,
                     step: s.step + 1,
                 });
-            } else if descend {
+            }
+            // `$..a.b` names every `a` below, those inside an `a` too.
+            if descend {
                 self.states.push(s);
             }
         }

@@ -96,9 +96,10 @@ fn detectors_read_values_unescaped() {
     // A top-level string is scanned too.
     let (out, n) = masked(&p, "\"AKIAIOSFODNN7EXAMPLE\"");
     assert_eq!((out.as_str(), n), ("\"****\"", 1));
-    // Keys and numbers never were.
-    let (_, n) = masked(&p, r#"{"ann@example.com": 4111111111111111}"#);
-    assert_eq!(n, 0);
+    // Keys are scanned too (see `detectors_read_keys`), numbers never.
+    let (out, n) = masked(&p, r#"{"ann@example.com": 4111111111111111}"#);
+    assert_eq!(n, 1);
+    assert!(out.contains("4111111111111111"), "{out}");
 }
 
 #[test]
@@ -467,4 +468,49 @@ fn not_json_says_where() {
             why: "expected a key"
         })
     );
+}
+
+/// Attack: `$..a.b` missed the `b` of an `a` inside another `a`
+/// (`{"a":{"a":{"b":…}}}`): the descent stopped at the first `a`.
+#[test]
+fn a_descent_finds_its_name_inside_itself() {
+    let p = field_plan(&["$..a.b"], "fixed");
+    let (out, n) = masked(
+        &p,
+        r#"{"a":{"b":"one","a":{"b":"two","x":{"a":{"b":"three"}}}}}"#,
+    );
+    assert_eq!(n, 3, "{out}");
+    for v in ["one", "two", "three"] {
+        assert!(!out.contains(v), "{out}");
+    }
+    // In arrays, and a lone `$..a` masks the outer one whole.
+    let (out, n) = masked(&p, r#"[{"a":[{"a":{"b":"deep"}}]}]"#);
+    assert_eq!((n, out.contains("deep")), (1, false), "{out}");
+    let whole = field_plan(&["$..a"], "hash");
+    let (out, n) = masked(&whole, r#"{"a":{"a":"inner"}}"#);
+    assert_eq!((n, out.contains("inner")), (1, false), "{out}");
+}
+
+/// Attack: a map keyed by what the detectors mask (an email address, a
+/// card number) hands them over as keys, which were never scanned.
+/// Numbers stay unscanned: IDs and timestamps are numbers.
+#[test]
+fn detectors_read_keys() {
+    let p = plan(
+        "[[detector]]\nkind = \"email\"\nstyle = \"fixed\"\n\
+         [[detector]]\nkind = \"card\"\nstyle = \"last4\"\n",
+    );
+    let (out, n) = masked(
+        &p,
+        r#"{"byUser":{"ann@example.com":{"orders":3},"4111 1111 1111 1111":"visa"}}"#,
+    );
+    assert_eq!(n, 2, "{out}");
+    assert!(!out.contains("ann@"), "{out}");
+    assert!(!out.contains("4111 1111"), "{out}");
+    assert!(out.contains("****1111"), "{out}");
+    let (out, n) = masked(&p, r#"{"ts":4111111111111111,"id":1733563200}"#);
+    assert_eq!(n, 0, "{out}");
+    // An escaped key is scanned as a client reads it.
+    let (out, n) = masked(&p, r#"{"ann\u0040example.com":1}"#);
+    assert_eq!((n, out.contains("example.com")), (1, false), "{out}");
 }

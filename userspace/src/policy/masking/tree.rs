@@ -1,7 +1,7 @@
 //! The tree walk HTTP JSON masking used before the streaming masker
 //! (`json.rs`): the whole document as a `serde_json::Value`, each
 //! `json_paths` entry walked over it in turn, then the detectors over
-//! every string. Kept only as the reference the streaming masker is
+//! every string and key. Kept only as the reference the streaming masker is
 //! tested against (lib tests, the `json_mask` fuzz target and bench, with
 //! the `json-mask-reference` feature).
 
@@ -14,7 +14,7 @@ use super::{MaskPlan, Masking, Step, MASKING_FILE};
 
 impl MaskPlan {
     /// Masks a JSON document in place: field rules' paths first (whole
-    /// values), then detectors over every remaining string. Returns the
+    /// values), then detectors over every remaining string and key. Returns the
     /// number of masked values.
     pub fn mask_json(&self, doc: &mut Value) -> u64 {
         let mut count = 0;
@@ -48,7 +48,16 @@ impl MaskPlan {
                 n
             }
             Value::Array(items) => items.iter_mut().map(|i| self.scan_json(i)).sum(),
-            Value::Object(map) => map.values_mut().map(|i| self.scan_json(i)).sum(),
+            Value::Object(map) => {
+                let mut n = 0;
+                for (key, mut value) in std::mem::take(map) {
+                    n += self.scan_json(&mut value);
+                    let (key, k) = self.scan(&key);
+                    n += k;
+                    map.insert(key, value);
+                }
+                n
+            }
             _ => 0,
         }
     }
@@ -82,9 +91,8 @@ fn visit(v: &mut Value, path: &[Step], f: &mut dyn FnMut(&mut Value)) {
                 for (key, child) in map.iter_mut() {
                     if key == k {
                         visit(child, rest, f);
-                    } else {
-                        visit(child, path, f);
                     }
+                    visit(child, path, f);
                 }
             }
             Value::Array(items) => {
@@ -242,8 +250,8 @@ json_paths = ["$..email"]
 style = "fixed"
 "#;
 
-/// Rule sets that exercise the walk: indexes, `..` (and its stop at the
-/// first match), containers masked whole after their insides, rules
+/// Rule sets that exercise the walk: indexes, `..` (at every depth, inside
+/// a match too), containers masked whole after their insides, rules
 /// masking a value again, detectors after paths.
 pub const RULE_SETS: &[&str] = &[
     "",

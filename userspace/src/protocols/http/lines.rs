@@ -7,7 +7,9 @@
 //! A line longer than the target's inspection limit is masked in pieces
 //! of that size (detectors can then miss a value cut in two: the record
 //! says so); a watch event on Secrets that cannot be read as JSON ends the
-//! stream instead, as its values could not be masked.
+//! stream instead, as its values could not be masked, and so does, under
+//! JSON path rules, a line of a JSON stream that is not JSON. The lines
+//! masked before such a line are still sent.
 
 use std::{
     io::Write,
@@ -47,27 +49,46 @@ impl Tally {
 }
 
 /// Whether a body of this type can be masked line by line: text, JSON
-/// streams and YAML. Binary types (protobuf, images) are not touched.
+/// and its streams, YAML, XML, forms, scripts. Other types (protobuf,
+/// images, archives) are binary and not touched.
 pub fn is_textual(headers: &HeaderMap) -> bool {
     let Some(media) = mask::media_type(headers) else {
         return false;
     };
     media.starts_with("text/")
-        || media.ends_with("json")
-        || media.ends_with("yaml")
-        || media == "application/x-ndjson"
+        || ["json", "yaml", "xml"].iter().any(|t| media.contains(t))
+        || matches!(
+            media.as_str(),
+            "application/javascript"
+                | "application/ecmascript"
+                | "application/x-www-form-urlencoded"
+                | "application/csv"
+                | "application/sql"
+                | "application/graphql"
+        )
 }
 
-/// Wraps `body` so each line is masked on its way. `secrets`: lines are
-/// Kubernetes watch events on Secrets, whose `data` values are always
-/// masked. Content-Length and a gzip Content-Encoding are removed from
-/// `headers`, as the masked body is new; any other encoding is refused.
+/// How one response stream is masked.
+pub struct Stream {
+    pub plan: Option<MaskPlan>,
+    /// The lines are Kubernetes watch events on Secrets, whose `data`
+    /// values are always masked.
+    pub secrets: bool,
+    /// The session's JSON path rules hold this answer to JSON (see
+    /// `request::by_path`): a line of a JSON stream that is not strict
+    /// JSON ends it.
+    pub by_path: bool,
+    /// Longest line masked whole.
+    pub limit: usize,
+}
+
+/// Wraps `body` so each line is masked on its way. Content-Length and a
+/// gzip Content-Encoding are removed from `headers`, as the masked body is
+/// new; any other encoding is refused.
 pub fn masked(
     body: Incoming,
     headers: &mut HeaderMap,
-    plan: Option<MaskPlan>,
-    secrets: bool,
-    limit: usize,
+    stream: Stream,
     tally: Arc<Tally>,
 ) -> Result<Body, String> {
     let encoding = super::mask::content_codings(headers);
@@ -80,7 +101,8 @@ pub fn masked(
             ))
         }
     };
-    let json_lines = carries_json(headers);
+    let kind = Kind::of(headers);
+    let labelled = mask::media_type(headers).is_some_and(|m| !m.is_empty());
     headers.remove(header::CONTENT_ENCODING);
     headers.remove(header::CONTENT_LENGTH);
     Ok(LineMasked {
@@ -88,24 +110,50 @@ pub fn masked(
         gunzip,
         pending: BytesMut::new(),
         masker: Masker {
-            plan,
-            secrets,
-            json_lines,
+            plan: stream.plan,
+            secrets: stream.secrets,
+            kind,
+            by_path: stream.by_path,
+            labelled,
             tally,
         },
-        limit,
+        limit: stream.limit,
         ended: false,
     }
     .boxed())
 }
 
+/// What a stream's lines are, by its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Text that may look like JSON (a log line starting `[2026-12-07 …]`).
+    Text,
+    /// A JSON document per line: a JSON watch, NDJSON, JSON Lines, JSON
+    /// text sequences.
+    Json,
+    /// Server-sent events, whose `data:` lines may carry JSON.
+    Events,
+}
+
+impl Kind {
+    fn of(headers: &HeaderMap) -> Kind {
+        match mask::media_type(headers).as_deref() {
+            Some("text/event-stream") => Kind::Events,
+            _ if carries_json(headers) => Kind::Json,
+            _ => Kind::Text,
+        }
+    }
+}
+
 struct Masker {
     plan: Option<MaskPlan>,
     secrets: bool,
-    /// The stream's lines are JSON documents by its media type (NDJSON, a
-    /// JSON watch, SSE `data:`), not text that may look like JSON (a log
-    /// line starting `[2026-12-07 …]`).
-    json_lines: bool,
+    kind: Kind,
+    by_path: bool,
+    /// The upstream named a media type. An unlabelled body is scanned as
+    /// text, but lines that are not UTF-8 pass as they are: it may be
+    /// binary, which a lossy rewrite would break.
+    labelled: bool,
     tally: Arc<Tally>,
 }
 
@@ -117,16 +165,24 @@ impl Masker {
             Some(b) => (b, "\n"),
             None => (raw, ""),
         };
+        if !self.labelled && std::str::from_utf8(body).is_err() {
+            return Some(raw.to_vec());
+        }
         let text = String::from_utf8_lossy(body);
         let trimmed = text.trim_end_matches('\r');
         if trimmed.trim().is_empty() {
             return Some(raw.to_vec());
         }
-        // A JSON document per line (watch events, NDJSON), or an SSE data
-        // line carrying one.
-        let (prefix, json_part) = match trimmed.strip_prefix("data:") {
-            Some(rest) => ("data:", rest),
-            None => ("", trimmed),
+        // A JSON document per line (watch events, NDJSON), a JSON text
+        // sequence's record (RFC 7464, after its RS), or an SSE data line
+        // carrying one.
+        let (prefix, json_part) = match (
+            trimmed.strip_prefix("data:"),
+            trimmed.strip_prefix('\u{1e}'),
+        ) {
+            (Some(rest), _) => ("data:", rest),
+            (None, Some(rest)) if self.kind == Kind::Json => ("\u{1e}", rest),
+            _ => ("", trimmed),
         };
         if let Ok(masked) = mask::json_doc(self.plan.as_ref(), self.secrets, json_part.as_bytes()) {
             let n = masked.fields;
@@ -142,11 +198,20 @@ impl Masker {
             );
             return None;
         }
+        // Under path rules, every line of a JSON stream is a document the
+        // rules must read: any other line (CSV, YAML) could carry the
+        // fields they mask.
+        if self.by_path && self.kind == Kind::Json {
+            self.tally.note(
+                "stream cut: a line of a JSON stream is not strict JSON, so its fields could not be masked by path",
+            );
+            return None;
+        }
         // A line that starts as JSON but is not strict JSON (NaN, a BOM,
         // a lone surrogate, an SSE event split over lines or ended by a
         // bare CR) is read by lenient clients all the same, with the fields
         // the rules mask by path as they were: the stream ends here.
-        if self.json_lines
+        if self.kind != Kind::Text
             && looks_like_json(json_part)
             && self.plan.as_ref().is_some_and(MaskPlan::has_json_paths)
         {
@@ -170,16 +235,11 @@ impl Masker {
     }
 }
 
-/// A stream whose lines are JSON documents: a JSON or NDJSON media type,
-/// or server-sent events (whose `data:` lines carry them).
-fn carries_json(headers: &HeaderMap) -> bool {
-    super::mask::media_type(headers).is_some_and(|m| {
-        m.ends_with("json")
-            || m.ends_with("json-seq")
-            || m == "application/x-ndjson"
-            || m == "application/jsonl"
-            || m == "text/event-stream"
-    })
+/// A stream whose lines are JSON documents: a JSON media type (`+json`,
+/// NDJSON, JSON Lines, JSON text sequences), or server-sent events (whose
+/// `data:` lines carry them).
+pub fn carries_json(headers: &HeaderMap) -> bool {
+    super::mask::media_type(headers).is_some_and(|m| m.contains("json") || m == "text/event-stream")
 }
 
 /// What a lenient client may take for a JSON document: an object or a
@@ -201,8 +261,9 @@ struct LineMasked {
 
 impl LineMasked {
     /// Every complete line in `pending` (and, at the end or past the
-    /// limit, the rest), masked; `Err` ends the stream.
-    fn drain(&mut self, all: bool) -> Result<Option<Bytes>, ()> {
+    /// limit, the rest), masked. A line that ends the stream ends it
+    /// there: the lines before it are still sent, and `ended` is set.
+    fn drain(&mut self, all: bool) -> Option<Bytes> {
         let cut = match self.pending.iter().rposition(|b| *b == b'\n') {
             Some(i) => i + 1,
             None if all && !self.pending.is_empty() => self.pending.len(),
@@ -212,17 +273,20 @@ impl LineMasked {
                     .note("a line longer than max_inspect_bytes was masked in pieces");
                 self.pending.len()
             }
-            None => return Ok(None),
+            None => return None,
         };
         let ready = self.pending.split_to(cut);
         let mut out = Vec::with_capacity(ready.len());
         for line in ready.split_inclusive(|b| *b == b'\n') {
             match self.masker.line(line) {
                 Some(masked) => out.extend_from_slice(&masked),
-                None => return Err(()),
+                None => {
+                    self.ended = true;
+                    break;
+                }
             }
         }
-        Ok(Some(Bytes::from(out)))
+        Some(Bytes::from(out))
     }
 
     fn take(&mut self, data: &[u8]) -> Result<(), ()> {
@@ -257,12 +321,9 @@ impl HttpBody for LineMasked {
                 return Poll::Ready(None);
             }
             match this.drain(false) {
-                Ok(Some(b)) if !b.is_empty() => return Poll::Ready(Some(Ok(Frame::data(b)))),
-                Ok(_) => {}
-                Err(()) => {
-                    this.ended = true;
-                    return Poll::Ready(None);
-                }
+                Some(b) if !b.is_empty() => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                _ if this.ended => return Poll::Ready(None),
+                _ => {}
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -293,7 +354,7 @@ impl HttpBody for LineMasked {
                     let last = this.drain(true);
                     this.ended = true;
                     return match last {
-                        Ok(Some(b)) if !b.is_empty() => Poll::Ready(Some(Ok(Frame::data(b)))),
+                        Some(b) if !b.is_empty() => Poll::Ready(Some(Ok(Frame::data(b)))),
                         _ => Poll::Ready(None),
                     };
                 }
@@ -310,13 +371,31 @@ impl HttpBody for LineMasked {
 mod tests {
     use std::sync::Arc;
 
-    use super::{Masker, Tally};
+    use super::{Kind, Masker, Tally};
 
     fn masker(secrets: bool) -> Masker {
         Masker {
             plan: None,
             secrets,
-            json_lines: true,
+            kind: Kind::Json,
+            by_path: false,
+            labelled: true,
+            tally: Arc::new(Tally::default()),
+        }
+    }
+
+    /// A masker under one rule masking `$.ssn` by path.
+    fn ssn_masker(kind: Kind, by_path: bool) -> Masker {
+        let rules = "[[field]]\nid = \"ssn\"\ntargets = [\"*\"]\njson_paths = [\"$.ssn\"]\nstyle = \"fixed\"\n";
+        let masking =
+            crate::policy::masking::Masking::parse(std::path::Path::new("masking.toml"), rules)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        Masker {
+            plan: Some(masking.plan("agent", "api")),
+            secrets: false,
+            kind,
+            by_path,
+            labelled: true,
             tally: Arc::new(Tally::default()),
         }
     }
@@ -342,16 +421,7 @@ mod tests {
     /// lines are masked and other text passes.
     #[test]
     fn a_line_lenient_clients_read_as_json_ends_the_stream_under_path_rules() {
-        let rules = "[[field]]\nid = \"ssn\"\ntargets = [\"*\"]\njson_paths = [\"$.ssn\"]\nstyle = \"fixed\"\n";
-        let masking =
-            crate::policy::masking::Masking::parse(std::path::Path::new("masking.toml"), rules)
-                .unwrap_or_else(|e| panic!("{e:?}"));
-        let m = Masker {
-            plan: Some(masking.plan("agent", "api")),
-            secrets: false,
-            json_lines: true,
-            tally: Arc::new(Tally::default()),
-        };
+        let m = ssn_masker(Kind::Events, false);
         for line in [
             &b"{\"ssn\":\"123-45-6789\",\"score\":NaN}\n"[..],
             "\u{feff}{\"ssn\":\"123-45-6789\"}\n".as_bytes(),
@@ -377,11 +447,59 @@ mod tests {
         // Text that only looks like JSON in a text stream (a log) passes,
         // scanned by the detectors.
         let logs = Masker {
-            json_lines: false,
+            kind: Kind::Text,
             ..m
         };
         let line = b"[2026-12-07 10:00:00] INFO started\n";
         assert_eq!(logs.line(line).expect("passes"), line);
+    }
+
+    /// Attack: under path rules, an NDJSON stream whose lines are not
+    /// JSON (an API's CSV export labelled `application/x-ndjson`) would
+    /// carry the masked field as text: the stream ends at the first such
+    /// line. JSON lines, RFC 7464 records and blank lines are masked or
+    /// pass.
+    #[test]
+    fn a_json_stream_under_path_rules_ends_at_a_line_that_is_not_json() {
+        let m = ssn_masker(Kind::Json, true);
+        let masked = m.line(b"{\"ssn\":\"123-45-6789\"}\n").expect("masked");
+        assert_eq!(masked, b"{\"ssn\":\"****\"}\n");
+        let record = m
+            .line(b"\x1e{\"ssn\":\"123-45-6789\"}\n")
+            .expect("a JSON text sequence record");
+        assert_eq!(record, b"\x1e{\"ssn\":\"****\"}\n");
+        assert_eq!(m.line(b"\r\n").expect("blank"), b"\r\n");
+        for line in [&b"ssn,name\n"[..], b"123-45-6789,Alice\n", b"ssn: 1\n"] {
+            assert!(m.line(line).is_none(), "{}", String::from_utf8_lossy(line));
+        }
+        // Without path rules holding it (unmaskable = "scan"), text lines
+        // are scanned instead.
+        let scan = Masker {
+            by_path: false,
+            ..m
+        };
+        assert_eq!(scan.line(b"ssn,name\n").expect("scanned"), b"ssn,name\n");
+    }
+
+    /// An unlabelled body is scanned as text, but a line that is not UTF-8
+    /// (binary) passes untouched rather than rewritten lossily.
+    #[test]
+    fn unlabelled_binary_lines_pass_untouched() {
+        let masking = crate::policy::masking::Masking::parse(
+            std::path::Path::new("masking.toml"),
+            "[[detector]]\nkind = \"aws_key\"\nstyle = \"fixed\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let m = Masker {
+            plan: Some(masking.plan("agent", "api")),
+            labelled: false,
+            kind: Kind::Text,
+            ..masker(false)
+        };
+        let binary = b"\xff\xfe AKIAABCDEFGHIJKLMNOP \x00\n";
+        assert_eq!(m.line(binary).expect("passes"), binary);
+        let text = m.line(b"key AKIAABCDEFGHIJKLMNOP\n").expect("scanned");
+        assert_eq!(text, b"key ****\n");
     }
 
     #[test]

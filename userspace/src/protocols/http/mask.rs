@@ -63,8 +63,15 @@ pub fn content_codings(headers: &HeaderMap) -> Option<String> {
     (!codings.is_empty()).then(|| codings.join(", "))
 }
 
+/// A JSON document, read whole: `application/json`, its older spellings
+/// and `+json` types. JSON Lines and sequences are streams (`lines.rs`).
 pub fn is_json(headers: &HeaderMap) -> bool {
-    media_type(headers).is_some_and(|t| t == "application/json" || t.ends_with("+json"))
+    media_type(headers).is_some_and(|t| {
+        matches!(
+            t.as_str(),
+            "application/json" | "application/x-json" | "text/json"
+        ) || t.ends_with("+json")
+    })
 }
 
 /// What to ask the upstream for when responses may need masking: gzip only
@@ -145,6 +152,17 @@ pub async fn json_body(
                  fields of it are masked by path: refused, as a lenient client would read \
                  them unmasked"
             ));
+        }
+        Err(_) if std::str::from_utf8(&text).is_err() => {
+            // Python's json reads UTF-16 and UTF-32 without a byte-order
+            // mark (it guesses from the zero bytes), where the detectors,
+            // reading UTF-8, find nothing.
+            return Err(
+                "the upstream's response is labelled JSON but is not UTF-8, and blastgate \
+                 reads only UTF-8: refused, as a client that guesses the encoding would read it \
+                 unmasked"
+                    .into(),
+            );
         }
         Err(_) => {
             // Labelled JSON but not JSON: nothing to mask by path; the

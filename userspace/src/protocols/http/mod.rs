@@ -43,7 +43,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-pub use settings::{HttpTarget, Oversize};
+pub use settings::{HttpTarget, Oversize, Unmaskable};
 
 /// For the fuzz targets (`fuzz/`) only.
 #[doc(hidden)]

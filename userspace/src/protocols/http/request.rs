@@ -17,11 +17,12 @@ use super::{
     echo, excerpt, k8s, k8s_effect, lines,
     mask::{self, Outcome},
     method_override, recorded,
-    settings::{ApiKind, HttpTarget, Oversize},
+    settings::{ApiKind, HttpTarget, Oversize, Unmaskable},
     tunnel,
     upstream::{Body, Clients},
 };
 use crate::{
+    policy::masking::MaskPlan,
     protocols::gateway::Gateway,
     records::{Event, EventKind, Verdict},
 };
@@ -293,9 +294,11 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
             .map(|(_, prefix, secret)| (prefix.clone(), secret.clone()))
             .collect::<Vec<_>>(),
     );
+    let by_path = by_path(&conn.cfg, plan.as_ref(), kube.as_ref());
     let sent = Sent {
         host: &host,
-        secrets,
+        // A Kubernetes client takes JSON for any object it asks for.
+        json_only: secrets || (by_path && kube.is_some()),
         masking: plan.is_some(),
         credentials: &credentials,
         guarded: guard.is_some(),
@@ -336,7 +339,15 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     let streaming =
         kube.as_ref().is_some_and(|k| k8s::streams(k, &query)) || is_event_stream(&parts.headers);
     let tally = Arc::new(lines::Tally::default());
-    let body: Body = match Masking::of(plan.is_some(), secrets, streaming, &parts.headers, &body) {
+    let masking = Masking::of(&Facts {
+        plan: plan.is_some(),
+        by_path,
+        secrets,
+        streaming,
+        headers: &parts.headers,
+        empty: body.is_end_stream(),
+    });
+    let body: Body = match masking {
         Masking::None => body.boxed(),
         Masking::Whole => {
             let limit = conn.cfg.max_inspect_bytes;
@@ -363,14 +374,13 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
         }
         Masking::Lines => {
             let limit = conn.cfg.max_inspect_bytes;
-            match lines::masked(
-                body,
-                &mut parts.headers,
+            let stream = lines::Stream {
                 plan,
                 secrets,
+                by_path,
                 limit,
-                tally.clone(),
-            ) {
+            };
+            match lines::masked(body, &mut parts.headers, stream, tally.clone()) {
                 Ok(b) => b,
                 Err(why) => return fail(&conn, event, &why).await,
             }
@@ -378,6 +388,27 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
         Masking::Refuse => {
             let why = "a Kubernetes Secret response that is not JSON cannot be masked: refused";
             return fail(&conn, event, why).await;
+        }
+        Masking::NotJson => {
+            let why = format!(
+                "the upstream answered {}, and fields of target {:?} are masked by JSON path, \
+                 which blastgate reads only in JSON (unmaskable = \"refuse\")",
+                mask::media_type(&parts.headers)
+                    .filter(|m| !m.is_empty())
+                    .map_or_else(|| "with no Content-Type".to_string(), |m| m.to_string()),
+                conn.gw.target.name,
+            );
+            if parts.status.is_success() {
+                return fail(&conn, event, &format!("{why}: refused")).await;
+            }
+            // An error or a redirect keeps its status and headers: only
+            // what it says is withheld.
+            let why = format!("{why}: body withheld");
+            event.reason = Some(match event.reason.take() {
+                Some(r) if !r.is_empty() => format!("{r}; {why}"),
+                _ => why.clone(),
+            });
+            withheld(&mut parts.headers, &why)
         }
     };
     let body = match &guard {
@@ -473,7 +504,20 @@ async fn refuse_bad_request(conn: &Conn, mut event: Event, why: &str) -> Respons
     conn.refusal(StatusCode::BAD_REQUEST, why, None, None)
 }
 
+/// Whether the session's JSON path rules hold this request's answer to
+/// JSON: an API may render the same fields as CSV, YAML or protobuf when
+/// asked (`Accept`, `?format=`), where no path finds them. Not for
+/// Kubernetes requests that name no object (discovery, OpenAPI, health)
+/// or a container's log, which the API server serves as text alone; nor
+/// on a target set to `unmaskable = "scan"`.
+fn by_path(cfg: &HttpTarget, plan: Option<&MaskPlan>, kube: Option<&k8s::K8sRequest>) -> bool {
+    plan.is_some_and(MaskPlan::has_json_paths)
+        && cfg.unmaskable == Unmaskable::Refuse
+        && kube.is_none_or(|k| k.resource_request && k.subresource != "log")
+}
+
 /// How a response is masked on its way to the agent.
+#[derive(Debug, PartialEq, Eq)]
 enum Masking {
     /// No rule applies, or nothing in it can be masked (binary types).
     None,
@@ -483,25 +527,53 @@ enum Masking {
     Lines,
     /// A Secret in a form that cannot be masked.
     Refuse,
+    /// Not JSON, where JSON path rules apply.
+    NotJson,
+}
+
+/// What [`Masking::of`] decides on.
+struct Facts<'a> {
+    /// Some rule masks this session's responses.
+    plan: bool,
+    /// Those rules hold the answer to JSON ([`by_path`]).
+    by_path: bool,
+    /// A Kubernetes Secret is read.
+    secrets: bool,
+    /// A watch or a followed log.
+    streaming: bool,
+    headers: &'a HeaderMap,
+    /// The body is known to be empty (HEAD, 204, 304, Content-Length: 0).
+    empty: bool,
 }
 
 impl Masking {
-    fn of(
-        plan: bool,
-        secrets: bool,
-        streaming: bool,
-        headers: &HeaderMap,
-        body: &Incoming,
-    ) -> Masking {
-        let json = mask::is_json(headers);
+    fn of(f: &Facts<'_>) -> Masking {
+        let json = mask::is_json(f.headers);
+        let labelled = mask::media_type(f.headers).is_some_and(|m| !m.is_empty());
         match () {
-            _ if !plan && !secrets => Masking::None,
-            _ if json && !streaming => Masking::Whole,
-            _ if secrets && !json && !body.is_end_stream() => Masking::Refuse,
-            _ if lines::is_textual(headers) => Masking::Lines,
+            _ if !f.plan && !f.secrets => Masking::None,
+            _ if json && !f.streaming => Masking::Whole,
+            _ if f.secrets && !json && !f.empty => Masking::Refuse,
+            _ if f.by_path && !f.empty && !lines::carries_json(f.headers) => Masking::NotJson,
+            _ if lines::is_textual(f.headers) => Masking::Lines,
+            // Unlabelled, a body is read as text by most clients (curl
+            // prints it): the detectors run over it.
+            _ if !labelled && !f.empty => Masking::Lines,
             _ => Masking::None,
         }
     }
+}
+
+/// A body replaced by a line saying why it was withheld.
+fn withheld(headers: &mut HeaderMap, why: &str) -> Body {
+    let text = Bytes::from(format!("blastgate: {why}\n"));
+    headers.remove(header::CONTENT_ENCODING);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    Full::new(text).map_err(|never| match never {}).boxed()
 }
 
 /// Ends a request that was sent but whose answer cannot be given: 502,
@@ -631,8 +703,9 @@ fn describe(
 /// What [`outbound`] needs besides the request.
 struct Sent<'a> {
     host: &'a str,
-    /// A Kubernetes Secret is read: ask for JSON.
-    secrets: bool,
+    /// Only JSON can be masked (a Kubernetes Secret, or an object under
+    /// JSON path rules): ask for JSON.
+    json_only: bool,
     masking: bool,
     credentials: &'a Injected,
     /// The response will be checked for the credentials: ask for it
@@ -679,9 +752,8 @@ fn outbound(
         value.set_sensitive(true);
         parts.headers.insert(name, value);
     }
-    // Secrets are masked whatever the rules: ask for a body we can unpack
-    // and read (JSON, not protobuf or YAML).
-    if sent.secrets {
+    // Ask for a body blastgate can read (JSON, not protobuf or YAML).
+    if sent.json_only {
         let json = mask::json_only_accept(parts.headers.get(header::ACCEPT));
         parts.headers.insert(header::ACCEPT, json);
     }
@@ -691,7 +763,7 @@ fn outbound(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-    } else if sent.masking || sent.secrets {
+    } else if sent.masking || sent.json_only {
         let wanted = mask::accept_encoding(parts.headers.get(header::ACCEPT_ENCODING));
         parts.headers.insert(header::ACCEPT_ENCODING, wanted);
     }
@@ -738,4 +810,75 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{header, HeaderMap, HeaderValue};
+
+    use super::{Facts, Masking};
+
+    fn of(content_type: Option<&str>, by_path: bool, empty: bool) -> Masking {
+        let mut headers = HeaderMap::new();
+        if let Some(t) = content_type {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(t).unwrap());
+        }
+        Masking::of(&Facts {
+            plan: true,
+            by_path,
+            secrets: false,
+            streaming: false,
+            headers: &headers,
+            empty,
+        })
+    }
+
+    /// Attack: an agent asks for the fields a rule masks by JSON path in
+    /// another form (`Accept: text/csv`, `application/yaml`, protobuf, an
+    /// unlabelled or octet-stream body). Under path rules nothing but JSON
+    /// passes; without them, text is scanned and binary passes.
+    #[test]
+    fn under_path_rules_only_json_is_carried() {
+        for t in [
+            Some("text/csv"),
+            Some("application/yaml"),
+            Some("application/vnd.kubernetes.protobuf"),
+            Some("application/cbor"),
+            Some("application/octet-stream"),
+            Some("text/html; charset=utf-8"),
+            None,
+            Some(""),
+        ] {
+            assert_eq!(of(t, true, false), Masking::NotJson, "{t:?}");
+        }
+        assert_eq!(of(Some("application/json"), true, false), Masking::Whole);
+        for t in [
+            "application/merge-patch+json",
+            "text/json",
+            "application/x-json",
+        ] {
+            assert_eq!(of(Some(t), true, false), Masking::Whole, "{t}");
+        }
+        for t in [
+            "application/x-ndjson",
+            "application/jsonl",
+            "application/json-seq",
+            "text/event-stream",
+        ] {
+            assert_eq!(of(Some(t), true, false), Masking::Lines, "{t}");
+        }
+        // An empty body (HEAD, 204) says nothing.
+        assert_ne!(of(Some("text/csv"), true, true), Masking::NotJson);
+        assert_ne!(of(None, true, true), Masking::NotJson);
+        // Detectors only: text scanned (an unlabelled body too), binary as
+        // it is.
+        assert_eq!(of(Some("text/csv"), false, false), Masking::Lines);
+        assert_eq!(of(Some("application/xml"), false, false), Masking::Lines);
+        assert_eq!(of(None, false, false), Masking::Lines);
+        assert_eq!(
+            of(Some("application/octet-stream"), false, false),
+            Masking::None
+        );
+        assert_eq!(of(Some("image/png"), false, false), Masking::None);
+    }
 }

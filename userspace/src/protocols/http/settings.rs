@@ -43,6 +43,10 @@ pub struct HttpTarget {
     /// `max_inspect_bytes`: never silently truncated.
     #[serde(default)]
     pub oversize: Oversize,
+    /// What happens to a response body this target's JSON path rules
+    /// cannot read (not JSON: CSV, YAML, protobuf, HTML, none labelled).
+    #[serde(default)]
+    pub unmaskable: Unmaskable,
     /// Bytes of each request and response body kept in the records, masked
     /// (0, the default: none; at most 64 KiB).
     #[serde(default)]
@@ -66,6 +70,21 @@ pub enum Oversize {
     Refuse,
     /// Passed unmasked and recorded as such.
     Pass,
+}
+
+/// An API can hand the same fields in another form than JSON (`Accept:
+/// text/csv`, `?format=yaml`, a protobuf client): a rule that masks them
+/// by JSON path would not find them there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmaskable {
+    /// A success is refused with 502; any other status keeps its code and
+    /// headers with the body withheld. Both recorded with why.
+    #[default]
+    Refuse,
+    /// Passed with the value detectors run over text (binary as it is):
+    /// the fields masked by path reach the agent.
+    Scan,
 }
 
 /// A header value from a secret, with an optional prefix (`Bearer `).
