@@ -1,6 +1,6 @@
 //! `blastgate events`.
 
-use std::{collections::VecDeque, io::BufRead};
+use std::collections::VecDeque;
 
 use crate::{
     config::Config,
@@ -39,16 +39,11 @@ pub fn run(config: &Config, follow: bool, json: bool, last: usize) -> anyhow::Re
 fn tail(dir: &std::path::Path, n: usize) -> anyhow::Result<VecDeque<Event>> {
     let mut out = VecDeque::with_capacity(n);
     for (_, path) in spool::segments(dir)? {
-        let f = std::fs::File::open(&path)?;
-        for line in std::io::BufReader::new(f).lines() {
-            let line = line?;
-            // A torn last line (crash mid-write) is skipped, not fatal.
-            if let Ok(e) = serde_json::from_str::<Event>(&line) {
-                if out.len() == n {
-                    out.pop_front();
-                }
-                out.push_back(e);
+        for e in spool::events_in(&path)? {
+            if out.len() == n {
+                out.pop_front();
             }
+            out.push_back(e);
         }
     }
     Ok(out)

@@ -6,12 +6,7 @@
 //! session with verdict `error` and reason "interrupted", so every opened
 //! session has exactly one close and "open forever" cannot hide anything.
 
-use std::{
-    collections::HashMap,
-    io::{self, BufRead},
-    path::Path,
-    time::SystemTime,
-};
+use std::{collections::HashMap, io, path::Path, time::SystemTime};
 
 use uuid::Uuid;
 
@@ -32,13 +27,7 @@ pub fn unclosed_sessions(dir: &Path) -> io::Result<Vec<Event>> {
     // Newest segment first, back to the one where the previous run started.
     for (_, path) in segments.into_iter().rev() {
         let mut run_started_here = false;
-        let file = std::fs::File::open(&path)?;
-        for line in io::BufReader::new(file).lines() {
-            let Ok(line) = line else { break };
-            // A line torn by a failed write is skipped.
-            let Ok(e) = serde_json::from_str::<Event>(&line) else {
-                continue;
-            };
+        for e in spool::events_in(&path)? {
             match e.kind {
                 EventKind::SessionOpened => {
                     open.insert(e.session_id, e);

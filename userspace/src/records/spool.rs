@@ -63,9 +63,11 @@
 //!
 //! Segments are `segment-<n>.jsonl`, `n` increasing; a restarted daemon
 //! always opens a new segment and never appends to an old one, and a
-//! segment whose write failed is never appended to again, so a line torn by
-//! a failed write can only be the last line of a closed segment (its event
-//! is written whole into the next one). The shipper (ClickHouse) reads
+//! segment whose write failed mid-line is never appended to again, so a
+//! line torn by a failed write can only be the last line of a closed
+//! segment, without its newline (its event is written whole into the next
+//! one): readers take whole lines only ([`events_in`]). A write refused at
+//! a line's start (a full disk) is retried in the same segment. The shipper (ClickHouse) reads
 //! closed segments in order and deletes them once acknowledged.
 
 use std::{
@@ -746,11 +748,19 @@ impl Output {
                     from = ends[to - 1];
                 }
                 Err((n, e)) => {
+                    let whole = done;
                     while done < to && ends[done] <= from + n {
                         done += 1;
                     }
-                    // A partial line may be in the file: never append after it.
-                    if let Some(old) = self.current.take() {
+                    let at_line_end = n == 0 || (done > whole && ends[done - 1] == from + n);
+                    if at_line_end {
+                        // The file ends on a whole line (a full disk
+                        // refuses the first byte): the retry appends here,
+                        // rather than leave an empty segment each time.
+                        seg.bytes += n as u64;
+                    } else if let Some(old) = self.current.take() {
+                        // Part of a line is in the file: never append
+                        // after it.
                         let mut f = shared.files();
                         f.current = None;
                         f.retired.push(old.file);
@@ -783,6 +793,22 @@ impl Output {
         self.current = Some(Segment { file, bytes: 0 });
         Ok(())
     }
+}
+
+/// The events of one segment, in order: whole lines only. A last line
+/// without its newline is being written, or was torn by a failed write
+/// (its event is then written whole into a later segment), so it is left
+/// out even when it reads as JSON; so is a line that does not read.
+pub fn events_in(path: &Path) -> io::Result<Vec<Event>> {
+    let text = fs::read(path)?;
+    let whole = text
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(&text[..0], |i| &text[..i]);
+    Ok(whole
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Event>(line).ok())
+        .collect())
 }
 
 /// `write_all`, telling how much went in before an error.

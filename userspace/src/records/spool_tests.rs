@@ -408,3 +408,104 @@ async fn followers_see_every_event_in_spool_order() {
         .unwrap();
     assert_eq!(got, ids(&read_all(tmp.path())));
 }
+
+/// One line per event, `len` bytes each with its newline.
+fn lines_of(n: usize, len: usize) -> (Vec<u8>, Vec<usize>) {
+    let (mut buf, mut ends) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        buf.extend(std::iter::repeat_n(b'x', len - 1));
+        buf.push(b'\n');
+        ends.push(buf.len());
+    }
+    (buf, ends)
+}
+
+/// Attack (red team): a full disk refuses every write at its first byte.
+/// Each retry opened a new segment, so an outage left an empty file every
+/// 200 ms. A write refused at a line's start now keeps its segment.
+#[tokio::test]
+async fn a_write_refused_at_its_first_byte_keeps_its_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = open_tuned(&config(tmp.path(), 1 << 20), lazy(MAX_QUEUED_BYTES)).unwrap();
+    let shared = &rec.handle.shared;
+    // /dev/full: every write(2) fails with ENOSPC, nothing written.
+    let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut out = Output {
+        dir: tmp.path().to_owned(),
+        segment_bytes: 1 << 20,
+        next_segment: 1000,
+        current: Some(Segment {
+            file: Arc::new(full),
+            bytes: 0,
+        }),
+    };
+    let before = segments(tmp.path()).unwrap().len();
+    let (buf, ends) = lines_of(3, 100);
+    for _ in 0..5 {
+        let (done, err) = out.write(&buf, &ends, shared);
+        assert_eq!(done, 0);
+        assert_eq!(
+            err.and_then(|e| e.raw_os_error()),
+            Some(libc::ENOSPC),
+            "the disk's own error"
+        );
+        assert!(out.current.is_some(), "the segment was given up");
+    }
+    assert_eq!(segments(tmp.path()).unwrap().len(), before, "new segments");
+}
+
+/// A write cut in the middle of a line (here a non-blocking pipe that
+/// takes 64 KiB of a longer run) leaves part of a line in the file: the
+/// lines before the cut count as written, and nothing is ever appended
+/// after the torn one.
+#[tokio::test]
+async fn a_write_torn_mid_line_retires_its_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = open_tuned(&config(tmp.path(), 1 << 20), lazy(MAX_QUEUED_BYTES)).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    assert_eq!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) },
+        0
+    );
+    // SAFETY: both descriptors were just opened and are owned here alone.
+    let (_read, write) = unsafe {
+        use std::os::fd::FromRawFd;
+        (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+    };
+    let mut out = Output {
+        dir: tmp.path().to_owned(),
+        segment_bytes: 1 << 20,
+        next_segment: 1000,
+        current: Some(Segment {
+            file: Arc::new(write),
+            bytes: 0,
+        }),
+    };
+    // 1,000-byte lines: the pipe's 65,536 bytes end inside line 66.
+    let (buf, ends) = lines_of(100, 1000);
+    let (done, err) = out.write(&buf, &ends, &rec.handle.shared);
+    assert_eq!(done, 65, "whole lines before the cut");
+    assert!(err.is_some());
+    assert!(out.current.is_none(), "appending after a torn line");
+}
+
+/// Readers take whole lines only: a last line without its newline (being
+/// written, or torn and written again later) is not an event yet, even
+/// when it reads as JSON; that made `blastgate events` show an event
+/// twice.
+#[test]
+fn readers_take_whole_lines_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("segment-000000000001.jsonl");
+    let (a, b) = (statement(1), statement(2));
+    let text = format!(
+        "{}\nnot json\n{}",
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+    fs::write(&path, text).unwrap();
+    assert_eq!(ids(&events_in(&path).unwrap()), vec![a.id]);
+    fs::write(&path, "").unwrap();
+    assert!(events_in(&path).unwrap().is_empty());
+}
