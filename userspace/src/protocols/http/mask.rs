@@ -467,6 +467,42 @@ mod tests {
         );
     }
 
+    /// Red team (leak): the same fields as a JSON string. `kubectl apply`
+    /// keeps the whole applied object in the
+    /// `kubectl.kubernetes.io/last-applied-configuration` annotation, on
+    /// every kind (ConfigMaps, Deployments with their `env`, CRDs). Secrets
+    /// have their values masked in it (`secret_values`), but a field rule's
+    /// JSON paths never look inside it: the ConfigMap the commit's own e2e
+    /// test masks (`$..data.FEATURE_FLAGS`) hands the value over in its
+    /// annotation to `kubectl get cm settings -o json` (or `-o
+    /// jsonpath='{.metadata.annotations.*}'`).
+    #[test]
+    fn red_team_path_rules_reach_into_the_last_applied_annotation() {
+        let plan = crate::policy::masking::Masking::parse(
+            std::path::Path::new("masking.toml"),
+            "[[field]]\nid = \"flags\"\ntargets = [\"prod-cluster\"]\n\
+             json_paths = [\"$..data.FEATURE_FLAGS\"]\nstyle = \"fixed\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .plan("agent", "prod-cluster");
+        let applied = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "prod"},
+            "data": {"FEATURE_FLAGS": "checkout-v2", "LOG_LEVEL": "info"}});
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "prod",
+                "annotations": {LAST_APPLIED: applied.to_string()}},
+            "data": {"FEATURE_FLAGS": "checkout-v2", "LOG_LEVEL": "info"}})
+        .to_string();
+        let out = super::json_doc(Some(&plan), false, cm.as_bytes()).expect("JSON");
+        let out = String::from_utf8_lossy(&out.body).to_string();
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_ne!(doc["data"]["FEATURE_FLAGS"], "checkout-v2");
+        assert!(
+            !out.contains("checkout-v2"),
+            "the masked field is in the last-applied annotation: {out}"
+        );
+    }
+
     #[test]
     fn secret_requests_accept_only_json() {
         let v = |s: &str| HeaderValue::from_str(s).unwrap();
