@@ -915,4 +915,24 @@ mod tests {
         let log = super::k8s::classify("GET", "/api/v1/namespaces/prod/pods/web-1/log", "");
         assert!(!super::by_path(&cfg, Some(&plan), Some(&log)));
     }
+
+    /// Red team (leak, detectors): without JSON path rules (the shipped
+    /// rules give every HTTPS target detectors only) binary types pass
+    /// unscanned, and Kubernetes is asked for JSON only under path rules.
+    /// But protobuf, MessagePack and CBOR carry strings as their raw UTF-8
+    /// bytes: `curl -H 'Accept: application/vnd.kubernetes.protobuf'
+    /// …/configmaps/app` (client-go's own default) hands a ConfigMap's AWS
+    /// key over as it is, as does Elasticsearch to `Accept:
+    /// application/cbor`, where the JSON answer would have had it masked.
+    #[test]
+    fn red_team_structured_binary_forms_are_not_passed_past_the_detectors() {
+        for t in [
+            "application/vnd.kubernetes.protobuf",
+            "application/x-protobuf",
+            "application/msgpack",
+            "application/cbor",
+        ] {
+            assert_ne!(of(Some(t), false, false), Masking::None, "{t}");
+        }
+    }
 }
