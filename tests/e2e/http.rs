@@ -1087,3 +1087,19 @@ fn red_team_an_ignored_upgrade_is_answered_unmasked() {
         "the ignored upgrade's answer came back unmasked:\n{shown}"
     );
 }
+
+/// Red team (fidelity): HEAD of a JSON resource under a JSON path rule.
+/// The answer is labelled `application/json` with no body; `Masking::of`
+/// sends every JSON label to the whole-document masker before it looks at
+/// whether the body is empty, and the masker refuses "" as not strict
+/// JSON: 502 for `curl -I`, a link checker or a download tool's size
+/// probe. The same for any empty body labelled JSON (a 204 or a 201 with
+/// `Content-Length: 0` that keeps the type).
+#[test]
+fn red_team_head_of_a_json_resource_is_answered() {
+    let _g = serial();
+    let Some(s) = strict_setup() else { return };
+    let out = s.curl(&["-I", &s.url("/v1/export")]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.starts_with("HTTP/2 200"), "{shown}");
+}
