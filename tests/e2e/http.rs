@@ -1099,7 +1099,20 @@ fn red_team_an_ignored_upgrade_is_answered_unmasked() {
 fn red_team_head_of_a_json_resource_is_answered() {
     let _g = serial();
     let Some(s) = strict_setup() else { return };
-    let out = s.curl(&["-I", &s.url("/v1/export")]);
-    let shown = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(shown.starts_with("HTTP/2 200"), "{shown}");
+    let mut failures = Vec::new();
+    for (flag, ok) in [("--http2", "HTTP/2 200"), ("--http1.1", "HTTP/1.1 200")] {
+        let out = s.curl(&["-I", flag, &s.url("/v1/export")]);
+        let shown = text(&out);
+        if !shown.starts_with(ok) {
+            failures.push(format!("curl -I {flag}: {shown}"));
+        }
+    }
+    let records: Vec<String> = s
+        .env
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "request")
+        .map(|e| format!("{} {} {}", e["text"], e["status"], e["reason"]))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}\n{records:#?}");
 }

@@ -557,3 +557,22 @@ fn red_team_masked_keys_stay_distinct_members() {
         "two users became one: {out}"
     );
 }
+
+/// Red team (leak): the agent names the keys. A GraphQL API answers under
+/// the aliases the query asks for (`{ customer(id: 1) { mail: email } }`
+/// answers `{"data":{"customer":{"mail":…}}}`), as do Elasticsearch
+/// `script_fields`/SQL `AS` and JSONata-style projections: a rule that
+/// masks `$..email` by name never sees the key. The upstream behaves as
+/// every GraphQL server must (spec §2.7, field aliases).
+#[test]
+fn red_team_a_graphql_alias_renames_a_path_masked_field() {
+    let p = plan(EMAIL_RULE);
+    let (out, _) = masked(
+        &p,
+        r#"{"data":{"customer":{"mail":"alice@example.com","email":"x"}}}"#,
+    );
+    assert!(
+        !out.contains("alice@example.com"),
+        "aliased field passed: {out}"
+    );
+}
