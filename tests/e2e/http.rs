@@ -129,6 +129,38 @@ class H(BaseHTTPRequestHandler):
             if self.command != "HEAD":
                 self.wfile.write(out)
             return
+        if self.path.startswith("/v1/file"):
+            # A stored JSON document served as file servers and object
+            # stores (nginx, S3, Go's ServeContent) serve one: whole, or the
+            # byte ranges asked for (RFC 9110 14), several as multipart.
+            out = json.dumps({"customer": {"email": "alice@example.com", "name": "Alice",
+                                           "card": "4111111111111111"}}).encode()
+            spans = []
+            asked = self.headers.get("range") or ""
+            if asked.startswith("bytes="):
+                for r in asked[6:].split(","):
+                    a, b = r.strip().split("-")
+                    a, b = (int(a), min(int(b), len(out) - 1) if b else len(out) - 1) if a \
+                        else (len(out) - int(b), len(out) - 1)
+                    spans.append((a, b))
+            status, ctype, extra = 200, "application/json", []
+            if len(spans) == 1:
+                a, b = spans[0]
+                status, extra, out = 206, [("content-range", "bytes %d-%d/%d" % (a, b, len(out)))], out[a:b + 1]
+            elif spans:
+                parts = b"".join(b"--SEP\r\nContent-Type: application/json\r\n"
+                                 b"Content-Range: bytes %d-%d/%d\r\n\r\n%s\r\n" % (a, b, len(out), out[a:b + 1])
+                                 for a, b in spans)
+                status, ctype, out = 206, "multipart/byteranges; boundary=SEP", parts + b"--SEP--\r\n"
+            self.send_response(status)
+            self.send_header("content-type", ctype)
+            self.send_header("accept-ranges", "bytes")
+            for k, v in extra:
+                self.send_header(k, v)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         if self.path.startswith("/lenient/"):
             # What Python's json reads and serde_json does not, around the
             # field the test's rule masks by path.
@@ -958,4 +990,129 @@ fn trace_is_refused_and_method_overrides_are_decided_as_asked() {
         e["action"] == "http:DELETE" && e["policy_id"] == "billing-no-invoice-delete"
     });
     assert_eq!(denied["verdict"], "deny");
+}
+
+/// curl's answer split as HTTP/2 `-i` prints it: status and body.
+fn status_and_body(o: &Output) -> (String, String) {
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    let status = shown.split(' ').nth(1).unwrap_or("").to_string();
+    let body = shown
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Red team (leak): a `Range` request on a JSON document. blastgate passes
+/// `Range` upstream and masks a 206 as if it were the whole document; a
+/// range that is itself strict JSON (the email's quoted string, the card
+/// number's digits, which are a JSON number) has no path to match and no
+/// string to scan. The masked answer keeps every byte before the first
+/// masked value, so the agent knows where to cut; it probes the end
+/// (ranges that are not JSON are refused with 502, the one that is
+/// passes). Every static file server and object store (nginx, S3, GCS,
+/// Go's ServeContent, Express static) serves ranges.
+#[test]
+fn red_team_a_range_request_reads_a_masked_field_whole() {
+    let _g = serial();
+    let Some(s) = strict_setup() else { return };
+    let url = s.url("/v1/file");
+    let masked = String::from_utf8_lossy(&s.curl(&[&url]).stdout).to_string();
+    assert!(!masked.contains("alice@example.com"), "{masked}");
+    assert!(!masked.contains("4111111111111111"), "{masked}");
+    let ranged = |a: usize, b: usize| {
+        let r = format!("{a}-{b}");
+        status_and_body(&s.curl(&["-i", "-r", &r, &url]))
+    };
+    // The email: from its opening quote, longer until a range passes.
+    let start = masked.find("\"email\": \"").expect("email") + "\"email\": ".len();
+    let email = (start + 1..start + 80)
+        .map(|end| ranged(start, end))
+        .find(|(status, _)| status == "206")
+        .map(|(_, body)| body);
+    // The card: its digits, a JSON number, as many as pass.
+    let card_at = masked.find("\"card\": \"").expect("card") + "\"card\": \"".len();
+    let masked_email = &masked[start..];
+    let masked_email = &masked_email[..masked_email[1..].find('"').unwrap() + 2];
+    let card_at = match &email {
+        Some(e) => card_at + e.len() - masked_email.len(),
+        None => card_at,
+    };
+    let mut card = String::new();
+    for end in card_at..card_at + 20 {
+        match ranged(card_at, end) {
+            (status, body) if status == "206" => card = body,
+            _ => break,
+        }
+    }
+    let mut leaks = Vec::new();
+    if let Some(e) = email.filter(|e| e.contains("alice@example.com")) {
+        leaks.push(format!("Range on the email: {e}"));
+    }
+    if card.contains("4111111111111111") {
+        leaks.push(format!("Range on the card: {card}"));
+    }
+    // Several ranges come as multipart/byteranges: not JSON, refused.
+    let (status, body) = status_and_body(&s.curl(&["-i", "-r", "0-9,10-", &url]));
+    if body.contains("alice@example.com") || body.contains("4111111111111111") {
+        leaks.push(format!("multipart/byteranges ({status}): {body}"));
+    }
+    assert!(leaks.is_empty(), "{}", leaks.join("\n"));
+}
+
+/// Red team (leak): an upgrade the upstream does not take. Where a policy
+/// lets an upgrade through (here `/v1/echo`, as for a WebSocket or
+/// GraphQL-subscription endpoint that also answers plain requests), the
+/// agent adds `Upgrade:` with a protocol the upstream ignores (RFC 9110
+/// 7.8 lets it): the upstream answers the request as usual, and
+/// `tunnel::carry` passes that answer back with no masking at all (only
+/// the credential guard), the path-masked email as it came.
+#[test]
+fn red_team_an_ignored_upgrade_is_answered_unmasked() {
+    let _g = serial();
+    let Some(s) = strict_setup() else { return };
+    let plain = json(&s.curl(&[&s.url("/v1/echo")]));
+    assert_customer_masked(&plain);
+    let out = s.curl(&[
+        "--http1.1",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        &s.url("/v1/echo"),
+    ]);
+    let shown = text(&out);
+    assert!(
+        !shown.contains("alice@example.com"),
+        "the ignored upgrade's answer came back unmasked:\n{shown}"
+    );
+}
+
+/// Red team (fidelity): HEAD of a JSON resource under a JSON path rule.
+/// The answer is labelled `application/json` with no body; `Masking::of`
+/// sends every JSON label to the whole-document masker before it looks at
+/// whether the body is empty, and the masker refuses "" as not strict
+/// JSON: 502 for `curl -I`, a link checker or a download tool's size
+/// probe. The same for any empty body labelled JSON (a 204 or a 201 with
+/// `Content-Length: 0` that keeps the type).
+#[test]
+fn red_team_head_of_a_json_resource_is_answered() {
+    let _g = serial();
+    let Some(s) = strict_setup() else { return };
+    let mut failures = Vec::new();
+    for (flag, ok) in [("--http2", "HTTP/2 200"), ("--http1.1", "HTTP/1.1 200")] {
+        let out = s.curl(&["-I", flag, &s.url("/v1/export")]);
+        let shown = text(&out);
+        if !shown.starts_with(ok) {
+            failures.push(format!("curl -I {flag}: {shown}"));
+        }
+    }
+    let records: Vec<String> = s
+        .env
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "request")
+        .map(|e| format!("{} {} {}", e["text"], e["status"], e["reason"]))
+        .collect();
+    assert!(failures.is_empty(), "{failures:#?}\n{records:#?}");
 }

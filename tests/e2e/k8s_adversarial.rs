@@ -679,3 +679,36 @@ fn a_path_masked_field_cannot_be_read_in_another_form() {
     none_got_through(&failures);
     s.assert_held_token_only();
 }
+
+/// Red team (leak): a field masked by JSON path, read as a `Table` cell.
+/// kubectl's default `get` asks for `application/json;as=Table`, which
+/// blastgate keeps (README: "the agent's JSON choices, a Table say,
+/// kept"); the API server renders printer columns from the very fields
+/// the rule masks (`status.podIP` as IP, `spec.nodeName` as NODE,
+/// container images as IMAGES, any CRD `additionalPrinterColumns`
+/// jsonPath) into `rows[].cells[]`, where no path names them. The JSON
+/// answer is masked; `kubectl get -o wide` prints them as they are.
+#[test]
+fn red_team_a_path_masked_field_is_read_as_a_table_cell() {
+    let _g = serial();
+    let rule = "[[field]]\nid = \"placement\"\ntargets = [\"prod-cluster\"]\n\
+                json_paths = [\"$..podIP\", \"$..nodeName\"]\nstyle = \"fixed\"\n";
+    let Some(s) = KubeGateway::start_with_masking("production", rule) else {
+        return;
+    };
+    // As JSON, masked.
+    let json = s.ok(&["get", "pod", "web-1", "-n", "prod", "-o", "json"]);
+    assert!(
+        !json.contains("10.244.0.11") && !json.contains("node-1"),
+        "{json}"
+    );
+    // As kubectl's default Table: the masked values in the cells.
+    let wide = s.ok(&["get", "pods", "-n", "prod", "-o", "wide"]);
+    let mut failures = Vec::new();
+    for value in ["10.244.0.11", "10.244.0.12", "node-1"] {
+        if wide.contains(value) {
+            failures.push(format!("kubectl get pods -o wide shows {value}:\n{wide}"));
+        }
+    }
+    none_got_through(&failures);
+}

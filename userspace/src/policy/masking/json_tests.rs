@@ -514,3 +514,65 @@ fn detectors_read_keys() {
     let (out, n) = masked(&p, r#"{"ann\u0040example.com":1}"#);
     assert_eq!((n, out.contains("example.com")), (1, false), "{out}");
 }
+
+/// Red team (fidelity): keys are now scanned, and the shipped `card`
+/// detector takes any 13–19 digit run that passes Luhn either way round.
+/// Maps keyed by millisecond timestamps or snowflake IDs (JSON keys are
+/// always strings: a metrics series, Discord's `resolved.users`) lose
+/// roughly one key in five to `****0000`, and two such keys collide, so a
+/// client's map silently drops an entry. Numbers are left alone for this
+/// very reason (README: "never numbers (they would mask timestamps and
+/// long identifiers)"), but the same identifiers as keys are not.
+#[test]
+fn red_team_timestamp_keys_are_not_masked_as_cards() {
+    let p = plan(SHIPPED);
+    // 2024-12-07 09:20:00 and 09:23:00 UTC in milliseconds: both pass Luhn.
+    let text = r#"{"series":{"1733563200000":41.5,"1733563260000":40.0,"1733563380000":39.5}}"#;
+    let m = p.mask_json_bytes(text.as_bytes()).expect("JSON");
+    let out = String::from_utf8(m.body.into_owned()).unwrap();
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let series = doc["series"].as_object().unwrap();
+    assert_eq!(series.len(), 3, "keys collapsed: {out}");
+    assert!(
+        out.contains("1733563200000") && out.contains("1733563380000"),
+        "timestamp keys masked as card numbers: {out}"
+    );
+}
+
+/// Red team (fidelity): two keys a detector masks with a `fixed` or
+/// `last4` style become the same key: `{"ann@…":1,"bob@…":2}` reaches the
+/// agent as `{"****":1,"****":2}`, which every client reads as one
+/// member (Python, JavaScript and serde keep the last). The tree walk
+/// (the reference) merges them where the streaming masker emits both.
+#[test]
+fn red_team_masked_keys_stay_distinct_members() {
+    let p = plan("[[detector]]\nkind = \"email\"\nstyle = \"fixed\"\n");
+    let text = r#"{"byUser":{"ann@example.com":{"orders":3},"bob@example.com":{"orders":5}}}"#;
+    let m = p.mask_json_bytes(text.as_bytes()).expect("JSON");
+    let out = String::from_utf8(m.body.into_owned()).unwrap();
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["byUser"].as_object().unwrap().len(),
+        2,
+        "two users became one: {out}"
+    );
+}
+
+/// Red team (leak): the agent names the keys. A GraphQL API answers under
+/// the aliases the query asks for (`{ customer(id: 1) { mail: email } }`
+/// answers `{"data":{"customer":{"mail":…}}}`), as do Elasticsearch
+/// `script_fields`/SQL `AS` and JSONata-style projections: a rule that
+/// masks `$..email` by name never sees the key. The upstream behaves as
+/// every GraphQL server must (spec §2.7, field aliases).
+#[test]
+fn red_team_a_graphql_alias_renames_a_path_masked_field() {
+    let p = plan(EMAIL_RULE);
+    let (out, _) = masked(
+        &p,
+        r#"{"data":{"customer":{"mail":"alice@example.com","email":"x"}}}"#,
+    );
+    assert!(
+        !out.contains("alice@example.com"),
+        "aliased field passed: {out}"
+    );
+}

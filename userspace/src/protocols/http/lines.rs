@@ -502,6 +502,80 @@ mod tests {
         assert_eq!(text, b"key ****\n");
     }
 
+    /// Red team (leak): an event stream may begin with a byte-order mark,
+    /// which every EventSource parser strips (WHATWG HTML 9.2.6), and .NET's
+    /// `StreamWriter` with `Encoding.UTF8` writes one. The first line then
+    /// does not start with `data:`, nor (after the mask's trim) with `{` or
+    /// `[`: it passes as text with the path-masked field as it came.
+    #[test]
+    fn red_team_an_event_stream_opening_with_a_bom_is_still_masked() {
+        let m = ssn_masker(Kind::Events, true);
+        let line = "\u{feff}data: {\"ssn\":\"123-45-6789\"}\n".as_bytes();
+        let out = m.line(line);
+        assert!(
+            out.as_ref()
+                .is_none_or(|o| !String::from_utf8_lossy(o).contains("123-45-6789")),
+            "{:?}",
+            out.map(|o| String::from_utf8_lossy(&o).to_string())
+        );
+    }
+
+    /// Red team (leak): server-sent events may end lines with a bare CR
+    /// (WHATWG HTML 9.2.5: CRLF, LF or CR). The masker splits on LF only,
+    /// so a stream using CR is one "line" starting `id:` or `event:`,
+    /// neither `data:` nor JSON-looking: scanned as text, and the field
+    /// the rule masks by path reaches an EventSource client as it was.
+    #[test]
+    fn red_team_event_lines_ended_by_cr_are_masked() {
+        let m = ssn_masker(Kind::Events, true);
+        for line in [
+            &b"id: 1\rdata: {\"ssn\":\"123-45-6789\"}\r\r"[..],
+            b"event: update\rdata: {\"ssn\":\"123-45-6789\"}\r\r",
+        ] {
+            let out = m.line(line);
+            assert!(
+                out.as_ref()
+                    .is_none_or(|o| !String::from_utf8_lossy(o).contains("123-45-6789")),
+                "{:?}",
+                out.map(|o| String::from_utf8_lossy(&o).to_string())
+            );
+        }
+    }
+
+    /// Red team (leak): text in UTF-16 whose characters are all ASCII is
+    /// valid UTF-8 byte for byte (every other byte a NUL), so nothing
+    /// treats it as undecodable; the detectors, reading it as UTF-8, see
+    /// `A\0K\0I\0A\0…` and find nothing. An upstream that honours
+    /// `Accept-Charset` (ASP.NET Core's text formatters, Spring's string
+    /// converter) answers `text/plain; charset=utf-16` when the agent asks,
+    /// and curl, Python (`r.text`) decode it.
+    #[test]
+    fn red_team_utf16_text_is_not_passed_past_the_detectors() {
+        let masking = crate::policy::masking::Masking::parse(
+            std::path::Path::new("masking.toml"),
+            "[[detector]]\nkind = \"aws_key\"\nstyle = \"fixed\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let m = Masker {
+            plan: Some(masking.plan("agent", "api")),
+            kind: Kind::Text,
+            ..masker(false)
+        };
+        let utf16: Vec<u8> = "key AKIAIOSFODNN7EXAMPLE\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let out = m.line(&utf16);
+        let leaked = out.as_ref().is_some_and(|o| {
+            let units: Vec<u16> = o
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units).contains("AKIAIOSFODNN7EXAMPLE")
+        });
+        assert!(!leaked, "the AWS key passed in UTF-16");
+    }
+
     #[test]
     fn lines_without_anything_to_mask_pass_byte_for_byte() {
         let m = masker(false);

@@ -423,6 +423,86 @@ mod tests {
         assert!(!nested.to_string().contains("czNjcmV0LXB3"));
     }
 
+    /// Red team (leak, detectors): `json_body` refuses "a body labelled JSON
+    /// that is not UTF-8 (UTF-16 that Python's json guesses)" by asking
+    /// `std::str::from_utf8`. But UTF-16 of ASCII text (every key, token
+    /// and card number) *is* valid UTF-8: a NUL after each byte. So the
+    /// refusal never fires; the body falls to the text scan, where the
+    /// detectors read `A\0K\0I\0A\0…` and mask nothing, while Python's
+    /// `json.loads(r.content)` guesses UTF-16 from the NULs and reads the
+    /// AWS key. ASP.NET Core answers `application/json; charset=utf-16`
+    /// (UTF-16LE, no BOM) to `Accept-Charset: utf-16`. This replays
+    /// `json_body`'s steps for a target with detectors only (the shipped
+    /// rules for any HTTPS target).
+    #[test]
+    fn red_team_utf16_json_is_refused_or_masked() {
+        let plan = crate::policy::masking::Masking::parse(
+            std::path::Path::new("masking.toml"),
+            include_str!("../../../../policies/masking.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .plan("agent", "billing-api");
+        assert!(!plan.has_json_paths());
+        let body: Vec<u8> = r#"{"aws_access_key_id":"AKIAIOSFODNN7EXAMPLE"}"#
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        // What Python reads.
+        let units: Vec<u16> = body
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        assert!(String::from_utf16(&units)
+            .unwrap()
+            .contains("AKIAIOSFODNN7EXAMPLE"));
+        // json_body: not JSON to serde ...
+        assert!(super::json_doc(Some(&plan), false, &body).is_err());
+        // ... and refused only if not UTF-8:
+        let refused = std::str::from_utf8(&body).is_err();
+        // ... else scanned as text.
+        let (masked, n) = plan.scan(&String::from_utf8_lossy(&body));
+        assert!(
+            refused || n > 0,
+            "UTF-16 JSON passed the UTF-8 check and the detectors found nothing: {masked:?}"
+        );
+    }
+
+    /// Red team (leak): the same fields as a JSON string. `kubectl apply`
+    /// keeps the whole applied object in the
+    /// `kubectl.kubernetes.io/last-applied-configuration` annotation, on
+    /// every kind (ConfigMaps, Deployments with their `env`, CRDs). Secrets
+    /// have their values masked in it (`secret_values`), but a field rule's
+    /// JSON paths never look inside it: the ConfigMap the commit's own e2e
+    /// test masks (`$..data.FEATURE_FLAGS`) hands the value over in its
+    /// annotation to `kubectl get cm settings -o json` (or `-o
+    /// jsonpath='{.metadata.annotations.*}'`).
+    #[test]
+    fn red_team_path_rules_reach_into_the_last_applied_annotation() {
+        let plan = crate::policy::masking::Masking::parse(
+            std::path::Path::new("masking.toml"),
+            "[[field]]\nid = \"flags\"\ntargets = [\"prod-cluster\"]\n\
+             json_paths = [\"$..data.FEATURE_FLAGS\"]\nstyle = \"fixed\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .plan("agent", "prod-cluster");
+        let applied = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "prod"},
+            "data": {"FEATURE_FLAGS": "checkout-v2", "LOG_LEVEL": "info"}});
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "prod",
+                "annotations": {LAST_APPLIED: applied.to_string()}},
+            "data": {"FEATURE_FLAGS": "checkout-v2", "LOG_LEVEL": "info"}})
+        .to_string();
+        let out = super::json_doc(Some(&plan), false, cm.as_bytes()).expect("JSON");
+        let out = String::from_utf8_lossy(&out.body).to_string();
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_ne!(doc["data"]["FEATURE_FLAGS"], "checkout-v2");
+        assert!(
+            !out.contains("checkout-v2"),
+            "the masked field is in the last-applied annotation: {out}"
+        );
+    }
+
     #[test]
     fn secret_requests_accept_only_json() {
         let v = |s: &str| HeaderValue::from_str(s).unwrap();

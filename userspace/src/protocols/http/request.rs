@@ -881,4 +881,58 @@ mod tests {
         );
         assert_eq!(of(Some("image/png"), false, false), Masking::None);
     }
+
+    /// Red team (fidelity): a Kubernetes `proxy` subresource carries what
+    /// a pod, service or node serves (Prometheus `/metrics`, a dashboard's
+    /// HTML, kubelet logs), which holds no Kubernetes object, like the
+    /// `log` the commit exempts. Under any JSON path rule on the cluster
+    /// it is held to JSON: its `Accept` is rewritten to
+    /// `application/json` on the way to the backend and a text answer is
+    /// refused with 502 (`kubectl get --raw
+    /// /api/v1/namespaces/monitoring/services/prometheus:9090/proxy/metrics`).
+    #[test]
+    fn red_team_proxied_backends_are_not_held_to_json() {
+        let cfg: super::HttpTarget = toml::from_str("kind = \"kubernetes\"\n").unwrap();
+        let plan = crate::policy::masking::Masking::parse(
+            std::path::Path::new("masking.toml"),
+            "[[field]]\nid = \"f\"\njson_paths = [\"$..podIP\"]\nstyle = \"fixed\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .plan("agent", "prod-cluster");
+        for path in [
+            "/api/v1/namespaces/monitoring/services/prometheus:9090/proxy/metrics",
+            "/api/v1/nodes/node-1/proxy/metrics",
+            "/api/v1/namespaces/prod/pods/web-1:8080/proxy/",
+            "/api/v1/proxy/namespaces/prod/pods/web-1/index.html",
+        ] {
+            let k = super::k8s::classify("GET", path, "");
+            assert!(
+                !super::by_path(&cfg, Some(&plan), Some(&k)),
+                "{path} is held to JSON"
+            );
+        }
+        // The log, for comparison, is not.
+        let log = super::k8s::classify("GET", "/api/v1/namespaces/prod/pods/web-1/log", "");
+        assert!(!super::by_path(&cfg, Some(&plan), Some(&log)));
+    }
+
+    /// Red team (leak, detectors): without JSON path rules (the shipped
+    /// rules give every HTTPS target detectors only) binary types pass
+    /// unscanned, and Kubernetes is asked for JSON only under path rules.
+    /// But protobuf, MessagePack and CBOR carry strings as their raw UTF-8
+    /// bytes: `curl -H 'Accept: application/vnd.kubernetes.protobuf'
+    /// …/configmaps/app` (client-go's own default) hands a ConfigMap's AWS
+    /// key over as it is, as does Elasticsearch to `Accept:
+    /// application/cbor`, where the JSON answer would have had it masked.
+    #[test]
+    fn red_team_structured_binary_forms_are_not_passed_past_the_detectors() {
+        for t in [
+            "application/vnd.kubernetes.protobuf",
+            "application/x-protobuf",
+            "application/msgpack",
+            "application/cbor",
+        ] {
+            assert_ne!(of(Some(t), false, false), Masking::None, "{t}");
+        }
+    }
 }
