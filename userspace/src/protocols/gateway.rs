@@ -105,16 +105,27 @@ impl Gateway {
             .map_or("", |c| c.agent.as_str())
     }
 
-    /// The masking this session gets, fixed for its life; None when no
-    /// rule applies.
+    /// The masking this session gets under the policies in force; None
+    /// when no rule applies. Made once per policy bundle (an HTTP session
+    /// asks per request, so that a reload applies at the next one).
     pub fn mask_plan(&self) -> Option<MaskPlan> {
-        let plan = self
-            .services
-            .policy
-            .current()
+        let bundle = self.services.policy.current();
+        let mut cached = self
+            .session
+            .mask_plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((made_under, plan)) = cached.as_ref() {
+            if Arc::ptr_eq(made_under, &bundle) {
+                return plan.clone();
+            }
+        }
+        let plan = bundle
             .masking
             .plan(self.agent_name(), &self.target.name);
-        (!plan.is_empty()).then_some(plan)
+        let plan = (!plan.is_empty()).then_some(plan);
+        *cached = Some((bundle, plan.clone()));
+        plan
     }
 
     /// Policy for one action of this session; see [`decide`].

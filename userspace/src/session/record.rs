@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU32, AtomicU64, Ordering},
-        OnceLock,
+        Arc, Mutex, OnceLock,
     },
     time::{Instant, SystemTime},
 };
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     identity::Caller,
-    policy::Asker,
+    policy::{masking::MaskPlan, Asker, Bundle},
     records::{Event, EventKind, IoChunk, Verdict},
 };
 
@@ -31,6 +31,9 @@ pub struct Session {
     /// The caller and target as policy sees them, made at the first
     /// decision: neither changes for the session's life.
     pub asker: OnceLock<Asker>,
+    /// The masking plan made under the policy bundle it came from: the
+    /// same until a reload (`Gateway::mask_plan`).
+    pub mask_plan: Mutex<Option<(Arc<Bundle>, Option<MaskPlan>)>>,
     /// Replay data is timed from here (see [`Session::io`]).
     started: Instant,
 }
@@ -47,6 +50,7 @@ impl Session {
             target: None,
             protocol: None,
             asker: OnceLock::new(),
+            mask_plan: Mutex::new(None),
             started,
         }
     }
