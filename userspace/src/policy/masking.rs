@@ -603,6 +603,26 @@ impl MaskPlan {
     /// Runs every detector over free text; returns the masked text and how
     /// many values were masked.
     pub fn scan(&self, text: &str) -> (String, u64) {
+        self.scan_styled(text, None)
+    }
+
+    /// The detectors over an object key: a masked key is hashed whatever
+    /// the detector's style, so two keys masked stay two members (with
+    /// `fixed`, both would be `****` and a client keeps one). A key of
+    /// digits alone is a number (a timestamp, an id) and is left alone,
+    /// as numbers are.
+    pub(crate) fn detect_key(&self, key: &str) -> Option<(String, u64)> {
+        if key.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if !self.detectors.iter().any(|d| d.regex.is_match(key)) {
+            return None;
+        }
+        let (masked, n) = self.scan_styled(key, Some(Style::Hash));
+        (n > 0).then_some((masked, n))
+    }
+
+    fn scan_styled(&self, text: &str, force: Option<Style>) -> (String, u64) {
         let mut out = text.to_string();
         let mut count = 0;
         for d in &self.detectors {
@@ -617,7 +637,7 @@ impl MaskPlan {
                     continue;
                 }
                 next.push_str(&out[last..m.start()]);
-                next.push_str(&self.apply(d.style, m.as_str()));
+                next.push_str(&self.apply(force.unwrap_or(d.style), m.as_str()));
                 last = m.end();
                 count += 1;
             }

@@ -120,9 +120,7 @@ impl Gateway {
                 return plan.clone();
             }
         }
-        let plan = bundle
-            .masking
-            .plan(self.agent_name(), &self.target.name);
+        let plan = bundle.masking.plan(self.agent_name(), &self.target.name);
         let plan = (!plan.is_empty()).then_some(plan);
         *cached = Some((bundle, plan.clone()));
         plan

@@ -36,6 +36,20 @@ use super::{MaskPlan, Step, Style};
 /// serde_json refuses a container nested this deep (its recursion limit).
 const MAX_DEPTH: usize = 128;
 
+/// How many JSON documents inside strings inside documents are masked
+/// as documents: deeper ones are text to the detectors.
+pub const MAX_NESTED: usize = 8;
+
+/// Whether a string may hold a JSON document of its own (an object or an
+/// array), which the rules are applied to as well: `kubectl apply` keeps
+/// a copy of every object in an annotation, APIs wrap exports in strings.
+pub(crate) fn may_nest(text: &str, nesting: usize) -> bool {
+    nesting < MAX_NESTED
+        && text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with(['{', '['])
+}
+
 /// Numbers shorter than this, without an exponent, are always in f64 range;
 /// others are checked by serde_json itself, whose rounding decides.
 const SURE_NUMBER_LEN: usize = 300;
@@ -61,6 +75,15 @@ impl MaskPlan {
     /// Masks a JSON document's bytes by the plan's `json_paths` rules and
     /// detectors; see the module's notes for what is masked.
     pub fn mask_json_bytes<'a>(&self, src: &'a [u8]) -> Result<MaskedJson<'a>, NotJson> {
+        self.mask_json_nested(src, 0)
+    }
+
+    /// [`MaskPlan::mask_json_bytes`] for a document `nesting` strings deep.
+    fn mask_json_nested<'a>(
+        &self,
+        src: &'a [u8],
+        nesting: usize,
+    ) -> Result<MaskedJson<'a>, NotJson> {
         let text = std::str::from_utf8(src).map_err(|e| NotJson {
             at: e.valid_up_to(),
             why: "not UTF-8",
@@ -80,11 +103,14 @@ impl MaskPlan {
             fields: 0,
             states: Vec::new(),
             depth: 0,
+            nesting,
         };
         for ordinal in 0..m.paths.len() {
             m.states.push(State { ordinal, step: 0 });
         }
-        let detect = self.has_detectors();
+        // Strings are read for the detectors, and for documents inside
+        // them that the rules may reach.
+        let detect = self.has_detectors() || self.has_json_paths();
         let all = m.states.len();
         m.value(0, all, usize::MAX, detect)?;
         m.skip_ws();
@@ -138,6 +164,8 @@ struct Masker<'a, 'p> {
     /// children's pushed above and dropped after.
     states: Vec<State>,
     depth: usize,
+    /// How many strings deep this document is ([`MAX_NESTED`]).
+    nesting: usize,
 }
 
 impl Masker<'_, '_> {
@@ -233,6 +261,9 @@ impl Masker<'_, '_> {
                 if !matched.is_empty() {
                     let text = text.into_owned();
                     self.masked(start, &matched, text, detect);
+                } else if let Some((doc, n)) = self.nested(&text)? {
+                    self.fields += n;
+                    self.replace(start, self.pos, &doc);
                 } else if let Some((masked, n)) = self.plan.detect(&text) {
                     self.fields += n;
                     self.replace(start, self.pos, &masked);
@@ -486,13 +517,34 @@ impl Masker<'_, '_> {
         }
     }
 
+    /// A JSON document inside a string, masked as a document of its own
+    /// (paths from its own root), in serde_json's compact rendering;
+    /// `None` when the string holds none or nothing in it was masked.
+    fn nested(&self, text: &str) -> Result<Option<(String, u64)>, NotJson> {
+        if !may_nest(text, self.nesting) {
+            return Ok(None);
+        }
+        let Ok(inner) = self
+            .plan
+            .mask_json_nested(text.as_bytes(), self.nesting + 1)
+        else {
+            return Ok(None);
+        };
+        if inner.fields == 0 {
+            return Ok(None);
+        }
+        let doc = serde_json::from_slice::<Value>(&inner.body)
+            .map_err(|_| self.err("a masked document in a string did not read back"))?;
+        Ok(Some((doc.to_string(), inner.fields)))
+    }
+
     /// Runs the detectors over a key (`src[start..end]`, quotes
     /// included): an object keyed by email address or card number hands
     /// them over as surely as a value does. Paths are matched on the key
     /// as it came.
     fn detect_key(&mut self, start: usize, end: usize, raw: RawStr) -> Result<(), NotJson> {
         let key = decode(self.src, raw)?;
-        if let Some((masked, n)) = self.plan.detect(&key) {
+        if let Some((masked, n)) = self.plan.detect_key(&key) {
             self.fields += n;
             self.replace(start, end, &masked);
         }

@@ -507,7 +507,8 @@ fn detectors_read_keys() {
     assert_eq!(n, 2, "{out}");
     assert!(!out.contains("ann@"), "{out}");
     assert!(!out.contains("4111 1111"), "{out}");
-    assert!(out.contains("****1111"), "{out}");
+    // Hashed whatever the style, so the members stay distinct.
+    assert!(out.contains("\"hash:"), "{out}");
     let (out, n) = masked(&p, r#"{"ts":4111111111111111,"id":1733563200}"#);
     assert_eq!(n, 0, "{out}");
     // An escaped key is scanned as a client reads it.
@@ -558,19 +559,23 @@ fn red_team_masked_keys_stay_distinct_members() {
     );
 }
 
-/// Red team (leak): the agent names the keys. A GraphQL API answers under
-/// the aliases the query asks for (`{ customer(id: 1) { mail: email } }`
-/// answers `{"data":{"customer":{"mail":…}}}`), as do Elasticsearch
-/// `script_fields`/SQL `AS` and JSONata-style projections: a rule that
-/// masks `$..email` by name never sees the key. The upstream behaves as
-/// every GraphQL server must (spec §2.7, field aliases).
+/// Red team (leak, a limit of path rules): the agent names the keys. A
+/// GraphQL API answers under the aliases the query asks for (`{
+/// customer(id: 1) { mail: email } }` answers `{"data":{"customer":
+/// {"mail":…}}}`), as do Elasticsearch `script_fields`/SQL `AS`: a rule
+/// that masks `$..email` by name never sees the key. Paths cannot hold
+/// here (README says so); what does is a detector for the value, which
+/// reads it under any name.
 #[test]
 fn red_team_a_graphql_alias_renames_a_path_masked_field() {
-    let p = plan(EMAIL_RULE);
-    let (out, _) = masked(
-        &p,
-        r#"{"data":{"customer":{"mail":"alice@example.com","email":"x"}}}"#,
-    );
+    let names_only = plan(EMAIL_RULE);
+    let doc = r#"{"data":{"customer":{"mail":"alice@example.com","email":"x"}}}"#;
+    let (out, _) = masked(&names_only, doc);
+    assert!(out.contains("alice@example.com"), "{out}");
+    let p = plan(&format!(
+        "{EMAIL_RULE}\n[[detector]]\nkind = \"email\"\nstyle = \"fixed\"\n"
+    ));
+    let (out, _) = masked(&p, doc);
     assert!(
         !out.contains("alice@example.com"),
         "aliased field passed: {out}"

@@ -17,6 +17,10 @@ impl MaskPlan {
     /// values), then detectors over every remaining string and key. Returns the
     /// number of masked values.
     pub fn mask_json(&self, doc: &mut Value) -> u64 {
+        self.mask_json_at(doc, 0)
+    }
+
+    fn mask_json_at(&self, doc: &mut Value, nesting: usize) -> u64 {
         let mut count = 0;
         for f in &self.fields {
             for path in &f.json_paths {
@@ -31,29 +35,42 @@ impl MaskPlan {
                 });
             }
         }
-        if !self.detectors.is_empty() {
-            count += self.scan_json(doc);
+        if !self.detectors.is_empty() || self.has_json_paths() {
+            count += self.scan_json(doc, nesting);
         }
         count
     }
 
-    fn scan_json(&self, v: &mut Value) -> u64 {
+    fn scan_json(&self, v: &mut Value, nesting: usize) -> u64 {
         match v {
-            Value::String(s) if !self.detectors.iter().any(|d| d.regex.is_match(s)) => 0,
             Value::String(s) => {
+                if super::json::may_nest(s, nesting) {
+                    if let Ok(mut inner) = serde_json::from_str::<Value>(s) {
+                        let n = self.mask_json_at(&mut inner, nesting + 1);
+                        if n > 0 {
+                            *s = inner.to_string();
+                            return n;
+                        }
+                    }
+                }
                 let (masked, n) = self.scan(s);
                 if n > 0 {
                     *s = masked;
                 }
                 n
             }
-            Value::Array(items) => items.iter_mut().map(|i| self.scan_json(i)).sum(),
+            Value::Array(items) => items.iter_mut().map(|i| self.scan_json(i, nesting)).sum(),
             Value::Object(map) => {
                 let mut n = 0;
                 for (key, mut value) in std::mem::take(map) {
-                    n += self.scan_json(&mut value);
-                    let (key, k) = self.scan(&key);
-                    n += k;
+                    n += self.scan_json(&mut value, nesting);
+                    let key = match self.detect_key(&key) {
+                        Some((masked, k)) => {
+                            n += k;
+                            masked
+                        }
+                        None => key,
+                    };
                     map.insert(key, value);
                 }
                 n

@@ -158,32 +158,64 @@ struct Masker {
 }
 
 impl Masker {
+    /// Whether `b` ends a line: LF, and for server-sent events (which end
+    /// lines with CRLF, LF or a bare CR) CR too.
+    fn ends_line(&self, b: u8) -> bool {
+        b == b'\n' || (self.kind == Kind::Events && b == b'\r')
+    }
+
+    /// Every line of `ready`, masked; `true` when one ended the stream
+    /// (the lines before it are in what is returned).
+    fn lines(&self, ready: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(ready.len());
+        for line in ready.split_inclusive(|b| self.ends_line(*b)) {
+            match self.line(line) {
+                Some(masked) => out.extend_from_slice(&masked),
+                None => return (out, true),
+            }
+        }
+        (out, false)
+    }
+
     /// One line (with its newline, if it had one), masked; `None` ends the
     /// stream.
     fn line(&self, raw: &[u8]) -> Option<Vec<u8>> {
-        let (body, newline) = match raw.strip_suffix(b"\n") {
-            Some(b) => (b, "\n"),
-            None => (raw, ""),
-        };
+        let (body, newline) = split_ending(raw);
         if !self.labelled && std::str::from_utf8(body).is_err() {
             return Some(raw.to_vec());
         }
         let text = String::from_utf8_lossy(body);
-        let trimmed = text.trim_end_matches('\r');
-        if trimmed.trim().is_empty() {
+        if text.trim().is_empty() {
             return Some(raw.to_vec());
+        }
+        // Text with NUL bytes is UTF-16 or UTF-32 to a client that guesses
+        // (ASCII in UTF-16 is valid UTF-8): the detectors would read
+        // `A\0K\0I\0A…` and find nothing.
+        if self.labelled && self.plan.is_some() && body.contains(&0) {
+            self.tally.note(
+                "stream cut: a line of text holds NUL bytes (UTF-16?), which the masking cannot read",
+            );
+            return None;
         }
         // A JSON document per line (watch events, NDJSON), a JSON text
         // sequence's record (RFC 7464, after its RS), or an SSE data line
-        // carrying one.
-        let (prefix, json_part) = match (
-            trimmed.strip_prefix("data:"),
-            trimmed.strip_prefix('\u{1e}'),
-        ) {
+        // carrying one (an event stream may open with a byte-order mark,
+        // which EventSource parsers drop).
+        let bom = if self.kind == Kind::Events {
+            text.strip_prefix('\u{feff}')
+        } else {
+            None
+        };
+        let (bom, line) = match bom {
+            Some(rest) => ("\u{feff}", rest),
+            None => ("", text.as_ref()),
+        };
+        let (prefix, json_part) = match (line.strip_prefix("data:"), line.strip_prefix('\u{1e}')) {
             (Some(rest), _) => ("data:", rest),
             (None, Some(rest)) if self.kind == Kind::Json => ("\u{1e}", rest),
-            _ => ("", trimmed),
+            _ => ("", line),
         };
+        let prefix = format!("{bom}{prefix}");
         if let Ok(masked) = mask::json_doc(self.plan.as_ref(), self.secrets, json_part.as_bytes()) {
             let n = masked.fields;
             self.tally.fields.fetch_add(n, Ordering::Relaxed);
@@ -235,6 +267,19 @@ impl Masker {
     }
 }
 
+/// A line and what ends it: LF, CRLF or (server-sent events) a bare CR.
+fn split_ending(raw: &[u8]) -> (&[u8], &str) {
+    if let Some(b) = raw.strip_suffix(b"\r\n") {
+        (b, "\r\n")
+    } else if let Some(b) = raw.strip_suffix(b"\n") {
+        (b, "\n")
+    } else if let Some(b) = raw.strip_suffix(b"\r") {
+        (b, "\r")
+    } else {
+        (raw, "")
+    }
+}
+
 /// A stream whose lines are JSON documents: a JSON media type (`+json`,
 /// NDJSON, JSON Lines, JSON text sequences), or server-sent events (whose
 /// `data:` lines carry them).
@@ -264,7 +309,7 @@ impl LineMasked {
     /// limit, the rest), masked. A line that ends the stream ends it
     /// there: the lines before it are still sent, and `ended` is set.
     fn drain(&mut self, all: bool) -> Option<Bytes> {
-        let cut = match self.pending.iter().rposition(|b| *b == b'\n') {
+        let cut = match self.pending.iter().rposition(|b| self.masker.ends_line(*b)) {
             Some(i) => i + 1,
             None if all && !self.pending.is_empty() => self.pending.len(),
             None if self.pending.len() > self.limit => {
@@ -276,16 +321,8 @@ impl LineMasked {
             None => return None,
         };
         let ready = self.pending.split_to(cut);
-        let mut out = Vec::with_capacity(ready.len());
-        for line in ready.split_inclusive(|b| *b == b'\n') {
-            match self.masker.line(line) {
-                Some(masked) => out.extend_from_slice(&masked),
-                None => {
-                    self.ended = true;
-                    break;
-                }
-            }
-        }
+        let (out, ended) = self.masker.lines(&ready);
+        self.ended |= ended;
         Some(Bytes::from(out))
     }
 
@@ -424,7 +461,6 @@ mod tests {
         let m = ssn_masker(Kind::Events, false);
         for line in [
             &b"{\"ssn\":\"123-45-6789\",\"score\":NaN}\n"[..],
-            "\u{feff}{\"ssn\":\"123-45-6789\"}\n".as_bytes(),
             b"{\"ssn\":\"123-45-6789\",\"n\":\"\\ud800\"}\n",
             b"data: {\"ssn\":\n",
             b"data: {\"ssn\":\"1\"}\rdata: {\"ssn\":\"2\"}\n",
@@ -436,6 +472,16 @@ mod tests {
             .line(b"data: {\"ssn\":\"123-45-6789\"}\n")
             .expect("masked");
         assert!(!String::from_utf8_lossy(&masked).contains("123-45"));
+        // The byte-order mark an event stream may open with is dropped by
+        // EventSource parsers: the document after it is masked, the mark
+        // kept.
+        let masked = m
+            .line("\u{feff}{\"ssn\":\"123-45-6789\"}\n".as_bytes())
+            .expect("masked");
+        assert_eq!(
+            String::from_utf8_lossy(&masked),
+            "\u{feff}{\"ssn\":\"****\"}\n"
+        );
         for line in [
             &b"plain log line\n"[..],
             b"event: update\n",
@@ -528,18 +574,18 @@ mod tests {
     #[test]
     fn red_team_event_lines_ended_by_cr_are_masked() {
         let m = ssn_masker(Kind::Events, true);
-        for line in [
+        for stream in [
             &b"id: 1\rdata: {\"ssn\":\"123-45-6789\"}\r\r"[..],
             b"event: update\rdata: {\"ssn\":\"123-45-6789\"}\r\r",
         ] {
-            let out = m.line(line);
-            assert!(
-                out.as_ref()
-                    .is_none_or(|o| !String::from_utf8_lossy(o).contains("123-45-6789")),
-                "{:?}",
-                out.map(|o| String::from_utf8_lossy(&o).to_string())
-            );
+            let (out, _) = m.lines(stream);
+            let out = String::from_utf8_lossy(&out);
+            assert!(!out.contains("123-45-6789"), "{out:?}");
+            assert!(out.contains("data: {\"ssn\":\"****\"}\r"), "{out:?}");
         }
+        // CRLF and LF are unchanged, byte for byte.
+        let plain = b"event: a\r\ndata: 1\r\n\r\n: ping\n\n";
+        assert_eq!(m.lines(plain), (plain.to_vec(), false));
     }
 
     /// Red team (leak): text in UTF-16 whose characters are all ASCII is

@@ -40,6 +40,26 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// The `charset` parameter of a Content-Type, lower-case, unquoted.
+pub fn charset(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    value.split(';').skip(1).find_map(|p| {
+        let (name, v) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+    })
+}
+
+/// Whether text in this charset spells ASCII as ASCII, so the JSON masker
+/// and the detectors read its keys, values and patterns (not UTF-16 or
+/// UTF-32, where every character has zero bytes beside it).
+pub fn ascii_compatible(charset: &str) -> bool {
+    matches!(charset, "utf-8" | "utf8" | "us-ascii" | "ascii" | "latin1")
+        || charset.starts_with("iso-8859-")
+        || charset.starts_with("windows-125")
+}
+
 /// The codings named in every `name` line, in order (a client applies
 /// them all, not just the first line's), lower-case, `identity` left out.
 pub fn codings(headers: &HeaderMap, name: header::HeaderName) -> Vec<String> {
@@ -153,7 +173,7 @@ pub async fn json_body(
                  them unmasked"
             ));
         }
-        Err(_) if std::str::from_utf8(&text).is_err() => {
+        Err(_) if unreadable_text(&text) => {
             // Python's json reads UTF-16 and UTF-32 without a byte-order
             // mark (it guesses from the zero bytes), where the detectors,
             // reading UTF-8, find nothing.
@@ -203,6 +223,13 @@ pub fn json_doc<'a>(
         }
     }
     Ok(masked)
+}
+
+/// Text the detectors cannot read as a client would: not UTF-8, or with
+/// NUL bytes (ASCII in UTF-16 is valid UTF-8, a NUL beside each
+/// character; no JSON holds a raw NUL).
+pub fn unreadable_text(text: &[u8]) -> bool {
+    text.contains(&0) || std::str::from_utf8(text).is_err()
 }
 
 fn finish(headers: &mut HeaderMap, body: Bytes, fields: u64) -> Outcome {
@@ -301,18 +328,25 @@ fn annotation(key: &str, note: &mut serde_json::Value, depth: usize) -> u64 {
     }
 }
 
-/// An `Accept` for Secret requests that only admits JSON: the agent's own
-/// JSON choices (a Table, say) are kept, protobuf and YAML are dropped, as
-/// blastgate can mask only what it can read.
-pub fn json_only_accept(agent: Option<&HeaderValue>) -> HeaderValue {
+/// An `Accept` for Kubernetes requests whose answer is masked that only
+/// admits JSON: the agent's own JSON choices are kept, protobuf and YAML
+/// are dropped, as blastgate can mask only what it can read. A Table
+/// (`as=Table`) is kept only with `tables`.
+pub fn json_only_accept(agent: Option<&HeaderValue>, tables: bool) -> HeaderValue {
     let kept: Vec<&str> = agent
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .split(',')
         .map(str::trim)
         .filter(|m| {
-            let media = m.split(';').next().unwrap_or("").trim();
-            media.eq_ignore_ascii_case("application/json")
+            let mut params = m.split(';');
+            let media = params.next().unwrap_or("").trim();
+            let table = params.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("as") && v.trim().eq_ignore_ascii_case("table")
+                })
+            });
+            media.eq_ignore_ascii_case("application/json") && (tables || !table)
         })
         .collect();
     if kept.is_empty() {
@@ -457,8 +491,8 @@ mod tests {
             .contains("AKIAIOSFODNN7EXAMPLE"));
         // json_body: not JSON to serde ...
         assert!(super::json_doc(Some(&plan), false, &body).is_err());
-        // ... and refused only if not UTF-8:
-        let refused = std::str::from_utf8(&body).is_err();
+        // ... and refused when the text is unreadable:
+        let refused = super::unreadable_text(&body);
         // ... else scanned as text.
         let (masked, n) = plan.scan(&String::from_utf8_lossy(&body));
         assert!(
@@ -507,17 +541,27 @@ mod tests {
     fn secret_requests_accept_only_json() {
         let v = |s: &str| HeaderValue::from_str(s).unwrap();
         let table = "application/json;as=Table;v=v1;g=meta.k8s.io, application/json";
-        assert_eq!(json_only_accept(Some(&v(table))), table);
+        assert_eq!(json_only_accept(Some(&v(table)), true), table);
+        // Under path rules a Table's cells are fields with no path.
+        assert_eq!(json_only_accept(Some(&v(table)), false), "application/json");
         assert_eq!(
-            json_only_accept(Some(&v(
-                "application/vnd.kubernetes.protobuf, application/json"
-            ))),
+            json_only_accept(
+                Some(&v("application/json;as=Table;v=v1;g=meta.k8s.io")),
+                false
+            ),
             "application/json"
         );
         assert_eq!(
-            json_only_accept(Some(&v("application/yaml"))),
+            json_only_accept(
+                Some(&v("application/vnd.kubernetes.protobuf, application/json")),
+                true
+            ),
             "application/json"
         );
-        assert_eq!(json_only_accept(None), "application/json");
+        assert_eq!(
+            json_only_accept(Some(&v("application/yaml")), true),
+            "application/json"
+        );
+        assert_eq!(json_only_accept(None, true), "application/json");
     }
 }

@@ -91,7 +91,25 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authenticate",
 ];
 
-pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    let response = answer(conn, req).await;
+    if !head || response.body().is_end_stream() {
+        return response;
+    }
+    // A refusal's explanation is no body for a HEAD: HTTP/2 clients
+    // take one as a protocol error. Its headers still say why.
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(
+        parts,
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+}
+
+async fn answer(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -298,7 +316,8 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
     let sent = Sent {
         host: &host,
         // A Kubernetes client takes JSON for any object it asks for.
-        json_only: secrets || (by_path && kube.is_some()),
+        json_only: secrets || (plan.is_some() && kube.as_ref().is_some_and(k8s_holds_objects)),
+        tables: !by_path,
         masking: plan.is_some(),
         credentials: &credentials,
         guarded: guard.is_some(),
@@ -315,7 +334,16 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        return tunnel::carry(&conn, upstream_req, agent_side, event, started, guard).await;
+        let answering = Answering {
+            plan,
+            secrets,
+            by_path,
+            streaming: false,
+            excerpts: None,
+            guard,
+            started,
+        };
+        return tunnel::carry(&conn, upstream_req, agent_side, event, answering).await;
     }
     let response = match conn.client.pooled.request(upstream_req).await {
         Ok(r) => r,
@@ -328,24 +356,65 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
             return conn.refusal(StatusCode::BAD_GATEWAY, &why, None, None);
         }
     };
+    let streaming = kube.as_ref().is_some_and(|k| k8s::streams(k, &query));
+    let answering = Answering {
+        plan,
+        secrets,
+        by_path,
+        streaming,
+        excerpts,
+        guard,
+        started,
+    };
+    respond(&conn, response, event, answering).await
+}
+
+/// What the answer to one request is held to, settled before it is sent.
+pub(super) struct Answering {
+    pub plan: Option<MaskPlan>,
+    /// A Kubernetes Secret is read.
+    pub secrets: bool,
+    /// The session's JSON path rules hold the answer to JSON ([`by_path`]).
+    pub by_path: bool,
+    /// A Kubernetes watch or followed log.
+    pub streaming: bool,
+    pub excerpts: Option<excerpt::Pair>,
+    /// The check for the injected credentials.
+    pub guard: Option<Arc<echo::Guard>>,
+    pub started: Instant,
+}
+
+/// The upstream's answer on its way to the agent: checked for what
+/// blastgate cannot read, masked, guarded, recorded. Every plain answer
+/// takes this way, an upgrade the upstream declined too.
+pub(super) async fn respond(
+    conn: &Arc<Conn>,
+    response: Response<Incoming>,
+    mut event: Event,
+    a: Answering,
+) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     if let Some(why) = unread_transfer_coding(&parts.headers) {
-        return fail(&conn, event, &why).await;
+        return fail(conn, event, &why).await;
     }
     drop_reason(&mut parts);
     strip_hop_by_hop(&mut parts.headers);
     event.status = Some(parts.status.as_u16());
 
-    let streaming =
-        kube.as_ref().is_some_and(|k| k8s::streams(k, &query)) || is_event_stream(&parts.headers);
+    let plan = a.plan;
+    let secrets = a.secrets;
     let tally = Arc::new(lines::Tally::default());
     let masking = Masking::of(&Facts {
         plan: plan.is_some(),
-        by_path,
+        by_path: a.by_path,
+        scan: conn.cfg.unmaskable == Unmaskable::Scan,
         secrets,
-        streaming,
+        streaming: a.streaming || is_event_stream(&parts.headers),
         headers: &parts.headers,
         empty: body.is_end_stream(),
+        partial: parts.status == StatusCode::PARTIAL_CONTENT
+            || parts.headers.contains_key(header::CONTENT_RANGE),
+        target: &conn.gw.target.name,
     });
     let body: Body = match masking {
         Masking::None => body.boxed(),
@@ -367,39 +436,26 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
                 }
                 Ok(Outcome::TooBig { .. }) => {
                     let why = "the response is larger than max_inspect_bytes and could not be masked: refused";
-                    return fail(&conn, event, why).await;
+                    return fail(conn, event, why).await;
                 }
-                Err(why) => return fail(&conn, event, &why).await,
+                Err(why) => return fail(conn, event, &why).await,
             }
         }
         Masking::Lines => {
-            let limit = conn.cfg.max_inspect_bytes;
             let stream = lines::Stream {
                 plan,
                 secrets,
-                by_path,
-                limit,
+                by_path: a.by_path,
+                limit: conn.cfg.max_inspect_bytes,
             };
             match lines::masked(body, &mut parts.headers, stream, tally.clone()) {
                 Ok(b) => b,
-                Err(why) => return fail(&conn, event, &why).await,
+                Err(why) => return fail(conn, event, &why).await,
             }
         }
-        Masking::Refuse => {
-            let why = "a Kubernetes Secret response that is not JSON cannot be masked: refused";
-            return fail(&conn, event, why).await;
-        }
-        Masking::NotJson => {
-            let why = format!(
-                "the upstream answered {}, and fields of target {:?} are masked by JSON path, \
-                 which blastgate reads only in JSON (unmaskable = \"refuse\")",
-                mask::media_type(&parts.headers)
-                    .filter(|m| !m.is_empty())
-                    .map_or_else(|| "with no Content-Type".to_string(), |m| m.to_string()),
-                conn.gw.target.name,
-            );
+        Masking::Unreadable(why) => {
             if parts.status.is_success() {
-                return fail(&conn, event, &format!("{why}: refused")).await;
+                return fail(conn, event, &format!("{why}: refused")).await;
             }
             // An error or a redirect keeps its status and headers: only
             // what it says is withheld.
@@ -411,16 +467,16 @@ pub async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Bod
             withheld(&mut parts.headers, &why)
         }
     };
-    let body = match &guard {
+    let body = match &a.guard {
         None => body,
-        Some(g) => match guarded(&conn, g, &mut parts.headers, body, &tally).await {
+        Some(g) => match guarded(conn, g, &mut parts.headers, body, &tally).await {
             Ok(b) => b,
-            Err(why) => return fail(&conn, event, &why).await,
+            Err(why) => return fail(conn, event, &why).await,
         },
     };
     Response::from_parts(
         parts,
-        recorded::recorded(&conn, body, event, tally, excerpts, started),
+        recorded::recorded(conn, body, event, tally, a.excerpts, a.started),
     )
 }
 
@@ -504,16 +560,23 @@ async fn refuse_bad_request(conn: &Conn, mut event: Event, why: &str) -> Respons
     conn.refusal(StatusCode::BAD_REQUEST, why, None, None)
 }
 
+/// Whether a Kubernetes request reads or writes objects of the API
+/// server's own: not discovery, OpenAPI or health (no resource), nor a
+/// container's log or a `proxy` to what a pod, service or node serves,
+/// which the API server passes on as they come.
+fn k8s_holds_objects(k: &k8s::K8sRequest) -> bool {
+    k.resource_request && k.verb != "proxy" && !matches!(k.subresource.as_str(), "log" | "proxy")
+}
+
 /// Whether the session's JSON path rules hold this request's answer to
 /// JSON: an API may render the same fields as CSV, YAML or protobuf when
 /// asked (`Accept`, `?format=`), where no path finds them. Not for
-/// Kubernetes requests that name no object (discovery, OpenAPI, health)
-/// or a container's log, which the API server serves as text alone; nor
+/// Kubernetes requests that hold no object ([`k8s_holds_objects`]), nor
 /// on a target set to `unmaskable = "scan"`.
 fn by_path(cfg: &HttpTarget, plan: Option<&MaskPlan>, kube: Option<&k8s::K8sRequest>) -> bool {
     plan.is_some_and(MaskPlan::has_json_paths)
         && cfg.unmaskable == Unmaskable::Refuse
-        && kube.is_none_or(|k| k.resource_request && k.subresource != "log")
+        && kube.is_none_or(k8s_holds_objects)
 }
 
 /// How a response is masked on its way to the agent.
@@ -525,10 +588,9 @@ enum Masking {
     Whole,
     /// A stream or a text body, a line at a time as it arrives.
     Lines,
-    /// A Secret in a form that cannot be masked.
-    Refuse,
-    /// Not JSON, where JSON path rules apply.
-    NotJson,
+    /// What the masking cannot read, and why: a success is refused, any
+    /// other status keeps its code with the body withheld.
+    Unreadable(String),
 }
 
 /// What [`Masking::of`] decides on.
@@ -537,28 +599,75 @@ struct Facts<'a> {
     plan: bool,
     /// Those rules hold the answer to JSON ([`by_path`]).
     by_path: bool,
+    /// `unmaskable = "scan"`: forms the rules cannot read pass.
+    scan: bool,
     /// A Kubernetes Secret is read.
     secrets: bool,
-    /// A watch or a followed log.
+    /// A watch, a followed log, server-sent events.
     streaming: bool,
     headers: &'a HeaderMap,
     /// The body is known to be empty (HEAD, 204, 304, Content-Length: 0).
     empty: bool,
+    /// A part of a document (206, Content-Range).
+    partial: bool,
+    target: &'a str,
 }
+
+/// Media types that carry strings as their raw bytes among binary
+/// framing: the same fields as a JSON answer, where no detector reads.
+const STRUCTURED_BINARY: &[&str] = &[
+    "protobuf", "msgpack", "cbor", "bson", "avro", "thrift", "grpc",
+];
 
 impl Masking {
     fn of(f: &Facts<'_>) -> Masking {
+        let media = mask::media_type(f.headers).filter(|m| !m.is_empty());
         let json = mask::is_json(f.headers);
-        let labelled = mask::media_type(f.headers).is_some_and(|m| !m.is_empty());
+        let named = || {
+            media.as_deref().map_or_else(
+                || "a body with no Content-Type".to_string(),
+                |m| m.to_string(),
+            )
+        };
         match () {
             _ if !f.plan && !f.secrets => Masking::None,
+            _ if f.empty => Masking::None,
+            // A range cut anywhere (inside a value, between the key and
+            // it) is a document no rule or detector reads whole.
+            _ if f.partial => Masking::Unreadable(
+                "the upstream answered part of a document (a range), which cannot be masked".into(),
+            ),
+            _ if mask::charset(f.headers).is_some_and(|c| !mask::ascii_compatible(&c)) => {
+                Masking::Unreadable(format!(
+                    "the upstream answered in charset {:?}, which the masking does not read",
+                    mask::charset(f.headers).unwrap_or_default()
+                ))
+            }
             _ if json && !f.streaming => Masking::Whole,
-            _ if f.secrets && !json && !f.empty => Masking::Refuse,
-            _ if f.by_path && !f.empty && !lines::carries_json(f.headers) => Masking::NotJson,
+            _ if f.secrets && !json => Masking::Unreadable(
+                "a Kubernetes Secret response that is not JSON cannot be masked".into(),
+            ),
+            _ if f.by_path && !lines::carries_json(f.headers) => Masking::Unreadable(format!(
+                "the upstream answered {}, and fields of target {:?} are masked by JSON path, \
+                 which blastgate reads only in JSON (unmaskable = \"refuse\")",
+                named(),
+                f.target
+            )),
             _ if lines::is_textual(f.headers) => Masking::Lines,
             // Unlabelled, a body is read as text by most clients (curl
             // prints it): the detectors run over it.
-            _ if !labelled && !f.empty => Masking::Lines,
+            _ if media.is_none() => Masking::Lines,
+            _ if !f.scan
+                && media
+                    .as_deref()
+                    .is_some_and(|m| STRUCTURED_BINARY.iter().any(|t| m.contains(t))) =>
+            {
+                Masking::Unreadable(format!(
+                    "the upstream answered {}, whose strings the detectors cannot read \
+                     (unmaskable = \"refuse\")",
+                    named()
+                ))
+            }
             _ => Masking::None,
         }
     }
@@ -704,8 +813,11 @@ fn describe(
 struct Sent<'a> {
     host: &'a str,
     /// Only JSON can be masked (a Kubernetes Secret, or an object under
-    /// JSON path rules): ask for JSON.
+    /// masking rules): ask for JSON.
     json_only: bool,
+    /// With `json_only`: the agent may ask for a Kubernetes Table. Not
+    /// under path rules: a Table's cells are the fields, with no path.
+    tables: bool,
     masking: bool,
     credentials: &'a Injected,
     /// The response will be checked for the credentials: ask for it
@@ -754,8 +866,16 @@ fn outbound(
     }
     // Ask for a body blastgate can read (JSON, not protobuf or YAML).
     if sent.json_only {
-        let json = mask::json_only_accept(parts.headers.get(header::ACCEPT));
+        let json = mask::json_only_accept(parts.headers.get(header::ACCEPT), sent.tables);
         parts.headers.insert(header::ACCEPT, json);
+    }
+    if sent.masking || sent.json_only {
+        // A part of a document cannot be masked (a range may cut out just
+        // the value a rule masks), nor text in a charset the masking does
+        // not read: the whole, in the server's UTF-8.
+        for name in [header::RANGE, header::IF_RANGE, header::ACCEPT_CHARSET] {
+            parts.headers.remove(name);
+        }
     }
     if sent.guarded {
         // Every response is checked byte for byte: asked for plain.
@@ -826,11 +946,18 @@ mod tests {
         Masking::of(&Facts {
             plan: true,
             by_path,
+            scan: false,
             secrets: false,
             streaming: false,
             headers: &headers,
             empty,
+            partial: false,
+            target: "api",
         })
+    }
+
+    fn unreadable(m: &Masking) -> bool {
+        matches!(m, Masking::Unreadable(_))
     }
 
     /// Attack: an agent asks for the fields a rule masks by JSON path in
@@ -849,7 +976,7 @@ mod tests {
             None,
             Some(""),
         ] {
-            assert_eq!(of(t, true, false), Masking::NotJson, "{t:?}");
+            assert!(unreadable(&of(t, true, false)), "{t:?}");
         }
         assert_eq!(of(Some("application/json"), true, false), Masking::Whole);
         for t in [
@@ -868,8 +995,20 @@ mod tests {
             assert_eq!(of(Some(t), true, false), Masking::Lines, "{t}");
         }
         // An empty body (HEAD, 204) says nothing.
-        assert_ne!(of(Some("text/csv"), true, true), Masking::NotJson);
-        assert_ne!(of(None, true, true), Masking::NotJson);
+        assert_eq!(of(Some("text/csv"), true, true), Masking::None);
+        assert_eq!(of(Some("application/json"), true, true), Masking::None);
+        assert_eq!(of(None, true, true), Masking::None);
+        // Text the masking cannot read: UTF-16, whatever the type.
+        for t in [
+            "application/json; charset=utf-16",
+            "text/plain; charset=\"UTF-16LE\"",
+        ] {
+            assert!(unreadable(&of(Some(t), false, false)), "{t}");
+        }
+        assert_eq!(
+            of(Some("application/json; charset=UTF-8"), true, false),
+            Masking::Whole
+        );
         // Detectors only: text scanned (an unlabelled body too), binary as
         // it is.
         assert_eq!(of(Some("text/csv"), false, false), Masking::Lines);

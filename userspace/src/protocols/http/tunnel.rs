@@ -7,12 +7,9 @@
 //! each way when they do. What is inside the tunnel is not inspected:
 //! that is why the shipped policies hold or refuse upgrades.
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Instant,
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
 };
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -23,8 +20,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{
     echo::Guard,
-    lines::Tally,
-    recorded,
     request::{self, Conn},
     upstream::{self, Body},
 };
@@ -41,9 +36,10 @@ pub async fn carry(
     mut req: Request<Body>,
     agent: OnUpgrade,
     mut event: Event,
-    started: Instant,
-    guard: Option<Arc<Guard>>,
+    answering: request::Answering,
 ) -> Response<Body> {
+    let started = answering.started;
+    let guard = answering.guard.clone();
     if guard.is_some() {
         // Compressed WebSocket frames would hide an echoed credential
         // from the check of the bytes going back: offer no compression.
@@ -71,27 +67,9 @@ pub async fn carry(
             Err(why) => return request::fail(conn, event, &why).await,
         };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The upstream said no (or answered plainly): its answer goes back
-        // as any response does.
-        let (mut parts, body) = response.into_parts();
-        if let Some(why) = request::unread_transfer_coding(&parts.headers) {
-            return request::fail(conn, event, &why).await;
-        }
-        request::drop_reason(&mut parts);
-        request::strip_hop_by_hop(&mut parts.headers);
-        event.status = Some(parts.status.as_u16());
-        let tally: Arc<Tally> = Default::default();
-        let body = match &guard {
-            None => body.boxed(),
-            Some(g) => {
-                match request::guarded(conn, g, &mut parts.headers, body.boxed(), &tally).await {
-                    Ok(b) => b,
-                    Err(why) => return request::fail(conn, event, &why).await,
-                }
-            }
-        };
-        let body = recorded::recorded(conn, body, event, tally, None, started);
-        return Response::from_parts(parts, body);
+        // The upstream said no, or ignored the upgrade and answered the
+        // request as a plain one: masked and checked as any answer is.
+        return request::respond(conn, response, event, answering).await;
     }
     let upstream_side = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();
