@@ -113,6 +113,11 @@ pub struct ProxyConfig {
     /// How long in-flight sessions may run on after SIGTERM before they are cut.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Threads that run sessions, each a single-threaded runtime of its own
+    /// (0, the default: one per CPU). A session stays on its thread: no
+    /// work stealing, so one statement's round trip wakes one thread.
+    #[serde(default)]
+    pub session_threads: usize,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -138,6 +143,7 @@ impl Default for ProxyConfig {
             max_connections: default_max_connections(),
             connect_timeout_ms: default_connect_timeout_ms(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            session_threads: 0,
         }
     }
 }

@@ -218,9 +218,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         control_ctx,
         stop.clone(),
     ));
+    let session_threads = Arc::new(proxy::SessionThreads::start(config.proxy.session_threads)?);
     proxy::serve(
         listeners,
         proxy_ctx,
+        session_threads.clone(),
         config.proxy.max_connections,
         stop.clone(),
         tracker.clone(),
@@ -285,6 +287,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         hard_stop.cancel();
         tracker.wait().await;
     }
+    // Every session has ended: their threads can go.
+    let threads = session_threads.clone();
+    let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
 
     let how = if opts.detach_on_exit {
         match intercept::uninstall(&pin_dir) {
