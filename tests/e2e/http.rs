@@ -129,12 +129,16 @@ class H(BaseHTTPRequestHandler):
             if self.command != "HEAD":
                 self.wfile.write(out)
             return
-        if self.path.startswith("/v1/file"):
+        if self.path.startswith("/v1/file") or self.path.startswith("/v1/blob"):
             # A stored JSON document served as file servers and object
             # stores (nginx, S3, Go's ServeContent) serve one: whole, or the
             # byte ranges asked for (RFC 9110 14), several as multipart.
+            # /v1/blob: a binary object (an archive, a model file).
             out = json.dumps({"customer": {"email": "alice@example.com", "name": "Alice",
                                            "card": "4111111111111111"}}).encode()
+            blob = self.path.startswith("/v1/blob")
+            if blob:
+                out = bytes(range(256)) * 64
             spans = []
             asked = self.headers.get("range") or ""
             if asked.startswith("bytes="):
@@ -143,7 +147,7 @@ class H(BaseHTTPRequestHandler):
                     a, b = (int(a), min(int(b), len(out) - 1) if b else len(out) - 1) if a \
                         else (len(out) - int(b), len(out) - 1)
                     spans.append((a, b))
-            status, ctype, extra = 200, "application/json", []
+            status, ctype, extra = 200, "application/octet-stream" if blob else "application/json", []
             if len(spans) == 1:
                 a, b = spans[0]
                 status, extra, out = 206, [("content-range", "bytes %d-%d/%d" % (a, b, len(out)))], out[a:b + 1]
@@ -1058,6 +1062,30 @@ fn red_team_a_range_request_reads_a_masked_field_whole() {
         leaks.push(format!("multipart/byteranges ({status}): {body}"));
     }
     assert!(leaks.is_empty(), "{}", leaks.join("\n"));
+}
+
+/// Red team (fidelity): `Range` is dropped from every request of a
+/// session any masking rule applies to (the shipped detectors apply to
+/// every HTTPS target), though most answers to it are binary, which pass
+/// untouched. A binary object's range comes back whole, as 200: `curl -C
+/// -` gives up ("server doesn't seem to support byte ranges"), and
+/// downloaders that fetch parts in parallel and write each body at its
+/// part's offset (boto3's s3transfer above 8 MB, `aws s3 cp`) write the
+/// whole object once per part. Only a range of something masking reads
+/// (JSON, text) needs the whole; a 206 of such a type is refused anyway
+/// (`Masking::of`), so `Range` could be passed and binary ranges served.
+#[test]
+fn red_team_a_binary_range_is_served() {
+    let _g = serial();
+    let Some(s) = strict_setup() else { return };
+    let url = s.url("/v1/blob");
+    let (status, body) = status_and_body(&s.curl(&["-i", "-r", "0-9", &url]));
+    assert_eq!(
+        (status.as_str(), body.len()),
+        ("206", 10),
+        "a 10-byte range of a binary object came back as {status} with {} bytes",
+        body.len()
+    );
 }
 
 /// Red team (leak): an upgrade the upstream does not take. Where a policy

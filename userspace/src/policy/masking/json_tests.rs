@@ -581,3 +581,154 @@ fn red_team_a_graphql_alias_renames_a_path_masked_field() {
         "aliased field passed: {out}"
     );
 }
+
+/// Red team (leak, path rules): a string holding a JSON document is now
+/// masked as a document of its own, but only when serde_json reads the
+/// string as strict JSON. What a client reads as the same document with
+/// one more step passes with its path-masked fields as they were, though
+/// the same bodies at the top level are refused (README: "Python's `json`
+/// and JavaScript parsers read such bodies"):
+///
+/// - a config file kept in a Kubernetes ConfigMap (`kubectl create cm
+///   --from-file=appsettings.json`): ASP.NET Core's `appsettings.json`
+///   takes `//` comments and trailing commas (and the template ships
+///   comments), VS Code / tsconfig files are JSONC, Windows editors write
+///   a UTF-8 byte-order mark (`json.loads(s.encode())` drops it);
+/// - JSON Lines held in a string (an export, a log field, a ConfigMap
+///   `events.jsonl`): `[json.loads(l) for l in s.splitlines()]`;
+/// - Python's `json.dumps` writes `NaN` for a float NaN by default, and
+///   `json.loads` reads it back;
+/// - a document encoded twice (`json.dumps(json.dumps(obj))`, a common
+///   bug, and API Gateway/Lambda bodies): the string holds a JSON string,
+///   which holds the document.
+///
+/// `kubectl get cm app -o json` then hands over the database password a
+/// `$..Password` rule masks everywhere else.
+#[test]
+fn red_team_lenient_json_inside_a_string_is_masked_by_path() {
+    let p = field_plan(&["$..Password"], "fixed");
+    let config = r#"{"ConnectionStrings":{"Db":{"Password":"hunter2-s3cret"}}}"#;
+    let wrap = |inner: &str| {
+        serde_json::json!({"kind": "ConfigMap", "data": {"appsettings.json": inner}}).to_string()
+    };
+    // Strict: masked (the commit's case).
+    let (out, n) = masked(&p, &wrap(config));
+    assert!(n == 1 && !out.contains("hunter2"), "{out}");
+    let mut leaks = Vec::new();
+    for (what, inner) in [
+        (
+            "a // comment (appsettings.json)",
+            format!("// database\n{config}"),
+        ),
+        (
+            "a trailing comma (JSONC, JSON5)",
+            r#"{"ConnectionStrings":{"Db":{"Password":"hunter2-s3cret",}}}"#.to_string(),
+        ),
+        ("a UTF-8 byte-order mark", format!("\u{feff}{config}")),
+        (
+            "JSON Lines",
+            format!("{config}\n{{\"Password\":\"hunter2-other\"}}\n"),
+        ),
+        (
+            "Python's NaN",
+            r#"{"score": NaN, "Password": "hunter2-s3cret"}"#.to_string(),
+        ),
+        (
+            "a document encoded twice",
+            serde_json::to_string(config).unwrap(),
+        ),
+    ] {
+        let doc = wrap(&inner);
+        let (out, _) = masked(&p, &doc);
+        if out.contains("hunter2") {
+            leaks.push(format!("{what}: {out}"));
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "path-masked fields inside strings passed:\n{}",
+        leaks.join("\n")
+    );
+}
+
+/// Red team (held): the differential between the streaming masker and
+/// the tree for documents nested in strings (the generator never makes
+/// any): generated documents wrapped once, twice and nine times in
+/// strings, with leading whitespace, under every reference plan.
+#[test]
+fn red_team_nested_documents_mask_as_the_tree_does() {
+    let plans = tree::reference_plans();
+    let mut g = Gen(0x2545_f491_4f6c_dd1d);
+    let mut total = 0;
+    for _ in 0..300 {
+        let mut text = format!("{}{}", g.ws(), g.value(1));
+        let deep = 1 + g.below(10);
+        for _ in 0..deep {
+            let inner = format!("{}{}", g.pick(&["", " ", "\n", "\t\r\n"]), text);
+            let key = g.pick(&["note", "data", "a", "x"]);
+            text = format!(
+                "{{\"{key}\":{},\"email\":\"z@example.com\"}}",
+                g.string(&inner)
+            );
+            if g.below(3) == 0 {
+                text = format!("[{text}]");
+            }
+        }
+        for p in &plans {
+            // A key repeated inside a nested document is masked at every
+            // occurrence there too, which `has_dup_keys` (reading the
+            // outer document) does not know: more counted is fine, the
+            // documents must agree.
+            total += match tree::differential(p, text.as_bytes()) {
+                Ok(n) => n,
+                Err(e) if more_counted(&e) => 1,
+                // The deliberate difference: a repeated key, inside.
+                Err(_) if nested_dups(text.as_bytes()) => 0,
+                Err(e) => panic!("{e}"),
+            };
+        }
+    }
+    assert!(total > 100, "{total}");
+}
+
+/// Whether an object repeats a key, in the document or in one nested in
+/// a string.
+fn nested_dups(text: &[u8]) -> bool {
+    fn strings(v: &Value) -> bool {
+        match v {
+            Value::String(s) => nested_dups(s.as_bytes()),
+            Value::Array(a) => a.iter().any(strings),
+            Value::Object(m) => m.values().any(strings),
+            _ => false,
+        }
+    }
+    tree::has_dup_keys(text) || serde_json::from_slice::<Value>(text).is_ok_and(|v| strings(&v))
+}
+
+/// Whether a differential failure says only that the streaming masker
+/// counted more values than the tree.
+fn more_counted(e: &str) -> bool {
+    let Some((streaming, rest)) = e.split_once(" values masked, the tree masked ") else {
+        return false;
+    };
+    let tree: u64 = rest
+        .split(',')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    streaming.parse::<u64>().is_ok_and(|s| s > tree)
+}
+
+/// Red team (leak, a limit): nine strings deep a document is text to the
+/// detectors only, its path-masked fields as they were. Recorded as the
+/// documented limit (README: "up to 8 deep").
+#[test]
+fn red_team_a_document_nine_strings_deep_keeps_its_path_masked_field() {
+    let p = field_plan(&["$..Password"], "fixed");
+    let mut text = r#"{"Password":"hunter2-s3cret"}"#.to_string();
+    for _ in 0..9 {
+        text = serde_json::json!({ "wrapped": text }).to_string();
+    }
+    let (out, _) = masked(&p, &text);
+    assert!(out.contains("hunter2"), "masked nine deep now: update");
+}

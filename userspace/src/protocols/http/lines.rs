@@ -634,4 +634,43 @@ mod tests {
             assert_eq!(m.line(line).unwrap(), line);
         }
     }
+
+    /// Red team (leak, detectors): the NUL check that cuts UTF-16 text
+    /// applies to labelled bodies only. An unlabelled body is scanned as
+    /// text (README: "Without path rules, text of any type (and an
+    /// unlabelled body) is scanned"), and UTF-16 of ASCII is valid UTF-8,
+    /// so its lines are scanned as `A\0K\0I\0A…` and pass with nothing
+    /// found. Python's `requests` reads an unlabelled body's `.json()` by
+    /// guessing UTF-16 from the NULs (`guess_json_utf`) and `.text` by
+    /// charset detection; a file PowerShell 5 wrote (`Out-File`, UTF-16LE
+    /// by default) served by an object store or a bare file server with
+    /// no type keeps the AWS key.
+    #[test]
+    fn red_team_unlabelled_utf16_is_not_passed_past_the_detectors() {
+        let masking = crate::policy::masking::Masking::parse(
+            std::path::Path::new("masking.toml"),
+            "[[detector]]\nkind = \"aws_key\"\nstyle = \"fixed\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let m = Masker {
+            plan: Some(masking.plan("agent", "api")),
+            labelled: false,
+            kind: Kind::Text,
+            ..masker(false)
+        };
+        let utf16: Vec<u8> = "{\"aws_access_key_id\": \"AKIAIOSFODNN7EXAMPLE\"}\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert!(std::str::from_utf8(&utf16).is_ok());
+        let out = m.line(&utf16);
+        let leaked = out.as_ref().is_some_and(|o| {
+            let units: Vec<u16> = o
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16_lossy(&units).contains("AKIAIOSFODNN7EXAMPLE")
+        });
+        assert!(!leaked, "the AWS key passed in unlabelled UTF-16");
+    }
 }

@@ -1074,4 +1074,85 @@ mod tests {
             assert_ne!(of(Some(t), false, false), Masking::None, "{t}");
         }
     }
+
+    /// Red team (fidelity): the charset check is an allow-list of UTF-8,
+    /// ASCII, ISO-8859-* and windows-125x, and it runs before anything
+    /// else under any rule, the shipped detectors included (every HTTPS
+    /// target). Every other ASCII-compatible charset is refused with 502
+    /// as if it were UTF-16: Japanese, Chinese, Korean and Russian pages
+    /// (`Shift_JIS`, `EUC-JP`, `GBK`, `GB2312`, `Big5`, `EUC-KR`,
+    /// `KOI8-R`), Java's `ISO8859_1` spelling, and `charset=binary`, which
+    /// PHP's `finfo_file(…, FILEINFO_MIME)` and `file -i` put on every
+    /// upload they serve (`image/png; charset=binary`): binary that passes
+    /// untouched without the parameter. None of them hides ASCII from the
+    /// detectors (no NUL bytes, ASCII as ASCII).
+    #[test]
+    fn red_team_ascii_compatible_charsets_are_not_refused() {
+        let mut refused = Vec::new();
+        for t in [
+            "text/html; charset=Shift_JIS",
+            "text/html; charset=EUC-JP",
+            "text/html; charset=GBK",
+            "text/html; charset=gb2312",
+            "text/html; charset=Big5",
+            "text/html; charset=EUC-KR",
+            "text/plain; charset=KOI8-R",
+            "text/html; charset=ISO8859_1",
+            "image/png; charset=binary",
+            "application/octet-stream; charset=binary",
+            "application/zip; charset=binary",
+        ] {
+            if unreadable(&of(Some(t), false, false)) {
+                refused.push(t);
+            }
+        }
+        assert!(
+            refused.is_empty(),
+            "refused under detectors only: {refused:?}"
+        );
+    }
+
+    /// Red team (leak, detectors): without path rules (the shipped rules
+    /// for every HTTPS target) a body is scanned only when `is_textual`
+    /// lists its type: `text/*`, anything naming json/yaml/xml and six
+    /// `application/` types. Text under any other label passes untouched,
+    /// as binary does. Python's `mimetypes` (`http.server`, Django's
+    /// `FileResponse`, Flask's `send_file`, aiohttp's static files) labels
+    /// `key.pem` `application/pem-certificate-chain` and `tls.key`
+    /// `application/pgp-keys`: a PEM private key served by any of them
+    /// reaches the agent past the shipped `private_key` detector ("must
+    /// never reach an agent's context window, wherever they appear").
+    /// Likewise `application/x-pem-file`, a mail (`message/rfc822`,
+    /// `application/mbox`), scripts by Apache's or Python's tables
+    /// (`application/x-sh`, `application/x-httpd-php`,
+    /// `application/x-ruby`), `application/toml`, JSONP as
+    /// `application/x-javascript`. (An extensionless file such as `.env` or
+    /// `id_rsa` is `application/octet-stream` on nginx, S3 and Python's
+    /// servers, which passes too, by the rule the module's own test
+    /// states.)
+    #[test]
+    fn red_team_text_under_other_labels_is_scanned() {
+        let mut unscanned = Vec::new();
+        for t in [
+            "application/pem-certificate-chain",
+            "application/pgp-keys",
+            "application/x-pem-file",
+            "message/rfc822",
+            "application/mbox",
+            "application/x-sh",
+            "application/x-httpd-php",
+            "application/x-ruby",
+            "application/toml",
+            "application/x-javascript",
+            "application/x-tex",
+        ] {
+            if of(Some(t), false, false) == Masking::None {
+                unscanned.push(t);
+            }
+        }
+        assert!(
+            unscanned.is_empty(),
+            "passed past the detectors unscanned: {unscanned:?}"
+        );
+    }
 }
