@@ -182,3 +182,87 @@ pub fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{mpsc, Arc},
+        time::{Duration, Instant},
+    };
+
+    use super::SessionThreads;
+    use crate::policy::masking::{tree, Masking};
+
+    /// Red team (availability): a session is pinned to one thread, and
+    /// so is every task it starts (each HTTP/2 stream is a task of the
+    /// session, `SessionStreams`). One agent connection opening many
+    /// streams whose answers are masked whole (a synchronous pass over up
+    /// to `max_inspect_bytes`, 8 MiB by default, with no yield inside)
+    /// queues all that work on its thread: every other session handed the
+    /// same thread (one in `session_threads`, round-robin: half of all
+    /// sessions on a 2-CPU host, other agents' Postgres and SSH sessions
+    /// included) waits behind the whole backlog while the other thread is
+    /// idle. With work stealing, the idle worker took the waiting tasks.
+    /// Here: 16 streams each masking a 1 MiB list with the shipped
+    /// detectors, then a session on the same thread, then how long before
+    /// it first runs.
+    #[test]
+    fn red_team_one_session_does_not_stall_the_sessions_sharing_its_thread() {
+        let threads = SessionThreads::start(2).expect("threads");
+        let plan = Arc::new(
+            Masking::parse(std::path::Path::new("masking.toml"), tree::SHIPPED)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+                .plan("agent", "bench"),
+        );
+        let item = tree::sample_list();
+        let items = item.trim().trim_start_matches('{');
+        let doc: Arc<String> = Arc::new(format!(
+            "[{}]",
+            std::iter::repeat_n(format!("{{{items}"), 12)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        assert!(doc.len() > 1024 * 1024);
+        let heavy = threads.pick().clone();
+        let idle = threads.pick().clone();
+        let victim = threads.pick().clone();
+        let (started, done) = (mpsc::channel(), mpsc::channel());
+        let (started_tx, started_rx) = started;
+        let (done_tx, done_rx) = done;
+        for _ in 0..16 {
+            let (plan, doc, done) = (plan.clone(), doc.clone(), done_tx.clone());
+            heavy.spawn(async move {
+                let _ = plan.mask_json_bytes(doc.as_bytes()).expect("JSON");
+                let _ = done.send(());
+            });
+        }
+        // Let the streams start.
+        std::thread::sleep(Duration::from_millis(20));
+        let asked = Instant::now();
+        let tx = started_tx.clone();
+        victim.spawn(async move {
+            let _ = tx.send(Instant::now());
+        });
+        // The other thread answers at once.
+        let tx = started_tx;
+        let idle_asked = Instant::now();
+        idle.spawn(async move {
+            let _ = tx.send(Instant::now());
+        });
+        let mut firsts: Vec<Instant> = (0..2)
+            .map(|_| started_rx.recv().expect("ran"))
+            .collect();
+        firsts.sort();
+        let idle_wait = firsts[0].saturating_duration_since(idle_asked);
+        let victim_wait = firsts[1].saturating_duration_since(asked);
+        for _ in 0..16 {
+            let _ = done_rx.recv();
+        }
+        threads.stop();
+        assert!(
+            victim_wait < Duration::from_millis(100),
+            "a session on the busy thread first ran after {victim_wait:?} \
+             (one on the idle thread after {idle_wait:?})"
+        );
+    }
+}
