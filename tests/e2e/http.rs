@@ -165,6 +165,19 @@ class H(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(out)
             return
+        if self.path.startswith("/v1/login"):
+            # A login answered as Express, Rails and ASP.NET apps answer
+            # one: the session JWT in a cookie, a header and the body.
+            jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZw"
+            out = json.dumps({"ok": True, "token": jwt}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("set-cookie", "session=" + jwt + "; HttpOnly; Secure")
+            self.send_header("x-auth-token", jwt)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         if self.path.startswith("/lenient/"):
             # What Python's json reads and serde_json does not, around the
             # field the test's rule masks by path.
@@ -1062,6 +1075,29 @@ fn red_team_a_range_request_reads_a_masked_field_whole() {
         leaks.push(format!("multipart/byteranges ({status}): {body}"));
     }
     assert!(leaks.is_empty(), "{}", leaks.join("\n"));
+}
+
+/// Red team (leak, detectors): the detectors read response bodies only,
+/// never response headers (the echo guard reads them, for the injected
+/// credential alone). A login answered with the session JWT in
+/// `Set-Cookie` (Express's `res.cookie`, Rails, ASP.NET Core's JWT
+/// cookie), a token header (`X-Auth-Token`, `Authorization`), or an OIDC
+/// redirect's `Location: …#id_token=eyJ…` reaches `curl -i` with the JWT
+/// the shipped `jwt` detector masks in the body of the same answer.
+#[test]
+fn red_team_a_jwt_in_response_headers_is_masked() {
+    let _g = serial();
+    let Some(s) = strict_setup() else { return };
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZw";
+    let out = s.curl(&["-i", &s.url("/v1/login")]);
+    let (status, body) = status_and_body(&out);
+    assert_eq!(status, "200", "{}", text(&out));
+    assert!(!body.contains(jwt), "the body's JWT is masked: {body}");
+    let shown = text(&out);
+    assert!(
+        !shown.contains(jwt),
+        "the JWT came back in the response headers:\n{shown}"
+    );
 }
 
 /// Red team (fidelity): `Range` is dropped from every request of a

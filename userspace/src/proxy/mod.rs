@@ -249,9 +249,7 @@ mod tests {
         idle.spawn(async move {
             let _ = tx.send(Instant::now());
         });
-        let mut firsts: Vec<Instant> = (0..2)
-            .map(|_| started_rx.recv().expect("ran"))
-            .collect();
+        let mut firsts: Vec<Instant> = (0..2).map(|_| started_rx.recv().expect("ran")).collect();
         firsts.sort();
         let idle_wait = firsts[0].saturating_duration_since(idle_asked);
         let victim_wait = firsts[1].saturating_duration_since(asked);
