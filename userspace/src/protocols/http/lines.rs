@@ -673,4 +673,28 @@ mod tests {
         });
         assert!(!leaked, "the AWS key passed in unlabelled UTF-16");
     }
+
+    /// Red team (leak, path rules on logs; a limit): a container's JSON log
+    /// lines are masked by path when a line is strict JSON (every line is
+    /// tried, whatever the stream's kind), so `kubectl logs api` shows
+    /// `{"ssn":"****"}`. `kubectl logs --timestamps api` asks the kubelet
+    /// for `?timestamps=true`, which puts an RFC 3339 time before each
+    /// line: no longer JSON, scanned by the detectors only, the same field
+    /// as it was. README says logs keep the detector scan; the masking a
+    /// rule visibly gets in one spelling is gone in the other.
+    #[test]
+    fn red_team_timestamped_json_log_lines_keep_their_path_masking() {
+        let m = ssn_masker(Kind::Text, false);
+        let plain = m.line(b"{\"ssn\":\"123-45-6789\"}\n").expect("masked");
+        assert_eq!(plain, b"{\"ssn\":\"****\"}\n");
+        let stamped = m
+            .line(b"2026-12-07T10:00:00.123456789Z {\"ssn\":\"123-45-6789\"}\n")
+            .map(|o| String::from_utf8_lossy(&o).to_string());
+        assert!(
+            stamped
+                .as_deref()
+                .is_none_or(|o| !o.contains("123-45-6789")),
+            "{stamped:?}"
+        );
+    }
 }
