@@ -564,4 +564,95 @@ mod tests {
         );
         assert_eq!(json_only_accept(None, true), "application/json");
     }
+
+    /// An upstream answer whose body is `body` (with `headers`) as hyper
+    /// hands it over: an `Incoming`, over an in-memory HTTP/1.1
+    /// connection.
+    async fn incoming(
+        headers: Vec<(&'static str, &'static str)>,
+        body: Vec<u8>,
+    ) -> (http::HeaderMap, hyper::body::Incoming) {
+        use http_body_util::Full;
+        use hyper_util::rt::TokioIo;
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let headers2 = headers.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req| {
+                let mut r = http::Response::new(Full::new(bytes::Bytes::from(body.clone())));
+                for (k, v) in &headers2 {
+                    r.headers_mut().insert(*k, HeaderValue::from_static(v));
+                }
+                async move { Ok::<_, std::convert::Infallible>(r) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server_io), service)
+                .await;
+        });
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(TokioIo::new(client_io))
+        .await
+        .expect("handshake");
+        tokio::spawn(conn);
+        let response = send
+            .send_request(http::Request::new(http_body_util::Empty::new()))
+            .await
+            .expect("response");
+        let (parts, body) = response.into_parts();
+        (parts.headers, body)
+    }
+
+    /// Red team (fidelity): a gzip body is unpacked for masking with
+    /// `flate2::read::GzDecoder`, which reads the first gzip member only
+    /// (the credential guard's `echo::unpack` uses `MultiGzDecoder`).
+    /// A file made of several members (`gzip -c part >> file.json.gz`,
+    /// log shippers and streaming writers that close a member per flush,
+    /// served by S3 or nginx `gzip_static` with `Content-Encoding: gzip`)
+    /// is every member to curl, Python and browsers; through blastgate it
+    /// is the first member alone, with a fresh Content-Length and a 200:
+    /// silently truncated. Here the shipped detectors on a target without
+    /// an injected credential (no guard to unpack it first).
+    #[tokio::test]
+    async fn red_team_a_gzip_body_of_several_members_is_masked_whole() {
+        use std::io::Write;
+        let plan = crate::policy::masking::Masking::parse(
+            std::path::Path::new("masking.toml"),
+            include_str!("../../../../policies/masking.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .plan("agent", "files");
+        let member = |text: &str| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(text.as_bytes()).unwrap();
+            e.finish().unwrap()
+        };
+        let whole = r#"[{"id":1,"name":"first"},{"id":2,"name":"second"}]"#;
+        let body = [
+            member(r#"[{"id":1,"name":"first"},"#),
+            member(r#"{"id":2,"name":"second"}]"#),
+        ]
+        .concat();
+        let (mut headers, incoming) = incoming(
+            vec![
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            body,
+        )
+        .await;
+        let sent = match super::json_body(Some(&plan), false, &mut headers, incoming, 1 << 20).await
+        {
+            Ok(super::Outcome::Masked { body, .. }) => {
+                let bytes = http_body_util::BodyExt::collect(body)
+                    .await
+                    .expect("body")
+                    .to_bytes();
+                String::from_utf8_lossy(&bytes).to_string()
+            }
+            Ok(_) => "too big".to_string(),
+            Err(why) => format!("refused: {why}"),
+        };
+        assert_eq!(sent, whole, "the agent got {sent:?}");
+    }
 }
