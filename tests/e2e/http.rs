@@ -165,6 +165,18 @@ class H(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(out)
             return
+        if self.path.startswith("/v1/etag"):
+            # A JSON answer with the validator Rack::ETag (Rails, Sinatra)
+            # computes: a hash of the body as sent (Express: SHA-1, Spring's
+            # ShallowEtagHeaderFilter and S3: MD5, Django: MD5).
+            out = json.dumps({"customer": {"email": "alice@example.com", "name": "Alice"}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("etag", 'W/"%s"' % hashlib.sha256(out).hexdigest()[:32])
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         if self.path.startswith("/v1/login"):
             # A login answered as Express, Rails and ASP.NET apps answer
             # one: the session JWT in a cookie, a header and the body.
@@ -1075,6 +1087,48 @@ fn red_team_a_range_request_reads_a_masked_field_whole() {
         leaks.push(format!("multipart/byteranges ({status}): {body}"));
     }
     assert!(leaks.is_empty(), "{}", leaks.join("\n"));
+}
+
+/// Red team (leak, path rules and detectors): response headers pass as
+/// the upstream wrote them, `ETag` included, and the ETag most frameworks
+/// compute is an unkeyed hash of the body they sent: Rack::ETag (Rails,
+/// Sinatra) SHA-256, Express SHA-1 (`W/"len-sha1"`), Spring's
+/// `ShallowEtagHeaderFilter`, Django's `ConditionalGetMiddleware` and S3
+/// MD5. The masked body keeps every other byte as it came, so the agent
+/// knows the unmasked body but for the masked value: hashing guesses
+/// offline finds it, exactly what the `hash` style's key exists to stop
+/// ("an unkeyed hash of a low-entropy value … is reversed by hashing
+/// guesses"). Emails, phone numbers, dates of birth, PINs, last-4-known
+/// card numbers fall in seconds. (`Content-MD5`, `Content-Digest`,
+/// S3's `x-amz-checksum-crc32`, a linear CRC, are the same oracle.)
+#[test]
+fn red_team_an_etag_does_not_reveal_a_masked_field() {
+    use sha2::{Digest, Sha256};
+    let _g = serial();
+    let Some(s) = strict_setup() else { return };
+    let out = s.curl(&["-i", &s.url("/v1/etag")]);
+    let (status, body) = status_and_body(&out);
+    assert_eq!(status, "200", "{}", text(&out));
+    assert!(!body.contains("alice@example.com"), "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let masked = doc["customer"]["email"].as_str().expect("masked email");
+    let etag = text(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: ").map(str::trim).map(str::to_string));
+    // The agent's guesses: a staff directory, a list of customers.
+    let found = etag.as_ref().and_then(|etag| {
+        ["bob@example.com", "carol@example.com", "alice@example.com"]
+            .into_iter()
+            .find(|guess| {
+                let candidate = body.replace(masked, guess);
+                let hash = format!("{:x}", Sha256::digest(candidate.as_bytes()));
+                *etag == format!("W/\"{}\"", &hash[..32])
+            })
+    });
+    assert!(
+        found.is_none(),
+        "the ETag ({etag:?}) confirms the masked email is {found:?}"
+    );
 }
 
 /// Red team (leak, detectors): the detectors read response bodies only,
