@@ -732,3 +732,22 @@ fn red_team_a_document_nine_strings_deep_keeps_its_path_masked_field() {
     let (out, _) = masked(&p, &text);
     assert!(out.contains("hunter2"), "masked nine deep now: update");
 }
+
+/// Red team (leak, detectors; the price of the timestamp-key fix): a key
+/// of digits alone is now never scanned, so a map keyed by card number
+/// (a tokenization vault's reverse index `{"<PAN>":"tok_…"}`, a fraud
+/// report grouped by card) hands every PAN over, where the same number
+/// as a string value, or as a key written with spaces, is masked. The
+/// shipped `card` detector is one of the "secrets that must never reach
+/// an agent's context window, wherever they appear".
+#[test]
+fn red_team_a_card_number_key_is_masked() {
+    let p = plan(SHIPPED);
+    let (value, _) = masked(&p, r#"{"pan":"4111111111111111"}"#);
+    assert!(!value.contains("4111111111111111"), "{value}");
+    let (key, _) = masked(&p, r#"{"by_pan":{"4111111111111111":"tok_9f8e"}}"#);
+    assert!(
+        !key.contains("4111111111111111"),
+        "a card number as a key passed: {key}"
+    );
+}
