@@ -1155,4 +1155,31 @@ mod tests {
             "passed past the detectors unscanned: {unscanned:?}"
         );
     }
+
+    /// Red team (leak, detectors): the structured-binary refusal is a
+    /// deny-list of seven names, and the API the last round's test names
+    /// answers in more forms than CBOR: Elasticsearch returns any search
+    /// as Smile to `Accept: application/smile` and ES|QL results as Apache
+    /// Arrow to `?format=arrow` (`application/vnd.apache.arrow.stream`),
+    /// both carrying every string as its raw UTF-8 bytes; Amazon Ion
+    /// (`application/ion`, DynamoDB exports, QLDB) and Parquet likewise.
+    /// Without path rules they pass unscanned, where the JSON answer to
+    /// the same query has its AWS keys and card numbers masked.
+    #[test]
+    fn red_team_other_binary_forms_of_the_same_fields_are_not_passed() {
+        let mut passed = Vec::new();
+        for t in [
+            "application/smile",
+            "application/x-jackson-smile",
+            "application/vnd.apache.arrow.stream",
+            "application/vnd.apache.arrow.file",
+            "application/vnd.apache.parquet",
+            "application/ion",
+        ] {
+            if of(Some(t), false, false) == Masking::None {
+                passed.push(t);
+            }
+        }
+        assert!(passed.is_empty(), "passed unscanned: {passed:?}");
+    }
 }
