@@ -1167,14 +1167,21 @@ fn red_team_a_jwt_in_response_headers_is_masked() {
 #[test]
 fn red_team_a_binary_range_is_served() {
     let _g = serial();
-    let Some(s) = strict_setup() else { return };
+    // `unmaskable = "scan"`: binary passes (under the default a path rule
+    // refuses it whole); the shipped detectors alone strip `Range` alike.
+    let Some(s) = setup() else { return };
     let url = s.url("/v1/blob");
     let (status, body) = status_and_body(&s.curl(&["-i", "-r", "0-9", &url]));
     assert_eq!(
         (status.as_str(), body.len()),
         ("206", 10),
-        "a 10-byte range of a binary object came back as {status} with {} bytes",
-        body.len()
+        "a 10-byte range of a binary object came back as {status} with {} bytes{}",
+        body.len(),
+        if status == "200" {
+            String::new()
+        } else {
+            format!(": {body}")
+        }
     );
 }
 
