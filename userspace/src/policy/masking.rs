@@ -609,10 +609,11 @@ impl MaskPlan {
     /// The detectors over an object key: a masked key is hashed whatever
     /// the detector's style, so two keys masked stay two members (with
     /// `fixed`, both would be `****` and a client keeps one). A key of
-    /// digits alone is a number (a timestamp, an id) and is left alone,
-    /// as numbers are.
+    /// fewer than 15 digits alone is a number (a timestamp in seconds or
+    /// milliseconds, an id) and is left alone, as numbers are; a card
+    /// number (15 to 19 digits) is not.
     pub(crate) fn detect_key(&self, key: &str) -> Option<(String, u64)> {
-        if key.bytes().all(|b| b.is_ascii_digit()) {
+        if key.len() < 15 && key.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         if !self.detectors.iter().any(|d| d.regex.is_match(key)) {

@@ -57,16 +57,44 @@ pub fn is_textual(headers: &HeaderMap) -> bool {
     };
     media.starts_with("text/")
         || ["json", "yaml", "xml"].iter().any(|t| media.contains(t))
-        || matches!(
-            media.as_str(),
-            "application/javascript"
-                | "application/ecmascript"
-                | "application/x-www-form-urlencoded"
-                | "application/csv"
-                | "application/sql"
-                | "application/graphql"
-        )
+        || media.starts_with("message/")
+        || media
+            .split_once('/')
+            .is_some_and(|(_, sub)| TEXT_UNDER_OTHER_NAMES.contains(&sub))
 }
+
+/// Application types that are text: scripts, keys and certificates in
+/// PEM (Python's `mimetypes` labels `key.pem` and `tls.key` so), mail,
+/// configuration.
+const TEXT_UNDER_OTHER_NAMES: &[&str] = &[
+    "javascript",
+    "x-javascript",
+    "ecmascript",
+    "x-www-form-urlencoded",
+    "csv",
+    "sql",
+    "graphql",
+    "pem-certificate-chain",
+    "x-pem-file",
+    "x-x509-ca-cert",
+    "pgp-keys",
+    "pgp-signature",
+    "x-sh",
+    "x-shellscript",
+    "x-csh",
+    "x-httpd-php",
+    "x-php",
+    "x-ruby",
+    "x-python",
+    "x-perl",
+    "x-tex",
+    "x-latex",
+    "toml",
+    "x-toml",
+    "mbox",
+    "rtf",
+    "x-subrip",
+];
 
 /// How one response stream is masked.
 pub struct Stream {
@@ -94,7 +122,7 @@ pub fn masked(
     let encoding = super::mask::content_codings(headers);
     let gunzip = match encoding.as_deref() {
         None => None,
-        Some("gzip") | Some("x-gzip") => Some(flate2::write::GzDecoder::new(Vec::new())),
+        Some("gzip") | Some("x-gzip") => Some(flate2::write::MultiGzDecoder::new(Vec::new())),
         Some(other) => {
             return Err(format!(
                 "the upstream streamed with content-encoding {other:?}, which blastgate cannot unpack to mask"
@@ -191,7 +219,14 @@ impl Masker {
         // Text with NUL bytes is UTF-16 or UTF-32 to a client that guesses
         // (ASCII in UTF-16 is valid UTF-8): the detectors would read
         // `A\0K\0I\0A…` and find nothing.
-        if self.labelled && self.plan.is_some() && body.contains(&0) {
+        // Unlabelled, it may be binary: cut only when the detectors find
+        // something once the NULs are gone.
+        if body.contains(&0)
+            && self
+                .plan
+                .as_ref()
+                .is_some_and(|p| self.labelled || p.detect(&text.replace('\0', "")).is_some())
+        {
             self.tally.note(
                 "stream cut: a line of text holds NUL bytes (UTF-16?), which the masking cannot read",
             );
@@ -213,6 +248,11 @@ impl Masker {
         let (prefix, json_part) = match (line.strip_prefix("data:"), line.strip_prefix('\u{1e}')) {
             (Some(rest), _) => ("data:", rest),
             (None, Some(rest)) if self.kind == Kind::Json => ("\u{1e}", rest),
+            // A log line with its time first (`kubectl logs --timestamps`).
+            _ if self.kind == Kind::Text => match timestamped(line) {
+                Some((stamp, rest)) => (stamp, rest),
+                None => ("", line),
+            },
             _ => ("", line),
         };
         let prefix = format!("{bom}{prefix}");
@@ -267,6 +307,20 @@ impl Masker {
     }
 }
 
+/// A line that starts with an RFC 3339 time and a space, as the kubelet
+/// writes logs asked for with timestamps: (the time and its space, the
+/// rest).
+fn timestamped(line: &str) -> Option<(&str, &str)> {
+    let (stamp, _) = line.split_once(' ')?;
+    let rfc3339 = stamp.len() >= 20
+        && stamp.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+        && stamp.as_bytes().get(10) == Some(&b'T')
+        && stamp
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'.' | b'T' | b'Z' | b'+'));
+    rfc3339.then(|| line.split_at(stamp.len() + 1))
+}
+
 /// A line and what ends it: LF, CRLF or (server-sent events) a bare CR.
 fn split_ending(raw: &[u8]) -> (&[u8], &str) {
     if let Some(b) = raw.strip_suffix(b"\r\n") {
@@ -296,7 +350,7 @@ fn looks_like_json(text: &str) -> bool {
 
 struct LineMasked {
     inner: Incoming,
-    gunzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
+    gunzip: Option<flate2::write::MultiGzDecoder<Vec<u8>>>,
     /// Bytes after the last complete line.
     pending: BytesMut,
     masker: Masker,

@@ -52,12 +52,24 @@ pub fn charset(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Whether text in this charset spells ASCII as ASCII, so the JSON masker
-/// and the detectors read its keys, values and patterns (not UTF-16 or
-/// UTF-32, where every character has zero bytes beside it).
+/// and the detectors read its keys, values and patterns: every charset
+/// but UTF-16 and UTF-32 (every character with zero bytes beside it) and
+/// UTF-7 (ASCII letters spelt in base64), by any of their names. Text
+/// with zero bytes is refused or cut whatever its label says.
 pub fn ascii_compatible(charset: &str) -> bool {
-    matches!(charset, "utf-8" | "utf8" | "us-ascii" | "ascii" | "latin1")
-        || charset.starts_with("iso-8859-")
-        || charset.starts_with("windows-125")
+    let c: String = charset
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    !(c.starts_with("utf16")
+        || c.starts_with("utf32")
+        || c.starts_with("ucs2")
+        || c.starts_with("ucs4")
+        || c.starts_with("utf7")
+        || c.starts_with("unicode")
+        || c == "csunicode"
+        || c.starts_with("iso10646"))
 }
 
 /// The codings named in every `name` line, in order (a client applies
@@ -132,7 +144,7 @@ pub async fn json_body(
         Some("gzip") | Some("x-gzip") => {
             let mut out = Vec::new();
             // Read one byte past the limit to tell "at most" from "more".
-            flate2::read::GzDecoder::new(&raw[..])
+            flate2::read::MultiGzDecoder::new(&raw[..])
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| format!("the upstream's gzip body is corrupt: {e}"))?;
@@ -150,14 +162,8 @@ pub async fn json_body(
             ))
         }
     };
-    let (masked, fields) = match json_doc(plan, secrets, &text) {
-        Ok(MaskedJson { body, fields }) => (
-            match body {
-                Cow::Owned(masked) => Some(masked),
-                Cow::Borrowed(_) => None,
-            },
-            fields,
-        ),
+    let (masked, fields) = match mask_doc(plan, secrets, text.clone()).await? {
+        Ok(masked) => masked,
         Err(_) if secrets => {
             return Err("a Kubernetes Secret response that is not JSON cannot be masked".into());
         }
@@ -196,6 +202,37 @@ pub async fn json_body(
     };
     let out = masked.map_or(text, Bytes::from);
     Ok(finish(headers, out, fields))
+}
+
+/// Documents this large are masked on the blocking pool: a session
+/// thread runs many sessions, which must not wait behind one
+/// connection's masking of megabytes.
+const OFF_THREAD_BYTES: usize = 64 << 10;
+
+/// [`json_doc`], owned: the masked bytes (`None` when nothing was masked)
+/// and how many values were. Large documents are masked off the session's
+/// thread. `Err` only when the blocking pool failed.
+pub async fn mask_doc(
+    plan: Option<&MaskPlan>,
+    secrets: bool,
+    text: Bytes,
+) -> Result<Result<(Option<Vec<u8>>, u64), NotJson>, String> {
+    fn owned(m: Result<MaskedJson<'_>, NotJson>) -> Result<(Option<Vec<u8>>, u64), NotJson> {
+        m.map(|MaskedJson { body, fields }| {
+            let masked = match body {
+                Cow::Owned(masked) => Some(masked),
+                Cow::Borrowed(_) => None,
+            };
+            (masked, fields)
+        })
+    }
+    if text.len() < OFF_THREAD_BYTES {
+        return Ok(owned(json_doc(plan, secrets, &text)));
+    }
+    let plan = plan.cloned();
+    tokio::task::spawn_blocking(move || owned(json_doc(plan.as_ref(), secrets, &text)))
+        .await
+        .map_err(|e| format!("masking the response: {e}"))
 }
 
 /// One JSON document masked by the session's rules (`plan`, in one pass

@@ -45,6 +45,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 pub use settings::{HttpTarget, Oversize, Unmaskable};
 
+pub use mask::mask_doc;
 /// For the fuzz targets (`fuzz/`) only.
 #[doc(hidden)]
 pub use request::decided_on;

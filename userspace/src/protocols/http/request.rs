@@ -416,6 +416,13 @@ pub(super) async fn respond(
             || parts.headers.contains_key(header::CONTENT_RANGE),
         target: &conn.gw.target.name,
     });
+    if let Some(p) = plan.as_ref() {
+        let n = mask_headers(p, &mut parts.headers);
+        tally.fields.fetch_add(n, Ordering::Relaxed);
+    }
+    if masking != Masking::None {
+        drop_body_digests(&mut parts.headers);
+    }
     let body: Body = match masking {
         Masking::None => body.boxed(),
         Masking::Whole => {
@@ -616,11 +623,35 @@ struct Facts<'a> {
 /// Media types that carry strings as their raw bytes among binary
 /// framing: the same fields as a JSON answer, where no detector reads.
 const STRUCTURED_BINARY: &[&str] = &[
-    "protobuf", "msgpack", "cbor", "bson", "avro", "thrift", "grpc",
+    "protobuf",
+    "msgpack",
+    "cbor",
+    "bson",
+    "avro",
+    "thrift",
+    "grpc",
+    "smile",
+    "arrow",
+    "parquet",
+    "amazon.ion",
 ];
 
 impl Masking {
     fn of(f: &Facts<'_>) -> Masking {
+        let whole = Masking::of_whole(f);
+        // A range cut anywhere (inside a value, between a key and it) is a
+        // document no rule or detector reads whole. A range of what passes
+        // as it is (binary) is served: downloads resume.
+        if f.partial && whole != Masking::None {
+            return Masking::Unreadable(
+                "the upstream answered part of a document (a range), which cannot be masked".into(),
+            );
+        }
+        whole
+    }
+
+    /// As [`Masking::of`], for a whole body.
+    fn of_whole(f: &Facts<'_>) -> Masking {
         let media = mask::media_type(f.headers).filter(|m| !m.is_empty());
         let json = mask::is_json(f.headers);
         let named = || {
@@ -629,18 +660,22 @@ impl Masking {
                 |m| m.to_string(),
             )
         };
+        let structured = media
+            .as_deref()
+            .and_then(|m| m.split_once('/'))
+            .is_some_and(|(_, sub)| {
+                sub == "ion" || STRUCTURED_BINARY.iter().any(|t| sub.contains(t))
+            });
+        let unreadable_charset = mask::charset(f.headers).filter(|c| !mask::ascii_compatible(c));
         match () {
             _ if !f.plan && !f.secrets => Masking::None,
             _ if f.empty => Masking::None,
-            // A range cut anywhere (inside a value, between the key and
-            // it) is a document no rule or detector reads whole.
-            _ if f.partial => Masking::Unreadable(
-                "the upstream answered part of a document (a range), which cannot be masked".into(),
-            ),
-            _ if mask::charset(f.headers).is_some_and(|c| !mask::ascii_compatible(&c)) => {
+            _ if unreadable_charset.is_some()
+                && (media.is_none() || lines::is_textual(f.headers)) =>
+            {
                 Masking::Unreadable(format!(
                     "the upstream answered in charset {:?}, which the masking does not read",
-                    mask::charset(f.headers).unwrap_or_default()
+                    unreadable_charset.unwrap_or_default()
                 ))
             }
             _ if json && !f.streaming => Masking::Whole,
@@ -657,20 +692,93 @@ impl Masking {
             // Unlabelled, a body is read as text by most clients (curl
             // prints it): the detectors run over it.
             _ if media.is_none() => Masking::Lines,
-            _ if !f.scan
-                && media
-                    .as_deref()
-                    .is_some_and(|m| STRUCTURED_BINARY.iter().any(|t| m.contains(t))) =>
-            {
-                Masking::Unreadable(format!(
-                    "the upstream answered {}, whose strings the detectors cannot read \
-                     (unmaskable = \"refuse\")",
-                    named()
-                ))
-            }
+            _ if !f.scan && structured => Masking::Unreadable(format!(
+                "the upstream answered {}, whose strings the detectors cannot read \
+                 (unmaskable = \"refuse\")",
+                named()
+            )),
             _ => Masking::None,
         }
     }
+}
+
+/// Response headers that are a function of the body as the upstream sent
+/// it: beside a masked body, a guess at a masked value hashed the same
+/// way confirms it (Rails, Express, Spring and S3 ETags are plain hashes
+/// of the body).
+const BODY_DIGESTS: &[&str] = &[
+    "etag",
+    "content-md5",
+    "content-digest",
+    "repr-digest",
+    "digest",
+    "x-goog-hash",
+];
+
+/// Drops [`BODY_DIGESTS`] (and `x-amz-checksum-*`) from an answer whose
+/// body masking reads.
+fn drop_body_digests(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| BODY_DIGESTS.contains(&k.as_str()) || k.as_str().starts_with("x-amz-checksum-"))
+        .cloned()
+        .collect();
+    for k in named {
+        headers.remove(k);
+    }
+}
+
+/// Headers that frame the message rather than say anything: the
+/// detectors leave them alone.
+const FRAMING: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "date",
+    "vary",
+    "cache-control",
+    "connection",
+];
+
+/// The detectors over every other response header value: a JWT in
+/// `Set-Cookie`, a token in `Location`'s fragment, a key in a custom
+/// header reach the agent as surely as in the body. The number masked.
+fn mask_headers(plan: &MaskPlan, headers: &mut HeaderMap) -> u64 {
+    let mut n = 0;
+    let mut masked: Vec<(HeaderName, Vec<HeaderValue>)> = Vec::new();
+    for name in headers.keys() {
+        if FRAMING.contains(&name.as_str()) {
+            continue;
+        }
+        let values: Vec<&HeaderValue> = headers.get_all(name).iter().collect();
+        let mut changed = false;
+        let mut out = Vec::with_capacity(values.len());
+        for v in values {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            match plan.detect(&text) {
+                Some((m, k)) => {
+                    n += k;
+                    changed = true;
+                    out.push(
+                        HeaderValue::from_str(&m)
+                            .unwrap_or_else(|_| HeaderValue::from_static("****")),
+                    );
+                }
+                None => out.push(v.clone()),
+            }
+        }
+        if changed {
+            masked.push((name.clone(), out));
+        }
+    }
+    for (name, values) in masked {
+        headers.remove(&name);
+        for v in values {
+            headers.append(name.clone(), v);
+        }
+    }
+    n
 }
 
 /// A body replaced by a line saying why it was withheld.
@@ -870,10 +978,14 @@ fn outbound(
         parts.headers.insert(header::ACCEPT, json);
     }
     if sent.masking || sent.json_only {
-        // A part of a document cannot be masked (a range may cut out just
-        // the value a rule masks), nor text in a charset the masking does
-        // not read: the whole, in the server's UTF-8.
-        for name in [header::RANGE, header::IF_RANGE, header::ACCEPT_CHARSET] {
+        // Text in a charset the masking does not read is not asked for:
+        // the server's UTF-8. Nor is a confirmation that a guessed body
+        // (masked value and all) hashes to the ETag (a 304).
+        for name in [
+            header::ACCEPT_CHARSET,
+            header::IF_NONE_MATCH,
+            header::IF_MATCH,
+        ] {
             parts.headers.remove(name);
         }
     }
