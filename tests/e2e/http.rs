@@ -175,7 +175,8 @@ class H(BaseHTTPRequestHandler):
             self.send_header("etag", 'W/"%s"' % hashlib.sha256(out).hexdigest()[:32])
             self.send_header("content-length", str(len(out)))
             self.end_headers()
-            self.wfile.write(out)
+            if self.command != "HEAD":
+                self.wfile.write(out)
             return
         if self.path.startswith("/v1/login"):
             # A login answered as Express, Rails and ASP.NET apps answer
@@ -1230,6 +1231,16 @@ fn red_team_head_of_a_json_resource_is_answered() {
         let shown = text(&out);
         if !shown.starts_with(ok) {
             failures.push(format!("curl -I {flag}: {shown}"));
+        }
+        // The unmasked body's length would give the masked value's.
+        if shown.to_ascii_lowercase().contains("content-length") {
+            failures.push(format!("curl -I {flag} tells the unmasked length: {shown}"));
+        }
+        // Nor does a HEAD hand over the unmasked body's hash.
+        let out = s.curl(&["-I", flag, &s.url("/v1/etag")]);
+        let shown = text(&out);
+        if !shown.starts_with(ok) || shown.to_ascii_lowercase().contains("etag") {
+            failures.push(format!("curl -I {flag} /v1/etag: {shown}"));
         }
     }
     let records: Vec<String> = s

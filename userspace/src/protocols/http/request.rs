@@ -404,7 +404,7 @@ pub(super) async fn respond(
     let plan = a.plan;
     let secrets = a.secrets;
     let tally = Arc::new(lines::Tally::default());
-    let masking = Masking::of(&Facts {
+    let mut facts = Facts {
         plan: plan.is_some(),
         by_path: a.by_path,
         scan: conn.cfg.unmaskable == Unmaskable::Scan,
@@ -415,7 +415,17 @@ pub(super) async fn respond(
         partial: parts.status == StatusCode::PARTIAL_CONTENT
             || parts.headers.contains_key(header::CONTENT_RANGE),
         target: &conn.gw.target.name,
-    });
+    };
+    let masking = Masking::of(&facts);
+    // No body (HEAD): its headers still describe the unmasked one, whose
+    // length gives a masked value's length and whose digests hash it.
+    let empty = facts.empty;
+    facts.empty = false;
+    let described = empty && masking == Masking::None && Masking::of(&facts) != Masking::None;
+    if described {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        drop_body_digests(&mut parts.headers);
+    }
     if let Some(p) = plan.as_ref() {
         let n = mask_headers(p, &mut parts.headers);
         tally.fields.fetch_add(n, Ordering::Relaxed);
