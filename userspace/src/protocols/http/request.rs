@@ -404,7 +404,7 @@ pub(super) async fn respond(
     let plan = a.plan;
     let secrets = a.secrets;
     let tally = Arc::new(lines::Tally::default());
-    let mut facts = Facts {
+    let facts = Facts {
         plan: plan.is_some(),
         by_path: a.by_path,
         scan: conn.cfg.unmaskable == Unmaskable::Scan,
@@ -417,21 +417,25 @@ pub(super) async fn respond(
         target: &conn.gw.target.name,
     };
     let masking = Masking::of(&facts);
-    // No body (HEAD): its headers still describe the unmasked one, whose
-    // length gives a masked value's length and whose digests hash it.
+    // Masking reads this answer's body, or would if it had one (HEAD):
+    // the headers that hash the body as sent (and, with none, its length)
+    // would confirm a guess at a masked value.
     let empty = facts.empty;
-    facts.empty = false;
-    let described = empty && masking == Masking::None && Masking::of(&facts) != Masking::None;
-    if described {
-        parts.headers.remove(header::CONTENT_LENGTH);
+    let reads_body = masking != Masking::None
+        || (empty
+            && Masking::of(&Facts {
+                empty: false,
+                ..facts
+            }) != Masking::None);
+    if reads_body {
         drop_body_digests(&mut parts.headers);
+        if empty {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
     }
     if let Some(p) = plan.as_ref() {
         let n = mask_headers(p, &mut parts.headers);
         tally.fields.fetch_add(n, Ordering::Relaxed);
-    }
-    if masking != Masking::None {
-        drop_body_digests(&mut parts.headers);
     }
     let body: Body = match masking {
         Masking::None => body.boxed(),
