@@ -752,24 +752,6 @@ mod tests {
         );
     }
 
-    /// A response body sent frame by frame, as the frames come.
-    struct Chan(tokio::sync::mpsc::Receiver<bytes::Bytes>);
-
-    impl hyper::body::Body for Chan {
-        type Data = bytes::Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>>
-        {
-            self.0
-                .poll_recv(cx)
-                .map(|f| f.map(|b| Ok(hyper::body::Frame::data(b))))
-        }
-    }
-
     /// Red team (held): an event stream whose CRLF is cut between two
     /// chunks (the CR ends one, the LF starts the next), over a real
     /// hyper body, frame by frame: every `data:` line is masked and the
@@ -777,7 +759,6 @@ mod tests {
     #[tokio::test]
     async fn red_team_event_lines_split_at_chunk_edges_are_masked() {
         use http_body_util::BodyExt;
-        use hyper_util::rt::TokioIo;
         let frames: Vec<&'static [u8]> = vec![
             b"data: {\"ssn\":\"123-45-6789\"}\r",
             b"\ndata: {\"ssn\":\"987-65-4321\"}\r",
@@ -785,42 +766,11 @@ mod tests {
             b"\ndata: {\"s",
             b"sn\":\"555-12-3456\"}\r\n\r\n",
         ];
-        let (client_io, server_io) = tokio::io::duplex(1 << 16);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_req| {
-                let frames = frames.clone();
-                async move {
-                    let (tx, rx) = tokio::sync::mpsc::channel(4);
-                    tokio::spawn(async move {
-                        for f in frames {
-                            let _ = tx.send(bytes::Bytes::from_static(f)).await;
-                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                        }
-                    });
-                    let mut r = http::Response::new(Chan(rx));
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/event-stream"),
-                    );
-                    Ok::<_, std::convert::Infallible>(r)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(server_io), service)
-                .await;
-        });
-        let (mut send, conn) = hyper::client::conn::http1::handshake::<
-            _,
-            http_body_util::Empty<bytes::Bytes>,
-        >(TokioIo::new(client_io))
-        .await
-        .expect("handshake");
-        tokio::spawn(conn);
-        let response = send
-            .send_request(http::Request::new(http_body_util::Empty::new()))
-            .await
-            .expect("response");
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, body) = super::super::test_upstream::incoming(
+            vec![("content-type", "text/event-stream")],
+            frames.into_iter().map(bytes::Bytes::from_static).collect(),
+        )
+        .await;
         let m = ssn_masker(Kind::Events, true);
         let stream = super::Stream {
             plan: m.plan.clone(),

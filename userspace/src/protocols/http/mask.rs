@@ -602,44 +602,6 @@ mod tests {
         assert_eq!(json_only_accept(None, true), "application/json");
     }
 
-    /// An upstream answer whose body is `body` (with `headers`) as hyper
-    /// hands it over: an `Incoming`, over an in-memory HTTP/1.1
-    /// connection.
-    async fn incoming(
-        headers: Vec<(&'static str, &'static str)>,
-        body: Vec<u8>,
-    ) -> (http::HeaderMap, hyper::body::Incoming) {
-        use http_body_util::Full;
-        use hyper_util::rt::TokioIo;
-        let (client_io, server_io) = tokio::io::duplex(1 << 20);
-        let headers2 = headers.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_req| {
-                let mut r = http::Response::new(Full::new(bytes::Bytes::from(body.clone())));
-                for (k, v) in &headers2 {
-                    r.headers_mut().insert(*k, HeaderValue::from_static(v));
-                }
-                async move { Ok::<_, std::convert::Infallible>(r) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(server_io), service)
-                .await;
-        });
-        let (mut send, conn) = hyper::client::conn::http1::handshake::<
-            _,
-            http_body_util::Empty<bytes::Bytes>,
-        >(TokioIo::new(client_io))
-        .await
-        .expect("handshake");
-        tokio::spawn(conn);
-        let response = send
-            .send_request(http::Request::new(http_body_util::Empty::new()))
-            .await
-            .expect("response");
-        let (parts, body) = response.into_parts();
-        (parts.headers, body)
-    }
-
     /// Red team (fidelity): a gzip body is unpacked for masking with
     /// `flate2::read::GzDecoder`, which reads the first gzip member only
     /// (the credential guard's `echo::unpack` uses `MultiGzDecoder`).
@@ -670,14 +632,15 @@ mod tests {
             member(r#"{"id":2,"name":"second"}]"#),
         ]
         .concat();
-        let (mut headers, incoming) = incoming(
+        let (parts, incoming) = super::super::test_upstream::incoming(
             vec![
                 ("content-type", "application/json"),
                 ("content-encoding", "gzip"),
             ],
-            body,
+            vec![bytes::Bytes::from(body)],
         )
         .await;
+        let mut headers = parts.headers;
         let sent = match super::json_body(Some(&plan), false, &mut headers, incoming, 1 << 20).await
         {
             Ok(super::Outcome::Masked { body, .. }) => {

@@ -32,6 +32,8 @@ mod recorded;
 mod refusal;
 mod request;
 mod settings;
+#[cfg(test)]
+mod test_upstream;
 mod tunnel;
 mod upstream;
 
