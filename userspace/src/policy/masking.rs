@@ -616,11 +616,7 @@ impl MaskPlan {
         if key.len() < 15 && key.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        if !self.detectors.iter().any(|d| d.regex.is_match(key)) {
-            return None;
-        }
-        let (masked, n) = self.scan_styled(key, Some(Style::Hash));
-        (n > 0).then_some((masked, n))
+        self.detect_styled(key, Some(Style::Hash))
     }
 
     fn scan_styled(&self, text: &str, force: Option<Style>) -> (String, u64) {
@@ -652,10 +648,15 @@ impl MaskPlan {
     /// them: the masked text and how many values were masked, or `None`
     /// when nothing was (most strings: no copy for them).
     pub(crate) fn detect(&self, text: &str) -> Option<(String, u64)> {
+        self.detect_styled(text, None)
+    }
+
+    /// [`MaskPlan::detect`], each match in `force`'s style if given.
+    fn detect_styled(&self, text: &str, force: Option<Style>) -> Option<(String, u64)> {
         if !self.detectors.iter().any(|d| d.regex.is_match(text)) {
             return None;
         }
-        let (masked, n) = self.scan(text);
+        let (masked, n) = self.scan_styled(text, force);
         (n > 0).then_some((masked, n))
     }
 }
