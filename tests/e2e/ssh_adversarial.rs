@@ -447,11 +447,12 @@ fn the_sftp_audit_cannot_be_blinded() {
     );
     // The record reaches the spool through the writer task, which may
     // finish after the client has seen the channel end.
-    s.env.wait_event("an sftp error for the unread packet", |e| {
-        e["kind"] == "command"
-            && e["verdict"] == "error"
-            && e["reason"].as_str().is_some_and(|r| r.contains("sftp"))
-    });
+    s.env
+        .wait_event("an sftp error for the unread packet", |e| {
+            e["kind"] == "command"
+                && e["verdict"] == "error"
+                && e["reason"].as_str().is_some_and(|r| r.contains("sftp"))
+        });
 }
 
 /// The ordinary traffic of deploy jobs, beside the attacks: git clone

@@ -1,8 +1,13 @@
 //! The daemon's TOML configuration: types, defaults, and validation whose
 //! errors name the file, the line and the problem.
 
+mod dns;
+mod egress;
 mod secret;
 pub mod weakened;
+
+pub use dns::{DnsConfig, UnknownNames, DEFAULT_DNS_PORT};
+pub use egress::{EgressConfig, EgressMode};
 
 pub use secret::Secret;
 
@@ -50,6 +55,8 @@ pub struct Config {
     pub records: RecordsConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    #[serde(default)]
+    pub egress: EgressConfig,
     #[serde(default)]
     pub enrol: EnrolConfig,
     #[serde(default)]
@@ -253,14 +260,6 @@ impl Default for RecordsConfig {
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct DnsConfig {
-    /// The only UDP destinations agents may send to.
-    #[serde(default)]
-    pub resolvers: Vec<SocketAddr>,
-}
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Directory with `blastgate.cedarschema` and `*.cedar` files, watched
     /// and hot-reloaded. Unset: the policies shipped in the binary apply;
@@ -422,6 +421,12 @@ pub struct TargetConfig {
     /// `ip:port` or `host:port` (resolved once at start).
     #[serde(default)]
     pub address: Option<String>,
+    /// Destinations by name, followed as their addresses change:
+    /// `name:port`, `*.suffix:port` or `cidr:port`. A connection is this
+    /// target when the agent resolved a matching name, through blastgate,
+    /// to the address it dialled (or the address is in a range).
+    #[serde(default)]
+    pub hosts: Vec<String>,
     #[serde(default)]
     pub addresses: Vec<String>,
     /// Where blastgate itself connects; defaults to the address the agent dialled.
@@ -510,11 +515,19 @@ impl Config {
             if !names.insert(t.name.as_str()) {
                 return Err(format!("targets[{i}]: duplicate target name {:?}", t.name));
             }
-            if t.address.is_none() && t.addresses.is_empty() {
+            if t.address.is_none() && t.addresses.is_empty() && t.hosts.is_empty() {
                 return Err(format!(
-                    "targets[{i}] ({}): needs `address` or `addresses`",
+                    "targets[{i}] ({}): needs `address`, `addresses` or `hosts`",
                     t.name
                 ));
+            }
+            for h in t.host_patterns()? {
+                if h.port.is_none() {
+                    return Err(format!(
+                        "targets[{i}] ({}): hosts entry \"{h}\" needs a port",
+                        t.name
+                    ));
+                }
             }
             let at = format!("targets[{i}] ({})", t.name);
             let p = t.protocol;
@@ -530,6 +543,8 @@ impl Config {
             let web = [Protocol::Http, Protocol::Https];
             protocol_section(&at, p, &web, "http", &t.http, |s| s.validate())?;
         }
+        self.dns.validate(self.proxy_port()?)?;
+        self.egress.patterns()?;
         let (min, max) = (
             blastgate_common::MIN_LABELS,
             blastgate_common::PID_MAX_LIMIT,
@@ -610,6 +625,16 @@ impl TargetConfig {
     }
 
     /// Every address this target answers on, resolved.
+    pub fn host_patterns(&self) -> Result<Vec<crate::egress::pattern::HostPattern>, String> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                crate::egress::pattern::HostPattern::parse(h)
+                    .map_err(|e| format!("target {}: hosts: {e}", self.name))
+            })
+            .collect()
+    }
+
     pub fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
         let mut out = Vec::new();
         for a in self.address.iter().chain(self.addresses.iter()) {

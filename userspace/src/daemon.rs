@@ -102,6 +102,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let ssh_ca = ssh_ca(&config)?;
     let stop = CancellationToken::new();
     let listeners = proxy::bind(&config.proxy.listen).await?;
+    let dns_sockets = crate::dns::listener::bind(config.dns.listen.port())
+        .await
+        .map_err(|e| Error::io("DNS listener", e))?;
+    let egress = Arc::new(crate::egress::Egress::from_config(&config).map_err(Error::Invalid)?);
+    let resolvable = crate::egress::resolvable_names(&config).map_err(Error::Invalid)?;
     let control_listener = control::server::bind(&config.control.socket)?;
     if let Some(addr) = config.metrics.listen {
         crate::metrics::serve(addr, stop.clone()).await?;
@@ -157,6 +162,38 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         recorder.clone(),
         Notifier::start(config.approvals.webhooks.clone()),
     );
+    let resolver = Arc::new(crate::dns::Resolver::new(
+        config.dns.clone(),
+        resolvable,
+        config.egress.mode,
+        recorder.clone(),
+    ));
+    if resolver.upstreams().is_empty() {
+        tracing::warn!(
+            "no upstream DNS resolvers (dns.upstreams is empty and the host names none): \
+             agents' lookups of allowed names fail"
+        );
+    }
+    let callers = Arc::new(
+        crate::dns::listener::Callers::new(
+            interceptor.maps.clone(),
+            interceptor.agents.clone(),
+            Default::default(),
+        )
+        .map_err(|e| Error::io("sock_diag socket for the DNS resolver", e))?,
+    );
+    tokio::spawn(resolver.clone().follow_targets(
+        crate::egress::target_names(&config).map_err(Error::Invalid)?,
+        stop.clone(),
+    ));
+    for sock in dns_sockets {
+        tokio::spawn(crate::dns::listener::serve_udp(
+            sock,
+            resolver.clone(),
+            callers.clone(),
+            stop.clone(),
+        ));
+    }
     let proxy_ctx = Arc::new(ProxyContext {
         services: Arc::new(Services {
             approvals: approvals.clone(),
@@ -171,6 +208,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         maps: Some(interceptor.maps.clone()),
         agents: Some(interceptor.agents.clone()),
         routes,
+        dns: Some(resolver),
+        egress,
         listen: config.proxy.listen.clone(),
         hard_stop: hard_stop.clone(),
         processes: Default::default(),

@@ -32,6 +32,8 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dns;
+pub mod egress;
 mod error;
 pub mod identity;
 pub mod intercept;

@@ -348,7 +348,9 @@ pin_dir = "/sys/fs/bpf/blastgate-demo"
 spool_dir = "{dir}/spool"
 
 [dns]
-resolvers = ["127.0.0.53:53"]
+# Agents' DNS goes to blastgate's resolver; the demo's agents resolve no
+# allowed name, so nothing is forwarded anywhere.
+listen = "127.0.0.1:15353"
 
 [clickhouse]
 url = "{ch_url}"

@@ -42,6 +42,10 @@ const COMMON: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "apache2-utils",
+    // The DNS tests' real resolver (the binary only: no system service),
+    // and `dig` to ask it and blastgate's.
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 /// Packages whose Debian install starts a system service: the HTTP bench

@@ -38,6 +38,10 @@ pub mod program {
     /// TCP passthrough fast path: an agent's `sendmsg` goes straight to
     /// the upstream socket the daemon paired it with (see [`FastPair`]).
     pub const FAST_MSG: &str = "blastgate_fast_msg";
+    /// Replies from blastgate's resolver carry the resolver address the
+    /// agent asked, not the daemon's listener (`recvmsg`).
+    pub const RECVMSG4: &str = "blastgate_recvmsg4";
+    pub const RECVMSG6: &str = "blastgate_recvmsg6";
 }
 
 /// Names of the maps, which are also their file names under the pin directory.
@@ -46,7 +50,6 @@ pub mod map {
     pub const ENROL_UIDS: &str = "BG_ENROL_UIDS";
     pub const ENROL_CGROUPS: &str = "BG_ENROL_CGROUPS";
     pub const ENROL_EXES: &str = "BG_ENROL_EXES";
-    pub const DNS_RESOLVERS: &str = "BG_DNS";
     pub const SETTINGS: &str = "BG_SETTINGS";
     pub const BY_COOKIE: &str = "BG_BY_COOKIE";
     pub const BY_PEER: &str = "BG_BY_PEER";
@@ -72,6 +75,10 @@ pub mod map {
     /// Agent socket's [`SockKey`](crate::SockKey) -> [`FastCounts`](crate::FastCounts),
     /// created by sockops, counted by the sk_msg program.
     pub const FAST_COUNTS: &str = "BG_FAST_COUNTS";
+    /// Socket cookie -> [`ConnRecord`](crate::ConnRecord) of an agent's UDP
+    /// socket that sent DNS (its `orig` is the resolver it asked): who is
+    /// asking, for the daemon's resolver, and what the reply must come from.
+    pub const DNS_CALLERS: &str = "BG_DNS_CALLERS";
 }
 
 /// Values of [`map::HELD`], an array indexed by thread-group id with a slot
@@ -113,7 +120,9 @@ pub const PID_MAX_LIMIT: u32 = 4_194_304;
 /// Capacity of the in-flight connection maps (LRU: a dead daemon cannot fill them).
 pub const MAX_INFLIGHT: u32 = 65_536;
 pub const MAX_ENROL: u32 = 1_024;
-pub const MAX_DNS: u32 = 64;
+/// Capacity of [`map::DNS_CALLERS`] (LRU: a socket evicted before its
+/// query is answered is refused, never misattributed).
+pub const MAX_DNS_CALLERS: u32 = 16_384;
 pub const COMM_LEN: usize = 16;
 
 /// Syscall numbers (x86_64 kernels) that create sockets, as the raw
@@ -241,8 +250,15 @@ pub mod setting {
     /// Non-zero when the daemon runs the TCP passthrough fast path: only
     /// then does sockops put agent sockets in the fast path's map.
     pub const FAST_PATH: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// UDP port of the daemon's resolver on 127.0.0.1 and ::1, host order:
+    /// where agents' port-53 datagrams go. 0 refuses them.
+    pub const DNS_PORT: u32 = 8;
+    /// Slots in the array (room to grow without resizing a pinned map).
+    pub const COUNT: u32 = 16;
 }
+
+/// The port agents send DNS to, whatever address they send it to.
+pub const DNS_PORT: u32 = 53;
 
 /// Indices into the [`map::COUNTERS`] per-CPU array, read by `blastgate status`.
 pub mod counter {

@@ -1,4 +1,5 @@
-//! The redirect: agents' TCP connects go to the proxy, their UDP only to DNS.
+//! The redirect: agents' TCP connects go to the proxy, their UDP only to
+//! blastgate's resolver ([`crate::dns`]).
 
 use core::ptr::read_volatile;
 
@@ -9,20 +10,16 @@ use aya_ebpf::{
         bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
     },
     macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::{SockAddrContext, SockOpsContext},
 };
 use aya_log_ebpf::debug;
 use blastgate_common::{
-    counter, setting, ConnRecord, SockKey, AF_INET, AF_INET6, COMM_LEN, LOOPBACK4_BE, MAX_DNS,
+    counter, setting, ConnRecord, SockKey, AF_INET, AF_INET6, COMM_LEN, LOOPBACK4_BE,
     MAX_INFLIGHT, SOCK_DGRAM, SOCK_STREAM,
 };
 
 use crate::agent::{count, current_agent, setting, REFUSED};
-
-/// Allowed UDP destinations of agents (the configured DNS resolvers).
-#[map]
-pub static BG_DNS: HashMap<SockKey, u32> = HashMap::pinned(MAX_DNS, 0);
 
 /// Socket cookie -> record, from `connect()` until `sockops` sees the local port.
 #[map]
@@ -37,12 +34,12 @@ pub static BG_ORIG: LruHashMap<u64, SockKey> = LruHashMap::pinned(MAX_INFLIGHT, 
 #[map]
 pub static BG_BY_PEER: LruHashMap<SockKey, ConnRecord> = LruHashMap::pinned(MAX_INFLIGHT, 0);
 
-const ALLOW: i32 = 1;
-const REFUSE: i32 = 0;
+pub(crate) const ALLOW: i32 = 1;
+pub(crate) const REFUSE: i32 = 0;
 
 /// `::ffff:0:0/96` as the kernel stores the third 32-bit word.
-const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-const LOOPBACK6_LAST_WORD: u32 = u32::from_ne_bytes([0, 0, 0, 1]);
+pub(crate) const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+pub(crate) const LOOPBACK6_LAST_WORD: u32 = u32::from_ne_bytes([0, 0, 0, 1]);
 
 #[cgroup_sock_addr(connect4)]
 pub fn blastgate_connect4(ctx: SockAddrContext) -> i32 {
@@ -86,24 +83,14 @@ pub fn blastgate_connect6(ctx: SockAddrContext) -> i32 {
                 && ((w[2] == 0 && w[3] == LOOPBACK6_LAST_WORD)
                     || (w[2] == V4_MAPPED_WORD && w[3] == LOOPBACK4_BE))
         },
-        // A v4-mapped destination stays v4-mapped (the socket may be
-        // dual-stack only); native IPv6 goes to the proxy on ::1.
-        |proxy_port| unsafe {
-            (*sa).user_ip6[0] = 0;
-            (*sa).user_ip6[1] = 0;
-            (*sa).user_ip6[2] = if mapped { V4_MAPPED_WORD } else { 0 };
-            (*sa).user_ip6[3] = if mapped {
-                LOOPBACK4_BE
-            } else {
-                LOOPBACK6_LAST_WORD
-            };
-            (*sa).user_port = port_net(proxy_port);
-        },
+        |port| unsafe { point_at_loopback6(sa, mapped, port) },
     )
 }
 
-/// What connect4 and connect6 share: UDP may only reach DNS; TCP has its
-/// caller saved and its destination rewritten to the proxy.
+/// What connect4 and connect6 share: UDP may only send DNS, which goes to
+/// blastgate's resolver; TCP has its caller saved and its destination
+/// rewritten to the proxy. `rewrite(port)` points the socket at that port
+/// on loopback.
 #[inline(always)]
 fn on_connect(
     ctx: &SockAddrContext,
@@ -120,7 +107,7 @@ fn on_connect(
         return REFUSE;
     }
     match unsafe { (*sa).type_ } {
-        SOCK_DGRAM => udp_verdict(&orig),
+        SOCK_DGRAM => crate::dns::redirect(sa, agent, orig, family, rewrite),
         SOCK_STREAM => {
             if setting(setting::READY) == 0 {
                 return REFUSE;
@@ -147,33 +134,59 @@ fn on_connect(
     }
 }
 
+/// Unconnected UDP: as connect's, per datagram.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn blastgate_sendmsg4(ctx: SockAddrContext) -> i32 {
-    match current_agent() {
+    let agent = match current_agent() {
         None => return ALLOW,
         Some(REFUSED) => return REFUSE,
-        Some(_) => {}
-    }
+        Some(a) => a,
+    };
     let sa = ctx.sock_addr;
     let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
-    udp_verdict(&SockKey::v4_mapped(ip.to_ne_bytes(), port_host(port)))
+    let orig = SockKey::v4_mapped(ip.to_ne_bytes(), port_host(port));
+    crate::dns::redirect(sa, agent, orig, AF_INET, |dns_port| unsafe {
+        (*sa).user_ip4 = LOOPBACK4_BE;
+        (*sa).user_port = port_net(dns_port);
+    })
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn blastgate_sendmsg6(ctx: SockAddrContext) -> i32 {
-    match current_agent() {
+    let agent = match current_agent() {
         None => return ALLOW,
         Some(REFUSED) => return REFUSE,
-        Some(_) => {}
-    }
+        Some(a) => a,
+    };
     let sa = ctx.sock_addr;
     let (w, port) = unsafe { ((*sa).user_ip6, (*sa).user_port) };
-    udp_verdict(&key6(w, port_host(port)))
+    let mapped = w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED_WORD;
+    crate::dns::redirect(sa, agent, key6(w, port_host(port)), AF_INET6, |dns_port| unsafe {
+        point_at_loopback6(sa, mapped, dns_port)
+    })
 }
 
-/// Agents may not bind the proxy port (any address, TCP or UDP): while the
-/// daemon is down, an agent listening there would receive every other
-/// agent's redirected connections.
+/// Points an AF_INET6 address at loopback: `::ffff:127.0.0.1` for a
+/// v4-mapped destination (the socket may be dual-stack only), `::1` for
+/// native IPv6.
+#[inline(always)]
+pub(crate) unsafe fn point_at_loopback6(sa: *mut bpf_sock_addr, mapped: bool, port: u32) {
+    unsafe {
+        (*sa).user_ip6[0] = 0;
+        (*sa).user_ip6[1] = 0;
+        (*sa).user_ip6[2] = if mapped { V4_MAPPED_WORD } else { 0 };
+        (*sa).user_ip6[3] = if mapped {
+            LOOPBACK4_BE
+        } else {
+            LOOPBACK6_LAST_WORD
+        };
+        (*sa).user_port = port_net(port);
+    }
+}
+
+/// Agents may not bind the proxy port or the resolver's (any address, TCP
+/// or UDP): while the daemon is down, an agent listening there would
+/// receive every other agent's redirected connections or DNS queries.
 #[cgroup_sock_addr(bind4)]
 pub fn blastgate_bind4(ctx: SockAddrContext) -> i32 {
     bind_verdict(unsafe { (*ctx.sock_addr).user_port })
@@ -186,7 +199,9 @@ pub fn blastgate_bind6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn bind_verdict(user_port: u32) -> i32 {
-    if port_host(user_port) != setting(setting::PROXY_PORT) || current_agent().is_none() {
+    let port = port_host(user_port);
+    let ours = port == setting(setting::PROXY_PORT) || port == setting(setting::DNS_PORT);
+    if !ours || current_agent().is_none() {
         return ALLOW;
     }
     count(counter::BIND_DENIED);
@@ -229,7 +244,10 @@ pub fn blastgate_getpeername6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn dialled(sa: *mut bpf_sock_addr) -> Option<([u32; 4], u32)> {
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let orig = unsafe { *BG_ORIG.get_ptr(cookie)? };
+    let orig = match BG_ORIG.get_ptr(cookie) {
+        Some(o) => unsafe { *o },
+        None => crate::dns::asked(cookie)?,
+    };
     let a = orig.addr;
     let word = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
     Some(([word(0), word(4), word(8), word(12)], port_net(orig.port)))
@@ -297,26 +315,27 @@ fn local_key(ctx: &SockOpsContext) -> Option<SockKey> {
 }
 
 #[inline(always)]
-fn udp_verdict(dst: &SockKey) -> i32 {
-    if BG_DNS.get_ptr(dst).is_some() {
-        ALLOW
-    } else {
-        count(counter::UDP_DENIED);
-        REFUSE
-    }
-}
-
-#[inline(always)]
 fn save_record(
     sa: *mut bpf_sock_addr,
     agent_id: u32,
     orig: SockKey,
     family: u32,
 ) -> Result<(), i32> {
+    let rec = caller_record(agent_id, orig, family);
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    BG_BY_COOKIE.insert(cookie, rec, 0)?;
+    // Transparency only: without it getpeername() shows the proxy.
+    let _ = BG_ORIG.insert(cookie, orig, 0);
+    Ok(())
+}
+
+/// Who is calling, from the current task.
+#[inline(always)]
+pub(crate) fn caller_record(agent_id: u32, orig: SockKey, family: u32) -> ConnRecord {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     let comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
-    let rec = ConnRecord {
+    ConnRecord {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         orig,
         tgid: (pid_tgid >> 32) as u32,
@@ -327,12 +346,7 @@ fn save_record(
         family,
         comm,
         _pad: 0,
-    };
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    BG_BY_COOKIE.insert(cookie, rec, 0)?;
-    // Transparency only: without it getpeername() shows the proxy.
-    let _ = BG_ORIG.insert(cookie, orig, 0);
-    Ok(())
+    }
 }
 
 #[inline(always)]
@@ -352,11 +366,11 @@ pub(crate) fn key6(w: [u32; 4], port: u32) -> SockKey {
 
 /// `user_port` holds the port in network order in its low 16 bits.
 #[inline(always)]
-fn port_host(user_port: u32) -> u32 {
+pub(crate) fn port_host(user_port: u32) -> u32 {
     u16::from_be(user_port as u16) as u32
 }
 
 #[inline(always)]
-fn port_net(port: u32) -> u32 {
+pub(crate) fn port_net(port: u32) -> u32 {
     (port as u16).to_be() as u32
 }

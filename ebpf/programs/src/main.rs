@@ -14,8 +14,9 @@
 //!   caller's identity is saved by socket cookie (`connect4`/`connect6`),
 //!   then re-keyed by the client's local address (`sockops`) so the proxy can
 //!   find it from the accepted socket's peer address;
-//! - UDP may only reach the configured DNS resolvers (`connect*`,
-//!   `sendmsg*`);
+//! - UDP may only carry DNS, which goes to blastgate's resolver whatever
+//!   address it was sent to, and replies show the address asked
+//!   (`connect*`, `sendmsg*`, `recvmsg*`);
 //! - raw, ICMP, SCTP and other odd sockets cannot be created (`sock_create`);
 //!   packet sockets and other non-IP families (vsock, XDP, …), which bypass
 //!   that hook, kill the caller whatever syscall entry or io_uring request
@@ -31,6 +32,7 @@
 
 mod agent;
 mod connect;
+mod dns;
 mod fast;
 mod lineage;
 mod lsm;

@@ -26,74 +26,7 @@ impl HttpsUpstream {
     pub fn start(server: &str) -> HttpsUpstream {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |n: &str| dir.path().join(n);
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .expect("openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        // Its own CA, and a leaf for billing.internal signed by it.
-        let key = "ec_paramgen_curve:P-256";
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            key,
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=upstream test CA",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            key,
-            "-nodes",
-            "-keyout",
-            "leaf.key",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=billing.internal",
-        ]);
-        std::fs::write(
-            p("ext.cnf"),
-            "subjectAltName=DNS:billing.internal\nbasicConstraints=critical,CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("ext");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        ca_and_leaf(dir.path(), &["billing.internal"]);
         std::fs::write(p("server.py"), server).expect("server.py");
         let port = free_port();
         let mut child = Command::new(PYTHON)
@@ -116,6 +49,73 @@ impl HttpsUpstream {
             _dir: dir,
         }
     }
+}
+
+/// In `dir`: `ca.pem`/`ca.key`, a CA of the test's own, and
+/// `leaf.pem`/`leaf.key`, a server certificate it signed for `names`.
+pub fn ca_and_leaf(dir: &std::path::Path, names: &[&str]) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = "ec_paramgen_curve:P-256";
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        key,
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=upstream test CA",
+    ]);
+    let cn = format!("/CN={}", names[0]);
+    openssl(&[
+        "req", "-newkey", "ec", "-pkeyopt", key, "-nodes", "-keyout", "leaf.key", "-out",
+        "leaf.csr", "-subj", &cn,
+    ]);
+    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "subjectAltName={}\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+            sans.join(",")
+        ),
+    )
+    .expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
 
 impl Drop for HttpsUpstream {

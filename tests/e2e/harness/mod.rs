@@ -8,10 +8,12 @@
 //! killed outright cannot leave a redirect behind for long.
 #![allow(dead_code)]
 
+pub mod dnsmasq;
 pub mod https_upstream;
 pub mod kube;
 pub mod kube_exec;
 pub mod kube_gateway;
+pub mod netns;
 pub mod pg_gateway;
 pub mod postgres;
 pub mod ssh_gateway;
@@ -161,6 +163,22 @@ impl TestServer {
     }
 }
 
+/// A UDP port free on 127.0.0.1 and ::1.
+pub fn free_udp_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(s) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(port) = s.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if std::net::UdpSocket::bind(("::1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no UDP port free on 127.0.0.1 and ::1");
+}
+
 fn free_port_on(ips: &[&str]) -> u16 {
     'outer: for _ in 0..100 {
         let port = free_port();
@@ -181,6 +199,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub port: u16,
+    /// The resolver's UDP port on 127.0.0.1 and ::1.
+    pub dns_port: u16,
     pub pin_dir: PathBuf,
     pub spool: PathBuf,
     pub control: PathBuf,
@@ -194,11 +214,24 @@ impl Env {
 
     /// Like [`Env::new`], with `bpf` added to the `[bpf]` section.
     pub fn with_bpf(bpf: &str, extra: &str) -> Env {
+        Env::with_sections(bpf, "", extra)
+    }
+
+    /// Like [`Env::with_bpf`], with `dns` added to the `[dns]` section.
+    /// Unless `dns` names `upstreams`, the resolver forwards to a loopback
+    /// port nobody serves: no test's lookup may leave the host.
+    pub fn with_sections(bpf: &str, dns: &str, extra: &str) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("blastgate-e2e")
             .tempdir()
             .expect("tempdir");
         let port = free_port();
+        let dns_port = free_udp_port();
+        let upstreams = if dns.contains("upstreams") {
+            ""
+        } else {
+            "upstreams = [\"127.0.0.1:9\"]\n"
+        };
         let n = INSTANCE.fetch_add(1, Ordering::SeqCst);
         let pin_dir = PathBuf::from(format!(
             "/sys/fs/bpf/blastgate-test-{}-{n}",
@@ -210,7 +243,7 @@ impl Env {
         let text = format!(
             "[proxy]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nshutdown_grace_ms = 1000\n\n\
              [control]\nsocket = \"{}\"\n\n[bpf]\npin_dir = \"{}\"\n{bpf}\n\n[records]\nspool_dir = \"{}\"\n\n\
-             [dns]\nresolvers = [\"127.0.0.53:53\"]\n\n[tls]\nca_dir = \"{}\"\n\n{extra}\n",
+             [dns]\nlisten = \"127.0.0.1:{dns_port}\"\n{upstreams}{dns}\n\n[tls]\nca_dir = \"{}\"\n\n{extra}\n",
             control.display(),
             pin_dir.display(),
             spool.display(),
@@ -221,6 +254,7 @@ impl Env {
             dir,
             config,
             port,
+            dns_port,
             pin_dir,
             spool,
             control,

@@ -116,6 +116,23 @@ pub fn list(config: &Config, engine: &Engine, degraded: &[String]) -> Vec<String
             engine.origin()
         ));
     }
+    if config.egress.mode == super::EgressMode::Audit {
+        out.push(
+            "egress: mode = \"audit\": agents reach any name and address that is not a \
+             target; what enforce would refuse is only recorded"
+                .into(),
+        );
+    }
+    for p in config.egress.patterns().unwrap_or_default() {
+        if let crate::egress::pattern::Host::Cidr { prefix, .. } = p.host {
+            if prefix < 8 {
+                out.push(format!(
+                    "egress: allow entry \"{p}\" names a /{prefix} range: agents reach any \
+                     server in it on that port, with no name checked"
+                ));
+            }
+        }
+    }
     let e = &config.enrol;
     if e.uids.is_empty() && e.cgroups.is_empty() && e.exes.is_empty() && e.scripts.is_empty() {
         out.push("enrol: no rules: only processes started with `blastgate run` are guarded".into());

@@ -69,6 +69,9 @@ const PROGRAMS: &[Spec] = &[
     ),
     spec(program::SENDMSG4, Hook::CgroupSockAddr, true, "udp guard"),
     spec(program::SENDMSG6, Hook::CgroupSockAddr, true, "udp guard"),
+    // Without them resolvers drop the replies: agents' DNS would fail.
+    spec(program::RECVMSG4, Hook::CgroupSockAddr, true, "dns replies"),
+    spec(program::RECVMSG6, Hook::CgroupSockAddr, true, "dns replies"),
     spec(
         program::BIND4,
         Hook::CgroupSockAddr,

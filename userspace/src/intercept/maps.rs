@@ -23,7 +23,7 @@ pub struct KernelMaps {
     names: Mutex<HashMap<MapData, u32, AgentName>>,
     by_peer: Mutex<HashMap<MapData, SockKey, ConnRecord>>,
     settings: Mutex<Array<MapData, u32>>,
-    dns: Mutex<HashMap<MapData, SockKey, u32>>,
+    dns_callers: Mutex<HashMap<MapData, u64, ConnRecord>>,
     uids: Mutex<HashMap<MapData, u32, u32>>,
     cgroups: Mutex<HashMap<MapData, u64, u32>>,
     exes: Mutex<HashMap<MapData, ExeKey, u32>>,
@@ -83,7 +83,7 @@ impl KernelMaps {
             map::AGENT_NAMES,
             map::BY_PEER,
             map::SETTINGS,
-            map::DNS_RESOLVERS,
+            map::DNS_CALLERS,
             map::ENROL_UIDS,
             map::ENROL_CGROUPS,
             map::ENROL_EXES,
@@ -108,7 +108,7 @@ impl KernelMaps {
             (map::AGENT_NAMES, Map::HashMap),
             (map::BY_PEER, Map::LruHashMap),
             (map::SETTINGS, Map::Array),
-            (map::DNS_RESOLVERS, Map::HashMap),
+            (map::DNS_CALLERS, Map::LruHashMap),
             (map::ENROL_UIDS, Map::HashMap),
             (map::ENROL_CGROUPS, Map::HashMap),
             (map::ENROL_EXES, Map::HashMap),
@@ -128,7 +128,7 @@ impl KernelMaps {
             names: Mutex::new(take(&mut maps, map::AGENT_NAMES)?),
             by_peer: Mutex::new(take(&mut maps, map::BY_PEER)?),
             settings: Mutex::new(take(&mut maps, map::SETTINGS)?),
-            dns: Mutex::new(take(&mut maps, map::DNS_RESOLVERS)?),
+            dns_callers: Mutex::new(take(&mut maps, map::DNS_CALLERS)?),
             uids: Mutex::new(take(&mut maps, map::ENROL_UIDS)?),
             cgroups: Mutex::new(take(&mut maps, map::ENROL_CGROUPS)?),
             exes: Mutex::new(take(&mut maps, map::ENROL_EXES)?),
@@ -271,9 +271,10 @@ impl KernelMaps {
         Ok(())
     }
 
-    pub fn set_dns(&self, resolvers: &[SocketAddr]) -> Result<(), Error> {
-        let entries: Vec<_> = resolvers.iter().map(|a| (sock_key(*a), 1u32)).collect();
-        Self::replace_all(&mut lock(&self.dns), map::DNS_RESOLVERS, &entries)
+    /// Who sent DNS on the agent socket with this cookie, and to which
+    /// resolver address. Left in place: the socket may ask again.
+    pub fn dns_caller(&self, cookie: u64) -> Option<ConnRecord> {
+        lock(&self.dns_callers).get(&cookie, 0).ok()
     }
 
     pub fn set_enrolment(
@@ -323,6 +324,12 @@ impl KernelMaps {
         use aya::maps::IterableMap;
         let labels = lock(&self.labels);
         labels.map().info().ok().map(|i| i.max_entries())
+    }
+
+    pub fn settings_capacity(&self) -> Option<u32> {
+        use aya::maps::IterableMap;
+        let settings = lock(&self.settings);
+        settings.map().info().ok().map(|i| i.max_entries())
     }
 
     /// Alarms for `blastgate status` and the daemon log: states in which

@@ -90,6 +90,18 @@ impl Interceptor {
             }
             None => return Err(Error::Kernel("cannot read the label map's size".into())),
         }
+        match maps.settings_capacity() {
+            Some(n) if n == setting::COUNT => {}
+            n => {
+                return Err(Error::Invalid(format!(
+                    "the settings map pinned in {} holds {} slots where this blastgate needs {}: \
+                     it was pinned by another version; run `blastgate uninstall` first",
+                    pin_dir.display(),
+                    n.map_or("an unknown number of".into(), |n| n.to_string()),
+                    setting::COUNT
+                )))
+            }
+        }
         let agents = Arc::new(AgentRegistry::new(maps.clone()));
 
         // Settings first: until READY is set the hooks refuse agents, so a
@@ -117,7 +129,7 @@ impl Interceptor {
         maps.write_setting(setting::DAEMON_START_HI, (start >> 32) as u32)?;
         maps.write_setting(setting::DAEMON_TGID, daemon)?;
         maps.write_setting(setting::FAST_PATH, u32::from(maps.fast().is_some()))?;
-        maps.set_dns(&config.dns.resolvers)?;
+        maps.write_setting(setting::DNS_PORT, u32::from(config.dns.listen.port()))?;
         let enrolment = enrol::resolve(&config.enrol, &cgroup_root, &agents)?;
         enrol::refuse_rules_matching_daemon(&enrolment, &cgroup_root)?;
         maps.set_enrolment(

@@ -5,6 +5,7 @@
 //! `proxy::driver` runs the phases, owns the session's tasks and always
 //! writes the records that open and close it.
 
+pub mod egress;
 pub mod gateway;
 pub mod http;
 pub mod phases;

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::ProxyContext;
 use crate::{
-    config::Protocol,
+    config::{EgressMode, Protocol},
     identity::Caller,
     intercept::{
         is_proxy_addr,
@@ -27,12 +27,14 @@ use crate::{
     },
     policy::Verdict as PolicyVerdict,
     protocols::{
+        egress::EgressPassthrough,
         gateway::{Gateway, Ruling},
         http::Http,
         phases::{self, Phases},
         postgres::Postgres,
         ssh::Ssh,
         tcp::Tcp,
+        Target,
     },
     records::{Event, EventKind, Verdict},
     session::{Counters, Session, SessionError, SessionTasks, WIND_DOWN},
@@ -75,10 +77,24 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         comm = %caller.comm,
         dst = %orig,
     );
+    if orig.port() == DNS_PORT {
+        // DNS over TCP: answered by blastgate's resolver, each query
+        // recorded; not a gateway session.
+        if let Some(resolver) = ctx.dns.clone() {
+            let stop = ctx.hard_stop.clone();
+            crate::dns::listener::serve_tcp(conn, caller, resolver, stop)
+                .instrument(span)
+                .await;
+            return;
+        }
+    }
     session.caller = Some(caller);
     session.orig_dst = Some(orig);
     route(conn, session, orig, ctx).instrument(span).await
 }
+
+/// Where agents send DNS; over TCP it reaches the proxy like any connect.
+const DNS_PORT: u16 = blastgate_common::DNS_PORT as u16;
 
 /// Finds the target, then runs the session through its protocol.
 async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc<ProxyContext>) {
@@ -88,13 +104,50 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
         deny(&ctx, conn, denied).await;
         return;
     }
-    let Some(target) = ctx.routes.lookup(orig) else {
-        let reason = format!("no target is configured for {orig}: denied by default");
-        tracing::info!("{reason}");
-        let denied = session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason));
-        deny(&ctx, conn, denied).await;
+    let agent = session
+        .caller
+        .as_ref()
+        .map(|c| c.agent.clone())
+        .unwrap_or_default();
+    let learned = ctx
+        .dns
+        .as_ref()
+        .map(|d| d.learned.names_for(&agent, orig.ip()))
+        .unwrap_or_default();
+    // By address; by a name this agent learned; then by a name any agent
+    // learned: a server that is a target stays one, whatever other name
+    // (an allowed egress name, say) also leads to its address.
+    let found = ctx
+        .routes
+        .lookup(orig)
+        .map(|t| (t, None))
+        .or_else(|| ctx.routes.lookup_by_host(orig, &learned))
+        .or_else(|| {
+            let any = ctx.dns.as_ref()?.learned.names_for_any(orig.ip());
+            ctx.routes.lookup_by_host(orig, &any)
+        });
+    let Some((target, by_name)) = found else {
+        match egress_verdict(&ctx, orig, &learned) {
+            Ok(()) => {
+                session.dst_name = learned.first().map(|n| n.to_string());
+                let gw = gateway(&ctx, session, egress_target(), orig);
+                let p = EgressPassthrough {
+                    by_range: ctx.egress.allows(None, orig).is_some(),
+                    rules: ctx.egress.clone(),
+                    learned,
+                };
+                drive(&p, conn, gw, orig).await;
+            }
+            Err(reason) => {
+                tracing::info!("{reason}");
+                session.dst_name = learned.first().map(|n| n.to_string());
+                let denied = session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason));
+                deny(&ctx, conn, denied).await;
+            }
+        }
         return;
     };
+    session.dst_name = by_name.map(|n| n.to_string());
     if target.protocol != Protocol::Tcp {
         // Only passthrough sessions are paired in the kernel.
         if let (Some(fast), Ok(peer)) = (ctx.maps.as_ref().and_then(|m| m.fast()), conn.peer_addr())
@@ -102,16 +155,7 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
             fast.release(sock_key(peer));
         }
     }
-    session.target = Some(target.name.clone());
-    session.protocol = Some(target.protocol.as_str());
-    let gw = Gateway {
-        services: ctx.services.clone(),
-        session: Arc::new(session),
-        upstream: target.upstream.unwrap_or(orig),
-        target: target.clone(),
-        counters: Arc::new(Counters::default()),
-        tasks: SessionTasks::new(&ctx.hard_stop),
-    };
+    let gw = gateway(&ctx, session, target.clone(), orig);
     match target.protocol {
         Protocol::Tcp => {
             let tcp = Tcp {
@@ -125,6 +169,88 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
         Protocol::Https => drive(&Http { tls: true }, conn, gw, orig).await,
     }
 }
+
+fn gateway(
+    ctx: &ProxyContext,
+    mut session: Session,
+    target: Arc<Target>,
+    orig: SocketAddr,
+) -> Gateway {
+    session.target = Some(target.name.clone());
+    session.protocol = Some(target.protocol.as_str());
+    Gateway {
+        services: ctx.services.clone(),
+        session: Arc::new(session),
+        upstream: target.upstream.unwrap_or(orig),
+        target,
+        counters: Arc::new(Counters::default()),
+        tasks: SessionTasks::new(&ctx.hard_stop),
+    }
+}
+
+/// Whether a destination that is no target may be reached as egress
+/// (the passthrough then checks the name the opening claims). Loopback,
+/// link-local (cloud metadata), unspecified and multicast addresses never
+/// are: a name that resolves there is DNS rebinding, and the host's own
+/// services are targets or nothing.
+fn egress_verdict(
+    ctx: &ProxyContext,
+    orig: SocketAddr,
+    learned: &[Arc<str>],
+) -> Result<(), String> {
+    let ip = crate::egress::pattern::canonical(orig.ip());
+    if crate::egress::special_address(ip) {
+        return Err(format!(
+            "no target is configured for {orig}: denied by default (egress never reaches a \
+             loopback, link-local (cloud metadata), unspecified or multicast address)"
+        ));
+    }
+    if ctx.egress.mode == EgressMode::Audit {
+        return Ok(());
+    }
+    let allowed = learned
+        .iter()
+        .any(|n| ctx.egress.allows(Some(n), orig).is_some())
+        || ctx.egress.allows(None, orig).is_some();
+    if allowed {
+        return Ok(());
+    }
+    Err(if learned.is_empty() {
+        format!(
+            "no target is configured for {orig}: denied by default (the agent resolved no \
+             allowed name to it)"
+        )
+    } else {
+        format!(
+            "no target is configured for {orig}: denied by default (no egress.allow entry \
+             names {} on port {})",
+            learned.join(", "),
+            orig.port()
+        )
+    })
+}
+
+/// What policy sees as the resource of an egress session.
+fn egress_target() -> Arc<Target> {
+    Arc::new(Target {
+        name: EGRESS.into(),
+        protocol: Protocol::Tcp,
+        upstream: None,
+        attrs: crate::policy::TargetAttrs {
+            name: EGRESS.into(),
+            protocol: Protocol::Tcp.as_str().into(),
+            labels: Default::default(),
+        },
+        enforce: true,
+        names: Vec::new(),
+        postgres: None,
+        ssh: None,
+        http: None,
+    })
+}
+
+/// The target name egress sessions are recorded and decided under.
+pub const EGRESS: &str = "egress";
 
 /// The lifecycle, the same for every protocol.
 pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketAddr) {

@@ -35,6 +35,11 @@ pub struct ProxyContext {
     pub maps: Option<Arc<KernelMaps>>,
     pub agents: Option<Arc<AgentRegistry>>,
     pub routes: Routes,
+    /// blastgate's resolver: what each agent learned (destinations by
+    /// name) and the DNS-over-TCP answers. `None` where no kernel programs
+    /// run (the fuzz targets).
+    pub dns: Option<Arc<crate::dns::Resolver>>,
+    pub egress: Arc<crate::egress::Egress>,
     pub listen: Vec<SocketAddr>,
     /// Cancelled when in-flight sessions must be cut (after the grace
     /// period); each session's tasks are cancelled with it.

@@ -1,4 +1,6 @@
-//! Which configured target lives at an original destination.
+//! Which configured target lives at an original destination: by the
+//! address itself, or by a name the agent learned for it from blastgate's
+//! resolver (`hosts`).
 
 use std::{
     collections::HashMap,
@@ -6,13 +8,19 @@ use std::{
     sync::Arc,
 };
 
-use crate::{config::TargetConfig, protocols::Target};
+use crate::{
+    config::TargetConfig,
+    egress::pattern::{Host, HostPattern},
+    protocols::Target,
+};
 
 /// Original destination -> target. Unknown destinations have no entry and
 /// are denied.
 #[derive(Debug, Default)]
 pub struct Routes {
     by_addr: HashMap<SocketAddr, Arc<Target>>,
+    /// `hosts` entries, in config order: the first match wins.
+    by_host: Vec<(HostPattern, Arc<Target>)>,
 }
 
 /// `::ffff:a.b.c.d` and `a.b.c.d` are the same destination.
@@ -28,6 +36,7 @@ pub fn normalise(a: SocketAddr) -> SocketAddr {
 impl Routes {
     pub fn build(targets: &[TargetConfig]) -> Result<Routes, String> {
         let mut by_addr = HashMap::new();
+        let mut by_host = Vec::new();
         for t in targets {
             let upstream = match &t.upstream {
                 Some(u) => Some(
@@ -41,12 +50,18 @@ impl Routes {
                 None => None,
             };
             let resolved = t.resolve()?;
-            let names = if t.hostnames.is_empty() {
+            let hosts = t.host_patterns()?;
+            let exact_hosts = hosts.iter().filter_map(|h| match &h.host {
+                Host::Exact(n) => Some(n.clone()),
+                _ => None,
+            });
+            let names = if !t.hostnames.is_empty() {
+                t.hostnames.clone()
+            } else {
                 let mut ips: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
                 ips.dedup();
+                ips.extend(exact_hosts);
                 ips
-            } else {
-                t.hostnames.clone()
             };
             let target = Arc::new(Target {
                 name: t.name.clone(),
@@ -59,6 +74,7 @@ impl Routes {
                 ssh: t.ssh.clone(),
                 http: t.http.clone(),
             });
+            by_host.extend(hosts.into_iter().map(|h| (h, target.clone())));
             for addr in resolved {
                 let addr = normalise(addr);
                 if let Some(other) = by_addr.insert(addr, target.clone()) {
@@ -69,19 +85,41 @@ impl Routes {
                 }
             }
         }
-        Ok(Routes { by_addr })
+        Ok(Routes { by_addr, by_host })
     }
 
+    /// The target at this very address (literal `address`/`addresses`).
     pub fn lookup(&self, orig: SocketAddr) -> Option<Arc<Target>> {
         self.by_addr.get(&normalise(orig)).cloned()
     }
 
+    /// The target a `hosts` entry makes of `orig`: by a range holding the
+    /// address, or by one of `names`, the names the agent learned for the
+    /// address. Returns the name it matched by.
+    pub fn lookup_by_host(
+        &self,
+        orig: SocketAddr,
+        names: &[Arc<str>],
+    ) -> Option<(Arc<Target>, Option<Arc<str>>)> {
+        let orig = normalise(orig);
+        self.by_host.iter().find_map(|(p, t)| {
+            if !p.matches_port(orig.port()) {
+                return None;
+            }
+            if p.matches_addr(orig.ip()) {
+                return Some((t.clone(), None));
+            }
+            let name = names.iter().find(|n| p.matches_name(n))?;
+            Some((t.clone(), Some(name.clone())))
+        })
+    }
+
     pub fn len(&self) -> usize {
-        self.by_addr.len()
+        self.by_addr.len() + self.by_host.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_addr.is_empty()
+        self.by_addr.is_empty() && self.by_host.is_empty()
     }
 }
 
@@ -95,6 +133,7 @@ mod tests {
             name: name.into(),
             protocol: Protocol::Tcp,
             address: None,
+            hosts: Vec::new(),
             addresses: addrs.iter().map(|s| s.to_string()).collect(),
             upstream: None,
             credentials: None,

@@ -43,6 +43,9 @@ pub enum EventKind {
     /// decided (a statement's CommandComplete names another command): the
     /// session was ended. `text` is the statement, `reason` both readings.
     Differential,
+    /// A DNS query an agent asked blastgate's resolver: `dst_name`, the
+    /// type in `action` (`dns:A`), the answer's addresses in `text`.
+    DnsQuery,
     /// Replay data (terminal output, response summaries): shipped to the
     /// `io` table, not `events`, so the audit tables stay small.
     Io,
@@ -66,6 +69,7 @@ impl EventKind {
             EventKind::Command => "command",
             EventKind::Request => "request",
             EventKind::Differential => "differential",
+            EventKind::DnsQuery => "dns_query",
             EventKind::Io => "io",
         }
     }
@@ -189,6 +193,11 @@ pub struct Event {
     /// The HTTP status the agent got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// A DNS name: the one a query asked, or the one a connection's
+    /// destination was known by (learned from an answer, a TLS SNI or an
+    /// HTTP Host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_name: Option<String>,
     /// Bytes of a command's stderr (`bytes_to_agent` counts both streams).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr_bytes: Option<u64>,
@@ -228,6 +237,7 @@ impl Event {
             exit_status: None,
             status: None,
             stderr_bytes: None,
+            dst_name: None,
             io: None,
         }
     }
@@ -280,6 +290,7 @@ mod tests {
             EventKind::Command,
             EventKind::Request,
             EventKind::Differential,
+            EventKind::DnsQuery,
             EventKind::Io,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());

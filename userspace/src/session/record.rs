@@ -26,6 +26,9 @@ pub struct Session {
     pub masked: AtomicU64,
     pub caller: Option<Caller>,
     pub orig_dst: Option<SocketAddr>,
+    /// The name the destination was known by (learned from an answer of
+    /// blastgate's resolver, a TLS SNI or an HTTP Host).
+    pub dst_name: Option<String>,
     pub target: Option<String>,
     pub protocol: Option<&'static str>,
     /// The caller and target as policy sees them, made at the first
@@ -47,6 +50,7 @@ impl Session {
             masked: Default::default(),
             caller: None,
             orig_dst: None,
+            dst_name: None,
             target: None,
             protocol: None,
             asker: OnceLock::new(),
@@ -94,6 +98,7 @@ impl Session {
         e.target = self.target.clone();
         e.protocol = self.protocol.map(str::to_string);
         e.orig_dst = self.orig_dst;
+        e.dst_name = self.dst_name.clone();
         e
     }
 }

@@ -56,6 +56,7 @@ pub const EVENT_COLUMNS: &[(&str, &str)] = &[
     ("exit_status", "Nullable(Int32)"),
     ("stderr_bytes", "UInt64"),
     ("status", "UInt16"),
+    ("dst_name", "String"),
 ];
 
 pub const SESSION_COLUMNS: &[(&str, &str)] = &[
@@ -145,6 +146,8 @@ struct Line<'a> {
     status: Option<u16>,
     #[serde(default)]
     stderr_bytes: Option<u64>,
+    #[serde(default, borrow)]
+    dst_name: Text<'a>,
     #[serde(default, borrow)]
     io: Option<LineIo<'a>>,
 }
@@ -300,6 +303,7 @@ impl Blocks {
         nullable(b, l.exit_status.map(i32::to_le_bytes));
         b.extend_from_slice(&l.stderr_bytes.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&l.status.unwrap_or(0).to_le_bytes());
+        opt(b, &l.dst_name);
         self.events.rows += 1;
 
         // The session row an event implies, if it opens or ends a session:

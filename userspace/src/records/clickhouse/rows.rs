@@ -50,6 +50,7 @@ pub struct EventRow {
     pub exit_status: Option<i32>,
     pub stderr_bytes: u64,
     pub status: u16,
+    pub dst_name: String,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -175,6 +176,7 @@ impl From<&Event> for EventRow {
             exit_status: e.exit_status,
             stderr_bytes: e.stderr_bytes.unwrap_or(0),
             status: e.status.unwrap_or(0),
+            dst_name: e.dst_name.clone().unwrap_or_default(),
         }
     }
 }

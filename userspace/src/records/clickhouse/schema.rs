@@ -119,6 +119,13 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS status UInt16 DEFAULT 0",
         ],
     ),
+    (
+        7,
+        &[
+            // The DNS name a query asked or a connection was known by.
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS dst_name String DEFAULT ''",
+        ],
+    ),
 ];
 
 /// The questions security teams ask, as views. Every view reads `FINAL`,

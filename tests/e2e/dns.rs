@@ -1,0 +1,293 @@
+//! blastgate as the agents' resolver, against the real kernel, a real
+//! resolver (dnsmasq) and real clients (dig, glibc through getent).
+//!
+//! Every agent lookup here is sent to a loopback address (127.0.0.53, ::1)
+//! or happens inside a mount namespace whose resolv.conf names one: if the
+//! redirect failed, nothing would leave the host.
+
+mod harness;
+
+use std::{process::Command, time::Duration};
+
+use harness::{dnsmasq::Dnsmasq, *};
+use serde_json::Value;
+
+const ZONE: &str = "10.231.0.2 allowed.test\nfd10::2 allowed.test\n10.231.0.3 denied.test\n\
+                    10.231.0.4 a.wild.test\n";
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `dig` as the agent `ci`, with `args` after the defaults.
+fn dig(env: &Env, args: &[&str]) -> String {
+    let mut cmd = vec!["dig", "+time=2", "+tries=1"];
+    cmd.extend(args);
+    let out = env.agent("ci", &cmd).output().expect("dig");
+    text(&out)
+}
+
+fn env_with(dns: &Dnsmasq, dns_extra: &str, extra: &str) -> Env {
+    Env::with_sections(
+        "",
+        &format!("upstreams = [\"{}\"]\n{dns_extra}", dns.addr),
+        extra,
+    )
+}
+
+/// dnsmasq serving [`ZONE`], and a daemon forwarding to it that allows
+/// `allowed.test` and `*.wild.test`, with `dns_extra` in `[dns]`.
+fn zone_and_daemon(dns_extra: &str) -> (Dnsmasq, Env, Daemon) {
+    let zone = Dnsmasq::start(ZONE);
+    let env = env_with(
+        &zone,
+        dns_extra,
+        "[egress]\nallow = [\"allowed.test:443\", \"*.wild.test:443\"]\n",
+    );
+    let d = Daemon::start(&env);
+    (zone, env, d)
+}
+
+fn queries(env: &Env, name: &str) -> Vec<Value> {
+    env.events()
+        .into_iter()
+        .filter(|e| e["kind"] == "dns_query" && e["dst_name"] == name)
+        .collect()
+}
+
+#[test]
+fn agents_resolve_allowed_names_through_blastgate_and_nothing_else() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let (_zone, env, _d) = zone_and_daemon("");
+
+    // Over UDP to an IPv4 resolver, over TCP, and over UDP to an IPv6 one:
+    // each answered by blastgate (the agent asked 127.0.0.53 / ::1, where
+    // nothing listens) with dnsmasq's answer.
+    let a = dig(&env, &["@127.0.0.53", "allowed.test", "A", "+short"]);
+    assert_eq!(a.trim(), "10.231.0.2", "{a}");
+    let tcp = dig(
+        &env,
+        &["+tcp", "@127.0.0.53", "allowed.test", "A", "+short"],
+    );
+    assert_eq!(tcp.trim(), "10.231.0.2", "{tcp}");
+    let aaaa = dig(&env, &["@::1", "allowed.test", "AAAA", "+short"]);
+    assert_eq!(aaaa.trim(), "fd10::2", "{aaaa}");
+    let wild = dig(&env, &["@127.0.0.53", "A.Wild.test", "A", "+short"]);
+    assert_eq!(wild.trim(), "10.231.0.4", "{wild}");
+    // The reply comes from the address asked (dig checks it, and glibc).
+    let full = dig(&env, &["@127.0.0.53", "allowed.test", "A"]);
+    assert!(full.contains("SERVER: 127.0.0.53#53"), "{full}");
+
+    // glibc's resolver, as every program uses it.
+    let getent = {
+        let mut c = env.agent(
+            "ci",
+            &[
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                "echo 'nameserver 127.0.0.53' > /tmp/bg-resolv.$$ && \
+                 mount --bind /tmp/bg-resolv.$$ /etc/resolv.conf && \
+                 getent ahostsv4 allowed.test; rc=$?; rm -f /tmp/bg-resolv.$$; exit $rc",
+            ],
+        );
+        text(&c.output().expect("getent"))
+    };
+    assert!(getent.contains("10.231.0.2"), "{getent}");
+
+    // A name no rule allows: NXDOMAIN, and never forwarded.
+    let denied = dig(&env, &["@127.0.0.53", "denied.test", "A"]);
+    assert!(denied.contains("status: NXDOMAIN"), "{denied}");
+    let denied_tcp = dig(&env, &["+tcp", "@127.0.0.53", "denied.test", "A"]);
+    assert!(denied_tcp.contains("status: NXDOMAIN"), "{denied_tcp}");
+
+    // What the resolver recorded.
+    env.wait_event("the denied lookup", |e| {
+        e["kind"] == "dns_query" && e["dst_name"] == "denied.test"
+    });
+    let allowed = queries(&env, "allowed.test");
+    assert!(allowed.len() >= 4, "{allowed:#?}");
+    assert!(
+        allowed.iter().all(|e| e["verdict"] == "allow"),
+        "{allowed:#?}"
+    );
+    assert!(
+        allowed
+            .iter()
+            .any(|e| e["action"] == "dns:AAAA"
+                && e["text"].as_str().unwrap_or("").contains("fd10::2")),
+        "{allowed:#?}"
+    );
+    assert!(
+        allowed.iter().all(|e| e["caller"]["agent"] == "ci"),
+        "{allowed:#?}"
+    );
+    let refused = queries(&env, "denied.test");
+    assert!(
+        !refused.is_empty() && refused.iter().all(|e| e["verdict"] == "deny"),
+        "{refused:#?}"
+    );
+
+    // Not an agent: its UDP is not redirected, and the resolver's port does
+    // not answer it (only redirected agents are served).
+    let port = env.dns_port.to_string();
+    let out = Command::new("dig")
+        .args([
+            "+time=1",
+            "+tries=1",
+            "-p",
+            &port,
+            "@127.0.0.1",
+            "allowed.test",
+        ])
+        .output()
+        .expect("dig");
+    assert!(!text(&out).contains("10.231.0.2"), "{}", text(&out));
+
+    // Agents' other UDP is still refused.
+    let v = &run_json(&mut env.agent("ci", &[PROBE, "udp", "127.0.0.1:9999"]))[0];
+    assert_eq!(v["ok"], false, "{v}");
+}
+
+#[test]
+fn lookups_that_carry_data_are_refused_without_slowing_other_agents() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let (_zone, env, _d) = zone_and_daemon("queries_per_sec = 1\nburst = 20\n");
+
+    // Long labels and deep names under an allowed wildcard: refused by
+    // shape, before anything is forwarded.
+    let long = format!("{}.wild.test", "x".repeat(63));
+    let deep = format!("{}wild.test", "a.".repeat(12));
+    for name in [long.as_str(), deep.as_str()] {
+        let out = dig(&env, &["@127.0.0.53", name, "A"]);
+        // Long: dnsmasq has no such name, so only REFUSED shows the guard
+        // held; deep: over max_labels.
+        if name == deep {
+            assert!(out.contains("status: REFUSED"), "{name}: {out}");
+        }
+    }
+    // TXT, ANY and zone transfers of a denied name: NXDOMAIN or REFUSED,
+    // never an answer.
+    for (name, ty) in [
+        ("denied.test", "TXT"),
+        ("allowed.test", "ANY"),
+        ("allowed.test", "AXFR"),
+    ] {
+        let out = dig(&env, &["@127.0.0.53", name, ty]);
+        assert!(
+            out.contains("status: NXDOMAIN")
+                || out.contains("status: REFUSED")
+                || out.contains("Transfer failed"),
+            "{name} {ty}: {out}"
+        );
+    }
+    // A flood of unique subdomains from one agent: past its rate, refused.
+    let script = "for i in $(seq 1 60); do dig +time=1 +tries=1 +short @127.0.0.53 \
+                  x$i.denied.test TXT; done; dig +time=1 +tries=1 @127.0.0.53 allowed.test A";
+    let out = env
+        .agent("flood", &["sh", "-c", script])
+        .output()
+        .expect("flood");
+    let flood = text(&out);
+    assert!(
+        flood.contains("status: REFUSED"),
+        "the flood's last lookup: {flood}"
+    );
+    // Another agent is not slowed or refused meanwhile.
+    let other = dig(&env, &["@127.0.0.53", "allowed.test", "A", "+short"]);
+    assert_eq!(other.trim(), "10.231.0.2", "{other}");
+
+    env.wait_event("the rate refusal", |e| {
+        e["kind"] == "dns_query"
+            && e["verdict"] == "deny"
+            && e["reason"].as_str().is_some_and(|r| r.contains("rate"))
+    });
+    let unique = env
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e["kind"] == "dns_query"
+                && e["caller"]["agent"] == "flood"
+                && e["dst_name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(".denied.test"))
+        })
+        .count();
+    assert_eq!(unique, 60, "every lookup of the flood is recorded");
+}
+
+/// A target named by `hosts`: the agent's connection reaches whatever
+/// address the name has now, through the gateway.
+#[test]
+fn a_target_named_by_host_follows_its_address() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let first = TestServer::start(&["127.0.0.21"]);
+    let second = TestServer::start(&["127.0.0.22"]);
+    let port = first.addr(0).port();
+    let zone = Dnsmasq::start("127.0.0.21 orders.test\n");
+    let env = env_with(
+        &zone,
+        "",
+        &format!(
+            "[[targets]]\nname = \"orders\"\nprotocol = \"tcp\"\nhosts = [\"orders.test:{port}\", \"orders.test:{}\"]\n",
+            second.addr(0).port()
+        ),
+    );
+    let _d = Daemon::start(&env);
+    let connect = |ip: &str, port: u16| {
+        let script = format!(
+            "dig +short +time=2 +tries=1 @127.0.0.53 orders.test A >/dev/null; {PROBE} connect {ip}:{port}"
+        );
+        run_json(&mut env.agent("ci", &["sh", "-c", &script]))
+    };
+    let v = &connect("127.0.0.21", port)[0];
+    assert_eq!(v["ok"], true, "{v}");
+    env.wait_event("a session to orders by name", |e| {
+        e["kind"] == "session_opened" && e["target"] == "orders" && e["dst_name"] == "orders.test"
+    });
+
+    // The zone moves the name; no restart.
+    zone.set_hosts("127.0.0.22 orders.test\n");
+    let moved = wait_until(Duration::from_secs(10), || {
+        let a = dig(&env, &["@127.0.0.53", "orders.test", "A", "+short"]);
+        (a.trim() == "127.0.0.22").then_some(())
+    });
+    assert!(moved.is_some(), "dnsmasq did not serve the new address");
+    let v = &connect("127.0.0.22", second.addr(0).port())[0];
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        second.accepted.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the new address was not reached"
+    );
+
+    // An address of the same port the agent never resolved: refused.
+    let stranger = TestServer::start(&["127.0.0.23"]);
+    let v = &run_json(&mut env.agent(
+        "ci",
+        &[
+            PROBE,
+            "connect",
+            &format!("127.0.0.23:{}", stranger.addr(0).port()),
+        ],
+    ))[0];
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(
+        stranger.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an address never resolved was reached"
+    );
+}

@@ -1,0 +1,270 @@
+//! Egress by name, against the real kernel, a real resolver (dnsmasq), real
+//! servers (openssl s_server, python's http.server) in a network namespace
+//! of the test's own, and real clients (curl through glibc).
+//!
+//! Servers live on a veth address in the namespace (a non-loopback
+//! address the host routes to); every agent lookup goes to 127.0.0.53
+//! through a bind-mounted resolv.conf, so nothing leaves the machine even
+//! if the redirect failed.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{dnsmasq::Dnsmasq, https_upstream::ca_and_leaf, netns::NetNs, *};
+use serde_json::Value;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `sh -c script` as agent `name`, with glibc's resolver pointed at
+/// 127.0.0.53 (a private mount of resolv.conf).
+fn as_agent(env: &Env, name: &str, script: &str) -> std::process::Output {
+    let wrapped = format!(
+        "f=$(mktemp) && echo 'nameserver 127.0.0.53' > $f && mount --bind $f /etc/resolv.conf \
+         && rm -f $f && {script}"
+    );
+    env.agent(name, &["unshare", "-m", "sh", "-c", &wrapped])
+        .output()
+        .expect("agent")
+}
+
+fn sessions(env: &Env, kind: &str) -> Vec<Value> {
+    env.events()
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+/// Servers for `allowed.test` and `denied.test` (one address, as a CDN
+/// front hosts many names) in a namespace of the test's own: HTTPS with a
+/// certificate for both from a CA of the test's own and, with `http`,
+/// plain HTTP; dnsmasq serving both names; a daemon with `egress`.
+struct Scene {
+    env: Env,
+    server: std::net::Ipv4Addr,
+    ca: String,
+    _daemon: Daemon,
+    _zone: Dnsmasq,
+    _ns: NetNs,
+    _dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn start(egress: &str, http: bool) -> Scene {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ca_and_leaf(dir.path(), &["allowed.test", "denied.test"]);
+        let mut ns = NetNs::new();
+        let server = ns.ns_ip;
+        let path = |n: &str| dir.path().join(n).display().to_string();
+        ns.spawn(&[
+            "openssl",
+            "s_server",
+            "-quiet",
+            "-www",
+            "-accept",
+            &format!("{server}:443"),
+            "-cert",
+            &path("leaf.pem"),
+            "-key",
+            &path("leaf.key"),
+        ]);
+        if http {
+            ns.spawn(&[
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                &server.to_string(),
+                "--directory",
+                &path(""),
+            ]);
+        }
+        // Probe connections are closed at once: s_server serves one at a
+        // time.
+        let up = wait_until(Duration::from_secs(10), || {
+            let https = std::net::TcpStream::connect((server, 443)).is_ok();
+            let http = !http || std::net::TcpStream::connect((server, 80)).is_ok();
+            (https && http).then_some(())
+        });
+        assert!(up.is_some(), "the servers in the namespace did not start");
+        let zone = Dnsmasq::start(&format!("{server} allowed.test\n{server} denied.test\n"));
+        let env = Env::with_sections("", &format!("upstreams = [\"{}\"]\n", zone.addr), egress);
+        let daemon = Daemon::start(&env);
+        Scene {
+            env,
+            server,
+            ca: path("ca.pem"),
+            _daemon: daemon,
+            _zone: zone,
+            _ns: ns,
+            _dir: dir,
+        }
+    }
+
+    /// curl as agent `agent`, printing only the HTTP status.
+    fn curl(&self, agent: &str, args: &str) -> std::process::Output {
+        as_agent(
+            &self.env,
+            agent,
+            &format!(
+                "curl -sS --max-time 10 --cacert {} -o /dev/null -w '%{{http_code}}' {args}",
+                self.ca
+            ),
+        )
+    }
+}
+
+#[test]
+fn allowed_names_pass_through_untouched_and_everything_else_is_refused() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let scene = Scene::start(
+        "[egress]\nallow = [\"allowed.test:443\", \"allowed.test:80\"]\n",
+        true,
+    );
+    let (env, server) = (&scene.env, scene.server);
+    let curl = |agent: &str, args: &str| scene.curl(agent, args);
+
+    // Allowed: through, with the server's own certificate (curl verifies
+    // it against the server's CA, not blastgate's).
+    let out = curl("ci", "https://allowed.test/");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    let out = curl("ci", "http://allowed.test/");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    let opened = env.wait_event("the egress session", |e| {
+        e["kind"] == "session_closed" && e["target"] == "egress" && e["dst_name"] == "allowed.test"
+    });
+    assert!(
+        opened["bytes_to_agent"].as_u64().unwrap_or(0) > 0,
+        "{opened}"
+    );
+
+    // A denied name fails at resolution.
+    let out = curl("ci", "https://denied.test/");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "resolve failure: {}",
+        text(&out)
+    );
+
+    // Domain fronting: the allowed name's address, a denied name's SNI.
+    let out = curl(
+        "ci",
+        &format!("--resolve denied.test:443:{server} https://denied.test/"),
+    );
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    // No SNI at all (an address as the URL).
+    let out = curl("ci", &format!("-k https://{server}/"));
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    // Plain HTTP naming another host.
+    let out = curl("ci", "-H 'Host: denied.test' http://allowed.test/");
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    // An agent that never resolved the address, with the allowed name.
+    let out = curl(
+        "fresh",
+        &format!("--resolve allowed.test:443:{server} https://allowed.test/"),
+    );
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    // An allowed name on a port the list does not name.
+    let out = curl("ci", "https://allowed.test:8443/");
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+
+    env.wait_event("the fresh agent's refusal", |e| {
+        e["kind"] == "session_denied" && e["caller"]["agent"] == "fresh"
+    });
+    let refusals: Vec<String> = sessions(env, "session_denied")
+        .iter()
+        .chain(sessions(env, "session_closed").iter())
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .filter(|r| r.contains("egress") || r.contains("resolved"))
+        .collect();
+    for want in [
+        "denied.test",
+        "server name (SNI)",
+        "Host",
+        "resolved no allowed name",
+    ] {
+        assert!(
+            refusals.iter().any(|r| r.contains(want)),
+            "no refusal mentions {want:?}: {refusals:#?}"
+        );
+    }
+}
+
+#[test]
+fn audit_mode_refuses_nothing_and_records_what_enforce_would() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let scene = Scene::start("[egress]\nmode = \"audit\"\nallow = []\n", false);
+    let env = &scene.env;
+    let out = scene.curl("ci", "https://denied.test/");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    env.wait_event("the audited lookup", |e| {
+        e["kind"] == "dns_query"
+            && e["dst_name"] == "denied.test"
+            && e["shadow"] == true
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("would be refused"))
+    });
+    env.wait_event("the audited connection", |e| {
+        e["kind"] == "request"
+            && e["action"] == "egress:connect"
+            && e["shadow"] == true
+            && e["dst_name"] == "denied.test"
+    });
+    let status = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
+    assert!(status.contains("egress: mode = \"audit\""), "{status}");
+}

@@ -1,0 +1,102 @@
+//! Destinations by name: which names agents may resolve, which target a
+//! connection reaches by the name it was learned from, and the allow-list
+//! for everything that is not a gateway target.
+
+pub mod pattern;
+
+use std::net::SocketAddr;
+
+use crate::config::{Config, EgressMode};
+use pattern::HostPattern;
+
+/// The `[egress]` section, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Egress {
+    pub mode: EgressMode,
+    pub allow: Vec<HostPattern>,
+}
+
+impl Egress {
+    pub fn from_config(config: &Config) -> Result<Egress, String> {
+        Ok(Egress {
+            mode: config.egress.mode,
+            allow: config.egress.patterns()?,
+        })
+    }
+
+    /// The allow-list entry that lets `name` (normalised) reach `dst`, if
+    /// any: by name and port, or by the address's range and port.
+    pub fn allows(&self, name: Option<&str>, dst: SocketAddr) -> Option<&HostPattern> {
+        self.allow.iter().find(|p| {
+            p.matches_port(dst.port())
+                && (name.is_some_and(|n| p.matches_name(n)) || p.matches_addr(dst.ip()))
+        })
+    }
+}
+
+/// Addresses egress never reaches, whatever name led there: loopback,
+/// link-local (where cloud metadata lives: 169.254.169.254, fd00:ec2::254
+/// is unique-local but named explicitly), unspecified and multicast.
+pub fn special_address(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match pattern::canonical(ip) {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
+}
+
+/// Every name an agent may resolve: the allow-list's and the targets'
+/// (`hosts`, `hostnames` and names in `address`/`addresses`).
+pub fn resolvable_names(config: &Config) -> Result<Vec<HostPattern>, String> {
+    let mut out: Vec<HostPattern> = config
+        .egress
+        .patterns()?
+        .into_iter()
+        .filter(HostPattern::is_name)
+        .collect();
+    for t in &config.targets {
+        out.extend(t.host_patterns()?.into_iter().filter(HostPattern::is_name));
+        let named = t.hostnames.iter().map(String::as_str).chain(
+            t.address.iter().chain(&t.addresses).filter_map(|a| {
+                let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
+                host.parse::<std::net::IpAddr>().is_err().then_some(host)
+            }),
+        );
+        for n in named {
+            if let Ok(p) = HostPattern::parse(n) {
+                if p.is_name() {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The exact names of the targets' `hosts` entries, which the daemon
+/// resolves itself.
+pub fn target_names(config: &Config) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for t in &config.targets {
+        for p in t.host_patterns()? {
+            if let pattern::Host::Exact(n) = p.host {
+                out.push(n);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
