@@ -406,11 +406,17 @@ fn a_killed_daemon_leaves_agents_refused_and_a_restart_resumes() {
     );
     assert_eq!(v["errno"].as_i64(), Some(libc::ECONNREFUSED as i64), "{v}");
 
-    let _d2 = Daemon::start(&env);
+    let d2 = Daemon::start(&env);
     let v = agent.poke();
     assert_eq!(
         v["ok"], true,
         "after a restart the same agent works again: {v}"
+    );
+    assert!(
+        !server.saw_peer(v["local"].as_str().unwrap_or_default()),
+        "after a restart the agent went direct: {v}\n{}\n{}",
+        String::from_utf8_lossy(&env.blastgate(&["status"]).stdout),
+        d2.log_text()
     );
     // `blastgate run` execs the probe, so the agent's pid is the child's.
     let pid = u64::from(agent.pid());

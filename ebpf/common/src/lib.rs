@@ -42,6 +42,12 @@ pub mod program {
     /// agent asked, not the daemon's listener (`recvmsg`).
     pub const RECVMSG4: &str = "blastgate_recvmsg4";
     pub const RECVMSG6: &str = "blastgate_recvmsg6";
+    /// An agent's TCP socket bound on loopback (or a wildcard) is noted,
+    /// so its own process tree's connections to it pass untouched once it
+    /// listens; forgotten when the socket is released.
+    pub const POST_BIND4: &str = "blastgate_post_bind4";
+    pub const POST_BIND6: &str = "blastgate_post_bind6";
+    pub const SOCK_RELEASE: &str = "blastgate_sock_release";
 }
 
 /// Names of the maps, which are also their file names under the pin directory.
@@ -79,6 +85,9 @@ pub mod map {
     /// socket that sent DNS (its `orig` is the resolver it asked): who is
     /// asking, for the daemon's resolver, and what the reply must come from.
     pub const DNS_CALLERS: &str = "BG_DNS_CALLERS";
+    /// Bound (address, port) -> [`LocalListener`](crate::LocalListener):
+    /// agents' own loopback servers.
+    pub const LOCAL_LISTENERS: &str = "BG_LOCAL";
 }
 
 /// Values of [`map::HELD`], an array indexed by thread-group id with a slot
@@ -273,7 +282,10 @@ pub mod counter {
     /// and their descendants are refused every connection. Non-zero is an
     /// alarm in `blastgate status` and `/metrics`.
     pub const LABELS_UNSTORED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Agents' connections to their own process tree's loopback listeners,
+    /// passed untouched.
+    pub const LOCAL_PASSED: u32 = 8;
+    pub const COUNT: u32 = 16;
 }
 
 /// Offsets into kernel structures, read from the running kernel's BTF by the
@@ -375,6 +387,26 @@ pub struct FastCounts {
     pub _pad: u32,
 }
 
+/// An agent's TCP socket bound on a loopback or wildcard address
+/// ([`map::LOCAL_LISTENERS`]). Connections from the same agent's process
+/// tree (same agent, same lineage root) to it pass untouched once
+/// `listening` is set, which only the socket's own `listen()` does: a bound
+/// socket that never listens cannot vouch for someone else's listener
+/// sharing its port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalListener {
+    pub cookie: u64,
+    pub agent_id: u32,
+    pub root_tgid: u32,
+    pub listening: u32,
+    pub _pad: u32,
+}
+
+/// Capacity of [`map::LOCAL_LISTENERS`]. Full: an agent's new listener is
+/// not noted, and connections to it go to the proxy (refused): closed.
+pub const MAX_LOCAL: u32 = 16_384;
+
 /// Capacity of the fast-path maps: one entry per live agent socket.
 pub const MAX_FAST: u32 = MAX_INFLIGHT;
 
@@ -382,6 +414,7 @@ pub const MAX_FAST: u32 = MAX_INFLIGHT;
 mod user {
     unsafe impl aya::Pod for super::FastPair {}
     unsafe impl aya::Pod for super::FastCounts {}
+    unsafe impl aya::Pod for super::LocalListener {}
     unsafe impl aya::Pod for super::Label {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::ConnRecord {}

@@ -4,7 +4,10 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    bindings::{
+        bpf_sock_addr, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_TCP_LISTEN_CB,
+    },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
@@ -113,6 +116,10 @@ fn on_connect(
                 return REFUSE;
             }
             let proxy_port = setting(setting::PROXY_PORT);
+            if crate::local::own_listener(agent, &orig) {
+                // Its own process tree's loopback server: untouched.
+                return ALLOW;
+            }
             if at_proxy(proxy_port) {
                 // Already pointed at the proxy (by an earlier copy of this
                 // program during an upgrade, or by the agent itself, which
@@ -260,6 +267,13 @@ fn dialled(sa: *mut bpf_sock_addr) -> Option<([u32; 4], u32)> {
 #[sock_ops]
 pub fn blastgate_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
+    if op == BPF_SOCK_OPS_TCP_LISTEN_CB {
+        if let Some(key) = local_key(&ctx) {
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+            crate::local::listening(&key, cookie);
+        }
+        return 1;
+    }
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
         // Only sockets the connect hooks redirected for an agent.

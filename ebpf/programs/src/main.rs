@@ -17,6 +17,8 @@
 //! - UDP may only carry DNS, which goes to blastgate's resolver whatever
 //!   address it was sent to, and replies show the address asked
 //!   (`connect*`, `sendmsg*`, `recvmsg*`);
+//! - a connection to a loopback listener the agent's own process tree
+//!   opened passes untouched (`post_bind*`, `sockops`, `sock_release`);
 //! - raw, ICMP, SCTP and other odd sockets cannot be created (`sock_create`);
 //!   packet sockets and other non-IP families (vsock, XDP, …), which bypass
 //!   that hook, kill the caller whatever syscall entry or io_uring request
@@ -35,6 +37,7 @@ mod connect;
 mod dns;
 mod fast;
 mod lineage;
+mod local;
 mod lsm;
 mod sockets;
 

@@ -98,6 +98,26 @@ const PROGRAMS: &[Spec] = &[
     ),
     spec(program::SOCKOPS, Hook::SockOps, true, "caller identity"),
     spec(program::SOCK_CREATE, Hook::CgroupSock, true, "socket guard"),
+    // Without them agents' own loopback servers are refused to them
+    // (closed, not open).
+    spec(
+        program::POST_BIND4,
+        Hook::CgroupSock,
+        false,
+        "agents' own loopback servers",
+    ),
+    spec(
+        program::POST_BIND6,
+        Hook::CgroupSock,
+        false,
+        "agents' own loopback servers",
+    ),
+    spec(
+        program::SOCK_RELEASE,
+        Hook::CgroupSock,
+        false,
+        "agents' own loopback servers",
+    ),
     spec(
         program::FORK,
         Hook::TpBtf("sched_process_fork"),

@@ -312,6 +312,7 @@ impl KernelMaps {
             ("labels_dropped", counter::LABELS_DROPPED),
             ("proxy_port_binds_denied", counter::BIND_DENIED),
             ("labels_unstored", counter::LABELS_UNSTORED),
+            ("local_passed", counter::LOCAL_PASSED),
         ]
         .into_iter()
         .map(|(n, i)| (n, self.counter(i)))

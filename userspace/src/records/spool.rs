@@ -29,8 +29,11 @@
 //!   coming the writer wakes every `TICK` (1 ms) and writes everything
 //!   queued, or sooner once `NUDGE_BYTES` are pending, so an event reaches
 //!   the page cache within about 1 ms plus one batch's encode and write
-//!   (about 1–2 ms in all here). Events that end something the agent can
-//!   observe are not returned before they are in the file: `session_closed`,
+//!   (about 1–2 ms in all here). Events that open or end something the
+//!   agent can observe are not returned before they are in the file:
+//!   `session_opened` (a session is served only once its opening is on
+//!   disk, so a killed daemon cannot leave a served session no restart can
+//!   close: recovery closes it from that record), `session_closed`,
 //!   `session_denied` (the agent sees its connection refused only after the
 //!   record), `daemon_started` and `daemon_stopped`. Their `record` leads
 //!   the group commit: it writes everything queued, itself last, on its own
@@ -303,7 +306,8 @@ impl Recorder {
 pub fn writes_through(kind: EventKind) -> bool {
     matches!(
         kind,
-        EventKind::SessionClosed
+        EventKind::SessionOpened
+            | EventKind::SessionClosed
             | EventKind::SessionDenied
             | EventKind::DaemonStarted
             | EventKind::DaemonStopped

@@ -134,14 +134,26 @@ async fn session_closed_is_in_the_file_with_everything_before_it_when_record_ret
     let tmp = tempfile::tempdir().unwrap();
     let rec = open_tuned(&config(tmp.path(), 1 << 20), lazy(MAX_QUEUED_BYTES)).unwrap();
     let sid = Uuid::now_v7();
-    let mut sent = vec![session_event(EventKind::SessionOpened, sid, 0)];
-    sent.extend((1..=10).map(|i| session_event(EventKind::Statement, sid, i)));
-    for e in &sent {
+    // The opening is in the file when `record` returns: a served session
+    // always has it.
+    let opened = session_event(EventKind::SessionOpened, sid, 0);
+    rec.record(opened.clone()).await.unwrap();
+    assert_eq!(
+        ids(&read_all(tmp.path())),
+        ids(std::slice::from_ref(&opened))
+    );
+    let mut sent = vec![opened];
+    let statements: Vec<Event> = (1..=10)
+        .map(|i| session_event(EventKind::Statement, sid, i))
+        .collect();
+    for e in &statements {
         rec.record(e.clone()).await.unwrap();
     }
-    assert!(
-        read_all(tmp.path()).is_empty(),
-        "with an hour-long tick nothing is written before it must be"
+    sent.extend(statements);
+    assert_eq!(
+        read_all(tmp.path()).len(),
+        1,
+        "with an hour-long tick nothing more is written before it must be"
     );
     let close = session_event(EventKind::SessionClosed, sid, 11);
     sent.push(close.clone());
