@@ -49,7 +49,8 @@ struct Scene {
     env: Env,
     server: std::net::Ipv4Addr,
     ca: String,
-    _daemon: Daemon,
+    daemon: Option<Daemon>,
+    upstream: std::net::SocketAddr,
     _zone: Dnsmasq,
     _ns: NetNs,
     _dir: tempfile::TempDir,
@@ -101,11 +102,26 @@ impl Scene {
             env,
             server,
             ca: path("ca.pem"),
-            _daemon: daemon,
+            daemon: Some(daemon),
+            upstream: zone.addr,
             _zone: zone,
             _ns: ns,
             _dir: dir,
         }
+    }
+
+    /// Stops the daemon and starts another with `egress` instead (its own
+    /// config and spool; same servers, same zone).
+    fn restart_with(&mut self, egress: &str) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
+        }
+        self.env = Env::with_sections(
+            "",
+            &format!("upstreams = [\"{}\"]\n", self.upstream),
+            egress,
+        );
+        self.daemon = Some(Daemon::start(&self.env));
     }
 
     /// curl as agent `agent`, printing only the HTTP status.
@@ -242,7 +258,7 @@ fn audit_mode_refuses_nothing_and_records_what_enforce_would() {
     if !kernel_ready() {
         return;
     }
-    let scene = Scene::start("[egress]\nmode = \"audit\"\nallow = []\n", false);
+    let mut scene = Scene::start("[egress]\nmode = \"audit\"\nallow = []\n", false);
     let env = &scene.env;
     let out = scene.curl("ci", "https://denied.test/");
     assert_eq!(
@@ -267,4 +283,23 @@ fn audit_mode_refuses_nothing_and_records_what_enforce_would() {
     });
     let status = String::from_utf8_lossy(&env.blastgate(&["status"]).stdout).into_owned();
     assert!(status.contains("egress: mode = \"audit\""), "{status}");
+
+    // The list the run asks for, applied in enforce mode, lets it pass.
+    let out = env.blastgate(&["egress", "suggest"]);
+    let section = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        section.contains("\"denied.test:443\""),
+        "{section}{}",
+        text(&out)
+    );
+    scene.restart_with(&section);
+    let out = scene.curl("ci", "https://denied.test/");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    let status = String::from_utf8_lossy(&scene.env.blastgate(&["status"]).stdout).into_owned();
+    assert!(!status.contains("egress: mode"), "{status}");
 }

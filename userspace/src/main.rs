@@ -72,6 +72,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = commands::client_config(config.as_deref())?;
             commands::uninstall::run(&config)?;
         }
+        Command::Egress(commands::cli::EgressCommand::Suggest { config, agent }) => {
+            let config = commands::client_config(config.as_deref())?;
+            let events = commands::events::all(&config.records.spool_dir)?;
+            let entries = blastgate::egress::suggest::suggest(&events, agent.as_deref());
+            if entries.is_empty() {
+                eprintln!("blastgate: no egress connections outside the targets in the spool");
+            }
+            print!("{}", blastgate::egress::suggest::as_toml(&entries));
+        }
         Command::Policy(cmd) => return commands::policy::run(cmd),
         Command::Approvals(cmd) => commands::approvals::run(cmd)?,
         Command::Ca(cmd) => commands::ca::run(cmd)?,

@@ -96,6 +96,9 @@ pub enum Command {
     /// Recorded sessions, read from ClickHouse (`[clickhouse]` in the config).
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// The egress allow-list (`[egress]`).
+    #[command(subcommand)]
+    Egress(EgressCommand),
     /// blastgate's local certificate authority (`tls.ca_dir`), which issues
     /// the certificates gateways show agents that ask for TLS.
     #[command(subcommand)]
@@ -235,6 +238,22 @@ pub enum CaCommand {
     SshKnownHosts {
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EgressCommand {
+    /// Prints an `[egress]` allow-list from the spool's records: every
+    /// `name:port` agents connected to, or tried to, outside the targets
+    /// (what enforce mode refused, or audit mode would have). Run the job
+    /// once in audit mode, then apply the list and switch to enforce. Needs
+    /// root (the spool is root-only).
+    Suggest {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only this agent's records.
+        #[arg(long)]
+        agent: Option<String>,
     },
 }
 

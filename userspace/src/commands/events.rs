@@ -35,6 +35,15 @@ pub fn run(config: &Config, follow: bool, json: bool, last: usize) -> anyhow::Re
     Ok(())
 }
 
+/// Every event in the spool segments still on disk, in order.
+pub fn all(dir: &std::path::Path) -> anyhow::Result<Vec<Event>> {
+    let mut out = Vec::new();
+    for (_, path) in spool::segments(dir)? {
+        out.extend(spool::events_in(&path)?);
+    }
+    Ok(out)
+}
+
 /// The last `n` events across the spool segments still on disk.
 fn tail(dir: &std::path::Path, n: usize) -> anyhow::Result<VecDeque<Event>> {
     let mut out = VecDeque::with_capacity(n);

@@ -3,6 +3,7 @@
 //! for everything that is not a gateway target.
 
 pub mod pattern;
+pub mod suggest;
 
 use std::net::SocketAddr;
 

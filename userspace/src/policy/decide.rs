@@ -125,7 +125,7 @@ fn context_defaults(action: &str) -> Option<Vec<(String, Value)>> {
     let s = || Value::String(String::new());
     let set = || Value::Array(Vec::new());
     let fixed: Vec<(&'static str, Value)> = match (family, action) {
-        (_, "connect") => vec![],
+        (_, "connect") => vec![("dst_name", s()), ("dst_name_source", s())],
         ("sql", _) => vec![
             ("statement", s()),
             ("command", s()),

@@ -169,3 +169,39 @@ fn the_scope_index_leaves_out_policies_for_other_actions_principals_and_resource
         "approval forbids are out of the relaxed set"
     );
 }
+
+#[test]
+fn connect_decisions_see_the_destination_name() {
+    let (tmp, problems) = broken(
+        "names.cedar",
+        "@id(\"no-paste-sites\")\n@reason(\"paste sites take data out\")\n\
+         forbid (principal, action == Action::\"connect\", resource)\n\
+         when { context.dst_name like \"*.paste.test\" && context.dst_name_source == \"dns\" };\n",
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let bundle = Bundle::load(tmp.path()).unwrap();
+    let agent = super::AgentAttrs {
+        name: "ci".into(),
+        ..Default::default()
+    };
+    let target = super::TargetAttrs {
+        name: "egress".into(),
+        protocol: "tcp".into(),
+        labels: Default::default(),
+    };
+    let ask = |name: &str| {
+        let ctx = serde_json::json!({"dst_name": name, "dst_name_source": "dns"});
+        bundle.decide(&agent, &target, "connect", &ctx).unwrap()
+    };
+    assert_eq!(
+        ask("x.paste.test").policy_id.as_deref(),
+        Some("no-paste-sites")
+    );
+    assert_eq!(ask("x.paste.test").verdict, super::Verdict::Deny);
+    assert_eq!(ask("api.test").verdict, super::Verdict::Allow);
+    // Without a name (an address only): the defaults apply.
+    let bare = bundle
+        .decide(&agent, &target, "connect", &serde_json::Value::Null)
+        .unwrap();
+    assert_eq!(bare.verdict, super::Verdict::Allow);
+}

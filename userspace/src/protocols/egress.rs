@@ -94,7 +94,7 @@ impl Phases for EgressPassthrough {
                 return Err(SessionError::policy(format!("egress refused: {why}")));
             }
             let mut e = gw.event(EventKind::Request, Verdict::Allow);
-            e.action = Some("egress:connect".into());
+            e.action = Some(crate::egress::suggest::AUDITED.into());
             e.shadow = true;
             e.reason = Some(format!("would be refused: {why}"));
             e.dst_name = agent.claimed.as_ref().ok().map(|c| c.name.clone());

@@ -130,6 +130,7 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
         match egress_verdict(&ctx, orig, &learned) {
             Ok(()) => {
                 session.dst_name = learned.first().map(|n| n.to_string());
+                session.dst_name_source = session.dst_name.as_ref().map(|_| DNS_SOURCE);
                 let gw = gateway(&ctx, session, egress_target(), orig);
                 let p = EgressPassthrough {
                     by_range: ctx.egress.allows(None, orig).is_some(),
@@ -148,6 +149,7 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
         return;
     };
     session.dst_name = by_name.map(|n| n.to_string());
+    session.dst_name_source = session.dst_name.as_ref().map(|_| DNS_SOURCE);
     if target.protocol != Protocol::Tcp {
         // Only passthrough sessions are paired in the kernel.
         if let (Some(fast), Ok(peer)) = (ctx.maps.as_ref().and_then(|m| m.fast()), conn.peer_addr())
@@ -249,6 +251,9 @@ fn egress_target() -> Arc<Target> {
     })
 }
 
+/// `dst_name_source` of a name the agent learned from blastgate's resolver.
+const DNS_SOURCE: &str = "dns";
+
 /// The target name egress sessions are recorded and decided under.
 pub const EGRESS: &str = "egress";
 
@@ -260,7 +265,15 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
     let mut swaps = gw.services.policy.swaps();
     // A hold for a human ends, withdrawn and recorded, when the daemon
     // stops meanwhile.
-    let mut ruling = gw.authorize(CONNECT, &Value::Null, &text, |_| {}).await;
+    // Policies see the destination's name too, and how it is known.
+    let context = match &gw.session.dst_name {
+        Some(name) => serde_json::json!({
+            "dst_name": name,
+            "dst_name_source": gw.session.dst_name_source.unwrap_or(""),
+        }),
+        None => Value::Null,
+    };
+    let mut ruling = gw.authorize(CONNECT, &context, &text, |_| {}).await;
     if !ruling.allowed && gw.tasks.is_cancelled() {
         ruling.verdict = Verdict::Error;
         ruling.reason = format!("{}; {}", ruling.reason, SessionError::shutdown());

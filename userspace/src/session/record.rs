@@ -29,6 +29,8 @@ pub struct Session {
     /// The name the destination was known by (learned from an answer of
     /// blastgate's resolver, a TLS SNI or an HTTP Host).
     pub dst_name: Option<String>,
+    /// How blastgate knows that name: "dns" (learned from its own answer).
+    pub dst_name_source: Option<&'static str>,
     pub target: Option<String>,
     pub protocol: Option<&'static str>,
     /// The caller and target as policy sees them, made at the first
@@ -51,6 +53,7 @@ impl Session {
             caller: None,
             orig_dst: None,
             dst_name: None,
+            dst_name_source: None,
             target: None,
             protocol: None,
             asker: OnceLock::new(),
