@@ -100,3 +100,27 @@ pub fn target_names(config: &Config) -> Result<Vec<String>, String> {
     out.dedup();
     Ok(out)
 }
+
+#[cfg(test)]
+mod red_team_tests {
+    use super::*;
+
+    /// Red team: `special_address` is the DNS-rebinding guard for "cloud
+    /// metadata", but knows only link-local (169.254.0.0/16) and
+    /// fd00:ec2::254. Alibaba Cloud's metadata service lives at
+    /// 100.100.100.200 (carrier-grade NAT space): an allowed name whose
+    /// answer an agent controls (any `*.suffix` entry over a zone with
+    /// user subdomains) reaches it as plain egress.
+    #[test]
+    fn red_team_alibaba_metadata_is_not_special() {
+        let alibaba: std::net::IpAddr = "100.100.100.200".parse().unwrap();
+        assert!(
+            special_address(alibaba),
+            "{alibaba} (Alibaba Cloud instance metadata) is reachable as egress"
+        );
+        // Look-alikes that must stay reachable / special as they are.
+        assert!(special_address("169.254.169.254".parse().unwrap()));
+        assert!(special_address("::ffff:169.254.169.254".parse().unwrap()));
+        assert!(!special_address("93.184.215.14".parse().unwrap()));
+    }
+}
