@@ -259,19 +259,21 @@ while time.time() < end:
 print("sent", n, flush=True)
 "#;
 
-/// Red team: the resolver's per-agent rate limit is applied only after a
-/// datagram was received, identified (a sock_diag round trip under one
-/// lock), parsed and recorded, on one listener socket shared by every
-/// agent. One agent sending datagrams faster than that fills the
-/// listener's socket buffer, and the kernel drops the other agents'
-/// queries: limits.rs promises "one agent's flood never slows another's
-/// lookups". (Every flood datagram is also written to the spool as its
-/// own `dns_query` record, rate or no rate.) Per-agent fairness needs
-/// the refusal before the shared queue: e.g. a per-agent budget in the
-/// kernel (BG_DNS_CALLERS already knows the agent at sendmsg), or a
-/// listener per agent.
+/// Red team: the per-agent query rate (`dns.queries_per_sec`, `burst`)
+/// bounds what is forwarded, not what is recorded. Every datagram an
+/// agent sends to port 53 becomes its own `dns_query` record in the spool
+/// (and later in ClickHouse): over its rate, "not a DNS message", "not
+/// one standard query", all of them. One agent sending as fast as it can
+/// for a few seconds writes tens of thousands of records per second
+/// (measured here: 59,112 records in 6 s from 4 Python processes), filling the
+/// spool's disk and the security team's tables, with nothing but its
+/// rate to show for it. Suggested: past the rate, count refusals per
+/// agent and write one summary record per interval (and refuse
+/// non-DNS datagrams before they are identified and recorded one by
+/// one). The look-alike: another agent's lookups still work meanwhile
+/// (they did here, dig +time=2).
 #[test]
-fn red_team_one_agents_dns_flood_starves_other_agents_lookups() {
+fn red_team_a_rate_limited_agent_writes_unbounded_dns_records() {
     let _g = serial();
     if !kernel_ready() {
         return;
@@ -297,20 +299,15 @@ fn red_team_one_agents_dns_flood_starves_other_agents_lookups() {
             .expect("dig");
         text(&out)
     };
-    // Look-alike: without a flood every lookup is answered.
-    let calm = lookups(10);
-    assert!(
-        calm.contains("ok=10"),
-        "lookups fail without a flood: {calm}"
-    );
-
+    const SECS: u64 = 6;
+    let started = std::time::Instant::now();
     let flooder = env
         .agent(
             "flood",
             &[
                 PYTHON,
                 &flood.display().to_string(),
-                "60",
+                &SECS.to_string(),
                 &stop.display().to_string(),
             ],
         )
@@ -318,16 +315,25 @@ fn red_team_one_agents_dns_flood_starves_other_agents_lookups() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("flood");
-    std::thread::sleep(Duration::from_millis(1500));
-    let stormy = lookups(10);
-    std::fs::write(&stop, b"").expect("stop file");
+    std::thread::sleep(Duration::from_millis(1000));
+    // Look-alike: another agent is still answered during the flood.
+    let stormy = lookups(3);
     let flooded = flooder.wait_with_output().expect("flood ended");
+    let secs = started.elapsed().as_secs().max(SECS);
+    assert!(
+        stormy.contains("ok=3"),
+        "another agent's lookups failed during the flood: {stormy}"
+    );
+    // Whatever the agent's rate allows (burst 400 + 100/s, defaults),
+    // twice over, plus room for a summary record a second.
+    let bound = 2 * (400 + 100 * secs as usize) + secs as usize;
     let recorded =
         env.count_events(|e| e["kind"] == "dns_query" && e["caller"]["agent"] == "flood");
     assert!(
-        stormy.contains("ok=10"),
-        "another agent's flood made this agent's lookups fail: {stormy}\n\
-         flood: {}\nflood datagrams recorded: {recorded}",
+        recorded <= bound,
+        "one agent over its DNS rate wrote {recorded} dns_query records in {secs} s \
+         (its rate allows {} queries): {}",
+        400 + 100 * secs,
         text(&flooded)
     );
 }
