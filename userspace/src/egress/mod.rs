@@ -111,13 +111,21 @@ mod red_team_tests {
     /// 100.100.100.200 (carrier-grade NAT space): an allowed name whose
     /// answer an agent controls (any `*.suffix` entry over a zone with
     /// user subdomains) reaches it as plain egress.
+    /// Google Cloud's metadata server on IPv6-only and dual-stack
+    /// instances answers at fd20:ce::254 (unique-local, like AWS's
+    /// fd00:ec2::254, which is the only one named).
     #[test]
     fn red_team_alibaba_metadata_is_not_special() {
-        let alibaba: std::net::IpAddr = "100.100.100.200".parse().unwrap();
-        assert!(
-            special_address(alibaba),
-            "{alibaba} (Alibaba Cloud instance metadata) is reachable as egress"
-        );
+        for (ip, whose) in [
+            ("100.100.100.200", "Alibaba Cloud"),
+            ("fd20:ce::254", "Google Cloud (IPv6)"),
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert!(
+                special_address(ip),
+                "{ip} ({whose} instance metadata) is reachable as egress"
+            );
+        }
         // Look-alikes that must stay reachable / special as they are.
         assert!(special_address("169.254.169.254".parse().unwrap()));
         assert!(special_address("::ffff:169.254.169.254".parse().unwrap()));
