@@ -101,3 +101,35 @@ pub fn target_names(config: &Config) -> Result<Vec<String>, String> {
     out.dedup();
     Ok(out)
 }
+
+#[cfg(test)]
+mod red_team_tests {
+    use super::*;
+
+    /// Red team: `special_address` is the DNS-rebinding guard for "cloud
+    /// metadata", but knows only link-local (169.254.0.0/16) and
+    /// fd00:ec2::254. Alibaba Cloud's metadata service lives at
+    /// 100.100.100.200 (carrier-grade NAT space): an allowed name whose
+    /// answer an agent controls (any `*.suffix` entry over a zone with
+    /// user subdomains) reaches it as plain egress.
+    /// Google Cloud's metadata server on IPv6-only and dual-stack
+    /// instances answers at fd20:ce::254 (unique-local, like AWS's
+    /// fd00:ec2::254, which is the only one named).
+    #[test]
+    fn red_team_alibaba_metadata_is_not_special() {
+        for (ip, whose) in [
+            ("100.100.100.200", "Alibaba Cloud"),
+            ("fd20:ce::254", "Google Cloud (IPv6)"),
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert!(
+                special_address(ip),
+                "{ip} ({whose} instance metadata) is reachable as egress"
+            );
+        }
+        // Look-alikes that must stay reachable / special as they are.
+        assert!(special_address("169.254.169.254".parse().unwrap()));
+        assert!(special_address("::ffff:169.254.169.254".parse().unwrap()));
+        assert!(!special_address("93.184.215.14".parse().unwrap()));
+    }
+}

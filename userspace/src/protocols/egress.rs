@@ -365,6 +365,30 @@ mod tests {
         );
     }
 
+    /// Red team: a request line in absolute form (or CONNECT's authority
+    /// form) names the server the request is for, and RFC 9112 section
+    /// 3.2.2 tells an origin server to ignore Host then (nginx, Apache,
+    /// any forward proxy do). The passthrough checks only Host, so an
+    /// allowed Host rides along with a denied target.
+    #[test]
+    fn red_team_absolute_form_request_target_outranks_host() {
+        let absolute = name_in(b"GET http://denied.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+        assert!(
+            !matches!(&absolute, Some(Ok(c)) if c.name == "allowed.test"),
+            "absolute form naming denied.test passed as allowed.test: {absolute:?}"
+        );
+        let connect =
+            name_in(b"CONNECT denied.test:443 HTTP/1.1\r\nHost: allowed.test:443\r\n\r\n");
+        assert!(
+            !matches!(&connect, Some(Ok(c)) if c.name == "allowed.test"),
+            "CONNECT to denied.test passed as allowed.test: {connect:?}"
+        );
+        // Look-alike that must keep working: origin form, and an absolute
+        // form naming the same host as Host.
+        let origin = name_in(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+        assert_eq!(origin.unwrap().unwrap().name, "allowed.test");
+    }
+
     /// Where the extensions' length field sits in a one-record ClientHello.
     fn extensions_offset(h: &[u8]) -> usize {
         let mut at = 5 + 4 + 2 + 32;
