@@ -512,6 +512,12 @@ impl Config {
             if t.name.is_empty() {
                 return Err(format!("targets[{i}]: name is empty"));
             }
+            if t.name == "egress" {
+                return Err(format!(
+                    "targets[{i}]: the name \"egress\" is reserved for egress sessions (policies \
+                     and records name them so)"
+                ));
+            }
             if !names.insert(t.name.as_str()) {
                 return Err(format!("targets[{i}]: duplicate target name {:?}", t.name));
             }

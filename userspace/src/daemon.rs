@@ -182,6 +182,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         )
         .map_err(|e| Error::io("sock_diag socket for the DNS resolver", e))?,
     );
+    // Tracked: its last summary is written before the daemon stops.
+    tracker.spawn(resolver.clone().summarise(stop.clone()));
     tokio::spawn(resolver.clone().follow_targets(
         crate::egress::target_names(&config).map_err(Error::Invalid)?,
         stop.clone(),
@@ -207,7 +209,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }),
         maps: Some(interceptor.maps.clone()),
         agents: Some(interceptor.agents.clone()),
-        routes,
+        routes: Arc::new(routes),
         dns: Some(resolver),
         egress,
         listen: config.proxy.listen.clone(),

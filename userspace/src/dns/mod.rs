@@ -37,7 +37,7 @@ use crate::{
     records::{spool::Recorder, Event, EventKind, Verdict},
 };
 use learned::Learned;
-use limits::RateLimit;
+use limits::{Rate, RateLimit};
 
 /// How a query came in: over UDP a truncated answer is passed on
 /// truncated (the agent retries over TCP).
@@ -106,6 +106,24 @@ impl Resolver {
     /// be said (not even an id to answer to). Always recorded.
     pub async fn answer(&self, query: &[u8], caller: &Caller, via: Transport) -> Option<Vec<u8>> {
         let started = Instant::now();
+        // The rate first, for every datagram: a flood of anything is
+        // refused, and recorded in summaries rather than one by one.
+        let rate = self.rate.take(caller, started);
+        if rate != Rate::Allowed {
+            if let Rate::RefusedRecorded { earlier } = rate {
+                let why = format!(
+                    "over the agent's query rate ({}/s, burst {}); {earlier} more refused \
+                     since the last record of it",
+                    self.config.queries_per_sec, self.config.burst
+                );
+                self.record(caller, None, None, started, Outcome::refused(why))
+                    .await;
+            }
+            return match Message::from_vec(query) {
+                Ok(msg) => reply(&msg, ResponseCode::Refused),
+                Err(_) => None,
+            };
+        }
         let Ok(msg) = Message::from_vec(query) else {
             self.record(
                 caller,
@@ -172,14 +190,6 @@ impl Resolver {
             Some((
                 ResponseCode::Refused,
                 refuse(format!("query type {qtype} is not served")),
-            ))
-        } else if !self.rate.take(&caller.agent, started) {
-            Some((
-                ResponseCode::Refused,
-                refuse(format!(
-                    "over the agent's query rate ({}/s, burst {})",
-                    self.config.queries_per_sec, self.config.burst
-                )),
             ))
         } else {
             None
@@ -286,6 +296,35 @@ impl Resolver {
             tokio::select! {
                 _ = tokio::time::sleep(TARGET_REFRESH) => {}
                 _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Records, every [`limits::SUMMARY_EVERY`], the refusals over the
+    /// rate that were only counted: none goes unrecorded.
+    pub async fn summarise(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(limits::SUMMARY_EVERY) => false,
+                _ = stop.cancelled() => true,
+            };
+            let now = Instant::now()
+                + if stopping {
+                    limits::SUMMARY_EVERY
+                } else {
+                    std::time::Duration::ZERO
+                };
+            for (caller, n) in self.rate.pending(now) {
+                let why = format!(
+                    "{n} queries over the agent's query rate ({}/s, burst {}) refused since \
+                     the last record of it",
+                    self.config.queries_per_sec, self.config.burst
+                );
+                self.record(&caller, None, None, Instant::now(), Outcome::refused(why))
+                    .await;
+            }
+            if stopping {
+                return;
             }
         }
     }

@@ -35,12 +35,27 @@ impl Egress {
     }
 }
 
+/// Cloud instance metadata services outside link-local space: they hand
+/// out the runner's own credentials. AWS's IPv6 endpoint, Google Cloud's
+/// IPv6 one, Alibaba Cloud's, and Azure's wire server.
+const METADATA: &[std::net::IpAddr] = &[
+    std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16)),
+];
+
 /// Addresses egress never reaches, whatever name led there: loopback,
-/// link-local (where cloud metadata lives: 169.254.169.254, fd00:ec2::254
-/// is unique-local but named explicitly), unspecified and multicast.
+/// link-local (where most cloud metadata lives: 169.254.169.254),
+/// unspecified, multicast and broadcast, and the [`METADATA`] services
+/// elsewhere.
 pub fn special_address(ip: std::net::IpAddr) -> bool {
     use std::net::IpAddr;
-    match pattern::canonical(ip) {
+    let ip = pattern::canonical(ip);
+    if METADATA.contains(&ip) {
+        return true;
+    }
+    match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback()
                 || v4.is_link_local()
@@ -53,7 +68,6 @@ pub fn special_address(ip: std::net::IpAddr) -> bool {
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
         }
     }
 }

@@ -13,7 +13,7 @@ use super::procfs;
 /// pid, uid, gid, comm and cgroup come from the kernel at `connect()` time
 /// and cannot be forged by the agent; exe and lineage are read from /proc at
 /// accept time and are best effort (the process may already be gone).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
     pub agent: String,
     pub agent_id: u32,

@@ -30,6 +30,9 @@ const MAX_OPENING: usize = 16 << 10;
 
 pub struct EgressPassthrough {
     pub rules: Arc<Egress>,
+    /// The targets: a name one of them claims is reached through its
+    /// gateway, never as egress.
+    pub routes: Arc<crate::proxy::targets::Routes>,
     /// The names the agent learned for the address it dialled.
     pub learned: Vec<Arc<str>>,
     /// An allow entry names the address's range: no name is needed, and
@@ -42,6 +45,22 @@ pub struct Claim {
     pub name: String,
     /// "TLS server name (SNI)" or "HTTP Host".
     pub by: &'static str,
+    /// Plain HTTP: the one request passed on. Every request of a plain
+    /// connection names its own Host, and only the first was read, so the
+    /// connection carries that request alone (`Connection: close`).
+    pub one_request: Option<OneRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneRequest {
+    /// The request head as sent upstream: the agent's, with its
+    /// hop-by-hop headers (Connection, Upgrade, …) replaced by
+    /// `Connection: close`.
+    pub head: Vec<u8>,
+    /// The body bytes read with the head, and how many are still to come
+    /// (Content-Length).
+    pub body_read: Vec<u8>,
+    pub body_left: u64,
 }
 
 pub struct Opened {
@@ -115,6 +134,17 @@ impl Phases for EgressPassthrough {
         mut upstream: TcpStream,
         gw: &Gateway,
     ) -> Result<(), SessionError> {
+        if let Some(one) = agent
+            .claimed
+            .as_ref()
+            .ok()
+            .and_then(|c| c.one_request.clone())
+        {
+            return tokio::select! {
+                r = one_request(agent.conn, upstream, one, gw) => r,
+                _ = gw.tasks.cancelled() => Err(gw.tasks.why()),
+            };
+        }
         upstream
             .write_all(&agent.opening)
             .await
@@ -133,10 +163,47 @@ impl Phases for EgressPassthrough {
     }
 }
 
+/// Plain HTTP: the one request, then the answer until the server closes.
+/// Nothing more the agent sends is read.
+async fn one_request(
+    mut agent: TcpStream,
+    mut upstream: TcpStream,
+    one: OneRequest,
+    gw: &Gateway,
+) -> Result<(), SessionError> {
+    let up = |e: std::io::Error| SessionError::upstream(format!("{}: {e}", gw.upstream));
+    let ag = |e: std::io::Error| SessionError::agent(format!("the agent: {e}"));
+    upstream.write_all(&one.head).await.map_err(up)?;
+    upstream.write_all(&one.body_read).await.map_err(up)?;
+    let (mut from_agent, _) = agent.split();
+    let mut body = (&mut from_agent).take(one.body_left);
+    let sent = tokio::io::copy(&mut body, &mut upstream)
+        .await
+        .map_err(ag)?;
+    if sent < one.body_left {
+        return Err(SessionError::agent(
+            "the agent closed before its request body ended",
+        ));
+    }
+    gw.counters
+        .add_from_agent((one.head.len() + one.body_read.len()) as u64 + sent);
+    let answered = tokio::io::copy(&mut upstream, &mut agent)
+        .await
+        .map_err(up)?;
+    gw.counters.add_to_agent(answered);
+    let _ = agent.shutdown().await;
+    Ok(())
+}
+
 impl EgressPassthrough {
     /// Why the claimed name may not reach `dst`, if it may not.
     fn check(&self, claimed: &Result<Claim, String>, dst: SocketAddr) -> Result<(), String> {
-        let Claim { name, by } = claimed.clone()?;
+        let Claim { name, by, .. } = claimed.clone()?;
+        if let Some(target) = self.routes.target_named(&name, dst.port()) {
+            return Err(format!(
+                "the {by} {name} belongs to target {target}: it is reached through its gateway"
+            ));
+        }
         if !self.learned.iter().any(|n| **n == *name) {
             return Err(format!(
                 "the {by} {name} was never resolved through blastgate to {} (names learned for \
@@ -186,12 +253,23 @@ async fn read_name(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Claim, Str
 /// The name an opening asks for; `None` while more bytes are needed.
 fn name_in(buf: &[u8]) -> Option<Result<Claim, String>> {
     let first = *buf.first()?;
-    let claim = |by: &'static str| move |name: String| Claim { name, by };
     if first == 0x16 {
-        return tls_server_name(buf).map(|r| r.map(claim("TLS server name (SNI)")));
+        return tls_server_name(buf).map(|r| {
+            r.map(|name| Claim {
+                name,
+                by: "TLS server name (SNI)",
+                one_request: None,
+            })
+        });
     }
     if first.is_ascii_uppercase() {
-        return http_host(buf).map(|r| r.map(claim("HTTP Host")));
+        return http_host(buf).map(|r| {
+            r.map(|(name, one)| Claim {
+                name,
+                by: "HTTP Host",
+                one_request: Some(one),
+            })
+        });
     }
     Some(Err("neither TLS nor HTTP".into()))
 }
@@ -280,13 +358,36 @@ fn extensions(buf: &[u8]) -> Option<Vec<u16>> {
     Some(out)
 }
 
-fn http_host(buf: &[u8]) -> Option<Result<String, String>> {
+/// Headers that concern one connection, not the request: dropped, and
+/// `Connection: close` sent instead (no keep-alive, no upgrade, no h2c).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "http2-settings",
+];
+
+fn http_host(buf: &[u8]) -> Option<Result<(String, OneRequest), String>> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Partial) => None,
         Err(e) => Some(Err(format!("not an HTTP request: {e}"))),
-        Ok(httparse::Status::Complete(_)) => {
+        Ok(httparse::Status::Complete(head_len)) => {
+            // CONNECT asks the server to tunnel elsewhere: a forward proxy
+            // at an allowed address would be an open door.
+            if req
+                .method
+                .is_some_and(|m| m.eq_ignore_ascii_case("CONNECT"))
+            {
+                return Some(Err("an HTTP CONNECT (a tunnel to elsewhere)".into()));
+            }
+            // An absolute-form target names the server, and servers then
+            // ignore Host (RFC 9112, 3.2.2): it is the name checked, and
+            // Host must agree with it.
+            let target_host = req.path.and_then(absolute_form_host);
             let hosts: Vec<&[u8]> = req
                 .headers
                 .iter()
@@ -302,13 +403,81 @@ fn http_host(buf: &[u8]) -> Option<Result<String, String>> {
                 return Some(Err("a Host that is not text".into()));
             };
             let host = host.trim();
-            let name = match host.rsplit_once(':') {
-                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-                _ => host,
-            };
-            Some(Ok(normalise_name(name)))
+            let name = normalise_name(strip_port(host));
+            if let Some(t) = target_host {
+                if normalise_name(strip_port(t)) != name {
+                    return Some(Err(format!(
+                        "the request line names {t}, the Host header {host}"
+                    )));
+                }
+            }
+            Some(one_request_of(&req, &buf[head_len..]).map(|one| (name, one)))
         }
     }
+}
+
+/// The request as it is passed on, or why it cannot be: its body must be
+/// delimited by Content-Length (a chunked body's end is not read), and
+/// nothing may follow it (a pipelined second request).
+fn one_request_of(
+    req: &httparse::Request<'_, '_>,
+    after_head: &[u8],
+) -> Result<OneRequest, String> {
+    let mut length: Option<u64> = None;
+    let mut head = Vec::with_capacity(512);
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return Err("an incomplete request line".into());
+    };
+    head.extend_from_slice(format!("{method} {path} HTTP/1.{version}\r\n").as_bytes());
+    for h in req.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        if name == "transfer-encoding" {
+            return Err("a request body with Transfer-Encoding (its end is not read)".into());
+        }
+        if name == "content-length" {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or("a Content-Length that is not a number")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("two Content-Lengths".into());
+            }
+            length = Some(n);
+        }
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        head.extend_from_slice(h.name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(h.value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    let length = length.unwrap_or(0);
+    if after_head.len() as u64 > length {
+        return Err("more than one request on the connection (pipelined)".into());
+    }
+    Ok(OneRequest {
+        head,
+        body_read: after_head.to_vec(),
+        body_left: length - after_head.len() as u64,
+    })
+}
+
+/// `host[:port]` without the port.
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// The authority of an absolute-form request target (`scheme://host/…`),
+/// without userinfo.
+fn absolute_form_host(target: &str) -> Option<&str> {
+    let (_, rest) = target.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    Some(authority.rsplit_once('@').map_or(authority, |(_, h)| h))
 }
 
 #[cfg(test)]

@@ -135,6 +135,7 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
                 let p = EgressPassthrough {
                     by_range: ctx.egress.allows(None, orig).is_some(),
                     rules: ctx.egress.clone(),
+                    routes: ctx.routes.clone(),
                     learned,
                 };
                 drive(&p, conn, gw, orig).await;

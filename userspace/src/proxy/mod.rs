@@ -34,7 +34,7 @@ pub struct ProxyContext {
     /// gateway directly), and then no connection is served.
     pub maps: Option<Arc<KernelMaps>>,
     pub agents: Option<Arc<AgentRegistry>>,
-    pub routes: Routes,
+    pub routes: Arc<Routes>,
     /// blastgate's resolver: what each agent learned (destinations by
     /// name) and the DNS-over-TCP answers. `None` where no kernel programs
     /// run (the fuzz targets).

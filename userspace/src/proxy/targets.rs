@@ -114,6 +114,15 @@ impl Routes {
         })
     }
 
+    /// The target whose `hosts` name `name` on `port`: a name that
+    /// belongs to a target is never reached as egress.
+    pub fn target_named(&self, name: &str, port: u16) -> Option<&str> {
+        self.by_host
+            .iter()
+            .find(|(p, _)| p.matches_port(port) && p.matches_name(name))
+            .map(|(_, t)| t.name.as_str())
+    }
+
     pub fn len(&self) -> usize {
         self.by_addr.len() + self.by_host.len()
     }
