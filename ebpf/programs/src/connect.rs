@@ -18,8 +18,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use blastgate_common::{
-    counter, setting, ConnRecord, SockKey, AF_INET, AF_INET6, COMM_LEN, LOOPBACK4_BE,
-    MAX_INFLIGHT, SOCK_DGRAM, SOCK_STREAM,
+    counter, setting, ConnRecord, SockKey, AF_INET, AF_INET6, COMM_LEN, LOOPBACK4_BE, MAX_INFLIGHT,
+    SOCK_DGRAM, SOCK_STREAM,
 };
 
 use crate::agent::{count, current_agent, setting, REFUSED};
@@ -168,9 +168,13 @@ pub fn blastgate_sendmsg6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     let (w, port) = unsafe { ((*sa).user_ip6, (*sa).user_port) };
     let mapped = w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED_WORD;
-    crate::dns::redirect(sa, agent, key6(w, port_host(port)), AF_INET6, |dns_port| unsafe {
-        point_at_loopback6(sa, mapped, dns_port)
-    })
+    crate::dns::redirect(
+        sa,
+        agent,
+        key6(w, port_host(port)),
+        AF_INET6,
+        |dns_port| unsafe { point_at_loopback6(sa, mapped, dns_port) },
+    )
 }
 
 /// Points an AF_INET6 address at loopback: `::ffff:127.0.0.1` for a

@@ -107,7 +107,8 @@ fn note_bind(ctx: &SockContext, key: SockKey) -> i32 {
         _pad: 0,
     };
     // Full: not noted; the agent's own connections to it are then refused.
-    if BG_LOCAL_COOKIES.insert(&cookie, &key, 0).is_ok() && BG_LOCAL.insert(&key, &entry, 0).is_err()
+    if BG_LOCAL_COOKIES.insert(&cookie, &key, 0).is_ok()
+        && BG_LOCAL.insert(&key, &entry, 0).is_err()
     {
         let _ = BG_LOCAL_COOKIES.remove(&cookie);
     }
