@@ -107,10 +107,8 @@ fn note_bind(ctx: &SockContext, key: SockKey) -> i32 {
         _pad: 0,
     };
     // Full: not noted; the agent's own connections to it are then refused.
-    if BG_LOCAL_COOKIES.insert(&cookie, &key, 0).is_ok()
-        && BG_LOCAL.insert(&key, &entry, 0).is_err()
-    {
-        let _ = BG_LOCAL_COOKIES.remove(&cookie);
+    if BG_LOCAL_COOKIES.insert(cookie, key, 0).is_ok() && BG_LOCAL.insert(key, entry, 0).is_err() {
+        let _ = BG_LOCAL_COOKIES.remove(cookie);
     }
     1
 }
@@ -146,14 +144,14 @@ pub fn blastgate_post_bind6(ctx: SockContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn blastgate_sock_release(ctx: SockContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
-    let Some(key) = BG_LOCAL_COOKIES.get_ptr(&cookie) else {
+    let Some(key) = BG_LOCAL_COOKIES.get_ptr(cookie) else {
         return 1;
     };
     let key = unsafe { *key };
-    let _ = BG_LOCAL_COOKIES.remove(&cookie);
-    if let Some(e) = BG_LOCAL.get_ptr(&key) {
+    let _ = BG_LOCAL_COOKIES.remove(cookie);
+    if let Some(e) = BG_LOCAL.get_ptr(key) {
         if unsafe { (*e).cookie } == cookie {
-            let _ = BG_LOCAL.remove(&key);
+            let _ = BG_LOCAL.remove(key);
         }
     }
     1
