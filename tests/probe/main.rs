@@ -96,6 +96,14 @@ enum Op {
     /// Benchmark: N times connect, send 1 byte, read 1 byte back, close;
     /// prints latency percentiles in microseconds.
     BenchRtt { addr: SocketAddr, n: usize },
+    /// Benchmark: N DNS queries for NAME (type A), one at a time over one
+    /// UDP socket connected to SERVER; prints latency percentiles in
+    /// microseconds and how many got an answer with addresses.
+    BenchDns {
+        server: SocketAddr,
+        name: String,
+        n: usize,
+    },
     /// Benchmark: send BYTES over one connection, half-close, read the
     /// server's 8-byte count; prints throughput. With --greeting, first
     /// waits for the server's one-byte greeting (a protocol that opens
@@ -171,6 +179,7 @@ fn main() {
             emit(connect("as-uid", addr));
         }
         Op::BenchRtt { addr, n } => emit(bench_rtt(addr, n)),
+        Op::BenchDns { server, name, n } => emit(bench_dns(server, &name, n)),
         Op::BenchBulk {
             addr,
             bytes,
@@ -525,6 +534,50 @@ fn bench_rtt(addr: SocketAddr, n: usize) -> Value {
     json!({"op": "bench-rtt", "ok": failures == 0, "n": n, "failures": failures,
            "p50_us": percentile(&lat, 0.50), "p99_us": percentile(&lat, 0.99),
            "mean_us": lat.iter().sum::<f64>() / lat.len().max(1) as f64})
+}
+
+fn bench_dns(server: SocketAddr, name: &str, n: usize) -> Value {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+    };
+    let run = || -> std::io::Result<(Vec<f64>, usize)> {
+        let qname = Name::from_ascii(format!("{name}.")).map_err(std::io::Error::other)?;
+        let bind = if server.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let sock = std::net::UdpSocket::bind(bind)?;
+        sock.connect(server)?;
+        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut lat = Vec::with_capacity(n);
+        let mut answered = 0;
+        let mut buf = [0u8; 1500];
+        for i in 0..n {
+            let mut q = Message::query();
+            q.metadata.id = i as u16;
+            q.metadata.recursion_desired = true;
+            q.add_query(Query::query(qname.clone(), RecordType::A));
+            let bytes = q.to_vec().map_err(std::io::Error::other)?;
+            let t = std::time::Instant::now();
+            sock.send(&bytes)?;
+            let got = sock.recv(&mut buf)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+            if Message::from_vec(&buf[..got]).is_ok_and(|m| !m.answers.is_empty()) {
+                answered += 1;
+            }
+        }
+        Ok((lat, answered))
+    };
+    match run() {
+        Ok((mut lat, answered)) => {
+            lat.sort_by(|a, b| a.total_cmp(b));
+            json!({"op": "bench-dns", "ok": answered == n, "n": n, "answered": answered,
+                   "p50_us": percentile(&lat, 0.50), "p99_us": percentile(&lat, 0.99)})
+        }
+        Err(e) => failure("bench-dns", e),
+    }
 }
 
 fn bench_bulk(addr: SocketAddr, bytes: u64, greeting: bool) -> Value {

@@ -126,12 +126,51 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    // A real resolver for the lookup cells, answering bench.test from a
+    // hosts file (the cached case: no recursion behind it).
+    let zone = dir.join("zone");
+    std::fs::write(&zone, "127.0.0.9 bench.test\n")?;
+    let free_udp = || -> Result<u16> {
+        Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (dnsmasq_port, dns_port) = (free_udp()?, free_udp()?);
+    let resolver = SocketAddr::from(([127, 0, 0, 1], dnsmasq_port));
+    let _dnsmasq = Guard::spawn(
+        "dnsmasq",
+        Command::new("taskset")
+            .args([
+                "-c",
+                "1",
+                "/usr/sbin/dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+            ])
+            .args([
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                "--user=root",
+                "--pid-file",
+            ])
+            .args([
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--local=/test/",
+            ])
+            .arg(format!("--port={dnsmasq_port}"))
+            .arg(format!("--addn-hosts={}", zone.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
     let config = dir.join("blastgate.toml");
     std::fs::write(
         &config,
         format!(
             "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n[control]\nsocket = \"{d}/control.sock\"\n\
              [bpf]\npin_dir = \"/sys/fs/bpf/blastgate-bench\"\ntcp_fast_path = true\n[records]\nspool_dir = \"{d}/spool\"\n\
+             [dns]\nlisten = \"127.0.0.1:{dns_port}\"\nupstreams = [\"{resolver}\"]\n\
+             [egress]\nallow = [\"bench.test:443\"]\n\
              [[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{echo}\"\n\
              [[targets]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"{sink}\"\n\
              [[targets]]\nname = \"greet\"\nprotocol = \"tcp\"\naddress = \"{greet}\"\n",
@@ -199,6 +238,15 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     let mut p50s = vec![Vec::new(); paths.len()];
     let mut p99s = vec![Vec::new(); paths.len()];
     let mut gbits = vec![Vec::new(); paths.len()];
+    // Lookups: direct to the resolver, and as an agent (to 127.0.0.53,
+    // which the kernel points at blastgate's resolver, which forwards).
+    let lookups = 2000.to_string();
+    let dns_paths = [
+        (false, resolver.to_string()),
+        (true, "127.0.0.53:53".to_string()),
+    ];
+    let mut dns_p50 = vec![Vec::new(); 2];
+    let mut dns_p99 = vec![Vec::new(); 2];
     let mut greeted = vec![Vec::new(); paths.len()];
     for rep in 0..reps {
         for (i, (_, proxied, e, s, g)) in paths.iter().enumerate() {
@@ -223,6 +271,20 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
                 ],
             )?;
             greeted[i].push(v["gbit_per_s"].as_f64().unwrap_or(f64::NAN));
+        }
+        for (i, (proxied, server)) in dns_paths.iter().enumerate() {
+            let args = [
+                "bench-dns".into(),
+                server.clone(),
+                "bench.test".into(),
+                lookups.clone(),
+            ];
+            let v = r.probe(*proxied, &args)?;
+            if v["ok"] != true {
+                bail!("the lookup cell failed: {v}");
+            }
+            dns_p50[i].push(v["p50_us"].as_f64().unwrap_or(f64::NAN));
+            dns_p99[i].push(v["p99_us"].as_f64().unwrap_or(f64::NAN));
         }
         eprintln!("bench: repetition {}/{reps} done", rep + 1);
     }
@@ -275,6 +337,20 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
         gbit[2] / gbit[1],
         greet_gbit[2] / greet_gbit[1]
     );
+    let dns_p50: Vec<f64> = dns_p50.into_iter().map(median).collect();
+    let dns_p99: Vec<f64> = dns_p99.into_iter().map(median).collect();
+    let added = dns_p50[1] - dns_p50[0];
+    println!(
+        "\nDNS lookup (A, {lookups} per repetition, dnsmasq answering from its hosts file):\n  \
+         direct to the resolver      p50 {:>7.1} µs  p99 {:>7.1} µs\n  \
+         through blastgate (agent)   p50 {:>7.1} µs  p99 {:>7.1} µs\n  \
+         added p50 {added:.1} µs: goal < 100 µs: {}",
+        dns_p50[0],
+        dns_p99[0],
+        dns_p50[1],
+        dns_p99[1],
+        if added < 100.0 { "met" } else { "NOT met" }
+    );
 
     let row = |i: usize| {
         json!({"p50_us": p50[i], "p99_us": p99[i], "gbit_per_s": gbit[i],
@@ -286,6 +362,9 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
         "added_p50_us": p50[2] - p50[0], "ratio_p50": p50[2] / p50[0],
         "bulk_ratio": gbit[2] / gbit[0], "bulk_ratio_vs_forwarder": gbit[2] / gbit[1],
         "greeted_bulk_ratio": greet_gbit[2] / greet_gbit[0],
+        "dns": {"direct_p50_us": dns_p50[0], "direct_p99_us": dns_p99[0],
+                "blastgate_p50_us": dns_p50[1], "blastgate_p99_us": dns_p99[1],
+                "added_p50_us": added},
     });
     // Policy decision latency, same binary.
     println!();
