@@ -170,6 +170,7 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
             "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n[control]\nsocket = \"{d}/control.sock\"\n\
              [bpf]\npin_dir = \"/sys/fs/bpf/blastgate-bench\"\ntcp_fast_path = true\n[records]\nspool_dir = \"{d}/spool\"\n\
              [dns]\nlisten = \"127.0.0.1:{dns_port}\"\nupstreams = [\"{resolver}\"]\n\
+             queries_per_sec = 1000000\nburst = 1000000\n\
              [egress]\nallow = [\"bench.test:443\"]\n\
              [[targets]]\nname = \"echo\"\nprotocol = \"tcp\"\naddress = \"{echo}\"\n\
              [[targets]]\nname = \"sink\"\nprotocol = \"tcp\"\naddress = \"{sink}\"\n\
@@ -240,6 +241,7 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
     let mut gbits = vec![Vec::new(); paths.len()];
     // Lookups: direct to the resolver, and as an agent (to 127.0.0.53,
     // which the kernel points at blastgate's resolver, which forwards).
+    // The per-agent rate limit is raised above for this agent's loop.
     let lookups = 2000.to_string();
     let dns_paths = [
         (false, resolver.to_string()),
