@@ -126,6 +126,16 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
             let any = ctx.dns.as_ref()?.learned.names_for_any(orig.ip());
             ctx.routes.lookup_by_host(orig, &any)
         });
+    if found
+        .as_ref()
+        .is_none_or(|(t, _)| t.protocol != Protocol::Tcp)
+    {
+        // Only passthrough targets are paired in the kernel.
+        if let (Some(fast), Ok(peer)) = (ctx.maps.as_ref().and_then(|m| m.fast()), conn.peer_addr())
+        {
+            fast.release(sock_key(peer));
+        }
+    }
     let Some((target, by_name)) = found else {
         match egress_verdict(&ctx, orig, &learned) {
             Ok(()) => {
@@ -151,13 +161,6 @@ async fn route(conn: TcpStream, mut session: Session, orig: SocketAddr, ctx: Arc
     };
     session.dst_name = by_name.map(|n| n.to_string());
     session.dst_name_source = session.dst_name.as_ref().map(|_| DNS_SOURCE);
-    if target.protocol != Protocol::Tcp {
-        // Only passthrough sessions are paired in the kernel.
-        if let (Some(fast), Ok(peer)) = (ctx.maps.as_ref().and_then(|m| m.fast()), conn.peer_addr())
-        {
-            fast.release(sock_key(peer));
-        }
-    }
     let gw = gateway(&ctx, session, target.clone(), orig);
     match target.protocol {
         Protocol::Tcp => {
