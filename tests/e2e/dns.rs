@@ -15,14 +15,6 @@ use serde_json::Value;
 const ZONE: &str = "10.231.0.2 allowed.test\nfd10::2 allowed.test\n10.231.0.3 denied.test\n\
                     10.231.0.4 a.wild.test\n";
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `dig` as the agent `ci`, with `args` after the defaults.
 fn dig(env: &Env, args: &[&str]) -> String {
     let mut cmd = vec!["dig", "+time=2", "+tries=1"];
@@ -86,21 +78,7 @@ fn agents_resolve_allowed_names_through_blastgate_and_nothing_else() {
     assert!(full.contains("SERVER: 127.0.0.53#53"), "{full}");
 
     // glibc's resolver, as every program uses it.
-    let getent = {
-        let mut c = env.agent(
-            "ci",
-            &[
-                "unshare",
-                "-m",
-                "sh",
-                "-c",
-                "echo 'nameserver 127.0.0.53' > /tmp/bg-resolv.$$ && \
-                 mount --bind /tmp/bg-resolv.$$ /etc/resolv.conf && \
-                 getent ahostsv4 allowed.test; rc=$?; rm -f /tmp/bg-resolv.$$; exit $rc",
-            ],
-        );
-        text(&c.output().expect("getent"))
-    };
+    let getent = text(&env.agent_resolving("ci", "getent ahostsv4 allowed.test"));
     assert!(getent.contains("10.231.0.2"), "{getent}");
 
     // A name no rule allows: NXDOMAIN, and never forwarded.

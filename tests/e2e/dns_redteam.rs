@@ -17,26 +17,6 @@ use serde_json::Value;
 
 const PYTHON: &str = "/usr/bin/python3";
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `sh -c script` as agent `name`, with glibc's resolver pointed at
-/// 127.0.0.53 (a private mount of resolv.conf).
-fn as_agent(env: &Env, name: &str, script: &str) -> std::process::Output {
-    let wrapped = format!(
-        "f=$(mktemp) && echo 'nameserver 127.0.0.53' > $f && mount --bind $f /etc/resolv.conf \
-         && rm -f $f && {script}"
-    );
-    env.agent(name, &["unshare", "-m", "sh", "-c", &wrapped])
-        .output()
-        .expect("agent")
-}
-
 /// An HTTP/1.1 server with keep-alive whose answer is the Host it was
 /// asked for (`host=NAME`), as a virtual-hosting server or CDN front
 /// would pick a site by it.
@@ -144,7 +124,7 @@ impl Scene {
             client.display(),
             hosts.join(" ")
         );
-        text(&as_agent(&self.env, agent, &script))
+        text(&self.env.agent_resolving(agent, &script))
     }
 }
 
@@ -177,8 +157,7 @@ fn red_team_http_keepalive_second_request_reaches_a_denied_host() {
     // Look-alike: two requests for the allowed host from a real client.
     // The fix passes one request per connection (`Connection: close`):
     // curl opens a second connection for the second, as HTTP clients do.
-    let ok = text(&as_agent(
-        &scene.env,
+    let ok = text(&scene.env.agent_resolving(
         "ci",
         "curl -sS --max-time 10 -w '%{http_code}\\n' http://allowed.test/ http://allowed.test/",
     ));

@@ -14,26 +14,6 @@ use std::time::Duration;
 use harness::{dnsmasq::Dnsmasq, https_upstream::ca_and_leaf, netns::NetNs, *};
 use serde_json::Value;
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `sh -c script` as agent `name`, with glibc's resolver pointed at
-/// 127.0.0.53 (a private mount of resolv.conf).
-fn as_agent(env: &Env, name: &str, script: &str) -> std::process::Output {
-    let wrapped = format!(
-        "f=$(mktemp) && echo 'nameserver 127.0.0.53' > $f && mount --bind $f /etc/resolv.conf \
-         && rm -f $f && {script}"
-    );
-    env.agent(name, &["unshare", "-m", "sh", "-c", &wrapped])
-        .output()
-        .expect("agent")
-}
-
 fn sessions(env: &Env, kind: &str) -> Vec<Value> {
     env.events()
         .into_iter()
@@ -126,8 +106,7 @@ impl Scene {
 
     /// curl as agent `agent`, printing only the HTTP status.
     fn curl(&self, agent: &str, args: &str) -> std::process::Output {
-        as_agent(
-            &self.env,
+        self.env.agent_resolving(
             agent,
             &format!(
                 "curl -sS --max-time 10 --cacert {} -o /dev/null -w '%{{http_code}}' {args}",

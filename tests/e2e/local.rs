@@ -15,14 +15,6 @@ use harness::*;
 
 const PYTHON: &str = "/usr/bin/python3";
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A test suite as an agent runs one: start a server on `addr`, wait for
 /// it, fetch from it, stop it. Prints the HTTP status.
 fn serve_and_fetch(host: &str, bind: &str, port: u16) -> String {

@@ -163,6 +163,15 @@ impl TestServer {
     }
 }
 
+/// A command's stdout then stderr, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// A UDP port free on 127.0.0.1 and ::1.
 pub fn free_udp_port() -> u16 {
     for _ in 0..100 {
@@ -286,6 +295,20 @@ impl Env {
 
     pub fn count_events(&self, pred: impl Fn(&Value) -> bool) -> usize {
         self.events().iter().filter(|e| pred(e)).count()
+    }
+
+    /// `sh -c script` run to completion as agent `name`, with glibc's
+    /// resolver pointed at 127.0.0.53 (a private mount of resolv.conf), so
+    /// its lookups reach blastgate's resolver and, were the redirect to
+    /// fail, nothing would leave the host.
+    pub fn agent_resolving(&self, name: &str, script: &str) -> Output {
+        let wrapped = format!(
+            "f=$(mktemp) && echo 'nameserver 127.0.0.53' > $f && mount --bind $f /etc/resolv.conf \
+             && rm -f $f && {script}"
+        );
+        self.agent(name, &["unshare", "-m", "sh", "-c", &wrapped])
+            .output()
+            .expect("agent")
     }
 
     /// `blastgate run --agent NAME -- CMD…` as a command ready to spawn.
