@@ -9,9 +9,9 @@
 
 mod harness;
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
-use harness::{dnsmasq::Dnsmasq, https_upstream::ca_and_leaf, netns::NetNs, *};
+use harness::{dnsmasq::Dnsmasq, https_upstream::ca_and_leaf, netns::NetNs, podman, *};
 use serde_json::Value;
 
 fn sessions(env: &Env, kind: &str) -> Vec<Value> {
@@ -281,4 +281,89 @@ fn audit_mode_refuses_nothing_and_records_what_enforce_would() {
     );
     let status = String::from_utf8_lossy(&scene.env.blastgate(&["status"]).stdout).into_owned();
     assert!(!status.contains("egress: mode"), "{status}");
+}
+
+/// Issue 16's most reported failure elsewhere: DNS inside containers an
+/// agent starts. A container on the host's network is the agent's own
+/// descendant in the agent's network namespace, so its lookups and
+/// connections are the agent's: allowed names resolve and pass, denied
+/// ones fail at resolution. On podman's default bridge the container has
+/// a network namespace of its own, where the kernel's redirect to the
+/// daemon's loopback finds nothing: it fails closed, while the same
+/// container started by a non-agent reaches the server (so the refusal is
+/// blastgate's, not the bridge's).
+#[test]
+fn containers_an_agent_starts_reach_allowed_names_on_the_host_network_and_fail_closed_on_a_bridge()
+{
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let Some(podman) = podman::Podman::new() else {
+        return;
+    };
+    let scene = Scene::start("[egress]\nallow = [\"allowed.test:443\"]\n", false);
+    let env = &scene.env;
+    let curl = |args: &str| {
+        format!("curl -sS --max-time 10 --cacert /ca.pem -o /dev/null -w %{{http_code}} {args}")
+    };
+    let as_agent = |network: &str, args: &str| {
+        env.agent(
+            "ci",
+            &["sh", "-c", &podman.run(network, &scene.ca, &curl(args))],
+        )
+        .output()
+        .expect("podman as an agent")
+    };
+
+    let out = as_agent("host", "https://allowed.test/");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    env.wait_event("the container's egress session", |e| {
+        e["kind"] == "session_closed" && e["target"] == "egress" && e["dst_name"] == "allowed.test"
+    });
+    let out = as_agent("host", "https://denied.test/");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "resolve failure: {}",
+        text(&out)
+    );
+    env.wait_event("the container's refused lookup", |e| {
+        e["kind"] == "dns_query" && e["dst_name"] == "denied.test"
+    });
+
+    // The bridge, in a network namespace of the test's own (netavark's
+    // bridge and firewall rules go with it), to a plain server on that
+    // namespace's side of the bridge.
+    let mut ns = NetNs::new();
+    ns.spawn(&["python3", "-m", "http.server", "18080", "--bind", "0.0.0.0"]);
+    let bridged = podman.run("", &scene.ca, &curl("http://10.88.0.1:18080/"));
+    // nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup
+    // mounts runc needs.
+    let netns = format!("--net=/run/netns/{}", ns.name);
+    let in_ns = ["nsenter", &netns, "sh", "-c", &bridged];
+    let direct = wait_until(Duration::from_secs(20), || {
+        let out = Command::new(in_ns[0]).args(&in_ns[1..]).output().ok()?;
+        (String::from_utf8_lossy(&out.stdout) == "200").then_some(out)
+    });
+    assert!(
+        direct.is_some(),
+        "a non-agent's bridged container must reach the bridge's server"
+    );
+    let out = env
+        .agent("ci", &in_ns)
+        .output()
+        .expect("podman as an agent");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "an agent's bridged container fails closed: {}",
+        text(&out)
+    );
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
 }

@@ -46,6 +46,10 @@ const COMMON: &[&str] = &[
     // and `dig` to ask it and blastgate's.
     "dnsmasq-base",
     "bind9-dnsutils",
+    // Containers an agent starts (tests/e2e/egress.rs); runc, because
+    // crun refuses a hybrid cgroup layout.
+    "podman",
+    "runc",
 ];
 
 /// Packages whose Debian install starts a system service: the HTTP bench

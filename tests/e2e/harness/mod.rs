@@ -15,6 +15,7 @@ pub mod kube_exec;
 pub mod kube_gateway;
 pub mod netns;
 pub mod pg_gateway;
+pub mod podman;
 pub mod postgres;
 pub mod ssh_gateway;
 pub mod sshd;
