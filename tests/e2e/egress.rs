@@ -367,3 +367,92 @@ fn containers_an_agent_starts_reach_allowed_names_on_the_host_network_and_fail_c
     );
     assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
 }
+
+/// Cloud metadata hands out the runner's own credentials. Run where the
+/// metadata addresses exist, in a network namespace of the test's own
+/// (169.254.169.254 and fd00:ec2::254 on its loopback, an HTTP server on
+/// each): the daemon and the agent are in that namespace too, so nothing
+/// touches the host's routes. Even an allow-list naming their ranges does
+/// not reach them; a non-agent in the same namespace does (the refusal is
+/// blastgate's).
+#[test]
+fn cloud_metadata_addresses_are_refused_even_when_the_allow_list_names_them() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let mut ns = NetNs::new();
+    ns.add_loopback_address("169.254.169.254/32");
+    ns.add_loopback_address("fd00:ec2::254/128");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("token"), "runner-credentials").expect("doc");
+    let root = dir.path().display().to_string();
+    for bind in ["169.254.169.254", "fd00:ec2::254"] {
+        ns.spawn(&[
+            "python3",
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            bind,
+            "--directory",
+            &root,
+        ]);
+    }
+    let netns = format!("--net=/run/netns/{}", ns.name);
+    let curl = |url: &str| {
+        vec![
+            "nsenter".to_string(),
+            netns.clone(),
+            "curl".into(),
+            "-sS".into(),
+            "--max-time".into(),
+            "5".into(),
+            "-g".into(),
+            url.to_string(),
+        ]
+    };
+    let urls = [
+        "http://169.254.169.254/token",
+        "http://[fd00:ec2::254]/token",
+    ];
+    for url in urls {
+        let argv = curl(url);
+        let got = wait_until(Duration::from_secs(10), || {
+            let out = Command::new(&argv[0]).args(&argv[1..]).output().ok()?;
+            (out.stdout == b"runner-credentials").then_some(())
+        });
+        assert!(
+            got.is_some(),
+            "a non-agent must reach {url} in the namespace"
+        );
+    }
+
+    let env = Env::with_sections(
+        "",
+        "upstreams = [\"127.0.0.1:9\"]\n",
+        "[egress]\nallow = [\"169.254.0.0/16:80\", \"[fd00::]/8:80\"]\n",
+    );
+    let _daemon = Daemon::start_in(&env, Some(&ns.name));
+    for url in urls {
+        let argv = curl(url);
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = env.agent("ci", &args).output().expect("agent");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("runner-credentials"),
+            "{url} reached: {}",
+            text(&out)
+        );
+        assert_ne!(out.status.code(), Some(0), "{url}: {}", text(&out));
+    }
+    for addr in ["169.254.169.254", "fd00:ec2::254"] {
+        env.wait_event("the metadata refusal", |e| {
+            e["kind"] == "session_denied"
+                && e["caller"]["agent"] == "ci"
+                && e["orig_dst"].as_str().is_some_and(|d| d.contains(addr))
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("cloud metadata"))
+        });
+    }
+}

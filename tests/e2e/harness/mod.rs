@@ -362,6 +362,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(env: &Env) -> Daemon {
+        Daemon::start_in(env, None)
+    }
+
+    /// The daemon in the network namespace `netns` (a name under
+    /// /run/netns): its proxy and resolver listen on that namespace's
+    /// loopback, where the kernel sends the connections of agents in that
+    /// namespace (the hooks are the machine's, the redirect is to the
+    /// caller's own loopback).
+    pub fn start_in(env: &Env, netns: Option<&str>) -> Daemon {
         let log = env.dir.path().join(format!(
             "daemon-{}.log",
             INSTANCE.fetch_add(1, Ordering::SeqCst)
@@ -380,14 +389,25 @@ impl Daemon {
         .env("BLASTGATE_LOG", "info,blastgate=debug")
         .stdout(out)
         .stderr(err);
-        // SAFETY: prctl in the child before exec; async-signal-safe.
+        let ns = netns
+            .map(|n| std::fs::File::open(format!("/run/netns/{n}")).expect("the namespace's file"));
+        let ns_fd = ns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: prctl and setns in the child before exec; both are plain
+        // system calls, async-signal-safe; the fd stays open in the parent
+        // until spawn returns.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if let Some(fd) = ns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         let child = cmd.spawn().expect("spawn daemon");
+        drop(ns);
         let mut d = Daemon {
             child: Some(child),
             config: env.config.clone(),
