@@ -56,16 +56,7 @@ impl Scene {
             &path("leaf.key"),
         ]);
         if http {
-            ns.spawn(&[
-                "python3",
-                "-m",
-                "http.server",
-                "80",
-                "--bind",
-                &server.to_string(),
-                "--directory",
-                &path(""),
-            ]);
+            ns.http_server(&server.to_string(), 80, &path(""));
         }
         // Probe connections are closed at once: s_server serves one at a
         // time.
@@ -341,7 +332,7 @@ fn containers_an_agent_starts_reach_allowed_names_on_the_host_network_and_fail_c
     // bridge and firewall rules go with it), to a plain server on that
     // namespace's side of the bridge.
     let mut ns = NetNs::new();
-    ns.spawn(&["python3", "-m", "http.server", "18080", "--bind", "0.0.0.0"]);
+    ns.http_server("0.0.0.0", 18080, "/");
     let bridged = podman.run("", &scene.ca, &curl("http://10.88.0.1:18080/"));
     // nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup
     // mounts runc needs.
@@ -388,16 +379,7 @@ fn cloud_metadata_addresses_are_refused_even_when_the_allow_list_names_them() {
     std::fs::write(dir.path().join("token"), "runner-credentials").expect("doc");
     let root = dir.path().display().to_string();
     for bind in ["169.254.169.254", "fd00:ec2::254"] {
-        ns.spawn(&[
-            "python3",
-            "-m",
-            "http.server",
-            "80",
-            "--bind",
-            bind,
-            "--directory",
-            &root,
-        ]);
+        ns.http_server(bind, 80, &root);
     }
     let netns = format!("--net=/run/netns/{}", ns.name);
     let curl = |url: &str| {

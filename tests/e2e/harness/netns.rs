@@ -87,6 +87,22 @@ impl NetNs {
         self.children.last_mut().expect("just pushed")
     }
 
+    /// Python's http.server on `bind`:`port` inside the namespace, serving
+    /// the files of `dir`.
+    pub fn http_server(&mut self, bind: &str, port: u16, dir: &str) {
+        let port = port.to_string();
+        self.spawn(&[
+            "python3",
+            "-m",
+            "http.server",
+            &port,
+            "--bind",
+            bind,
+            "--directory",
+            dir,
+        ]);
+    }
+
     /// Adds an address to the namespace's loopback (never the host's).
     pub fn add_loopback_address(&self, cidr: &str) {
         ip(&["-n", &self.name, "addr", "add", cidr, "dev", "lo"]);
