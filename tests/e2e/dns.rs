@@ -9,7 +9,7 @@ mod harness;
 
 use std::{process::Command, time::Duration};
 
-use harness::{dnsmasq::Dnsmasq, *};
+use harness::{dnsmasq::Dnsmasq, pg_gateway, postgres::TestPostgres, *};
 use serde_json::Value;
 
 const ZONE: &str = "10.231.0.2 allowed.test\nfd10::2 allowed.test\n10.231.0.3 denied.test\n\
@@ -283,4 +283,98 @@ fn a_target_named_by_host_follows_its_address() {
         0,
         "an address never resolved was reached"
     );
+}
+
+/// A production database named by DNS fails over: the zone moves
+/// `orders.test` from one address to another while the daemon runs. The
+/// agent's next connection (psql resolving through glibc) reaches the new
+/// address through the PostgreSQL gateway, with the shipped policy and
+/// masking in force, no restart. Learned names expire (`min_ttl_secs = 1`
+/// here): a session open across the expiry goes on, while a new
+/// connection to an address the agent no longer holds a name for is
+/// refused.
+#[test]
+fn a_postgres_target_named_by_hosts_follows_a_failover_with_policy_and_masking() {
+    let _g = serial();
+    if !kernel_ready() || !TestPostgres::available() {
+        return;
+    }
+    let pg = TestPostgres::start_on(&["127.0.0.31", "127.0.0.32"]);
+    pg.create_role("app", pg_gateway::SECRET, true);
+    pg.create_db("orders", "app");
+    pg.load_fixture("orders", "app");
+    let port = pg.port();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = secrets.path().join("orders-db");
+    std::fs::write(&secret, pg_gateway::SECRET).expect("secret");
+    let zone = Dnsmasq::start("127.0.0.31 orders.test\n");
+    let env = env_with(
+        &zone,
+        "min_ttl_secs = 1\n",
+        &format!(
+            "[policy]\ndir = \"{}\"\n\n[[targets]]\nname = \"orders-db\"\nprotocol = \"postgres\"\n\
+             hosts = [\"orders.test:{port}\"]\nlabels = {{ env = \"production\" }}\n\n[targets.postgres]\nuser = \"app\"\n\
+             password_file = \"{}\"\n",
+            pg_gateway::policies_dir().display(),
+            secret.display()
+        ),
+    );
+    let _d = Daemon::start(&env);
+    let psql = |host: &str, sql: &str| {
+        env.agent_resolving(
+            "ci",
+            &format!(
+                "PGPASSWORD=anything psql -X -At -v ON_ERROR_STOP=1 \
+                 'host={host} port={port} user=app dbname=orders sslmode=disable' -c \"{sql}\""
+            ),
+        )
+    };
+    let server = "SELECT host(inet_server_addr())";
+
+    let out = psql("orders.test", server);
+    assert_eq!(text(&out).trim(), "127.0.0.31", "{}", text(&out));
+
+    zone.set_hosts("127.0.0.32 orders.test\n");
+    let moved = wait_until(Duration::from_secs(10), || {
+        let a = dig(&env, &["@127.0.0.53", "orders.test", "A", "+short"]);
+        (a.trim() == "127.0.0.32").then_some(())
+    });
+    assert!(moved.is_some(), "dnsmasq did not serve the new address");
+    let out = psql("orders.test", server);
+    assert_eq!(text(&out).trim(), "127.0.0.32", "{}", text(&out));
+    env.wait_event("the session to the new address", |e| {
+        e["kind"] == "session_opened"
+            && e["target"] == "orders-db"
+            && e["dst_name"] == "orders.test"
+            && e["orig_dst"] == format!("127.0.0.32:{port}")
+    });
+
+    // Masking and policy, on the new address.
+    let out = psql("orders.test", "SELECT email FROM customers ORDER BY id");
+    assert!(out.status.success(), "{}", text(&out));
+    let emails = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!emails.contains("alice@example.com"), "{emails}");
+    assert_eq!(emails.lines().count(), 3, "{emails}");
+    let out = psql("orders.test", "DROP TABLE orders");
+    assert!(text(&out).contains("sql-destroy-production"), "{}", text(&out));
+    assert_eq!(
+        pg.sql("orders", "SELECT count(*) FROM orders").trim(),
+        "10",
+        "the table survived"
+    );
+
+    // A session open across the learned name's expiry goes on.
+    let out = psql(
+        "orders.test",
+        "SELECT pg_sleep(3); SELECT host(inet_server_addr())",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("127.0.0.32"), "{}", text(&out));
+    // A new connection by address alone, with no lookup: the name has
+    // expired, so the address is nobody's target.
+    let out = psql("127.0.0.32", server);
+    assert!(!out.status.success(), "{}", text(&out));
+    env.wait_event("the refusal after expiry", |e| {
+        e["kind"] == "session_denied" && e["orig_dst"] == format!("127.0.0.32:{port}")
+    });
 }

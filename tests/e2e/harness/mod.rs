@@ -189,7 +189,7 @@ pub fn free_udp_port() -> u16 {
     panic!("no UDP port free on 127.0.0.1 and ::1");
 }
 
-fn free_port_on(ips: &[&str]) -> u16 {
+pub fn free_port_on(ips: &[&str]) -> u16 {
     'outer: for _ in 0..100 {
         let port = free_port();
         for ip in ips {

@@ -11,7 +11,7 @@
 use std::{
     ffi::CString,
     fs::File,
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -38,6 +38,8 @@ pub struct TestPostgres {
     data: PathBuf,
     log: PathBuf,
     ip: String,
+    /// Every address it listens on (`ip` first), one port.
+    listen: Vec<String>,
     port: u16,
     uid: u32,
     gid: u32,
@@ -69,6 +71,13 @@ impl TestPostgres {
     /// and a free port, with its unix socket inside its own directory.
     /// Panics (with the server log) if it does not answer within 30 s.
     pub fn start(ip: &str) -> TestPostgres {
+        TestPostgres::start_on(&[ip])
+    }
+
+    /// [`TestPostgres::start`] listening on every address of `ips` (one
+    /// port): a server a name can move between.
+    pub fn start_on(ips: &[&str]) -> TestPostgres {
+        let ip = ips[0];
         let (uid, gid) = postgres_ids().expect("no `postgres` OS user (run `cargo xtask setup`)");
         let dir = PathBuf::from(format!(
             "/tmp/blastgate-pg-{}-{}",
@@ -87,6 +96,7 @@ impl TestPostgres {
             log: dir.join("postgres.log"),
             dir,
             ip: ip.to_string(),
+            listen: ips.iter().map(|s| s.to_string()).collect(),
             port: 0,
             uid,
             gid,
@@ -96,7 +106,7 @@ impl TestPostgres {
         // The port is free when picked but may be taken before the server
         // binds it: try a few.
         for attempt in 1..=5 {
-            pg.port = free_port_on(ip);
+            pg.port = super::free_port_on(ips);
             match pg.launch() {
                 Ok(()) => return pg,
                 Err(why) if attempt < 5 && why.contains("could not bind") => continue,
@@ -156,7 +166,7 @@ impl TestPostgres {
              password_encryption = 'scram-sha-256'\n\
              logging_collector = off\n\
              log_line_prefix = '%m [%p] %q%u@%d '\n",
-            ip = self.ip,
+            ip = self.listen.join(","),
             sock = self.dir.display(),
         );
         let path = self.data.join("postgresql.conf");
@@ -478,13 +488,6 @@ fn postgres_ids() -> Option<(u32, u32)> {
         }
         Some(((*pw).pw_uid, (*pw).pw_gid))
     }
-}
-
-fn free_port_on(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
 }
 
 /// A quoted SQL identifier.
