@@ -356,7 +356,11 @@ fn a_postgres_target_named_by_hosts_follows_a_failover_with_policy_and_masking()
     assert!(!emails.contains("alice@example.com"), "{emails}");
     assert_eq!(emails.lines().count(), 3, "{emails}");
     let out = psql("orders.test", "DROP TABLE orders");
-    assert!(text(&out).contains("sql-destroy-production"), "{}", text(&out));
+    assert!(
+        text(&out).contains("sql-destroy-production"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         pg.sql("orders", "SELECT count(*) FROM orders").trim(),
         "10",

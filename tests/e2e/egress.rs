@@ -28,6 +28,7 @@ fn sessions(env: &Env, kind: &str) -> Vec<Value> {
 struct Scene {
     env: Env,
     server: std::net::Ipv4Addr,
+    server6: std::net::Ipv6Addr,
     ca: String,
     daemon: Option<Daemon>,
     upstream: std::net::SocketAddr,
@@ -43,35 +44,46 @@ impl Scene {
         let mut ns = NetNs::new();
         let server = ns.ns_ip;
         let path = |n: &str| dir.path().join(n).display().to_string();
-        ns.spawn(&[
-            "openssl",
-            "s_server",
-            "-quiet",
-            "-www",
-            "-accept",
-            &format!("{server}:443"),
-            "-cert",
-            &path("leaf.pem"),
-            "-key",
-            &path("leaf.key"),
-        ]);
+        // One s_server per address family: it accepts on one address.
+        let server6 = ns.ns_ip6;
+        for accept in [format!("{server}:443"), format!("[{server6}]:443")] {
+            ns.spawn(&[
+                "openssl",
+                "s_server",
+                "-quiet",
+                "-www",
+                "-accept",
+                &accept,
+                "-cert",
+                &path("leaf.pem"),
+                "-key",
+                &path("leaf.key"),
+            ]);
+        }
         if http {
             ns.http_server(&server.to_string(), 80, &path(""));
+            ns.http_server(&server6.to_string(), 80, &path(""));
         }
         // Probe connections are closed at once: s_server serves one at a
         // time.
         let up = wait_until(Duration::from_secs(10), || {
-            let https = std::net::TcpStream::connect((server, 443)).is_ok();
-            let http = !http || std::net::TcpStream::connect((server, 80)).is_ok();
+            let https = std::net::TcpStream::connect((server, 443)).is_ok()
+                && std::net::TcpStream::connect((server6, 443)).is_ok();
+            let http = !http
+                || (std::net::TcpStream::connect((server, 80)).is_ok()
+                    && std::net::TcpStream::connect((server6, 80)).is_ok());
             (https && http).then_some(())
         });
         assert!(up.is_some(), "the servers in the namespace did not start");
-        let zone = Dnsmasq::start(&format!("{server} allowed.test\n{server} denied.test\n"));
+        let zone = Dnsmasq::start(&format!(
+            "{server} allowed.test\n{server} denied.test\n{server6} allowed.test\n{server6} denied.test\n"
+        ));
         let env = Env::with_sections("", &format!("upstreams = [\"{}\"]\n", zone.addr), egress);
         let daemon = Daemon::start(&env);
         Scene {
             env,
             server,
+            server6,
             ca: path("ca.pem"),
             daemon: Some(daemon),
             upstream: zone.addr,
@@ -134,6 +146,35 @@ fn allowed_names_pass_through_untouched_and_everything_else_is_refused() {
         String::from_utf8_lossy(&out.stdout),
         "200",
         "{}",
+        text(&out)
+    );
+    // Over IPv6 (an AAAA answer) as well.
+    let out = curl("ci", "-6 https://allowed.test/");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        text(&out)
+    );
+    env.wait_event("the IPv6 egress session", |e| {
+        e["kind"] == "session_closed"
+            && e["target"] == "egress"
+            && e["dst_name"] == "allowed.test"
+            && e["orig_dst"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("[fd31:"))
+    });
+    let out = curl(
+        "ci",
+        &format!(
+            "-6 --resolve denied.test:443:[{}] https://denied.test/",
+            scene.server6
+        ),
+    );
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "IPv6 domain fronting: {}",
         text(&out)
     );
     let opened = env.wait_event("the egress session", |e| {

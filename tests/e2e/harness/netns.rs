@@ -5,7 +5,7 @@
 //! the host's).
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -18,6 +18,9 @@ pub struct NetNs {
     /// The host's end and the namespace's end.
     pub host_ip: Ipv4Addr,
     pub ns_ip: Ipv4Addr,
+    /// The same ends over IPv6 (a /64 of fd31:231::/32, unique local).
+    pub host_ip6: Ipv6Addr,
+    pub ns_ip6: Ipv6Addr,
     children: Vec<Child>,
 }
 
@@ -39,6 +42,8 @@ impl NetNs {
         let (third, fourth) = ((slot * 4) / 256, (slot * 4) % 256);
         let host_ip = Ipv4Addr::new(10, 231, third as u8, fourth as u8 + 1);
         let ns_ip = Ipv4Addr::new(10, 231, third as u8, fourth as u8 + 2);
+        let v6 = |host: u16| Ipv6Addr::new(0xfd31, 0x231, slot as u16, 0, 0, 0, 0, host);
+        let (host_ip6, ns_ip6) = (v6(1), v6(2));
         let name = format!("bgt-{}-{n}", std::process::id());
         let host_if = format!("bgh{slot}");
         let ns_if = format!("bgn{slot}");
@@ -51,6 +56,8 @@ impl NetNs {
             host_if: host_if.clone(),
             host_ip,
             ns_ip,
+            host_ip6,
+            ns_ip6,
             children: Vec::new(),
         };
         ip(&[
@@ -70,6 +77,25 @@ impl NetNs {
         ]);
         ip(&["-n", &name, "link", "set", &ns_if, "up"]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
+        // nodad: usable at once, not after duplicate address detection.
+        ip(&[
+            "addr",
+            "add",
+            &format!("{host_ip6}/64"),
+            "dev",
+            &host_if,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{ns_ip6}/64"),
+            "dev",
+            &ns_if,
+            "nodad",
+        ]);
         ns
     }
 
