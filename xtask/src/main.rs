@@ -12,6 +12,7 @@ mod bench_ssh;
 mod clickhouse;
 mod demo;
 mod fuzz;
+mod netns;
 mod setup;
 mod sh;
 
@@ -107,6 +108,11 @@ enum Task {
         /// SSH: size of the file scp and ssh move, in MB.
         #[arg(long, default_value_t = 300)]
         ssh_mb: u64,
+        /// HTTP: tables to measure, comma-separated: main (direct,
+        /// blastgate, nginx, mitmproxy), masking, egress (passthrough
+        /// against direct, by name, to a server in a network namespace).
+        #[arg(long, default_value = "main,masking,egress")]
+        tables: String,
     },
 }
 
@@ -170,6 +176,7 @@ fn main() -> Result<()> {
             paths,
             masking,
             ssh_mb,
+            tables,
         } => {
             let ssh = bench_ssh::Opts {
                 reps: reps.unwrap_or(3),
@@ -178,6 +185,7 @@ fn main() -> Result<()> {
             let http = bench_http::Opts {
                 reps: reps.unwrap_or(3),
                 secs,
+                tables: bench_http::Tables::parse(&tables)?,
             };
             let reps = reps.unwrap_or(5);
             let postgres = bench_postgres::Opts {
