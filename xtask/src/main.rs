@@ -66,7 +66,8 @@ enum Task {
     /// through blastgate's gateway), SSH (scp, two-way bulk and
     /// keystroke echo, direct and through blastgate's SSH gateway) and
     /// HTTPS (wrk, h2load and ab direct, through blastgate's HTTP gateway,
-    /// an nginx reverse proxy and mitmproxy; the cost of JSON masking).
+    /// an nginx reverse proxy and mitmproxy; the cost of JSON masking;
+    /// egress passthrough by name against direct).
     Bench {
         /// Only one part: `intercept`, `records`, `postgres`, `ssh` or `http`.
         #[arg(long)]
@@ -76,7 +77,7 @@ enum Task {
         events: usize,
         /// Repetitions of each measurement (alternating direct/proxied);
         /// default 5, and 3 for ssh (its cells move whole files) and http
-        /// (24 client runs per repetition).
+        /// (34 client runs per repetition).
         #[arg(long)]
         reps: Option<usize>,
         /// Connections per latency repetition.
