@@ -69,6 +69,64 @@ fn sink_server(greeting: bool) -> Result<SocketAddr> {
     Ok(addr)
 }
 
+pub(crate) const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+
+/// A dnsmasq on 127.0.0.1, pinned to `cpus`, answering the `test` zone
+/// from `hosts` (hosts-file text, written to `dir/zone`) and NXDOMAIN for
+/// every other `.test` name; it never forwards anywhere. It listens on
+/// UDP and TCP, so the port must be free for both: a few are tried.
+/// Stopped when the guard drops.
+pub(crate) fn start_dnsmasq(dir: &Path, hosts: &str, cpus: &str) -> Result<(Guard, SocketAddr)> {
+    let zone = dir.join("zone");
+    std::fs::write(&zone, hosts)?;
+    let log = dir.join("dnsmasq.log");
+    for _ in 0..5 {
+        let port = free_udp_port()?;
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let mut guard = Guard::spawn(
+            "dnsmasq",
+            Command::new("taskset")
+                .args(["-c", cpus, DNSMASQ, "--keep-in-foreground"])
+                .args([
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--no-poll",
+                    "--conf-file=/dev/null",
+                ])
+                .args(["--user=root", "--pid-file", "--bind-interfaces"])
+                .args(["--listen-address=127.0.0.1", "--local=/test/"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--addn-hosts={}", zone.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?),
+        )?;
+        // Up once it takes a TCP connection; an exit (a port taken) is
+        // seen at once.
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let up = wait_for("dnsmasq", Duration::from_secs(10), || {
+            guard.exited() || std::net::TcpStream::connect(addr).is_ok()
+        });
+        if up.is_ok() && !guard.exited() {
+            return Ok((guard, addr));
+        }
+        guard.stop();
+    }
+    bail!(
+        "dnsmasq did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    )
+}
+
+/// A UDP port free on 127.0.0.1.
+pub(crate) fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -128,41 +186,8 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
         .port();
     // A real resolver for the lookup cells, answering bench.test from a
     // hosts file (the cached case: no recursion behind it).
-    let zone = dir.join("zone");
-    std::fs::write(&zone, "127.0.0.9 bench.test\n")?;
-    let free_udp = || -> Result<u16> {
-        Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let (dnsmasq_port, dns_port) = (free_udp()?, free_udp()?);
-    let resolver = SocketAddr::from(([127, 0, 0, 1], dnsmasq_port));
-    let _dnsmasq = Guard::spawn(
-        "dnsmasq",
-        Command::new("taskset")
-            .args([
-                "-c",
-                "1",
-                "/usr/sbin/dnsmasq",
-                "--keep-in-foreground",
-                "--no-resolv",
-            ])
-            .args([
-                "--no-hosts",
-                "--conf-file=/dev/null",
-                "--user=root",
-                "--pid-file",
-            ])
-            .args([
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--local=/test/",
-            ])
-            .arg(format!("--port={dnsmasq_port}"))
-            .arg(format!("--addn-hosts={}", zone.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )?;
+    let dns_port = free_udp_port()?;
+    let (_dnsmasq, resolver) = start_dnsmasq(&dir, "127.0.0.9 bench.test\n", "1")?;
     let config = dir.join("blastgate.toml");
     std::fs::write(
         &config,

@@ -33,6 +33,14 @@ impl Guard {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Whether the child has exited (or was stopped).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
     /// SIGTERM, then wait (SIGKILL after 10 s).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

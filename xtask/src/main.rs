@@ -12,6 +12,7 @@ mod bench_ssh;
 mod clickhouse;
 mod demo;
 mod fuzz;
+mod netns;
 mod setup;
 mod sh;
 
@@ -65,7 +66,8 @@ enum Task {
     /// through blastgate's gateway), SSH (scp, two-way bulk and
     /// keystroke echo, direct and through blastgate's SSH gateway) and
     /// HTTPS (wrk, h2load and ab direct, through blastgate's HTTP gateway,
-    /// an nginx reverse proxy and mitmproxy; the cost of JSON masking).
+    /// an nginx reverse proxy and mitmproxy; the cost of JSON masking;
+    /// egress passthrough by name against direct).
     Bench {
         /// Only one part: `intercept`, `records`, `postgres`, `ssh` or `http`.
         #[arg(long)]
@@ -75,7 +77,7 @@ enum Task {
         events: usize,
         /// Repetitions of each measurement (alternating direct/proxied);
         /// default 5, and 3 for ssh (its cells move whole files) and http
-        /// (24 client runs per repetition).
+        /// (34 client runs per repetition).
         #[arg(long)]
         reps: Option<usize>,
         /// Connections per latency repetition.
@@ -107,6 +109,11 @@ enum Task {
         /// SSH: size of the file scp and ssh move, in MB.
         #[arg(long, default_value_t = 300)]
         ssh_mb: u64,
+        /// HTTP: tables to measure, comma-separated: main (direct,
+        /// blastgate, nginx, mitmproxy), masking, egress (passthrough
+        /// against direct, by name, to a server in a network namespace).
+        #[arg(long, default_value = "main,masking,egress")]
+        tables: String,
     },
 }
 
@@ -170,6 +177,7 @@ fn main() -> Result<()> {
             paths,
             masking,
             ssh_mb,
+            tables,
         } => {
             let ssh = bench_ssh::Opts {
                 reps: reps.unwrap_or(3),
@@ -178,6 +186,7 @@ fn main() -> Result<()> {
             let http = bench_http::Opts {
                 reps: reps.unwrap_or(3),
                 secs,
+                tables: bench_http::Tables::parse(&tables)?,
             };
             let reps = reps.unwrap_or(5);
             let postgres = bench_postgres::Opts {
