@@ -598,7 +598,7 @@ fn the_fallback_exit_handler_loads_and_keeps_a_label_until_the_last_thread_exits
             agent_id: 1,
             origin: blastgate_common::origin::RUN,
             root_tgid: pid,
-            _pad: 0,
+            binding: 0,
         },
     )
     .expect("label");

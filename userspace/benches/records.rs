@@ -74,6 +74,7 @@ fn sample(i: u32) -> Event {
                 comm: "claude".into(),
             },
         ],
+        oidc: None,
     });
     e.target = Some("orders-db".into());
     e.protocol = Some("tcp".into());

@@ -3,11 +3,13 @@
 
 mod dns;
 mod egress;
+mod oidc;
 mod secret;
 pub mod weakened;
 
 pub use dns::{DnsConfig, UnknownNames, DEFAULT_DNS_PORT};
 pub use egress::{EgressConfig, EgressMode};
+pub use oidc::{IssuerConfig, OidcConfig, OnExpiry, ATTRIBUTES as OIDC_ATTRIBUTES};
 
 pub use secret::Secret;
 
@@ -59,6 +61,8 @@ pub struct Config {
     pub egress: EgressConfig,
     #[serde(default)]
     pub enrol: EnrolConfig,
+    #[serde(default)]
+    pub oidc: OidcConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default)]
@@ -551,6 +555,7 @@ impl Config {
         }
         self.dns.validate(self.proxy_port()?)?;
         self.egress.patterns()?;
+        self.oidc.validate()?;
         let (min, max) = (
             blastgate_common::MIN_LABELS,
             blastgate_common::PID_MAX_LIMIT,

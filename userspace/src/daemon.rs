@@ -196,6 +196,25 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             stop.clone(),
         ));
     }
+    let oidc = Arc::new(crate::identity::oidc::Oidc::new(&config.oidc).map_err(Error::Invalid)?);
+    if !oidc.verifier.is_empty() {
+        // Keys at start (so the first `blastgate run` does not wait for
+        // them), then every `oidc.refresh_secs`.
+        let (oidc, stop, every) = (
+            oidc.clone(),
+            stop.clone(),
+            Duration::from_secs(config.oidc.refresh_secs.max(1)),
+        );
+        tokio::spawn(async move {
+            loop {
+                oidc.verifier.refresh_all().await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
     let proxy_ctx = Arc::new(ProxyContext {
         services: Arc::new(Services {
             approvals: approvals.clone(),
@@ -215,6 +234,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         listen: config.proxy.listen.clone(),
         hard_stop: hard_stop.clone(),
         processes: Default::default(),
+        oidc: oidc.clone(),
     });
     if let Some(ch) = &config.clickhouse {
         let shipper = crate::records::clickhouse::shipper::Shipper {
@@ -234,6 +254,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         approvals: approvals.clone(),
         maps: interceptor.maps.clone(),
         agents: interceptor.agents.clone(),
+        oidc,
         recorder: recorder.clone(),
         status: Status {
             daemon_pid: std::process::id(),

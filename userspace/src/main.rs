@@ -41,15 +41,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run {
             agent,
+            oidc_token_file,
+            oidc_token_env,
             user,
             config,
             command,
         } => {
             let config = commands::client_config(config.as_deref())?;
             let trust = blastgate::tls::trust::agent_env(&config.tls.ca_dir).unwrap_or_default();
+            let token =
+                commands::run::read_token(oidc_token_file.as_deref(), oidc_token_env.as_deref())?;
             commands::run::run(
                 &config.control.socket,
                 &agent,
+                token,
+                oidc_token_env.as_deref(),
                 user.as_deref(),
                 &trust,
                 &command,

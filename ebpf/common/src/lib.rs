@@ -206,7 +206,10 @@ pub struct Label {
     pub origin: u32,
     /// Thread-group id of the process the label was first given to.
     pub root_tgid: u32,
-    pub _pad: u32,
+    /// The identity `blastgate run` proved for this tree (a verified CI job
+    /// token), by the daemon's number for it; inherited at fork. 0: none.
+    /// A number, not the root's pid: pids are reused, these are not.
+    pub binding: u32,
 }
 
 /// An IPv6 or IPv4-mapped (`::ffff:a.b.c.d`) address with its port, as the
@@ -234,7 +237,8 @@ pub struct ConnRecord {
     /// [`AF_INET`] or [`AF_INET6`]: the family of the agent's socket.
     pub family: u32,
     pub comm: [u8; COMM_LEN],
-    pub _pad: u32,
+    /// [`Label::binding`] of the caller.
+    pub binding: u32,
 }
 
 /// Indices into the [`map::SETTINGS`] array, written by the daemon at start.

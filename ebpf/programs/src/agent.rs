@@ -126,12 +126,12 @@ const SIGKILL: u32 = 9;
 /// not fit (the map is full) marks the process unstored instead: it stays
 /// an agent, and one whose connections are all refused.
 #[inline(always)]
-pub fn label(tgid: u32, agent_id: u32, how: u32, root_tgid: u32) {
+pub fn label(tgid: u32, agent_id: u32, how: u32, root_tgid: u32, binding: u32) {
     let l = Label {
         agent_id,
         origin: how,
         root_tgid,
-        _pad: 0,
+        binding,
     };
     // BPF_NOEXIST: an existing label (and its origin) wins.
     match BG_LABELS.insert(tgid, l, BPF_NOEXIST) {
@@ -216,13 +216,13 @@ pub fn current_agent() -> Option<u32> {
     let uid = bpf_get_current_uid_gid() as u32;
     if let Some(a) = BG_ENROL_UIDS.get_ptr(uid) {
         let agent = unsafe { *a };
-        label(tgid, agent, origin::UID, tgid);
+        label(tgid, agent, origin::UID, tgid, 0);
         return Some(agent);
     }
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if let Some(a) = BG_ENROL_CGROUPS.get_ptr(cgroup) {
         let agent = unsafe { *a };
-        label(tgid, agent, origin::CGROUP, tgid);
+        label(tgid, agent, origin::CGROUP, tgid, 0);
         return Some(agent);
     }
     None

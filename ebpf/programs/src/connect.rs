@@ -353,17 +353,23 @@ pub(crate) fn caller_record(agent_id: u32, orig: SockKey, family: u32) -> ConnRe
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     let comm = bpf_get_current_comm().unwrap_or([0u8; COMM_LEN]);
+    let tgid = (pid_tgid >> 32) as u32;
+    // Every caller here was labelled by current_agent() just before.
+    let binding = match crate::agent::BG_LABELS.get_ptr(tgid) {
+        Some(l) => unsafe { (*l).binding },
+        None => 0,
+    };
     ConnRecord {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         orig,
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         pid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         agent_id,
         family,
         comm,
-        _pad: 0,
+        binding,
     }
 }
 

@@ -63,11 +63,11 @@ pub fn blastgate_fork(ctx: BtfTracePointContext) -> i32 {
         }
         return 0;
     }
-    let root = match BG_LABELS.get_ptr(parent) {
-        Some(l) => unsafe { (*l).root_tgid },
-        None => parent,
+    let (root, binding) = match BG_LABELS.get_ptr(parent) {
+        Some(l) => unsafe { ((*l).root_tgid, (*l).binding) },
+        None => (parent, 0),
     };
-    label(child_tgid, agent, origin::FORK, root);
+    label(child_tgid, agent, origin::FORK, root, binding);
     count(counter::LABELS_INHERITED);
     0
 }
@@ -115,7 +115,7 @@ pub fn blastgate_exec(ctx: BtfTracePointContext) -> i32 {
     };
     let tgid = current_tgid();
     if let Some(a) = BG_ENROL_EXES.get_ptr(key) {
-        label(tgid, unsafe { *a }, origin::EXE, tgid);
+        label(tgid, unsafe { *a }, origin::EXE, tgid, 0);
     } else if BG_ENROL_INTERP.get_ptr(key).is_some()
         && BG_LABELS.get_ptr(tgid).is_none()
         && held_state(tgid) == 0

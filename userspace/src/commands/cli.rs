@@ -44,6 +44,17 @@ pub enum Command {
         /// Agent name, as it appears in records and policies.
         #[arg(long)]
         agent: String,
+        /// A CI job's OIDC ID token (GitHub Actions, GitLab CI) in this
+        /// file: the daemon verifies it against `[[oidc.issuers]]` and
+        /// binds its claims (repository, ref, workflow, actor, …) to the
+        /// agent's processes, for policies and records. A token that does
+        /// not verify starts nothing.
+        #[arg(long, value_name = "FILE", conflicts_with = "oidc_token_env")]
+        oidc_token_file: Option<PathBuf>,
+        /// The same token from this environment variable, which the agent's
+        /// command then does not inherit.
+        #[arg(long, value_name = "VAR")]
+        oidc_token_env: Option<String>,
         /// Drop to this user (name or uid) before exec.
         #[arg(long)]
         user: Option<String>,

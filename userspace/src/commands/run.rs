@@ -16,6 +16,8 @@ use crate::control::{
 pub fn run(
     socket: &Path,
     agent: &str,
+    oidc_token: Option<String>,
+    token_env: Option<&str>,
     user: Option<&str>,
     trust: &[(&str, std::path::PathBuf)],
     command: &[std::ffi::OsString],
@@ -28,16 +30,29 @@ pub fn run(
         socket,
         &Request::Label {
             agent: agent.to_string(),
+            oidc_token,
         },
     ) {
-        Ok(Response::Labelled { pid, agent_id, .. }) => {
+        Ok(Response::Labelled {
+            pid,
+            agent_id,
+            oidc,
+            ..
+        }) => {
             tracing::debug!(pid, agent_id, "labelled");
+            if let Some(id) = oidc {
+                tracing::info!(issuer = %id.iss, subject = %id.sub, "OIDC token verified");
+            }
         }
+        Ok(Response::Error { message }) => bail!("{message}; nothing started"),
         Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
         Err(e) => bail!("{e}; refusing to start the agent unguarded"),
     }
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
+    if let Some(var) = token_env {
+        cmd.env_remove(var);
+    }
     for (name, path) in trust {
         cmd.env(name, path);
     }
@@ -49,6 +64,33 @@ pub fn run(
     }
     let err = cmd.exec();
     Err(err).with_context(|| format!("exec {}", program.to_string_lossy()))
+}
+
+/// A token is a few KiB: a larger file is not one.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// The token `--oidc-token-file` or `--oidc-token-env` names, if either.
+pub fn read_token(file: Option<&Path>, env: Option<&str>) -> anyhow::Result<Option<String>> {
+    use std::io::Read;
+    let token = match (file, env) {
+        (Some(path), _) => {
+            let mut text = String::new();
+            std::fs::File::open(path)
+                .with_context(|| format!("--oidc-token-file {}", path.display()))?
+                .take(MAX_TOKEN_FILE)
+                .read_to_string(&mut text)
+                .with_context(|| format!("--oidc-token-file {}", path.display()))?;
+            text
+        }
+        (None, Some(var)) => std::env::var(var)
+            .with_context(|| format!("--oidc-token-env {var}: not set (or not UTF-8)"))?,
+        (None, None) => return Ok(None),
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        bail!("the OIDC token given is empty; nothing started");
+    }
+    Ok(Some(token))
 }
 
 fn lookup_user(spec: &str) -> anyhow::Result<User> {

@@ -13,6 +13,10 @@ pub enum Request {
     /// pid in the request) as agent `agent`.
     Label {
         agent: String,
+        /// A CI job's OIDC token, verified before anything is labelled:
+        /// its claims are bound to the process tree.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oidc_token: Option<String>,
     },
     Status,
     /// Stream every event as it becomes durable.
@@ -37,6 +41,9 @@ pub enum Response {
         pid: u32,
         agent: String,
         agent_id: u32,
+        /// What the verified token said, when one was presented.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oidc: Option<crate::identity::oidc::JobIdentity>,
     },
     Status(Box<Status>),
     Event(Box<Event>),

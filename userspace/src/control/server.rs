@@ -4,7 +4,6 @@ use std::{
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::Path,
     sync::Arc,
-    time::SystemTime,
 };
 
 use blastgate_common::origin;
@@ -21,7 +20,10 @@ use super::{
 };
 use crate::{
     approvals::Broker,
-    identity::{procfs, Caller},
+    identity::{
+        oidc::{JobIdentity, Oidc},
+        procfs, Caller,
+    },
     intercept::{AgentRegistry, KernelMaps},
     records::{Event, EventKind, Recorder, Verdict},
     Error,
@@ -31,6 +33,7 @@ pub struct ControlContext {
     pub approvals: Arc<Broker>,
     pub maps: Arc<KernelMaps>,
     pub agents: Arc<AgentRegistry>,
+    pub oidc: Arc<Oidc>,
     pub recorder: Recorder,
     /// The parts of the status that do not change while the daemon runs.
     pub status: Status,
@@ -133,7 +136,7 @@ async fn handle(
         }
     };
     match req {
-        Request::Label { agent } => {
+        Request::Label { agent, oidc_token } => {
             let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else {
                 return reply(
                     &mut w,
@@ -143,13 +146,22 @@ async fn handle(
                 )
                 .await;
             };
-            let resp = match label(ctx, pid, &agent) {
+            let identity = match vouch(ctx, &agent, oidc_token.as_deref()).await {
+                Ok(identity) => identity,
+                Err(message) => {
+                    record_refusal(ctx, pid, &agent, &message).await;
+                    return reply(&mut w, &Response::Error { message }).await;
+                }
+            };
+            let binding = identity.clone().map_or(0, |id| ctx.oidc.bindings.bind(id));
+            let resp = match label(ctx, pid, &agent, binding) {
                 Ok(id) => {
-                    record_label(ctx, pid, &agent, id).await;
+                    record_label(ctx, pid, &agent, id, identity.clone()).await;
                     Response::Labelled {
                         pid,
                         agent,
                         agent_id: id,
+                        oidc: identity,
                     }
                 }
                 Err(e) => Response::Error {
@@ -236,7 +248,30 @@ async fn handle(
     }
 }
 
-fn label(ctx: &ControlContext, pid: u32, agent: &str) -> Result<u32, Error> {
+/// The identity a token proves for `agent`, or why nothing may start:
+/// the token did not verify, or the agent needs one and none came.
+async fn vouch(
+    ctx: &ControlContext,
+    agent: &str,
+    token: Option<&str>,
+) -> Result<Option<JobIdentity>, String> {
+    match token {
+        Some(token) => ctx
+            .oidc
+            .verifier
+            .verify(token)
+            .await
+            .map(Some)
+            .map_err(|e| format!("OIDC token refused: {e}")),
+        None if ctx.oidc.required_for(agent) => Err(format!(
+            "agent {agent:?} requires an OIDC token (oidc.require_for): pass \
+             --oidc-token-file or --oidc-token-env"
+        )),
+        None => Ok(None),
+    }
+}
+
+fn label(ctx: &ControlContext, pid: u32, agent: &str, binding: u32) -> Result<u32, Error> {
     if pid == std::process::id() {
         return Err(Error::Invalid("the daemon cannot be an agent".into()));
     }
@@ -247,21 +282,48 @@ fn label(ctx: &ControlContext, pid: u32, agent: &str) -> Result<u32, Error> {
             agent_id: id,
             origin: origin::RUN,
             root_tgid: pid,
-            _pad: 0,
+            binding,
         },
     )?;
     tracing::info!(pid, agent, "labelled a process as an agent");
     Ok(id)
 }
 
-async fn record_label(ctx: &ControlContext, pid: u32, agent: &str, agent_id: u32) {
-    let mut e = Event::daemon(
-        EventKind::AgentLabelled,
-        Verdict::Allow,
-        format!("blastgate run labelled pid {pid}"),
-    );
-    e.ts = SystemTime::now();
-    e.caller = Some(Caller {
+async fn record_label(
+    ctx: &ControlContext,
+    pid: u32,
+    agent: &str,
+    agent_id: u32,
+    oidc: Option<JobIdentity>,
+) {
+    let reason = match &oidc {
+        Some(id) => format!(
+            "blastgate run labelled pid {pid}, OIDC token of {} verified ({})",
+            id.iss, id.sub
+        ),
+        None => format!("blastgate run labelled pid {pid}"),
+    };
+    let mut e = Event::daemon(EventKind::AgentLabelled, Verdict::Allow, reason);
+    e.caller = Some(run_caller(pid, agent, agent_id, oidc));
+    if let Err(err) = ctx.recorder.record(e).await {
+        tracing::error!(error = %err, "label event not recorded");
+    }
+}
+
+/// A `blastgate run` refused before anything started: recorded, since a
+/// forged or stolen token is worth a security team's attention.
+async fn record_refusal(ctx: &ControlContext, pid: u32, agent: &str, why: &str) {
+    tracing::warn!(pid, agent, "{why}");
+    let mut e = Event::daemon(EventKind::AgentRefused, Verdict::Deny, why.to_string());
+    e.caller = Some(run_caller(pid, agent, 0, None));
+    if let Err(err) = ctx.recorder.record(e).await {
+        tracing::error!(error = %err, "refusal not recorded");
+    }
+}
+
+/// The `blastgate run` process, as /proc shows it.
+fn run_caller(pid: u32, agent: &str, agent_id: u32, oidc: Option<JobIdentity>) -> Caller {
+    Caller {
         agent: agent.to_string(),
         agent_id,
         pid,
@@ -272,9 +334,7 @@ async fn record_label(ctx: &ControlContext, pid: u32, agent: &str, agent_id: u32
         exe: procfs::exe_of(pid),
         cgroup_id: 0,
         lineage: Vec::new(),
-    });
-    if let Err(err) = ctx.recorder.record(e).await {
-        tracing::error!(error = %err, "label event not recorded");
+        oidc,
     }
 }
 

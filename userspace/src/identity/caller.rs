@@ -31,6 +31,10 @@ pub struct Caller {
     /// (included) or a depth limit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lineage: Vec<Ancestor>,
+    /// The CI job its process tree proved to be (a verified OIDC token
+    /// presented to `blastgate run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<super::oidc::JobIdentity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +86,7 @@ impl Caller {
             exe,
             cgroup_id: rec.cgroup_id,
             lineage,
+            oidc: None,
         }
     }
 }

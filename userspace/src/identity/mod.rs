@@ -2,6 +2,7 @@
 //! from /proc while the process is (probably) still there.
 
 mod caller;
+pub mod oidc;
 pub mod procfs;
 pub mod users;
 

@@ -164,7 +164,7 @@ pub fn scan(rules: &Resolved, agents: &AgentRegistry, daemon: u32) -> usize {
             agent_id,
             origin: how,
             root_tgid: root,
-            _pad: 0,
+            binding: 0,
         };
         if maps.label_or_refuse(pid, label).unwrap_or(false) {
             labelled += 1;

@@ -179,7 +179,7 @@ impl Decider {
                         agent_id,
                         origin: origin::SCRIPT,
                         root_tgid: pid,
-                        _pad: 0,
+                        binding: 0,
                     },
                 )
                 .map(|stored| stored.then_some(())),

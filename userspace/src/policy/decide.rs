@@ -45,6 +45,11 @@ pub struct OidcClaims {
     pub iss: String,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The job attributes (`principal.oidc.repository`, …): every one of
+    /// [`crate::config::OIDC_ATTRIBUTES`] is set in the entity, "" where
+    /// absent here.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
 }
 
 /// The resource: a configured target.
@@ -278,17 +283,24 @@ impl Bundle {
         if let Some(o) = &agent.oidc {
             agent_attrs.push((
                 "oidc".to_string(),
-                RestrictedExpression::new_record([
-                    (
-                        "sub".to_string(),
-                        RestrictedExpression::new_string(o.sub.clone()),
-                    ),
-                    (
-                        "iss".to_string(),
-                        RestrictedExpression::new_string(o.iss.clone()),
-                    ),
-                    ("groups".to_string(), strings(&o.groups)),
-                ])
+                RestrictedExpression::new_record(
+                    [
+                        (
+                            "sub".to_string(),
+                            RestrictedExpression::new_string(o.sub.clone()),
+                        ),
+                        (
+                            "iss".to_string(),
+                            RestrictedExpression::new_string(o.iss.clone()),
+                        ),
+                        ("groups".to_string(), strings(&o.groups)),
+                    ]
+                    .into_iter()
+                    .chain(crate::config::OIDC_ATTRIBUTES.iter().map(|(attr, _)| {
+                        let value = o.claims.get(*attr).cloned().unwrap_or_default();
+                        (attr.to_string(), RestrictedExpression::new_string(value))
+                    })),
+                )
                 .map_err(|e| RequestError::Entities(e.to_string()))?,
             ));
         }

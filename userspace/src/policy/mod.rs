@@ -26,7 +26,7 @@ use std::{
 };
 
 pub use bundle::Bundle;
-pub use decide::{AgentAttrs, Asker, Decision, TargetAttrs, Verdict};
+pub use decide::{AgentAttrs, Asker, Decision, OidcClaims, TargetAttrs, Verdict};
 pub use diagnostic::Diagnostic;
 pub use reload::watch;
 

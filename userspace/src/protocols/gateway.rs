@@ -21,7 +21,10 @@ use super::target::Target;
 use crate::{
     approvals::{ApprovalRequest, Broker, Outcome},
     identity::Caller,
-    policy::{masking::MaskPlan, AgentAttrs, Asker, Decision, Engine, Verdict as PolicyVerdict},
+    policy::{
+        masking::MaskPlan, AgentAttrs, Asker, Decision, Engine, OidcClaims,
+        Verdict as PolicyVerdict,
+    },
     records::{Event, EventKind, Recorder, Verdict},
     session::{Counters, Session, SessionTasks},
 };
@@ -283,7 +286,12 @@ pub fn agent_attrs(c: &Caller) -> AgentAttrs {
         exe: c.exe.clone().unwrap_or_default(),
         comm: c.comm.clone(),
         lineage: c.lineage.iter().map(|a| a.comm.clone()).collect(),
-        oidc: None,
+        oidc: c.oidc.as_ref().map(|o| OidcClaims {
+            sub: o.sub.clone(),
+            iss: o.iss.clone(),
+            groups: o.groups.clone(),
+            claims: o.claims.clone(),
+        }),
     }
 }
 

@@ -65,10 +65,21 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         deny(&ctx, conn, denied).await;
         return;
     };
-    let caller = Caller::from_kernel(&rec, agents.name_of(rec.agent_id), &ctx.processes, |pid| {
-        maps.label_of(pid).is_some()
-    });
+    let mut caller =
+        Caller::from_kernel(&rec, agents.name_of(rec.agent_id), &ctx.processes, |pid| {
+            maps.label_of(pid).is_some()
+        });
     let orig = sock_addr(&rec.orig);
+    match ctx.oidc.for_connection(&caller.agent, rec.binding) {
+        Ok(identity) => caller.oidc = identity,
+        Err(reason) => {
+            session.caller = Some(caller);
+            session.orig_dst = Some(orig);
+            let denied = session.event(EventKind::SessionDenied, Verdict::Deny, Some(reason));
+            deny(&ctx, conn, denied).await;
+            return;
+        }
+    }
     let span = tracing::info_span!(
         "session",
         id = %session.id,

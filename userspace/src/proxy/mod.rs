@@ -45,6 +45,9 @@ pub struct ProxyContext {
     /// period); each session's tasks are cancelled with it.
     pub hard_stop: CancellationToken,
     pub processes: ProcessCache,
+    /// Verified CI job identities, by the binding number in each
+    /// connection's kernel record.
+    pub oidc: Arc<crate::identity::oidc::Oidc>,
 }
 
 /// Binds every listener; fails if any cannot be bound (the kernel would

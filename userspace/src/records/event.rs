@@ -22,6 +22,9 @@ pub enum EventKind {
     SessionDenied,
     /// A process was labelled as an agent over the control socket.
     AgentLabelled,
+    /// `blastgate run` was refused before anything started: its OIDC
+    /// token did not verify, or its agent needs one and none came.
+    AgentRefused,
     DaemonStarted,
     DaemonStopped,
     /// A policy change validated and is now in force.
@@ -59,6 +62,7 @@ impl EventKind {
             EventKind::SessionClosed => "session_closed",
             EventKind::SessionDenied => "session_denied",
             EventKind::AgentLabelled => "agent_labelled",
+            EventKind::AgentRefused => "agent_refused",
             EventKind::DaemonStarted => "daemon_started",
             EventKind::DaemonStopped => "daemon_stopped",
             EventKind::PolicyReloaded => "policy_reloaded",
@@ -280,6 +284,7 @@ mod tests {
             EventKind::SessionClosed,
             EventKind::SessionDenied,
             EventKind::AgentLabelled,
+            EventKind::AgentRefused,
             EventKind::DaemonStarted,
             EventKind::DaemonStopped,
             EventKind::PolicyReloaded,

@@ -57,6 +57,9 @@ pub const EVENT_COLUMNS: &[(&str, &str)] = &[
     ("stderr_bytes", "UInt64"),
     ("status", "UInt16"),
     ("dst_name", "String"),
+    ("oidc_iss", "LowCardinality(String)"),
+    ("oidc_sub", "String"),
+    ("oidc_claims", "Map(String, String)"),
 ];
 
 pub const SESSION_COLUMNS: &[(&str, &str)] = &[
@@ -78,6 +81,7 @@ pub const SESSION_COLUMNS: &[(&str, &str)] = &[
     ("bytes_from_agent", "UInt64"),
     ("bytes_to_agent", "UInt64"),
     ("verdict", "LowCardinality(String)"),
+    ("oidc_claims", "Map(String, String)"),
 ];
 
 pub const IO_COLUMNS: &[(&str, &str)] = &[
@@ -164,6 +168,18 @@ struct LineCaller<'a> {
     exe: Text<'a>,
     #[serde(default, borrow)]
     lineage: Vec<LineAncestor<'a>>,
+    #[serde(default, borrow)]
+    oidc: Option<LineOidc<'a>>,
+}
+
+#[derive(Deserialize)]
+struct LineOidc<'a> {
+    #[serde(borrow)]
+    iss: Cow<'a, str>,
+    #[serde(borrow)]
+    sub: Cow<'a, str>,
+    #[serde(default, borrow)]
+    claims: std::collections::BTreeMap<Cow<'a, str>, Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -304,6 +320,10 @@ impl Blocks {
         b.extend_from_slice(&l.stderr_bytes.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&l.status.unwrap_or(0).to_le_bytes());
         opt(b, &l.dst_name);
+        let oidc = c.and_then(|c| c.oidc.as_ref());
+        string(b, oidc.map_or("", |o| &o.iss));
+        string(b, oidc.map_or("", |o| &o.sub));
+        claims(b, oidc);
         self.events.rows += 1;
 
         // The session row an event implies, if it opens or ends a session:
@@ -321,8 +341,9 @@ impl Blocks {
         uuid(b, l.session_id);
         b.push(version);
         caller(b, c, true);
-        string(b, ""); // oidc_sub
-        string(b, ""); // oidc_iss
+        let oidc = c.and_then(|c| c.oidc.as_ref());
+        string(b, oidc.map_or("", |o| &o.sub));
+        string(b, oidc.map_or("", |o| &o.iss));
         opt(b, &l.target);
         opt(b, &l.protocol);
         string(b, &dst);
@@ -331,6 +352,7 @@ impl Blocks {
         b.extend_from_slice(&l.bytes_from_agent.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&l.bytes_to_agent.unwrap_or(0).to_le_bytes());
         string(b, l.verdict.name());
+        claims(b, oidc);
         self.sessions.rows += 1;
         Ok(())
     }
@@ -360,6 +382,19 @@ fn caller(b: &mut Vec<u8>, c: Option<&LineCaller<'_>>, exe_first: bool) {
         b.extend_from_slice(digits);
         b.push(b':');
         b.extend_from_slice(a.comm.as_bytes());
+    }
+}
+
+/// `Map(String, String)`: the pair count, then each key and value.
+fn claims(b: &mut Vec<u8>, oidc: Option<&LineOidc<'_>>) {
+    let Some(o) = oidc else {
+        varint(b, 0);
+        return;
+    };
+    varint(b, o.claims.len() as u64);
+    for (k, v) in &o.claims {
+        string(b, k);
+        string(b, v);
     }
 }
 
@@ -491,6 +526,15 @@ mod tests {
                 let n = varint(b);
                 Value::Array((0..n).map(|_| read(b, "String")).collect())
             }
+            "Map(String, String)" => {
+                let n = varint(b);
+                let mut m = Map::new();
+                for _ in 0..n {
+                    let k = read(b, "String");
+                    m.insert(k.as_str().unwrap().to_string(), read(b, "String"));
+                }
+                Value::Object(m)
+            }
             other => panic!("no reader for {other}"),
         }
     }
@@ -540,6 +584,17 @@ mod tests {
                     comm: "bash \"x\"".into(),
                 },
             ],
+            oidc: Some(crate::identity::oidc::JobIdentity {
+                iss: "https://token.actions.githubusercontent.com".into(),
+                sub: "repo:acme/app:ref:refs/heads/main".into(),
+                aud: "blastgate".into(),
+                groups: vec!["dba".into()],
+                claims: [("repository", "acme/app"), ("ref", "refs/heads/\"main\" é")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                expires_at: 1_900_000_000,
+            }),
         };
         let mut opened = Event::daemon(EventKind::SessionOpened, Verdict::Allow, "ok");
         opened.session_id = sid;

@@ -1,5 +1,7 @@
 //! Spool events as ClickHouse rows.
 
+use std::collections::BTreeMap;
+
 use clickhouse::Row;
 use serde::Serialize;
 use uuid::Uuid;
@@ -51,6 +53,9 @@ pub struct EventRow {
     pub stderr_bytes: u64,
     pub status: u16,
     pub dst_name: String,
+    pub oidc_iss: String,
+    pub oidc_sub: String,
+    pub oidc_claims: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -75,6 +80,7 @@ pub struct SessionRow {
     pub bytes_from_agent: u64,
     pub bytes_to_agent: u64,
     pub verdict: String,
+    pub oidc_claims: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -112,10 +118,14 @@ struct CallerCols {
     comm: String,
     exe: String,
     lineage: Vec<String>,
+    oidc_iss: String,
+    oidc_sub: String,
+    oidc_claims: BTreeMap<String, String>,
 }
 
 fn caller_cols(e: &Event) -> CallerCols {
     let c = e.caller.as_ref();
+    let oidc = c.and_then(|c| c.oidc.as_ref());
     CallerCols {
         agent: c.map(|c| c.agent.clone()).unwrap_or_default(),
         pid: c.map_or(0, |c| c.pid),
@@ -130,6 +140,9 @@ fn caller_cols(e: &Event) -> CallerCols {
                     .collect()
             })
             .unwrap_or_default(),
+        oidc_iss: oidc.map(|o| o.iss.clone()).unwrap_or_default(),
+        oidc_sub: oidc.map(|o| o.sub.clone()).unwrap_or_default(),
+        oidc_claims: oidc.map(|o| o.claims.clone()).unwrap_or_default(),
     }
 }
 
@@ -142,6 +155,9 @@ impl From<&Event> for EventRow {
             comm,
             exe,
             lineage,
+            oidc_iss,
+            oidc_sub,
+            oidc_claims,
         } = caller_cols(e);
         EventRow {
             id: e.id,
@@ -177,6 +193,9 @@ impl From<&Event> for EventRow {
             stderr_bytes: e.stderr_bytes.unwrap_or(0),
             status: e.status.unwrap_or(0),
             dst_name: e.dst_name.clone().unwrap_or_default(),
+            oidc_iss,
+            oidc_sub,
+            oidc_claims,
         }
     }
 }
@@ -195,6 +214,9 @@ pub fn session_row(e: &Event) -> Option<SessionRow> {
         comm,
         exe,
         lineage,
+        oidc_iss,
+        oidc_sub,
+        oidc_claims,
     } = caller_cols(e);
     let ts = micros(e.ts);
     let start = match (e.kind, e.duration_us) {
@@ -210,8 +232,8 @@ pub fn session_row(e: &Event) -> Option<SessionRow> {
         exe,
         comm,
         lineage,
-        oidc_sub: String::new(),
-        oidc_iss: String::new(),
+        oidc_sub,
+        oidc_iss,
         target: e.target.clone().unwrap_or_default(),
         protocol: e.protocol.clone().unwrap_or_default(),
         orig_dst: e.orig_dst.map(|a| a.to_string()).unwrap_or_default(),
@@ -220,5 +242,6 @@ pub fn session_row(e: &Event) -> Option<SessionRow> {
         bytes_from_agent: e.bytes_from_agent.unwrap_or(0),
         bytes_to_agent: e.bytes_to_agent.unwrap_or(0),
         verdict: e.verdict.name().to_string(),
+        oidc_claims,
     })
 }

@@ -126,6 +126,18 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS dst_name String DEFAULT ''",
         ],
     ),
+    (
+        8,
+        &[
+            // The CI job the agent proved to be (a verified OIDC token):
+            // issuer, subject, and the policy attributes (repository, ref,
+            // workflow, actor, environment, run_id).
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS oidc_iss LowCardinality(String) DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS oidc_sub String DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS oidc_claims Map(String, String)",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS oidc_claims Map(String, String)",
+        ],
+    ),
 ];
 
 /// The questions security teams ask, as views. Every view reads `FINAL`,
