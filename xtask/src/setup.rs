@@ -75,6 +75,16 @@ const PYTHON_TOOLS: &[(Present, &str)] = &[
     (Present::Binary("mitmdump"), "mitmproxy==11.0.2"),
 ];
 
+/// The OIDC tests' OpenID Provider (tests/e2e/oidc/provider.mjs): the
+/// certified npm package, pinned, in a directory of its own. Its other
+/// dependencies (jose, koa) come with it; the script makes its keys with
+/// node's own crypto, so no other package is needed.
+const OIDC_DIR: &str = "/opt/blastgate-tools/oidc";
+const OIDC_PACKAGES: &[(&str, &str)] = &[("oidc-provider", "9.13.3")];
+/// oidc-provider 9 calls `URL.parse`, which node has from 20.18 on
+/// (Debian bookworm's nodejs is 18).
+const OIDC_MIN_NODE: (u32, u32) = (20, 18);
+
 /// How setup tells a Python tool is installed.
 #[derive(Clone, Copy)]
 enum Present {
@@ -140,6 +150,7 @@ pub fn run() -> Result<()> {
         nightly_route(&mut apt)?;
     }
     cargo_fuzz()?;
+    oidc_provider(&mut apt)?;
     eprintln!(
         "setup: ok (kernel programs build with the {:?} toolchain route)",
         ebpf_build::toolchain()
@@ -254,6 +265,69 @@ fn python_venv() -> Result<()> {
     for (p, req) in missing {
         if !present(*p) {
             bail!("{req} is still missing from {TOOLS_VENV} after pip install");
+        }
+    }
+    Ok(())
+}
+
+/// [`OIDC_PACKAGES`] into [`OIDC_DIR`] with npm, unless each is there at
+/// its pinned version. Last in setup: on a node that is too old it fails
+/// with what to do, after everything else is installed.
+fn oidc_provider(apt: &mut Apt) -> Result<()> {
+    let installed = |name: &str, version: &str| {
+        std::fs::read(
+            Path::new(OIDC_DIR)
+                .join("node_modules")
+                .join(name)
+                .join("package.json"),
+        )
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|p| p["version"] == version)
+    };
+    if OIDC_PACKAGES.iter().all(|(n, v)| installed(n, v)) {
+        return Ok(());
+    }
+    need_root(&format!(
+        "installing the OIDC tests' provider into {OIDC_DIR}"
+    ))?;
+    if Command::new("npm").arg("--version").output().is_err() {
+        // Only when there is no npm at all: a NodeSource node brings its
+        // own, and Debian's npm package would conflict with it.
+        apt.install(&["nodejs", "npm"])?;
+    }
+    let version = sh::stdout(Command::new("node").arg("--version"))?;
+    let mut parts = version.trim().trim_start_matches('v').split('.');
+    let mut next = || {
+        parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let have = (next(), next());
+    if have < OIDC_MIN_NODE {
+        bail!(
+            "the OIDC tests' provider (oidc-provider {}) needs node >= {}.{}, this machine has {}: \
+             install node 20 or 22 (e.g. from https://nodejs.org or NodeSource) and re-run",
+            OIDC_PACKAGES[0].1,
+            OIDC_MIN_NODE.0,
+            OIDC_MIN_NODE.1,
+            version.trim()
+        );
+    }
+    std::fs::create_dir_all(OIDC_DIR).with_context(|| format!("creating {OIDC_DIR}"))?;
+    eprintln!("setup: installing the OpenID Provider for the tests into {OIDC_DIR}");
+    // All pinned packages in one command: with --no-save there is no
+    // package.json to remember them, so each install names them all.
+    sh::run(
+        Command::new("npm")
+            .current_dir(OIDC_DIR)
+            .args(["install", "--no-save", "--no-audit", "--no-fund"])
+            .args(OIDC_PACKAGES.iter().map(|(n, v)| format!("{n}@{v}"))),
+    )?;
+    for (n, v) in OIDC_PACKAGES {
+        if !installed(n, v) {
+            bail!("{n}@{v} is still missing from {OIDC_DIR} after npm install");
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ pub mod kube;
 pub mod kube_exec;
 pub mod kube_gateway;
 pub mod netns;
+pub mod oidc;
 pub mod pg_gateway;
 pub mod podman;
 pub mod postgres;
