@@ -18,6 +18,10 @@ pub enum Error {
     Spool(#[from] SpoolError),
     #[error("control socket: {0}")]
     Control(String),
+    /// The daemon understood the request and said no (its message says
+    /// why).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {

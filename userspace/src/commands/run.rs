@@ -44,8 +44,8 @@ pub fn run(
                 tracing::info!(issuer = %id.iss, subject = %id.sub, "OIDC token verified");
             }
         }
-        Ok(Response::Error { message }) => bail!("{message}; nothing started"),
         Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),
+        Err(crate::Error::Refused(message)) => bail!("{message}; nothing started"),
         Err(e) => bail!("{e}; refusing to start the agent unguarded"),
     }
     let mut cmd = std::process::Command::new(program);

@@ -133,6 +133,19 @@ pub fn list(config: &Config, engine: &Engine, degraded: &[String]) -> Vec<String
             }
         }
     }
+    if config.oidc.on_expiry == super::OnExpiry::KeepClaims {
+        out.push(
+            "oidc: on_expiry = \"keep_claims\": a job whose token expired keeps opening \
+             connections with the claims last verified"
+                .into(),
+        );
+    }
+    if config.oidc.clock_skew_secs > 300 {
+        out.push(format!(
+            "oidc: clock_skew_secs = {}: tokens are accepted that long after they expire",
+            config.oidc.clock_skew_secs
+        ));
+    }
     let e = &config.enrol;
     if e.uids.is_empty() && e.cgroups.is_empty() && e.exes.is_empty() && e.scripts.is_empty() {
         out.push("enrol: no rules: only processes started with `blastgate run` are guarded".into());

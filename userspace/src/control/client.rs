@@ -79,7 +79,7 @@ impl Client {
         let mut c = Client::connect(path)?;
         c.send(req)?;
         match c.recv()? {
-            Some(Response::Error { message }) => Err(Error::Control(message)),
+            Some(Response::Error { message }) => Err(Error::Refused(message)),
             Some(r) => Ok(r),
             None => Err(Error::Control("the daemon closed the connection".into())),
         }

@@ -56,7 +56,8 @@ struct Issuer {
 #[derive(Default)]
 struct KeyCache {
     jwks: Option<CoreJsonWebKeySet>,
-    fetched: Option<Instant>,
+    /// The last fetch a token naming an unknown key caused.
+    forced: Option<Instant>,
 }
 
 impl Verifier {
@@ -151,25 +152,29 @@ impl Issuer {
             .map_err(|e| TokenError::IssuerUnavailable(format!("{}: {e}", self.config.issuer)))?;
         let mut cache = self.keys.lock().await;
         cache.jwks = Some(meta.jwks().clone());
-        cache.fetched = Some(Instant::now());
         Ok(())
     }
 
-    /// The cached keys; fetched when there are none, or when `rotated` and
-    /// the last fetch is older than `min_refresh` (so a stream of tokens
-    /// naming unknown keys cannot make the daemon hammer the issuer).
+    /// The cached keys; fetched when there are none, or when `rotated` (a
+    /// token names a key not among them) and no other such token caused a
+    /// fetch in the last `min_refresh`: the first token after a rotation
+    /// is accepted at once, while a stream of tokens naming made-up keys
+    /// cannot make the daemon hammer the issuer.
     async fn keys(
         &self,
         rotated: bool,
         min_refresh: Duration,
     ) -> Result<CoreJsonWebKeySet, TokenError> {
         {
-            let cache = self.keys.lock().await;
-            let fresh_enough = cache.fetched.is_some_and(|t| t.elapsed() < min_refresh);
+            let mut cache = self.keys.lock().await;
+            let recently = cache.forced.is_some_and(|t| t.elapsed() < min_refresh);
             if let Some(jwks) = &cache.jwks {
-                if !rotated || fresh_enough {
+                if !rotated || recently {
                     return Ok(jwks.clone());
                 }
+            }
+            if rotated {
+                cache.forced = Some(Instant::now());
             }
         }
         match self.fetch_keys().await {
