@@ -150,7 +150,10 @@ fn held_connections_wait_for_a_human_decision() {
         e["kind"] == "approval_decided" && e["approval_id"] == id.as_str()
     });
     assert_eq!(decided["verdict"], "allow");
-    assert_eq!(decided["approver"], "root (sudo from alice)");
+    assert_eq!(
+        decided["approver"],
+        "root (sudo from alice, control socket)"
+    );
     assert!(decided["duration_us"].as_u64().unwrap_or(0) > 0);
     assert_eq!(decided["policy_id"], "connect-needs-ops");
 

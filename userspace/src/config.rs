@@ -1,12 +1,14 @@
 //! The daemon's TOML configuration: types, defaults, and validation whose
 //! errors name the file, the line and the problem.
 
+mod console;
 mod dns;
 mod egress;
 mod oidc;
 mod secret;
 pub mod weakened;
 
+pub use console::ConsoleConfig;
 pub use dns::{DnsConfig, UnknownNames, DEFAULT_DNS_PORT};
 pub use egress::{EgressConfig, EgressMode};
 pub use oidc::{IssuerConfig, OidcConfig, OnExpiry, ATTRIBUTES as OIDC_ATTRIBUTES};
@@ -63,6 +65,9 @@ pub struct Config {
     pub enrol: EnrolConfig,
     #[serde(default)]
     pub oidc: OidcConfig,
+    /// The approvers' web console; absent: none.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
     #[serde(default)]
     pub policy: PolicyConfig,
     #[serde(default)]
@@ -556,6 +561,9 @@ impl Config {
         self.dns.validate(self.proxy_port()?)?;
         self.egress.patterns()?;
         self.oidc.validate()?;
+        if let Some(c) = &self.console {
+            c.validate()?;
+        }
         let (min, max) = (
             blastgate_common::MIN_LABELS,
             blastgate_common::PID_MAX_LIMIT,

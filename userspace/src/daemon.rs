@@ -160,7 +160,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let approvals = Broker::new(
         Duration::from_millis(config.approvals.timeout_ms),
         recorder.clone(),
-        Notifier::start(config.approvals.webhooks.clone()),
+        Notifier::start(
+            config.approvals.webhooks.clone(),
+            config.console.as_ref().map(|c| c.public_url()),
+        ),
     );
     let resolver = Arc::new(crate::dns::Resolver::new(
         config.dns.clone(),
@@ -249,6 +252,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     if let Err(e) = crate::policy::watch(policy.clone(), recorder.clone(), stop.clone()) {
         tracing::error!(error = %e, dir = %policy.origin(), "cannot watch the policy directory; changes need a restart");
+    }
+    if let Some(console) = &config.console {
+        let tls =
+            crate::console::server_tls(console, &config.tls.ca_dir).map_err(Error::Invalid)?;
+        crate::console::start(
+            console.clone(),
+            tls,
+            approvals.clone(),
+            recorder.clone(),
+            config.clickhouse.clone(),
+            stop.clone(),
+        )
+        .await?;
     }
     let control_ctx = Arc::new(ControlContext {
         approvals: approvals.clone(),

@@ -30,6 +30,7 @@
 pub mod approvals;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod daemon;
 pub mod dns;

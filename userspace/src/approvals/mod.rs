@@ -40,6 +40,9 @@ pub struct ApprovalRequest {
     /// Approver group from the policy's `@approval`.
     pub group: String,
     pub reason: String,
+    /// The CI job the agent proved to be, if it presented a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::identity::oidc::JobIdentity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,7 +175,11 @@ impl Broker {
         )
         .await;
         if let Some(n) = &self.notifier {
-            n.notify(webhook::Message::requested(&request, self.timeout));
+            n.notify(webhook::Message::requested(
+                &request,
+                self.timeout,
+                n.console.as_deref(),
+            ));
         }
         tracing::info!(approval = %id, group = %request.group, action = %request.action, "held for approval");
 
@@ -318,6 +325,7 @@ mod tests {
             policy_id: Some("p".into()),
             group: "ops".into(),
             reason: "r".into(),
+            job: None,
         }
     }
 

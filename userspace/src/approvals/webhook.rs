@@ -24,13 +24,26 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Message(serde_json::Value);
 
 impl Message {
-    pub fn requested(r: &ApprovalRequest, timeout: Duration) -> Message {
+    /// With `console` (its public URL), the message links to the request
+    /// there: approve and deny after signing in.
+    pub fn requested(r: &ApprovalRequest, timeout: Duration, console: Option<&str>) -> Message {
+        let decide = match console {
+            Some(url) => format!(
+                "Review: <{url}/approvals/{id}|approve or deny in the console> (or `blastgate approvals approve|deny {id}`)",
+                id = r.id
+            ),
+            None => format!(
+                "Approve: `blastgate approvals approve {id}` · deny: `blastgate approvals deny {id}`",
+                id = r.id
+            ),
+        };
+        let link = console.map(|url| format!("{url}/approvals/{}", r.id));
         Message(json!({
             "text": format!(
-                ":warning: blastgate: agent *{}* wants `{}` on *{}* — held by policy `{}` for approval by *{}* ({}). Approve: `blastgate approvals approve {}` · deny: `blastgate approvals deny {}` · auto-deny in {:?}.",
-                r.agent, r.action, r.target, r.policy_id.as_deref().unwrap_or("-"), r.group, r.reason, r.id, r.id, timeout
+                ":warning: blastgate: agent *{}* wants `{}` on *{}* — held by policy `{}` for approval by *{}* ({}). {decide} · auto-deny in {:?}.",
+                r.agent, r.action, r.target, r.policy_id.as_deref().unwrap_or("-"), r.group, r.reason, timeout
             ),
-            "blastgate": {"event": "approval_requested", "request": r},
+            "blastgate": {"event": "approval_requested", "request": r, "console_url": link},
         }))
     }
 
@@ -54,11 +67,13 @@ impl Message {
 #[derive(Clone)]
 pub struct Notifier {
     tx: mpsc::Sender<Message>,
+    /// The web console's public URL, for links in messages.
+    pub console: Option<String>,
 }
 
 impl Notifier {
     /// Starts the delivery task; `None` when there is nothing to notify.
-    pub fn start(urls: Vec<String>) -> Option<Notifier> {
+    pub fn start(urls: Vec<String>, console: Option<String>) -> Option<Notifier> {
         if urls.is_empty() {
             return None;
         }
@@ -80,7 +95,7 @@ impl Notifier {
                 }
             }
         });
-        Some(Notifier { tx })
+        Some(Notifier { tx, console })
     }
 
     pub fn notify(&self, m: Message) {

@@ -219,8 +219,8 @@ async fn handle(
             let me = crate::identity::users::name_of(cred.uid())
                 .unwrap_or_else(|| format!("uid {}", cred.uid()));
             let by = match on_behalf_of {
-                Some(human) if human != me => format!("{me} (sudo from {human})"),
-                _ => me,
+                Some(human) if human != me => format!("{me} (sudo from {human}, control socket)"),
+                _ => format!("{me} (control socket)"),
             };
             let resp = match ctx.approvals.decide(id, approve, by.clone(), reason) {
                 Ok(()) => Response::Decided { id, by },

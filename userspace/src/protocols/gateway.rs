@@ -226,6 +226,7 @@ impl Gateway {
             policy_id: decision.policy_id.clone(),
             group: decision.approval.clone().unwrap_or_default(),
             reason: decision.reason.clone(),
+            job: caller.and_then(|c| c.oidc.clone()),
         };
         ruling.approval_id = Some(request.id);
         ruling.approval_group = Some(request.group.clone());

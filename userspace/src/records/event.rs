@@ -25,6 +25,9 @@ pub enum EventKind {
     /// `blastgate run` was refused before anything started: its OIDC
     /// token did not verify, or its agent needs one and none came.
     AgentRefused,
+    /// A web console request refused: no session, a wrong CSRF token or
+    /// origin, or an approver outside the request's group.
+    ConsoleRefused,
     DaemonStarted,
     DaemonStopped,
     /// A policy change validated and is now in force.
@@ -63,6 +66,7 @@ impl EventKind {
             EventKind::SessionDenied => "session_denied",
             EventKind::AgentLabelled => "agent_labelled",
             EventKind::AgentRefused => "agent_refused",
+            EventKind::ConsoleRefused => "console_refused",
             EventKind::DaemonStarted => "daemon_started",
             EventKind::DaemonStopped => "daemon_stopped",
             EventKind::PolicyReloaded => "policy_reloaded",
@@ -285,6 +289,7 @@ mod tests {
             EventKind::SessionDenied,
             EventKind::AgentLabelled,
             EventKind::AgentRefused,
+            EventKind::ConsoleRefused,
             EventKind::DaemonStarted,
             EventKind::DaemonStopped,
             EventKind::PolicyReloaded,

@@ -5,7 +5,7 @@
 //! descendant's label and every connection's record, so the claims follow
 //! the tree, not a pid that may be reused.
 
-mod http;
+pub mod http;
 mod verify;
 
 use std::{
@@ -16,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use verify::Verifier;
+pub use verify::{AllClaims, JobToken, Verifier};
 
 use crate::config::{OidcConfig, OnExpiry};
 

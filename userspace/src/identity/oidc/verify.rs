@@ -26,14 +26,16 @@ use crate::config::{IssuerConfig, OidcConfig, OIDC_ATTRIBUTES};
 
 /// Every claim of the token, for the mapped attributes and groups.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct AllClaims {
+pub struct AllClaims {
     #[serde(flatten)]
-    other: serde_json::Map<String, serde_json::Value>,
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl AdditionalClaims for AllClaims {}
 
-type JobToken =
+/// A JWT with every claim kept (job tokens here, approvers' ID tokens in
+/// the console).
+pub type JobToken =
     IdToken<AllClaims, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
 
 /// Tokens are a few KiB; anything much larger is not one.
