@@ -49,6 +49,16 @@ pub fn permissive_policies() -> tempfile::TempDir {
 /// PostgreSQL on 127.0.0.2 with the fixture, and a daemon with one
 /// postgres target for it.
 pub fn setup(target: &str, env_label: &str, policies: Option<tempfile::TempDir>) -> Option<Setup> {
+    setup_with(target, env_label, policies, "")
+}
+
+/// [`setup`] with `extra` appended to the daemon's config (more sections).
+pub fn setup_with(
+    target: &str,
+    env_label: &str,
+    policies: Option<tempfile::TempDir>,
+    extra: &str,
+) -> Option<Setup> {
     if !kernel_ready() || !TestPostgres::available() {
         return None;
     }
@@ -67,7 +77,7 @@ pub fn setup(target: &str, env_label: &str, policies: Option<tempfile::TempDir>)
         "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
          [[targets]]\nname = \"{target}\"\nprotocol = \"postgres\"\naddress = \"{}\"\n\
          labels = {{ env = \"{env_label}\" }}\n\n[targets.postgres]\nuser = \"app\"\n\
-         password_file = \"{}\"\n",
+         password_file = \"{}\"\n\n{extra}\n",
         policy_dir.display(),
         pg.addr(),
         secret_file.display()
