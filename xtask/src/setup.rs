@@ -50,6 +50,15 @@ const COMMON: &[&str] = &[
     // crun refuses a hybrid cgroup layout.
     "podman",
     "runc",
+    // The console's browser tests (tests/e2e/browser/drive.py): Debian's
+    // headless Chromium and its chromedriver, driven by Selenium from the
+    // venv; `certutil` puts a test CA into the throwaway NSS database
+    // Chromium reads; a font (a recommends, skipped here) so screenshots
+    // show text.
+    "chromium",
+    "chromium-driver",
+    "libnss3-tools",
+    "fonts-liberation",
 ];
 
 /// Packages whose Debian install starts a system service: the HTTP bench
@@ -73,6 +82,11 @@ const PYTHON_TOOLS: &[(Present, &str)] = &[
     // The HTTP bench's known peer in Python (reverse-proxy mode); 11.0.2 is
     // the last release for Python 3.11.
     (Present::Binary("mitmdump"), "mitmproxy==11.0.2"),
+    // Drives Debian's chromium for the console's browser tests (with its
+    // own chromedriver: SE_OFFLINE, Selenium Manager downloads nothing).
+    // 4.51.0: 4.52.0 and 4.53.0 require certifi >= 2026.10.23, which the
+    // package index here does not have yet.
+    (Present::Imports("selenium"), "selenium==4.51.0"),
 ];
 
 /// The OIDC tests' OpenID Provider (tests/e2e/oidc/provider.mjs): the

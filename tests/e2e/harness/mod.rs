@@ -8,6 +8,7 @@
 //! killed outright cannot leave a redirect behind for long.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod dnsmasq;
 pub mod https_upstream;
 pub mod kube;
