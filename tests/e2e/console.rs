@@ -10,6 +10,7 @@ use std::{
 };
 
 use harness::{oidc::Provider, pg_gateway, *};
+use serde_json::json;
 
 struct Console {
     setup: pg_gateway::Setup,
@@ -181,4 +182,160 @@ fn nothing_is_served_without_a_session_and_forged_posts_are_recorded() {
     // Health needs nothing.
     let out = c.curl(&[&format!("{}/healthz", c.url)]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}
+
+/// Where a test's screenshots stay, to be looked at.
+fn artifacts(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    dir
+}
+
+/// Steps that sign `user` in through the provider's real login page and
+/// land on the approvals page.
+fn sign_in(c: &Console, user: &str) -> Vec<serde_json::Value> {
+    vec![
+        json!({"open": format!("{}/", c.url)}),
+        json!({"login": {"user": user, "password": "anything"}}),
+        json!({"wait_text": {"text": "Pending approvals", "timeout": 20}}),
+    ]
+}
+
+#[test]
+fn a_dba_approves_a_held_delete_live_and_others_cannot() {
+    let _g = serial();
+    if !harness::browser::Browser::available() {
+        return;
+    }
+    let Some(c) = Console::start() else {
+        return;
+    };
+    let browser = harness::browser::Browser::default().ca_file(&c.ca);
+    let dir = artifacts("console-approve");
+
+    // alice (group dba) signs in to an empty list; the DELETE held while
+    // she watches appears without a reload (a marker set on the page
+    // survives).
+    let signed_in = "signed in to the console";
+    let daemon_log = c.setup.daemon.log_text();
+    assert!(!daemon_log.contains(signed_in));
+    let mut steps = sign_in(&c, "alice");
+    steps.extend([
+        json!({"wait_text": {"text": "Nothing is waiting", "timeout": 20}}),
+        json!({"eval": "(window.bgMarker = 42)", "expect": 42}),
+        json!({"wait_text": {"text": "DELETE FROM orders", "timeout": 60}}),
+        json!({"eval": "window.bgMarker", "expect": 42}),
+        json!({"eval": "document.querySelectorAll('button.approve').length", "expect": 1}),
+        json!({"fill": {"css": "textarea[name=reason]", "value": "ticket OPS-1234: clean up"}}),
+        json!({"screenshot": dir.join("alice-held-delete.png").display().to_string()}),
+        json!({"click": {"css": "button.approve"}}),
+        json!({"wait_text": {"text": "Nothing is waiting", "timeout": 20}}),
+        json!({"cookies": dir.join("cookies.json").display().to_string()}),
+    ]);
+    let psql = std::thread::scope(|s| {
+        let agent = s.spawn(|| {
+            // Once alice is signed in and her page has rendered.
+            let ready = wait_until(Duration::from_secs(60), || {
+                c.setup.daemon.log_text().contains(signed_in).then_some(())
+            });
+            assert!(ready.is_some(), "alice never signed in");
+            std::thread::sleep(Duration::from_secs(2));
+            c.setup.spawn_psql(&["-c", "DELETE FROM orders"])
+        });
+        let results = browser.run_ok(&json!(steps), &dir);
+        (agent.join().expect("psql thread"), results)
+    });
+    let (child, results) = psql;
+    let out = child.wait_with_output().expect("psql");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DELETE 10"),
+        "the approved statement did not run: {}",
+        text(&out)
+    );
+    let decided = c.setup.env.wait_event("alice's decision", |e| {
+        e["kind"] == "approval_decided" && e["verdict"] == "allow"
+    });
+    let approver = decided["approver"].as_str().unwrap_or_default();
+    assert!(
+        approver.starts_with("alice (oidc alice at ") && approver.ends_with(", console)"),
+        "{decided}"
+    );
+    assert!(
+        decided["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ticket OPS-1234")),
+        "{decided}"
+    );
+    // The session cookie, as the browser holds it.
+    let cookies = results
+        .iter()
+        .find_map(|r| r.get("cookies").cloned())
+        .unwrap_or_default();
+    let session = cookies
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["name"] == "__Host-bg_session").cloned())
+        .unwrap_or_else(|| panic!("no session cookie: {cookies}"));
+    assert_eq!(session["secure"], true, "{session}");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Lax", "{session}");
+
+    // bob (group dev) sees the next held DELETE but has no buttons, and
+    // the server refuses his post (and a post with a wrong token).
+    let held = c.setup.spawn_psql(&["-c", "DELETE FROM customers"]);
+    let id = c.setup.env.pending_approval();
+    let post = |csrf: &str| {
+        format!(
+            "fetch('/approvals/{id}', {{method: 'POST', credentials: 'same-origin', \
+             headers: {{'Content-Type': 'application/x-www-form-urlencoded'}}, \
+             body: 'decision=approve&reason=mine&csrf=' + encodeURIComponent({csrf})}})\
+             .then(r => r.status)"
+        )
+    };
+    let mut steps = sign_in(&c, "bob");
+    steps.extend([
+        json!({"wait_text": {"text": "DELETE FROM customers", "timeout": 30}}),
+        json!({"assert_text": "only group dba decides"}),
+        json!({"eval": "document.querySelectorAll('button.approve').length", "expect": 0}),
+        json!({"screenshot": dir.join("bob-cannot-decide.png").display().to_string()}),
+        json!({"eval": post("document.querySelector('meta[name=csrf]').content"), "expect": 403}),
+        json!({"eval": post("'not-the-token'"), "expect": 403}),
+    ]);
+    browser.run_ok(&json!(steps), &dir);
+    assert_eq!(
+        c.setup
+            .env
+            .blastgate(&["approvals", "list", "--json"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert!(
+        c.setup
+            .env
+            .blastgate(&["approvals", "list", "--json"])
+            .stdout
+            .windows(id.len())
+            .any(|w| w == id.as_bytes()),
+        "bob's posts must not have decided the request"
+    );
+    let refusals = c.refusals();
+    for want in ["is not in group \"dba\"", "wrong CSRF token"] {
+        assert!(
+            refusals
+                .iter()
+                .any(|e| e["reason"].as_str().is_some_and(|r| r.contains(want))),
+            "{want}: {refusals:#?}"
+        );
+    }
+    // The CLI stays, recorded as such.
+    c.setup.env.answer_approval("deny", &id);
+    let out = held.wait_with_output().expect("psql");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("DELETE 3"));
+    c.setup.env.wait_event("the CLI's decision", |e| {
+        e["kind"] == "approval_decided"
+            && e["approver"]
+                .as_str()
+                .is_some_and(|a| a.ends_with("(control socket)"))
+    });
 }

@@ -170,9 +170,11 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Repl
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not no-referrer: with it, browsers send `Origin: null` on the
+    // console's own posts, and the origin check would refuse them.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
@@ -427,7 +429,13 @@ async fn decide(
             ctx,
             Some(approver),
             id,
-            "decision posted from another origin",
+            &format!(
+                "decision posted from another origin ({:?})",
+                req.headers()
+                    .get(header::ORIGIN)
+                    .map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned())
+                    .unwrap_or_default()
+            ),
             peer,
         )
         .await;
