@@ -559,6 +559,10 @@ struct Scene {
 
 impl Scene {
     fn start(provider: &Provider, policy: &str) -> Scene {
+        Scene::start_with(provider, policy, "")
+    }
+
+    fn start_with(provider: &Provider, policy: &str, extra: &str) -> Scene {
         let policies = tempfile::tempdir().expect("tempdir");
         std::fs::copy(
             harness::pg_gateway::policies_dir().join("blastgate.cedarschema"),
@@ -568,7 +572,7 @@ impl Scene {
         std::fs::write(policies.path().join("connect.cedar"), policy).expect("policy");
         let server = TestServer::start(&["127.0.0.2"]);
         let config = format!(
-            "[policy]\ndir = \"{}\"\n\n[oidc]\nrequire_for = [\"ci\"]\n\n\
+            "{extra}\n[policy]\ndir = \"{}\"\n\n[oidc]\nrequire_for = [\"ci\"]\n\n\
              [[oidc.issuers]]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n\n\
              [[targets]]\nname = \"orders\"\nprotocol = \"tcp\"\naddress = \"{}\"\n",
             policies.path().display(),
@@ -808,5 +812,56 @@ fn red_team_token_env_is_gone_from_the_whole_tree() {
     assert!(
         !stdout.contains("BG_JOB_TOKEN") && !stdout.contains(sig),
         "the token is in the agent's environment:\n{stdout}"
+    );
+}
+
+/// A process of the uid enrolled as the required agent "ci", started
+/// outside any job (cron, an ssh login, a left-over daemon): it proved
+/// nothing, so it is refused; the same uid inside acme/app's job tree
+/// keeps the job's claims (the label is inherited, not the uid's).
+#[test]
+fn red_team_uid_enrolled_required_agent_gets_no_claims_it_did_not_prove() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    let Some(github) = Provider::start() else {
+        return;
+    };
+    let scene = Scene::start_with(
+        &github,
+        ONLY_ACME,
+        "[enrol]\nuids = [{ uid = 4242, agent = \"ci\" }]\n",
+    );
+    let dst = scene.server.addr(0).to_string();
+    let v = &run_json(std::process::Command::new(PROBE).args(["as-uid", "4242", &dst]))[0];
+    assert_eq!(v["ok"], false, "uid-enrolled ci with no token: {v}");
+    assert!(
+        !scene
+            .server
+            .saw_peer(v["local"].as_str().unwrap_or_default()),
+        "went around the proxy: {v}"
+    );
+    scene
+        .env
+        .wait_event("the refusal of the tokenless ci", |e| {
+            e["kind"] == "session_denied"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("requires an OIDC token"))
+        });
+
+    let acme = github.job_token(AUDIENCE, claims("acme/app"), 300);
+    let out = scene.run(
+        "ci",
+        Some(&acme),
+        &format!("exec {PROBE} as-uid 4242 {dst}"),
+    );
+    let r = json_lines(&out);
+    assert_eq!(
+        r.first().map(|v| v["ok"].clone()),
+        Some(Value::Bool(true)),
+        "{}",
+        text(&out)
     );
 }
