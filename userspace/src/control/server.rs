@@ -155,6 +155,12 @@ async fn handle(
             };
             let binding = identity.clone().map_or(0, |id| ctx.oidc.bindings.bind(id));
             let resp = match label(ctx, pid, &agent, binding) {
+                Err(e @ Error::Invalid(_)) => {
+                    record_refusal(ctx, pid, &agent, &e.to_string()).await;
+                    Response::Error {
+                        message: e.to_string(),
+                    }
+                }
                 Ok(id) => {
                     record_label(ctx, pid, &agent, id, identity.clone()).await;
                     Response::Labelled {
@@ -276,7 +282,7 @@ fn label(ctx: &ControlContext, pid: u32, agent: &str, binding: u32) -> Result<u3
         return Err(Error::Invalid("the daemon cannot be an agent".into()));
     }
     let id = ctx.agents.id_for(agent)?;
-    ctx.maps.label(
+    let stored = ctx.maps.label_new(
         pid,
         blastgate_common::Label {
             agent_id: id,
@@ -285,6 +291,20 @@ fn label(ctx: &ControlContext, pid: u32, agent: &str, binding: u32) -> Result<u3
             binding,
         },
     )?;
+    if !stored {
+        // Already an agent (a `blastgate run` inside an agent's tree): its
+        // name and job identity were fixed when its tree started; a nested
+        // run could otherwise take another job's token or shed its own.
+        let current = ctx
+            .maps
+            .label_of(pid)
+            .map(|l| ctx.agents.name_of(l.agent_id))
+            .unwrap_or_default();
+        return Err(Error::Invalid(format!(
+            "pid {pid} is already agent {current:?}: a blastgate run inside an agent cannot \
+             change its name or job identity"
+        )));
+    }
     tracing::info!(pid, agent, "labelled a process as an agent");
     Ok(id)
 }

@@ -174,6 +174,22 @@ impl KernelMaps {
         })
     }
 
+    /// Labels `tgid` unless it already has a label (kept, and `false`
+    /// returned): an agent's identity is fixed when its tree starts.
+    pub fn label_new(&self, tgid: u32, label: Label) -> Result<bool, Error> {
+        const BPF_NOEXIST: u64 = 1;
+        let mut labels = lock(&self.labels);
+        match labels.insert(tgid, label, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(s))
+                if s.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(map_err(map::LABELS, e)),
+        }
+    }
+
     /// Labels `tgid`, or, if the label map is full, marks it as an agent
     /// without a label, which the kernel refuses every connection (the
     /// same fallback the kernel programs use). Returns whether the label

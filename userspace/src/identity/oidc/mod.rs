@@ -79,6 +79,9 @@ pub enum Standing {
 pub struct Bindings {
     map: Mutex<HashMap<u32, JobIdentity>>,
     on_expiry: OnExpiry,
+    /// The same leeway verification gave `exp`: a token accepted at
+    /// `blastgate run` is not refused at the job's first connection.
+    skew_secs: u64,
 }
 
 /// Enough for every job a runner starts between restarts; past it the
@@ -92,10 +95,11 @@ pub fn now_secs() -> u64 {
 }
 
 impl Bindings {
-    pub fn new(on_expiry: OnExpiry) -> Bindings {
+    pub fn new(on_expiry: OnExpiry, skew_secs: u64) -> Bindings {
         Bindings {
             map: Mutex::new(HashMap::new()),
             on_expiry,
+            skew_secs,
         }
     }
 
@@ -127,7 +131,10 @@ impl Bindings {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&binding) {
             None => Standing::Unknown,
-            Some(id) if id.expires_at <= now_secs() && self.on_expiry == OnExpiry::Refuse => {
+            Some(id)
+                if id.expires_at.saturating_add(self.skew_secs) <= now_secs()
+                    && self.on_expiry == OnExpiry::Refuse =>
+            {
                 Standing::Expired(id.clone())
             }
             Some(id) => Standing::Verified(id.clone()),
@@ -147,7 +154,7 @@ impl Oidc {
     pub fn new(config: &OidcConfig) -> Result<Oidc, String> {
         Ok(Oidc {
             verifier: Verifier::new(config)?,
-            bindings: Bindings::new(config.on_expiry),
+            bindings: Bindings::new(config.on_expiry, config.clock_skew_secs),
             config: config.clone(),
         })
     }
@@ -195,7 +202,7 @@ mod tests {
 
     #[test]
     fn expiry_follows_the_config() {
-        let refuse = Bindings::new(OnExpiry::Refuse);
+        let refuse = Bindings::new(OnExpiry::Refuse, 0);
         let live = refuse.bind(job(now_secs() + 600));
         let dead = refuse.bind(job(now_secs() - 1));
         assert_ne!(live, 0);
@@ -203,7 +210,7 @@ mod tests {
         assert!(matches!(refuse.standing(dead), Standing::Expired(_)));
         assert_eq!(refuse.standing(0), Standing::None);
         assert_eq!(refuse.standing(live ^ 1), Standing::Unknown);
-        let keep = Bindings::new(OnExpiry::KeepClaims);
+        let keep = Bindings::new(OnExpiry::KeepClaims, 0);
         let dead = keep.bind(job(now_secs() - 1));
         assert!(matches!(keep.standing(dead), Standing::Verified(_)));
     }

@@ -60,6 +60,8 @@ struct KeyCache {
     jwks: Option<CoreJsonWebKeySet>,
     /// The last fetch a token naming an unknown key caused.
     forced: Option<Instant>,
+    /// The last fetch a token caused while no keys were held.
+    attempted: Option<Instant>,
 }
 
 impl Verifier {
@@ -134,11 +136,11 @@ impl Verifier {
             .parse()
             .map_err(|e| TokenError::Malformed(format!("{e}")))?;
         let keys = issuer.keys(false, self.min_refresh).await?;
-        match issuer.check(&parsed, keys, self.skew) {
+        match issuer.check(&parsed, &payload, keys, self.skew) {
             // A key this daemon has not seen: the issuer may have rotated.
             Err(TokenError::BadSignature(why)) if why.starts_with(NO_KEY) => {
                 let keys = issuer.keys(true, self.min_refresh).await?;
-                issuer.check(&parsed, keys, self.skew)
+                issuer.check(&parsed, &payload, keys, self.skew)
             }
             other => other,
         }
@@ -148,60 +150,68 @@ impl Verifier {
 const NO_KEY: &str = "no key of the issuer";
 
 impl Issuer {
-    async fn fetch_keys(&self) -> Result<(), TokenError> {
+    async fn fetch_jwks(&self) -> Result<CoreJsonWebKeySet, TokenError> {
         let meta = CoreProviderMetadata::discover_async(self.url.clone(), &self.http)
             .await
             .map_err(|e| TokenError::IssuerUnavailable(format!("{}: {e}", self.config.issuer)))?;
+        Ok(meta.jwks().clone())
+    }
+
+    /// The periodic refresh: a failure keeps the keys already held.
+    async fn fetch_keys(&self) -> Result<(), TokenError> {
         let mut cache = self.keys.lock().await;
-        cache.jwks = Some(meta.jwks().clone());
+        let jwks = self.fetch_jwks().await?;
+        cache.jwks = Some(jwks);
         Ok(())
     }
 
     /// The cached keys; fetched when there are none, or when `rotated` (a
-    /// token names a key not among them) and no other such token caused a
-    /// fetch in the last `min_refresh`: the first token after a rotation
-    /// is accepted at once, while a stream of tokens naming made-up keys
-    /// cannot make the daemon hammer the issuer.
+    /// token names a key not among them). Tokens cause at most one fetch
+    /// per `min_refresh` either way (a stream of tokens naming made-up
+    /// keys, or arriving while the issuer is down, cannot make the daemon
+    /// hammer it), and one at a time: the cache stays locked during the
+    /// fetch, so tokens that arrive meanwhile wait for its keys.
     async fn keys(
         &self,
         rotated: bool,
         min_refresh: Duration,
     ) -> Result<CoreJsonWebKeySet, TokenError> {
-        {
-            let mut cache = self.keys.lock().await;
-            let recently = cache.forced.is_some_and(|t| t.elapsed() < min_refresh);
-            if let Some(jwks) = &cache.jwks {
-                if !rotated || recently {
-                    return Ok(jwks.clone());
-                }
+        let mut cache = self.keys.lock().await;
+        let recent = |t: Option<Instant>| t.is_some_and(|t| t.elapsed() < min_refresh);
+        match &cache.jwks {
+            Some(jwks) if !rotated || recent(cache.forced) => return Ok(jwks.clone()),
+            Some(_) => cache.forced = Some(Instant::now()),
+            None if recent(cache.attempted) => {
+                return Err(TokenError::IssuerUnavailable(format!(
+                    "{}: its keys could not be fetched moments ago; not asked again for {}s",
+                    self.config.issuer,
+                    min_refresh.as_secs()
+                )))
             }
-            if rotated {
-                cache.forced = Some(Instant::now());
-            }
+            None => cache.attempted = Some(Instant::now()),
         }
-        match self.fetch_keys().await {
-            Ok(()) => {}
-            Err(e) => {
-                let cache = self.keys.lock().await;
-                match &cache.jwks {
-                    Some(jwks) => {
-                        tracing::warn!(error = %e, "OIDC keys not refreshed; keeping the last ones");
-                        return Ok(jwks.clone());
-                    }
-                    None => return Err(e),
-                }
+        match self.fetch_jwks().await {
+            Ok(jwks) => {
+                cache.jwks = Some(jwks.clone());
+                Ok(jwks)
             }
+            Err(e) => match &cache.jwks {
+                Some(jwks) => {
+                    tracing::warn!(error = %e, "OIDC keys not refreshed; keeping the last ones");
+                    Ok(jwks.clone())
+                }
+                None => Err(e),
+            },
         }
-        let cache = self.keys.lock().await;
-        cache
-            .jwks
-            .clone()
-            .ok_or_else(|| TokenError::IssuerUnavailable(self.config.issuer.clone()))
     }
 
+    /// Verifies `token`; `payload` is its payload as decoded before (every
+    /// claim, standard ones included, which openidconnect keeps to itself),
+    /// read only once the signature has verified.
     fn check(
         &self,
         token: &JobToken,
+        payload: &Json,
         keys: CoreJsonWebKeySet,
         skew: Duration,
     ) -> Result<JobIdentity, TokenError> {
@@ -225,10 +235,32 @@ impl Issuer {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let other = &claims.additional_claims().other;
-        if let Some(nbf) = other.get("nbf").and_then(serde_json::Value::as_u64) {
-            if nbf > now + skew.as_secs() {
-                return Err(TokenError::NotYetValid { nbf, now });
+        let other = payload;
+        match other.get("nbf") {
+            None => {}
+            Some(v) => match v.as_f64().filter(|n| n.is_finite()) {
+                Some(nbf) if nbf > (now + skew.as_secs()) as f64 => {
+                    return Err(TokenError::NotYetValid {
+                        nbf: nbf as u64,
+                        now,
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    return Err(TokenError::Malformed(format!(
+                        "nbf {v} is not a NumericDate"
+                    )))
+                }
+            },
+        }
+        // An audience list may name others; the party it was issued to
+        // (azp), if named, must be blastgate.
+        if let Some(azp) = other.get("azp") {
+            if azp.as_str() != Some(self.config.audience.as_str()) {
+                return Err(TokenError::WrongAudience(format!(
+                    "it was issued to {azp} (azp), not {:?}",
+                    self.config.audience
+                )));
             }
         }
         let text = |v: &serde_json::Value| match v {
