@@ -3,7 +3,7 @@
 
 use ::clickhouse::Row;
 
-use crate::records::clickhouse as records_ch;
+use crate::records::clickhouse::{self as records_ch, query};
 use serde::{Deserialize, Serialize};
 
 use crate::commands::{cli::SessionsCommand, client_config};
@@ -37,22 +37,6 @@ struct EventLine {
     text: String,
 }
 
-/// A row of the replay: an audit event or a chunk of replay data.
-#[derive(Debug, Row, Deserialize)]
-struct ReplayRow {
-    at_us: i64,
-    seq: u32,
-    io: bool,
-    kind: String,
-    verdict: String,
-    action: String,
-    policy_id: String,
-    text: String,
-    offset_us: u64,
-    stream: String,
-    data: String,
-}
-
 fn clickhouse_client(config: Option<&std::path::Path>) -> anyhow::Result<::clickhouse::Client> {
     let cfg = client_config(config)?;
     let ch = cfg
@@ -61,57 +45,17 @@ fn clickhouse_client(config: Option<&std::path::Path>) -> anyhow::Result<::click
     Ok(records_ch::client(&ch)?.with_database(ch.database.clone()))
 }
 
-/// A session's events and replay data in playing order, every row timed
-/// in microseconds from the session start.
+/// A session's events and replay data in playing order, all of it.
 async fn timeline(
     id: uuid::Uuid,
     config: Option<&std::path::Path>,
-) -> anyhow::Result<(i64, Vec<ReplayRow>)> {
+) -> anyhow::Result<query::Timeline> {
     let client = clickhouse_client(config)?;
-    let mut rows: Vec<ReplayRow> = client
-        .query(
-            "SELECT toUnixTimestamp64Micro(ts) AS at_us, seq, false AS io, kind, verdict, action, \
-                    policy_id, text, toUInt64(0) AS offset_us, '' AS stream, '' AS data \
-             FROM events FINAL WHERE session_id = toUUID(?) \
-             UNION ALL \
-             SELECT toUnixTimestamp64Micro(ts), seq, true, 'io', '', '', '', '', offset_us, stream, data \
-             FROM io FINAL WHERE session_id = toUUID(?)",
-        )
-        .bind(id.to_string())
-        .bind(id.to_string())
-        .fetch_all()
-        .await?;
-    if rows.is_empty() {
+    let t = query::timeline(&client, id, None).await?;
+    if t.rows.is_empty() {
         anyhow::bail!("no session {id} in ClickHouse (it may still be in the spool)");
     }
-    // Replay data is timed from the session start, not by wall clock, so a
-    // clock step mid-session does not distort the pauses.
-    let start = rows
-        .iter()
-        .filter(|r| r.kind == "session_opened")
-        .map(|r| r.at_us)
-        .min()
-        .unwrap_or_else(|| rows.iter().map(|r| r.at_us).min().unwrap_or(0));
-    for r in rows.iter_mut().filter(|r| r.io) {
-        r.at_us = start.saturating_add(i64::try_from(r.offset_us).unwrap_or(i64::MAX));
-    }
-    rows.sort_by_key(|r| (r.at_us, r.seq));
-    Ok((start, rows))
-}
-
-/// One decision as a line: for the replay's stderr and the export's markers.
-fn decision_line(r: &ReplayRow) -> String {
-    let mut line = format!("{} {}", r.kind, r.verdict);
-    for (k, v) in [
-        ("action", &r.action),
-        ("policy", &r.policy_id),
-        ("text", &r.text),
-    ] {
-        if !v.is_empty() {
-            line += &format!(" {k}={v:?}");
-        }
-    }
-    line
+    Ok(t)
 }
 
 async fn replay(
@@ -123,7 +67,11 @@ async fn replay(
     if !(speed.is_finite() && speed > 0.0) {
         anyhow::bail!("--speed must be a positive number, got {speed}");
     }
-    let (start, rows) = timeline(id, config).await?;
+    let query::Timeline {
+        start_us: start,
+        rows,
+        ..
+    } = timeline(id, config).await?;
     let mut clock = start;
     let mut out = std::io::stdout().lock();
     for r in &rows {
@@ -143,49 +91,20 @@ async fn replay(
             continue;
         }
         out.flush()?;
-        eprintln!("[{at:>9.3}s] {}", decision_line(r));
+        eprintln!("[{at:>9.3}s] {}", query::decision_line(r));
     }
     out.flush()?;
     Ok(())
 }
 
-/// The session as an asciicast v2 file (what `asciinema play` and the web
-/// player read): the terminal size from the first recorded one, output,
-/// input and resizes as recorded, and every decision as a marker.
+/// The session as an asciicast v2 file (see [`query::asciicast`]).
 async fn export_asciicast(
     id: uuid::Uuid,
     output: Option<&std::path::Path>,
     config: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let (start, rows) = timeline(id, config).await?;
-    // A client without a terminal of its own (`ssh -tt` from a script)
-    // asks for 0x0: players need a real size.
-    let (width, height) = rows
-        .iter()
-        .filter(|r| r.io && r.stream == "r")
-        .filter_map(|r| r.data.split_once('x'))
-        .filter_map(|(c, l)| Some((c.parse::<u32>().ok()?, l.parse::<u32>().ok()?)))
-        .find(|&(c, l)| c > 0 && l > 0)
-        .unwrap_or((80, 24));
-    let mut text = serde_json::to_string(&serde_json::json!({
-        "version": 2,
-        "width": width,
-        "height": height,
-        "timestamp": start / 1_000_000,
-        "title": format!("blastgate session {id}"),
-    }))?;
-    text.push('\n');
-    for r in &rows {
-        let at = (r.at_us - start).max(0) as f64 / 1e6;
-        let (code, data) = if r.io {
-            (r.stream.as_str(), r.data.clone())
-        } else {
-            ("m", decision_line(r))
-        };
-        text += &serde_json::to_string(&serde_json::json!([at, code, data]))?;
-        text.push('\n');
-    }
+    let text = query::asciicast(id, &timeline(id, config).await?);
     match output {
         Some(path) => std::fs::write(path, text)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?,

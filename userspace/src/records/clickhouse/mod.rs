@@ -1,12 +1,15 @@
 //! ClickHouse: the record of truth security teams query.
 //!
 //! - [`schema`]: versioned, idempotent migrations run at daemon start;
+//! - [`query`]: reading it back (session lists, timelines, asciicasts) for
+//!   the CLI and the web console;
 //! - [`rows`]: the spool event as `events`, `sessions` and `io` rows;
 //! - [`rowbinary`]: spool lines encoded straight into those rows' blocks
 //!   (what the shipper sends);
 //! - [`shipper`]: ships the spool in order, deletes segments only once
 //!   ClickHouse acknowledged them, survives outages and restarts.
 
+pub mod query;
 pub mod rowbinary;
 pub mod rows;
 pub mod schema;
