@@ -20,41 +20,44 @@ struct Console {
     _secret: tempfile::TempDir,
 }
 
+/// A `[console]` section on `port` signing in with `provider`'s login
+/// client (its secret written into `dir`).
+fn console_section(port: u16, provider: &Provider, dir: &std::path::Path) -> String {
+    let (client_id, secret) = provider.login_client();
+    let secret_file = dir.join("console-secret");
+    std::fs::write(&secret_file, secret).expect("secret");
+    format!(
+        "[console]\nlisten = \"127.0.0.1:{port}\"\nissuer = \"{}\"\nclient_id = \"{client_id}\"\n\
+         client_secret_file = \"{}\"\n",
+        provider.issuer,
+        secret_file.display()
+    )
+}
+
+/// Waits for the console's /healthz.
+fn wait_for_console(ca: &std::path::Path, url: &str) {
+    let health = format!("{url}/healthz");
+    let up = wait_until(Duration::from_secs(10), || {
+        let out = curl(ca, &["-o", "/dev/null", "-w", "%{http_code}", &health]);
+        (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+    });
+    assert!(up.is_some(), "the console did not answer /healthz");
+}
+
 impl Console {
     fn start() -> Option<Console> {
         let port = free_port();
         let url = format!("https://127.0.0.1:{port}");
         let provider = Provider::start_with_redirect(&format!("{url}/callback"))?;
-        let (client_id, secret) = provider.login_client();
         let dir = tempfile::tempdir().expect("tempdir");
-        let secret_file = dir.path().join("console-secret");
-        std::fs::write(&secret_file, secret).expect("secret");
         let setup = pg_gateway::setup_with(
             "orders-db",
             "staging",
             None,
-            &format!(
-                "[console]\nlisten = \"127.0.0.1:{port}\"\nissuer = \"{}\"\nclient_id = \"{client_id}\"\n\
-                 client_secret_file = \"{}\"\n",
-                provider.issuer,
-                secret_file.display()
-            ),
+            &console_section(port, &provider, dir.path()),
         )?;
         let ca = setup.env.dir.path().join("ca").join("ca.pem");
-        let up = wait_until(Duration::from_secs(10), || {
-            let out = curl(
-                &ca,
-                &[
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    &format!("{url}/healthz"),
-                ],
-            );
-            (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
-        });
-        assert!(up.is_some(), "the console did not answer /healthz");
+        wait_for_console(&ca, &url);
         Some(Console {
             setup,
             provider,
@@ -338,4 +341,95 @@ fn a_dba_approves_a_held_delete_live_and_others_cannot() {
                 .as_str()
                 .is_some_and(|a| a.ends_with("(control socket)"))
     });
+}
+
+#[test]
+fn an_ssh_session_replays_in_the_page() {
+    use std::io::{Read, Write};
+    let _g = serial();
+    if !harness::browser::Browser::available() {
+        return;
+    }
+    let Some(ch) = clickhouse_url() else { return };
+    let db = TestDatabase::new(&ch);
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let Some(provider) = Provider::start_with_redirect(&format!("{url}/callback")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let section = console_section(port, &provider, dir.path());
+    let Some(s) = harness::ssh_gateway::setup_with(harness::ssh_gateway::Options {
+        clickhouse: Some(&db),
+        extra: &section,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let ca = s.env.dir.path().join("ca").join("ca.pem");
+    wait_for_console(&ca, &url);
+
+    // A shell (held, approved on the host), typing one command.
+    let mut child = s
+        .ssh_agent(&["-tt"], &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ssh -tt");
+    let id = s.pending_approval();
+    s.approvals("approve", &id);
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"echo replay-$((6*7))-ok\nexit 0\n")
+        .expect("type");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        out
+    });
+    let status = wait_until(Duration::from_secs(60), || child.try_wait().ok().flatten());
+    drop(stdin);
+    assert!(status.is_some_and(|s| s.success()), "the shell did not end");
+    let seen = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
+    assert!(seen.contains("replay-42-ok"), "{seen}");
+    let mut last = 0u32;
+    let session = wait_until(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let sid = db.try_query(
+            "SELECT toString(session_id) FROM {db}.events FINAL \
+             WHERE action = 'ssh:shell' AND verdict = 'allow' LIMIT 1",
+        )?;
+        if sid.is_empty() {
+            return None;
+        }
+        let n: u32 = db
+            .try_query(&format!(
+                "SELECT count() FROM {{db}}.io FINAL WHERE session_id = '{sid}'"
+            ))?
+            .parse()
+            .ok()?;
+        let settled = n > 2 && n == last;
+        last = n;
+        settled.then_some(sid)
+    })
+    .expect("the shell's records in ClickHouse");
+
+    let artifacts = artifacts("console-replay");
+    let steps = json!([
+        {"open": format!("{url}/sessions/{session}")},
+        {"login": {"user": "alice", "password": "anything"}},
+        {"wait_text": {"text": "ssh:shell", "timeout": 20}},
+        {"wait_selector": {"css": "#player .ap-player", "timeout": 20}},
+        {"click": {"css": "#player .ap-player"}},
+        {"wait_text": {"text": "replay-42-ok", "timeout": 30}},
+        {"screenshot": artifacts.join("replay.png").display().to_string()},
+        {"open": format!("{url}/sessions")},
+        {"wait_text": {"text": "deploy-host", "timeout": 20}},
+        {"screenshot": artifacts.join("sessions.png").display().to_string()},
+    ]);
+    harness::browser::Browser::default()
+        .ca_file(&ca)
+        .run_ok(&steps, &artifacts);
 }

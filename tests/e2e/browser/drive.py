@@ -209,11 +209,22 @@ def login(driver, spec):
         # A consent page (oidc-provider's dev interaction has prompt=consent
         # and a submit button): confirm it once.
         if not confirmed and driver.find_elements(By.NAME, "login") == []:
-            buttons = driver.find_elements(
-                By.CSS_SELECTOR, "form button[type=submit],form input[type=submit]")
-            if buttons:
-                confirmed = True
-                buttons[0].click()
+            # Only a form that posts to the provider's interaction: the page
+            # may already be the relying party's (whose own forms, such as
+            # a sign-out button, must never be clicked here).
+            try:
+                buttons = [
+                    b for b in driver.find_elements(
+                        By.CSS_SELECTOR, "form button[type=submit],form input[type=submit]")
+                    if "/interaction/" in (b.find_element(By.XPATH, "./ancestor::form")
+                                           .get_attribute("action") or "")
+                ]
+                if buttons:
+                    buttons[0].click()
+                    confirmed = True
+            except WebDriverException:
+                # The page went on while we looked: look again.
+                pass
         time.sleep(0.1)
     return {"confirmed_consent": confirmed}
 

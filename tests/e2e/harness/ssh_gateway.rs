@@ -32,6 +32,8 @@ pub struct Options<'a> {
     pub allow_paths: &'a [&'a str],
     /// Ship records to this ClickHouse database.
     pub clickhouse: Option<&'a TestDatabase>,
+    /// More config sections, appended.
+    pub extra: &'a str,
 }
 
 pub fn setup() -> Option<Setup> {
@@ -53,7 +55,7 @@ pub fn setup_with(opts: Options) -> Option<Setup> {
         "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n{}\n\
          [[targets]]\nname = \"deploy-host\"\nprotocol = \"ssh\"\naddress = \"{}\"\n\
          hostnames = [\"deploy.internal\", \"127.0.0.2\"]\n\n\
-         [targets.ssh]\nuser = \"{user}\"\nkey_file = \"{}\"\n{}\n",
+         [targets.ssh]\nuser = \"{user}\"\nkey_file = \"{}\"\n{}\n\n{}\n",
         policies.display(),
         opts.clickhouse
             .map(TestDatabase::config)
@@ -63,7 +65,8 @@ pub fn setup_with(opts: Options) -> Option<Setup> {
         match opts.wrong_host_key {
             Some(k) => format!("host_key = \"{k}\""),
             None => format!("known_hosts = \"{}\"", upstream_known.display()),
-        }
+        },
+        opts.extra
     ));
     let daemon = Daemon::start(&env);
     let known_hosts = client_known_hosts(&env, dir.path(), "deploy.internal");

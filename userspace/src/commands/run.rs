@@ -41,7 +41,7 @@ pub fn run(
         }) => {
             tracing::debug!(pid, agent_id, "labelled");
             if let Some(id) = oidc {
-                tracing::info!(issuer = %id.iss, subject = %id.sub, "OIDC token verified");
+                tracing::info!(issuer = ?id.iss, subject = ?id.sub, "OIDC token verified");
             }
         }
         Ok(other) => bail!("unexpected answer from the daemon: {other:?}"),

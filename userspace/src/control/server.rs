@@ -282,28 +282,37 @@ fn label(ctx: &ControlContext, pid: u32, agent: &str, binding: u32) -> Result<u3
         return Err(Error::Invalid("the daemon cannot be an agent".into()));
     }
     let id = ctx.agents.id_for(agent)?;
-    let stored = ctx.maps.label_new(
-        pid,
-        blastgate_common::Label {
-            agent_id: id,
-            origin: origin::RUN,
-            root_tgid: pid,
-            binding,
-        },
-    )?;
-    if !stored {
-        // Already an agent (a `blastgate run` inside an agent's tree): its
-        // name and job identity were fixed when its tree started; a nested
-        // run could otherwise take another job's token or shed its own.
-        let current = ctx
-            .maps
-            .label_of(pid)
-            .map(|l| ctx.agents.name_of(l.agent_id))
-            .unwrap_or_default();
-        return Err(Error::Invalid(format!(
-            "pid {pid} is already agent {current:?}: a blastgate run inside an agent cannot \
-             change its name or job identity"
-        )));
+    let new = blastgate_common::Label {
+        agent_id: id,
+        origin: origin::RUN,
+        root_tgid: pid,
+        binding,
+    };
+    if !ctx.maps.label_new(pid, new)? {
+        // Already an agent: a `blastgate run` inside an agent's tree, or a
+        // process enrolled by uid or cgroup. Its name is fixed, and so is a
+        // job identity once proved: a nested run could otherwise take
+        // another job's token, shed its own, or pick a laxer agent name.
+        // What it may do is prove a job identity it did not have yet
+        // (a runner enrolled by uid presenting its job's token).
+        let current = ctx.maps.label_of(pid);
+        let adds_a_token =
+            current.is_some_and(|l| l.agent_id == id && l.binding == 0 && binding != 0);
+        if !adds_a_token {
+            let name = current
+                .map(|l| ctx.agents.name_of(l.agent_id))
+                .unwrap_or_default();
+            return Err(Error::Invalid(format!(
+                "pid {pid} is already agent {name:?}{}: a blastgate run inside an agent cannot \
+                 change its name or job identity",
+                if current.is_some_and(|l| l.binding != 0) {
+                    " with a verified job token"
+                } else {
+                    ""
+                }
+            )));
+        }
+        ctx.maps.label(pid, new)?;
     }
     tracing::info!(pid, agent, "labelled a process as an agent");
     Ok(id)
@@ -318,7 +327,8 @@ async fn record_label(
 ) {
     let reason = match &oidc {
         Some(id) => format!(
-            "blastgate run labelled pid {pid}, OIDC token of {} verified ({})",
+            // Debug quoting: a claim cannot forge lines in logs.
+            "blastgate run labelled pid {pid}, OIDC token of {:?} verified ({:?})",
             id.iss, id.sub
         ),
         None => format!("blastgate run labelled pid {pid}"),
