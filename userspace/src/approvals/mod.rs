@@ -329,6 +329,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn webhook_messages_link_into_the_console_when_there_is_one() {
+        let r = request();
+        let m = webhook::Message::requested(&r, Duration::from_secs(60), Some("https://c:8443"));
+        let text = m.0["text"].as_str().unwrap_or_default().to_string();
+        let approve = format!("https://c:8443/approvals/{}?decide=approve", r.id);
+        assert!(text.contains(&approve), "{text}");
+        assert!(text.contains("?decide=deny|Deny>"), "{text}");
+        assert_eq!(
+            m.0["blastgate"]["console_links"]["approve"],
+            approve.as_str()
+        );
+        let m = webhook::Message::requested(&r, Duration::from_secs(60), None);
+        let text = m.0["text"].as_str().unwrap_or_default().to_string();
+        assert!(
+            text.contains(&format!("blastgate approvals approve {}", r.id)),
+            "{text}"
+        );
+        assert!(!text.contains("https://"), "{text}");
+    }
+
     #[tokio::test]
     async fn approve_releases_the_waiter() {
         let (_t, b) = broker(Duration::from_secs(60));

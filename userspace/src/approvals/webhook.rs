@@ -21,15 +21,17 @@ const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct Message(serde_json::Value);
+pub struct Message(pub(super) serde_json::Value);
 
 impl Message {
     /// With `console` (its public URL), the message links to the request
     /// there: approve and deny after signing in.
     pub fn requested(r: &ApprovalRequest, timeout: Duration, console: Option<&str>) -> Message {
         let decide = match console {
+            // Links only open the request in the console (after sign-in):
+            // a GET never decides, the approver confirms with a reason.
             Some(url) => format!(
-                "Review: <{url}/approvals/{id}|approve or deny in the console> (or `blastgate approvals approve|deny {id}`)",
+                "<{url}/approvals/{id}?decide=approve|Approve> · <{url}/approvals/{id}?decide=deny|Deny> in the console (or `blastgate approvals approve|deny {id}`)",
                 id = r.id
             ),
             None => format!(
@@ -38,12 +40,19 @@ impl Message {
             ),
         };
         let link = console.map(|url| format!("{url}/approvals/{}", r.id));
+        let links = console.map(|url| {
+            json!({
+                "approve": format!("{url}/approvals/{}?decide=approve", r.id),
+                "deny": format!("{url}/approvals/{}?decide=deny", r.id),
+            })
+        });
         Message(json!({
             "text": format!(
                 ":warning: blastgate: agent *{}* wants `{}` on *{}* — held by policy `{}` for approval by *{}* ({}). {decide} · auto-deny in {:?}.",
                 r.agent, r.action, r.target, r.policy_id.as_deref().unwrap_or("-"), r.group, r.reason, timeout
             ),
-            "blastgate": {"event": "approval_requested", "request": r, "console_url": link},
+            "blastgate": {"event": "approval_requested", "request": r, "console_url": link,
+                          "console_links": links},
         }))
     }
 
