@@ -37,6 +37,28 @@ pub struct KernelMaps {
     fast: Option<super::fast::FastPath>,
 }
 
+/// A label that could not be stored, said in words an operator can act on
+/// when the map is full.
+fn label_error(
+    labels: &HashMap<MapData, u32, Label>,
+    tgid: u32,
+    e: aya::maps::MapError,
+) -> Error {
+    let full = matches!(
+        &e,
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG)
+    );
+    if full {
+        Error::Kernel(format!(
+            "the label map is full ({} agent processes, [bpf] max_labels): pid {tgid} \
+             cannot be made an agent",
+            labels.iter().count()
+        ))
+    } else {
+        map_err(map::LABELS, e)
+    }
+}
+
 fn map_err(name: &str, e: impl std::fmt::Display) -> Error {
     Error::Kernel(format!("map {name}: {e}"))
 }
@@ -157,21 +179,9 @@ impl KernelMaps {
 
     pub fn label(&self, tgid: u32, label: Label) -> Result<(), Error> {
         let mut labels = lock(&self.labels);
-        labels.insert(tgid, label, 0).map_err(|e| {
-            let full = matches!(
-                &e,
-                aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG)
-            );
-            if full {
-                Error::Kernel(format!(
-                    "the label map is full ({} agent processes, [bpf] max_labels): pid {tgid} \
-                     cannot be made an agent",
-                    labels.iter().count()
-                ))
-            } else {
-                map_err(map::LABELS, e)
-            }
-        })
+        labels
+            .insert(tgid, label, 0)
+            .map_err(|e| label_error(&labels, tgid, e))
     }
 
     /// Labels `tgid` unless it already has a label (kept, and `false`
@@ -186,7 +196,7 @@ impl KernelMaps {
             {
                 Ok(false)
             }
-            Err(e) => Err(map_err(map::LABELS, e)),
+            Err(e) => Err(label_error(&labels, tgid, e)),
         }
     }
 
