@@ -257,7 +257,7 @@ fn test(root: &Path) -> Result<()> {
     let result = sh::run(
         sh::cargo(root)
             .env("BLASTGATE_TEST_CLICKHOUSE", &url)
-            .args(["test", "--workspace", "--", "--nocapture"]),
+            .args(["test", "--workspace", "--no-fail-fast", "--", "--nocapture"]),
     );
     if let Err(e) = clickhouse::stop(&ch_data) {
         eprintln!("warning: stopping the test ClickHouse: {e}");
