@@ -39,11 +39,7 @@ pub struct KernelMaps {
 
 /// A label that could not be stored, said in words an operator can act on
 /// when the map is full.
-fn label_error(
-    labels: &HashMap<MapData, u32, Label>,
-    tgid: u32,
-    e: aya::maps::MapError,
-) -> Error {
+fn label_error(labels: &HashMap<MapData, u32, Label>, tgid: u32, e: aya::maps::MapError) -> Error {
     let full = matches!(
         &e,
         aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG)
