@@ -13,6 +13,7 @@ mod clickhouse;
 mod demo;
 mod fuzz;
 mod netns;
+mod oidc_provider;
 mod setup;
 mod sh;
 
@@ -61,7 +62,8 @@ enum Task {
     Clickhouse(ClickhouseTask),
     /// Measured side by side with the direct path in one run: interception
     /// (connect+1-byte echo latency, bulk TCP throughput, direct vs through
-    /// blastgate), recording (hot-path cost per event, spool to ClickHouse
+    /// blastgate; the cost of a CI job token per `blastgate run` and per
+    /// connection), recording (hot-path cost per event, spool to ClickHouse
     /// throughput), PostgreSQL (pgbench direct, through PgBouncer and
     /// through blastgate's gateway), SSH (scp, two-way bulk and
     /// keystroke echo, direct and through blastgate's SSH gateway) and

@@ -93,7 +93,7 @@ const PYTHON_TOOLS: &[(Present, &str)] = &[
 /// certified npm package, pinned, in a directory of its own. Its other
 /// dependencies (jose, koa) come with it; the script makes its keys with
 /// node's own crypto, so no other package is needed.
-const OIDC_DIR: &str = "/opt/blastgate-tools/oidc";
+pub(crate) const OIDC_DIR: &str = "/opt/blastgate-tools/oidc";
 const OIDC_PACKAGES: &[(&str, &str)] = &[("oidc-provider", "9.13.3")];
 /// oidc-provider 9 calls `URL.parse`, which node has from 20.18 on
 /// (Debian bookworm's nodejs is 18).
