@@ -554,8 +554,10 @@ fn interactive_shell_is_held_recorded_masked_and_replayed() {
         assert!(ev[2].is_string(), "{line}");
         codes.insert(code.to_string());
     }
+    // No "r": `ssh -tt` from a script asks for a 0x0 terminal, a resize
+    // players fail on, so the export leaves it out (the header has a size).
     assert!(
-        ["o", "i", "r", "m"].iter().all(|c| codes.contains(*c)),
+        ["o", "i", "m"].iter().all(|c| codes.contains(*c)),
         "{codes:?}"
     );
     assert!(!cast_text.contains("AKIAIOSFODNN7EXAMPLF"));
