@@ -153,9 +153,7 @@ impl OidcConfig {
                 return Err(format!("{at}: issuer {url:?} is listed twice"));
             }
         }
-        for (i, p) in self.require_for.iter().enumerate() {
-            globset::Glob::new(p).map_err(|e| format!("oidc.require_for[{i}]: {e}"))?;
-        }
+        self.require_set()?;
         if !self.require_for.is_empty() && self.issuers.is_empty() {
             return Err(
                 "oidc.require_for names agents but no oidc.issuers can vouch for them".into(),
@@ -164,13 +162,14 @@ impl OidcConfig {
         Ok(())
     }
 
-    /// Whether agent `name` must present a token.
-    pub fn required_for(&self, name: &str) -> bool {
-        self.require_for.iter().any(|p| {
-            globset::Glob::new(p)
-                .map(|g| g.compile_matcher().is_match(name))
-                .unwrap_or(true)
-        })
+    /// The agent names that must present a token, compiled once (the
+    /// proxy asks for every connection).
+    pub fn require_set(&self) -> Result<globset::GlobSet, String> {
+        let mut set = globset::GlobSetBuilder::new();
+        for (i, p) in self.require_for.iter().enumerate() {
+            set.add(globset::Glob::new(p).map_err(|e| format!("oidc.require_for[{i}]: {e}"))?);
+        }
+        set.build().map_err(|e| format!("oidc.require_for: {e}"))
     }
 
     /// The claim that feeds `attribute` for `issuer`.
@@ -235,7 +234,8 @@ mod tests {
             ..OidcConfig::default()
         };
         assert!(c.validate().is_err());
-        assert!(c.required_for("ci-build") && !c.required_for("dev"));
+        let set = c.require_set().expect("globs");
+        assert!(set.is_match("ci-build") && !set.is_match("dev"));
     }
 
     #[test]

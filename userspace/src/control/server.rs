@@ -154,7 +154,11 @@ async fn handle(
                 }
             };
             let binding = identity.clone().map_or(0, |id| ctx.oidc.bindings.bind(id));
-            let resp = match label(ctx, pid, &agent, binding) {
+            let labelled = label(ctx, pid, &agent, binding);
+            if labelled.is_err() && binding != 0 {
+                ctx.oidc.bindings.unbind(binding);
+            }
+            let resp = match labelled {
                 Err(e @ Error::Invalid(_)) => {
                     record_refusal(ctx, pid, &agent, &e.to_string()).await;
                     Response::Error {

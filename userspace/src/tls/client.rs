@@ -26,6 +26,10 @@ pub fn verifying(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
                     .add(c)
                     .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
             }
+            // An empty file would refuse every server, silently.
+            if roots.is_empty() {
+                return Err(format!("ca_file {}: no certificate in it", path.display()));
+            }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }

@@ -35,29 +35,12 @@ pub enum HttpError {
 impl HttpClient {
     /// With the public web roots, or only the PEM roots in `ca_file`.
     pub fn new(ca_file: Option<&Path>) -> Result<HttpClient, String> {
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match ca_file {
-            None => builder.with_webpki_roots(),
-            Some(path) => {
-                let pem =
-                    std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in rustls_pemfile_certs(&pem)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                }
-                let tls = rustls::ClientConfig::builder_with_provider(
-                    rustls::crypto::ring::default_provider().into(),
-                )
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-                builder.with_tls_config(tls)
-            }
-        };
-        let https = builder.https_or_http().enable_http1().build();
+        let tls = crate::tls::client::verifying(ca_file)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .build();
         Ok(HttpClient {
             client: Client::builder(TokioExecutor::new()).build(https),
         })
@@ -84,20 +67,6 @@ impl HttpClient {
             .await
             .map_err(|_| HttpError::Timeout)?
     }
-}
-
-/// Certificates in a PEM file (other blocks ignored).
-fn rustls_pemfile_certs(
-    pem: &[u8],
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("not PEM certificates: {e}"))?;
-    if certs.is_empty() {
-        return Err("no certificate in the file".into());
-    }
-    Ok(certs)
 }
 
 impl<'c> AsyncHttpClient<'c> for HttpClient {

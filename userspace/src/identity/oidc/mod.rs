@@ -124,6 +124,14 @@ impl Bindings {
         }
     }
 
+    /// Forgets a number no label came to carry.
+    pub fn unbind(&self, binding: u32) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&binding);
+    }
+
     pub fn standing(&self, binding: u32) -> Standing {
         if binding == 0 {
             return Standing::None;
@@ -147,7 +155,8 @@ impl Bindings {
 pub struct Oidc {
     pub verifier: Verifier,
     pub bindings: Bindings,
-    config: OidcConfig,
+    /// `oidc.require_for`.
+    require: globset::GlobSet,
 }
 
 impl Oidc {
@@ -155,12 +164,12 @@ impl Oidc {
         Ok(Oidc {
             verifier: Verifier::new(config)?,
             bindings: Bindings::new(config.on_expiry, config.clock_skew_secs),
-            config: config.clone(),
+            require: config.require_set()?,
         })
     }
 
     pub fn required_for(&self, agent: &str) -> bool {
-        self.config.required_for(agent)
+        self.require.is_match(agent)
     }
 
     /// The identity a new connection of `agent`, whose label carries
