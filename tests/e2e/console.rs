@@ -394,27 +394,7 @@ fn an_ssh_session_replays_in_the_page() {
     assert!(status.is_some_and(|s| s.success()), "the shell did not end");
     let seen = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
     assert!(seen.contains("replay-42-ok"), "{seen}");
-    let mut last = 0u32;
-    let session = wait_until(Duration::from_secs(30), || {
-        std::thread::sleep(Duration::from_millis(500));
-        let sid = db.try_query(
-            "SELECT toString(session_id) FROM {db}.events FINAL \
-             WHERE action = 'ssh:shell' AND verdict = 'allow' LIMIT 1",
-        )?;
-        if sid.is_empty() {
-            return None;
-        }
-        let n: u32 = db
-            .try_query(&format!(
-                "SELECT count() FROM {{db}}.io FINAL WHERE session_id = '{sid}'"
-            ))?
-            .parse()
-            .ok()?;
-        let settled = n > 2 && n == last;
-        last = n;
-        settled.then_some(sid)
-    })
-    .expect("the shell's records in ClickHouse");
+    let session = harness::ssh_gateway::recorded_shell(&db);
 
     let artifacts = artifacts("console-replay");
     let steps = json!([

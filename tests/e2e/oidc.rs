@@ -10,20 +10,12 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{oidc::*, *};
-use serde_json::{json, Value};
-
-const AUDIENCE: &str = "blastgate";
-
-fn claims(repository: &str) -> Value {
-    json!({
-        "repository": repository,
-        "ref": "refs/heads/main",
-        "workflow": "deploy",
-        "actor": "octocat",
-        "environment": "prod",
-    })
-}
+use harness::{
+    job_scene::{claims, JobScene, AUDIENCE},
+    oidc::*,
+    *,
+};
+use serde_json::Value;
 
 /// Only jobs of `acme/app` may reach `orders`.
 const POLICY: &str = r#"
@@ -33,69 +25,34 @@ permit (principal, action == Action::"connect", resource)
 when { principal has oidc && principal.oidc.repository == "acme/app" };
 "#;
 
-struct Scene {
-    env: Env,
-    server: TestServer,
-    _daemon: Daemon,
-    _policies: tempfile::TempDir,
-    dir: tempfile::TempDir,
+/// The shared scene, with [`POLICY`], and a marker the agent's command
+/// leaves when it starts.
+struct Scene(JobScene);
+
+impl std::ops::Deref for Scene {
+    type Target = JobScene;
+    fn deref(&self) -> &JobScene {
+        &self.0
+    }
 }
 
 impl Scene {
-    fn start(issuers: &[&Provider], extra: &str) -> Scene {
-        let policies = tempfile::tempdir().expect("tempdir");
-        std::fs::copy(
-            harness::pg_gateway::policies_dir().join("blastgate.cedarschema"),
-            policies.path().join("blastgate.cedarschema"),
-        )
-        .expect("schema");
-        std::fs::write(policies.path().join("connect.cedar"), POLICY).expect("policy");
-        let server = TestServer::start(&["127.0.0.2"]);
-        let mut config = format!(
-            "[policy]\ndir = \"{}\"\n\n[oidc]\nrequire_for = [\"ci\"]\n{extra}\n",
-            policies.path().display()
-        );
-        for p in issuers {
-            config.push_str(&format!(
-                "\n[[oidc.issuers]]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n",
-                p.issuer
-            ));
-        }
-        config.push_str(&format!(
-            "\n[[targets]]\nname = \"orders\"\nprotocol = \"tcp\"\naddress = \"{}\"\n",
-            server.addr(0)
-        ));
-        let env = Env::new(&config);
-        let daemon = Daemon::start(&env);
-        Scene {
-            env,
-            server,
-            _daemon: daemon,
-            _policies: policies,
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+    /// `oidc`: more keys of `[oidc]`; `sections`: more config sections.
+    fn start(issuers: &[&Provider], oidc: &str, sections: &str) -> Scene {
+        Scene(JobScene::start(issuers, POLICY, oidc, sections))
     }
 
-    /// `blastgate run --agent ci --oidc-token-file F -- probe connect` to
-    /// the target; the command also leaves a marker file when it starts.
+    /// `blastgate run --agent AGENT [--oidc-token-file F] -- probe connect`
+    /// to the target; the command also leaves a marker file when it starts.
     fn run(&self, agent: &str, token: Option<&str>) -> (std::process::Output, bool) {
         let marker = self.dir.path().join("started");
         let _ = std::fs::remove_file(&marker);
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args(["run", "--agent", agent, "--config"])
-            .arg(&self.env.config);
-        if let Some(t) = token {
-            let file = self.dir.path().join("token");
-            std::fs::write(&file, t).expect("token");
-            cmd.arg("--oidc-token-file").arg(&file);
-        }
         let script = format!(
             "touch {} && exec {PROBE} connect {}",
             marker.display(),
             self.server.addr(0)
         );
-        cmd.args(["--", "sh", "-c", &script]);
-        let out = cmd.output().expect("blastgate run");
+        let out = self.0.run(agent, token, &script);
         (out, marker.exists())
     }
 
@@ -129,7 +86,7 @@ fn job_tokens_decide_who_reaches_what_and_bad_ones_start_nothing() {
     };
     let Some(url) = clickhouse_url() else { return };
     let db = TestDatabase::new(&url);
-    let scene = Scene::start(&[&github], &db.config());
+    let scene = Scene::start(&[&github], "", &db.config());
 
     // Repository acme/app reaches the target; its claims are everywhere.
     let good = github.job_token(AUDIENCE, claims("acme/app"), 300);
@@ -222,7 +179,7 @@ fn rotated_keys_are_learned_without_a_restart() {
     let Some(mut rotating) = Provider::start() else {
         return;
     };
-    let scene = Scene::start(&[&github, &rotating], "");
+    let scene = Scene::start(&[&github, &rotating], "", "");
     let before = rotating.job_token(AUDIENCE, claims("acme/app"), 300);
     assert_eq!(scene.connected("ci", &before)["ok"], true);
 
@@ -249,7 +206,7 @@ fn an_expiring_token_keeps_open_sessions_and_refuses_new_connections() {
     let Some(github) = Provider::start() else {
         return;
     };
-    let scene = Scene::start(&[&github], "clock_skew_secs = 0\n");
+    let scene = Scene::start(&[&github], "clock_skew_secs = 0\n", "");
     let token = github.job_token(AUDIENCE, claims("acme/app"), 3);
     let file = scene.dir.path().join("short-token");
     std::fs::write(&file, &token).expect("token");

@@ -31,14 +31,16 @@ use blastgate::{
     config::OidcConfig,
     identity::oidc::{JobIdentity, TokenError, Verifier},
 };
-use harness::{oidc::*, *};
+use harness::{
+    job_scene::{claims, JobScene, AUDIENCE},
+    oidc::*,
+    *,
+};
 use ring::{
     rand::SystemRandom,
     signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING},
 };
 use serde_json::{json, Value};
-
-const AUDIENCE: &str = "blastgate";
 
 fn now() -> u64 {
     SystemTime::now()
@@ -522,16 +524,6 @@ fn red_team_flood_while_the_issuer_is_down_is_rate_limited() {
 
 // ------------------------------ end to end -----------------------------
 
-fn claims(repository: &str) -> Value {
-    json!({
-        "repository": repository,
-        "ref": "refs/heads/main",
-        "workflow": "deploy",
-        "actor": "octocat",
-        "environment": "prod",
-    })
-}
-
 /// Only acme/app's jobs reach the target.
 const ONLY_ACME: &str = r#"
 @id("orders-only-from-acme-app")
@@ -549,12 +541,14 @@ forbid (principal, action == Action::"connect", resource)
 when { principal has oidc && principal.oidc.repository == "evil/app" };
 "#;
 
-struct Scene {
-    env: Env,
-    server: TestServer,
-    daemon: Daemon,
-    _policies: tempfile::TempDir,
-    dir: tempfile::TempDir,
+/// The shared scene, with a connect policy of each test's own.
+struct Scene(JobScene);
+
+impl std::ops::Deref for Scene {
+    type Target = JobScene;
+    fn deref(&self) -> &JobScene {
+        &self.0
+    }
 }
 
 impl Scene {
@@ -563,50 +557,7 @@ impl Scene {
     }
 
     fn start_with(provider: &Provider, policy: &str, extra: &str) -> Scene {
-        let policies = tempfile::tempdir().expect("tempdir");
-        std::fs::copy(
-            harness::pg_gateway::policies_dir().join("blastgate.cedarschema"),
-            policies.path().join("blastgate.cedarschema"),
-        )
-        .expect("schema");
-        std::fs::write(policies.path().join("connect.cedar"), policy).expect("policy");
-        let server = TestServer::start(&["127.0.0.2"]);
-        let config = format!(
-            "{extra}\n[policy]\ndir = \"{}\"\n\n[oidc]\nrequire_for = [\"ci\"]\n\n\
-             [[oidc.issuers]]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\n\n\
-             [[targets]]\nname = \"orders\"\nprotocol = \"tcp\"\naddress = \"{}\"\n",
-            policies.path().display(),
-            provider.issuer,
-            server.addr(0)
-        );
-        let env = Env::new(&config);
-        let daemon = Daemon::start(&env);
-        Scene {
-            env,
-            server,
-            daemon,
-            _policies: policies,
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn token_file(&self, name: &str, token: &str) -> std::path::PathBuf {
-        let f = self.dir.path().join(name);
-        std::fs::write(&f, token).expect("token file");
-        f
-    }
-
-    /// `blastgate run --agent AGENT [--oidc-token-file F] -- sh -c SCRIPT`.
-    fn run(&self, agent: &str, token: Option<&str>, script: &str) -> std::process::Output {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args(["run", "--agent", agent, "--config"])
-            .arg(&self.env.config);
-        if let Some(t) = token {
-            cmd.arg("--oidc-token-file")
-                .arg(self.token_file(&format!("token-{agent}"), t));
-        }
-        cmd.args(["--", "sh", "-c", script]);
-        cmd.output().expect("blastgate run")
+        Scene(JobScene::start(&[provider], policy, "", extra))
     }
 
     /// The command line of a nested `blastgate run` (from inside a tree).

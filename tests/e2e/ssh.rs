@@ -475,34 +475,8 @@ fn interactive_shell_is_held_recorded_masked_and_replayed() {
         "the agent sees its output unmasked: {seen}"
     );
 
-    // The recording reaches ClickHouse.
-    // The whole recording: the session closed in ClickHouse and its replay
-    // data no longer growing (events and io are separate inserts).
-    let mut last = 0u32;
-    let session = wait_until(Duration::from_secs(30), || {
-        std::thread::sleep(Duration::from_millis(500));
-        let sid = db.try_query(
-            "SELECT toString(session_id) FROM {db}.events FINAL \
-             WHERE action = 'ssh:shell' AND verdict = 'allow' LIMIT 1",
-        )?;
-        if sid.is_empty() {
-            return None;
-        }
-        let closed = db.try_query(&format!(
-            "SELECT count() FROM {{db}}.sessions FINAL \
-             WHERE session_id = '{sid}' AND end IS NOT NULL"
-        ))?;
-        let n: u32 = db
-            .try_query(&format!(
-                "SELECT count() FROM {{db}}.io FINAL WHERE session_id = '{sid}'"
-            ))?
-            .parse()
-            .ok()?;
-        let settled = closed == "1" && n > 2 && n == last;
-        last = n;
-        settled.then_some(sid)
-    })
-    .expect("the shell's records in ClickHouse");
+    // The whole recording reaches ClickHouse.
+    let session = recorded_shell(&db);
     let config = s.dir.path().join("cli.toml");
     std::fs::write(&config, db.config()).expect("config");
     let cli = |args: &[&str]| {

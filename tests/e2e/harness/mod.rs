@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod dnsmasq;
 pub mod https_upstream;
+pub mod job_scene;
 pub mod kube;
 pub mod kube_exec;
 pub mod kube_gateway;

@@ -234,3 +234,34 @@ impl Setup {
         }
     }
 }
+
+/// The id of the allowed `ssh:shell` session once its whole recording is in
+/// `db`: the session closed in ClickHouse and its replay data no longer
+/// growing (events and io are separate inserts).
+pub fn recorded_shell(db: &TestDatabase) -> String {
+    let mut last = 0u32;
+    wait_until(std::time::Duration::from_secs(30), || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let sid = db.try_query(
+            "SELECT toString(session_id) FROM {db}.events FINAL \
+             WHERE action = 'ssh:shell' AND verdict = 'allow' LIMIT 1",
+        )?;
+        if sid.is_empty() {
+            return None;
+        }
+        let closed = db.try_query(&format!(
+            "SELECT count() FROM {{db}}.sessions FINAL \
+             WHERE session_id = '{sid}' AND end IS NOT NULL"
+        ))?;
+        let n: u32 = db
+            .try_query(&format!(
+                "SELECT count() FROM {{db}}.io FINAL WHERE session_id = '{sid}'"
+            ))?
+            .parse()
+            .ok()?;
+        let settled = closed == "1" && n > 2 && n == last;
+        last = n;
+        settled.then_some(sid)
+    })
+    .expect("the shell's records in ClickHouse")
+}
