@@ -47,11 +47,7 @@ impl Scene {
     fn run(&self, agent: &str, token: Option<&str>) -> (std::process::Output, bool) {
         let marker = self.dir.path().join("started");
         let _ = std::fs::remove_file(&marker);
-        let script = format!(
-            "touch {} && exec {PROBE} connect {}",
-            marker.display(),
-            self.server.addr(0)
-        );
+        let script = format!("touch {} && exec {}", marker.display(), self.connect_cmd());
         let out = self.0.run(agent, token, &script);
         (out, marker.exists())
     }

@@ -541,41 +541,6 @@ forbid (principal, action == Action::"connect", resource)
 when { principal has oidc && principal.oidc.repository == "evil/app" };
 "#;
 
-/// The shared scene, with a connect policy of each test's own.
-struct Scene(JobScene);
-
-impl std::ops::Deref for Scene {
-    type Target = JobScene;
-    fn deref(&self) -> &JobScene {
-        &self.0
-    }
-}
-
-impl Scene {
-    fn start(provider: &Provider, policy: &str) -> Scene {
-        Scene::start_with(provider, policy, "")
-    }
-
-    fn start_with(provider: &Provider, policy: &str, extra: &str) -> Scene {
-        Scene(JobScene::start(&[provider], policy, "", extra))
-    }
-
-    /// The command line of a nested `blastgate run` (from inside a tree).
-    fn nested_run(&self, agent: &str, token_file: Option<&std::path::Path>, cmd: &str) -> String {
-        let token = token_file
-            .map(|f| format!("--oidc-token-file {}", f.display()))
-            .unwrap_or_default();
-        format!(
-            "{BIN} run --agent {agent} --config {} {token} -- {cmd}",
-            self.env.config.display()
-        )
-    }
-
-    fn connect_cmd(&self) -> String {
-        format!("{PROBE} connect {}", self.server.addr(0))
-    }
-}
-
 fn probe_results(out: &std::process::Output) -> Vec<Value> {
     json_lines(out)
         .into_iter()
@@ -599,7 +564,7 @@ fn red_team_nested_run_cannot_swap_in_another_repositorys_token() {
     let Some(github) = Provider::start() else {
         return;
     };
-    let scene = Scene::start(&github, ONLY_ACME);
+    let scene = JobScene::start(&[&github], ONLY_ACME, "", "");
     let evil = github.job_token(AUDIENCE, claims("evil/app"), 300);
     let acme = github.job_token(AUDIENCE, claims("acme/app"), 300);
     let acme_file = scene.token_file("stolen-acme.jwt", &acme);
@@ -638,7 +603,7 @@ fn red_team_nested_run_cannot_shed_the_job_identity() {
     let Some(github) = Provider::start() else {
         return;
     };
-    let scene = Scene::start(&github, ALL_BUT_EVIL);
+    let scene = JobScene::start(&[&github], ALL_BUT_EVIL, "", "");
     let evil = github.job_token(AUDIENCE, claims("evil/app"), 300);
 
     let out = scene.run("ci", Some(&evil), &scene.connect_cmd());
@@ -668,7 +633,7 @@ fn red_team_daemonised_descendants_keep_the_binding() {
     let Some(github) = Provider::start() else {
         return;
     };
-    let scene = Scene::start(&github, ONLY_ACME);
+    let scene = JobScene::start(&[&github], ONLY_ACME, "", "");
     let acme = github.job_token(AUDIENCE, claims("acme/app"), 300);
     let out_a = scene.dir.path().join("a.json");
     let out_b = scene.dir.path().join("b.json");
@@ -699,7 +664,7 @@ fn red_team_token_never_appears_in_records_or_logs() {
     let Some(github) = Provider::start() else {
         return;
     };
-    let scene = Scene::start(&github, ONLY_ACME);
+    let scene = JobScene::start(&[&github], ONLY_ACME, "", "");
     let good = github.job_token(AUDIENCE, claims("acme/app"), 300);
     let wrong_aud = github.job_token("someone-else", claims("acme/app"), 300);
     let tampered = tamper(&good);
@@ -747,7 +712,7 @@ fn red_team_token_env_is_gone_from_the_whole_tree() {
     let Some(github) = Provider::start() else {
         return;
     };
-    let scene = Scene::start(&github, ONLY_ACME);
+    let scene = JobScene::start(&[&github], ONLY_ACME, "", "");
     let token = github.job_token(AUDIENCE, claims("acme/app"), 300);
     let out = std::process::Command::new(BIN)
         .args(["run", "--agent", "ci", "--config"])
@@ -779,9 +744,10 @@ fn red_team_uid_enrolled_required_agent_gets_no_claims_it_did_not_prove() {
     let Some(github) = Provider::start() else {
         return;
     };
-    let scene = Scene::start_with(
-        &github,
+    let scene = JobScene::start(
+        &[&github],
         ONLY_ACME,
+        "",
         "[enrol]\nuids = [{ uid = 4242, agent = \"ci\" }]\n",
     );
     let dst = scene.server.addr(0).to_string();

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::{oidc::Provider, Daemon, Env, TestServer, BIN};
+use super::{oidc::Provider, Daemon, Env, TestServer, BIN, PROBE};
 
 pub const AUDIENCE: &str = "blastgate";
 
@@ -87,5 +87,26 @@ impl JobScene {
         }
         cmd.args(["--", "sh", "-c", script]);
         cmd.output().expect("blastgate run")
+    }
+
+    /// `probe connect` to the target, as a command line.
+    pub fn connect_cmd(&self) -> String {
+        format!("{PROBE} connect {}", self.server.addr(0))
+    }
+
+    /// The command line of a nested `blastgate run` (from inside a tree).
+    pub fn nested_run(
+        &self,
+        agent: &str,
+        token_file: Option<&std::path::Path>,
+        cmd: &str,
+    ) -> String {
+        let token = token_file
+            .map(|f| format!("--oidc-token-file {}", f.display()))
+            .unwrap_or_default();
+        format!(
+            "{BIN} run --agent {agent} --config {} {token} -- {cmd}",
+            self.env.config.display()
+        )
     }
 }
