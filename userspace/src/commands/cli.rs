@@ -20,8 +20,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: attach the kernel programs, serve the proxy and the
-    /// control socket. Needs root.
+    /// Run the daemon: attach the kernel programs, serve the proxy, the
+    /// agents' DNS resolver, the control socket and, with `[console]`, the
+    /// approvers' web console. Needs root.
     Daemon {
         /// TOML configuration file.
         #[arg(long, short, default_value = crate::config::DEFAULT_CONFIG)]
