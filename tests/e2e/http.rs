@@ -518,7 +518,11 @@ fn https_requests_get_the_held_token_policy_and_masking() {
     );
 
     // The records: one per request, with status; the token in none of
-    // them nor in the log.
+    // them nor in the log. Request records are group-committed after the
+    // answer, so wait for the last request's before reading them all.
+    s.env.wait_event("the stream's record", |e| {
+        e["kind"] == "request" && e["text"].as_str().is_some_and(|t| t.ends_with("/stream"))
+    });
     let events = s.env.events();
     let requests: Vec<&serde_json::Value> =
         events.iter().filter(|e| e["kind"] == "request").collect();

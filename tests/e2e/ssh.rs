@@ -56,6 +56,11 @@ fn exec_runs_with_the_held_key_and_policy_decides() {
         text(&out)
     );
 
+    // Command records are group-committed after the agent has its answer:
+    // wait for the last one rather than race the spool writer.
+    s.env.wait_event("the human-denied command's record", |e| {
+        e["kind"] == "command" && e["text"].as_str().is_some_and(|t| t.starts_with("touch "))
+    });
     let events = s.env.events();
     let commands: Vec<&serde_json::Value> =
         events.iter().filter(|e| e["kind"] == "command").collect();
