@@ -74,9 +74,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = commands::client_config(config.as_deref())?;
             commands::events::run(&config, follow, json, last)?;
         }
-        Command::Uninstall { config } => {
+        Command::Install {
+            config,
+            enrol_user,
+            agent,
+        } => commands::install::run(commands::install::Request {
+            config: config.as_deref(),
+            enrol_users: &enrol_user,
+            agent: agent.as_deref(),
+        })?,
+        Command::Uninstall {
+            config,
+            undo_install,
+        } => {
             let config = commands::client_config(config.as_deref())?;
             commands::uninstall::run(&config)?;
+            if undo_install {
+                commands::install::undo()?;
+            }
         }
         Command::Egress(commands::cli::EgressCommand::Suggest { config, agent }) => {
             let config = commands::client_config(config.as_deref())?;

@@ -94,11 +94,35 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         last: usize,
     },
+    /// Set up this host for the daemon (the Debian package's postinst runs
+    /// it): the config file if there is none, root-only directories for
+    /// secrets, the spool and the CA; the TLS CA, the SSH CA and the masking
+    /// key; the CA in the host trust store; the SSH CA's `@cert-authority`
+    /// lines in /etc/ssh/ssh_known_hosts; and, with --enrol-user, a CI
+    /// runner's account enrolled by uid. Prints what it did; a second run
+    /// changes nothing. Needs root.
+    Install {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Enrol this local user (name or uid): every process it runs is
+        /// an agent. Repeatable.
+        #[arg(long, value_name = "USER")]
+        enrol_user: Vec<String>,
+        /// The agent name enrolled users get (default: the user's name).
+        #[arg(long, value_name = "NAME", requires = "enrol_user")]
+        agent: Option<String>,
+    },
     /// Detach every kernel program and remove the pinned state. Agents are
     /// unguarded (connect directly) afterwards.
     Uninstall {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Also undo what `blastgate install` changed outside blastgate's
+        /// own directories: the CA in the host trust store and the
+        /// @cert-authority block in /etc/ssh/ssh_known_hosts. The spool and
+        /// the CA stay (`dpkg --purge` removes them).
+        #[arg(long)]
+        undo_install: bool,
     },
     /// Pending approval requests, and the decisions on them. Needs root
     /// (the control socket is root-only); the approver recorded is the

@@ -4,6 +4,7 @@ pub mod approvals;
 pub mod ca;
 pub mod cli;
 pub mod events;
+pub mod install;
 pub mod policy;
 pub mod run;
 pub mod sessions;

@@ -142,6 +142,12 @@ pub struct Leaf {
 }
 
 impl LocalCa {
+    /// Whether `dir` holds a CA already (both halves): `load_or_create`
+    /// would load rather than create.
+    pub fn present(dir: &Path) -> bool {
+        dir.join(CERT_FILE).exists() && dir.join(KEY_FILE).exists()
+    }
+
     /// Loads the CA from `dir`, or creates it if neither file exists.
     ///
     /// Never regenerates over a partial or broken CA: hosts may already trust

@@ -157,6 +157,12 @@ impl HostIdentity {
 }
 
 impl SshCa {
+    /// Whether `dir` holds a CA already (both halves): `load_or_create`
+    /// would load rather than create.
+    pub fn present(dir: &Path) -> bool {
+        dir.join(KEY_FILE).exists() && dir.join(PUB_FILE).exists()
+    }
+
     /// Loads the CA from `dir`, or creates it if neither file exists.
     ///
     /// Never regenerates over a partial or broken CA: hosts trust the old
