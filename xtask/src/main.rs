@@ -40,8 +40,19 @@ enum Task {
     /// Build the kernel programs (normally done by userspace/build.rs).
     BuildEbpf,
     /// Set up, build, and show an agent being intercepted against a real
-    /// PostgreSQL and a real HTTP server on loopback.
-    Demo,
+    /// PostgreSQL, sshd and HTTP server on loopback; fails if blastgate
+    /// does not do what the demo shows.
+    Demo {
+        /// Use the daemon installed from the package instead of starting
+        /// one (vagrant/provision.sh): agents are RUNNER's processes,
+        /// enrolled by uid.
+        #[arg(long, value_name = "RUNNER", requires = "restart")]
+        installed: Option<String>,
+        /// With --installed: the shell command that restarts the
+        /// installed daemon.
+        #[arg(long, value_name = "CMD")]
+        restart: Option<String>,
+    },
     /// Set up, then run fmt, clippy, every test (kernel tests included)
     /// and every fuzz target for its default time.
     Test,
@@ -154,9 +165,13 @@ fn main() -> Result<()> {
             println!("{}", object.display());
             Ok(())
         }
-        Task::Demo => {
+        Task::Demo { installed, restart } => {
             setup::run()?;
-            demo::run(&root)
+            let mode = match (installed, restart) {
+                (Some(runner), Some(restart)) => demo::Mode::Installed { runner, restart },
+                _ => demo::Mode::Own,
+            };
+            demo::run(&root, &mode)
         }
         Task::Test => {
             setup::run()?;
