@@ -364,14 +364,16 @@ fn two_daemons_ship_to_two_shards_and_every_session_is_seen_once() {
             .unwrap_or(0);
         assert!(n > 0, "shard {} holds no session", i + 1);
     }
-    let split = cluster.query(
-        0,
-        &format!(
-            "SELECT count() FROM (SELECT session_id FROM {DB}.sessions \
-             GROUP BY session_id HAVING uniqExact(_shard_num) > 1)"
-        ),
-    );
-    assert_eq!(split, "0", "a session's rows on two shards");
+    for t in ["sessions", "events"] {
+        let split = cluster.query(
+            0,
+            &format!(
+                "SELECT count() FROM (SELECT session_id FROM {DB}.{t} \
+                 GROUP BY session_id HAVING uniqExact(_shard_num) > 1)"
+            ),
+        );
+        assert_eq!(split, "0", "a session's {t} rows on two shards");
+    }
 
     // What people read: `blastgate sessions` and the console's queries,
     // through each runner's node.
@@ -397,6 +399,34 @@ fn two_daemons_ship_to_two_shards_and_every_session_is_seen_once() {
         );
     }
     console_reads(&cluster, &closed);
+    refusals(&cluster);
+}
+
+/// A cluster the nodes do not define, and a database holding a single
+/// server's tables, are refused (the shipper keeps the events spooled
+/// and says why).
+fn refusals(cluster: &Cluster) {
+    use blastgate::{config::ClickhouseConfig, records::clickhouse::schema};
+    let nodes = cluster.urls();
+    let on_cluster = |name: &str, database: &str| ClickhouseConfig {
+        cluster: Some(name.to_string()),
+        nodes: nodes.clone(),
+        ..ClickhouseConfig::single(&nodes[0], database)
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let e = schema::migrate(&on_cluster("elsewhere", "blastgate_other"))
+            .await
+            .expect_err("an unknown cluster");
+        assert!(e.to_string().contains("no cluster \"elsewhere\""), "{e}");
+        schema::migrate(&ClickhouseConfig::single(&nodes[1], "blastgate_single"))
+            .await
+            .expect("a single server's schema");
+        let e = schema::migrate(&on_cluster(CLUSTER, "blastgate_single"))
+            .await
+            .expect_err("a single server's database");
+        assert!(e.to_string().contains("a database of its own"), "{e}");
+    });
 }
 
 /// The web console's reads (records::clickhouse::query) through node 2.

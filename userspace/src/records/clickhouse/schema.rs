@@ -242,6 +242,9 @@ async fn migrate_node(
         .execute()
         .await
         .map_err(&err)?;
+    if let Layout::Cluster(_) = layout {
+        require_distributed(&root, cfg, node).await?;
+    }
     root.query(&format!(
         "CREATE TABLE IF NOT EXISTS `{db}`.schema_migrations (version UInt32, applied DateTime DEFAULT now()) \
          ENGINE = ReplacingMergeTree ORDER BY version"
@@ -280,18 +283,16 @@ async fn migrate_node(
     }
     let io = match layout {
         Layout::Single => "io".to_string(),
-        Layout::Cluster(_) => {
-            require_distributed(&root, cfg, node).await?;
-            format!("io{}", layout::LOCAL_SUFFIX)
-        }
+        Layout::Cluster(_) => format!("io{}", layout::LOCAL_SUFFIX),
     };
     apply_io_ttl(&root, cfg, node, &io).await?;
     Ok(latest)
 }
 
 /// In a cluster, the tables the shipper writes must be the `Distributed`
-/// ones: a database that already held a single server's tables keeps them
-/// (`IF NOT EXISTS`), and rows written there would bypass the sharding.
+/// ones: a database that already holds a single server's tables would keep
+/// them (`IF NOT EXISTS`), and rows written there would bypass the
+/// sharding. Checked before any migration touches the node.
 async fn require_distributed(
     root: &clickhouse::Client,
     cfg: &ClickhouseConfig,
