@@ -329,16 +329,16 @@ impl ClickhouseConfig {
             .map_or(Layout::Single, Layout::Cluster)
     }
 
-    /// The database and cluster names go into DDL as identifiers.
+    /// The database and cluster names go into DDL as quoted identifiers.
     fn validate(&self) -> Result<(), String> {
         let identifier = |s: &str| {
             !s.is_empty()
-                && s.len() <= 64
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
         if !identifier(&self.database) {
             return Err(format!(
-                "clickhouse.database: {:?} is not a plain name (letters, digits, _; at most 64)",
+                "clickhouse.database: {:?} is not a plain name (letters, digits, _ and -)",
                 self.database
             ));
         }
@@ -350,7 +350,7 @@ impl ClickhouseConfig {
             ),
             None => Ok(()),
             Some(c) if !identifier(c) => Err(format!(
-                "clickhouse.cluster: {c:?} is not a plain name (letters, digits, _; at most 64)"
+                "clickhouse.cluster: {c:?} is not a plain name (letters, digits, _ and -)"
             )),
             Some(_) if self.nodes.is_empty() => Err(
                 "clickhouse.cluster needs clickhouse.nodes: the HTTP URL of every node of the \
