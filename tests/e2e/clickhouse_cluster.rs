@@ -1,9 +1,10 @@
 //! A fleet writing to a two-shard ClickHouse cluster (README "A ClickHouse
 //! cluster"): two daemons, each attached to a cgroup subtree of its own
 //! with its own pins, control socket, ports and spool, ship their agents'
-//! sessions to `Distributed` tables over two servers. Through a daemon
-//! crash that leaves its cursor behind what ClickHouse has, and through a
-//! shard stopped and started again, every session is seen exactly once,
+//! sessions to `Distributed` tables over two servers. Through a shard
+//! stopped and started again, a daemon crash that leaves its cursor behind
+//! what ClickHouse has and a clean restart of the other, every session is
+//! seen exactly once,
 //! from either node, by SQL, by `blastgate sessions` and by the console's
 //! queries, and both shards hold some.
 
@@ -27,9 +28,9 @@ struct Runner {
     name: &'static str,
     /// Dropped first: the daemon running now.
     daemon: Daemon,
-    /// A daemon killed earlier (its pins were taken over by `daemon`):
-    /// dropped after it, so its `uninstall` cannot race the live one.
-    crashed: Option<Daemon>,
+    /// Daemons stopped or killed earlier: dropped after the live one, so
+    /// their `uninstall` cannot detach it.
+    previous: Vec<Daemon>,
     env: Env,
     cgroup: TestCgroup,
     dst: String,
@@ -55,7 +56,7 @@ impl Runner {
         Runner {
             name,
             daemon,
-            crashed: None,
+            previous: Vec::new(),
             env,
             cgroup,
             dst,
@@ -131,8 +132,20 @@ impl Runner {
             serde_json::to_vec(&behind).expect("json"),
         )
         .expect("rewind the cursor");
+        self.start_again();
+    }
+
+    /// A clean restart: SIGTERM, then a new daemon on the same spool.
+    fn restart(&mut self) {
+        self.daemon.stop();
+        // Its last events, before the shipper deletes their segment.
+        self.refresh();
+        self.start_again();
+    }
+
+    fn start_again(&mut self) {
         let old = std::mem::replace(&mut self.daemon, Daemon::start(&self.env));
-        self.crashed = Some(old);
+        self.previous.push(old);
     }
 }
 
@@ -278,12 +291,13 @@ fn two_daemons_ship_to_two_shards_and_every_session_is_seen_once() {
         }
     }
 
-    // A daemon crash that resends what ClickHouse already has; sessions
-    // before and after it.
+    // A daemon crash that resends what ClickHouse already has, and a clean
+    // restart of the other; sessions before and after.
     a.sessions(5);
     wait_shipped(&cluster, &[&a, &b], "before the crash");
     let before = stored(&cluster, "sessions");
     a.crash_and_restart();
+    b.restart();
     a.sessions(5);
     b.sessions(5);
     wait_shipped(&cluster, &[&a, &b], "after the restart");
