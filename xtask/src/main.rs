@@ -138,6 +138,8 @@ enum ClickhouseTask {
         port: u16,
         #[arg(long, default_value = clickhouse::DEFAULT_DATA)]
         data: PathBuf,
+        #[command(flatten)]
+        cluster: clickhouse::ClusterArgs,
     },
     /// Stop the server started from DATA.
     Stop {
@@ -151,6 +153,8 @@ enum ClickhouseTask {
         port: u16,
         #[arg(long)]
         data: PathBuf,
+        #[command(flatten)]
+        cluster: clickhouse::ClusterArgs,
     },
 }
 
@@ -178,11 +182,17 @@ fn main() -> Result<()> {
             test(&root)
         }
         Task::Fuzz { seconds, targets } => fuzz::run(&root, &fuzz::Opts { seconds, targets }),
-        Task::Clickhouse(ClickhouseTask::Start { port, data }) => {
-            clickhouse::start(port, &data).map(drop)
-        }
+        Task::Clickhouse(ClickhouseTask::Start {
+            port,
+            data,
+            cluster,
+        }) => clickhouse::start_node(port, &data, &cluster).map(drop),
         Task::Clickhouse(ClickhouseTask::Stop { data }) => clickhouse::stop(&data),
-        Task::Clickhouse(ClickhouseTask::Serve { port, data }) => clickhouse::serve(port, &data),
+        Task::Clickhouse(ClickhouseTask::Serve {
+            port,
+            data,
+            cluster,
+        }) => clickhouse::serve(port, &data, &cluster),
         Task::Bench {
             only,
             events,
