@@ -13,48 +13,13 @@ use std::{
     process::{Command, Output},
 };
 
-use harness::*;
+use harness::{users::TestUser, *};
 use serde_json::Value;
 
 const ANCHOR: &str = "/usr/local/share/ca-certificates/blastgate-local-ca.crt";
 const KNOWN_HOSTS: &str = "/etc/ssh/ssh_known_hosts";
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const RUNNER: &str = "bg-install-runner";
-
-/// A local account for the test, removed on drop.
-struct TestUser {
-    name: &'static str,
-    uid: u32,
-}
-
-impl TestUser {
-    fn create(name: &'static str) -> TestUser {
-        let _ = Command::new("userdel").arg(name).output();
-        let out = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                name,
-            ])
-            .output()
-            .expect("useradd");
-        assert!(out.status.success(), "useradd: {}", text(&out));
-        let out = Command::new("id").args(["-u", name]).output().expect("id");
-        let uid = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("uid");
-        TestUser { name, uid }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(self.name).output();
-    }
-}
 
 /// Takes the host-wide changes back even when the test fails.
 struct UndoInstall<'a>(&'a Env);
@@ -119,12 +84,7 @@ fn install_sets_up_the_host_once_and_the_enrolled_runner_is_an_agent() {
     let server = TestServer::start(&["127.0.0.2"]);
     let key = tempfile::tempdir().expect("tempdir");
     let key_file = key.path().join("id");
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key_file)
-        .output()
-        .expect("ssh-keygen");
-    assert!(out.status.success(), "{}", text(&out));
+    harness::sshd::keygen(&key_file, "blastgate-test");
     let env = Env::new(&format!(
         "# the admin's own comment survives enrolment\n\
          [[targets]]\nname = \"orders\"\nprotocol = \"tcp\"\naddresses = [\"{}\"]\n\n\

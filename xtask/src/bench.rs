@@ -304,6 +304,7 @@ pub fn run(root: &Path, reps: usize, connections: usize, bytes: u64) -> Result<(
         format!(
             "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n[control]\nsocket = \"{d}/control.sock\"\n\
              [bpf]\npin_dir = \"/sys/fs/bpf/blastgate-bench\"\ntcp_fast_path = true\n[records]\nspool_dir = \"{d}/spool\"\n\
+             [tls]\nca_dir = \"{d}/ca\"\n\
              [dns]\nlisten = \"127.0.0.1:{dns_port}\"\nupstreams = [\"{resolver}\"]\n\
              queries_per_sec = 1000000\nburst = 1000000\n\
              [egress]\nallow = [\"bench.test:443\"]\n\

@@ -1080,6 +1080,7 @@ fn daemon_config(
          [control]\nsocket = \"{d}/control-{label}.sock\"\n\n\
          [bpf]\npin_dir = \"{pins}\"\n\n\
          [records]\nspool_dir = \"{spool}\"\n\n\
+         [tls]\nca_dir = \"{d}/ca\"\n\n\
          [policy]\ndir = \"{policy}\"\n\n\
          [[targets]]\nname = \"bench-db\"\nprotocol = \"postgres\"\naddress = \"127.0.0.2:{pg_port}\"\n{labels}\n\
          [targets.postgres]\nuser = \"{ROLE}\"\npassword_file = \"{d}/bench.secret\"\ntls = \"disable\"\n",

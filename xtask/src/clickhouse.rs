@@ -26,7 +26,9 @@ const INSTALL_DIR: &str = "/opt/blastgate-tools/chdb";
 pub const DEFAULT_PORT: u16 = 18123;
 /// The tests' own server, apart from one a developer may have running.
 pub const TEST_PORT: u16 = 18124;
-pub const DEFAULT_DATA: &str = "/var/lib/blastgate/clickhouse";
+/// Beside, not inside, /var/lib/blastgate: that is the package's state
+/// directory, which `dpkg --purge blastgate` removes.
+pub const DEFAULT_DATA: &str = "/var/lib/blastgate-clickhouse";
 
 fn library() -> PathBuf {
     Path::new(INSTALL_DIR).join("node_modules/@chdb/lib-linux-x64-gnu/libchdb.so")

@@ -67,14 +67,9 @@ fn toolchain() -> Toolchain {
 
 /// cargo-fuzz, where `cargo xtask setup` puts it (or an existing install).
 pub fn cargo_fuzz() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    [
-        Some(PathBuf::from(setup::TOOLS_ROOT).join("bin/cargo-fuzz")),
-        home.map(|h| h.join(".cargo/bin/cargo-fuzz")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.exists())
+    setup::tool_candidates("cargo-fuzz")
+        .into_iter()
+        .find(|p| p.exists())
 }
 
 /// A cargo-fuzz command on the chosen toolchain, from the repository root.

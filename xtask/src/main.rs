@@ -10,6 +10,7 @@ mod bench_http;
 mod bench_postgres;
 mod bench_ssh;
 mod clickhouse;
+mod deb;
 mod demo;
 mod fuzz;
 mod netns;
@@ -39,6 +40,24 @@ enum Task {
     Setup,
     /// Build the kernel programs (normally done by userspace/build.rs).
     BuildEbpf,
+    /// Build the Debian package (cargo-deb): /usr/bin/blastgate with its
+    /// kernel programs, the hardened systemd unit, the config and the
+    /// shipped policies, and the maintainer scripts in packaging/. Prints
+    /// the .deb's path.
+    Deb {
+        /// Package version, e.g. 0.1.0-2 (default: the crate's, revision 1).
+        #[arg(long)]
+        version: Option<String>,
+        /// Cargo profile to build (and package) with.
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Package the profile's existing build instead of building.
+        #[arg(long)]
+        no_build: bool,
+        /// Directory (or file) for the .deb (default: target/debian).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Set up, build, and show an agent being intercepted against a real
     /// PostgreSQL, sshd and HTTP server on loopback; fails if blastgate
     /// does not do what the demo shows.
@@ -169,6 +188,21 @@ fn main() -> Result<()> {
             println!("{}", object.display());
             Ok(())
         }
+        Task::Deb {
+            version,
+            profile,
+            no_build,
+            output,
+        } => deb::run(
+            &root,
+            &deb::Opts {
+                version,
+                profile,
+                no_build,
+                output,
+            },
+        )
+        .map(drop),
         Task::Demo { installed, restart } => {
             setup::run()?;
             let mode = match (installed, restart) {

@@ -5,7 +5,11 @@
 //! pinned version is absent; pip runs only for a tool the venv cannot
 //! import.
 
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -29,6 +33,10 @@ const COMMON: &[&str] = &[
     "util-linux",
     "python3",
     "libclang-dev",
+    // The package test: systemd-analyze verifies the unit, strace records
+    // what the daemon calls (checked against the unit's seccomp filters).
+    "systemd",
+    "strace",
     "postgresql",
     "postgresql-client",
     "pgbouncer",
@@ -164,6 +172,7 @@ pub fn run() -> Result<()> {
         nightly_route(&mut apt)?;
     }
     cargo_fuzz()?;
+    cargo_deb()?;
     oidc_provider(&mut apt)?;
     eprintln!(
         "setup: ok (kernel programs build with the {:?} toolchain route)",
@@ -413,27 +422,47 @@ fn bpf_linker(llvm_bin: &str, llvm_major: &str, cargo: &str) -> Result<()> {
     )
 }
 
-/// cargo-fuzz for `cargo xtask fuzz`, built with rustup's cargo into
-/// TOOLS_ROOT unless one is already installed (there or in ~/.cargo/bin).
+/// cargo-fuzz for `cargo xtask fuzz`, unless one is already installed
+/// (in TOOLS_ROOT or ~/.cargo/bin).
 fn cargo_fuzz() -> Result<()> {
     if crate::fuzz::cargo_fuzz().is_some() {
         return Ok(());
     }
-    need_root(&format!("installing cargo-fuzz into {TOOLS_ROOT}"))?;
-    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    cargo_install("cargo-fuzz", CARGO_FUZZ_VERSION)
+}
+
+/// cargo-deb for `cargo xtask deb` and the package test, unless the pinned
+/// version is installed.
+fn cargo_deb() -> Result<()> {
+    if crate::deb::cargo_deb().is_some() {
+        return Ok(());
+    }
+    cargo_install("cargo-deb", crate::deb::CARGO_DEB_VERSION)
+}
+
+/// A cargo subcommand built with rustup's cargo into TOOLS_ROOT.
+fn cargo_install(name: &str, version: &str) -> Result<()> {
+    need_root(&format!("installing {name} into {TOOLS_ROOT}"))?;
+    eprintln!("setup: building {name} {version} (about a minute)");
     sh::run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .env_remove("CARGO_TARGET_DIR")
-            .args([
-                "install",
-                "cargo-fuzz",
-                "--version",
-                CARGO_FUZZ_VERSION,
-                "--locked",
-                "--root",
-                TOOLS_ROOT,
-            ]),
+            .args(["install", name, "--version", version, "--locked"])
+            .args(["--root", TOOLS_ROOT]),
     )
+}
+
+/// Where setup installs (or finds) the cargo subcommand `name`: TOOLS_ROOT,
+/// then ~/.cargo/bin.
+pub fn tool_candidates(name: &str) -> Vec<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    [
+        Some(Path::new(TOOLS_ROOT).join("bin").join(name)),
+        home.map(|h| h.join(".cargo/bin").join(name)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Ubuntu and others: rustup's nightly with rust-src, and bpf-linker

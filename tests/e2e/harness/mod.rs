@@ -8,6 +8,7 @@
 //! killed outright cannot leave a redirect behind for long.
 #![allow(dead_code)]
 
+pub mod attached;
 pub mod browser;
 pub mod clickhouse_cluster;
 pub mod dnsmasq;
@@ -23,6 +24,8 @@ pub mod podman;
 pub mod postgres;
 pub mod ssh_gateway;
 pub mod sshd;
+pub mod unit;
+pub mod users;
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -277,17 +280,7 @@ impl Env {
 
     /// Every event in the spool, in order.
     pub fn events(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        let Ok(segments) = blastgate::records::spool::segments(&self.spool) else {
-            return out;
-        };
-        for (_, path) in segments {
-            let Ok(text) = std::fs::read_to_string(path) else {
-                continue;
-            };
-            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
-        }
-        out
+        spool_events(&self.spool)
     }
 
     /// Waits for an event matching `pred`.
@@ -466,9 +459,24 @@ impl Daemon {
     }
 }
 
+/// Every event in the spool directory `spool`, in order.
+pub fn spool_events(spool: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let Ok(segments) = blastgate::records::spool::segments(spool) else {
+        return out;
+    };
+    for (_, path) in segments {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    }
+    out
+}
+
 /// The control socket is bound before the programs are attached; the
 /// daemon is ready once it answers a status request.
-fn status_answered(control: &Path) -> bool {
+pub fn status_answered(control: &Path) -> bool {
     let Ok(mut s) = std::os::unix::net::UnixStream::connect(control) else {
         return false;
     };

@@ -787,7 +787,7 @@ fn ensure_privsep_dir() {
 }
 
 /// `ssh-keygen -t ed25519` without passphrase into `path` (and `.pub`).
-fn keygen(path: &Path, comment: &str) {
+pub fn keygen(path: &Path, comment: &str) {
     let out = Command::new(SSH_KEYGEN)
         .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
         .arg(path)
