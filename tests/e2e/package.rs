@@ -843,3 +843,77 @@ fn last_error(log: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// Enrolled by `vagrant/provision.sh`; made here so that the guard removes it.
+const PROVISION_RUNNER: &str = "bg-prov-runner";
+
+/// Stops the daemon `vagrant/provision.sh --here` started, before the
+/// package guard purges.
+struct ProvisionedDaemon;
+
+impl Drop for ProvisionedDaemon {
+    fn drop(&mut self) {
+        let _ = Command::new(provision_script()).arg("--stop-here").output();
+    }
+}
+
+fn provision_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../vagrant/provision.sh")
+}
+
+/// The Vagrant VM's provisioning, run here with `--here` (no VM toolchain
+/// sources, no systemd): it installs the package built from this run, enrols
+/// a runner, starts the daemon as the unit says and ends with the demo, run
+/// against that daemon with the runner's processes as agents, passing.
+#[test]
+fn the_vagrant_provisioning_script_ends_with_the_demo_passing() {
+    let _g = serial();
+    if !kernel_ready() || !TestPostgres::available() {
+        return;
+    }
+    let Some(cargo_deb) = cargo_deb() else {
+        return;
+    };
+    assert_no_blastgate_on_this_host();
+    let known_hosts_before = std::fs::read_to_string(SSH_KNOWN_HOSTS).ok();
+    let work = tempfile::Builder::new()
+        .prefix("blastgate-provision")
+        .tempdir()
+        .expect("tempdir");
+    let version = env!("CARGO_PKG_VERSION");
+    let deb = build_deb(&cargo_deb, work.path(), &format!("{version}-0~provision"));
+    let _package = Package { purged: false };
+    let _runner = TestUser::with_home(PROVISION_RUNNER);
+    let _daemon = ProvisionedDaemon;
+    let out = Command::new(provision_script())
+        .arg("--here")
+        .arg("--deb")
+        .arg(&deb)
+        .env("BLASTGATE_RUNNER", PROVISION_RUNNER)
+        .output()
+        .expect("run vagrant/provision.sh");
+    let said = text(&out);
+    assert!(out.status.success(), "provision.sh --here failed:\n{said}");
+    for line in [
+        format!("created   user {PROVISION_RUNNER}"),
+        "demo passed: every check held".to_string(),
+        format!("provisioned: blastgate is installed, running and guarding {PROVISION_RUNNER}"),
+    ] {
+        assert!(said.contains(&line), "no {line:?} in:\n{said}");
+    }
+    // The demo put the installed config back as it found it.
+    let config = std::fs::read_to_string(CONFIG).expect("config");
+    assert!(!config.contains("blastgate demo"), "{config}");
+    drop(_daemon);
+    drop(_package);
+    assert_eq!(
+        std::fs::read_to_string(SSH_KNOWN_HOSTS).ok(),
+        known_hosts_before
+    );
+    for p in PURGED {
+        assert!(
+            std::fs::symlink_metadata(p).is_err(),
+            "{p} left after purge"
+        );
+    }
+}

@@ -338,6 +338,25 @@ fn shipped_views_return_the_right_figures() {
     );
 }
 
+/// Two runners' spools number their segments and lines alike: their
+/// batches must not share a deduplication token, or the server drops the
+/// second runner's rows as a re-sent copy of the first's.
+#[test]
+fn two_spools_shipping_to_one_server_do_not_deduplicate_each_other() {
+    use blastgate::records::{Event, EventKind, Verdict};
+
+    let _g = serial();
+    let Some(url) = clickhouse_url() else { return };
+    let db = TestDatabase::new(&url);
+    let spool = |runner: &str| -> Vec<Event> {
+        (0..5)
+            .map(|_| Event::daemon(EventKind::DaemonStarted, Verdict::Allow, runner))
+            .collect()
+    };
+    ship_fixture(&db, &url, &spool("runner-a"), 5);
+    ship_fixture(&db, &url, &spool("runner-b"), 10);
+}
+
 /// Writes `events` as a spool segment, runs the real shipper on it until
 /// `events` and `io` together hold `expect` rows, and stops it.
 fn ship_fixture(db: &TestDatabase, url: &str, events: &[blastgate::records::Event], expect: usize) {
@@ -354,12 +373,9 @@ fn ship_fixture(db: &TestDatabase, url: &str, events: &[blastgate::records::Even
     let stop = tokio_util::sync::CancellationToken::new();
     let shipper = Shipper {
         cfg: ClickhouseConfig {
-            url: url.to_string(),
-            database: db.name.clone(),
-            user: "default".into(),
-            password_file: None,
             batch: 5,
             io_ttl_days: 7,
+            ..ClickhouseConfig::single(url, &db.name)
         },
         spool_dir: spool.path().to_path_buf(),
         batch: 5,

@@ -224,14 +224,7 @@ fn main() -> anyhow::Result<()> {
     let mut shipping = serde_json::Value::Null;
     if let Some(url) = url {
         let database = format!("blastgate_bench_{}", std::process::id());
-        let cfg = ClickhouseConfig {
-            url: url.clone(),
-            database: database.clone(),
-            user: "default".into(),
-            password_file: None,
-            batch: 50_000,
-            io_ttl_days: 30,
-        };
+        let cfg = ClickhouseConfig::single(&url, &database);
         rt.block_on(schema::migrate(&cfg))?;
 
         // The ceiling: the same rows, already in memory, one INSERT per batch.

@@ -296,6 +296,83 @@ pub struct ClickhouseConfig {
     /// is kept; the audit tables keep everything.
     #[serde(default = "default_io_ttl_days")]
     pub io_ttl_days: u32,
+    /// A cluster's name in its servers' `remote_servers`: the schema is
+    /// then local tables behind `Distributed` ones (README "A ClickHouse
+    /// cluster"). Unset: one server.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// With `cluster`: the HTTP URL of every node, on each of which the
+    /// daemon creates the schema (there is no `ON CLUSTER` without Keeper).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+}
+
+impl ClickhouseConfig {
+    /// A single server at `url`, with the defaults for everything else.
+    pub fn single(url: &str, database: &str) -> ClickhouseConfig {
+        ClickhouseConfig {
+            url: url.to_string(),
+            database: database.to_string(),
+            user: default_ch_user(),
+            password_file: None,
+            batch: default_ch_batch(),
+            io_ttl_days: default_io_ttl_days(),
+            cluster: None,
+            nodes: Vec::new(),
+        }
+    }
+
+    pub fn layout(&self) -> crate::records::clickhouse::layout::Layout<'_> {
+        use crate::records::clickhouse::layout::Layout;
+        self.cluster
+            .as_deref()
+            .map_or(Layout::Single, Layout::Cluster)
+    }
+
+    /// The database and cluster names go into DDL as quoted identifiers.
+    fn validate(&self) -> Result<(), String> {
+        let identifier = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !identifier(&self.database) {
+            return Err(format!(
+                "clickhouse.database: {:?} is not a plain name (letters, digits, _ and -)",
+                self.database
+            ));
+        }
+        let http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        match &self.cluster {
+            None if !self.nodes.is_empty() => Err(
+                "clickhouse.nodes is for a cluster: set clickhouse.cluster to its name as well"
+                    .into(),
+            ),
+            None => Ok(()),
+            Some(c) if !identifier(c) => Err(format!(
+                "clickhouse.cluster: {c:?} is not a plain name (letters, digits, _ and -)"
+            )),
+            Some(_) if self.nodes.is_empty() => Err(
+                "clickhouse.cluster needs clickhouse.nodes: the HTTP URL of every node of the \
+                 cluster (the schema is created on each)"
+                    .into(),
+            ),
+            Some(_) => {
+                let mut seen = std::collections::HashSet::new();
+                for n in &self.nodes {
+                    if !http(n) {
+                        return Err(format!(
+                            "clickhouse.nodes: {n:?} is not an http:// or https:// URL"
+                        ));
+                    }
+                    if !seen.insert(n.trim_end_matches('/')) {
+                        return Err(format!("clickhouse.nodes: {n:?} is listed twice"));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn default_io_ttl_days() -> u32 {
@@ -564,6 +641,9 @@ impl Config {
         if let Some(c) = &self.console {
             c.validate()?;
         }
+        if let Some(c) = &self.clickhouse {
+            c.validate()?;
+        }
         let (min, max) = (
             blastgate_common::MIN_LABELS,
             blastgate_common::PID_MAX_LIMIT,
@@ -733,6 +813,36 @@ mod tests {
     fn root_cannot_be_enrolled() {
         let e = Config::parse("[enrol]\nuids = [0]\n", Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("uid 0"));
+    }
+
+    #[test]
+    fn a_cluster_needs_its_nodes_and_plain_names() {
+        let err = |ch: &str| {
+            Config::parse(&format!("[clickhouse]\n{ch}"), Path::new("x"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let nodes = "nodes = [\"http://a:8123\", \"http://b:8123\"]\n";
+        let c = Config::parse(
+            &format!("[clickhouse]\ncluster = \"fleet\"\n{nodes}"),
+            Path::new("x"),
+        )
+        .expect("valid");
+        let ch = c.clickhouse.expect("section");
+        assert_eq!(
+            ch.layout(),
+            crate::records::clickhouse::layout::Layout::Cluster("fleet")
+        );
+        assert!(err("cluster = \"fleet\"\n").contains("needs clickhouse.nodes"));
+        assert!(err(nodes).contains("set clickhouse.cluster"));
+        assert!(err(&format!("cluster = \"a`b\"\n{nodes}")).contains("not a plain name"));
+        assert!(err("database = \"x; DROP\"\n").contains("clickhouse.database"));
+        assert!(err("cluster = \"f\"\nnodes = [\"a:8123\"]\n").contains("not an http"));
+        assert!(
+            err("cluster = \"f\"\nnodes = [\"http://a\", \"http://a/\"]\n")
+                .contains("listed twice")
+        );
     }
 
     #[test]

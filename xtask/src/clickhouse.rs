@@ -79,8 +79,27 @@ pub fn ping(port: u16) -> bool {
     out.starts_with("HTTP/1.") && out.contains(" 200 ") && out.ends_with("Ok.\n")
 }
 
+/// What a node of a cluster adds to a lone server: the native TCP port
+/// `Distributed` tables talk to other nodes on, and a server config
+/// (XML or YAML) with the cluster's `remote_servers`.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// Also listen on this native-protocol TCP port (127.0.0.1).
+    #[arg(long)]
+    pub tcp_port: Option<u16>,
+    /// A ClickHouse server config file, e.g. the cluster's
+    /// `<remote_servers>` (README "A ClickHouse cluster").
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
 /// Starts the server in the background; returns its URL once /ping answers.
 pub fn start(port: u16, data: &Path) -> Result<String> {
+    start_node(port, data, &ClusterArgs::default())
+}
+
+/// [`start`], as a node of a cluster when `cluster` says so.
+pub fn start_node(port: u16, data: &Path, cluster: &ClusterArgs) -> Result<String> {
     install()?;
     let url = format!("http://127.0.0.1:{port}");
     if ping(port) {
@@ -91,8 +110,14 @@ pub fn start(port: u16, data: &Path) -> Result<String> {
     let log = std::fs::File::create(data.join("server.log"))?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["clickhouse", "serve", "--port", &port.to_string(), "--data"])
-        .arg(data)
-        .stdin(Stdio::null())
+        .arg(data);
+    if let Some(tcp) = cluster.tcp_port {
+        cmd.args(["--tcp-port", &tcp.to_string()]);
+    }
+    if let Some(config) = &cluster.config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     // SAFETY: setsid in the child before exec: the server outlives us.
@@ -145,17 +170,28 @@ pub fn stop(data: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The server itself: load libchdb and run its never-ending query.
-pub fn serve(port: u16, data: &Path) -> Result<()> {
-    let args = [
+/// The server itself: load libchdb and run its never-ending query. The
+/// library reads `--config-file` like clickhouse-server does, and starts
+/// only the listeners the query asks for.
+pub fn serve(port: u16, data: &Path, cluster: &ClusterArgs) -> Result<()> {
+    let mut args = vec![
         "clickhouse".to_string(),
         format!("--path={}", data.display()),
         format!("--http_port={port}"),
         "--listen_host=127.0.0.1".to_string(),
-        "--query=SYSTEM START LISTEN HTTP; SELECT sleepEachRow(1) FROM numbers(1000000000) \
-         SETTINGS max_block_size=1, max_execution_time=0 FORMAT Null"
-            .to_string(),
     ];
+    let mut listen = "SYSTEM START LISTEN HTTP;".to_string();
+    if let Some(tcp) = cluster.tcp_port {
+        args.push(format!("--tcp_port={tcp}"));
+        listen += " SYSTEM START LISTEN TCP;";
+    }
+    if let Some(config) = &cluster.config {
+        args.push(format!("--config-file={}", config.display()));
+    }
+    args.push(format!(
+        "--query={listen} SELECT sleepEachRow(1) FROM numbers(1000000000) \
+         SETTINGS max_block_size=1, max_execution_time=0 FORMAT Null"
+    ));
     let cargs: Vec<CString> = args
         .iter()
         .map(|a| CString::new(a.as_str()))

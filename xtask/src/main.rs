@@ -59,8 +59,19 @@ enum Task {
         output: Option<PathBuf>,
     },
     /// Set up, build, and show an agent being intercepted against a real
-    /// PostgreSQL and a real HTTP server on loopback.
-    Demo,
+    /// PostgreSQL, sshd and HTTP server on loopback; fails if blastgate
+    /// does not do what the demo shows.
+    Demo {
+        /// Use the daemon installed from the package instead of starting
+        /// one (vagrant/provision.sh): agents are RUNNER's processes,
+        /// enrolled by uid.
+        #[arg(long, value_name = "RUNNER", requires = "restart")]
+        installed: Option<String>,
+        /// With --installed: the shell command that restarts the
+        /// installed daemon.
+        #[arg(long, value_name = "CMD")]
+        restart: Option<String>,
+    },
     /// Set up, then run fmt, clippy, every test (kernel tests included)
     /// and every fuzz target for its default time.
     Test,
@@ -146,6 +157,8 @@ enum ClickhouseTask {
         port: u16,
         #[arg(long, default_value = clickhouse::DEFAULT_DATA)]
         data: PathBuf,
+        #[command(flatten)]
+        cluster: clickhouse::ClusterArgs,
     },
     /// Stop the server started from DATA.
     Stop {
@@ -159,6 +172,8 @@ enum ClickhouseTask {
         port: u16,
         #[arg(long)]
         data: PathBuf,
+        #[command(flatten)]
+        cluster: clickhouse::ClusterArgs,
     },
 }
 
@@ -188,20 +203,30 @@ fn main() -> Result<()> {
             },
         )
         .map(drop),
-        Task::Demo => {
+        Task::Demo { installed, restart } => {
             setup::run()?;
-            demo::run(&root)
+            let mode = match (installed, restart) {
+                (Some(runner), Some(restart)) => demo::Mode::Installed { runner, restart },
+                _ => demo::Mode::Own,
+            };
+            demo::run(&root, &mode)
         }
         Task::Test => {
             setup::run()?;
             test(&root)
         }
         Task::Fuzz { seconds, targets } => fuzz::run(&root, &fuzz::Opts { seconds, targets }),
-        Task::Clickhouse(ClickhouseTask::Start { port, data }) => {
-            clickhouse::start(port, &data).map(drop)
-        }
+        Task::Clickhouse(ClickhouseTask::Start {
+            port,
+            data,
+            cluster,
+        }) => clickhouse::start_node(port, &data, &cluster).map(drop),
         Task::Clickhouse(ClickhouseTask::Stop { data }) => clickhouse::stop(&data),
-        Task::Clickhouse(ClickhouseTask::Serve { port, data }) => clickhouse::serve(port, &data),
+        Task::Clickhouse(ClickhouseTask::Serve {
+            port,
+            data,
+            cluster,
+        }) => clickhouse::serve(port, &data, &cluster),
         Task::Bench {
             only,
             events,

@@ -10,6 +10,7 @@
 
 pub mod attached;
 pub mod browser;
+pub mod clickhouse_cluster;
 pub mod dnsmasq;
 pub mod https_upstream;
 pub mod job_scene;
@@ -722,10 +723,17 @@ pub struct OwnClickhouse {
     child: Option<Child>,
     pub port: u16,
     pub data: PathBuf,
+    /// More `xtask clickhouse serve` arguments (a cluster node's).
+    args: Vec<String>,
 }
 
 impl OwnClickhouse {
     pub fn start(data: &Path) -> Option<OwnClickhouse> {
+        OwnClickhouse::start_with(data, free_port(), Vec::new())
+    }
+
+    /// On HTTP port `port`, with more `xtask clickhouse serve` arguments.
+    pub fn start_with(data: &Path, port: u16, args: Vec<String>) -> Option<OwnClickhouse> {
         let exe = std::env::current_exe().ok()?;
         // target/debug/deps/records-… -> target/debug/xtask
         let xtask = exe.parent()?.parent()?.join("xtask");
@@ -736,11 +744,11 @@ impl OwnClickhouse {
             ));
             return None;
         }
-        let port = free_port();
         let mut ch = OwnClickhouse {
             child: None,
             port,
             data: data.to_path_buf(),
+            args,
         };
         ch.resume(&xtask);
         Some(ch)
@@ -766,6 +774,7 @@ impl OwnClickhouse {
                 "--data",
             ])
             .arg(&self.data)
+            .args(&self.args)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

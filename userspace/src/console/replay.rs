@@ -547,12 +547,8 @@ mod tests {
         let url = format!("http://{}", closed.local_addr().expect("addr"));
         drop(closed);
         let cfg = ClickhouseConfig {
-            url: url.clone(),
-            database: "blastgate".into(),
-            user: "default".into(),
-            password_file: None,
             batch: 100,
-            io_ttl_days: 30,
+            ..ClickhouseConfig::single(&url, "blastgate")
         };
         let ch = ClickHouse::new(Some(&cfg)).unwrap_or_else(|_| panic!("a client"));
         let Err(Unavailable(why)) = ch.ask(query::output_chunks(&ch.client, Uuid::nil())).await

@@ -363,12 +363,11 @@ mod tests {
             return;
         };
         let cfg = crate::config::ClickhouseConfig {
-            url,
-            database: format!("blastgate_query_{}", std::process::id()),
-            user: "default".into(),
-            password_file: None,
             batch: 100,
-            io_ttl_days: 30,
+            ..crate::config::ClickhouseConfig::single(
+                &url,
+                &format!("blastgate_query_{}", std::process::id()),
+            )
         };
         let client = super::super::client(&cfg).expect("client");
         client

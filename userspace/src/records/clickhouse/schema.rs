@@ -5,9 +5,14 @@
 //! id): duplicates from a re-sent batch share the whole key and collapse on
 //! merge, and the shipped views read `FINAL`, so nothing is counted twice
 //! even before a merge. `sessions` keeps the latest row per session
-//! (opened, then closed) by `version`.
+//! (opened, then closed) by `version`. On a cluster each node gets the
+//! same migrations through [`super::layout`]: `NAME_local` tables sharded
+//! by session behind `Distributed` ones named as here.
 
-use super::{wrap, ChError};
+use super::{
+    layout::{self, Layout},
+    wrap_at, ChError,
+};
 use crate::config::ClickhouseConfig;
 
 /// (version, statements). Append only: never edit a shipped migration.
@@ -192,15 +197,54 @@ const VIEWS: &[&str] = &[
      GROUP BY policy_id ORDER BY denials DESC, policy_id",
 ];
 
-/// Creates the database and applies missing migrations in order.
+/// Creates the database and applies missing migrations in order: on the
+/// server, or on every node of a cluster (each keeps its own
+/// `schema_migrations`). Returns the latest version applied.
 pub async fn migrate(cfg: &ClickhouseConfig) -> Result<u32, ChError> {
-    let err = wrap(cfg);
-    let root = super::client(cfg)?;
+    let layout = cfg.layout();
+    let nodes = match layout {
+        Layout::Single => std::slice::from_ref(&cfg.url),
+        Layout::Cluster(_) => &cfg.nodes[..],
+    };
+    let mut latest = 0;
+    for node in nodes {
+        latest = migrate_node(cfg, node, layout).await?;
+    }
+    Ok(latest)
+}
+
+async fn migrate_node(
+    cfg: &ClickhouseConfig,
+    node: &str,
+    layout: Layout<'_>,
+) -> Result<u32, ChError> {
+    let err = wrap_at(node);
+    let root = super::client_at(cfg, node)?;
     let db = &cfg.database;
+    if let Layout::Cluster(name) = layout {
+        let known: u64 = root
+            .query("SELECT count() FROM system.clusters WHERE cluster = ?")
+            .bind(name)
+            .fetch_one()
+            .await
+            .map_err(&err)?;
+        if known == 0 {
+            return Err(ChError::Node {
+                node: node.to_string(),
+                message: format!(
+                    "no cluster {name:?} in its remote_servers (clickhouse.cluster must name one \
+                     every node defines)"
+                ),
+            });
+        }
+    }
     root.query(&format!("CREATE DATABASE IF NOT EXISTS `{db}`"))
         .execute()
         .await
         .map_err(&err)?;
+    if let Layout::Cluster(_) = layout {
+        require_distributed(&root, cfg, node).await?;
+    }
     root.query(&format!(
         "CREATE TABLE IF NOT EXISTS `{db}`.schema_migrations (version UInt32, applied DateTime DEFAULT now()) \
          ENGINE = ReplacingMergeTree ORDER BY version"
@@ -221,10 +265,12 @@ pub async fn migrate(cfg: &ClickhouseConfig) -> Result<u32, ChError> {
             continue;
         }
         for sql in *statements {
-            root.query(&sql.replace("{db}", &format!("`{db}`")))
-                .execute()
-                .await
-                .map_err(&err)?;
+            for sql in layout::statements(layout, sql)? {
+                root.query(&sql.replace("{db}", &format!("`{db}`")))
+                    .execute()
+                    .await
+                    .map_err(&err)?;
+            }
         }
         root.query(&format!(
             "INSERT INTO `{db}`.schema_migrations (version) VALUES ({version})"
@@ -232,40 +278,85 @@ pub async fn migrate(cfg: &ClickhouseConfig) -> Result<u32, ChError> {
         .execute()
         .await
         .map_err(&err)?;
-        tracing::info!(version, "clickhouse schema migrated");
+        tracing::info!(version, node, "clickhouse schema migrated");
         latest = *version;
     }
-    apply_io_ttl(&root, cfg).await?;
+    let io = match layout {
+        Layout::Single => "io".to_string(),
+        Layout::Cluster(_) => format!("io{}", layout::LOCAL_SUFFIX),
+    };
+    apply_io_ttl(&root, cfg, node, &io).await?;
     Ok(latest)
 }
 
-/// Brings the `io` TTL to the configured number of days. Only when it
-/// differs: `MODIFY TTL` rewrites parts, which a restart should not cost.
-async fn apply_io_ttl(root: &clickhouse::Client, cfg: &ClickhouseConfig) -> Result<(), ChError> {
-    let err = wrap(cfg);
+/// In a cluster, the tables the shipper writes must be the `Distributed`
+/// ones: a database that already holds a single server's tables would keep
+/// them (`IF NOT EXISTS`), and rows written there would bypass the
+/// sharding. Checked before any migration touches the node.
+async fn require_distributed(
+    root: &clickhouse::Client,
+    cfg: &ClickhouseConfig,
+    node: &str,
+) -> Result<(), ChError> {
+    let tables: Vec<(String, String)> = root
+        .query(
+            "SELECT name, engine FROM system.tables \
+             WHERE database = ? AND name IN ('events', 'sessions', 'io') ORDER BY name",
+        )
+        .bind(cfg.database.as_str())
+        .fetch_all()
+        .await
+        .map_err(wrap_at(node))?;
+    match tables.iter().find(|(_, engine)| engine != "Distributed") {
+        Some((name, engine)) => Err(ChError::Node {
+            node: node.to_string(),
+            message: format!(
+                "database {:?} already has a {engine} table {name:?} (a single server's \
+                 schema): a cluster needs a database of its own",
+                cfg.database
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Brings the replay table's TTL to the configured number of days. Only
+/// when it differs: `MODIFY TTL` rewrites parts, which a restart should not
+/// cost.
+async fn apply_io_ttl(
+    root: &clickhouse::Client,
+    cfg: &ClickhouseConfig,
+    node: &str,
+    table: &str,
+) -> Result<(), ChError> {
+    let err = wrap_at(node);
     let want = format!("toIntervalDay({})", cfg.io_ttl_days);
     let engine: Vec<String> = root
-        .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = 'io'")
+        .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
         .bind(cfg.database.as_str())
+        .bind(table)
         .fetch_all()
         .await
         .map_err(&err)?;
     if engine.iter().any(|e| e.contains(&want)) {
         return Ok(());
     }
-    // A cluster's `io` is a Distributed table over replicated local ones
-    // (README): retention belongs to those, which their admins own.
+    // A table of the admins' own making (say, Distributed over replicated
+    // tables on a single-server config): retention is theirs.
     if !engine.iter().any(|e| e.contains("MergeTree")) {
-        tracing::info!("clickhouse io is not a MergeTree table; its TTL is left to its admins");
+        tracing::info!(
+            table,
+            "clickhouse io is not a MergeTree table; its TTL is left to its admins"
+        );
         return Ok(());
     }
     root.query(&format!(
-        "ALTER TABLE `{}`.io MODIFY TTL toDateTime(ts) + {want}",
+        "ALTER TABLE `{}`.`{table}` MODIFY TTL toDateTime(ts) + {want}",
         cfg.database
     ))
     .execute()
     .await
     .map_err(&err)?;
-    tracing::info!(days = cfg.io_ttl_days, "clickhouse io retention set");
+    tracing::info!(days = cfg.io_ttl_days, node, "clickhouse io retention set");
     Ok(())
 }

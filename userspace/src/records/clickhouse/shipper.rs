@@ -8,7 +8,10 @@
 //! server; with different ones (more lines had arrived), the duplicated
 //! rows share their whole sort key and collapse in the ReplacingMergeTree,
 //! and every shipped view reads `FINAL`. An outage only makes the shipper
-//! wait and retry with backoff; the proxy never waits on it.
+//! wait and retry with backoff; the proxy never waits on it. On a cluster
+//! an INSERT is acknowledged once every shard has its rows; a shard down
+//! fails it, and the retry's shards drop the part they already have by the
+//! same token.
 
 use std::{
     io::{BufRead, BufReader, Seek, SeekFrom},
@@ -26,6 +29,7 @@ use super::{
 use crate::{config::ClickhouseConfig, records::spool};
 
 const CURSOR_FILE: &str = "shipped.cursor";
+const SPOOL_ID_FILE: &str = "spool.id";
 const POLL: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -49,17 +53,42 @@ pub fn load_cursor(dir: &Path) -> Cursor {
         .unwrap_or_default()
 }
 
-/// Writes the cursor durably: temp file, fsync, rename.
+/// Writes the cursor durably.
 fn save_cursor(dir: &Path, c: &Cursor) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{CURSOR_FILE}.tmp"));
     let bytes = serde_json::to_vec(c).map_err(std::io::Error::other)?;
+    write_durably(dir, CURSOR_FILE, &bytes)
+}
+
+/// `dir/name` replaced whole or not at all: temp file, fsync, rename.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     {
         let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, &bytes)?;
+        std::io::Write::write_all(&mut f, bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, cursor_path(dir))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// This spool's identity, made on first use and kept beside its segments.
+/// It is part of every batch's deduplication token: spools number their
+/// segments and lines alike, so without it two runners' batches could
+/// carry one token and the server would drop the second as a copy of the
+/// first.
+pub fn spool_id(dir: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(dir.join(SPOOL_ID_FILE)) {
+        Ok(text) => {
+            if let Ok(id) = uuid::Uuid::parse_str(text.trim()) {
+                return Ok(id.to_string());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    write_durably(dir, SPOOL_ID_FILE, id.as_bytes())?;
+    Ok(id)
 }
 
 /// One batch read from the spool, already encoded for its three tables.
@@ -122,6 +151,18 @@ impl Shipper {
         // A batch sent but not acknowledged: sent again as is.
         let mut unacked: Option<Batch> = None;
         let mut prefetch: Option<Read> = None;
+        let spool_id = loop {
+            match spool_id(&self.spool_dir) {
+                Ok(id) => break id,
+                Err(e) => {
+                    tracing::error!(error = %e, "the spool's id cannot be kept; events stay in the spool");
+                    if sleep_or_stop(backoff, &stop).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        };
         loop {
             if !migrated {
                 match super::schema::migrate(&self.cfg).await {
@@ -194,7 +235,7 @@ impl Shipper {
             if batch.lines > 0 && prefetch.is_none() {
                 prefetch = Some(self.read(batch.next));
             }
-            match self.send(&client, &batch).await {
+            match self.send(&client, &spool_id, &batch).await {
                 Ok(()) => {
                     metrics.events_shipped.inc_by(batch.events as u64);
                     backoff = Duration::from_millis(500);
@@ -222,9 +263,14 @@ impl Shipper {
         }
     }
 
-    async fn send(&self, client: &clickhouse::Client, b: &Batch) -> Result<(), ChError> {
+    async fn send(
+        &self,
+        client: &clickhouse::Client,
+        spool_id: &str,
+        b: &Batch,
+    ) -> Result<(), ChError> {
         let token = format!(
-            "blastgate-{}-{}-{}",
+            "blastgate-{spool_id}-{}-{}-{}",
             b.segment,
             b.first_line,
             b.first_line + b.lines
@@ -236,7 +282,8 @@ impl Shipper {
     }
 
     /// One INSERT per table per batch. The token is the batch's place in the
-    /// spool, so a batch re-sent after a crash is dropped by the server.
+    /// spool (which spool, segment, lines), so a batch re-sent after a crash
+    /// is dropped by the server, and only such a batch.
     async fn insert(
         &self,
         client: &clickhouse::Client,
@@ -259,6 +306,13 @@ impl Shipper {
                 t.name
             ))
             .with_setting("insert_deduplication_token", format!("{token}-{}", t.name));
+        if self.cfg.cluster.is_some() {
+            // Acknowledged only once every shard has its rows (the shards
+            // deduplicate by the token); the default queues them on the
+            // receiving node and acknowledges at once, so a node lost
+            // before forwarding would lose what the spool then deleted.
+            insert = insert.with_setting("distributed_foreground_insert", "1");
+        }
         insert.send(t.data.clone()).await.map_err(&err)?;
         insert.end().await.map_err(&err)
     }
