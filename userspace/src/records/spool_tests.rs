@@ -197,7 +197,10 @@ async fn flush_means_written_and_synced() {
     for e in &sent {
         rec.record(e.clone()).await.unwrap();
     }
-    assert!(read_all(tmp.path()).is_empty());
+    // The first event after idle may wake the writer (as under load it did
+    // in a full-suite run), so only "not everything yet" holds before the
+    // flush; after it, everything.
+    assert!(read_all(tmp.path()).len() < sent.len());
     rec.flush().await.unwrap();
     assert_eq!(ids(&read_all(tmp.path())), ids(&sent));
     assert!(
