@@ -91,21 +91,12 @@ const HELPER_STATE: &[&str] = &[
 #[test]
 fn the_package_runs_a_hardened_daemon_upgrades_without_a_window_and_purges_clean() {
     let _g = serial();
-    if !kernel_ready() || !TestPostgres::available() {
-        return;
-    }
-    let Some(cargo_deb) = cargo_deb() else {
+    let Some(debs) = Debs::prepare("blastgate-pkg") else {
         return;
     };
-    assert_no_blastgate_on_this_host();
-    let known_hosts_before = std::fs::read_to_string(SSH_KNOWN_HOSTS).ok();
-    let work = tempfile::Builder::new()
-        .prefix("blastgate-pkg")
-        .tempdir()
-        .expect("tempdir");
-    let version = env!("CARGO_PKG_VERSION");
-    let v1 = build_deb(&cargo_deb, work.path(), &format!("{version}-0~pkgtest1"));
-    let v2 = build_deb(&cargo_deb, work.path(), &format!("{version}-0~pkgtest2"));
+    let known_hosts_before = debs.known_hosts_before.clone();
+    let v1 = debs.build("pkgtest1");
+    let v2 = debs.build("pkgtest2");
 
     // Install: the postinst set the host up.
     let package = Package::install(&v1);
@@ -146,12 +137,12 @@ fn the_package_runs_a_hardened_daemon_upgrades_without_a_window_and_purges_clean
     let mut seen = BTreeSet::new();
     let daemons = Daemons {
         unit: &unit,
-        dir: work.path(),
+        dir: debs.work.path(),
     };
 
     // As the unit runs it, traced: it intercepts, and every system call,
     // address family and mapping it made is one the unit allows.
-    let trace = work.path().join("daemon.strace");
+    let trace = debs.work.path().join("daemon.strace");
     let mut daemon = daemons.start(
         &Launch {
             trace: Some(&trace),
@@ -844,6 +835,40 @@ fn last_error(log: &str) -> String {
         .to_string()
 }
 
+/// What both package tests start from: a host with no blastgate, cargo-deb,
+/// a directory for the packages and the known_hosts file as it was.
+struct Debs {
+    cargo_deb: PathBuf,
+    work: tempfile::TempDir,
+    known_hosts_before: Option<String>,
+}
+
+impl Debs {
+    /// `None` when the test cannot run here (skipped loudly: a failure with
+    /// CI=true).
+    fn prepare(prefix: &str) -> Option<Debs> {
+        if !kernel_ready() || !TestPostgres::available() {
+            return None;
+        }
+        let cargo_deb = cargo_deb()?;
+        assert_no_blastgate_on_this_host();
+        Some(Debs {
+            cargo_deb,
+            work: tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir()
+                .expect("tempdir"),
+            known_hosts_before: std::fs::read_to_string(SSH_KNOWN_HOSTS).ok(),
+        })
+    }
+
+    /// The package of this run's binary, versioned `<crate version>-0~tag`.
+    fn build(&self, tag: &str) -> PathBuf {
+        let version = format!("{}-0~{tag}", env!("CARGO_PKG_VERSION"));
+        build_deb(&self.cargo_deb, self.work.path(), &version)
+    }
+}
+
 /// Enrolled by `vagrant/provision.sh`; made here so that the guard removes it.
 const PROVISION_RUNNER: &str = "bg-prov-runner";
 
@@ -868,20 +893,11 @@ fn provision_script() -> PathBuf {
 #[test]
 fn the_vagrant_provisioning_script_ends_with_the_demo_passing() {
     let _g = serial();
-    if !kernel_ready() || !TestPostgres::available() {
-        return;
-    }
-    let Some(cargo_deb) = cargo_deb() else {
+    let Some(debs) = Debs::prepare("blastgate-provision") else {
         return;
     };
-    assert_no_blastgate_on_this_host();
-    let known_hosts_before = std::fs::read_to_string(SSH_KNOWN_HOSTS).ok();
-    let work = tempfile::Builder::new()
-        .prefix("blastgate-provision")
-        .tempdir()
-        .expect("tempdir");
-    let version = env!("CARGO_PKG_VERSION");
-    let deb = build_deb(&cargo_deb, work.path(), &format!("{version}-0~provision"));
+    let known_hosts_before = debs.known_hosts_before.clone();
+    let deb = debs.build("provision");
     let _package = Package { purged: false };
     let _runner = TestUser::with_home(PROVISION_RUNNER);
     let _daemon = ProvisionedDaemon;
