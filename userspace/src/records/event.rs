@@ -4,7 +4,7 @@
 //! within its session, so a shipper that re-sends a batch after a crash can
 //! be deduplicated downstream and a session can be replayed in order.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{collections::BTreeMap, net::SocketAddr, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -209,6 +209,11 @@ pub struct Event {
     /// Bytes of a command's stderr (`bytes_to_agent` counts both streams).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr_bytes: Option<u64>,
+    /// What the action was about, in the protocol's own terms, for
+    /// queries that need more than `text`: a git push's ref, old, new and
+    /// forced; an AWS call's service, operation, region and resource.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, String>,
     /// Replay data, for [`EventKind::Io`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io: Option<IoChunk>,
@@ -246,6 +251,7 @@ impl Event {
             status: None,
             stderr_bytes: None,
             dst_name: None,
+            context: BTreeMap::new(),
             io: None,
         }
     }

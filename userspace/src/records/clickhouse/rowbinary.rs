@@ -60,6 +60,7 @@ pub const EVENT_COLUMNS: &[(&str, &str)] = &[
     ("oidc_iss", "LowCardinality(String)"),
     ("oidc_sub", "String"),
     ("oidc_claims", "Map(String, String)"),
+    ("context", "Map(String, String)"),
 ];
 
 pub const SESSION_COLUMNS: &[(&str, &str)] = &[
@@ -152,6 +153,8 @@ struct Line<'a> {
     stderr_bytes: Option<u64>,
     #[serde(default, borrow)]
     dst_name: Text<'a>,
+    #[serde(default, borrow)]
+    context: std::collections::BTreeMap<Cow<'a, str>, Cow<'a, str>>,
     #[serde(default, borrow)]
     io: Option<LineIo<'a>>,
 }
@@ -323,7 +326,8 @@ impl Blocks {
         let oidc = c.and_then(|c| c.oidc.as_ref());
         string(b, oidc.map_or("", |o| &o.iss));
         string(b, oidc.map_or("", |o| &o.sub));
-        claims(b, oidc);
+        claims(b, oidc.map(|o| &o.claims));
+        claims(b, Some(&l.context));
         self.events.rows += 1;
 
         // The session row an event implies, if it opens or ends a session:
@@ -352,7 +356,7 @@ impl Blocks {
         b.extend_from_slice(&l.bytes_from_agent.unwrap_or(0).to_le_bytes());
         b.extend_from_slice(&l.bytes_to_agent.unwrap_or(0).to_le_bytes());
         string(b, l.verdict.name());
-        claims(b, oidc);
+        claims(b, oidc.map(|o| &o.claims));
         self.sessions.rows += 1;
         Ok(())
     }
@@ -386,13 +390,14 @@ fn caller(b: &mut Vec<u8>, c: Option<&LineCaller<'_>>, exe_first: bool) {
 }
 
 /// `Map(String, String)`: the pair count, then each key and value.
-fn claims(b: &mut Vec<u8>, oidc: Option<&LineOidc<'_>>) {
-    let Some(o) = oidc else {
+/// A `Map(String, String)`: empty when absent.
+fn claims(b: &mut Vec<u8>, map: Option<&std::collections::BTreeMap<Cow<'_, str>, Cow<'_, str>>>) {
+    let Some(map) = map else {
         varint(b, 0);
         return;
     };
-    varint(b, o.claims.len() as u64);
-    for (k, v) in &o.claims {
+    varint(b, map.len() as u64);
+    for (k, v) in map {
         string(b, k);
         string(b, v);
     }
@@ -624,6 +629,10 @@ mod tests {
         cmd.exit_status = Some(-1);
         cmd.stderr_bytes = Some(12);
         cmd.status = Some(503);
+        cmd.context = [("ref", "refs/heads/\"main\" é"), ("forced", "true")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut closed = Event {
             id: Uuid::now_v7(),
             seq: 2,

@@ -56,6 +56,7 @@ pub struct EventRow {
     pub oidc_iss: String,
     pub oidc_sub: String,
     pub oidc_claims: BTreeMap<String, String>,
+    pub context: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -196,6 +197,7 @@ impl From<&Event> for EventRow {
             oidc_iss,
             oidc_sub,
             oidc_claims,
+            context: e.context.clone(),
         }
     }
 }

@@ -143,6 +143,15 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS oidc_claims Map(String, String)",
         ],
     ),
+    (
+        9,
+        &[
+            // What an action was about in its protocol's terms (a git
+            // push's ref/old/new/forced, an AWS call's service/operation/
+            // region/resource), queryable as context['ref'].
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS context Map(String, String)",
+        ],
+    ),
 ];
 
 /// The questions security teams ask, as views. Every view reads `FINAL`,
