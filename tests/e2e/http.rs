@@ -623,6 +623,40 @@ if path == "/v1/echo":
         print(f.readline().decode().strip())
 "#;
 
+/// `blastgate run --user` agents read the trust bundle as themselves: the
+/// CA directory lets others open its public files by name (keys stay
+/// 0600), so an unprivileged agent's curl trusts the gateway.
+#[test]
+fn an_agent_run_as_another_user_trusts_the_gateway() {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = serial();
+    let Some(s) = setup() else { return };
+    // The test's own directory stands for /var/lib/blastgate (0755).
+    std::fs::set_permissions(s.env.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the test dir");
+    let resolve = format!("billing.internal:{}:127.0.0.2", s.up.port);
+    let mut c = Command::new(BIN);
+    c.args(["run", "--agent", "claude", "--user", "nobody", "--config"])
+        .arg(&s.env.config)
+        .args(["--", "curl", "-sS", "--resolve", &resolve])
+        .arg(s.url("/v1/invoices?limit=2"));
+    let out = output_within(&mut c, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out));
+    let doc = json(&out);
+    assert_eq!(doc["authorization_sha256"], injected(), "{doc}");
+    // The keys beside the bundle stay the daemon's alone.
+    for entry in std::fs::read_dir(s.env.dir.path().join("ca")).expect("ca dir") {
+        let path = entry.expect("entry").path();
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.ends_with(".pem") || name.ends_with(".pub") {
+            assert_eq!(mode, 0o644, "{}", path.display());
+        } else {
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+    }
+}
+
 #[test]
 fn upgrades_are_refused_or_carried_by_policy() {
     let _g = serial();

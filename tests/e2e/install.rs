@@ -131,9 +131,11 @@ fn install_sets_up_the_host_once_and_the_enrolled_runner_is_an_agent() {
     ] {
         assert!(said.contains(&line), "no {line:?} in:\n{said}");
     }
-    for dir in [&secrets, &env.spool, &ca_dir] {
+    for dir in [&secrets, &env.spool] {
         assert_eq!(mode(dir), 0o700, "{}", dir.display());
     }
+    // Searchable, not listable: `run --user` agents open the bundle by name.
+    assert_eq!(mode(&ca_dir), 0o711, "{}", ca_dir.display());
     assert_eq!(mode(&ca_dir.join("mask.key")), 0o600);
 
     // The trust store holds the CA `ca export` prints, in the bundle too.

@@ -294,12 +294,12 @@ impl LocalCa {
     fn create(dir: &Path, cert_path: PathBuf, key_path: PathBuf) -> Result<LocalCa, CaError> {
         DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(super::CA_DIR_MODE)
             .create(dir)
             .map_err(|e| io_error("create directory", dir, e))?;
         // The directory may have existed already with looser permissions;
         // it is about to hold the key that every trusting host depends on.
-        fs::set_permissions(dir, Permissions::from_mode(0o700))
+        fs::set_permissions(dir, Permissions::from_mode(super::CA_DIR_MODE))
             .map_err(|e| io_error("set permissions on", dir, e))?;
 
         let provider = ring_provider();
@@ -585,13 +585,13 @@ mod tests {
     }
 
     #[test]
-    fn key_file_is_0600_and_dir_0700() {
+    fn key_file_is_0600_and_dir_searchable_only() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ca");
         LocalCa::load_or_create(&dir).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
-        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir), 0o711);
     }
 
     #[test]

@@ -12,3 +12,8 @@ pub mod ssh_ca;
 pub mod trust;
 
 pub use ca::{CaError, LeafCache, LocalCa};
+
+/// The CA directory's mode: others may open its public files by name (the
+/// certificate and trust bundle `blastgate run --user` agents are pointed
+/// at) but not list it; the keys in it are 0600 from their creation.
+pub const CA_DIR_MODE: u32 = 0o711;

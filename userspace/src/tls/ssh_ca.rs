@@ -330,7 +330,7 @@ impl SshCa {
     fn create(dir: &Path, key_path: PathBuf, pub_path: PathBuf) -> Result<SshCa, SshCaError> {
         DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(super::CA_DIR_MODE)
             .create(dir)
             .map_err(|e| io_error("create directory", dir, e))?;
 
@@ -483,14 +483,14 @@ mod tests {
     }
 
     #[test]
-    fn private_key_is_0600_and_directory_0700() {
+    fn private_key_is_0600_and_directory_searchable_only() {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().join("ca");
         SshCa::load_or_create(&ca_dir).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&ca_dir.join(KEY_FILE)), 0o600);
         assert_eq!(mode(&ca_dir.join(PUB_FILE)), 0o644);
-        assert_eq!(mode(&ca_dir), 0o700);
+        assert_eq!(mode(&ca_dir), 0o711);
     }
 
     #[test]

@@ -84,7 +84,12 @@ pub fn run(req: Request) -> anyhow::Result<()> {
                 report(change, parent.display());
             }
         }
-        report(dirs::ensure(dir, 0o700)?, dir.display());
+        let mode = if dir == &cfg.tls.ca_dir {
+            crate::tls::CA_DIR_MODE
+        } else {
+            0o700
+        };
+        report(dirs::ensure(dir, mode)?, dir.display());
     }
 
     let ca_dir = &cfg.tls.ca_dir;
