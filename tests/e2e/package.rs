@@ -179,6 +179,16 @@ fn the_package_runs_a_hardened_daemon_upgrades_without_a_window_and_purges_clean
             ),
             Ok(mut d) => {
                 let r = scene.intercepted();
+                // An agent left unenrolled because the daemon cannot look
+                // at its script is an alarm an admin sees, not a log line.
+                if cap == "CAP_DAC_READ_SEARCH" {
+                    let status = text(&installed(&["status", "--config", CONFIG]));
+                    assert!(
+                        status.contains("ALARM: enrolled script") && status.contains("agent.py"),
+                        "without {cap}, status does not say the script agent is unenrolled:\n\
+                         {status}"
+                    );
+                }
                 d.stop();
                 match r {
                     Ok(()) => panic!(

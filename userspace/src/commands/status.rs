@@ -18,7 +18,7 @@ pub fn run(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            // Alarms first: they mean agents are being refused.
+            // Alarms first: they mean agents are being refused, or unguarded.
             for a in &s.alarms {
                 println!("ALARM: {a}");
             }

@@ -23,6 +23,23 @@ pub struct Resolved {
     /// `[[enrol.scripts]]` rules, and the interpreters they name.
     pub scripts: Vec<ScriptKey>,
     pub interpreters: Vec<(ExeKey, u32)>,
+    /// Rules naming a file that exists but the daemon cannot stat (a
+    /// directory it may not search): that agent runs unenrolled, so it is
+    /// an alarm, not a warning. A missing file is not: nothing can run it.
+    pub unreadable: Vec<String>,
+}
+
+/// An alarm for a rule whose file the daemon could not look at, unless
+/// the file is simply not there (yet).
+fn unreadable(what: &str, path: &Path, e: &std::io::Error) -> Option<String> {
+    (e.kind() != std::io::ErrorKind::NotFound).then(|| {
+        format!(
+            "enrolled {what} {} cannot be examined ({e}): its processes are not enrolled and \
+             connect directly; let the daemon search its directory (CAP_DAC_READ_SEARCH, or \
+             the directory's mode)",
+            path.display()
+        )
+    })
 }
 
 /// The kernel's `dev_t` encoding (MKDEV: 12-bit major, 20-bit minor) of a
@@ -88,7 +105,8 @@ pub fn resolve(
         match exe_key(&path) {
             Ok(key) => out.exes.push((key, id)),
             Err(e) => {
-                tracing::warn!(exe = %path.display(), error = %e, "enrolled executable not found")
+                tracing::warn!(exe = %path.display(), error = %e, "enrolled executable not found");
+                out.unreadable.extend(unreadable("executable", &path, &e));
             }
         }
     }
@@ -109,12 +127,20 @@ pub fn resolve(
                     out.interpreters.push((interpreter, 1));
                 }
             }
-            (Err(e), _) | (_, Err(e)) => tracing::warn!(
-                interpreter = %r.interpreter.display(),
-                script = %r.script.display(),
-                error = %e,
-                "enrolled script or its interpreter not found; looked up again every rescan"
-            ),
+            (interpreter, script) => {
+                for (what, path, e) in [
+                    ("interpreter", &r.interpreter, interpreter.err()),
+                    ("script", &r.script, script.err()),
+                ] {
+                    let Some(e) = e else { continue };
+                    tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        "enrolled {what} not found; looked up again every rescan"
+                    );
+                    out.unreadable.extend(unreadable(what, path, &e));
+                }
+            }
         }
     }
     Ok(out)

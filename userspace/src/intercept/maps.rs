@@ -30,6 +30,9 @@ pub struct KernelMaps {
     held: Mutex<Array<MapData, u32>>,
     /// Processes this daemon marked unstored itself (the kernel counts its own).
     unstored_here: std::sync::atomic::AtomicU64,
+    /// Enrolment rules the daemon could not resolve though their file
+    /// exists ([`super::enrol::Resolved::unreadable`]).
+    enrol_alarms: Mutex<Vec<String>>,
     interpreters: Mutex<HashMap<MapData, ExeKey, u32>>,
     counters: PerCpuArray<MapData, u64>,
     /// The TCP passthrough fast path; `None` when the kernel refused it
@@ -152,6 +155,7 @@ impl KernelMaps {
             exes: Mutex::new(take(&mut maps, map::ENROL_EXES)?),
             held: Mutex::new(take(&mut maps, map::HELD)?),
             unstored_here: Default::default(),
+            enrol_alarms: Mutex::default(),
             interpreters: Mutex::new(take(&mut maps, map::ENROL_INTERPRETERS)?),
             counters: take(&mut maps, map::COUNTERS)?,
             fast: None,
@@ -358,21 +362,28 @@ impl KernelMaps {
     /// Alarms for `blastgate status` and the daemon log: states in which
     /// the kernel is refusing agent processes it could not track.
     pub fn alarms(&self) -> Vec<String> {
+        let mut alarms = lock(&self.enrol_alarms).clone();
         let unstored = self.counter(counter::LABELS_UNSTORED)
             + self
                 .unstored_here
                 .load(std::sync::atomic::Ordering::Relaxed);
         if unstored == 0 {
-            return Vec::new();
+            return alarms;
         }
         let cap = self
             .labels_capacity()
             .map_or_else(|| "?".to_string(), |c| c.to_string());
-        vec![format!(
+        alarms.push(format!(
             "{unstored} agent processes could not be labelled (label map full at {cap} \
              entries): they and their descendants are refused every connection; raise \
              [bpf] max_labels"
-        )]
+        ));
+        alarms
+    }
+
+    /// Replaces the enrolment alarms (at every rescan).
+    pub fn set_enrol_alarms(&self, alarms: Vec<String>) {
+        *lock(&self.enrol_alarms) = alarms;
     }
 
     /// The daemon pid recorded in the kernel settings (0 if none).

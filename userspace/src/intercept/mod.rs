@@ -138,6 +138,7 @@ impl Interceptor {
             &enrolment.exes,
             &enrolment.interpreters,
         )?;
+        maps.set_enrol_alarms(enrolment.unreadable.clone());
         maps.write_setting(setting::READY, 1)?;
 
         let exec_required = !config.enrol.exes.is_empty() || !config.enrol.scripts.is_empty();
@@ -199,6 +200,7 @@ impl Interceptor {
                 {
                     tracing::error!(error = %e, "updating enrolment maps");
                 }
+                self.maps.set_enrol_alarms(r.unreadable.clone());
                 self.enrolment = r;
             }
             Err(e) => tracing::error!(error = %e, "resolving enrolment rules"),
