@@ -63,6 +63,15 @@ pub fn message(text: &str) -> String {
 }
 
 fn job_line(r: &ApprovalRequest) -> String {
+    let ci = r.ci_job.as_ref().map(|j| j.describe());
+    let token = token_line(r);
+    match ci {
+        Some(ci) => format!("{ci}; {token}"),
+        None => token,
+    }
+}
+
+fn token_line(r: &ApprovalRequest) -> String {
     match &r.job {
         Some(job) => {
             let claim = |k: &str| job.claims.get(k).cloned().unwrap_or_default();
@@ -191,6 +200,7 @@ mod tests {
             group: "dba".into(),
             reason: "r".into(),
             job: None,
+            ci_job: None,
         };
         let page = approvals(&approver, "tok\"en", &[r], None);
         assert!(!page.contains("<script>1"), "{page}");
