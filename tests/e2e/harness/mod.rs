@@ -10,6 +10,7 @@
 
 pub mod attached;
 pub mod browser;
+pub mod ci_runner;
 pub mod clickhouse_cluster;
 pub mod dnsmasq;
 pub mod https_upstream;

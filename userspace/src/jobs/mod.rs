@@ -500,7 +500,11 @@ impl Jobs {
         binding: u32,
         oidc: &crate::identity::oidc::Oidc,
     ) -> Result<Option<Arc<Live>>, String> {
-        match self.for_connection(caller.uid, binding)? {
+        let on = self.for_connection(caller.uid, binding).inspect_err(|_| {
+            // A refused process of an ended job is recorded as that job's.
+            caller.job = self.get(binding).map(|e| e.job);
+        })?;
+        match on {
             Some(on) => {
                 if on.oidc.is_none() && oidc.required_for(&caller.agent) {
                     return Err(format!(
@@ -576,7 +580,10 @@ mod tests {
         assert_eq!(f["actor"], "octocat");
         assert_eq!(f["run_attempt"], "1");
         assert!(verified.contains(&"repository".to_string()));
-        assert!(!verified.contains(&"job".to_string()), "no claim vouches for it");
+        assert!(
+            !verified.contains(&"job".to_string()),
+            "no claim vouches for it"
+        );
 
         let mut other = fields(&[("repository", "evil/app"), ("run_id", "42")]);
         let e = agree(gh, Some(gh), &token, &mut other).expect_err("disagrees");
@@ -588,11 +595,7 @@ mod tests {
         let gl = claims(serde_json::json!({
             "project_path": "grp/app", "pipeline_id": "7", "job_id": "99", "user_login": "dev"
         }));
-        let mut g = fields(&[
-            ("repository", "grp/app"),
-            ("run_id", "7"),
-            ("job_id", "98"),
-        ]);
+        let mut g = fields(&[("repository", "grp/app"), ("run_id", "7"), ("job_id", "98")]);
         let e = agree(CiProvider::Gitlab, Some(CiProvider::Gitlab), &gl, &mut g)
             .expect_err("forged job id");
         assert!(e.contains("job_id"), "{e}");

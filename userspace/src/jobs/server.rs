@@ -215,7 +215,14 @@ async fn refused(ctx: &JobsContext, pid: u32, why: String) -> JobResponse {
             caller.job = ctx.jobs.get(l.binding).map(|e| e.job);
         }
     }
-    record(ctx, EventKind::JobRefused, Verdict::Deny, why.clone(), caller).await;
+    record(
+        ctx,
+        EventKind::JobRefused,
+        Verdict::Deny,
+        why.clone(),
+        caller,
+    )
+    .await;
     JobResponse::Error { message: why }
 }
 
@@ -249,11 +256,7 @@ async fn start(
         Ok(r) => r,
         Err(e) => return refused(ctx, pid, e).await,
     };
-    if ctx
-        .maps
-        .label_of(root.pid)
-        .is_some_and(|l| l.binding != 0)
-    {
+    if ctx.maps.label_of(root.pid).is_some_and(|l| l.binding != 0) {
         return refused(
             ctx,
             pid,
@@ -306,8 +309,14 @@ async fn start(
         }
     };
     if let Err(e) = bind_tree(ctx, root, entry.binding) {
-        ctx.jobs.end(entry.binding, "its processes could not be labelled");
-        return refused(ctx, pid, format!("the job's processes could not be labelled: {e}")).await;
+        ctx.jobs
+            .end(entry.binding, "its processes could not be labelled");
+        return refused(
+            ctx,
+            pid,
+            format!("the job's processes could not be labelled: {e}"),
+        )
+        .await;
     }
     watch(ctx, &entry);
     let mut caller = caller_of(root.pid, Some(entry.job.clone()));
@@ -402,9 +411,7 @@ async fn verify(
 ) -> Result<Vouched, String> {
     let hash = token_hash(token);
     if ctx.jobs.token_spent(&hash) {
-        return Err(
-            "this token has already registered a CI job: a token registers one job".into(),
-        );
+        return Err("this token has already registered a CI job: a token registers one job".into());
     }
     let v = ctx
         .oidc

@@ -428,7 +428,10 @@ fn caller(b: &mut Vec<u8>, c: Option<&LineCaller<'_>>, exe_first: bool) {
 fn job(b: &mut Vec<u8>, j: Option<&LineJob<'_>>) {
     string(b, j.map_or("", |j| &j.provider));
     for f in crate::jobs::FIELDS {
-        string(b, j.and_then(|j| j.fields.get(*f)).map_or("", |v| v.as_ref()));
+        string(
+            b,
+            j.and_then(|j| j.fields.get(*f)).map_or("", |v| v.as_ref()),
+        );
     }
     let verified = j.map_or(&[][..], |j| &j.verified[..]);
     varint(b, verified.len() as u64);
@@ -651,10 +654,14 @@ mod tests {
             job: Some(crate::jobs::CiJob {
                 id: Uuid::now_v7(),
                 provider: "github".into(),
-                fields: [("repository", "acme/app"), ("run_id", "42"), ("job", "b\"x é")]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                fields: [
+                    ("repository", "acme/app"),
+                    ("run_id", "42"),
+                    ("job", "b\"x é"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
                 verified: vec!["repository".into(), "run_id".into()],
             }),
         };
