@@ -31,6 +31,15 @@ fn is_run(e: &Value, run_id: &str) -> bool {
     job_of(e)["fields"]["run_id"] == run_id
 }
 
+/// Two real providers, for GitHub's and GitLab's issuers; `None`: the
+/// test is skipped (a failure under CI=true).
+fn two_issuers() -> Option<(Provider, Provider)> {
+    if !kernel_ready() {
+        return None;
+    }
+    Some((Provider::start()?, Provider::start()?))
+}
+
 /// The token-fetch variables GitHub gives a job with `id-token: write`.
 fn with_token_request(host: &CiHost, env: &mut Vec<(&'static str, String)>) {
     env.push(("ACTIONS_ID_TOKEN_REQUEST_URL", host.token_url.clone()));
@@ -56,10 +65,11 @@ fn a_github_job_carries_its_identity_until_it_ends() {
     // Steps: a connection, one held open across the job's end, and a
     // process left behind that connects only after the job has ended.
     let steps = format!(
-        "{step}; \
+        "{gated}; {step}; \
          /bin/bash -c 'exec 3<>/dev/tcp/{hip}/{hport} && echo held > {held} && cat <&3' >/dev/null 2>&1 & \
          setsid /bin/sh -c 'while [ ! -e {go} ]; do sleep 0.1; done; {left}' >/dev/null 2>&1 & \
          i=0; while [ ! -e {held} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+        gated = host.probe_to(host.gated.addr(0), "gated.json"),
         step = host.probe_to(host.orders.addr(0), "step.json"),
         hip = host.hold.ip(),
         hport = host.hold.port(),
@@ -67,9 +77,31 @@ fn a_github_job_carries_its_identity_until_it_ends() {
         go = host.path("go"),
         left = host.probe_to(host.orders.addr(0), "left.json"),
     );
-    let out = host.github_job(None, &pairs(&env), &steps);
+    let job = host
+        .github_job_command(None, &pairs(&env), &steps)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("Runner.Worker");
+    // The approver sees which job asks.
+    let id = host.env.pending_approval();
+    let listed = host.env.blastgate(&["approvals", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("approvals json");
+    let held = &listed[0]["ci_job"];
+    assert_eq!(held["fields"]["repository"], "acme/app", "{listed}");
+    assert_eq!(held["fields"]["run_id"], "4242", "{listed}");
+    assert_eq!(held["fields"]["actor"], "octocat", "{listed}");
+    let text_list = host.env.blastgate(&["approvals", "list"]);
+    assert!(
+        String::from_utf8_lossy(&text_list.stdout).contains("run \"4242\" of \"acme/app\""),
+        "{}",
+        text(&text_list)
+    );
+    host.env.answer_approval("deny", &id);
+    let out = job.wait_with_output().expect("job");
     assert_eq!(kv(&out, "started"), Some(0), "{}", text(&out));
     assert_eq!(kv(&out, "completed"), Some(0), "{}", text(&out));
+    assert_eq!(host.answer("gated.json")["ok"], false);
     assert_eq!(host.answer("step.json")["ok"], true);
 
     // The step's session carries the job, the token's fields as verified.
@@ -133,7 +165,7 @@ fn a_github_job_carries_its_identity_until_it_ends() {
         (!out.is_empty()).then_some(out)
     })
     .expect("the session in ClickHouse");
-    assert_eq!(rows.trim(), "github\tacme/app\t4242\toctocat\ttrue");
+    assert_eq!(rows.trim(), "github\tacme/app\t4242\toctocat\t1");
     let sessions = wait_until(Duration::from_secs(20), || {
         let out = db.try_query(
             "SELECT job_repository, job_run_id, job_actor FROM {db}.sessions FINAL \
@@ -150,13 +182,7 @@ fn a_github_job_carries_its_identity_until_it_ends() {
 #[test]
 fn steps_cannot_become_another_job_and_tokens_register_one_job() {
     let _g = serial();
-    if !kernel_ready() {
-        return;
-    }
-    let Some(github) = Provider::start() else {
-        return;
-    };
-    let Some(gitlab) = Provider::start() else {
+    let Some((github, gitlab)) = two_issuers() else {
         return;
     };
     let host = CiHost::start(&github, Some(&gitlab), "");
@@ -348,13 +374,7 @@ fn idle_connections_and_parallel_jobs_do_not_block_registration() {
 #[test]
 fn a_gitlab_job_is_rooted_at_its_shell_not_a_subshell() {
     let _g = serial();
-    if !kernel_ready() {
-        return;
-    }
-    let Some(github) = Provider::start() else {
-        return;
-    };
-    let Some(gitlab) = Provider::start() else {
+    let Some((github, gitlab)) = two_issuers() else {
         return;
     };
     let host = CiHost::start(&github, Some(&gitlab), "");

@@ -178,11 +178,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
              agents' lookups of allowed names fail"
         );
     }
+    let runners = config
+        .jobs
+        .runner_uids(&config.enrolled_uids())
+        .map_err(Error::Invalid)?;
+    let jobs = Arc::new(crate::jobs::Jobs::load(
+        config.jobs.require(&runners),
+        runners,
+        &config.jobs.state_file,
+    ));
     let callers = Arc::new(
         crate::dns::listener::Callers::new(
             interceptor.maps.clone(),
             interceptor.agents.clone(),
             Default::default(),
+            jobs.clone(),
         )
         .map_err(|e| Error::io("sock_diag socket for the DNS resolver", e))?,
     );
@@ -219,15 +229,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         });
     }
-    let runners = config
-        .jobs
-        .runner_uids(&config.enrolled_uids())
-        .map_err(Error::Invalid)?;
-    let jobs = Arc::new(crate::jobs::Jobs::load(
-        config.jobs.require(&runners),
-        runners,
-        &config.jobs.state_file,
-    ));
     let proxy_ctx = Arc::new(ProxyContext {
         services: Arc::new(Services {
             approvals: approvals.clone(),

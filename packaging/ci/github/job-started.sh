@@ -26,6 +26,14 @@ fail() {
 "$BLASTGATE_BIN" job start --provider github --config "$BLASTGATE_CONFIG" ||
     fail "the job could not be registered"
 
+# Registered: from here a failure also ends the job, so its processes are
+# refused even if the runner went on.
+fail() {
+    echo "blastgate: $*; failing the job" >&2
+    "$BLASTGATE_BIN" job end --config "$BLASTGATE_CONFIG" >&2
+    exit 1
+}
+
 # With `permissions: id-token: write` the runner can mint the job's OIDC
 # token. It is fetched once the job is registered (before, a runner's
 # connections are refused) and must agree with what was registered.

@@ -25,16 +25,24 @@ use super::{free_port_on, oidc::Provider, users::TestUser, Daemon, Env, TestServ
 pub const AUDIENCE: &str = "blastgate";
 pub const AGENT: &str = "runner";
 
-/// Every connection allowed: the tests are about who the job is.
+/// Every connection allowed but to `gated`, which a human decides: the
+/// tests are about who the job is.
 const POLICY: &str = r#"
 @id("allow-all")
 permit (principal, action, resource);
+
+@id("gated-asks-ops")
+@reason("gated is decided by a human")
+@approval("ops")
+forbid (principal, action == Action::"connect", resource)
+when { resource.name == "gated" };
 "#;
 
 pub struct CiHost {
     pub env: Env,
     pub daemon: Daemon,
     pub orders: TestServer,
+    pub gated: TestServer,
     pub hold: SocketAddr,
     pub token_url: String,
     token: Arc<Mutex<String>>,
@@ -115,6 +123,7 @@ impl CiHost {
         .expect("schema");
         std::fs::write(policies.path().join("allow.cedar"), POLICY).expect("policy");
         let orders = TestServer::start(&["127.0.0.2"]);
+        let gated = TestServer::start(&["127.0.0.5"]);
         let hold = silent_server("127.0.0.4");
         let token = Arc::new(Mutex::new(String::new()));
         let token_addr = token_server("127.0.0.3", token.clone());
@@ -137,6 +146,7 @@ impl CiHost {
         }
         for (name, addr) in [
             ("orders", orders.addr(0)),
+            ("gated", gated.addr(0)),
             ("hold", hold),
             ("token", token_addr),
         ] {
@@ -157,6 +167,7 @@ impl CiHost {
             env,
             daemon,
             orders,
+            gated,
             hold,
             token_url: format!("http://{token_addr}/token?api-version=2.0"),
             token,

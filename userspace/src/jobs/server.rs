@@ -370,7 +370,13 @@ async fn attest(
     };
     let (verified, oidc, spent) = match verify(ctx, provider, &token, &mut fields).await {
         Ok(v) => v,
-        Err(e) => return refused(ctx, pid, e).await,
+        Err(e) => {
+            // The hook's own token was refused: the job it registered must
+            // not go on as if it had none (fail closed).
+            let resp = refused(ctx, pid, e).await;
+            end_job(ctx, binding, "its OIDC token was refused").await;
+            return resp;
+        }
     };
     let (Some(oidc), Some(spent)) = (oidc, spent) else {
         return refused(ctx, pid, "no token".into()).await;

@@ -294,6 +294,7 @@ pub fn agent_attrs(c: &Caller) -> AgentAttrs {
             groups: o.groups.clone(),
             claims: o.claims.clone(),
         }),
+        job: c.job.as_ref().map(crate::policy::decide::JobAttrs::of),
     }
 }
 
