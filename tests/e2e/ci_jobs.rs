@@ -146,15 +146,14 @@ fn a_github_job_carries_its_identity_until_it_ends() {
     // The process the job left behind is refused once the job has ended.
     std::fs::write(host.dir.path().join("go"), "").expect("go");
     assert_eq!(host.answer("left.json")["ok"], false);
-    let denied = host.env.wait_event("the leftover refused", |e| {
-        e["kind"] == "session_denied" && is_run(e, "4242")
-    });
-    assert!(
-        denied["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("has ended")),
-        "{denied}"
-    );
+    host.env
+        .wait_event("the leftover refused, as its job's", |e| {
+            e["kind"] == "session_denied"
+                && is_run(e, "4242")
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("has ended"))
+        });
 
     // ClickHouse has the job on events and sessions.
     let rows = wait_until(Duration::from_secs(20), || {

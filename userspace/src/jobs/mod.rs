@@ -293,6 +293,9 @@ pub struct Jobs {
     runners: Vec<u32>,
     state_file: PathBuf,
     state: Mutex<State>,
+    /// One save at a time, each writing the state as of its own turn (two
+    /// registrations at once must not race on the temporary file).
+    saving: Mutex<()>,
 }
 
 /// A connection's job, as the driver attaches it.
@@ -323,6 +326,7 @@ impl Jobs {
             runners,
             state_file: state_file.to_path_buf(),
             state: Mutex::new(state),
+            saving: Mutex::new(()),
         };
         if let Err(e) = jobs.save() {
             tracing::error!(error = %e, "jobs state not saved");
@@ -344,6 +348,7 @@ impl Jobs {
 
     /// Writes the state atomically (a temporary file renamed over it).
     fn save(&self) -> Result<(), String> {
+        let _turn = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = {
             let mut st = self.lock();
             let now = now_secs();
