@@ -56,8 +56,11 @@ fn a_github_job_carries_its_identity_until_it_ends() {
         return;
     };
     let Some(url) = clickhouse_url() else { return };
+    if !harness::postgres::TestPostgres::available() {
+        return;
+    }
     let db = TestDatabase::new(&url);
-    let host = CiHost::start(&github, None, &db.config());
+    let host = CiHost::start_with(&github, None, &db.config(), true);
     host.serve_token(&github.job_token(AUDIENCE, github_claims("acme/app", "4242"), 300));
     let mut env = github_env("acme/app", "4242");
     with_token_request(&host, &mut env);
@@ -65,12 +68,13 @@ fn a_github_job_carries_its_identity_until_it_ends() {
     // Steps: a connection, one held open across the job's end, and a
     // process left behind that connects only after the job has ended.
     let steps = format!(
-        "{gated}; {step}; \
+        "{gated}; {step}; {psql}; \
          /bin/bash -c 'exec 3<>/dev/tcp/{hip}/{hport} && echo held > {held} && cat <&3' >/dev/null 2>&1 & \
          setsid /bin/sh -c 'while [ ! -e {go} ]; do sleep 0.1; done; {left}' >/dev/null 2>&1 & \
          i=0; while [ ! -e {held} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
         gated = host.probe_to(host.gated.addr(0), "gated.json"),
         step = host.probe_to(host.orders.addr(0), "step.json"),
+        psql = host.psql_to("SELECT 40 + 2", "psql.out"),
         hip = host.hold.ip(),
         hport = host.hold.port(),
         held = host.path("held"),
@@ -126,6 +130,17 @@ fn a_github_job_carries_its_identity_until_it_ends() {
     );
     assert_eq!(opened["caller"]["oidc"]["claims"]["repository"], "acme/app");
 
+    // psql through the PostgreSQL gateway: the session and the statement.
+    let psql = std::fs::read_to_string(host.dir.path().join("psql.out")).unwrap_or_default();
+    assert_eq!(psql.trim(), "42", "{psql}");
+    let statement = host.env.wait_event("the job's statement", |e| {
+        e["kind"] == "statement" && e["target"] == "orders-db" && is_run(e, "4242")
+    });
+    assert_eq!(job_of(&statement)["fields"]["actor"], "octocat");
+    host.env.wait_event("the job's psql session", |e| {
+        e["kind"] == "session_opened" && e["target"] == "orders-db" && is_run(e, "4242")
+    });
+
     // The session open at the job's end was closed with the reason, and
     // the end counted it.
     let ended = host.env.wait_event("job_ended", |e| {
@@ -174,6 +189,15 @@ fn a_github_job_carries_its_identity_until_it_ends() {
     })
     .expect("the held session in ClickHouse");
     assert_eq!(sessions.trim(), "acme/app\t4242\toctocat");
+    let statements = wait_until(Duration::from_secs(20), || {
+        let out = db.try_query(
+            "SELECT job_repository, job_run_id, job_actor FROM {db}.events FINAL \
+             WHERE kind = 'statement' AND target = 'orders-db'",
+        )?;
+        (!out.is_empty()).then_some(out)
+    })
+    .expect("the statement in ClickHouse");
+    assert_eq!(statements.trim(), "acme/app\t4242\toctocat");
     let ended_rows = db.query("SELECT count() FROM {db}.events FINAL WHERE kind = 'job_ended'");
     assert!(ended_rows.trim() != "0", "{ended_rows}");
 }

@@ -24,6 +24,8 @@ use super::{free_port_on, oidc::Provider, users::TestUser, Daemon, Env, TestServ
 
 pub const AUDIENCE: &str = "blastgate";
 pub const AGENT: &str = "runner";
+/// The PostgreSQL password blastgate holds (never the agent).
+const PG_SECRET: &str = "upstream-Secret-ci-jobs";
 
 /// Every connection allowed but to `gated`, which a human decides: the
 /// tests are about who the job is.
@@ -39,6 +41,9 @@ when { resource.name == "gated" };
 "#;
 
 pub struct CiHost {
+    /// A real PostgreSQL behind target `orders-db` (blastgate holds its
+    /// password), when the test asked for one.
+    pub pg: Option<super::postgres::TestPostgres>,
     pub env: Env,
     pub daemon: Daemon,
     pub orders: TestServer,
@@ -107,6 +112,16 @@ impl CiHost {
     /// `github` is marked `provider = "github"`, `gitlab` (if any)
     /// `provider = "gitlab"`; `sections`: more config (ClickHouse).
     pub fn start(github: &Provider, gitlab: Option<&Provider>, sections: &str) -> CiHost {
+        CiHost::start_with(github, gitlab, sections, false)
+    }
+
+    /// [`CiHost::start`], with a PostgreSQL target when `postgres`.
+    pub fn start_with(
+        github: &Provider,
+        gitlab: Option<&Provider>,
+        sections: &str,
+        postgres: bool,
+    ) -> CiHost {
         let runner = TestUser::create(&format!("bgci{}", std::process::id() % 100_000));
         let dir = tempfile::Builder::new()
             .prefix("blastgate-ci")
@@ -154,6 +169,23 @@ impl CiHost {
                 "\n[[targets]]\nname = \"{name}\"\nprotocol = \"tcp\"\naddress = \"{addr}\"\n"
             ));
         }
+        let pg = postgres.then(|| {
+            let pg = super::postgres::TestPostgres::start("127.0.0.6");
+            pg.create_role("app", PG_SECRET, true);
+            pg.create_db("orders", "app");
+            let secret = dir.path().join("orders-db.secret");
+            std::fs::write(&secret, format!("{PG_SECRET}\n")).expect("secret");
+            // The runner's jobs must not read it.
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+            config.push_str(&format!(
+                "\n[[targets]]\nname = \"orders-db\"\nprotocol = \"postgres\"\naddress = \"{}\"\n\n\
+                 [targets.postgres]\nuser = \"app\"\npassword_file = \"{}\"\n",
+                pg.addr(),
+                secret.display()
+            ));
+            pg
+        });
         let env = Env::new(&config);
         // The runner account reads the config (the hook takes the socket
         // from it), as it reads /etc/blastgate/blastgate.toml (0644).
@@ -163,6 +195,7 @@ impl CiHost {
             .expect("chmod");
         let daemon = Daemon::start(&env);
         let host = CiHost {
+            pg,
             runner,
             env,
             daemon,
@@ -323,6 +356,17 @@ impl CiHost {
     /// `probe connect` to a target, writing its JSON answer to `out`.
     pub fn probe_to(&self, addr: SocketAddr, out: &str) -> String {
         format!("{PROBE} connect {addr} > {}", self.path(out))
+    }
+
+    /// `psql -c SQL` to the `orders-db` target, its output in `out`.
+    pub fn psql_to(&self, sql: &str, out: &str) -> String {
+        let pg = self.pg.as_ref().expect("a host with PostgreSQL");
+        format!(
+            "PGPASSWORD=any /usr/bin/psql -X -At \"host={} port={} user=app dbname=orders sslmode=disable\" -c \"{sql}\" > {} 2>&1",
+            pg.addr().ip(),
+            pg.port(),
+            self.path(out)
+        )
     }
 
     /// The probe's answer written to `name`, once there.
