@@ -183,7 +183,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .runner_uids(&config.enrolled_uids())
         .map_err(Error::Invalid)?;
     let jobs = Arc::new(crate::jobs::Jobs::load(
-        config.jobs.require(&runners),
+        config.jobs.require(),
         runners,
         &config.jobs.state_file,
     ));

@@ -84,14 +84,8 @@ fn token_server(ip: &str, token: Arc<Mutex<String>>) -> SocketAddr {
             let Ok(mut c) = c else { continue };
             let token = token.clone();
             thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                super::read_head(&mut c);
                 let body = serde_json::json!({
                     "count": 1,
                     "value": token.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -145,8 +139,9 @@ impl CiHost {
         let jobs_socket = dir.path().join("jobs.sock");
         let mut config = format!(
             "{sections}\n[policy]\ndir = \"{}\"\n\n[enrol]\nuids = [{{ uid = {}, agent = \"{AGENT}\" }}]\n\n\
-             [jobs]\nsocket = \"{}\"\nstate_file = \"{}\"\n\n[oidc]\n",
+             [jobs]\nrunners = [{}]\nsocket = \"{}\"\nstate_file = \"{}\"\n\n[oidc]\n",
             policies.path().display(),
+            runner.uid,
             runner.uid,
             jobs_socket.display(),
             dir.path().join("jobs.json").display(),

@@ -21,8 +21,9 @@ pub struct JobsConfig {
     #[serde(default)]
     pub runners: Option<Vec<RunnerRef>>,
     /// Refuse (and record) every connection of a runner uid's process that
-    /// is not inside a registered, live job. Default: on whenever there
-    /// are runners.
+    /// is not inside a registered, live job. Default: on when `runners` is
+    /// set (off otherwise, so a config that only enrols uids keeps working
+    /// as before it had jobs).
     #[serde(default)]
     pub require: Option<bool>,
     /// Registered jobs and spent tokens, kept across daemon restarts.
@@ -77,8 +78,8 @@ impl JobsConfig {
     }
 
     /// Whether runner processes outside a live job are refused.
-    pub fn require(&self, runners: &[u32]) -> bool {
-        self.require.unwrap_or(!runners.is_empty())
+    pub fn require(&self) -> bool {
+        self.require.unwrap_or(self.runners.is_some())
     }
 }
 
@@ -87,14 +88,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runners_default_to_the_enrolled_uids_and_require_follows_them() {
+    fn runners_default_to_the_enrolled_uids_and_require_to_runners_being_named() {
         let c: JobsConfig = toml::from_str("").expect("empty");
         assert_eq!(c.runner_uids(&[1001]).expect("uids"), vec![1001]);
-        assert!(c.require(&[1001]));
-        assert!(!c.require(&[]));
+        assert!(!c.require(), "enrolled uids alone keep working as before");
+        let c: JobsConfig = toml::from_str("runners = [0, 42]").expect("set");
+        assert!(c.require());
         let c: JobsConfig = toml::from_str("runners = [0, 42]\nrequire = false").expect("set");
         assert_eq!(c.runner_uids(&[1001]).expect("uids"), vec![0, 42]);
-        assert!(!c.require(&[0, 42]));
+        assert!(!c.require());
         let c: JobsConfig = toml::from_str("runners = [\"no-such-user-here\"]").expect("names");
         assert!(c.runner_uids(&[]).is_err());
     }
