@@ -200,9 +200,22 @@ mod tests {
             group: "dba".into(),
             reason: "r".into(),
             job: None,
-            ci_job: None,
+            // A job's fields are the job's own say: escaped too.
+            ci_job: Some(crate::jobs::CiJob {
+                provider: "github".into(),
+                fields: [("repository", "acme/<i>app"), ("run_id", "42")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
         };
         let page = approvals(&approver, "tok\"en", &[r], None);
+        assert!(!page.contains("<i>app"), "{page}");
+        assert!(
+            page.contains("acme/&lt;i&gt;app"),
+            "the approver sees the job: {page}"
+        );
         assert!(!page.contains("<script>1"), "{page}");
         assert!(!page.contains("<b>alice"), "{page}");
         assert!(page.contains("tok&quot;en"));
