@@ -56,7 +56,7 @@ fn a_github_job_carries_its_identity_until_it_ends() {
         return;
     };
     let Some(url) = clickhouse_url() else { return };
-    if !harness::postgres::TestPostgres::available() {
+    if !harness::postgres::TestPostgres::available() || !harness::sshd::TestSshd::available() {
         return;
     }
     let db = TestDatabase::new(&url);
@@ -68,13 +68,14 @@ fn a_github_job_carries_its_identity_until_it_ends() {
     // Steps: a connection, one held open across the job's end, and a
     // process left behind that connects only after the job has ended.
     let steps = format!(
-        "{gated}; {step}; {psql}; \
+        "{gated}; {step}; {psql}; {ssh}; \
          /bin/bash -c 'exec 3<>/dev/tcp/{hip}/{hport} && echo held > {held} && cat <&3' >/dev/null 2>&1 & \
          setsid /bin/sh -c 'while [ ! -e {go} ]; do sleep 0.1; done; {left}' >/dev/null 2>&1 & \
          i=0; while [ ! -e {held} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
         gated = host.probe_to(host.gated.addr(0), "gated.json"),
         step = host.probe_to(host.orders.addr(0), "step.json"),
         psql = host.psql_to("SELECT 40 + 2", "psql.out"),
+        ssh = host.ssh_to("echo deployed", "ssh.out"),
         hip = host.hold.ip(),
         hport = host.hold.port(),
         held = host.path("held"),
@@ -140,6 +141,14 @@ fn a_github_job_carries_its_identity_until_it_ends() {
     host.env.wait_event("the job's psql session", |e| {
         e["kind"] == "session_opened" && e["target"] == "orders-db" && is_run(e, "4242")
     });
+
+    // ssh through the SSH gateway: the command carries the job.
+    let ssh = std::fs::read_to_string(host.dir.path().join("ssh.out")).unwrap_or_default();
+    assert_eq!(ssh.trim(), "deployed", "{ssh}");
+    let command = host.env.wait_event("the job's ssh command", |e| {
+        e["kind"] == "command" && e["target"] == "deploy-host" && is_run(e, "4242")
+    });
+    assert_eq!(job_of(&command)["fields"]["repository"], "acme/app");
 
     // The session open at the job's end was closed with the reason, and
     // the end counted it.

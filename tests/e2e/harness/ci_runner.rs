@@ -44,6 +44,9 @@ pub struct CiHost {
     /// A real PostgreSQL behind target `orders-db` (blastgate holds its
     /// password), when the test asked for one.
     pub pg: Option<super::postgres::TestPostgres>,
+    /// A real sshd behind target `deploy-host` (blastgate holds the key),
+    /// with the known_hosts file its clients trust, when asked for.
+    pub sshd: Option<(super::sshd::TestSshd, PathBuf)>,
     pub env: Env,
     pub daemon: Daemon,
     pub orders: TestServer,
@@ -181,6 +184,22 @@ impl CiHost {
             ));
             pg
         });
+        let sshd = postgres.then(|| {
+            let sshd = super::sshd::TestSshd::start("127.0.0.7");
+            let user = super::sshd::deploy_user();
+            let key = sshd.authorize_new_key(&user);
+            let upstream = dir.path().join("upstream_known_hosts");
+            std::fs::write(&upstream, format!("{}\n", sshd.known_hosts_line())).expect("kh");
+            config.push_str(&format!(
+                "\n[[targets]]\nname = \"deploy-host\"\nprotocol = \"ssh\"\naddress = \"{}\"\n\
+                 hostnames = [\"127.0.0.7\"]\n\n[targets.ssh]\nuser = \"{user}\"\nkey_file = \"{}\"\n\
+                 known_hosts = \"{}\"\n",
+                sshd.addr(),
+                key.display(),
+                upstream.display()
+            ));
+            (sshd, user)
+        });
         let env = Env::new(&config);
         // The runner account reads the config (the hook takes the socket
         // from it), as it reads /etc/blastgate/blastgate.toml (0644).
@@ -189,8 +208,14 @@ impl CiHost {
         std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o644))
             .expect("chmod");
         let daemon = Daemon::start(&env);
+        let sshd = sshd.map(|(sshd, user)| {
+            let kh = super::ssh_gateway::client_known_hosts(&env, dir.path(), "127.0.0.7");
+            let _ = user;
+            (sshd, kh)
+        });
         let host = CiHost {
             pg,
+            sshd,
             runner,
             env,
             daemon,
@@ -360,6 +385,25 @@ impl CiHost {
             "PGPASSWORD=any /usr/bin/psql -X -At \"host={} port={} user=app dbname=orders sslmode=disable\" -c \"{sql}\" > {} 2>&1",
             pg.addr().ip(),
             pg.port(),
+            self.path(out)
+        )
+    }
+
+    /// `ssh deploy-host COMMAND` (the deploy user at the `deploy-host`
+    /// target, trusting blastgate's SSH CA), its output in `out`.
+    pub fn ssh_to(&self, command: &str, out: &str) -> String {
+        let (sshd, kh) = self.sshd.as_ref().expect("a host with sshd");
+        let mut words = super::sshd::ssh_options(kh);
+        words.extend([
+            "-p".to_string(),
+            sshd.port().to_string(),
+            format!("{}@127.0.0.7", super::sshd::deploy_user()),
+            command.to_string(),
+        ]);
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        format!(
+            "/usr/bin/ssh {} > {} 2>&1 < /dev/null",
+            quoted.join(" "),
             self.path(out)
         )
     }
