@@ -249,6 +249,7 @@ fn shipped_views_return_the_right_figures() {
         cgroup_id: 0,
         lineage: Vec::new(),
         oidc: None,
+        job: None,
     };
     let mut ev = |kind, verdict, agent: &str, target: &str, at: u64, f: &dyn Fn(&mut Event)| {
         let mut e = Event::daemon(kind, verdict, "fixture");

@@ -75,6 +75,7 @@ fn sample(i: u32) -> Event {
             },
         ],
         oidc: None,
+        job: None,
     });
     e.target = Some("orders-db".into());
     e.protocol = Some("tcp".into());

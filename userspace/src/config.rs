@@ -4,6 +4,7 @@
 mod console;
 mod dns;
 mod egress;
+mod jobs;
 mod oidc;
 mod secret;
 pub mod weakened;
@@ -11,7 +12,8 @@ pub mod weakened;
 pub use console::ConsoleConfig;
 pub use dns::{DnsConfig, UnknownNames, DEFAULT_DNS_PORT};
 pub use egress::{EgressConfig, EgressMode};
-pub use oidc::{IssuerConfig, OidcConfig, OnExpiry, ATTRIBUTES as OIDC_ATTRIBUTES};
+pub use jobs::{JobsConfig, RunnerRef, DEFAULT_JOBS_SOCKET};
+pub use oidc::{CiProvider, IssuerConfig, OidcConfig, OnExpiry, ATTRIBUTES as OIDC_ATTRIBUTES};
 
 pub use secret::Secret;
 
@@ -65,6 +67,9 @@ pub struct Config {
     pub enrol: EnrolConfig,
     #[serde(default)]
     pub oidc: OidcConfig,
+    /// CI runner job hooks (`blastgate job start|end`).
+    #[serde(default)]
+    pub jobs: JobsConfig,
     /// The approvers' web console; absent: none.
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
@@ -638,6 +643,7 @@ impl Config {
         self.dns.validate(self.proxy_port()?)?;
         self.egress.patterns()?;
         self.oidc.validate()?;
+        self.jobs.runner_uids(&self.enrolled_uids())?;
         if let Some(c) = &self.console {
             c.validate()?;
         }
@@ -671,6 +677,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The uids `[enrol] uids` names.
+    pub fn enrolled_uids(&self) -> Vec<u32> {
+        self.enrol.uids.iter().map(Rule::value).collect()
     }
 
     /// The port the kernel redirects agents to: that of the 127.0.0.1 listener.

@@ -108,6 +108,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let egress = Arc::new(crate::egress::Egress::from_config(&config).map_err(Error::Invalid)?);
     let resolvable = crate::egress::resolvable_names(&config).map_err(Error::Invalid)?;
     let control_listener = control::server::bind(&config.control.socket)?;
+    let jobs_listener = crate::jobs::server::bind(&config.jobs.socket)?;
     if let Some(addr) = config.metrics.listen {
         crate::metrics::serve(addr, stop.clone()).await?;
     }
@@ -177,11 +178,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
              agents' lookups of allowed names fail"
         );
     }
+    let runners = config
+        .jobs
+        .runner_uids(&config.enrolled_uids())
+        .map_err(Error::Invalid)?;
+    let jobs = Arc::new(crate::jobs::Jobs::load(
+        config.jobs.require(),
+        runners,
+        &config.jobs.state_file,
+    ));
     let callers = Arc::new(
         crate::dns::listener::Callers::new(
             interceptor.maps.clone(),
             interceptor.agents.clone(),
             Default::default(),
+            jobs.clone(),
         )
         .map_err(|e| Error::io("sock_diag socket for the DNS resolver", e))?,
     );
@@ -238,6 +249,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         hard_stop: hard_stop.clone(),
         processes: Default::default(),
         oidc: oidc.clone(),
+        jobs: jobs.clone(),
     });
     if let Some(ch) = &config.clickhouse {
         let shipper = crate::records::clickhouse::shipper::Shipper {
@@ -270,7 +282,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         approvals: approvals.clone(),
         maps: interceptor.maps.clone(),
         agents: interceptor.agents.clone(),
-        oidc,
+        oidc: oidc.clone(),
         recorder: recorder.clone(),
         status: Status {
             daemon_pid: std::process::id(),
@@ -291,6 +303,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         },
         weakened,
     });
+    let jobs_ctx = Arc::new(crate::jobs::server::JobsContext {
+        jobs,
+        oidc: oidc.clone(),
+        maps: interceptor.maps.clone(),
+        agents: interceptor.agents.clone(),
+        recorder: recorder.clone(),
+        stop: stop.clone(),
+    });
+    crate::jobs::server::watch_live(&jobs_ctx);
+    tokio::spawn(crate::jobs::server::serve(jobs_listener, jobs_ctx));
     tokio::spawn(control::server::serve(
         control_listener,
         control_ctx,

@@ -24,6 +24,8 @@
 //!   shipper that makes ClickHouse the record of truth.
 //! - [`metrics`]: Prometheus figures on an opt-in address.
 //! - [`control`]: the daemon's root-only unix socket (label, status, follow).
+//! - [`jobs`]: CI runner jobs registered by the runners' hooks (their own
+//!   socket), bound to each job's process tree, ended with the job.
 //! - [`daemon`]: wires the above together and owns shutdown.
 //! - [`commands`]: the CLI subcommands; [`config`]: the TOML config.
 
@@ -38,6 +40,7 @@ pub mod egress;
 mod error;
 pub mod identity;
 pub mod intercept;
+pub mod jobs;
 pub mod metrics;
 pub mod policy;
 pub mod protocols;

@@ -104,6 +104,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(cmd) => return commands::policy::run(cmd),
         Command::Approvals(cmd) => commands::approvals::run(cmd)?,
+        Command::Job(cmd) => commands::job::run(cmd)?,
         Command::Ca(cmd) => commands::ca::run(cmd)?,
         Command::Sessions(cmd) => {
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -10,6 +10,7 @@
 
 pub mod attached;
 pub mod browser;
+pub mod ci_runner;
 pub mod clickhouse_cluster;
 pub mod dnsmasq;
 pub mod https_upstream;
@@ -128,14 +129,7 @@ impl TestServer {
                             peers.lock().unwrap_or_else(|p| p.into_inner()).push(p);
                         }
                         let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 4096];
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match c.read(&mut chunk) {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
+                        read_head(&mut c);
                         let body = format!(
                             "hello from {addr}; you are {}\n",
                             peer.map(|p| p.to_string()).unwrap_or_default()
@@ -169,6 +163,20 @@ impl TestServer {
             .unwrap_or_else(|p| p.into_inner())
             .contains(&p)
     }
+}
+
+/// Reads an HTTP request up to the end of its head (or EOF, an error, the
+/// stream's read timeout).
+pub fn read_head(c: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf
 }
 
 /// A command's stdout then stderr, for assertion messages.

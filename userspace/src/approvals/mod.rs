@@ -43,6 +43,11 @@ pub struct ApprovalRequest {
     /// The CI job the agent proved to be, if it presented a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<crate::identity::oidc::JobIdentity>,
+    /// The CI job the agent's process tree belongs to (registered by the
+    /// runner's hook), so the approver sees which repository, run and
+    /// actor asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_job: Option<crate::jobs::CiJob>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,6 +331,7 @@ mod tests {
             group: "ops".into(),
             reason: "r".into(),
             job: None,
+            ci_job: None,
         }
     }
 

@@ -38,6 +38,9 @@ pub fn run(cmd: ApprovalsCommand) -> anyhow::Result<()> {
                     r.text,
                     r.reason
                 );
+                if let Some(job) = &r.ci_job {
+                    println!("    CI job: {}", job.describe());
+                }
             }
             Ok(())
         }

@@ -129,6 +129,14 @@ pub enum Command {
     /// local user (and SUDO_USER when run through sudo).
     #[command(subcommand)]
     Approvals(ApprovalsCommand),
+    /// CI runner job hooks: register the job this process runs in (from
+    /// the runner's job-started hook or pre_build_script), or end it. The
+    /// job's identity (repository, workflow, run, actor, …) then marks
+    /// every session of its processes. Runs as the runner's user; the
+    /// socket comes from the config (`[jobs] socket`), never from the
+    /// environment.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Recorded sessions, read from ClickHouse (`[clickhouse]` in the config).
     #[command(subcommand)]
     Sessions(SessionsCommand),
@@ -345,4 +353,57 @@ pub enum SessionsCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Register the job this process runs in, from the job's environment
+    /// (GitHub: GITHUB_REPOSITORY, GITHUB_RUN_ID, …; GitLab:
+    /// CI_PROJECT_PATH, CI_PIPELINE_ID, CI_JOB_ID, …). With a token, its
+    /// claims must agree with the environment and the fields it vouches
+    /// for are recorded as verified; without, every field is recorded as
+    /// unverified. Exits non-zero if the daemon refuses: the hook then
+    /// fails the job.
+    Start {
+        #[arg(long, value_enum, default_value = "github")]
+        provider: JobProvider,
+        /// The job's OIDC token in this file (a bare JWT, or the JSON
+        /// GitHub's token endpoint answers with, `{"value": "…"}`).
+        #[arg(long, value_name = "FILE", conflicts_with = "oidc_token_env")]
+        oidc_token_file: Option<PathBuf>,
+        /// The token from this environment variable (GitLab `id_tokens`).
+        #[arg(long, value_name = "VAR")]
+        oidc_token_env: Option<String>,
+        #[arg(long, short, default_value = crate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// End the job this process runs in: its open sessions are closed and
+    /// whatever it leaves running is refused from then on.
+    End {
+        #[arg(long, short, default_value = crate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the audience job tokens must be minted for (the first
+    /// `[[oidc.issuers]]` of the provider), for the hook's token request.
+    Audience {
+        #[arg(long, value_enum, default_value = "github")]
+        provider: JobProvider,
+        #[arg(long, short, default_value = crate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum JobProvider {
+    Github,
+    Gitlab,
+}
+
+impl From<JobProvider> for crate::config::CiProvider {
+    fn from(p: JobProvider) -> Self {
+        match p {
+            JobProvider::Github => crate::config::CiProvider::Github,
+            JobProvider::Gitlab => crate::config::CiProvider::Gitlab,
+        }
+    }
 }

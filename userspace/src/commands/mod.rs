@@ -5,6 +5,7 @@ pub mod ca;
 pub mod cli;
 pub mod events;
 pub mod install;
+pub mod job;
 pub mod policy;
 pub mod run;
 pub mod sessions;

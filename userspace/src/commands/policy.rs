@@ -161,6 +161,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 comm: comm.unwrap_or_default(),
                 lineage: Vec::new(),
                 oidc: None,
+                job: None,
             };
             let context: serde_json::Value = match context {
                 Some(c) => {
@@ -212,6 +213,7 @@ fn bench_requests() -> Vec<(AgentAttrs, TargetAttrs, &'static str, serde_json::V
         comm: "psql".into(),
         lineage: vec!["bash".into(), "claude".into()],
         oidc: None,
+        job: None,
     };
     let target = |name: &str, protocol: &str, env: &str| TargetAttrs {
         name: name.into(),

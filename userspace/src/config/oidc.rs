@@ -96,6 +96,28 @@ pub struct IssuerConfig {
     /// public web roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The CI system whose job tokens this issuer mints: a token registers
+    /// a job (`blastgate job start`) only for its own provider's jobs.
+    /// Unset: its tokens register no job.
+    #[serde(default)]
+    pub provider: Option<CiProvider>,
+}
+
+/// A CI system whose runners register jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CiProvider {
+    Github,
+    Gitlab,
+}
+
+impl CiProvider {
+    pub fn name(self) -> &'static str {
+        match self {
+            CiProvider::Github => "github",
+            CiProvider::Gitlab => "gitlab",
+        }
+    }
 }
 
 fn default_clock_skew_secs() -> u64 {
@@ -200,6 +222,7 @@ mod tests {
             claims: BTreeMap::new(),
             groups_claim: default_groups_claim(),
             ca_file: None,
+            provider: None,
         }
     }
 

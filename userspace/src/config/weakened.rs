@@ -146,6 +146,13 @@ pub fn list(config: &Config, engine: &Engine, degraded: &[String]) -> Vec<String
             config.oidc.clock_skew_secs
         ));
     }
+    if config.jobs.require == Some(false) {
+        out.push(
+            "jobs: require = false: a runner's processes outside a registered, live CI job \
+             (cron, systemd-run --user, a job that skipped its hook) connect without any job"
+                .into(),
+        );
+    }
     let e = &config.enrol;
     if e.uids.is_empty() && e.cgroups.is_empty() && e.exes.is_empty() && e.scripts.is_empty() {
         out.push("enrol: no rules: only processes started with `blastgate run` are guarded".into());

@@ -63,6 +63,15 @@ pub fn message(text: &str) -> String {
 }
 
 fn job_line(r: &ApprovalRequest) -> String {
+    let ci = r.ci_job.as_ref().map(|j| j.describe());
+    let token = token_line(r);
+    match ci {
+        Some(ci) => format!("{ci}; {token}"),
+        None => token,
+    }
+}
+
+fn token_line(r: &ApprovalRequest) -> String {
     match &r.job {
         Some(job) => {
             let claim = |k: &str| job.claims.get(k).cloned().unwrap_or_default();
@@ -191,8 +200,22 @@ mod tests {
             group: "dba".into(),
             reason: "r".into(),
             job: None,
+            // A job's fields are the job's own say: escaped too.
+            ci_job: Some(crate::jobs::CiJob {
+                provider: "github".into(),
+                fields: [("repository", "acme/<i>app"), ("run_id", "42")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
         };
         let page = approvals(&approver, "tok\"en", &[r], None);
+        assert!(!page.contains("<i>app"), "{page}");
+        assert!(
+            page.contains("acme/&lt;i&gt;app"),
+            "the approver sees the job: {page}"
+        );
         assert!(!page.contains("<script>1"), "{page}");
         assert!(!page.contains("<b>alice"), "{page}");
         assert!(page.contains("tok&quot;en"));

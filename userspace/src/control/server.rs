@@ -369,6 +369,7 @@ fn run_caller(pid: u32, agent: &str, agent_id: u32, oidc: Option<JobIdentity>) -
         cgroup_id: 0,
         lineage: Vec::new(),
         oidc,
+        job: None,
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Callers {
     pub maps: Arc<KernelMaps>,
     pub agents: Arc<AgentRegistry>,
     pub processes: ProcessCache,
+    /// Registered CI jobs: each query is recorded with its job.
+    pub jobs: Arc<crate::jobs::Jobs>,
     diag: SockDiag,
 }
 
@@ -29,11 +31,13 @@ impl Callers {
         maps: Arc<KernelMaps>,
         agents: Arc<AgentRegistry>,
         processes: ProcessCache,
+        jobs: Arc<crate::jobs::Jobs>,
     ) -> std::io::Result<Callers> {
         Ok(Callers {
             maps,
             agents,
             processes,
+            jobs,
             diag: SockDiag::open()?,
         })
     }
@@ -52,12 +56,16 @@ impl Callers {
     }
 
     pub fn caller(&self, rec: &blastgate_common::ConnRecord) -> Caller {
-        Caller::from_kernel(
+        let mut c = Caller::from_kernel(
             rec,
             self.agents.name_of(rec.agent_id),
             &self.processes,
             |pid| self.maps.label_of(pid).is_some(),
-        )
+        );
+        if rec.binding & crate::jobs::JOB_BIT != 0 {
+            c.job = self.jobs.get(rec.binding).map(|e| e.job);
+        }
+        c
     }
 }
 

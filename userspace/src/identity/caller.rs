@@ -35,6 +35,10 @@ pub struct Caller {
     /// presented to `blastgate run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oidc: Option<super::oidc::JobIdentity>,
+    /// The CI job its process tree belongs to (registered by the runner's
+    /// hook, `blastgate job start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::jobs::CiJob>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +91,7 @@ impl Caller {
             cgroup_id: rec.cgroup_id,
             lineage,
             oidc: None,
+            job: None,
         }
     }
 }

@@ -36,6 +36,40 @@ pub struct AgentAttrs {
     pub lineage: Vec<String>,
     #[serde(default)]
     pub oidc: Option<OidcClaims>,
+    /// The CI job the process belongs to (`principal.job`).
+    #[serde(default)]
+    pub job: Option<JobAttrs>,
+}
+
+/// `principal.job`: each of [`crate::jobs::FIELDS`] in `verified` (a
+/// token attested it) or `unverified` (only the job's environment said
+/// it), "" in the other.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobAttrs {
+    pub provider: String,
+    #[serde(default)]
+    pub verified: BTreeMap<String, String>,
+    #[serde(default)]
+    pub unverified: BTreeMap<String, String>,
+}
+
+impl JobAttrs {
+    pub fn of(job: &crate::jobs::CiJob) -> JobAttrs {
+        let (mut verified, mut unverified) = (BTreeMap::new(), BTreeMap::new());
+        for (k, v) in &job.fields {
+            if job.verified.contains(k) {
+                verified.insert(k.clone(), v.clone());
+            } else {
+                unverified.insert(k.clone(), v.clone());
+            }
+        }
+        JobAttrs {
+            provider: job.provider.clone(),
+            verified,
+            unverified,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -301,6 +335,27 @@ impl Bundle {
                         (attr.to_string(), RestrictedExpression::new_string(value))
                     })),
                 )
+                .map_err(|e| RequestError::Entities(e.to_string()))?,
+            ));
+        }
+        if let Some(j) = &agent.job {
+            let part = |m: &BTreeMap<String, String>| {
+                RestrictedExpression::new_record(crate::jobs::FIELDS.iter().map(|f| {
+                    let value = m.get(*f).cloned().unwrap_or_default();
+                    (f.to_string(), RestrictedExpression::new_string(value))
+                }))
+                .map_err(|e| RequestError::Entities(e.to_string()))
+            };
+            agent_attrs.push((
+                "job".to_string(),
+                RestrictedExpression::new_record([
+                    (
+                        "provider".to_string(),
+                        RestrictedExpression::new_string(j.provider.clone()),
+                    ),
+                    ("verified".to_string(), part(&j.verified)?),
+                    ("unverified".to_string(), part(&j.unverified)?),
+                ])
                 .map_err(|e| RequestError::Entities(e.to_string()))?,
             ));
         }

@@ -205,3 +205,44 @@ fn connect_decisions_see_the_destination_name() {
         .unwrap();
     assert_eq!(bare.verdict, super::Verdict::Allow);
 }
+
+#[test]
+fn policies_tell_a_verified_job_from_one_its_environment_claims() {
+    let (tmp, problems) = broken(
+        "jobs.cedar",
+        "@id(\"deploys-of-acme-app\")\n@reason(\"only acme/app's jobs, as its token says\")\n\
+         forbid (principal, action == Action::\"connect\", resource)\n\
+         unless { principal has job && principal.job.verified.repository == \"acme/app\" };\n",
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let bundle = Bundle::load(tmp.path()).unwrap();
+    let target = super::TargetAttrs {
+        name: "orders".into(),
+        protocol: "tcp".into(),
+        labels: Default::default(),
+    };
+    let job = |verified: &[&str]| crate::jobs::CiJob {
+        provider: "github".into(),
+        fields: [("repository", "acme/app"), ("run_id", "1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        verified: verified.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    };
+    let ask = |job: Option<crate::jobs::CiJob>| {
+        let agent = super::AgentAttrs {
+            name: "ci".into(),
+            job: job.as_ref().map(super::decide::JobAttrs::of),
+            ..Default::default()
+        };
+        bundle
+            .decide(&agent, &target, "connect", &serde_json::Value::Null)
+            .unwrap()
+            .verdict
+    };
+    assert_eq!(ask(Some(job(&["repository"]))), super::Verdict::Allow);
+    // The same repository, said only by the environment: not trusted.
+    assert_eq!(ask(Some(job(&[]))), super::Verdict::Deny);
+    assert_eq!(ask(None), super::Verdict::Deny);
+}

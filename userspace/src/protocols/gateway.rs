@@ -227,6 +227,7 @@ impl Gateway {
             group: decision.approval.clone().unwrap_or_default(),
             reason: decision.reason.clone(),
             job: caller.and_then(|c| c.oidc.clone()),
+            ci_job: caller.and_then(|c| c.job.clone()),
         };
         ruling.approval_id = Some(request.id);
         ruling.approval_group = Some(request.group.clone());
@@ -293,6 +294,7 @@ pub fn agent_attrs(c: &Caller) -> AgentAttrs {
             groups: o.groups.clone(),
             claims: o.claims.clone(),
         }),
+        job: c.job.as_ref().map(crate::policy::decide::JobAttrs::of),
     }
 }
 

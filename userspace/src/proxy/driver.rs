@@ -70,8 +70,11 @@ pub async fn handle(conn: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             maps.label_of(pid).is_some()
         });
     let orig = sock_addr(&rec.orig);
-    match ctx.oidc.for_connection(&caller.agent, rec.binding) {
-        Ok(identity) => caller.oidc = identity,
+    // The CI job (or the OIDC token) its process tree proved; a runner's
+    // process outside a live job, or one its ended job left behind, is
+    // refused here.
+    match ctx.jobs.attach(&mut caller, rec.binding, &ctx.oidc) {
+        Ok(live) => session.job = live.map(crate::jobs::OpenSession::new),
         Err(reason) => {
             session.caller = Some(caller);
             session.orig_dst = Some(orig);
@@ -332,6 +335,7 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
         r = &mut serving => r,
         _ = gw.tasks.cancelled() => wind_down(&gw, serving).await,
         _ = still_allowed(&gw, &ruling, &mut swaps) => wind_down(&gw, serving).await,
+        _ = job_ended(&gw) => wind_down(&gw, serving).await,
     };
     // What the session started may outlive its main work (an approved
     // upgrade's tunnel, SSH channels draining): the session lasts until they
@@ -340,6 +344,7 @@ pub async fn drive<P: Phases>(p: &P, conn: TcpStream, gw: Gateway, orig: SocketA
         let all_ended = tokio::select! {
             _ = gw.tasks.wait() => true,
             _ = still_allowed(&gw, &ruling, &mut swaps) => false,
+            _ = job_ended(&gw) => false,
             _ = gw.tasks.cancelled() => false,
         };
         // The tasks may have ended because of a cut that came meanwhile.
@@ -433,6 +438,18 @@ async fn still_allowed(gw: &Gateway, opened: &Ruling, swaps: &mut watch::Receive
             return;
         }
     }
+}
+
+/// Returns once the session's CI job has ended, having cut the session;
+/// never returns for a session of no job.
+async fn job_ended(gw: &Gateway) {
+    let Some(job) = &gw.session.job else {
+        return std::future::pending().await;
+    };
+    job.ended().cancelled().await;
+    let why = SessionError::policy("CI job ended: its sessions are closed");
+    tracing::info!("{why}");
+    gw.tasks.cancel(why);
 }
 
 /// The last record of every session that opened.

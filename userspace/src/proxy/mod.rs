@@ -48,6 +48,8 @@ pub struct ProxyContext {
     /// Verified CI job identities, by the binding number in each
     /// connection's kernel record.
     pub oidc: Arc<crate::identity::oidc::Oidc>,
+    /// Registered CI jobs, by the same binding number.
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// Binds every listener; fails if any cannot be bound (the kernel would

@@ -25,6 +25,14 @@ pub enum EventKind {
     /// `blastgate run` was refused before anything started: its OIDC
     /// token did not verify, or its agent needs one and none came.
     AgentRefused,
+    /// A CI runner's hook registered a job (or added its verified token).
+    JobStarted,
+    /// A CI job ended (its completed hook, or its root process exited);
+    /// `reason` says how many open sessions were closed.
+    JobEnded,
+    /// A job registration refused: re-registration, a token that did not
+    /// verify, was spent, or disagrees with the job's environment, …
+    JobRefused,
     /// A web console request refused: no session, a wrong CSRF token or
     /// origin, or an approver outside the request's group.
     ConsoleRefused,
@@ -66,6 +74,9 @@ impl EventKind {
             EventKind::SessionDenied => "session_denied",
             EventKind::AgentLabelled => "agent_labelled",
             EventKind::AgentRefused => "agent_refused",
+            EventKind::JobStarted => "job_started",
+            EventKind::JobEnded => "job_ended",
+            EventKind::JobRefused => "job_refused",
             EventKind::ConsoleRefused => "console_refused",
             EventKind::DaemonStarted => "daemon_started",
             EventKind::DaemonStopped => "daemon_stopped",
@@ -295,6 +306,9 @@ mod tests {
             EventKind::SessionDenied,
             EventKind::AgentLabelled,
             EventKind::AgentRefused,
+            EventKind::JobStarted,
+            EventKind::JobEnded,
+            EventKind::JobRefused,
             EventKind::ConsoleRefused,
             EventKind::DaemonStarted,
             EventKind::DaemonStopped,

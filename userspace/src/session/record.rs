@@ -39,6 +39,9 @@ pub struct Session {
     /// The masking plan made under the policy bundle it came from: the
     /// same until a reload (`Gateway::mask_plan`).
     pub mask_plan: Mutex<Option<(Arc<Bundle>, Option<MaskPlan>)>>,
+    /// The CI job the caller belongs to, counting this session open
+    /// while it lives; its end cuts the session.
+    pub job: Option<crate::jobs::OpenSession>,
     /// Replay data is timed from here (see [`Session::io`]).
     started: Instant,
 }
@@ -58,6 +61,7 @@ impl Session {
             protocol: None,
             asker: OnceLock::new(),
             mask_plan: Mutex::new(None),
+            job: None,
             started,
         }
     }

@@ -16,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use verify::{AllClaims, JobToken, Verifier};
+pub use verify::{AllClaims, JobToken, Verified, Verifier};
 
 use crate::config::{OidcConfig, OnExpiry};
 
@@ -116,7 +116,8 @@ impl Bindings {
             }
         }
         loop {
-            let n = (uuid::Uuid::new_v4().as_u128() & 0xffff_ffff) as u32;
+            // The high bit is left to CI jobs' numbers (`crate::jobs`).
+            let n = (uuid::Uuid::new_v4().as_u128() & 0x7fff_ffff) as u32;
             if n != 0 && !map.contains_key(&n) {
                 map.insert(n, identity);
                 return n;

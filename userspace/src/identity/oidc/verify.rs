@@ -108,6 +108,14 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<JobIdentity, TokenError> {
+        self.verify_with_claims(token).await.map(|v| v.identity)
+    }
+
+    /// Verifies `token` and keeps every claim it carries, and the CI
+    /// provider its issuer is configured for: a job registration checks
+    /// the job's environment against claims beyond the policy attributes
+    /// (run_attempt, pipeline_id, job_id, …).
+    pub async fn verify_with_claims(&self, token: &str) -> Result<Verified, TokenError> {
         let token = token.trim();
         if token.len() > MAX_TOKEN {
             return Err(TokenError::Malformed(format!(
@@ -136,18 +144,32 @@ impl Verifier {
             .parse()
             .map_err(|e| TokenError::Malformed(format!("{e}")))?;
         let keys = issuer.keys(false, self.min_refresh).await?;
-        match issuer.check(&parsed, &payload, keys, self.skew) {
+        let identity = match issuer.check(&parsed, &payload, keys, self.skew) {
             // A key this daemon has not seen: the issuer may have rotated.
             Err(TokenError::BadSignature(why)) if why.starts_with(NO_KEY) => {
                 let keys = issuer.keys(true, self.min_refresh).await?;
                 issuer.check(&parsed, &payload, keys, self.skew)
             }
             other => other,
-        }
+        }?;
+        // The payload decoded before is the one whose signature verified.
+        Ok(Verified {
+            identity,
+            claims: payload,
+            provider: issuer.config.provider,
+        })
     }
 }
 
 const NO_KEY: &str = "no key of the issuer";
+
+/// A verified token: its identity, every claim, and its issuer's provider.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub identity: JobIdentity,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    pub provider: Option<crate::config::CiProvider>,
+}
 
 impl Issuer {
     async fn fetch_jwks(&self) -> Result<CoreJsonWebKeySet, TokenError> {

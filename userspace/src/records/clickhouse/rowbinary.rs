@@ -61,6 +61,16 @@ pub const EVENT_COLUMNS: &[(&str, &str)] = &[
     ("oidc_sub", "String"),
     ("oidc_claims", "Map(String, String)"),
     ("context", "Map(String, String)"),
+    ("job_provider", "LowCardinality(String)"),
+    ("job_repository", "String"),
+    ("job_workflow", "String"),
+    ("job_run_id", "String"),
+    ("job_run_attempt", "String"),
+    ("job_job", "String"),
+    ("job_job_id", "String"),
+    ("job_actor", "String"),
+    ("job_ref", "String"),
+    ("job_verified", "Array(String)"),
 ];
 
 pub const SESSION_COLUMNS: &[(&str, &str)] = &[
@@ -83,6 +93,16 @@ pub const SESSION_COLUMNS: &[(&str, &str)] = &[
     ("bytes_to_agent", "UInt64"),
     ("verdict", "LowCardinality(String)"),
     ("oidc_claims", "Map(String, String)"),
+    ("job_provider", "LowCardinality(String)"),
+    ("job_repository", "String"),
+    ("job_workflow", "String"),
+    ("job_run_id", "String"),
+    ("job_run_attempt", "String"),
+    ("job_job", "String"),
+    ("job_job_id", "String"),
+    ("job_actor", "String"),
+    ("job_ref", "String"),
+    ("job_verified", "Array(String)"),
 ];
 
 pub const IO_COLUMNS: &[(&str, &str)] = &[
@@ -173,6 +193,18 @@ struct LineCaller<'a> {
     lineage: Vec<LineAncestor<'a>>,
     #[serde(default, borrow)]
     oidc: Option<LineOidc<'a>>,
+    #[serde(default, borrow)]
+    job: Option<LineJob<'a>>,
+}
+
+#[derive(Deserialize)]
+struct LineJob<'a> {
+    #[serde(borrow)]
+    provider: Cow<'a, str>,
+    #[serde(default, borrow)]
+    fields: std::collections::BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    #[serde(default, borrow)]
+    verified: Vec<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -328,6 +360,7 @@ impl Blocks {
         string(b, oidc.map_or("", |o| &o.sub));
         claims(b, oidc.map(|o| &o.claims));
         claims(b, Some(&l.context));
+        job(b, c.and_then(|c| c.job.as_ref()));
         self.events.rows += 1;
 
         // The session row an event implies, if it opens or ends a session:
@@ -357,6 +390,7 @@ impl Blocks {
         b.extend_from_slice(&l.bytes_to_agent.unwrap_or(0).to_le_bytes());
         string(b, l.verdict.name());
         claims(b, oidc.map(|o| &o.claims));
+        job(b, c.and_then(|c| c.job.as_ref()));
         self.sessions.rows += 1;
         Ok(())
     }
@@ -386,6 +420,23 @@ fn caller(b: &mut Vec<u8>, c: Option<&LineCaller<'_>>, exe_first: bool) {
         b.extend_from_slice(digits);
         b.push(b':');
         b.extend_from_slice(a.comm.as_bytes());
+    }
+}
+
+/// The `job_*` columns: provider, each of [`crate::jobs::FIELDS`], the
+/// verified fields.
+fn job(b: &mut Vec<u8>, j: Option<&LineJob<'_>>) {
+    string(b, j.map_or("", |j| &j.provider));
+    for f in crate::jobs::FIELDS {
+        string(
+            b,
+            j.and_then(|j| j.fields.get(*f)).map_or("", |v| v.as_ref()),
+        );
+    }
+    let verified = j.map_or(&[][..], |j| &j.verified[..]);
+    varint(b, verified.len() as u64);
+    for v in verified {
+        string(b, v);
     }
 }
 
@@ -599,6 +650,19 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 expires_at: 1_900_000_000,
+            }),
+            job: Some(crate::jobs::CiJob {
+                id: Uuid::now_v7(),
+                provider: "github".into(),
+                fields: [
+                    ("repository", "acme/app"),
+                    ("run_id", "42"),
+                    ("job", "b\"x é"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+                verified: vec!["repository".into(), "run_id".into()],
             }),
         };
         let mut opened = Event::daemon(EventKind::SessionOpened, Verdict::Allow, "ok");

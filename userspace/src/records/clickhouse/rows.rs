@@ -14,7 +14,7 @@ fn micros(t: std::time::SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Row, Serialize)]
+#[derive(Debug, Default, Row, Serialize)]
 pub struct EventRow {
     #[serde(with = "clickhouse::serde::uuid")]
     pub id: Uuid,
@@ -57,9 +57,19 @@ pub struct EventRow {
     pub oidc_sub: String,
     pub oidc_claims: BTreeMap<String, String>,
     pub context: BTreeMap<String, String>,
+    pub job_provider: String,
+    pub job_repository: String,
+    pub job_workflow: String,
+    pub job_run_id: String,
+    pub job_run_attempt: String,
+    pub job_job: String,
+    pub job_job_id: String,
+    pub job_actor: String,
+    pub job_ref: String,
+    pub job_verified: Vec<String>,
 }
 
-#[derive(Debug, Row, Serialize)]
+#[derive(Debug, Default, Row, Serialize)]
 pub struct SessionRow {
     #[serde(with = "clickhouse::serde::uuid")]
     pub session_id: Uuid,
@@ -82,6 +92,16 @@ pub struct SessionRow {
     pub bytes_to_agent: u64,
     pub verdict: String,
     pub oidc_claims: BTreeMap<String, String>,
+    pub job_provider: String,
+    pub job_repository: String,
+    pub job_workflow: String,
+    pub job_run_id: String,
+    pub job_run_attempt: String,
+    pub job_job: String,
+    pub job_job_id: String,
+    pub job_actor: String,
+    pub job_ref: String,
+    pub job_verified: Vec<String>,
 }
 
 #[derive(Debug, Row, Serialize)]
@@ -122,6 +142,52 @@ struct CallerCols {
     oidc_iss: String,
     oidc_sub: String,
     oidc_claims: BTreeMap<String, String>,
+    job: JobCols,
+}
+
+/// The `job_*` columns.
+#[derive(Default)]
+struct JobCols {
+    provider: String,
+    /// [`crate::jobs::FIELDS`], in order.
+    fields: Vec<String>,
+    verified: Vec<String>,
+}
+
+fn job_cols(e: &Event) -> JobCols {
+    let Some(j) = e.caller.as_ref().and_then(|c| c.job.as_ref()) else {
+        return JobCols {
+            fields: vec![String::new(); crate::jobs::FIELDS.len()],
+            ..JobCols::default()
+        };
+    };
+    JobCols {
+        provider: j.provider.clone(),
+        fields: crate::jobs::FIELDS
+            .iter()
+            .map(|f| j.field(f).to_string())
+            .collect(),
+        verified: j.verified.clone(),
+    }
+}
+
+macro_rules! with_job {
+    ($row:expr, $job:expr) => {{
+        let mut row = $row;
+        let mut f = $job.fields.into_iter();
+        let mut next = || f.next().unwrap_or_default();
+        row.job_provider = $job.provider;
+        row.job_repository = next();
+        row.job_workflow = next();
+        row.job_run_id = next();
+        row.job_run_attempt = next();
+        row.job_job = next();
+        row.job_job_id = next();
+        row.job_actor = next();
+        row.job_ref = next();
+        row.job_verified = $job.verified;
+        row
+    }};
 }
 
 fn caller_cols(e: &Event) -> CallerCols {
@@ -144,6 +210,7 @@ fn caller_cols(e: &Event) -> CallerCols {
         oidc_iss: oidc.map(|o| o.iss.clone()).unwrap_or_default(),
         oidc_sub: oidc.map(|o| o.sub.clone()).unwrap_or_default(),
         oidc_claims: oidc.map(|o| o.claims.clone()).unwrap_or_default(),
+        job: job_cols(e),
     }
 }
 
@@ -159,8 +226,9 @@ impl From<&Event> for EventRow {
             oidc_iss,
             oidc_sub,
             oidc_claims,
+            job,
         } = caller_cols(e);
-        EventRow {
+        let row = EventRow {
             id: e.id,
             session_id: e.session_id,
             seq: e.seq,
@@ -198,7 +266,9 @@ impl From<&Event> for EventRow {
             oidc_sub,
             oidc_claims,
             context: e.context.clone(),
-        }
+            ..EventRow::default()
+        };
+        with_job!(row, job)
     }
 }
 
@@ -219,13 +289,14 @@ pub fn session_row(e: &Event) -> Option<SessionRow> {
         oidc_iss,
         oidc_sub,
         oidc_claims,
+        job,
     } = caller_cols(e);
     let ts = micros(e.ts);
     let start = match (e.kind, e.duration_us) {
         (EventKind::SessionClosed, Some(d)) => ts - d as i64,
         _ => ts,
     };
-    Some(SessionRow {
+    let row = SessionRow {
         session_id: e.session_id,
         version,
         agent,
@@ -245,5 +316,7 @@ pub fn session_row(e: &Event) -> Option<SessionRow> {
         bytes_to_agent: e.bytes_to_agent.unwrap_or(0),
         verdict: e.verdict.name().to_string(),
         oidc_claims,
-    })
+        ..SessionRow::default()
+    };
+    Some(with_job!(row, job))
 }

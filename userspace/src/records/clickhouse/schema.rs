@@ -152,6 +152,36 @@ pub const MIGRATIONS: &[(u32, &[&str])] = &[
             "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS context Map(String, String)",
         ],
     ),
+    (
+        10,
+        &[
+            // The CI job a session belongs to (registered by the runner's
+            // hook): provider, repository, workflow, run id and attempt,
+            // job name and id, actor, ref; `job_verified` names the fields
+            // a verified token attested (the others are what the job's
+            // environment said).
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_provider LowCardinality(String) DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_repository String DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_workflow String DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_run_id String DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_run_attempt String DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_job String DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_job_id String DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_actor String DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_ref String DEFAULT ''",
+            "ALTER TABLE {db}.events ADD COLUMN IF NOT EXISTS job_verified Array(String)",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_provider LowCardinality(String) DEFAULT ''",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_repository String DEFAULT ''",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_workflow String DEFAULT ''",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_run_id String DEFAULT ''",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_run_attempt String DEFAULT ''",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_job String DEFAULT ''",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_job_id String DEFAULT ''",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_actor String DEFAULT ''",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_ref String DEFAULT ''",
+            "ALTER TABLE {db}.sessions ADD COLUMN IF NOT EXISTS job_verified Array(String)",
+        ],
+    ),
 ];
 
 /// The questions security teams ask, as views. Every view reads `FINAL`,
