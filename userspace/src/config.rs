@@ -12,7 +12,7 @@ pub mod weakened;
 pub use console::ConsoleConfig;
 pub use dns::{DnsConfig, UnknownNames, DEFAULT_DNS_PORT};
 pub use egress::{EgressConfig, EgressMode};
-pub use jobs::{JobsConfig, RunnerRef, DEFAULT_JOBS_SOCKET};
+pub use jobs::{JobsConfig, RunnerRef};
 pub use oidc::{CiProvider, IssuerConfig, OidcConfig, OnExpiry, ATTRIBUTES as OIDC_ATTRIBUTES};
 
 pub use secret::Secret;

@@ -108,7 +108,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let egress = Arc::new(crate::egress::Egress::from_config(&config).map_err(Error::Invalid)?);
     let resolvable = crate::egress::resolvable_names(&config).map_err(Error::Invalid)?;
     let control_listener = control::server::bind(&config.control.socket)?;
-    let jobs_listener = crate::jobs::server::bind(&config.jobs.socket)?;
+    let jobs_listener =
+        crate::jobs::server::bind(&config.jobs.socket_path(&config.control.socket))?;
     if let Some(addr) = config.metrics.listen {
         crate::metrics::serve(addr, stop.clone()).await?;
     }
@@ -185,7 +186,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let jobs = Arc::new(crate::jobs::Jobs::load(
         config.jobs.require(),
         runners,
-        &config.jobs.state_file,
+        &config.jobs.state_path(&config.records.spool_dir),
     ));
     let callers = Arc::new(
         crate::dns::listener::Callers::new(

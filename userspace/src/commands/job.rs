@@ -51,7 +51,7 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
                 fields,
                 oidc_token: token,
             };
-            match call(&config.jobs.socket, &req)? {
+            match call(&config.jobs.socket_path(&config.control.socket), &req)? {
                 JobResponse::Started { job, root_pid } => {
                     println!(
                         "blastgate: {} registered (job root pid {root_pid}, id {})",
@@ -66,7 +66,10 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
         }
         JobCommand::End { config } => {
             let config = Config::load(&config)?;
-            match call(&config.jobs.socket, &JobRequest::End)? {
+            match call(
+                &config.jobs.socket_path(&config.control.socket),
+                &JobRequest::End,
+            )? {
                 JobResponse::Ended { job, closed } => {
                     println!(
                         "blastgate: {} ended; {closed} open session(s) closed",

@@ -2,20 +2,25 @@
 //! (the runner's account), where they do it, and whether a runner's
 //! processes outside a registered, live job are refused.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub const DEFAULT_JOBS_SOCKET: &str = "/run/blastgate/jobs.sock";
-pub const DEFAULT_JOBS_STATE: &str = "/var/lib/blastgate/jobs.json";
+/// The file names beside the control socket and the spool directory when
+/// `socket` and `state_file` are not set: a daemon with its own control
+/// socket and spool (a test's, a second daemon's) then never shares a
+/// jobs socket or state with the host's daemon.
+const SOCKET_NAME: &str = "jobs.sock";
+const STATE_NAME: &str = "jobs.json";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
     /// The socket the runner's hooks register jobs on: mode 0666, but
-    /// only root and `runners` are served (SO_PEERCRED).
-    #[serde(default = "default_socket")]
-    pub socket: PathBuf,
+    /// only root and `runners` are served (SO_PEERCRED). Unset:
+    /// `jobs.sock` beside the control socket (`/run/blastgate/jobs.sock`).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
     /// User names or uids allowed to register jobs. Unset: the `[enrol]
     /// uids` (a runner is the account its agents run as).
     #[serde(default)]
@@ -27,19 +32,10 @@ pub struct JobsConfig {
     #[serde(default)]
     pub require: Option<bool>,
     /// Registered jobs and spent tokens, kept across daemon restarts.
-    #[serde(default = "default_state")]
-    pub state_file: PathBuf,
-}
-
-impl Default for JobsConfig {
-    fn default() -> JobsConfig {
-        JobsConfig {
-            socket: default_socket(),
-            runners: None,
-            require: None,
-            state_file: default_state(),
-        }
-    }
+    /// Unset: `jobs.json` beside the spool directory
+    /// (`/var/lib/blastgate/jobs.json`).
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
 }
 
 /// A runner account: `1001` or `"github-runner"`.
@@ -50,15 +46,28 @@ pub enum RunnerRef {
     Name(String),
 }
 
-fn default_socket() -> PathBuf {
-    DEFAULT_JOBS_SOCKET.into()
-}
-
-fn default_state() -> PathBuf {
-    DEFAULT_JOBS_STATE.into()
+/// `name` in the directory that holds `beside`.
+fn sibling(beside: &Path, name: &str) -> PathBuf {
+    beside
+        .parent()
+        .map_or_else(|| PathBuf::from(name), |d| d.join(name))
 }
 
 impl JobsConfig {
+    /// The jobs socket, given the control socket's path.
+    pub fn socket_path(&self, control_socket: &Path) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| sibling(control_socket, SOCKET_NAME))
+    }
+
+    /// The state file, given the spool directory.
+    pub fn state_path(&self, spool_dir: &Path) -> PathBuf {
+        self.state_file
+            .clone()
+            .unwrap_or_else(|| sibling(spool_dir, STATE_NAME))
+    }
+
     /// The runner uids: `runners` resolved (a name that is no local user
     /// is an error: a typo must not silently let nobody register), or the
     /// enrolled uids.
