@@ -95,6 +95,11 @@ const PYTHON_TOOLS: &[(Present, &str)] = &[
     // 4.51.0: 4.52.0 and 4.53.0 require certifi >= 2026.10.23, which the
     // package index here does not have yet.
     (Present::Imports("selenium"), "selenium==4.51.0"),
+    // AWS on loopback for the AWS gateway tests (SigV4 and IAM enforced),
+    // and the AWS CLI and boto3 as agents.
+    (Present::Binary("moto_server"), "moto[server]==5.2.6"),
+    (Present::Binary("aws"), "awscli==1.46.3"),
+    (Present::Imports("boto3"), "boto3==1.44.18"),
 ];
 
 /// The OIDC tests' OpenID Provider (tests/e2e/oidc/provider.mjs): the
