@@ -50,6 +50,30 @@ pub struct AwsTarget {
     pub mask_secrets: bool,
 }
 
+/// The placeholder key the agent's AWS CLI and SDKs sign with: they need
+/// one to send anything, and blastgate throws its signature away.
+pub const PLACEHOLDER_KEY_ID: &str = "AKIABLASTGATEAGENT000";
+pub const PLACEHOLDER_SECRET: &str = "blastgate-placeholder-not-a-secret";
+
+/// The environment `blastgate run` gives an agent when the config has an
+/// AWS target: placeholder credentials (the agent's own are replaced, so
+/// a real key in its environment is never used).
+pub fn placeholder_env(config: &crate::config::Config) -> Vec<(&'static str, std::path::PathBuf)> {
+    let aws = config.targets.iter().any(|t| {
+        t.http
+            .as_ref()
+            .is_some_and(|h| h.kind == super::settings::ApiKind::Aws)
+    });
+    if !aws {
+        return Vec::new();
+    }
+    vec![
+        ("AWS_ACCESS_KEY_ID", PLACEHOLDER_KEY_ID.into()),
+        ("AWS_SECRET_ACCESS_KEY", PLACEHOLDER_SECRET.into()),
+        ("AWS_SESSION_TOKEN", "blastgate-placeholder".into()),
+    ]
+}
+
 fn yes() -> bool {
     true
 }
@@ -422,6 +446,21 @@ pub(super) async fn answer(
             Err(why) => return request::fail(&conn, event, &why).await,
         }
     }
+    // S3's ETag is its API's contract (CompleteMultipartUpload lists the
+    // parts' ETags; the CLI fails without them), as is a HEAD's
+    // Content-Length (the object's size): kept, where the generic masking
+    // drops body digests and a bodiless answer's length.
+    let kept: Vec<(http::HeaderName, HeaderValue)> = if op.service == "s3" {
+        let head = op.operation.starts_with("Head");
+        response
+            .headers()
+            .iter()
+            .filter(|(k, _)| *k == header::ETAG || (head && *k == header::CONTENT_LENGTH))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let answering = Answering {
         plan: conn.gw.mask_plan(),
         secrets: false,
@@ -431,5 +470,9 @@ pub(super) async fn answer(
         guard,
         started,
     };
-    request::respond(&conn, response, event, answering).await
+    let mut answered = request::respond(&conn, response, event, answering).await;
+    for (k, v) in kept {
+        answered.headers_mut().entry(k).or_insert(v);
+    }
+    answered
 }

@@ -1,0 +1,244 @@
+//! The AWS gateway against moto's server (SigV4 and IAM enforced, HTTPS
+//! with its own CA), with the real AWS CLI as the agent under `blastgate
+//! run`: the agent signs with a placeholder, blastgate decides each
+//! operation and re-signs with the key it holds.
+
+mod harness;
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use harness::{moto::Moto, moto::VENV_BIN, sshd::output_within, *};
+
+struct Setup {
+    moto: Moto,
+    env: Env,
+    daemon: Daemon,
+    _scratch: tempfile::TempDir,
+}
+
+fn setup() -> Option<Setup> {
+    if !kernel_ready() {
+        return None;
+    }
+    if !Path::new(&format!("{VENV_BIN}/moto_server")).exists() {
+        blastgate::testing::skip("moto_server is missing from the tools venv (cargo xtask setup)");
+        return None;
+    }
+    let moto = Moto::start();
+    let scratch_dir = tempfile::tempdir().expect("tempdir");
+    let scratch = scratch_dir.path();
+    let secret = scratch.join("aws.secret");
+    std::fs::write(&secret, format!("{}\n", moto.secret_access_key)).expect("secret");
+    let policies = copy_shipped_policies(scratch);
+    let env = Env::new(&format!(
+        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
+         [[targets]]\nname = \"aws-prod\"\nprotocol = \"https\"\naddress = \"127.0.0.2:{}\"\n\
+         labels = {{ env = \"production\" }}\n\n[targets.http]\nkind = \"aws\"\n\
+         upstream_ca_file = \"{}\"\nserver_name = \"moto.test\"\n\n[targets.http.aws]\n\
+         region = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ file = \"{}\" }}\n",
+        policies.display(),
+        moto.port,
+        moto.ca.display(),
+        moto.access_key_id,
+        secret.display(),
+    ));
+    let daemon = Daemon::start(&env);
+    Some(Setup {
+        moto,
+        env,
+        daemon,
+        _scratch: scratch_dir,
+    })
+}
+
+impl Setup {
+    /// `aws ARGS…` as an agent: credentials and CA bundle from `blastgate
+    /// run`, nothing from the host's AWS files.
+    fn aws_cmd(&self, args: &[&str]) -> Command {
+        let endpoint = format!("https://127.0.0.2:{}", self.moto.port);
+        let aws = format!("{VENV_BIN}/aws");
+        let mut all = vec![
+            aws.as_str(),
+            "--endpoint-url",
+            endpoint.as_str(),
+            "--region",
+            "us-east-1",
+        ];
+        all.extend_from_slice(args);
+        let mut c = self.env.agent("claude", &all);
+        c.env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_MAX_ATTEMPTS", "1");
+        c
+    }
+
+    fn aws(&self, args: &[&str]) -> Output {
+        output_within(&mut self.aws_cmd(args), Duration::from_secs(120))
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+#[ignore = "unfinished: s3 cp download fails ('ContentLength': a HEAD's Content-Length is still dropped on the way back); every step before it passes"]
+fn the_aws_cli_works_through_the_gateway_with_the_held_key() {
+    let Some(s) = setup() else { return };
+    let seen = std::cell::RefCell::new(String::new());
+    let ok = |args: &[&str]| -> String {
+        let out = s.aws(args);
+        let t = text(&out);
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {t}\n{}",
+            s.daemon.log_text()
+        );
+        seen.borrow_mut().push_str(&t);
+        t
+    };
+
+    // The identity is the held key's user, not the placeholder's.
+    let who = ok(&["sts", "get-caller-identity"]);
+    assert!(who.contains("user/held-user"), "{who}");
+
+    // S3: make, upload a multipart file (> 8 MB, streamed aws-chunked),
+    // list, download, compare.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big.bin");
+    let data: Vec<u8> = (0..9 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    std::fs::write(&big, &data).expect("big");
+    ok(&["s3", "mb", "s3://work"]);
+    ok(&[
+        "s3",
+        "cp",
+        big.to_str().unwrap_or_default(),
+        "s3://work/big.bin",
+    ]);
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "hello\n").expect("small");
+    ok(&[
+        "s3",
+        "cp",
+        small.to_str().unwrap_or_default(),
+        "s3://work/dir/small.txt",
+    ]);
+    let listed = ok(&["s3", "ls", "s3://work", "--recursive"]);
+    assert!(
+        listed.contains("big.bin") && listed.contains("dir/small.txt"),
+        "{listed}"
+    );
+    let back = dir.path().join("back.bin");
+    ok(&[
+        "s3",
+        "cp",
+        "s3://work/big.bin",
+        back.to_str().unwrap_or_default(),
+    ]);
+    assert!(
+        std::fs::read(&back).expect("back") == data,
+        "the download differs"
+    );
+
+    // EC2.
+    let described = ok(&["ec2", "describe-instances"]);
+    assert!(described.contains(&s.moto.instance_id), "{described}");
+
+    // Secrets come back masked.
+    let secret = ok(&[
+        "secretsmanager",
+        "get-secret-value",
+        "--secret-id",
+        "prod/db",
+    ]);
+    assert!(!secret.contains("hunter2"), "{secret}");
+    assert!(secret.contains("****"), "{secret}");
+
+    // Deleting a production bucket is refused (its objects may go first).
+    let rb = s.aws(&["s3", "rb", "s3://work", "--force"]);
+    let t = text(&rb);
+    assert!(!rb.status.success(), "{t}");
+    assert!(
+        t.contains("AccessDenied") && t.contains("aws-production-bucket-delete"),
+        "{t}"
+    );
+    seen.borrow_mut().push_str(&t);
+    let still = ok(&["s3api", "head-bucket", "--bucket", "work"]);
+    seen.borrow_mut().push_str(&still);
+
+    // An operation blastgate cannot attribute is refused, clearly.
+    let lambda = s.aws(&["lambda", "list-functions"]);
+    let t = text(&lambda);
+    assert!(!lambda.status.success(), "{t}");
+    assert!(t.contains("not attributable to an AWS operation"), "{t}");
+    seen.borrow_mut().push_str(&t);
+
+    // Terminating a production instance is held: denied, then approved.
+    for (verb, succeeds) in [("deny", false), ("approve", true)] {
+        let child = s
+            .aws_cmd(&[
+                "ec2",
+                "terminate-instances",
+                "--instance-ids",
+                &s.moto.instance_id,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("aws");
+        let id = s.env.pending_approval();
+        s.env.answer_approval(verb, &id);
+        let out = child.wait_with_output().expect("aws");
+        let t = text(&out);
+        assert_eq!(out.status.success(), succeeds, "{verb}: {t}");
+        if !succeeds {
+            assert!(t.contains("AccessDenied"), "{t}");
+        }
+        seen.borrow_mut().push_str(&t);
+    }
+
+    // Records name the operation, with its context.
+    let terminated = s.env.wait_event("terminate record", |e| {
+        e["action"] == "aws:ec2:TerminateInstances" && e["verdict"] == "allow"
+    });
+    assert_eq!(terminated["context"]["service"], "ec2", "{terminated}");
+    let put = s.env.wait_event("put record", |e| {
+        e["action"] == "aws:s3:PutObject" && e["context"]["key"] == "dir/small.txt"
+    });
+    assert_eq!(put["context"]["bucket"], "work", "{put}");
+
+    // The held secret key is nowhere the agent or the records reach; the
+    // placeholder never reached moto (which would refuse it anyway).
+    let spool = std::fs::read_dir(&s.env.spool)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    for (what, hay) in [
+        ("agent output", seen.borrow().as_str()),
+        ("spool", spool.as_str()),
+        ("daemon log", s.daemon.log_text().as_str()),
+    ] {
+        assert!(
+            !hay.contains(&s.moto.secret_access_key),
+            "held key in the {what}"
+        );
+    }
+    assert!(!s
+        .moto
+        .log_text()
+        .contains(blastgate::protocols::http::aws::PLACEHOLDER_KEY_ID));
+}
