@@ -154,6 +154,12 @@ fn the_aws_cli_works_through_the_gateway_with_the_held_key() {
     let described = ok(&["ec2", "describe-instances"]);
     assert!(described.contains(&s.moto.instance_id), "{described}");
 
+    // The held key's id, which IAM answers with, is blanked on the way
+    // back (the echo guard): the agent learns neither half of the key.
+    let keys = ok(&["iam", "list-access-keys", "--user-name", "held-user"]);
+    assert!(keys.contains("AccessKeyMetadata"), "{keys}");
+    assert!(!keys.contains(&s.moto.access_key_id), "{keys}");
+
     // Secrets come back masked.
     let secret = ok(&[
         "secretsmanager",
@@ -233,10 +239,9 @@ fn the_aws_cli_works_through_the_gateway_with_the_held_key() {
         ("spool", spool.as_str()),
         ("daemon log", s.daemon.log_text().as_str()),
     ] {
-        assert!(
-            !hay.contains(&s.moto.secret_access_key),
-            "held key in the {what}"
-        );
+        for held in [&s.moto.secret_access_key, &s.moto.access_key_id] {
+            assert!(!hay.contains(held.as_str()), "held key in the {what}");
+        }
     }
     assert!(!s
         .moto
