@@ -20,7 +20,9 @@ struct Setup {
     _scratch: tempfile::TempDir,
 }
 
-fn setup() -> Option<Setup> {
+/// moto, and a daemon with one production AWS target at it; `extra`:
+/// more `[targets.http.aws]` lines, given the moto set up.
+fn setup(extra: impl Fn(&Moto) -> String) -> Option<Setup> {
     if !kernel_ready() {
         return None;
     }
@@ -39,12 +41,13 @@ fn setup() -> Option<Setup> {
          [[targets]]\nname = \"aws-prod\"\nprotocol = \"https\"\naddress = \"127.0.0.2:{}\"\n\
          labels = {{ env = \"production\" }}\n\n[targets.http]\nkind = \"aws\"\n\
          upstream_ca_file = \"{}\"\nserver_name = \"moto.test\"\n\n[targets.http.aws]\n\
-         region = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ file = \"{}\" }}\n",
+         region = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = {{ file = \"{}\" }}\n{}",
         policies.display(),
         moto.port,
         moto.ca.display(),
         moto.access_key_id,
         secret.display(),
+        extra(&moto),
     ));
     let daemon = Daemon::start(&env);
     Some(Setup {
@@ -80,6 +83,18 @@ impl Setup {
     fn aws(&self, args: &[&str]) -> Output {
         output_within(&mut self.aws_cmd(args), Duration::from_secs(120))
     }
+
+    /// `aws ARGS…`, which must succeed: its output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.aws(args);
+        let t = text(&out);
+        assert!(
+            out.status.success(),
+            "aws {args:?}: {t}\n{}",
+            self.daemon.log_text()
+        );
+        t
+    }
 }
 
 fn text(o: &Output) -> String {
@@ -92,16 +107,12 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn the_aws_cli_works_through_the_gateway_with_the_held_key() {
-    let Some(s) = setup() else { return };
+    let Some(s) = setup(|_| String::new()) else {
+        return;
+    };
     let seen = std::cell::RefCell::new(String::new());
     let ok = |args: &[&str]| -> String {
-        let out = s.aws(args);
-        let t = text(&out);
-        assert!(
-            out.status.success(),
-            "aws {args:?}: {t}\n{}",
-            s.daemon.log_text()
-        );
+        let t = s.ok(args);
         seen.borrow_mut().push_str(&t);
         t
     };
@@ -247,4 +258,43 @@ fn the_aws_cli_works_through_the_gateway_with_the_held_key() {
         .moto
         .log_text()
         .contains(blastgate::protocols::http::aws::PLACEHOLDER_KEY_ID));
+}
+
+#[test]
+fn each_session_assumes_the_role_afresh_and_signs_with_it() {
+    let Some(s) = setup(|m| format!("assume_role_arn = \"{}\"\n", m.role_arn)) else {
+        return;
+    };
+    let ok = |args: &[&str]| s.ok(args);
+    // Each CLI run is a session of its own: each is the role, under a
+    // role session named for the blastgate session, never the same one
+    // twice (the first session's credentials are not reused).
+    let names: Vec<String> = (0..2)
+        .map(|_| {
+            let who = ok(&["sts", "get-caller-identity"]);
+            assert!(who.contains("assumed-role/agent-role/blastgate-"), "{who}");
+            assert!(!who.contains("user/held-user"), "{who}");
+            who.split("assumed-role/agent-role/")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_ne!(names[0], names[1], "a role session was reused");
+    // The session named in the role is the recorded one.
+    for name in &names {
+        let id = name.trim_start_matches("blastgate-");
+        s.env.wait_event("the session's get-caller-identity", |e| {
+            e["action"] == "aws:sts:GetCallerIdentity"
+                && e["session_id"]
+                    .as_str()
+                    .is_some_and(|sid| sid.replace('-', "") == id)
+        });
+    }
+    // Other services take the role's credentials too (moto checks them).
+    ok(&["s3", "mb", "s3://role-made"]);
+    let listed = ok(&["s3", "ls"]);
+    assert!(listed.contains("role-made"), "{listed}");
+    assert!(!s.daemon.log_text().contains(&s.moto.secret_access_key));
 }

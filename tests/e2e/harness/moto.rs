@@ -23,6 +23,8 @@ pub struct Moto {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub instance_id: String,
+    /// A role the held user may assume.
+    pub role_arn: String,
     /// moto's own log (werkzeug's request lines and errors).
     pub log: PathBuf,
     pub dir: tempfile::TempDir,
@@ -39,6 +41,13 @@ iam.put_user_policy(UserName="held-user", PolicyName="all",
     PolicyDocument=json.dumps({"Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
 key = iam.create_access_key(UserName="held-user")["AccessKey"]
+role = iam.create_role(RoleName="agent-role",
+    AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                       "Principal": {"AWS": "*"}}]}))["Role"]["Arn"]
+iam.put_role_policy(RoleName="agent-role", PolicyName="all",
+    PolicyDocument=json.dumps({"Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
 sm = boto3.client("secretsmanager", **kw)
 sm.create_secret(Name="prod/db", SecretString="hunter2-the-db-password")
 ec2 = boto3.client("ec2", **kw)
@@ -48,7 +57,7 @@ ctx = ssl.create_default_context(cafile=ca)
 req = urllib.request.Request(url + "/moto-api/reset-auth", data=b"0",
     headers={"Content-Type": "text/plain"}, method="POST")
 urllib.request.urlopen(req, context=ctx).read()
-print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"], "instance": inst}))
+print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"], "instance": inst, "role": role}))
 "#;
 
 impl Moto {
@@ -80,6 +89,7 @@ impl Moto {
             access_key_id: String::new(),
             secret_access_key: String::new(),
             instance_id: String::new(),
+            role_arn: String::new(),
             log,
             dir,
         };
@@ -108,6 +118,7 @@ impl Moto {
         moto.access_key_id = v["ak"].as_str().unwrap_or_default().to_string();
         moto.secret_access_key = v["sk"].as_str().unwrap_or_default().to_string();
         moto.instance_id = v["instance"].as_str().unwrap_or_default().to_string();
+        moto.role_arn = v["role"].as_str().unwrap_or_default().to_string();
         moto
     }
 

@@ -149,6 +149,7 @@ impl Phases for Http {
             sni,
             upstream_tls,
             guard: Default::default(),
+            aws_role: Default::default(),
         }))
     }
 

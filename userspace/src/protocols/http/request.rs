@@ -38,6 +38,8 @@ pub struct Conn {
     pub upstream_tls: bool,
     /// The guard for the credentials last injected on this connection.
     pub guard: std::sync::Mutex<Option<Arc<echo::Guard>>>,
+    /// AWS: the role credentials assumed for this session, dropped with it.
+    pub aws_role: tokio::sync::OnceCell<super::aws::sign::Held>,
 }
 
 impl Conn {

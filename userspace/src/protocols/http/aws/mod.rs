@@ -8,6 +8,7 @@
 pub mod masking;
 pub mod operation;
 pub mod sign;
+pub mod sts;
 
 use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
@@ -40,6 +41,11 @@ pub struct AwsTarget {
     pub access_key_id: String,
     /// The held key's secret: `{ file = "…" }` or `{ env = "…" }`.
     pub secret_access_key: Secret,
+    /// A role assumed with the held key for each session (STS
+    /// `AssumeRole`, 900 s): the session's requests are signed with its
+    /// temporary credentials, which end with the session ([`sts`]).
+    #[serde(default)]
+    pub assume_role_arn: Option<String>,
     /// Services a custom endpoint (not `*.amazonaws.com`) serves; empty:
     /// whichever the agent's signing scope names.
     #[serde(default)]
@@ -85,6 +91,13 @@ impl AwsTarget {
         }
         if self.access_key_id.is_empty() {
             return Err("[targets.http.aws] access_key_id is empty".into());
+        }
+        if self
+            .assume_role_arn
+            .as_deref()
+            .is_some_and(|a| !a.starts_with("arn:") || a.split(':').count() < 6)
+        {
+            return Err("[targets.http.aws] assume_role_arn is not a role ARN".into());
         }
         if self.secret_access_key.file.is_some() == self.secret_access_key.env.is_some() {
             return Err(
@@ -174,6 +187,19 @@ async fn refuse(
     event.status = Some(status.as_u16());
     conn.gw.record(event).await;
     error(status, code, why, json)
+}
+
+/// Refuses as AWS refuses what a caller may not do (403 AccessDenied).
+async fn denied(conn: &Conn, event: Event, why: &str, json: bool) -> Response<Body> {
+    refuse(
+        conn,
+        event,
+        StatusCode::FORBIDDEN,
+        "AccessDenied",
+        why,
+        json,
+    )
+    .await
 }
 
 /// The policy context of an operation.
@@ -318,15 +344,7 @@ pub(super) async fn answer(
         Ok(op) => op,
         Err(why) => {
             let why = format!("request not attributable to an AWS operation, refused: {why}");
-            return refuse(
-                &conn,
-                event,
-                StatusCode::FORBIDDEN,
-                "AccessDenied",
-                &why,
-                json,
-            )
-            .await;
+            return denied(&conn, event, &why, json).await;
         }
     };
     let action = op.action();
@@ -345,22 +363,30 @@ pub(super) async fn answer(
         if let Some(a) = ruling.approval_id {
             why += &format!(" (approval {a})");
         }
-        return refuse(
-            &conn,
-            event,
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            &why,
-            json,
-        )
-        .await;
+        return denied(&conn, event, &why, json).await;
     }
-    let held = match aws.held() {
+    let base = match aws.held() {
         Ok(h) => h,
         Err(why) => return request::fail(&conn, event, &why).await,
     };
-    // Everything the held credential is made of is blanked in answers.
+    let held = match &aws.assume_role_arn {
+        None => base.clone(),
+        Some(role) => {
+            let assumed = conn
+                .aws_role
+                .get_or_try_init(|| sts::assume(&conn, &base, role, &host, &op.region))
+                .await;
+            match assumed {
+                Ok(h) => h.clone(),
+                Err(why) => return request::fail(&conn, event, &why).await,
+            }
+        }
+    };
+    // Everything the held credentials are made of (the key and the
+    // session's role credentials) is blanked in answers.
     let secrets: Vec<(String, String)> = [
+        Some(base.access_key_id.clone()),
+        Some(base.secret_access_key.clone()),
         Some(held.access_key_id.clone()),
         Some(held.secret_access_key.clone()),
         held.session_token.clone(),
