@@ -27,7 +27,9 @@ fn setup(extra: impl Fn(&Moto) -> String) -> Option<Setup> {
         return None;
     }
     if !Path::new(&format!("{VENV_BIN}/moto_server")).exists() {
-        blastgate::testing::skip("moto_server is missing from the tools venv (cargo xtask setup)");
+        blastgate::testing::skip(
+            "moto_server is missing from /opt/blastgate-tools/moto-venv (cargo xtask setup)",
+        );
         return None;
     }
     let moto = Moto::start();

@@ -12,7 +12,8 @@ use std::{
 
 use super::{free_port, https_upstream::ca_and_leaf, wait_until};
 
-pub const VENV_BIN: &str = "/opt/blastgate-tools/venv/bin";
+/// moto, the AWS CLI and boto3: a venv of their own (`cargo xtask setup`).
+pub const VENV_BIN: &str = "/opt/blastgate-tools/moto-venv/bin";
 
 /// What the server was set up with.
 pub struct Moto {
