@@ -163,6 +163,46 @@ fn the_aws_cli_works_through_the_gateway_with_the_held_key() {
         "the download differs"
     );
 
+    // Presigned URLs the agent made are decided as the operation they are:
+    // one deleting a production bucket is refused before anything is
+    // sent. (Fetching through a re-presigned URL is not exercised: moto
+    // 5.2.6 with IAM checking on fails any presigned request with a 500,
+    // KeyError HTTP_AUTHORIZATION.)
+    let endpoint = format!("https://127.0.0.2:{}", s.moto.port);
+    let presigned = |python: &str, method: &str, sig: &str| -> Output {
+        let script = format!(
+            "url=$({VENV_BIN}/python -c \"import boto3, botocore.config as bc; \
+             c = boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', \
+             config=bc.Config(signature_version='{sig}')); print({python})\") && \
+             curl -sS -X {method} --cacert \"$AWS_CA_BUNDLE\" \"$url\""
+        );
+        let mut c = s.env.agent("claude", &["sh", "-c", &script]);
+        c.env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+        output_within(&mut c, Duration::from_secs(60))
+    };
+    // boto3's default for S3 presigning, SigV2, carries no SigV4 scope
+    // blastgate can check: refused.
+    let v2 = presigned(
+        "c.generate_presigned_url('get_object', Params={'Bucket': 'work', 'Key': 'dir/small.txt'})",
+        "GET",
+        "s3",
+    );
+    let t = text(&v2);
+    assert!(t.contains("not attributable to an AWS operation"), "{t}");
+    seen.borrow_mut().push_str(&t);
+    let gone = presigned(
+        "c.generate_presigned_url('delete_bucket', Params={'Bucket': 'work'})",
+        "DELETE",
+        "s3v4",
+    );
+    let t = text(&gone);
+    assert!(
+        t.contains("AccessDenied") && t.contains("aws-production-bucket-delete"),
+        "{t}"
+    );
+    seen.borrow_mut().push_str(&t);
+
     // EC2.
     let described = ok(&["ec2", "describe-instances"]);
     assert!(described.contains(&s.moto.instance_id), "{described}");
