@@ -48,7 +48,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command,
         } => {
             let config = commands::client_config(config.as_deref())?;
-            let trust = blastgate::tls::trust::agent_env(&config.tls.ca_dir).unwrap_or_default();
+            let mut trust =
+                blastgate::tls::trust::agent_env(&config.tls.ca_dir).unwrap_or_default();
+            trust.extend(blastgate::protocols::http::aws::placeholder_env(&config));
             let token =
                 commands::run::read_token(oidc_token_file.as_deref(), oidc_token_env.as_deref())?;
             commands::run::run(

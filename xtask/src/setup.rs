@@ -97,6 +97,18 @@ const PYTHON_TOOLS: &[(Present, &str)] = &[
     (Present::Imports("selenium"), "selenium==4.51.0"),
 ];
 
+/// The AWS gateway tests' tools, in a venv of their own: moto needs a
+/// newer `cryptography` than mitmproxy 11 allows, so neither pins the
+/// other.
+const AWS_VENV: &str = "/opt/blastgate-tools/moto-venv";
+const AWS_TOOLS: &[(Present, &str)] = &[
+    // AWS on loopback (SigV4 and IAM enforced), and the AWS CLI and boto3
+    // as agents.
+    (Present::Binary("moto_server"), "moto[server]==5.2.6"),
+    (Present::Binary("aws"), "awscli==1.46.3"),
+    (Present::Imports("boto3"), "boto3==1.44.18"),
+];
+
 /// The OIDC tests' OpenID Provider (tests/e2e/oidc/provider.mjs): the
 /// certified npm package, pinned, in a directory of its own. Its other
 /// dependencies (jose, koa) come with it; the script makes its keys with
@@ -259,10 +271,16 @@ impl Drop for DenyServiceStarts {
     }
 }
 
-/// The venv with [`PYTHON_TOOLS`] from PyPI; pip runs only for a tool that
-/// is not there.
+/// The venvs with [`PYTHON_TOOLS`] and [`AWS_TOOLS`] from PyPI.
 fn python_venv() -> Result<()> {
-    let python = format!("{TOOLS_VENV}/bin/python");
+    venv(TOOLS_VENV, PYTHON_TOOLS)?;
+    venv(AWS_VENV, AWS_TOOLS)
+}
+
+/// The venv at `dir` with `tools`; pip runs only for a tool that is not
+/// there.
+fn venv(dir: &str, tools: &[(Present, &str)]) -> Result<()> {
+    let python = format!("{dir}/bin/python");
     let present = |p: Present| match p {
         Present::Imports(module) => Command::new(&python)
             .args(["-c", &format!("import {module}")])
@@ -270,16 +288,15 @@ fn python_venv() -> Result<()> {
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success()),
-        Present::Binary(name) => Path::new(TOOLS_VENV).join("bin").join(name).is_file(),
+        Present::Binary(name) => Path::new(dir).join("bin").join(name).is_file(),
     };
-    let missing: Vec<&(Present, &str)> =
-        PYTHON_TOOLS.iter().filter(|(p, _)| !present(*p)).collect();
+    let missing: Vec<&(Present, &str)> = tools.iter().filter(|(p, _)| !present(*p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    need_root(&format!("installing Python tools into {TOOLS_VENV}"))?;
+    need_root(&format!("installing Python tools into {dir}"))?;
     if !Path::new(&python).exists() {
-        sh::run(Command::new("/usr/bin/python3").args(["-m", "venv", TOOLS_VENV]))?;
+        sh::run(Command::new("/usr/bin/python3").args(["-m", "venv", dir]))?;
     }
     let mut pip = Command::new(&python);
     pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"]);
@@ -287,7 +304,7 @@ fn python_venv() -> Result<()> {
     sh::run(&mut pip)?;
     for (p, req) in missing {
         if !present(*p) {
-            bail!("{req} is still missing from {TOOLS_VENV} after pip install");
+            bail!("{req} is still missing from {dir} after pip install");
         }
     }
     Ok(())

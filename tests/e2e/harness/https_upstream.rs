@@ -89,7 +89,13 @@ pub fn ca_and_leaf(dir: &std::path::Path, names: &[&str]) {
         "req", "-newkey", "ec", "-pkeyopt", key, "-nodes", "-keyout", "leaf.key", "-out",
         "leaf.csr", "-subj", &cn,
     ]);
-    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    let sans: Vec<String> = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(_) => format!("IP:{n}"),
+            Err(_) => format!("DNS:{n}"),
+        })
+        .collect();
     std::fs::write(
         dir.join("ext.cnf"),
         format!(

@@ -18,6 +18,7 @@ pub mod job_scene;
 pub mod kube;
 pub mod kube_exec;
 pub mod kube_gateway;
+pub mod moto;
 pub mod netns;
 pub mod oidc;
 pub mod pg_gateway;

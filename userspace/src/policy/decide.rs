@@ -200,6 +200,18 @@ fn context_defaults(action: &str) -> Option<Vec<(String, Value)>> {
             ("k8s_changes", set()),
             ("k8s_body", s()),
         ],
+        ("aws", _) => vec![
+            ("method", s()),
+            ("host", s()),
+            ("path", s()),
+            ("service", s()),
+            ("operation", s()),
+            ("region", s()),
+            ("protocol", s()),
+            ("resources", set()),
+            ("bucket", s()),
+            ("key", s()),
+        ],
         _ => return None,
     };
     Some(fixed.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
@@ -239,6 +251,9 @@ fn uid(ty: &str, id: &str) -> Result<EntityUid, RequestError> {
     EntityUid::from_str(&format!("{ty}::{quoted}"))
         .map_err(|e| RequestError::Entities(e.to_string()))
 }
+
+/// The action an AWS operation the schema does not name is decided as.
+pub const AWS_OTHER: &str = "aws:other";
 
 /// Cached decisions, keyed by the whole request (principal, action,
 /// resource and the canonical context JSON), never by a hash of it: a
@@ -469,7 +484,15 @@ impl Bundle {
 
         let principal = uid("Agent", &agent.name)?;
         let resource = uid("Target", &target.name)?;
-        let action_uid = uid("Action", action)?;
+        let mut action_uid = uid("Action", action)?;
+        // AWS has thousands of operations; those the schema does not
+        // declare are decided as `aws:other` (policies match them by
+        // `context.service` and `context.operation`).
+        if action.starts_with("aws:") && self.actions.get(&action_uid).is_none() {
+            action_uid = uid("Action", AWS_OTHER)?;
+        }
+        let action = action_uid.id().unescaped().to_string();
+        let action = action.as_str();
         let entities = self.entities_for(asker, &principal, &resource)?;
         let request = Request::new(principal, action_uid, resource, context, Some(&self.schema))
             .map_err(|e| RequestError::Schema(e.to_string()))?;

@@ -28,8 +28,8 @@ pub fn write_bundle(ca: &LocalCa, ca_dir: &Path) -> std::io::Result<PathBuf> {
 
 /// The variables `blastgate run` sets when the local CA exists: OpenSSL
 /// (and so curl, git, Python's ssl), python requests, curl and git
-/// explicitly, and node (which adds to its own roots, so it gets the CA
-/// alone).
+/// explicitly, the AWS CLI and SDKs, and node (which adds to its own
+/// roots, so it gets the CA alone).
 pub fn agent_env(ca_dir: &Path) -> Option<Vec<(&'static str, PathBuf)>> {
     let ca = ca_dir.join(CA_FILE);
     let bundle = ca_dir.join(BUNDLE_FILE);
@@ -40,7 +40,8 @@ pub fn agent_env(ca_dir: &Path) -> Option<Vec<(&'static str, PathBuf)>> {
         ("SSL_CERT_FILE", bundle.clone()),
         ("REQUESTS_CA_BUNDLE", bundle.clone()),
         ("CURL_CA_BUNDLE", bundle.clone()),
-        ("GIT_SSL_CAINFO", bundle),
+        ("GIT_SSL_CAINFO", bundle.clone()),
+        ("AWS_CA_BUNDLE", bundle),
         ("NODE_EXTRA_CA_CERTS", ca),
     ])
 }

@@ -377,8 +377,13 @@ impl HttpBody for Guarded {
         }
     }
 
+    /// Before the first poll too: a bodiless answer (HEAD, 204) must say
+    /// so up front, or the server's HEAD handling takes the wrapper for a
+    /// body and drops the answer's Content-Length (S3's object size).
     fn is_end_stream(&self) -> bool {
-        self.ended && self.carry.is_empty() && self.trailers.is_none()
+        (self.ended || self.inner.is_end_stream())
+            && self.carry.is_empty()
+            && self.trailers.is_none()
     }
 }
 

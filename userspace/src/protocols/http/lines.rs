@@ -24,7 +24,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
 use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame, Incoming};
+use hyper::body::{Body as HttpBody, Frame};
 
 use super::{mask, upstream::Body};
 use crate::policy::masking::MaskPlan;
@@ -114,7 +114,7 @@ pub struct Stream {
 /// gzip Content-Encoding are removed from `headers`, as the masked body is
 /// new; any other encoding is refused.
 pub fn masked(
-    body: Incoming,
+    body: Body,
     headers: &mut HeaderMap,
     stream: Stream,
     tally: Arc<Tally>,
@@ -349,7 +349,7 @@ fn looks_like_json(text: &str) -> bool {
 }
 
 struct LineMasked {
-    inner: Incoming,
+    inner: Body,
     gunzip: Option<flate2::write::MultiGzDecoder<Vec<u8>>>,
     /// Bytes after the last complete line.
     pending: BytesMut,
@@ -779,7 +779,7 @@ mod tests {
             limit: 1 << 20,
         };
         let tally = Arc::new(Tally::default());
-        let out = super::masked(body, &mut parts.headers, stream, tally)
+        let out = super::masked(body.boxed(), &mut parts.headers, stream, tally)
             .expect("masked")
             .collect()
             .await

@@ -8,7 +8,6 @@ use std::{borrow::Cow, io::Read};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 
 use super::upstream::Body;
 use crate::policy::masking::{MaskPlan, MaskedJson, NotJson};
@@ -21,7 +20,7 @@ pub enum Outcome {
     /// Over the limit: what was read, and the rest still unread.
     TooBig {
         head: Bytes,
-        rest: Option<Incoming>,
+        rest: Option<Body>,
     },
 }
 
@@ -121,7 +120,7 @@ pub async fn json_body(
     plan: Option<&MaskPlan>,
     secrets: bool,
     headers: &mut HeaderMap,
-    mut body: Incoming,
+    mut body: Body,
     limit: usize,
 ) -> Result<Outcome, String> {
     let mut raw = BytesMut::new();
@@ -394,7 +393,7 @@ pub fn json_only_accept(agent: Option<&HeaderValue>, tables: bool) -> HeaderValu
 }
 
 /// What was read, then the rest as it comes.
-pub fn rejoin(head: Bytes, rest: Option<Incoming>) -> Body {
+pub fn rejoin(head: Bytes, rest: Option<Body>) -> Body {
     Rejoined {
         head: Some(head),
         rest,
@@ -404,7 +403,7 @@ pub fn rejoin(head: Bytes, rest: Option<Incoming>) -> Body {
 
 struct Rejoined {
     head: Option<Bytes>,
-    rest: Option<Incoming>,
+    rest: Option<Body>,
 }
 
 impl hyper::body::Body for Rejoined {
@@ -641,7 +640,14 @@ mod tests {
         )
         .await;
         let mut headers = parts.headers;
-        let sent = match super::json_body(Some(&plan), false, &mut headers, incoming, 1 << 20).await
+        let sent = match super::json_body(
+            Some(&plan),
+            false,
+            &mut headers,
+            http_body_util::BodyExt::boxed(incoming),
+            1 << 20,
+        )
+        .await
         {
             Ok(super::Outcome::Masked { body, .. }) => {
                 let bytes = http_body_util::BodyExt::collect(body)

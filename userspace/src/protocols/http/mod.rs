@@ -18,8 +18,10 @@
 //! - [`k8s_body`]: Kubernetes write bodies decoded as the API server does.
 //! - [`k8s_effect`]: what a Kubernetes request does (exec-equivalents,
 //!   changed fields) for policy.
+//! - [`aws`]: AWS targets: operations identified, decided, re-signed.
 //! - [`settings`]: the `[targets.http]` section.
 
+pub mod aws;
 mod echo;
 mod excerpt;
 pub mod k8s;
@@ -147,6 +149,7 @@ impl Phases for Http {
             sni,
             upstream_tls,
             guard: Default::default(),
+            aws_role: Default::default(),
         }))
     }
 

@@ -38,6 +38,17 @@ pub fn answer(
     approval: Option<uuid::Uuid>,
 ) -> Response<Body> {
     let approval = approval.map(|a| a.to_string());
+    if cfg.kind == ApiKind::Aws {
+        // The AWS CLI and SDKs print an AWS error body as the server's own.
+        let mut message = reason.to_string();
+        if let Some(p) = policy {
+            message += &format!(" (policy {p})");
+        }
+        if let Some(a) = &approval {
+            message += &format!(" (approval {a})");
+        }
+        return super::aws::error(status, "AccessDenied", &message, false);
+    }
     let body = match cfg.kind {
         ApiKind::Generic => json!({
             "error": format!("blastgate: {}", status.canonical_reason().unwrap_or("refused")),
@@ -45,7 +56,7 @@ pub fn answer(
             "reason": reason,
             "approval_id": approval,
         }),
-        ApiKind::Kubernetes => {
+        ApiKind::Kubernetes | ApiKind::Aws => {
             let mut message = format!("blastgate: {reason}");
             if let Some(p) = policy {
                 message += &format!(" (policy {p})");

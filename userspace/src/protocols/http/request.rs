@@ -38,12 +38,14 @@ pub struct Conn {
     pub upstream_tls: bool,
     /// The guard for the credentials last injected on this connection.
     pub guard: std::sync::Mutex<Option<Arc<echo::Guard>>>,
+    /// AWS: the role credentials assumed for this session, dropped with it.
+    pub aws_role: tokio::sync::OnceCell<super::aws::sign::Held>,
 }
 
 impl Conn {
     /// The guard for `secrets` (prefix, value), reused while they stay
     /// the same.
-    fn guard_for(&self, secrets: &[(String, String)]) -> Option<Arc<echo::Guard>> {
+    pub(super) fn guard_for(&self, secrets: &[(String, String)]) -> Option<Arc<echo::Guard>> {
         let mut cached = self.guard.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(g) = cached.as_ref().filter(|g| g.is_for(secrets)) {
             return Some(g.clone());
@@ -143,6 +145,9 @@ async fn answer(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
         return refuse_echo(&conn, event).await;
     }
 
+    if conn.cfg.kind == ApiKind::Aws {
+        return super::aws::answer(conn, req, event, host, started).await;
+    }
     let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
     // Taken now: the agent's side of an upgrade lives in the request.
     let agent_side = (tunnel && method != Method::CONNECT).then(|| hyper::upgrade::on(&mut req));
@@ -366,7 +371,7 @@ async fn answer(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
         guard,
         started,
     };
-    respond(&conn, response, event, answering).await
+    respond(&conn, response.map(BodyExt::boxed), event, answering).await
 }
 
 /// What the answer to one request is held to, settled before it is sent.
@@ -389,7 +394,7 @@ pub(super) struct Answering {
 /// takes this way, an upgrade the upstream declined too.
 pub(super) async fn respond(
     conn: &Arc<Conn>,
-    response: Response<Incoming>,
+    response: Response<Body>,
     mut event: Event,
     a: Answering,
 ) -> Response<Body> {
@@ -1018,8 +1023,29 @@ fn outbound(
     Ok(Request::from_parts(parts, body))
 }
 
+/// The request as forwarded to the target with no header injected: the
+/// agent's credentials out (`strip_headers`), hop-by-hop headers out, the
+/// answer asked for uncompressed (it is checked for the held credential).
+pub(super) fn forwarded(
+    conn: &Conn,
+    parts: http::request::Parts,
+    body: Body,
+    host: &str,
+) -> Result<Request<Body>, String> {
+    let none = Vec::new();
+    let sent = Sent {
+        host,
+        json_only: false,
+        tables: false,
+        masking: false,
+        credentials: &none,
+        guarded: true,
+    };
+    outbound(conn, parts, body, &sent)
+}
+
 /// A request body, whole, refused past `limit` bytes.
-async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, String> {
+pub(super) async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, String> {
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("reading the request body: {e}"))?;

@@ -51,6 +51,9 @@ pub struct HttpTarget {
     /// (0, the default: none; at most 64 KiB).
     #[serde(default)]
     pub record_body_bytes: usize,
+    /// Required for `kind = "aws"`: the region and the held key.
+    #[serde(default)]
+    pub aws: Option<super::aws::AwsTarget>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -60,6 +63,9 @@ pub enum ApiKind {
     Generic,
     /// Requests are also mapped to Kubernetes verbs and resources.
     Kubernetes,
+    /// Requests are AWS API calls: decided as `aws:<service>:<Operation>`
+    /// and re-signed with the held key (`[targets.http.aws]`).
+    Aws,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -142,6 +148,16 @@ impl HttpTarget {
                 "[targets.http] record_body_bytes is at most {}",
                 super::excerpt::MAX_EXCERPT_BYTES
             ));
+        }
+        match (&self.kind, &self.aws) {
+            (ApiKind::Aws, Some(a)) => a.validate()?,
+            (ApiKind::Aws, None) => {
+                return Err(
+                    "[targets.http] kind = \"aws\" needs a [targets.http.aws] section".into(),
+                )
+            }
+            (_, Some(_)) => return Err("[targets.http.aws] is only for kind = \"aws\"".into()),
+            _ => {}
         }
         if self.max_inspect_bytes == 0 {
             return Err("[targets.http] max_inspect_bytes must be positive".into());

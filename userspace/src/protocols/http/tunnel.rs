@@ -69,7 +69,7 @@ pub async fn carry(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream said no, or ignored the upgrade and answered the
         // request as a plain one: masked and checked as any answer is.
-        return request::respond(conn, response, event, answering).await;
+        return request::respond(conn, response.map(BodyExt::boxed), event, answering).await;
     }
     let upstream_side = hyper::upgrade::on(&mut response);
     let (mut parts, _) = response.into_parts();

@@ -1,0 +1,504 @@
+//! AWS targets (`kind = "aws"`): every request identified as the AWS
+//! operation it is ([`operation`]), decided as `aws:<service>:<Operation>`,
+//! re-signed with the credential blastgate holds ([`sign`]) and answered
+//! with secrets masked ([`masking`]). The agent's SDK signs with a
+//! placeholder key; its signature is never checked nor forwarded, its
+//! scope only read as a hint that must agree with the endpoint.
+
+pub mod masking;
+pub mod operation;
+pub mod sign;
+pub mod sts;
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    request::{self, Answering, Conn},
+    upstream::Body,
+};
+use crate::{
+    config::Secret,
+    records::{Event, EventKind, Verdict},
+};
+use operation::{Asked, Endpoint, Operation};
+use sign::{Held, Payload};
+
+/// `[targets.http.aws]`: where the endpoint is and what blastgate signs
+/// with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsTarget {
+    /// The region of requests whose host and signing scope name none.
+    pub region: String,
+    /// The held key's id.
+    pub access_key_id: String,
+    /// The held key's secret: `{ file = "…" }` or `{ env = "…" }`.
+    pub secret_access_key: Secret,
+    /// A role assumed with the held key for each session (STS
+    /// `AssumeRole`, 900 s): the session's requests are signed with its
+    /// temporary credentials, which end with the session ([`sts`]).
+    #[serde(default)]
+    pub assume_role_arn: Option<String>,
+    /// Services a custom endpoint (not `*.amazonaws.com`) serves; empty:
+    /// whichever the agent's signing scope names.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Secrets, decrypted SSM parameters and `Credentials` blocks are
+    /// masked in answers (default true).
+    #[serde(default = "yes")]
+    pub mask_secrets: bool,
+}
+
+/// The placeholder key the agent's AWS CLI and SDKs sign with: they need
+/// one to send anything, and blastgate throws its signature away.
+pub const PLACEHOLDER_KEY_ID: &str = "AKIABLASTGATEAGENT000";
+pub const PLACEHOLDER_SECRET: &str = "blastgate-placeholder-not-a-secret";
+
+/// The environment `blastgate run` gives an agent when the config has an
+/// AWS target: placeholder credentials (the agent's own are replaced, so
+/// a real key in its environment is never used).
+pub fn placeholder_env(config: &crate::config::Config) -> Vec<(&'static str, std::path::PathBuf)> {
+    let aws = config.targets.iter().any(|t| {
+        t.http
+            .as_ref()
+            .is_some_and(|h| h.kind == super::settings::ApiKind::Aws)
+    });
+    if !aws {
+        return Vec::new();
+    }
+    vec![
+        ("AWS_ACCESS_KEY_ID", PLACEHOLDER_KEY_ID.into()),
+        ("AWS_SECRET_ACCESS_KEY", PLACEHOLDER_SECRET.into()),
+        ("AWS_SESSION_TOKEN", "blastgate-placeholder".into()),
+    ]
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl AwsTarget {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.region.is_empty() {
+            return Err("[targets.http.aws] region is empty".into());
+        }
+        if self.access_key_id.is_empty() {
+            return Err("[targets.http.aws] access_key_id is empty".into());
+        }
+        if self
+            .assume_role_arn
+            .as_deref()
+            .is_some_and(|a| !a.starts_with("arn:") || a.split(':').count() < 6)
+        {
+            return Err("[targets.http.aws] assume_role_arn is not a role ARN".into());
+        }
+        if self.secret_access_key.file.is_some() == self.secret_access_key.env.is_some() {
+            return Err(
+                "[targets.http.aws] secret_access_key needs exactly one of file or env".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The held credential, read now (a rotated file is used at once).
+    fn held(&self) -> Result<Held, String> {
+        Ok(Held {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self
+                .secret_access_key
+                .read()
+                .map_err(|e| format!("the held AWS secret key: {e}"))?,
+            session_token: None,
+        })
+    }
+}
+
+/// Whether the agent speaks a JSON protocol (so refusals are JSON).
+fn speaks_json(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key("x-amz-target")
+        || req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-amz-json"))
+}
+
+/// An AWS-style error the CLI and SDKs print as the server's own
+/// ("An error occurred (AccessDenied) when calling …: blastgate: …").
+pub fn error(status: StatusCode, code: &str, message: &str, json: bool) -> Response<Body> {
+    let message = format!("blastgate: {message}");
+    let (body, content_type) = if json {
+        (
+            serde_json::to_vec(&json!({ "__type": code, "message": message })).unwrap_or_default(),
+            "application/x-amz-json-1.1",
+        )
+    } else {
+        (
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ErrorResponse><Error><Type>Sender</Type>\
+                 <Code>{}</Code><Message>{}</Message></Error><RequestId>blastgate</RequestId></ErrorResponse>\n",
+                xml_escape(code),
+                xml_escape(&message)
+            )
+            .into_bytes(),
+            "text/xml",
+        )
+    };
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if json {
+        if let Ok(v) = HeaderValue::from_str(code) {
+            r.headers_mut().insert("x-amzn-errortype", v);
+        }
+    }
+    r
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Refuses and records.
+async fn refuse(
+    conn: &Conn,
+    mut event: Event,
+    status: StatusCode,
+    code: &str,
+    why: &str,
+    json: bool,
+) -> Response<Body> {
+    event.reason = Some(why.to_string());
+    event.status = Some(status.as_u16());
+    conn.gw.record(event).await;
+    error(status, code, why, json)
+}
+
+/// Refuses as AWS refuses what a caller may not do (403 AccessDenied).
+async fn denied(conn: &Conn, event: Event, why: &str, json: bool) -> Response<Body> {
+    refuse(
+        conn,
+        event,
+        StatusCode::FORBIDDEN,
+        "AccessDenied",
+        why,
+        json,
+    )
+    .await
+}
+
+/// The policy context of an operation.
+pub fn context(op: &Operation, method: &Method, host: &str, path: &str) -> Value {
+    json!({
+        "method": method.as_str(),
+        "host": host,
+        "path": path,
+        "service": op.service,
+        "operation": op.operation,
+        "region": op.region,
+        "protocol": op.protocol,
+        "resources": op.resources,
+        "bucket": op.bucket,
+        "key": op.key,
+    })
+}
+
+/// What the record says the request was about.
+fn record_context(op: &Operation) -> BTreeMap<String, String> {
+    let mut c = BTreeMap::new();
+    c.insert("service".into(), op.service.clone());
+    c.insert("operation".into(), op.operation.clone());
+    c.insert("region".into(), op.region.clone());
+    if !op.bucket.is_empty() {
+        c.insert("bucket".into(), op.bucket.clone());
+    }
+    if !op.key.is_empty() {
+        c.insert("key".into(), op.key.clone());
+    }
+    if !op.resources.is_empty() {
+        c.insert("resource".into(), op.resources.join(" "));
+    }
+    c
+}
+
+/// One request to an AWS target, after the host check.
+pub(super) async fn answer(
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+    mut event: Event,
+    host: String,
+    started: Instant,
+) -> Response<Body> {
+    let json = speaks_json(&req);
+    let Some(aws) = conn.cfg.aws.clone() else {
+        let why = "target has kind = \"aws\" but no [targets.http.aws]";
+        return refuse(
+            &conn,
+            event,
+            StatusCode::BAD_GATEWAY,
+            "InternalFailure",
+            why,
+            json,
+        )
+        .await;
+    };
+    event.action = Some("aws".into());
+    let payload = match sign::payload(req.headers()) {
+        Ok(p) => p,
+        Err(why) => {
+            return refuse(
+                &conn,
+                event,
+                StatusCode::BAD_REQUEST,
+                "NotImplemented",
+                &why,
+                json,
+            )
+            .await
+        }
+    };
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    // Query and JSON protocols name the operation in the body; a body the
+    // signature must hash is read whole too. S3's streamed payloads are not.
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    let read_body = payload == Payload::Hashed || json || form;
+    if read_body {
+        if let Some(coding) = req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .filter(|c| !c.eq_ignore_ascii_case("identity"))
+        {
+            let why = format!(
+                "a request body in content-encoding {coding} is not read by blastgate, and the operation may be named in it"
+            );
+            return refuse(
+                &conn,
+                event,
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                &why,
+                json,
+            )
+            .await;
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let mut body: Body = body.boxed();
+    let mut whole = None;
+    if read_body {
+        match request::read_limited(body, conn.cfg.max_inspect_bytes).await {
+            Ok(b) => {
+                whole = Some(b.clone());
+                body = Full::new(b).map_err(|never| match never {}).boxed();
+            }
+            Err(why) => {
+                return refuse(
+                    &conn,
+                    event,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "EntityTooLarge",
+                    &why,
+                    json,
+                )
+                .await
+            }
+        }
+    }
+    let asked = Asked {
+        method: &parts.method,
+        host: &host,
+        path: &path,
+        query: &query,
+        headers: &parts.headers,
+        body: whole.as_deref(),
+    };
+    let endpoint = Endpoint {
+        region: &aws.region,
+        services: &aws.services,
+    };
+    let op = match operation::identify(&asked, &endpoint) {
+        Ok(op) => op,
+        Err(why) => {
+            let why = format!("request not attributable to an AWS operation, refused: {why}");
+            return denied(&conn, event, &why, json).await;
+        }
+    };
+    let action = op.action();
+    let context = context(&op, &parts.method, &host, &path);
+    let text = event.text.clone().unwrap_or_default();
+    let ruling = conn.gw.authorize(&action, &context, &text, |_| {}).await;
+    let mut event = Event {
+        context: record_context(&op),
+        ..conn.gw.ruled(EventKind::Request, &action, text, &ruling)
+    };
+    if !ruling.allowed {
+        let mut why = ruling.reason.clone();
+        if let Some(p) = &ruling.policy_id {
+            why += &format!(" (policy {p})");
+        }
+        if let Some(a) = ruling.approval_id {
+            why += &format!(" (approval {a})");
+        }
+        return denied(&conn, event, &why, json).await;
+    }
+    let base = match aws.held() {
+        Ok(h) => h,
+        Err(why) => return request::fail(&conn, event, &why).await,
+    };
+    let held = match &aws.assume_role_arn {
+        None => base.clone(),
+        Some(role) => {
+            let assumed = conn
+                .aws_role
+                .get_or_try_init(|| sts::assume(&conn, &base, role, &host, &op.region))
+                .await;
+            match assumed {
+                Ok(h) => h.clone(),
+                Err(why) => return request::fail(&conn, event, &why).await,
+            }
+        }
+    };
+    // Everything the held credentials are made of (the key and the
+    // session's role credentials) is blanked in answers.
+    let secrets: Vec<(String, String)> = [
+        Some(base.access_key_id.clone()),
+        Some(base.secret_access_key.clone()),
+        Some(held.access_key_id.clone()),
+        Some(held.secret_access_key.clone()),
+        held.session_token.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|s| !s.is_empty())
+    .map(|s| (String::new(), s))
+    .collect();
+    let guard = conn.guard_for(&secrets);
+    let counters = conn.gw.counters.clone();
+    let body = body
+        .map_frame(move |frame| {
+            if let Some(d) = frame.data_ref() {
+                counters.add_from_agent(d.len() as u64);
+            }
+            frame
+        })
+        .boxed();
+    let mut upstream_req = match request::forwarded(&conn, parts, body, &host) {
+        Ok(r) => r,
+        Err(why) => return request::fail(&conn, event, &why).await,
+    };
+    for h in sign::SIGNING_HEADERS.iter().chain(["expect"].iter()) {
+        upstream_req.headers_mut().remove(*h);
+    }
+    let presign = if sign::presigned(&query) {
+        let (rest, expires) = sign::unpresigned(&query);
+        let uri = upstream_req.uri().clone();
+        let base = format!(
+            "{}://{}{}",
+            uri.scheme_str().unwrap_or("https"),
+            uri.authority().map(|a| a.as_str()).unwrap_or_default(),
+            uri.path()
+        );
+        let rebuilt = if rest.is_empty() {
+            base
+        } else {
+            format!("{base}?{rest}")
+        };
+        match rebuilt.parse() {
+            Ok(u) => *upstream_req.uri_mut() = u,
+            Err(e) => return request::fail(&conn, event, &format!("presigned URI: {e}")).await,
+        }
+        Some(expires.unwrap_or(std::time::Duration::from_secs(900)))
+    } else {
+        None
+    };
+    let signing = sign::For {
+        service: &op.service,
+        region: &op.region,
+        held: &held,
+        payload: &payload,
+        body: whole.as_deref(),
+        presign,
+    };
+    if let Err(why) = sign::resign(&mut upstream_req, &signing) {
+        return request::fail(&conn, event, &why).await;
+    }
+    let response = match conn.client.pooled.request(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("upstream: {e}");
+            event.verdict = Verdict::Error;
+            event.reason = Some(why.clone());
+            event.status = Some(502);
+            conn.gw.record(event).await;
+            return error(StatusCode::BAD_GATEWAY, "ServiceUnavailable", &why, json);
+        }
+    };
+    let mut response = response.map(BodyExt::boxed);
+    if aws.mask_secrets && masking::reads(&op) {
+        match masking::masked(response, &op, conn.cfg.max_inspect_bytes).await {
+            Ok((r, n)) => {
+                if n > 0 {
+                    event.reason = Some(format!(
+                        "{}; {n} secret value(s) masked",
+                        event.reason.unwrap_or_default()
+                    ));
+                }
+                response = r;
+            }
+            Err(why) => return request::fail(&conn, event, &why).await,
+        }
+    }
+    // S3's ETag is its API's contract (CompleteMultipartUpload lists the
+    // parts' ETags; the CLI fails without them), as is a HEAD's
+    // Content-Length (the object's size): kept, where the generic masking
+    // drops body digests and a bodiless answer's length.
+    let kept: Vec<(http::HeaderName, HeaderValue)> = if op.service == "s3" {
+        let head = op.operation.starts_with("Head");
+        response
+            .headers()
+            .iter()
+            .filter(|(k, _)| *k == header::ETAG || (head && *k == header::CONTENT_LENGTH))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let answering = Answering {
+        plan: conn.gw.mask_plan(),
+        secrets: false,
+        by_path: false,
+        streaming: false,
+        excerpts: None,
+        guard,
+        started,
+    };
+    let mut answered = request::respond(&conn, response, event, answering).await;
+    for (k, v) in kept {
+        answered.headers_mut().entry(k).or_insert(v);
+    }
+    answered
+}
