@@ -1,0 +1,678 @@
+//! The PACK a push sends, read only as far as a ruling needs: which
+//! commits it carries and their parents, so the gateway can tell whether
+//! a ref update is a fast-forward (gitformat-pack).
+//!
+//! The scanner is incremental: it is fed the pack as it arrives and
+//! inflates each object once (flate2), hashing regular objects on the way
+//! (their ids are computed here, never taken from the agent). Only
+//! commits and deltas are kept; blobs, trees and tags are hashed and
+//! dropped. Deltas (OFS_DELTA and REF_DELTA) are resolved within the pack
+//! after its trailer; a delta whose base is not in the pack (a thin pack)
+//! makes the pack [`Commits::incomplete`]: it may hide a commit, so
+//! ancestry that depends on it is undetermined. Everything is bounded
+//! ([`Limits`]); past a bound the scan stops with [`Scan::Over`] and the
+//! caller treats ancestry as undetermined, never as a fast-forward.
+
+use std::collections::HashMap;
+
+use flate2::{Decompress, FlushDecompress, Status};
+use ring::digest;
+
+/// A SHA-1 object id.
+pub type Oid = [u8; 20];
+
+pub const OBJ_COMMIT: u8 = 1;
+const OBJ_TREE: u8 = 2;
+const OBJ_BLOB: u8 = 3;
+const OBJ_TAG: u8 = 4;
+const OBJ_OFS_DELTA: u8 = 6;
+const OBJ_REF_DELTA: u8 = 7;
+/// git's default maximum delta depth is 50; a chain this long is hostile.
+const MAX_CHAIN: usize = 4096;
+
+/// How much of a pack the gateway reads before giving up on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Pack bytes buffered and scanned.
+    pub max_pack: usize,
+    /// Inflated bytes kept (commits and deltas).
+    pub max_kept: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pack: 64 << 20,
+            max_kept: 64 << 20,
+        }
+    }
+}
+
+/// Where a scan stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scan {
+    NeedMore,
+    /// The pack ended (trailer checked) after this many bytes.
+    Done(usize),
+    /// A limit was reached: the rest is not read; ancestry undetermined.
+    Over(String),
+}
+
+enum Base {
+    None,
+    Ofs(usize),
+    Ref(Oid),
+}
+
+struct Entry {
+    kind: u8,
+    base: Base,
+    /// Commits and deltas: the inflated bytes.
+    data: Option<Vec<u8>>,
+    /// Regular objects: the id computed from the content.
+    id: Option<Oid>,
+}
+
+struct Current {
+    offset: usize,
+    kind: u8,
+    size: usize,
+    base: Base,
+    inflate: Decompress,
+    kept: Option<Vec<u8>>,
+    hash: Option<digest::Context>,
+    produced: usize,
+}
+
+/// Reads a pack as it arrives.
+pub struct Scanner {
+    limits: Limits,
+    pos: usize,
+    count: Option<u32>,
+    entries: Vec<Entry>,
+    offsets: HashMap<usize, usize>,
+    current: Option<Current>,
+    kept: usize,
+    scratch: Vec<u8>,
+}
+
+impl Scanner {
+    pub fn new(limits: Limits) -> Scanner {
+        Scanner {
+            limits,
+            pos: 0,
+            count: None,
+            entries: Vec::new(),
+            offsets: HashMap::new(),
+            current: None,
+            kept: 0,
+            scratch: vec![0; 64 << 10],
+        }
+    }
+
+    /// Continues the scan over `pack`, everything received so far (the
+    /// same bytes as before, and maybe more). Err: not a valid pack.
+    pub fn feed(&mut self, pack: &[u8]) -> Result<Scan, String> {
+        let limit = pack.len().min(self.limits.max_pack);
+        let over = |what: &str| Ok(Scan::Over(what.to_string()));
+        loop {
+            let Some(count) = self.count else {
+                let Some(head) = pack.get(..12) else {
+                    return Ok(Scan::NeedMore);
+                };
+                if &head[..4] != b"PACK" {
+                    return Err("the pushed data is not a PACK".into());
+                }
+                let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+                if version != 2 && version != 3 {
+                    return Err(format!("pack version {version}"));
+                }
+                self.count = Some(u32::from_be_bytes([head[8], head[9], head[10], head[11]]));
+                self.pos = 12;
+                continue;
+            };
+            if self.current.is_none() && self.entries.len() as u64 == u64::from(count) {
+                let Some(trailer) = pack.get(self.pos..self.pos + 20) else {
+                    if pack.len() >= self.limits.max_pack {
+                        return over("the pack is larger than blastgate reads");
+                    }
+                    return Ok(Scan::NeedMore);
+                };
+                let sum = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &pack[..self.pos]);
+                if sum.as_ref() != trailer {
+                    return Err("the pack's checksum does not match its contents".into());
+                }
+                return Ok(Scan::Done(self.pos + 20));
+            }
+            if self.current.is_none() {
+                match self.header(&pack[..limit])? {
+                    Some(c) => self.current = Some(c),
+                    None if limit < pack.len() || limit >= self.limits.max_pack => {
+                        return over("the pack is larger than blastgate reads")
+                    }
+                    None => return Ok(Scan::NeedMore),
+                }
+            }
+            match self.inflate(&pack[..limit])? {
+                true => continue,
+                false if limit >= self.limits.max_pack => {
+                    return over("the pack is larger than blastgate reads")
+                }
+                false if self.kept > self.limits.max_kept => {
+                    return over("the pack's commits and deltas are larger than blastgate keeps")
+                }
+                false => return Ok(Scan::NeedMore),
+            }
+        }
+    }
+
+    /// The next object's header, if all of it has arrived.
+    fn header(&mut self, pack: &[u8]) -> Result<Option<Current>, String> {
+        let offset = self.pos;
+        let mut at = offset;
+        let next = |at: &mut usize| -> Option<u8> {
+            let b = pack.get(*at).copied();
+            *at += 1;
+            b
+        };
+        let Some(c) = next(&mut at) else {
+            return Ok(None);
+        };
+        let kind = (c >> 4) & 7;
+        let mut size = u64::from(c & 15);
+        let mut shift = 4;
+        let mut c = c;
+        while c & 0x80 != 0 {
+            let Some(b) = next(&mut at) else {
+                return Ok(None);
+            };
+            c = b;
+            if shift > 56 {
+                return Err("an object size that does not fit".into());
+            }
+            size |= u64::from(c & 0x7f) << shift;
+            shift += 7;
+        }
+        let base = match kind {
+            OBJ_COMMIT | OBJ_TREE | OBJ_BLOB | OBJ_TAG => Base::None,
+            OBJ_OFS_DELTA => {
+                let Some(mut b) = next(&mut at) else {
+                    return Ok(None);
+                };
+                let mut back = u64::from(b & 0x7f);
+                while b & 0x80 != 0 {
+                    let Some(n) = next(&mut at) else {
+                        return Ok(None);
+                    };
+                    b = n;
+                    back = back
+                        .checked_add(1)
+                        .and_then(|v| v.checked_mul(128))
+                        .ok_or("a delta base offset that does not fit")?
+                        | u64::from(b & 0x7f);
+                }
+                let base = (offset as u64)
+                    .checked_sub(back)
+                    .filter(|&b| back > 0 && b >= 12)
+                    .ok_or("a delta base offset outside the pack")?;
+                Base::Ofs(base as usize)
+            }
+            OBJ_REF_DELTA => {
+                let Some(id) = pack.get(at..at + 20) else {
+                    return Ok(None);
+                };
+                at += 20;
+                let mut oid = [0; 20];
+                oid.copy_from_slice(id);
+                Base::Ref(oid)
+            }
+            k => return Err(format!("an object of unknown type {k}")),
+        };
+        let size = usize::try_from(size).map_err(|_| "an object size that does not fit")?;
+        let keep = matches!(kind, OBJ_COMMIT | OBJ_OFS_DELTA | OBJ_REF_DELTA);
+        let hash = matches!(kind, OBJ_COMMIT | OBJ_TREE | OBJ_BLOB | OBJ_TAG).then(|| {
+            let mut h = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
+            h.update(format!("{} {size}\0", type_name(kind)).as_bytes());
+            h
+        });
+        if keep {
+            self.kept = self.kept.saturating_add(size);
+        }
+        self.pos = at;
+        Ok(Some(Current {
+            offset,
+            kind,
+            size,
+            base,
+            inflate: Decompress::new(true),
+            // Reserve only what has arrived: the declared size is the
+            // agent's word.
+            kept: keep.then(|| Vec::with_capacity(size.min(pack.len()))),
+            hash,
+            produced: 0,
+        }))
+    }
+
+    /// Inflates the current object as far as `pack` goes; true when it
+    /// ended (and was filed).
+    fn inflate(&mut self, pack: &[u8]) -> Result<bool, String> {
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(true);
+        };
+        if self.kept > self.limits.max_kept {
+            return Ok(false);
+        }
+        loop {
+            let input = pack.get(self.pos..).unwrap_or_default();
+            let before_in = cur.inflate.total_in();
+            let before_out = cur.inflate.total_out();
+            let status = cur
+                .inflate
+                .decompress(input, &mut self.scratch, FlushDecompress::None)
+                .map_err(|e| format!("an object's zlib data is corrupt: {e}"))?;
+            let used = (cur.inflate.total_in() - before_in) as usize;
+            let made = (cur.inflate.total_out() - before_out) as usize;
+            self.pos += used;
+            cur.produced += made;
+            if cur.produced > cur.size {
+                return Err("an object inflates to more than its declared size".into());
+            }
+            let out = &self.scratch[..made];
+            if let Some(h) = cur.hash.as_mut() {
+                h.update(out);
+            }
+            if let Some(k) = cur.kept.as_mut() {
+                k.extend_from_slice(out);
+            }
+            if status == Status::StreamEnd {
+                if cur.produced != cur.size {
+                    return Err("an object inflates to less than its declared size".into());
+                }
+                let Some(cur) = self.current.take() else {
+                    return Ok(true);
+                };
+                let id = cur.hash.map(|h| {
+                    let mut oid = [0; 20];
+                    oid.copy_from_slice(h.finish().as_ref());
+                    oid
+                });
+                self.offsets.insert(cur.offset, self.entries.len());
+                self.entries.push(Entry {
+                    kind: cur.kind,
+                    base: cur.base,
+                    data: cur.kept,
+                    id,
+                });
+                return Ok(true);
+            }
+            if used == 0 && made == 0 {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// The commits of a scanned pack (call after [`Scan::Done`]).
+    pub fn commits(&self) -> Result<Commits, String> {
+        let mut by_id = HashMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if let Some(id) = e.id {
+                by_id.insert(id, i);
+            }
+        }
+        let mut out = Commits::default();
+        for e in &self.entries {
+            if e.kind == OBJ_COMMIT {
+                if let (Some(id), Some(data)) = (e.id, e.data.as_deref()) {
+                    out.parents.insert(id, parents(data)?);
+                }
+            }
+        }
+        // Deltas: follow each chain to its base; only chains ending in a
+        // commit make commits.
+        for (i, e) in self.entries.iter().enumerate() {
+            if !matches!(e.kind, OBJ_OFS_DELTA | OBJ_REF_DELTA) {
+                continue;
+            }
+            let mut chain = vec![i];
+            let base = loop {
+                let Some(&last) = chain.last() else {
+                    break None;
+                };
+                let next = match &self.entries[last].base {
+                    Base::None => break Some(last),
+                    Base::Ofs(off) => self.offsets.get(off).copied(),
+                    Base::Ref(id) => by_id.get(id).copied(),
+                };
+                match next {
+                    Some(n) if chain.len() < MAX_CHAIN => chain.push(n),
+                    Some(_) => return Err("a delta chain longer than git makes".into()),
+                    None => break None,
+                }
+            };
+            let Some(base) = base else {
+                // A base the pack does not carry: could be anything.
+                out.incomplete = true;
+                continue;
+            };
+            if self.entries[base].kind != OBJ_COMMIT {
+                continue;
+            }
+            chain.pop();
+            let mut data = self.entries[base].data.clone().unwrap_or_default();
+            while let Some(d) = chain.pop() {
+                let delta = self.entries[d].data.as_deref().unwrap_or_default();
+                data = apply_delta(&data, delta, self.limits.max_kept)?;
+            }
+            let id = object_id(OBJ_COMMIT, &data);
+            out.parents.insert(id, parents(&data)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The commits a pack carries.
+#[derive(Debug, Default)]
+pub struct Commits {
+    pub parents: HashMap<Oid, Vec<Oid>>,
+    /// Some delta's base is outside the pack: it may be a commit unseen.
+    pub incomplete: bool,
+}
+
+fn type_name(kind: u8) -> &'static str {
+    match kind {
+        OBJ_COMMIT => "commit",
+        OBJ_TREE => "tree",
+        OBJ_BLOB => "blob",
+        _ => "tag",
+    }
+}
+
+/// git's id for an object of `kind` with `data`.
+pub fn object_id(kind: u8, data: &[u8]) -> Oid {
+    let mut h = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
+    h.update(format!("{} {}\0", type_name(kind), data.len()).as_bytes());
+    h.update(data);
+    let mut oid = [0; 20];
+    oid.copy_from_slice(h.finish().as_ref());
+    oid
+}
+
+/// The parents a commit object names, as git parses them: `tree` first,
+/// then every `parent` line that directly follows.
+pub fn parents(commit: &[u8]) -> Result<Vec<Oid>, String> {
+    let bad = || "a commit whose header git would not parse".to_string();
+    let mut lines = commit.split(|&b| b == b'\n');
+    let tree = lines.next().ok_or_else(bad)?;
+    let tree = tree.strip_prefix(b"tree ").ok_or_else(bad)?;
+    parse_hex(tree).ok_or_else(bad)?;
+    let mut out = Vec::new();
+    for line in lines {
+        let Some(p) = line.strip_prefix(b"parent ") else {
+            break;
+        };
+        out.push(parse_hex(p).ok_or_else(bad)?);
+    }
+    Ok(out)
+}
+
+/// A 40-digit lowercase hex id.
+pub fn parse_hex(text: &[u8]) -> Option<Oid> {
+    if text.len() != 40 {
+        return None;
+    }
+    let mut out = [0; 20];
+    for (i, pair) in text.chunks(2).enumerate() {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+pub fn hex(oid: &Oid) -> String {
+    oid.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// git's delta format: source size, target size, then copy and insert
+/// instructions.
+fn apply_delta(base: &[u8], delta: &[u8], max: usize) -> Result<Vec<u8>, String> {
+    let bad = |what: &str| format!("a corrupt delta: {what}");
+    let mut at = 0;
+    let mut varint = |at: &mut usize| -> Result<usize, String> {
+        let mut v = 0usize;
+        let mut shift = 0;
+        loop {
+            let b = *delta.get(*at).ok_or_else(|| bad("truncated size"))?;
+            *at += 1;
+            if shift > 56 {
+                return Err(bad("size too large"));
+            }
+            v |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+    };
+    let src = varint(&mut at)?;
+    let dst = varint(&mut at)?;
+    if src != base.len() {
+        return Err(bad("base size differs"));
+    }
+    if dst > max {
+        return Err(bad("result larger than blastgate keeps"));
+    }
+    let mut out = Vec::with_capacity(dst);
+    while at < delta.len() {
+        let op = delta[at];
+        at += 1;
+        if op & 0x80 != 0 {
+            let mut field = |bits: u8, shift: u32, at: &mut usize| -> Result<usize, String> {
+                if op & bits == 0 {
+                    return Ok(0);
+                }
+                let b = *delta.get(*at).ok_or_else(|| bad("truncated copy"))?;
+                *at += 1;
+                Ok(usize::from(b) << shift)
+            };
+            let off = field(1, 0, &mut at)?
+                | field(2, 8, &mut at)?
+                | field(4, 16, &mut at)?
+                | field(8, 24, &mut at)?;
+            let mut len =
+                field(0x10, 0, &mut at)? | field(0x20, 8, &mut at)? | field(0x40, 16, &mut at)?;
+            if len == 0 {
+                len = 0x10000;
+            }
+            let piece = off
+                .checked_add(len)
+                .and_then(|end| base.get(off..end))
+                .ok_or_else(|| bad("copy outside the base"))?;
+            out.extend_from_slice(piece);
+        } else if op != 0 {
+            let n = usize::from(op);
+            let piece = delta
+                .get(at..at + n)
+                .ok_or_else(|| bad("truncated insert"))?;
+            at += n;
+            out.extend_from_slice(piece);
+        } else {
+            return Err(bad("reserved instruction 0"));
+        }
+        if out.len() > dst {
+            return Err(bad("result longer than declared"));
+        }
+    }
+    if out.len() != dst {
+        return Err(bad("result shorter than declared"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A pack object: header, then zlib data.
+    pub fn object(kind: u8, data: &[u8], base: Option<&[u8]>) -> Vec<u8> {
+        let mut size = data.len();
+        let mut out = vec![(kind << 4) | (size & 15) as u8];
+        size >>= 4;
+        while size > 0 {
+            if let Some(last) = out.last_mut() {
+                *last |= 0x80;
+            }
+            out.push((size & 0x7f) as u8);
+            size >>= 7;
+        }
+        out.extend_from_slice(base.unwrap_or_default());
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(data).expect("zlib");
+        out.extend(z.finish().expect("zlib"));
+        out
+    }
+
+    pub fn pack(objects: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = b"PACK".to_vec();
+        out.extend(2u32.to_be_bytes());
+        out.extend((objects.len() as u32).to_be_bytes());
+        for o in objects {
+            out.extend_from_slice(o);
+        }
+        let sum = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &out);
+        out.extend_from_slice(sum.as_ref());
+        out
+    }
+
+    pub fn commit(parents: &[Oid], msg: &str) -> Vec<u8> {
+        let mut c = format!("tree {}\n", "4b825dc642cb6eb9a060e54bf8d69288fbee4904");
+        for p in parents {
+            c += &format!("parent {}\n", hex(p));
+        }
+        c += &format!("author a <a@x> 0 +0000\ncommitter a <a@x> 0 +0000\n\n{msg}\n");
+        c.into_bytes()
+    }
+
+    fn scan_all(p: &[u8], step: usize) -> Result<(Scan, Scanner), String> {
+        let mut s = Scanner::new(Limits::default());
+        let mut last = Scan::NeedMore;
+        for end in (step..p.len() + step).step_by(step) {
+            last = s.feed(&p[..end.min(p.len())])?;
+            if last != Scan::NeedMore {
+                break;
+            }
+        }
+        Ok((last, s))
+    }
+
+    #[test]
+    fn commits_and_parents_are_read_at_any_chunking() {
+        let old = [7u8; 20];
+        let c1 = commit(&[old], "one");
+        let id1 = object_id(OBJ_COMMIT, &c1);
+        let c2 = commit(&[id1], "two");
+        let id2 = object_id(OBJ_COMMIT, &c2);
+        let blob = vec![b'x'; 100_000];
+        let p = pack(&[
+            object(OBJ_BLOB, &blob, None),
+            object(OBJ_COMMIT, &c1, None),
+            object(OBJ_COMMIT, &c2, None),
+        ]);
+        for step in [1, 7, 4096, p.len()] {
+            let (scan, s) = scan_all(&p, step).expect("scan");
+            assert_eq!(scan, Scan::Done(p.len()), "step {step}");
+            let c = s.commits().expect("commits");
+            assert_eq!(c.parents.get(&id2), Some(&vec![id1]));
+            assert_eq!(c.parents.get(&id1), Some(&vec![old]));
+            assert!(!c.incomplete);
+        }
+    }
+
+    #[test]
+    fn deltas_resolve_within_the_pack_and_thin_bases_are_unknown() {
+        let base = commit(&[[1; 20]], "base");
+        let target = commit(&[[2; 20]], "base");
+        // Delta: copy nothing, insert the whole target (inserts of <=127).
+        let mut delta = vec![base.len() as u8 | 0x80, (base.len() >> 7) as u8];
+        delta.extend([target.len() as u8 | 0x80, (target.len() >> 7) as u8]);
+        for chunk in target.chunks(127) {
+            delta.push(chunk.len() as u8);
+            delta.extend_from_slice(chunk);
+        }
+        let first = object(OBJ_COMMIT, &base, None);
+        // OFS_DELTA back to the first object (offset 12 in the pack).
+        let back = 12 + first.len() - 12;
+        let mut ofs = object(OBJ_OFS_DELTA, &delta, Some(&[back as u8 & 0x7f]));
+        assert!(back < 128);
+        let p = pack(&[first.clone(), ofs.clone()]);
+        let (scan, s) = scan_all(&p, 13).expect("scan");
+        assert!(matches!(scan, Scan::Done(_)));
+        let c = s.commits().expect("commits");
+        assert_eq!(
+            c.parents.get(&object_id(OBJ_COMMIT, &target)),
+            Some(&vec![[2; 20]])
+        );
+        // REF_DELTA to a base not in the pack: incomplete.
+        let thin = object(OBJ_REF_DELTA, &delta, Some(&[9; 20]));
+        let (_, s) = scan_all(&pack(&[thin]), 100).expect("scan");
+        assert!(s.commits().expect("commits").incomplete);
+        // A corrupted byte in the zlib data is refused.
+        let n = ofs.len();
+        ofs[n - 6] ^= 0xff;
+        assert!(scan_all(&pack(&[first, ofs]), 1000).is_err());
+    }
+
+    #[test]
+    fn malformed_and_oversized_packs() {
+        let c = commit(&[], "root");
+        let mut p = pack(&[object(OBJ_COMMIT, &c, None)]);
+        let n = p.len();
+        p[n - 1] ^= 1;
+        assert!(scan_all(&p, 10).is_err(), "checksum");
+        assert!(scan_all(b"PACK\0\0\0\x04\0\0\0\0", 12).is_err(), "version");
+        assert!(scan_all(b"NOPE\0\0\0\x02\0\0\0\0", 12).is_err(), "magic");
+        // A declared size smaller than the data.
+        let mut lying = object(OBJ_COMMIT, &c, None);
+        lying[0] = (OBJ_COMMIT << 4) | 3;
+        lying.remove(1);
+        assert!(scan_all(&pack(&[lying]), 10).is_err());
+        // Over the pack limit: undetermined, not done.
+        let big = pack(&[
+            object(OBJ_BLOB, &vec![1; 4000], None),
+            object(OBJ_COMMIT, &c, None),
+        ]);
+        let mut s = Scanner::new(Limits {
+            max_pack: 20,
+            max_kept: 1 << 20,
+        });
+        assert!(matches!(s.feed(&big).expect("scan"), Scan::Over(_)));
+        // Over the kept limit.
+        let mut s = Scanner::new(Limits {
+            max_pack: 1 << 20,
+            max_kept: 10,
+        });
+        assert!(matches!(s.feed(&big).expect("scan"), Scan::Over(_)));
+    }
+
+    #[test]
+    fn commit_headers_are_parsed_as_git_does() {
+        assert_eq!(
+            parents(&commit(&[[1; 20], [2; 20]], "m")).unwrap(),
+            vec![[1; 20], [2; 20]]
+        );
+        // A parent line after another header is not a parent.
+        let odd = format!(
+            "tree {}\nauthor x\nparent {}\n",
+            "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+            hex(&[3; 20])
+        );
+        assert_eq!(parents(odd.as_bytes()).unwrap(), Vec::<Oid>::new());
+        assert!(parents(b"parent x\n").is_err());
+        assert!(parse_hex(b"ABCDEF0123456789abcdef0123456789abcdef01").is_none());
+    }
+}
