@@ -441,7 +441,7 @@ pub fn hex(oid: &Oid) -> String {
 fn apply_delta(base: &[u8], delta: &[u8], max: usize) -> Result<Vec<u8>, String> {
     let bad = |what: &str| format!("a corrupt delta: {what}");
     let mut at = 0;
-    let mut varint = |at: &mut usize| -> Result<usize, String> {
+    let varint = |at: &mut usize| -> Result<usize, String> {
         let mut v = 0usize;
         let mut shift = 0;
         loop {
@@ -470,7 +470,7 @@ fn apply_delta(base: &[u8], delta: &[u8], max: usize) -> Result<Vec<u8>, String>
         let op = delta[at];
         at += 1;
         if op & 0x80 != 0 {
-            let mut field = |bits: u8, shift: u32, at: &mut usize| -> Result<usize, String> {
+            let field = |bits: u8, shift: u32, at: &mut usize| -> Result<usize, String> {
                 if op & bits == 0 {
                     return Ok(0);
                 }
