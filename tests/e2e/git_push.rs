@@ -1,6 +1,7 @@
 //! git pushes under policy: real git clients as agents, a bare repository
-//! served by Debian's sshd through the SSH gateway, the shipped git.cedar
-//! deciding each ref update (`git:push`).
+//! served by Debian's sshd (SSH gateway) and by `git http-backend` behind
+//! nginx and fcgiwrap (HTTP gateway), the shipped git.cedar deciding each
+//! ref update (`git:push`).
 
 mod harness;
 
@@ -10,47 +11,29 @@ use std::{
     time::Duration,
 };
 
-use harness::{ssh_gateway::*, sshd::*, *};
+use harness::{git_server::GitHttp, ssh_gateway::*, sshd::*, *};
 
 const WAIT: Duration = Duration::from_secs(120);
 
+/// The agent's work tree and the server it pushes to.
 struct Repo<'a> {
-    s: &'a Setup,
+    env: &'a Env,
+    dir: &'a Path,
     work: PathBuf,
     url: String,
     ssh: String,
-    bare: BareRepo,
+    /// The server's value of a ref ("" if none), read on the server.
+    server: Box<dyn Fn(&str) -> String + 'a>,
 }
 
 impl<'a> Repo<'a> {
-    fn new(s: &'a Setup) -> Repo<'a> {
-        let bare = BareRepo::new(&s.user);
-        let url = format!(
-            "ssh://{}:{}{}",
-            s.dest(),
-            s.sshd.port(),
-            bare.path().display()
-        );
-        let work = s.dir.path().join("work");
-        std::fs::create_dir(&work).expect("mkdir");
-        let r = Repo {
-            s,
-            work,
-            url,
-            ssh: ssh_command_line(&s.known_hosts, &[]),
-            bare,
-        };
-        r.ok(&["init", "-q"]);
-        r
-    }
-
-    /// `git ARGS` as the agent, in the work tree.
     fn git(&self, args: &[&str]) -> Command {
         self.git_in(&self.work, args)
     }
 
+    /// `git ARGS` as the agent, in `dir`.
     fn git_in(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut c = self.s.env.agent("claude", &["git"]);
+        let mut c = self.env.agent("claude", &["git"]);
         git_over_ssh(&mut c, &self.ssh);
         c.args(args).current_dir(dir);
         c
@@ -82,27 +65,19 @@ impl<'a> Repo<'a> {
             .stderr(Stdio::piped())
             .spawn()
             .expect("git push");
-        let id = self.s.pending_approval();
-        self.s.approvals(verb, &id);
+        let id = self.env.pending_approval();
+        self.env.answer_approval(verb, &id);
         child.wait_with_output().expect("git push")
     }
 
-    /// The server's value of `name`, read as its owner ("" if none).
     fn server(&self, name: &str) -> String {
-        let out = as_user(&self.s.user, "git")
-            .arg("--git-dir")
-            .arg(self.bare.path())
-            .args(["rev-parse", "--verify", "-q", name])
-            .stdin(Stdio::null())
-            .output()
-            .expect("git rev-parse");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        (self.server)(name)
     }
 }
 
 /// The recorded `git:push` event of `name` becoming `new`.
-fn push_event(s: &Setup, name: &str, new: &str) -> serde_json::Value {
-    s.env.wait_event(&format!("git:push {name} -> {new}"), |e| {
+fn push_event(env: &Env, name: &str, new: &str) -> serde_json::Value {
+    env.wait_event(&format!("git:push {name} -> {new}"), |e| {
         e["action"] == "git:push" && e["context"]["ref"] == name && e["context"]["new"] == new
     })
 }
@@ -120,14 +95,80 @@ fn rejected(out: &Output, branch: &str) -> bool {
 fn pushes_are_ruled_per_ref_over_ssh() {
     let _g = serial();
     let Some(s) = setup() else { return };
-    let r = Repo::new(&s);
+    let bare = BareRepo::new(&s.user);
+    let user = s.user.clone();
+    let path = bare.path().to_path_buf();
+    let r = Repo {
+        env: &s.env,
+        dir: s.dir.path(),
+        work: s.dir.path().join("work"),
+        url: format!("ssh://{}:{}{}", s.dest(), s.sshd.port(), path.display()),
+        ssh: ssh_command_line(&s.known_hosts, &[]),
+        server: Box::new(move |name: &str| {
+            let out = as_user(&user, "git")
+                .arg("--git-dir")
+                .arg(&path)
+                .args(["rev-parse", "--verify", "-q", name])
+                .stdin(Stdio::null())
+                .output()
+                .expect("git rev-parse");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }),
+    };
+    // Where the pack ends (the rewrite's parent is the server's), the
+    // SSH gateway asks the server: a rewrite is known as one.
+    scenario(&r, "true");
+}
+
+/// The same pushes over smart HTTP (`git http-backend` behind nginx):
+/// blastgate cannot ask the server there, so a rewrite whose history
+/// leaves the pack is `unknown`, refused on protected branches all the
+/// same.
+#[test]
+fn pushes_are_ruled_per_ref_over_http() {
+    let _g = serial();
+    if !kernel_ready() {
+        return;
+    }
+    if !GitHttp::available() {
+        blastgate::testing::skip(
+            "nginx, fcgiwrap or git-http-backend is missing (cargo xtask setup)",
+        );
+        return;
+    }
+    let server = GitHttp::start("127.0.0.2");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = Env::new(&format!(
+        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
+         [[targets]]\nname = \"git-http\"\nprotocol = \"http\"\naddress = \"127.0.0.2:{}\"\n\
+         hostnames = [\"127.0.0.2\"]\n\n[targets.http]\n",
+        shipped_policies().display(),
+        server.port,
+    ));
+    let _daemon = Daemon::start(&env);
+    let r = Repo {
+        env: &env,
+        dir: dir.path(),
+        work: dir.path().join("work"),
+        url: server.url(),
+        ssh: String::new(),
+        server: Box::new(|name: &str| server.rev(name)),
+    };
+    scenario(&r, "unknown");
+}
+
+/// Every case, on one transport; `rewrite_forced`: what a rewrite of main
+/// is recorded as.
+fn scenario(r: &Repo, rewrite_forced: &str) {
+    std::fs::create_dir(&r.work).expect("mkdir");
+    r.ok(&["init", "-q"]);
 
     // Creating main waits for a human, then lands.
     let c1 = r.commit("one");
     let out = r.held(&["push", &r.url, "main"], "approve");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(r.server("refs/heads/main"), c1);
-    let e = push_event(&s, "refs/heads/main", &c1);
+    let e = push_event(r.env, "refs/heads/main", &c1);
     assert_eq!(e["context"]["created"], "true", "{e:#}");
     assert_eq!(e["context"]["forced"], "false", "{e:#}");
     assert_eq!(e["verdict"], "allow", "{e:#}");
@@ -139,10 +180,10 @@ fn pushes_are_ruled_per_ref_over_ssh() {
     assert_eq!(r.server("refs/heads/feature"), f1);
 
     // Clone and fetch: unaffected (no git:push, nothing held).
-    let clone = s.dir.path().join("clone");
+    let clone = r.dir.join("clone");
     let out = output_within(
         &mut r.git_in(
-            s.dir.path(),
+            r.dir,
             &["clone", "-q", &r.url, clone.to_str().expect("utf-8")],
         ),
         WAIT,
@@ -157,12 +198,12 @@ fn pushes_are_ruled_per_ref_over_ssh() {
     let out = r.held(&["push", &r.url, "main"], "approve");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(r.server("refs/heads/main"), c2);
-    let e = push_event(&s, "refs/heads/main", &c2);
+    let e = push_event(r.env, "refs/heads/main", &c2);
     assert_eq!(e["context"]["old"], c1.as_str(), "{e:#}");
     assert_eq!(e["context"]["forced"], "false", "{e:#}");
 
     // Rewriting main: refused with git's own report; main unchanged. The
-    // rewrite's parent is on the server only: blastgate asked it.
+    // rewrite's parent is on the server only.
     r.ok(&["commit", "-q", "--amend", "-m", "two, rewritten"]);
     let rewritten = r.ok(&["rev-parse", "HEAD"]);
     let out = r.run(&["push", "--force", &r.url, "main"]);
@@ -174,17 +215,20 @@ fn pushes_are_ruled_per_ref_over_ssh() {
         text(&out)
     );
     assert_eq!(r.server("refs/heads/main"), c2);
-    let e = push_event(&s, "refs/heads/main", &rewritten);
+    let e = push_event(r.env, "refs/heads/main", &rewritten);
     assert_eq!(e["verdict"], "deny", "{e:#}");
-    assert_eq!(e["context"]["forced"], "true", "{e:#}");
+    assert_eq!(e["context"]["forced"], rewrite_forced, "{e:#}");
     assert_eq!(e["context"]["old"], c2.as_str(), "{e:#}");
     assert_eq!(e["policy_id"], "git-protected-rewrite", "{e:#}");
 
     // The same rewrite as a `+` refspec, and through send-pack itself.
     let out = r.run(&["push", &r.url, "+refs/heads/main:refs/heads/main"]);
     assert!(rejected(&out, "main"), "{}", text(&out));
-    let out = r.run(&["send-pack", "--force", &r.url, "main"]);
-    assert!(!out.status.success(), "{}", text(&out));
+    if !r.ssh.is_empty() {
+        // send-pack speaks to git-receive-pack itself (SSH only).
+        let out = r.run(&["send-pack", "--force", &r.url, "main"]);
+        assert!(rejected(&out, "main"), "{}", text(&out));
+    }
     assert_eq!(r.server("refs/heads/main"), c2);
 
     // Hidden beside an allowed ref: the feature branch lands, main not.
@@ -215,7 +259,7 @@ fn pushes_are_ruled_per_ref_over_ssh() {
         text(&out)
     );
     assert_eq!(r.server("refs/heads/release/1"), f3);
-    let e = s.env.wait_event("the deletion", |e| {
+    let e = r.env.wait_event("the deletion", |e| {
         e["action"] == "git:push" && e["context"]["deleted"] == "true"
     });
     assert_eq!(e["verdict"], "deny", "{e:#}");

@@ -12,6 +12,7 @@ pub mod attached;
 pub mod browser;
 pub mod clickhouse_cluster;
 pub mod dnsmasq;
+pub mod git_server;
 pub mod https_upstream;
 pub mod job_scene;
 pub mod kube;

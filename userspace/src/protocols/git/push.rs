@@ -383,6 +383,15 @@ pub struct ReportSplice {
 }
 
 impl ReportSplice {
+    /// For a stateless (smart HTTP) answer: no ref advertisement comes
+    /// before the report.
+    pub fn stateless() -> ReportSplice {
+        ReportSplice {
+            advertised: true,
+            ..Default::default()
+        }
+    }
+
     /// From now on the report carries these refusals.
     pub fn refuse(&mut self, refused: Vec<(String, String)>, sideband: bool) {
         if !refused.is_empty() {

@@ -22,6 +22,7 @@
 
 mod echo;
 mod excerpt;
+mod git;
 pub mod k8s;
 pub mod k8s_body;
 mod k8s_effect;
