@@ -24,6 +24,8 @@ struct Repo<'a> {
     ssh: String,
     /// The server's value of a ref ("" if none), read on the server.
     server: Box<dyn Fn(&str) -> String + 'a>,
+    /// Where the daemon ships its records.
+    db: &'a TestDatabase,
 }
 
 impl<'a> Repo<'a> {
@@ -94,7 +96,17 @@ fn rejected(out: &Output, branch: &str) -> bool {
 #[test]
 fn pushes_are_ruled_per_ref_over_ssh() {
     let _g = serial();
-    let Some(s) = setup() else { return };
+    if !kernel_ready() {
+        return;
+    }
+    let Some(url) = clickhouse_url() else { return };
+    let db = TestDatabase::new(&url);
+    let Some(s) = setup_with(Options {
+        clickhouse: Some(&db),
+        ..Default::default()
+    }) else {
+        return;
+    };
     let bare = BareRepo::new(&s.user);
     let user = s.user.clone();
     let path = bare.path().to_path_buf();
@@ -114,6 +126,7 @@ fn pushes_are_ruled_per_ref_over_ssh() {
                 .expect("git rev-parse");
             String::from_utf8_lossy(&out.stdout).trim().to_string()
         }),
+        db: &db,
     };
     // Where the pack ends (the rewrite's parent is the server's), the
     // SSH gateway asks the server: a rewrite is known as one.
@@ -136,13 +149,16 @@ fn pushes_are_ruled_per_ref_over_http() {
         );
         return;
     }
+    let Some(url) = clickhouse_url() else { return };
+    let db = TestDatabase::new(&url);
     let server = GitHttp::start("127.0.0.2");
     let dir = tempfile::tempdir().expect("tempdir");
     let env = Env::new(&format!(
-        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
+        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n{}\n\
          [[targets]]\nname = \"git-http\"\nprotocol = \"http\"\naddress = \"127.0.0.2:{}\"\n\
          hostnames = [\"127.0.0.2\"]\n\n[targets.http]\n",
         shipped_policies().display(),
+        db.config(),
         server.port,
     ));
     let _daemon = Daemon::start(&env);
@@ -153,6 +169,7 @@ fn pushes_are_ruled_per_ref_over_http() {
         url: server.url(),
         ssh: String::new(),
         server: Box::new(|name: &str| server.rev(name)),
+        db: &db,
     };
     scenario(&r, "unknown");
 }
@@ -220,6 +237,17 @@ fn scenario(r: &Repo, rewrite_forced: &str) {
     assert_eq!(e["context"]["forced"], rewrite_forced, "{e:#}");
     assert_eq!(e["context"]["old"], c2.as_str(), "{e:#}");
     assert_eq!(e["policy_id"], "git-protected-rewrite", "{e:#}");
+    // The same record in ClickHouse, shipped after the spool.
+    let want = format!("deny\trefs/heads/main\t{c2}\t{rewritten}\t{rewrite_forced}");
+    let row = wait_until(Duration::from_secs(60), || {
+        r.db.try_query(&format!(
+            "SELECT verdict, context['ref'], context['old'], context['new'], context['forced'] \
+             FROM {{db}}.events FINAL WHERE action = 'git:push' AND context['new'] = '{rewritten}' \
+             FORMAT TSV"
+        ))
+        .filter(|row| row == &want)
+    });
+    assert_eq!(row.as_deref(), Some(want.as_str()));
 
     // The same rewrite as a `+` refspec, and through send-pack itself.
     let out = r.run(&["push", &r.url, "+refs/heads/main:refs/heads/main"]);
@@ -248,6 +276,73 @@ fn scenario(r: &Repo, rewrite_forced: &str) {
     assert_eq!(r.server("refs/heads/main"), c2);
     let _ = f3;
 
+    // A commit naming main's value among its parents, beside a new root:
+    // a fast-forward by git's own definition (held, like any update of
+    // main, and recorded as not forced).
+    let tree = r.ok(&["rev-parse", &format!("{c2}^{{tree}}")]);
+    let orphan = r.ok(&["commit-tree", &tree, "-m", "a new root"]);
+    let naming = r.ok(&[
+        "commit-tree",
+        &tree,
+        "-p",
+        &orphan,
+        "-p",
+        &c2,
+        "-m",
+        "names old second",
+    ]);
+    let out = r.held(
+        &["push", &r.url, &format!("{naming}:refs/heads/main")],
+        "approve",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(r.server("refs/heads/main"), naming);
+    let e = push_event(r.env, "refs/heads/main", &naming);
+    assert_eq!(e["context"]["forced"], "false", "{e:#}");
+
+    // A merge of a new root and a commit the server has off main's
+    // history (the second parent is outside the pack): not a fast-forward,
+    // known as such only where the server can be asked.
+    let root2 = r.ok(&["commit-tree", &tree, "-m", "another root"]);
+    let merge = r.ok(&[
+        "commit-tree",
+        &tree,
+        "-p",
+        &root2,
+        "-p",
+        &f1,
+        "-m",
+        "off main",
+    ]);
+    let out = r.run(&["push", &r.url, &format!("+{merge}:refs/heads/main")]);
+    assert!(
+        text(&out).contains("-> main (blastgate: git:push denied"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(r.server("refs/heads/main"), naming);
+    let e = push_event(r.env, "refs/heads/main", &merge);
+    assert_eq!(e["context"]["forced"], rewrite_forced, "{e:#}");
+    assert_eq!(e["verdict"], "deny", "{e:#}");
+
+    // A large push (several MiB: many SSH chunks, a chunked HTTP body)
+    // to a feature branch goes through whole.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(r.work.join("big.bin"), &big).expect("write");
+    r.ok(&["add", "big.bin"]);
+    r.ok(&["commit", "-q", "-m", "big"]);
+    let f4 = r.ok(&["rev-parse", "HEAD"]);
+    r.ok(&["push", "-q", &r.url, "feature"]);
+    assert_eq!(r.server("refs/heads/feature"), f4);
+
     // A release branch: created with approval, its deletion refused.
     let out = r.held(&["push", &r.url, "feature:refs/heads/release/1"], "approve");
     assert!(out.status.success(), "{}", text(&out));
@@ -258,7 +353,7 @@ fn scenario(r: &Repo, rewrite_forced: &str) {
         "{}",
         text(&out)
     );
-    assert_eq!(r.server("refs/heads/release/1"), f3);
+    assert_eq!(r.server("refs/heads/release/1"), f4);
     let e = r.env.wait_event("the deletion", |e| {
         e["action"] == "git:push" && e["context"]["deleted"] == "true"
     });

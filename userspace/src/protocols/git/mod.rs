@@ -17,6 +17,7 @@ use pack::{Commits, Limits, Scan, Scanner};
 use push::{parse_head, Head};
 
 /// A push whose commands (and pack, as far as it is read) have arrived.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Parsed {
     pub head: Head,
     /// The pack's commits; None when the pack was not read whole (over a

@@ -371,7 +371,7 @@ impl Scanner {
 }
 
 /// The commits a pack carries.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Commits {
     pub parents: HashMap<Oid, Vec<Oid>>,
     /// Some delta's base is outside the pack: it may be a commit unseen.
