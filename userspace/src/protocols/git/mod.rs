@@ -102,3 +102,61 @@ pub fn receive_pack_exec(program: &str, args: &[String]) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{pack::tests as packs, *};
+
+    #[test]
+    fn only_receive_pack_execs_are_pushes() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            receive_pack_exec("git-receive-pack", &args(&["/srv/a.git"])).as_deref(),
+            Some("/srv/a.git")
+        );
+        assert_eq!(
+            receive_pack_exec("/usr/bin/git", &args(&["receive-pack", "a.git"])).as_deref(),
+            Some("a.git")
+        );
+        assert_eq!(
+            receive_pack_exec("git-upload-pack", &args(&["a.git"])),
+            None
+        );
+        assert_eq!(
+            receive_pack_exec("git", &args(&["upload-pack", "a.git"])),
+            None
+        );
+    }
+
+    #[test]
+    fn a_push_is_ready_once_its_pack_ends_or_the_agent_stops() {
+        let old = "1111111111111111111111111111111111111111";
+        let c = packs::commit(&[[0x11; 20]], "x");
+        let new = pack::hex(&pack::object_id(pack::OBJ_COMMIT, &c));
+        let mut stream =
+            pktline::encode(format!("{old} {new} refs/heads/main\0report-status\n").as_bytes());
+        stream.extend_from_slice(pktline::FLUSH);
+        let head_len = stream.len();
+        stream.extend(packs::pack(&[packs::object(pack::OBJ_COMMIT, &c, None)]));
+        let mut inc = Incoming::default();
+        assert!(inc
+            .push(&stream[..stream.len() - 1], false)
+            .unwrap()
+            .is_none());
+        let parsed = inc
+            .push(&stream[stream.len() - 1..], false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(parsed.pack_note, None);
+        assert_eq!(inc.buffered(), &stream[..]);
+        let commits = parsed.commits.expect("read whole");
+        assert_eq!(commits.parents.len(), 1);
+        // The agent stops mid-pack: ready, with ancestry unknown.
+        let mut inc = Incoming::default();
+        assert!(inc.push(&stream[..head_len + 20], false).unwrap().is_none());
+        let parsed = inc.push(&[], true).unwrap().unwrap();
+        assert!(parsed.commits.is_none() && parsed.pack_note.is_some());
+        // Mid-commands: refused.
+        assert!(Incoming::default().push(&stream[..10], true).is_err());
+    }
+}
