@@ -172,6 +172,44 @@ fn pushes_are_ruled_per_ref_over_http() {
         db: &db,
     };
     scenario(&r, "unknown");
+
+    // A hand-made push to a percent-encoded path, which nginx decodes
+    // before `git http-backend` matches it: ruled on all the same.
+    let release = server.rev("refs/heads/release/1");
+    assert!(!release.is_empty());
+    let line = format!(
+        "{release} {} refs/heads/release/1\0report-status\n",
+        "0".repeat(40)
+    );
+    let mut body = format!("{:04x}", line.len() + 4).into_bytes();
+    body.extend(line.as_bytes());
+    body.extend(b"0000");
+    let file = dir.path().join("delete.req");
+    std::fs::write(&file, body).expect("write");
+    let data = format!("@{}", file.display());
+    let url = format!(
+        "http://127.0.0.2:{}/repo.git/git-receive-p%61ck",
+        server.port
+    );
+    let mut c = env.agent(
+        "claude",
+        &[
+            "curl",
+            "-sS",
+            "-H",
+            "Content-Type: application/x-git-receive-pack-request",
+            "--data-binary",
+            &data,
+            &url,
+        ],
+    );
+    let out = output_within(&mut c, WAIT);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ng refs/heads/release/1 blastgate"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(server.rev("refs/heads/release/1"), release);
 }
 
 /// Every case, on one transport; `rewrite_forced`: what a rewrite of main

@@ -21,9 +21,81 @@ use crate::{
     records::{EventKind, Verdict},
 };
 
-/// Whether a request is a push for the git gateway to rule on.
+/// Whether a request is a push for the git gateway to rule on: a POST
+/// whose path names receive-pack however it is spelled on the wire (web
+/// servers decode percent escapes and merge slashes before `git
+/// http-backend` matches `/git-receive-pack$`). A look-alike that is not
+/// a push is then refused as unreadable, never passed unruled.
 pub fn is_push(method: &http::Method, path: &str) -> bool {
-    method == http::Method::POST && path.ends_with("/git-receive-pack")
+    if method != http::Method::POST {
+        return false;
+    }
+    let mut text = path.to_string();
+    for _ in 0..4 {
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("receive-pack") || lower.contains("receive_pack") {
+            return true;
+        }
+        let decoded = percent_decoded(&text);
+        if decoded == text {
+            return false;
+        }
+        text = decoded;
+    }
+    true
+}
+
+/// `text` with `%XX` escapes decoded once (invalid ones kept as typed).
+fn percent_decoded(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_push;
+    use http::Method;
+
+    #[test]
+    fn pushes_are_known_however_the_path_is_spelled() {
+        for p in [
+            "/repo.git/git-receive-pack",
+            "/repo.git/git-receive-p%61ck",
+            "/repo.git/git-receive-p%2561ck",
+            "/repo.git//git-receive-pack",
+            "/repo.git/GIT-RECEIVE-PACK",
+            "/x/git-receive-pack/",
+        ] {
+            assert!(is_push(&Method::POST, p), "{p}");
+        }
+        for p in [
+            "/repo.git/git-upload-pack",
+            "/repo.git/info/refs",
+            "/api/v1/x%zz",
+        ] {
+            assert!(!is_push(&Method::POST, p), "{p}");
+        }
+        assert!(!is_push(&Method::GET, "/repo.git/git-receive-pack"));
+    }
 }
 
 /// What becomes of a push after its ruling.

@@ -612,13 +612,18 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
 }
 
 /// The repository of a `git-receive-pack` exec, whose pushes are ruled
-/// on per ref.
+/// on per ref. Any other line naming receive-pack (a shell line a human
+/// approved, `git -C repo receive-pack .`) is ruled on too, with the
+/// repository unknown (""): nothing pushes unruled.
 fn receive_pack(request: &Request) -> Option<String> {
     let Request::Exec(line) = request else {
         return None;
     };
     let cmd = command::parse(line);
-    receive_pack_exec(&cmd.program, &cmd.args)
+    receive_pack_exec(&cmd.program, &cmd.args).or_else(|| {
+        let lower = line.to_ascii_lowercase();
+        (lower.contains("receive-pack") || lower.contains("receive_pack")).then(String::new)
+    })
 }
 
 /// Agent input on its way upstream: watched (sftp), recorded, sent.

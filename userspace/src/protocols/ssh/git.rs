@@ -141,6 +141,9 @@ async fn forced(job: &Job, parsed: &Parsed, u: &Update, repo: &str) -> Forced {
 /// (looked up as receive-pack does: `repo/.git`, `repo`, `repo.git/.git`,
 /// `repo.git`). None: no answer (no such repository or commit).
 async fn is_ancestor(job: &Job, repo: &str, old: &Oid, commit: &Oid) -> Option<bool> {
+    if repo.is_empty() {
+        return None;
+    }
     let base = shell_path(repo)?;
     let script = format!(
         "for d in {base}'/.git' {base} {base}'.git/.git' {base}'.git'; do \
