@@ -70,34 +70,6 @@ fn percent_decoded(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::is_push;
-    use http::Method;
-
-    #[test]
-    fn pushes_are_known_however_the_path_is_spelled() {
-        for p in [
-            "/repo.git/git-receive-pack",
-            "/repo.git/git-receive-p%61ck",
-            "/repo.git/git-receive-p%2561ck",
-            "/repo.git//git-receive-pack",
-            "/repo.git/GIT-RECEIVE-PACK",
-            "/x/git-receive-pack/",
-        ] {
-            assert!(is_push(&Method::POST, p), "{p}");
-        }
-        for p in [
-            "/repo.git/git-upload-pack",
-            "/repo.git/info/refs",
-            "/api/v1/x%zz",
-        ] {
-            assert!(!is_push(&Method::POST, p), "{p}");
-        }
-        assert!(!is_push(&Method::GET, "/repo.git/git-receive-pack"));
-    }
-}
-
 /// What becomes of a push after its ruling.
 pub enum Ruled {
     /// Send this body upstream; splice these refusals into the answer.
@@ -266,4 +238,32 @@ pub async fn spliced(response: Response<Body>, mut splice: ReportSplice) -> Resp
     }
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, full(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_push;
+    use http::Method;
+
+    #[test]
+    fn pushes_are_known_however_the_path_is_spelled() {
+        for p in [
+            "/repo.git/git-receive-pack",
+            "/repo.git/git-receive-p%61ck",
+            "/repo.git/git-receive-p%2561ck",
+            "/repo.git//git-receive-pack",
+            "/repo.git/GIT-RECEIVE-PACK",
+            "/x/git-receive-pack/",
+        ] {
+            assert!(is_push(&Method::POST, p), "{p}");
+        }
+        for p in [
+            "/repo.git/git-upload-pack",
+            "/repo.git/info/refs",
+            "/api/v1/x%zz",
+        ] {
+            assert!(!is_push(&Method::POST, p), "{p}");
+        }
+        assert!(!is_push(&Method::GET, "/repo.git/git-receive-pack"));
+    }
 }
