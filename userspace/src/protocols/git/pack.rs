@@ -797,7 +797,7 @@ pub mod tests {
             "a {}-byte pack was resolved in full: 64 chained deltas of {OUT} bytes each, \
              2080 delta results ({} MiB) copied",
             p.len(),
-            2080 * OUT >> 20
+            (2080 * OUT) >> 20
         );
     }
 }
