@@ -428,3 +428,50 @@ fn redteam_http_percent_encoded_receive_pack_path_is_not_ruled() {
         );
     });
 }
+
+/// Attack: no push at all. The SSH gateway lets an agent's sftp write
+/// into the served repository (ssh-write-autorun guards only its hooks
+/// and config; ssh-write-unseen-names only blind scp/rsync trees), so
+/// `put` of a file holding an orphan commit's id (pushed earlier on a
+/// branch of the agent's own) onto `repo.git/refs/heads/main` rewrites
+/// main with no git:push decision; `rm` of it would delete main.
+/// Expected: writes under a repository's refs/ (and packed-refs,
+/// objects/) refused, or at least held; main unchanged.
+#[test]
+fn redteam_ssh_sftp_writes_the_ref_file() {
+    let _g = serial();
+    let Some(srv) = ssh_server() else { return };
+    let r = srv.repo();
+    let c1 = r.main_created();
+    r.ok(&["checkout", "-q", "--orphan", "evil"]);
+    let n = r.commit("orphan history");
+    r.ok(&["push", "-q", &r.url, "evil"]);
+    let local = r.work.join(".git/forged-ref");
+    std::fs::write(&local, format!("{n}\n")).expect("write");
+    let batch = r.work.join(".git/batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} {}/refs/heads/main\n",
+            local.display(),
+            srv.bare.path().display()
+        ),
+    )
+    .expect("write batch");
+    let port = srv.s.sshd.port().to_string();
+    let mut c = srv.s.env.agent("claude", &[SFTP]);
+    c.args(ssh_options(&srv.s.known_hosts))
+        .args(["-P", &port, "-b"])
+        .arg(&batch)
+        .arg(srv.s.dest());
+    match run_or_hold(&srv.s.env, c) {
+        End::Held(id) => srv.s.env.answer_approval("deny", &id),
+        End::Done(out) => assert_eq!(
+            (r.server)("refs/heads/main"),
+            c1,
+            "main rewritten by an sftp put of its ref file: {}",
+            text(&out)
+        ),
+    }
+    assert_eq!((r.server)("refs/heads/main"), c1);
+}
