@@ -77,6 +77,15 @@ impl<'a> Repo<'a> {
         self.ok(&["rev-parse", "HEAD"])
     }
 
+    /// An unrelated history pushed on a branch of the agent's own
+    /// (allowed): its commit, now on the server.
+    fn orphan_branch(&self) -> String {
+        self.ok(&["checkout", "-q", "--orphan", "evil"]);
+        let n = self.commit("orphan history");
+        self.ok(&["push", "-q", &self.url, "evil"]);
+        n
+    }
+
     /// Runs the push until it ends or is held.
     fn push(&self, args: &[&str]) -> End {
         run_or_hold(self.env, self.git(args))
@@ -314,9 +323,7 @@ fn redteam_ssh_replace_ref_makes_a_rewrite_look_like_a_fast_forward() {
     let Some(srv) = ssh_server() else { return };
     let r = srv.repo();
     let c1 = r.main_created();
-    r.ok(&["checkout", "-q", "--orphan", "evil"]);
-    let n = r.commit("orphan history");
-    r.ok(&["push", "-q", &r.url, "evil"]);
+    let n = r.orphan_branch();
     r.ok(&["replace", "--graft", &n, &c1]);
     r.ok(&["push", "-q", &r.url, "refs/replace/*:refs/replace/*"]);
     assert!(
@@ -443,9 +450,7 @@ fn redteam_ssh_sftp_writes_the_ref_file() {
     let Some(srv) = ssh_server() else { return };
     let r = srv.repo();
     let c1 = r.main_created();
-    r.ok(&["checkout", "-q", "--orphan", "evil"]);
-    let n = r.commit("orphan history");
-    r.ok(&["push", "-q", &r.url, "evil"]);
+    let n = r.orphan_branch();
     let local = r.work.join(".git/forged-ref");
     std::fs::write(&local, format!("{n}\n")).expect("write");
     let batch = r.work.join(".git/batch");
