@@ -675,4 +675,129 @@ pub mod tests {
         assert!(parents(b"parent x\n").is_err());
         assert!(parse_hex(b"ABCDEF0123456789abcdef0123456789abcdef01").is_none());
     }
+
+    // --- red team (gitpush-red): attacks on the pack reader ---
+
+    /// Attack: a commit whose last header line is `parent <old>` with no
+    /// newline after it ("tree T\nparent OLD", nothing else). git's
+    /// parse_commit_buffer only takes a parent line that ends in '\n'
+    /// before the end of the object, so for git (rev-list, merge-base,
+    /// the server's ref update) this commit is a ROOT; receive-pack stores
+    /// it (fsckObjects is off by default) and main becomes an orphan.
+    /// blastgate splits on '\n' and reads the unterminated line as a
+    /// parent, so the rewrite is `forced = "false"`: held as a
+    /// fast-forward instead of refused. Checked with git 2.47: `git log
+    /// --format=%P` prints nothing for such a commit and a forced push of
+    /// it to a bare repository is accepted. Expected: no parent (or the
+    /// commit refused as one git would not read the same way).
+    #[test]
+    fn redteam_unterminated_parent_line_is_not_a_parent() {
+        let old = [5u8; 20];
+        let raw = format!(
+            "tree {}\nparent {}",
+            "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+            hex(&old)
+        );
+        let got = parents(raw.as_bytes());
+        assert!(
+            !matches!(&got, Ok(ps) if ps.contains(&old)),
+            "git reads no parent in an unterminated parent line; blastgate read {got:?}"
+        );
+        // The same through the whole reader: the update old -> this
+        // commit must not be a fast-forward.
+        let id = object_id(OBJ_COMMIT, raw.as_bytes());
+        let p = pack(&[object(OBJ_COMMIT, raw.as_bytes(), None)]);
+        if let Ok((Scan::Done(_), s)) = scan_all(&p, 1000) {
+            if let Ok(c) = s.commits() {
+                assert_ne!(
+                    crate::protocols::git::push::ancestry(&old, &id, Some(&c)),
+                    Ok(crate::protocols::git::push::Forced::No),
+                    "a root commit passed for a fast-forward of {}",
+                    hex(&old)
+                );
+            }
+        }
+    }
+
+    /// Attack: a delta bomb. A delta of a few bytes (copy instructions
+    /// `0x80`: copy 64 KiB from offset 0) makes max_kept bytes from a
+    /// 64 KiB commit, and each next OFS_DELTA in a chain makes max_kept
+    /// bytes again from the previous result. `commits()` resolves every
+    /// delta's chain from its base again, synchronously on a tokio worker:
+    /// K chained deltas cost K*(K+1)/2 results. With the default limits
+    /// (max_kept 64 MiB, chains up to 4096) a pack of a few MiB asks for
+    /// ~5*10^8 MiB of copying: one push wedges a runtime thread (2 cores
+    /// here) for ever. The per-object `kept` accounting counts the deltas'
+    /// declared sizes (bytes), never their results. Expected: the bytes
+    /// produced while resolving are bounded (by max_kept, or a small
+    /// multiple), past which the pack is undetermined (Over / incomplete /
+    /// Err), never resolved in full. Kept small here (64 deltas of 1 MiB,
+    /// ~2 GiB of copying) so the test ends quickly as it fails.
+    #[test]
+    fn redteam_delta_bomb_resolution_is_bounded() {
+        const OUT: usize = 1 << 20;
+        let limits = Limits {
+            max_pack: 64 << 20,
+            max_kept: OUT,
+        };
+        let mut base = commit(&[], "");
+        base.resize(1 << 16, b'x');
+        let varint = |mut n: usize| {
+            let mut v = Vec::new();
+            loop {
+                let b = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    v.push(b);
+                    return v;
+                }
+                v.push(b | 0x80);
+            }
+        };
+        // A delta from `src` bytes to OUT bytes: OUT/64KiB copies of the
+        // base's first 64 KiB.
+        let bomb = |src: usize| {
+            let mut d = varint(src);
+            d.extend(varint(OUT));
+            d.extend(std::iter::repeat_n(0x80u8, OUT >> 16));
+            d
+        };
+        let ofs = |back: usize| {
+            // git's offset encoding for OFS_DELTA.
+            let mut n = back;
+            let mut bytes = vec![(n & 0x7f) as u8];
+            n >>= 7;
+            while n > 0 {
+                n -= 1;
+                bytes.insert(0, 0x80 | (n & 0x7f) as u8);
+                n >>= 7;
+            }
+            bytes
+        };
+        let mut objects = vec![object(OBJ_COMMIT, &base, None)];
+        let mut offsets = vec![12usize];
+        let mut at = 12 + objects[0].len();
+        for i in 0..64 {
+            let src = if i == 0 { base.len() } else { OUT };
+            let prev = *offsets.last().expect("an object");
+            let o = object(OBJ_OFS_DELTA, &bomb(src), Some(&ofs(at - prev)));
+            offsets.push(at);
+            at += o.len();
+            objects.push(o);
+        }
+        let p = pack(&objects);
+        assert!(p.len() < 64 << 10, "the bomb is small: {} bytes", p.len());
+        let mut s = Scanner::new(limits);
+        let resolved_whole = match s.feed(&p) {
+            Ok(Scan::Done(_)) => matches!(s.commits(), Ok(c) if !c.incomplete),
+            _ => false,
+        };
+        assert!(
+            !resolved_whole,
+            "a {}-byte pack was resolved in full: 64 chained deltas of {OUT} bytes each, \
+             2080 delta results ({} MiB) copied",
+            p.len(),
+            (2080 * OUT) >> 20
+        );
+    }
 }
