@@ -13,7 +13,7 @@
 //! ([`Limits`]); past a bound the scan stops with [`Scan::Over`] and the
 //! caller treats ancestry as undetermined, never as a fast-forward.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, rc::Rc};
 
 use flate2::{Decompress, FlushDecompress, Status};
 use ring::digest;
@@ -327,55 +327,122 @@ impl Scanner {
                 }
             }
         }
-        // Deltas: follow each chain to its base; only chains ending in a
-        // commit make commits.
-        for (i, e) in self.entries.iter().enumerate() {
-            if !matches!(e.kind, OBJ_OFS_DELTA | OBJ_REF_DELTA) {
+        self.resolve_deltas(&by_id, &mut out)?;
+        Ok(out)
+    }
+
+    /// Where delta `i`'s base is among the entries; None: not in the pack.
+    fn base_of(&self, i: usize, by_id: &HashMap<Oid, usize>) -> Option<usize> {
+        match &self.entries[i].base {
+            Base::None => None,
+            Base::Ofs(off) => self.offsets.get(off).copied(),
+            Base::Ref(id) => by_id.get(id).copied(),
+        }
+    }
+
+    /// Resolves the deltas whose chains end in a commit, each once: a
+    /// result is kept (shared) while deltas based on it remain, so K
+    /// chained deltas cost K results, not K²/2. The bytes produced are
+    /// bounded by [`RESOLVE_BUDGET`] × `max_kept` in all: past it the
+    /// rest stays unresolved and the commits are incomplete (ancestry
+    /// undetermined), so a delta bomb costs bounded work.
+    fn resolve_deltas(&self, by_id: &HashMap<Oid, usize>, out: &mut Commits) -> Result<(), String> {
+        let is_delta = |i: usize| matches!(self.entries[i].kind, OBJ_OFS_DELTA | OBJ_REF_DELTA);
+        let mut waiting = vec![0usize; self.entries.len()];
+        for i in (0..self.entries.len()).filter(|&i| is_delta(i)) {
+            if let Some(b) = self.base_of(i, by_id) {
+                waiting[b] += 1;
+            }
+        }
+        let budget = self.limits.max_kept.saturating_mul(RESOLVE_BUDGET);
+        let mut produced = 0usize;
+        let mut done = vec![false; self.entries.len()];
+        let mut results: HashMap<usize, Rc<Vec<u8>>> = HashMap::new();
+        for i in 0..self.entries.len() {
+            if !is_delta(i) || done[i] {
                 continue;
             }
+            // Follow the chain down to a commit or a result kept earlier.
             let mut chain = vec![i];
-            let base = loop {
+            let start = loop {
                 let Some(&last) = chain.last() else {
                     break None;
                 };
-                let next = match &self.entries[last].base {
-                    Base::None => break Some(last),
-                    Base::Ofs(off) => self.offsets.get(off).copied(),
-                    Base::Ref(id) => by_id.get(id).copied(),
-                };
-                match next {
+                if let Some(r) = results.get(&last) {
+                    chain.pop();
+                    break Some(Rc::clone(r));
+                }
+                if !is_delta(last) {
+                    chain.pop();
+                    if self.entries[last].kind != OBJ_COMMIT {
+                        break None;
+                    }
+                    // Copied once, shared by every delta based on it.
+                    let base = Rc::new(self.entries[last].data.clone().unwrap_or_default());
+                    results.insert(last, Rc::clone(&base));
+                    break Some(base);
+                }
+                match self.base_of(last, by_id) {
+                    // Resolved already and let go: its chain was not a
+                    // commit's (or was left unresolved).
+                    Some(n) if done[n] && !results.contains_key(&n) => break None,
                     Some(n) if chain.len() < MAX_CHAIN => chain.push(n),
                     Some(_) => return Err("a delta chain longer than git makes".into()),
-                    None => break None,
+                    None => {
+                        // A base the pack does not carry: could be anything.
+                        out.incomplete = true;
+                        break None;
+                    }
                 }
             };
-            let Some(base) = base else {
-                // A base the pack does not carry: could be anything.
-                out.incomplete = true;
+            let Some(mut data) = start else {
+                chain.iter().for_each(|&d| done[d] = true);
                 continue;
             };
-            if self.entries[base].kind != OBJ_COMMIT {
-                continue;
-            }
-            chain.pop();
-            let mut data = self.entries[base].data.clone().unwrap_or_default();
             while let Some(d) = chain.pop() {
                 let delta = self.entries[d].data.as_deref().unwrap_or_default();
-                data = apply_delta(&data, delta, self.limits.max_kept)?;
+                let size = delta_result_size(delta)?;
+                if produced.saturating_add(size) > budget {
+                    out.incomplete = true;
+                    out.unresolved = Some(format!(
+                        "resolving the pack's deltas would produce over {budget} bytes"
+                    ));
+                    return Ok(());
+                }
+                let made = apply_delta(&data, delta, self.limits.max_kept)?;
+                produced += made.len();
+                out.parents
+                    .insert(object_id(OBJ_COMMIT, &made), parents(&made)?);
+                if let Some(b) = self.base_of(d, by_id) {
+                    waiting[b] = waiting[b].saturating_sub(1);
+                    if waiting[b] == 0 {
+                        results.remove(&b);
+                    }
+                }
+                done[d] = true;
+                data = Rc::new(made);
+                if waiting[d] > 0 {
+                    results.insert(d, Rc::clone(&data));
+                }
             }
-            let id = object_id(OBJ_COMMIT, &data);
-            out.parents.insert(id, parents(&data)?);
         }
-        Ok(out)
+        Ok(())
     }
 }
+
+/// The bytes resolving deltas may produce in all, in multiples of
+/// [`Limits::max_kept`].
+const RESOLVE_BUDGET: usize = 4;
 
 /// The commits a pack carries.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Commits {
     pub parents: HashMap<Oid, Vec<Oid>>,
-    /// Some delta's base is outside the pack: it may be a commit unseen.
+    /// Some delta's base is outside the pack (it may be a commit unseen),
+    /// or some delta was left unresolved.
     pub incomplete: bool,
+    /// Why deltas were left unresolved, for the record.
+    pub unresolved: Option<String>,
 }
 
 fn type_name(kind: u8) -> &'static str {
@@ -397,20 +464,38 @@ pub fn object_id(kind: u8, data: &[u8]) -> Oid {
     oid
 }
 
-/// The parents a commit object names, as git parses them: `tree` first,
-/// then every `parent` line that directly follows.
+/// The parents a commit object names, exactly as git's
+/// `parse_commit_buffer` (commit.c) reads them for SHA-1: the object must
+/// be longer than `tree <40 hex>\n` and start with it; then each
+/// `parent <40 hex>\n` that directly follows is a parent, but only while
+/// more than 47 bytes remain, so a last `parent <id>` with no newline (or
+/// with nothing after its newline) is not read the same way by a looser
+/// parser. git reads "tree T\nparent P" as a root commit (no parent) and
+/// refuses "tree T\nparent P\n" ("bad parents"): blastgate does the same,
+/// and an error here makes the pack's ancestry undetermined, never a
+/// fast-forward.
 pub fn parents(commit: &[u8]) -> Result<Vec<Oid>, String> {
-    let bad = || "a commit whose header git would not parse".to_string();
-    let mut lines = commit.split(|&b| b == b'\n');
-    let tree = lines.next().ok_or_else(bad)?;
-    let tree = tree.strip_prefix(b"tree ").ok_or_else(bad)?;
-    parse_hex(tree).ok_or_else(bad)?;
+    /// `tree ` + 40 hex digits; the byte after it is '\n'.
+    const TREE_ENTRY: usize = 45;
+    /// `parent ` + 40 hex digits; the byte after it is '\n'.
+    const PARENT_ENTRY: usize = 47;
+    let bogus = || "a commit whose header git would not parse".to_string();
+    if commit.len() <= TREE_ENTRY + 1
+        || !commit.starts_with(b"tree ")
+        || commit[TREE_ENTRY] != b'\n'
+    {
+        return Err(bogus());
+    }
+    parse_hex(&commit[5..TREE_ENTRY]).ok_or_else(bogus)?;
+    let mut rest = &commit[TREE_ENTRY + 1..];
     let mut out = Vec::new();
-    for line in lines {
-        let Some(p) = line.strip_prefix(b"parent ") else {
-            break;
+    while rest.len() > PARENT_ENTRY && rest.starts_with(b"parent ") {
+        let id = match (rest.len() > PARENT_ENTRY + 1, rest[PARENT_ENTRY]) {
+            (true, b'\n') => parse_hex(&rest[7..PARENT_ENTRY]),
+            _ => None,
         };
-        out.push(parse_hex(p).ok_or_else(bad)?);
+        out.push(id.ok_or("a commit whose parents git would not parse")?);
+        rest = &rest[PARENT_ENTRY + 1..];
     }
     Ok(out)
 }
@@ -436,29 +521,41 @@ pub fn hex(oid: &Oid) -> String {
     oid.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The result size a delta declares (its second varint).
+fn delta_result_size(delta: &[u8]) -> Result<usize, String> {
+    let mut at = 0;
+    let mut value = 0;
+    for _ in 0..2 {
+        value = delta_varint(delta, &mut at)?;
+    }
+    Ok(value)
+}
+
+/// One of a delta's size varints, from `at`.
+fn delta_varint(delta: &[u8], at: &mut usize) -> Result<usize, String> {
+    let mut v = 0usize;
+    let mut shift = 0;
+    loop {
+        let b = *delta.get(*at).ok_or("a corrupt delta: truncated size")?;
+        *at += 1;
+        if shift > 56 {
+            return Err("a corrupt delta: size too large".into());
+        }
+        v |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+}
+
 /// git's delta format: source size, target size, then copy and insert
 /// instructions.
 fn apply_delta(base: &[u8], delta: &[u8], max: usize) -> Result<Vec<u8>, String> {
     let bad = |what: &str| format!("a corrupt delta: {what}");
     let mut at = 0;
-    let varint = |at: &mut usize| -> Result<usize, String> {
-        let mut v = 0usize;
-        let mut shift = 0;
-        loop {
-            let b = *delta.get(*at).ok_or_else(|| bad("truncated size"))?;
-            *at += 1;
-            if shift > 56 {
-                return Err(bad("size too large"));
-            }
-            v |= usize::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-    };
-    let src = varint(&mut at)?;
-    let dst = varint(&mut at)?;
+    let src = delta_varint(delta, &mut at)?;
+    let dst = delta_varint(delta, &mut at)?;
     if src != base.len() {
         return Err(bad("base size differs"));
     }
@@ -673,6 +770,22 @@ pub mod tests {
         );
         assert_eq!(parents(odd.as_bytes()).unwrap(), Vec::<Oid>::new());
         assert!(parents(b"parent x\n").is_err());
+        // git's commit.c: a last parent line needs its newline and more
+        // after it; a tree line needs its newline.
+        let tree = "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+        let p = hex(&[4; 20]);
+        let root = |s: String| parents(s.as_bytes());
+        assert!(root(format!("{tree}\nparent {p}")).unwrap().is_empty());
+        assert!(root(format!("{tree}\nparent {p}\n")).is_err());
+        assert_eq!(
+            root(format!("{tree}\nparent {p}\nx")).unwrap(),
+            vec![[4; 20]]
+        );
+        assert!(root(format!("{tree}\nparent {p}xx")).is_err());
+        assert!(root(format!("{tree}\nparent {}\nx", &p[..39])).is_err());
+        assert!(root(format!("{tree}\n")).is_err());
+        assert!(root(format!("{tree} \nx")).is_err());
+        assert!(root(format!("{tree}\nparent")).unwrap().is_empty());
         assert!(parse_hex(b"ABCDEF0123456789abcdef0123456789abcdef01").is_none());
     }
 
@@ -799,5 +912,75 @@ pub mod tests {
             p.len(),
             (2080 * OUT) >> 20
         );
+    }
+
+    /// Chained deltas are resolved once each: K deltas in a chain produce
+    /// K results (here within a budget that the quadratic K²/2 would
+    /// exceed), and every commit in the chain is known.
+    #[test]
+    fn chained_deltas_resolve_once_each() {
+        let mut objects = Vec::new();
+        let mut at = 12usize;
+        let mut prev = commit(&[[1; 20]], &"x".repeat(1000));
+        let first = object(OBJ_COMMIT, &prev, None);
+        let mut prev_at = at;
+        at += first.len();
+        objects.push(first);
+        let mut ids = Vec::new();
+        for i in 0..40u8 {
+            // Each target differs from its base only in its first parent.
+            let target = commit(&[[i + 2; 20]], &"x".repeat(1000));
+            let mut delta = Vec::new();
+            for n in [prev.len(), target.len()] {
+                let mut n = n;
+                loop {
+                    let b = (n & 0x7f) as u8;
+                    n >>= 7;
+                    if n == 0 {
+                        delta.push(b);
+                        break;
+                    }
+                    delta.push(b | 0x80);
+                }
+            }
+            // Insert the first 100 bytes, copy the rest from the base.
+            delta.push(100);
+            delta.extend_from_slice(&target[..100]);
+            let rest = target.len() - 100;
+            delta.extend([
+                0x80 | 0x01 | 0x10 | 0x20,
+                100,
+                (rest & 0xff) as u8,
+                (rest >> 8) as u8,
+            ]);
+            let back = at - prev_at;
+            let mut n = back;
+            let mut ofs = vec![(n & 0x7f) as u8];
+            n >>= 7;
+            while n > 0 {
+                n -= 1;
+                ofs.insert(0, 0x80 | (n & 0x7f) as u8);
+                n >>= 7;
+            }
+            let o = object(OBJ_OFS_DELTA, &delta, Some(&ofs));
+            prev_at = at;
+            at += o.len();
+            objects.push(o);
+            ids.push(object_id(OBJ_COMMIT, &target));
+            prev = target;
+        }
+        let p = pack(&objects);
+        // 40 results of ~1.1 KB: ~45 KB resolved once each, ~900 KB if
+        // every chain were resolved from its base.
+        let mut s = Scanner::new(Limits {
+            max_pack: 1 << 20,
+            max_kept: 16 << 10,
+        });
+        assert!(matches!(s.feed(&p).expect("scan"), Scan::Done(_)));
+        let c = s.commits().expect("commits");
+        assert!(!c.incomplete && c.unresolved.is_none(), "{c:?}");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(c.parents.get(id), Some(&vec![[i as u8 + 2; 20]]));
+        }
     }
 }

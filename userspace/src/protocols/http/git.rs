@@ -129,8 +129,24 @@ pub async fn rule(conn: &Conn, parts: &mut Parts, body: Body) -> Ruled {
             Err(why) => return refuse(StatusCode::BAD_REQUEST, why).await,
         },
     };
-    let mut incoming = Incoming::new(limits);
-    let parsed = match incoming.push(&plain, true) {
+    // Inflating and resolving the pack is bounded CPU work, up to a few
+    // times max_kept of copying: done off the runtime's workers.
+    let read = tokio::task::spawn_blocking(move || {
+        let parsed = Incoming::new(limits).push(&plain, true);
+        (parsed, plain)
+    })
+    .await;
+    let (parsed, plain) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("blastgate failed reading the push: {e}"),
+            )
+            .await
+        }
+    };
+    let parsed = match parsed {
         Ok(Some(p)) => p,
         Ok(None) => return refuse(StatusCode::BAD_REQUEST, "an incomplete push".into()).await,
         Err(why) => return refuse(StatusCode::BAD_REQUEST, why).await,

@@ -460,7 +460,7 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
                     Input::Data(d) => d.clone(),
                     _ => Bytes::new(),
                 };
-                let parsed = match incoming.push(&data, eof) {
+                let parsed = match incoming.push_async(&data, eof).await {
                     Ok(None) => continue,
                     Ok(Some(parsed)) => parsed,
                     Err(why) => {

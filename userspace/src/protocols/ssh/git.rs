@@ -140,6 +140,16 @@ async fn forced(job: &Job, parsed: &Parsed, u: &Update, repo: &str) -> Forced {
 /// Asks the server whether `old` is an ancestor of `commit` in `repo`
 /// (looked up as receive-pack does: `repo/.git`, `repo`, `repo.git/.git`,
 /// `repo.git`). None: no answer (no such repository or commit).
+///
+/// The question is about the commits as stored, not as the repository
+/// presents them: replace refs (`refs/replace/*`, which an agent may push
+/// as any other ref), grafts (`info/grafts`) and a commit-graph file would
+/// each let the repository claim parents the objects do not have, making
+/// a rewrite look like a fast-forward. So git is told to read none of
+/// them (`--no-replace-objects` and `GIT_NO_REPLACE_OBJECTS`,
+/// `core.useReplaceRefs=false`, `GIT_GRAFT_FILE=/dev/null`,
+/// `core.commitGraph=false`). A `shallow` file only removes parents: it can
+/// make a fast-forward look forced, never the reverse.
 async fn is_ancestor(job: &Job, repo: &str, old: &Oid, commit: &Oid) -> Option<bool> {
     if repo.is_empty() {
         return None;
@@ -148,7 +158,9 @@ async fn is_ancestor(job: &Job, repo: &str, old: &Oid, commit: &Oid) -> Option<b
     let script = format!(
         "for d in {base}'/.git' {base} {base}'.git/.git' {base}'.git'; do \
          if git --git-dir=\"$d\" rev-parse --git-dir >/dev/null 2>&1; then \
-         git --git-dir=\"$d\" merge-base --is-ancestor {} {} 2>/dev/null; echo $?; exit 0; fi; \
+         GIT_NO_REPLACE_OBJECTS=1 GIT_GRAFT_FILE=/dev/null \
+         git --no-replace-objects -c core.commitGraph=false -c core.useReplaceRefs=false \
+         --git-dir=\"$d\" merge-base --is-ancestor {} {} 2>/dev/null; echo $?; exit 0; fi; \
          done; echo none",
         hex(old),
         hex(commit)
