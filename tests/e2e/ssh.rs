@@ -295,11 +295,19 @@ fn file_transfer_tools_work_through_the_gateway() {
     std::fs::write(first.join("README"), "deployed by an agent\n").expect("write");
     git(&first, &["add", "README"]);
     git(&first, &["commit", "-q", "-m", "first"]);
-    git(&first, &["push", "-q", &url, "main"]);
+    // A branch of its own: pushes to main wait for a human (git.cedar).
+    git(&first, &["push", "-q", &url, "main:deploy"]);
     let second = s.dir.path().join("second");
     git(
         s.dir.path(),
-        &["clone", "-q", &url, second.to_str().expect("utf-8")],
+        &[
+            "clone",
+            "-q",
+            "-b",
+            "deploy",
+            &url,
+            second.to_str().expect("utf-8"),
+        ],
     );
     assert_eq!(
         std::fs::read_to_string(second.join("README")).expect("cloned README"),

@@ -22,6 +22,7 @@ pub const TARGETS: &[&str] = &[
     "pg_frames",
     "pg_relay",
     "sftp",
+    "git_push",
     "http_request",
     "ssh_command",
     "sql_classify",

@@ -83,7 +83,7 @@ enum Task {
         /// Seconds per target.
         #[arg(long, default_value_t = FUZZ_SECONDS)]
         seconds: u32,
-        /// Targets to run (default: all): pg_frames, pg_relay, sftp,
+        /// Targets to run (default: all): pg_frames, pg_relay, sftp, git_push,
         /// http_request, ssh_command, sql_classify, json_mask.
         targets: Vec<String>,
     },

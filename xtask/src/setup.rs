@@ -73,7 +73,9 @@ const COMMON: &[&str] = &[
 /// runs its own nginx instances from configs in a scratch directory, so
 /// no system nginx is wanted (nor a failed install because port 80 is
 /// taken). Installed with service starts denied (see [`DenyServiceStarts`]).
-const NO_SERVICE: &[&str] = &["nginx"];
+/// fcgiwrap runs `git http-backend` behind that nginx for the smart HTTP
+/// git tests (tests/e2e/git_push.rs).
+const NO_SERVICE: &[&str] = &["nginx", "fcgiwrap"];
 
 /// Python tools the tests drive, in a venv of apt's python3 (not whatever
 /// python3 comes first on PATH): (module to import, pinned requirement).

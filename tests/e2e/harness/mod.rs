@@ -13,6 +13,7 @@ pub mod browser;
 pub mod ci_runner;
 pub mod clickhouse_cluster;
 pub mod dnsmasq;
+pub mod git_server;
 pub mod https_upstream;
 pub mod job_scene;
 pub mod kube;

@@ -185,6 +185,14 @@ fn context_defaults(action: &str) -> Option<Vec<(String, Value)>> {
             };
             return Some(map.into_iter().collect());
         }
+        ("git", _) => vec![
+            ("ref", s()),
+            ("old", s()),
+            ("new", s()),
+            ("created", Value::Bool(false)),
+            ("deleted", Value::Bool(false)),
+            ("forced", s()),
+        ],
         ("http" | "k8s", _) => vec![
             ("method", s()),
             ("host", s()),

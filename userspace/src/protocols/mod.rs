@@ -7,6 +7,7 @@
 
 pub mod egress;
 pub mod gateway;
+pub mod git;
 pub mod http;
 pub mod phases;
 pub mod postgres;

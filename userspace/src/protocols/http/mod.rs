@@ -24,6 +24,7 @@
 pub mod aws;
 mod echo;
 mod excerpt;
+mod git;
 pub mod k8s;
 pub mod k8s_body;
 mod k8s_effect;

@@ -14,7 +14,7 @@ use hyper::body::{Body as HttpBody, Incoming};
 use serde_json::{json, Value};
 
 use super::{
-    echo, excerpt, k8s, k8s_effect, lines,
+    echo, excerpt, git, k8s, k8s_effect, lines,
     mask::{self, Outcome},
     method_override, recorded,
     settings::{ApiKind, HttpTarget, Oversize, Unmaskable},
@@ -170,7 +170,7 @@ async fn answer(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
             Err(why) => return refuse_bad_request(&conn, event, &why).await,
         }
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let mut body: Body = body.boxed();
     let kinds = method_override::body_kinds(&parts.headers);
     if overridable && parts.method == Method::POST && !kinds.is_empty() {
@@ -289,6 +289,26 @@ async fn answer(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
         }
     };
 
+    // A git push: each ref update ruled on, only the allowed ones sent.
+    let mut git_splice = None;
+    if kube.is_none() && !tunnel && git::is_push(&parts.method, &path) {
+        match git::rule(&conn, &mut parts, body).await {
+            git::Ruled::Answer(answer) => {
+                event.status = Some(answer.status().as_u16());
+                event.reason = Some(format!(
+                    "{}; git push answered by blastgate (every ref refused, or unreadable)",
+                    event.reason.unwrap_or_default()
+                ));
+                conn.gw.record(event).await;
+                return answer;
+            }
+            git::Ruled::Forward { body: b, splice } => {
+                body = b;
+                git_splice = splice;
+            }
+        }
+    }
+
     // The masking this request gets: asked for once, used for the
     // encoding requested upstream, the response and the excerpts alike.
     let plan = conn.gw.mask_plan();
@@ -371,7 +391,11 @@ async fn answer(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
         guard,
         started,
     };
-    respond(&conn, response.map(BodyExt::boxed), event, answering).await
+    let answer = respond(&conn, response.map(BodyExt::boxed), event, answering).await;
+    match git_splice {
+        Some(splice) => git::spliced(answer, splice).await,
+        None => answer,
+    }
 }
 
 /// What the answer to one request is held to, settled before it is sent.

@@ -18,14 +18,17 @@ use super::{
     command,
     context::SshContext,
     flow::{Inbox, Input},
-    gate, hosts,
+    gate, git as ssh_git, hosts,
     recording::Recording,
     resolve,
     sftp::{SftpObserver, SftpRecord},
     upstream, SshTarget, Upstream,
 };
 use crate::{
-    protocols::gateway::{Gateway, Ruling},
+    protocols::{
+        gateway::{Gateway, Ruling},
+        git::{push::ReportSplice, receive_pack_exec, Incoming},
+    },
     records::{Event, EventKind, IoChunk, Verdict},
 };
 
@@ -68,7 +71,7 @@ pub struct Job {
 }
 
 impl Job {
-    fn host(&self) -> resolve::Host<'_> {
+    pub(super) fn host(&self) -> resolve::Host<'_> {
         resolve::Host {
             gw: &self.gw,
             cfg: &self.cfg,
@@ -107,6 +110,8 @@ struct Ending {
 struct Watch {
     recording: Recording,
     sftp: Option<SftpObserver>,
+    /// git-receive-pack: the server's report, with refusals slipped in.
+    git: Option<ReportSplice>,
 }
 
 /// One thing policy rules on before a channel starts: the request itself,
@@ -192,14 +197,23 @@ fn write_step(op: &str, path: Option<String>, home: Option<&str>, tree: bool) ->
 /// Rules on one step, waiting for a human if policy says so. None: the
 /// agent hung up first (recorded).
 async fn rule(job: &Job, step: &Step) -> Option<(Ruling, Event)> {
-    let context = step.context.json();
-    let decision = job.gw.decide(step.action, &context);
-    tracing::debug!(action = step.action, %context, verdict = ?decision.verdict, "ssh decision");
+    rule_on(job, step.action, &step.context.json(), &step.text).await
+}
+
+/// [`rule`] for any action and its policy context.
+pub(super) async fn rule_on(
+    job: &Job,
+    action: &'static str,
+    context: &serde_json::Value,
+    text: &str,
+) -> Option<(Ruling, Event)> {
+    let decision = job.gw.decide(action, context);
+    tracing::debug!(action, %context, verdict = ?decision.verdict, "ssh decision");
     let notice = job.agent.clone();
     let channel = job.id;
     let tasks = job.gw.tasks.clone();
     let ruled = tokio::select! {
-        r = job.gw.rule(decision, step.action, &step.text, move |id| {
+        r = job.gw.rule(decision, action, text, move |id| {
             tasks.spawn_cancellable(async move {
                 let _ = notice
                     .extended_data(channel, 1, format!("waiting for approval {id}\r\n"))
@@ -212,20 +226,20 @@ async fn rule(job: &Job, step: &Step) -> Option<(Ruling, Event)> {
     };
     let Some(ruling) = ruled else {
         let mut event = job.gw.event(EventKind::Command, Verdict::Deny);
-        event.action = Some(step.action.into());
-        event.text = Some(step.text.clone());
+        event.action = Some(action.into());
+        event.text = Some(text.to_string());
         event.reason = Some("withdrawn: the agent closed the channel before a decision".into());
         job.gw.record(event).await;
         return None;
     };
     let event = job
         .gw
-        .ruled(EventKind::Command, step.action, step.text.clone(), &ruling);
+        .ruled(EventKind::Command, action, text.to_string(), &ruling);
     Some((ruling, event))
 }
 
 /// Why a ruling refused, as the agent reads it.
-fn refusal(action: &str, ruling: &Ruling) -> String {
+pub(super) fn refusal(action: &str, ruling: &Ruling) -> String {
     format!(
         "blastgate: {action} denied by policy {}: {}",
         ruling.policy_id.as_deref().unwrap_or("(default deny)"),
@@ -323,6 +337,7 @@ pub async fn run(job: Job) {
     let watch = Mutex::new(Watch {
         recording,
         sftp: matches!(job.request, Request::Subsystem(_)).then(SftpObserver::new),
+        git: receive_pack(&job.request).map(|_| ReportSplice::default()),
     });
     let started = Instant::now();
     // A session cut from outside (shutdown, a policy reload) ends the
@@ -432,9 +447,45 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
     let session = &job.gw.session;
     let splice = tokio::sync::Mutex::new(Splice::default());
     let mut cuts = home.as_ref().map(|_| gate::ClientCuts::default());
+    let repo = receive_pack(&job.request);
+    let mut push = repo.as_ref().map(|_| Incoming::default());
+    let mut drop_rest = false;
     let to_upstream = async {
         while let Some(input) = job.inbox.recv().await {
+            let eof = matches!(input, Input::Eof);
+            if let (Some(incoming), Some(repo), Input::Data(_) | Input::Eof) =
+                (push.as_mut(), repo.as_deref(), &input)
+            {
+                let data = match &input {
+                    Input::Data(d) => d.clone(),
+                    _ => Bytes::new(),
+                };
+                let parsed = match incoming.push_async(&data, eof).await {
+                    Ok(None) => continue,
+                    Ok(Some(parsed)) => parsed,
+                    Err(why) => {
+                        ssh_git::unparsed(job, &why).await;
+                        return Err(format!("git push refused: {why}"));
+                    }
+                };
+                let fwd = ssh_git::rule_push(job, &parsed, incoming.buffered(), repo).await?;
+                push = None;
+                drop_rest = !fwd.pass_rest;
+                if let Some(answer) = fwd.answer {
+                    let _ = job.agent.data(job.id, Bytes::from(answer)).await;
+                }
+                if let Ok(mut w) = watch.lock() {
+                    if let Some(splice) = w.git.as_mut() {
+                        splice.refuse(fwd.refused, fwd.sideband);
+                    }
+                }
+                forward(job, watch, &to_up, Bytes::from(fwd.bytes)).await?;
+                if !eof {
+                    continue;
+                }
+            }
             match input {
+                Input::Data(_) if drop_rest => {}
                 Input::Data(d) => {
                     let (Some(cuts), Some(home)) = (cuts.as_mut(), home.as_deref()) else {
                         forward(job, watch, &to_up, d).await?;
@@ -560,6 +611,21 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
     }
 }
 
+/// The repository of a `git-receive-pack` exec, whose pushes are ruled
+/// on per ref. Any other line naming receive-pack (a shell line a human
+/// approved, `git -C repo receive-pack .`) is ruled on too, with the
+/// repository unknown (""): nothing pushes unruled.
+fn receive_pack(request: &Request) -> Option<String> {
+    let Request::Exec(line) = request else {
+        return None;
+    };
+    let cmd = command::parse(line);
+    receive_pack_exec(&cmd.program, &cmd.args).or_else(|| {
+        let lower = line.to_ascii_lowercase();
+        (lower.contains("receive-pack") || lower.contains("receive_pack")).then(String::new)
+    })
+}
+
 /// Agent input on its way upstream: watched (sftp), recorded, sent.
 async fn forward(
     job: &Job,
@@ -672,6 +738,13 @@ async fn deliver(
     ext: Option<u32>,
 ) -> Result<(), String> {
     let at = job.gw.session.elapsed_us();
+    let data = match (watch.lock(), ext) {
+        (Ok(mut w), None) => match w.git.as_mut() {
+            Some(splice) => Bytes::from(splice.feed(&data).map_err(|e| format!("git: {e}"))?),
+            None => data,
+        },
+        _ => data,
+    };
     let (chunks, ops, failed, sftp) = match watch.lock() {
         Ok(mut w) => {
             let (ops, failed) = match w.sftp.as_mut() {

@@ -25,6 +25,7 @@ pub mod command;
 pub mod context;
 mod flow;
 mod gate;
+mod git;
 mod handler;
 pub mod hosts;
 mod recording;

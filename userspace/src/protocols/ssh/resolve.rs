@@ -137,7 +137,7 @@ impl Host<'_> {
 
     /// Runs `command` on the host over blastgate's own connection: its
     /// stdout, trimmed, if it exits 0.
-    async fn ask(&self, command: &str) -> Result<String, String> {
+    pub(super) async fn ask(&self, command: &str) -> Result<String, String> {
         // A cut session (shutdown, a reload) asks no more: the channel
         // waiting on the answer ends with it.
         let tasks = &self.gw.tasks;
