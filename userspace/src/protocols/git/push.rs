@@ -92,6 +92,26 @@ impl Head {
         self.updates.iter().any(|u| !u.deleted())
     }
 
+    /// What goes upstream of a push whose commands are decided: the
+    /// section with only the `keep` commands, then the pack (the rest of
+    /// `received`, which starts with this section) when a kept command
+    /// needs objects. A pack behind only refused or deleting commands is
+    /// dropped, so the server never stores objects blastgate refused.
+    /// The flag says whether the pack follows (the stream past
+    /// `received` is then the pack's too).
+    pub fn forwarded(&self, keep: &[bool], received: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = self.encode(keep);
+        let pack_needed = self
+            .updates
+            .iter()
+            .zip(keep)
+            .any(|(u, k)| *k && !u.deleted());
+        if pack_needed {
+            out.extend_from_slice(received.get(self.len..).unwrap_or_default());
+        }
+        (out, pack_needed)
+    }
+
     /// The section rewritten with only the `keep` commands; just a flush
     /// (the server then ends quietly) when none is kept.
     pub fn encode(&self, keep: &[bool]) -> Vec<u8> {

@@ -208,15 +208,7 @@ pub async fn rule(conn: &Conn, parts: &mut Parts, body: Body) -> Ruled {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return Ruled::Answer(answer);
     }
-    let mut out = head.encode(&keep);
-    let pack_needed = head
-        .updates
-        .iter()
-        .zip(&keep)
-        .any(|(u, k)| *k && !u.deleted());
-    if pack_needed {
-        out.extend_from_slice(plain.get(head.len..).unwrap_or_default());
-    }
+    let (out, _) = head.forwarded(&keep, &plain);
     parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts

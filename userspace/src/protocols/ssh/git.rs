@@ -83,15 +83,7 @@ pub async fn rule_push(
                 .join("; ")
         ));
     }
-    let mut bytes = head.encode(&keep);
-    let pack_needed = head
-        .updates
-        .iter()
-        .zip(&keep)
-        .any(|(u, k)| *k && !u.deleted());
-    if pack_needed {
-        bytes.extend_from_slice(buffered.get(head.len..).unwrap_or_default());
-    }
+    let (bytes, pack_needed) = head.forwarded(&keep, buffered);
     let none_kept = !keep.iter().any(|k| *k);
     Ok(Forward {
         bytes,
