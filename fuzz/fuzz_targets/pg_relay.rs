@@ -108,6 +108,7 @@ fn world() -> &'static World {
                 https: None,
                 ssh_ca: None,
                 ssh_hosts: Default::default(),
+                resolver: None,
             })
         };
         let cfg: PostgresTarget = serde_json::from_value(json!({
@@ -141,6 +142,7 @@ fn gateway(services: &Arc<Services>, production: bool) -> Gateway {
         attrs,
         enforce: true,
         names: Vec::new(),
+        host_names: Vec::new(),
         postgres: Some(world().cfg.clone()),
         ssh: None,
         http: None,

@@ -240,6 +240,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             https,
             ssh_ca,
             ssh_hosts: Default::default(),
+            resolver: Some(resolver.clone()),
         }),
         maps: Some(interceptor.maps.clone()),
         agents: Some(interceptor.agents.clone()),

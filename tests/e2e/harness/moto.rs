@@ -63,14 +63,20 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"], "insta
 
 impl Moto {
     pub fn start() -> Moto {
+        Moto::start_on("127.0.0.2", free_port(), &["moto.test"])
+    }
+
+    /// moto at `ip:port`, its certificate for `names` and `ip`.
+    pub fn start_on(ip: &str, port: u16, names: &[&str]) -> Moto {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let p = |n: &str| root.join(n);
-        ca_and_leaf(dir.path(), &["moto.test", "127.0.0.2"]);
-        let port = free_port();
+        let mut sans = names.to_vec();
+        sans.push(ip);
+        ca_and_leaf(dir.path(), &sans);
         let log = p("moto.log");
         let child = Command::new(format!("{VENV_BIN}/moto_server"))
-            .args(["-H", "127.0.0.2", "-p", &port.to_string(), "-c"])
+            .args(["-H", ip, "-p", &port.to_string(), "-c"])
             .arg(p("leaf.pem"))
             .arg("-k")
             .arg(p("leaf.key"))
@@ -95,7 +101,7 @@ impl Moto {
             dir,
         };
         wait_until(Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.2", port)).ok()
+            std::net::TcpStream::connect((ip, port)).ok()
         })
         .expect("moto_server listens");
         std::fs::write(p("setup.py"), SETUP).expect("setup.py");
@@ -103,7 +109,7 @@ impl Moto {
         // its certificate; python checks it against the URL's host).
         let out = Command::new(format!("{VENV_BIN}/python"))
             .arg(p("setup.py"))
-            .arg(format!("https://127.0.0.2:{port}"))
+            .arg(format!("https://{ip}:{port}"))
             .arg(&moto.ca)
             .env("AWS_CONFIG_FILE", "/dev/null")
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")

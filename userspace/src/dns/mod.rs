@@ -277,19 +277,8 @@ impl Resolver {
         loop {
             for name in &names {
                 for qtype in [RecordType::A, RecordType::AAAA] {
-                    let Ok(n) = Name::from_ascii(format!("{name}.")) else {
-                        continue;
-                    };
-                    let mut q = Message::query();
-                    q.metadata.id = rand_id();
-                    q.metadata.recursion_desired = true;
-                    q.add_query(Query::query(n, qtype));
-                    let Ok(bytes) = q.to_vec() else { continue };
-                    let Ok(answer) = upstream::forward(&self.upstreams, &bytes, false).await else {
-                        continue;
-                    };
-                    if let Ok(m) = Message::from_vec(&answer) {
-                        self.learned.learn(TARGETS, name, &addresses(&m));
+                    if let Some(answers) = self.query(name, qtype).await {
+                        self.learned.learn(TARGETS, name, &answers);
                     }
                 }
             }
@@ -298,6 +287,35 @@ impl Resolver {
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    /// The daemon's own lookup of `name` (A, then AAAA) through the
+    /// upstreams agents' queries go to: blastgate reaches a name it
+    /// connects to itself (STS for an AWS target) by the resolvers it
+    /// trusts for agents, not by whatever the host's libc would ask.
+    pub async fn lookup(&self, name: &str) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for qtype in [RecordType::A, RecordType::AAAA] {
+            if let Some(answers) = self.query(name, qtype).await {
+                out.extend(answers.into_iter().map(|(ip, _)| ip));
+            }
+        }
+        out
+    }
+
+    /// One recursive query from the daemon; `None` when it could not be
+    /// asked or answered.
+    async fn query(&self, name: &str, qtype: RecordType) -> Option<Vec<(IpAddr, u32)>> {
+        let n = Name::from_ascii(format!("{name}.")).ok()?;
+        let mut q = Message::query();
+        q.metadata.id = rand_id();
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(n, qtype));
+        let bytes = q.to_vec().ok()?;
+        let answer = upstream::forward(&self.upstreams, &bytes, false)
+            .await
+            .ok()?;
+        Message::from_vec(&answer).ok().map(|m| addresses(&m))
     }
 
     /// Records, every [`limits::SUMMARY_EVERY`], the refusals over the

@@ -48,6 +48,10 @@ pub struct Services {
     /// What the SSH gateway learned of each host (home, program paths,
     /// what agents wrote there), kept for the daemon's life.
     pub ssh_hosts: super::ssh::HostMemory,
+    /// blastgate's resolver, for names the daemon itself connects to
+    /// (an AWS target's STS endpoint); `None` where no kernel programs
+    /// run (the fuzz targets, the driver's tests).
+    pub resolver: Option<Arc<crate::dns::Resolver>>,
 }
 
 /// Owned (shared pointers only), so a gateway can hand it to tasks and

@@ -18,6 +18,10 @@ pub struct Target {
     /// Names on certificates presented to agents: configured host names,
     /// else the target's addresses.
     pub names: Vec<String>,
+    /// The `hosts` entries' names (exact and `*.suffix`): a TLS agent
+    /// asking for a name one of them covers gets a certificate for that
+    /// very name (a wildcard target has no single name to present).
+    pub host_names: Vec<crate::egress::pattern::HostPattern>,
     pub postgres: Option<super::postgres::PostgresTarget>,
     pub ssh: Option<super::ssh::SshTarget>,
     pub http: Option<super::http::HttpTarget>,

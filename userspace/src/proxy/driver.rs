@@ -263,6 +263,7 @@ fn egress_target() -> Arc<Target> {
         },
         enforce: true,
         names: Vec::new(),
+        host_names: Vec::new(),
         postgres: None,
         ssh: None,
         http: None,

@@ -67,6 +67,7 @@ fn world_with(policy: &str, connect_timeout: Duration, ssh: bool) -> World {
             Arc::new(crate::tls::ssh_ca::SshCa::load_or_create(&tmp.path().join("ssh-ca")).unwrap())
         }),
         ssh_hosts: Default::default(),
+        resolver: None,
     });
     World {
         _tmp: tmp,
@@ -100,6 +101,7 @@ fn gateway_with(w: &World, configure: impl FnOnce(&mut Target)) -> Gateway {
         attrs,
         enforce: true,
         names: Vec::new(),
+        host_names: Vec::new(),
         postgres: None,
         ssh: None,
         http: None,

@@ -70,6 +70,11 @@ impl Routes {
                 attrs: t.attrs(),
                 enforce: t.enforce,
                 names,
+                host_names: hosts
+                    .iter()
+                    .filter(|h| !matches!(h.host, Host::Cidr { .. }))
+                    .cloned()
+                    .collect(),
                 postgres: t.postgres.clone(),
                 ssh: t.ssh.clone(),
                 http: t.http.clone(),

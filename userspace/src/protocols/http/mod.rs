@@ -107,7 +107,10 @@ impl Phases for Http {
         // target's; otherwise for the target's names, which the agent's TLS
         // check then refuses.
         let names = match &sni {
-            Some(n) if gw.target.names.iter().any(|t| t.eq_ignore_ascii_case(n)) => {
+            Some(n)
+                if gw.target.names.iter().any(|t| t.eq_ignore_ascii_case(n))
+                    || gw.target.host_names.iter().any(|p| p.matches_name(n)) =>
+            {
                 vec![n.clone()]
             }
             _ => gw.target.names.clone(),

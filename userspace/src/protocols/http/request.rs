@@ -879,7 +879,12 @@ fn check_authority(conn: &Conn, host: Option<&str>) -> Result<(), String> {
         }
     }
     let names = &conn.gw.target.names;
-    if !names.is_empty() && !names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+    let patterns = &conn.gw.target.host_names;
+    // A target with no name at all (a bare address) takes any host.
+    let unnamed = names.is_empty() && patterns.is_empty();
+    let named = names.iter().any(|n| n.eq_ignore_ascii_case(host))
+        || patterns.iter().any(|p| p.matches_name(host));
+    if !(unnamed || named) {
         return Err(format!(
             "{host:?} is not a name of target {:?}",
             conn.gw.target.name

@@ -46,6 +46,11 @@ pub struct AwsTarget {
     /// temporary credentials, which end with the session ([`sts`]).
     #[serde(default)]
     pub assume_role_arn: Option<String>,
+    /// Where `AssumeRole` goes (`name:port`). Default: the regional STS
+    /// endpoint for `*.amazonaws.com` hosts, else the target's own
+    /// upstream (a custom endpoint that serves STS).
+    #[serde(default)]
+    pub sts_endpoint: Option<String>,
     /// Services a custom endpoint (not `*.amazonaws.com`) serves; empty:
     /// whichever the agent's signing scope names.
     #[serde(default)]
@@ -98,6 +103,9 @@ impl AwsTarget {
             .is_some_and(|a| !a.starts_with("arn:") || a.split(':').count() < 6)
         {
             return Err("[targets.http.aws] assume_role_arn is not a role ARN".into());
+        }
+        if let Some(e) = &self.sts_endpoint {
+            sts::parse_endpoint(e).map_err(|e| format!("[targets.http.aws] {e}"))?;
         }
         if self.secret_access_key.file.is_some() == self.secret_access_key.env.is_some() {
             return Err(
@@ -374,7 +382,10 @@ pub(super) async fn answer(
         Some(role) => {
             let assumed = conn
                 .aws_role
-                .get_or_try_init(|| sts::assume(&conn, &base, role, &host, &op.region))
+                .get_or_try_init(|| async {
+                    let at = sts::endpoint(aws.sts_endpoint.as_deref(), &host, &op.region)?;
+                    sts::assume(&conn, &base, role, &at, &op.region).await
+                })
                 .await;
             match assumed {
                 Ok(h) => h.clone(),
