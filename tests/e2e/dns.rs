@@ -382,3 +382,48 @@ fn a_postgres_target_named_by_hosts_follows_a_failover_with_policy_and_masking()
         e["kind"] == "session_denied" && e["orig_dst"] == format!("127.0.0.32:{port}")
     });
 }
+
+#[test]
+fn a_wildcard_postgres_target_shows_the_name_the_agent_resolved_over_tls() {
+    let _g = serial();
+    if !kernel_ready() || !TestPostgres::available() {
+        return;
+    }
+    let pg = TestPostgres::start_on(&["127.0.0.33"]);
+    pg.create_role("app", pg_gateway::SECRET, true);
+    pg.create_db("orders", "app");
+    let port = pg.port();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = secrets.path().join("orders-db");
+    std::fs::write(&secret, pg_gateway::SECRET).expect("secret");
+    let zone = Dnsmasq::start("127.0.0.33 orders.db.test\n");
+    let env = env_with(
+        &zone,
+        "",
+        &format!(
+            "[policy]\ndir = \"{}\"\n\n[[targets]]\nname = \"dbs\"\nprotocol = \"postgres\"\n\
+             hosts = [\"*.db.test:{port}\"]\n\n[targets.postgres]\nuser = \"app\"\n\
+             password_file = \"{}\"\n",
+            pg_gateway::policies_dir().display(),
+            secret.display()
+        ),
+    );
+    let _d = Daemon::start(&env);
+    let ca = secrets.path().join("ca.pem");
+    let out = env.blastgate(&["ca", "export"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(&ca, &out.stdout).expect("ca");
+    // psql checks the certificate names orders.db.test: the target has no
+    // fixed name, so the one the agent resolved is presented.
+    let out = env.agent_resolving(
+        "ci",
+        &format!(
+            "PGPASSWORD=anything psql -X -At -v ON_ERROR_STOP=1 \
+             'host=orders.db.test port={port} user=app dbname=orders sslmode=verify-full \
+             sslrootcert={}' -c \"SELECT 'over tls'\"",
+            ca.display()
+        ),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).trim(), "over tls", "{}", text(&out));
+}

@@ -89,6 +89,21 @@ pub struct Ruling {
 }
 
 impl Gateway {
+    /// The names certificates shown to the agent carry: the target's, and
+    /// the name the connection was routed by when one of the target's
+    /// `hosts` covers it (a `*.suffix` target has no fixed name, and the
+    /// agent checks the one it resolved).
+    pub fn presented_names(&self) -> Vec<String> {
+        let mut names = self.target.names.clone();
+        if let Some(n) = self.session.dst_name.as_deref() {
+            let covered = self.target.host_names.iter().any(|p| p.matches_name(n));
+            if covered && !names.iter().any(|t| t.eq_ignore_ascii_case(n)) {
+                names.push(n.to_string());
+            }
+        }
+        names
+    }
+
     /// An event of this session, stamped with its identity and next seq.
     pub fn event(&self, kind: EventKind, verdict: Verdict) -> Event {
         self.session.event(kind, verdict, None)

@@ -113,7 +113,7 @@ impl Phases for Http {
             {
                 vec![n.clone()]
             }
-            _ => gw.target.names.clone(),
+            _ => gw.presented_names(),
         };
         let config = certs
             .config_for(&names)

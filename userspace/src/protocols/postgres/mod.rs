@@ -133,17 +133,15 @@ impl Phases for Postgres {
     async fn handshake(&self, conn: TcpStream, gw: &Gateway) -> Result<Agent, SessionError> {
         let cfg = settings(gw)?;
         let _ = conn.set_nodelay(true);
-        let tls = gw
-            .services
-            .tls
-            .as_ref()
-            .and_then(|c| match c.config_for(&gw.target.names) {
+        let tls = gw.services.tls.as_ref().and_then(|c| {
+            match c.config_for(&gw.presented_names()) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "no certificate for this target: TLS not offered");
                     None
                 }
-            });
+            }
+        });
         match agent::open(conn, tls).await.map_err(relay_err)? {
             Opening::Cancel { io, pid, secret } => Ok(Agent::Cancel { io, pid, secret }),
             Opening::Session {

@@ -242,7 +242,7 @@ fn server_config(gw: &Gateway) -> Result<Arc<server::Config>, SessionError> {
         .clone()
         .ok_or_else(|| SessionError::blastgate("no SSH CA"))?;
     let identity = ca
-        .host_identity(&gw.target.name, &gw.target.names, CERT_VALIDITY)
+        .host_identity(&gw.target.name, &gw.presented_names(), CERT_VALIDITY)
         .map_err(|e| SessionError::blastgate(e.to_string()))?;
     let mut config = server::Config {
         server_id: russh::SshId::Standard("SSH-2.0-SSH".into()),
