@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use harness::{git_server::GitHttp, ssh_gateway::*, sshd::*, *};
+use harness::{git_server::http_gateway, ssh_gateway::*, sshd::*, *};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -140,28 +140,12 @@ fn pushes_are_ruled_per_ref_over_ssh() {
 #[test]
 fn pushes_are_ruled_per_ref_over_http() {
     let _g = serial();
-    if !kernel_ready() {
-        return;
-    }
-    if !GitHttp::available() {
-        blastgate::testing::skip(
-            "nginx, fcgiwrap or git-http-backend is missing (cargo xtask setup)",
-        );
-        return;
-    }
     let Some(url) = clickhouse_url() else { return };
     let db = TestDatabase::new(&url);
-    let server = GitHttp::start("127.0.0.2");
+    let Some((server, env, _daemon)) = http_gateway(&db.config()) else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let env = Env::new(&format!(
-        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n{}\n\
-         [[targets]]\nname = \"git-http\"\nprotocol = \"http\"\naddress = \"127.0.0.2:{}\"\n\
-         hostnames = [\"127.0.0.2\"]\n\n[targets.http]\n",
-        shipped_policies().display(),
-        db.config(),
-        server.port,
-    ));
-    let _daemon = Daemon::start(&env);
     let r = Repo {
         env: &env,
         dir: dir.path(),
@@ -407,4 +391,95 @@ fn scenario(r: &Repo, rewrite_forced: &str) {
     let out = r.run(&["push", &r.url, ":mainline"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(r.server("refs/heads/mainline"), "");
+}
+
+/// A push larger than blastgate reads (its pack over 64 MiB) is not
+/// refused for its size over HTTP: a feature branch lands, the pack
+/// streamed past what was read; on a protected branch its ancestry is
+/// unknown, so a fast-forward blastgate could not prove is refused.
+#[test]
+fn a_push_larger_than_blastgate_reads_streams_over_http() {
+    let _g = serial();
+    let Some((server, env, _daemon)) = http_gateway("") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("mkdir");
+    let git = |args: &[&str]| {
+        let mut c = env.agent("claude", &["git"]);
+        c.args(args).current_dir(&work);
+        let out = output_within(&mut c, WAIT);
+        (out.status.success(), text(&out))
+    };
+    let ok = |args: &[&str]| {
+        let (ok, t) = git(args);
+        assert!(ok, "git {args:?}: {t}");
+        t
+    };
+    let url = server.url();
+    ok(&["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("small"), "one").expect("write");
+    ok(&["add", "small"]);
+    ok(&["commit", "-q", "-m", "one"]);
+    // main starts small (its creation is held: approved here).
+    let child = env
+        .agent("claude", &["git", "push", "-q", &url, "main"])
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("git push");
+    let id = env.pending_approval();
+    env.answer_approval("approve", &id);
+    let out = child.wait_with_output().expect("git push");
+    assert!(out.status.success(), "{}", text(&out));
+
+    // 80 MiB that does not compress.
+    let mut big = vec![0u8; 80 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(work.join("big.bin"), &big).expect("write");
+    ok(&["add", "big.bin"]);
+    ok(&["commit", "-q", "-m", "big"]);
+    let head = ok(&["rev-parse", "HEAD"]).trim().to_string();
+
+    // Onto main: a fast-forward, but its pack is past what blastgate
+    // reads, so it cannot be proved one: refused with git's own report
+    // (the rest of the pack read and dropped, so git reads the answer).
+    let before = server.rev("refs/heads/main");
+    let (pushed, t) = git(&["push", &url, "main"]);
+    assert!(!pushed, "{t}");
+    assert!(
+        t.contains("! [remote rejected] main -> main (blastgate: git:push denied"),
+        "{t}"
+    );
+    assert_eq!(server.rev("refs/heads/main"), before);
+    let e = env.wait_event("the big push to main", |e| {
+        e["action"] == "git:push"
+            && e["context"]["ref"] == "refs/heads/main"
+            && e["context"]["new"] == head.as_str()
+    });
+    assert_eq!(e["context"]["forced"], "unknown", "{e:#}");
+
+    // The same commit on a feature branch: lands whole, the pack
+    // streamed past what was read.
+    ok(&["push", "-q", &url, "main:refs/heads/feature/big"]);
+    assert_eq!(server.rev("refs/heads/feature/big"), head);
+    let e = env.wait_event("the big push", |e| {
+        e["action"] == "git:push" && e["context"]["ref"] == "refs/heads/feature/big"
+    });
+    assert_eq!(e["verdict"], "allow", "{e:#}");
+    assert!(
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("pack not read whole")),
+        "{e:#}"
+    );
 }

@@ -221,23 +221,7 @@ fn server_rev(user: &str, path: &Path, name: &str) -> String {
 
 /// The HTTP gateway in front of git http-backend, shipped policies.
 fn http_server() -> Option<(GitHttp, Env, Daemon)> {
-    if !kernel_ready() {
-        return None;
-    }
-    if !GitHttp::available() {
-        blastgate::testing::skip("nginx, fcgiwrap or git-http-backend is missing");
-        return None;
-    }
-    let server = GitHttp::start("127.0.0.2");
-    let env = Env::new(&format!(
-        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n\
-         [[targets]]\nname = \"git-http\"\nprotocol = \"http\"\naddress = \"127.0.0.2:{}\"\n\
-         hostnames = [\"127.0.0.2\"]\n\n[targets.http]\n",
-        shipped_policies().display(),
-        server.port,
-    ));
-    let daemon = Daemon::start(&env);
-    Some((server, env, daemon))
+    harness::git_server::http_gateway("")
 }
 
 /// Runs `attack` over smart HTTP once main exists on the server (its

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use super::{free_port_on, wait_until};
+use super::{free_port_on, kernel_ready, shipped_policies, wait_until, Daemon, Env};
 
 pub const NGINX: &str = "/usr/sbin/nginx";
 pub const FCGIWRAP: &str = "/usr/sbin/fcgiwrap";
@@ -132,4 +132,29 @@ impl Drop for GitHttp {
             let _ = child.wait();
         }
     }
+}
+
+/// A daemon whose HTTP gateway (shipped policies, approvals waiting a
+/// minute, `extra` config) fronts git http-backend on 127.0.0.2; None
+/// (after saying why) where the kernel hooks or the servers are missing.
+pub fn http_gateway(extra: &str) -> Option<(GitHttp, Env, Daemon)> {
+    if !kernel_ready() {
+        return None;
+    }
+    if !GitHttp::available() {
+        blastgate::testing::skip(
+            "nginx, fcgiwrap or git-http-backend is missing (cargo xtask setup)",
+        );
+        return None;
+    }
+    let server = GitHttp::start("127.0.0.2");
+    let env = Env::new(&format!(
+        "[policy]\ndir = \"{}\"\n\n[approvals]\ntimeout_ms = 60000\n\n{extra}\n\
+         [[targets]]\nname = \"git-http\"\nprotocol = \"http\"\naddress = \"127.0.0.2:{}\"\n\
+         hostnames = [\"127.0.0.2\"]\n\n[targets.http]\n",
+        shipped_policies().display(),
+        server.port,
+    ));
+    let daemon = Daemon::start(&env);
+    Some((server, env, daemon))
 }

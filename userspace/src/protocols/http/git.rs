@@ -1,5 +1,7 @@
 //! Smart HTTP pushes (`POST …/git-receive-pack`): the request body is read
-//! whole (bounded, gzip undone), every ref update in it ruled on as
+//! as far as a ruling needs (the commands, and the pack up to the
+//! limits; a gzipped body, which git sends only for small pushes, whole
+//! and undone), every ref update in it ruled on as
 //! `git:push` (see [`crate::protocols::git`]), and only the allowed ones
 //! reach the server; refused refs get git's own `ng` line in the answer
 //! (`application/x-git-receive-pack-result`). Ref advertisements
@@ -16,7 +18,7 @@ use crate::{
     protocols::git::{
         pack::{parse_hex, Limits},
         push::{self, Forced, ReportSplice, MAX_HEAD},
-        Incoming,
+        Incoming, Parsed,
     },
     records::{EventKind, Verdict},
 };
@@ -88,7 +90,6 @@ fn full(b: impl Into<Bytes>) -> Body {
 /// Reads and rules on a push; rewrites `parts` for the body it returns.
 pub async fn rule(conn: &Conn, parts: &mut Parts, body: Body) -> Ruled {
     let limits = Limits::default();
-    let limit = limits.max_pack + MAX_HEAD;
     let refuse = |status: StatusCode, why: String| async move {
         let mut event = conn.gw.event(EventKind::Command, Verdict::Deny);
         event.action = Some("git:push".into());
@@ -98,58 +99,14 @@ pub async fn rule(conn: &Conn, parts: &mut Parts, body: Body) -> Ruled {
         conn.gw.record(event).await;
         Ruled::Answer(conn.refusal(status, &format!("git push refused: {why}"), None, None))
     };
-    let mut raw = bytes::BytesMut::new();
-    let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the push from the agent: {e}"),
-                )
-                .await
-            }
-        };
-        if let Some(d) = frame.data_ref() {
-            raw.extend_from_slice(d);
-            if raw.len() > limit {
-                return refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("a push over {limit} bytes is not read over HTTP"),
-                )
-                .await;
-            }
-        }
-    }
-    let plain = match mask::content_codings(&parts.headers) {
-        None => raw.to_vec(),
-        Some(c) => match echo::unpack(&c, &raw, limit) {
-            Ok(p) => p,
-            Err(why) => return refuse(StatusCode::BAD_REQUEST, why).await,
-        },
+    let read = if mask::content_codings(&parts.headers).is_some() {
+        read_coded(&parts.headers, body, limits).await
+    } else {
+        read_streamed(body, limits).await
     };
-    // Inflating and resolving the pack is bounded CPU work, up to a few
-    // times max_kept of copying: done off the runtime's workers.
-    let read = tokio::task::spawn_blocking(move || {
-        let parsed = Incoming::new(limits).push(&plain, true);
-        (parsed, plain)
-    })
-    .await;
-    let (parsed, plain) = match read {
+    let (parsed, received, rest) = match read {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("blastgate failed reading the push: {e}"),
-            )
-            .await
-        }
-    };
-    let parsed = match parsed {
-        Ok(Some(p)) => p,
-        Ok(None) => return refuse(StatusCode::BAD_REQUEST, "an incomplete push".into()).await,
-        Err(why) => return refuse(StatusCode::BAD_REQUEST, why).await,
+        Err((status, why)) => return refuse(status, why).await,
     };
     let head = &parsed.head;
     let mut allowed = Vec::new();
@@ -190,6 +147,16 @@ pub async fn rule(conn: &Conn, parts: &mut Parts, body: Body) -> Ruled {
         allowed.push(ruling.allowed);
     }
     let (keep, refused) = push::refusals(head, &allowed, &reasons);
+    let (out, pack_needed) = head.forwarded(&keep, &received);
+    // A pack that goes nowhere is read to its end first, so the agent's
+    // git finishes sending and reads the answer.
+    let rest = match rest {
+        Some(rest) if !pack_needed => match drain(rest).await {
+            Ok(()) => None,
+            Err(why) => return refuse(StatusCode::BAD_REQUEST, why).await,
+        },
+        rest => rest,
+    };
     if !refused.is_empty() && !head.reports() {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -208,21 +175,127 @@ pub async fn rule(conn: &Conn, parts: &mut Parts, body: Body) -> Ruled {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         return Ruled::Answer(answer);
     }
-    let (out, _) = head.forwarded(&keep, &plain);
     parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.remove(header::TRANSFER_ENCODING);
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    let body = match rest {
+        // The pack goes on past what was read: streamed as it comes,
+        // chunked (its length is the agent's to end).
+        Some(rest) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            mask::rejoin(Bytes::from(out), Some(rest))
+        }
+        None => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            full(out)
+        }
+    };
     let splice = (!refused.is_empty()).then(|| {
         let mut s = ReportSplice::stateless();
         s.refuse(refused, head.sideband());
         s
     });
-    Ruled::Forward {
-        body: full(out),
-        splice,
+    Ruled::Forward { body, splice }
+}
+
+/// Why a push was not read: the status and the reason.
+type Unread = (StatusCode, String);
+
+/// What was read of a push: the parse, the bytes it covers (the request
+/// body from its start, content coding undone) and the rest of the body
+/// when the parse was ready before the body ended.
+type Read = (Parsed, Vec<u8>, Option<Body>);
+
+/// A push with a content coding (git gzips small requests): read whole,
+/// bounded, and undone.
+async fn read_coded(
+    headers: &http::HeaderMap,
+    mut body: Body,
+    limits: Limits,
+) -> Result<Read, Unread> {
+    let limit = limits.max_pack + MAX_HEAD;
+    let mut raw = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("reading the push from the agent: {e}"),
+            )
+        })?;
+        if let Some(d) = frame.data_ref() {
+            raw.extend_from_slice(d);
+            if raw.len() > limit {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a compressed push over {limit} bytes is not read over HTTP"),
+                ));
+            }
+        }
     }
+    let plain = match mask::content_codings(headers) {
+        None => raw.to_vec(),
+        Some(c) => echo::unpack(&c, &raw, limit).map_err(|why| (StatusCode::BAD_REQUEST, why))?,
+    };
+    // Inflating and resolving the pack is bounded CPU work, up to a few
+    // times max_kept of copying: done off the runtime's workers.
+    let read = tokio::task::spawn_blocking(move || {
+        let parsed = Incoming::new(limits).push(&plain, true);
+        (parsed, plain)
+    })
+    .await;
+    let (parsed, plain) = read.map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("blastgate failed reading the push: {e}"),
+        )
+    })?;
+    match parsed {
+        Ok(Some(p)) => Ok((p, plain, None)),
+        Ok(None) => Err((StatusCode::BAD_REQUEST, "an incomplete push".into())),
+        Err(why) => Err((StatusCode::BAD_REQUEST, why)),
+    }
+}
+
+/// A plain push, read as the SSH gateway reads one: until the commands
+/// and the pack (as far as [`Limits`] allow) can be ruled on. A pack over
+/// the limits is not refused for its size: its ancestry is unknown (so
+/// protected refs are not moved by it) and the rest streams on.
+async fn read_streamed(mut body: Body, limits: Limits) -> Result<Read, Unread> {
+    let mut incoming = Incoming::new(limits);
+    let bad = |why: String| (StatusCode::BAD_REQUEST, why);
+    loop {
+        let Some(frame) = body.frame().await else {
+            return match incoming.push_async(&[], true).await {
+                Ok(Some(p)) => Ok((p, incoming.buffered().to_vec(), None)),
+                Ok(None) => Err(bad("an incomplete push".into())),
+                Err(why) => Err(bad(why)),
+            };
+        };
+        let frame = frame.map_err(|e| bad(format!("reading the push from the agent: {e}")))?;
+        let Some(d) = frame.data_ref() else { continue };
+        if let Some(p) = incoming.push_async(d, false).await.map_err(bad)? {
+            return Ok((p, incoming.buffered().to_vec(), Some(body)));
+        }
+    }
+}
+
+/// Reads and drops the rest of a push whose pack goes nowhere (every
+/// update that needed it was refused), so the agent's git finishes
+/// sending and reads the report; bounded, as any read.
+async fn drain(mut rest: Body) -> Result<(), String> {
+    const MAX_DRAIN: u64 = 8 << 30;
+    let mut seen = 0u64;
+    while let Some(frame) = rest.frame().await {
+        let frame = frame.map_err(|e| format!("reading the push from the agent: {e}"))?;
+        if let Some(d) = frame.data_ref() {
+            seen += d.len() as u64;
+            if seen > MAX_DRAIN {
+                return Err(format!("a refused push went on past {MAX_DRAIN} bytes"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The server's answer with the refused refs' `ng` lines added.
