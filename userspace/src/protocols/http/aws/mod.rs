@@ -3,8 +3,10 @@
 //! re-signed with the credential blastgate holds ([`sign`]) and answered
 //! with secrets masked ([`masking`]). The agent's SDK signs with a
 //! placeholder key; its signature is never checked nor forwarded, its
-//! scope only read as a hint that must agree with the endpoint.
+//! scope only read as a hint that must agree with the endpoint. Signed
+//! streaming uploads have every chunk signature replaced ([`chunks`]).
 
+pub mod chunks;
 pub mod masking;
 pub mod operation;
 pub mod sign;
@@ -236,6 +238,64 @@ fn record_context(op: &Operation) -> BTreeMap<String, String> {
     c
 }
 
+/// What a signed aws-chunked upload must declare for its chunks to be
+/// re-signed: `x-amz-decoded-content-length` (the object's size, which the
+/// chunks must add up to), a `Content-Length` (so that a stream blastgate
+/// stops short is a failed request upstream, never a complete one) and,
+/// for the trailer variant, the `x-amz-trailer` names.
+fn streaming_framing(
+    headers: &http::HeaderMap,
+    trailer: bool,
+) -> Result<(u64, Option<Vec<String>>), String> {
+    let one = |name: &str| -> Result<Option<&str>, String> {
+        let mut all = headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => v
+                .to_str()
+                .map(Some)
+                .map_err(|_| format!("{name} is not text")),
+            _ => Err(format!("{name} is repeated")),
+        }
+    };
+    let decoded = one("x-amz-decoded-content-length")?
+        .ok_or("a signed aws-chunked upload without x-amz-decoded-content-length")?;
+    if decoded.is_empty() || !decoded.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "x-amz-decoded-content-length {decoded:?} is not a byte count"
+        ));
+    }
+    let decoded: u64 = decoded
+        .parse()
+        .map_err(|_| format!("x-amz-decoded-content-length {decoded:?} is too large"))?;
+    if one("content-length")?.is_none() {
+        return Err(
+            "a signed aws-chunked upload must declare its Content-Length to be re-signed".into(),
+        );
+    }
+    let declared = one("x-amz-trailer")?;
+    match (trailer, declared) {
+        (false, None) => Ok((decoded, None)),
+        (false, Some(_)) => Err(
+            "x-amz-trailer with STREAMING-AWS4-HMAC-SHA256-PAYLOAD (trailers need the -TRAILER mode)"
+                .into(),
+        ),
+        (true, None) => {
+            Err("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER without x-amz-trailer".into())
+        }
+        (true, Some(names)) => {
+            let names: Vec<String> = names
+                .split(',')
+                .map(|n| n.trim().to_ascii_lowercase())
+                .collect();
+            if names.iter().any(|n| n.is_empty() || n == "x-amz-trailer-signature") {
+                return Err(format!("x-amz-trailer {names:?} does not name trailing headers"));
+            }
+            Ok((decoded, Some(names)))
+        }
+    }
+}
+
 /// One request to an AWS target, after the host check.
 pub(super) async fn answer(
     conn: Arc<Conn>,
@@ -274,6 +334,34 @@ pub(super) async fn answer(
     };
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let framing = sign::algorithm(req.headers(), &query).and_then(|a| {
+        let streaming = match (&payload, &a) {
+            (Payload::StreamingSigned { trailer }, sign::Algorithm::V4) => {
+                Some(streaming_framing(req.headers(), *trailer)?)
+            }
+            (Payload::StreamingSigned { .. }, _) => {
+                return Err(
+                    "a SigV4a request with SigV4 signed chunks is not a signing AWS defines".into(),
+                )
+            }
+            _ => None,
+        };
+        Ok((a, streaming))
+    });
+    let (algorithm, streaming) = match framing {
+        Ok(s) => s,
+        Err(why) => {
+            return refuse(
+                &conn,
+                event,
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                &why,
+                json,
+            )
+            .await
+        }
+    };
     // Query and JSON protocols name the operation in the body; a body the
     // signature must hash is read whole too. S3's streamed payloads are not.
     let form = req
@@ -348,7 +436,14 @@ pub(super) async fn answer(
         }
     };
     let action = op.action();
-    let context = context(&op, &parts.method, &host, &path);
+    let mut context = context(&op, &parts.method, &host, &path);
+    if let (sign::Algorithm::V4a { region_set }, Some(c)) = (&algorithm, context.as_object_mut()) {
+        // The request may execute in any region of the set: policy decides
+        // on the set (and on region "*" when it is more than one region).
+        let set: Vec<&str> = region_set.split(',').collect();
+        c.insert("region_set".into(), json!(set));
+        c.insert("signature".into(), json!("sigv4a"));
+    }
     let text = event.text.clone().unwrap_or_default();
     let ruling = conn.gw.authorize(&action, &context, &text, |_| {}).await;
     let mut event = Event {
@@ -374,7 +469,15 @@ pub(super) async fn answer(
         Some(role) => {
             let assumed = conn
                 .aws_role
-                .get_or_try_init(|| sts::assume(&conn, &base, role, &host, &op.region))
+                .get_or_try_init(|| {
+                    // STS is regional: a SigV4a request's "*" is no region.
+                    let region = if op.region == "*" {
+                        &aws.region
+                    } else {
+                        &op.region
+                    };
+                    sts::assume(&conn, &base, role, &host, region)
+                })
                 .await;
             match assumed {
                 Ok(h) => h.clone(),
@@ -442,11 +545,38 @@ pub(super) async fn answer(
         payload: &payload,
         body: whole.as_deref(),
         presign,
+        algorithm: &algorithm,
+        time: std::time::SystemTime::now(),
     };
-    if let Err(why) = sign::resign(&mut upstream_req, &signing) {
-        return request::fail(&conn, event, &why).await;
+    let seed = match sign::resign(&mut upstream_req, &signing) {
+        Ok(s) => s,
+        Err(why) => return request::fail(&conn, event, &why).await,
+    };
+    let refusal = chunks::Refusal::default();
+    if let Some((decoded, trailers)) = streaming {
+        let chain = chunks::Chain::new(&held, &op.region, &op.service, signing.time, seed);
+        let rechunker = chunks::Rechunker::new(chain, decoded, trailers);
+        let (p, b) = upstream_req.into_parts();
+        let b = chunks::Resigned::new(b, rechunker, refusal.clone()).boxed();
+        upstream_req = Request::from_parts(p, b);
     }
-    let response = match conn.client.pooled.request(upstream_req).await {
+    let sent = conn.client.pooled.request(upstream_req).await;
+    if let Some(why) = refusal.get() {
+        // The agent's aws-chunked framing was refused mid-stream: the
+        // upstream got a body cut short of its length, never a bad chunk.
+        event.verdict = Verdict::Error;
+        let why = format!("the upload was stopped: {why}");
+        return refuse(
+            &conn,
+            event,
+            StatusCode::BAD_REQUEST,
+            "IncompleteBody",
+            &why,
+            json,
+        )
+        .await;
+    }
+    let response = match sent {
         Ok(r) => r,
         Err(e) => {
             let why = format!("upstream: {e}");

@@ -97,6 +97,8 @@ pub async fn assume(
         payload: &Payload::Hashed,
         body: Some(&body),
         presign: None,
+        algorithm: &sign::Algorithm::V4,
+        time: std::time::SystemTime::now(),
     };
     sign::resign(&mut req, &signing)?;
     let answer = conn
