@@ -437,12 +437,15 @@ pub(super) async fn answer(
     };
     let action = op.action();
     let mut context = context(&op, &parts.method, &host, &path);
-    if let (sign::Algorithm::V4a { region_set }, Some(c)) = (&algorithm, context.as_object_mut()) {
-        // The request may execute in any region of the set: policy decides
-        // on the set (and on region "*" when it is more than one region).
-        let set: Vec<&str> = region_set.split(',').collect();
+    if let Some(c) = context.as_object_mut() {
+        // Where the request may execute: SigV4 names one region; a SigV4a
+        // region set may name several, or `*` (then `region` is "*").
+        let (set, signature) = match &algorithm {
+            sign::Algorithm::V4 => (vec![op.region.as_str()], "sigv4"),
+            sign::Algorithm::V4a { region_set } => (region_set.split(',').collect(), "sigv4a"),
+        };
         c.insert("region_set".into(), json!(set));
-        c.insert("signature".into(), json!("sigv4a"));
+        c.insert("signature".into(), json!(signature));
     }
     let text = event.text.clone().unwrap_or_default();
     let ruling = conn.gw.authorize(&action, &context, &text, |_| {}).await;
@@ -450,6 +453,11 @@ pub(super) async fn answer(
         context: record_context(&op),
         ..conn.gw.ruled(EventKind::Request, &action, text, &ruling)
     };
+    if let sign::Algorithm::V4a { region_set } = &algorithm {
+        event
+            .context
+            .insert("region_set".into(), region_set.clone());
+    }
     if !ruling.allowed {
         let mut why = ruling.reason.clone();
         if let Some(p) = &ruling.policy_id {
