@@ -447,6 +447,11 @@ fn signed_chunk_uploads_are_resigned_chunk_by_chunk() {
         let head = s.aws(&["s3api", "head-object", "--bucket", "chunks", "--key", &key]);
         assert!(!head.status.success(), "{mode}: an object was stored");
     }
+    let stopped = s.env.wait_event("stopped upload record", |e| {
+        e["action"] == "aws:s3:PutObject" && e["context"]["key"] == "short.bin"
+    });
+    assert_eq!(stopped["verdict"], "error", "{stopped}");
+    assert_eq!(stopped["status"], 400, "{stopped}");
     let put = s.env.wait_event("signed-chunk put record", |e| {
         e["action"] == "aws:s3:PutObject" && e["context"]["key"] == "trailer.bin"
     });

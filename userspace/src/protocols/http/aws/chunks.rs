@@ -230,6 +230,7 @@ impl Rechunker {
                         digits,
                     }
                 };
+                // Nothing to forward yet, but more to parse: an empty piece.
                 Ok(Some(Bytes::new()))
             }
             State::Data { size, digits } => {

@@ -336,6 +336,11 @@ pub(super) async fn answer(
     let query = req.uri().query().unwrap_or("").to_string();
     let framing = sign::algorithm(req.headers(), &query).and_then(|a| {
         let streaming = match (&payload, &a) {
+            (Payload::StreamingSigned { .. }, _) if sign::presigned(&query) => {
+                return Err(
+                    "a presigned URL with signed chunks is not a signing AWS defines".into(),
+                )
+            }
             (Payload::StreamingSigned { trailer }, sign::Algorithm::V4) => {
                 Some(streaming_framing(req.headers(), *trailer)?)
             }
@@ -639,4 +644,70 @@ pub(super) async fn answer(
         answered.headers_mut().entry(k).or_insert(v);
     }
     answered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    /// What a signed-chunk upload must declare before its chunks can be
+    /// re-signed; each missing piece is refused with its name.
+    #[test]
+    fn signed_chunk_uploads_must_declare_their_framing() {
+        let base = [
+            ("x-amz-decoded-content-length", "66560"),
+            ("content-length", "66824"),
+        ];
+        assert_eq!(
+            streaming_framing(&headers(&base), false),
+            Ok((66_560, None))
+        );
+        let refused = |pairs: &[(&str, &str)], trailer: bool, want: &str| {
+            let why = streaming_framing(&headers(pairs), trailer).unwrap_err();
+            assert!(why.contains(want), "{pairs:?}: {why}");
+        };
+        refused(
+            &[("content-length", "9")],
+            false,
+            "without x-amz-decoded-content-length",
+        );
+        refused(&[base[0]], false, "Content-Length");
+        refused(
+            &[("x-amz-decoded-content-length", "-1"), base[1]],
+            false,
+            "not a byte count",
+        );
+        refused(
+            &[base[0], base[0], base[1]],
+            false,
+            "x-amz-decoded-content-length is repeated",
+        );
+        refused(&base, true, "without x-amz-trailer");
+        let declared = [base[0], base[1], ("x-amz-trailer", "x-amz-checksum-crc32")];
+        refused(&declared, false, "trailers need the -TRAILER mode");
+        assert_eq!(
+            streaming_framing(&headers(&declared), true),
+            Ok((66_560, Some(vec!["x-amz-checksum-crc32".to_string()])))
+        );
+        refused(
+            &[
+                base[0],
+                base[1],
+                ("x-amz-trailer", "x-amz-trailer-signature"),
+            ],
+            true,
+            "does not name trailing headers",
+        );
+    }
 }
