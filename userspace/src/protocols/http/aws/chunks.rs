@@ -177,6 +177,11 @@ impl Rechunker {
                 out.push(piece);
             }
         }
+        // Checked before the final chunk is handed out: a body with bytes
+        // after its end is never completed upstream.
+        if matches!(self.state, State::Done) && !self.buf.is_empty() {
+            return Err("bytes after the final chunk of a signed aws-chunked body".into());
+        }
         Ok(out)
     }
 
@@ -691,10 +696,15 @@ mod tests {
         assert!(refused(&good, 66_559, None).contains("more than"));
         // Truncated: no final chunk.
         assert!(refused(&good[..good.len() - 90], 66_560, None).contains("ended before"));
-        // Bytes after the end.
+        // Bytes after the end, in the same piece as the final chunk: the
+        // final chunk is not handed out.
         let mut extra = good.clone();
         extra.extend_from_slice(b"5;chunk-signature=");
         assert!(refused(&extra, 66_560, None).contains("after the final chunk"));
+        let mut r = Rechunker::new(chain(SIGNED_SEED), 66_560, None);
+        let (head, tail) = extra.split_at(66_000);
+        assert!(r.push(head).is_ok());
+        assert!(r.push(tail).is_err(), "the final chunk was handed out");
         // Data not followed by CRLF (a size smaller than the data).
         let short = String::from_utf8(good.clone())
             .unwrap()
