@@ -109,6 +109,9 @@ const AWS_TOOLS: &[(Present, &str)] = &[
     (Present::Binary("moto_server"), "moto[server]==5.2.6"),
     (Present::Binary("aws"), "awscli==1.46.3"),
     (Present::Imports("boto3"), "boto3==1.44.18"),
+    // botocore signs SigV4a (signature_version "s3v4a"/"v4a") only with
+    // the CRT; the version botocore 1.44.18's `crt` extra pins.
+    (Present::Imports("awscrt"), "awscrt==0.38.0"),
 ];
 
 /// The OIDC tests' OpenID Provider (tests/e2e/oidc/provider.mjs): the

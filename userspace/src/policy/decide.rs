@@ -215,6 +215,8 @@ fn context_defaults(action: &str) -> Option<Vec<(String, Value)>> {
             ("service", s()),
             ("operation", s()),
             ("region", s()),
+            ("region_set", set()),
+            ("signature", s()),
             ("protocol", s()),
             ("resources", set()),
             ("bucket", s()),

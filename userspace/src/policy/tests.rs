@@ -246,3 +246,50 @@ fn policies_tell_a_verified_job_from_one_its_environment_claims() {
     assert_eq!(ask(Some(job(&[]))), super::Verdict::Deny);
     assert_eq!(ask(None), super::Verdict::Deny);
 }
+
+/// A SigV4a request may execute in any region of its set: policy sees the
+/// set and region "*" for a wildcard, and can hold or refuse on them.
+#[test]
+fn aws_decisions_see_a_sigv4a_region_set() {
+    let (tmp, problems) = broken(
+        "anywhere.cedar",
+        "@id(\"aws-pinned-regions\")\n@reason(\"production calls must name their region\")\n\
+         forbid (principal, action in Action::\"aws\", resource)\n\
+         when { context.region == \"*\" || context.region_set.contains(\"*\") };\n",
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let bundle = Bundle::load(tmp.path()).unwrap();
+    let agent = super::AgentAttrs {
+        name: "ci".into(),
+        ..Default::default()
+    };
+    let target = super::TargetAttrs {
+        name: "aws-prod".into(),
+        protocol: "https".into(),
+        labels: Default::default(),
+    };
+    let ask = |region: &str, set: &[&str], signature: &str| {
+        let ctx = serde_json::json!({
+            "service": "s3", "operation": "ListObjectsV2", "region": region,
+            "region_set": set, "signature": signature,
+        });
+        bundle
+            .decide(&agent, &target, "aws:s3:ListObjectsV2", &ctx)
+            .unwrap()
+    };
+    let anywhere = ask("*", &["*"], "sigv4a");
+    assert_eq!(anywhere.verdict, super::Verdict::Deny);
+    assert_eq!(anywhere.policy_id.as_deref(), Some("aws-pinned-regions"));
+    assert_eq!(
+        ask("*", &["us-east-1", "eu-west-1"], "sigv4a").verdict,
+        super::Verdict::Deny
+    );
+    assert_eq!(
+        ask("us-east-1", &["us-east-1"], "sigv4a").verdict,
+        super::Verdict::Allow
+    );
+    assert_eq!(
+        ask("us-east-1", &["us-east-1"], "sigv4").verdict,
+        super::Verdict::Allow
+    );
+}

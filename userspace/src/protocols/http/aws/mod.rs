@@ -3,8 +3,10 @@
 //! re-signed with the credential blastgate holds ([`sign`]) and answered
 //! with secrets masked ([`masking`]). The agent's SDK signs with a
 //! placeholder key; its signature is never checked nor forwarded, its
-//! scope only read as a hint that must agree with the endpoint.
+//! scope only read as a hint that must agree with the endpoint. Signed
+//! streaming uploads have every chunk signature replaced ([`chunks`]).
 
+pub mod chunks;
 pub mod masking;
 pub mod operation;
 pub mod sign;
@@ -244,6 +246,64 @@ fn record_context(op: &Operation) -> BTreeMap<String, String> {
     c
 }
 
+/// What a signed aws-chunked upload must declare for its chunks to be
+/// re-signed: `x-amz-decoded-content-length` (the object's size, which the
+/// chunks must add up to), a `Content-Length` (so that a stream blastgate
+/// stops short is a failed request upstream, never a complete one) and,
+/// for the trailer variant, the `x-amz-trailer` names.
+fn streaming_framing(
+    headers: &http::HeaderMap,
+    trailer: bool,
+) -> Result<(u64, Option<Vec<String>>), String> {
+    let one = |name: &str| -> Result<Option<&str>, String> {
+        let mut all = headers.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => v
+                .to_str()
+                .map(Some)
+                .map_err(|_| format!("{name} is not text")),
+            _ => Err(format!("{name} is repeated")),
+        }
+    };
+    let decoded = one("x-amz-decoded-content-length")?
+        .ok_or("a signed aws-chunked upload without x-amz-decoded-content-length")?;
+    if decoded.is_empty() || !decoded.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "x-amz-decoded-content-length {decoded:?} is not a byte count"
+        ));
+    }
+    let decoded: u64 = decoded
+        .parse()
+        .map_err(|_| format!("x-amz-decoded-content-length {decoded:?} is too large"))?;
+    if one("content-length")?.is_none() {
+        return Err(
+            "a signed aws-chunked upload must declare its Content-Length to be re-signed".into(),
+        );
+    }
+    let declared = one("x-amz-trailer")?;
+    match (trailer, declared) {
+        (false, None) => Ok((decoded, None)),
+        (false, Some(_)) => Err(
+            "x-amz-trailer with STREAMING-AWS4-HMAC-SHA256-PAYLOAD (trailers need the -TRAILER mode)"
+                .into(),
+        ),
+        (true, None) => {
+            Err("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER without x-amz-trailer".into())
+        }
+        (true, Some(names)) => {
+            let names: Vec<String> = names
+                .split(',')
+                .map(|n| n.trim().to_ascii_lowercase())
+                .collect();
+            if names.iter().any(|n| n.is_empty() || n == "x-amz-trailer-signature") {
+                return Err(format!("x-amz-trailer {names:?} does not name trailing headers"));
+            }
+            Ok((decoded, Some(names)))
+        }
+    }
+}
+
 /// One request to an AWS target, after the host check.
 pub(super) async fn answer(
     conn: Arc<Conn>,
@@ -282,6 +342,39 @@ pub(super) async fn answer(
     };
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let framing = sign::algorithm(req.headers(), &query).and_then(|a| {
+        let streaming = match (&payload, &a) {
+            (Payload::StreamingSigned { .. }, _) if sign::presigned(&query) => {
+                return Err(
+                    "a presigned URL with signed chunks is not a signing AWS defines".into(),
+                )
+            }
+            (Payload::StreamingSigned { trailer }, sign::Algorithm::V4) => {
+                Some(streaming_framing(req.headers(), *trailer)?)
+            }
+            (Payload::StreamingSigned { .. }, _) => {
+                return Err(
+                    "a SigV4a request with SigV4 signed chunks is not a signing AWS defines".into(),
+                )
+            }
+            _ => None,
+        };
+        Ok((a, streaming))
+    });
+    let (algorithm, streaming) = match framing {
+        Ok(s) => s,
+        Err(why) => {
+            return refuse(
+                &conn,
+                event,
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                &why,
+                json,
+            )
+            .await
+        }
+    };
     // Query and JSON protocols name the operation in the body; a body the
     // signature must hash is read whole too. S3's streamed payloads are not.
     let form = req
@@ -356,13 +449,28 @@ pub(super) async fn answer(
         }
     };
     let action = op.action();
-    let context = context(&op, &parts.method, &host, &path);
+    let mut context = context(&op, &parts.method, &host, &path);
+    if let Some(c) = context.as_object_mut() {
+        // Where the request may execute: SigV4 names one region; a SigV4a
+        // region set may name several, or `*` (then `region` is "*").
+        let (set, signature) = match &algorithm {
+            sign::Algorithm::V4 => (vec![op.region.as_str()], "sigv4"),
+            sign::Algorithm::V4a { region_set } => (region_set.split(',').collect(), "sigv4a"),
+        };
+        c.insert("region_set".into(), json!(set));
+        c.insert("signature".into(), json!(signature));
+    }
     let text = event.text.clone().unwrap_or_default();
     let ruling = conn.gw.authorize(&action, &context, &text, |_| {}).await;
     let mut event = Event {
         context: record_context(&op),
         ..conn.gw.ruled(EventKind::Request, &action, text, &ruling)
     };
+    if let sign::Algorithm::V4a { region_set } = &algorithm {
+        event
+            .context
+            .insert("region_set".into(), region_set.clone());
+    }
     if !ruling.allowed {
         let mut why = ruling.reason.clone();
         if let Some(p) = &ruling.policy_id {
@@ -383,8 +491,14 @@ pub(super) async fn answer(
             let assumed = conn
                 .aws_role
                 .get_or_try_init(|| async {
-                    let at = sts::endpoint(aws.sts_endpoint.as_deref(), &host, &op.region)?;
-                    sts::assume(&conn, &base, role, &at, &op.region).await
+                    // STS is regional: a SigV4a request's "*" is no region.
+                    let region = if op.region == "*" {
+                        &aws.region
+                    } else {
+                        &op.region
+                    };
+                    let at = sts::endpoint(aws.sts_endpoint.as_deref(), &host, region)?;
+                    sts::assume(&conn, &base, role, &at, region).await
                 })
                 .await;
             match assumed {
@@ -453,11 +567,38 @@ pub(super) async fn answer(
         payload: &payload,
         body: whole.as_deref(),
         presign,
+        algorithm: &algorithm,
+        time: std::time::SystemTime::now(),
     };
-    if let Err(why) = sign::resign(&mut upstream_req, &signing) {
-        return request::fail(&conn, event, &why).await;
+    let seed = match sign::resign(&mut upstream_req, &signing) {
+        Ok(s) => s,
+        Err(why) => return request::fail(&conn, event, &why).await,
+    };
+    let refusal = chunks::Refusal::default();
+    if let Some((decoded, trailers)) = streaming {
+        let chain = chunks::Chain::new(&held, &op.region, &op.service, signing.time, seed);
+        let rechunker = chunks::Rechunker::new(chain, decoded, trailers);
+        let (p, b) = upstream_req.into_parts();
+        let b = chunks::Resigned::new(b, rechunker, refusal.clone()).boxed();
+        upstream_req = Request::from_parts(p, b);
     }
-    let response = match conn.client.pooled.request(upstream_req).await {
+    let sent = conn.client.pooled.request(upstream_req).await;
+    if let Some(why) = refusal.get() {
+        // The agent's aws-chunked framing was refused mid-stream: the
+        // upstream got a body cut short of its length, never a bad chunk.
+        event.verdict = Verdict::Error;
+        let why = format!("the upload was stopped: {why}");
+        return refuse(
+            &conn,
+            event,
+            StatusCode::BAD_REQUEST,
+            "IncompleteBody",
+            &why,
+            json,
+        )
+        .await;
+    }
+    let response = match sent {
         Ok(r) => r,
         Err(e) => {
             let why = format!("upstream: {e}");
@@ -512,4 +653,70 @@ pub(super) async fn answer(
         answered.headers_mut().entry(k).or_insert(v);
     }
     answered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    /// What a signed-chunk upload must declare before its chunks can be
+    /// re-signed; each missing piece is refused with its name.
+    #[test]
+    fn signed_chunk_uploads_must_declare_their_framing() {
+        let base = [
+            ("x-amz-decoded-content-length", "66560"),
+            ("content-length", "66824"),
+        ];
+        assert_eq!(
+            streaming_framing(&headers(&base), false),
+            Ok((66_560, None))
+        );
+        let refused = |pairs: &[(&str, &str)], trailer: bool, want: &str| {
+            let why = streaming_framing(&headers(pairs), trailer).unwrap_err();
+            assert!(why.contains(want), "{pairs:?}: {why}");
+        };
+        refused(
+            &[("content-length", "9")],
+            false,
+            "without x-amz-decoded-content-length",
+        );
+        refused(&[base[0]], false, "Content-Length");
+        refused(
+            &[("x-amz-decoded-content-length", "-1"), base[1]],
+            false,
+            "not a byte count",
+        );
+        refused(
+            &[base[0], base[0], base[1]],
+            false,
+            "x-amz-decoded-content-length is repeated",
+        );
+        refused(&base, true, "without x-amz-trailer");
+        let declared = [base[0], base[1], ("x-amz-trailer", "x-amz-checksum-crc32")];
+        refused(&declared, false, "trailers need the -TRAILER mode");
+        assert_eq!(
+            streaming_framing(&headers(&declared), true),
+            Ok((66_560, Some(vec!["x-amz-checksum-crc32".to_string()])))
+        );
+        refused(
+            &[
+                base[0],
+                base[1],
+                ("x-amz-trailer", "x-amz-trailer-signature"),
+            ],
+            true,
+            "does not name trailing headers",
+        );
+    }
 }

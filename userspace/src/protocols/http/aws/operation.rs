@@ -68,12 +68,18 @@ pub struct Endpoint<'a> {
 }
 
 /// The credential scope of a SigV4 `Authorization` header or presigned
-/// URL: `Credential=AKID/20260101/us-east-1/s3/aws4_request`.
+/// URL: `Credential=AKID/20260101/us-east-1/s3/aws4_request`. A SigV4a
+/// scope (`AKID/20260101/s3/aws4_request`) names no region: its region is
+/// the region set's ([`super::sign::set_region`]; `*` when the request may
+/// run in more than one region).
 pub fn scope(headers: &HeaderMap, query: &str) -> Option<Scope> {
     let from_header = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("AWS4-HMAC-SHA256"))
+        .and_then(|v| {
+            v.strip_prefix("AWS4-HMAC-SHA256")
+                .or_else(|| v.strip_prefix(super::sign::SIGV4A))
+        })
         .and_then(|rest| {
             rest.split(',')
                 .map(str::trim)
@@ -90,6 +96,11 @@ pub fn scope(headers: &HeaderMap, query: &str) -> Option<Scope> {
         [key, _date, region, service, "aws4_request"] => Some(Scope {
             access_key: key.to_string(),
             region: region.to_string(),
+            service: service.to_string(),
+        }),
+        [key, _date, service, "aws4_request"] => Some(Scope {
+            access_key: key.to_string(),
+            region: super::sign::set_region(&super::sign::region_set(headers, query)?)?,
             service: service.to_string(),
         }),
         _ => None,
@@ -257,9 +268,10 @@ pub fn identify(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> Result<Operation, S
         (None, Some(s)) if !s.region.is_empty() => s.region.clone(),
         _ => endpoint.region.to_string(),
     };
-    if !region
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    if region != "*"
+        && !region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     {
         return Err(format!("{region:?} is not an AWS region name"));
     }

@@ -196,6 +196,8 @@ pub async fn assume(
         payload: &Payload::Hashed,
         body: Some(&body),
         presign: None,
+        algorithm: &sign::Algorithm::V4,
+        time: std::time::SystemTime::now(),
     };
     sign::resign(&mut req, &signing)?;
     let client = named.as_ref().unwrap_or(&conn.client);
