@@ -7,6 +7,7 @@
 
 pub mod masking;
 pub mod operation;
+pub mod rest;
 pub mod sign;
 pub mod sts;
 
@@ -340,6 +341,8 @@ pub(super) async fn answer(
         region: &aws.region,
         services: &aws.services,
     };
+    // REST-JSON services (Lambda, …) take their errors in JSON too.
+    let json = json || operation::answers_in_json(&asked, &endpoint);
     let op = match operation::identify(&asked, &endpoint) {
         Ok(op) => op,
         Err(why) => {
