@@ -1469,6 +1469,16 @@ mod tests {
             assert!(r.is_err(), "{m} {path}?{q}: {r:?}");
         }
         assert!(at("route53", Method::DELETE, "/2013-04-01/HostedZone/Z1", "").is_err());
+        // Case: `LIST` is a rule id as sent, but a case-blind server
+        // would run the listing; the plain spellings route.
+        assert!(at("securityhub", Method::GET, "/automationrulesv2/LIST", "").is_err());
+        for (path, want) in [
+            ("/automationrulesv2/list", "ListAutomationRulesV2"),
+            ("/automationrulesv2/rule-1", "GetAutomationRuleV2"),
+        ] {
+            let o = at("securityhub", Method::GET, path, "").unwrap();
+            assert_eq!(o.operation, want, "{path}");
+        }
         // An ARN with a slash in a label, encoded as the SDK does, where
         // no other route could take it.
         let o = at(
