@@ -1469,6 +1469,11 @@ mod tests {
             assert!(r.is_err(), "{m} {path}?{q}: {r:?}");
         }
         assert!(at("route53", Method::DELETE, "/2013-04-01/HostedZone/Z1", "").is_err());
+        // A trailing slash that makes another operation of the same
+        // path to a server dropping it (the model's own near-ambiguity).
+        assert!(at("mpa", Method::POST, "/approval-teams/", "").is_err());
+        let o = at("mpa", Method::POST, "/approval-teams", "").unwrap();
+        assert_eq!(o.operation, "CreateApprovalTeam");
         // Case: `LIST` is a rule id as sent, but a case-blind server
         // would run the listing; the plain spellings route.
         assert!(at("securityhub", Method::GET, "/automationrulesv2/LIST", "").is_err());
