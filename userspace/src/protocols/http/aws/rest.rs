@@ -387,10 +387,11 @@ pub fn route(
         .collect();
     // Other readings a server (or a front end before it) might make.
     let whole: Vec<String> = decode(raw)?.split('/').map(str::to_string).collect();
-    let backslashed: Vec<String> = decode(&raw.replace('\\', "/"))?
+    let backslashed: Vec<String> = raw
+        .replace('\\', "/")
         .split('/')
-        .map(str::to_string)
-        .collect();
+        .map(decode)
+        .collect::<Result<_, _>>()?;
     let mut collapsed: Vec<String> = strict.clone();
     let last_empty = collapsed.len() > 1 && collapsed.last().is_some_and(String::is_empty);
     collapsed.retain(|s| !s.is_empty());
@@ -603,6 +604,21 @@ mod tests {
             op("lambda", Method::GET, "/2015-03-31/functions/", ""),
             Ok(None)
         );
+    }
+
+    /// Bindings that differ only in members the request names elsewhere
+    /// (S3's `GET /{Bucket}?analytics`, with `id` or without) tie: refused.
+    #[test]
+    fn equal_bindings_of_two_operations_are_refused() {
+        let m = models().expect("models");
+        let s3: Vec<&Service> = m.services.iter().filter(|s| s.id == "s3").collect();
+        let r = route(&s3, &Method::GET, "/b", "analytics");
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("more than one")),
+            "{r:?}"
+        );
+        let r = route(&s3, &Method::GET, "/b", "").expect("routes");
+        assert_eq!(r.map(|r| r.operation), Some("ListObjects".to_string()));
     }
 
     /// Attack: a query key that makes the request another operation.
