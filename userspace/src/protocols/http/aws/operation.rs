@@ -1475,6 +1475,22 @@ mod tests {
         assert!(at("mpa", Method::POST, "/approval-teams/", "List").is_err());
         let o = at("mpa", Method::POST, "/approval-teams", "").unwrap();
         assert_eq!(o.operation, "CreateApprovalTeam");
+        // `//` inside a greedy label: the portal's deletion as sent, a
+        // session's expiry to a server collapsing the slashes.
+        assert!(at(
+            "workspaces-web",
+            Method::DELETE,
+            "/portals/p/sessions//s",
+            ""
+        )
+        .is_err());
+        for (path, want) in [
+            ("/portals/p/sessions/s", "ExpireSession"),
+            ("/portals/arn%3Ax/p", "DeletePortal"),
+        ] {
+            let o = at("workspaces-web", Method::DELETE, path, "").unwrap();
+            assert_eq!(o.operation, want, "{path}");
+        }
         // Case: `LIST` is a rule id as sent, but a case-blind server
         // would run the listing; the plain spellings route.
         assert!(at("securityhub", Method::GET, "/automationrulesv2/LIST", "").is_err());
