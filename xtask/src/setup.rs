@@ -109,6 +109,9 @@ const AWS_TOOLS: &[(Present, &str)] = &[
     (Present::Binary("moto_server"), "moto[server]==5.2.6"),
     (Present::Binary("aws"), "awscli==1.46.3"),
     (Present::Imports("boto3"), "boto3==1.44.18"),
+    // Pinned exactly: blastgate's AWS models (`cargo xtask aws-models`)
+    // are generated from its service models, and a test checks they match.
+    (Present::Imports("botocore"), "botocore==1.44.18"),
 ];
 
 /// The OIDC tests' OpenID Provider (tests/e2e/oidc/provider.mjs): the

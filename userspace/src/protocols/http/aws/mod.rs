@@ -1,5 +1,6 @@
 //! AWS targets (`kind = "aws"`): every request identified as the AWS
-//! operation it is ([`operation`]), decided as `aws:<service>:<Operation>`,
+//! operation it is ([`operation`], with AWS's service models and REST
+//! routing in [`rest`]), decided as `aws:<service>:<Operation>`,
 //! re-signed with the credential blastgate holds ([`sign`]) and answered
 //! with secrets masked ([`masking`]). The agent's SDK signs with a
 //! placeholder key; its signature is never checked nor forwarded, its
