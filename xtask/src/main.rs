@@ -76,10 +76,6 @@ enum Task {
     /// Set up, then run fmt, clippy, every test (kernel tests included)
     /// and every fuzz target for its default time.
     Test,
-    /// Build the cargo-fuzz targets (`fuzz/`) and run each for a bounded
-    /// time from the committed seed corpus; fails on a crash, a hang or
-    /// memory over the limits. Prints executions per second and corpus
-    /// size per target.
     /// Regenerate the AWS routing data (userspace/src/protocols/http/aws/
     /// models.tsv.gz) from botocore's service models: each service's
     /// signing name, endpoint prefix, protocols, JSON target prefix and
@@ -93,6 +89,10 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Build the cargo-fuzz targets (`fuzz/`) and run each for a bounded
+    /// time from the committed seed corpus; fails on a crash, a hang or
+    /// memory over the limits. Prints executions per second and corpus
+    /// size per target.
     Fuzz {
         /// Seconds per target.
         #[arg(long, default_value_t = FUZZ_SECONDS)]
