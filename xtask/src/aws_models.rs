@@ -3,8 +3,8 @@
 //! botocore's service models so that every service is attributed the way
 //! its server dispatches, not from hand-written tables.
 //!
-//! The file is TSV, gzip-compressed because the REST routes of ~470
-//! services come to ~750 KB of text (read it with `zcat`). It keeps only
+//! The file is TSV, gzip-compressed because the REST routes of 455
+//! services come to ~820 KB of text (read it with `zcat`). It keeps only
 //! what routing needs: per service its signing name, endpoint prefix,
 //! protocols and JSON target prefix, then its operations: a name alone
 //! for RPC protocols (JSON, query, EC2, RPCv2 CBOR), or name, method and
