@@ -5,6 +5,7 @@
 #[path = "../../userspace/ebpf_build.rs"]
 mod ebpf_build;
 
+mod aws_models;
 mod bench;
 mod bench_http;
 mod bench_postgres;
@@ -75,6 +76,19 @@ enum Task {
     /// Set up, then run fmt, clippy, every test (kernel tests included)
     /// and every fuzz target for its default time.
     Test,
+    /// Regenerate the AWS routing data (userspace/src/protocols/http/aws/
+    /// models.tsv.gz) from botocore's service models: each service's
+    /// signing name, endpoint prefix, protocols, JSON target prefix and
+    /// operations, with method and URI for REST operations.
+    AwsModels {
+        /// botocore's `data` directory (default: the one in
+        /// /opt/blastgate-tools/moto-venv, which `cargo xtask setup` installs).
+        #[arg(long)]
+        botocore: Option<PathBuf>,
+        /// Only check that the checked-in file is what the models give.
+        #[arg(long)]
+        check: bool,
+    },
     /// Build the cargo-fuzz targets (`fuzz/`) and run each for a bounded
     /// time from the committed seed corpus; fails on a crash, a hang or
     /// memory over the limits. Prints executions per second and corpus
@@ -215,6 +229,7 @@ fn main() -> Result<()> {
             setup::run()?;
             test(&root)
         }
+        Task::AwsModels { botocore, check } => aws_models::run(&root, botocore, check),
         Task::Fuzz { seconds, targets } => fuzz::run(&root, &fuzz::Opts { seconds, targets }),
         Task::Clickhouse(ClickhouseTask::Start {
             port,

@@ -112,6 +112,9 @@ const AWS_TOOLS: &[(Present, &str)] = &[
     // botocore signs SigV4a (signature_version "s3v4a"/"v4a") only with
     // the CRT; the version botocore 1.44.18's `crt` extra pins.
     (Present::Imports("awscrt"), "awscrt==0.38.0"),
+    // Pinned exactly: blastgate's AWS models (`cargo xtask aws-models`)
+    // are generated from its service models, and a test checks they match.
+    (Present::Imports("botocore"), "botocore==1.44.18"),
 ];
 
 /// The OIDC tests' OpenID Provider (tests/e2e/oidc/provider.mjs): the

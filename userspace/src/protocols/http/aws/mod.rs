@@ -1,5 +1,6 @@
 //! AWS targets (`kind = "aws"`): every request identified as the AWS
-//! operation it is ([`operation`]), decided as `aws:<service>:<Operation>`,
+//! operation it is ([`operation`], with AWS's service models and REST
+//! routing in [`rest`]), decided as `aws:<service>:<Operation>`,
 //! re-signed with the credential blastgate holds ([`sign`]) and answered
 //! with secrets masked ([`masking`]). The agent's SDK signs with a
 //! placeholder key; its signature is never checked nor forwarded, its
@@ -9,6 +10,7 @@
 pub mod chunks;
 pub mod masking;
 pub mod operation;
+pub mod rest;
 pub mod sign;
 pub mod sts;
 
@@ -441,6 +443,8 @@ pub(super) async fn answer(
         region: &aws.region,
         services: &aws.services,
     };
+    // REST-JSON services (Lambda, …) take their errors in JSON too.
+    let json = json || operation::answers_in_json(&asked, &endpoint);
     let op = match operation::identify(&asked, &endpoint) {
         Ok(op) => op,
         Err(why) => {

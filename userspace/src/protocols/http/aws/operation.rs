@@ -1,14 +1,18 @@
 //! Which AWS operation a request is, read the way AWS routes it: the
 //! service from the endpoint's host (or, at an endpoint that serves many,
 //! the signing scope the agent's SDK chose, which blastgate re-signs with
-//! and so is what the server routes on), the operation from
-//! `X-Amz-Target` (JSON protocols), `Action=` (query protocols) or the
-//! method, path and sub-resources (S3's REST-XML). What cannot be
-//! attributed to exactly one operation is refused, never guessed.
+//! and so is what the server routes on), the operation from what the
+//! service's models ([`rest`], derived from botocore's) say its server
+//! reads: `X-Amz-Target` (JSON protocols), `Action=` (query protocols),
+//! the RPCv2 CBOR path, or method and path (REST-JSON and REST-XML; S3's
+//! REST-XML by hand, for its sub-resources). What cannot be attributed to
+//! exactly one operation is refused, never guessed.
 
 use std::collections::BTreeMap;
 
 use http::{HeaderMap, Method};
+
+use super::rest::{self, Service};
 
 /// One identified request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -18,7 +22,7 @@ pub struct Operation {
     /// The API's operation name (`ListBuckets`, `TerminateInstances`).
     pub operation: String,
     pub region: String,
-    /// `json`, `query` or `rest`.
+    /// `json`, `query`, `rpc-v2-cbor`, `rest-json` or `rest-xml`.
     pub protocol: &'static str,
     /// S3: the bucket, "" for none.
     pub bucket: String,
@@ -107,13 +111,23 @@ pub fn scope(headers: &HeaderMap, query: &str) -> Option<Scope> {
     }
 }
 
-/// Where an `*.amazonaws.com` host points: service, region, and for S3
-/// the bucket of a virtual-hosted name.
+/// Where an `*.amazonaws.com` host points: the endpoint prefix (the
+/// host's labels before the region: `lambda`, `streams.dynamodb`), the
+/// region, and for S3 the bucket of a virtual-hosted name.
 #[derive(Debug, PartialEq, Eq)]
 struct HostFacts {
-    service: String,
+    endpoint: String,
     region: Option<String>,
     bucket: Option<String>,
+}
+
+/// `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`.
+fn is_region(label: &str) -> bool {
+    label.contains('-')
+        && label.ends_with(|c: char| c.is_ascii_digit())
+        && label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn host_facts(host: &str) -> Option<HostFacts> {
@@ -138,76 +152,24 @@ fn host_facts(host: &str) -> Option<HostFacts> {
                     .map(|l| l.to_string())
             });
         return Some(HostFacts {
-            service: "s3".into(),
+            endpoint: "s3".into(),
             region,
             bucket,
         });
     }
-    match labels.as_slice() {
-        [service] => Some(HostFacts {
-            service: service.to_string(),
+    match labels.split_last() {
+        Some((last, rest)) if !rest.is_empty() && is_region(last) => Some(HostFacts {
+            endpoint: rest.join("."),
+            region: Some(last.to_string()),
+            bucket: None,
+        }),
+        _ => Some(HostFacts {
+            endpoint: base.to_string(),
             region: None,
             bucket: None,
         }),
-        [service, region] => Some(HostFacts {
-            service: service.to_string(),
-            region: Some(region.to_string()),
-            bucket: None,
-        }),
-        _ => None,
     }
 }
-
-/// Host names that differ from their service's signing name.
-fn signing_name(host_service: &str) -> &str {
-    match host_service {
-        "email" => "ses",
-        "monitoring" => "monitoring",
-        "runtime.lex" => "lex",
-        other => other,
-    }
-}
-
-/// JSON-protocol `X-Amz-Target` prefixes and the service each belongs to.
-const TARGET_PREFIXES: &[(&str, &str)] = &[
-    ("secretsmanager", "secretsmanager"),
-    ("AmazonSSM", "ssm"),
-    ("DynamoDB_20120810", "dynamodb"),
-    ("DynamoDBStreams_20120810", "dynamodb"),
-    ("Logs_20140328", "logs"),
-    ("TrentService", "kms"),
-    ("AmazonEC2ContainerRegistry_V20150921", "ecr"),
-    ("AmazonEC2ContainerServiceV20141113", "ecs"),
-    ("Kinesis_20131202", "kinesis"),
-    ("AmazonSQS", "sqs"),
-    ("AWSEvents", "events"),
-    ("AWSStepFunctions", "states"),
-    ("CertificateManager", "acm"),
-    ("CodeBuild_20161006", "codebuild"),
-    ("AWSCognitoIdentityProviderService", "cognito-idp"),
-    ("AWSOrganizationsV20161128", "organizations"),
-    ("AWSSecurityTokenServiceV20110615", "sts"),
-    ("GraniteServiceVersion20100801", "monitoring"),
-];
-
-/// Services that speak the query protocol (`Action=` in the form body or
-/// the URL).
-const QUERY_SERVICES: &[&str] = &[
-    "sts",
-    "ec2",
-    "iam",
-    "sns",
-    "sqs",
-    "cloudformation",
-    "rds",
-    "elasticache",
-    "autoscaling",
-    "elasticloadbalancing",
-    "monitoring",
-    "ses",
-    "redshift",
-    "elasticbeanstalk",
-];
 
 fn is_operation_name(s: &str) -> bool {
     !s.is_empty()
@@ -216,22 +178,44 @@ fn is_operation_name(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
-/// Identifies the request, or says why it cannot be.
-pub fn identify(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> Result<Operation, String> {
+/// The service a request is for: its signing name, and the models of
+/// every API served under that name at that endpoint (API Gateway's v1
+/// and v2, SES's query API and its REST v2, Lambda's APIs, …), among
+/// which the request must name exactly one operation.
+struct Resolved {
+    service: String,
+    models: Vec<&'static Service>,
+    facts: Option<HostFacts>,
+    scope: Option<Scope>,
+}
+
+fn resolve(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> Result<Resolved, String> {
+    let all = rest::models()?;
     let scope = scope(req.headers, req.query);
     let facts = host_facts(req.host);
-    let service = match (&facts, &scope) {
-        (Some(f), Some(s)) => {
-            let by_host = signing_name(&f.service);
-            if s.service != by_host {
+    let (service, models) = match (&facts, &scope) {
+        (Some(f), scope) => {
+            let mut models = all.by_endpoint(&f.endpoint);
+            let Some(first) = models.first() else {
                 return Err(format!(
-                    "the request is signed for service {:?} but sent to {:?}, an endpoint of {by_host:?}",
-                    s.service, req.host
+                    "{:?} is not the endpoint of any AWS service blastgate's models know",
+                    req.host
                 ));
+            };
+            let by_host = first.signing.clone();
+            if let Some(s) = scope {
+                models.retain(|m| m.signing == s.service);
+                if models.is_empty() {
+                    return Err(format!(
+                        "the request is signed for service {:?} but sent to {:?}, an endpoint of {by_host:?}",
+                        s.service, req.host
+                    ));
+                }
+                (s.service.clone(), models)
+            } else {
+                (by_host, models)
             }
-            by_host.to_string()
         }
-        (Some(f), None) => signing_name(&f.service).to_string(),
         (None, Some(s)) => {
             if !endpoint.services.is_empty() && !endpoint.services.contains(&s.service) {
                 return Err(format!(
@@ -240,7 +224,14 @@ pub fn identify(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> Result<Operation, S
                     endpoint.services.join(", ")
                 ));
             }
-            s.service.clone()
+            let models = all.by_signing(&s.service);
+            if models.is_empty() {
+                return Err(format!(
+                    "{:?} is not the signing name of any AWS service blastgate's models know",
+                    s.service
+                ));
+            }
+            (s.service.clone(), models)
         }
         (None, None) => {
             return Err(
@@ -249,6 +240,43 @@ pub fn identify(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> Result<Operation, S
             )
         }
     };
+    Ok(Resolved {
+        service,
+        models,
+        facts,
+        scope,
+    })
+}
+
+/// Whether the service answers errors in JSON (its every API speaks a
+/// JSON protocol), so a refusal is one its SDK reads.
+pub fn answers_in_json(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> bool {
+    resolve(req, endpoint).is_ok_and(|r| {
+        r.models.iter().all(|m| {
+            m.protocols
+                .iter()
+                .all(|p| matches!(p.as_str(), "json" | "rest-json" | "smithy-rpc-v2-cbor"))
+        })
+    })
+}
+
+/// Identifies the request, or says why it cannot be.
+///
+/// Each protocol the service's models speak reads the request its own
+/// way: `X-Amz-Target` (JSON), `Action=` (query), the path
+/// `/service/<prefix>/operation/<Name>` (RPCv2 CBOR), method and path
+/// (REST). A header or parameter the service does not read is not taken
+/// as naming anything (an `X-Amz-Target` sent to Lambda does not disguise
+/// the path's `DeleteFunction`), except `Action=`, which a service not
+/// speaking the query protocol must not be sent at all. When the
+/// protocols read the request as different operations, it is refused.
+pub fn identify(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> Result<Operation, String> {
+    let Resolved {
+        service,
+        models,
+        facts,
+        scope,
+    } = resolve(req, endpoint)?;
     if service.is_empty()
         || !service
             .chars()
@@ -275,33 +303,81 @@ pub fn identify(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> Result<Operation, S
     {
         return Err(format!("{region:?} is not an AWS region name"));
     }
+    let speaks = |p: &str| models.iter().any(|m| m.speaks(p));
     let target = single_header(req.headers, "x-amz-target")?;
     let action = query_action(req)?;
-    let mut op = match (target, action) {
-        (Some(_), Some(_)) => {
-            return Err("the request names an operation both in X-Amz-Target and Action=".into())
+    let mut found: Vec<Operation> = Vec::new();
+    if let Some(t) = &target {
+        if speaks("json") {
+            found.push(json_operation(&service, &models, t, req.body)?);
         }
-        (Some(t), None) => json_operation(&service, &t, req.body)?,
-        (None, Some(a)) if QUERY_SERVICES.contains(&service.as_str()) => Operation {
-            operation: a,
+    }
+    if let Some(a) = &action {
+        let query: Vec<&&Service> = models
+            .iter()
+            .filter(|m| m.speaks("query") || m.speaks("ec2"))
+            .collect();
+        if query.is_empty() {
+            return Err(format!(
+                "Action={a} names an operation, but {service} does not speak the query protocol"
+            ));
+        }
+        let name = query
+            .iter()
+            .find_map(|m| m.operation(a))
+            .ok_or_else(|| format!("Action={a} is not an operation of {service}"))?;
+        found.push(Operation {
+            operation: name.to_string(),
             protocol: "query",
             resources: query_resources(req),
             ..Default::default()
-        },
-        (None, Some(a)) => {
-            return Err(format!(
-                "Action={a} names an operation, but {service} does not speak the query protocol"
-            ))
+        });
+    }
+    if let Some(op) = cbor_operation(&service, &models, req)? {
+        found.push(op);
+    }
+    let rest_models: Vec<&Service> = models
+        .iter()
+        .filter(|m| m.rest().is_some() && !(service == "s3" && m.id == "s3"))
+        .copied()
+        .collect();
+    if service == "s3" {
+        let bucket = facts.as_ref().and_then(|f| f.bucket.clone());
+        found.push(s3_operation(req, bucket)?);
+    }
+    if !rest_models.is_empty() {
+        if let Some(r) = rest::route(&rest_models, req.method, req.path, req.query)? {
+            let mut resources = r.resources;
+            if r.protocol == "rest-json" {
+                resources.extend(json_resources(req.body));
+            }
+            found.push(Operation {
+                operation: r.operation,
+                protocol: r.protocol,
+                resources,
+                ..Default::default()
+            });
         }
-        (None, None) if service == "s3" => {
-            let bucket = facts.as_ref().and_then(|f| f.bucket.clone());
-            s3_operation(req, bucket)?
-        }
-        (None, None) => {
+    }
+    let mut op = match found.as_slice() {
+        [] => {
+            let ignored = match (&target, speaks("json")) {
+                (Some(t), false) => format!(" (its APIs do not read X-Amz-Target {t:?})"),
+                _ => String::new(),
+            };
             return Err(format!(
-                "blastgate cannot tell which {service} operation {} {} is",
+                "blastgate cannot tell which {service} operation {} {} is{ignored}",
                 req.method, req.path
-            ))
+            ));
+        }
+        [first, rest @ ..] => {
+            if let Some(other) = rest.iter().find(|o| o.operation != first.operation) {
+                return Err(format!(
+                    "the request reads as {} ({}) and as {} ({}): the server's choice cannot be known",
+                    first.operation, first.protocol, other.operation, other.protocol
+                ));
+            }
+            first.clone()
         }
     };
     if !is_operation_name(&op.operation) {
@@ -310,6 +386,37 @@ pub fn identify(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> Result<Operation, S
     op.service = service;
     op.region = region;
     Ok(op)
+}
+
+/// An RPCv2 CBOR request, `POST /service/<target prefix>/operation/<Name>`,
+/// where a model of the service speaks it.
+fn cbor_operation(
+    service: &str,
+    models: &[&Service],
+    req: &Asked<'_>,
+) -> Result<Option<Operation>, String> {
+    let cbor: Vec<&&Service> = models
+        .iter()
+        .filter(|m| m.speaks("smithy-rpc-v2-cbor"))
+        .collect();
+    if cbor.is_empty() {
+        return Ok(None);
+    }
+    let segs: Vec<&str> = req.path.split('/').collect();
+    let ["", "service", prefix, "operation", name] = segs.as_slice() else {
+        return Ok(None);
+    };
+    let (prefix, name) = (decode(prefix)?, decode(name)?);
+    let operation = cbor
+        .iter()
+        .filter(|m| m.target.as_deref() == Some(prefix.as_str()))
+        .find_map(|m| m.operation(&name))
+        .ok_or_else(|| format!("{prefix}/{name} is not an RPCv2 operation of {service}"))?;
+    Ok(Some(Operation {
+        operation: operation.to_string(),
+        protocol: "rpc-v2-cbor",
+        ..Default::default()
+    }))
 }
 
 /// The value of a header sent at most once.
@@ -396,50 +503,76 @@ fn query_resources(req: &Asked<'_>) -> Vec<String> {
         .collect()
 }
 
-/// A JSON-protocol operation from `X-Amz-Target: Prefix.Operation`.
-fn json_operation(service: &str, target: &str, body: Option<&[u8]>) -> Result<Operation, String> {
-    let (prefix, operation) = target
+/// A JSON-protocol operation from `X-Amz-Target: Prefix.Operation`, the
+/// prefix one of the service's models declares.
+fn json_operation(
+    service: &str,
+    models: &[&Service],
+    target: &str,
+    body: Option<&[u8]>,
+) -> Result<Operation, String> {
+    let (prefix, name) = target
         .rsplit_once('.')
         .ok_or_else(|| format!("X-Amz-Target {target:?} is not Service.Operation"))?;
-    let Some((_, owner)) = TARGET_PREFIXES.iter().find(|(p, _)| *p == prefix) else {
-        return Err(format!(
-            "X-Amz-Target prefix {prefix:?} is not one blastgate knows"
-        ));
-    };
-    if *owner != service {
-        return Err(format!(
-            "X-Amz-Target {target:?} belongs to {owner}, but the request is for {service}"
-        ));
+    let owners: Vec<&&Service> = models
+        .iter()
+        .filter(|m| m.speaks("json") && m.target.as_deref() == Some(prefix))
+        .collect();
+    if owners.is_empty() {
+        let elsewhere = rest::models()?
+            .services
+            .iter()
+            .find(|m| m.speaks("json") && m.target.as_deref() == Some(prefix));
+        return Err(match elsewhere {
+            Some(m) => format!(
+                "X-Amz-Target {target:?} belongs to {}, but the request is for {service}",
+                m.signing
+            ),
+            None => format!("X-Amz-Target prefix {prefix:?} is not one blastgate knows"),
+        });
     }
-    let mut resources = Vec::new();
-    if let Some(doc) = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()) {
-        if let Some(map) = doc.as_object() {
-            for (k, v) in map {
-                let named = k.ends_with("Id")
-                    || k.ends_with("Arn")
-                    || k.ends_with("Name")
-                    || k == "Names"
-                    || k.ends_with("Ids");
-                if !named {
-                    continue;
-                }
-                match v {
-                    serde_json::Value::String(s) => resources.push(s.clone()),
-                    serde_json::Value::Array(items) => resources
-                        .extend(items.iter().filter_map(|i| i.as_str().map(str::to_string))),
-                    _ => {}
-                }
-            }
-        }
-    }
+    let operation = owners
+        .iter()
+        .find_map(|m| m.operation(name))
+        .ok_or_else(|| {
+            format!("X-Amz-Target {target:?}: {name:?} is not an operation of {prefix}")
+        })?;
     Ok(Operation {
         operation: operation.to_string(),
         protocol: "json",
-        resources,
+        resources: json_resources(body),
         ..Default::default()
     })
 }
 
+/// Names and ARNs a JSON body carries at its top level.
+fn json_resources(body: Option<&[u8]>) -> Vec<String> {
+    let mut resources = Vec::new();
+    let Some(doc) = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()) else {
+        return resources;
+    };
+    let Some(map) = doc.as_object() else {
+        return resources;
+    };
+    for (k, v) in map {
+        let named = k.ends_with("Id")
+            || k.ends_with("Arn")
+            || k.ends_with("Name")
+            || k == "Names"
+            || k.ends_with("Ids");
+        if !named {
+            continue;
+        }
+        match v {
+            serde_json::Value::String(s) => resources.push(s.clone()),
+            serde_json::Value::Array(items) => {
+                resources.extend(items.iter().filter_map(|i| i.as_str().map(str::to_string)))
+            }
+            _ => {}
+        }
+    }
+    resources
+}
 /// Query parameters S3 reads as options of an operation rather than as
 /// a sub-resource that changes which operation runs.
 const S3_OPTIONS: &[&str] = &[
@@ -523,7 +656,7 @@ fn decode(s: &str) -> Result<String, String> {
     percent_decode(s).ok_or_else(|| format!("{s:?} is not valid percent-encoded UTF-8"))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+pub(super) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -710,7 +843,7 @@ fn s3_operation(req: &Asked<'_>, host_bucket: Option<String>) -> Result<Operatio
     }
     Ok(Operation {
         operation,
-        protocol: "rest",
+        protocol: "rest-xml",
         bucket,
         key,
         resources,
@@ -1082,16 +1215,314 @@ mod tests {
             },
         );
         assert!(r.is_err());
-        // A service REST API blastgate has no table for.
+        // A path none of the service's REST routes has.
         assert!(id(
             Method::GET,
             "127.0.0.2",
-            "/2015-03-31/functions",
+            "/2015-03-31/functionz",
             "",
             &signed("lambda", "us-east-1"),
             None
         )
         .is_err());
+    }
+
+    fn at(service: &str, method: Method, path: &str, query: &str) -> Result<Operation, String> {
+        id(
+            method,
+            "127.0.0.2",
+            path,
+            query,
+            &signed(service, "us-east-1"),
+            None,
+        )
+    }
+
+    /// REST-JSON and REST-XML services are routed by method and path,
+    /// from the models, with the URI labels as resources.
+    #[test]
+    fn rest_services_are_routed_from_the_models() {
+        let cases = [
+            (
+                "lambda",
+                Method::GET,
+                "/2015-03-31/functions",
+                "",
+                "ListFunctions",
+            ),
+            (
+                "lambda",
+                Method::DELETE,
+                "/2015-03-31/functions/prod-fn",
+                "",
+                "DeleteFunction",
+            ),
+            (
+                "lambda",
+                Method::GET,
+                "/2019-09-30/functions/f/provisioned-concurrency",
+                "Qualifier=1",
+                "GetProvisionedConcurrencyConfig",
+            ),
+            (
+                "lambda",
+                Method::GET,
+                "/2019-09-30/functions/f/provisioned-concurrency",
+                "List=ALL",
+                "ListProvisionedConcurrencyConfigs",
+            ),
+            (
+                "route53",
+                Method::GET,
+                "/2013-04-01/hostedzone",
+                "",
+                "ListHostedZones",
+            ),
+            (
+                "route53",
+                Method::DELETE,
+                "/2013-04-01/hostedzone/Z1",
+                "",
+                "DeleteHostedZone",
+            ),
+            // API Gateway's v1 and v2 share an endpoint and signing name.
+            ("apigateway", Method::GET, "/restapis", "", "GetRestApis"),
+            ("apigateway", Method::GET, "/v2/apis", "", "GetApis"),
+            (
+                "apigateway",
+                Method::POST,
+                "/restapis",
+                "mode=import",
+                "ImportRestApi",
+            ),
+            ("apigateway", Method::POST, "/restapis", "", "CreateRestApi"),
+            // SES: the query API and the REST v2 at one endpoint.
+            (
+                "ses",
+                Method::POST,
+                "/v2/email/list-identities",
+                "",
+                "ListEmailIdentities",
+            ),
+            ("ses", Method::POST, "/", "Action=SendEmail", "SendEmail"),
+        ];
+        for (svc, m, path, q, want) in cases {
+            let o = at(svc, m.clone(), path, q).unwrap_or_else(|e| panic!("{m} {path}?{q}: {e}"));
+            assert_eq!(o.action(), format!("aws:{svc}:{want}"), "{m} {path}?{q}");
+        }
+        let o = at(
+            "lambda",
+            Method::DELETE,
+            "/2015-03-31/functions/prod-fn",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            (o.protocol, o.resources),
+            ("rest-json", vec!["prod-fn".to_string()])
+        );
+        let o = at("route53", Method::DELETE, "/2013-04-01/hostedzone/Z1", "").unwrap();
+        assert_eq!(
+            (o.protocol, o.resources),
+            ("rest-xml", vec!["Z1".to_string()])
+        );
+        // At an AWS host, the endpoint prefix picks the models.
+        let o = id(
+            Method::GET,
+            "lambda.eu-west-1.amazonaws.com",
+            "/2015-03-31/functions",
+            "",
+            &signed("lambda", "eu-west-1"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (o.operation.as_str(), o.region.as_str()),
+            ("ListFunctions", "eu-west-1")
+        );
+        let o = id(
+            Method::POST,
+            "streams.dynamodb.us-east-1.amazonaws.com",
+            "/",
+            "",
+            &{
+                let mut h = signed("dynamodb", "us-east-1");
+                h.insert(
+                    "x-amz-target",
+                    "DynamoDBStreams_20120810.GetRecords".parse().unwrap(),
+                );
+                h
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(o.action(), "aws:dynamodb:GetRecords");
+    }
+
+    /// Attack: an `X-Amz-Target` naming a harmless operation sent to a
+    /// REST-JSON service, which routes by path: the DELETE is decided.
+    #[test]
+    fn a_target_header_does_not_disguise_a_rest_delete() {
+        let mut h = signed("lambda", "us-east-1");
+        h.insert("x-amz-target", "AWSLambda.ListFunctions".parse().unwrap());
+        let o = id(
+            Method::DELETE,
+            "127.0.0.2",
+            "/2015-03-31/functions/prod-fn",
+            "",
+            &h,
+            None,
+        )
+        .unwrap();
+        assert_eq!(o.action(), "aws:lambda:DeleteFunction");
+        // Look-alike: the listing it pretends to be.
+        let o = id(
+            Method::GET,
+            "127.0.0.2",
+            "/2015-03-31/functions",
+            "",
+            &h,
+            None,
+        )
+        .unwrap();
+        assert_eq!(o.action(), "aws:lambda:ListFunctions");
+        // A target of a JSON service, sent to a REST path of no route.
+        let mut h = signed("lambda", "us-east-1");
+        h.insert(
+            "x-amz-target",
+            "secretsmanager.GetSecretValue".parse().unwrap(),
+        );
+        let e = id(Method::POST, "127.0.0.2", "/", "", &h, None).unwrap_err();
+        assert!(e.contains("do not read X-Amz-Target"), "{e}");
+    }
+
+    /// Attack: `Action=` where the service does not take it, beside what
+    /// it does read; and an Action the service's server would read without
+    /// regard to case, or does not have.
+    #[test]
+    fn actions_are_read_only_where_the_server_reads_them() {
+        let mut h = signed("secretsmanager", "us-east-1");
+        h.insert(
+            "x-amz-target",
+            "secretsmanager.GetSecretValue".parse().unwrap(),
+        );
+        assert!(id(
+            Method::POST,
+            "127.0.0.2",
+            "/",
+            "Action=DeleteSecret",
+            &h,
+            None
+        )
+        .is_err());
+        let o = id(Method::POST, "127.0.0.2", "/", "", &h, None).unwrap();
+        assert_eq!(o.operation, "GetSecretValue");
+        let e = at(
+            "lambda",
+            Method::GET,
+            "/2015-03-31/functions",
+            "Action=DeleteFunction",
+        )
+        .unwrap_err();
+        assert!(e.contains("does not speak the query protocol"), "{e}");
+        // SQS's server still takes the query protocol (awsQueryCompatible):
+        // Action alone is read; Action and a target that differ are refused.
+        let o = at("sqs", Method::POST, "/", "Action=DeleteQueue&QueueUrl=q").unwrap();
+        assert_eq!((o.operation.as_str(), o.protocol), ("DeleteQueue", "query"));
+        let mut h = signed("sqs", "us-east-1");
+        h.insert("x-amz-target", "AmazonSQS.ListQueues".parse().unwrap());
+        assert!(id(
+            Method::POST,
+            "127.0.0.2",
+            "/",
+            "Action=DeleteQueue",
+            &h,
+            None
+        )
+        .is_err());
+        assert!(id(Method::POST, "127.0.0.2", "/", "", &h, None).is_ok());
+        // Case: decided as the operation a case-blind server runs.
+        let o = at("ec2", Method::GET, "/", "Action=TerminateINSTANCES").unwrap();
+        assert_eq!(o.action(), "aws:ec2:TerminateInstances");
+        let mut h = signed("secretsmanager", "us-east-1");
+        h.insert(
+            "x-amz-target",
+            "secretsmanager.getSecretValue".parse().unwrap(),
+        );
+        let o = id(Method::POST, "127.0.0.2", "/", "", &h, None).unwrap();
+        assert_eq!(o.action(), "aws:secretsmanager:GetSecretValue");
+        // An operation the service does not have is no operation.
+        assert!(at("ec2", Method::GET, "/", "Action=DescribeInstancez").is_err());
+        assert!(at("ec2", Method::GET, "/", "Action=DescribeInstances").is_ok());
+    }
+
+    /// Attack: path spellings the server may route elsewhere, and query
+    /// keys that select another operation, beside the plain forms.
+    #[test]
+    fn rest_path_and_query_tricks_are_refused() {
+        for (m, path, q) in [
+            (Method::DELETE, "/2015-03-31/functions/x/../prod", ""),
+            (
+                Method::DELETE,
+                "/2015-03-31/functions/%2e%2e/functions/prod",
+                "",
+            ),
+            (Method::GET, "/2015-03-31/functions/a%2Fpolicy", ""),
+            (Method::GET, "/2015-03-31/functions/a\\policy", ""),
+            (Method::DELETE, "/2015-03-31//functions/prod", ""),
+            (Method::DELETE, "/2015-03-31/Functions/prod", ""),
+            (Method::DELETE, "/2015-03-31/functions/prod/", ""),
+            (
+                Method::GET,
+                "/2019-09-30/functions/f/provisioned-concurrency",
+                "List=all",
+            ),
+        ] {
+            let r = at("lambda", m.clone(), path, q);
+            assert!(r.is_err(), "{m} {path}?{q}: {r:?}");
+        }
+        assert!(at("route53", Method::DELETE, "/2013-04-01/HostedZone/Z1", "").is_err());
+        // A trailing slash that makes another operation of the same
+        // path to a server dropping it (the model's own near-ambiguity).
+        assert!(at("mpa", Method::POST, "/approval-teams/", "List").is_err());
+        let o = at("mpa", Method::POST, "/approval-teams", "").unwrap();
+        assert_eq!(o.operation, "CreateApprovalTeam");
+        // `//` inside a greedy label: the portal's deletion as sent, a
+        // session's expiry to a server collapsing the slashes.
+        assert!(at(
+            "workspaces-web",
+            Method::DELETE,
+            "/portals/p/sessions//s",
+            ""
+        )
+        .is_err());
+        for (path, want) in [
+            ("/portals/p/sessions/s", "ExpireSession"),
+            ("/portals/arn%3Ax/p", "DeletePortal"),
+        ] {
+            let o = at("workspaces-web", Method::DELETE, path, "").unwrap();
+            assert_eq!(o.operation, want, "{path}");
+        }
+        // Case: `LIST` is a rule id as sent, but a case-blind server
+        // would run the listing; the plain spellings route.
+        assert!(at("securityhub", Method::GET, "/automationrulesv2/LIST", "").is_err());
+        for (path, want) in [
+            ("/automationrulesv2/list", "ListAutomationRulesV2"),
+            ("/automationrulesv2/rule-1", "GetAutomationRuleV2"),
+        ] {
+            let o = at("securityhub", Method::GET, path, "").unwrap();
+            assert_eq!(o.operation, want, "{path}");
+        }
+        // An ARN with a slash in a label, encoded as the SDK does, where
+        // no other route could take it.
+        let o = at(
+            "lambda",
+            Method::GET,
+            "/2017-03-31/tags/arn%3Aaws%3Alambda%3Aus-east-1%3A1%3Afunction%3Af",
+            "",
+        )
+        .unwrap();
+        assert_eq!(o.operation, "ListTags");
     }
 
     #[test]
