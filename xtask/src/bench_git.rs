@@ -24,9 +24,14 @@
 //! generated once, deterministically, with `git fast-import`: N commits
 //! (default 3000) each changing one of 64 small text files, and one
 //! 1 MB blob of random (incompressible) bytes per MB of `--git-mb`
-//! (default 200), spread over the history. The MB/s column is the pack
-//! bytes the server received from the first (unmeasured) direct push
-//! over the median seconds.
+//! (default 200), spread over the history. The HTTP cells push a second
+//! repository like it with `--git-http-mb` (default 48) of blobs: the
+//! HTTP gateway reads a push whole before ruling and refuses one over its
+//! 64 MiB pack limit (413, README "git pushes"), so the `--git-mb`
+//! repository is pushed over HTTP through blastgate once, unmeasured, and
+//! what happened is reported. The MB/s column is the pack bytes the
+//! server received from the first (unmeasured) direct push over the
+//! median seconds.
 //!
 //! Cells, per repetition each on every path of its transport in turn,
 //! the order rotated each repetition: `git push URL feature` into a new
@@ -79,8 +84,10 @@ const TEXT_FILES: u64 = 64;
 
 pub struct Opts {
     pub reps: usize,
-    /// Random blobs, one MB each.
+    /// Random blobs, one MB each, of the repository pushed over SSH.
     pub mb: u64,
+    /// The same, of the repository pushed over smart HTTP.
+    pub http_mb: u64,
     pub commits: u64,
 }
 
@@ -95,6 +102,13 @@ impl Transport {
         match self {
             Transport::Ssh => "ssh",
             Transport::Http => "http",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Transport::Ssh => 0,
+            Transport::Http => 1,
         }
     }
 
@@ -231,8 +245,9 @@ struct Bench {
     config: PathBuf,
     client_cpus: String,
     scratch: PathBuf,
-    source: PathBuf,
-    head: String,
+    /// The repositories pushed over SSH and over HTTP, and their
+    /// branch's commit.
+    sources: [(PathBuf, String); 2],
     /// `GIT_SSH_COMMAND` direct (with the key) and as the agent.
     ssh_direct: String,
     ssh_agent: String,
@@ -252,10 +267,7 @@ struct Bench {
 impl Bench {
     /// A new bare repository for `t`'s server, named `name`; its path.
     fn new_repo(&self, t: Transport, name: &str) -> Result<PathBuf> {
-        let path = match t {
-            Transport::Ssh => self.ssh_root.join(name),
-            Transport::Http => self.http_root.join(name),
-        };
+        let path = self.root(t).join(name);
         let _ = std::fs::remove_dir_all(&path);
         sh::stdout(
             git()
@@ -280,6 +292,14 @@ impl Bench {
             }
         }
         Ok(path)
+    }
+
+    /// Where `t`'s server keeps its repositories.
+    fn root(&self, t: Transport) -> &Path {
+        match t {
+            Transport::Ssh => &self.ssh_root,
+            Transport::Http => &self.http_root,
+        }
     }
 
     fn url(&self, t: Transport, via: Via, name: &str) -> String {
@@ -329,13 +349,19 @@ impl Bench {
         }
     }
 
-    /// `git push URL feature` of the source into the new repository
+    /// `git push URL feature` of `source` into the new repository
     /// `name`, timed; the server's ref checked.
-    fn push(&self, t: Transport, via: Via, name: &str) -> Result<(crate::bench_aws::Run, String)> {
+    fn push_from(
+        &self,
+        (source, head): &(PathBuf, String),
+        t: Transport,
+        via: Via,
+        name: &str,
+    ) -> Result<(crate::bench_aws::Run, String)> {
         let repo = self.new_repo(t, name)?;
         let mut c = self.git(via);
         c.arg("--git-dir")
-            .arg(&self.source)
+            .arg(source)
             .args(["push", "-q"])
             .arg(self.url(t, via, name))
             .arg(BRANCH);
@@ -349,13 +375,15 @@ impl Bench {
             (self.proxy_pid(via), None),
         )?;
         let got = rev(&repo, BRANCH).unwrap_or_default();
-        if got != self.head {
-            bail!(
-                "{what}: the server's {BRANCH} is {got:?}, not {}",
-                self.head
-            );
+        if &got != head {
+            bail!("{what}: the server's {BRANCH} is {got:?}, not {head}");
         }
         Ok((run, command))
+    }
+
+    /// [`Bench::push_from`] of `t`'s own source.
+    fn push(&self, t: Transport, via: Via, name: &str) -> Result<(crate::bench_aws::Run, String)> {
+        self.push_from(&self.sources[t.index()], t, via, name)
     }
 
     /// `git clone --bare URL` of the repository `name`, timed; its ref
@@ -379,8 +407,9 @@ impl Bench {
         let got = rev(&dest, BRANCH).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&dest);
         let (_, run) = result?;
-        if got != self.head {
-            bail!("{what}: the clone's {BRANCH} is {got:?}, not {}", self.head);
+        let head = &self.sources[t.index()].1;
+        if &got != head {
+            bail!("{what}: the clone's {BRANCH} is {got:?}, not {head}");
         }
         Ok((run, command))
     }
@@ -459,8 +488,8 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
     if !sh::is_root() {
         bail!("the git benchmark runs sshd and attaches eBPF programs: run it as root");
     }
-    if opts.reps == 0 || opts.mb == 0 || opts.commits == 0 {
-        bail!("--reps, --git-mb and --git-commits must be at least 1");
+    if opts.reps == 0 || opts.mb == 0 || opts.http_mb == 0 || opts.commits == 0 {
+        bail!("--reps, --git-mb, --git-http-mb and --git-commits must be at least 1");
     }
     let (bin, [client_cpus, server_cpus, proxy_cpus]) = prepare(
         root,
@@ -485,12 +514,21 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
     let http_root = dir.join("http-repos");
     std::fs::create_dir(&http_root)?;
 
-    eprintln!(
-        "bench: generating the repository ({} commits, {} MB of random blobs)",
-        opts.commits, opts.mb
-    );
-    let source = dir.join("source.git");
-    let head = generate(&source, opts.commits, opts.mb)?;
+    let mut sources: Vec<(PathBuf, String)> = Vec::new();
+    for mb in [opts.mb, opts.http_mb] {
+        let source = dir.join(format!("source-{mb}.git"));
+        if let Some(same) = sources.iter().find(|(s, _)| *s == source) {
+            sources.push(same.clone());
+            continue;
+        }
+        eprintln!(
+            "bench: generating a repository ({} commits, {mb} MB of random blobs)",
+            opts.commits
+        );
+        let head = generate(&source, opts.commits, mb)?;
+        sources.push((source, head));
+    }
+    let sources: [(PathBuf, String); 2] = [sources[0].clone(), sources[1].clone()];
 
     eprintln!("bench: starting sshd and the git HTTP server on {SERVER_IP} (CPU {server_cpus})");
     let sshd = Sshd::start(&dir.join("sshd"), &server_cpus)?;
@@ -557,8 +595,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
         config: config.clone(),
         client_cpus: client_cpus.clone(),
         scratch: dir.clone(),
-        source,
-        head,
+        sources,
         ssh_direct: ssh_line(&direct_known_hosts, Some(&key)),
         ssh_agent: ssh_line(&agent_known_hosts, None),
         sshd_port: sshd.port,
@@ -572,41 +609,68 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
         limit,
     };
 
-    // Warm-up and check: one push on every path; the pack size from the
-    // direct one.
+    // Warm-up and check: one push on every path; the pack sizes from the
+    // direct ones.
     let mut pushes_through_blastgate = 0;
-    let mut pack = 0;
+    let mut packs = [0u64; 2];
     for t in [Transport::Ssh, Transport::Http] {
         for &via in t.paths() {
             let name = format!("warm-{}-{}.git", t.name(), via.name());
             b.push(t, via, &name).with_context(|| {
                 format!("the warm-up push over {} via {}", t.name(), via.name())
             })?;
-            let repo = match t {
-                Transport::Ssh => b.ssh_root.join(&name),
-                Transport::Http => b.http_root.join(&name),
-            };
-            if via == Via::Direct && pack == 0 {
-                pack = pack_bytes(&repo);
+            let repo = b.root(t).join(&name);
+            if via == Via::Direct {
+                packs[t.index()] = pack_bytes(&repo);
             }
             pushes_through_blastgate += usize::from(via == Via::Blastgate);
             let _ = std::fs::remove_dir_all(&repo);
         }
     }
     eprintln!(
-        "bench: every path pushes; the pack is {:.1} MB",
-        pack as f64 / 1e6
+        "bench: every path pushes; the packs are {:.1} MB (ssh) and {:.1} MB (http)",
+        packs[0] as f64 / 1e6,
+        packs[1] as f64 / 1e6
     );
+    // The SSH cells' repository over HTTP through blastgate, once: the
+    // HTTP gateway reads a push whole before ruling, up to its pack limit.
+    let probe = (opts.mb != opts.http_mb).then(|| {
+        let name = "probe-http-blastgate.git";
+        let outcome = match b.push_from(&b.sources[0], Transport::Http, Via::Blastgate, name) {
+            Ok((run, _)) => {
+                pushes_through_blastgate += 1;
+                format!("pushed in {:.2} s", run.secs)
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                let why = text
+                    .lines()
+                    .find(|l| l.contains("error:") || l.contains("fatal:"))
+                    .unwrap_or("failed")
+                    .trim()
+                    .to_string();
+                format!("FAILED: {why}")
+            }
+        };
+        let _ = std::fs::remove_dir_all(b.http_root.join(name));
+        eprintln!(
+            "bench: the {} MB push over HTTP through blastgate: {outcome}",
+            opts.mb
+        );
+        outcome
+    });
 
     let mut cells = Vec::new();
     for t in [Transport::Ssh, Transport::Http] {
+        let pack = packs[t.index()];
+        let mb = pack as f64 / 1e6;
         cells.push(Transfer::new(
-            format!("push over {}", t.name()),
+            format!("push {} {mb:.0} MB", t.name()),
             pack,
             t.paths(),
         ));
         cells.push(Transfer::new(
-            format!("clone over {}", t.name()),
+            format!("clone {} {mb:.0} MB", t.name()),
             pack,
             t.paths(),
         ));
@@ -629,11 +693,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
                     .take(&what, || b.clone(t, via, &name(via)))?;
             }
             for &via in &order {
-                let root = match t {
-                    Transport::Ssh => &b.ssh_root,
-                    Transport::Http => &b.http_root,
-                };
-                let _ = std::fs::remove_dir_all(root.join(name(via)));
+                let _ = std::fs::remove_dir_all(b.root(t).join(name(via)));
             }
         }
         eprintln!("bench: repetition {}/{} done", rep + 1, opts.reps);
@@ -650,13 +710,10 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
     drop(sshd);
 
     println!(
-        "\nblastgate git bench: git push and git clone --bare of a generated repository ({} \
-         commits, {} MB of random blobs, a {:.1} MB pack) into a fresh bare repository per push, \
-         medians of {} repetitions, path order rotated each repetition",
-        opts.commits,
-        opts.mb,
-        pack as f64 / 1e6,
-        opts.reps
+        "\nblastgate git bench: git push and git clone --bare of generated repositories ({} \
+         commits; {} MB of random blobs over ssh, {} MB over http) into a fresh bare repository \
+         per push, medians of {} repetitions, path order rotated each repetition",
+        opts.commits, opts.mb, opts.http_mb, opts.reps
     );
     println!(
         "(git on CPU {client_cpus}; sshd, nginx + fcgiwrap + git http-backend on CPU \
@@ -666,6 +723,13 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
         load()
     );
     let table = transfer_table(&cells, "server");
+    if let Some(p) = &probe {
+        println!(
+            "\n  the {} MB repository (the ssh cells') pushed over http through blastgate, once: \
+             {p}",
+            opts.mb
+        );
+    }
     println!(
         "\nrecords: {recorded} allowed git:push events in the spool for {pushes_through_blastgate} \
          pushes through blastgate"
@@ -693,7 +757,8 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
         fmt(ratio(3), 2)
     );
     let report = json!({
-        "reps": opts.reps, "mb": opts.mb, "commits": opts.commits, "pack_bytes": pack,
+        "reps": opts.reps, "mb": opts.mb, "http_mb": opts.http_mb, "commits": opts.commits,
+        "pack_bytes": {"ssh": packs[0], "http": packs[1]}, "large_push_over_http_via_blastgate": probe,
         "cpus": {"client": client_cpus, "server": server_cpus, "proxy": proxy_cpus},
         "load": load(), "cells": table,
         "records": {"git_push_allowed": recorded, "pushes_through_blastgate": pushes_through_blastgate},
