@@ -812,4 +812,22 @@ mod tests {
             5
         );
     }
+
+    #[test]
+    fn git_imports_the_history() {
+        let dir = std::env::temp_dir().join(format!("bench-git-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let repo = dir.join("r.git");
+        let head = generate(&repo, 12, 3).unwrap();
+        let again = generate(&dir.join("again.git"), 12, 3).unwrap();
+        let in_repo = |args: &[&str]| sh::stdout(git().arg("--git-dir").arg(&repo).args(args));
+        let count = in_repo(&["rev-list", "--count", BRANCH]).unwrap();
+        let files = in_repo(&["ls-tree", "-r", "--name-only", BRANCH]).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(head.len(), 40);
+        assert_eq!(head, again, "the same history, the same commit");
+        assert_eq!(count.trim(), "12");
+        assert_eq!(files.lines().filter(|f| f.starts_with("blobs/")).count(), 3);
+        assert_eq!(files.lines().filter(|f| f.starts_with("src/")).count(), 12);
+    }
 }
