@@ -415,6 +415,13 @@ impl Bench {
     }
 }
 
+/// An nginx config whose worker stays root, as the bench that starts it:
+/// it connects to root's fcgiwrap socket and buffers pushed packs in the
+/// bench's directories (a worker dropped to `nobody` can do neither).
+fn as_root(conf: &str) -> String {
+    format!("user root root;\n{conf}")
+}
+
 /// fcgiwrap and nginx serving `root` with `git http-backend` on
 /// SERVER_IP, pinned to `cpus`; stopped (by pid) on drop.
 fn start_git_http(dir: &Path, root: &Path, cpus: &str) -> Result<(Guard, Guard, u16)> {
@@ -451,7 +458,7 @@ fn start_git_http(dir: &Path, root: &Path, cpus: &str) -> Result<(Guard, Guard, 
             root = root.display(),
         ),
     );
-    let nginx = start_nginx(dir, &conf, cpus, (SERVER_IP, &[port]), None)?;
+    let nginx = start_nginx(dir, &as_root(&conf), cpus, (SERVER_IP, &[port]), None)?;
     Ok((fcgi, nginx, port))
 }
 
@@ -480,7 +487,7 @@ fn start_peer(dir: &Path, upstream: u16, cpus: &str) -> Result<(Guard, u16)> {
              \x20   }}\n"
         ),
     );
-    let guard = start_nginx(dir, &conf, cpus, (FRONT_IP, &[port]), None)?;
+    let guard = start_nginx(dir, &as_root(&conf), cpus, (FRONT_IP, &[port]), None)?;
     Ok((guard, port))
 }
 
