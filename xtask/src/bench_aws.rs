@@ -25,7 +25,8 @@
 //! rotated each repetition, so no path always goes first), medians and
 //! min–max reported with ratios to direct and to nginx:
 //! - `aws s3 cp` of a random file (`--aws-mib`, default 256 MiB; the
-//!   issue's cell is 1 GiB, which takes moto over a minute a copy) up (multipart,
+//!   issue's cell is 1 GiB, where moto 5.2.6 answers UploadPart with a
+//!   500 on every path, direct included) up (multipart,
 //!   aws-chunked with a checksum trailer, what the CLI sends over HTTPS)
 //!   and down (ranged GETs), the CLI's default concurrency: MB/s;
 //! - per-call latency: one boto3 process per path and repetition calls

@@ -157,8 +157,8 @@ enum Task {
         #[arg(long, default_value = "main,masking,egress")]
         tables: String,
         /// AWS: size of the file `aws s3 cp` moves, in MiB (the issue's
-        /// cell is 1024; moto moves 10-20 MB/s here, so the default keeps a
-        /// run to minutes).
+        /// cell is 1024, but moto 5.2.6 answers UploadPart with a 500 at
+        /// that size, on every path).
         #[arg(long, default_value_t = 256)]
         aws_mib: u64,
         /// AWS: calls of each operation per latency run.
