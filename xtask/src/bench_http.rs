@@ -119,15 +119,15 @@ use serde_json::{json, Map, Value};
 use crate::{
     bench::{free_udp_port, start_dnsmasq, DNSMASQ},
     bench_postgres::{
-        catch_interrupts, check_interrupted, cpus, die_with_parent, dir_bytes, free_port, median,
-        run_bounded, tail, Daemon, DaemonOpts, ScratchDir, INTERRUPTED,
+        check_interrupted, die_with_parent, dir_bytes, free_port, median, prepare, run_bounded,
+        tail, Daemon, DaemonOpts, ScratchDir, INTERRUPTED,
     },
     demo::{wait_for, Guard},
     netns::NetNs,
     sh,
 };
 
-const NGINX: &str = "/usr/sbin/nginx";
+pub(crate) const NGINX: &str = "/usr/sbin/nginx";
 const WRK: &str = "/usr/bin/wrk";
 const H2LOAD: &str = "/usr/bin/h2load";
 const AB: &str = "/usr/bin/ab";
@@ -392,11 +392,12 @@ struct Ports {
     mitm: u16,
 }
 
-/// Scratch-directory files the runs need.
-struct Certs {
-    ca: PathBuf,
-    upstream: (PathBuf, PathBuf),
-    front: (PathBuf, PathBuf),
+/// Scratch-directory files the runs need (also the AWS bench's: moto
+/// serves the upstream leaf, its nginx peer the front one).
+pub(crate) struct Certs {
+    pub(crate) ca: PathBuf,
+    pub(crate) upstream: (PathBuf, PathBuf),
+    pub(crate) front: (PathBuf, PathBuf),
 }
 
 /// Where each path is and how the client reaches it.
@@ -634,7 +635,7 @@ impl Bench {
 
 /// utime + stime of `pid` and its children (an nginx master and its
 /// worker), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     let mut pids = vec![pid];
     if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
         pids.extend(
@@ -808,7 +809,7 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 /// A throwaway CA, the upstreams' leaf (127.0.0.2, upstream.bench and the
 /// egress name) and the nginx proxy's leaf (127.0.0.1), all P-256 like
 /// blastgate's.
-fn make_certs(dir: &Path) -> Result<Certs> {
+pub(crate) fn make_certs(dir: &Path) -> Result<Certs> {
     std::fs::create_dir_all(dir)?;
     let ec = [
         "-newkey",
@@ -909,7 +910,7 @@ fn big_doc() -> String {
 
 /// The part of an nginx config both instances share: one worker, no
 /// daemon, everything in `dir`.
-fn nginx_conf(dir: &Path, http: &str) -> String {
+pub(crate) fn nginx_conf(dir: &Path, http: &str) -> String {
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
@@ -970,7 +971,7 @@ fn upstream_server(listens: &str, certs: &Certs, www: &Path) -> String {
 /// An nginx of the bench, pinned to `cpus` (inside `netns` if given),
 /// listening on `ports` of `ip` once started; SIGTERM (fast shutdown,
 /// workers included) on drop.
-fn start_nginx(
+pub(crate) fn start_nginx(
     dir: &Path,
     conf: &str,
     cpus: &str,
@@ -1156,7 +1157,7 @@ fn daemon_config(dir: &Path, net: &DaemonNet, ports: &Ports, policy: &Path, ca: 
 }
 
 /// Every line of every spool file, to `f`.
-fn spool_lines(spool: &Path, mut f: impl FnMut(&str)) {
+pub(crate) fn spool_lines(spool: &Path, mut f: impl FnMut(&str)) {
     let Ok(entries) = std::fs::read_dir(spool) else {
         return;
     };
@@ -1246,17 +1247,7 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
     if tables.egress {
         needed.push(DNSMASQ);
     }
-    for need in needed {
-        if !Path::new(need).exists() {
-            bail!("{need} is missing: run `cargo xtask setup`");
-        }
-    }
-    sh::run(sh::cargo(root).args(["build", "--release", "-p", "blastgate"]))?;
-    let bin = root.join("target/release/blastgate");
-    catch_interrupts();
-    let client_cpus = cpus("BLASTGATE_BENCH_CLIENT_CPUS", "0");
-    let server_cpus = cpus("BLASTGATE_BENCH_SERVER_CPUS", "1");
-    let proxy_cpus = cpus("BLASTGATE_BENCH_PROXY_CPUS", "1");
+    let (bin, [client_cpus, server_cpus, proxy_cpus]) = prepare(root, &needed)?;
     // SAFETY: sysconf has no preconditions.
     let clk_tck = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
         t if t > 0 => t as f64,
@@ -1723,7 +1714,7 @@ fn per_k(s: &Sample) -> f64 {
     s.upstream_conns / s.requests as f64 * 1000.0
 }
 
-fn fmt(v: f64, digits: usize) -> String {
+pub(crate) fn fmt(v: f64, digits: usize) -> String {
     if v.is_nan() {
         "-".into()
     } else {
@@ -1731,7 +1722,7 @@ fn fmt(v: f64, digits: usize) -> String {
     }
 }
 
-fn fmt_cpu(c: f64) -> String {
+pub(crate) fn fmt_cpu(c: f64) -> String {
     if c.is_nan() {
         "-".into()
     } else {

@@ -332,6 +332,29 @@ pub(crate) fn cpus(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.into())
 }
 
+/// What every whole-path bench does first: checks the programs it runs
+/// are installed, builds the release binary, from then on turns SIGINT
+/// and SIGTERM into a clean stop, and reads the CPU lists of the client,
+/// the server and the proxy (BLASTGATE_BENCH_CLIENT_CPUS, …_SERVER_CPUS,
+/// …_PROXY_CPUS; default 0, 1 and 1). The binary's path and the lists.
+pub(crate) fn prepare(root: &Path, needed: &[&str]) -> Result<(PathBuf, [String; 3])> {
+    for need in needed {
+        if !Path::new(need).exists() {
+            bail!("{need} is missing: run `cargo xtask setup`");
+        }
+    }
+    sh::run(sh::cargo(root).args(["build", "--release", "-p", "blastgate"]))?;
+    catch_interrupts();
+    Ok((
+        root.join("target/release/blastgate"),
+        [
+            cpus("BLASTGATE_BENCH_CLIENT_CPUS", "0"),
+            cpus("BLASTGATE_BENCH_SERVER_CPUS", "1"),
+            cpus("BLASTGATE_BENCH_PROXY_CPUS", "1"),
+        ],
+    ))
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -744,7 +767,9 @@ pub(crate) fn run_bounded(
                 std::fs::read_to_string(&err_path).unwrap_or_default()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // 10 ms: the git and AWS benches time runs of a few seconds by
+        // when this loop sees the exit.
+        std::thread::sleep(Duration::from_millis(10));
     };
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     if !status.success() {

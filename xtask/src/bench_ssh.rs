@@ -361,8 +361,8 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
             proxy_port,
             sshd.port,
             &policy,
-            &key,
-            &upstream_known_hosts,
+            (&key, &upstream_known_hosts),
+            (PIN_DIR, ""),
         ),
     )?;
     sh::run(Command::new(&bin).arg("check-config").arg(&config))?;
@@ -531,6 +531,31 @@ struct Bench {
     daemon_log: PathBuf,
 }
 
+/// The options of every ssh and scp the benches run (also git's ssh in
+/// the git bench): no config file, no prompts, the host checked strictly
+/// against `known_hosts` only, and only `key` as identity; without one
+/// (an agent, which holds no key: blastgate logs in upstream) none at all.
+pub(crate) fn ssh_options(known_hosts: &Path, key: Option<&Path>) -> Vec<String> {
+    let mut o: Vec<String> = ["-F", "/dev/null", "-o", "BatchMode=yes"]
+        .into_iter()
+        .chain(["-o", "StrictHostKeyChecking=yes", "-o"])
+        .map(String::from)
+        .collect();
+    o.push(format!("UserKnownHostsFile={}", known_hosts.display()));
+    o.extend(
+        ["-o", "GlobalKnownHostsFile=/dev/null"]
+            .into_iter()
+            .chain(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
+            .chain(["-o", "ConnectTimeout=10"])
+            .map(String::from),
+    );
+    match key {
+        Some(k) => o.extend(["-i".to_string(), k.display().to_string()]),
+        None => o.extend(["-o".to_string(), "IdentityFile=none".to_string()]),
+    }
+    o
+}
+
 /// Longest a transfer may take before it counts as hung: 1 MB/s and a
 /// minute.
 fn run_limit(bytes: u64) -> Duration {
@@ -549,28 +574,11 @@ impl Bench {
                 .arg(&self.config)
                 .arg("--");
         }
-        let known_hosts = match via {
-            Via::Direct => &self.direct_known_hosts,
-            Via::Blastgate => &self.agent_known_hosts,
+        let (known_hosts, key) = match via {
+            Via::Direct => (&self.direct_known_hosts, Some(self.key.as_path())),
+            Via::Blastgate => (&self.agent_known_hosts, None),
         };
-        // No config file, no prompts, the host checked strictly against
-        // this path's known_hosts only, only the identity given here.
-        c.arg(program)
-            .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
-            .args(["-o", "StrictHostKeyChecking=yes", "-o"])
-            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
-            .args(["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"])
-            .args(["-o", "ConnectTimeout=10"]);
-        match via {
-            Via::Direct => {
-                c.arg("-i").arg(&self.key);
-            }
-            // The agent holds no key: blastgate logs in upstream.
-            Via::Blastgate => {
-                c.args(["-o", "IdentityFile=none"]);
-            }
-        }
+        c.arg(program).args(ssh_options(known_hosts, key));
         c
     }
 
@@ -1091,13 +1099,13 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
-fn chmod(path: &Path, mode: u32) -> Result<()> {
+pub(crate) fn chmod(path: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
 
 /// `len` random bytes, a mebibyte at a time.
-fn random_file(path: &Path, len: u64) -> Result<()> {
+pub(crate) fn random_file(path: &Path, len: u64) -> Result<()> {
     let mut urandom = File::open("/dev/urandom")?;
     let mut out = std::io::BufWriter::new(File::create(path)?);
     let mut chunk = vec![0u8; 1 << 20];
@@ -1112,7 +1120,7 @@ fn random_file(path: &Path, len: u64) -> Result<()> {
     Ok(())
 }
 
-fn sha256(path: &Path) -> Result<String> {
+pub(crate) fn sha256(path: &Path) -> Result<String> {
     let out = sh::stdout(Command::new("sha256sum").arg(path))?;
     out.split_whitespace()
         .next()
@@ -1186,6 +1194,12 @@ fn parse_cpu_list(list: &str) -> Result<Vec<usize>> {
 /// The shipped policies (their files, not their tests) with ssh.cedar
 /// replaced by [`SSH_POLICY`].
 fn policy_dir(root: &Path, to: &Path) -> Result<()> {
+    shipped_policies(root, to, &[("ssh.cedar", SSH_POLICY)])
+}
+
+/// The shipped policies (their files, not their tests) in `to`, with the
+/// files of `replaced` (name, text) written over theirs.
+pub(crate) fn shipped_policies(root: &Path, to: &Path, replaced: &[(&str, &str)]) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(root.join("policies"))? {
         let entry = entry?;
@@ -1193,27 +1207,31 @@ fn policy_dir(root: &Path, to: &Path) -> Result<()> {
             std::fs::copy(entry.path(), to.join(entry.file_name()))?;
         }
     }
-    std::fs::write(to.join("ssh.cedar"), SSH_POLICY)?;
+    for (name, text) in replaced {
+        std::fs::write(to.join(name), text)?;
+    }
     Ok(())
 }
 
-fn daemon_config(
+/// The daemon's config: its own socket, spool, CA and pins, one ssh
+/// target (`bench-ssh`) at the bench's sshd, then `extra` (more targets).
+pub(crate) fn daemon_config(
     dir: &Path,
     proxy_port: u16,
     sshd_port: u16,
     policy: &Path,
-    key: &Path,
-    upstream_known_hosts: &Path,
+    (key, upstream_known_hosts): (&Path, &Path),
+    (pin_dir, extra): (&str, &str),
 ) -> String {
     format!(
         "[proxy]\nlisten = [\"127.0.0.1:{proxy_port}\"]\n\n\
          [control]\nsocket = \"{d}/control.sock\"\n\n\
-         [bpf]\npin_dir = \"{PIN_DIR}\"\n\n\
+         [bpf]\npin_dir = \"{pin_dir}\"\n\n\
          [records]\nspool_dir = \"{d}/spool\"\n\n\
          [policy]\ndir = \"{policy}\"\n\n\
          [tls]\nca_dir = \"{d}/ca\"\n\n\
          [[targets]]\nname = \"bench-ssh\"\nprotocol = \"ssh\"\naddress = \"{SERVER_IP}:{sshd_port}\"\n\n\
-         [targets.ssh]\nuser = \"{DEPLOY_USER}\"\nkey_file = \"{key}\"\nknown_hosts = \"{kh}\"\n",
+         [targets.ssh]\nuser = \"{DEPLOY_USER}\"\nkey_file = \"{key}\"\nknown_hosts = \"{kh}\"\n{extra}",
         d = dir.display(),
         policy = policy.display(),
         key = key.display(),
@@ -1420,8 +1438,8 @@ fn keygen(path: &Path, comment: &str) -> Result<()> {
 }
 
 pub(crate) struct PasswdEntry {
-    uid: u32,
-    gid: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     home: PathBuf,
     shell: String,
 }
