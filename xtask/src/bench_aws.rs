@@ -9,9 +9,9 @@
 //! - **blastgate**: the client runs under `blastgate run` (placeholder
 //!   key, blastgate's CA) and dials moto's own address; the kernel
 //!   redirects it to the daemon, whose `https` target of `kind = "aws"`
-//!   decides each operation by the shipped policies (the target has no
-//!   `env = "production"` label, so nothing is held or refused; the
-//!   shipped detectors of masking.toml are left out, see `run`), re-signs
+//!   decides each operation by the shipped policies and masking.toml (the
+//!   target has no `env = "production"` label, so nothing is held or
+//!   refused), re-signs
 //!   it with the key it holds, forwards it over TLS checked against moto's
 //!   CA and records it;
 //! - **nginx**: Debian's nginx as a TLS-terminating reverse proxy in front
@@ -715,12 +715,6 @@ pub fn run(root: &Path, opts: &Opts) -> Result<()> {
 
     let policy = dir.join("policy");
     shipped_policies(root, &policy, &[])?;
-    // Without the shipped detectors: their `card` detector (Luhn, last4)
-    // masks S3's Content-Range header when a `start-end` pair of a ranged
-    // GET passes the Luhn check (`bytes ****0511/268435456`), and the
-    // CLI's download then fails. A gateway bug the bench found, not what
-    // it measures; the AWS target's own `mask_secrets` stays on.
-    std::fs::remove_file(policy.join("masking.toml"))?;
     let config = dir.join("blastgate.toml");
     std::fs::write(
         &config,

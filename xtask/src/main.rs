@@ -182,10 +182,10 @@ enum Task {
         /// repository pushed and cloned over SSH.
         #[arg(long, default_value_t = 200)]
         git_mb: u64,
-        /// git: the same for smart HTTP; under the 64 MiB pack blastgate's
-        /// HTTP gateway reads whole (a larger push is refused with 413,
-        /// tried once with the --git-mb repository and reported).
-        #[arg(long, default_value_t = 48)]
+        /// git: the same for smart HTTP (when it differs from --git-mb,
+        /// the --git-mb repository is also pushed over HTTP through
+        /// blastgate once and the outcome reported).
+        #[arg(long, default_value_t = 200)]
         git_http_mb: u64,
         /// git: commits of the generated repository.
         #[arg(long, default_value_t = 3000)]
