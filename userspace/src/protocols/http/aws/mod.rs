@@ -55,6 +55,12 @@ pub struct AwsTarget {
     /// upstream (a custom endpoint that serves STS).
     #[serde(default)]
     pub sts_endpoint: Option<String>,
+    /// Host names of a custom endpoint that its S3 server reads
+    /// path-style (never taking a bucket from the host name). S3 at any
+    /// other name outside `amazonaws.com` is refused (an address is
+    /// always path-style).
+    #[serde(default)]
+    pub s3_path_style_hosts: Vec<String>,
     /// Services a custom endpoint (not `*.amazonaws.com`) serves; empty:
     /// whichever the agent's signing scope names.
     #[serde(default)]
@@ -140,6 +146,26 @@ fn speaks_json(req: &Request<Incoming>) -> bool {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/x-amz-json"))
+}
+
+/// S3 outside `amazonaws.com` is read path-style, which holds only at a
+/// host that cannot carry a bucket: an address, or a name the admin
+/// lists in `s3_path_style_hosts`. At any other name the server may take
+/// the bucket from the host's first label (MinIO with a domain, Ceph,
+/// LocalStack do; moto does even at `moto.test`): which bucket runs
+/// cannot be known, so the request is refused.
+fn bucket_host(op: &Operation, host: &str, path_style: &[String]) -> Result<(), String> {
+    let aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
+    let plain = host.parse::<std::net::IpAddr>().is_ok()
+        || path_style.iter().any(|n| n.eq_ignore_ascii_case(host));
+    if op.service == "s3" && !aws && !plain {
+        return Err(format!(
+            "at {host:?} the S3 server may read the bucket from the host name; \
+             blastgate decides S3 at a custom endpoint's address, or at names \
+             listed in s3_path_style_hosts"
+        ));
+    }
+    Ok(())
 }
 
 /// An AWS-style error the CLI and SDKs print as the server's own
@@ -445,7 +471,9 @@ pub(super) async fn answer(
     };
     // REST-JSON services (Lambda, …) take their errors in JSON too.
     let json = json || operation::answers_in_json(&asked, &endpoint);
-    let op = match operation::identify(&asked, &endpoint) {
+    let op = match operation::identify(&asked, &endpoint)
+        .and_then(|op| bucket_host(&op, &host, &aws.s3_path_style_hosts).map(|()| op))
+    {
         Ok(op) => op,
         Err(why) => {
             let why = format!("request not attributable to an AWS operation, refused: {why}");

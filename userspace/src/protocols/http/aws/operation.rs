@@ -137,9 +137,11 @@ fn host_facts(host: &str) -> Option<HostFacts> {
     let labels: Vec<&str> = base.split('.').collect();
     // S3: `bucket.s3.region`, `s3.region`, `s3`, `s3-region`,
     // `bucket.s3-region`, `s3.dualstack.region`.
+    // `s3-control`, `s3-accesspoint`, `s3-outposts` are other APIs, not
+    // S3 in a region called "control".
     if let Some(i) = labels
         .iter()
-        .position(|l| *l == "s3" || l.starts_with("s3-"))
+        .position(|l| *l == "s3" || l.strip_prefix("s3-").is_some_and(is_region))
     {
         let bucket = (i > 0).then(|| labels[..i].join("."));
         let region = labels[i]
@@ -295,6 +297,14 @@ pub fn identify(req: &Asked<'_>, endpoint: &Endpoint<'_>) -> Result<Operation, S
         (Some(h), _) => h,
         (None, Some(s)) if !s.region.is_empty() => s.region.clone(),
         _ => endpoint.region.to_string(),
+    };
+    // A SigV4a request is re-signed for its region set, so that is where
+    // it may execute, whatever region its scope or host names.
+    let region = match super::sign::algorithm(req.headers, req.query) {
+        Ok(super::sign::Algorithm::V4a { region_set }) => {
+            super::sign::set_region(&region_set).unwrap_or_else(|| "*".into())
+        }
+        _ => region,
     };
     if region != "*"
         && !region

@@ -173,6 +173,17 @@ pub fn algorithm(headers: &HeaderMap, query: &str) -> Result<Algorithm, String> 
         .is_some_and(|v| v.starts_with(SIGV4A));
     let in_query = form_urlencoded::parse(query.as_bytes())
         .any(|(k, v)| k == "X-Amz-Algorithm" && v == SIGV4A);
+    // AWS takes one signature per request ("Only one auth mechanism
+    // allowed"); blastgate signs one, so which the agent meant must not
+    // be a guess.
+    let header_signed = headers.contains_key(http::header::AUTHORIZATION);
+    let query_signed =
+        form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "X-Amz-Algorithm");
+    if header_signed && query_signed {
+        return Err(
+            "the request is signed both in its Authorization header and in its query".into(),
+        );
+    }
     if !in_header && !in_query {
         return Ok(Algorithm::V4);
     }
