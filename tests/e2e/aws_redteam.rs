@@ -446,12 +446,16 @@ fn seed_bucket(moto: &Moto, bucket: &str, key: &str, body: &str) {
 const AGENT_GET: &str = r#"
 import datetime, http.client, os, ssl, sys
 host, path = sys.argv[1:3]
+extra = sys.argv[3:]
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 ctx = ssl.create_default_context(cafile=os.environ["AWS_CA_BUNDLE"])
 c = http.client.HTTPSConnection(host, 443, context=ctx, timeout=60)
 c.putrequest("GET", path, skip_accept_encoding=True)
 c.putheader("x-amz-date", now)
 c.putheader("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+for h in extra:
+    k, v = h.split(":", 1)
+    c.putheader(k, v.strip())
 c.putheader("Authorization", "AWS4-HMAC-SHA256 Credential=AKIABLASTGATEAGENT000/%s/us-east-1/s3/aws4_request, "
             "SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=%s" % (now[:8], "0" * 64))
 c.endheaders()
@@ -519,9 +523,11 @@ when { context.bucket == "vault" };
         ),
     );
     let daemon = Daemon::start(&env);
-    let get = |host: &str, path: &str| -> String {
+    let get_with = |host: &str, path: &str, extra: &[&str]| -> String {
         let python = format!("{VENV_BIN}/python");
-        let mut c = env.agent("claude", &[&python, "-c", AGENT_GET, host, path]);
+        let mut argv = vec![python.as_str(), "-c", AGENT_GET, host, path];
+        argv.extend_from_slice(extra);
+        let mut c = env.agent("claude", &argv);
         let out = output_within(&mut c, Duration::from_secs(120));
         format!(
             "{}{}",
@@ -529,6 +535,7 @@ when { context.bucket == "vault" };
             String::from_utf8_lossy(&out.stderr)
         )
     };
+    let get = |host: &str, path: &str| get_with(host, path, &[]);
     // Look-alike: at a name the admin says is path-style, a bucket in the
     // path is decided (moto itself reads the bucket from any host name,
     // so the answer is moto's; the decision is the point).
@@ -538,6 +545,15 @@ when { context.bucket == "vault" };
         "{refused}\n{}",
         daemon.log_text()
     );
+    // A method override (a GET decided, a DELETE asked for) is refused:
+    // AWS ignores it, an S3-compatible server might not.
+    let overridden = get_with(
+        "moto.test",
+        "/scratch/k",
+        &["X-HTTP-Method-Override: DELETE"],
+    );
+    assert!(overridden.starts_with("400"), "{overridden}");
+    assert!(overridden.contains("DELETE"), "{overridden}");
     // The attack: the vault's object by host, decided as `scratch`.
     let stolen = get("vault.moto.test", "/scratch/k");
     env.wait_event("the attack's refusal", |e| {

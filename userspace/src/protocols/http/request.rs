@@ -146,6 +146,19 @@ async fn answer(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
     }
 
     if conn.cfg.kind == ApiKind::Aws {
+        // AWS runs the method it is sent; an S3-compatible server might
+        // honour an override, so one is not carried (the SDKs send none).
+        match method_override::requested(req.headers(), &query) {
+            Ok(None) => {}
+            Ok(Some(o)) => {
+                let why = format!(
+                    "the request asks to be run as {} ({}); AWS requests are decided by the method sent",
+                    o.method, o.from
+                );
+                return refuse_bad_request(&conn, event, &why).await;
+            }
+            Err(why) => return refuse_bad_request(&conn, event, &why).await,
+        }
         return super::aws::answer(conn, req, event, host, started).await;
     }
     let tunnel = method == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
