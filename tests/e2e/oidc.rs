@@ -110,7 +110,12 @@ fn job_tokens_decide_who_reaches_what_and_bad_ones_start_nothing() {
     })
     .expect("the session in ClickHouse");
     assert_eq!(rows, format!("{}\tacme/app\tdeploy", github.issuer));
-    let sessions = db.query("SELECT oidc_sub, oidc_claims['repository'] FROM {db}.sessions FINAL");
+    // The session's row is shipped after its events (at its close): waited for.
+    let sessions = wait_until(Duration::from_secs(30), || {
+        db.try_query("SELECT oidc_sub, oidc_claims['repository'] FROM {db}.sessions FINAL")
+            .filter(|s| s.contains("\tacme/app"))
+    })
+    .unwrap_or_default();
     assert!(sessions.contains("\tacme/app"), "{sessions}");
     assert!(sessions.starts_with("repo:acme/app"), "{sessions}");
 
