@@ -6,7 +6,6 @@
 mod harness;
 
 use std::{
-    path::Path,
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -27,10 +26,7 @@ fn setup(extra: impl Fn(&Moto) -> String, policy: &str) -> Option<Setup> {
     if !kernel_ready() {
         return None;
     }
-    if !Path::new(&format!("{VENV_BIN}/moto_server")).exists() {
-        blastgate::testing::skip(
-            "moto_server is missing from /opt/blastgate-tools/moto-venv (cargo xtask setup)",
-        );
+    if !Moto::available() {
         return None;
     }
     let moto = Moto::start();

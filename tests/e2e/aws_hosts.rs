@@ -12,7 +12,6 @@ mod harness;
 
 use std::{
     net::{TcpListener, TcpStream},
-    path::Path,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -69,10 +68,7 @@ fn a_role_is_assumed_at_sts_own_host_for_amazonaws_targets() {
     if !kernel_ready() {
         return;
     }
-    if !Path::new(&format!("{VENV_BIN}/moto_server")).exists() {
-        blastgate::testing::skip(
-            "moto_server is missing from /opt/blastgate-tools/moto-venv (cargo xtask setup)",
-        );
+    if !Moto::available() {
         return;
     }
     let moto = Moto::start_on(

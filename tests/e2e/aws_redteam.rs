@@ -11,7 +11,7 @@
 
 mod harness;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use blastgate::protocols::http::aws::{
     chunks::{Chain, Rechunker},
@@ -480,10 +480,7 @@ fn s3_bucket_in_the_host_is_the_bucket_decided() {
     if !kernel_ready() {
         return;
     }
-    if !Path::new(&format!("{VENV_BIN}/moto_server")).exists() {
-        blastgate::testing::skip(
-            "moto_server is missing from /opt/blastgate-tools/moto-venv (cargo xtask setup)",
-        );
+    if !Moto::available() {
         return;
     }
     let moto = Moto::start_on(S3_IP, 443, &["*.moto.test", "moto.test"]);

@@ -62,6 +62,18 @@ print(json.dumps({"ak": key["AccessKeyId"], "sk": key["SecretAccessKey"], "insta
 "#;
 
 impl Moto {
+    /// Whether moto's server is installed; if not, says why (a skip,
+    /// which CI=true turns into a failure).
+    pub fn available() -> bool {
+        let there = std::path::Path::new(&format!("{VENV_BIN}/moto_server")).exists();
+        if !there {
+            blastgate::testing::skip(
+                "moto_server is missing from /opt/blastgate-tools/moto-venv (cargo xtask setup)",
+            );
+        }
+        there
+    }
+
     pub fn start() -> Moto {
         Moto::start_on("127.0.0.2", free_port(), &["moto.test"])
     }
