@@ -149,26 +149,18 @@ fn forwarding_is_refused_and_the_command_still_runs() {
     c.arg(ssh.get_program()).args(ssh.get_args());
     let out = output_within(&mut c, Duration::from_secs(60));
     assert!(!out.status.success(), "{}", text(&out));
-    let forwards: Vec<serde_json::Value> = s
-        .env
-        .events()
-        .into_iter()
-        .filter(|e| e["action"] == "ssh:forward")
-        .collect();
-    assert!(
-        forwards.iter().any(|e| e["text"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("tcpip-forward"))
-            && e["verdict"] == "deny"
-            && e["policy_id"] == "ssh-no-forwarding"),
-        "{forwards:#?}"
-    );
-    assert!(
-        forwards
-            .iter()
-            .any(|e| e["text"] == "direct-tcpip 127.0.0.2:22" && e["verdict"] == "deny"),
-        "{forwards:#?}"
-    );
+    let remote = s.env.wait_event("the -R refusal", |e| {
+        e["action"] == "ssh:forward"
+            && e["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("tcpip-forward"))
+    });
+    assert_eq!(remote["verdict"], "deny", "{remote:#}");
+    assert_eq!(remote["policy_id"], "ssh-no-forwarding", "{remote:#}");
+    let jump = s.env.wait_event("the -W refusal", |e| {
+        e["action"] == "ssh:forward" && e["text"] == "direct-tcpip 127.0.0.2:22"
+    });
+    assert_eq!(jump["verdict"], "deny", "{jump:#}");
 }
 
 /// What deploy jobs do over SSH, each through the gateway with the
@@ -229,13 +221,6 @@ fn file_transfer_tools_work_through_the_gateway() {
     );
     assert_eq!(sha256(&back), want, "sftp get");
     assert!(!moved.exists(), "sftp rm");
-    let sftp: Vec<String> = s
-        .env
-        .events()
-        .iter()
-        .filter(|e| e["action"] == "ssh:sftp")
-        .filter_map(|e| e["text"].as_str().map(str::to_string))
-        .collect();
     let up_s = up.display().to_string();
     let moved_s = moved.display().to_string();
     for want_op in [
@@ -246,10 +231,9 @@ fn file_transfer_tools_work_through_the_gateway() {
         format!("rmdir {}/made", remote.path().display()),
         format!("remove {moved_s}"),
     ] {
-        assert!(
-            sftp.iter().any(|t| t.starts_with(&want_op)),
-            "no sftp record {want_op:?} in {sftp:#?}"
-        );
+        s.env.wait_event(&format!("sftp {want_op:?}"), |e| {
+            e["action"] == "ssh:sftp" && e["text"].as_str().is_some_and(|t| t.starts_with(&want_op))
+        });
     }
 
     // rsync runs `rsync --server` on the far side: on the allow-list.
@@ -368,18 +352,12 @@ fn bulk_transfers_both_ways_keep_proxy_memory_bounded() {
         peak / 1024,
         SIZE >> 20
     );
-    let records: Vec<serde_json::Value> = s
-        .env
-        .events()
-        .into_iter()
-        .filter(|e| e["kind"] == "command")
-        .collect();
-    assert!(
-        records
-            .iter()
-            .any(|e| e["text"] == "cat" && e["bytes_to_agent"] == SIZE as u64),
-        "{records:#?}"
-    );
+    // The command's record is written when its channel ends, after the
+    // client has its last byte.
+    s.env
+        .wait_event("cat's record with every byte counted", |e| {
+            e["kind"] == "command" && e["text"] == "cat" && e["bytes_to_agent"] == SIZE as u64
+        });
 }
 
 /// Runs `c` (stdin and stdout as set) to success, or fails the test when
@@ -661,14 +639,10 @@ fn local_forwards_agent_forwarding_control_master_and_keepalives() {
     let _ = tunnel.wait();
     let recorded = recorded.expect("the -L refusal recorded");
     assert_eq!(recorded["verdict"], "deny", "{recorded:#}");
-    assert!(
-        s.env
-            .events()
-            .iter()
-            .any(|e| e["text"] == "auth-agent " && e["verdict"] == "deny"),
-        "{:#?}",
-        s.env.events()
-    );
+    let agent_fwd = s
+        .env
+        .wait_event("the -A refusal", |e| e["text"] == "auth-agent ");
+    assert_eq!(agent_fwd["verdict"], "deny", "{agent_fwd:#}");
 
     // ControlMaster: one connection, several channels.
     let control = s.dir.path().join("cm.sock");
@@ -726,12 +700,11 @@ fn local_forwards_agent_forwarding_control_master_and_keepalives() {
                 .join("\n")
         );
     }
-    let sleeps: Vec<serde_json::Value> = s
-        .env
-        .events()
-        .into_iter()
-        .filter(|e| e["text"] == "sleep 6" && e["verdict"] == "allow")
-        .collect();
+    // Each command's record is written when its channel ends, after the
+    // client has its exit status.
+    let sleeps = s.env.wait_events("allowing `sleep 6`", 2, |e| {
+        e["text"] == "sleep 6" && e["verdict"] == "allow"
+    });
     assert_eq!(sleeps.len(), 2, "{sleeps:#?}");
     assert_eq!(
         sleeps[0]["session_id"], sleeps[1]["session_id"],
@@ -771,10 +744,7 @@ fn an_upstream_host_key_mismatch_refuses_and_is_recorded() {
     );
     let failed = s
         .env
-        .events()
-        .into_iter()
-        .find(|e| e["kind"] == "command")
-        .expect("the command's record");
+        .wait_event("the command's record", |e| e["kind"] == "command");
     assert_eq!(failed["verdict"], "error", "{failed:#}");
     assert!(
         failed["reason"]

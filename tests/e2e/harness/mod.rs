@@ -301,6 +301,23 @@ impl Env {
         .unwrap_or_else(|| panic!("no event {what} in the spool; events: {:#?}", self.events()))
     }
 
+    /// Waits until the events matching `pred` number at least `n`, and
+    /// returns them all. A record written at a channel's or session's end
+    /// reaches the spool after the client has its answer, so a count read
+    /// once races the writer.
+    pub fn wait_events(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        wait_until(Duration::from_secs(10), || {
+            let found: Vec<Value> = self.events().into_iter().filter(|e| pred(e)).collect();
+            (found.len() >= n).then_some(found)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "fewer than {n} events {what} in the spool; events: {:#?}",
+                self.events()
+            )
+        })
+    }
+
     pub fn count_events(&self, pred: impl Fn(&Value) -> bool) -> usize {
         self.events().iter().filter(|e| pred(e)).count()
     }
