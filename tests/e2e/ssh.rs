@@ -56,15 +56,13 @@ fn exec_runs_with_the_held_key_and_policy_decides() {
         text(&out)
     );
 
-    // Command records are group-committed after the agent has its answer:
-    // wait for the last one rather than race the spool writer.
-    s.env.wait_event("the human-denied command's record", |e| {
-        e["kind"] == "command" && e["text"].as_str().is_some_and(|t| t.starts_with("touch "))
-    });
-    let events = s.env.events();
-    let commands: Vec<&serde_json::Value> =
-        events.iter().filter(|e| e["kind"] == "command").collect();
+    // A command that ran is recorded when its channel ends, after the
+    // agent has its exit status; a refused one at once. Wait for all four.
+    let commands = s
+        .env
+        .wait_events("of commands", 4, |e| e["kind"] == "command");
     assert_eq!(commands.len(), 4, "{commands:#?}");
+    let events = s.env.events();
     // The approved command's record: who approved, how it ended.
     let ran = commands
         .iter()
@@ -555,6 +553,93 @@ fn interactive_shell_is_held_recorded_masked_and_replayed() {
     s.assert_no_key_in("the io table", &io);
     s.assert_no_key_in("the asciicast", &cast_text);
     s.assert_no_key_in("the daemon log", &s.daemon.log_text());
+}
+
+/// A program that closes its output and exits later: the server sends
+/// EOF at once and the exit status after. A ControlMaster (as Ansible
+/// runs ssh) answers that EOF with CLOSE for its mux client; the exit
+/// status must still reach the client, as it does direct, and not be lost
+/// to a CLOSE the gateway sent back first (the mux client then exits
+/// 255). Beside it, a program that exits as it closes.
+#[test]
+fn the_exit_status_reaches_a_mux_client_after_an_early_eof() {
+    let _g = serial();
+    let scripts = tempfile::tempdir().expect("tempdir");
+    let late = scripts.path().join("late-exit.sh");
+    let prompt = scripts.path().join("prompt-exit.sh");
+    std::fs::write(
+        &late,
+        "#!/bin/sh\necho done\nexec >&- 2>&-\nsleep 1\nexit 3\n",
+    )
+    .expect("script");
+    std::fs::write(&prompt, "#!/bin/sh\necho done\nexit 4\n").expect("script");
+    for path in [scripts.path(), &late, &prompt] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    let (late_s, prompt_s) = (late.display().to_string(), prompt.display().to_string());
+    let Some(s) = setup_with(Options {
+        allow_paths: &[&late_s, &prompt_s],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let upstream_known = s.dir.path().join("upstream_known_hosts");
+    let port = s.sshd.port().to_string();
+    let key = s.key.display().to_string();
+    let dest = s.dest();
+    for through in [false, true] {
+        let control = s.dir.path().join(format!("cm-{through}.sock"));
+        let control_opt = format!("ControlPath={}", control.display());
+        let master_args = ["-M", "-N", "-o", &control_opt];
+        let mut master = if through {
+            s.ssh_agent(&master_args, &[])
+        } else {
+            let mut args = vec!["-i", &key, "-p", &port, &dest];
+            args.extend(master_args);
+            ssh_command(&upstream_known, &args)
+        };
+        let mut master = master
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh -M");
+        assert!(
+            wait_until(Duration::from_secs(20), || control.exists().then_some(())).is_some(),
+            "control socket"
+        );
+        let known = if through {
+            &s.known_hosts
+        } else {
+            &upstream_known
+        };
+        for (script, status) in [(&late_s, 3), (&prompt_s, 4)] {
+            for round in 0..3 {
+                let mut c = ssh_command(known, &["-n", "-o", &control_opt, &dest, script]);
+                let out = output_within(&mut c, Duration::from_secs(60));
+                assert_eq!(
+                    out.status.code(),
+                    Some(status),
+                    "{script}, through blastgate: {through}, round {round}: {}",
+                    text(&out)
+                );
+                assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+            }
+        }
+        let mut exit = ssh_command(known, &["-o", &control_opt, "-O", "exit", &dest]);
+        let _ = output_within(&mut exit, Duration::from_secs(20));
+        let _ = master.kill();
+        let _ = master.wait();
+    }
+    for (script, status) in [(&late_s, 3), (&prompt_s, 4)] {
+        let recorded = s.env.wait_events(&format!("of {script}"), 3, |e| {
+            e["kind"] == "command" && e["text"] == script.as_str()
+        });
+        for e in &recorded {
+            assert_eq!(e["exit_status"], status, "{e:#}");
+        }
+    }
 }
 
 /// The asciinema player `cargo xtask setup` installs, if it is there.

@@ -106,6 +106,18 @@ struct Ending {
     signal: Option<String>,
 }
 
+impl Ending {
+    fn exited(&self) -> bool {
+        self.exit_status.is_some() || self.signal.is_some()
+    }
+}
+
+/// Sends the server's EOF that waited for the exit status (see `relay`).
+/// False: the agent is gone.
+async fn release_eof(job: &Job, held: &mut bool) -> bool {
+    !std::mem::take(held) || job.agent.eof(job.id).await.is_ok()
+}
+
 /// Replay data and the sftp watcher, shared by the two relay directions.
 struct Watch {
     recording: Recording,
@@ -530,6 +542,15 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
     };
     let to_agent = async {
         let mut ending = Ending::default();
+        // The server's EOF is passed on only once its exit status (or
+        // signal, or close) has been: a client whose input is done answers
+        // EOF with CLOSE (an OpenSSH ControlMaster does for its mux
+        // clients), russh answers that CLOSE at once, and an exit status
+        // arriving after it could no longer be sent: the client would exit
+        // 255 where direct it gets the program's status. sshd itself never
+        // closes before the status, so holding the EOF only delays it for
+        // a program that closes its output and runs on.
+        let mut eof_held = false;
         while let Some(msg) = from_up.wait().await {
             let delivered = match msg {
                 ChannelMsg::Data { data } => {
@@ -546,6 +567,7 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
                         .exit_status_request(job.id, exit_status)
                         .await
                         .is_ok()
+                        && release_eof(job, &mut eof_held).await
                 }
                 ChannelMsg::ExitSignal {
                     signal_name,
@@ -564,8 +586,13 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
                         )
                         .await
                         .is_ok()
+                        && release_eof(job, &mut eof_held).await
                 }
-                ChannelMsg::Eof => job.agent.eof(job.id).await.is_ok(),
+                ChannelMsg::Eof if ending.exited() => job.agent.eof(job.id).await.is_ok(),
+                ChannelMsg::Eof => {
+                    eof_held = true;
+                    true
+                }
                 ChannelMsg::Failure => {
                     let _ = job
                         .agent
@@ -584,6 +611,7 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
                 break;
             }
         }
+        release_eof(job, &mut eof_held).await;
         Ok::<Ending, String>(ending)
     };
     tokio::pin!(to_upstream, to_agent);
