@@ -207,7 +207,13 @@ fn a_github_job_carries_its_identity_until_it_ends() {
     })
     .expect("the statement in ClickHouse");
     assert_eq!(statements.trim(), "acme/app\t4242\toctocat");
-    let ended_rows = db.query("SELECT count() FROM {db}.events FINAL WHERE kind = 'job_ended'");
+    // job_ended follows the statement in the spool, and may be shipped in
+    // a later batch.
+    let ended = "SELECT count() FROM {db}.events FINAL WHERE kind = 'job_ended'";
+    let ended_rows = wait_until(Duration::from_secs(20), || {
+        db.try_query(ended).filter(|n| n.trim() != "0")
+    })
+    .unwrap_or_else(|| db.query(ended));
     assert!(ended_rows.trim() != "0", "{ended_rows}");
 }
 

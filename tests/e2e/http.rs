@@ -518,75 +518,50 @@ fn https_requests_get_the_held_token_policy_and_masking() {
     );
 
     // The records: one per request, with status; the token in none of
-    // them nor in the log. Request records are group-committed after the
-    // answer, so wait for the last request's before reading them all.
-    s.env.wait_event("the stream's record", |e| {
-        e["kind"] == "request" && e["text"].as_str().is_some_and(|t| t.ends_with("/stream"))
-    });
-    let events = s.env.events();
-    let requests: Vec<&serde_json::Value> =
-        events.iter().filter(|e| e["kind"] == "request").collect();
-    assert!(
-        requests.iter().any(|e| e["action"] == "http:DELETE"
+    // them nor in the log. An answered request's record, and its body
+    // excerpts after it, are written once its body is done, after the
+    // agent has it: each is waited for.
+    let request = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        s.env
+            .wait_event(what, |e| e["kind"] == "request" && pred(e));
+    };
+    request("the refused DELETE", &|e| {
+        e["action"] == "http:DELETE"
             && e["verdict"] == "deny"
             && e["status"] == 403
-            && e["policy_id"] == "billing-no-invoice-delete"),
-        "{requests:#?}"
-    );
-    assert!(
-        requests
-            .iter()
-            .any(|e| e["status"] == 421 && e["verdict"] == "deny"),
-        "{requests:#?}"
-    );
-    assert!(
-        requests
-            .iter()
-            // The email by its JSON path, the echoed token by the bearer
-            // detector.
-            .any(|e| e["action"] == "http:GET" && e["status"] == 200 && e["masked_fields"] == 2),
-        "{requests:#?}"
-    );
-    assert!(
-        requests.iter().any(
-            |e| e["text"].as_str().is_some_and(|t| t.ends_with("/stream"))
-                && e["masked_fields"] == 1
-        ),
-        "{requests:#?}"
-    );
-    assert!(
-        requests.iter().any(|e| e["action"] == "http:CONNECT"
-            && e["policy_id"] == "http-no-tunnels"
-            && e["status"] == 403),
-        "{requests:#?}"
-    );
+            && e["policy_id"] == "billing-no-invoice-delete"
+    });
+    request("the 421", &|e| e["status"] == 421 && e["verdict"] == "deny");
+    // The email by its JSON path, the echoed token by the bearer detector.
+    request("the GET with two fields masked", &|e| {
+        e["action"] == "http:GET" && e["status"] == 200 && e["masked_fields"] == 2
+    });
+    request("the stream with one field masked", &|e| {
+        e["text"].as_str().is_some_and(|t| t.ends_with("/stream")) && e["masked_fields"] == 1
+    });
+    request("the refused CONNECT", &|e| {
+        e["action"] == "http:CONNECT" && e["policy_id"] == "http-no-tunnels" && e["status"] == 403
+    });
     // Body excerpts, masked as the agent saw them: the refund asked for,
     // and answers with the email hashed.
-    let io = |stream: &str| -> Vec<String> {
-        events
-            .iter()
-            .filter(|e| e["kind"] == "io" && e["io"]["stream"] == stream)
-            .filter_map(|e| e["io"]["data"].as_str().map(str::to_string))
-            .collect()
+    let io = |what: &str, stream: &str, pred: &dyn Fn(&str) -> bool| {
+        s.env.wait_event(what, |e| {
+            e["kind"] == "io"
+                && e["io"]["stream"] == stream
+                && e["io"]["data"].as_str().is_some_and(pred)
+        });
     };
-    assert!(
-        io("i").iter().any(|d| d == "{\"amount\":5}"),
-        "{:?}",
-        io("i")
-    );
+    io("the refund's excerpt", "i", &|d| d == "{\"amount\":5}");
     // Read as JSON: masked values are rewritten in place and the rest
     // keeps the upstream's spacing.
-    assert!(
-        io("o").iter().any(|d| {
-            serde_json::from_str::<serde_json::Value>(d).is_ok_and(|v| {
-                v["customer"]["email"]
-                    .as_str()
-                    .is_some_and(|e| e.starts_with("hash:"))
-            })
-        }),
-        "{:?}",
-        io("o")
-    );
+    io("an answer with the email hashed", "o", &|d| {
+        serde_json::from_str::<serde_json::Value>(d).is_ok_and(|v| {
+            v["customer"]["email"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("hash:"))
+        })
+    });
+    let events = s.env.events();
     let all: String = events.iter().map(|e| e.to_string()).collect();
     assert!(
         !all.contains("alice@example.com"),
@@ -681,17 +656,9 @@ fn upgrades_are_refused_or_carried_by_policy() {
             injected()
         )
     );
-    let events = s.env.events();
-    let upgrades: Vec<&serde_json::Value> = events
-        .iter()
-        .filter(|e| e["action"] == "http:UPGRADE")
-        .collect();
-    assert!(
-        upgrades
-            .iter()
-            .any(|e| e["status"] == 403 && e["policy_id"] == "http-no-tunnels"),
-        "{upgrades:#?}"
-    );
+    s.env.wait_event("the refused upgrade's record", |e| {
+        e["action"] == "http:UPGRADE" && e["status"] == 403 && e["policy_id"] == "http-no-tunnels"
+    });
     let wait = s.env.wait_event("the tunnel's record", |e| {
         e["action"] == "http:UPGRADE" && e["status"] == 101
     });

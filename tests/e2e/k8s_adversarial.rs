@@ -297,14 +297,10 @@ fn exec_equivalents_are_held_in_production() {
     let (out, asked) = s.answered(&args, "approve");
     assert!(out.status.success() && asked == 1, "{}", text(&out));
     assert!(s.standin.object("pods", "prod", "approved").is_some());
+    s.wait_request("a create refused as exec-equivalent", |e| {
+        e["action"] == "k8s:create" && e["policy_id"] == EXEC_EQUIVALENT && e["status"] == 403
+    });
     s.assert_held_token_only();
-    let recorded = s.requests_recorded();
-    assert!(
-        recorded.iter().any(|e| e["action"] == "k8s:create"
-            && e["policy_id"] == EXEC_EQUIVALENT
-            && e["status"] == 403),
-        "{recorded:#?}"
-    );
 }
 
 /// PATCH (or another method) with curl, `content_type` and `body`.
@@ -587,6 +583,13 @@ fn harmless_look_alikes_keep_working_in_production() {
         .expect("cm");
     assert_eq!(cm["data"]["LOG_LEVEL"], "debug", "{cm:#}");
 
+    // The last request's record first, so that the check below does not
+    // pass on records not yet written.
+    s.wait_request("the server-side apply", |e| {
+        e["text"].as_str().is_some_and(|t| {
+            t.starts_with("PATCH ") && t.contains("/namespaces/prod/configmaps/settings")
+        })
+    });
     let recorded = s.requests_recorded();
     assert!(
         recorded

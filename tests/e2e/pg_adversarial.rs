@@ -176,16 +176,13 @@ fn invalid_bytes_are_refused_not_replaced() {
         assert!(orders_exist(&s), "{enc}: {t}");
         assert!(t.contains("blastgate: invalid byte sequence"), "{enc}: {t}");
     }
-    let refused = s
-        .statements()
-        .into_iter()
-        .filter(|e| {
-            e["verdict"] == "deny"
-                && e["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("invalid byte sequence"))
-        })
-        .count();
+    let refused = s.env.wait_count(4, |e| {
+        e["kind"] == "statement"
+            && e["verdict"] == "deny"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("invalid byte sequence"))
+    });
     assert_eq!(refused, 4, "{:#?}", s.statements());
 }
 
@@ -607,6 +604,11 @@ fn classification_agrees_with_the_server_on_a_generated_corpus() {
         &[b"-f", sjis_file.to_string_lossy().as_bytes()],
     );
     assert!(!text(&out).contains("FATAL"), "{}", text(&out));
+    // The count first: the differentials check then reads a spool with
+    // the statements in.
+    let ran = s.env.wait_count(CORPUS.len() + 1, |e| {
+        e["kind"] == "statement" && e["verdict"] == "allow"
+    });
     let differentials: Vec<_> = s
         .env
         .events()
@@ -614,11 +616,6 @@ fn classification_agrees_with_the_server_on_a_generated_corpus() {
         .filter(|e| e["kind"] == "differential")
         .collect();
     assert!(differentials.is_empty(), "{differentials:#?}");
-    let ran = s
-        .statements()
-        .iter()
-        .filter(|e| e["verdict"] == "allow")
-        .count();
     assert!(ran > CORPUS.len(), "only {ran} statements ran:\n{t}");
 }
 
@@ -662,11 +659,9 @@ fn functions_that_change_data_are_seen_whatever_calls_them() {
         assert!(text(&out).contains("e2e test"), "{q}: {}", text(&out));
         assert_eq!(count(), "10", "{q}");
     }
-    let held = s
-        .statements()
-        .into_iter()
-        .filter(|e| e["policy_id"] == "sql-user-functions-production")
-        .count();
+    let held = s.env.wait_count(5, |e| {
+        e["kind"] == "statement" && e["policy_id"] == "sql-user-functions-production"
+    });
     assert_eq!(held, 5, "{:#?}", s.statements());
     // The SQL text of a built-in that runs SQL is read like any statement.
     let out = s.psql(&[
@@ -759,11 +754,9 @@ fn writes_are_limited_by_the_rows_they_really_change() {
     let out = agent.wait_with_output().expect("psql");
     assert!(text(&out).contains("DELETE 7"), "{}", text(&out));
     assert_eq!(count(), "3");
-    let rec = s
-        .statements()
-        .into_iter()
-        .find(|e| e["approval_id"] == id.as_str())
-        .expect("approved write recorded");
+    let rec = s.env.wait_event("the approved write", |e| {
+        e["kind"] == "statement" && e["approval_id"] == id.as_str()
+    });
     assert_eq!(rec["rows"], 7, "{rec}");
     assert_eq!(rec["policy_id"], "sql-production-write-limit", "{rec}");
 

@@ -77,15 +77,12 @@ fn psql_behaves_as_it_does_direct() {
     assert_eq!(copied_through.lines().count(), 13, "{copied_through}");
 
     // Every statement is recorded, with rows and the deciding policy.
-    let statements = s.statements();
-    let deleted = statements
-        .iter()
-        .find(|e| {
-            e["text"]
+    let deleted = s.env.wait_event("the DELETE's record", |e| {
+        e["kind"] == "statement"
+            && e["text"]
                 .as_str()
                 .is_some_and(|t| t.starts_with("DELETE FROM orders"))
-        })
-        .unwrap_or_else(|| panic!("no DELETE record in {statements:#?}"));
+    });
     assert_eq!(deleted["verdict"], "allow");
     assert_eq!(deleted["action"], "sql:delete");
     assert_eq!(deleted["policy_id"], "sql-write");
@@ -146,11 +143,9 @@ fn queries_are_cancelled_both_ways() {
         "{}",
         text(&out)
     );
-    assert!(s
-        .env
-        .events()
-        .iter()
-        .any(|e| e["action"] == "sql:cancel" && e["verdict"] == "allow"));
+    s.env.wait_event("the allowed cancel", |e| {
+        e["action"] == "sql:cancel" && e["verdict"] == "allow"
+    });
 
     // pg_cancel_backend from another agent session.
     let sleeper = s.spawn_psql(&["-c", "SELECT pg_sleep(61)"]);
@@ -281,11 +276,11 @@ fn policy_denies_holds_and_sees_through_disguises() {
     assert!(t.contains(&format!("waiting for approval {id}")), "{t}");
     assert!(t.contains("DELETE 10"), "{t}");
     assert_eq!(count(), "0");
-    let rec = s
-        .statements()
-        .into_iter()
-        .find(|e| e["approval_id"] == id.as_str() && e["text"] == "DELETE FROM orders")
-        .expect("approved statement record");
+    let rec = s.env.wait_event("the approved statement", |e| {
+        e["kind"] == "statement"
+            && e["approval_id"] == id.as_str()
+            && e["text"] == "DELETE FROM orders"
+    });
     assert_eq!(rec["verdict"], "allow");
     assert_eq!(rec["rows"], 10);
     assert_eq!(rec["policy_id"], "sql-unbounded-write");
@@ -406,18 +401,12 @@ fn result_rows_are_masked_in_text_and_binary() {
     assert!(t.contains("email=hash:"), "{t}");
     assert!(!t.contains("alice@example.com"), "{t}");
 
-    // The psql session masked 3 emails and 3 cards.
-    let closed: Vec<Value> = s
-        .env
-        .events()
-        .into_iter()
-        .filter(|e| e["kind"] == "session_closed" && e["masked_fields"].as_u64() == Some(6))
-        .collect();
-    assert!(
-        !closed.is_empty(),
-        "no session closed with 6 masked fields: {:#?}",
-        s.env.events()
-    );
+    // The psql session masked 3 emails and 3 cards. Its close is recorded
+    // once the proxy has let go of it, after psql may have exited.
+    s.env
+        .wait_event("a session closed with 6 masked fields", |e| {
+            e["kind"] == "session_closed" && e["masked_fields"].as_u64() == Some(6)
+        });
 }
 
 #[test]

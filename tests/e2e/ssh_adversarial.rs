@@ -150,13 +150,13 @@ fn uploaded_look_alikes_of_listed_programs_are_held() {
         held_and_denied(&s, &attack);
         assert!(!marker.ran(), "{attack} ran without approval");
     }
-    let execs = s.events_of("ssh:exec");
-    assert!(
-        execs.iter().any(|e| e["text"] == format!("{dir}/deploy.sh")
-            && e["policy_id"] == "ssh-unlisted-command"
-            && e["verdict"] == "deny"),
-        "{execs:#?}"
-    );
+    s.env
+        .wait_event("the look-alike deploy.sh held and denied", |e| {
+            e["action"] == "ssh:exec"
+                && e["text"] == format!("{dir}/deploy.sh")
+                && e["policy_id"] == "ssh-unlisted-command"
+                && e["verdict"] == "deny"
+        });
 }
 
 /// An allow-listed absolute path runs; once an agent overwrote it, it no
@@ -268,7 +268,7 @@ fn files_that_run_on_their_own_cannot_be_written() {
         "ordinary upload"
     );
 
-    let writes = s.events_of("ssh:write");
+    // Written as the transfers go, some after their client has exited.
     for denied in [
         format!("open {h}/.bashrc"),
         format!("open {h}/.profile"),
@@ -280,19 +280,18 @@ fn files_that_run_on_their_own_cannot_be_written() {
         format!("mkdir {h}/.config/systemd"),
         format!("scp-sink {h}/.bashrc"),
     ] {
-        assert!(
-            writes.iter().any(|e| e["text"] == denied
+        s.env.wait_event(&format!("the refusal {denied:?}"), |e| {
+            e["action"] == "ssh:write"
+                && e["text"] == denied
                 && e["verdict"] == "deny"
-                && e["policy_id"] == "ssh-write-autorun"),
-            "no refusal {denied:?} in {writes:#?}"
-        );
+                && e["policy_id"] == "ssh-write-autorun"
+        });
     }
-    assert!(
-        writes
-            .iter()
-            .any(|e| e["text"] == format!("open {dir}/harmless.txt") && e["verdict"] == "allow"),
-        "{writes:#?}"
-    );
+    s.env.wait_event("the ordinary upload allowed", |e| {
+        e["action"] == "ssh:write"
+            && e["text"] == format!("open {dir}/harmless.txt")
+            && e["verdict"] == "allow"
+    });
 }
 
 /// `rm` and `find` delete trees under many spellings (combined flags,
@@ -363,19 +362,15 @@ fn environment_requests_are_decided() {
     let out = output_within(&mut c, Duration::from_secs(30));
     assert_ne!(out.status.code(), Some(126), "{}", text(&out));
     assert!(!marker.ran(), "BASH_ENV ran the agent's script");
-    let env = s.events_of("ssh:env");
-    assert!(
-        env.iter()
-            .any(|e| e["text"] == "env LANG=C.UTF-8" && e["verdict"] == "allow"),
-        "{env:#?}"
-    );
-    assert!(
-        env.iter()
-            .any(|e| e["text"] == format!("env BASH_ENV={script}")
-                && e["verdict"] == "deny"
-                && e["policy_id"] == "ssh-env"),
-        "{env:#?}"
-    );
+    s.env.wait_event("LANG allowed", |e| {
+        e["action"] == "ssh:env" && e["text"] == "env LANG=C.UTF-8" && e["verdict"] == "allow"
+    });
+    s.env.wait_event("BASH_ENV refused", |e| {
+        e["action"] == "ssh:env"
+            && e["text"] == format!("env BASH_ENV={script}")
+            && e["verdict"] == "deny"
+            && e["policy_id"] == "ssh-env"
+    });
 }
 
 /// One SFTP packet: type, then fields (u32 or string).
@@ -511,6 +506,14 @@ fn ordinary_transfers_keep_working() {
     let out = output_within(&mut c, Duration::from_secs(60));
     assert!(out.status.success(), "git clone: {}", text(&out));
 
+    // The clone's command record (written when its channel ends) first,
+    // so that the check below reads a spool with every command in.
+    s.env.wait_event("the clone's command", |e| {
+        e["kind"] == "command"
+            && e["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("git-upload-pack"))
+    });
     let refused = s.env.count_events(|e| {
         e["kind"] == "command" && e["verdict"] != "allow" || e["kind"] == "approval_requested"
     });
@@ -576,12 +579,11 @@ fn hooks_uploaded_into_a_repository_do_not_run() {
     let out = child.wait_with_output().expect("git push");
     assert!(!out.status.success(), "{}", text(&out));
     assert!(!marker.ran(), "an uploaded hook ran");
-    let held = s.events_of("ssh:exec");
-    assert!(
-        held.iter().any(|e| e["text"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("git-receive-pack"))
-            && e["policy_id"] == "ssh-unlisted-command"),
-        "{held:#?}"
-    );
+    s.env.wait_event("the push held", |e| {
+        e["action"] == "ssh:exec"
+            && e["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("git-receive-pack"))
+            && e["policy_id"] == "ssh-unlisted-command"
+    });
 }

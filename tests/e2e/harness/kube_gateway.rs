@@ -185,6 +185,18 @@ impl KubeGateway {
         }
     }
 
+    /// Waits for the request record matching `pred`: an answered
+    /// request's record is written once its body is done, after kubectl
+    /// may have exited.
+    pub fn wait_request(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        self.env
+            .wait_event(what, |e| e["kind"] == "request" && pred(e))
+    }
+
     pub fn requests_recorded(&self) -> Vec<serde_json::Value> {
         self.env
             .events()

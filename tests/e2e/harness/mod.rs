@@ -322,6 +322,18 @@ impl Env {
         self.events().iter().filter(|e| pred(e)).count()
     }
 
+    /// The number of events matching `pred` once it reaches `n`, or what
+    /// it is when the wait gives up: for a caller whose own assertion on
+    /// the count says what went wrong. A count read once races the writer
+    /// (records reach the spool after the client has its answer).
+    pub fn wait_count(&self, n: usize, pred: impl Fn(&Value) -> bool) -> usize {
+        wait_until(Duration::from_secs(10), || {
+            let found = self.count_events(&pred);
+            (found >= n).then_some(found)
+        })
+        .unwrap_or_else(|| self.count_events(&pred))
+    }
+
     /// `sh -c script` run to completion as agent `name`, with glibc's
     /// resolver pointed at 127.0.0.53 (a private mount of resolv.conf), so
     /// its lookups reach blastgate's resolver and, were the redirect to

@@ -208,7 +208,9 @@ impl Setup {
         self.transfer(SFTP, &["-b", file.to_str().expect("utf-8"), &dest])
     }
 
-    /// Events of `action` (e.g. "ssh:write").
+    /// Events of `action` (e.g. "ssh:write") in the spool now: a record
+    /// written as a channel ends may not be in yet, so wait for what must
+    /// be there (`Env::wait_event`) rather than look for it in these.
     pub fn events_of(&self, action: &str) -> Vec<serde_json::Value> {
         self.env
             .events()
