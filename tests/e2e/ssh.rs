@@ -592,23 +592,14 @@ fn the_exit_status_reaches_a_mux_client_after_an_early_eof() {
         let control = s.dir.path().join(format!("cm-{through}.sock"));
         let control_opt = format!("ControlPath={}", control.display());
         let master_args = ["-M", "-N", "-o", &control_opt];
-        let mut master = if through {
+        let master = if through {
             s.ssh_agent(&master_args, &[])
         } else {
             let mut args = vec!["-i", &key, "-p", &port, &dest];
             args.extend(master_args);
             ssh_command(&upstream_known, &args)
         };
-        let mut master = master
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ssh -M");
-        assert!(
-            wait_until(Duration::from_secs(20), || control.exists().then_some(())).is_some(),
-            "control socket"
-        );
+        let master = ControlMaster::start(master, &control);
         let known = if through {
             &s.known_hosts
         } else {
@@ -629,8 +620,7 @@ fn the_exit_status_reaches_a_mux_client_after_an_early_eof() {
         }
         let mut exit = ssh_command(known, &["-o", &control_opt, "-O", "exit", &dest]);
         let _ = output_within(&mut exit, Duration::from_secs(20));
-        let _ = master.kill();
-        let _ = master.wait();
+        drop(master);
     }
     for (script, status) in [(&late_s, 3), (&prompt_s, 4)] {
         let recorded = s.env.wait_events(&format!("of {script}"), 3, |e| {
@@ -732,31 +722,22 @@ fn local_forwards_agent_forwarding_control_master_and_keepalives() {
     // ControlMaster: one connection, several channels.
     let control = s.dir.path().join("cm.sock");
     let control_opt = format!("ControlPath={}", control.display());
-    let mut master = s
-        .ssh_agent(
-            &[
-                "-M",
-                "-N",
-                "-o",
-                &control_opt,
-                // Dropped after about 3 s if nobody answers its keepalives,
-                // well within the 6 s the commands run.
-                "-o",
-                "ServerAliveInterval=1",
-                "-o",
-                "ServerAliveCountMax=3",
-            ],
-            &[],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ssh -M");
-    assert!(
-        wait_until(Duration::from_secs(20), || control.exists().then_some(())).is_some(),
-        "control socket"
+    let master = s.ssh_agent(
+        &[
+            "-M",
+            "-N",
+            "-o",
+            &control_opt,
+            // Dropped after about 3 s if nobody answers its keepalives,
+            // well within the 6 s the commands run.
+            "-o",
+            "ServerAliveInterval=1",
+            "-o",
+            "ServerAliveCountMax=3",
+        ],
+        &[],
     );
+    let master = ControlMaster::start(master, &control);
     let ran: Vec<Output> = (0..2)
         .map(|_| {
             let mut c = s.ssh_agent(&["-o", &control_opt], &["sleep 6"]);
@@ -768,8 +749,7 @@ fn local_forwards_agent_forwarding_control_master_and_keepalives() {
         &["-o", &control_opt, "-O", "exit", &s.dest()],
     );
     let _ = output_within(&mut exit, Duration::from_secs(20));
-    let _ = master.kill();
-    let _ = master.wait();
+    drop(master);
     for out in &ran {
         assert!(
             out.status.success(),

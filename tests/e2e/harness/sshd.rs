@@ -385,6 +385,37 @@ impl Drop for TestSshd {
     }
 }
 
+/// An `ssh -M -N` ControlMaster, killed when dropped (also when a test
+/// fails before it says `-O exit`).
+pub struct ControlMaster(Child);
+
+impl ControlMaster {
+    /// Starts `ssh` (a command already naming `-M -N -o ControlPath=…` and
+    /// the destination) and waits for its control socket.
+    pub fn start(mut ssh: Command, control: &Path) -> ControlMaster {
+        let child = ssh
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh -M");
+        let master = ControlMaster(child);
+        assert!(
+            wait_until(Duration::from_secs(20), || control.exists().then_some(())).is_some(),
+            "no control socket {}",
+            control.display()
+        );
+        master
+    }
+}
+
+impl Drop for ControlMaster {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Whether every one of `tools` (e.g. "git", "rsync", "scp") runs from
 /// PATH; skips loudly otherwise (fatal with CI=true).
 #[track_caller]
