@@ -42,6 +42,7 @@ use super::diagnostic::{line_col, Diagnostic, Severity};
 mod json;
 #[cfg(test)]
 mod json_tests;
+mod lenient;
 #[cfg(any(test, feature = "json-mask-reference"))]
 pub mod tree;
 

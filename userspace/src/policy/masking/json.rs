@@ -130,6 +130,18 @@ impl MaskPlan {
     }
 }
 
+/// What a string value holds, as the rules see it.
+enum Nested {
+    /// A document serde_json reads, masked: its compact rendering and
+    /// how many values were masked in it.
+    Masked(String, u64),
+    /// A document serde_json reads, with nothing in it to mask.
+    Clean,
+    /// No document serde_json reads (or one nested too deep): a lenient
+    /// reader may still find one (see `lenient`).
+    NotADocument,
+}
+
 /// Where one path stands at a value: `step` steps of path `ordinal` (rules
 /// in order, each rule's paths in order) led here; all of them means the
 /// path names this value.
@@ -261,10 +273,22 @@ impl Masker<'_, '_> {
                 if !matched.is_empty() {
                     let text = text.into_owned();
                     self.masked(start, &matched, text, detect);
-                } else if let Some((doc, n)) = self.nested(&text)? {
-                    self.fields += n;
-                    self.replace(start, self.pos, &doc);
-                } else if let Some((masked, n)) = self.plan.detect(&text) {
+                    return Ok(());
+                }
+                match self.nested(&text)? {
+                    Nested::Masked(doc, n) => {
+                        self.fields += n;
+                        self.replace(start, self.pos, &doc);
+                        return Ok(());
+                    }
+                    Nested::NotADocument if self.plan.lenient_key_hit(&text) => {
+                        self.fields += 1;
+                        self.replace(start, self.pos, &self.plan.apply(Style::Fixed, &text));
+                        return Ok(());
+                    }
+                    Nested::NotADocument | Nested::Clean => {}
+                }
+                if let Some((masked, n)) = self.plan.detect(&text) {
                     self.fields += n;
                     self.replace(start, self.pos, &masked);
                 }
@@ -518,24 +542,23 @@ impl Masker<'_, '_> {
     }
 
     /// A JSON document inside a string, masked as a document of its own
-    /// (paths from its own root), in serde_json's compact rendering;
-    /// `None` when the string holds none or nothing in it was masked.
-    fn nested(&self, text: &str) -> Result<Option<(String, u64)>, NotJson> {
+    /// (paths from its own root), in serde_json's compact rendering.
+    fn nested(&self, text: &str) -> Result<Nested, NotJson> {
         if !may_nest(text, self.nesting) {
-            return Ok(None);
+            return Ok(Nested::NotADocument);
         }
         let Ok(inner) = self
             .plan
             .mask_json_nested(text.as_bytes(), self.nesting + 1)
         else {
-            return Ok(None);
+            return Ok(Nested::NotADocument);
         };
         if inner.fields == 0 {
-            return Ok(None);
+            return Ok(Nested::Clean);
         }
         let doc = serde_json::from_slice::<Value>(&inner.body)
             .map_err(|_| self.err("a masked document in a string did not read back"))?;
-        Ok(Some((doc.to_string(), inner.fields)))
+        Ok(Nested::Masked(doc.to_string(), inner.fields))
     }
 
     /// Runs the detectors over a key (`src[start..end]`, quotes

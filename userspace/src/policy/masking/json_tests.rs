@@ -605,8 +605,6 @@ fn red_team_a_graphql_alias_renames_a_path_masked_field() {
 /// `kubectl get cm app -o json` then hands over the database password a
 /// `$..Password` rule masks everywhere else.
 #[test]
-#[ignore = "open red-team finding: a string holding JSON only a lenient parser reads (comments, \
-            trailing commas, a BOM, NaN) is not masked by path; see the closing note of stop 23"]
 fn red_team_lenient_json_inside_a_string_is_masked_by_path() {
     let p = field_plan(&["$..Password"], "fixed");
     let config = r#"{"ConnectionStrings":{"Db":{"Password":"hunter2-s3cret"}}}"#;
@@ -651,6 +649,18 @@ fn red_team_lenient_json_inside_a_string_is_masked_by_path() {
         "path-masked fields inside strings passed:\n{}",
         leaks.join("\n")
     );
+    // Look-alikes keep every byte: lenient documents without the key, a
+    // sentence naming it, the key as a value.
+    for inner in [
+        "// logging\n{\"Logging\":{\"Level\":\"Info\",},}",
+        "level: info\nuser: app\n",
+        "the Password field is required",
+        r#"{"field": "Password"}"#,
+    ] {
+        let doc = wrap(inner);
+        let (out, n) = masked(&p, &doc);
+        assert!(n == 0 && out == doc, "{out}");
+    }
 }
 
 /// Red team (held): the differential between the streaming masker and
@@ -721,18 +731,30 @@ fn more_counted(e: &str) -> bool {
     streaming.parse::<u64>().is_ok_and(|s| s > tree)
 }
 
-/// Red team (leak, a limit): nine strings deep a document is text to the
-/// detectors only, its path-masked fields as they were. Recorded as the
-/// documented limit (README: "up to 8 deep").
+/// Red team (was a leak, a limit): nine strings deep a document is past
+/// the strict masker's depth (README: "up to 8 deep"); its key is still
+/// found by the lenient scan, and the string is masked whole. Eight deep
+/// it is masked by path, the rest of it kept.
 #[test]
-fn red_team_a_document_nine_strings_deep_keeps_its_path_masked_field() {
+fn red_team_a_document_nine_strings_deep_is_masked_whole() {
     let p = field_plan(&["$..Password"], "fixed");
-    let mut text = r#"{"Password":"hunter2-s3cret"}"#.to_string();
-    for _ in 0..9 {
-        text = serde_json::json!({ "wrapped": text }).to_string();
-    }
-    let (out, _) = masked(&p, &text);
-    assert!(out.contains("hunter2"), "masked nine deep now: update");
+    let wrapped = |deep: usize| {
+        let mut text = r#"{"Password":"hunter2-s3cret","user":"svc-reader"}"#.to_string();
+        for _ in 0..deep {
+            text = serde_json::json!({ "wrapped": text }).to_string();
+        }
+        text
+    };
+    let (out, n) = masked(&p, &wrapped(9));
+    assert!(
+        n == 1 && !out.contains("hunter2") && !out.contains("svc-reader"),
+        "{out}"
+    );
+    let (out, n) = masked(&p, &wrapped(8));
+    assert!(
+        n == 1 && !out.contains("hunter2") && out.contains("svc-reader"),
+        "{out}"
+    );
 }
 
 /// Red team (leak, detectors; the price of the timestamp-key fix): a key

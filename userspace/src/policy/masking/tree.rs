@@ -44,14 +44,20 @@ impl MaskPlan {
     fn scan_json(&self, v: &mut Value, nesting: usize) -> u64 {
         match v {
             Value::String(s) => {
+                let mut document = false;
                 if super::json::may_nest(s, nesting) {
                     if let Ok(mut inner) = serde_json::from_str::<Value>(s) {
+                        document = true;
                         let n = self.mask_json_at(&mut inner, nesting + 1);
                         if n > 0 {
                             *s = inner.to_string();
                             return n;
                         }
                     }
+                }
+                if !document && self.lenient_key_hit(s) {
+                    *s = self.apply(super::Style::Fixed, s);
+                    return 1;
                 }
                 let (masked, n) = self.scan(s);
                 if n > 0 {
