@@ -10,10 +10,10 @@
 //! pass as text.
 //!
 //! blastgate does not try to be each of those parsers. A string that is not
-//! a document it masked as one is scanned for keys the way they all spell
-//! them (quoted either way or bare, with escapes, before a `:` after
-//! blanks and comments, at any depth of strings inside strings), and if
-//! one is the name a path rule ends on (any case), the whole string is
+//! a document it masked as one is searched for the names path rules end
+//! on (any case, quoted either way or bare, escapes decoded to any depth
+//! of strings inside strings) standing as keys (before a `:` after
+//! blanks and comments); if one is found, the whole string is
 //! masked with style `fixed`: nothing of it is shown, since `last4` of a
 //! document could end in the secret. What is lost is the rest of that
 //! string, for an agent reading a look-alike; what is kept is the secret.
@@ -28,7 +28,8 @@ impl MaskPlan {
     /// Whether a lenient reader of `text` finds a key that a `json_paths`
     /// rule ends on.
     pub(crate) fn lenient_key_hit(&self, text: &str) -> bool {
-        if !text.contains(':') {
+        // A `:` may also be spelled as an escape (`\u003a`).
+        if !text.contains([':', '\\']) {
             return false;
         }
         let names: Vec<String> = self
@@ -36,9 +37,9 @@ impl MaskPlan {
             .iter()
             .flat_map(|f| f.json_paths.iter())
             .filter_map(|path| last_name(path))
-            .map(str::to_lowercase)
+            .map(fold)
             .collect();
-        !names.is_empty() && scan(text, &names, 0)
+        !names.is_empty() && scan(text, &names)
     }
 }
 
@@ -50,95 +51,110 @@ fn last_name(path: &[Step]) -> Option<&str> {
     })
 }
 
-#[derive(Debug, PartialEq)]
-enum Token {
-    /// A quoted string's content, escapes decoded.
-    Quoted(String),
-    /// A bare word (a JSON5 identifier or a YAML plain key), escapes
-    /// decoded.
-    Bare(String),
-    Colon,
-    Other,
+/// Whether a key in `names` (lower case) is in `text` as any lenient
+/// reader spells it. Not a tokenizer: an apostrophe in prose (`it's`) or
+/// an unclosed quote would make one swallow the key. Each occurrence of a
+/// name that does not continue a longer word counts when what follows it,
+/// past closing quotes, backslashes, blanks and comments, is a `:`. The
+/// text is read as it is, and again with its escapes decoded, as many
+/// times as that changes it (a document encoded twice, `\u0050assword`).
+fn scan(text: &str, names: &[String]) -> bool {
+    let mut current = text.to_string();
+    for _ in 0..=MAX_DEPTH {
+        let folded = fold(&current);
+        if names.iter().any(|name| keyed(&folded, name)) {
+            return true;
+        }
+        let chars: Vec<char> = current.chars().collect();
+        let decoded = unescape(&chars);
+        if decoded == current {
+            return false;
+        }
+        current = decoded;
+    }
+    // Still decoding past the depth followed: fail closed.
+    true
 }
 
-fn scan(text: &str, names: &[String], depth: usize) -> bool {
-    let tokens = tokens(text);
-    for (i, t) in tokens.iter().enumerate() {
-        let (Token::Quoted(word) | Token::Bare(word)) = t else {
-            continue;
+/// Lower case, with the letters some readers' case-insensitive matching
+/// folds to ASCII (Go's `EqualFold`: `ſ` is `s`, `ı` is `i`).
+fn fold(text: &str) -> String {
+    text.to_lowercase()
+        .chars()
+        .map(|c| match c {
+            'ſ' => 's',
+            'ı' => 'i',
+            c => c,
+        })
+        .collect()
+}
+
+/// Occurrences of one name in one string examined before the string is
+/// masked unexamined: each costs up to [`LOOKAHEAD`], and an attacker's
+/// string of `password/*` repeated must not cost its length squared.
+const MAX_OCCURRENCES: usize = 64;
+
+/// How far past a name the `:` is looked for; a key whose `:` is further
+/// (behind a long comment) counts as found.
+const LOOKAHEAD: usize = 1024;
+
+/// Whether `name` occurs in `text` as a key (see [`scan`]).
+fn keyed(text: &str, name: &str) -> bool {
+    text.match_indices(name)
+        .filter(|(at, _)| !text[..*at].chars().next_back().is_some_and(continues_word))
+        .enumerate()
+        .any(|(n, (at, _))| n >= MAX_OCCURRENCES || colon_follows(&text[at + name.len()..]))
+}
+
+/// A character that makes a name part of a longer word or identifier.
+fn continues_word(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '$')
+}
+
+/// Whether `rest` is closing quotes, backslashes, blanks (a byte-order
+/// mark among them) and comments (`//`, `/* */`, `#`), then a `:`.
+fn colon_follows(rest: &str) -> bool {
+    let whole = rest.len();
+    let mut rest = rest;
+    loop {
+        if whole - rest.len() > LOOKAHEAD {
+            return true;
+        }
+        let Some(c) = rest.chars().next() else {
+            return false;
         };
-        if tokens.get(i + 1) == Some(&Token::Colon) && names.contains(&word.to_lowercase()) {
+        if c == ':' {
             return true;
         }
-        if matches!(t, Token::Quoted(_))
-            && depth < MAX_DEPTH
-            && word.contains(':')
-            && scan(word, names, depth + 1)
-        {
-            return true;
-        }
-    }
-    false
-}
-
-/// The text as a lenient reader tokenizes it: blanks (a byte-order mark
-/// among them) and comments (`//`, `/* */`, `#`) dropped.
-fn tokens(text: &str) -> Vec<Token> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        if c.is_whitespace() || c == '\u{feff}' {
-            i += 1;
-        } else if c == '/' && next == Some('/') || c == '#' {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-        } else if c == '/' && next == Some('*') {
-            i += 2;
-            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                i += 1;
-            }
-            i += 2;
-        } else if c == '"' || c == '\'' {
-            let (word, end) = quoted(&chars, i + 1, c);
-            out.push(Token::Quoted(word));
-            i = end;
-        } else if c == ':' {
-            out.push(Token::Colon);
-            i += 1;
-        } else if is_word(c) {
-            let start = i;
-            while i < chars.len() && is_word(chars[i]) {
-                i += 1;
-            }
-            out.push(Token::Bare(unescape(&chars[start..i])));
+        if c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '\u{feff}') {
+            rest = &rest[c.len_utf8()..];
+        } else if let Some(comment) = rest.strip_prefix("/*") {
+            let window = &comment[..floor(comment, LOOKAHEAD)];
+            rest = match window.find("*/") {
+                Some(end) => &comment[end + 2..],
+                None if window.len() < comment.len() => return true,
+                None => "",
+            };
+        } else if rest.starts_with("//") || c == '#' {
+            let window = &rest[..floor(rest, LOOKAHEAD)];
+            rest = match window.find(['\n', '\r', '\u{2028}', '\u{2029}']) {
+                Some(end) => &rest[end..],
+                None if window.len() < rest.len() => return true,
+                None => "",
+            };
         } else {
-            out.push(Token::Other);
-            i += 1;
+            return false;
         }
     }
-    out
 }
 
-/// A bare key's characters: JSON5 identifiers (escapes included) and
-/// YAML plain keys (dashes and dots too).
-fn is_word(c: char) -> bool {
-    c.is_alphanumeric() || matches!(c, '_' | '$' | '\\' | '-' | '.')
-}
-
-/// A quoted string from `start` (after the opening `quote`) to its end:
-/// its content with escapes decoded, and the index after the closing quote
-/// (or the end of the text: an unclosed string runs on).
-fn quoted(chars: &[char], start: usize, quote: char) -> (String, usize) {
-    let mut i = start;
-    while i < chars.len() && chars[i] != quote {
-        i += if chars[i] == '\\' { 2 } else { 1 };
+/// The largest char boundary of `s` at most `n`.
+fn floor(s: &str, n: usize) -> usize {
+    let mut n = n.min(s.len());
+    while !s.is_char_boundary(n) {
+        n -= 1;
     }
-    let end = i.min(chars.len());
-    (unescape(&chars[start..end]), (i + 1).min(chars.len()))
+    n
 }
 
 /// Backslash escapes decoded as JSON and JSON5 read them: `\uXXXX` (and
@@ -163,6 +179,14 @@ fn unescape(chars: &[char]) -> String {
             u32::from_str_radix(&digits, 16).ok()
         };
         match chars[i + 1] {
+            'U' => {
+                if let Some(c) = hex(i + 2, 8).and_then(char::from_u32) {
+                    flush(&mut units, &mut out);
+                    out.push(c);
+                    i += 10;
+                    continue;
+                }
+            }
             'u' => {
                 if let Some(unit) = hex(i + 2, 4) {
                     units.push(unit as u16);
@@ -200,7 +224,7 @@ mod tests {
     use super::*;
 
     fn hit(text: &str) -> bool {
-        scan(text, &["password".to_string()], 0)
+        scan(text, &["password".to_string()])
     }
 
     #[test]
@@ -220,6 +244,18 @@ mod tests {
             r#"{"\u0050assword": "x", }"#,
             r#"{P\u0061ssword: 'x'}"#,
             r#""\"{\\\"Password\\\":1}\"""#,
+            // An apostrophe in prose, or an unclosed quote, before the key.
+            "note: it's\n'password': x\n",
+            "it's config: {\"Password\": \"x\"}",
+            "{\"a\": \"unclosed, \"Password\": \"x\"}",
+            // YAML's explicit key; a comment ended by CR alone.
+            "? password\n: x\n",
+            "{\"Password\" // c\r: \"x\"}",
+            // Red team: an escaped colon, YAML's \U, folded letters.
+            r#"'{"Password"\u003a"x"}'"#,
+            r#"{"Password"\x3a "x"}"#,
+            r#""\U00000070assword": x"#,
+            r#"{"paſſword": "x"}"#,
         ] {
             assert!(hit(text), "{text}");
         }
@@ -233,6 +269,7 @@ mod tests {
             "2026-12-08T00:00:00Z",
             "https://example.com/password",
             r#"{"passwords": 1}"#,
+            r#"{"mypassword": 1}"#,
         ] {
             assert!(!hit(text), "{text}");
         }
@@ -254,6 +291,16 @@ mod tests {
         assert!(hit(&shallow));
         assert!(!hit("\\"));
         assert!(!hit("'\\"));
-        assert!(!hit("/*"));
+        assert!(!hit("password /*"));
+        // Past the lookahead or the occurrence cap: masked unexamined, in
+        // linear time.
+        assert!(hit(&format!("password /*{}*/: x", " ".repeat(LOOKAHEAD))));
+        assert!(hit(&"password/*".repeat(100_000)));
+        assert!(hit(&"password#".repeat(100_000)));
+        assert!(hit(&format!(
+            "\\{}u0070assword: x",
+            "u005c\\".repeat(MAX_DEPTH + 2)
+        )));
+        assert!(!hit("password //"));
     }
 }

@@ -462,6 +462,8 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
     let repo = receive_pack(&job.request);
     let mut push = repo.as_ref().map(|_| Incoming::default());
     let mut drop_rest = false;
+    // Whether the agent has sent its EOF (see the EOF held below).
+    let agent_eof = std::sync::atomic::AtomicBool::new(false);
     let to_upstream = async {
         while let Some(input) = job.inbox.recv().await {
             let eof = matches!(input, Input::Eof);
@@ -515,7 +517,10 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
                         }
                     }
                 }
-                Input::Eof => to_up.eof().await.map_err(failed)?,
+                Input::Eof => {
+                    agent_eof.store(true, std::sync::atomic::Ordering::Relaxed);
+                    to_up.eof().await.map_err(failed)?
+                }
                 Input::Resize {
                     cols,
                     rows,
@@ -547,9 +552,11 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
         // EOF with CLOSE (an OpenSSH ControlMaster does for its mux
         // clients), russh answers that CLOSE at once, and an exit status
         // arriving after it could no longer be sent: the client would exit
-        // 255 where direct it gets the program's status. sshd itself never
-        // closes before the status, so holding the EOF only delays it for
-        // a program that closes its output and runs on.
+        // 255 where direct it gets the program's status. Only a client
+        // whose input is done can close on that EOF, so only then is it
+        // held: a client still to send (one that reads to EOF before it
+        // writes) gets it at once, and a program waiting on that input is
+        // never stalled by the hold.
         let mut eof_held = false;
         while let Some(msg) = from_up.wait().await {
             let delivered = match msg {
@@ -588,7 +595,11 @@ async fn relay(job: &Job, watch: &Mutex<Watch>, home: Option<String>) -> Result<
                         .is_ok()
                         && release_eof(job, &mut eof_held).await
                 }
-                ChannelMsg::Eof if ending.exited() => job.agent.eof(job.id).await.is_ok(),
+                ChannelMsg::Eof
+                    if ending.exited() || !agent_eof.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    job.agent.eof(job.id).await.is_ok()
+                }
                 ChannelMsg::Eof => {
                     eof_held = true;
                     true
