@@ -632,6 +632,67 @@ fn the_exit_status_reaches_a_mux_client_after_an_early_eof() {
     }
 }
 
+/// The other side of holding the server's EOF: a program that closes its
+/// output and then reads its input, for a client that writes only once
+/// it has read the output to its end (paramiko's `stdout.read()` then
+/// `stdin.write()`). Its input still open, the client gets the EOF at
+/// once, as direct; held until the exit status, both would wait forever.
+#[test]
+fn a_client_that_writes_after_the_output_ends_is_not_stalled() {
+    let _g = serial();
+    let scripts = tempfile::tempdir().expect("tempdir");
+    let script = scripts.path().join("reads-after-eof.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho ready\nexec >&- 2>&-\nread line\n[ \"$line\" = go ] && exit 5\nexit 1\n",
+    )
+    .expect("script");
+    for path in [scripts.path(), &script] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    let script_s = script.display().to_string();
+    let Some(s) = setup_with(Options {
+        allow_paths: &[&script_s],
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let mut child = s
+        .ssh_agent(&[], &[&script_s])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ssh");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        let _ = tx.send(out);
+    });
+    let out = rx.recv_timeout(Duration::from_secs(30));
+    if out.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(
+        out.as_deref(),
+        Ok("ready\n"),
+        "the output's EOF never reached the client"
+    );
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write");
+    drop(stdin);
+    let status = wait_until(Duration::from_secs(30), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(5));
+}
+
 /// The asciinema player `cargo xtask setup` installs, if it is there.
 fn asciinema() -> Option<PathBuf> {
     let p = PathBuf::from("/opt/blastgate-tools/venv/bin/asciinema");
