@@ -249,6 +249,9 @@ struct CompiledField {
     agents: GlobSet,
     columns: GlobSet,
     json_paths: Vec<Vec<Step>>,
+    /// The key each path ends on, folded, for the lenient scan (see
+    /// `lenient`): worked out once here, not for every string masked.
+    lenient_keys: Vec<String>,
     style: Style,
 }
 
@@ -425,6 +428,7 @@ impl Masking {
                         targets,
                         agents,
                         columns,
+                        lenient_keys: lenient::keys(&paths),
                         json_paths: paths,
                         style: f.style,
                     }));

@@ -32,33 +32,37 @@ impl MaskPlan {
         if !text.contains([':', '\\']) {
             return false;
         }
-        let names: Vec<String> = self
+        let names: Vec<&str> = self
             .fields
             .iter()
-            .flat_map(|f| f.json_paths.iter())
-            .filter_map(|path| last_name(path))
-            .map(fold)
+            .flat_map(|f| f.lenient_keys.iter().map(String::as_str))
             .collect();
         !names.is_empty() && scan(text, &names)
     }
 }
 
-/// The last key a path names (the value under it is what it masks).
-fn last_name(path: &[Step]) -> Option<&str> {
-    path.iter().rev().find_map(|s| match s {
-        Step::Key(k) | Step::Descend(k) => Some(k.as_str()),
-        Step::Index(_) | Step::AnyIndex => None,
-    })
+/// The key each of `paths` ends on (the value under it is what it
+/// masks), folded as [`scan`] compares.
+pub(super) fn keys(paths: &[Vec<Step>]) -> Vec<String> {
+    paths
+        .iter()
+        .filter_map(|path| {
+            path.iter().rev().find_map(|s| match s {
+                Step::Key(k) | Step::Descend(k) => Some(fold(k)),
+                Step::Index(_) | Step::AnyIndex => None,
+            })
+        })
+        .collect()
 }
 
-/// Whether a key in `names` (lower case) is in `text` as any lenient
+/// Whether a key in `names` (folded, see [`fold`]) is in `text` as any lenient
 /// reader spells it. Not a tokenizer: an apostrophe in prose (`it's`) or
 /// an unclosed quote would make one swallow the key. Each occurrence of a
 /// name that does not continue a longer word counts when what follows it,
 /// past closing quotes, backslashes, blanks and comments, is a `:`. The
 /// text is read as it is, and again with its escapes decoded, as many
 /// times as that changes it (a document encoded twice, `\u0050assword`).
-fn scan(text: &str, names: &[String]) -> bool {
+fn scan(text: &str, names: &[&str]) -> bool {
     let mut current = text.to_string();
     for _ in 0..=MAX_DEPTH {
         let folded = fold(&current);
@@ -129,14 +133,14 @@ fn colon_follows(rest: &str) -> bool {
         if c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '\u{feff}') {
             rest = &rest[c.len_utf8()..];
         } else if let Some(comment) = rest.strip_prefix("/*") {
-            let window = &comment[..floor(comment, LOOKAHEAD)];
+            let window = &comment[..comment.floor_char_boundary(LOOKAHEAD)];
             rest = match window.find("*/") {
                 Some(end) => &comment[end + 2..],
                 None if window.len() < comment.len() => return true,
                 None => "",
             };
         } else if rest.starts_with("//") || c == '#' {
-            let window = &rest[..floor(rest, LOOKAHEAD)];
+            let window = &rest[..rest.floor_char_boundary(LOOKAHEAD)];
             rest = match window.find(['\n', '\r', '\u{2028}', '\u{2029}']) {
                 Some(end) => &rest[end..],
                 None if window.len() < rest.len() => return true,
@@ -146,15 +150,6 @@ fn colon_follows(rest: &str) -> bool {
             return false;
         }
     }
-}
-
-/// The largest char boundary of `s` at most `n`.
-fn floor(s: &str, n: usize) -> usize {
-    let mut n = n.min(s.len());
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    n
 }
 
 /// Backslash escapes decoded as JSON and JSON5 read them: `\uXXXX` (and
@@ -179,14 +174,6 @@ fn unescape(chars: &[char]) -> String {
             u32::from_str_radix(&digits, 16).ok()
         };
         match chars[i + 1] {
-            'U' => {
-                if let Some(c) = hex(i + 2, 8).and_then(char::from_u32) {
-                    flush(&mut units, &mut out);
-                    out.push(c);
-                    i += 10;
-                    continue;
-                }
-            }
             'u' => {
                 if let Some(unit) = hex(i + 2, 4) {
                     units.push(unit as u16);
@@ -194,11 +181,13 @@ fn unescape(chars: &[char]) -> String {
                     continue;
                 }
             }
-            'x' => {
-                if let Some(c) = hex(i + 2, 2).and_then(char::from_u32) {
+            // YAML's `\UXXXXXXXX`, JSON5's `\xXX`: one character each.
+            e @ ('U' | 'x') => {
+                let width = if e == 'U' { 8 } else { 2 };
+                if let Some(c) = hex(i + 2, width).and_then(char::from_u32) {
                     flush(&mut units, &mut out);
                     out.push(c);
-                    i += 4;
+                    i += 2 + width;
                     continue;
                 }
             }
@@ -224,7 +213,7 @@ mod tests {
     use super::*;
 
     fn hit(text: &str) -> bool {
-        scan(text, &["password".to_string()])
+        scan(text, &["password"])
     }
 
     #[test]
